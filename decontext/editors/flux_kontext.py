@@ -1,0 +1,384 @@
+"""FLUX.1-Kontext through diffusers' ``FluxKontextPipeline`` components.
+
+The attack path calls the VAE and the transformer directly (the pipeline's ``__call__`` runs under
+``no_grad``) but reproduces the pipeline's context encoding exactly: pixels in [-1, 1], VAE posterior
+MODE, ``(z - shift_factor) * scaling_factor``, 2x2 packing, context position ids with axis 0 = 1, and
+the joint sequence ``[text | target | context]`` inside every attention call. The edit path is the
+stock pipeline call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..attention import ContextShareProbe, swapped_processors
+from .base import ContextLatents, Layout, PromptEmbeddings, resolve_blocks, snap
+
+try:  # diffusers internals used by the probed processor (read, not copied: see docs/ARCHITECTURE.md)
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+    from diffusers.models.embeddings import apply_rotary_emb
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
+except ImportError as exc:  # pragma: no cover - only with an incompatible diffusers
+    raise ImportError(f"decontext needs diffusers with FluxAttnProcessor (tested with 0.42.1): {exc}") from exc
+
+
+class ProbedFluxAttnProcessor(FluxAttnProcessor):
+    """``FluxAttnProcessor`` that also reports the target->context attention share to a probe.
+
+    The layer output is computed exactly as the stock processor does; the share uses the same q and k
+    (after RMSNorm and RoPE) in a separate indicator-value attention call over target queries.
+    """
+
+    def __init__(self, probe: ContextShareProbe, name: str):
+        super().__init__()
+        self.probe = probe
+        self.name = name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        query, key, value, text_query, text_key, text_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
+        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
+        value = value.unflatten(-1, (-1, attn.head_dim))
+        if attn.added_kv_proj_dim is not None:
+            # Double-stream block: text tokens come first in the joint sequence.
+            query = torch.cat([attn.norm_added_q(text_query.unflatten(-1, (-1, attn.head_dim))), query], dim=1)
+            key = torch.cat([attn.norm_added_k(text_key.unflatten(-1, (-1, attn.head_dim))), key], dim=1)
+            value = torch.cat([text_value.unflatten(-1, (-1, attn.head_dim)), value], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        self.probe.record(self.name, query, key)
+        out = dispatch_attention_fn(
+            query, key, value, attn_mask=attention_mask, backend=self._attention_backend, parallel_config=self._parallel_config
+        )
+        out = out.flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is None:
+            return out
+        text_out, image_out = out.split_with_sizes([encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], dim=1)
+        image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
+        return image_out, attn.to_add_out(text_out.contiguous())
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook on the first block a method does not need: the rest is never run."""
+
+
+def _preferred_kontext_resolutions() -> list[tuple[int, int]]:
+    from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
+
+    return list(PREFERRED_KONTEXT_RESOLUTIONS)
+
+
+class FluxKontextEditor:
+    """FLUX.1-Kontext (or any model in its diffusers layout, e.g. the tiny and toy editors)."""
+
+    family = "flux_kontext"
+
+    def __init__(self, pipe, name: str = "flux_kontext", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, max_sequence_length: int = 512):
+        self.pipe = pipe
+        self.name = name
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.max_sequence_length = max_sequence_length
+        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.probe = ContextShareProbe()
+        for module in (pipe.transformer, pipe.vae):
+            module.requires_grad_(False)
+            module.eval()
+            if module.dtype != dtype:
+                module.to(dtype=dtype)
+            module.to(self.device)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        id_or_dir: str | Path,
+        dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device | None = None,
+        max_sequence_length: int | None = None,
+        local_files_only: bool | None = None,
+        **kwargs,
+    ) -> "FluxKontextEditor":
+        """Load a FluxKontextPipeline folder or hub id (``black-forest-labs/FLUX.1-Kontext-dev``).
+
+        Text encoders stay on the CPU until ``encode_prompts`` needs them and are released after.
+        """
+        from diffusers import FluxKontextPipeline
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        path = Path(id_or_dir)
+        if local_files_only is None:
+            local_files_only = path.exists()
+        if path.exists() and not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+        pipe = FluxKontextPipeline.from_pretrained(str(id_or_dir), torch_dtype=dtype, local_files_only=local_files_only, **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        if max_sequence_length is None:
+            max_sequence_length = min(512, int(getattr(pipe.tokenizer_2, "model_max_length", 512) or 512))
+        return cls(pipe, name=str(id_or_dir), device=device, dtype=dtype, max_sequence_length=max_sequence_length)
+
+    @classmethod
+    def tiny(cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "FluxKontextEditor":
+        """A random-weight FLUX.1-Kontext built offline from config objects (see ``editors.tiny``)."""
+        from diffusers import FluxKontextPipeline
+
+        from .tiny import TinyKontextConfig, tiny_kontext_components
+
+        config = config or TinyKontextConfig()
+        pipe = FluxKontextPipeline(**tiny_kontext_components(config, seed=seed))
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, name="tiny", device=device, dtype=dtype, max_sequence_length=config.max_text_tokens)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def transformer(self):
+        return self.pipe.transformer
+
+    @property
+    def vae(self):
+        return self.pipe.vae
+
+    @property
+    def depths(self) -> dict[str, int]:
+        return {"double": len(self.transformer.transformer_blocks), "single": len(self.transformer.single_transformer_blocks)}
+
+    @property
+    def block_names(self) -> list[str]:
+        return [f"{stream}.{i}" for stream, depth in self.depths.items() for i in range(depth)]
+
+    def resolve_blocks(self, spec) -> list[str]:
+        return resolve_blocks(spec, self.depths)
+
+    def _block(self, name: str) -> torch.nn.Module:
+        stream, index = name.split(".")
+        blocks = self.transformer.transformer_blocks if stream == "double" else self.transformer.single_transformer_blocks
+        return blocks[int(index)]
+
+    def _processor_key(self, name: str) -> str:
+        stream, index = name.split(".")
+        prefix = "transformer_blocks" if stream == "double" else "single_transformer_blocks"
+        return f"{prefix}.{index}.attn.processor"
+
+    @property
+    def multiple_of(self) -> int:
+        """Pixel sizes must be multiples of this (VAE downsampling x 2x2 packing)."""
+        return self.pipe.vae_scale_factor * 2
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> PromptEmbeddings:
+        """Embeddings of each prompt, computed once per distinct text and cached on the editor."""
+        prompts = list(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            if self.pipe.text_encoder is None or self.pipe.text_encoder_2 is None:
+                raise RuntimeError(f"text encoders were released; cannot encode new prompts such as {missing[0]!r}")
+            encoders = (self.pipe.text_encoder, self.pipe.text_encoder_2)
+            # Encode on the editor's device when it is an accelerator (much faster), then move back.
+            for encoder in encoders:
+                encoder.to(self.device)
+            try:
+                for start in range(0, len(missing), 8):
+                    chunk = missing[start : start + 8]
+                    embeds, pooled, _ = self.pipe.encode_prompt(
+                        prompt=chunk, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+                    )
+                    for i, text in enumerate(chunk):
+                        self._prompt_cache[text] = (embeds[i].to(self.dtype), pooled[i].to(self.dtype))
+            finally:
+                if self.device.type != "cpu":
+                    for encoder in encoders:
+                        encoder.to("cpu")
+                    torch.cuda.empty_cache() if self.device.type == "cuda" else None
+        embeds = torch.stack([self._prompt_cache[p][0] for p in prompts])
+        pooled = torch.stack([self._prompt_cache[p][1] for p in prompts])
+        text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)
+        return PromptEmbeddings(prompts, embeds, pooled, text_ids)
+
+    def release_text_encoders(self) -> None:
+        """Drop the text encoders (T5-XXL alone is ~9.5 GB in bf16); cached embeddings stay usable."""
+        self.pipe.text_encoder = None
+        self.pipe.text_encoder_2 = None
+        gc.collect()
+
+    # ------------------------------------------------------------------ geometry
+    def working_size(self, height: int, width: int, resolution: str | int = "auto") -> tuple[int, int]:
+        """(H, W) the editor works at for an image of ``height`` x ``width``.
+
+        ``auto``: what FluxKontextPipeline picks by default (the preferred Kontext resolution nearest in
+        aspect ratio); ``native``: the image's own size snapped down to the model's multiple; an int N:
+        an area of N x N pixels at the image's aspect ratio (512 reproduces the paper).
+        """
+        multiple = self.multiple_of
+        if resolution == "auto":
+            aspect = width / height
+            _, w, h = min((abs(aspect - w / h), w, h) for w, h in _preferred_kontext_resolutions())
+            return snap(h, multiple), snap(w, multiple)
+        if resolution == "native":
+            return snap(height, multiple), snap(width, multiple)
+        side = int(resolution)
+        if side < multiple:
+            raise ValueError(f"resolution {side} is below the model's minimum of {multiple} px")
+        aspect = width / height
+        return snap(round((side * side / aspect) ** 0.5), multiple), snap(round((side * side * aspect) ** 0.5), multiple)
+
+    # ------------------------------------------------------------------ image conditioning
+    def encode_context(self, pixels: torch.Tensor, size: tuple[int, int] | None = None) -> ContextLatents:
+        """Differentiable context encoding, as FluxKontextPipeline.prepare_latents does it.
+
+        Args:
+            pixels: (B, 3, H, W) in [0, 1], any size. Resized (bicubic, antialiased) to ``size`` if it differs.
+            size: working (H, W), multiples of ``multiple_of``; default: ``pixels``' own size snapped.
+        """
+        height, width = pixels.shape[-2:]
+        size = size or self.working_size(height, width, "native")
+        if size[0] % self.multiple_of or size[1] % self.multiple_of:
+            raise ValueError(f"working size {size} is not a multiple of {self.multiple_of}")
+        x = pixels.to(self.device, torch.float32)
+        if (height, width) != tuple(size):
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        x = (x * 2 - 1).to(self.dtype)
+        latents = self.vae.encode(x).latent_dist.mode()
+        latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
+        batch, channels, lat_h, lat_w = latents.shape
+        tokens = self.pipe._pack_latents(latents, batch, channels, lat_h, lat_w)
+        ids = self.pipe._prepare_latent_image_ids(batch, lat_h // 2, lat_w // 2, self.device, self.dtype)
+        ids[..., 0] = 1
+        return ContextLatents(tokens, ids, (lat_h, lat_w), tuple(size))
+
+    def target_like(self, context: ContextLatents, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pure-noise target tokens of the context's size (sigma = 1), and their position ids.
+
+        Noise is drawn on the CPU from ``generator`` so runs are reproducible across devices.
+        """
+        noise = torch.randn(context.tokens.shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+        lat_h, lat_w = context.latent_size
+        ids = self.pipe._prepare_latent_image_ids(1, lat_h // 2, lat_w // 2, self.device, self.dtype)
+        return noise, ids
+
+    def layout(self, embeds: torch.Tensor, target: torch.Tensor, context: ContextLatents) -> Layout:
+        return Layout(text=embeds.shape[1], target=target.shape[1], context=context.tokens.shape[1])
+
+    # ------------------------------------------------------------------ transformer
+    @contextlib.contextmanager
+    def probing(self, blocks: Sequence[str]):
+        """Install probed processors on ``blocks`` for the duration of the context."""
+        processors = {self._processor_key(name): ProbedFluxAttnProcessor(self.probe, name) for name in blocks}
+        self.probe.clear()
+        with swapped_processors(self.transformer, processors):
+            yield self.probe
+
+    @contextlib.contextmanager
+    def _stop_after(self, block: str | None):
+        names = self.block_names
+        if block is None or block == names[-1]:
+            yield
+            return
+        following = self._block(names[names.index(block) + 1])
+
+        def stop(module, args, kwargs):
+            raise _StopForward
+
+        handle = following.register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def forward(
+        self,
+        target: torch.Tensor,
+        target_ids: torch.Tensor,
+        context: ContextLatents,
+        embeds: torch.Tensor,
+        pooled: torch.Tensor,
+        timestep: torch.Tensor,
+        guidance: float | None = 3.5,
+        stop_after: str | None = None,
+    ) -> torch.Tensor | None:
+        """One transformer pass on ``[target | context]`` tokens.
+
+        Args:
+            target: (B, N_t, C) noisy target tokens; context: encoded context (batch 1 or B).
+            embeds, pooled: (B, L, D) and (B, P) prompt conditioning.
+            timestep: (B,) sigma in [0, 1] (the model multiplies by 1000 itself).
+            stop_after: name of the last block to run; the blocks after it are skipped.
+        Returns:
+            The velocity prediction for the target tokens, or None when stopped early.
+        """
+        batch = target.shape[0]
+        context_tokens = context.tokens.expand(batch, -1, -1) if context.tokens.shape[0] == 1 else context.tokens
+        self.probe.layout = self.layout(embeds, target, context)
+        hidden = torch.cat([target, context_tokens], dim=1)
+        img_ids = torch.cat([target_ids, context.ids], dim=0)
+        text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)
+        guidance_tensor = None
+        if self.transformer.config.guidance_embeds:
+            guidance_tensor = torch.full((batch,), 3.5 if guidance is None else guidance, device=self.device, dtype=torch.float32)
+        try:
+            with self._stop_after(stop_after):
+                out = self.transformer(
+                    hidden_states=hidden,
+                    encoder_hidden_states=embeds.to(self.device, self.dtype),
+                    pooled_projections=pooled.to(self.device, self.dtype),
+                    timestep=timestep.to(self.device, self.dtype),
+                    img_ids=img_ids,
+                    txt_ids=text_ids,
+                    guidance=guidance_tensor,
+                    return_dict=False,
+                )[0]
+        except _StopForward:
+            return None
+        return out[:, : target.shape[1]]
+
+    # ------------------------------------------------------------------ editing (the real pipeline)
+    def prepare_image(self, image: Image.Image, resolution: str | int = 512) -> Image.Image:
+        """Resize a PIL image to the working size with the pipeline's own resampling (LANCZOS)."""
+        height, width = self.working_size(image.height, image.width, resolution)
+        if (image.height, image.width) != (height, width):
+            image = image.resize((width, height), Image.LANCZOS)
+        return image
+
+    @torch.no_grad()
+    def edit(
+        self,
+        image: Image.Image,
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        steps: int = 20,
+        guidance: float = 3.5,
+        resolution: str | int = 512,
+    ) -> list[Image.Image]:
+        """Edit one image with FluxKontextPipeline, one output per (prompt, seed) pair, as one batch.
+
+        Prompt embeddings come from the cache (``encode_prompts``), so text encoders may be released.
+        """
+        if len(prompts) != len(seeds):
+            raise ValueError("edit() takes one seed per prompt")
+        image = self.prepare_image(image.convert("RGB"), resolution)
+        embeddings = self.encode_prompts(prompts)
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        result = self.pipe(
+            image=image,
+            prompt_embeds=embeddings.embeds,
+            pooled_prompt_embeds=embeddings.pooled,
+            height=image.height,
+            width=image.width,
+            max_area=image.height * image.width,
+            _auto_resize=False,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            generator=generators,
+            max_sequence_length=self.max_sequence_length,
+            output_type="np",
+        )
+        return [Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)) for arr in result.images]

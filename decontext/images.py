@@ -1,0 +1,175 @@
+"""Loading photos into tensors and saving protected images within an exact 8-bit budget.
+
+Inside the library an image is a float tensor in [0, 1] of shape (1, 3, H, W) at its ORIGINAL size.
+``load_image`` applies EXIF orientation and converts any mode (L, P, CMYK, 16-bit, RGBA...) to RGB,
+keeping an alpha channel aside untouched so that ``save_protected`` can put it back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+
+
+class ImageLoadError(ValueError):
+    """An input file that is not a readable image. The message names the file."""
+
+
+@dataclass
+class LoadedImage:
+    path: Path | None
+    pixels: torch.Tensor  # (1, 3, H, W) float32 in [0, 1]
+    rgb8: np.ndarray  # (H, W, 3) uint8: the 8-bit values the budget is measured against
+    alpha: np.ndarray | None = None  # (H, W) uint8, untouched
+    mode: str = "RGB"  # the file's original PIL mode
+    info: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), PIL order."""
+        return self.rgb8.shape[1], self.rgb8.shape[0]
+
+
+def _to_rgb8(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    mode = image.mode
+    alpha = None
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit (or 32-bit integer) greyscale: scale the full range of the type to 8 bits.
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or array.max() > 255 else 255.0
+        grey = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    if mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        top = 1.0 if array.max() <= 1.0 else 255.0
+        grey = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2), None
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        if mode in ("RGBa", "La"):
+            image = image.convert("RGBA")
+        rgba = np.asarray(image.convert("RGBA"))
+        alpha = rgba[..., 3].copy()
+        return np.ascontiguousarray(rgba[..., :3]), alpha
+    return np.asarray(image.convert("RGB")).copy(), None
+
+
+def load_image(path: str | os.PathLike) -> LoadedImage:
+    """Read an image file at its original size (EXIF orientation applied).
+
+    Raises ``ImageLoadError`` naming the file when it is missing, truncated or not an image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: no such file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            image = ImageOps.exif_transpose(image)
+            if image.mode == "CMYK":
+                image = image.convert("RGB")
+            rgb8, alpha = _to_rgb8(image)
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{path}: not an image file (format not recognised)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"{path}: unreadable image ({exc})") from None
+    if rgb8.shape[0] < 1 or rgb8.shape[1] < 1:
+        raise ImageLoadError(f"{path}: empty image")
+    return LoadedImage(path, uint8_to_tensor(rgb8), rgb8, alpha, mode)
+
+
+def from_array(rgb8: np.ndarray) -> LoadedImage:
+    """Wrap an (H, W, 3) uint8 array (e.g. ``skimage.data.astronaut()``)."""
+    rgb8 = np.ascontiguousarray(rgb8[..., :3], dtype=np.uint8)
+    return LoadedImage(None, uint8_to_tensor(rgb8), rgb8)
+
+
+def uint8_to_tensor(rgb8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb8)).permute(2, 0, 1)[None].float().div(255.0)
+
+
+def budget_levels(eps: float) -> int:
+    """Largest whole number of 8-bit levels a saved pixel may move for a budget of eps/255."""
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    return int(math.floor(eps + 1e-9))
+
+
+def quantize(pixels: torch.Tensor, source_rgb8: np.ndarray, eps: float) -> np.ndarray:
+    """Round a [0,1] image to uint8 and clip it to within floor(eps) levels of ``source_rgb8``.
+
+    Rounding (not truncation) keeps the perturbation centred; the final clip guarantees the budget on
+    the saved file even where rounding pushed a value half a level past it.
+    """
+    if pixels.dim() == 4:
+        if pixels.shape[0] != 1:
+            raise ValueError("quantize expects a single image")
+        pixels = pixels[0]
+    array = pixels.detach().float().clamp(0, 1).mul(255.0).round().to(torch.int16).permute(1, 2, 0).cpu().numpy()
+    if array.shape != source_rgb8.shape:
+        raise ValueError(f"image shape {array.shape} differs from the source's {source_rgb8.shape}")
+    levels = budget_levels(eps)
+    source = source_rgb8.astype(np.int16)
+    array = np.clip(array, source - levels, source + levels)
+    return np.clip(array, 0, 255).astype(np.uint8)
+
+
+def atomic_save(image: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:
+    """Write an image to a temporary file next to ``path`` and rename it into place.
+
+    An interrupted process never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = save_kwargs.pop("format", None) or (path.suffix.lstrip(".").upper() or "PNG")
+    if fmt == "JPG":
+        fmt = "JPEG"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format=fmt, **save_kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_protected(pixels: torch.Tensor, source: LoadedImage, eps: float, path: str | os.PathLike) -> np.ndarray:
+    """Save a protected image as PNG within the budget of ``source``; alpha (if any) is put back.
+
+    Returns the saved uint8 RGB array.
+    """
+    rgb8 = quantize(pixels, source.rgb8, eps)
+    if source.alpha is not None:
+        image = Image.fromarray(np.dstack([rgb8, source.alpha]), "RGBA")
+    else:
+        image = Image.fromarray(rgb8, "RGB")
+    atomic_save(image, path, format="PNG")
+    return rgb8
+
+
+def max_level_diff(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+def list_images(path: str | os.PathLike) -> list[Path]:
+    """A file, or the image-looking files of a folder (sorted). Unknown suffixes are left out."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
