@@ -74,7 +74,8 @@ class ContextShareProbe:
             raise RuntimeError("ContextShareProbe.layout must be set before the forward pass")
         share = context_share(query, key, self.layout, self.value_channels)
         # Overwrite rather than append: activation checkpointing re-runs a block during backward.
-        self.shares[name] = share.float().mean(dim=(1, 2))
+        # Average in at least fp32 (bf16 means over thousands of queries lose digits); keep fp64 for checks.
+        self.shares[name] = share.to(torch.promote_types(share.dtype, torch.float32)).mean(dim=(1, 2))
 
     def clear(self) -> None:
         self.shares = {}

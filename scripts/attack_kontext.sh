@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Protect images against FLUX.1-Kontext with DeContext. Every flag of attack/attack_kontext.py has a
+# shell variable of the same name; set them in the environment, e.g.
+#   MODEL=tiny INPUT=photos/ OUTPUT=protected/ RESOLUTION=native STEPS=30 bash scripts/attack_kontext.sh
+#   MODEL=black-forest-labs/FLUX.1-Kontext-dev INPUT=photos/ OUTPUT=protected/ bash scripts/attack_kontext.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}
+
+MODEL=${MODEL:-tiny}
+INPUT=${INPUT:-}
+OUTPUT=${OUTPUT:-outputs/protected}
+EPS=${EPS:-12.75}
+ALPHA=${ALPHA:-0.6375}
+if [ "$MODEL" = tiny ]; then  # the random-weight smoke model: short run at the image's own size
+  STEPS=${STEPS:-30}; RESOLUTION=${RESOLUTION:-native}
+else
+  STEPS=${STEPS:-800}; RESOLUTION=${RESOLUTION:-auto}
+fi
+SEED=${SEED:-0}
+PROMPTS=${PROMPTS:-}
+BLOCKS=${BLOCKS:-single:0-25/38}
+T_RANGE=${T_RANGE:-"0.98 1.0"}
+GUIDANCE=${GUIDANCE:-3.5}
+DEVICE=${DEVICE:-auto}
+DTYPE=${DTYPE:-auto}
+
+if [ -z "$INPUT" ]; then
+  # Smoke default: scikit-image's public-domain astronaut portrait.
+  INPUT="$ROOT/outputs/sample_inputs"
+  mkdir -p "$INPUT"
+  "$PYTHON" -c "import sys; from PIL import Image; from skimage.data import astronaut; Image.fromarray(astronaut()).save(sys.argv[1])" "$INPUT/astronaut.png"
+fi
+
+args=(--model "$MODEL" --input "$INPUT" --output "$OUTPUT" --eps "$EPS" --alpha "$ALPHA" --steps "$STEPS"
+      --resolution "$RESOLUTION" --seed "$SEED" --blocks "$BLOCKS" --t-range $T_RANGE --guidance "$GUIDANCE"
+      --device "$DEVICE" --dtype "$DTYPE")
+[ -n "$PROMPTS" ] && args+=(--prompts "$PROMPTS")
+exec "$PYTHON" "$ROOT/attack/attack_kontext.py" "${args[@]}" "$@"

@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from decontext.pgd import PGD
+
+
+def _target_loss(target):
+    def loss(x, step, generator):
+        return -((x - target) ** 2).sum(), {"dist": float(((x.detach() - target) ** 2).sum())}
+
+    return loss
+
+
+def test_first_step_is_exact_sign_step_and_projection_holds():
+    x0 = torch.full((1, 3, 4, 4), 0.5)
+    target = torch.rand(1, 3, 4, 4)
+    result = PGD(eps=8, alpha=1, steps=1, progress=False).run(x0, _target_loss(target))
+    expected = (x0 + torch.sign(target - x0) / 255).clamp(0, 1)
+    assert torch.allclose(result.pixels, expected, atol=1e-7)
+    many = PGD(eps=8, alpha=2, steps=50, progress=False).run(x0, _target_loss(target))
+    delta = many.pixels - x0
+    assert delta.abs().max() <= 8 / 255 + 1e-7
+    # Moves every pixel toward its target as far as the budget allows.
+    reachable = (x0 + (target - x0).clamp(-8 / 255, 8 / 255))
+    assert torch.allclose(many.pixels, reachable, atol=2 / 255 + 1e-6)
+
+
+def test_clamps_to_unit_range():
+    x0 = torch.tensor([[[[0.99, 0.01]]]])
+    target = torch.tensor([[[[2.0, -1.0]]]])
+    result = PGD(eps=16, alpha=4, steps=10, progress=False).run(x0, _target_loss(target))
+    assert result.pixels.max() <= 1 and result.pixels.min() >= 0
+    assert torch.allclose(result.pixels, torch.tensor([[[[1.0, 0.0]]]]))
+
+
+def test_history_and_reproducibility_with_random_draws():
+    x0 = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def noisy_loss(x, step, generator):
+        w = torch.randn(x.shape, generator=generator)
+        return (w * x).sum()
+
+    a = PGD(eps=4, alpha=1, steps=5, seed=7, random_start=True, momentum=0.9, progress=False).run(x0, noisy_loss)
+    b = PGD(eps=4, alpha=1, steps=5, seed=7, random_start=True, momentum=0.9, progress=False).run(x0, noisy_loss)
+    c = PGD(eps=4, alpha=1, steps=5, seed=8, random_start=True, momentum=0.9, progress=False).run(x0, noisy_loss)
+    assert torch.equal(a.pixels, b.pixels)
+    assert not torch.equal(a.pixels, c.pixels)
+    assert [h["step"] for h in a.history] == list(range(5))
+    assert (a.pixels - x0).abs().max() <= 4 / 255 + 1e-7
+
+
+def test_momentum_changes_direction_memory():
+    # With a gradient that flips sign every step, plain PGD oscillates, momentum keeps going.
+    x0 = torch.full((1, 1, 1, 1), 0.5)
+
+    def flipping(x, step, generator):
+        return x.sum() * (1.0 if step % 3 != 2 else -1.0)
+
+    plain = PGD(eps=10, alpha=1, steps=6, progress=False).run(x0, flipping)
+    mom = PGD(eps=10, alpha=1, steps=6, momentum=1.0, progress=False).run(x0, flipping)
+    assert plain.pixels.item() == pytest.approx(0.5 + 2 / 255, abs=1e-6)
+    assert mom.pixels.item() == pytest.approx(0.5 + 6 / 255, abs=1e-6)
+
+
+def test_rejects_bad_settings_and_non_scalar_loss():
+    with pytest.raises(ValueError):
+        PGD(eps=-1)
+    with pytest.raises(ValueError):
+        PGD(alpha=0)
+    with pytest.raises(ValueError, match="scalar"):
+        PGD(steps=1, progress=False).run(torch.rand(1, 1, 2, 2), lambda x, s, g: x * 2)
