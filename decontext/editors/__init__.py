@@ -29,7 +29,7 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def load_editor(model: str, device: str | None = "auto", dtype: str | torch.dtype = "auto", seed: int = 0):
+def load_editor(model: str, device: str | None = "auto", dtype: str | torch.dtype = "auto", seed: int = 0, offload: bool = False):
     """``tiny`` (random weights, smoke path), ``toy`` (the trained embedded editor), or a
     FLUX.1-Kontext hub id / local diffusers folder."""
     from .flux_kontext import FluxKontextEditor
@@ -37,14 +37,16 @@ def load_editor(model: str, device: str | None = "auto", dtype: str | torch.dtyp
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
     if model == "tiny":
+        if offload:
+            raise ValueError("--offload is for real models on a GPU, not the tiny model")
         return FluxKontextEditor.tiny(seed=seed, device=device, dtype=dtype)
     if model == "toy":
         if not (TOY_EDITOR_DIR / "model_index.json").is_file():
             raise FileNotFoundError(f"{TOY_EDITOR_DIR}: the toy editor is missing (bash scripts/train_toy_editor.sh makes it)")
-        editor = FluxKontextEditor.from_pretrained(TOY_EDITOR_DIR, dtype=dtype, device=device)
+        editor = FluxKontextEditor.from_pretrained(TOY_EDITOR_DIR, dtype=dtype, device=device, offload=offload)
         editor.name = "toy"
         return editor
-    return FluxKontextEditor.from_pretrained(model, dtype=dtype, device=device)
+    return FluxKontextEditor.from_pretrained(model, dtype=dtype, device=device, offload=offload)
 
 
 __all__ = ["ContextLatents", "Editor", "Layout", "PromptEmbeddings", "resolve_blocks", "load_editor", "resolve_dtype", "resolve_device"]

@@ -82,7 +82,17 @@ class FluxKontextEditor:
 
     family = "flux_kontext"
 
-    def __init__(self, pipe, name: str = "flux_kontext", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, max_sequence_length: int = 512):
+    def __init__(
+        self,
+        pipe,
+        name: str = "flux_kontext",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_sequence_length: int = 512,
+        offload: bool = False,
+    ):
+        """Wrap a FluxKontextPipeline. ``offload=True`` uses diffusers' model CPU offload (each
+        component visits the GPU only while it runs) instead of keeping transformer and VAE resident."""
         self.pipe = pipe
         self.name = name
         self.device = torch.device(device)
@@ -95,7 +105,14 @@ class FluxKontextEditor:
             module.eval()
             if module.dtype != dtype:
                 module.to(dtype=dtype)
-            module.to(self.device)
+        self.offload = offload
+        if offload:
+            if self.device.type == "cpu":
+                raise ValueError("offload moves components to a GPU while they run; it needs a GPU device")
+            pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.transformer.to(self.device)
+            pipe.vae.to(self.device)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -106,6 +123,7 @@ class FluxKontextEditor:
         device: str | torch.device | None = None,
         max_sequence_length: int | None = None,
         local_files_only: bool | None = None,
+        offload: bool = False,
         **kwargs,
     ) -> "FluxKontextEditor":
         """Load a FluxKontextPipeline folder or hub id (``black-forest-labs/FLUX.1-Kontext-dev``).
@@ -124,7 +142,7 @@ class FluxKontextEditor:
         pipe.set_progress_bar_config(disable=True)
         if max_sequence_length is None:
             max_sequence_length = min(512, int(getattr(pipe.tokenizer_2, "model_max_length", 512) or 512))
-        return cls(pipe, name=str(id_or_dir), device=device, dtype=dtype, max_sequence_length=max_sequence_length)
+        return cls(pipe, name=str(id_or_dir), device=device, dtype=dtype, max_sequence_length=max_sequence_length, offload=offload)
 
     @classmethod
     def tiny(cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "FluxKontextEditor":
@@ -184,7 +202,9 @@ class FluxKontextEditor:
                 raise RuntimeError(f"text encoders were released; cannot encode new prompts such as {missing[0]!r}")
             encoders = (self.pipe.text_encoder, self.pipe.text_encoder_2)
             # Encode on the editor's device when it is an accelerator (much faster), then move back.
-            for encoder in encoders:
+            # Under model offload the pipeline's hooks do the moving.
+            move = not self.offload
+            for encoder in encoders if move else ():
                 encoder.to(self.device)
             try:
                 for start in range(0, len(missing), 8):
@@ -195,7 +215,7 @@ class FluxKontextEditor:
                     for i, text in enumerate(chunk):
                         self._prompt_cache[text] = (embeds[i].to(self.dtype), pooled[i].to(self.dtype))
             finally:
-                if self.device.type != "cpu":
+                if move and self.device.type != "cpu":
                     for encoder in encoders:
                         encoder.to("cpu")
                     torch.cuda.empty_cache() if self.device.type == "cuda" else None
@@ -341,6 +361,13 @@ class FluxKontextEditor:
         return out[:, : target.shape[1]]
 
     # ------------------------------------------------------------------ editing (the real pipeline)
+    def enable_vae_memory_savers(self, tiling: bool = False, slicing: bool = False) -> None:
+        """VAE tiling (large images decode tile by tile) and slicing (a batch decodes one image at a time)."""
+        if tiling:
+            self.vae.enable_tiling()
+        if slicing:
+            self.vae.enable_slicing()
+
     def prepare_image(self, image: Image.Image, resolution: str | int = 512) -> Image.Image:
         """Resize a PIL image to the working size with the pipeline's own resampling (LANCZOS)."""
         height, width = self.working_size(image.height, image.width, resolution)
