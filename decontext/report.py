@@ -33,11 +33,11 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{font-size:20px}h2{font-size:17px;margin-top:28px}h3{font-size:15px;margin:18px 0 6px}
 table{border-collapse:collapse;font-size:12px;margin:6px 0}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top}th{background:#eee}
-.row{display:flex;gap:8px;overflow-x:auto;padding:6px;background:#fff;border:1px solid #ddd}
+.row{display:flex;flex-wrap:wrap;gap:8px;padding:6px;background:#fff;border:1px solid #ddd}
 figure{margin:0;flex:0 0 auto;width:140px;font-size:11px}
 figure img{display:block;max-width:136px;border:1px solid #999;image-rendering:auto}
 figcaption{margin-top:2px;line-height:1.25;word-wrap:break-word}
-.group{border-left:3px solid #888;padding-left:6px;display:flex;gap:8px}
+.group{border-left:3px solid #888;padding-left:6px;display:flex;flex-wrap:wrap;gap:8px}
 .group.clean{border-color:#2a7}.group.prot{border-color:#c33}
 .missing{width:128px;height:128px;display:flex;align-items:center;justify-content:center;background:#fdd;border:1px dashed #c33}
 .note{color:#666;font-size:12px}.unavail{color:#a00}

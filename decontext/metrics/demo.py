@@ -25,9 +25,9 @@ def _face_crop(size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
 
 
-def _edit(img: np.ndarray, prompt_index: int) -> np.ndarray:
+def _edit(img: np.ndarray, position: int) -> np.ndarray:
     out = img.astype(np.int16)
-    if prompt_index % 2 == 0:
+    if position % 2 == 0:
         out = out + 12  # brighter
     else:
         h, w = out.shape[:2]
@@ -72,8 +72,8 @@ def make_demo_run(root: Path, size: int = 128, prompt_indices: tuple[int, ...] =
     for cond in conditions:
         records = []
         for stem in sources:
-            for pi in prompt_indices:
-                edited = _edit(inputs[cond][stem], pi)
+            for position, pi in enumerate(prompt_indices):
+                edited = _edit(inputs[cond][stem], position)
                 if cond == "protected" and stem == "a":
                     edited = _washed_out(edited)
                 rel = Path("edits") / cond / stem / str(pi) / f"seed{seed}.png"

@@ -67,6 +67,10 @@ class FaceDetector:
     def detect(self, img: np.ndarray) -> Face | None:
         if self._mtcnn is None and not self.load():
             raise RuntimeError(self.error)
+        if hasattr(self._mtcnn, "min_face_size"):
+            # Faces smaller than 1/12 of the short side are ignored: edits of portraits keep the face
+            # large, and a smaller pyramid makes MTCNN several times faster on 512 px images.
+            self._mtcnn.min_face_size = max(20, min(img.shape[:2]) // 12)
         with torch.no_grad():
             boxes, probs, points = self._mtcnn.detect(Image.fromarray(img), landmarks=True)
         if boxes is None or len(boxes) == 0:
@@ -179,7 +183,7 @@ class ISMBackend(MetricBackend):
 
 def fixed_standardization(crop: np.ndarray) -> torch.Tensor:
     """facenet-pytorch's input convention: (x - 127.5) / 128, shape (1, 3, H, W)."""
-    t = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float()
+    t = torch.from_numpy(np.array(crop, dtype=np.float32)).permute(2, 0, 1)
     return ((t - 127.5) / 128.0).unsqueeze(0)
 
 
