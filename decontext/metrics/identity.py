@@ -71,8 +71,13 @@ class FaceDetector:
             # Faces smaller than 1/12 of the short side are ignored: edits of portraits keep the face
             # large, and a smaller pyramid makes MTCNN several times faster on 512 px images.
             self._mtcnn.min_face_size = max(20, min(img.shape[:2]) // 12)
-        with torch.no_grad():
-            boxes, probs, points = self._mtcnn.detect(Image.fromarray(img), landmarks=True)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # MTCNN runs many tiny convolutions: threads only add overhead
+        try:
+            with torch.no_grad():
+                boxes, probs, points = self._mtcnn.detect(Image.fromarray(img), landmarks=True)
+        finally:
+            torch.set_num_threads(threads)
         if boxes is None or len(boxes) == 0:
             return None
         areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]

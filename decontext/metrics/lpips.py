@@ -14,6 +14,7 @@ random backbone would give meaningless numbers).
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Callable
 
 import torch
@@ -80,7 +81,9 @@ class LPIPSBackend(MetricBackend):
                 "Put torchvision's ImageNet checkpoint there (see docs/EVALUATION.md)."))
             return
         try:
-            model = lpips_pkg.LPIPS(net=self.net, pretrained=True, pnet_rand=True, verbose=False)
+            with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=`
+                warnings.simplefilter("ignore", UserWarning)
+                model = lpips_pkg.LPIPS(net=self.net, pretrained=True, pnet_rand=True, verbose=False)
             _load_backbone(model, torch.load(path, map_location="cpu", weights_only=True))
             model = model.eval().to(self.options.device)
         except Exception as exc:

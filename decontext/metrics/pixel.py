@@ -15,8 +15,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
-
 from decontext.metrics.base import MetricBackend, MetricSpec, register
 from decontext.metrics.imageops import clean_edit_pair, input_pair, to_tensor
 from decontext.metrics.run import EditRecord, RunData
@@ -24,14 +22,18 @@ from decontext.metrics.run import EditRecord, RunData
 
 def psnr(a: np.ndarray, b: np.ndarray, cap_db: float = 100.0) -> float:
     """PSNR in dB of two uint8 RGB images (data range 1.0), capped at ``cap_db``."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # slow import: only when used
+
     value = float(peak_signal_noise_ratio(to_tensor(b), to_tensor(a), data_range=1.0))
-    if math.isnan(value) or value > cap_db:
+    if value > cap_db:  # identical images: inf
         return cap_db
     return value
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM (Gaussian window 11, sigma 1.5) of two uint8 RGB images, data range 1.0."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     return float(structural_similarity_index_measure(to_tensor(b), to_tensor(a), data_range=1.0))
 
 
