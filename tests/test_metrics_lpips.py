@@ -46,6 +46,7 @@ def test_wrong_checkpoint_is_reported_not_used(tmp_path):
     assert not b.available and "could not load" in b.unavailable_reason
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # lpips passes torchvision the deprecated `pretrained=`
 def test_injected_distance(img):
     import lpips
 
