@@ -39,10 +39,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     quiet_libraries()
+    from decontext.distributed import current_shard
     from decontext.editors import load_editor
     from decontext.methods.decontext import DeContext
     from decontext.prompts import PromptFileError
-    from decontext.protect import ProtectSettings, protect_paths
+    from decontext.protect import ProtectSettings, merge_manifests, protect_paths
 
     if not Path(args.input).exists():
         print(f"error: {args.input}: no such file or folder", file=sys.stderr)
@@ -52,13 +53,22 @@ def main(argv=None) -> int:
     except (PromptFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    editor = load_editor(args.model, args.device, args.dtype)
+    shard = current_shard()  # under `accelerate launch`, this process's share of the inputs
+    device = shard.device if (args.device == "auto" and shard.device is not None) else args.device
+    editor = load_editor(args.model, device, args.dtype)
     settings = ProtectSettings(
         eps=args.eps, alpha=args.alpha, steps=args.steps, momentum=args.momentum, random_start=args.random_start,
         seed=args.seed, resolution=args.resolution, measure_draws=args.measure_draws, progress=not args.no_progress,
     )
-    report = protect_paths(editor, method, args.input, args.output, settings, args_record=vars(args))
-    print(f"protected {len(report.done)}, skipped {len(report.skipped)} (already done), failed {len(report.failed)} -> {args.output}")
+    manifest = "manifest.json" if shard.world == 1 else f"manifest.rank{shard.rank}.json"
+    report = protect_paths(editor, method, args.input, args.output, settings, args_record=vars(args), shard=(shard.rank, shard.world), manifest_name=manifest)
+    if shard.world > 1:
+        shard.barrier()
+        if shard.is_main:
+            merge_manifests(args.output, shard.world)
+        shard.barrier()
+    prefix = f"[process {shard.rank}/{shard.world}] " if shard.world > 1 else ""
+    print(f"{prefix}protected {len(report.done)}, skipped {len(report.skipped)} (already done), failed {len(report.failed)} -> {args.output}")
     for message in report.failed.values():
         print(f"  failed: {message}", file=sys.stderr)
     return 0 if report.ok else 1

@@ -211,6 +211,26 @@ def protect_paths(
     return report
 
 
+def merge_manifests(output_dir: str | os.PathLike, world: int, manifest_name: str = "manifest.json") -> Path:
+    """Fold the per-process manifests ``manifest.rank<r>.json`` into ``manifest.json`` (kept entries of
+    earlier runs stay), then remove the parts."""
+    output_dir = Path(output_dir)
+    target = output_dir / manifest_name
+    merged = _read_manifest(target)
+    images = merged.setdefault("images", {})
+    parts = [output_dir / f"{Path(manifest_name).stem}.rank{r}.json" for r in range(world)]
+    for part in parts:
+        data = _read_manifest(part)
+        images.update(data.pop("images", {}))
+        for key, value in data.items():
+            merged.setdefault(key, value)
+    merged["processes"] = world
+    write_json_atomic(merged, target)
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return target
+
+
 def _read_manifest(path: Path) -> dict:
     if not path.is_file():
         return {}

@@ -1,0 +1,230 @@
+#!/usr/bin/env python
+"""Time and memory of ONE protection step (VAE encode + transformer + backward to pixels), three ways,
+interleaved in one run:
+
+  ours      decontext: indicator-value probe on the selected blocks, forward stops after the last one
+  official  the official code's way: forward hooks on norm_q/norm_k, RoPE re-applied by hand, full
+            softmax of target queries over all keys kept for backward, every block run
+  bare      the whole model forward+backward with no probe (what a step costs without skipping work)
+
+The last line is machine-readable:
+  ratios official_time=X official_mem=Y bare_time=Z     (ours divided by the other variant)
+
+Examples:
+  python bench/bench_step.py --size 1024 --text-tokens 128           # CPU targets of issue 6
+  python bench/bench_step.py --size 512 --text-tokens 128
+  python bench/bench_step.py --preset flux --size 1024 --device cuda --dtype bfloat16 --checkpointing
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from decontext.cli import quiet_libraries  # noqa: E402
+from decontext.editors.flux_kontext import FluxKontextEditor  # noqa: E402
+from decontext.editors.tiny import TinyKontextConfig  # noqa: E402
+from decontext.methods.decontext import DeContext  # noqa: E402
+
+
+def build_editor(args) -> FluxKontextEditor:
+    if args.preset == "flux":
+        # The real FLUX.1-Kontext transformer and VAE architecture, random weights.
+        config = TinyKontextConfig(
+            num_layers=19, num_single_layers=38, num_attention_heads=24, attention_head_dim=128, axes_dims_rope=(16, 56, 56),
+            text_dim=4096, pooled_dim=768, vae_channels=(128, 256, 512, 512), vae_layers_per_block=2, max_text_tokens=args.text_tokens,
+        )
+    else:
+        head_dim = args.hidden // args.heads
+        axes = (head_dim - 2 * (head_dim * 7 // 16), head_dim * 7 // 16, head_dim * 7 // 16)
+        config = TinyKontextConfig(
+            num_layers=args.double, num_single_layers=args.single, num_attention_heads=args.heads, attention_head_dim=head_dim,
+            axes_dims_rope=axes, text_dim=64, pooled_dim=32, vae_channels=tuple(args.vae_channels), max_text_tokens=args.text_tokens,
+        )
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    editor = FluxKontextEditor.tiny(config, seed=0, device="cpu", dtype=dtype)
+    editor.pipe.transformer.to(device)
+    editor.pipe.vae.to(device)
+    editor.device = device
+    if args.checkpointing:
+        editor.transformer.enable_gradient_checkpointing()
+    return editor
+
+
+class OfficialStyle:
+    """The official code's probe: q/k captured by forward hooks on norm_q / norm_k (BEFORE RoPE), RoPE
+    re-applied, the full (target x all keys) softmax materialised, and every block run."""
+
+    def __init__(self, editor, blocks):
+        self.editor, self.blocks = editor, blocks
+
+    def shares(self, target, ids, context, embeds, pooled, sigma, guidance):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        editor = self.editor
+        captured, handles = {}, []
+        for name in self.blocks:
+            attn = editor._block(name).attn
+            handles.append(attn.norm_q.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("q", o)))
+            handles.append(attn.norm_k.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("k", o)))
+        try:
+            editor.forward(target, ids, context, embeds, pooled, sigma, guidance, stop_after=None)
+        finally:
+            for handle in handles:
+                handle.remove()
+        layout = editor.layout(embeds, target, context)
+        all_ids = torch.cat([torch.zeros(layout.text, 3, device=editor.device, dtype=editor.dtype), ids, context.ids])
+        rope = editor.transformer.pos_embed(all_ids)
+        shares = []
+        for name in self.blocks:
+            q = apply_rotary_emb(captured[name]["q"], rope, sequence_dim=1)
+            k = apply_rotary_emb(captured[name]["k"], rope, sequence_dim=1)
+            q_t = q[:, layout.target_slice].transpose(1, 2)
+            scores = q_t @ k.transpose(1, 2).transpose(-1, -2) / q.shape[-1] ** 0.5
+            probs = scores.float().softmax(-1)
+            shares.append(probs[..., layout.context_slice].sum(-1).mean())
+        return torch.stack(shares).mean()
+
+
+def make_steps(editor, args):
+    method = DeContext(prompts=["make the person smile"], release_text_encoders=True)
+    method.prepare(editor)
+    blocks = method._blocks
+    official = OfficialStyle(editor, blocks)
+    size = (args.size, args.size)
+    x0 = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(editor.device)
+    embeds, pooled = method._embeddings.select([0])
+    sigma = torch.tensor([0.99])
+
+    def draw():
+        return torch.Generator().manual_seed(1)
+
+    def ours():
+        x = x0.clone().requires_grad_(True)
+        loss, _ = method.loss(editor, x, size, 0, draw())
+        loss.backward()
+        return float(loss)
+
+    def official_step():
+        x = x0.clone().requires_grad_(True)
+        context = editor.encode_context(x, size)
+        noise, ids = editor.target_like(context, draw())
+        loss = 1 - official.shares(noise, ids, context, embeds, pooled, sigma, 3.5)
+        loss.backward()
+        return float(loss)
+
+    def bare():
+        x = x0.clone().requires_grad_(True)
+        context = editor.encode_context(x, size)
+        noise, ids = editor.target_like(context, draw())
+        out = editor.forward(noise, ids, context, embeds, pooled, sigma, 3.5)
+        loss = out.float().pow(2).mean()
+        loss.backward()
+        return float(loss)
+
+    return {"ours": ours, "official": official_step, "bare": bare}
+
+
+def peak_memory_mb(fn, device) -> float:
+    """Peak extra memory of one call: the CUDA allocator's peak, or on CPU the growth of the peak RSS."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with open("/proc/self/statm") as handle:
+        start = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    fn()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10 - start
+
+
+def memory_in_subprocess(variant: str, argv: list[str]) -> float:
+    """CPU peak RSS is a per-process high-water mark, so each variant is measured in a fresh process
+    (same arguments, ``--memory-of VARIANT``) that builds the model, then runs one step."""
+    command = [sys.executable, __file__, *argv, "--memory-of", variant]
+    result = subprocess.run(command, capture_output=True, text=True)
+    for line in result.stdout.splitlines():
+        if line.startswith("peak_mb="):
+            return float(line.split("=", 1)[1])
+    print(f"warning: memory measurement of {variant} failed: {result.stderr[-500:]}", file=sys.stderr)
+    return float("nan")
+
+
+def timed(fn, device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1000
+    began = time.perf_counter()
+    fn()
+    return time.perf_counter() - began
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=["tiny", "flux"], default="tiny", help="tiny: sizes below; flux: the real FLUX.1-Kontext architecture")
+    parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
+    parser.add_argument("--text-tokens", type=int, default=128)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--double", type=int, default=2)
+    parser.add_argument("--single", type=int, default=4)
+    parser.add_argument("--vae-channels", type=int, nargs=4, default=[8, 8, 16, 16])
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the transformer")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-of", choices=["ours", "official", "bare"], help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    torch.manual_seed(0)
+    editor = build_editor(args)
+    device = editor.device
+    steps = make_steps(editor, args)
+    if args.memory_of:
+        print(f"peak_mb={peak_memory_mb(steps[args.memory_of], device)}")
+        return 0
+    names = list(steps)
+    print(f"device={device} dtype={args.dtype} preset={args.preset} size={args.size} text_tokens={args.text_tokens} "
+          f"blocks={editor.depths} probed={len(editor.resolve_blocks('single:0-25/38'))} threads={torch.get_num_threads()}")
+    for name in names:  # warm-up (and a check that all three run)
+        steps[name]()
+    times = {name: [] for name in names}
+    for repeat in range(args.repeats):
+        order = names[repeat % len(names):] + names[: repeat % len(names)]  # rotate to spread drift
+        for name in order:
+            times[name].append(timed(steps[name], device))
+    memory = {name: float("nan") for name in names}
+    if not args.skip_memory:
+        for name in names:
+            memory[name] = peak_memory_mb(steps[name], device) if device.type == "cuda" else memory_in_subprocess(name, argv)
+    median = {name: statistics.median(values) for name, values in times.items()}
+    print(f"{'variant':<10}{'median s':>10}{'min s':>9}{'max s':>9}{'peak MB':>10}")
+    for name in names:
+        print(f"{name:<10}{median[name]:>10.3f}{min(times[name]):>9.3f}{max(times[name]):>9.3f}{memory[name]:>10.0f}")
+    print(f"ratios official_time={median['ours'] / median['official']:.3f} official_mem={memory['ours'] / memory['official']:.3f} "
+          f"bare_time={median['ours'] / median['bare']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
