@@ -32,6 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--momentum", type=float, default=0.0)
     parser.add_argument("--random-start", action="store_true")
     parser.add_argument("--measure-draws", type=int, default=4, help="fixed draws used to report the share before/after (0 = skip)")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the transformer (less GPU memory, slower)")
+    parser.add_argument("--quantize", choices=["8bit", "4bit"], default=None, help="bitsandbytes weight-quantised transformer for small GPUs (CUDA only)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -55,7 +57,13 @@ def main(argv=None) -> int:
         return 2
     shard = current_shard()  # under `accelerate launch`, this process's share of the inputs
     device = shard.device if (args.device == "auto" and shard.device is not None) else args.device
-    editor = load_editor(args.model, device, args.dtype)
+    try:
+        editor = load_editor(args.model, device, args.dtype, quantize=args.quantize)
+    except (ValueError, ImportError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.checkpointing:
+        editor.enable_gradient_checkpointing()
     settings = ProtectSettings(
         eps=args.eps, alpha=args.alpha, steps=args.steps, momentum=args.momentum, random_start=args.random_start,
         seed=args.seed, resolution=args.resolution, measure_draws=args.measure_draws, progress=not args.no_progress,

@@ -114,24 +114,26 @@ def make_steps(editor, args):
         x = x0.clone().requires_grad_(True)
         loss, _ = method.loss(editor, x, size, 0, draw())
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     def official_step():
+        editor.remove_probe()
         x = x0.clone().requires_grad_(True)
         context = editor.encode_context(x, size)
         noise, ids = editor.target_like(context, draw())
         loss = 1 - official.shares(noise, ids, context, embeds, pooled, sigma, 3.5)
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     def bare():
+        editor.remove_probe()
         x = x0.clone().requires_grad_(True)
         context = editor.encode_context(x, size)
         noise, ids = editor.target_like(context, draw())
         out = editor.forward(noise, ids, context, embeds, pooled, sigma, 3.5)
         loss = out.float().pow(2).mean()
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     return {"ours": ours, "official": official_step, "bare": bare}
 

@@ -29,13 +29,15 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def load_editor(model: str, device: str | None = "auto", dtype: str | torch.dtype = "auto", seed: int = 0, offload: bool = False):
+def load_editor(model: str, device: str | None = "auto", dtype: str | torch.dtype = "auto", seed: int = 0, offload: bool = False, quantize: str | None = None):
     """``tiny`` (random weights, smoke path), ``toy`` (the trained embedded editor), or a
     FLUX.1-Kontext hub id / local diffusers folder."""
     from .flux_kontext import FluxKontextEditor
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    if quantize is not None and model == "tiny":
+        raise ValueError("--quantize loads a saved model (hub id, folder or 'toy'); the in-memory tiny model has no weights to quantise")
     if model == "tiny":
         if offload:
             raise ValueError("--offload is for real models on a GPU, not the tiny model")
@@ -43,10 +45,10 @@ def load_editor(model: str, device: str | None = "auto", dtype: str | torch.dtyp
     if model == "toy":
         if not (TOY_EDITOR_DIR / "model_index.json").is_file():
             raise FileNotFoundError(f"{TOY_EDITOR_DIR}: the toy editor is missing (bash scripts/train_toy_editor.sh makes it)")
-        editor = FluxKontextEditor.from_pretrained(TOY_EDITOR_DIR, dtype=dtype, device=device, offload=offload)
+        editor = FluxKontextEditor.from_pretrained(TOY_EDITOR_DIR, dtype=dtype, device=device, offload=offload, quantize=quantize)
         editor.name = "toy"
         return editor
-    return FluxKontextEditor.from_pretrained(model, dtype=dtype, device=device, offload=offload)
+    return FluxKontextEditor.from_pretrained(model, dtype=dtype, device=device, offload=offload, quantize=quantize)
 
 
 __all__ = ["ContextLatents", "Editor", "Layout", "PromptEmbeddings", "resolve_blocks", "load_editor", "resolve_dtype", "resolve_device"]

@@ -71,6 +71,27 @@ class _StopForward(Exception):
     """Raised by a pre-hook on the first block a method does not need: the rest is never run."""
 
 
+def _load_quantized_transformer(id_or_dir: str, quantize: str, dtype: torch.dtype, device: torch.device, local_files_only: bool):
+    """The transformer with bitsandbytes weight quantisation (diffusers' BitsAndBytesConfig)."""
+    if quantize not in ("8bit", "4bit"):
+        raise ValueError(f"quantize must be '8bit' or '4bit', got {quantize!r}")
+    if device.type != "cuda":
+        raise ValueError(f"quantize={quantize!r} uses bitsandbytes kernels, which need a CUDA GPU (device is {device}); run without --quantize on the CPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ImportError("quantize needs bitsandbytes: pip install bitsandbytes") from None
+    from diffusers import BitsAndBytesConfig, FluxTransformer2DModel
+
+    if quantize == "8bit":
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return FluxTransformer2DModel.from_pretrained(
+        id_or_dir, subfolder="transformer", quantization_config=config, torch_dtype=dtype, local_files_only=local_files_only, device_map={"": device.index or 0}
+    )
+
+
 def _preferred_kontext_resolutions() -> list[tuple[int, int]]:
     from diffusers.pipelines.flux.pipeline_flux_kontext import PREFERRED_KONTEXT_RESOLUTIONS
 
@@ -103,7 +124,7 @@ class FluxKontextEditor:
         for module in (pipe.transformer, pipe.vae):
             module.requires_grad_(False)
             module.eval()
-            if module.dtype != dtype:
+            if module.dtype != dtype and not getattr(module, "is_quantized", False):
                 module.to(dtype=dtype)
         self.offload = offload
         if offload:
@@ -111,7 +132,8 @@ class FluxKontextEditor:
                 raise ValueError("offload moves components to a GPU while they run; it needs a GPU device")
             pipe.enable_model_cpu_offload(device=self.device)
         else:
-            pipe.transformer.to(self.device)
+            if not getattr(pipe.transformer, "is_quantized", False):  # bitsandbytes places its own weights
+                pipe.transformer.to(self.device)
             pipe.vae.to(self.device)
 
     # ------------------------------------------------------------------ construction
@@ -124,11 +146,14 @@ class FluxKontextEditor:
         max_sequence_length: int | None = None,
         local_files_only: bool | None = None,
         offload: bool = False,
+        quantize: str | None = None,
         **kwargs,
     ) -> "FluxKontextEditor":
         """Load a FluxKontextPipeline folder or hub id (``black-forest-labs/FLUX.1-Kontext-dev``).
 
         Text encoders stay on the CPU until ``encode_prompts`` needs them and are released after.
+        ``quantize="8bit"|"4bit"`` loads the transformer weight-quantised with bitsandbytes (LLM.int8 or
+        NF4, computing in ``dtype``), for GPUs with less memory; the VAE stays in ``dtype``.
         """
         from diffusers import FluxKontextPipeline
 
@@ -138,11 +163,17 @@ class FluxKontextEditor:
             local_files_only = path.exists()
         if path.exists() and not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+        if quantize is not None:
+            kwargs["transformer"] = _load_quantized_transformer(str(id_or_dir), quantize, dtype, device, local_files_only)
         pipe = FluxKontextPipeline.from_pretrained(str(id_or_dir), torch_dtype=dtype, local_files_only=local_files_only, **kwargs)
         pipe.set_progress_bar_config(disable=True)
         if max_sequence_length is None:
             max_sequence_length = min(512, int(getattr(pipe.tokenizer_2, "model_max_length", 512) or 512))
         return cls(pipe, name=str(id_or_dir), device=device, dtype=dtype, max_sequence_length=max_sequence_length, offload=offload)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute block activations in backward: much less memory per PGD step for ~30% more time."""
+        self.transformer.enable_gradient_checkpointing()
 
     @classmethod
     def tiny(cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "FluxKontextEditor":
@@ -289,12 +320,32 @@ class FluxKontextEditor:
         return Layout(text=embeds.shape[1], target=target.shape[1], context=context.tokens.shape[1])
 
     # ------------------------------------------------------------------ transformer
+    def install_probe(self, blocks: Sequence[str]) -> ContextShareProbe:
+        """Put probed processors on ``blocks`` (stock ones everywhere else) until ``remove_probe``.
+
+        Stays installed across forward AND backward, which activation checkpointing needs: it re-runs
+        the blocks during backward and must see the same processors. Idempotent for the same blocks.
+        """
+        blocks = list(blocks)
+        if getattr(self, "_probed_blocks", None) == blocks:
+            return self.probe
+        self.remove_probe()
+        self._stock_processors = dict(self.transformer.attn_processors)
+        probed = {self._processor_key(name): ProbedFluxAttnProcessor(self.probe, name) for name in blocks}
+        self.transformer.set_attn_processor({**self._stock_processors, **probed})
+        self._probed_blocks = blocks
+        return self.probe
+
+    def remove_probe(self) -> None:
+        if getattr(self, "_probed_blocks", None) is not None:
+            self.transformer.set_attn_processor(self._stock_processors)
+            self._probed_blocks = None
+
     @contextlib.contextmanager
     def probing(self, blocks: Sequence[str]):
-        """Install probed processors on ``blocks`` for the duration of the context."""
-        processors = {self._processor_key(name): ProbedFluxAttnProcessor(self.probe, name) for name in blocks}
+        """Probe ``blocks`` for the duration of the context (for passes whose backward also runs inside)."""
         self.probe.clear()
-        with swapped_processors(self.transformer, processors):
+        with swapped_processors(self.transformer, {self._processor_key(n): ProbedFluxAttnProcessor(self.probe, n) for n in blocks}):
             yield self.probe
 
     @contextlib.contextmanager

@@ -90,9 +90,10 @@ class DeContext:
         noise, noise_ids = editor.target_like(context, generator)
         target = noise.expand(count, -1, -1) if count > 1 else noise
         embeds, pooled = self._embeddings.select(index)
-        with editor.probing(self._blocks) as probe:
-            editor.forward(target, noise_ids, context, embeds, pooled, sigma, self.guidance, stop_after=self._blocks[-1])
-            return probe.mean_share(self._blocks)
+        probe = editor.install_probe(self._blocks)
+        probe.clear()
+        editor.forward(target, noise_ids, context, embeds, pooled, sigma, self.guidance, stop_after=self._blocks[-1])
+        return probe.mean_share(self._blocks)
 
     def loss(self, editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
         share = self.shares(editor, pixels, size, generator).mean()
