@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -148,10 +147,20 @@ def peak_memory_mb(fn, device) -> float:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    with open("/proc/self/statm") as handle:
-        start = int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    # Linux: writing 5 to clear_refs resets the peak-RSS mark (VmHWM), so building the model does not count.
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    start = _status_mb("VmRSS")
     fn()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10 - start
+    return _status_mb("VmHWM") - start
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def memory_in_subprocess(variant: str, argv: list[str]) -> float:
