@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Protect images against FLUX.1-Kontext with DeContext.
+"""Protect images against FLUX.1-Kontext with DeContext (or a baseline, --method).
 
     python attack/attack_kontext.py --model tiny --input photo.jpg --output protected/
 """
@@ -20,6 +20,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_model_args(parser)
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
     parser.add_argument("--output", required=True, help="folder for <stem>.png and manifest.json")
+    parser.add_argument("--method", default="decontext", choices=["decontext", "noise", "encoder", "flow_loss"], help="decontext (default); noise: random +-eps control; encoder: PhotoGuard encoder attack; flow_loss: diff-PGD on the flow-matching loss")
     parser.add_argument("--eps", type=float, default=12.75, help="L-inf budget in 1/255 units (default 12.75, the paper's 0.1 on [-1,1])")
     parser.add_argument("--alpha", type=float, default=0.6375, help="PGD step in 1/255 units (default 0.6375)")
     parser.add_argument("--steps", type=int, default=800, help="PGD steps (default 800)")
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
     quiet_libraries()
     from decontext.distributed import current_shard
     from decontext.editors import load_editor
-    from decontext.methods.decontext import DeContext
+    from decontext.methods import build_method
     from decontext.prompts import PromptFileError
     from decontext.protect import ProtectSettings, merge_manifests, protect_paths
 
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
         print(f"error: {args.input}: no such file or folder", file=sys.stderr)
         return 2
     try:
-        method = DeContext(blocks=args.blocks, t_range=tuple(args.t_range), guidance=args.guidance, prompts=args.prompts)
+        method = build_method(args.method, prompts=args.prompts, blocks=args.blocks, t_range=args.t_range, guidance=args.guidance)
     except (PromptFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

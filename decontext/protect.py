@@ -59,13 +59,17 @@ def protect_image(editor, method, image: LoadedImage, settings: ProtectSettings,
     x0 = image.pixels.to(editor.device)
     measure = getattr(method, "measure", None)
     initial = measure(editor, x0, size, settings.measure_draws) if measure and settings.measure_draws else None
+    seed = image_seed(settings.seed, name)
+    if hasattr(method, "perturb"):  # no optimisation (e.g. the random-noise control)
+        pixels = method.perturb(x0, settings.eps, torch.Generator().manual_seed(seed))
+        return ProtectOutcome(pixels.cpu(), size, initial, initial, [], time.perf_counter() - start)
     pgd = PGD(
         eps=settings.eps,
         alpha=settings.alpha,
         steps=settings.steps,
         momentum=settings.momentum,
         random_start=settings.random_start,
-        seed=image_seed(settings.seed, name),
+        seed=seed,
         progress=settings.progress,
         desc=f"{method.name} {name}",
     )
