@@ -34,7 +34,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--random-start", action="store_true")
     parser.add_argument("--measure-draws", type=int, default=4, help="fixed draws used to report the share before/after (0 = skip)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the transformer (less GPU memory, slower)")
-    parser.add_argument("--quantize", choices=["8bit", "4bit"], default=None, help="bitsandbytes weight-quantised transformer for small GPUs (CUDA only)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 

@@ -12,6 +12,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="'tiny' (random weights, smoke test), 'toy' (the trained embedded editor), or a FLUX.1-Kontext hub id / local diffusers folder")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--quantize", choices=["8bit", "4bit"], default=None, help="bitsandbytes weight-quantised transformer for small GPUs (CUDA only)")
 
 
 def resolution_arg(value: str):

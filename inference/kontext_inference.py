@@ -65,10 +65,14 @@ def main(argv=None) -> int:
     quiet_libraries()
     from decontext.editors import load_editor
 
-    editor = load_editor(args.model, args.device, args.dtype, offload=args.offload)
+    try:
+        editor = load_editor(args.model, args.device, args.dtype, offload=args.offload, quantize=args.quantize)
+    except (ValueError, ImportError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     editor.enable_vae_memory_savers(tiling=args.vae_tiling, slicing=args.vae_slicing)
     settings = EditSettings(steps=args.steps, guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size)
-    record = {"images": str(args.images), "prompts_file": args.prompts, "seeds": seeds, "dtype": str(editor.dtype), "offload": args.offload}
+    record = {"images": str(args.images), "prompts_file": args.prompts, "seeds": seeds, "dtype": str(editor.dtype), "offload": args.offload, "quantize": args.quantize}
     report = run_edits(editor, args.images, prompts, seeds, args.output, settings, record=record, progress=not args.no_progress)
     print(f"edited {report.done}, skipped {report.skipped} (already done), failed images {len(report.failed)} -> {args.output}")
     for message in report.failed.values():
