@@ -28,9 +28,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--prompt", default=None, help="a single edit instruction instead of a pool")
     parser.add_argument("--prompt-indices", type=int, nargs="+", default=None, help="use only these prompts of the pool (0-based)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance", type=float, default=3.5)
-    parser.add_argument("--resolution", type=resolution_arg, default=512, help="working size: N (N x N area, default 512), native, or auto")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 20, or the model folder's recommendation)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance (default 3.5, or the model folder's recommendation)")
+    parser.add_argument("--resolution", type=resolution_arg, default=None, help="working size: N (N x N area, default 512), native, or auto")
     parser.add_argument("--batch-size", type=int, default=1, help="(prompt, seed) pairs of one image edited together")
     parser.add_argument("--offload", action="store_true", help="diffusers model CPU offload: lowest GPU memory, slower")
     parser.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
             prompts = [Prompt(args.prompt.strip(), "custom", 0)]
         else:
             prompts = select_prompts(load_prompts(args.prompts), args.prompt_indices)
-        if args.steps < 1 or args.batch_size < 1:
+        if (args.steps is not None and args.steps < 1) or args.batch_size < 1:
             raise ValueError("--steps and --batch-size must be >= 1")
     except (PromptFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -71,7 +71,13 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     editor.enable_vae_memory_savers(tiling=args.vae_tiling, slicing=args.vae_slicing)
-    settings = EditSettings(steps=args.steps, guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size)
+    recommended = editor.recommended  # e.g. the toy editor ships its own steps/guidance/resolution
+    settings = EditSettings(
+        steps=args.steps or int(recommended.get("steps", 20)),
+        guidance=args.guidance if args.guidance is not None else float(recommended.get("guidance", 3.5)),
+        resolution=args.resolution or recommended.get("resolution", 512),
+        batch_size=args.batch_size,
+    )
     record = {"images": str(args.images), "prompts_file": args.prompts, "seeds": seeds, "dtype": str(editor.dtype), "offload": args.offload, "quantize": args.quantize}
     report = run_edits(editor, args.images, prompts, seeds, args.output, settings, record=record, progress=not args.no_progress)
     print(f"edited {report.done}, skipped {report.skipped} (already done), failed images {len(report.failed)} -> {args.output}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -88,7 +89,7 @@ def _load_quantized_transformer(id_or_dir: str, quantize: str, dtype: torch.dtyp
     else:
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
     return FluxTransformer2DModel.from_pretrained(
-        id_or_dir, subfolder="transformer", quantization_config=config, torch_dtype=dtype, local_files_only=local_files_only, device_map={"": device.index or 0}
+        id_or_dir, subfolder="transformer", quantization_config=config, dtype=dtype, local_files_only=local_files_only, device_map={"": device.index or 0}
     )
 
 
@@ -120,6 +121,7 @@ class FluxKontextEditor:
         self.dtype = dtype
         self.max_sequence_length = max_sequence_length
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.recommended: dict = {}  # editing settings shipped with a model folder (decontext_toy.json)
         self.probe = ContextShareProbe()
         for module in (pipe.transformer, pipe.vae):
             module.requires_grad_(False)
@@ -165,11 +167,17 @@ class FluxKontextEditor:
             raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
         if quantize is not None:
             kwargs["transformer"] = _load_quantized_transformer(str(id_or_dir), quantize, dtype, device, local_files_only)
-        pipe = FluxKontextPipeline.from_pretrained(str(id_or_dir), torch_dtype=dtype, local_files_only=local_files_only, **kwargs)
+        pipe = FluxKontextPipeline.from_pretrained(str(id_or_dir), dtype=dtype, local_files_only=local_files_only, **kwargs)
         pipe.set_progress_bar_config(disable=True)
+        settings_file = path / "decontext_toy.json" if path.exists() else None
+        recommended = json.loads(settings_file.read_text()) if settings_file is not None and settings_file.is_file() else {}
+        if max_sequence_length is None and recommended.get("max_sequence_length"):
+            max_sequence_length = int(recommended["max_sequence_length"])
         if max_sequence_length is None:
             max_sequence_length = min(512, int(getattr(pipe.tokenizer_2, "model_max_length", 512) or 512))
-        return cls(pipe, name=str(id_or_dir), device=device, dtype=dtype, max_sequence_length=max_sequence_length, offload=offload)
+        editor = cls(pipe, name=str(id_or_dir), device=device, dtype=dtype, max_sequence_length=max_sequence_length, offload=offload)
+        editor.recommended = recommended
+        return editor
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute block activations in backward: much less memory per PGD step for ~30% more time."""
@@ -388,6 +396,10 @@ class FluxKontextEditor:
         """
         batch = target.shape[0]
         context_tokens = context.tokens.expand(batch, -1, -1) if context.tokens.shape[0] == 1 else context.tokens
+        if embeds.shape[0] == 1 and batch > 1:  # one prompt for a batch of images
+            embeds, pooled = embeds.expand(batch, -1, -1), pooled.expand(batch, -1)
+        if timestep.numel() == 1 and batch > 1:
+            timestep = timestep.reshape(1).expand(batch)
         self.probe.layout = self.layout(embeds, target, context)
         hidden = torch.cat([target, context_tokens], dim=1)
         img_ids = torch.cat([target_ids, context.ids], dim=0)
@@ -429,29 +441,35 @@ class FluxKontextEditor:
     @torch.no_grad()
     def edit(
         self,
-        image: Image.Image,
+        image: Image.Image | Sequence[Image.Image],
         prompts: Sequence[str],
         seeds: Sequence[int],
         steps: int = 20,
         guidance: float = 3.5,
         resolution: str | int = 512,
     ) -> list[Image.Image]:
-        """Edit one image with FluxKontextPipeline, one output per (prompt, seed) pair, as one batch.
+        """Edit with FluxKontextPipeline, one output per (prompt, seed) pair, as one batch.
 
+        ``image`` is one image (edited under every prompt) or one image per prompt (same size).
         Prompt embeddings come from the cache (``encode_prompts``), so text encoders may be released.
         """
         if len(prompts) != len(seeds):
             raise ValueError("edit() takes one seed per prompt")
-        image = self.prepare_image(image.convert("RGB"), resolution)
+        images = [image] if isinstance(image, Image.Image) else list(image)
+        if len(images) not in (1, len(prompts)):
+            raise ValueError("edit() takes one image, or one image per prompt")
+        images = [self.prepare_image(im.convert("RGB"), resolution) for im in images]
+        if len({im.size for im in images}) != 1:
+            raise ValueError("a batch of images must share one size")
         embeddings = self.encode_prompts(prompts)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         result = self.pipe(
-            image=image,
+            image=images[0] if len(images) == 1 else images,
             prompt_embeds=embeddings.embeds,
             pooled_prompt_embeds=embeddings.pooled,
-            height=image.height,
-            width=image.width,
-            max_area=image.height * image.width,
+            height=images[0].height,
+            width=images[0].width,
+            max_area=images[0].height * images[0].width,
             _auto_resize=False,
             num_inference_steps=steps,
             guidance_scale=guidance,

@@ -86,8 +86,10 @@ class DeContext:
         index = torch.randint(len(self.prompts), (count,), generator=generator).tolist()
         lo, hi = self.t_range
         sigma = lo + (hi - lo) * torch.rand(count, generator=generator)
+        if count > 1 and pixels.shape[0] > 1:
+            raise ValueError("prompts_per_step > 1 works on one image at a time")
         context = editor.encode_context(pixels, size)
-        noise, noise_ids = editor.target_like(context, generator)
+        noise, noise_ids = editor.target_like(context, generator)  # one noise draw per image
         target = noise.expand(count, -1, -1) if count > 1 else noise
         embeds, pooled = self._embeddings.select(index)
         probe = editor.install_probe(self._blocks)

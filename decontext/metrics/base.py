@@ -115,6 +115,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "decontext.metrics.arcface",
     "decontext.metrics.clip",
     "decontext.metrics.quality",
+    "decontext.metrics.toy",
 )
 
 

@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""Effect size of the protections on the trained toy editor, on the held-out identities.
+
+For each budget and method: protect every held-out face (batched PGD through the library's engine and
+methods, saved-file quantisation within the budget), edit clean and protected faces with the toy
+FluxKontextPipeline under the six toy edits, read the results with the toy attribute reader, and
+compare with the random-noise control of the same budget (paired by identity and edit; 95% bootstrap
+interval over identities).
+
+    python bench/effect.py                               # 100 identities, eps 8 16 32, all methods
+    python bench/effect.py --identities 20 --eps 16 --steps 50 --methods noise decontext
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from decontext.cli import quiet_libraries  # noqa: E402
+from decontext.images import quantize, uint8_to_tensor  # noqa: E402
+from decontext.pgd import PGD  # noqa: E402
+
+EDIT_PROMPT_INDICES = (0, 2, 4, 6, 8, 10)  # one phrasing per toy edit
+VARIANTS = {
+    # name: (method name, constructor overrides)
+    "noise": ("noise", {}),
+    "decontext": ("decontext", {}),  # the paper's defaults: t in [0.98, 1), single blocks 0-25/38
+    "decontext_all_t": ("decontext", {"t_range": (0.0, 1.0)}),
+    "decontext_all_t_all_blocks": ("decontext", {"t_range": (0.0, 1.0), "blocks": "double,single"}),
+    "encoder": ("encoder", {}),
+    "flow_loss": ("flow_loss", {}),
+}
+
+
+def build(variant: str, prompts: list[str]):
+    from decontext.methods.decontext import DeContext
+    from decontext.methods.encoder import EncoderAttack
+    from decontext.methods.flow_loss import FlowLoss
+    from decontext.methods.noise import RandomNoise
+
+    kind, overrides = VARIANTS[variant]
+    if kind == "noise":
+        return RandomNoise()
+    if kind == "encoder":
+        return EncoderAttack()
+    if kind == "flow_loss":
+        return FlowLoss(prompts=prompts, release_text_encoders=False, **overrides)
+    return DeContext(prompts=prompts, release_text_encoders=False, **overrides)
+
+
+def protect_batch(editor, method, sources: np.ndarray, eps: float, steps: int, alpha: float, seed: int, chunk: int) -> np.ndarray:
+    """Protected uint8 images (N, H, W, 3), each within floor(eps) levels of its source."""
+    out = []
+    size = sources.shape[1:3]
+    for start in range(0, len(sources), chunk):
+        part = sources[start : start + chunk]
+        x0 = torch.cat([uint8_to_tensor(im) for im in part])
+        generator = torch.Generator().manual_seed(seed + start)
+        if hasattr(method, "perturb"):
+            adv = method.perturb(x0, eps, generator)
+        else:
+            method.prepare(editor)
+            pgd = PGD(eps=eps, alpha=alpha, steps=steps, seed=seed + start, progress=False)
+            adv = pgd.run(x0, lambda x, step, g: method.loss(editor, x, size, step, g)).pixels
+        out.extend(quantize(adv[i : i + 1], part[i], eps) for i in range(len(part)))
+    return np.stack(out)
+
+
+def edit_all(editor, images: np.ndarray, prompts: list[str], seed: int, settings: dict, chunk: int) -> np.ndarray:
+    """Edits (E, N, H, W, 3) of every image under every prompt (seed fixed per image)."""
+    edits = []
+    for prompt in prompts:
+        row = []
+        for start in range(0, len(images), chunk):
+            part = [Image.fromarray(im) for im in images[start : start + chunk]]
+            row.extend(np.asarray(im) for im in editor.edit(part, [prompt] * len(part), [seed + start + i for i in range(len(part))],
+                                                          steps=settings["steps"], guidance=settings["guidance"], resolution="native"))
+        edits.append(np.stack(row))
+    return np.stack(edits)
+
+
+def score(reader, sources: np.ndarray, edits: np.ndarray, edit_names: list[str]) -> dict[str, np.ndarray]:
+    """Per (edit, identity): toy identity score and edit success."""
+    from decontext.toy.reader import score_reads
+
+    src = reader.read(list(sources))
+    identity = np.zeros(edits.shape[:2])
+    success = np.zeros(edits.shape[:2])
+    for e, name in enumerate(edit_names):
+        reads = reader.read(list(edits[e]))
+        for i in range(edits.shape[1]):
+            result = score_reads({k: v[i] for k, v in src.items()}, {k: v[i] for k, v in reads.items()}, name)
+            identity[e, i], success[e, i] = result["toy_identity"], result["edit_success"]
+    return {"toy_identity": identity, "edit_success": success}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a - b (arrays (edits, identities)) with a 95% percentile interval over identities."""
+    per_identity = (a - b).mean(0)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per_identity), (draws, len(per_identity)))
+    means = per_identity[idx].mean(1)
+    return float(per_identity.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--identities", type=int, default=100)
+    parser.add_argument("--eps", type=float, nargs="+", default=[8, 16, 32])
+    parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants-at", type=float, default=16, help="run the decontext_* variants only at this eps")
+    parser.add_argument("--steps", type=int, default=200, help="PGD steps (the paper uses 800)")
+    parser.add_argument("--alpha", type=float, default=None, help="PGD step in 1/255 (default eps/steps*4, at least 0.25)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--chunk", type=int, default=50)
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw table here")
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    torch.manual_seed(0)
+
+    from decontext.editors import load_editor
+    from decontext.prompts import load_prompts
+    from decontext.toy import world
+    from decontext.toy.model import PROMPTS_FILE
+    from decontext.toy.reader import ToyReader, edit_name
+
+    editor = load_editor("toy", "cpu", "float32")
+    reader = ToyReader.load()
+    pool = load_prompts(PROMPTS_FILE)
+    prompts = [pool[i].text for i in EDIT_PROMPT_INDICES]
+    names = [edit_name(pool[i].category) for i in EDIT_PROMPT_INDICES]
+    settings = {"steps": int(editor.recommended.get("steps", 20)), "guidance": float(editor.recommended.get("guidance", 3.5))}
+    attack_prompts = [p.text for p in pool]
+    editor.encode_prompts(attack_prompts)
+
+    identities = world.eval_identities()[: args.identities]
+    sources = np.stack([world.render(world.sample_scene(identity, seed=args.seed + i)) for i, identity in enumerate(identities)])
+    started = time.perf_counter()
+    results: dict[str, dict] = {"clean": score(reader, sources, edit_all(editor, sources, prompts, args.seed, settings, args.chunk), names)}
+    print(f"clean: identity {results['clean']['toy_identity'].mean():.3f}, edit success {results['clean']['edit_success'].mean():.3f} "
+          f"({time.perf_counter() - started:.0f}s)", flush=True)
+    for eps in args.eps:
+        for variant in args.methods:
+            if variant.startswith("decontext_") and eps != args.variants_at:
+                continue
+            began = time.perf_counter()
+            method = build(variant, attack_prompts)
+            alpha = args.alpha or max(0.25, 4 * eps / max(args.steps, 1))
+            protected = protect_batch(editor, method, sources, eps, args.steps, alpha, args.seed, args.chunk)
+            edits = edit_all(editor, protected, prompts, args.seed, settings, args.chunk)
+            results[f"{variant}@{eps:g}"] = score(reader, sources, edits, names)
+            r = results[f"{variant}@{eps:g}"]
+            print(f"{variant}@{eps:g}: identity {r['toy_identity'].mean():.3f}, edit success {r['edit_success'].mean():.3f} "
+                  f"({time.perf_counter() - began:.0f}s)", flush=True)
+
+    lines = [
+        f"Toy editor, {len(identities)} held-out identities x {len(prompts)} edits, PGD {args.steps} steps; "
+        f"toy_identity: lower = better protection; diff = condition - noise at the same eps (paired, 95% bootstrap CI over identities)",
+        "",
+        "| condition | toy_identity | edit_success | identity diff vs noise [95% CI] |",
+        "|---|---|---|---|",
+    ]
+    for key, r in results.items():
+        diff = ""
+        if "@" in key and not key.startswith("noise@") and f"noise@{key.split('@')[1]}" in results:
+            mean, lo, hi = paired_bootstrap(r["toy_identity"], results[f"noise@{key.split('@')[1]}"]["toy_identity"])
+            diff = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        lines.append(f"| {key} | {r['toy_identity'].mean():.3f} | {r['edit_success'].mean():.3f} | {diff} |")
+    print("\n".join(lines))
+    if args.json:
+        args.json.write_text(json.dumps({k: {m: v.tolist() for m, v in r.items()} for k, r in results.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
