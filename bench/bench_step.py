@@ -115,24 +115,21 @@ def make_steps(editor, args):
         loss.backward()
         return float(loss.detach())
 
-    def official_step():
+    def unprobed(loss_of):
+        """A step of a variant that does not use our probe: encode, draw the same noise, loss, backward."""
         editor.remove_probe()
         x = x0.clone().requires_grad_(True)
         context = editor.encode_context(x, size)
         noise, ids = editor.target_like(context, draw())
-        loss = 1 - official.shares(noise, ids, context, embeds, pooled, sigma, 3.5)
+        loss = loss_of(noise, ids, context)
         loss.backward()
         return float(loss.detach())
 
+    def official_step():
+        return unprobed(lambda noise, ids, context: 1 - official.shares(noise, ids, context, embeds, pooled, sigma, 3.5))
+
     def bare():
-        editor.remove_probe()
-        x = x0.clone().requires_grad_(True)
-        context = editor.encode_context(x, size)
-        noise, ids = editor.target_like(context, draw())
-        out = editor.forward(noise, ids, context, embeds, pooled, sigma, 3.5)
-        loss = out.float().pow(2).mean()
-        loss.backward()
-        return float(loss.detach())
+        return unprobed(lambda noise, ids, context: editor.forward(noise, ids, context, embeds, pooled, sigma, 3.5).float().pow(2).mean())
 
     return {"ours": ours, "official": official_step, "bare": bare}
 
