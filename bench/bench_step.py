@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
     parser.add_argument("--text-tokens", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4, help="attention heads (head dim = hidden / heads; FLUX: 24 x 128)")
     parser.add_argument("--double", type=int, default=2)
     parser.add_argument("--single", type=int, default=4)
     parser.add_argument("--vae-channels", type=int, nargs=4, default=[8, 8, 16, 16])

@@ -65,6 +65,7 @@ class ContextShareProbe:
     layout: Layout | None = None
     enabled: bool = True
     value_channels: int | None = None
+    stop_at: str | None = None  # a probed layer after whose probe the forward may end
     shares: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def record(self, name: str, query: torch.Tensor, key: torch.Tensor) -> None:

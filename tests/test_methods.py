@@ -54,3 +54,30 @@ def test_decontext_lowers_measured_share_and_records_history():
     assert outcome.final_share < outcome.initial_share
     assert len(outcome.history) == 10 and all(0 < h["share"] < 1 for h in outcome.history)
     assert all(abs(h["loss"] - (1 - h["share"])) < 1e-6 for h in outcome.history)
+
+
+def test_decontext_pass_ends_inside_the_last_probed_block_with_unchanged_shares():
+    editor = FluxKontextEditor.tiny(seed=6)
+    method = DeContext(prompts=["add a hat"], release_text_encoders=False)
+    method.prepare(editor)
+    blocks = method._blocks
+    calls = []
+    handle = editor._block(blocks[-1]).proj_out.register_forward_hook(lambda *a: calls.append(1))
+    pixels = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            early = method.shares(editor, pixels, (32, 48), torch.Generator().manual_seed(1))
+            assert calls == []  # the last probed block stopped right after its probe
+            # The same draws as shares() makes (prompt index, sigma, noise), then a full pass.
+            g = torch.Generator().manual_seed(1)
+            torch.randint(1, (1,), generator=g)
+            sigma = 0.98 + 0.02 * torch.rand(1, generator=g)
+            context = editor.encode_context(pixels, (32, 48))
+            noise, ids = editor.target_like(context, g)
+            embeds, pooled = method._embeddings.select([0])
+            editor.probe.clear()
+            editor.forward(noise, ids, context, embeds, pooled, sigma, stop_after=None)
+    finally:
+        handle.remove()
+    assert calls == [1]
+    assert torch.allclose(early, editor.probe.mean_share(blocks), atol=1e-6)

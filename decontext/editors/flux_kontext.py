@@ -57,6 +57,9 @@ class ProbedFluxAttnProcessor(FluxAttnProcessor):
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
         self.probe.record(self.name, query, key)
+        if self.probe.stop_at == self.name:
+            # Only this layer's q and k matter to the loss: its attention, MLP and the rest are skipped.
+            raise _StopForward
         out = dispatch_attention_fn(
             query, key, value, attn_mask=attention_mask, backend=self._attention_backend, parallel_config=self._parallel_config
         )
@@ -390,7 +393,8 @@ class FluxKontextEditor:
             target: (B, N_t, C) noisy target tokens; context: encoded context (batch 1 or B).
             embeds, pooled: (B, L, D) and (B, P) prompt conditioning.
             timestep: (B,) sigma in [0, 1] (the model multiplies by 1000 itself).
-            stop_after: name of the last block to run; the blocks after it are skipped.
+            stop_after: name of the last block needed; the blocks after it are skipped, and when that
+                block is probed it ends right after its probe (its attention output is not needed).
         Returns:
             The velocity prediction for the target tokens, or None when stopped early.
         """
@@ -401,6 +405,7 @@ class FluxKontextEditor:
         if timestep.numel() == 1 and batch > 1:
             timestep = timestep.reshape(1).expand(batch)
         self.probe.layout = self.layout(embeds, target, context)
+        self.probe.stop_at = stop_after if stop_after in (getattr(self, "_probed_blocks", None) or ()) else None
         hidden = torch.cat([target, context_tokens], dim=1)
         img_ids = torch.cat([target_ids, context.ids], dim=0)
         text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)
