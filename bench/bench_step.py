@@ -75,8 +75,9 @@ class OfficialStyle:
         captured, handles = {}, []
         for name in self.blocks:
             attn = editor._block(name).attn
-            handles.append(attn.norm_q.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("q", o)))
-            handles.append(attn.norm_k.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("k", o)))
+            # The official hooks store a copy of each output.
+            handles.append(attn.norm_q.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("q", o.clone())))
+            handles.append(attn.norm_k.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("k", o.clone())))
         try:
             editor.forward(target, ids, context, embeds, pooled, sigma, guidance, stop_after=None)
         finally:
@@ -126,7 +127,17 @@ def make_steps(editor, args):
         return float(loss.detach())
 
     def official_step():
-        return unprobed(lambda noise, ids, context: 1 - official.shares(noise, ids, context, embeds, pooled, sigma, 3.5))
+        if not args.official_checkpointing:
+            return unprobed(lambda noise, ids, context: 1 - official.shares(noise, ids, context, embeds, pooled, sigma, 3.5))
+        # As the official script runs: gradient checkpointing in the transformer AND the VAE.
+        editor.transformer.enable_gradient_checkpointing()
+        editor.vae.enable_gradient_checkpointing()
+        try:
+            return unprobed(lambda noise, ids, context: 1 - official.shares(noise, ids, context, embeds, pooled, sigma, 3.5))
+        finally:
+            if not args.checkpointing:  # leave ours as it was configured
+                editor.transformer.disable_gradient_checkpointing()
+            editor.vae.disable_gradient_checkpointing()
 
     def bare():
         return unprobed(lambda noise, ids, context: editor.forward(noise, ids, context, embeds, pooled, sigma, 3.5).float().pow(2).mean())
@@ -200,6 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the transformer")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--official-checkpointing", action="store_true", help="run the official variant with transformer+VAE gradient checkpointing, as the official script does")
     parser.add_argument("--memory-of", choices=["ours", "official", "bare"], help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -212,7 +224,7 @@ def main(argv=None) -> int:
         print(f"peak_mb={peak_memory_mb(steps[args.memory_of], device)}")
         return 0
     names = list(steps)
-    print(f"device={device} dtype={args.dtype} preset={args.preset} size={args.size} text_tokens={args.text_tokens} "
+    print(f"device={device} dtype={args.dtype} preset={args.preset} size={args.size} text_tokens={args.text_tokens} official_checkpointing={args.official_checkpointing} "
           f"blocks={editor.depths} probed={len(editor.resolve_blocks('single:0-25/38'))} threads={torch.get_num_threads()}")
     for name in names:  # warm-up (and a check that all three run)
         steps[name]()
