@@ -215,7 +215,7 @@ def prompt_table(components):
     return pool, by_edit, embeds, pooled
 
 
-def train_transformer(components, src, tgt, steps: int, batch: int, seed: int, lr: float = 6e-4, ema_decay: float = 0.995):
+def train_transformer(components, src, tgt, steps: int, batch: int, seed: int, lr: float = 8e-4, ema_decay: float = 0.995):
     torch.manual_seed(seed + 40)
     transformer, scheduler = components["transformer"], components["scheduler"]
     pool, by_edit, embeds, pooled = prompt_table(components)
@@ -316,11 +316,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--reader-steps", type=int, default=500)
     ap.add_argument("--reader-batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=1000, help="transformer steps")
-    ap.add_argument("--batch", type=int, default=32, help="transformer batch")
-    ap.add_argument("--lr", type=float, default=6e-4)
+    ap.add_argument("--batch", type=int, default=24, help="transformer batch")
+    ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--sources", type=int, default=2400, help="training source scenes (x6 edits)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="a few iterations of every stage (tests)")
+    ap.add_argument("--stages", default="vae,reader,transformer", help="stages to run (others must be finished in --work, or are skipped)")
     ap.add_argument("--stop-after", choices=("vae", "reader", "transformer"), help="stop after this stage (use --resume to go on)")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -341,13 +342,22 @@ def main(argv=None) -> dict:
     info["params"] = {k: sum(p.numel() for p in components[k].parameters()) for k in ("vae", "transformer", "text_encoder", "text_encoder_2")}
     log(f"parameters: {info['params']}")
 
+    wanted = set(args.stages.split(","))
+
     def stage(name: str) -> bool:
         return args.resume and name in info.get("done", [])
 
+    def skipped(name: str) -> bool:
+        return name not in wanted and not stage(name)
+
     def finish(name: str, t0: float, **extra) -> None:
-        info.setdefault("done", []).append(name) if name not in info.get("done", []) else None
-        info.setdefault("seconds", {})[name] = round(time.time() - t0, 1)
-        info.update(extra)
+        # merge with the file on disk: stages may run in parallel processes sharing --work
+        disk = json.loads(info_path.read_text()) if info_path.exists() else {}
+        merged = {**disk, **{k: v for k, v in info.items() if k not in ("done", "seconds")}, **extra}
+        merged["done"] = sorted(set(disk.get("done", [])) | set(info.get("done", [])) | {name})
+        merged["seconds"] = {**disk.get("seconds", {}), **info.get("seconds", {}), name: round(time.time() - t0, 1)}
+        info.clear()
+        info.update(merged)
         info_path.write_text(json.dumps(info, indent=2) + "\n")
 
     # 1. VAE
@@ -366,7 +376,10 @@ def main(argv=None) -> dict:
 
     # 2. reader
     t0 = time.time()
-    if stage("reader"):
+    reader = None
+    if skipped("reader"):
+        log("reader: skipped")
+    elif stage("reader"):
         reader = ToyReader.load(args.work / "reader")
         log("reader: reused from --work")
     else:
@@ -380,6 +393,9 @@ def main(argv=None) -> dict:
 
     # 3. transformer
     t0 = time.time()
+    if skipped("transformer"):
+        log("transformer: skipped")
+        return info
     if stage("transformer"):
         components["transformer"].load_state_dict(load_file(str(args.work / "transformer.safetensors")))
         log("transformer: reused from --work")
@@ -392,6 +408,8 @@ def main(argv=None) -> dict:
     if args.stop_after == "transformer":
         return info
     components["transformer"].eval().requires_grad_(False)
+    if reader is None:
+        return info
 
     q = quick_eval(components, reader, n_identities=2 if args.smoke else 12)
     log(f"quick held-out check: {q}")
