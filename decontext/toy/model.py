@@ -1,0 +1,143 @@
+"""The toy editor's architecture: a tiny FLUX.1-Kontext built by ``decontext.editors.tiny`` and the
+exact latent plumbing of diffusers' ``FluxKontextPipeline`` (VAE posterior mode, shift/scale, 2x2
+packing, position ids with axis 0 = 1 for the context tokens), reused for training.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from decontext.editors.tiny import BASE_WORDS, TinyKontextConfig, tiny_kontext_components
+
+ROOT = Path(__file__).resolve().parents[2]
+EDITOR_DIR = ROOT / "data" / "toy_editor"
+READER_DIR = ROOT / "data" / "toy_reader"
+PROMPTS_FILE = ROOT / "data" / "prompts" / "toy_prompts.txt"
+SETTINGS_FILE = "decontext_toy.json"
+
+# 64 px images -> 16x16x4 latents (3 VAE blocks = 4x down) -> 8x8 = 64 packed tokens of 16 channels.
+TOY_CONFIG = TinyKontextConfig(
+    num_layers=2,
+    num_single_layers=4,
+    num_attention_heads=4,
+    attention_head_dim=32,
+    axes_dims_rope=(8, 12, 12),
+    text_dim=64,
+    pooled_dim=64,
+    latent_channels=4,
+    vae_channels=(16, 32, 64),
+    vae_layers_per_block=1,
+    guidance_embeds=True,
+    max_text_tokens=16,
+)
+RESOLUTION = 64
+MAX_SEQUENCE_LENGTH = 16
+DEFAULT_STEPS = 12
+DEFAULT_GUIDANCE = 2.5
+
+
+def build_components(seed: int = 0) -> dict:
+    """Fresh (untrained) components of the toy editor; text encoders stay random and frozen."""
+    return tiny_kontext_components(TOY_CONFIG, seed=seed, words=BASE_WORDS)
+
+
+def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1], as the pipeline's image processor does."""
+    x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """float (B, 3, H, W) in [-1, 1] -> uint8 (B, H, W, 3), rounding like the pipeline's postprocess."""
+    return (x.clamp(-1, 1).add(1).mul(127.5)).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def encode(vae, x: torch.Tensor) -> torch.Tensor:
+    """Kontext's ``_encode_vae_image``: posterior mode, then (z - shift) * scale."""
+    z = vae.encode(x).latent_dist.mode()
+    return (z - vae.config.shift_factor) * vae.config.scaling_factor
+
+
+def decode(vae, z: torch.Tensor) -> torch.Tensor:
+    return vae.decode(z / vae.config.scaling_factor + vae.config.shift_factor).sample
+
+
+def pack(z: torch.Tensor) -> torch.Tensor:
+    """``FluxKontextPipeline._pack_latents``: (B, C, H, W) -> (B, H/2*W/2, 4C)."""
+    b, c, h, w = z.shape
+    return z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``FluxKontextPipeline._unpack_latents`` for a latent of size (h, w)."""
+    b, _, c4 = tokens.shape
+    return tokens.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c4 // 4, h, w)
+
+
+def image_ids(h2: int, w2: int, context: bool) -> torch.Tensor:
+    """``_prepare_latent_image_ids`` (axis 1 = row, axis 2 = column); context tokens get axis 0 = 1."""
+    ids = torch.zeros(h2, w2, 3)
+    ids[..., 1] += torch.arange(h2)[:, None]
+    ids[..., 2] += torch.arange(w2)[None, :]
+    if context:
+        ids[..., 0] = 1
+    return ids.reshape(h2 * w2, 3)
+
+
+def inference_shift(scheduler, seq_len: int) -> float:
+    """The time shift exp(mu) that ``FluxKontextPipeline`` applies for ``seq_len`` target tokens."""
+    cfg = scheduler.config
+    m = (cfg.max_shift - cfg.base_shift) / (cfg.max_image_seq_len - cfg.base_image_seq_len)
+    mu = seq_len * m + (cfg.base_shift - m * cfg.base_image_seq_len)
+    return math.exp(mu)
+
+
+@torch.no_grad()
+def encode_prompts(components: dict, prompts: list[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH):
+    """(T5 embeddings, pooled CLIP embeddings) exactly as ``FluxKontextPipeline.encode_prompt`` makes them."""
+    tok, tok2 = components["tokenizer"], components["tokenizer_2"]
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    pooled = components["text_encoder"](ids, output_hidden_states=False).pooler_output
+    ids2 = tok2(prompts, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt").input_ids
+    embeds = components["text_encoder_2"](ids2, output_hidden_states=False)[0]
+    return embeds.float(), pooled.float()
+
+
+def transformer_velocity(transformer, target_tokens, context_tokens, sigma, guidance, embeds, pooled):
+    """One Kontext transformer call: [target | context] tokens, prediction sliced to the target."""
+    b, n, _ = target_tokens.shape
+    side = int(round(math.sqrt(n)))
+    ids = torch.cat([image_ids(side, side, False), image_ids(side, side, True)], 0)
+    txt_ids = torch.zeros(embeds.shape[1], 3)
+    out = transformer(
+        hidden_states=torch.cat([target_tokens, context_tokens], 1),
+        timestep=sigma,
+        guidance=guidance,
+        pooled_projections=pooled,
+        encoder_hidden_states=embeds,
+        txt_ids=txt_ids,
+        img_ids=ids,
+        return_dict=False,
+    )[0]
+    return out[:, :n]
+
+
+@torch.no_grad()
+def sample_edit(transformer, scheduler, context_tokens, embeds, pooled, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE, generator=None):
+    """Euler flow sampling with the pipeline's sigma schedule (used for quick checks during training)."""
+    b, n, c = context_tokens.shape
+    shift = inference_shift(scheduler, n)
+    sigmas = np.linspace(1.0, 1.0 / steps, steps)
+    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
+    sigmas = np.append(sigmas, 0.0)
+    x = torch.randn(b, n, c, generator=generator)
+    g = torch.full((b,), float(guidance))
+    for i in range(steps):
+        s = torch.full((b,), float(sigmas[i]))
+        v = transformer_velocity(transformer, x, context_tokens, s, g, embeds, pooled)
+        x = x + (sigmas[i + 1] - sigmas[i]) * v
+    return x

@@ -1,0 +1,426 @@
+"""Train the toy editor (a tiny FLUX.1-Kontext) and the attribute reader from a seed, on CPU.
+
+Stages (each one seeded; ``--resume`` reuses a stage already finished in ``--work``):
+  1. VAE: reconstruction of toy-world renders (training identities only), L1 + L2 + image-gradient
+     loss weighted on the face (x3) and the eyes (x8), a small KL term; then shift/scale are set so
+     that the latents have zero mean and unit variance.
+  2. Reader: a small CNN on renders and on VAE reconstructions of them (all 300 identities: it is
+     the measuring instrument, not part of the editor).
+  3. Transformer (VAE and text encoders frozen): flow matching on the target tokens with the source
+     as Kontext context tokens, pairs (source, edit prompt, exact ground-truth edit) of the 200
+     training identities.
+Then the editor is saved with ``FluxKontextPipeline(...).save_pretrained`` and the reader beside it.
+
+    python -m decontext.toy.train                 # full run (about 35-40 min on 2 CPU cores)
+    python -m decontext.toy.train --smoke --out /tmp/e --reader-out /tmp/r --work /tmp/w
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from decontext.toy import world
+from decontext.toy.model import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    EDITOR_DIR,
+    MAX_SEQUENCE_LENGTH,
+    PROMPTS_FILE,
+    READER_DIR,
+    RESOLUTION,
+    ROOT,
+    SETTINGS_FILE,
+    TOY_CONFIG,
+    build_components,
+    decode,
+    encode,
+    encode_prompts,
+    inference_shift,
+    pack,
+    sample_edit,
+    to_model_space,
+    transformer_velocity,
+    unpack,
+)
+from decontext.toy.reader import HEADS, ReaderNet, ToyReader, score_reads
+
+_T0 = time.time()
+
+
+def log(msg: str) -> None:
+    print(f"[{time.time() - _T0:7.1f}s] {msg}", flush=True)
+
+
+def make_scenes(identities: list, n: int, seed: int, extras: float) -> list:
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(len(identities), size=n)
+    return [world.sample_scene(identities[int(k)], seed=seed * 1_000_003 + i, extras=extras) for i, k in enumerate(picks)]
+
+
+def render_all(scenes) -> np.ndarray:
+    return np.stack([world.render(s) for s in scenes])
+
+
+def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    p = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
+    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+@torch.no_grad()
+def reconstruct(vae, images: np.ndarray, batch: int = 200) -> np.ndarray:
+    out = []
+    for i in range(0, len(images), batch):
+        out.append(decode_uint8(vae, encode(vae, to_model_space(images[i : i + batch]))))
+    return np.concatenate(out)
+
+
+def decode_uint8(vae, z):
+    from decontext.toy.model import to_uint8
+
+    return to_uint8(decode(vae, z))
+
+
+# ----------------------------------------------------------------------------------------------- VAE
+def train_vae(vae, steps: int, batch: int, n_images: int, seed: int, lr: float = 2e-3, n_check: int = 300) -> dict:
+    torch.manual_seed(seed)
+    scenes = make_scenes(world.train_identities(), n_images, seed=seed + 11, extras=0.35)
+    images = render_all(scenes)
+    weights = np.stack([world.importance(s) for s in scenes]).astype(np.uint8)
+    log(f"vae: {n_images} training renders ready")
+    rng = np.random.default_rng(seed + 12)
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup=min(100, steps // 10 + 1))
+        idx = rng.integers(n_images, size=batch)
+        x = to_model_space(images[idx])
+        w = torch.from_numpy(weights[idx]).float()[:, None]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        err = rec - x
+        wn = w / w.mean()
+        l1 = (wn * err.abs()).mean()
+        l2 = (wn * err.pow(2)).mean()
+        gx = (err[..., :, 1:] - err[..., :, :-1]).abs() * wn[..., :, 1:]
+        gy = (err[..., 1:, :] - err[..., :-1, :]).abs() * wn[..., 1:, :]
+        grad = gx.mean() + gy.mean()
+        kl = 0.5 * (post.mean.pow(2) + post.var - 1.0 - post.logvar).mean()
+        loss = l1 + 2.0 * l2 + 0.5 * grad + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"vae step {step}/{steps} loss {loss.item():.4f} l1 {l1.item():.4f} l2 {l2.item():.5f} kl {kl.item():.2f}")
+    vae.eval()
+    # latent normalisation (Kontext applies (z - shift) * scale before the transformer)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(to_model_space(images[i : i + 256])).latent_dist.mode() for i in range(0, min(n_images, 1024), 256)])
+    shift, scale = float(z.mean()), float(1.0 / z.std())
+    vae.register_to_config(shift_factor=round(shift, 5), scaling_factor=round(scale, 5))
+    held = render_all(make_scenes(world.eval_identities(), n_check, seed=seed + 13, extras=0.35))
+    stats = {"psnr_heldout": psnr(reconstruct(vae, held), held), "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor}
+    log(f"vae done: held-out PSNR {stats['psnr_heldout']:.2f} dB, shift {shift:.4f}, scale {scale:.4f}")
+    return stats
+
+
+# -------------------------------------------------------------------------------------------- reader
+def _label_array(scenes) -> dict[str, np.ndarray]:
+    labs = [world.labels(s) for s in scenes]
+    return {k: np.array([l[k] for l in labs]) for k in HEADS}
+
+
+def train_reader(vae, steps: int, batch: int, n_images: int, n_recon: int, seed: int, lr: float = 1e-3, n_check: int = 600) -> tuple[ToyReader, dict]:
+    torch.manual_seed(seed + 20)
+    all_ids = [world.Identity.from_index(i) for i in range(world.N_IDENTITIES)]
+    scenes = make_scenes(all_ids, n_images, seed=seed + 21, extras=0.5)
+    images = render_all(scenes)
+    recon = reconstruct(vae, images[:n_recon])
+    data = np.concatenate([images, recon])
+    labels = {k: torch.from_numpy(np.concatenate([v, v[:n_recon]])) for k, v in _label_array(scenes).items()}
+    log(f"reader: {len(images)} renders + {len(recon)} VAE reconstructions ready")
+    net = ReaderNet()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    rng = np.random.default_rng(seed + 22)
+    gen = torch.Generator().manual_seed(seed + 23)
+    net.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup=50)
+        idx = rng.integers(len(data), size=batch)
+        x = to_model_space(data[idx])
+        sigma = torch.rand(batch, 1, 1, 1, generator=gen) * 0.08 * (torch.rand(batch, 1, 1, 1, generator=gen) < 0.5)
+        x = x + sigma * torch.randn(x.shape, generator=gen)
+        logits = net(x)
+        loss = sum(F.cross_entropy(logits[k], labels[k][idx]) for k in HEADS)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"reader step {step}/{steps} loss {loss.item():.4f}")
+    reader = ToyReader(net)
+    test_scenes = make_scenes(all_ids, n_check, seed=seed + 24, extras=0.5)
+    test = render_all(test_scenes)
+    truth = _label_array(test_scenes)
+    acc = {}
+    for name, imgs in (("render", test), ("vae", reconstruct(vae, test))):
+        reads = reader.read(imgs)
+        acc[name] = {k: float(np.mean(reads[k] == truth[k])) for k in HEADS}
+    log(f"reader accuracy: {json.dumps(acc)}")
+    return reader, acc
+
+
+# ----------------------------------------------------------------------------------------- editor
+@torch.no_grad()
+def editor_pairs(vae, n_sources: int, seed: int, extras: float = 0.2):
+    """Packed latents of n_sources training scenes and of their 6 ground-truth edits."""
+    scenes = make_scenes(world.train_identities(), n_sources, seed=seed + 31, extras=extras)
+    src, tgt = [], []
+    chunk = 64
+    for i in range(0, n_sources, chunk):
+        part = scenes[i : i + chunk]
+        imgs = [world.render(s) for s in part] + [world.render(world.apply_edit(s, e)) for e in world.EDITS for s in part]
+        z = pack(encode(vae, to_model_space(np.stack(imgs))))
+        n = len(part)
+        src.append(z[:n])
+        tgt.append(z[n:].view(len(world.EDITS), n, *z.shape[1:]).transpose(0, 1))
+    return torch.cat(src), torch.cat(tgt)
+
+
+def prompt_table(components):
+    from decontext.prompts import load_prompts
+
+    pool = load_prompts(PROMPTS_FILE)
+    by_edit = {e: [p.index for p in pool if p.category == e] for e in world.EDITS}
+    missing = [e for e, v in by_edit.items() if not v]
+    if missing:
+        raise ValueError(f"{PROMPTS_FILE}: no prompt for edits {missing}")
+    embeds, pooled = encode_prompts(components, [p.text for p in pool], MAX_SEQUENCE_LENGTH)
+    return pool, by_edit, embeds, pooled
+
+
+def train_transformer(components, src, tgt, steps: int, batch: int, seed: int, lr: float = 8e-4, ema_decay: float = 0.995):
+    torch.manual_seed(seed + 40)
+    transformer, scheduler = components["transformer"], components["scheduler"]
+    pool, by_edit, embeds, pooled = prompt_table(components)
+    shift = inference_shift(scheduler, src.shape[1])
+    rng = np.random.default_rng(seed + 41)
+    gen = torch.Generator().manual_seed(seed + 42)
+    ema = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
+    transformer.train()
+    opt = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+    running = None
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, warmup=min(100, steps // 10 + 1))
+        idx = rng.integers(len(src), size=batch)
+        edits = rng.integers(len(world.EDITS), size=batch)
+        prompts = np.array([by_edit[world.EDITS[e]][rng.integers(len(by_edit[world.EDITS[e]]))] for e in edits])
+        x0 = tgt[idx, edits]
+        ctx = src[idx]
+        noise = torch.randn(x0.shape, generator=gen)
+        u = torch.rand(batch, generator=gen)
+        sigma = shift * u / (1 + (shift - 1) * u)
+        xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
+        guidance = 1.0 + 3.0 * torch.rand(batch, generator=gen)
+        pred = transformer_velocity(transformer, xt, ctx, sigma, guidance, embeds[prompts], pooled[prompts])
+        loss = F.mse_loss(pred, noise - x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
+        opt.step()
+        d = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in transformer.state_dict().items():
+                ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"transformer step {step}/{steps} loss {loss.item():.4f} (avg {running:.4f}) lr {opt.param_groups[0]['lr']:.2e}")
+    transformer.load_state_dict(ema)
+    transformer.eval()
+    return {"final_loss_avg": running}
+
+
+@torch.no_grad()
+def quick_eval(components, reader: ToyReader, n_identities: int = 12, seed: int = 1234) -> dict:
+    """Clean-edit identity and edit success on a few held-out identities (all six edits)."""
+    vae, transformer, scheduler = components["vae"], components["transformer"], components["scheduler"]
+    pool, by_edit, embeds, pooled = prompt_table(components)
+    ids = world.eval_identities()[:: max(1, len(world.eval_identities()) // n_identities)][:n_identities]
+    scenes = [world.sample_scene(i, seed=seed + k) for k, i in enumerate(ids)]
+    src_imgs = render_all(scenes)
+    ctx = pack(encode(vae, to_model_space(src_imgs)))
+    h = RESOLUTION // 4
+    ident, success = [], []
+    src_reads = reader.read(src_imgs)
+    for e in world.EDITS:
+        p = by_edit[e][0]
+        tokens = sample_edit(transformer, scheduler, ctx, embeds[[p] * len(ids)], pooled[[p] * len(ids)], generator=torch.Generator().manual_seed(seed))
+        out = decode_uint8(vae, unpack(tokens, h, h))
+        reads = reader.read(out)
+        for j in range(len(ids)):
+            s = score_reads({k: v[j] for k, v in src_reads.items()}, {k: v[j] for k, v in reads.items()}, e)
+            ident.append(s["toy_identity"])
+            success.append(s["edit_success"])
+    return {"toy_identity": float(np.mean(ident)), "edit_success": float(np.mean(success)), "n": len(ident)}
+
+
+def save_editor(components, out: Path, info: dict) -> None:
+    from diffusers import FluxKontextPipeline
+
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = FluxKontextPipeline(**components)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    settings = {
+        "resolution": RESOLUTION,
+        "height": RESOLUTION,
+        "width": RESOLUTION,
+        "max_area": RESOLUTION * RESOLUTION,
+        "_auto_resize": False,
+        "num_inference_steps": DEFAULT_STEPS,
+        "guidance_scale": DEFAULT_GUIDANCE,
+        "max_sequence_length": MAX_SEQUENCE_LENGTH,
+        "prompts_file": "data/prompts/toy_prompts.txt",
+        "reader": "data/toy_reader",
+        "training": info,
+    }
+    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=EDITOR_DIR)
+    ap.add_argument("--reader-out", type=Path, default=READER_DIR)
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "toy_train", help="stage checkpoints (for --resume)")
+    ap.add_argument("--resume", action="store_true", help="reuse stages already finished in --work")
+    ap.add_argument("--vae-steps", type=int, default=500)
+    ap.add_argument("--vae-batch", type=int, default=24)
+    ap.add_argument("--vae-images", type=int, default=12000)
+    ap.add_argument("--reader-steps", type=int, default=500)
+    ap.add_argument("--reader-batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=1000, help="transformer steps")
+    ap.add_argument("--batch", type=int, default=24, help="transformer batch")
+    ap.add_argument("--lr", type=float, default=8e-4)
+    ap.add_argument("--sources", type=int, default=2400, help="training source scenes (x6 edits)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="a few iterations of every stage (tests)")
+    ap.add_argument("--stages", default="vae,reader,transformer", help="stages to run (others must be finished in --work, or are skipped)")
+    ap.add_argument("--stop-after", choices=("vae", "reader", "transformer"), help="stop after this stage (use --resume to go on)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.vae_steps, args.vae_batch, args.vae_images = 3, 4, 16
+        args.reader_steps, args.reader_batch = 3, 8
+        args.steps, args.batch, args.sources = 3, 4, 8
+    torch.set_num_threads(args.threads)
+    from safetensors.torch import load_file, save_file
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    info_path = args.work / "info.json"
+    info = json.loads(info_path.read_text()) if (args.resume and info_path.exists()) else {}
+    info.update({"seed": args.seed, "threads": args.threads, "config": {k: getattr(TOY_CONFIG, k) for k in TOY_CONFIG.__dataclass_fields__}})
+    components = build_components(seed=args.seed)
+    vae = components["vae"]
+    for m in (components["text_encoder"], components["text_encoder_2"]):
+        m.requires_grad_(False)
+    info["params"] = {k: sum(p.numel() for p in components[k].parameters()) for k in ("vae", "transformer", "text_encoder", "text_encoder_2")}
+    log(f"parameters: {info['params']}")
+
+    wanted = set(args.stages.split(","))
+
+    def stage(name: str) -> bool:
+        return args.resume and name in info.get("done", [])
+
+    def skipped(name: str) -> bool:
+        return name not in wanted and not stage(name)
+
+    def finish(name: str, t0: float, **extra) -> None:
+        # merge with the file on disk: stages may run in parallel processes sharing --work
+        disk = json.loads(info_path.read_text()) if info_path.exists() else {}
+        merged = {**disk, **{k: v for k, v in info.items() if k not in ("done", "seconds")}, **extra}
+        merged["done"] = sorted(set(disk.get("done", [])) | set(info.get("done", [])) | {name})
+        merged["seconds"] = {**disk.get("seconds", {}), **info.get("seconds", {}), name: round(time.time() - t0, 1)}
+        info.clear()
+        info.update(merged)
+        info_path.write_text(json.dumps(info, indent=2) + "\n")
+
+    # 1. VAE
+    t0 = time.time()
+    if stage("vae"):
+        vae.load_state_dict(load_file(str(args.work / "vae.safetensors")))
+        vae.register_to_config(shift_factor=info["vae"]["shift_factor"], scaling_factor=info["vae"]["scaling_factor"])
+        log("vae: reused from --work")
+    else:
+        vstats = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_images, args.seed, n_check=8 if args.smoke else 300)
+        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(args.work / "vae.safetensors"))
+        finish("vae", t0, vae=vstats, vae_steps=args.vae_steps, vae_batch=args.vae_batch)
+    if args.stop_after == "vae":
+        return info
+    vae.eval().requires_grad_(False)
+
+    # 2. reader
+    t0 = time.time()
+    reader = None
+    if skipped("reader"):
+        log("reader: skipped")
+    elif stage("reader"):
+        reader = ToyReader.load(args.work / "reader")
+        log("reader: reused from --work")
+    else:
+        n_img = 16 if args.smoke else 16000
+        n_rec = 8 if args.smoke else 6000
+        reader, acc = train_reader(vae, args.reader_steps, args.reader_batch, n_img, n_rec, args.seed, n_check=8 if args.smoke else 600)
+        reader.save(args.work / "reader", {"accuracy": acc})
+        finish("reader", t0, reader_accuracy=acc, reader_steps=args.reader_steps)
+    if args.stop_after == "reader":
+        return info
+
+    # 3. transformer
+    t0 = time.time()
+    if skipped("transformer"):
+        log("transformer: skipped")
+        return info
+    if stage("transformer"):
+        components["transformer"].load_state_dict(load_file(str(args.work / "transformer.safetensors")))
+        log("transformer: reused from --work")
+    else:
+        src, tgt = editor_pairs(vae, args.sources, args.seed)
+        log(f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; latent std {float(src.std()):.3f}")
+        tstats = train_transformer(components, src, tgt, args.steps, args.batch, args.seed, lr=args.lr)
+        save_file({k: v.contiguous() for k, v in components["transformer"].state_dict().items()}, str(args.work / "transformer.safetensors"))
+        finish("transformer", t0, transformer=tstats, steps=args.steps, batch=args.batch, lr=args.lr, sources=args.sources)
+    if args.stop_after == "transformer":
+        return info
+    components["transformer"].eval().requires_grad_(False)
+    if reader is None:
+        return info
+
+    q = quick_eval(components, reader, n_identities=2 if args.smoke else 12)
+    log(f"quick held-out check: {q}")
+    info["quick_eval"] = q
+    info["train_seconds_total"] = round(sum(info.get("seconds", {}).values()), 1)
+    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    save_editor(components, args.out, {k: info[k] for k in ("seed", "params", "train_seconds_total", "quick_eval") if k in info} | {"vae": info.get("vae"), "steps": info.get("steps"), "vae_steps": info.get("vae_steps"), "reader_steps": info.get("reader_steps")})
+    reader.save(args.reader_out, {"accuracy": info.get("reader_accuracy")})
+    log(f"saved editor to {args.out} and reader to {args.reader_out}; training stages took {info['train_seconds_total']} s")
+    return info
+
+
+if __name__ == "__main__":
+    main()
