@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     pool = load_prompts(PROMPTS_FILE)
     prompts = [pool[i].text for i in EDIT_PROMPT_INDICES]
     names = [edit_name(pool[i].category) for i in EDIT_PROMPT_INDICES]
-    settings = {"steps": int(editor.recommended.get("steps", 20)), "guidance": float(editor.recommended.get("guidance", 3.5))}
+    settings = {"steps": int(editor.recommended.get("num_inference_steps", 20)), "guidance": float(editor.recommended.get("guidance_scale", 3.5))}
     attack_prompts = [p.text for p in pool]
     editor.encode_prompts(attack_prompts)
 

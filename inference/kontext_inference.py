@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     editor.enable_vae_memory_savers(tiling=args.vae_tiling, slicing=args.vae_slicing)
     recommended = editor.recommended  # e.g. the toy editor ships its own steps/guidance/resolution
     settings = EditSettings(
-        steps=args.steps or int(recommended.get("steps", 20)),
-        guidance=args.guidance if args.guidance is not None else float(recommended.get("guidance", 3.5)),
+        steps=args.steps or int(recommended.get("num_inference_steps", 20)),
+        guidance=args.guidance if args.guidance is not None else float(recommended.get("guidance_scale", 3.5)),
         resolution=args.resolution or recommended.get("resolution", 512),
         batch_size=args.batch_size,
     )
