@@ -6,6 +6,7 @@ from decontext.editors.flux_kontext import FluxKontextEditor
 from decontext.images import from_array
 from decontext.methods import build_method
 from decontext.methods.decontext import DeContext
+from decontext.inference import image_to_pil
 from decontext.protect import ProtectSettings, protect_image
 
 import numpy as np
@@ -81,3 +82,14 @@ def test_decontext_pass_ends_inside_the_last_probed_block_with_unchanged_shares(
         handle.remove()
     assert calls == [1]
     assert torch.allclose(early, editor.probe.mean_share(blocks), atol=1e-6)
+
+
+def test_editing_after_protection_uses_the_stock_processors():
+    editor = FluxKontextEditor.tiny(seed=7)
+    image = _image(3)
+    reference = editor.edit(image_to_pil(image), ["add a hat"], [0], steps=2, resolution="native")[0]
+    method = DeContext(prompts=["add a hat"], release_text_encoders=False)
+    protect_image(editor, method, image, ProtectSettings(eps=8, steps=2, resolution="native", progress=False, measure_draws=0), name="x")
+    after = editor.edit(image_to_pil(image), ["add a hat"], [0], steps=2, resolution="native")[0]
+    assert np.array_equal(np.asarray(reference), np.asarray(after))
+    assert editor.probe.stop_at is None

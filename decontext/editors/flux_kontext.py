@@ -426,6 +426,8 @@ class FluxKontextEditor:
                 )[0]
         except _StopForward:
             return None
+        finally:
+            self.probe.stop_at = None
         return out[:, : target.shape[1]]
 
     # ------------------------------------------------------------------ editing (the real pipeline)
@@ -463,6 +465,7 @@ class FluxKontextEditor:
         images = [image] if isinstance(image, Image.Image) else list(image)
         if len(images) not in (1, len(prompts)):
             raise ValueError("edit() takes one image, or one image per prompt")
+        self.remove_probe()  # the pipeline runs the stock processors
         images = [self.prepare_image(im.convert("RGB"), resolution) for im in images]
         if len({im.size for im in images}) != 1:
             raise ValueError("a batch of images must share one size")
