@@ -11,7 +11,7 @@ Stages (each one seeded; ``--resume`` reuses a stage already finished in ``--wor
      training identities.
 Then the editor is saved with ``FluxKontextPipeline(...).save_pretrained`` and the reader beside it.
 
-    python -m decontext.toy.train                 # full run (about 35-40 min on 2 CPU cores)
+    python -m decontext.toy.train                 # full run (est. 30-35 min on 2 quiet CPU cores; 54 min measured under contention)
     python -m decontext.toy.train --smoke --out /tmp/e --reader-out /tmp/r --work /tmp/w
 """
 
@@ -315,7 +315,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--vae-images", type=int, default=12000)
     ap.add_argument("--reader-steps", type=int, default=500)
     ap.add_argument("--reader-batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=1000, help="transformer steps")
+    ap.add_argument("--steps", type=int, default=2000, help="transformer steps")
     ap.add_argument("--batch", type=int, default=24, help="transformer batch")
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--sources", type=int, default=2400, help="training source scenes (x6 edits)")
