@@ -13,7 +13,9 @@ def test_builtin_backends_registered_with_documented_directions():
         assert n in names
     specs = base.all_metric_specs()
     assert specs["ism_facenet"].direction == "lower" and specs["fdfr"].direction == "higher"
-    assert all(s.direction in ("higher", "lower") and s.description for s in specs.values())
+    assert all(s.direction in ("higher", "lower", "none") and s.description for s in specs.values())
+    # Only informational metrics may have no protection direction.
+    assert {n for n, s in specs.items() if s.direction == "none"} == {"edit_success"}
 
 
 def test_new_backend_is_one_class_plus_registration_and_follows_run_json():
