@@ -12,6 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Callable
 
 import numpy as np
 import torch
@@ -126,25 +127,30 @@ def quantize(pixels: torch.Tensor, source_rgb8: np.ndarray, eps: float) -> np.nd
     return np.clip(array, 0, 255).astype(np.uint8)
 
 
-def atomic_save(image: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:
-    """Write an image to a temporary file next to ``path`` and rename it into place.
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(handle)`` on a temporary file next to ``path``, then rename it into place.
 
     An interrupted process never leaves a half-written file under the final name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = save_kwargs.pop("format", None) or (path.suffix.lstrip(".").upper() or "PNG")
-    if fmt == "JPG":
-        fmt = "JPEG"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format=fmt, **save_kwargs)
+            write(handle)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_save(image: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:
+    """Save an image atomically (see ``atomic_write``); the format follows the suffix unless given."""
+    fmt = save_kwargs.pop("format", None) or (Path(path).suffix.lstrip(".").upper() or "PNG")
+    if fmt == "JPG":
+        fmt = "JPEG"
+    atomic_write(path, lambda handle: image.save(handle, format=fmt, **save_kwargs))
 
 
 def save_protected(pixels: torch.Tensor, source: LoadedImage, eps: float, path: str | os.PathLike) -> np.ndarray:

@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 import traceback
 import zlib
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .images import ImageLoadError, LoadedImage, list_images, load_image, max_level_diff, save_protected
+from .images import ImageLoadError, atomic_write, LoadedImage, list_images, load_image, max_level_diff, save_protected
 from .pgd import PGD
 
 
@@ -92,17 +91,8 @@ def library_versions() -> dict:
 
 
 def write_json_atomic(data, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 @dataclass

@@ -331,6 +331,9 @@ class FluxKontextEditor:
         return Layout(text=embeds.shape[1], target=target.shape[1], context=context.tokens.shape[1])
 
     # ------------------------------------------------------------------ transformer
+    def _probed_processors(self, blocks: Sequence[str]) -> dict:
+        return {self._processor_key(name): ProbedFluxAttnProcessor(self.probe, name) for name in blocks}
+
     def install_probe(self, blocks: Sequence[str]) -> ContextShareProbe:
         """Put probed processors on ``blocks`` (stock ones everywhere else) until ``remove_probe``.
 
@@ -342,8 +345,7 @@ class FluxKontextEditor:
             return self.probe
         self.remove_probe()
         self._stock_processors = dict(self.transformer.attn_processors)
-        probed = {self._processor_key(name): ProbedFluxAttnProcessor(self.probe, name) for name in blocks}
-        self.transformer.set_attn_processor({**self._stock_processors, **probed})
+        self.transformer.set_attn_processor({**self._stock_processors, **self._probed_processors(blocks)})
         self._probed_blocks = blocks
         return self.probe
 
@@ -356,7 +358,7 @@ class FluxKontextEditor:
     def probing(self, blocks: Sequence[str]):
         """Probe ``blocks`` for the duration of the context (for passes whose backward also runs inside)."""
         self.probe.clear()
-        with swapped_processors(self.transformer, {self._processor_key(n): ProbedFluxAttnProcessor(self.probe, n) for n in blocks}):
+        with swapped_processors(self.transformer, self._probed_processors(blocks)):
             yield self.probe
 
     @contextlib.contextmanager
