@@ -102,6 +102,47 @@ def _preferred_kontext_resolutions() -> list[tuple[int, int]]:
     return list(PREFERRED_KONTEXT_RESOLUTIONS)
 
 
+def vae_latents(vae, x: torch.Tensor) -> torch.Tensor:
+    """``FluxKontextPipeline._encode_vae_image``: posterior MODE, then ``(z - shift) * scale``. x in [-1, 1]."""
+    latents = vae.encode(x).latent_dist.mode()
+    return (latents - vae.config.shift_factor) * vae.config.scaling_factor
+
+
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) latents -> (B, H/2 * W/2, 4C) tokens (the pipeline's own 2x2 packing)."""
+    from diffusers import FluxKontextPipeline
+
+    batch, channels, lat_h, lat_w = latents.shape
+    return FluxKontextPipeline._pack_latents(latents, batch, channels, lat_h, lat_w)
+
+
+def latent_ids(lat_h: int, lat_w: int, context: bool, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Position ids (N, 3) of a (lat_h, lat_w) latent's tokens; context tokens get axis 0 = 1."""
+    from diffusers import FluxKontextPipeline
+
+    ids = FluxKontextPipeline._prepare_latent_image_ids(1, lat_h // 2, lat_w // 2, device or "cpu", dtype)
+    if context:
+        ids[..., 0] = 1
+    return ids
+
+
+def joint_velocity(transformer, target, target_ids, context_tokens, context_ids, embeds, pooled, timestep, guidance=None):
+    """One Kontext transformer call on ``[target | context]`` image tokens (text ids all zero, as the
+    pipeline makes them); returns the prediction for the target tokens. Shared by the attack path
+    (``FluxKontextEditor.forward``) and the toy editor's training, so both run the same plumbing."""
+    out = transformer(
+        hidden_states=torch.cat([target, context_tokens], dim=1),
+        encoder_hidden_states=embeds,
+        pooled_projections=pooled,
+        timestep=timestep,
+        img_ids=torch.cat([target_ids, context_ids], dim=0),
+        txt_ids=torch.zeros(embeds.shape[1], 3, device=embeds.device, dtype=embeds.dtype),
+        guidance=guidance,
+        return_dict=False,
+    )[0]
+    return out[:, : target.shape[1]]
+
+
 class FluxKontextEditor:
     """FLUX.1-Kontext (or any model in its diffusers layout, e.g. the tiny and toy editors)."""
 
@@ -309,13 +350,10 @@ class FluxKontextEditor:
         if (height, width) != tuple(size):
             x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
         x = (x * 2 - 1).to(self.dtype)
-        latents = self.vae.encode(x).latent_dist.mode()
-        latents = (latents - self.vae.config.shift_factor) * self.vae.config.scaling_factor
-        batch, channels, lat_h, lat_w = latents.shape
-        tokens = self.pipe._pack_latents(latents, batch, channels, lat_h, lat_w)
-        ids = self.pipe._prepare_latent_image_ids(batch, lat_h // 2, lat_w // 2, self.device, self.dtype)
-        ids[..., 0] = 1
-        return ContextLatents(tokens, ids, (lat_h, lat_w), tuple(size))
+        latents = vae_latents(self.vae, x)
+        lat_h, lat_w = latents.shape[-2:]
+        ids = latent_ids(lat_h, lat_w, True, self.device, self.dtype)
+        return ContextLatents(pack_latents(latents), ids, (lat_h, lat_w), tuple(size))
 
     def target_like(self, context: ContextLatents, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Pure-noise target tokens of the context's size (sigma = 1), and their position ids.
@@ -324,8 +362,7 @@ class FluxKontextEditor:
         """
         noise = torch.randn(context.tokens.shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
         lat_h, lat_w = context.latent_size
-        ids = self.pipe._prepare_latent_image_ids(1, lat_h // 2, lat_w // 2, self.device, self.dtype)
-        return noise, ids
+        return noise, latent_ids(lat_h, lat_w, False, self.device, self.dtype)
 
     def layout(self, embeds: torch.Tensor, target: torch.Tensor, context: ContextLatents) -> Layout:
         return Layout(text=embeds.shape[1], target=target.shape[1], context=context.tokens.shape[1])
@@ -408,29 +445,26 @@ class FluxKontextEditor:
             timestep = timestep.reshape(1).expand(batch)
         self.probe.layout = self.layout(embeds, target, context)
         self.probe.stop_at = stop_after if stop_after in (getattr(self, "_probed_blocks", None) or ()) else None
-        hidden = torch.cat([target, context_tokens], dim=1)
-        img_ids = torch.cat([target_ids, context.ids], dim=0)
-        text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)
         guidance_tensor = None
         if self.transformer.config.guidance_embeds:
             guidance_tensor = torch.full((batch,), 3.5 if guidance is None else guidance, device=self.device, dtype=torch.float32)
         try:
             with self._stop_after(stop_after):
-                out = self.transformer(
-                    hidden_states=hidden,
-                    encoder_hidden_states=embeds.to(self.device, self.dtype),
-                    pooled_projections=pooled.to(self.device, self.dtype),
-                    timestep=timestep.to(self.device, self.dtype),
-                    img_ids=img_ids,
-                    txt_ids=text_ids,
-                    guidance=guidance_tensor,
-                    return_dict=False,
-                )[0]
+                return joint_velocity(
+                    self.transformer,
+                    target,
+                    target_ids,
+                    context_tokens,
+                    context.ids,
+                    embeds.to(self.device, self.dtype),
+                    pooled.to(self.device, self.dtype),
+                    timestep.to(self.device, self.dtype),
+                    guidance_tensor,
+                )
         except _StopForward:
             return None
         finally:
             self.probe.stop_at = None
-        return out[:, : target.shape[1]]
 
     # ------------------------------------------------------------------ editing (the real pipeline)
     def enable_vae_memory_savers(self, tiling: bool = False, slicing: bool = False) -> None:

@@ -1,6 +1,6 @@
 """The toy editor's architecture: a tiny FLUX.1-Kontext built by ``decontext.editors.tiny`` and the
-exact latent plumbing of diffusers' ``FluxKontextPipeline`` (VAE posterior mode, shift/scale, 2x2
-packing, position ids with axis 0 = 1 for the context tokens), reused for training.
+latent plumbing of ``decontext.editors.flux_kontext`` (the same functions the attack path uses: VAE
+posterior mode, shift/scale, the pipeline's 2x2 packing, context ids with axis 0 = 1), for training.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from decontext.editors.flux_kontext import joint_velocity, latent_ids, pack_latents, vae_latents
 from decontext.editors.tiny import BASE_WORDS, TinyKontextConfig, tiny_kontext_components
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,9 +58,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def encode(vae, x: torch.Tensor) -> torch.Tensor:
-    """Kontext's ``_encode_vae_image``: posterior mode, then (z - shift) * scale."""
-    z = vae.encode(x).latent_dist.mode()
-    return (z - vae.config.shift_factor) * vae.config.scaling_factor
+    """Kontext's context latents (the editor's own ``vae_latents``)."""
+    return vae_latents(vae, x)
 
 
 def decode(vae, z: torch.Tensor) -> torch.Tensor:
@@ -67,25 +67,16 @@ def decode(vae, z: torch.Tensor) -> torch.Tensor:
 
 
 def pack(z: torch.Tensor) -> torch.Tensor:
-    """``FluxKontextPipeline._pack_latents``: (B, C, H, W) -> (B, H/2*W/2, 4C)."""
-    b, c, h, w = z.shape
-    return z.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+    """(B, C, H, W) -> (B, H/2*W/2, 4C), the pipeline's packing."""
+    return pack_latents(z)
 
 
 def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """``FluxKontextPipeline._unpack_latents`` for a latent of size (h, w)."""
-    b, _, c4 = tokens.shape
-    return tokens.view(b, h // 2, w // 2, c4 // 4, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c4 // 4, h, w)
+    """Tokens of a latent of size (h, w) back to (B, C, h, w), via the pipeline's ``_unpack_latents``."""
+    from diffusers import FluxKontextPipeline
 
-
-def image_ids(h2: int, w2: int, context: bool) -> torch.Tensor:
-    """``_prepare_latent_image_ids`` (axis 1 = row, axis 2 = column); context tokens get axis 0 = 1."""
-    ids = torch.zeros(h2, w2, 3)
-    ids[..., 1] += torch.arange(h2)[:, None]
-    ids[..., 2] += torch.arange(w2)[None, :]
-    if context:
-        ids[..., 0] = 1
-    return ids.reshape(h2 * w2, 3)
+    # _unpack_latents takes pixel sizes and the VAE scale factor; scale 1 maps latent h, w through unchanged
+    return FluxKontextPipeline._unpack_latents(tokens, h, w, 1)
 
 
 def inference_shift(scheduler, seq_len: int) -> float:
@@ -108,22 +99,11 @@ def encode_prompts(components: dict, prompts: list[str], max_sequence_length: in
 
 
 def transformer_velocity(transformer, target_tokens, context_tokens, sigma, guidance, embeds, pooled):
-    """One Kontext transformer call: [target | context] tokens, prediction sliced to the target."""
-    b, n, _ = target_tokens.shape
-    side = int(round(math.sqrt(n)))
-    ids = torch.cat([image_ids(side, side, False), image_ids(side, side, True)], 0)
-    txt_ids = torch.zeros(embeds.shape[1], 3)
-    out = transformer(
-        hidden_states=torch.cat([target_tokens, context_tokens], 1),
-        timestep=sigma,
-        guidance=guidance,
-        pooled_projections=pooled,
-        encoder_hidden_states=embeds,
-        txt_ids=txt_ids,
-        img_ids=ids,
-        return_dict=False,
-    )[0]
-    return out[:, :n]
+    """One Kontext transformer call on square latents (the editor's ``joint_velocity``), trainable."""
+    n = target_tokens.shape[1]
+    lat = 2 * int(round(math.sqrt(n)))
+    return joint_velocity(transformer, target_tokens, latent_ids(lat, lat, False), context_tokens, latent_ids(lat, lat, True),
+                          embeds, pooled, sigma, guidance)
 
 
 @torch.no_grad()
