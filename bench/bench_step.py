@@ -2,7 +2,9 @@
 """Time and memory of ONE protection step (VAE encode + transformer + backward to pixels), three ways,
 interleaved in one run:
 
-  ours      decontext: indicator-value probe on the selected blocks, forward stops after the last one
+  ours      decontext: the share rides in each probed layer's own attention call (indicator value
+            channel), the last probed layer only measures it, and the forward stops there
+  ours_sep  (--with-separate) ours with a separate indicator call in every probed layer
   official  the official code's way: forward hooks on norm_q/norm_k, RoPE re-applied by hand, full
             softmax of target queries over all keys kept for backward, every block run
   bare      the whole model forward+backward with no probe (what a step costs without skipping work)
@@ -142,7 +144,18 @@ def make_steps(editor, args):
     def bare():
         return unprobed(lambda noise, ids, context: editor.forward(noise, ids, context, embeds, pooled, sigma, 3.5).float().pow(2).mean())
 
-    return {"ours": ours, "official": official_step, "bare": bare}
+    def ours_separate():
+        """Ours with the share measured by a separate indicator call in every probed layer (no fusion)."""
+        editor.probe.fused = False
+        try:
+            return ours()
+        finally:
+            editor.probe.fused = True
+
+    steps = {"ours": ours, "official": official_step, "bare": bare}
+    if args.with_separate:
+        steps["ours_sep"] = ours_separate
+    return steps
 
 
 def peak_memory_mb(fn, device) -> float:
@@ -212,7 +225,8 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the transformer")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--official-checkpointing", action="store_true", help="run the official variant with transformer+VAE gradient checkpointing, as the official script does")
-    parser.add_argument("--memory-of", choices=["ours", "official", "bare"], help=argparse.SUPPRESS)
+    parser.add_argument("--with-separate", action="store_true", help="also time ours with a separate probe call in every probed layer (no fusion)")
+    parser.add_argument("--memory-of", choices=["ours", "official", "bare", "ours_sep"], help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     quiet_libraries()

@@ -6,8 +6,10 @@ with q, k taken after the QK RMSNorm AND after RoPE, and the softmax over ALL ke
 context). A layer's share is the mean of m_i over target queries and heads.
 
 Computed exactly without materialising the (queries x keys) matrix: attention of the target queries
-over all keys with an *indicator value* (1 on context keys, 0 elsewhere) returns m_i in every value
-channel, and it runs through the fused scaled-dot-product kernels and their fused backward.
+over all keys with an *indicator value* (1 on context keys, 0 elsewhere) returns m_i, and it runs
+through the fused scaled-dot-product kernels and their fused backward. In a layer whose output is
+needed, the indicator rides along in the layer's own attention call (``attention_with_share``); in
+the last probed layer, whose output is not needed, a separate call over target queries measures it.
 
 The probe is installed by swapping attention processors (diffusers style). A probed layer still
 returns exactly what the stock processor returns.
@@ -24,26 +26,73 @@ import torch.nn.functional as F
 from .editors.base import Layout
 
 
-def context_share(query: torch.Tensor, key: torch.Tensor, layout: Layout, value_channels: int | None = None) -> torch.Tensor:
-    """Per-query context share.
+def _indicator(layout: Layout, channels: int, like: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """(S, channels) zeros with 1 in channel ``offset`` (all channels when offset is None) on context keys."""
+    indicator = torch.zeros(layout.total, channels, dtype=like.dtype, device=like.device)
+    indicator[layout.context_slice, slice(None) if offset is None else offset] = 1
+    return indicator
+
+
+def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Scaled dot-product attention on (B, S, H, D) tensors (diffusers' layout), through torch's kernels."""
+    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scale=scale)
+    return out.transpose(1, 2)
+
+
+def context_share(query: torch.Tensor, key: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Per-query context share, by a separate attention call of the target queries with an indicator value.
 
     Args:
         query, key: (B, S, H, D) after normalisation and RoPE; S = layout.total, order [text|target|context].
         layout: token counts.
-        value_channels: width of the indicator value (default D, which every fused kernel accepts).
     Returns:
         (B, H, T) tensor of m_i for the T target queries.
     """
+    _check(query, key, layout)
+    batch, _, heads, dim = key.shape
+    # A dense (not broadcast) value of the query's width keeps torch on its fused kernels.
+    value = _indicator(layout, dim, key, offset=None).expand(batch, heads, layout.total, dim).transpose(1, 2).contiguous()
+    out = _sdpa(query[:, layout.target_slice], key, value)
+    return out[..., 0].transpose(1, 2)
+
+
+def attention_with_share(query, key, value, layout: Layout, attend=None, pad: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's own attention output AND the context share of its target queries, in one pass.
+
+    The target queries' rows are computed with the indicator appended to the values: q, k and v are
+    zero-padded by ``pad`` channels (zero q/k channels leave every score unchanged; the softmax scale
+    stays 1/sqrt(D)), v's first extra channel is the indicator, so those rows return their normal
+    output in channels :D and m_i in channel D. The other rows (text and context queries) go through
+    an ordinary call. Fused kernels need q, k and v of one width, hence padding all three; 8 keeps
+    the width a multiple of 8, as GPU flash kernels require.
+
+    Args:
+        query, key, value: (B, S, H, D), order [text|target|context], after normalisation and RoPE.
+        attend: ``attend(q, k, v, scale)`` on (B, S, H, D) tensors (default: torch's SDPA); the probed
+            processor passes diffusers' dispatcher so a user's attention backend is kept.
+    Returns:
+        (output (B, S, H, D) exactly as one attention call over all queries gives it, shares (B, H, T)).
+    """
+    _check(query, key, layout)
+    if pad < 1:
+        raise ValueError(f"pad must be >= 1 (one channel carries the indicator), got {pad}")
+    attend = attend or _sdpa
+    dim = query.shape[-1]
+    scale = dim**-0.5
+    padded_key = F.pad(key, (0, pad))
+    padded_value = torch.cat([value, _indicator(layout, pad, value)[:, None].expand(*value.shape[:-1], pad)], dim=-1)
+    target_out = attend(F.pad(query[:, layout.target_slice], (0, pad)), padded_key, padded_value, scale)
+    others = torch.cat([query[:, layout.text_slice], query[:, layout.context_slice]], dim=1)
+    other_out = attend(others, key, value, scale)
+    output = torch.cat(
+        [other_out[:, : layout.text], target_out[..., :dim].to(other_out.dtype), other_out[:, layout.text :]], dim=1
+    )
+    return output, target_out[..., dim].transpose(1, 2)
+
+
+def _check(query: torch.Tensor, key: torch.Tensor, layout: Layout) -> None:
     if query.shape[1] != layout.total or key.shape[1] != layout.total:
         raise ValueError(f"sequence length {query.shape[1]} does not match layout {layout}")
-    channels = value_channels or query.shape[-1]
-    q = query[:, layout.target_slice].transpose(1, 2)  # (B, H, T, D)
-    k = key.transpose(1, 2)  # (B, H, S, D)
-    indicator = torch.zeros(layout.total, channels, dtype=query.dtype, device=query.device)
-    indicator[layout.context_slice] = 1
-    v = indicator.expand(k.shape[0], k.shape[1], layout.total, channels)
-    out = F.scaled_dot_product_attention(q, k, v)
-    return out[..., 0]
 
 
 def context_share_reference(query: torch.Tensor, key: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -64,16 +113,36 @@ class ContextShareProbe:
 
     layout: Layout | None = None
     enabled: bool = True
-    value_channels: int | None = None
+    fused: bool = True  # share from the layer's own attention call (see attention_with_share)
     stop_at: str | None = None  # a probed layer after whose probe the forward may end
     shares: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def record(self, name: str, query: torch.Tensor, key: torch.Tensor) -> None:
+    def _check_ready(self) -> bool:
         if not self.enabled:
-            return
+            return False
         if self.layout is None:
             raise RuntimeError("ContextShareProbe.layout must be set before the forward pass")
-        share = context_share(query, key, self.layout, self.value_channels)
+        return True
+
+    def record(self, name: str, query: torch.Tensor, key: torch.Tensor) -> None:
+        """Measure the share of a layer whose attention output is not needed (a separate call)."""
+        if self._check_ready():
+            self.record_share(name, context_share(query, key, self.layout))
+
+    def attend(self, name: str, query, key, value, attend=None) -> torch.Tensor:
+        """The layer's attention output (B, S, H, D); records its share on the way when enabled."""
+        if not self._check_ready():
+            return (attend or _sdpa)(query, key, value, None)
+        if self.fused:
+            out, share = attention_with_share(query, key, value, self.layout, attend)
+        else:
+            share = context_share(query, key, self.layout)
+            out = (attend or _sdpa)(query, key, value, None)
+        self.record_share(name, share)
+        return out
+
+    def record_share(self, name: str, share: torch.Tensor) -> None:
+        """Keep the (B,) mean over heads and target queries of a (B, H, T) share."""
         # Overwrite rather than append: activation checkpointing re-runs a block during backward.
         # Average in at least fp32 (bf16 means over thousands of queries lose digits); keep fp64 for checks.
         self.shares[name] = share.to(torch.promote_types(share.dtype, torch.float32)).mean(dim=(1, 2))

@@ -4,7 +4,9 @@ import pytest
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
-from decontext.attention import context_share, context_share_reference, swapped_processors
+import torch.nn.functional as F
+
+from decontext.attention import attention_with_share, context_share, context_share_reference, swapped_processors
 from decontext.editors.base import Layout
 from decontext.editors.flux_kontext import FluxKontextEditor
 
@@ -20,6 +22,27 @@ def test_indicator_share_equals_brute_force_on_random_tensors():
     assert torch.allclose(ours.double(), ref, atol=1e-5)
     with pytest.raises(ValueError, match="layout"):
         context_share(q[:, :-1], k[:, :-1], layout)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+def test_fused_share_and_output_equal_separate_calls(dtype, tol):
+    """The indicator riding in the layer's own call: same output as one plain call, same share as
+    brute force, and the same gradients for q, k and v as the separate-call path."""
+    torch.manual_seed(1)
+    layout = Layout(text=5, target=12, context=9)
+    q, k, v = (torch.randn(2, layout.total, 3, 16, dtype=dtype, requires_grad=True) for _ in range(3))
+    out, share = attention_with_share(q, k, v, layout)
+    plain = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    assert out.shape == plain.shape and share.shape == (2, 3, 12)
+    assert torch.allclose(out, plain, atol=tol)
+    assert torch.allclose(share.double(), context_share_reference(q, k, layout), atol=tol)
+    w = torch.randn_like(out)
+    fused = torch.autograd.grad((out * w).sum() + share.sum(), (q, k, v))
+    separate = torch.autograd.grad((plain * w).sum() + context_share(q, k, layout).sum(), (q, k, v))
+    for a, b in zip(fused, separate):
+        assert torch.allclose(a, b, atol=10 * tol)
+    with pytest.raises(ValueError, match="pad"):
+        attention_with_share(q, k, v, layout, pad=0)
 
 
 class BruteForceProcessor:
@@ -65,10 +88,12 @@ def _inputs(editor, height=48, width=80, seed=0):
     return pixels, context, noise.expand(2, -1, -1), ids, emb
 
 
-def test_probe_matches_brute_force_in_double_and_single_blocks_non_square(editor):
+@pytest.mark.parametrize("fused", [True, False])
+def test_probe_matches_brute_force_in_double_and_single_blocks_non_square(editor, fused):
     pixels, context, target, ids, emb = _inputs(editor)
     sigma = torch.tensor([0.99, 0.985])
     names = editor.block_names
+    editor.probe.fused = fused
     with torch.no_grad():
         stock = editor.forward(target, ids, context, emb.embeds, emb.pooled, sigma)
         with editor.probing(names) as probe:
@@ -86,6 +111,7 @@ def test_probe_matches_brute_force_in_double_and_single_blocks_non_square(editor
     # The probe leaves the layer outputs exactly as the stock processor computes them.
     assert torch.allclose(probed, stock, atol=1e-6)
     assert torch.allclose(brute, stock, atol=1e-4)
+    editor.probe.fused = True
 
 
 def test_forward_stops_after_last_needed_block(editor):
@@ -108,8 +134,10 @@ def test_forward_stops_after_last_needed_block(editor):
         assert torch.allclose(early[name], full[name])
 
 
-def test_pixel_gradient_matches_float64_finite_differences():
+@pytest.mark.parametrize("fused", [True, False])
+def test_pixel_gradient_matches_float64_finite_differences(fused):
     editor = FluxKontextEditor.tiny(seed=2, dtype=torch.float64)
+    editor.probe.fused = fused
     g = torch.Generator().manual_seed(5)
     pixels = torch.rand(1, 3, 32, 48, generator=g, dtype=torch.float64)
     emb = editor.encode_prompts(["add glasses"])

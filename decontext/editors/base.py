@@ -27,6 +27,10 @@ class Layout:
         return self.text + self.target + self.context
 
     @property
+    def text_slice(self) -> slice:
+        return slice(0, self.text)
+
+    @property
     def target_slice(self) -> slice:
         return slice(self.text, self.text + self.target)
 

@@ -34,8 +34,9 @@ except ImportError as exc:  # pragma: no cover - only with an incompatible diffu
 class ProbedFluxAttnProcessor(FluxAttnProcessor):
     """``FluxAttnProcessor`` that also reports the target->context attention share to a probe.
 
-    The layer output is computed exactly as the stock processor does; the share uses the same q and k
-    (after RMSNorm and RoPE) in a separate indicator-value attention call over target queries.
+    The layer output equals the stock processor's; the share uses the same q and k (after RMSNorm and
+    RoPE), measured inside the layer's own attention call (``attention_with_share``), or by a
+    separate indicator call in the last probed layer, whose attention output is never needed.
     """
 
     def __init__(self, probe: ContextShareProbe, name: str):
@@ -44,6 +45,9 @@ class ProbedFluxAttnProcessor(FluxAttnProcessor):
         self.name = name
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        if attention_mask is not None:
+            # FluxKontextPipeline passes none; a mask would change which keys the share is taken over.
+            raise NotImplementedError(f"{self.name}: the context-share probe does not support attention masks")
         query, key, value, text_query, text_key, text_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
         key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
@@ -56,19 +60,21 @@ class ProbedFluxAttnProcessor(FluxAttnProcessor):
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        self.probe.record(self.name, query, key)
         if self.probe.stop_at == self.name:
             # Only this layer's q and k matter to the loss: its attention, MLP and the rest are skipped.
+            self.probe.record(self.name, query, key)
             raise _StopForward
-        out = dispatch_attention_fn(
-            query, key, value, attn_mask=attention_mask, backend=self._attention_backend, parallel_config=self._parallel_config
-        )
+        out = self.probe.attend(self.name, query, key, value, self._attend)
         out = out.flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is None:
             return out
         text_out, image_out = out.split_with_sizes([encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], dim=1)
         image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
         return image_out, attn.to_add_out(text_out.contiguous())
+
+
+    def _attend(self, query, key, value, scale):
+        return dispatch_attention_fn(query, key, value, scale=scale, backend=self._attention_backend, parallel_config=self._parallel_config)
 
 
 class _StopForward(Exception):
@@ -387,6 +393,7 @@ class FluxKontextEditor:
         return self.probe
 
     def remove_probe(self) -> None:
+        self.probe.stop_at = None
         if getattr(self, "_probed_blocks", None) is not None:
             self.transformer.set_attn_processor(self._stock_processors)
             self._probed_blocks = None
@@ -463,8 +470,8 @@ class FluxKontextEditor:
                 )
         except _StopForward:
             return None
-        finally:
-            self.probe.stop_at = None
+        # probe.stop_at stays set until the next forward: activation checkpointing re-runs the stopped
+        # block during backward, and the re-run must take the same (measure-only) path.
 
     # ------------------------------------------------------------------ editing (the real pipeline)
     def enable_vae_memory_savers(self, tiling: bool = False, slicing: bool = False) -> None:
