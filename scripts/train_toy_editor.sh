@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the embedded toy editor (data/toy_editor) and its attribute reader (data/toy_reader) from a
-# seed, on CPU with 2 threads (est. 30-35 min on 2 quiet cores, 54 min measured under contention; docs/TOY.md). Extra arguments go to
+# seed, on CPU with 2 threads (30 min measured from scratch on 2 cores, evaluation included; docs/TOY.md). Extra arguments go to
 # `python -m decontext.toy.train` (e.g. --resume to continue an interrupted run from runs/toy_train).
 set -euo pipefail
 cd "$(dirname "$0")/.."
