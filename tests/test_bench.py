@@ -19,3 +19,13 @@ def test_bench_step_prints_ratios(capsys):
     assert ratios, out
     assert float(ratios.group(1)) > 0 and float(ratios.group(3)) > 0
     assert ratios.group(2) == "nan"  # memory skipped
+
+
+def test_bench_probe_pad_runs(capsys):
+    spec = importlib.util.spec_from_file_location("bench_probe_pad", BENCH.parent / "bench_probe_pad.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = ["--text", "3", "--target", "16", "--context", "16", "--heads", "2", "--head-dim", "8", "--pads", "1", "8", "--repeats", "1"]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^plain\s+\d", out, re.M) and re.search(r"^fused pad 8\s+\d", out, re.M), out

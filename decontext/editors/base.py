@@ -46,7 +46,7 @@ class PromptEmbeddings:
     prompts: list[str]
     embeds: torch.Tensor  # (N, L, D) sequence embeddings (T5 for Kontext)
     pooled: torch.Tensor  # (N, P) pooled embeddings (CLIP for Kontext)
-    text_ids: torch.Tensor  # (L, 3) position ids of the text tokens
+    # Text position ids are the editor's business (all zero for Kontext), made where the transformer is called.
 
     def select(self, index: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = [index] if isinstance(index, int) else list(index)

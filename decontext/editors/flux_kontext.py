@@ -310,8 +310,7 @@ class FluxKontextEditor:
                     torch.cuda.empty_cache() if self.device.type == "cuda" else None
         embeds = torch.stack([self._prompt_cache[p][0] for p in prompts])
         pooled = torch.stack([self._prompt_cache[p][1] for p in prompts])
-        text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.dtype)
-        return PromptEmbeddings(prompts, embeds, pooled, text_ids)
+        return PromptEmbeddings(prompts, embeds, pooled)
 
     def release_text_encoders(self) -> None:
         """Drop the text encoders (T5-XXL alone is ~9.5 GB in bf16); cached embeddings stay usable."""
