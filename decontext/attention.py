@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from .editors.base import Layout
 
 
-def _indicator(layout: Layout, channels: int, like: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """(S, channels) zeros with 1 in channel ``offset`` (all channels when offset is None) on context keys."""
+def _indicator(layout: Layout, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """(S, channels) zeros with 1 in channel 0 on the context keys."""
     indicator = torch.zeros(layout.total, channels, dtype=like.dtype, device=like.device)
-    indicator[layout.context_slice, slice(None) if offset is None else offset] = 1
+    indicator[layout.context_slice, 0] = 1
     return indicator
 
 
@@ -50,8 +50,8 @@ def context_share(query: torch.Tensor, key: torch.Tensor, layout: Layout) -> tor
     """
     _check(query, key, layout)
     batch, _, heads, dim = key.shape
-    # A dense (not broadcast) value of the query's width keeps torch on its fused kernels.
-    value = _indicator(layout, dim, key, offset=None).expand(batch, heads, layout.total, dim).transpose(1, 2).contiguous()
+    # The fused kernels want a value as wide as q and k; a dense one (a broadcast one was slower on CPU).
+    value = _indicator(layout, dim, key)[:, None].expand(batch, layout.total, heads, dim).contiguous()
     out = _sdpa(query[:, layout.target_slice], key, value)
     return out[..., 0].transpose(1, 2)
 

@@ -72,7 +72,6 @@ class ProbedFluxAttnProcessor(FluxAttnProcessor):
         image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
         return image_out, attn.to_add_out(text_out.contiguous())
 
-
     def _attend(self, query, key, value, scale):
         return dispatch_attention_fn(query, key, value, scale=scale, backend=self._attention_backend, parallel_config=self._parallel_config)
 
