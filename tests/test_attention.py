@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from diffusers.models.embeddings import apply_rotary_emb
-
 import torch.nn.functional as F
+from diffusers.models.embeddings import apply_rotary_emb
 
 from decontext.attention import attention_with_share, context_share, context_share_reference, swapped_processors
 from decontext.editors.base import Layout
@@ -89,11 +88,11 @@ def _inputs(editor, height=48, width=80, seed=0):
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_probe_matches_brute_force_in_double_and_single_blocks_non_square(editor, fused):
+def test_probe_matches_brute_force_in_double_and_single_blocks_non_square(editor, fused, monkeypatch):
     pixels, context, target, ids, emb = _inputs(editor)
     sigma = torch.tensor([0.99, 0.985])
     names = editor.block_names
-    editor.probe.fused = fused
+    monkeypatch.setattr(editor.probe, "fused", fused)  # the editor fixture is shared: restored even on failure
     with torch.no_grad():
         stock = editor.forward(target, ids, context, emb.embeds, emb.pooled, sigma)
         with editor.probing(names) as probe:
@@ -111,7 +110,6 @@ def test_probe_matches_brute_force_in_double_and_single_blocks_non_square(editor
     # The probe leaves the layer outputs exactly as the stock processor computes them.
     assert torch.allclose(probed, stock, atol=1e-6)
     assert torch.allclose(brute, stock, atol=1e-4)
-    editor.probe.fused = True
 
 
 def test_forward_stops_after_last_needed_block(editor):

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from decontext.editors.flux_kontext import vae_latents
 from decontext.toy import world
-from decontext.toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, EDITOR_DIR, MAX_SEQUENCE_LENGTH, PROMPTS_FILE, RESOLUTION, SETTINGS_FILE, decode, encode, to_model_space, to_uint8
+from decontext.toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, EDITOR_DIR, MAX_SEQUENCE_LENGTH, PROMPTS_FILE, RESOLUTION, SETTINGS_FILE, decode, to_model_space, to_uint8
 from decontext.toy.reader import ToyReader, score_reads
 
 
@@ -116,7 +117,7 @@ def evaluate(n_identities: int | None = None, steps: int | None = None, guidance
     truth = np.stack([world.render(world.apply_edit(scenes[k], e)) for k, e in zip(src_idx, edits)])
     vae = pipe.vae
     with torch.no_grad():
-        recon = np.concatenate([to_uint8(decode(vae, encode(vae, to_model_space(x)))) for x in np.array_split(np.concatenate([sources, truth]), max(1, (n * 7) // 200))])
+        recon = np.concatenate([to_uint8(decode(vae, vae_latents(vae, to_model_space(x)))) for x in np.array_split(np.concatenate([sources, truth]), max(1, (n * 7) // 200))])
     res: dict = {"n_identities": n, "n_edits": len(edits), "steps": steps, "guidance": guidance, "seed": seed}
     res["vae_psnr"] = psnr(recon, np.concatenate([sources, truth]))
     src_for = sources[src_idx]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from decontext.editors.flux_kontext import joint_velocity, latent_ids, pack_latents, vae_latents
+from decontext.editors.flux_kontext import joint_velocity, latent_ids
 from decontext.editors.tiny import BASE_WORDS, TinyKontextConfig, tiny_kontext_components
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,18 +57,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(-1, 1).add(1).mul(127.5)).round().byte().permute(0, 2, 3, 1).numpy()
 
 
-def encode(vae, x: torch.Tensor) -> torch.Tensor:
-    """Kontext's context latents (the editor's own ``vae_latents``)."""
-    return vae_latents(vae, x)
-
-
 def decode(vae, z: torch.Tensor) -> torch.Tensor:
     return vae.decode(z / vae.config.scaling_factor + vae.config.shift_factor).sample
-
-
-def pack(z: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H/2*W/2, 4C), the pipeline's packing."""
-    return pack_latents(z)
 
 
 def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:

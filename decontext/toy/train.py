@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from decontext.editors.flux_kontext import pack_latents, vae_latents
 from decontext.toy import world
 from decontext.toy.model import (
     DEFAULT_GUIDANCE,
@@ -41,10 +42,8 @@ from decontext.toy.model import (
     TOY_CONFIG,
     build_components,
     decode,
-    encode,
     encode_prompts,
     inference_shift,
-    pack,
     sample_edit,
     to_model_space,
     transformer_velocity,
@@ -85,7 +84,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 def reconstruct(vae, images: np.ndarray, batch: int = 200) -> np.ndarray:
     out = []
     for i in range(0, len(images), batch):
-        out.append(decode_uint8(vae, encode(vae, to_model_space(images[i : i + batch]))))
+        out.append(decode_uint8(vae, vae_latents(vae, to_model_space(images[i : i + batch]))))
     return np.concatenate(out)
 
 
@@ -196,7 +195,7 @@ def editor_pairs(vae, n_sources: int, seed: int, extras: float = 0.2):
     for i in range(0, n_sources, chunk):
         part = scenes[i : i + chunk]
         imgs = [world.render(s) for s in part] + [world.render(world.apply_edit(s, e)) for e in world.EDITS for s in part]
-        z = pack(encode(vae, to_model_space(np.stack(imgs))))
+        z = pack_latents(vae_latents(vae, to_model_space(np.stack(imgs))))
         n = len(part)
         src.append(z[:n])
         tgt.append(z[n:].view(len(world.EDITS), n, *z.shape[1:]).transpose(0, 1))
@@ -265,7 +264,7 @@ def quick_eval(components, reader: ToyReader, n_identities: int = 12, seed: int 
     ids = world.eval_identities()[:: max(1, len(world.eval_identities()) // n_identities)][:n_identities]
     scenes = [world.sample_scene(i, seed=seed + k) for k, i in enumerate(ids)]
     src_imgs = render_all(scenes)
-    ctx = pack(encode(vae, to_model_space(src_imgs)))
+    ctx = pack_latents(vae_latents(vae, to_model_space(src_imgs)))
     h = RESOLUTION // 4
     ident, success = [], []
     src_reads = reader.read(src_imgs)
