@@ -70,7 +70,7 @@ class OfficialStyle:
     def __init__(self, editor, blocks):
         self.editor, self.blocks = editor, blocks
 
-    def shares(self, target, ids, context, embeds, pooled, sigma, guidance):
+    def shares(self, noise, condition, sigma):
         from diffusers.models.embeddings import apply_rotary_emb
 
         editor = self.editor
@@ -81,13 +81,13 @@ class OfficialStyle:
             handles.append(attn.norm_q.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("q", o.clone())))
             handles.append(attn.norm_k.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("k", o.clone())))
         try:
-            editor.forward(target, ids, context, embeds, pooled, sigma, guidance, stop_after=None)
+            editor.velocity(noise, sigma, condition)
         finally:
             for handle in handles:
                 handle.remove()
-        layout = editor.layout(embeds, target, context)
-        all_ids = torch.cat([torch.zeros(layout.text, 3, device=editor.device, dtype=editor.dtype), ids, context.ids])
-        rope = editor.transformer.pos_embed(all_ids)
+        layout = condition.layout
+        ids = [torch.zeros(layout.text, 3, device=editor.device, dtype=editor.dtype), condition.extra["target_ids"], condition.extra["context_ids"]]
+        rope = editor.transformer.pos_embed(torch.cat(ids))
         shares = []
         for name in self.blocks:
             q = apply_rotary_emb(captured[name]["q"], rope, sequence_dim=1)
@@ -100,61 +100,54 @@ class OfficialStyle:
 
 
 def make_steps(editor, args):
-    method = DeContext(prompts=["make the person smile"], release_text_encoders=True)
+    prompt = "make the person smile"
+    method = DeContext(prompts=[prompt], release_text_encoders=True)
     method.prepare(editor)
     blocks = method._blocks
     official = OfficialStyle(editor, blocks)
     size = (args.size, args.size)
     x0 = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0)).to(editor.device)
-    embeds, pooled = method._embeddings.select([0])
     sigma = torch.tensor([0.99])
 
     def draw():
         return torch.Generator().manual_seed(1)
 
-    def ours():
-        x = x0.clone().requires_grad_(True)
-        loss, _ = method.loss(editor, x, size, 0, draw())
-        loss.backward()
+    def ours(fused: bool = True):
+        with method.session(editor) as probe:
+            probe.fused = fused  # False: a separate indicator call in every probed layer (no fusion)
+            x = x0.clone().requires_grad_(True)
+            loss, _ = method.loss(editor, x, size, 0, draw())
+            loss.backward()
         return float(loss.detach())
 
     def unprobed(loss_of):
-        """A step of a variant that does not use our probe: encode, draw the same noise, loss, backward."""
-        editor.remove_probe()
+        """A step of a variant that does not use our probe: condition, draw the same noise, loss, backward."""
         x = x0.clone().requires_grad_(True)
-        context = editor.encode_context(x, size)
-        noise, ids = editor.target_like(context, draw())
-        loss = loss_of(noise, ids, context)
+        condition = editor.condition(x, [prompt], size)
+        noise = editor.noise_like(condition, draw())
+        loss = loss_of(noise, condition)
         loss.backward()
         return float(loss.detach())
 
     def official_step():
         if not args.official_checkpointing:
-            return unprobed(lambda noise, ids, context: 1 - official.shares(noise, ids, context, embeds, pooled, sigma, 3.5))
+            return unprobed(lambda noise, condition: 1 - official.shares(noise, condition, sigma))
         # As the official script runs: gradient checkpointing in the transformer AND the VAE.
         editor.transformer.enable_gradient_checkpointing()
         editor.vae.enable_gradient_checkpointing()
         try:
-            return unprobed(lambda noise, ids, context: 1 - official.shares(noise, ids, context, embeds, pooled, sigma, 3.5))
+            return unprobed(lambda noise, condition: 1 - official.shares(noise, condition, sigma))
         finally:
             if not args.checkpointing:  # leave ours as it was configured
                 editor.transformer.disable_gradient_checkpointing()
             editor.vae.disable_gradient_checkpointing()
 
     def bare():
-        return unprobed(lambda noise, ids, context: editor.forward(noise, ids, context, embeds, pooled, sigma, 3.5).float().pow(2).mean())
-
-    def ours_separate():
-        """Ours with the share measured by a separate indicator call in every probed layer (no fusion)."""
-        editor.probe.fused = False
-        try:
-            return ours()
-        finally:
-            editor.probe.fused = True
+        return unprobed(lambda noise, condition: editor.velocity(noise, sigma, condition).float().pow(2).mean())
 
     steps = {"ours": ours, "official": official_step, "bare": bare}
     if args.with_separate:
-        steps["ours_sep"] = ours_separate
+        steps["ours_sep"] = lambda: ours(fused=False)
     return steps
 
 

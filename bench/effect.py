@@ -70,7 +70,8 @@ def protect_batch(editor, method, sources: np.ndarray, eps: float, steps: int, a
         else:
             method.prepare(editor)
             pgd = PGD(eps=eps, alpha=alpha, steps=steps, seed=seed + start, progress=False)
-            adv = pgd.run(x0, lambda x, step, g: method.loss(editor, x, size, step, g)).pixels
+            with method.session(editor):
+                adv = pgd.run(x0, lambda x, step, g: method.loss(editor, x, size, step, g)).pixels
         out.extend(quantize(adv[i : i + 1], part[i], eps) for i in range(len(part)))
     return np.stack(out)
 
@@ -133,14 +134,14 @@ def main(argv=None) -> int:
     from decontext.toy.model import PROMPTS_FILE
     from decontext.toy.reader import ToyReader, edit_name
 
-    editor = load_editor("toy", "cpu", "float32")
+    editor = load_editor("toy", "flux_kontext", "cpu", "float32")
     reader = ToyReader.load()
     pool = load_prompts(PROMPTS_FILE)
     prompts = [pool[i].text for i in EDIT_PROMPT_INDICES]
     names = [edit_name(pool[i].category) for i in EDIT_PROMPT_INDICES]
-    settings = {"steps": int(editor.recommended.get("num_inference_steps", 20)), "guidance": float(editor.recommended.get("guidance_scale", 3.5))}
+    settings = {"steps": int(editor.recommended["num_inference_steps"]), "guidance": float(editor.recommended["guidance_scale"])}
     attack_prompts = [p.text for p in pool]
-    editor.encode_prompts(attack_prompts)
+    editor.prepare(attack_prompts + prompts, release=False)
 
     identities = world.eval_identities()[: args.identities]
     sources = np.stack([world.render(world.sample_scene(identity, seed=args.seed + i)) for i, identity in enumerate(identities)])

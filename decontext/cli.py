@@ -1,18 +1,19 @@
-"""Pieces shared by the command-line scripts (attack/, inference/): common flags and quiet logging."""
+"""The attack and inference command lines, shared by every editor family.
+
+``attack/attack_<editor>.py`` and ``inference/<editor>_inference.py`` are a few lines each: they name
+their family and call ``attack_main`` / ``inference_main``. Flags common to every editor live here;
+an editor adds its own (``add_arguments``) and sets its official attack defaults
+(``attack_defaults``); every registered method adds its options.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 import warnings
-
-
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny", help="'tiny' (random weights, smoke test), 'toy' (the trained embedded editor), or a FLUX.1-Kontext hub id / local diffusers folder")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
-    parser.add_argument("--quantize", choices=["8bit", "4bit"], default=None, help="bitsandbytes weight-quantised transformer for small GPUs (CUDA only)")
+from pathlib import Path
 
 
 def resolution_arg(value: str):
@@ -47,3 +48,160 @@ def quiet_libraries() -> None:
     except Exception:  # pragma: no cover
         pass
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _model_arguments(parser: argparse.ArgumentParser, cls, role: str) -> None:
+    parser.add_argument("--model", default="tiny", help=cls.model_help)
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    cls.add_arguments(parser, role)
+
+
+def _load(cls, args, device=None):
+    from .editors import load_editor
+
+    return load_editor(args.model, cls.family, device or args.device, args.dtype, **cls.options_from_args(args))
+
+
+# ---------------------------------------------------------------------------------------- attack
+def attack_parser(family: str) -> argparse.ArgumentParser:
+    from .editors import editor_class
+    from .methods import add_method_arguments
+
+    cls = editor_class(family)
+    defaults = cls.attack_defaults
+    parser = argparse.ArgumentParser(description=cls.attack_description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_arguments(parser, cls, "attack")
+    parser.add_argument("--input", required=True, help="an image file or a folder of images")
+    parser.add_argument("--output", required=True, help="folder for <stem>.png and manifest.json")
+    parser.add_argument("--eps", type=float, default=defaults["eps"], help=f"L-inf budget in 1/255 units (default {defaults['eps']}: {defaults['eps_note']})")
+    parser.add_argument("--alpha", type=float, default=defaults["alpha"], help=f"PGD step in 1/255 units (default {defaults['alpha']})")
+    parser.add_argument("--steps", type=int, default=defaults["steps"], help=f"PGD steps (default {defaults['steps']})")
+    parser.add_argument("--resolution", type=resolution_arg, default="auto", help=f"working size inside the editor: auto ({cls.auto_resolution_note}), native (the image's own size), or N (N x N area)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--momentum", type=float, default=0.0)
+    parser.add_argument("--random-start", action="store_true")
+    parser.add_argument("--measure-draws", type=int, default=4, help="fixed draws of the method's measurement before/after, stored in the manifest (0 = skip)")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the transformer (less GPU memory, slower)")
+    parser.add_argument("--no-progress", action="store_true")
+    add_method_arguments(parser)
+    parser.set_defaults(**defaults.get("method", {}))
+    return parser
+
+
+def attack_main(family: str, argv=None) -> int:
+    """Protect a file or folder against ``family``'s editor; exit 0, 1 (some images failed) or 2 (bad arguments)."""
+    from .editors import editor_class
+
+    args = attack_parser(family).parse_args(argv)
+    quiet_libraries()
+    from .distributed import current_shard
+    from .methods import method_from_args
+    from .prompts import PromptFileError
+    from .protect import ProtectSettings, merge_manifests, protect_paths
+
+    if not Path(args.input).exists():
+        print(f"error: {args.input}: no such file or folder", file=sys.stderr)
+        return 2
+    try:
+        method = method_from_args(args)
+    except (PromptFileError, ValueError, TypeError) as exc:
+        print(f"error: --method {args.method}: {exc}", file=sys.stderr)
+        return 2
+    shard = current_shard()  # under `accelerate launch`, this process's share of the inputs
+    device = shard.device if (args.device == "auto" and shard.device is not None) else None
+    try:
+        editor = _load(editor_class(family), args, device)
+    except (ValueError, ImportError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.checkpointing:
+        editor.enable_gradient_checkpointing()
+    settings = ProtectSettings(
+        eps=args.eps, alpha=args.alpha, steps=args.steps, momentum=args.momentum, random_start=args.random_start,
+        seed=args.seed, resolution=args.resolution, measure_draws=args.measure_draws, progress=not args.no_progress,
+    )
+    manifest = "manifest.json" if shard.world == 1 else f"manifest.rank{shard.rank}.json"
+    report = protect_paths(editor, method, args.input, args.output, settings, args_record=vars(args), shard=(shard.rank, shard.world), manifest_name=manifest)
+    if shard.world > 1:
+        shard.barrier()
+        if shard.is_main:
+            merge_manifests(args.output, shard.world)
+        shard.barrier()
+    prefix = f"[process {shard.rank}/{shard.world}] " if shard.world > 1 else ""
+    print(f"{prefix}protected {len(report.done)}, skipped {len(report.skipped)} (already done), failed {len(report.failed)} -> {args.output}")
+    for message in report.failed.values():
+        print(f"  failed: {message}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+# ---------------------------------------------------------------------------------------- inference
+def inference_parser(family: str) -> argparse.ArgumentParser:
+    from .editors import editor_class
+
+    cls = editor_class(family)
+    parser = argparse.ArgumentParser(description=cls.edit_description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _model_arguments(parser, cls, "edit")
+    parser.add_argument("--images", required=True, help="an image file or a folder of images")
+    parser.add_argument("--output", required=True, help="output folder (e.g. runs/<name>/edits/protected)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--prompts", default=None, help="prompt pool file (default data/prompts/edit_prompts.txt)")
+    group.add_argument("--prompt", default=None, help="a single edit instruction instead of a pool")
+    parser.add_argument("--prompt-indices", type=int, nargs="+", default=None, help="use only these prompts of the pool (0-based)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42])
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the editor's, or the model folder's recommendation)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the editor's, or the model folder's recommendation)")
+    parser.add_argument("--resolution", type=resolution_arg, default=None, help="working size: N (N x N area), native, or auto (default: the editor's)")
+    parser.add_argument("--batch-size", type=int, default=1, help="(prompt, seed) pairs of one image edited together")
+    parser.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
+    parser.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def inference_main(family: str, argv=None) -> int:
+    """Edit clean or protected images with ``family``'s real pipeline into the run-folder layout."""
+    from .editors import editor_class
+    from .inference import EditSettings, run_edits, validate_seeds
+    from .prompts import Prompt, PromptFileError, load_prompts, select_prompts
+
+    args = inference_parser(family).parse_args(argv)
+    # Everything that can be checked without a model is checked first.
+    try:
+        seeds = validate_seeds(args.seeds)
+        if args.prompt is not None:
+            if not args.prompt.strip():
+                raise PromptFileError("--prompt is empty")
+            prompts = [Prompt(args.prompt.strip(), "custom", 0)]
+        else:
+            prompts = select_prompts(load_prompts(args.prompts), args.prompt_indices)
+        if (args.steps is not None and args.steps < 1) or args.batch_size < 1:
+            raise ValueError("--steps and --batch-size must be >= 1")
+    except (PromptFileError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not Path(args.images).exists():
+        print(f"error: {args.images}: no such file or folder", file=sys.stderr)
+        return 2
+
+    quiet_libraries()
+    try:
+        editor = _load(editor_class(family), args)
+    except (ValueError, ImportError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    editor.enable_vae_memory_savers(tiling=args.vae_tiling, slicing=args.vae_slicing)
+    recommended = editor.recommended  # the editor's defaults, or what a model folder ships (the toy)
+    settings = EditSettings(
+        steps=args.steps or int(recommended["num_inference_steps"]),
+        guidance=args.guidance if args.guidance is not None else float(recommended["guidance_scale"]),
+        resolution=args.resolution or recommended["resolution"],
+        batch_size=args.batch_size,
+    )
+    record = {"editor": editor.family, "images": str(args.images), "prompts_file": args.prompts, "seeds": seeds, "dtype": str(editor.dtype),
+              **{k: v for k, v in editor_class(family).options_from_args(args).items() if isinstance(v, (str, int, float, bool, type(None)))}}
+    report = run_edits(editor, args.images, prompts, seeds, args.output, settings, record=record, progress=not args.no_progress)
+    print(f"edited {report.done}, skipped {report.skipped} (already done), failed images {len(report.failed)} -> {args.output}")
+    for message in report.failed.values():
+        print(f"  failed: {message}", file=sys.stderr)
+    return 0 if report.ok else 1

@@ -91,13 +91,11 @@ def run_edits(
     root = run_root_of(output_dir)
     index_path = output_dir / "index.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    index["settings"] = {**(record or {}), "steps": settings.steps, "guidance": settings.guidance, "resolution": settings.resolution, "batch_size": settings.batch_size, "model": editor.name}
+    index["settings"] = {**(record or {}), "steps": settings.steps, "guidance": settings.guidance, "resolution": settings.resolution, "batch_size": settings.batch_size, "model": editor.name, "editor": editor.family}
     edits = {(e["image"], e["prompt_index"], e["seed"]): e for e in index.get("edits", [])}
     paths = list_images(images)
-    # Text embeddings once for the whole run; then the text encoders can go.
-    editor.encode_prompts([p.text for p in prompts])
-    if release_text_encoders:
-        editor.release_text_encoders()
+    # Prompt conditioning once for the whole run; then whatever the editor no longer needs can go.
+    editor.prepare([p.text for p in prompts], release=release_text_encoders)
     report = EditReport()
     bar = tqdm(total=len(paths) * len(prompts) * len(seeds), desc="edits", disable=not progress, dynamic_ncols=True)
     for path in paths:

@@ -39,8 +39,8 @@ class ProtectSettings:
 class ProtectOutcome:
     pixels: torch.Tensor
     working_size: tuple[int, int]
-    initial_share: float | None
-    final_share: float | None
+    before: dict[str, float]  # what the method measures (its ``measure()``), on the clean image
+    after: dict[str, float]  # ... and on the protected one
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -56,25 +56,28 @@ def protect_image(editor, method, image: LoadedImage, settings: ProtectSettings,
     height, width = image.pixels.shape[-2:]
     size = editor.working_size(height, width, settings.resolution)
     x0 = image.pixels.to(editor.device)
-    measure = getattr(method, "measure", None)
-    initial = measure(editor, x0, size, settings.measure_draws) if measure and settings.measure_draws else None
     seed = image_seed(settings.seed, name)
-    if hasattr(method, "perturb"):  # no optimisation (e.g. the random-noise control)
-        pixels = method.perturb(x0, settings.eps, torch.Generator().manual_seed(seed))
-        return ProtectOutcome(pixels.cpu(), size, initial, initial, [], time.perf_counter() - start)
-    pgd = PGD(
-        eps=settings.eps,
-        alpha=settings.alpha,
-        steps=settings.steps,
-        momentum=settings.momentum,
-        random_start=settings.random_start,
-        seed=seed,
-        progress=settings.progress,
-        desc=f"{method.name} {name}",
-    )
-    result = pgd.run(x0, lambda x, step, gen: method.loss(editor, x, size, step, gen))
-    final = measure(editor, result.pixels, size, settings.measure_draws) if measure and settings.measure_draws else None
-    return ProtectOutcome(result.pixels.cpu(), size, initial, final, result.history, time.perf_counter() - start)
+    draws = settings.measure_draws
+    with method.session(editor):  # e.g. probes: installed for this image only, removed after
+        before = method.measure(editor, x0, size, draws) if draws else {}
+        history: list[dict] = []
+        if hasattr(method, "perturb"):  # no optimisation (e.g. the random-noise control)
+            pixels = method.perturb(x0, settings.eps, torch.Generator().manual_seed(seed))
+        else:
+            pgd = PGD(
+                eps=settings.eps,
+                alpha=settings.alpha,
+                steps=settings.steps,
+                momentum=settings.momentum,
+                random_start=settings.random_start,
+                seed=seed,
+                progress=settings.progress,
+                desc=f"{method.name} {name}",
+            )
+            result = pgd.run(x0, lambda x, step, gen: method.loss(editor, x, size, step, gen))
+            pixels, history = result.pixels, result.history
+        after = method.measure(editor, pixels, size, draws) if draws else {}
+    return ProtectOutcome(pixels.detach().cpu(), size, before, after, history, time.perf_counter() - start)
 
 
 def library_versions() -> dict:
@@ -146,7 +149,7 @@ def protect_paths(
     pairs = pairs[rank::world]
     manifest_path = output_dir / manifest_name
     manifest = _read_manifest(manifest_path)
-    manifest.update({"args": args_record or {}, "method": method.config(), "editor": editor.name, "versions": library_versions()})
+    manifest.update({"args": args_record or {}, "method": method.config(), "editor": {"family": editor.family, "model": editor.name}, "versions": library_versions()})
     images = manifest.setdefault("images", {})
     report = BatchReport()
     if rank == 0:
@@ -177,8 +180,8 @@ def protect_paths(
                 "status": "done",
                 "size": [image.size[0], image.size[1]],
                 "working_size": [outcome.working_size[1], outcome.working_size[0]],
-                "initial_share": outcome.initial_share,
-                "final_share": outcome.final_share,
+                "before": outcome.before,
+                "after": outcome.after,
                 "max_abs_diff_levels": max_level_diff(saved, image.rgb8),
                 "seconds": round(outcome.seconds, 3),
                 "seed": image_seed(settings.seed, path.stem),
@@ -187,10 +190,8 @@ def protect_paths(
             }
             images[key] = entry
             report.done.append(key)
-            share = ""
-            if outcome.initial_share is not None:
-                share = f" share {outcome.initial_share:.4f} -> {outcome.final_share:.4f},"
-            log(f"[{index + 1}/{len(pairs)}] {key}:{share} max diff {entry['max_abs_diff_levels']} levels, {outcome.seconds:.1f}s -> {out}")
+            measured = "".join(f" {k} {v:.4f} -> {outcome.after[k]:.4f}," for k, v in outcome.before.items() if k in outcome.after)
+            log(f"[{index + 1}/{len(pairs)}] {key}:{measured} max diff {entry['max_abs_diff_levels']} levels, {outcome.seconds:.1f}s -> {out}")
         except ImageLoadError as exc:
             report.failed[key] = str(exc)
             images[key] = {"input": str(path), "status": "failed", "error": str(exc)}

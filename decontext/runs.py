@@ -1,6 +1,6 @@
 """Helpers for the run folder (docs/RUN_LAYOUT.md): copy sources in as PNG, write run.json.
 
-    python -m decontext.runs init --input photos/ --run runs/demo --model tiny
+    python -m decontext.runs init --input photos/ --run runs/demo --model tiny --editor flux_kontext
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ def write_run_info(run_dir: str | Path, **info) -> Path:
     path = run_dir / "run.json"
     data = json.loads(path.read_text()) if path.is_file() else {"created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     data.update({k: v for k, v in info.items() if v is not None})
-    data.setdefault("editor", "flux_kontext")
     write_json_atomic(data, path)
     return path
 
@@ -56,9 +55,14 @@ def main(argv=None) -> int:
     init.add_argument("--input", required=True)
     init.add_argument("--run", required=True)
     init.add_argument("--model", required=True)
+    init.add_argument("--editor", default="flux_kontext", help="editor family (a key of decontext.editors.EDITORS)")
     args = parser.parse_args(argv)
+    from .editors import EDITORS
+
+    if args.editor not in EDITORS:
+        parser.error(f"unknown editor family {args.editor!r} (choose from {', '.join(EDITORS)})")
     written, failed = prepare_sources(args.input, Path(args.run) / "source")
-    write_run_info(args.run, model=args.model)
+    write_run_info(args.run, model=args.model, editor=args.editor)
     print(f"{len(written)} source images in {Path(args.run) / 'source'}; {len(failed)} unreadable")
     return 0 if written else 1
 

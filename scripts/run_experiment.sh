@@ -3,8 +3,11 @@
 #   runs/<NAME>/{run.json, source/, protected/, edits/clean/, edits/protected/}
 # then score it with:  python eval/compute_metrics.py --run runs/<NAME>
 #
+# EDITOR picks the editor: kontext (FLUX.1-Kontext, default) or step1x (Step1X-Edit); every other
+# variable means the same for both, and defaults to that editor's own settings where unset.
 # Example (CPU smoke run, tiny random-weight model):
 #   NAME=smoke MODEL=tiny INPUT=photos/ PROMPT_INDICES="0 10 20" SEEDS="42 43" bash scripts/run_experiment.sh
+#   EDITOR=step1x NAME=smoke1x MODEL=tiny INPUT=photos/ PROMPT_INDICES="0" bash scripts/run_experiment.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}
@@ -14,35 +17,45 @@ INPUT=${INPUT:?set INPUT (an image or a folder of images)}
 MODEL=${MODEL:-tiny}
 RUNS=${RUNS:-runs}
 RUN="$RUNS/$NAME"
+EDITOR=${EDITOR:-kontext}
+case "$EDITOR" in
+  kontext) FAMILY=flux_kontext; ATTACK="$ROOT/attack/attack_kontext.py"; INFER="$ROOT/inference/kontext_inference.py" ;;
+  step1x) FAMILY=step1x_edit; ATTACK="$ROOT/attack/attack_step1x.py"; INFER="$ROOT/inference/step1x_inference.py" ;;
+  *) echo "EDITOR must be kontext or step1x, got '$EDITOR'" >&2; exit 2 ;;
+esac
 DEVICE=${DEVICE:-auto}
 DTYPE=${DTYPE:-auto}
 # attack
 if [ "$MODEL" = tiny ]; then ATTACK_STEPS=${ATTACK_STEPS:-30}; ATTACK_RESOLUTION=${ATTACK_RESOLUTION:-native}
 else ATTACK_STEPS=${ATTACK_STEPS:-800}; ATTACK_RESOLUTION=${ATTACK_RESOLUTION:-auto}; fi
-EPS=${EPS:-12.75}
-ALPHA=${ALPHA:-0.6375}
+EPS=${EPS:-}      # empty: the editor's official default (kontext 12.75, step1x 25.5)
+ALPHA=${ALPHA:-}
 # inference
 PROMPTS=${PROMPTS:-}
 PROMPT_INDICES=${PROMPT_INDICES:-}
 SEEDS=${SEEDS:-42}
-EDIT_STEPS=${EDIT_STEPS:-20}
-GUIDANCE=${GUIDANCE:-3.5}
-EDIT_RESOLUTION=${EDIT_RESOLUTION:-512}
+EDIT_STEPS=${EDIT_STEPS:-}      # empty: the editor's default (kontext 20, step1x 28)
+GUIDANCE=${GUIDANCE:-}          # empty: the editor's default (kontext 3.5, step1x 6.0)
+EDIT_RESOLUTION=${EDIT_RESOLUTION:-}
 BATCH_SIZE=${BATCH_SIZE:-1}
 
 common=(--model "$MODEL" --device "$DEVICE" --dtype "$DTYPE")
-"$PYTHON" -m decontext.runs init --input "$INPUT" --run "$RUN" --model "$MODEL"
+"$PYTHON" -m decontext.runs init --input "$INPUT" --run "$RUN" --model "$MODEL" --editor "$FAMILY"
 
-attack=("${common[@]}" --input "$RUN/source" --output "$RUN/protected" --eps "$EPS" --alpha "$ALPHA"
-        --steps "$ATTACK_STEPS" --resolution "$ATTACK_RESOLUTION")
+attack=("${common[@]}" --input "$RUN/source" --output "$RUN/protected" --steps "$ATTACK_STEPS" --resolution "$ATTACK_RESOLUTION")
+[ -n "$EPS" ] && attack+=(--eps "$EPS")
+[ -n "$ALPHA" ] && attack+=(--alpha "$ALPHA")
 [ -n "$PROMPTS" ] && attack+=(--prompts "$PROMPTS")
-"$PYTHON" "$ROOT/attack/attack_kontext.py" "${attack[@]}" || echo "warning: some images failed to protect (see $RUN/protected/manifest.json)"
+"$PYTHON" "$ATTACK" "${attack[@]}" || echo "warning: some images failed to protect (see $RUN/protected/manifest.json)"
 
-edit=("${common[@]}" --seeds $SEEDS --steps "$EDIT_STEPS" --guidance "$GUIDANCE" --resolution "$EDIT_RESOLUTION" --batch-size "$BATCH_SIZE")
+edit=("${common[@]}" --seeds $SEEDS --batch-size "$BATCH_SIZE")
+[ -n "$EDIT_STEPS" ] && edit+=(--steps "$EDIT_STEPS")
+[ -n "$GUIDANCE" ] && edit+=(--guidance "$GUIDANCE")
+[ -n "$EDIT_RESOLUTION" ] && edit+=(--resolution "$EDIT_RESOLUTION")
 [ -n "$PROMPTS" ] && edit+=(--prompts "$PROMPTS")
 [ -n "$PROMPT_INDICES" ] && edit+=(--prompt-indices $PROMPT_INDICES)
 status=0
-"$PYTHON" "$ROOT/inference/kontext_inference.py" "${edit[@]}" --images "$RUN/source" --output "$RUN/edits/clean" || status=1
-"$PYTHON" "$ROOT/inference/kontext_inference.py" "${edit[@]}" --images "$RUN/protected" --output "$RUN/edits/protected" || status=1
+"$PYTHON" "$INFER" "${edit[@]}" --images "$RUN/source" --output "$RUN/edits/clean" || status=1
+"$PYTHON" "$INFER" "${edit[@]}" --images "$RUN/protected" --output "$RUN/edits/protected" || status=1
 echo "run folder: $RUN"
 exit $status

@@ -81,27 +81,26 @@ def editor():
 def _inputs(editor, height=48, width=80, seed=0):
     g = torch.Generator().manual_seed(seed)
     pixels = torch.rand(1, 3, height, width, generator=g)
-    context = editor.encode_context(pixels, (height, width))
-    noise, ids = editor.target_like(context, g)
-    emb = editor.encode_prompts(["make the person smile", "add a hat"])
-    return pixels, context, noise.expand(2, -1, -1), ids, emb
+    condition = editor.condition(pixels, ["make the person smile", "add a hat"], (height, width))
+    noise = editor.noise_like(condition, g)
+    return pixels, condition, noise
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_probe_matches_brute_force_in_double_and_single_blocks_non_square(editor, fused, monkeypatch):
-    pixels, context, target, ids, emb = _inputs(editor)
+def test_probe_matches_brute_force_in_double_and_single_blocks_non_square(editor, fused):
+    pixels, condition, target = _inputs(editor)
     sigma = torch.tensor([0.99, 0.985])
     names = editor.block_names
-    monkeypatch.setattr(editor.probe, "fused", fused)  # the editor fixture is shared: restored even on failure
     with torch.no_grad():
-        stock = editor.forward(target, ids, context, emb.embeds, emb.pooled, sigma)
-        with editor.probing(names) as probe:
-            probed = editor.forward(target, ids, context, emb.embeds, emb.pooled, sigma)
+        stock = editor.velocity(target, sigma, condition)
+        with editor.probe(names) as probe:
+            probe.fused = fused
+            probed = editor.velocity(target, sigma, condition)
             shares = dict(probe.shares)
-        store = {"layout": editor.layout(emb.embeds, target, context)}
+        store = {"layout": condition.layout}
         reference = {editor._processor_key(n): BruteForceProcessor(n, store) for n in names}
         with swapped_processors(editor.transformer, reference):
-            brute = editor.forward(target, ids, context, emb.embeds, emb.pooled, sigma)
+            brute = editor.velocity(target, sigma, condition)
     assert store["layout"] == Layout(text=editor.max_sequence_length, target=15, context=15)
     assert set(shares) == set(names) and any(n.startswith("double") for n in names)
     for name in names:
@@ -113,16 +112,16 @@ def test_probe_matches_brute_force_in_double_and_single_blocks_non_square(editor
 
 
 def test_forward_stops_after_last_needed_block(editor):
-    pixels, context, target, ids, emb = _inputs(editor, 32, 32)
+    pixels, condition, target = _inputs(editor, 32, 32)
     sigma = torch.tensor([0.99, 0.99])
     calls = []
     handle = editor.transformer.single_transformer_blocks[3].register_forward_hook(lambda *a: calls.append(1))
     try:
-        with torch.no_grad(), editor.probing(["double.1", "single.2"]) as probe:
-            out = editor.forward(target, ids, context, emb.embeds, emb.pooled, sigma, stop_after="single.2")
+        with torch.no_grad(), editor.probe(["double.1", "single.2"]) as probe:
+            out = editor.velocity(target, sigma, condition, stop_after="single.2")
             early = dict(probe.shares)
-        with torch.no_grad(), editor.probing(["double.1", "single.2"]) as probe:
-            editor.forward(target, ids, context, emb.embeds, emb.pooled, sigma)
+        with torch.no_grad(), editor.probe(["double.1", "single.2"]) as probe:
+            editor.velocity(target, sigma, condition)
             full = dict(probe.shares)
     finally:
         handle.remove()
@@ -132,21 +131,36 @@ def test_forward_stops_after_last_needed_block(editor):
         assert torch.allclose(early[name], full[name])
 
 
+def test_probe_context_restores_the_editor_whatever_happens(editor):
+    stock = dict(editor.transformer.attn_processors)
+    with pytest.raises(KeyError):
+        with editor.probe(["single.0"]):
+            with pytest.raises(RuntimeError, match="nest"):
+                with editor.probe(["single.1"]):
+                    pass
+            raise KeyError("boom")
+    assert {k: type(v) for k, v in editor.transformer.attn_processors.items()} == {k: type(v) for k, v in stock.items()}
+    assert editor._active_probe is None
+    with pytest.raises(ValueError, match="cannot probe"):
+        with editor.probe(["single.9"]):
+            pass
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_pixel_gradient_matches_float64_finite_differences(fused):
     editor = FluxKontextEditor.tiny(seed=2, dtype=torch.float64)
-    editor.probe.fused = fused
     g = torch.Generator().manual_seed(5)
     pixels = torch.rand(1, 3, 32, 48, generator=g, dtype=torch.float64)
-    emb = editor.encode_prompts(["add glasses"])
+    editor.prepare(["add glasses"], release=False)
     noise_g = torch.Generator().manual_seed(9)
     blocks = ["double.0", "single.0", "single.1"]
 
     def share(x):
-        context = editor.encode_context(x, (32, 48))
-        noise, ids = editor.target_like(context, torch.Generator().manual_seed(9))
-        with editor.probing(blocks) as probe:
-            editor.forward(noise, ids, context, emb.embeds, emb.pooled, torch.tensor([0.99], dtype=torch.float64), stop_after="single.1")
+        condition = editor.condition(x, ["add glasses"], (32, 48))
+        noise = editor.noise_like(condition, torch.Generator().manual_seed(9))
+        with editor.probe(blocks) as probe:
+            probe.fused = fused
+            editor.velocity(noise, torch.tensor([0.99], dtype=torch.float64), condition, stop_after="single.1")
             return probe.mean_share(blocks).sum()
 
     x = pixels.clone().requires_grad_(True)

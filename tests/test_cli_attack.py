@@ -45,7 +45,7 @@ def test_protects_within_budget_at_original_size_and_lowers_share(batch):
         entry = manifest["images"][f"{name}.png"]
         assert entry["status"] == "done"
         assert entry["max_abs_diff_levels"] == np.abs(saved - source).max()
-        assert entry["final_share"] < entry["initial_share"], entry
+        assert entry["after"]["share"] < entry["before"]["share"], entry
     assert manifest["args"]["steps"] == 30
     assert manifest["versions"]["diffusers"]
     assert manifest["method"]["resolved_blocks"] == ["single.0", "single.1", "single.2"]

@@ -27,16 +27,17 @@ def test_tiny_has_real_vae_geometry(editor):
 def test_context_encoding_matches_the_pipeline(editor, height, width):
     rgb = np.random.default_rng(height).integers(0, 256, (height, width, 3), dtype=np.uint8)
     pixels = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
-    ours = editor.encode_context(pixels, (height, width))
+    ours = editor.condition(pixels, ["add a hat"], (height, width))
     pipe = editor.pipe
     processed = pipe.image_processor.preprocess(Image.fromarray(rgb), height, width)
     _, image_latents, _, image_ids = pipe.prepare_latents(
         processed, 1, 16, height, width, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0)
     )
-    assert ours.tokens.shape == image_latents.shape == (1, (height // 16) * (width // 16), 64)
-    assert torch.allclose(ours.tokens, image_latents, atol=1e-5)
-    assert torch.equal(ours.ids, image_ids)
-    assert (ours.ids[:, 0] == 1).all()
+    assert ours.latents.shape == image_latents.shape == (1, (height // 16) * (width // 16), 64)
+    assert torch.allclose(ours.latents, image_latents, atol=1e-5)
+    assert torch.equal(ours.extra["context_ids"], image_ids)
+    assert (ours.extra["context_ids"][:, 0] == 1).all() and (ours.extra["target_ids"][:, 0] == 0).all()
+    assert torch.equal(ours.extra["target_ids"][:, 1:], image_ids[:, 1:])
 
 
 def test_working_sizes(editor):
@@ -55,10 +56,10 @@ def test_working_sizes(editor):
 
 @pytest.mark.parametrize("height,width", [(32, 32), (48, 96)])
 def test_layout_is_derived_from_shapes(editor, height, width):
-    context = editor.encode_context(torch.rand(1, 3, height, width))
-    noise, _ = editor.target_like(context, torch.Generator().manual_seed(0))
-    emb = editor.encode_prompts(["add a hat"])
-    layout = editor.layout(emb.embeds, noise, context)
+    condition = editor.condition(torch.rand(1, 3, height, width), ["add a hat", "add glasses"], (height, width))
+    noise = editor.noise_like(condition, torch.Generator().manual_seed(0))
+    assert noise.shape == condition.latents.shape and condition.batch == 2
+    layout = condition.layout
     tokens = (height // 16) * (width // 16)
     assert (layout.text, layout.target, layout.context) == (editor.max_sequence_length, tokens, tokens)
     assert layout.context_slice == slice(layout.text + tokens, layout.text + 2 * tokens)
@@ -68,15 +69,15 @@ def test_prompt_embeddings_cached_and_encoders_released():
     editor = FluxKontextEditor.tiny(seed=4)
     calls = []
     editor.pipe.text_encoder_2.register_forward_hook(lambda *a: calls.append(1))
-    first = editor.encode_prompts(["add a hat", "make the person smile"])
-    again = editor.encode_prompts(["make the person smile", "add a hat"])
+    first, first_pooled = editor.encode_prompts(["add a hat", "make the person smile"])
+    again, _ = editor.encode_prompts(["make the person smile", "add a hat"])
     assert len(calls) == 1
-    assert torch.equal(first.embeds[0], again.embeds[1])
+    assert torch.equal(first[0], again[1])
     reference, pooled, _ = editor.pipe.encode_prompt(prompt=["add a hat"], prompt_2=None, max_sequence_length=editor.max_sequence_length)
-    assert torch.allclose(first.embeds[0], reference[0], atol=1e-5) and torch.allclose(first.pooled[0], pooled[0], atol=1e-5)
-    editor.release_text_encoders()
+    assert torch.allclose(first[0], reference[0], atol=1e-5) and torch.allclose(first_pooled[0], pooled[0], atol=1e-5)
+    editor.prepare(["add a hat"], release=True)
     assert editor.pipe.text_encoder is None and editor.pipe.text_encoder_2 is None
-    assert torch.equal(editor.encode_prompts(["add a hat"]).embeds[0], first.embeds[0])
+    assert torch.equal(editor.encode_prompts(["add a hat"])[0][0], first[0])
     with pytest.raises(RuntimeError, match="released"):
         editor.encode_prompts(["a new prompt"])
 
@@ -95,12 +96,15 @@ def test_save_and_load_round_trip_through_from_pretrained(tmp_path, editor):
     editor.pipe.save_pretrained(tmp_path / "kontext")
     loaded = FluxKontextEditor.from_pretrained(tmp_path / "kontext", dtype=torch.float32, device="cpu")
     x = torch.rand(1, 3, 32, 32)
-    assert torch.allclose(loaded.encode_context(x).tokens, editor.encode_context(x).tokens)
+    assert torch.allclose(loaded.image_latents(x, (32, 32)), editor.image_latents(x, (32, 32)))
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         FluxKontextEditor.from_pretrained(tmp_path, dtype=torch.float32, device="cpu")
 
 
 def test_load_editor_names():
-    assert load_editor("tiny", "cpu").name == "tiny"
+    editor = load_editor("tiny", "flux_kontext", "cpu")
+    assert editor.name == "tiny" and editor.family == "flux_kontext"
     with pytest.raises(ValueError, match="dtype"):
-        load_editor("tiny", "cpu", "float8")
+        load_editor("tiny", "flux_kontext", "cpu", "float8")
+    with pytest.raises(ValueError, match="unknown editor family"):
+        load_editor("tiny", "kontext2")

@@ -1,5 +1,6 @@
 """Baseline methods on the tiny Kontext: each loss moves the way it claims, noise keeps its budget."""
 
+import pytest
 import torch
 
 from decontext.editors.flux_kontext import FluxKontextEditor
@@ -17,7 +18,7 @@ def _image(seed=0, h=32, w=48):
 
 
 def _loss(method, editor, pixels, seed=0):
-    with torch.no_grad():
+    with torch.no_grad(), method.session(editor):
         return float(method.loss(editor, pixels, (32, 48), 0, torch.Generator().manual_seed(seed))[0])
 
 
@@ -36,7 +37,7 @@ def test_noise_control_uses_the_whole_budget_deterministically():
 def test_encoder_and_flow_losses_increase_under_pgd():
     for name in ("encoder", "flow_loss"):
         editor = FluxKontextEditor.tiny(seed=1)
-        method = build_method(name, prompts=["add a hat"])
+        method = build_method(name, **({"prompts": ["add a hat"]} if name == "flow_loss" else {}))
         method.prepare(editor)
         image = _image(1)
         settings = ProtectSettings(eps=16, alpha=2, steps=8, resolution="native", progress=False, measure_draws=0)
@@ -52,7 +53,7 @@ def test_decontext_lowers_measured_share_and_records_history():
     method = DeContext(prompts=["add a hat", "make the person smile"])
     settings = ProtectSettings(eps=16, alpha=2, steps=10, resolution="native", progress=False, measure_draws=2)
     outcome = protect_image(editor, method, _image(2), settings, name="x")
-    assert outcome.final_share < outcome.initial_share
+    assert outcome.after["share"] < outcome.before["share"]
     assert len(outcome.history) == 10 and all(0 < h["share"] < 1 for h in outcome.history)
     assert all(abs(h["loss"] - (1 - h["share"])) < 1e-6 for h in outcome.history)
 
@@ -66,22 +67,48 @@ def test_decontext_pass_ends_inside_the_last_probed_block_with_unchanged_shares(
     handle = editor._block(blocks[-1]).proj_out.register_forward_hook(lambda *a: calls.append(1))
     pixels = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), method.session(editor) as probe:
             early = method.shares(editor, pixels, (32, 48), torch.Generator().manual_seed(1))
             assert calls == []  # the last probed block stopped right after its probe
             # The same draws as shares() makes (prompt index, sigma, noise), then a full pass.
             g = torch.Generator().manual_seed(1)
             torch.randint(1, (1,), generator=g)
             sigma = 0.98 + 0.02 * torch.rand(1, generator=g)
-            context = editor.encode_context(pixels, (32, 48))
-            noise, ids = editor.target_like(context, g)
-            embeds, pooled = method._embeddings.select([0])
-            editor.probe.clear()
-            editor.forward(noise, ids, context, embeds, pooled, sigma, stop_after=None)
+            condition = editor.condition(pixels, ["add a hat"], (32, 48))
+            noise = editor.noise_like(condition, g)
+            probe.clear()
+            editor.velocity(noise, sigma, condition, stop_after=None)
+            full = probe.mean_share(blocks)
     finally:
         handle.remove()
     assert calls == [1]
-    assert torch.allclose(early, editor.probe.mean_share(blocks), atol=1e-6)
+    assert torch.allclose(early, full, atol=1e-6)
+
+
+def test_decontext_outside_its_session_says_so():
+    editor = FluxKontextEditor.tiny(seed=6)
+    method = DeContext(prompts=["add a hat"], release_text_encoders=False)
+    with pytest.raises(RuntimeError, match="session"):
+        method.loss(editor, torch.rand(1, 3, 32, 48), (32, 48), 0, torch.Generator())
+
+
+def test_t_one_every_uses_sigma_one_on_those_steps():
+    editor = FluxKontextEditor.tiny(seed=6)
+    method = DeContext(prompts=["add a hat"], t_one_every=10, release_text_encoders=False)
+    seen = []
+    original = editor.velocity
+
+    def spy(x_t, sigma, condition, stop_after=None):
+        seen.append(float(torch.as_tensor(sigma).reshape(-1)[0]))
+        return original(x_t, sigma, condition, stop_after)
+
+    editor.velocity = spy
+    pixels = torch.rand(1, 3, 32, 48)
+    with torch.no_grad(), method.session(editor):
+        for step in (0, 1, 10, 11):
+            method.loss(editor, pixels, (32, 48), step, torch.Generator().manual_seed(step))
+    assert seen[0] == 1.0 and seen[2] == 1.0
+    assert 0.98 <= seen[1] < 1.0 and 0.98 <= seen[3] < 1.0
 
 
 def test_editing_after_protection_uses_the_stock_processors():
@@ -92,4 +119,4 @@ def test_editing_after_protection_uses_the_stock_processors():
     protect_image(editor, method, image, ProtectSettings(eps=8, steps=2, resolution="native", progress=False, measure_draws=0), name="x")
     after = editor.edit(image_to_pil(image), ["add a hat"], [0], steps=2, resolution="native")[0]
     assert np.array_equal(np.asarray(reference), np.asarray(after))
-    assert editor.probe.stop_at is None
+    assert editor._active_probe is None

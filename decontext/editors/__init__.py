@@ -1,15 +1,29 @@
-"""Editors: one module per model family. ``load_editor`` maps a ``--model`` value to an editor."""
+"""Editors: one module per model family, registered here by one line each.
+
+``load_editor(model, family)`` builds an editor from a ``--model`` value; the CLIs name their family
+(``attack/attack_kontext.py`` -> ``flux_kontext``, ``attack/attack_step1x.py`` -> ``step1x_edit``).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import importlib
 
 import torch
 
-from .base import ContextLatents, Editor, Layout, PromptEmbeddings, resolve_blocks
+from .base import Condition, Editor, Layout, resolve_blocks
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOY_EDITOR_DIR = REPO_ROOT / "data" / "toy_editor"
+# family -> "module:class". Adding an editor = its module + one line here.
+EDITORS = {
+    "flux_kontext": "decontext.editors.flux_kontext:FluxKontextEditor",
+    "step1x_edit": "decontext.editors.step1x_edit:Step1XEditor",
+}
+
+
+def editor_class(family: str) -> type:
+    if family not in EDITORS:
+        raise ValueError(f"unknown editor family {family!r} (choose from {', '.join(EDITORS)})")
+    module, _, name = EDITORS[family].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -23,32 +37,18 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return table[dtype]
 
 
-def resolve_device(device: str | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
-def load_editor(model: str, device: str | None = "auto", dtype: str | torch.dtype = "auto", seed: int = 0, offload: bool = False, quantize: str | None = None):
-    """``tiny`` (random weights, smoke path), ``toy`` (the trained embedded editor), or a
-    FLUX.1-Kontext hub id / local diffusers folder."""
-    from .flux_kontext import FluxKontextEditor
-
+def load_editor(model: str, family: str = "flux_kontext", device: str | torch.device | None = "auto", dtype: str | torch.dtype = "auto", **options) -> Editor:
+    """An editor of ``family`` for a ``--model`` value (``tiny``, a hub id, a folder, ...); ``options``
+    are the family's own (see its ``load``)."""
+    cls = editor_class(family)
     device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    if quantize is not None and model == "tiny":
-        raise ValueError("--quantize loads a saved model (hub id, folder or 'toy'); the in-memory tiny model has no weights to quantise")
-    if model == "tiny":
-        if offload:
-            raise ValueError("--offload is for real models on a GPU, not the tiny model")
-        return FluxKontextEditor.tiny(seed=seed, device=device, dtype=dtype)
-    if model == "toy":
-        if not (TOY_EDITOR_DIR / "model_index.json").is_file():
-            raise FileNotFoundError(f"{TOY_EDITOR_DIR}: the toy editor is missing (bash scripts/train_toy_editor.sh makes it)")
-        editor = FluxKontextEditor.from_pretrained(TOY_EDITOR_DIR, dtype=dtype, device=device, offload=offload, quantize=quantize)
-        editor.name = "toy"
-        return editor
-    return FluxKontextEditor.from_pretrained(model, dtype=dtype, device=device, offload=offload, quantize=quantize)
+    return cls.load(model, device=device, dtype=resolve_dtype(dtype, device), **options)
 
 
-__all__ = ["ContextLatents", "Editor", "Layout", "PromptEmbeddings", "resolve_blocks", "load_editor", "resolve_dtype", "resolve_device"]
+__all__ = ["Condition", "EDITORS", "Editor", "Layout", "editor_class", "load_editor", "resolve_blocks", "resolve_dtype", "resolve_device"]

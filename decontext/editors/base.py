@@ -1,13 +1,25 @@
-"""What every editor answers: the seam between protection methods and a concrete model family."""
+"""The editor seam: what protection methods see of a model family, and all they see.
+
+A method never knows which editor it runs on. It asks the editor for a ``Condition`` of some pixels
+and prompts (differentiable in the pixels where the editor allows), draws noise, asks for the
+velocity at a noise level (optionally stopping after a named block), reads the flow-matching
+training pair, and measures attention inside ``with editor.probe(blocks):``. Everything else (text
+encoders, vision-language models, connectors, token packing, position ids, guidance embeddings) is
+the editor's business.
+
+Adding an editor = one module in this package with a class answering ``Editor`` plus one line in
+``decontext.editors.EDITORS``.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ContextManager, Protocol, Sequence, runtime_checkable
 
 import torch
+from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -40,58 +52,91 @@ class Layout:
 
 
 @dataclass
-class PromptEmbeddings:
-    """Pre-computed text conditioning for a list of prompts (row i = prompt i)."""
+class Condition:
+    """What an editor needs to predict a velocity for a batch of (image, prompt) pairs.
 
+    Methods may read ``latents``, ``layout`` and ``prompts``; ``extra`` belongs to the editor that
+    made it (prompt embeddings, position ids, connector inputs, ...).
+    """
+
+    latents: torch.Tensor  # (B, N, C) the image's own packed latent tokens: the context, and x_0 of the flow
+    layout: Layout  # the joint attention sequence of a velocity call with this condition
     prompts: list[str]
-    embeds: torch.Tensor  # (N, L, D) sequence embeddings (T5 for Kontext)
-    pooled: torch.Tensor  # (N, P) pooled embeddings (CLIP for Kontext)
-    # Text position ids are the editor's business (all zero for Kontext), made where the transformer is called.
-
-    def select(self, index: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = [index] if isinstance(index, int) else list(index)
-        return self.embeds[index], self.pooled[index]
-
-
-@dataclass
-class ContextLatents:
-    """A source image encoded the way the editor's pipeline encodes its context image."""
-
-    tokens: torch.Tensor  # (B, N, C) packed latent tokens
-    ids: torch.Tensor  # (N, 3) position ids
-    latent_size: tuple[int, int]  # (h, w) of the unpacked latent
-    pixel_size: tuple[int, int]  # (H, W) working size the pixels were resized to
-
-
-class Editor(Protocol):
-    """An in-context editor as seen by protection methods. One implementation per model family."""
-
-    name: str
-    device: torch.device
-    dtype: torch.dtype
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def block_names(self) -> list[str]: ...
+    def batch(self) -> int:
+        return self.latents.shape[0]
 
-    def encode_prompts(self, prompts: Sequence[str]) -> PromptEmbeddings: ...
 
-    def working_size(self, height: int, width: int, resolution: str | int = "auto") -> tuple[int, int]: ...
+@runtime_checkable
+class Editor(Protocol):
+    """An in-context editor as protection methods, the batch drivers and the CLIs see it.
 
-    def encode_context(self, pixels: torch.Tensor, size: tuple[int, int]) -> ContextLatents: ...
+    Pixels are (B, 3, H, W) in [0, 1]; ``size`` is the (H, W) working size the editor resizes to.
+    Noise levels ``sigma`` are in [0, 1] (1 = pure noise), as in flow matching.
+    """
 
-    def target_like(self, context: ContextLatents, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+    family: str  # registry key, e.g. "flux_kontext"
+    name: str  # what the user loaded ("tiny", "toy", a hub id or a folder)
+    device: torch.device
+    dtype: torch.dtype
+    recommended: dict  # editing defaults shipped with the model (num_inference_steps, guidance_scale, resolution)
 
-    def forward(
-        self,
-        target: torch.Tensor,
-        target_ids: torch.Tensor,
-        context: ContextLatents,
-        embeds: torch.Tensor,
-        pooled: torch.Tensor,
-        timestep: torch.Tensor,
-        guidance: float | None = None,
-        stop_after: str | None = None,
-    ) -> torch.Tensor | None: ...
+    @property
+    def depths(self) -> dict[str, int]:
+        """Blocks per stream, e.g. {"double": 19, "single": 38}."""
+
+    def resolve_blocks(self, spec: str | Sequence[str]) -> list[str]:
+        """Block names of this model for a specification such as ``single:0-25/38``."""
+
+    def working_size(self, height: int, width: int, resolution: str | int = "auto") -> tuple[int, int]:
+        """(H, W) the editor works at for an image of that size (``auto``: what its pipeline picks)."""
+
+    def prepare(self, prompts: Sequence[str], release: bool = True) -> None:
+        """Make conditioning on ``prompts`` cheap (e.g. embed them once); with ``release``, free
+        whatever later conditioning on these prompts no longer needs (e.g. text encoders)."""
+
+    def condition(self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None) -> Condition:
+        """Conditioning of a velocity call, differentiable in ``pixels`` where the editor allows.
+
+        One image with several prompts, several images with one prompt, or one prompt per image.
+        ``step`` is the optimiser's step (0 = a new image); editors whose conditioning reads the
+        image through a non-differentiable path (a vision-language model) use it to decide when to
+        re-read the current pixels. ``None`` = read these pixels now (for measurements).
+        """
+
+    def image_latents(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, N, C) packed latent tokens of the image, differentiable (what ``Condition.latents`` holds)."""
+
+    def noise_like(self, condition: Condition, generator: torch.Generator) -> torch.Tensor:
+        """Pure-noise target tokens shaped like ``condition.latents`` (drawn on the CPU from ``generator``)."""
+
+    def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
+        """The editor's velocity prediction for target tokens ``x_t`` at noise level ``sigma`` ((B,) or
+        scalar). ``stop_after`` names the last block needed; the pass ends there and returns None."""
+
+    def flow_pair(self, condition: Condition, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, target): the image's latents noised to ``sigma`` and the velocity the editor was
+        trained to predict there (the flow-matching training pair)."""
+
+    def probe(self, blocks: Sequence[str]) -> ContextManager:
+        """``with editor.probe(blocks) as probe:`` measures target->context attention shares in
+        those blocks (``probe.mean_share(blocks)``); on exit the editor is exactly as before."""
+
+    def edit(self, image: Image.Image | Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, resolution: str | int) -> list[Image.Image]:
+        """Edit through the editor's real pipeline: one output per (prompt, seed)."""
+
+    def enable_gradient_checkpointing(self) -> None: ...
+
+    def enable_vae_memory_savers(self, tiling: bool = False, slicing: bool = False) -> None: ...
+
+
+def rectified_flow_pair(latents: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x_t = (1 - sigma) * x_0 + sigma * noise`` and the velocity target ``noise - x_0`` (FLUX-family
+    training). ``sigma``: scalar or (B,)."""
+    s = torch.as_tensor(sigma, device=latents.device, dtype=latents.dtype).reshape(-1, 1, 1)
+    return (1 - s) * latents + s * noise, noise - latents
 
 
 _RANGE = re.compile(r"^(double|single)(?::(all|\d+(?:-\d+)?)(?:/(\d+))?)?$")

@@ -1,24 +1,94 @@
 """What a protection method is: a small object, configured in its constructor, that maps
-(editor, pixels, step, generator) to a scalar the PGD engine maximises.
+(editor, pixels, step, generator) to a scalar the PGD engine maximises. It sees the editor only
+through the seam of ``decontext.editors.base.Editor``, so one method runs on every editor.
 
-Adding a method = one new file in this package with a class following ``Method``.
+Adding a method = one new file in this package with a ``Method`` subclass, plus one line in
+``decontext.methods.METHODS``. Its ``options`` become flags of every attack CLI.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, ContextManager, Sequence
 
 import torch
 
+from ..editors.base import Editor
+from ..prompts import load_prompts
 
-class Method(Protocol):
-    name: str
 
-    def prepare(self, editor) -> None:
-        """One-time work before any image (e.g. pre-compute prompt embeddings, then free text encoders)."""
+@dataclass(frozen=True)
+class Option:
+    """A constructor argument exposed as a CLI flag. The flag's default is None: a method's own
+    constructor default applies unless the user (or the editor's CLI) sets it."""
 
-    def loss(self, editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """Scalar to maximise for ``pixels`` (1, 3, H, W) in [0, 1] at working size ``size``, and floats to log."""
+    flag: str
+    help: str
+    type: Callable = float
+    nargs: int | str | None = None
+    metavar: Any = None
+    choices: Sequence[Any] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+class Method:
+    """Base of the protection methods: defaults for everything a method may leave out."""
+
+    name: ClassVar[str] = ""
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    @classmethod
+    def from_args(cls, args) -> "Method":
+        """Build from parsed CLI arguments: the method's own options that are set, nothing else."""
+        return cls(**{o.dest: getattr(args, o.dest) for o in cls.options if getattr(args, o.dest, None) is not None})
+
+    def prepare(self, editor: Editor) -> None:
+        """One-time work before any image (e.g. embed the prompt pool, then free text encoders)."""
+
+    def session(self, editor: Editor) -> ContextManager:
+        """What the method holds on the editor while one image is optimised (e.g. attention probes);
+        released, and the editor as before, when the ``with`` ends."""
+        return contextlib.nullcontext()
+
+    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """Scalar to maximise for ``pixels`` (B, 3, H, W) in [0, 1] at working size ``size``, and floats to log."""
+        raise NotImplementedError
+
+    def measure(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], draws: int = 4, seed: int = 1234) -> dict[str, float]:
+        """What the method optimises, averaged over fixed draws (comparable before and after protection);
+        stored in the manifest. Called inside ``session``."""
+        return {}
 
     def config(self) -> dict:
         """Constructor arguments, for manifests."""
+        return {"method": self.name}
+
+
+def prompt_list(prompts: Sequence[str] | str | Path | None) -> list[str]:
+    """A list of prompts, or a pool file's prompts (default: the project's pool)."""
+    if prompts is None or isinstance(prompts, (str, Path)):
+        return [p.text for p in load_prompts(prompts)]
+    prompts = [str(p) for p in prompts]
+    if not prompts:
+        raise ValueError("the prompt list is empty")
+    return prompts
+
+
+def check_t_range(t_range) -> tuple[float, float]:
+    lo, hi = float(t_range[0]), float(t_range[1])
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"t_range must satisfy 0 <= lo <= hi <= 1, got {tuple(t_range)}")
+    return lo, hi
+
+
+def draw_prompts_and_sigmas(generator: torch.Generator, num_prompts: int, t_range: tuple[float, float], count: int = 1) -> tuple[list[int], torch.Tensor]:
+    """``count`` prompt indices and noise levels drawn uniformly from [lo, hi), in this order from
+    ``generator`` (the order is part of the reproducibility contract of a seeded run)."""
+    index = torch.randint(num_prompts, (count,), generator=generator).tolist()
+    lo, hi = t_range
+    return index, lo + (hi - lo) * torch.rand(count, generator=generator)

@@ -8,58 +8,62 @@ constructor argument.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..prompts import load_prompts
+from .base import Method, Option, check_t_range, draw_prompts_and_sigmas, prompt_list
 
 PAPER_BLOCKS = "single:0-25/38"  # single-stream blocks 0..25 of FLUX's 38, scaled to other depths
+PAPER_T_RANGE = (0.98, 1.0)  # the official t in 980..999 of 1000
 
 
-class DeContext:
+class DeContext(Method):
     """Attention-share minimisation.
 
     Args:
         blocks: which attention layers to probe (see ``editors.base.resolve_blocks``).
         t_range: sigma drawn uniformly from [lo, hi) at each step (paper: t in 980..999 of 1000).
-        guidance: guidance-embedding value for guidance-distilled editors (Kontext: 3.5).
+        t_one_every: every k-th step (0, k, 2k, ...) uses sigma = 1 exactly (the official Step1X-Edit
+            attack does this with k = 10); 0 = never.
         prompts: edit prompts (a list, or a pool file path); one is drawn per step. Default: the
             project's pool (data/prompts/edit_prompts.txt).
         prompts_per_step: how many prompts are drawn per step (batched in one forward).
-        release_text_encoders: free the text encoders once the pool is embedded.
+        release_text_encoders: let the editor free its prompt encoders once the pool is prepared.
     """
 
     name = "decontext"
+    options = (
+        Option("--blocks", f"attention layers to probe (decontext default {PAPER_BLOCKS}: single blocks 0-25 of 38, scaled to the model's depth)", type=str),
+        Option("--t-range", f"noise level drawn per step (decontext default {PAPER_T_RANGE[0]} {PAPER_T_RANGE[1]}; flow_loss 0 1)", nargs=2, metavar=("LO", "HI")),
+        Option("--t-one-every", "every K-th PGD step uses sigma = 1 exactly (decontext; official Step1X attack: 10; 0 = never)", type=int),
+        Option("--prompts", "prompt pool file; one prompt is drawn per step (default data/prompts/edit_prompts.txt)", type=str),
+        Option("--prompts-per-step", "prompts drawn per PGD step, batched in one forward (decontext, default 1)", type=int),
+    )
 
     def __init__(
         self,
         blocks: str | Sequence[str] = PAPER_BLOCKS,
-        t_range: tuple[float, float] = (0.98, 1.0),
-        guidance: float = 3.5,
+        t_range: tuple[float, float] = PAPER_T_RANGE,
+        t_one_every: int = 0,
         prompts: Sequence[str] | str | Path | None = None,
         prompts_per_step: int = 1,
         release_text_encoders: bool = True,
     ):
-        lo, hi = float(t_range[0]), float(t_range[1])
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"t_range must satisfy 0 <= lo <= hi <= 1, got {t_range}")
         if prompts_per_step < 1:
             raise ValueError("prompts_per_step must be >= 1")
+        if t_one_every < 0:
+            raise ValueError("t_one_every must be >= 0")
         self.blocks_spec = blocks
-        self.t_range = (lo, hi)
-        self.guidance = guidance
-        if prompts is None or isinstance(prompts, (str, Path)):
-            self.prompts = [p.text for p in load_prompts(prompts)]
-        else:
-            self.prompts = [str(p) for p in prompts]
-            if not self.prompts:
-                raise ValueError("the prompt list is empty")
+        self.t_range = check_t_range(t_range)
+        self.t_one_every = int(t_one_every)
+        self.prompts = prompt_list(prompts)
         self.prompts_per_step = prompts_per_step
         self.release_text_encoders = release_text_encoders
-        self._embeddings = None
         self._blocks: list[str] | None = None
+        self._probe = None
 
     def config(self) -> dict:
         return {
@@ -67,42 +71,49 @@ class DeContext:
             "blocks": self.blocks_spec if isinstance(self.blocks_spec, str) else list(self.blocks_spec),
             "resolved_blocks": self._blocks,
             "t_range": list(self.t_range),
-            "guidance": self.guidance,
+            "t_one_every": self.t_one_every,
             "num_prompts": len(self.prompts),
             "prompts_per_step": self.prompts_per_step,
         }
 
     def prepare(self, editor) -> None:
         self._blocks = editor.resolve_blocks(self.blocks_spec)
-        self._embeddings = editor.encode_prompts(self.prompts)
-        if self.release_text_encoders:
-            editor.release_text_encoders()
+        editor.prepare(self.prompts, release=self.release_text_encoders)
 
-    def shares(self, editor, pixels: torch.Tensor, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-        """(B,) mean context share over the selected blocks for one random draw of prompt(s), t and noise."""
-        if self._embeddings is None:
+    @contextlib.contextmanager
+    def session(self, editor):
+        if self._blocks is None:
             self.prepare(editor)
+        with editor.probe(self._blocks) as probe:
+            self._probe = probe
+            try:
+                yield probe
+            finally:
+                self._probe = None
+
+    def shares(self, editor, pixels: torch.Tensor, size: tuple[int, int], generator: torch.Generator, step: int | None = None) -> torch.Tensor:
+        """(B,) mean context share over the selected blocks for one random draw of prompt(s), t and noise.
+        Call inside ``session``."""
+        if self._probe is None:
+            raise RuntimeError("DeContext.shares/loss run inside `with method.session(editor):` (it installs the probes)")
         count = self.prompts_per_step
-        index = torch.randint(len(self.prompts), (count,), generator=generator).tolist()
-        lo, hi = self.t_range
-        sigma = lo + (hi - lo) * torch.rand(count, generator=generator)
         if count > 1 and pixels.shape[0] > 1:
             raise ValueError("prompts_per_step > 1 works on one image at a time")
-        context = editor.encode_context(pixels, size)
-        noise, noise_ids = editor.target_like(context, generator)  # one noise draw per image
-        target = noise.expand(count, -1, -1) if count > 1 else noise
-        embeds, pooled = self._embeddings.select(index)
-        probe = editor.install_probe(self._blocks)
-        probe.clear()
-        editor.forward(target, noise_ids, context, embeds, pooled, sigma, self.guidance, stop_after=self._blocks[-1])
-        return probe.mean_share(self._blocks)
+        index, sigma = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range, count)
+        if self.t_one_every and step is not None and step % self.t_one_every == 0:
+            sigma = torch.ones_like(sigma)
+        condition = editor.condition(pixels, [self.prompts[i] for i in index], size, step=step)
+        noise = editor.noise_like(condition, generator)  # one noise draw per row
+        self._probe.clear()
+        editor.velocity(noise, sigma, condition, stop_after=self._blocks[-1])
+        return self._probe.mean_share(self._blocks)
 
     def loss(self, editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
-        share = self.shares(editor, pixels, size, generator).mean()
+        share = self.shares(editor, pixels, size, generator, step).mean()
         return 1.0 - share, {"share": float(share.detach())}
 
     @torch.no_grad()
-    def measure(self, editor, pixels: torch.Tensor, size: tuple[int, int], draws: int = 4, seed: int = 1234) -> float:
+    def measure(self, editor, pixels: torch.Tensor, size: tuple[int, int], draws: int = 4, seed: int = 1234) -> dict[str, float]:
         """Mean share over ``draws`` fixed (prompt, t, noise) draws: comparable before and after protection."""
         generator = torch.Generator().manual_seed(seed)
-        return float(torch.stack([self.shares(editor, pixels, size, generator).mean() for _ in range(draws)]).mean())
+        return {"share": float(torch.stack([self.shares(editor, pixels, size, generator).mean() for _ in range(draws)]).mean())}

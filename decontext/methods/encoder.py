@@ -1,35 +1,44 @@
 """PhotoGuard's encoder attack (Salman et al., 2023), on the editor's own VAE.
 
-Pulls the VAE latent of the protected image toward the latent of a flat grey image, so whatever the
-editor reads from the context latents looks like grey. Maximises ``-||E(x) - E(grey)||^2``.
+Pulls the latent tokens of the protected image toward those of a flat grey image, so whatever the
+editor reads from the image latents looks like grey. Maximises ``-||E(x) - E(grey)||^2``.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .base import Method, Option
 
-class EncoderAttack:
+
+class EncoderAttack(Method):
     name = "encoder"
+    options = (Option("--target-value", "grey level in [0, 1] of the encoder attack's target image (default 0.5)"),)
 
     def __init__(self, target_value: float = 0.5):
+        if not 0.0 <= target_value <= 1.0:
+            raise ValueError(f"target_value must be in [0, 1], got {target_value}")
         self.target_value = target_value
         self._target: dict[tuple[int, int], torch.Tensor] = {}
 
     def config(self) -> dict:
         return {"method": self.name, "target_value": self.target_value}
 
-    def prepare(self, editor) -> None:
-        pass
-
     def _target_tokens(self, editor, size: tuple[int, int]) -> torch.Tensor:
+        size = tuple(size)
         if size not in self._target:
             grey = torch.full((1, 3, *size), self.target_value)
             with torch.no_grad():
-                self._target[size] = editor.encode_context(grey, size).tokens.float()
+                self._target[size] = editor.image_latents(grey, size).float()
         return self._target[size]
 
+    def _distance(self, editor, pixels, size) -> torch.Tensor:
+        return (editor.image_latents(pixels, size).float() - self._target_tokens(editor, size)).pow(2).mean()
+
     def loss(self, editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
-        tokens = editor.encode_context(pixels, size).tokens.float()
-        distance = (tokens - self._target_tokens(editor, size)).pow(2).mean()
+        distance = self._distance(editor, pixels, size)
         return -distance, {"latent_mse": float(distance.detach())}
+
+    @torch.no_grad()
+    def measure(self, editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
+        return {"latent_mse": float(self._distance(editor, pixels, size))}

@@ -1,9 +1,9 @@
 """diff-PGD baseline for flow-matching editors: maximise the editor's own training loss.
 
-At a random sigma the target tokens are the image's own latents noised along the flow
-``x_sigma = (1 - sigma) * z + sigma * noise``; the editor predicts the velocity ``noise - z`` with the
-image as context. PGD maximises the mean squared error of that prediction (full forward: every
-block is needed for the output).
+At a random sigma the target tokens are the image's own latents noised along the flow, and the
+editor predicts the velocity it was trained to predict there, with the image as context
+(``editor.flow_pair``). PGD maximises the mean squared error of that prediction (full forward:
+every block is needed for the output).
 """
 
 from __future__ import annotations
@@ -13,45 +13,44 @@ from typing import Sequence
 
 import torch
 
-from ..prompts import load_prompts
+from .base import Method, Option, check_t_range, draw_prompts_and_sigmas, prompt_list
 
 
-class FlowLoss:
+class FlowLoss(Method):
     name = "flow_loss"
+    options = (
+        Option("--t-range", "noise level drawn per step", nargs=2, metavar=("LO", "HI")),
+        Option("--prompts", "prompt pool file", type=str),
+    )
 
-    def __init__(self, t_range: tuple[float, float] = (0.0, 1.0), guidance: float = 3.5, prompts: Sequence[str] | str | Path | None = None, release_text_encoders: bool = True):
-        lo, hi = float(t_range[0]), float(t_range[1])
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"t_range must satisfy 0 <= lo <= hi <= 1, got {t_range}")
-        self.t_range = (lo, hi)
-        self.guidance = guidance
-        if prompts is None or isinstance(prompts, (str, Path)):
-            self.prompts = [p.text for p in load_prompts(prompts)]
-        else:
-            self.prompts = list(prompts)
+    def __init__(self, t_range: tuple[float, float] = (0.0, 1.0), prompts: Sequence[str] | str | Path | None = None, release_text_encoders: bool = True):
+        self.t_range = check_t_range(t_range)
+        self.prompts = prompt_list(prompts)
         self.release_text_encoders = release_text_encoders
-        self._embeddings = None
+        self._prepared = False
 
     def config(self) -> dict:
-        return {"method": self.name, "t_range": list(self.t_range), "guidance": self.guidance, "num_prompts": len(self.prompts)}
+        return {"method": self.name, "t_range": list(self.t_range), "num_prompts": len(self.prompts)}
 
     def prepare(self, editor) -> None:
-        self._embeddings = editor.encode_prompts(self.prompts)
-        if self.release_text_encoders:
-            editor.release_text_encoders()
+        editor.prepare(self.prompts, release=self.release_text_encoders)
+        self._prepared = True
+
+    def _error(self, editor, pixels, size, generator, step=None) -> torch.Tensor:
+        if not self._prepared:
+            self.prepare(editor)
+        (index,), sigma = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range)
+        condition = editor.condition(pixels, [self.prompts[index]], size, step=step)
+        noise = editor.noise_like(condition, generator)
+        x_t, target = editor.flow_pair(condition, noise, sigma)
+        velocity = editor.velocity(x_t, sigma, condition)
+        return (velocity.float() - target.float()).pow(2).mean()
 
     def loss(self, editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
-        if self._embeddings is None:
-            self.prepare(editor)
-        editor.remove_probe()
-        index = int(torch.randint(len(self.prompts), (1,), generator=generator))
-        lo, hi = self.t_range
-        sigma = lo + (hi - lo) * torch.rand(1, generator=generator)
-        context = editor.encode_context(pixels, size)
-        noise, ids = editor.target_like(context, generator)
-        s = sigma.to(context.tokens.device, context.tokens.dtype)
-        noisy = (1 - s) * context.tokens + s * noise
-        embeds, pooled = self._embeddings.select(index)
-        velocity = editor.forward(noisy, ids, context, embeds, pooled, sigma, self.guidance)
-        error = (velocity.float() - (noise - context.tokens).float()).pow(2).mean()
+        error = self._error(editor, pixels, size, generator, step)
         return error, {"flow_mse": float(error.detach())}
+
+    @torch.no_grad()
+    def measure(self, editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(seed)
+        return {"flow_mse": float(torch.stack([self._error(editor, pixels, size, generator) for _ in range(draws)]).mean())}

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from .base import Method, Option
 
-class RandomNoise:
+
+class RandomNoise(Method):
     name = "noise"
+    options = (Option("--distribution", "random-noise control: sign (every pixel +-eps, default) or uniform in the eps-ball", type=str, choices=("sign", "uniform")),)
 
     def __init__(self, distribution: str = "sign"):
         if distribution not in ("sign", "uniform"):
@@ -19,9 +22,6 @@ class RandomNoise:
 
     def config(self) -> dict:
         return {"method": self.name, "distribution": self.distribution}
-
-    def prepare(self, editor) -> None:
-        pass
 
     def perturb(self, x0: torch.Tensor, eps: float, generator: torch.Generator) -> torch.Tensor:
         """``eps`` in 1/255 units; returns x0 + noise clamped to [0, 1]."""
