@@ -89,9 +89,34 @@ class TinyKontextConfig:
     max_text_tokens: int = 32  # T5 tokens per prompt (the real model uses 512)
 
 
+def _flux_vae(latent_channels: int, vae_channels: tuple[int, ...], layers_per_block: int):
+    """A FLUX.1-like ``AutoencoderKL`` (no quant convs, FLUX shift/scale) drawn from the global RNG.
+
+    Shared by the Kontext and Step1X builders; it draws exactly what the inline construction did.
+    """
+    from diffusers import AutoencoderKL
+
+    blocks = len(vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=vae_channels,
+        layers_per_block=layers_per_block,
+        latent_channels=latent_channels,
+        norm_num_groups=min(8, min(vae_channels)),
+        sample_size=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+    )
+
+
 def tiny_kontext_components(config: TinyKontextConfig = TinyKontextConfig(), seed: int = 0, words=BASE_WORDS) -> dict:
     """Components of a ``FluxKontextPipeline`` with seeded random weights."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     if sum(config.axes_dims_rope) != config.attention_head_dim:
@@ -112,22 +137,7 @@ def tiny_kontext_components(config: TinyKontextConfig = TinyKontextConfig(), see
             guidance_embeds=config.guidance_embeds,
             axes_dims_rope=config.axes_dims_rope,
         )
-        blocks = len(config.vae_channels)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * blocks,
-            up_block_types=("UpDecoderBlock2D",) * blocks,
-            block_out_channels=config.vae_channels,
-            layers_per_block=config.vae_layers_per_block,
-            latent_channels=config.latent_channels,
-            norm_num_groups=min(8, min(config.vae_channels)),
-            sample_size=32,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            shift_factor=0.1159,
-            scaling_factor=0.3611,
-        )
+        vae = _flux_vae(config.latent_channels, config.vae_channels, config.vae_layers_per_block)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=len(tokenizer),
@@ -178,3 +188,342 @@ def tiny_kontext_components(config: TinyKontextConfig = TinyKontextConfig(), see
         tokenizer_2=tokenizer_2,
         scheduler=scheduler,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# Step1X-Edit: tiny Qwen2.5-VL, tiny official-layout checkpoint, FLUX-like VAE
+# --------------------------------------------------------------------------------------------------
+
+# Qwen2.5-VL's special tokens that the chat template and the processor use, in Qwen's relative order.
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+# Words of the chat template and of the tiny prefix that get whole tokens (with and without a leading space).
+QWEN_TEMPLATE_WORDS = (
+    "You are a helpful assistant system user Picture Video Rewrite the edit request below as one detailed "
+    "description of picture User Prompt".split()
+)
+
+# Our own Jinja template rendering Qwen2.5-VL's chat format: a default system turn, "Picture n: " before
+# each image when add_vision_id is set, and "<|im_start|>assistant\n" as the generation prompt.
+QWEN_CHAT_TEMPLATE = (
+    "{%- set seen = namespace(images=0, videos=0) -%}"
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{{- '<|im_start|>' ~ message['role'] ~ '\\n' -}}"
+    "{%- if message['content'] is string -%}"
+    "{{- message['content'] -}}"
+    "{%- else -%}"
+    "{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' or 'image' in part or 'image_url' in part -%}"
+    "{%- set seen.images = seen.images + 1 -%}"
+    "{%- if add_vision_id -%}{{- 'Picture ' ~ seen.images ~ ': ' -}}{%- endif -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif part['type'] == 'video' or 'video' in part -%}"
+    "{%- set seen.videos = seen.videos + 1 -%}"
+    "{%- if add_vision_id -%}{{- 'Video ' ~ seen.videos ~ ': ' -}}{%- endif -%}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in part -%}"
+    "{{- part['text'] -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- endif -%}"
+    "{{- '<|im_end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+
+@dataclass(frozen=True)
+class TinyStep1XConfig:
+    """Sizes of a tiny Step1X-Edit (real values in comments).
+
+    The DiT is FLUX-shaped without guidance; the connector maps Qwen features (qwen_hidden) to the
+    DiT's text width (text_dim) and pooled width (pooled_dim).
+    """
+
+    # DiT (real: 19 double, 38 single, 24 x 128 heads, axes (16, 56, 56))
+    num_layers: int = 1
+    num_single_layers: int = 2
+    num_attention_heads: int = 2
+    attention_head_dim: int = 16  # must equal sum(axes_dims_rope)
+    axes_dims_rope: tuple[int, int, int] = (4, 6, 6)
+    text_dim: int = 48  # DiT joint_attention_dim = connector hidden (real 4096); differs from the DiT width on purpose
+    pooled_dim: int = 32  # DiT pooled_projection_dim = connector pooled output (real 768)
+    latent_channels: int = 16
+    vae_channels: tuple[int, ...] = (8, 8, 16, 16)  # 4 blocks -> 8x, like the real FLUX VAE
+    vae_layers_per_block: int = 1
+    # connector (real: 32 heads x 128, depth 2, mlp ratio 4)
+    connector_heads: int = 2
+    connector_depth: int = 2
+    connector_mlp_ratio: float = 4.0
+    # Qwen2.5-VL text tower (real 7B: 3584 wide, 28 layers, 28 heads, 4 kv heads, mrope (16, 24, 24))
+    qwen_hidden: int = 64
+    qwen_layers: int = 2
+    qwen_heads: int = 2
+    qwen_kv_heads: int = 1
+    qwen_intermediate: int = 128
+    qwen_mrope_section: tuple[int, int, int] = (4, 6, 6)  # sums to qwen head_dim / 2
+    # Qwen2.5-VL vision tower (real: 1280 wide, depth 32, window 112, full attention at 7/15/23/31)
+    vision_hidden: int = 32
+    vision_depth: int = 2
+    vision_heads: int = 2
+    vision_intermediate: int = 64
+    vision_window_size: int = 56  # 2 x 2 merged patches per window
+    vision_fullatt_blocks: tuple[int, ...] = (1,)
+    # processor: 2x2 .. 3x3 merged patches (real 256*28*28 .. 324*28*28 = 16x16 .. 18x18)
+    min_pixels: int = 4 * 28 * 28
+    max_pixels: int = 9 * 28 * 28
+    # conditioning (real: the official 1058-character prefix, drop 217, keep 640)
+    prefix: str = "Rewrite the edit request below as one detailed description of the picture.\nUser Prompt:"
+    drop_tokens: int = 30  # keeps ": Picture 1: <|vision_start|>" (7 tokens before <|image_pad|>), like the real 217
+    max_length: int = 48
+
+
+def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Plain BPE: repeatedly merge the adjacent pair of lowest rank (what the tokenizers library does)."""
+    while len(pieces) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        pieces = pieces[:i] + [pieces[i] + pieces[i + 1]] + pieces[i + 2 :]
+    return pieces
+
+
+def qwen_tokenizer(words: tuple[str, ...] | list[str] = tuple(BASE_WORDS) + tuple(QWEN_TEMPLATE_WORDS)):
+    """A byte-level BPE ``Qwen2Tokenizer`` (Qwen's pre-tokenizer regex) built in memory.
+
+    Every byte is in the vocabulary, so any text tokenizes; each listed word, alone or after a space
+    ("Ġword"), gets one token. Qwen's special tokens follow the vocabulary in ``QWEN_SPECIAL_TOKENS``
+    order and are matched whole.
+    """
+    from transformers import Qwen2Tokenizer
+
+    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
+    ranks: dict[tuple[str, str], int] = {}
+    for word in sorted(set(words)):
+        for spelled in (word, "\u0120" + word):  # "Ġ" is the byte-level spelling of a leading space
+            # Tokenize with the merges so far, then join what is left from the left with new merges.
+            # New merges rank after all old ones, so words already whole stay whole.
+            pieces = _bpe(list(spelled), ranks)
+            current = pieces[0]
+            for piece in pieces[1:]:
+                ranks.setdefault((current, piece), len(ranks))
+                current = current + piece
+                vocab.setdefault(current, len(vocab))
+    merges = sorted(ranks, key=ranks.get)
+    for token in QWEN_SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+    return Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        extra_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),
+    )
+
+
+def tiny_qwen25vl(config: TinyStep1XConfig = TinyStep1XConfig(), seed: int = 0):
+    """A random-weight ``Qwen2_5_VLForConditionalGeneration`` and a matching ``Qwen2_5_VLProcessor``.
+
+    The processor (in-memory tokenizer, ``Qwen2VLImageProcessor`` with the config's pixel bounds, our
+    chat template) expands ``<|image_pad|>`` to the image's merged patch count like the real one, and
+    both save_pretrained / from_pretrained offline. The global RNG is left as it was.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    if 2 * sum(config.qwen_mrope_section) != config.qwen_hidden // config.qwen_heads:
+        raise ValueError(f"qwen_mrope_section {config.qwen_mrope_section} must sum to half the Qwen head dim")
+    tokenizer = qwen_tokenizer()
+    ids = dict(zip(QWEN_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))))
+    pixels = dict(min_pixels=config.min_pixels, max_pixels=config.max_pixels)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**pixels),  # required by the processor class; unused here
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    model_config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=config.qwen_hidden,
+            intermediate_size=config.qwen_intermediate,
+            num_hidden_layers=config.qwen_layers,
+            num_attention_heads=config.qwen_heads,
+            num_key_value_heads=config.qwen_kv_heads,
+            max_position_embeddings=2048,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(config.qwen_mrope_section)},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+            pad_token_id=ids["<|endoftext|>"],
+        ),
+        vision_config=dict(
+            depth=config.vision_depth,
+            hidden_size=config.vision_hidden,
+            intermediate_size=config.vision_intermediate,
+            num_heads=config.vision_heads,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=config.vision_window_size,
+            out_hidden_size=config.qwen_hidden,
+            fullatt_block_indexes=list(config.vision_fullatt_blocks),
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = Qwen2_5_VLForConditionalGeneration(model_config)
+    finally:
+        torch.random.set_rng_state(state)
+    return model.eval(), processor
+
+
+def tiny_step1x_connector(config: TinyStep1XConfig = TinyStep1XConfig(), version: str = "v1.1", seed: int = 0):
+    """A seeded ``Step1XConnector`` of the tiny sizes (global RNG left as it was)."""
+    from .step1x_connector import Step1XConnector
+
+    if version not in ("v1.0", "v1.1"):
+        raise ValueError(f"version must be 'v1.0' or 'v1.1', got {version!r}")
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        connector = Step1XConnector(
+            in_dim=config.qwen_hidden,
+            hidden=config.text_dim,
+            heads=config.connector_heads,
+            depth=config.connector_depth,
+            mlp_ratio=config.connector_mlp_ratio,
+            pooled_dim=config.pooled_dim,
+            has_scale_factor=version == "v1.0",
+        )
+    finally:
+        torch.random.set_rng_state(state)
+    return connector.eval()
+
+
+def step1x_official_dit_shapes(config: TinyStep1XConfig = TinyStep1XConfig()) -> dict[str, tuple[int, ...]]:
+    """Shapes of the official (BFL-named) DiT tensors of a Step1X-Edit with the config's sizes.
+
+    This is the writer's table (the test input); reading goes through diffusers' converter.
+    """
+    d = config.num_attention_heads * config.attention_head_dim
+    head, mlp, channels = config.attention_head_dim, 4 * d, 4 * config.latent_channels
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def linear(name: str, out_features: int, in_features: int) -> None:
+        shapes[f"{name}.weight"] = (out_features, in_features)
+        shapes[f"{name}.bias"] = (out_features,)
+
+    linear("img_in", d, channels)
+    linear("txt_in", d, config.text_dim)
+    linear("time_in.in_layer", d, 256)
+    linear("time_in.out_layer", d, d)
+    linear("vector_in.in_layer", d, config.pooled_dim)
+    linear("vector_in.out_layer", d, d)
+    for i in range(config.num_layers):
+        for stream in ("img", "txt"):
+            prefix = f"double_blocks.{i}.{stream}"
+            linear(f"{prefix}_mod.lin", 6 * d, d)
+            linear(f"{prefix}_attn.qkv", 3 * d, d)
+            shapes[f"{prefix}_attn.norm.query_norm.scale"] = (head,)
+            shapes[f"{prefix}_attn.norm.key_norm.scale"] = (head,)
+            linear(f"{prefix}_attn.proj", d, d)
+            linear(f"{prefix}_mlp.0", mlp, d)
+            linear(f"{prefix}_mlp.2", d, mlp)
+    for i in range(config.num_single_layers):
+        prefix = f"single_blocks.{i}"
+        linear(f"{prefix}.linear1", 3 * d + mlp, d)
+        linear(f"{prefix}.linear2", d, d + mlp)
+        shapes[f"{prefix}.norm.query_norm.scale"] = (head,)
+        shapes[f"{prefix}.norm.key_norm.scale"] = (head,)
+        linear(f"{prefix}.modulation.lin", 3 * d, d)
+    linear("final_layer.linear", channels, d)
+    linear("final_layer.adaLN_modulation.1", 2 * d, d)
+    return shapes
+
+
+def write_tiny_step1x_checkpoint(
+    path,
+    config: TinyStep1XConfig = TinyStep1XConfig(),
+    version: str = "v1.1",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+):
+    """Write random Step1X-Edit weights in the official single-file layout (safetensors).
+
+    DiT tensors use the BFL names (no guidance_in); the connector is a seeded ``tiny_step1x_connector``
+    under ``connector.``, with ``connector.scale_factor`` for v1.0. Weights ~ N(0, 1/fan_in), biases
+    and norm scales are perturbed so that no tensor is trivial. Returns the path.
+    """
+    from safetensors.torch import save_file
+
+    connector = tiny_step1x_connector(config, version, seed)
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, shape in step1x_official_dit_shapes(config).items():
+        noise = torch.randn(shape, generator=generator)
+        if name.endswith(".scale"):
+            tensors[name] = 1 + 0.1 * noise  # RMSNorm gains near 1
+        elif name.endswith(".bias"):
+            tensors[name] = 0.02 * noise
+        else:
+            tensors[name] = noise / shape[1] ** 0.5
+    for name, value in connector.state_dict().items():
+        tensors[f"connector.{name}"] = value
+    save_file({k: v.to(dtype).contiguous() for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    return path
+
+
+def tiny_step1x_vae(config: TinyStep1XConfig = TinyStep1XConfig(), seed: int = 0):
+    """The FLUX-like 8x ``AutoencoderKL`` (shift 0.1159, scale 0.3611) with seeded weights."""
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        vae = _flux_vae(config.latent_channels, config.vae_channels, config.vae_layers_per_block)
+    finally:
+        torch.random.set_rng_state(state)
+    return vae.eval()
+
+
+def write_tiny_step1x_folder(folder, config: TinyStep1XConfig | None = None, version: str = "v1.1", seed: int = 0):
+    """A tiny Step1X-Edit as a user would have it on disk: ``step1x-edit-tiny.safetensors`` in the
+    official single-file layout, ``vae/`` (diffusers AutoencoderKL), ``qwen/`` (Qwen2.5-VL model and
+    processor), ``prefix.txt`` (our own short prefix, not the official text) and ``step1x.json`` (the
+    sizes the real model implies: head dim, RoPE axes, connector heads, Qwen tokens dropped and kept).
+    Idempotent for the same arguments. Returns the folder."""
+    import json
+    from pathlib import Path
+
+    config = config or TinyStep1XConfig()
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = {"version": version, "seed": seed, "config": repr(config)}
+    if (folder / "tiny.json").is_file() and json.loads((folder / "tiny.json").read_text()) == stamp:
+        return folder
+    write_tiny_step1x_checkpoint(folder / "step1x-edit-tiny.safetensors", config, version=version, seed=seed)
+    tiny_step1x_vae(config, seed).save_pretrained(folder / "vae")
+    model, processor = tiny_qwen25vl(config, seed)
+    model.save_pretrained(folder / "qwen")
+    processor.save_pretrained(folder / "qwen")
+    (folder / "prefix.txt").write_text(config.prefix + "\n", encoding="utf-8")
+    sizes = {"head_dim": config.attention_head_dim, "axes_dims_rope": list(config.axes_dims_rope), "connector_heads": config.connector_heads,
+             "drop_tokens": config.drop_tokens, "max_length": config.max_length}
+    (folder / "step1x.json").write_text(json.dumps(sizes, indent=2) + "\n")
+    (folder / "tiny.json").write_text(json.dumps(stamp) + "\n")
+    return folder
