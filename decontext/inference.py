@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .editors.base import Editor
 from .images import ImageLoadError, atomic_save, list_images, load_image
 from .prompts import Prompt
 from .protect import write_json_atomic
@@ -73,7 +74,7 @@ def _remove_stale_parts(output_dir: Path) -> None:
 
 
 def run_edits(
-    editor,
+    editor: Editor,
     images: str | Path,
     prompts: list[Prompt],
     seeds: list[int],

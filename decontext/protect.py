@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .editors.base import Editor
+from .methods.base import Method
 from .images import ImageLoadError, atomic_write, LoadedImage, list_images, load_image, max_level_diff, save_protected
 from .pgd import PGD
 
@@ -50,7 +52,7 @@ def image_seed(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode("utf-8"))) % (2**31)
 
 
-def protect_image(editor, method, image: LoadedImage, settings: ProtectSettings, name: str = "image") -> ProtectOutcome:
+def protect_image(editor: Editor, method: Method, image: LoadedImage, settings: ProtectSettings, name: str = "image") -> ProtectOutcome:
     """Run PGD on one loaded image with ``method``'s loss; returns the adversarial pixels (not saved)."""
     start = time.perf_counter()
     height, width = image.pixels.shape[-2:]
@@ -127,8 +129,8 @@ def plan_outputs(inputs: list[Path], output_dir: Path) -> tuple[list[tuple[Path,
 
 
 def protect_paths(
-    editor,
-    method,
+    editor: Editor,
+    method: Method,
     input_path: str | os.PathLike,
     output_dir: str | os.PathLike,
     settings: ProtectSettings,

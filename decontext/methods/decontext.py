@@ -14,6 +14,7 @@ from typing import Sequence
 
 import torch
 
+from ..editors.base import Editor
 from .base import Method, Option, check_t_range, draw_prompts_and_sigmas, prompt_list
 
 PAPER_BLOCKS = "single:0-25/38"  # single-stream blocks 0..25 of FLUX's 38, scaled to other depths
@@ -76,12 +77,12 @@ class DeContext(Method):
             "prompts_per_step": self.prompts_per_step,
         }
 
-    def prepare(self, editor) -> None:
+    def prepare(self, editor: Editor) -> None:
         self._blocks = editor.resolve_blocks(self.blocks_spec)
         editor.prepare(self.prompts, release=self.release_text_encoders)
 
     @contextlib.contextmanager
-    def session(self, editor):
+    def session(self, editor: Editor):
         if self._blocks is None:
             self.prepare(editor)
         with editor.probe(self._blocks) as probe:
@@ -91,7 +92,7 @@ class DeContext(Method):
             finally:
                 self._probe = None
 
-    def shares(self, editor, pixels: torch.Tensor, size: tuple[int, int], generator: torch.Generator, step: int | None = None) -> torch.Tensor:
+    def shares(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], generator: torch.Generator, step: int | None = None) -> torch.Tensor:
         """(B,) mean context share over the selected blocks for one random draw of prompt(s), t and noise.
         Call inside ``session``."""
         if self._probe is None:
@@ -108,12 +109,12 @@ class DeContext(Method):
         editor.velocity(noise, sigma, condition, stop_after=self._blocks[-1])
         return self._probe.mean_share(self._blocks)
 
-    def loss(self, editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
+    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
         share = self.shares(editor, pixels, size, generator, step).mean()
         return 1.0 - share, {"share": float(share.detach())}
 
     @torch.no_grad()
-    def measure(self, editor, pixels: torch.Tensor, size: tuple[int, int], draws: int = 4, seed: int = 1234) -> dict[str, float]:
+    def measure(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], draws: int = 4, seed: int = 1234) -> dict[str, float]:
         """Mean share over ``draws`` fixed (prompt, t, noise) draws: comparable before and after protection."""
         generator = torch.Generator().manual_seed(seed)
         return {"share": float(torch.stack([self.shares(editor, pixels, size, generator).mean() for _ in range(draws)]).mean())}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ..editors.base import Editor
 from .base import Method, Option
 
 
@@ -24,7 +25,7 @@ class EncoderAttack(Method):
     def config(self) -> dict:
         return {"method": self.name, "target_value": self.target_value}
 
-    def _target_tokens(self, editor, size: tuple[int, int]) -> torch.Tensor:
+    def _target_tokens(self, editor: Editor, size: tuple[int, int]) -> torch.Tensor:
         size = tuple(size)
         if size not in self._target:
             grey = torch.full((1, 3, *size), self.target_value)
@@ -32,13 +33,13 @@ class EncoderAttack(Method):
                 self._target[size] = editor.image_latents(grey, size).float()
         return self._target[size]
 
-    def _distance(self, editor, pixels, size) -> torch.Tensor:
+    def _distance(self, editor: Editor, pixels, size) -> torch.Tensor:
         return (editor.image_latents(pixels, size).float() - self._target_tokens(editor, size)).pow(2).mean()
 
-    def loss(self, editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
+    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
         distance = self._distance(editor, pixels, size)
         return -distance, {"latent_mse": float(distance.detach())}
 
     @torch.no_grad()
-    def measure(self, editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
+    def measure(self, editor: Editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
         return {"latent_mse": float(self._distance(editor, pixels, size))}

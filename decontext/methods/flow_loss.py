@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from ..editors.base import Editor
 from .base import Method, Option, check_t_range, draw_prompts_and_sigmas, prompt_list
 
 
@@ -32,11 +33,11 @@ class FlowLoss(Method):
     def config(self) -> dict:
         return {"method": self.name, "t_range": list(self.t_range), "num_prompts": len(self.prompts)}
 
-    def prepare(self, editor) -> None:
+    def prepare(self, editor: Editor) -> None:
         editor.prepare(self.prompts, release=self.release_text_encoders)
         self._prepared = True
 
-    def _error(self, editor, pixels, size, generator, step=None) -> torch.Tensor:
+    def _error(self, editor: Editor, pixels, size, generator, step=None) -> torch.Tensor:
         if not self._prepared:
             self.prepare(editor)
         (index,), sigma = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range)
@@ -46,11 +47,11 @@ class FlowLoss(Method):
         velocity = editor.velocity(x_t, sigma, condition)
         return (velocity.float() - target.float()).pow(2).mean()
 
-    def loss(self, editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
+    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
         error = self._error(editor, pixels, size, generator, step)
         return error, {"flow_mse": float(error.detach())}
 
     @torch.no_grad()
-    def measure(self, editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
+    def measure(self, editor: Editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
         generator = torch.Generator().manual_seed(seed)
         return {"flow_mse": float(torch.stack([self._error(editor, pixels, size, generator) for _ in range(draws)]).mean())}
