@@ -39,7 +39,9 @@ GUIDANCE=${GUIDANCE:-}          # empty: the editor's default (kontext 3.5, step
 EDIT_RESOLUTION=${EDIT_RESOLUTION:-}
 BATCH_SIZE=${BATCH_SIZE:-1}
 
+PREFIX_FILE=${PREFIX_FILE:-}   # step1x with a real checkpoint: the official conditioning prefix (see README)
 common=(--model "$MODEL" --device "$DEVICE" --dtype "$DTYPE")
+[ -n "$PREFIX_FILE" ] && common+=(--prefix-file "$PREFIX_FILE")
 "$PYTHON" -m decontext.runs init --input "$INPUT" --run "$RUN" --model "$MODEL" --editor "$FAMILY"
 
 attack=("${common[@]}" --input "$RUN/source" --output "$RUN/protected" --steps "$ATTACK_STEPS" --resolution "$ATTACK_RESOLUTION")
