@@ -4,8 +4,7 @@
 #   MODEL=tiny INPUT=photos/ OUTPUT=protected/ RESOLUTION=native STEPS=30 bash scripts/attack_kontext.sh
 #   MODEL=black-forest-labs/FLUX.1-Kontext-dev INPUT=photos/ OUTPUT=protected/ bash scripts/attack_kontext.sh
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}
+. "$(dirname "$0")/lib.sh"
 
 MODEL=${MODEL:-tiny}
 INPUT=${INPUT:-}
@@ -25,12 +24,7 @@ GUIDANCE=${GUIDANCE:-3.5}
 DEVICE=${DEVICE:-auto}
 DTYPE=${DTYPE:-auto}
 
-if [ -z "$INPUT" ]; then
-  # Smoke default: scikit-image's public-domain astronaut portrait.
-  INPUT="$ROOT/outputs/sample_inputs"
-  mkdir -p "$INPUT"
-  "$PYTHON" -c "import sys; from PIL import Image; from skimage.data import astronaut; Image.fromarray(astronaut()).save(sys.argv[1])" "$INPUT/astronaut.png"
-fi
+[ -n "$INPUT" ] || INPUT=$(sample_input)
 
 args=(--model "$MODEL" --input "$INPUT" --output "$OUTPUT" --eps "$EPS" --alpha "$ALPHA" --steps "$STEPS"
       --resolution "$RESOLUTION" --seed "$SEED" --blocks "$BLOCKS" --t-range $T_RANGE --guidance "$GUIDANCE"

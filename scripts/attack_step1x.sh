@@ -7,8 +7,7 @@
 # Defaults are the official Step1X attack's: eps 25.5/255 and step 1.275/255 (the official script's 0.10
 # and 0.005 on [0, 1] pixels), 800 steps, single blocks 0-25 of 38, sigma = 1 every 10th step.
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}
+. "$(dirname "$0")/lib.sh"
 
 MODEL=${MODEL:-tiny}
 INPUT=${INPUT:-}
@@ -32,12 +31,7 @@ VLM=${VLM:-}
 DEVICE=${DEVICE:-auto}
 DTYPE=${DTYPE:-auto}
 
-if [ -z "$INPUT" ]; then
-  # Smoke default: scikit-image's public-domain astronaut portrait.
-  INPUT="$ROOT/outputs/sample_inputs"
-  mkdir -p "$INPUT"
-  "$PYTHON" -c "import sys; from PIL import Image; from skimage.data import astronaut; Image.fromarray(astronaut()).save(sys.argv[1])" "$INPUT/astronaut.png"
-fi
+[ -n "$INPUT" ] || INPUT=$(sample_input)
 
 args=(--model "$MODEL" --input "$INPUT" --output "$OUTPUT" --eps "$EPS" --alpha "$ALPHA" --steps "$STEPS"
       --resolution "$RESOLUTION" --seed "$SEED" --blocks "$BLOCKS" --t-range $T_RANGE --t-one-every "$T_ONE_EVERY"

@@ -43,3 +43,17 @@ def test_quantisation_needs_a_gpu_and_says_so(tmp_path):
 def test_offload_needs_a_gpu():
     with pytest.raises(ValueError, match="offload"):
         load_editor("tiny", "flux_kontext", "cpu", offload=True)
+
+
+def test_gradient_checkpointing_gives_the_same_gradient_on_step1x(tmp_path):
+    from decontext.editors.step1x_edit import Step1XEditor
+    from decontext.editors.tiny import write_tiny_step1x_folder
+
+    folder = write_tiny_step1x_folder(tmp_path / "tiny", seed=2)
+    plain = Step1XEditor.from_pretrained(folder, device="cpu", dtype=torch.float32)
+    checkpointed = Step1XEditor.from_pretrained(folder, device="cpu", dtype=torch.float32, vlm_offload=True)
+    checkpointed.enable_gradient_checkpointing()
+    loss_a, grad_a = _share_gradient(plain)
+    loss_b, grad_b = _share_gradient(checkpointed)
+    assert torch.allclose(loss_a, loss_b, atol=1e-6) and grad_a.abs().sum() > 0
+    assert torch.allclose(grad_a, grad_b, atol=1e-6, rtol=1e-4)

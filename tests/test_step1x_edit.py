@@ -199,3 +199,16 @@ def test_run_experiment_and_metrics_work_on_a_step1x_run(tmp_path):
                             capture_output=True, text=True, cwd=ROOT)
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert (run / "summary.md").is_file()
+
+
+@pytest.mark.slow
+def test_attack_script_default_gives_a_protected_image_and_manifest(tmp_path):
+    """`bash scripts/attack_step1x.sh` as a newcomer runs it (tiny model, the sample portrait), fewer steps."""
+    env = {**os.environ, "OUTPUT": str(tmp_path / "out"), "STEPS": "2"}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "attack_step1x.sh"), "--no-progress"], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    entry = manifest["images"]["astronaut.png"]
+    assert entry["status"] == "done" and entry["max_abs_diff_levels"] <= 25
+    assert manifest["args"]["eps"] == 25.5 and manifest["args"]["alpha"] == 1.275 and manifest["method"]["t_one_every"] == 10
+    assert Image.open(tmp_path / "out" / "astronaut.png").size == (512, 512)

@@ -24,6 +24,25 @@ except ImportError as exc:  # pragma: no cover - only with an incompatible diffu
     raise ImportError(f"decontext needs diffusers with FluxAttnProcessor (tested with 0.42.1): {exc}") from exc
 
 
+def joint_qkv(attn, hidden_states, encoder_hidden_states=None, image_rotary_emb=None):
+    """q, k, v (B, S, H, D) of the joint sequence exactly as ``FluxAttnProcessor`` makes them: projections,
+    QK RMSNorm, text tokens first in double-stream blocks, then RoPE. (diffusers offers no hook between
+    RoPE and the attention call, so our processors restate this part.)"""
+    query, key, value, text_query, text_key, text_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+    query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
+    key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
+    value = value.unflatten(-1, (-1, attn.head_dim))
+    if attn.added_kv_proj_dim is not None:
+        # Double-stream block: text tokens come first in the joint sequence.
+        query = torch.cat([attn.norm_added_q(text_query.unflatten(-1, (-1, attn.head_dim))), query], dim=1)
+        key = torch.cat([attn.norm_added_k(text_key.unflatten(-1, (-1, attn.head_dim))), key], dim=1)
+        value = torch.cat([text_value.unflatten(-1, (-1, attn.head_dim)), value], dim=1)
+    if image_rotary_emb is not None:
+        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+    return query, key, value
+
+
 class ProbedFluxAttnProcessor(FluxAttnProcessor):
     """``FluxAttnProcessor`` that also reports the target->context attention share to a probe.
 
@@ -41,18 +60,7 @@ class ProbedFluxAttnProcessor(FluxAttnProcessor):
         if attention_mask is not None:
             # Neither Kontext nor Step1X passes one; a mask would change which keys the share is taken over.
             raise NotImplementedError(f"{self.name}: the context-share probe does not support attention masks")
-        query, key, value, text_query, text_key, text_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        query = attn.norm_q(query.unflatten(-1, (-1, attn.head_dim)))
-        key = attn.norm_k(key.unflatten(-1, (-1, attn.head_dim)))
-        value = value.unflatten(-1, (-1, attn.head_dim))
-        if attn.added_kv_proj_dim is not None:
-            # Double-stream block: text tokens come first in the joint sequence.
-            query = torch.cat([attn.norm_added_q(text_query.unflatten(-1, (-1, attn.head_dim))), query], dim=1)
-            key = torch.cat([attn.norm_added_k(text_key.unflatten(-1, (-1, attn.head_dim))), key], dim=1)
-            value = torch.cat([text_value.unflatten(-1, (-1, attn.head_dim)), value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        query, key, value = joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
         if self.probe.stop_at == self.name:
             # Only this layer's q and k matter to the loss: its attention, MLP and the rest are skipped.
             self.probe.record(self.name, query, key)
@@ -245,6 +253,19 @@ class FluxDiTEditor:
             yield
         finally:
             handle.remove()
+
+    def _edit_images(self, image, prompts: Sequence[str], seeds: Sequence[int]) -> list:
+        """The checks every ``edit()`` makes: one seed per prompt, one image or one per prompt, no probe."""
+        from PIL import Image
+
+        if len(prompts) != len(seeds):
+            raise ValueError("edit() takes one seed per prompt")
+        if self._active_probe is not None:
+            raise RuntimeError("edit() runs the stock processors; call it outside a probe context")
+        images = [image] if isinstance(image, Image.Image) else list(image)
+        if len(images) not in (1, len(prompts)):
+            raise ValueError("edit() takes one image, or one image per prompt")
+        return images
 
     # ------------------------------------------------------------------ transformer
     def _text_inputs(self, condition: Condition, sigma: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

@@ -322,13 +322,7 @@ class FluxKontextEditor(FluxDiTEditor):
         ``image`` is one image (edited under every prompt) or one image per prompt (same size).
         Prompt embeddings come from the cache (``prepare``), so text encoders may be released.
         """
-        if len(prompts) != len(seeds):
-            raise ValueError("edit() takes one seed per prompt")
-        if self._active_probe is not None:
-            raise RuntimeError("edit() runs the stock pipeline; call it outside a probe context")
-        images = [image] if isinstance(image, Image.Image) else list(image)
-        if len(images) not in (1, len(prompts)):
-            raise ValueError("edit() takes one image, or one image per prompt")
+        images = self._edit_images(image, prompts, seeds)
         images = [self.prepare_image(im.convert("RGB"), resolution) for im in images]
         if len({im.size for im in images}) != 1:
             raise ValueError("a batch of images must share one size")

@@ -343,13 +343,7 @@ class Step1XEditor(FluxDiTEditor):
         Reference resized by the official rule (LANCZOS in v1.1), VAE posterior sampled with the seed,
         noise from the seed, shifted schedule, Euler steps, true CFG against the empty prompt (which
         still carries the image), v1.1's norm rescale above t = 0.93, decode, resize back."""
-        if len(prompts) != len(seeds):
-            raise ValueError("edit() takes one seed per prompt")
-        if self._active_probe is not None:
-            raise RuntimeError("edit() runs the stock processors; call it outside a probe context")
-        images = [image] if isinstance(image, Image.Image) else list(image)
-        if len(images) not in (1, len(prompts)):
-            raise ValueError("edit() takes one image, or one image per prompt")
+        images = self._edit_images(image, prompts, seeds)
         outputs = []
         for k, (prompt, seed) in enumerate(zip(prompts, seeds)):
             source = images[0 if len(images) == 1 else k].convert("RGB")
