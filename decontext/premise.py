@@ -1,0 +1,677 @@
+"""Does an editor share the paper's premise? Cut its target->context attention and see what is lost.
+
+DeContext rests on a premise about FLUX.1-Kontext: identity flows from the context image into the
+edit through the target->context attention, mostly in the early, high-noise sampling steps and in
+the front-to-middle blocks. This module tests that premise on any Kontext editor in the diffusers
+layout (the toy editor first) by *cutting* that attention while the stock pipeline samples:
+
+- ``Cut``: which sampling steps (0-based; ``None`` = every step), which blocks (``"double.i"`` /
+  ``"single.j"``; ``None`` = every block) and how much: the unnormalised attention weights of the
+  target queries on the context keys are multiplied by ``factor`` (0 blocks them; 0.5 halves them
+  before the softmax renormalises), i.e. ``log(factor)`` is added to those scores. Nothing else
+  changes: text and context queries, and target queries on text and target keys, are as stock.
+- ``CutFluxAttnProcessor``: diffusers' ``FluxAttnProcessor`` with its q/k/v path restated (as
+  ``decontext.editors.flux_kontext.ProbedFluxAttnProcessor`` does); when no cut is active and no
+  share is measured it *is* the stock call, so outputs are bit-identical to the stock processor.
+- ``cutting(pipe)``: installs the processors on every block of ``pipe.transformer`` and a forward
+  pre-hook on the transformer that reads, from each call's own inputs, the joint-sequence layout
+  (text count from ``encoder_hidden_states``; context tokens are those whose position id axis 0 is
+  non-zero, as the pipeline flags them) and the sampling step (the timestep the transformer
+  receives, looked up in ``pipe.scheduler.timesteps``). The stock processors come back afterwards.
+- With ``CutState.measure`` the processors also record the share of target attention on context
+  (``decontext.attention.context_share``: exact, from q and k after RMSNorm and RoPE; the share
+  after the cut where a cut is active), per step and block, mean over images, heads and target
+  queries. The layer outputs stay bit-identical to stock when no cut is active.
+
+``run_premise`` is the toy measurement behind ``bench/premise.py``: held-out scenes, the stock
+``FluxKontextPipeline`` with the editor folder's recommended settings, the toy reader's identity
+and edit success per cut, with bootstrap intervals over identities.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .attention import context_share, swapped_processors
+from .editors.base import Layout, resolve_blocks
+from .editors.flux_dit import joint_qkv
+from .methods.decontext import PAPER_BLOCKS
+
+try:  # diffusers internals the restated processor calls (read, not copied), as in editors/flux_kontext.py
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+except ImportError as exc:  # pragma: no cover - only with an incompatible diffusers
+    raise ImportError(f"decontext.premise needs diffusers with FluxAttnProcessor (tested with 0.42.1): {exc}") from exc
+
+BLOCK = 0.0  # factor that removes the target->context attention
+HALVE = 0.5  # factor that halves it (before renormalisation)
+TIMESTEP_SCALE = 1000.0  # FluxKontextPipeline passes scheduler timestep / 1000 to the transformer
+STREAMS = (("double", "transformer_blocks"), ("single", "single_transformer_blocks"))
+
+
+# ---------------------------------------------------------------------------------------------- cuts
+@dataclass(frozen=True)
+class Cut:
+    """A cut of the target->context attention: where (steps x blocks) and how much (``factor``)."""
+
+    steps: tuple[int, ...] | None = None  # 0-based sampling steps; None = every step
+    blocks: tuple[str, ...] | None = None  # "double.i" / "single.j"; None = every block
+    factor: float = BLOCK  # multiplies the unnormalised weights of target queries on context keys
+
+    def __post_init__(self):
+        if not (self.factor >= 0 and math.isfinite(self.factor)):
+            raise ValueError(f"cut factor must be a finite number >= 0, got {self.factor}")
+
+    def applies(self, step: int | None, block: str) -> bool:
+        """Whether this cut acts in ``block`` at ``step`` (a step outside the schedule is ``None``:
+        only an every-step cut acts there)."""
+        if self.blocks is not None and block not in self.blocks:
+            return False
+        return self.steps is None or (step is not None and step in self.steps)
+
+
+def score_bias(factor: float) -> float:
+    """What a cut adds to the attention scores: log(factor); factor 0 gives -inf."""
+    return -math.inf if factor == 0 else math.log(factor)
+
+
+@dataclass
+class CutState:
+    """Shared state of the cut processors of one transformer.
+
+    ``cut`` (or None) is set by the caller; ``step``, ``sigma`` and ``layout`` are set before every
+    transformer call by the pre-hook of ``cutting``. With ``measure`` the processors add the context
+    share of each call to ``share_sums[(step, block)] = [sum over images, number of images]``.
+    """
+
+    cut: Cut | None = None
+    measure: bool = False
+    step: int | None = None
+    sigma: float | None = None
+    layout: Layout | None = None
+    share_sums: dict = field(default_factory=dict)
+    sigmas: dict = field(default_factory=dict)  # step -> timestep the transformer received
+
+    def factor_for(self, block: str) -> float | None:
+        """The cut factor acting in ``block`` now, or None."""
+        if self.cut is None or not self.cut.applies(self.step, block):
+            return None
+        return self.cut.factor
+
+    def record_share(self, block: str, share: torch.Tensor) -> None:
+        """Add a (B, H, T) per-query share: each image's mean over heads and target queries."""
+        per_image = share.detach().double().mean(dim=(1, 2))
+        entry = self.share_sums.setdefault((self.step, block), [0.0, 0])
+        entry[0] += float(per_image.sum())
+        entry[1] += int(per_image.numel())
+
+    def clear_shares(self) -> None:
+        self.share_sums = {}
+
+    def shares(self) -> dict:
+        """``{step: {block: mean share}}`` of what was recorded."""
+        table: dict = {}
+        for (step, block), (total, count) in sorted(self.share_sums.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0, kv[0][1])):
+            table.setdefault(step, {})[block] = total / count
+        return table
+
+    def step_shares(self) -> dict:
+        """``{step: mean share over blocks}``."""
+        return {step: float(np.mean(list(blocks.values()))) for step, blocks in self.shares().items()}
+
+
+def cut_share(share: torch.Tensor, factor: float) -> torch.Tensor:
+    """The context share after a cut, from the uncut share m of each query (exact):
+    the context weights C become factor*C, so m' = factor*m / (factor*m + 1 - m)."""
+    scaled = share * factor
+    denominator = scaled + (1 - share)
+    return torch.where(denominator > 0, scaled / denominator.clamp_min(torch.finfo(share.dtype).tiny), torch.zeros_like(share))
+
+
+def cut_attention(query, key, value, layout: Layout, factor: float, attend=None) -> torch.Tensor:
+    """Attention over the joint sequence with log(factor) added to the target->context scores.
+
+    Target queries go through one call with an additive (T, S) score mask, the text and context
+    queries through one call without; the rows are put back in sequence order.
+
+    Args:
+        query, key, value: (B, S, H, D), order [text|target|context], after normalisation and RoPE.
+        attend: ``attend(q, k, v, attn_mask)`` on (B, S, H, D) tensors; default: torch's SDPA.
+    Returns:
+        (B, S, H, D) attention output.
+    """
+    if query.shape[1] != layout.total or key.shape[1] != layout.total:
+        raise ValueError(f"sequence length {query.shape[1]} does not match layout {layout}")
+    attend = attend or _sdpa
+    bias = torch.zeros(layout.target, layout.total, dtype=query.dtype, device=query.device)
+    bias[:, layout.context_slice] = score_bias(factor)
+    target_out = attend(query[:, layout.target_slice], key, value, bias)
+    others = torch.cat([query[:, layout.text_slice], query[:, layout.context_slice]], dim=1)
+    other_out = attend(others, key, value, None)
+    return torch.cat([other_out[:, : layout.text], target_out.to(other_out.dtype), other_out[:, layout.text :]], dim=1)
+
+
+def _sdpa(query, key, value, attn_mask=None):
+    out = torch.nn.functional.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask)
+    return out.transpose(1, 2)
+
+
+class CutFluxAttnProcessor(FluxAttnProcessor):
+    """``FluxAttnProcessor`` that cuts the target->context attention when ``state`` says so.
+
+    Without an active cut (and without share measurement) it runs the stock processor's own code,
+    so its outputs are bit-identical to stock. With one it restates the stock q/k/v path (projections,
+    RMSNorm, text first in double blocks, RoPE) and attends with ``cut_attention``.
+    """
+
+    def __init__(self, state: CutState, name: str):
+        super().__init__()
+        self.state = state
+        self.name = name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        factor = self.state.factor_for(self.name)
+        if factor is None and not self.state.measure:
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if attention_mask is not None:
+            # FluxKontextPipeline passes none; a mask would change which keys the cut and share act on.
+            raise NotImplementedError(f"{self.name}: cutting the context attention does not support attention masks")
+        layout = self.state.layout
+        if layout is None:
+            raise RuntimeError(f"{self.name}: no layout; install the processors with decontext.premise.cutting(pipe)")
+        query, key, value = joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+        if query.shape[1] != layout.total:
+            raise ValueError(f"{self.name}: sequence length {query.shape[1]} does not match layout {layout}")
+        if self.state.measure and layout.context and layout.target:
+            share = context_share(query, key, layout)
+            self.state.record_share(self.name, share if factor is None else cut_share(share, factor))
+        if factor is None or layout.context == 0 or layout.target == 0:
+            out = dispatch_attention_fn(query, key, value, attn_mask=None, backend=self._attention_backend, parallel_config=self._parallel_config)
+        else:
+            out = cut_attention(query, key, value, layout, factor, self._attend)
+        out = out.flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is None:
+            return out
+        text_out, image_out = out.split_with_sizes([encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], dim=1)
+        image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
+        return image_out, attn.to_add_out(text_out.contiguous())
+
+    def _attend(self, query, key, value, attn_mask):
+        return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, backend=self._attention_backend, parallel_config=self._parallel_config)
+
+
+# ------------------------------------------------------------------------------ installing on a pipe
+def depths(transformer) -> dict[str, int]:
+    return {stream: len(getattr(transformer, attr)) for stream, attr in STREAMS}
+
+
+def block_processor_keys(transformer) -> dict[str, str]:
+    """``{"double.0": "transformer_blocks.0.attn.processor", ...}`` in model order."""
+    return {f"{stream}.{i}": f"{attr}.{i}.attn.processor" for stream, attr in STREAMS for i in range(len(getattr(transformer, attr)))}
+
+
+def layout_of_call(hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, img_ids: torch.Tensor) -> Layout:
+    """The joint-sequence layout of one Kontext transformer call, from its inputs' shapes.
+
+    The image tokens are [target | context]; the pipeline flags the context tokens by a non-zero
+    position id on axis 0 (``FluxKontextPipeline.prepare_latents`` sets it to 1)."""
+    ids = img_ids[0] if img_ids.ndim == 3 else img_ids  # diffusers still accepts batched ids
+    flagged = ids[:, 0] != 0
+    context = int(flagged.sum())
+    target = hidden_states.shape[1] - context
+    if ids.shape[0] != hidden_states.shape[1] or bool(flagged[:target].any()):
+        raise ValueError("image tokens are not [target | context] with the context flagged on position axis 0")
+    return Layout(text=encoder_hidden_states.shape[1], target=target, context=context)
+
+
+def step_of(timestep: torch.Tensor, schedule: torch.Tensor | None, after: int | None = None) -> int | None:
+    """Index of the transformer's ``timestep`` in the scheduler's ``schedule`` (None if not in it).
+
+    The pipeline passes ``t.to(latents dtype) / 1000``; the schedule is converted the same way so
+    the match is exact. Should a low-precision dtype map two steps onto one value, the first of
+    them after ``after`` (the previous step seen) is taken.
+    """
+    if schedule is None or len(schedule) == 0:
+        return None
+    value = timestep.reshape(-1)[0]
+    converted = schedule.to(value.device, value.dtype) / TIMESTEP_SCALE
+    hits = [int(i) for i in (converted == value).nonzero().flatten()]
+    if not hits:
+        return None
+    later = [i for i in hits if after is None or i > after]
+    return (later or hits)[0]
+
+
+def _track_call(state: CutState, scheduler):
+    """Forward pre-hook of the transformer: the step and layout of this call, from its inputs."""
+
+    def hook(module, args, kwargs):
+        hidden_states = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        state.layout = layout_of_call(hidden_states, kwargs["encoder_hidden_states"], kwargs["img_ids"])
+        timestep = kwargs.get("timestep")
+        state.step = None if timestep is None else step_of(timestep, getattr(scheduler, "timesteps", None), state.step)
+        if state.step is not None:
+            state.sigmas.setdefault(state.step, float(timestep.reshape(-1)[0]))
+
+    return hook
+
+
+@contextlib.contextmanager
+def cutting(pipe, state: CutState | None = None):
+    """Cut processors on every block of ``pipe.transformer`` (stock ones back afterwards).
+
+    Yields the shared ``CutState``: set ``state.cut`` (and ``state.measure``) between pipeline
+    calls. Needs the transformer to be called with keyword arguments, as the pipeline does.
+    """
+    transformer = pipe.transformer
+    state = state or CutState()
+    processors = {key: CutFluxAttnProcessor(state, name) for name, key in block_processor_keys(transformer).items()}
+    handle = transformer.register_forward_pre_hook(_track_call(state, pipe.scheduler), with_kwargs=True)
+    try:
+        with swapped_processors(transformer, processors):
+            yield state
+    finally:
+        handle.remove()
+
+
+# ------------------------------------------------------------------------------ cut specifications
+_FIRST_LAST = re.compile(r"^(first|last):(\d+)(?:/(\d+))?$")
+EACH = "each"
+
+
+def resolve_steps(spec: str, n_steps: int) -> tuple[int, ...] | None:
+    """Step indices (0-based) of a step specification for a sampler of ``n_steps`` steps.
+
+    ``all`` (None); ``first:3`` / ``last:2`` (counts); ``first:1/2`` / ``last:1/4`` (fractions of
+    ``n_steps``, rounded half up, at least one step); ``0-2,5`` (explicit indices).
+    """
+    spec = spec.strip()
+    if spec == "all":
+        return None
+    match = _FIRST_LAST.match(spec)
+    if match:
+        side, numerator, denominator = match.groups()
+        count = int(numerator) if denominator is None else max(1, int(math.floor(n_steps * int(numerator) / int(denominator) + 0.5)))
+        if not 1 <= count <= n_steps:
+            raise ValueError(f"step specification {spec!r} asks for {count} of {n_steps} steps")
+        return tuple(range(count)) if side == "first" else tuple(range(n_steps - count, n_steps))
+    chosen: set[int] = set()
+    for item in spec.split(","):
+        start, dash, end = item.strip().partition("-")
+        if not start.isdigit() or (dash and not end.isdigit()):
+            raise ValueError(f"bad step specification {spec!r} (examples: 'all', 'first:3', 'last:1/4', '0-2,5', 'each')")
+        lo, hi = int(start), int(end) if dash else int(start)
+        if hi < lo or hi >= n_steps:
+            raise ValueError(f"step range {item!r} is outside the sampler's steps 0-{n_steps - 1}")
+        chosen.update(range(lo, hi + 1))
+    return tuple(sorted(chosen))
+
+
+@dataclass(frozen=True)
+class CutSpec:
+    """A cut before the sampler and model are known: ``steps`` and ``blocks`` are specifications
+    (``resolve_steps`` / ``decontext.editors.base.resolve_blocks``, or ``all``); ``steps="each"``
+    stands for one cut per step. ``factor=None`` is no cut at all (the reference row)."""
+
+    key: str
+    label: str
+    steps: str = "all"
+    blocks: str = "all"
+    factor: float | None = BLOCK
+
+    @classmethod
+    def parse(cls, text: str) -> "CutSpec":
+        """``steps=first:1/4;blocks=single:0-25/38;factor=0.5`` (any part may be left out)."""
+        fields = {"steps": "all", "blocks": "all", "factor": str(BLOCK)}
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            name, eq, value = part.partition("=")
+            if not eq or name.strip() not in fields:
+                raise ValueError(f"bad cut specification {text!r} (example: 'steps=first:3;blocks=single:0-25/38;factor=0.5')")
+            fields[name.strip()] = value.strip()
+        return cls(key=text, label=text, steps=fields["steps"], blocks=fields["blocks"], factor=float(fields["factor"]))
+
+    def resolve(self, n_steps: int, model_depths: dict[str, int]) -> list["Row"]:
+        if self.factor is None:
+            return [Row(self.key, self.label, self.key, self.label, None)]
+        blocks = None if self.blocks == "all" else tuple(resolve_blocks(self.blocks, model_depths))
+        if self.steps == EACH:
+            return [Row(f"{self.key}:{s}", f"{self.label}: step {s}", self.key, self.label, Cut((s,), blocks, self.factor)) for s in range(n_steps)]
+        return [Row(self.key, self.label, self.key, self.label, Cut(resolve_steps(self.steps, n_steps), blocks, self.factor))]
+
+
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    group: str  # rows of one CutSpec (several for steps="each")
+    group_label: str
+    cut: Cut | None
+
+
+NAMED_CUTS = {
+    spec.key: spec
+    for spec in (
+        CutSpec("none", "none (stock)", factor=None),
+        CutSpec("all", "all steps, all blocks"),
+        CutSpec("first1", "first 1 step", steps="first:1"),
+        CutSpec("first2", "first 2 steps", steps="first:2"),
+        CutSpec("first3", "first 3 steps", steps="first:3"),
+        CutSpec("first_half", "first half of the steps", steps="first:1/2"),
+        CutSpec("last_half", "last half of the steps", steps="last:1/2"),
+        CutSpec("last_quarter", "last quarter of the steps", steps="last:1/4"),
+        CutSpec("each_step", "each single step alone", steps=EACH),
+        CutSpec("paper_blocks", "all steps, the paper's blocks", blocks=PAPER_BLOCKS),
+        CutSpec("first_quarter_paper_blocks", "first quarter AND the paper's blocks", steps="first:1/4", blocks=PAPER_BLOCKS),
+        CutSpec("halved", "halved, all steps, all blocks", factor=HALVE),
+    )
+}
+CUT_SETS = {
+    "default": tuple(NAMED_CUTS),
+    "smoke": ("none", "all"),
+}
+
+
+def parse_cuts(tokens: Sequence[str]) -> list[CutSpec]:
+    """Cut specifications from names of sets (``CUT_SETS``), named cuts (``NAMED_CUTS``) and raw
+    specifications (``CutSpec.parse``), in order, without duplicates."""
+    specs: dict[str, CutSpec] = {}
+    for token in tokens:
+        for item in CUT_SETS.get(token, (token,)):
+            if item in NAMED_CUTS:
+                specs.setdefault(item, NAMED_CUTS[item])
+            elif "=" in item:
+                specs.setdefault(item, CutSpec.parse(item))
+            else:
+                raise ValueError(f"unknown cut {item!r}: sets {sorted(CUT_SETS)}, cuts {sorted(NAMED_CUTS)}, or e.g. 'steps=first:3;factor=0.5'")
+    return list(specs.values())
+
+
+def describe_steps(steps: tuple[int, ...] | None, n_steps: int) -> str:
+    if steps is None:
+        return f"all ({n_steps})"
+    return _ranges(steps)
+
+
+def describe_blocks(blocks: tuple[str, ...] | None) -> str:
+    if blocks is None:
+        return "all"
+    by_stream: dict[str, list[int]] = {}
+    for name in blocks:
+        stream, _, index = name.partition(".")
+        by_stream.setdefault(stream, []).append(int(index))
+    return ", ".join(f"{stream} {_ranges(indices)}" for stream, indices in by_stream.items())
+
+
+def _ranges(indices: Iterable[int]) -> str:
+    values = sorted(indices)
+    parts, start = [], None
+    for i, v in enumerate(values):
+        start = v if start is None else start
+        if i + 1 == len(values) or values[i + 1] != v + 1:
+            parts.append(str(start) if start == v else f"{start}-{v}")
+            start = None
+    return ",".join(parts)
+
+
+# ------------------------------------------------------------------------------ the toy measurement
+DEFAULT_IDENTITIES = 30
+DEFAULT_SEED = 0
+DEFAULT_BATCH = 100  # edits per pipeline call (decontext.toy.evaluate.run_edits uses the same)
+CI_LEVEL = 0.95
+N_BOOT = 2000
+
+
+def _edit(pipe, images: list, prompts: list[str], settings: dict, seed: int) -> np.ndarray:
+    """One stock pipeline call with the editor folder's settings -> uint8 (B, H, W, 3)."""
+    from PIL import Image
+
+    from .toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEQUENCE_LENGTH, RESOLUTION
+
+    height = settings.get("height", settings.get("resolution", RESOLUTION))
+    width = settings.get("width", settings.get("resolution", RESOLUTION))
+    result = pipe(
+        image=[Image.fromarray(im) for im in images],
+        prompt=list(prompts),
+        height=height,
+        width=width,
+        max_area=settings.get("max_area", height * width),
+        _auto_resize=settings.get("_auto_resize", False),
+        num_inference_steps=settings.get("num_inference_steps", DEFAULT_STEPS),
+        guidance_scale=settings.get("guidance_scale", DEFAULT_GUIDANCE),
+        max_sequence_length=settings.get("max_sequence_length", MAX_SEQUENCE_LENGTH),
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).images
+    return (np.clip(result, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _interval(values, seed: int) -> dict:
+    from .metrics.bootstrap import bootstrap_mean_ci
+
+    return bootstrap_mean_ci(values, level=CI_LEVEL, n_boot=N_BOOT, seed=seed).as_dict()
+
+
+def _display_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    from .toy.model import ROOT
+
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _repo_path(value, default: Path) -> Path:
+    from .toy.model import ROOT
+
+    if not value:
+        return default
+    path = Path(value)
+    return path if path.is_absolute() else ROOT / path
+
+
+@torch.no_grad()
+def run_premise(
+    editor_dir=None,
+    identities: int = DEFAULT_IDENTITIES,
+    seed: int = DEFAULT_SEED,
+    cuts: Sequence[str] = ("default",),
+    share_for_every_cut: bool = False,
+    batch: int = DEFAULT_BATCH,
+    progress: bool = True,
+) -> dict:
+    """Identity and edit success of the toy editor under each cut (held-out scenes, stock pipeline).
+
+    Every cut edits the same scenes with the same prompts and noise, so rows are paired. Means are
+    over all edits; intervals are percentile bootstraps over identities (each identity's mean over
+    its edits), and ``identity_vs_none`` is the paired per-identity difference to the uncut run.
+    The share of target attention on context is measured on the uncut run (every run with
+    ``share_for_every_cut``: after the cut where one acts).
+    """
+    from tqdm.auto import tqdm
+
+    from .prompts import load_prompts
+    from .toy import world
+    from .toy.evaluate import eval_scenes, load_pipeline
+    from .toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, EDITOR_DIR, PROMPTS_FILE, READER_DIR
+    from .toy.reader import ToyReader, score_reads
+
+    t0 = time.time()
+    editor_dir = Path(editor_dir) if editor_dir is not None else EDITOR_DIR
+    pipe, settings = load_pipeline(editor_dir)
+    settings = {"num_inference_steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE, **settings}
+    n_steps = int(settings["num_inference_steps"])
+    reader = ToyReader.load(_repo_path(settings.get("reader"), READER_DIR))
+    pool = load_prompts(_repo_path(settings.get("prompts_file"), PROMPTS_FILE))
+    specs = parse_cuts(cuts)
+    if not any(s.factor is None for s in specs):
+        specs = [NAMED_CUTS["none"], *specs]  # the reference every row is compared with
+    rows = [row for spec in specs for row in spec.resolve(n_steps, depths(pipe.transformer))]
+
+    scenes = eval_scenes(identities)
+    n = len(scenes)
+    sources = np.stack([world.render(s) for s in scenes])
+    edits, prompts, owner = [], [], []
+    for edit in world.EDITS:  # as decontext.toy.evaluate: identity k uses the (k % 2)-th phrasing
+        texts = [p.text for p in pool if p.category == edit]
+        for k in range(n):
+            edits.append(edit)
+            prompts.append(texts[k % len(texts)])
+            owner.append(k)
+    owner, edits = np.array(owner), np.array(edits)
+    images = list(sources[owner])
+    source_reads = reader.read(sources[owner])
+
+    results, shares = [], {}
+    bar = tqdm(total=len(rows) * len(images), desc="premise", unit="edit", disable=not progress, dynamic_ncols=True)
+    with cutting(pipe) as state:
+        for row in rows:
+            t_row = time.time()
+            state.cut = row.cut
+            state.measure = row.cut is None or share_for_every_cut
+            state.clear_shares()
+            bar.set_postfix_str(row.key)
+            outputs = []
+            for i in range(0, len(images), batch):  # seeded per batch as decontext.toy.evaluate.run_edits
+                outputs.append(_edit(pipe, images[i : i + batch], prompts[i : i + batch], settings, seed + i))
+                bar.update(len(outputs[-1]))
+            reads = reader.read(np.concatenate(outputs))
+            scores = [
+                score_reads({k: v[j] for k, v in source_reads.items()}, {k: v[j] for k, v in reads.items()}, e) for j, e in enumerate(edits)
+            ]
+            identity = np.array([s["toy_identity"] for s in scores])
+            success = np.array([s["edit_success"] for s in scores], dtype=np.float64)
+            record = {
+                "key": row.key,
+                "label": row.label,
+                "group": row.group,
+                "group_label": row.group_label,
+                "steps": None if row.cut is None else (None if row.cut.steps is None else list(row.cut.steps)),
+                "blocks": None if row.cut is None else (None if row.cut.blocks is None else list(row.cut.blocks)),
+                "factor": None if row.cut is None else row.cut.factor,
+                "per_identity_identity": [float(identity[owner == k].mean()) for k in range(n)],
+                "per_identity_success": [float(success[owner == k].mean()) for k in range(n)],
+                "per_edit": {e: {"toy_identity": float(identity[edits == e].mean()), "edit_success": float(success[edits == e].mean())} for e in world.EDITS},
+                "seconds": round(time.time() - t_row, 1),
+            }
+            record["toy_identity"] = _interval(record["per_identity_identity"], seed)
+            record["edit_success"] = _interval(record["per_identity_success"], seed)
+            if state.measure:
+                record["share_per_step"] = {str(k): v for k, v in state.step_shares().items()}
+                record["share_per_step_block"] = {str(k): v for k, v in state.shares().items()}
+            results.append(record)
+    bar.close()
+    reference = next(r for r in results if r["factor"] is None)
+    for record in results:
+        diff = np.array(record["per_identity_identity"]) - np.array(reference["per_identity_identity"])
+        record["identity_vs_none"] = _interval(diff, seed)
+        diff = np.array(record["per_identity_success"]) - np.array(reference["per_identity_success"])
+        record["success_vs_none"] = _interval(diff, seed)
+    return {
+        "editor": _display_path(editor_dir),
+        "n_identities": n,
+        "n_edits": len(edits),
+        "steps": n_steps,
+        "guidance": settings.get("guidance_scale"),
+        "seed": seed,
+        "depths": depths(pipe.transformer),
+        "sigmas": {str(k): v for k, v in sorted(state.sigmas.items())},
+        "ci": {"level": CI_LEVEL, "n_boot": N_BOOT, "over": "identities"},
+        "rows": results,
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+# ------------------------------------------------------------------------------ reporting
+def _fmt(interval: dict, signed: bool = False) -> str:
+    if interval["mean"] is None:
+        return "-"
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(interval['mean'])} [{f.format(interval['low'])}, {f.format(interval['high'])}]"
+
+
+def _factor_text(factor: float | None) -> str:
+    if factor is None:
+        return "-"
+    return "block" if factor == BLOCK else f"x{factor:g}"
+
+
+def markdown(result: dict) -> str:
+    """The table of a ``run_premise`` result (groups of per-step rows summarised as min-max)."""
+    n_steps = result["steps"]
+    lines = [
+        f"Editor `{result['editor']}`, {result['n_identities']} held-out identities x 6 edits = {result['n_edits']} edits per row, "
+        f"{n_steps} steps, guidance {result['guidance']}, seed {result['seed']}. Means; 95% percentile bootstrap intervals over "
+        "identities (paired with the uncut run for the differences).",
+        "",
+        "| cut | steps | blocks | factor | toy_identity [95% CI] | edit_success [95% CI] | identity vs none [95% CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[str, list[dict]] = {}
+    for row in result["rows"]:
+        groups.setdefault(row["group"], []).append(row)
+    for members in groups.values():
+        first = members[0]
+        steps = "-" if first["factor"] is None else describe_steps(None if first["steps"] is None else tuple(first["steps"]), n_steps)
+        blocks = "-" if first["factor"] is None else describe_blocks(None if first["blocks"] is None else tuple(first["blocks"]))
+        if len(members) == 1:
+            cells = [_fmt(first["toy_identity"]), _fmt(first["edit_success"]), _fmt(first["identity_vs_none"], signed=True)]
+            label = first["label"]
+        else:
+            label = f"{first['group_label']} (min-max over {len(members)})"
+            steps = "one at a time"
+            cells = [
+                _span([m["toy_identity"]["mean"] for m in members]),
+                _span([m["edit_success"]["mean"] for m in members]),
+                _span([m["identity_vs_none"]["mean"] for m in members], signed=True),
+            ]
+        lines.append(f"| {label} | {steps} | {blocks} | {_factor_text(first['factor'])} | " + " | ".join(cells) + " |")
+    lines += _per_step_lines(result, groups)
+    return "\n".join(lines) + "\n"
+
+
+def _span(values: list[float], signed: bool = False) -> str:
+    f = "{:+.3f}" if signed else "{:.3f}"
+    return f"{f.format(min(values))} to {f.format(max(values))}"
+
+
+def _per_step_lines(result: dict, groups: dict) -> list[str]:
+    n_steps = result["steps"]
+    reference = next(r for r in result["rows"] if r["factor"] is None)
+    header = "| step | " + " | ".join(str(s) for s in range(n_steps)) + " |"
+    lines = ["", "Per sampling step (sigma = the timestep the transformer receives):", "", header, "|---" * (n_steps + 1) + "|"]
+    sigmas = result.get("sigmas", {})
+    lines.append("| sigma | " + " | ".join(f"{sigmas[str(s)]:.3f}" if str(s) in sigmas else "-" for s in range(n_steps)) + " |")
+    share = reference.get("share_per_step", {})
+    lines.append("| share of target attention on context, no cut | " + " | ".join(f"{share[str(s)]:.3f}" if str(s) in share else "-" for s in range(n_steps)) + " |")
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        by_step = {m["steps"][0]: m for m in members if m["steps"] and len(m["steps"]) == 1}
+        name = members[0]["group_label"]
+        for measure in ("toy_identity", "edit_success"):
+            lines.append(
+                f"| {measure}, {name} | " + " | ".join(f"{by_step[s][measure]['mean']:.3f}" if s in by_step else "-" for s in range(n_steps)) + " |"
+            )
+    return lines
+
+
+def write_outputs(result: dict, out: str | Path) -> tuple[Path, Path]:
+    """``out`` (a .json path, or a stem) -> the JSON and its Markdown table beside it."""
+    out = Path(out)
+    json_path = out if out.suffix == ".json" else out.with_suffix(".json")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2))
+    md_path = json_path.with_suffix(".md")
+    md_path.write_text(markdown(result))
+    return json_path, md_path
