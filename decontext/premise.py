@@ -44,7 +44,7 @@ import torch
 
 from .attention import context_share, swapped_processors
 from .editors.base import Layout, resolve_blocks
-from .editors.flux_dit import joint_qkv
+from .editors.flux_dit import joint_output, joint_qkv
 from .methods.decontext import PAPER_BLOCKS
 
 try:  # diffusers internals the restated processor calls (read, not copied), as in editors/flux_kontext.py
@@ -199,12 +199,7 @@ class CutFluxAttnProcessor(FluxAttnProcessor):
             out = dispatch_attention_fn(query, key, value, attn_mask=None, backend=self._attention_backend, parallel_config=self._parallel_config)
         else:
             out = cut_attention(query, key, value, layout, factor, self._attend)
-        out = out.flatten(2, 3).to(query.dtype)
-        if encoder_hidden_states is None:
-            return out
-        text_out, image_out = out.split_with_sizes([encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], dim=1)
-        image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
-        return image_out, attn.to_add_out(text_out.contiguous())
+        return joint_output(attn, out.to(query.dtype), encoder_hidden_states)
 
     def _attend(self, query, key, value, attn_mask):
         return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, backend=self._attention_backend, parallel_config=self._parallel_config)

@@ -43,6 +43,17 @@ def joint_qkv(attn, hidden_states, encoder_hidden_states=None, image_rotary_emb=
     return query, key, value
 
 
+def joint_output(attn, out: torch.Tensor, encoder_hidden_states=None):
+    """The stock processor's tail: (B, S, H, D) attention output -> the single block's (B, S, H*D), or
+    a double block's (image, text) outputs through their projections."""
+    out = out.flatten(2, 3)
+    if encoder_hidden_states is None:
+        return out
+    text_out, image_out = out.split_with_sizes([encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], dim=1)
+    image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
+    return image_out, attn.to_add_out(text_out.contiguous())
+
+
 class ProbedFluxAttnProcessor(FluxAttnProcessor):
     """``FluxAttnProcessor`` that also reports the target->context attention share to a probe.
 
@@ -66,12 +77,7 @@ class ProbedFluxAttnProcessor(FluxAttnProcessor):
             self.probe.record(self.name, query, key)
             raise _StopForward
         out = self.probe.attend(self.name, query, key, value, self._attend)
-        out = out.flatten(2, 3).to(query.dtype)
-        if encoder_hidden_states is None:
-            return out
-        text_out, image_out = out.split_with_sizes([encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], dim=1)
-        image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
-        return image_out, attn.to_add_out(text_out.contiguous())
+        return joint_output(attn, out.to(query.dtype), encoder_hidden_states)
 
     def _attend(self, query, key, value, scale):
         return dispatch_attention_fn(query, key, value, scale=scale, backend=self._attention_backend, parallel_config=self._parallel_config)
