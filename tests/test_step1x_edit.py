@@ -212,3 +212,11 @@ def test_attack_script_default_gives_a_protected_image_and_manifest(tmp_path):
     assert entry["status"] == "done" and entry["max_abs_diff_levels"] <= 25
     assert manifest["args"]["eps"] == 25.5 and manifest["args"]["alpha"] == 1.275 and manifest["method"]["t_one_every"] == 10
     assert Image.open(tmp_path / "out" / "astronaut.png").size == (512, 512)
+
+
+def test_qwen_processor_gets_the_folder_pixel_bounds(editor):
+    """A local Qwen folder still gets the bounds Step1X uses (the official 256..324 x 28^2 unless the folder says otherwise)."""
+    bounds = json.loads((Path(editor.name) / "step1x.json").read_text()) if Path(editor.name).is_dir() else None
+    processor = editor.processor.image_processor
+    assert bounds is not None
+    assert (processor.size["shortest_edge"], processor.size["longest_edge"]) == (bounds["min_pixels"], bounds["max_pixels"])  # transformers 5 keeps them in size

@@ -218,7 +218,7 @@ class Step1XEditor(FluxDiTEditor):
         device = torch.device(device)
         transformer, connector, version = load_step1x_checkpoint(path, dtype=dtype, head_dim=head_dim, axes_dims_rope=axes_dims_rope, connector_heads=connector_heads)
         vae_model = load_flux_vae(vae or _default_vae(folder))
-        vlm_model, processor = load_qwen(vlm or _default_vlm(folder), dtype)
+        vlm_model, processor = load_qwen(vlm or _default_vlm(folder), dtype, sizes.get("min_pixels", QWEN_MIN_PIXELS), sizes.get("max_pixels", QWEN_MAX_PIXELS))
         return cls(transformer, connector, vae_model, vlm_model, processor, prefix, version, name=str(checkpoint), device=device, dtype=dtype,
                    drop_tokens=drop_tokens, max_length=max_length, **kwargs)
 
@@ -418,11 +418,11 @@ def load_flux_vae(path: str | Path):
     return vae
 
 
-def load_qwen(id_or_dir: str | Path, dtype: torch.dtype):
-    """Qwen2.5-VL and its processor with the official pixel bounds (no remote code)."""
+def load_qwen(id_or_dir: str | Path, dtype: torch.dtype, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS):
+    """Qwen2.5-VL and its processor with the official pixel bounds, also for a local folder (no remote code)."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     local = Path(id_or_dir).exists()
-    processor = AutoProcessor.from_pretrained(str(id_or_dir), min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS, local_files_only=local) if not local else AutoProcessor.from_pretrained(str(id_or_dir), local_files_only=True)
+    processor = AutoProcessor.from_pretrained(str(id_or_dir), min_pixels=min_pixels, max_pixels=max_pixels, local_files_only=local)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(id_or_dir), dtype=dtype, attn_implementation="sdpa", local_files_only=local)
     return model, processor

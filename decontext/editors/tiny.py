@@ -523,7 +523,7 @@ def write_tiny_step1x_folder(folder, config: TinyStep1XConfig | None = None, ver
     processor.save_pretrained(folder / "qwen")
     (folder / "prefix.txt").write_text(config.prefix + "\n", encoding="utf-8")
     sizes = {"head_dim": config.attention_head_dim, "axes_dims_rope": list(config.axes_dims_rope), "connector_heads": config.connector_heads,
-             "drop_tokens": config.drop_tokens, "max_length": config.max_length}
+             "drop_tokens": config.drop_tokens, "max_length": config.max_length, "min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
     (folder / "step1x.json").write_text(json.dumps(sizes, indent=2) + "\n")
     (folder / "tiny.json").write_text(json.dumps(stamp) + "\n")
     return folder
