@@ -36,7 +36,7 @@ DEFAULT_THREADS = 1  # leave the other core of the 2-core development machine fr
 def main(argv=None) -> dict:
     doc = __doc__.format(sets=", ".join(premise.CUT_SETS), names=", ".join(premise.NAMED_CUTS))
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--editor", default=None, help="toy editor folder (default data/toy_editor)")
+    ap.add_argument("--editor", default=None, help="a toy version ('toy' = the default, 'toy-v1', ...) or a trained toy editor folder")
     ap.add_argument("--identities", type=int, default=premise.DEFAULT_IDENTITIES, help="held-out identities (x 6 edits)")
     ap.add_argument("--seed", type=int, default=premise.DEFAULT_SEED, help="sampler noise seed (and bootstrap seed)")
     ap.add_argument("--cuts", nargs="+", default=["default"], help="cut sets, named cuts or raw specifications")

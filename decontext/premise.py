@@ -361,6 +361,7 @@ NAMED_CUTS = {
         CutSpec("first1", "first 1 step", steps="first:1"),
         CutSpec("first2", "first 2 steps", steps="first:2"),
         CutSpec("first3", "first 3 steps", steps="first:3"),
+        CutSpec("first_quarter", "first quarter of the steps", steps="first:1/4"),
         CutSpec("first_half", "first half of the steps", steps="first:1/2"),
         CutSpec("last_half", "last half of the steps", steps="last:1/2"),
         CutSpec("last_quarter", "last quarter of the steps", steps="last:1/4"),
@@ -372,8 +373,14 @@ NAMED_CUTS = {
 }
 CUT_SETS = {
     "default": tuple(NAMED_CUTS),
+    "goal": ("none", "all", "first_quarter", "first_half", "last_half", "last_quarter", "first_quarter_paper_blocks"),
     "smoke": ("none", "all"),
 }
+
+# Issue 11's bar for an editor that shares the premise: cutting the first quarter of the steps removes
+# at least half of the identity transfer (uncut identity minus chance), cutting the last half removes
+# less than a quarter, and the uncut editor stays good.
+GOAL = {"first_quarter_removes_at_least": 0.5, "last_half_removes_below": 0.25, "clean_identity_at_least": 0.9, "edit_success_at_least": 0.9}
 
 
 def parse_cuts(tokens: Sequence[str]) -> list[CutSpec]:
@@ -502,7 +509,11 @@ def run_premise(
     from .toy.reader import ToyReader, score_reads
 
     t0 = time.time()
-    editor_dir = Path(editor_dir) if editor_dir is not None else EDITOR_DIR
+    from .toy.names import is_toy_model, toy_editor_dir
+
+    if editor_dir is None:
+        editor_dir = EDITOR_DIR
+    editor_dir = toy_editor_dir(editor_dir) if is_toy_model(str(editor_dir)) else Path(editor_dir)
     pipe, settings = load_pipeline(editor_dir)
     settings = {"num_inference_steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE, **settings}
     n_steps = int(settings["num_inference_steps"])
@@ -526,6 +537,7 @@ def run_premise(
     owner, edits = np.array(owner), np.array(edits)
     images = list(sources[owner])
     source_reads = reader.read(sources[owner])
+    person_reads = reader.read(sources)  # one per identity, for the chance level
 
     results, shares = [], {}
     bar = tqdm(total=len(rows) * len(images), desc="premise", unit="edit", disable=not progress, dynamic_ncols=True)
@@ -561,6 +573,16 @@ def run_premise(
             }
             record["toy_identity"] = _interval(record["per_identity_identity"], seed)
             record["edit_success"] = _interval(record["per_identity_success"], seed)
+            if row.cut is None:
+                # chance: the same outputs scored against every other held-out person's source
+                chance = np.array([
+                    np.mean([
+                        score_reads({k: v[p] for k, v in person_reads.items()}, {k: v[j] for k, v in reads.items()}, e)["toy_identity"]
+                        for p in range(n) if p != owner[j]
+                    ])
+                    for j, e in enumerate(edits)
+                ])
+                record["chance_identity"] = _interval([float(chance[owner == k].mean()) for k in range(n)], seed)
             if state.measure:
                 record["share_per_step"] = {str(k): v for k, v in state.step_shares().items()}
                 record["share_per_step_block"] = {str(k): v for k, v in state.shares().items()}
@@ -572,7 +594,7 @@ def run_premise(
         record["identity_vs_none"] = _interval(diff, seed)
         diff = np.array(record["per_identity_success"]) - np.array(reference["per_identity_success"])
         record["success_vs_none"] = _interval(diff, seed)
-    return {
+    result = {
         "editor": _display_path(editor_dir),
         "n_identities": n,
         "n_edits": len(edits),
@@ -585,6 +607,30 @@ def run_premise(
         "rows": results,
         "seconds": round(time.time() - t0, 1),
     }
+    result["goal"] = goal_check(result)
+    return result
+
+
+def goal_check(result: dict) -> dict | None:
+    """The share of the identity transfer (uncut minus chance) each cut removes, and ``GOAL`` judged;
+    ``None`` unless the result has the uncut, first-quarter and last-half rows."""
+    rows = {r["key"]: r for r in result["rows"]}
+    reference = next((r for r in result["rows"] if r["factor"] is None), None)
+    if reference is None or "chance_identity" not in reference:
+        return None
+    clean, chance = reference["toy_identity"]["mean"], reference["chance_identity"]["mean"]
+    transfer = clean - chance
+    removed = {r["key"]: (clean - r["toy_identity"]["mean"]) / transfer for r in result["rows"] if r["factor"] is not None and transfer > 0}
+    out = {"clean_identity": clean, "chance_identity": chance, "transfer": transfer, "removed": removed, "target": GOAL}
+    if "first_quarter" in rows and "last_half" in rows and transfer > 0:
+        checks = {
+            "first_quarter": removed["first_quarter"] >= GOAL["first_quarter_removes_at_least"],
+            "last_half": removed["last_half"] < GOAL["last_half_removes_below"],
+            "clean_identity": clean >= GOAL["clean_identity_at_least"],
+            "edit_success": reference["edit_success"]["mean"] >= GOAL["edit_success_at_least"],
+        }
+        out.update(checks=checks, met=all(checks.values()))
+    return out
 
 
 # ------------------------------------------------------------------------------ reporting
@@ -632,7 +678,28 @@ def markdown(result: dict) -> str:
             ]
         lines.append(f"| {label} | {steps} | {blocks} | {_factor_text(first['factor'])} | " + " | ".join(cells) + " |")
     lines += _per_step_lines(result, groups)
+    lines += _goal_lines(result.get("goal"))
     return "\n".join(lines) + "\n"
+
+
+def _goal_lines(goal: dict | None) -> list[str]:
+    if not goal:
+        return []
+    lines = [
+        "",
+        f"Identity transfer = uncut {goal['clean_identity']:.3f} - chance {goal['chance_identity']:.3f} (the uncut outputs scored against "
+        f"every other held-out person) = {goal['transfer']:.3f}. Share of it each cut removes: "
+        + ", ".join(f"{k} {v:+.0%}" for k, v in goal["removed"].items())
+        + ".",
+    ]
+    if "met" in goal:
+        t = goal["target"]
+        verdict = "MET" if goal["met"] else "NOT MET (" + ", ".join(k for k, ok in goal["checks"].items() if not ok) + ")"
+        lines.append(
+            f"Premise goal (first quarter removes >= {t['first_quarter_removes_at_least']:.0%}, last half < {t['last_half_removes_below']:.0%}, "
+            f"clean identity >= {t['clean_identity_at_least']}, edit success >= {t['edit_success_at_least']}): **{verdict}**."
+        )
+    return lines
 
 
 def _span(values: list[float], signed: bool = False) -> str:

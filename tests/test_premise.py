@@ -2,7 +2,6 @@
 only in the chosen steps and blocks; and the premise bench end to end on the shipped toy."""
 
 import importlib.util
-import time
 from pathlib import Path
 
 import numpy as np
@@ -250,15 +249,36 @@ def test_bench_smoke_on_the_shipped_toy(tmp_path, capsys):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     threads = torch.get_num_threads()
-    t0 = time.time()
     try:
-        result = bench.main(["--identities", "2", "--cuts", "none", "all", "--no-progress", "--out", str(tmp_path / "p.json")])
+        result = bench.main(["--identities", "3", "--cuts", "none", "all", "--no-progress", "--out", str(tmp_path / "p.json")])
     finally:
         torch.set_num_threads(threads)
-    assert time.time() - t0 < 60
-    assert [r["key"] for r in result["rows"]] == ["none", "all"] and result["n_edits"] == 12
+    assert [r["key"] for r in result["rows"]] == ["none", "all"] and result["n_edits"] == 18
     none, cut = result["rows"]
+    # chance = the uncut outputs against the other people's sources; the goal arithmetic follows from it
+    goal = result["goal"]
+    assert 0.0 <= none["chance_identity"]["mean"] < none["toy_identity"]["mean"]
+    assert goal["removed"]["all"] == pytest.approx((goal["clean_identity"] - cut["toy_identity"]["mean"]) / (goal["clean_identity"] - goal["chance_identity"]))
+    assert "met" not in goal  # the verdict needs the first-quarter and last-half rows
     assert none["toy_identity"]["mean"] > cut["toy_identity"]["mean"]  # the toy reads identity through this attention
     assert set(none["share_per_step"]) == {str(s) for s in range(result["steps"])} and "share_per_step" not in cut
     assert (tmp_path / "p.json").exists() and "| all steps, all blocks |" in (tmp_path / "p.md").read_text()
     assert "share of target attention on context" in capsys.readouterr().out
+
+
+def test_goal_verdict():
+    def row(key, identity, factor=0.0, success=1.0):
+        r = {"key": key, "factor": factor, "toy_identity": {"mean": identity}, "edit_success": {"mean": success}}
+        return r
+
+    none = row("none", 0.9, factor=None)
+    none["chance_identity"] = {"mean": 0.3}
+    result = {"rows": [none, row("first_quarter", 0.6), row("last_half", 0.8)]}
+    goal = premise.goal_check(result)
+    assert goal["removed"] == pytest.approx({"first_quarter": 0.5, "last_half": 1 / 6})
+    assert goal["met"] and all(goal["checks"].values())
+    result["rows"][2] = row("last_half", 0.75)  # removes 25%: not below the bar
+    assert not premise.goal_check(result)["met"] and not premise.goal_check(result)["checks"]["last_half"]
+    none["edit_success"]["mean"] = 0.8
+    assert not premise.goal_check(result)["checks"]["edit_success"]
+    assert "NOT MET" in "\n".join(premise._goal_lines(premise.goal_check(result)))
