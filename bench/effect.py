@@ -115,6 +115,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="toy", help="a trained toy editor: 'toy' (the default version) or a version name such as 'toy-v1'")
     parser.add_argument("--identities", type=int, default=100)
     parser.add_argument("--eps", type=float, nargs="+", default=[8, 16, 32])
     parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -132,9 +133,12 @@ def main(argv=None) -> int:
     from decontext.prompts import load_prompts
     from decontext.toy import world
     from decontext.toy.model import PROMPTS_FILE
+    from decontext.toy.names import is_toy_model
     from decontext.toy.reader import ToyReader, edit_name
 
-    editor = load_editor("toy", "flux_kontext", "cpu", "float32")
+    if not is_toy_model(args.model):
+        parser.error(f"--model {args.model!r}: the effect bench needs a trained toy editor (its reader scores the edits)")
+    editor = load_editor(args.model, "flux_kontext", "cpu", "float32")
     reader = ToyReader.load()
     pool = load_prompts(PROMPTS_FILE)
     prompts = [pool[i].text for i in EDIT_PROMPT_INDICES]
@@ -164,7 +168,7 @@ def main(argv=None) -> int:
                   f"({time.perf_counter() - began:.0f}s)", flush=True)
 
     lines = [
-        f"Toy editor, {len(identities)} held-out identities x {len(prompts)} edits, PGD {args.steps} steps; "
+        f"Toy editor {args.model!r}, {len(identities)} held-out identities x {len(prompts)} edits, PGD {args.steps} steps; "
         f"toy_identity: lower = better protection; diff = condition - noise at the same eps (paired, 95% bootstrap CI over identities)",
         "",
         "| condition | toy_identity | edit_success | identity diff vs noise [95% CI] |",

@@ -1,61 +1,74 @@
-"""The shipped toy editor (data/toy_editor) loads with the stock FluxKontextPipeline and really edits:
-on held-out identities it keeps identity and performs the requested edit."""
+"""Every shipped toy editor version (decontext.toy.names.TOY_EDITORS) loads with the stock
+FluxKontextPipeline and really edits: on held-out identities it keeps identity and performs the
+requested edit; ``--model toy`` and the version names resolve through the editor seam."""
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from decontext.toy import world
 from decontext.toy.model import EDITOR_DIR, SETTINGS_FILE
+from decontext.toy.names import TOY_DEFAULT, TOY_EDITORS, is_toy_model, toy_editor_dir
+
+VERSIONS = sorted(TOY_EDITORS)
+MAX_BYTES = 20 * 2**20  # issue 11: shipped weights <= 20 MB per editor
+# (clean identity, edit success) each version must keep on 8 held-out identities x 6 edits: a margin
+# under what docs/TOY.md measured on 30. toy-v2-early is weak by construction (0.61 / 0.91 measured):
+# its bar only says it still carries identity well above chance (~0.25) and still edits.
+FLOORS = {"toy-v2-early": (0.45, 0.8)}
 
 
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def test_editor_files():
-    assert (EDITOR_DIR / "model_index.json").exists()
-    assert _size(EDITOR_DIR) <= 15 * 2**20
-    settings = json.loads((EDITOR_DIR / SETTINGS_FILE).read_text())
+@pytest.mark.parametrize("version", VERSIONS)
+def test_editor_files(version):
+    folder = toy_editor_dir(version)
+    assert (folder / "model_index.json").exists()
+    assert _size(folder) <= MAX_BYTES
+    settings = json.loads((folder / SETTINGS_FILE).read_text())
     for key in ("num_inference_steps", "guidance_scale", "resolution", "max_sequence_length"):
         assert key in settings
 
 
-@pytest.fixture(scope="module")
-def pipe():
+def test_names():
+    assert toy_editor_dir("toy") == toy_editor_dir(TOY_DEFAULT) == EDITOR_DIR
+    assert is_toy_model("toy") and all(is_toy_model(v) for v in VERSIONS) and not is_toy_model("tiny")
+    with pytest.raises(ValueError, match="unknown toy editor 'toy-v0'"):
+        toy_editor_dir("toy-v0")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_single_stock_call_and_seam(version):
     from diffusers import FluxKontextPipeline
 
-    p = FluxKontextPipeline.from_pretrained("data/toy_editor" if Path("data/toy_editor").exists() else str(EDITOR_DIR))
-    p.set_progress_bar_config(disable=True)
-    return p
+    from decontext.editors import load_editor
 
-
-def test_single_stock_call(pipe):
-    settings = json.loads((EDITOR_DIR / SETTINGS_FILE).read_text())
+    folder = toy_editor_dir(version)
+    pipe = FluxKontextPipeline.from_pretrained(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    settings = json.loads((folder / SETTINGS_FILE).read_text())
     image = world.render_pil(world.sample_scene(world.eval_identities()[0], seed=0))
-    out = pipe(
-        image=image,
-        prompt="Put a hat on this person.",
-        height=64,
-        width=64,
-        max_area=64 * 64,
-        _auto_resize=False,
-        num_inference_steps=settings["num_inference_steps"],
-        guidance_scale=settings["guidance_scale"],
-        max_sequence_length=settings["max_sequence_length"],
-        generator=torch.Generator().manual_seed(0),
-    ).images[0]
-    assert out.size == (64, 64)
+    kwargs = dict(prompt="Put a hat on this person.", height=64, width=64, max_area=64 * 64, _auto_resize=False,
+                  num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
+                  max_sequence_length=settings["max_sequence_length"])
+    out = pipe(image=image, generator=torch.Generator().manual_seed(0), output_type="np", **kwargs).images[0]
+    assert out.shape == (64, 64, 3)
+    editor = load_editor(version, "flux_kontext", "cpu", "float32")
+    assert editor.name == version and editor.recommended["num_inference_steps"] == settings["num_inference_steps"]
+    assert torch.equal(editor.pipe.transformer.x_embedder.weight, pipe.transformer.x_embedder.weight)
 
 
-def test_heldout_edits_keep_identity():
+@pytest.mark.parametrize("version", VERSIONS)
+def test_heldout_edits_keep_identity(version):
     from decontext.toy.evaluate import evaluate
 
-    res = evaluate(n_identities=8, seed=0)
+    res = evaluate(n_identities=8, seed=0, editor_dir=toy_editor_dir(version))
     assert res["n_edits"] == 48
-    assert res["clean_edit"]["toy_identity"] >= 0.85, res["clean_edit"]
-    assert res["clean_edit"]["edit_success"] >= 0.85, res["clean_edit"]
-    assert res["other_person"]["toy_identity"] <= 0.6, res["other_person"]
+    identity_floor, success_floor = FLOORS.get(version, (0.85, 0.85))
+    assert res["clean_edit"]["toy_identity"] >= identity_floor, res["clean_edit"]
+    assert res["clean_edit"]["edit_success"] >= success_floor, res["clean_edit"]
+    assert res["other_person"]["toy_identity"] <= min(0.4, identity_floor - 0.05), res["other_person"]

@@ -17,3 +17,62 @@ def test_training_smoke(tmp_path):
 
     pipe = FluxKontextPipeline.from_pretrained(str(tmp_path / "editor"))
     assert pipe.vae.config.latent_channels == 4 and len(pipe.vae.config.block_out_channels) == 3
+
+
+def test_training_sigmas_follow_the_named_density():
+    """v1's sampler is exactly the old one (its weights stay reproducible); logit-normal has the FLUX
+    density's quantiles after the resolution shift."""
+    import math
+
+    import torch
+
+    from decontext.toy.train import training_sigmas
+
+    shift = 1.6
+    gen = torch.Generator().manual_seed(3)
+    old_u = torch.rand(50_000, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(training_sigmas("shifted_uniform", shift, 50_000, gen), shift * old_u / (1 + (shift - 1) * old_u))
+    s = training_sigmas("logit_normal", shift, 200_000, torch.Generator().manual_seed(4))
+    assert 0 < float(s.min()) and float(s.max()) < 1
+    for q, z in ((0.25, -0.6745), (0.5, 0.0), (0.75, 0.6745)):
+        u = 1 / (1 + math.exp(-z))
+        assert abs(float(torch.quantile(s, q)) - shift * u / (1 + (shift - 1) * u)) < 4e-3
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown timestep sampler"):
+        training_sigmas("cosine", shift, 4, gen)
+
+
+def test_swap_late_context_only_below_the_threshold():
+    import numpy as np
+    import torch
+
+    from decontext.toy.train import swap_late_context
+
+    src = torch.arange(10, dtype=torch.float32)[:, None, None].expand(10, 3, 2).clone()
+    idx = np.array([0, 1, 2, 3, 4, 5, 6, 7])
+    sigma = torch.tensor([0.95, 0.9, 0.81, 0.79, 0.5, 0.2, 0.99, 0.01])
+    ctx = swap_late_context(src, idx, sigma, 0.8, np.random.default_rng(0))
+    own = ctx[:, 0, 0].numpy() == idx
+    assert own.tolist() == [True, True, True, False, False, False, True, False]
+
+
+def test_training_smoke_v2_recipe(tmp_path):
+    """The v2 options: reuse a trained VAE + reader, a text-to-image base stage, the FLUX timestep
+    density, text-to-image steps and (labelled) late context swap, recorded in the saved settings."""
+    from decontext.toy import train
+    from decontext.toy.names import toy_editor_dir
+
+    from safetensors.torch import load_file
+
+    info = train.main([
+        "--smoke", "--out", str(tmp_path / "editor"), "--reader-out", str(tmp_path / "reader"), "--work", str(tmp_path / "work"),
+        "--threads", "1", "--vae-reader-from", str(toy_editor_dir("toy-v1")), "--base-steps", "2", "--timesteps", "logit_normal",
+        "--t2i-share", "0.5", "--late-swap-sigma", "0.8",
+    ])
+    assert info["recipe"] == {"timesteps": "logit_normal", "base_steps": 2, "t2i_share": 0.5, "late_swap_sigma": 0.8}
+    settings = json.loads((tmp_path / "editor" / "decontext_toy.json").read_text())
+    assert settings["training"]["recipe"]["late_swap_sigma"] == 0.8
+    trained = load_file(str(toy_editor_dir("toy-v1") / "vae" / "diffusion_pytorch_model.safetensors"))
+    reused = load_file(str(tmp_path / "editor" / "vae" / "diffusion_pytorch_model.safetensors"))
+    assert trained.keys() == reused.keys() and all(bool((trained[k] == reused[k]).all()) for k in trained)

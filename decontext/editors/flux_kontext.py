@@ -23,8 +23,8 @@ from PIL import Image
 from .base import Condition, Layout, snap
 from .flux_dit import FluxDiTEditor, ProbedFluxAttnProcessor, image_ids, joint_velocity, pack_latents, vae_latents  # noqa: F401 (re-exported)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOY_EDITOR_DIR = REPO_ROOT / "data" / "toy_editor"
+from ..toy.names import TOY_DEFAULT, TOY_EDITORS, is_toy_model, toy_editor_dir
+
 ATTACK_GUIDANCE = 3.5  # the guidance-embedding value of the official attack and of the paper's edits
 EDIT_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": ATTACK_GUIDANCE, "resolution": 512}  # the paper's edit protocol
 
@@ -65,7 +65,10 @@ class FluxKontextEditor(FluxDiTEditor):
     """FLUX.1-Kontext (or any model in its diffusers layout, e.g. the tiny and toy editors)."""
 
     family = "flux_kontext"
-    model_help = "'tiny' (random weights, smoke test), 'toy' (the trained embedded editor), or a FLUX.1-Kontext hub id / local diffusers folder"
+    model_help = (
+        f"'tiny' (random weights, smoke test), 'toy' (the trained embedded editor, = {TOY_DEFAULT}; versions by name: "
+        f"{', '.join(TOY_EDITORS)}), or a FLUX.1-Kontext hub id / local diffusers folder"
+    )
     attack_description = "Protect images against FLUX.1-Kontext with DeContext (or a baseline, --method).\n\n    python attack/attack_kontext.py --model tiny --input photo.jpg --output protected/"
     edit_description = "Edit clean or protected images with FLUX.1-Kontext (the real diffusers FluxKontextPipeline).\nDefaults follow the DeContext paper's editing protocol: 20 steps, guidance 3.5, 512x512, seed 42."
     auto_resolution_note = "what FluxKontextPipeline picks; 512 = the paper's"
@@ -128,19 +131,20 @@ class FluxKontextEditor(FluxDiTEditor):
 
     @classmethod
     def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, offload: bool = False, quantize: str | None = None, guidance: float = ATTACK_GUIDANCE) -> "FluxKontextEditor":
-        """``tiny`` (random weights, smoke path), ``toy`` (the trained embedded editor), or a
+        """``tiny`` (random weights, smoke path), ``toy`` / ``toy-v1`` ... (the trained embedded editors), or a
         FLUX.1-Kontext hub id / local diffusers folder."""
         if quantize is not None and model == "tiny":
-            raise ValueError("--quantize loads a saved model (hub id, folder or 'toy'); the in-memory tiny model has no weights to quantise")
+            raise ValueError("--quantize loads a saved model (hub id, folder or a toy); the in-memory tiny model has no weights to quantise")
         if model == "tiny":
             if offload:
                 raise ValueError("--offload is for real models on a GPU, not the tiny model")
             editor = cls.tiny(seed=seed, device=device, dtype=dtype)
-        elif model == "toy":
-            if not (TOY_EDITOR_DIR / "model_index.json").is_file():
-                raise FileNotFoundError(f"{TOY_EDITOR_DIR}: the toy editor is missing (bash scripts/train_toy_editor.sh makes it)")
-            editor = cls.from_pretrained(TOY_EDITOR_DIR, dtype=dtype, device=device, offload=offload, quantize=quantize)
-            editor.name = "toy"
+        elif is_toy_model(model):
+            folder = toy_editor_dir(model)
+            if not (folder / "model_index.json").is_file():
+                raise FileNotFoundError(f"{folder}: the toy editor {model!r} is missing (docs/TOY.md says how to train it)")
+            editor = cls.from_pretrained(folder, dtype=dtype, device=device, offload=offload, quantize=quantize)
+            editor.name = model
         else:
             editor = cls.from_pretrained(model, dtype=dtype, device=device, offload=offload, quantize=quantize)
         editor.guidance = guidance

@@ -1,4 +1,4 @@
-"""Toy-world metrics, for runs whose editor is the embedded toy editor (run.json ``"model": "toy"``).
+"""Toy-world metrics, for runs whose editor is the embedded toy editor (run.json ``"model": "toy"`` or a toy version such as ``"toy-v1"``).
 
 The toy world's attribute reader (``decontext.toy.reader``) reads the four identity attributes (skin,
 eyes, hair colour, hair style) and the edit state from a 64x64 render.
@@ -16,7 +16,9 @@ from decontext.metrics.run import EditRecord, RunData
 
 
 def _is_toy(info) -> bool:
-    return info.model == "toy"
+    from decontext.toy.names import is_toy_model
+
+    return is_toy_model(info.model)
 
 
 @register("toy", applies=_is_toy, order=5)

@@ -133,6 +133,7 @@ def evaluate(n_identities: int | None = None, steps: int | None = None, guidance
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="toy", help="toy editor version ('toy' = the default, 'toy-v1', ...) or a trained editor folder")
     ap.add_argument("--identities", type=int, default=None, help="number of held-out identities (default all 100)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None)
@@ -141,7 +142,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    res = evaluate(args.identities, args.steps, args.guidance, args.seed)
+    from decontext.toy.names import is_toy_model, toy_editor_dir
+
+    editor_dir = toy_editor_dir(args.model) if is_toy_model(args.model) else Path(args.model)
+    res = evaluate(args.identities, args.steps, args.guidance, args.seed, editor_dir=editor_dir)
     print(f"held-out identities: {res['n_identities']} x 6 edits = {res['n_edits']} edits; steps {res['steps']}, guidance {res['guidance']}")
     print(f"VAE PSNR (sources + ground-truth edits): {res['vae_psnr']:.2f} dB")
     for key in ("ground_truth", "vae_ceiling", "clean_edit", "other_person"):

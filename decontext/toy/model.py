@@ -6,17 +6,15 @@ posterior mode, shift/scale, the pipeline's 2x2 packing, context ids with axis 0
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from decontext.editors.flux_kontext import joint_velocity, latent_ids
 from decontext.editors.tiny import BASE_WORDS, TinyKontextConfig, tiny_kontext_components
+from decontext.toy.names import READER_DIR, ROOT, toy_editor_dir  # noqa: F401 (READER_DIR re-exported)
 
-ROOT = Path(__file__).resolve().parents[2]
-EDITOR_DIR = ROOT / "data" / "toy_editor"
-READER_DIR = ROOT / "data" / "toy_reader"
+EDITOR_DIR = toy_editor_dir("toy")  # the embedded default (``--model toy``)
 PROMPTS_FILE = ROOT / "data" / "prompts" / "toy_prompts.txt"
 SETTINGS_FILE = "decontext_toy.json"
 
@@ -70,44 +68,30 @@ def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def inference_shift(scheduler, seq_len: int) -> float:
-    """The time shift exp(mu) that ``FluxKontextPipeline`` applies for ``seq_len`` target tokens."""
+    """The time shift exp(mu) that ``FluxKontextPipeline`` applies for ``seq_len`` target tokens (diffusers'
+    own ``calculate_shift`` with the scheduler's configuration)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
     cfg = scheduler.config
-    m = (cfg.max_shift - cfg.base_shift) / (cfg.max_image_seq_len - cfg.base_image_seq_len)
-    mu = seq_len * m + (cfg.base_shift - m * cfg.base_image_seq_len)
-    return math.exp(mu)
+    return math.exp(calculate_shift(seq_len, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift))
 
 
 @torch.no_grad()
 def encode_prompts(components: dict, prompts: list[str], max_sequence_length: int = MAX_SEQUENCE_LENGTH):
-    """(T5 embeddings, pooled CLIP embeddings) exactly as ``FluxKontextPipeline.encode_prompt`` makes them."""
-    tok, tok2 = components["tokenizer"], components["tokenizer_2"]
-    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-    pooled = components["text_encoder"](ids, output_hidden_states=False).pooler_output
-    ids2 = tok2(prompts, padding="max_length", max_length=max_sequence_length, truncation=True, return_tensors="pt").input_ids
-    embeds = components["text_encoder_2"](ids2, output_hidden_states=False)[0]
+    """(T5 embeddings, pooled CLIP embeddings) from ``FluxKontextPipeline.encode_prompt`` itself."""
+    from diffusers import FluxKontextPipeline
+
+    pipe = FluxKontextPipeline(**components)
+    embeds, pooled, _ = pipe.encode_prompt(prompt=list(prompts), prompt_2=None, max_sequence_length=max_sequence_length)
     return embeds.float(), pooled.float()
 
 
 def transformer_velocity(transformer, target_tokens, context_tokens, sigma, guidance, embeds, pooled):
-    """One Kontext transformer call on square latents (the editor's ``joint_velocity``), trainable."""
+    """One Kontext transformer call on square latents (the editor's ``joint_velocity``), trainable;
+    ``context_tokens`` may be empty (B, 0, C)."""
     n = target_tokens.shape[1]
     lat = 2 * int(round(math.sqrt(n)))
-    return joint_velocity(transformer, target_tokens, latent_ids(lat, lat, False), context_tokens, latent_ids(lat, lat, True),
+    # no context tokens = a text-to-image call (FluxKontextPipeline without an image)
+    context_ids = latent_ids(lat, lat, True) if context_tokens.shape[1] else latent_ids(lat, lat, True)[:0]
+    return joint_velocity(transformer, target_tokens, latent_ids(lat, lat, False), context_tokens, context_ids,
                           embeds, pooled, sigma, guidance)
-
-
-@torch.no_grad()
-def sample_edit(transformer, scheduler, context_tokens, embeds, pooled, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE, generator=None):
-    """Euler flow sampling with the pipeline's sigma schedule (used for quick checks during training)."""
-    b, n, c = context_tokens.shape
-    shift = inference_shift(scheduler, n)
-    sigmas = np.linspace(1.0, 1.0 / steps, steps)
-    sigmas = shift * sigmas / (1 + (shift - 1) * sigmas)
-    sigmas = np.append(sigmas, 0.0)
-    x = torch.randn(b, n, c, generator=generator)
-    g = torch.full((b,), float(guidance))
-    for i in range(steps):
-        s = torch.full((b,), float(sigmas[i]))
-        v = transformer_velocity(transformer, x, context_tokens, s, g, embeds, pooled)
-        x = x + (sigmas[i + 1] - sigmas[i]) * v
-    return x

@@ -44,11 +44,11 @@ from decontext.toy.model import (
     decode,
     encode_prompts,
     inference_shift,
-    sample_edit,
     to_model_space,
     transformer_velocity,
-    unpack,
 )
+from decontext.toy.evaluate import psnr
+from decontext.toy.names import toy_editor_dir
 from decontext.toy.reader import HEADS, ReaderNet, ToyReader, score_reads
 
 _T0 = time.time()
@@ -73,11 +73,6 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
         return lr * (step + 1) / warmup
     p = (step - warmup) / max(1, steps - warmup)
     return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
 
 
 @torch.no_grad()
@@ -185,6 +180,25 @@ def train_reader(vae, steps: int, batch: int, n_images: int, n_recon: int, seed:
     return reader, acc
 
 
+def reuse_vae_and_reader(editor_dir: Path, vae, work: Path, info: dict) -> None:
+    """Start a new editor from a trained editor's VAE and its reader (the world is the same); the two
+    stages are seeded, so this equals re-running them with that editor's seed."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    settings = json.loads((editor_dir / SETTINGS_FILE).read_text())
+    trained = AutoencoderKL.from_pretrained(str(editor_dir / "vae"))
+    vae.load_state_dict(trained.state_dict())
+    vae.register_to_config(shift_factor=trained.config.shift_factor, scaling_factor=trained.config.scaling_factor)
+    reader_dir = Path(settings.get("reader", READER_DIR))
+    reader_dir = reader_dir if reader_dir.is_absolute() else ROOT / reader_dir
+    ToyReader.load(reader_dir).save(work / "reader", {"from": str(reader_dir)})
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(work / "vae.safetensors"))
+    info["vae"] = {"shift_factor": trained.config.shift_factor, "scaling_factor": trained.config.scaling_factor, **settings.get("training", {}).get("vae", {})}
+    info["reader_from"] = str(reader_dir)
+    log(f"vae and reader reused from {editor_dir} and {reader_dir}")
+
+
 # ----------------------------------------------------------------------------------------- editor
 @torch.no_grad()
 def editor_pairs(vae, n_sources: int, seed: int, extras: float = 0.2):
@@ -214,7 +228,68 @@ def prompt_table(components):
     return pool, by_edit, embeds, pooled
 
 
-def train_transformer(components, src, tgt, steps: int, batch: int, seed: int, lr: float = 8e-4, ema_decay: float = 0.995):
+TIMESTEP_SAMPLERS = ("shifted_uniform", "logit_normal")
+
+# The shipped versions' transformer recipes (decontext.toy.names.TOY_EDITORS; docs/TOY.md). VAE and
+# reader stages are the same for all: the world did not change.
+RECIPES = {
+    "toy-v1": {},
+    # closer to how FLUX.1-Kontext was made: FLUX's logit-normal timestep density with the resolution
+    # shift, a text-to-image base model first (Kontext starts from FLUX.1 [dev]), and text-to-image
+    # steps kept in the editing mixture (the Kontext pipeline also generates without an image)
+    "toy-v2": {"timesteps": "logit_normal", "base_steps": 1000, "t2i_share": 0.2},
+    # LABELLED EXPLICIT BIAS: toy-v2 plus, below sigma 0.8, another scene as context in training, so that
+    # identity can only be read from the context in the high-noise steps (the paper's premise, built in)
+    "toy-v2-early": {"timesteps": "logit_normal", "base_steps": 1000, "t2i_share": 0.2, "late_swap_sigma": 0.8},
+}
+
+
+def training_sigmas(kind: str, shift: float, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """Noise levels of a training batch: u in (0, 1), then the resolution shift the pipeline samples with.
+
+    ``shifted_uniform`` (toy v1): u ~ U(0, 1). ``logit_normal``: u = sigmoid(n), n ~ N(0, 1), the
+    timestep density FLUX / SD3 train with (more weight on the middle of the path), followed by the
+    same resolution-dependent shift exp(mu) as at inference.
+    """
+    if kind == "shifted_uniform":
+        u = torch.rand(batch, generator=gen)
+    elif kind == "logit_normal":
+        u = torch.sigmoid(torch.randn(batch, generator=gen))
+    else:
+        raise ValueError(f"unknown timestep sampler {kind!r}: {TIMESTEP_SAMPLERS}")
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def swap_late_context(src: torch.Tensor, idx: np.ndarray, sigma: torch.Tensor, below: float, rng: np.random.Generator) -> torch.Tensor:
+    """Context tokens of a batch where every sample with noise level < ``below`` gets another source
+    scene (a different index, so almost always another person) instead of its own."""
+    others = (idx + rng.integers(1, len(src), size=len(idx))) % len(src)
+    late = (sigma < below)[:, None, None]
+    return torch.where(late, src[others], src[idx])
+
+
+def train_transformer(
+    components,
+    src,
+    tgt,
+    steps: int,
+    batch: int,
+    seed: int,
+    lr: float = 8e-4,
+    ema_decay: float = 0.995,
+    timesteps: str = "shifted_uniform",
+    t2i_share: float = 0.0,
+    late_swap_sigma: float | None = None,
+    label: str = "transformer",
+):
+    """Flow matching on the target tokens with the source as Kontext context.
+
+    ``t2i_share``: the share of steps trained as text-to-image (no context tokens, the Kontext
+    pipeline without an image); 1.0 = a base model with no context at all. ``late_swap_sigma``
+    (an explicit inductive bias, only for labelled variants): samples whose noise level is below it get
+    another training scene as context, so below that level the context carries no identity and the
+    model must keep the identity already present in x_t.
+    """
     torch.manual_seed(seed + 40)
     transformer, scheduler = components["transformer"], components["scheduler"]
     pool, by_edit, embeds, pooled = prompt_table(components)
@@ -234,8 +309,11 @@ def train_transformer(components, src, tgt, steps: int, batch: int, seed: int, l
         x0 = tgt[idx, edits]
         ctx = src[idx]
         noise = torch.randn(x0.shape, generator=gen)
-        u = torch.rand(batch, generator=gen)
-        sigma = shift * u / (1 + (shift - 1) * u)
+        sigma = training_sigmas(timesteps, shift, batch, gen)
+        if t2i_share > 0 and (t2i_share >= 1 or rng.random() < t2i_share):
+            ctx = ctx[:, :0]
+        elif late_swap_sigma is not None:
+            ctx = swap_late_context(src, idx, sigma, late_swap_sigma, rng)
         xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         guidance = 1.0 + 3.0 * torch.rand(batch, generator=gen)
         pred = transformer_velocity(transformer, xt, ctx, sigma, guidance, embeds[prompts], pooled[prompts])
@@ -250,7 +328,7 @@ def train_transformer(components, src, tgt, steps: int, batch: int, seed: int, l
                 ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0 or step == steps - 1:
-            log(f"transformer step {step}/{steps} loss {loss.item():.4f} (avg {running:.4f}) lr {opt.param_groups[0]['lr']:.2e}")
+            log(f"{label} step {step}/{steps} loss {loss.item():.4f} (avg {running:.4f}) lr {opt.param_groups[0]['lr']:.2e}")
     transformer.load_state_dict(ema)
     transformer.eval()
     return {"final_loss_avg": running}
@@ -258,20 +336,21 @@ def train_transformer(components, src, tgt, steps: int, batch: int, seed: int, l
 
 @torch.no_grad()
 def quick_eval(components, reader: ToyReader, n_identities: int = 12, seed: int = 1234) -> dict:
-    """Clean-edit identity and edit success on a few held-out identities (all six edits)."""
-    vae, transformer, scheduler = components["vae"], components["transformer"], components["scheduler"]
-    pool, by_edit, embeds, pooled = prompt_table(components)
+    """Clean-edit identity and edit success on a few held-out identities (all six edits), through the
+    stock pipeline call of ``decontext.toy.evaluate``."""
+    from diffusers import FluxKontextPipeline
+
+    from decontext.toy.evaluate import run_edits
+
+    pipe = FluxKontextPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    pool, by_edit = prompt_table(components)[:2]
     ids = world.eval_identities()[:: max(1, len(world.eval_identities()) // n_identities)][:n_identities]
-    scenes = [world.sample_scene(i, seed=seed + k) for k, i in enumerate(ids)]
-    src_imgs = render_all(scenes)
-    ctx = pack_latents(vae_latents(vae, to_model_space(src_imgs)))
-    h = RESOLUTION // 4
-    ident, success = [], []
+    src_imgs = render_all([world.sample_scene(i, seed=seed + k) for k, i in enumerate(ids)])
     src_reads = reader.read(src_imgs)
+    ident, success = [], []
     for e in world.EDITS:
-        p = by_edit[e][0]
-        tokens = sample_edit(transformer, scheduler, ctx, embeds[[p] * len(ids)], pooled[[p] * len(ids)], generator=torch.Generator().manual_seed(seed))
-        out = decode_uint8(vae, unpack(tokens, h, h))
+        out = run_edits(pipe, list(src_imgs), [pool[by_edit[e][0]].text] * len(ids), DEFAULT_STEPS, DEFAULT_GUIDANCE, seed)
         reads = reader.read(out)
         for j in range(len(ids)):
             s = score_reads({k: v[j] for k, v in src_reads.items()}, {k: v[j] for k, v in reads.items()}, e)
@@ -304,6 +383,8 @@ def save_editor(components, out: Path, info: dict) -> None:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", choices=sorted(RECIPES), default="toy-v1",
+                    help="which shipped version's recipe (sets the transformer options below and the default --out / --work)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=EDITOR_DIR)
     ap.add_argument("--reader-out", type=Path, default=READER_DIR)
@@ -318,10 +399,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=24, help="transformer batch")
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--sources", type=int, default=2400, help="training source scenes (x6 edits)")
+    ap.add_argument("--timesteps", choices=TIMESTEP_SAMPLERS, default="shifted_uniform", help="training noise-level density (v1: shifted_uniform)")
+    ap.add_argument("--base-steps", type=int, default=0, help="first train a context-free text-to-image base for this many steps (as Kontext starts from FLUX.1 [dev])")
+    ap.add_argument("--t2i-share", type=float, default=0.0, help="share of in-context training steps kept text-to-image (no context)")
+    ap.add_argument("--late-swap-sigma", type=float, default=None, help="EXPLICIT BIAS (labelled variants only): below this noise level the context is another scene")
+    ap.add_argument("--vae-reader-from", type=Path, default=None, metavar="EDITOR_DIR",
+                    help="reuse the VAE of this trained toy editor folder and the reader named in its settings instead of training them")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="a few iterations of every stage (tests)")
     ap.add_argument("--stages", default="vae,reader,transformer", help="stages to run (others must be finished in --work, or are skipped)")
     ap.add_argument("--stop-after", choices=("vae", "reader", "transformer"), help="stop after this stage (use --resume to go on)")
+    version = ap.parse_known_args(argv)[0].version
+    recipe_work = ROOT / "runs" / ("toy_train" if version == "toy-v1" else f"toy_train_{version}")
+    ap.set_defaults(**RECIPES[version], out=toy_editor_dir(version), work=recipe_work)
     args = ap.parse_args(argv)
     if args.smoke:
         args.vae_steps, args.vae_batch, args.vae_images = 3, 4, 16
@@ -361,6 +451,11 @@ def main(argv=None) -> dict:
 
     # 1. VAE
     t0 = time.time()
+    if args.vae_reader_from is not None:
+        reuse_vae_and_reader(args.vae_reader_from, vae, args.work, info)
+        finish("vae", t0, vae_from=str(args.vae_reader_from))
+        finish("reader", t0, reader_from=info["reader_from"])
+        args.resume = True
     if stage("vae"):
         vae.load_state_dict(load_file(str(args.work / "vae.safetensors")))
         vae.register_to_config(shift_factor=info["vae"]["shift_factor"], scaling_factor=info["vae"]["scaling_factor"])
@@ -401,7 +496,15 @@ def main(argv=None) -> dict:
     else:
         src, tgt = editor_pairs(vae, args.sources, args.seed)
         log(f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; latent std {float(src.std()):.3f}")
-        tstats = train_transformer(components, src, tgt, args.steps, args.batch, args.seed, lr=args.lr)
+        recipe = {"timesteps": args.timesteps, "base_steps": args.base_steps, "t2i_share": args.t2i_share, "late_swap_sigma": args.late_swap_sigma}
+        tstats = {}
+        if args.base_steps:
+            tstats["base"] = train_transformer(components, src, tgt, args.base_steps, args.batch, args.seed + 1000, lr=args.lr,
+                                               timesteps=args.timesteps, t2i_share=1.0, label="base (text-to-image)")
+            components["transformer"].train()
+        tstats.update(train_transformer(components, src, tgt, args.steps, args.batch, args.seed, lr=args.lr, timesteps=args.timesteps,
+                                        t2i_share=args.t2i_share, late_swap_sigma=args.late_swap_sigma))
+        info["recipe"] = recipe
         save_file({k: v.contiguous() for k, v in components["transformer"].state_dict().items()}, str(args.work / "transformer.safetensors"))
         finish("transformer", t0, transformer=tstats, steps=args.steps, batch=args.batch, lr=args.lr, sources=args.sources)
     if args.stop_after == "transformer":
@@ -415,7 +518,7 @@ def main(argv=None) -> dict:
     info["quick_eval"] = q
     info["train_seconds_total"] = round(sum(info.get("seconds", {}).values()), 1)
     info_path.write_text(json.dumps(info, indent=2) + "\n")
-    save_editor(components, args.out, {k: info[k] for k in ("seed", "params", "train_seconds_total", "quick_eval") if k in info} | {"vae": info.get("vae"), "steps": info.get("steps"), "vae_steps": info.get("vae_steps"), "reader_steps": info.get("reader_steps")})
+    save_editor(components, args.out, {k: info[k] for k in ("seed", "params", "train_seconds_total", "quick_eval", "recipe", "vae_from") if k in info} | {"vae": info.get("vae"), "steps": info.get("steps"), "vae_steps": info.get("vae_steps"), "reader_steps": info.get("reader_steps")})
     reader.save(args.reader_out, {"accuracy": info.get("reader_accuracy")})
     log(f"saved editor to {args.out} and reader to {args.reader_out}; training stages took {info['train_seconds_total']} s")
     return info
