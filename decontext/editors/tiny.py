@@ -7,6 +7,7 @@ Nothing here downloads anything.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -114,6 +115,14 @@ def _flux_vae(latent_channels: int, vae_channels: tuple[int, ...], layers_per_bl
     )
 
 
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Draw weights from ``torch.manual_seed(seed)``; the caller's global CPU generator is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 def tiny_kontext_components(config: TinyKontextConfig = TinyKontextConfig(), seed: int = 0, words=BASE_WORDS) -> dict:
     """Components of a ``FluxKontextPipeline`` with seeded random weights."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
@@ -122,9 +131,7 @@ def tiny_kontext_components(config: TinyKontextConfig = TinyKontextConfig(), see
     if sum(config.axes_dims_rope) != config.attention_head_dim:
         raise ValueError(f"sum(axes_dims_rope)={sum(config.axes_dims_rope)} must equal attention_head_dim={config.attention_head_dim}")
     tokenizer, tokenizer_2 = clip_tokenizer(words), t5_tokenizer(words)
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with _seeded(seed):
         transformer = FluxTransformer2DModel(
             patch_size=1,
             in_channels=4 * config.latent_channels,
@@ -166,8 +173,6 @@ def tiny_kontext_components(config: TinyKontextConfig = TinyKontextConfig(), see
                 decoder_start_token_id=tokenizer_2.pad_token_id,
             )
         )
-    finally:
-        torch.random.set_rng_state(generator_state)
     scheduler = FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
         shift=3.0,
@@ -385,12 +390,8 @@ def tiny_qwen25vl(config: TinyStep1XConfig = TinyStep1XConfig(), seed: int = 0):
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with _seeded(seed):
         model = Qwen2_5_VLForConditionalGeneration(model_config)
-    finally:
-        torch.random.set_rng_state(state)
     return model.eval(), processor
 
 
@@ -400,9 +401,7 @@ def tiny_step1x_connector(config: TinyStep1XConfig = TinyStep1XConfig(), version
 
     if version not in ("v1.0", "v1.1"):
         raise ValueError(f"version must be 'v1.0' or 'v1.1', got {version!r}")
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with _seeded(seed):
         connector = Step1XConnector(
             in_dim=config.qwen_hidden,
             hidden=config.text_dim,
@@ -412,8 +411,6 @@ def tiny_step1x_connector(config: TinyStep1XConfig = TinyStep1XConfig(), version
             pooled_dim=config.pooled_dim,
             has_scale_factor=version == "v1.0",
         )
-    finally:
-        torch.random.set_rng_state(state)
     return connector.eval()
 
 
@@ -492,12 +489,8 @@ def write_tiny_step1x_checkpoint(
 
 def tiny_step1x_vae(config: TinyStep1XConfig = TinyStep1XConfig(), seed: int = 0):
     """The FLUX-like 8x ``AutoencoderKL`` (shift 0.1159, scale 0.3611) with seeded weights."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with _seeded(seed):
         vae = _flux_vae(config.latent_channels, config.vae_channels, config.vae_layers_per_block)
-    finally:
-        torch.random.set_rng_state(state)
     return vae.eval()
 
 
