@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.embeddings import PixArtAlphaTextProjection
 from torch import nn
 
 # The width diffusers' FLUX converter assumes when it cuts a single block's fused linear1 (FLUX.1's).
@@ -64,20 +65,6 @@ class _TimestepEmbedder(nn.Module):
         """t (B,) already multiplied by 1000 -> (B, hidden)."""
         weight = self.mlp[0].weight
         return self.mlp(timestep_sinusoid(t, self.frequencies).to(weight.dtype))
-
-
-class _TextProjection(nn.Module):
-    """Linear -> SiLU -> Linear on the masked-mean Qwen feature. Keys ``linear_1`` / ``linear_2``."""
-
-    def __init__(self, in_dim: int, hidden: int):
-        super().__init__()
-        self.linear_1 = nn.Linear(in_dim, hidden)
-        self.act_1 = nn.SiLU()
-        self.linear_2 = nn.Linear(hidden, hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, in_dim) -> (B, hidden)."""
-        return self.linear_2(self.act_1(self.linear_1(x)))
 
 
 class _RefinerMLP(nn.Module):
@@ -152,7 +139,8 @@ class _SingleTokenRefiner(nn.Module):
         super().__init__()
         self.input_embedder = nn.Linear(in_dim, hidden)
         self.t_embedder = _TimestepEmbedder(hidden)
-        self.c_embedder = _TextProjection(in_dim, hidden)
+        # Linear -> SiLU -> Linear on the masked-mean Qwen feature, keys linear_1 / linear_2: diffusers' own module
+        self.c_embedder = PixArtAlphaTextProjection(in_dim, hidden, act_fn="silu")
         self.individual_token_refiner = _TokenRefiner(hidden, heads, depth, mlp_ratio)
 
     def forward(self, x: torch.Tensor, t1000: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
