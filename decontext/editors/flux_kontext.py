@@ -304,7 +304,7 @@ class FluxKontextEditor(FluxDiTEditor):
         return embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype), guidance
 
     # ------------------------------------------------------------------ editing (the real pipeline)
-    def prepare_image(self, image: Image.Image, resolution: str | int = 512) -> Image.Image:
+    def prepare_image(self, image: Image.Image, resolution: str | int = EDIT_DEFAULTS["resolution"]) -> Image.Image:
         """Resize a PIL image to the working size with the pipeline's own resampling (LANCZOS)."""
         height, width = self.working_size(image.height, image.width, resolution)
         if (image.height, image.width) != (height, width):
@@ -317,9 +317,9 @@ class FluxKontextEditor(FluxDiTEditor):
         image: Image.Image | Sequence[Image.Image],
         prompts: Sequence[str],
         seeds: Sequence[int],
-        steps: int = 20,
-        guidance: float = ATTACK_GUIDANCE,
-        resolution: str | int = 512,
+        steps: int = EDIT_DEFAULTS["num_inference_steps"],
+        guidance: float = EDIT_DEFAULTS["guidance_scale"],
+        resolution: str | int = EDIT_DEFAULTS["resolution"],
     ) -> list[Image.Image]:
         """Edit with FluxKontextPipeline, one output per (prompt, seed) pair, as one batch.
 
