@@ -7,7 +7,6 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 MODEL=${MODEL:-tiny}
-INPUT=${INPUT:-}
 OUTPUT=${OUTPUT:-outputs/protected}
 EPS=${EPS:-12.75}
 ALPHA=${ALPHA:-0.6375}
@@ -16,18 +15,8 @@ if [ "$MODEL" = tiny ]; then  # the random-weight smoke model: short run at the 
 else
   STEPS=${STEPS:-800}; RESOLUTION=${RESOLUTION:-auto}
 fi
-SEED=${SEED:-0}
-PROMPTS=${PROMPTS:-}
-BLOCKS=${BLOCKS:-single:0-25/38}
-T_RANGE=${T_RANGE:-"0.98 1.0"}
 GUIDANCE=${GUIDANCE:-3.5}
-DEVICE=${DEVICE:-auto}
-DTYPE=${DTYPE:-auto}
 
-[ -n "$INPUT" ] || INPUT=$(sample_input)
-
-args=(--model "$MODEL" --input "$INPUT" --output "$OUTPUT" --eps "$EPS" --alpha "$ALPHA" --steps "$STEPS"
-      --resolution "$RESOLUTION" --seed "$SEED" --blocks "$BLOCKS" --t-range $T_RANGE --guidance "$GUIDANCE"
-      --device "$DEVICE" --dtype "$DTYPE")
-[ -n "$PROMPTS" ] && args+=(--prompts "$PROMPTS")
+attack_args  # SEED PROMPTS BLOCKS T_RANGE DEVICE DTYPE INPUT (scripts/lib.sh)
+args+=(--guidance "$GUIDANCE")
 exec "$PYTHON" "$ROOT/attack/attack_kontext.py" "${args[@]}" "$@"

@@ -10,7 +10,6 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 MODEL=${MODEL:-tiny}
-INPUT=${INPUT:-}
 OUTPUT=${OUTPUT:-outputs/protected_step1x}
 EPS=${EPS:-25.5}
 ALPHA=${ALPHA:-1.275}
@@ -19,24 +18,14 @@ if [ "$MODEL" = tiny ]; then  # the random-weight smoke model: short run at a sm
 else
   STEPS=${STEPS:-800}; RESOLUTION=${RESOLUTION:-auto}
 fi
-SEED=${SEED:-0}
-PROMPTS=${PROMPTS:-}
-BLOCKS=${BLOCKS:-single:0-25/38}
-T_RANGE=${T_RANGE:-"0.98 1.0"}
 T_ONE_EVERY=${T_ONE_EVERY:-10}
 VLM_REFRESH=${VLM_REFRESH:-1}
 PREFIX_FILE=${PREFIX_FILE:-}
 VAE=${VAE:-}
 VLM=${VLM:-}
-DEVICE=${DEVICE:-auto}
-DTYPE=${DTYPE:-auto}
 
-[ -n "$INPUT" ] || INPUT=$(sample_input)
-
-args=(--model "$MODEL" --input "$INPUT" --output "$OUTPUT" --eps "$EPS" --alpha "$ALPHA" --steps "$STEPS"
-      --resolution "$RESOLUTION" --seed "$SEED" --blocks "$BLOCKS" --t-range $T_RANGE --t-one-every "$T_ONE_EVERY"
-      --vlm-refresh "$VLM_REFRESH" --device "$DEVICE" --dtype "$DTYPE")
-[ -n "$PROMPTS" ] && args+=(--prompts "$PROMPTS")
+attack_args  # SEED PROMPTS BLOCKS T_RANGE DEVICE DTYPE INPUT (scripts/lib.sh)
+args+=(--t-one-every "$T_ONE_EVERY" --vlm-refresh "$VLM_REFRESH")
 [ -n "$PREFIX_FILE" ] && args+=(--prefix-file "$PREFIX_FILE")
 [ -n "$VAE" ] && args+=(--vae "$VAE")
 [ -n "$VLM" ] && args+=(--vlm "$VLM")

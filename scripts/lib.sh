@@ -9,3 +9,19 @@ sample_input() {
   "$PYTHON" -c "import sys; from PIL import Image; from skimage.data import astronaut; Image.fromarray(astronaut()).save(sys.argv[1])" "$folder/astronaut.png"
   echo "$folder"
 }
+
+# attack_args: fills the array `args` with the flags every attack driver passes, from the shell variables
+# of the same names. The driver sets its editor's defaults (MODEL OUTPUT EPS ALPHA STEPS RESOLUTION) first
+# and appends its own flags after; the shared defaults are the paper's (blocks, timesteps) and auto device.
+attack_args() {
+  SEED=${SEED:-0}
+  PROMPTS=${PROMPTS:-}
+  BLOCKS=${BLOCKS:-single:0-25/38}
+  T_RANGE=${T_RANGE:-"0.98 1.0"}
+  DEVICE=${DEVICE:-auto}
+  DTYPE=${DTYPE:-auto}
+  [ -n "${INPUT:-}" ] || INPUT=$(sample_input)
+  args=(--model "$MODEL" --input "$INPUT" --output "$OUTPUT" --eps "$EPS" --alpha "$ALPHA" --steps "$STEPS"
+        --resolution "$RESOLUTION" --seed "$SEED" --blocks "$BLOCKS" --t-range $T_RANGE --device "$DEVICE" --dtype "$DTYPE")
+  [ -z "$PROMPTS" ] || args+=(--prompts "$PROMPTS")
+}
