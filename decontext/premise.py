@@ -473,15 +473,6 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def _repo_path(value, default: Path) -> Path:
-    from .toy.model import ROOT
-
-    if not value:
-        return default
-    path = Path(value)
-    return path if path.is_absolute() else ROOT / path
-
-
 @torch.no_grad()
 def run_premise(
     editor_dir=None,
@@ -509,7 +500,7 @@ def run_premise(
     from .toy.reader import ToyReader, score_reads
 
     t0 = time.time()
-    from .toy.names import is_toy_model, toy_editor_dir
+    from .toy.names import is_toy_model, repo_path, toy_editor_dir
 
     if editor_dir is None:
         editor_dir = EDITOR_DIR
@@ -517,8 +508,8 @@ def run_premise(
     pipe, settings = load_pipeline(editor_dir)
     settings = {"num_inference_steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE, **settings}
     n_steps = int(settings["num_inference_steps"])
-    reader = ToyReader.load(_repo_path(settings.get("reader"), READER_DIR))
-    pool = load_prompts(_repo_path(settings.get("prompts_file"), PROMPTS_FILE))
+    reader = ToyReader.load(repo_path(settings.get("reader"), READER_DIR))
+    pool = load_prompts(repo_path(settings.get("prompts_file"), PROMPTS_FILE))
     specs = parse_cuts(cuts)
     if not any(s.factor is None for s in specs):
         specs = [NAMED_CUTS["none"], *specs]  # the reference every row is compared with

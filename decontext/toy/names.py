@@ -31,3 +31,11 @@ def toy_editor_dir(name: str = "toy") -> Path:
     if key not in TOY_EDITORS:
         raise ValueError(f"unknown toy editor {name!r}: 'toy' (= {TOY_DEFAULT}) or one of {sorted(TOY_EDITORS)}")
     return TOY_EDITORS[key]
+
+
+def repo_path(value: str | Path | None, default: Path) -> Path:
+    """A path from a shipped settings file (relative ones are relative to the repository), or ``default``."""
+    if not value:
+        return default
+    path = Path(value)
+    return path if path.is_absolute() else ROOT / path

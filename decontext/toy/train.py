@@ -32,7 +32,6 @@ from decontext.toy import world
 from decontext.toy.model import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
-    EDITOR_DIR,
     MAX_SEQUENCE_LENGTH,
     PROMPTS_FILE,
     READER_DIR,
@@ -48,7 +47,7 @@ from decontext.toy.model import (
     transformer_velocity,
 )
 from decontext.toy.evaluate import psnr
-from decontext.toy.names import toy_editor_dir
+from decontext.toy.names import repo_path, toy_editor_dir
 from decontext.toy.reader import HEADS, ReaderNet, ToyReader, score_reads
 
 _T0 = time.time()
@@ -190,8 +189,7 @@ def reuse_vae_and_reader(editor_dir: Path, vae, work: Path, info: dict) -> None:
     trained = AutoencoderKL.from_pretrained(str(editor_dir / "vae"))
     vae.load_state_dict(trained.state_dict())
     vae.register_to_config(shift_factor=trained.config.shift_factor, scaling_factor=trained.config.scaling_factor)
-    reader_dir = Path(settings.get("reader", READER_DIR))
-    reader_dir = reader_dir if reader_dir.is_absolute() else ROOT / reader_dir
+    reader_dir = repo_path(settings.get("reader"), READER_DIR)
     ToyReader.load(reader_dir).save(work / "reader", {"from": str(reader_dir)})
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(work / "vae.safetensors"))
     info["vae"] = {"shift_factor": trained.config.shift_factor, "scaling_factor": trained.config.scaling_factor, **settings.get("training", {}).get("vae", {})}
@@ -216,7 +214,8 @@ def editor_pairs(vae, n_sources: int, seed: int, extras: float = 0.2):
     return torch.cat(src), torch.cat(tgt)
 
 
-def prompt_table(components):
+def prompt_pool():
+    """The toy prompt pool and, per edit, the indices of its phrasings."""
     from decontext.prompts import load_prompts
 
     pool = load_prompts(PROMPTS_FILE)
@@ -224,6 +223,12 @@ def prompt_table(components):
     missing = [e for e, v in by_edit.items() if not v]
     if missing:
         raise ValueError(f"{PROMPTS_FILE}: no prompt for edits {missing}")
+    return pool, by_edit
+
+
+def prompt_table(components):
+    """``prompt_pool()`` plus every prompt's embeddings, as the pipeline encodes them."""
+    pool, by_edit = prompt_pool()
     embeds, pooled = encode_prompts(components, [p.text for p in pool], MAX_SEQUENCE_LENGTH)
     return pool, by_edit, embeds, pooled
 
@@ -344,7 +349,7 @@ def quick_eval(components, reader: ToyReader, n_identities: int = 12, seed: int 
 
     pipe = FluxKontextPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
-    pool, by_edit = prompt_table(components)[:2]
+    pool, by_edit = prompt_pool()  # the pipeline encodes the prompts itself
     ids = world.eval_identities()[:: max(1, len(world.eval_identities()) // n_identities)][:n_identities]
     src_imgs = render_all([world.sample_scene(i, seed=seed + k) for k, i in enumerate(ids)])
     src_reads = reader.read(src_imgs)
@@ -386,9 +391,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--version", choices=sorted(RECIPES), default="toy-v1",
                     help="which shipped version's recipe (sets the transformer options below and the default --out / --work)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=EDITOR_DIR)
+    ap.add_argument("--out", type=Path, help="editor folder (default: the version's, decontext.toy.names)")
     ap.add_argument("--reader-out", type=Path, default=READER_DIR)
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "toy_train", help="stage checkpoints (for --resume)")
+    ap.add_argument("--work", type=Path, help="stage checkpoints, for --resume (default: runs/toy_train, or runs/toy_train_<version>)")
     ap.add_argument("--resume", action="store_true", help="reuse stages already finished in --work")
     ap.add_argument("--vae-steps", type=int, default=500)
     ap.add_argument("--vae-batch", type=int, default=24)
@@ -501,7 +506,6 @@ def main(argv=None) -> dict:
         if args.base_steps:
             tstats["base"] = train_transformer(components, src, tgt, args.base_steps, args.batch, args.seed + 1000, lr=args.lr,
                                                timesteps=args.timesteps, t2i_share=1.0, label="base (text-to-image)")
-            components["transformer"].train()
         tstats.update(train_transformer(components, src, tgt, args.steps, args.batch, args.seed, lr=args.lr, timesteps=args.timesteps,
                                         t2i_share=args.t2i_share, late_swap_sigma=args.late_swap_sigma))
         info["recipe"] = recipe
