@@ -105,6 +105,7 @@ def attack_main(family: str, argv=None) -> int:
         return 2
     try:
         method = method_from_args(args)
+        method.check_applies(editor_class(family))
     except (PromptFileError, ValueError, TypeError) as exc:
         print(f"error: --method {args.method}: {exc}", file=sys.stderr)
         return 2
@@ -199,7 +200,8 @@ def inference_main(family: str, argv=None) -> int:
         batch_size=args.batch_size,
     )
     record = {"editor": editor.family, "images": str(args.images), "prompts_file": args.prompts, "seeds": seeds, "dtype": str(editor.dtype),
-              **{k: v for k, v in editor_class(family).options_from_args(args).items() if isinstance(v, (str, int, float, bool, type(None)))}}
+              **{k: v for k, v in editor_class(family).options_from_args(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
+              **getattr(editor, "edit_settings", {})}  # what an editor's edits also depend on (IP2P: image guidance)
     report = run_edits(editor, args.images, prompts, seeds, args.output, settings, record=record, progress=not args.no_progress)
     print(f"edited {report.done}, skipped {report.skipped} (already done), failed images {len(report.failed)} -> {args.output}")
     for message in report.failed.values():

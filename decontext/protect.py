@@ -142,7 +142,9 @@ def protect_paths(
     """Protect a file or every image of a folder into ``output_dir/<stem>.png`` + ``manifest.json``.
 
     ``shard=(rank, world)`` protects only the rank's share of the inputs (for multi-process runs).
+    A method that does not apply to the editor is a ValueError before anything is written.
     """
+    method.check_applies(editor)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     inputs = list_images(input_path)

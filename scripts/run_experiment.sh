@@ -3,7 +3,8 @@
 #   runs/<NAME>/{run.json, source/, protected/, edits/clean/, edits/protected/}
 # then score it with:  python eval/compute_metrics.py --run runs/<NAME>
 #
-# EDITOR picks the editor: kontext (FLUX.1-Kontext, default) or step1x (Step1X-Edit); every other
+# EDITOR picks the editor: kontext (FLUX.1-Kontext, default), step1x (Step1X-Edit) or ip2p
+# (InstructPix2Pix, protected with its default method, the encoder attack; METHOD overrides); every other
 # variable means the same for both, and defaults to that editor's own settings where unset.
 # Example (CPU smoke run, tiny random-weight model):
 #   NAME=smoke MODEL=tiny INPUT=photos/ PROMPT_INDICES="0 10 20" SEEDS="42 43" bash scripts/run_experiment.sh
@@ -21,21 +22,23 @@ EDITOR=${EDITOR:-kontext}
 case "$EDITOR" in
   kontext) FAMILY=flux_kontext; ATTACK="$ROOT/attack/attack_kontext.py"; INFER="$ROOT/inference/kontext_inference.py" ;;
   step1x) FAMILY=step1x_edit; ATTACK="$ROOT/attack/attack_step1x.py"; INFER="$ROOT/inference/step1x_inference.py" ;;
-  *) echo "EDITOR must be kontext or step1x, got '$EDITOR'" >&2; exit 2 ;;
+  ip2p) FAMILY=instruct_pix2pix; ATTACK="$ROOT/attack/attack_ip2p.py"; INFER="$ROOT/inference/ip2p_inference.py" ;;
+  *) echo "EDITOR must be kontext, step1x or ip2p, got '$EDITOR'" >&2; exit 2 ;;
 esac
 DEVICE=${DEVICE:-auto}
 DTYPE=${DTYPE:-auto}
 # attack
 if [ "$MODEL" = tiny ]; then ATTACK_STEPS=${ATTACK_STEPS:-30}; ATTACK_RESOLUTION=${ATTACK_RESOLUTION:-native}
 else ATTACK_STEPS=${ATTACK_STEPS:-800}; ATTACK_RESOLUTION=${ATTACK_RESOLUTION:-auto}; fi
-EPS=${EPS:-}      # empty: the editor's official default (kontext 12.75, step1x 25.5)
+EPS=${EPS:-}      # empty: the editor's official default (kontext 12.75, step1x 25.5, ip2p 16)
 ALPHA=${ALPHA:-}
+METHOD=${METHOD:-}  # empty: the editor's default (kontext/step1x decontext, ip2p encoder)
 # inference
 PROMPTS=${PROMPTS:-}
 PROMPT_INDICES=${PROMPT_INDICES:-}
 SEEDS=${SEEDS:-42}
-EDIT_STEPS=${EDIT_STEPS:-}      # empty: the editor's default (kontext 20, step1x 28)
-GUIDANCE=${GUIDANCE:-}          # empty: the editor's default (kontext 3.5, step1x 6.0)
+EDIT_STEPS=${EDIT_STEPS:-}      # empty: the editor's default (kontext 20, step1x 28, ip2p 100)
+GUIDANCE=${GUIDANCE:-}          # empty: the editor's default (kontext 3.5, step1x 6.0, ip2p 7.5 text)
 EDIT_RESOLUTION=${EDIT_RESOLUTION:-}
 BATCH_SIZE=${BATCH_SIZE:-1}
 
@@ -47,6 +50,7 @@ common=(--model "$MODEL" --device "$DEVICE" --dtype "$DTYPE")
 attack=("${common[@]}" --input "$RUN/source" --output "$RUN/protected" --steps "$ATTACK_STEPS" --resolution "$ATTACK_RESOLUTION")
 [ -n "$EPS" ] && attack+=(--eps "$EPS")
 [ -n "$ALPHA" ] && attack+=(--alpha "$ALPHA")
+[ -n "$METHOD" ] && attack+=(--method "$METHOD")
 [ -n "$PROMPTS" ] && attack+=(--prompts "$PROMPTS")
 "$PYTHON" "$ATTACK" "${attack[@]}" || echo "warning: some images failed to protect (see $RUN/protected/manifest.json)"
 

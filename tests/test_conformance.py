@@ -9,7 +9,8 @@ from PIL import Image
 from skimage.data import astronaut
 
 from decontext.cli import attack_main
-from decontext.editors import EDITORS, Editor, load_editor
+from decontext.editors import EDITORS, Editor, editor_class, load_editor
+from decontext.editors.base import CAPABILITIES
 from decontext.methods import METHODS, method_class
 
 EXPECTED_MEASURES = {"decontext": {"share"}, "noise": set(), "encoder": {"latent_mse"}, "flow_loss": {"flow_mse"}}
@@ -30,21 +31,44 @@ def test_every_registered_method_has_a_measure_expectation():
 def test_editors_answer_the_protocol(family):
     editor = load_editor("tiny", family, "cpu", "float32")
     assert isinstance(editor, Editor) and editor.family == family
+    assert editor.capabilities and set(editor.capabilities) <= set(CAPABILITIES)
     stock = {k: type(v) for k, v in editor.transformer.attn_processors.items()}
-    blocks = editor.resolve_blocks("single:0-25/38")
-    with editor.probe(blocks):
-        assert {k: type(v) for k, v in editor.transformer.attn_processors.items()} != stock
+    if "context_attention" in editor.capabilities:
+        with editor.probe(editor.resolve_blocks("single:0-25/38")):
+            assert {k: type(v) for k, v in editor.transformer.attn_processors.items()} != stock
+    else:  # says why, and leaves the model alone
+        with pytest.raises(ValueError, match="context"):
+            with editor.probe(editor.block_names[:1]):
+                pass
+    if "text_cross_attention" in editor.capabilities:
+        with editor.text_attention(editor.block_names[:1]):
+            assert {k: type(v) for k, v in editor.transformer.attn_processors.items()} != stock
     assert {k: type(v) for k, v in editor.transformer.attn_processors.items()} == stock
 
 
+def applies(method: str, family: str) -> bool:
+    return set(method_class(method).requires) <= set(editor_class(family).capabilities)
+
+
+def test_every_method_applies_to_some_editor_and_the_kontext_editor_takes_all():
+    assert all(any(applies(m, f) for f in EDITORS) for m in METHODS)
+    assert all(applies(m, "flux_kontext") for m in METHODS)
+
+
 @pytest.mark.parametrize("family", list(EDITORS))
-def test_every_method_runs_through_the_same_cli_with_the_same_manifest(family, image_dir, tmp_path):
+def test_every_method_runs_through_the_same_cli_with_the_same_manifest(family, image_dir, tmp_path, capsys):
     source = np.asarray(Image.open(image_dir / "astro.png").convert("RGB")).astype(int)
     keys = None
     for method in METHODS:
         out = tmp_path / method
         argv = ["--model", "tiny", "--input", str(image_dir), "--output", str(out), "--method", method, "--eps", "8", "--alpha", "4",
                 "--steps", "2", "--resolution", "native", "--measure-draws", "1", "--no-progress", "--prompts", "data/prompts/toy_prompts.txt"]
+        if not applies(method, family):  # refused up front, by name, before any model loads or file is written
+            capsys.readouterr()
+            assert attack_main(family, argv) == 2, (family, method)
+            assert f"method {method!r} does not apply to the {family} editor" in capsys.readouterr().err
+            assert not out.exists()
+            continue
         assert attack_main(family, argv) == 0, (family, method)
         manifest = json.loads((out / "manifest.json").read_text())
         entry = manifest["images"]["astro.png"]

@@ -1,7 +1,8 @@
 """Editors: one module per model family, registered here by one line each.
 
 ``load_editor(model, family)`` builds an editor from a ``--model`` value; the CLIs name their family
-(``attack/attack_kontext.py`` -> ``flux_kontext``, ``attack/attack_step1x.py`` -> ``step1x_edit``).
+(``attack/attack_kontext.py`` -> ``flux_kontext``, ``attack/attack_step1x.py`` -> ``step1x_edit``,
+``attack/attack_ip2p.py`` -> ``instruct_pix2pix``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from .base import Condition, Editor, Layout, resolve_blocks
 EDITORS = {
     "flux_kontext": "decontext.editors.flux_kontext:FluxKontextEditor",
     "step1x_edit": "decontext.editors.step1x_edit:Step1XEditor",
+    "instruct_pix2pix": "decontext.editors.instruct_pix2pix:InstructPix2PixEditor",
 }
 
 

@@ -59,8 +59,8 @@ class Condition:
     made it (prompt embeddings, position ids, connector inputs, ...).
     """
 
-    latents: torch.Tensor  # (B, N, C) the image's own packed latent tokens: the context, and x_0 of the flow
-    layout: Layout  # the joint attention sequence of a velocity call with this condition
+    latents: torch.Tensor  # (B, ...) the image's own latents as the editor reads them (DiTs: (B, N, C) packed tokens, the context and x_0 of the flow)
+    layout: Layout  # the joint attention sequence of a velocity call with this condition (context 0: none)
     prompts: list[str]
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,15 +69,27 @@ class Condition:
         return self.latents.shape[0]
 
 
+# What an editor can offer methods; ``Method.requires`` names a subset, checked before any work.
+CAPABILITIES = {
+    "context_attention": "target-image queries attend to context-image keys in a joint attention (probe())",
+    "text_cross_attention": "image queries attend to text keys in cross-attention layers (text_attention())",
+    "diffusion_loss": "the denoiser's own training pair on the image (flow_pair() + velocity())",
+    "vae": "differentiable image latents (image_latents())",
+}
+
+
 @runtime_checkable
 class Editor(Protocol):
     """An in-context editor as protection methods, the batch drivers and the CLIs see it.
 
     Pixels are (B, 3, H, W) in [0, 1]; ``size`` is the (H, W) working size the editor resizes to.
-    Noise levels ``sigma`` are in [0, 1] (1 = pure noise), as in flow matching.
+    Noise levels ``sigma`` are in [0, 1] (1 = pure noise): flow matching's sigma on the DiTs, the DDPM
+    timestep fraction t / T on diffusion editors. "Velocity" is whatever the denoiser was trained to
+    predict (flow velocity, or epsilon), i.e. the target of ``flow_pair``.
     """
 
     family: str  # registry key, e.g. "flux_kontext"
+    capabilities: frozenset  # what methods may rely on (CAPABILITIES); a method lists what it needs in ``requires``
     name: str  # what the user loaded ("tiny", "toy", a hub id or a folder)
     device: torch.device
     dtype: torch.dtype
@@ -139,7 +151,7 @@ def rectified_flow_pair(latents: torch.Tensor, noise: torch.Tensor, sigma: torch
     return (1 - s) * latents + s * noise, noise - latents
 
 
-_RANGE = re.compile(r"^(double|single)(?::(all|\d+(?:-\d+)?)(?:/(\d+))?)?$")
+_RANGE = re.compile(r"^([a-z_]+)(?::(all|\d+(?:-\d+)?)(?:/(\d+))?)?$")
 
 
 def resolve_blocks(spec: str | Sequence[str], depths: dict[str, int]) -> list[str]:
@@ -152,7 +164,8 @@ def resolve_blocks(spec: str | Sequence[str], depths: dict[str, int]) -> list[st
       - ``single:0-25/38``: blocks 0..25 of a 38-deep stack, scaled to this model's depth: block i of n is
         kept when its relative position i/n lies in [0/38, 26/38). On FLUX (38 single blocks) this is
         exactly 0..25; on a 4-single-block tiny model it is 0..2.
-    The result keeps model order (double blocks first) and has no duplicates.
+    Streams are the model's own (``double``/``single`` on FLUX-family DiTs; ``down``/``mid``/``up``
+    cross-attention layers on UNets). The result keeps model order and has no duplicates.
     """
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:
@@ -169,7 +182,9 @@ def resolve_blocks(spec: str | Sequence[str], depths: dict[str, int]) -> list[st
         if not match:
             raise ValueError(f"bad block specification {item!r} (examples: 'single:0-25/38', 'double', 'single.3')")
         stream, span, reference = match.groups()
-        depth = depths.get(stream, 0)
+        if stream not in depths:
+            raise ValueError(f"unknown block stream {stream!r} in {item!r}: this model has {depths}")
+        depth = depths[stream]
         if span in (None, "all"):
             chosen.update(f"{stream}.{i}" for i in range(depth))
             continue
@@ -187,7 +202,7 @@ def resolve_blocks(spec: str | Sequence[str], depths: dict[str, int]) -> list[st
                 raise ValueError(f"block range {item!r} exceeds its reference depth {ref}")
             lo, hi = start / ref, (end + 1) / ref
             chosen.update(f"{stream}.{i}" for i in range(depth) if lo - 1e-12 <= i / depth < hi - 1e-12)
-    order = [f"{s}.{i}" for s in ("double", "single") for i in range(depths.get(s, 0))]
+    order = [f"{s}.{i}" for s, depth in depths.items() for i in range(depth)]
     result = [name for name in order if name in chosen]
     if not result:
         raise ValueError(f"block specification {spec!r} selects no block of this model ({depths})")

@@ -146,6 +146,7 @@ class FluxDiTEditor:
     """
 
     family = "flux_dit"
+    capabilities = frozenset({"context_attention", "diffusion_loss", "vae"})
     recommended: dict
 
     def _init_probe_state(self) -> None:

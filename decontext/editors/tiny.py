@@ -520,3 +520,95 @@ def write_tiny_step1x_folder(folder, config: TinyStep1XConfig | None = None, ver
     (folder / "step1x.json").write_text(json.dumps(sizes, indent=2) + "\n")
     (folder / "tiny.json").write_text(json.dumps(stamp) + "\n")
     return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# InstructPix2Pix: tiny UNet2DConditionModel (source latent concatenated on channels), CLIP, SD-like VAE
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TinyIP2PConfig:
+    """Sizes of a tiny InstructPix2Pix (Stable Diffusion 1.5 layout, scaled down)."""
+
+    unet_channels: tuple[int, ...] = (16, 32)
+    down_blocks: tuple[str, ...] = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    up_blocks: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
+    layers_per_block: int = 1
+    heads: int = 2  # attention heads at every level (diffusers passes SD's head count as attention_head_dim)
+    text_dim: int = 32  # CLIP hidden = cross_attention_dim
+    text_layers: int = 2
+    latent_channels: int = 4
+    vae_channels: tuple[int, ...] = (8, 8, 16, 16)  # 4 blocks -> 8x downsampling, like SD's VAE
+    vae_layers_per_block: int = 1
+    scaling_factor: float = 0.18215  # SD 1.x
+
+
+def sd_vae(latent_channels: int, vae_channels: tuple[int, ...], layers_per_block: int, scaling_factor: float = 0.18215):
+    """A Stable-Diffusion-like ``AutoencoderKL`` (quant convs, scale only, no shift) drawn from the global RNG."""
+    from diffusers import AutoencoderKL
+
+    blocks = len(vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=vae_channels,
+        layers_per_block=layers_per_block,
+        latent_channels=latent_channels,
+        norm_num_groups=min(8, min(vae_channels)),
+        sample_size=32,
+        scaling_factor=scaling_factor,
+    )
+
+
+def ip2p_scheduler():
+    """timbrooks/instruct-pix2pix's scheduler: Euler ancestral on SD's scaled-linear betas, epsilon."""
+    from diffusers import EulerAncestralDiscreteScheduler
+
+    return EulerAncestralDiscreteScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon", steps_offset=1, timestep_spacing="linspace",
+    )
+
+
+def tiny_ip2p_components(config: TinyIP2PConfig = TinyIP2PConfig(), seed: int = 0, words=BASE_WORDS) -> dict:
+    """Components of a ``StableDiffusionInstructPix2PixPipeline`` with seeded random weights (no
+    safety checker): the UNet takes 2 x latent_channels inputs (noisy latent + source latent)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = clip_tokenizer(words)
+    with _seeded(seed):
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=2 * config.latent_channels,
+            out_channels=config.latent_channels,
+            down_block_types=config.down_blocks,
+            up_block_types=config.up_blocks,
+            block_out_channels=config.unet_channels,
+            layers_per_block=config.layers_per_block,
+            cross_attention_dim=config.text_dim,
+            attention_head_dim=config.heads,
+            norm_num_groups=min(8, min(config.unet_channels)),
+        )
+        vae = sd_vae(config.latent_channels, config.vae_channels, config.vae_layers_per_block, config.scaling_factor)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=config.text_dim,
+                intermediate_size=2 * config.text_dim,
+                num_hidden_layers=config.text_layers,
+                num_attention_heads=2,
+                max_position_embeddings=77,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                projection_dim=config.text_dim,
+            )
+        )
+    for module in (unet, vae, text_encoder):
+        module.eval()
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=ip2p_scheduler(),
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False)

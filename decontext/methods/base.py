@@ -41,6 +41,18 @@ class Method:
 
     name: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
+    requires: ClassVar[frozenset[str]] = frozenset()  # editor capabilities (editors.base.CAPABILITIES) it needs
+
+    @classmethod
+    def check_applies(cls, editor) -> None:
+        """Raise a clear ValueError when ``editor`` (an editor or its class) lacks what this method needs."""
+        from ..editors.base import CAPABILITIES
+
+        missing = sorted(set(cls.requires) - set(getattr(editor, "capabilities", ())))
+        if missing:
+            family = getattr(editor, "family", type(editor).__name__)
+            needs = "; ".join(f"{m}: {CAPABILITIES.get(m, m)}" for m in missing)
+            raise ValueError(f"method {cls.name!r} does not apply to the {family} editor: it needs {needs}")
 
     @classmethod
     def from_args(cls, args) -> "Method":

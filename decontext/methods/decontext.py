@@ -36,6 +36,7 @@ class DeContext(Method):
     """
 
     name = "decontext"
+    requires = frozenset({"context_attention"})
     options = (
         Option("--blocks", f"attention layers to probe (decontext default {PAPER_BLOCKS}: single blocks 0-25 of 38, scaled to the model's depth)", type=str),
         Option("--t-range", f"noise level drawn per step (decontext default {PAPER_T_RANGE[0]} {PAPER_T_RANGE[1]}; flow_loss 0 1)", nargs=2, metavar=("LO", "HI")),

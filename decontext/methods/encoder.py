@@ -14,6 +14,7 @@ from .base import Method, Option
 
 class EncoderAttack(Method):
     name = "encoder"
+    requires = frozenset({"vae"})
     options = (Option("--target-value", "grey level in [0, 1] of the encoder attack's target image (default 0.5)"),)
 
     def __init__(self, target_value: float = 0.5):

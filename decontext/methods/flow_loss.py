@@ -19,6 +19,7 @@ from .base import Method, Option, check_t_range, draw_prompts_and_sigmas, prompt
 
 class FlowLoss(Method):
     name = "flow_loss"
+    requires = frozenset({"diffusion_loss"})
     options = (
         Option("--t-range", "noise level drawn per step", nargs=2, metavar=("LO", "HI")),
         Option("--prompts", "prompt pool file", type=str),

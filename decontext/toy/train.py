@@ -265,12 +265,16 @@ def training_sigmas(kind: str, shift: float, batch: int, gen: torch.Generator) -
     return shift * u / (1 + (shift - 1) * u)
 
 
-def swap_late_context(src: torch.Tensor, idx: np.ndarray, sigma: torch.Tensor, below: float, rng: np.random.Generator) -> torch.Tensor:
-    """Context tokens of a batch where every sample with noise level < ``below`` gets another source
-    scene (a different index, so almost always another person) instead of its own."""
+def swap_context(src: torch.Tensor, idx: np.ndarray, swap: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """Context tokens of a batch where the samples flagged in ``swap`` (bool, per sample) get another
+    source scene (a different index, so almost always another person) instead of their own."""
     others = (idx + rng.integers(1, len(src), size=len(idx))) % len(src)
-    late = (sigma < below)[:, None, None]
-    return torch.where(late, src[others], src[idx])
+    return torch.where(swap[:, None, None], src[others], src[idx])
+
+
+def swap_late_context(src: torch.Tensor, idx: np.ndarray, sigma: torch.Tensor, below: float, rng: np.random.Generator) -> torch.Tensor:
+    """Every sample with noise level < ``below`` gets another source scene as context."""
+    return swap_context(src, idx, sigma < below, rng)
 
 
 def train_transformer(
@@ -285,6 +289,7 @@ def train_transformer(
     timesteps: str = "shifted_uniform",
     t2i_share: float = 0.0,
     late_swap_sigma: float | None = None,
+    mismatch_share: float = 0.0,
     label: str = "transformer",
 ):
     """Flow matching on the target tokens with the source as Kontext context.
@@ -293,7 +298,10 @@ def train_transformer(
     pipeline without an image); 1.0 = a base model with no context at all. ``late_swap_sigma``
     (an explicit inductive bias, only for labelled variants): samples whose noise level is below it get
     another training scene as context, so below that level the context carries no identity and the
-    model must keep the identity already present in x_t.
+    model must keep the identity already present in x_t. ``mismatch_share`` (a data bias with no noise
+    level in its rule, labelled variants only): that share of the in-context samples, drawn per sample
+    at every noise level, gets another scene as context, so the context is not always to be trusted and
+    the model must weigh it against what x_t already shows.
     """
     torch.manual_seed(seed + 40)
     transformer, scheduler = components["transformer"], components["scheduler"]
@@ -319,6 +327,8 @@ def train_transformer(
             ctx = ctx[:, :0]
         elif late_swap_sigma is not None:
             ctx = swap_late_context(src, idx, sigma, late_swap_sigma, rng)
+        elif mismatch_share > 0:
+            ctx = swap_context(src, idx, torch.from_numpy(rng.random(batch) < mismatch_share), rng)
         xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         guidance = 1.0 + 3.0 * torch.rand(batch, generator=gen)
         pred = transformer_velocity(transformer, xt, ctx, sigma, guidance, embeds[prompts], pooled[prompts])
@@ -408,6 +418,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--base-steps", type=int, default=0, help="first train a context-free text-to-image base for this many steps (as Kontext starts from FLUX.1 [dev])")
     ap.add_argument("--t2i-share", type=float, default=0.0, help="share of in-context training steps kept text-to-image (no context)")
     ap.add_argument("--late-swap-sigma", type=float, default=None, help="EXPLICIT BIAS (labelled variants only): below this noise level the context is another scene")
+    ap.add_argument("--mismatch-share", type=float, default=0.0,
+                    help="DATA BIAS (labelled variants only): share of in-context samples, at every noise level, whose context is another scene")
     ap.add_argument("--vae-reader-from", type=Path, default=None, metavar="EDITOR_DIR",
                     help="reuse the VAE of this trained toy editor folder and the reader named in its settings instead of training them")
     ap.add_argument("--threads", type=int, default=2)
@@ -501,13 +513,15 @@ def main(argv=None) -> dict:
     else:
         src, tgt = editor_pairs(vae, args.sources, args.seed)
         log(f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; latent std {float(src.std()):.3f}")
-        recipe = {"timesteps": args.timesteps, "base_steps": args.base_steps, "t2i_share": args.t2i_share, "late_swap_sigma": args.late_swap_sigma}
+        recipe = {"timesteps": args.timesteps, "base_steps": args.base_steps, "t2i_share": args.t2i_share, "late_swap_sigma": args.late_swap_sigma,
+                  "mismatch_share": args.mismatch_share}
         tstats = {}
         if args.base_steps:
             tstats["base"] = train_transformer(components, src, tgt, args.base_steps, args.batch, args.seed + 1000, lr=args.lr,
                                                timesteps=args.timesteps, t2i_share=1.0, label="base (text-to-image)")
         tstats.update(train_transformer(components, src, tgt, args.steps, args.batch, args.seed, lr=args.lr, timesteps=args.timesteps,
-                                        t2i_share=args.t2i_share, late_swap_sigma=args.late_swap_sigma))
+                                        t2i_share=args.t2i_share, late_swap_sigma=args.late_swap_sigma,
+                                        mismatch_share=args.mismatch_share))
         info["recipe"] = recipe
         save_file({k: v.contiguous() for k, v in components["transformer"].state_dict().items()}, str(args.work / "transformer.safetensors"))
         finish("transformer", t0, transformer=tstats, steps=args.steps, batch=args.batch, lr=args.lr, sources=args.sources)

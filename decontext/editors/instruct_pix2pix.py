@@ -1,0 +1,450 @@
+"""InstructPix2Pix (Brooks, Holynski, Efros, 2023) through diffusers' ``StableDiffusionInstructPix2PixPipeline``.
+
+The editor DANP and TDAE were designed on, and a different family from the in-context DiTs: a
+Stable Diffusion 1.5 UNet whose input is the noisy latent CONCATENATED ON CHANNELS with the source
+image's latent (VAE posterior mode, unscaled, as the pipeline's ``prepare_image_latents``), a CLIP
+text encoder read through cross-attention, noise (epsilon) prediction on a DDPM schedule, and two
+guidance scales (text and image). There is no joint attention sequence and no context tokens:
+methods that need target->context attention (DeContext) do not apply, and say so; the encoder attack
+and the diffusion loss (``flow_loss``, here the noise-prediction loss) do; the cross-attention maps
+image queries pay to text keys are exposed with ``text_attention(blocks)`` (what DANP reads).
+
+Noise levels on the seam are in [0, 1] for every editor; here ``sigma`` is the DDPM timestep as a
+fraction, t = round(sigma * (T - 1)) of the scheduler's T = 1000 training steps, and the "velocity"
+of the seam is the UNet's own training target (epsilon, or v for v-prediction models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..attention import swapped_processors
+from .base import Condition, Layout, resolve_blocks, snap
+
+DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+IMAGE_GUIDANCE = 1.5  # the pipeline's and the official edit CLI's image guidance scale
+# The official edit CLI's sampler (= the pipeline's defaults): 100 steps, text guidance 7.5, 512 px.
+EDIT_DEFAULTS = {"num_inference_steps": 100, "guidance_scale": 7.5, "resolution": 512}
+CROSS_ATTENTION = "attn2"  # diffusers' name of the text cross-attention inside each transformer block
+STREAMS = ("down", "mid", "up")  # UNet order of the cross-attention layers
+
+
+def official_size(height: int, width: int, resolution: int, multiple: int) -> tuple[int, int]:
+    """The official edit CLI's working size: scale the longer side to ``resolution``, round the shorter
+    side UP to ``multiple``, then floor both sides to ``multiple`` (the CLI then crops to that aspect
+    with ImageOps.fit; this editor resizes instead, so no pixel of the photo is dropped)."""
+    factor = resolution / max(width, height)
+    factor = math.ceil(min(width, height) * factor / multiple) * multiple / min(width, height)
+    return snap(height * factor, multiple), snap(width * factor, multiple)
+
+
+@dataclass
+class TextAttentionProbe:
+    """Cross-attention maps of the probed layers: ``maps[name]`` is (B, heads, image queries, text keys),
+    softmax rows summing to 1, attached to the autograd graph. ``stop_at``: a probed layer after which
+    the forward may end."""
+
+    stop_at: str | None = None
+    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def clear(self) -> None:
+        self.maps.clear()
+
+
+class _StopForward(Exception):
+    """Raised inside a probed layer to end a forward pass whose output is not needed."""
+
+
+class ProbedCrossAttnProcessor:
+    """diffusers' classic attention computation with explicit probabilities, recorded for one named
+    layer; the output is what the stock processor computes (tested against it)."""
+
+    def __init__(self, probe: TextAttentionProbe, name: str):
+        self.probe, self.name = probe, name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        spatial = hidden_states.ndim == 4
+        if spatial:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch, keys = context.shape[0], context.shape[1]
+        attention_mask = attn.prepare_attention_mask(attention_mask, keys, batch)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        key = attn.head_to_batch_dim(attn.to_k(context))
+        value = attn.head_to_batch_dim(attn.to_v(context))
+        probs = attn.get_attention_scores(query, key, attention_mask)  # (B * heads, queries, keys)
+        self.probe.maps[self.name] = probs.view(batch, attn.heads, probs.shape[1], probs.shape[2])
+        if self.probe.stop_at == self.name:
+            raise _StopForward
+        out = attn.batch_to_head_dim(torch.bmm(probs, value))
+        out = attn.to_out[1](attn.to_out[0](out))
+        if spatial:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+class InstructPix2PixEditor:
+    """InstructPix2Pix (or any ``StableDiffusionInstructPix2PixPipeline`` folder, e.g. the tiny and toy ones)."""
+
+    family = "instruct_pix2pix"
+    capabilities = frozenset({"text_cross_attention", "diffusion_loss", "vae"})
+    model_help = (f"'tiny' (random weights, smoke test), 'toy-ip2p' (the trained toy InstructPix2Pix, when shipped), "
+                  f"or an InstructPix2Pix hub id / local diffusers folder (e.g. {DEFAULT_MODEL})")
+    attack_description = ("Protect images against InstructPix2Pix (--method encoder, flow_loss: the noise-prediction loss, or noise).\n\n"
+                          "    python attack/attack_ip2p.py --model tiny --input photo.jpg --output protected/ --method encoder\n\n"
+                          "DeContext does not apply: InstructPix2Pix reads the source through its input channels, not attention.")
+    edit_description = ("Edit clean or protected images with InstructPix2Pix (the real diffusers StableDiffusionInstructPix2PixPipeline).\n"
+                        "Defaults are the official edit CLI's: 100 steps, text guidance 7.5, image guidance 1.5, 512 px, seed 42.")
+    auto_resolution_note = "the official edit CLI's: longer side 512, sides multiples of the UNet's"
+    # The SD-immunisation literature's usual budget (PhotoGuard, Mist: 16/255); no official DANP/TDAE figures exist.
+    attack_defaults = {"eps": 16.0, "eps_note": "the usual SD-immunisation budget", "alpha": 1.0, "steps": 200, "method": {"method": "encoder"}}
+
+    def __init__(self, pipe, name: str = "instruct_pix2pix", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 image_guidance: float = IMAGE_GUIDANCE):
+        self.pipe, self.name = pipe, name
+        self.device, self.dtype = torch.device(device), dtype
+        self.image_guidance = image_guidance
+        self.recommended: dict = dict(EDIT_DEFAULTS)
+        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._active_probe: TextAttentionProbe | None = None
+        self._probed: list[str] = []
+        for module in (pipe.unet, pipe.vae):
+            module.requires_grad_(False).eval()
+            if module.dtype != dtype:
+                module.to(dtype=dtype)
+            module.to(self.device)
+        if pipe.text_encoder is not None:
+            pipe.text_encoder.requires_grad_(False).eval()
+        alphas = pipe.scheduler.alphas_cumprod
+        self._alphas_cumprod = torch.as_tensor(alphas, dtype=torch.float64)
+        self.prediction_type = pipe.scheduler.config.prediction_type
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"{name}: scheduler prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction)")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, role: str) -> None:
+        if role == "edit":
+            parser.add_argument("--image-guidance", type=float, default=None,
+                                help=f"image guidance scale (default {IMAGE_GUIDANCE}, or the model folder's recommendation)")
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> dict:
+        value = getattr(args, "image_guidance", None)
+        return {} if value is None else {"image_guidance": value}
+
+    @classmethod
+    def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, image_guidance: float | None = None) -> "InstructPix2PixEditor":
+        from ..toy.names import is_toy_model, toy_editor_dir
+
+        if model == "tiny":
+            editor = cls.tiny(seed=seed, device=device, dtype=dtype)
+        elif is_toy_model(model):
+            folder = toy_editor_dir(model)
+            if not (folder / "model_index.json").is_file():
+                raise FileNotFoundError(f"{folder}: the toy editor {model!r} is missing (docs/TOY.md says how to train it)")
+            editor = cls.from_pretrained(folder, device=device, dtype=dtype)
+            editor.name = model
+        else:
+            editor = cls.from_pretrained(model, device=device, dtype=dtype)
+        if image_guidance is not None:
+            editor.image_guidance = image_guidance
+        return editor
+
+    @classmethod
+    def from_pretrained(cls, id_or_dir: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float16,
+                        local_files_only: bool | None = None, **kwargs) -> "InstructPix2PixEditor":
+        """Load a ``StableDiffusionInstructPix2PixPipeline`` folder or hub id, without its safety checker
+        (the attack and the edits here need neither it nor its CLIP image model). A folder's
+        ``decontext_toy.json`` overrides the editing defaults (``recommended``)."""
+        import json
+
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        path = Path(id_or_dir)
+        if local_files_only is None:
+            local_files_only = path.exists()
+        if path.exists() and not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+        pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+            str(id_or_dir), dtype=dtype, local_files_only=local_files_only, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False, **kwargs)
+        pipe.set_progress_bar_config(disable=True)
+        editor = cls(pipe, name=str(id_or_dir), device=device, dtype=dtype)
+        settings = path / "decontext_toy.json" if path.exists() else None
+        if settings is not None and settings.is_file():
+            shipped = json.loads(settings.read_text())
+            editor.recommended.update({k: shipped[k] for k in EDIT_DEFAULTS if k in shipped})
+            editor.image_guidance = float(shipped.get("image_guidance_scale", editor.image_guidance))
+        return editor
+
+    @classmethod
+    def tiny(cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "InstructPix2PixEditor":
+        """A random-weight InstructPix2Pix built offline from config objects (see ``editors.tiny``)."""
+        from diffusers import StableDiffusionInstructPix2PixPipeline
+
+        from .tiny import TinyIP2PConfig, tiny_ip2p_components
+
+        pipe = StableDiffusionInstructPix2PixPipeline(**tiny_ip2p_components(config or TinyIP2PConfig(), seed=seed))
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, name="tiny", device=device, dtype=dtype)
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def unet(self):
+        return self.pipe.unet
+
+    @property
+    def vae(self):
+        return self.pipe.vae
+
+    @property
+    def transformer(self):
+        """The denoiser (named as on the DiT editors, for code that inspects processors)."""
+        return self.pipe.unet
+
+    def _cross_attention_keys(self) -> dict[str, list[str]]:
+        """Processor keys of the text cross-attention layers, per stream, in the UNet's execution order."""
+        keys: dict[str, list[str]] = {s: [] for s in STREAMS}
+        prefix = {"down_blocks.": "down", "mid_block.": "mid", "up_blocks.": "up"}
+        for key in self.unet.attn_processors:
+            if key.endswith(f".{CROSS_ATTENTION}.processor"):
+                stream = next(s for p, s in prefix.items() if key.startswith(p))
+                keys[stream].append(key)
+        return keys
+
+    @property
+    def depths(self) -> dict[str, int]:
+        """Cross-attention layers per UNet stage, e.g. {"down": 6, "mid": 1, "up": 9} on SD 1.5."""
+        return {s: len(k) for s, k in self._cross_attention_keys().items() if k}
+
+    @property
+    def block_names(self) -> list[str]:
+        return [f"{s}.{i}" for s, n in self.depths.items() for i in range(n)]
+
+    def resolve_blocks(self, spec) -> list[str]:
+        """Cross-attention layers by specification: ``down``, ``mid``, ``up:0-2``, ``down.1`` ..."""
+        return resolve_blocks(spec, self.depths)
+
+    def _processor_key(self, name: str) -> str:
+        stream, index = name.split(".")
+        return self._cross_attention_keys()[stream][int(index)]
+
+    @property
+    def multiple_of(self) -> int:
+        """Pixel sizes must be multiples of this (VAE downsampling x the UNet's downsamplings)."""
+        vae_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return vae_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.unet.enable_gradient_checkpointing()
+
+    def enable_vae_memory_savers(self, tiling: bool = False, slicing: bool = False) -> None:
+        if tiling:
+            self.vae.enable_tiling()
+        if slicing:
+            self.vae.enable_slicing()
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(N, 77, D) CLIP last hidden states of each prompt (what the pipeline feeds the UNet), cached."""
+        prompts = list(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+        if missing:
+            if self.pipe.text_encoder is None:
+                raise RuntimeError(f"the text encoder was released; cannot encode new prompts such as {missing[0]!r}")
+            encoder = self.pipe.text_encoder.to(self.device)
+            try:
+                for start in range(0, len(missing), 16):
+                    chunk = missing[start : start + 16]
+                    tokens = self.pipe.tokenizer(chunk, padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
+                                                 truncation=True, return_tensors="pt")
+                    hidden = encoder(tokens.input_ids.to(self.device))[0]
+                    for text, row in zip(chunk, hidden):
+                        self._prompt_cache[text] = row.to(self.dtype)
+            finally:
+                if self.device.type != "cpu":
+                    encoder.to("cpu")
+        return torch.stack([self._prompt_cache[p] for p in prompts])
+
+    def prepare(self, prompts: Sequence[str], release: bool = True) -> None:
+        """Embed ``prompts`` and the empty prompt (the unconditional branch of the edits) once; with
+        ``release``, drop the text encoder."""
+        self.encode_prompts(list(prompts) + [""])
+        if release:
+            self.pipe.text_encoder = None
+            gc.collect()
+
+    # ------------------------------------------------------------------ geometry and latents
+    def working_size(self, height: int, width: int, resolution: str | int = "auto") -> tuple[int, int]:
+        """``auto``: the official edit CLI's size at 512 (longer side 512); ``native``: the image's size
+        snapped down; N: the official rule with the longer side N."""
+        multiple = self.multiple_of
+        if resolution == "native":
+            return snap(height, multiple), snap(width, multiple)
+        side = EDIT_DEFAULTS["resolution"] if resolution == "auto" else int(resolution)
+        if side < multiple:
+            raise ValueError(f"resolution {side} is below the model's minimum of {multiple} px")
+        return official_size(height, width, side, multiple)
+
+    def _to_working(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if size[0] % self.multiple_of or size[1] % self.multiple_of:
+            raise ValueError(f"working size {tuple(size)} is not a multiple of {self.multiple_of}")
+        x = pixels.to(self.device, torch.float32)
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=tuple(size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+        return (x * 2 - 1).to(self.vae.dtype)
+
+    def image_latents(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, C, h, w) source latents as the pipeline makes them: VAE posterior mode, NOT scaled."""
+        return self.vae.encode(self._to_working(pixels, size)).latent_dist.mode().to(self.dtype)
+
+    def condition(self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None) -> Condition:
+        """Source latents of ``pixels`` (differentiable) and the cached CLIP embeddings of ``prompts``.
+        ``layout.context`` is 0: the source enters through the UNet's input channels, not attention."""
+        prompts = list(prompts)
+        latents = self.image_latents(pixels, size)
+        embeds = self.encode_prompts(prompts)
+        batch = max(latents.shape[0], len(prompts))
+        if latents.shape[0] not in (1, batch) or len(prompts) not in (1, batch):
+            raise ValueError(f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both")
+        latents = latents.expand(batch, -1, -1, -1) if latents.shape[0] == 1 else latents
+        layout = Layout(text=embeds.shape[1], target=latents.shape[-2] * latents.shape[-1], context=0)
+        return Condition(latents, layout, prompts, {"embeds": embeds})
+
+    def noise_like(self, condition: Condition, generator: torch.Generator) -> torch.Tensor:
+        """Noise is drawn on the CPU from ``generator`` so runs are reproducible across devices."""
+        return torch.randn(condition.latents.shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+
+    def timesteps(self, sigma) -> torch.Tensor:
+        """DDPM timestep indices of noise levels in [0, 1]: round(sigma * (T - 1))."""
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1)
+        if (sigma < 0).any() or (sigma > 1).any():
+            raise ValueError(f"noise levels must be in [0, 1], got {sigma.tolist()}")
+        return torch.round(sigma * (len(self._alphas_cumprod) - 1)).long()
+
+    def flow_pair(self, condition: Condition, noise: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, target) of the UNet's training objective on the image itself: x_0 = the SCALED source
+        latent, x_t = sqrt(a) x_0 + sqrt(1 - a) noise with a = alphas_cumprod[t], target = noise
+        (epsilon models) or sqrt(a) noise - sqrt(1 - a) x_0 (v-prediction)."""
+        x0 = condition.latents * self.vae.config.scaling_factor
+        a = self._alphas_cumprod[self.timesteps(sigma)].to(self.device, torch.float32).reshape(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()
+        target = noise.float() if self.prediction_type == "epsilon" else a.sqrt() * noise.float() - (1 - a).sqrt() * x0.float()
+        return x_t.to(self.dtype), target.to(self.dtype)
+
+    def velocity(self, x_t: torch.Tensor, sigma, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
+        """The UNet's prediction (its training target: epsilon or v) for ``x_t`` at noise level ``sigma``,
+        text-and-image conditioned (the first of the pipeline's three guidance branches).
+        ``stop_after``: a layer probed with ``text_attention``; the pass ends right after its maps."""
+        batch = max(x_t.shape[0], condition.batch)
+        x_t = x_t.expand(batch, -1, -1, -1) if x_t.shape[0] == 1 else x_t
+        source = condition.latents.expand(batch, -1, -1, -1) if condition.batch == 1 else condition.latents
+        embeds = condition.extra["embeds"]
+        embeds = embeds.expand(batch, -1, -1) if embeds.shape[0] == 1 else embeds
+        t = self.timesteps(sigma)
+        t = (t.expand(batch) if t.numel() == 1 else t).to(self.device)
+        probe = self._active_probe
+        if stop_after is not None and (probe is None or stop_after not in self._probed):
+            raise ValueError(f"stop_after={stop_after!r} needs that layer probed (with editor.text_attention([...]))")
+        if probe is not None:
+            # With activation checkpointing, backward re-runs whole UNet blocks: a layer that ended the
+            # forward would end the re-run too, so then the pass runs to the end instead.
+            probe.stop_at = None if self.unet.is_gradient_checkpointing else stop_after
+        try:
+            out = self.unet(torch.cat([x_t.to(self.dtype), source.to(self.dtype)], dim=1), t,
+                            encoder_hidden_states=embeds.to(self.device, self.dtype), return_dict=False)[0]
+            return None if stop_after is not None else out
+        except _StopForward:
+            return None
+
+    # ------------------------------------------------------------------ probes
+    @contextlib.contextmanager
+    def probe(self, blocks: Sequence[str]):
+        raise ValueError(
+            "InstructPix2Pix has no target->context attention to probe: the source image enters through the UNet's "
+            "input channels (concatenated with the noisy latent), not as context tokens of a joint attention. "
+            "Methods built on that attention (DeContext) do not apply; use encoder, flow_loss or noise.")
+        yield  # pragma: no cover
+
+    @contextlib.contextmanager
+    def text_attention(self, blocks: Sequence[str]):
+        """``with editor.text_attention(blocks) as probe:`` records, in every forward, the cross-attention
+        maps image queries pay to the text tokens in those layers (``probe.maps[name]``: (B, heads,
+        queries, 77)); the stock processors are back afterwards, whatever happens inside."""
+        if self._active_probe is not None:
+            raise RuntimeError("a probe is already installed on this editor; probes do not nest")
+        blocks = list(blocks)
+        unknown = [b for b in blocks if b not in self.block_names]
+        if unknown or not blocks:
+            raise ValueError(f"cannot probe {unknown or 'no layers'}: this model's cross-attention layers are {self.depths}")
+        probe = TextAttentionProbe()
+        processors = {self._processor_key(name): ProbedCrossAttnProcessor(probe, name) for name in blocks}
+        with swapped_processors(self.unet, processors):
+            self._active_probe, self._probed = probe, blocks
+            try:
+                yield probe
+            finally:
+                self._active_probe, self._probed = None, []
+
+    # ------------------------------------------------------------------ editing (the real pipeline)
+    @property
+    def edit_settings(self) -> dict:
+        """Settings of ``edit`` beyond steps / guidance / resolution, recorded in the run's index.json."""
+        return {"image_guidance": self.image_guidance}
+
+    def prepare_image(self, image: Image.Image, resolution: str | int = EDIT_DEFAULTS["resolution"]) -> Image.Image:
+        height, width = self.working_size(image.height, image.width, resolution)
+        if (image.height, image.width) != (height, width):
+            image = image.resize((width, height), Image.LANCZOS)
+        return image
+
+    @torch.no_grad()
+    def edit(self, image: Image.Image | Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int],
+             steps: int = EDIT_DEFAULTS["num_inference_steps"], guidance: float = EDIT_DEFAULTS["guidance_scale"],
+             resolution: str | int = EDIT_DEFAULTS["resolution"]) -> list[Image.Image]:
+        """Edit with StableDiffusionInstructPix2PixPipeline (text guidance ``guidance``, image guidance
+        ``self.image_guidance``), one output per (prompt, seed) pair, as one batch."""
+        if len(prompts) != len(seeds):
+            raise ValueError("edit() takes one seed per prompt")
+        if self._active_probe is not None:
+            raise RuntimeError("edit() runs the stock processors; call it outside a probe context")
+        images = [image] if isinstance(image, Image.Image) else list(image)
+        if len(images) not in (1, len(prompts)):
+            raise ValueError("edit() takes one image, or one image per prompt")
+        images = [self.prepare_image(im.convert("RGB"), resolution) for im in images]
+        if len({im.size for im in images}) != 1:
+            raise ValueError("a batch of images must share one size")
+        if len(images) == 1 and len(prompts) > 1:
+            images = images * len(prompts)
+        embeds = self.encode_prompts(prompts)
+        negative = self.encode_prompts([""] * len(prompts))
+        result = self.pipe(
+            image=images, prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=steps,
+            guidance_scale=guidance, image_guidance_scale=self.image_guidance,
+            generator=[torch.Generator().manual_seed(int(s)) for s in seeds], output_type="np",
+        )
+        return [Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)) for arr in result.images]
