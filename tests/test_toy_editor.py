@@ -10,9 +10,9 @@ import torch
 
 from decontext.toy import world
 from decontext.toy.model import EDITOR_DIR, SETTINGS_FILE
-from decontext.toy.names import TOY_DEFAULT, TOY_EDITORS, is_toy_model, toy_editor_dir
+from decontext.toy.names import TOY_DEFAULT, is_toy_model, toy_editor_dir, toy_versions
 
-VERSIONS = sorted(TOY_EDITORS)
+VERSIONS = sorted(toy_versions("flux_kontext"))
 MAX_BYTES = 20 * 2**20  # issue 11: shipped weights <= 20 MB per editor
 # (clean identity, edit success) each version must keep on 8 held-out identities x 6 edits: a margin
 # under what docs/TOY.md measured on 30. toy-v2-early is weak by construction (0.61 / 0.91 measured):

@@ -90,7 +90,7 @@ class _StopForward(Exception):
 def vae_latents(vae, x: torch.Tensor) -> torch.Tensor:
     """Posterior MODE, then ``(z - shift) * scale`` (``FluxKontextPipeline._encode_vae_image``). x in [-1, 1]."""
     latents = vae.encode(x).latent_dist.mode()
-    return (latents - vae.config.shift_factor) * vae.config.scaling_factor
+    return (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor  # SD-style VAEs: no shift
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:

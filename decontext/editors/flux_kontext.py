@@ -23,7 +23,7 @@ from PIL import Image
 from .base import Condition, Layout, snap
 from .flux_dit import FluxDiTEditor, ProbedFluxAttnProcessor, image_ids, joint_velocity, pack_latents, vae_latents  # noqa: F401 (re-exported)
 
-from ..toy.names import TOY_DEFAULT, TOY_EDITORS, is_toy_model, toy_editor_dir
+from ..toy.names import TOY_DEFAULT, is_toy_model, toy_editor_dir, toy_versions
 
 ATTACK_GUIDANCE = 3.5  # the guidance-embedding value of the official attack and of the paper's edits
 EDIT_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": ATTACK_GUIDANCE, "resolution": 512}  # the paper's edit protocol
@@ -67,7 +67,7 @@ class FluxKontextEditor(FluxDiTEditor):
     family = "flux_kontext"
     model_help = (
         f"'tiny' (random weights, smoke test), 'toy' (the trained embedded editor, = {TOY_DEFAULT}; versions by name: "
-        f"{', '.join(TOY_EDITORS)}), or a FLUX.1-Kontext hub id / local diffusers folder"
+        f"{', '.join(toy_versions('flux_kontext'))}), or a FLUX.1-Kontext hub id / local diffusers folder"
     )
     attack_description = "Protect images against FLUX.1-Kontext with DeContext (or a baseline, --method).\n\n    python attack/attack_kontext.py --model tiny --input photo.jpg --output protected/"
     edit_description = "Edit clean or protected images with FLUX.1-Kontext (the real diffusers FluxKontextPipeline).\nDefaults follow the DeContext paper's editing protocol: 20 steps, guidance 3.5, 512x512, seed 42."
@@ -139,8 +139,8 @@ class FluxKontextEditor(FluxDiTEditor):
             if offload:
                 raise ValueError("--offload is for real models on a GPU, not the tiny model")
             editor = cls.tiny(seed=seed, device=device, dtype=dtype)
-        elif is_toy_model(model):
-            folder = toy_editor_dir(model)
+        elif is_toy_model(model, cls.family):
+            folder = toy_editor_dir(model, cls.family)
             if not (folder / "model_index.json").is_file():
                 raise FileNotFoundError(f"{folder}: the toy editor {model!r} is missing (docs/TOY.md says how to train it)")
             editor = cls.from_pretrained(folder, dtype=dtype, device=device, offload=offload, quantize=quantize)

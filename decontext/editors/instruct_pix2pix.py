@@ -109,7 +109,7 @@ class InstructPix2PixEditor:
 
     family = "instruct_pix2pix"
     capabilities = frozenset({"text_cross_attention", "diffusion_loss", "vae"})
-    model_help = (f"'tiny' (random weights, smoke test), 'toy-ip2p' (the trained toy InstructPix2Pix, when shipped), "
+    model_help = (f"'tiny' (random weights, smoke test), 'toy' or 'toy-ip2p' (the trained toy InstructPix2Pix of the faces world), "
                   f"or an InstructPix2Pix hub id / local diffusers folder (e.g. {DEFAULT_MODEL})")
     attack_description = ("Protect images against InstructPix2Pix (--method encoder, flow_loss: the noise-prediction loss, or noise).\n\n"
                           "    python attack/attack_ip2p.py --model tiny --input photo.jpg --output protected/ --method encoder\n\n"
@@ -160,8 +160,8 @@ class InstructPix2PixEditor:
 
         if model == "tiny":
             editor = cls.tiny(seed=seed, device=device, dtype=dtype)
-        elif is_toy_model(model):
-            folder = toy_editor_dir(model)
+        elif is_toy_model(model, cls.family):
+            folder = toy_editor_dir(model, cls.family)
             if not (folder / "model_index.json").is_file():
                 raise FileNotFoundError(f"{folder}: the toy editor {model!r} is missing (docs/TOY.md says how to train it)")
             editor = cls.from_pretrained(folder, device=device, dtype=dtype)

@@ -10,7 +10,8 @@ each of the six edits (prompts of data/prompts/toy_prompts.txt, alternating the 
 - ``ground_truth``: reader scores of the exact ground-truth edits (sanity: 1.0 / 1.0).
 - ``vae_ceiling``: scores of VAE reconstructions of the ground-truth edits (the best an editor that
   works through this VAE can do).
-- ``clean_edit``: scores of the editor's outputs, run through the stock ``FluxKontextPipeline``.
+- ``clean_edit``: scores of the editor's outputs, run through its stock pipeline (``FluxKontextPipeline``, or
+  ``StableDiffusionInstructPix2PixPipeline`` for ``toy-ip2p``).
 - ``other_person``: the same edits with another held-out person's image as context, scored against
   the original source: the chance level of ``toy_identity``.
 
@@ -42,35 +43,46 @@ def eval_scenes(n_identities: int | None = None) -> list[world.Scene]:
 
 
 def load_pipeline(path=EDITOR_DIR):
-    from diffusers import FluxKontextPipeline
+    """The stock pipeline of a toy editor folder (its class from model_index.json: FluxKontextPipeline or
+    StableDiffusionInstructPix2PixPipeline) and the folder's settings."""
+    from diffusers import DiffusionPipeline
 
     path = Path(path)
-    pipe = FluxKontextPipeline.from_pretrained(str(path))
+    pipe = DiffusionPipeline.from_pretrained(str(path))
     pipe.set_progress_bar_config(disable=True)
     settings_file = path / SETTINGS_FILE
     settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
     return pipe, settings
 
 
+def pipeline_kwargs(pipe, settings: dict | None = None) -> dict:
+    """The family-specific arguments of a toy editor's pipeline call: Kontext's fixed size and text
+    length, or InstructPix2Pix's image guidance (the folder's, else 1.5)."""
+    from diffusers import FluxKontextPipeline
+
+    if isinstance(pipe, FluxKontextPipeline):
+        return {"height": RESOLUTION, "width": RESOLUTION, "max_area": RESOLUTION * RESOLUTION, "_auto_resize": False,
+                "max_sequence_length": MAX_SEQUENCE_LENGTH}
+    return {"image_guidance_scale": float((settings or {}).get("image_guidance_scale", 1.5))}
+
+
 @torch.no_grad()
-def run_edits(pipe, images: list, prompts: list[str], steps: int, guidance: float, seed: int = 0, batch: int = 100) -> np.ndarray:
-    """Edit ``images`` (uint8 arrays) with ``prompts`` through the stock pipeline call, in batches."""
+def run_edits(pipe, images: list, prompts: list[str], steps: int, guidance: float, seed: int = 0, batch: int = 100, settings: dict | None = None) -> np.ndarray:
+    """Edit ``images`` (uint8 arrays) with ``prompts`` through the stock pipeline call, in batches
+    (``settings``: the folder's, for the family-specific arguments)."""
     from PIL import Image
 
     out = []
+    extra = pipeline_kwargs(pipe, settings)
     for i in range(0, len(images), batch):
         res = pipe(
             image=[Image.fromarray(im) for im in images[i : i + batch]],
             prompt=list(prompts[i : i + batch]),
-            height=RESOLUTION,
-            width=RESOLUTION,
-            max_area=RESOLUTION * RESOLUTION,
-            _auto_resize=False,
             num_inference_steps=steps,
             guidance_scale=guidance,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
             generator=torch.Generator().manual_seed(seed + i),
             output_type="np",
+            **extra,
         ).images
         out.append((np.clip(res, 0, 1) * 255).round().astype(np.uint8))
     return np.concatenate(out)
@@ -123,17 +135,17 @@ def evaluate(n_identities: int | None = None, steps: int | None = None, guidance
     src_for = sources[src_idx]
     res["ground_truth"] = _mean_scores(reader, src_for, truth, edits)
     res["vae_ceiling"] = _mean_scores(reader, src_for, recon[n:], edits)
-    outputs = run_edits(pipe, list(src_for), prompts, steps, guidance, seed)
+    outputs = run_edits(pipe, list(src_for), prompts, steps, guidance, seed, settings=settings)
     res["clean_edit"] = _mean_scores(reader, src_for, outputs, edits)
     other = sources[(src_idx + max(1, n // 2)) % n]  # another held-out person as the context image
-    res["other_person"] = _mean_scores(reader, src_for, run_edits(pipe, list(other), prompts, steps, guidance, seed), edits)
+    res["other_person"] = _mean_scores(reader, src_for, run_edits(pipe, list(other), prompts, steps, guidance, seed, settings=settings), edits)
     res["seconds"] = round(time.time() - t0, 1)
     return res
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="toy", help="toy editor version ('toy' = the default, 'toy-v1', ...) or a trained editor folder")
+    ap.add_argument("--model", default="toy", help="toy editor ('toy' = the default, 'toy-v1', ..., 'toy-ip2p') or a trained editor folder")
     ap.add_argument("--identities", type=int, default=None, help="number of held-out identities (default all 100)")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--guidance", type=float, default=None)

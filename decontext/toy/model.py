@@ -56,7 +56,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def decode(vae, z: torch.Tensor) -> torch.Tensor:
-    return vae.decode(z / vae.config.scaling_factor + vae.config.shift_factor).sample
+    return vae.decode(z / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)).sample
 
 
 def unpack(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -89,7 +89,9 @@ def decode_uint8(vae, z):
 
 
 # ----------------------------------------------------------------------------------------------- VAE
-def train_vae(vae, steps: int, batch: int, n_images: int, seed: int, lr: float = 2e-3, n_check: int = 300) -> dict:
+def train_vae(vae, steps: int, batch: int, n_images: int, seed: int, lr: float = 2e-3, n_check: int = 300, center: bool = True) -> dict:
+    """Reconstruction training; then the latent normalisation: ``center`` (FLUX) sets shift = mean and
+    scale = 1 / std, otherwise (Stable Diffusion) scale = 1 / std and no shift."""
     torch.manual_seed(seed)
     scenes = make_scenes(world.train_identities(), n_images, seed=seed + 11, extras=0.35)
     images = render_all(scenes)
@@ -122,11 +124,11 @@ def train_vae(vae, steps: int, batch: int, n_images: int, seed: int, lr: float =
         if step % 100 == 0 or step == steps - 1:
             log(f"vae step {step}/{steps} loss {loss.item():.4f} l1 {l1.item():.4f} l2 {l2.item():.5f} kl {kl.item():.2f}")
     vae.eval()
-    # latent normalisation (Kontext applies (z - shift) * scale before the transformer)
+    # latent normalisation (Kontext applies (z - shift) * scale before the transformer; SD only scales)
     with torch.no_grad():
         z = torch.cat([vae.encode(to_model_space(images[i : i + 256])).latent_dist.mode() for i in range(0, min(n_images, 1024), 256)])
-    shift, scale = float(z.mean()), float(1.0 / z.std())
-    vae.register_to_config(shift_factor=round(shift, 5), scaling_factor=round(scale, 5))
+    shift, scale = (float(z.mean()) if center else 0.0), float(1.0 / z.std())
+    vae.register_to_config(shift_factor=round(shift, 5) if center else None, scaling_factor=round(scale, 5))
     held = render_all(make_scenes(world.eval_identities(), n_check, seed=seed + 13, extras=0.35))
     stats = {"psnr_heldout": psnr(reconstruct(vae, held), held), "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor}
     log(f"vae done: held-out PSNR {stats['psnr_heldout']:.2f} dB, shift {shift:.4f}, scale {scale:.4f}")
