@@ -261,13 +261,51 @@ def _track_call(state: CutState, scheduler):
     return hook
 
 
+def _cut_source_channels(state: CutState, scheduler, latent_channels: int):
+    """Forward pre-hook of an InstructPix2Pix UNet: the step of this call (its timestep, looked up in
+    the scheduler's), and, where the cut acts, the source-image input channels multiplied by the
+    cut's factor (0: the zeros the pipeline itself feeds its unconditional-image branch)."""
+
+    def hook(module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+        schedule = getattr(scheduler, "timesteps", None)
+        state.step = None
+        if timestep is not None and schedule is not None:
+            hits = (schedule.to(torch.as_tensor(timestep).device) == torch.as_tensor(timestep).reshape(-1)[0]).nonzero().flatten()
+            state.step = int(hits[0]) if len(hits) else None
+        if state.step is not None:
+            state.sigmas.setdefault(state.step, float(torch.as_tensor(timestep).reshape(-1)[0]) / (len(scheduler.alphas_cumprod) - 1))
+        factor = state.factor_for(SOURCE_INPUT)
+        if factor is None:
+            return None
+        cut = torch.cat([sample[:, :latent_channels], sample[:, latent_channels:] * factor], dim=1)
+        return ((cut, *args[1:]), kwargs) if args else (args, {**kwargs, "sample": cut})
+
+    return hook
+
+
+SOURCE_INPUT = "source"  # the one "block" of a UNet editor: its source-image input channels
+
+
 @contextlib.contextmanager
 def cutting(pipe, state: CutState | None = None):
     """Cut processors on every block of ``pipe.transformer`` (stock ones back afterwards).
 
     Yields the shared ``CutState``: set ``state.cut`` (and ``state.measure``) between pipeline
     calls. Needs the transformer to be called with keyword arguments, as the pipeline does.
+    On an InstructPix2Pix pipeline (``pipe.unet``; the source is read through input channels, not
+    attention) the cut scales the source channels of the UNet input in the cut's steps instead;
+    blocks do not apply and no attention share is measured.
     """
+    if getattr(pipe, "transformer", None) is None and getattr(pipe, "unet", None) is not None:
+        state = state or CutState()
+        handle = pipe.unet.register_forward_pre_hook(_cut_source_channels(state, pipe.scheduler, pipe.vae.config.latent_channels), with_kwargs=True)
+        try:
+            yield state
+        finally:
+            handle.remove()
+        return
     transformer = pipe.transformer
     state = state or CutState()
     processors = {key: CutFluxAttnProcessor(state, name) for name, key in block_processor_keys(transformer).items()}
@@ -439,6 +477,13 @@ def _edit(pipe, images: list, prompts: list[str], settings: dict, seed: int) -> 
 
     from .toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEQUENCE_LENGTH, RESOLUTION
 
+    if getattr(pipe, "transformer", None) is None:  # InstructPix2Pix: the family's own call (toy.evaluate)
+        from .toy.evaluate import pipeline_kwargs
+
+        result = pipe(image=[Image.fromarray(im) for im in images], prompt=list(prompts), num_inference_steps=settings["num_inference_steps"],
+                      guidance_scale=settings["guidance_scale"], generator=torch.Generator().manual_seed(seed), output_type="np",
+                      **pipeline_kwargs(pipe, settings)).images
+        return (np.clip(result, 0, 1) * 255).round().astype(np.uint8)
     height = settings.get("height", settings.get("resolution", RESOLUTION))
     width = settings.get("width", settings.get("resolution", RESOLUTION))
     result = pipe(
@@ -513,7 +558,11 @@ def run_premise(
     specs = parse_cuts(cuts)
     if not any(s.factor is None for s in specs):
         specs = [NAMED_CUTS["none"], *specs]  # the reference every row is compared with
-    rows = [row for spec in specs for row in spec.resolve(n_steps, depths(pipe.transformer))]
+    unet = getattr(pipe, "transformer", None) is None
+    if unet:  # the source enters through input channels: cuts by step only
+        specs = [s for s in specs if s.blocks == "all"]
+    model_depths = {} if unet else depths(pipe.transformer)
+    rows = [row for spec in specs for row in spec.resolve(n_steps, model_depths)]
 
     scenes = eval_scenes(identities)
     n = len(scenes)
@@ -592,7 +641,8 @@ def run_premise(
         "steps": n_steps,
         "guidance": settings.get("guidance_scale"),
         "seed": seed,
-        "depths": depths(pipe.transformer),
+        "depths": model_depths,
+        "cut_acts_on": "source-image input channels (UNet)" if unet else "target->context attention",
         "sigmas": {str(k): v for k, v in sorted(state.sigmas.items())},
         "ci": {"level": CI_LEVEL, "n_boot": N_BOOT, "over": "identities"},
         "rows": results,
@@ -702,7 +752,7 @@ def _per_step_lines(result: dict, groups: dict) -> list[str]:
     n_steps = result["steps"]
     reference = next(r for r in result["rows"] if r["factor"] is None)
     header = "| step | " + " | ".join(str(s) for s in range(n_steps)) + " |"
-    lines = ["", "Per sampling step (sigma = the timestep the transformer receives):", "", header, "|---" * (n_steps + 1) + "|"]
+    lines = ["", "Per sampling step (sigma = the timestep the transformer receives; on a UNet, its DDPM timestep / 999):", "", header, "|---" * (n_steps + 1) + "|"]
     sigmas = result.get("sigmas", {})
     lines.append("| sigma | " + " | ".join(f"{sigmas[str(s)]:.3f}" if str(s) in sigmas else "-" for s in range(n_steps)) + " |")
     share = reference.get("share_per_step", {})

@@ -282,3 +282,31 @@ def test_goal_verdict():
     none["edit_success"]["mean"] = 0.8
     assert not premise.goal_check(result)["checks"]["edit_success"]
     assert "NOT MET" in "\n".join(premise._goal_lines(premise.goal_check(result)))
+
+
+def test_unet_editor_cut_removes_the_source_in_its_steps_only():
+    """On InstructPix2Pix the cut scales the UNet's source-image input channels: no cut = stock pixels;
+    cut in every step = the output no longer depends on the source at all; cut in the first steps only =
+    the source is read again later."""
+    from decontext.editors.instruct_pix2pix import InstructPix2PixEditor
+
+    pipe = InstructPix2PixEditor.tiny().pipe
+    rng = np.random.default_rng(0)
+    a, b = (Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(2))
+
+    def edit(image):
+        return pipe(image=image, prompt="add a hat", num_inference_steps=6, guidance_scale=5.0, image_guidance_scale=1.5,
+                    generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+    stock_a, stock_b = edit(a), edit(b)
+    assert not np.array_equal(stock_a, stock_b)
+    with cutting(pipe) as state:
+        assert np.array_equal(edit(a), stock_a)  # no cut: the stock pipeline, bit for bit
+        assert sorted(state.sigmas) == list(range(6)) and state.sigmas[0] == pytest.approx(1.0)
+        state.cut = Cut(None, None, BLOCK)
+        assert np.array_equal(edit(a), edit(b))  # the source never reaches the UNet
+        state.cut = Cut((0, 1), None, BLOCK)
+        early_a = edit(a)
+        assert not np.array_equal(early_a, stock_a) and not np.array_equal(early_a, edit(b))
+    assert len(pipe.unet._forward_pre_hooks) == 0  # the hook is gone
+    assert np.array_equal(edit(a), stock_a)
