@@ -11,6 +11,7 @@ reports the share of target attention on context per step (uncut run).
     python bench/premise.py --identities 8 --cuts smoke        # quick
     python bench/premise.py --cuts none 'steps=first:1/4;blocks=single:0-25/38;factor=0.5'
     python bench/premise.py --out runs/premise/toy.json        # + runs/premise/toy.md
+    python bench/premise.py --editor toy-ip2p --cuts goal      # the InstructPix2Pix toy: source input cut by step
 
 Cuts: sets {sets}; named cuts {names}; or a raw specification 'steps=S;blocks=B;factor=F' with
 S = all | first:N | last:N | first:A/B | last:A/B | 0-2,5 | each, B = all | a block specification
@@ -36,7 +37,7 @@ DEFAULT_THREADS = 1  # leave the other core of the 2-core development machine fr
 def main(argv=None) -> dict:
     doc = __doc__.format(sets=", ".join(premise.CUT_SETS), names=", ".join(premise.NAMED_CUTS))
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--editor", default=None, help="a toy version ('toy' = the default, 'toy-v1', ...) or a trained toy editor folder")
+    ap.add_argument("--editor", default=None, help="a toy editor ('toy' = the default, 'toy-v1', ..., 'toy-ip2p') or a trained toy editor folder")
     ap.add_argument("--identities", type=int, default=premise.DEFAULT_IDENTITIES, help="held-out identities (x 6 edits)")
     ap.add_argument("--seed", type=int, default=premise.DEFAULT_SEED, help="sampler noise seed (and bootstrap seed)")
     ap.add_argument("--cuts", nargs="+", default=["default"], help="cut sets, named cuts or raw specifications")

@@ -26,6 +26,10 @@ layout (the toy editor first) by *cutting* that attention while the stock pipeli
 ``run_premise`` is the toy measurement behind ``bench/premise.py``: held-out scenes, the stock
 ``FluxKontextPipeline`` with the editor folder's recommended settings, the toy reader's identity
 and edit success per cut, with bootstrap intervals over identities.
+
+On an InstructPix2Pix folder (``toy-ip2p``) the same bench asks where that editor reads its source:
+there is no context attention, so a cut scales the source-image channels of the UNet input in the
+chosen steps (block cuts are dropped; no share is measured).
 """
 
 from __future__ import annotations
