@@ -120,3 +120,32 @@ def test_editing_after_protection_uses_the_stock_processors():
     after = editor.edit(image_to_pil(image), ["add a hat"], [0], steps=2, resolution="native")[0]
     assert np.array_equal(np.asarray(reference), np.asarray(after))
     assert editor._active_probe is None
+
+
+def test_editor_ensemble_is_the_sum_of_its_members_in_value_and_gradient():
+    """Protecting against a Kontext and an InstructPix2Pix at once: the loss and its pixel gradient are
+    the weighted sums of each member's on its own editor; a member that does not apply is refused."""
+    from decontext.editors import load_editor
+    from decontext.methods import build_method
+    from decontext.methods.ensemble import EditorEnsemble
+
+    kontext = load_editor("tiny", "flux_kontext", "cpu", "float32")
+    ip2p = load_editor("tiny", "instruct_pix2pix", "cpu", "float32")
+    x = torch.rand(1, 3, 64, 64)
+    members = [(kontext, build_method("encoder")), (ip2p, build_method("encoder"))]
+    ensemble = EditorEnsemble(members, weights=[1.0, 0.5])
+
+    def value_and_grad(fn):
+        pixels = x.clone().requires_grad_(True)
+        value = fn(pixels)
+        value.backward()
+        return float(value), pixels.grad
+
+    with ensemble.session():
+        total, g_total = value_and_grad(lambda p: ensemble.loss(None, p, (64, 64), 0, torch.Generator().manual_seed(0))[0])
+    parts = [value_and_grad(lambda p, e=e, m=m: m.loss(e, p, (64, 64), 0, torch.Generator().manual_seed(0))[0]) for e, m in members]
+    assert total == pytest.approx(parts[0][0] + 0.5 * parts[1][0], rel=1e-5)
+    torch.testing.assert_close(g_total, parts[0][1] + 0.5 * parts[1][1], rtol=1e-4, atol=1e-7)
+    assert ensemble.config()["members"][1]["editor"] == "instruct_pix2pix"
+    with pytest.raises(ValueError, match="does not apply"):
+        EditorEnsemble([(ip2p, build_method("decontext", prompts=["add a hat"]))])
