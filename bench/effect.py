@@ -3,7 +3,7 @@
 
 For each budget and method: protect every held-out face (batched PGD through the library's engine and
 methods, saved-file quantisation within the budget), edit clean and protected faces with the toy
-FluxKontextPipeline under the six toy edits, read the results with the toy attribute reader, and
+pipeline (FluxKontextPipeline, or InstructPix2Pix for toy-ip2p) under the six toy edits, read the results with the toy attribute reader, and
 compare with the random-noise control of the same budget (paired by identity and edit; 95% bootstrap
 interval over identities).
 
@@ -115,7 +115,7 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="toy", help="a trained toy editor: 'toy' (the default version) or a version name such as 'toy-v1'")
+    parser.add_argument("--model", default="toy", help="a trained toy editor: 'toy' (the default version) or a name such as 'toy-v1' or 'toy-ip2p'")
     parser.add_argument("--identities", type=int, default=100)
     parser.add_argument("--eps", type=float, nargs="+", default=[8, 16, 32])
     parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -133,12 +133,12 @@ def main(argv=None) -> int:
     from decontext.prompts import load_prompts
     from decontext.toy import world
     from decontext.toy.model import PROMPTS_FILE
-    from decontext.toy.names import is_toy_model
+    from decontext.toy.names import is_toy_model, toy_family
     from decontext.toy.reader import ToyReader, edit_name
 
     if not is_toy_model(args.model):
         parser.error(f"--model {args.model!r}: the effect bench needs a trained toy editor (its reader scores the edits)")
-    editor = load_editor(args.model, "flux_kontext", "cpu", "float32")
+    editor = load_editor(args.model, toy_family(args.model), "cpu", "float32")
     reader = ToyReader.load()
     pool = load_prompts(PROMPTS_FILE)
     prompts = [pool[i].text for i in EDIT_PROMPT_INDICES]
@@ -159,6 +159,9 @@ def main(argv=None) -> int:
                 continue
             began = time.perf_counter()
             method = build(variant, attack_prompts)
+            if set(method.requires) - set(editor.capabilities):
+                print(f"{variant}@{eps:g}: does not apply to {editor.family} (skipped)", flush=True)
+                continue
             alpha = args.alpha or max(0.25, 4 * eps / max(args.steps, 1))
             protected = protect_batch(editor, method, sources, eps, args.steps, alpha, args.seed, args.chunk)
             edits = edit_all(editor, protected, prompts, args.seed, settings, args.chunk)
