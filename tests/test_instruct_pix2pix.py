@@ -177,3 +177,39 @@ def test_inference_cli_records_and_uses_the_image_guidance(tmp_path, face):
     editor.image_guidance = 2.0
     want = np.asarray(editor.edit(face, ["add a hat"], [42], steps=3, guidance=7.5, resolution="native")[0])
     assert np.array_equal(saved, want)
+
+
+@pytest.mark.slow
+def test_run_experiment_and_toy_metrics_work_on_an_ip2p_run(tmp_path):
+    """EDITOR=ip2p through the one-folder driver on the trained toy: encoder protection by default,
+    edits of clean and protected, then the toy metrics backend (run.json names toy-ip2p)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from decontext.toy import world
+
+    root = Path(__file__).resolve().parents[1]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for k, identity in enumerate(world.eval_identities()[:2]):
+        Image.fromarray(world.render(world.sample_scene(identity, seed=k))).save(inputs / f"face{k}.png")
+    env = {**os.environ, "EDITOR": "ip2p", "NAME": "ip", "RUNS": str(tmp_path / "runs"), "INPUT": str(inputs), "MODEL": "toy-ip2p",
+           "PROMPTS": "data/prompts/toy_prompts.txt", "PROMPT_INDICES": "0 4", "ATTACK_STEPS": "3", "ATTACK_RESOLUTION": "native",
+           "EDIT_RESOLUTION": "64"}
+    result = subprocess.run(["bash", str(root / "scripts" / "run_experiment.sh")], env=env, capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = tmp_path / "runs" / "ip"
+    assert json.loads((run / "run.json").read_text())["editor"] == "instruct_pix2pix"
+    manifest = json.loads((run / "protected" / "manifest.json").read_text())
+    assert manifest["method"]["method"] == "encoder" and manifest["args"]["eps"] == 16.0
+    assert all(entry["max_abs_diff_levels"] <= 16 for entry in manifest["images"].values())
+    index = json.loads((run / "edits" / "protected" / "index.json").read_text())
+    assert index["settings"]["image_guidance"] == 3.0 and index["settings"]["steps"] == 20  # the toy folder's settings
+    scored = subprocess.run([sys.executable, str(root / "eval" / "compute_metrics.py"), "--run", str(run), "--no-progress", "--no-report"],
+                            capture_output=True, text=True, cwd=root)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert "toy_identity" in json.dumps(summary)

@@ -101,8 +101,10 @@ def _mean_scores(reader, sources, outputs, edits) -> dict:
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+    """Mean over a batch (N, H, W, 3) of the per-image PSNR of ``decontext.metrics.pixel`` (one PSNR in the project)."""
+    from decontext.metrics.pixel import psnr as image_psnr
+
+    return float(np.mean([image_psnr(x, y) for x, y in zip(a, b)]))
 
 
 def evaluate(n_identities: int | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0, editor_dir=EDITOR_DIR, reader_dir=None) -> dict:
