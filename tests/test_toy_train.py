@@ -57,6 +57,23 @@ def test_swap_late_context_only_below_the_threshold():
     assert own.tolist() == [True, True, True, False, False, False, True, False]
 
 
+def test_mismatched_context_share_ignores_the_noise_level():
+    """The c5 candidate's data bias: a share of samples, drawn per sample whatever sigma, get another scene."""
+    import numpy as np
+    import torch
+
+    from decontext.toy.train import swap_context
+
+    src = torch.arange(50, dtype=torch.float32)[:, None, None].expand(50, 3, 2).clone()
+    rng = np.random.default_rng(0)
+    idx = rng.integers(50, size=20_000)
+    flags = torch.from_numpy(rng.random(len(idx)) < 0.3)
+    ctx = swap_context(src, idx, flags, rng)
+    swapped = ctx[:, 0, 0].numpy() != idx
+    assert np.array_equal(swapped, flags.numpy())  # exactly the flagged samples, always another scene
+    assert abs(swapped.mean() - 0.3) < 0.01
+
+
 def test_training_smoke_v2_recipe(tmp_path):
     """The v2 options: reuse a trained VAE + reader, a text-to-image base stage, the FLUX timestep
     density, text-to-image steps and (labelled) late context swap, recorded in the saved settings."""
@@ -70,7 +87,7 @@ def test_training_smoke_v2_recipe(tmp_path):
         "--threads", "1", "--vae-reader-from", str(toy_editor_dir("toy-v1")), "--base-steps", "2", "--timesteps", "logit_normal",
         "--t2i-share", "0.5", "--late-swap-sigma", "0.8",
     ])
-    assert info["recipe"] == {"timesteps": "logit_normal", "base_steps": 2, "t2i_share": 0.5, "late_swap_sigma": 0.8}
+    assert info["recipe"] == {"timesteps": "logit_normal", "base_steps": 2, "t2i_share": 0.5, "late_swap_sigma": 0.8, "mismatch_share": 0.0}
     settings = json.loads((tmp_path / "editor" / "decontext_toy.json").read_text())
     assert settings["training"]["recipe"]["late_swap_sigma"] == 0.8
     trained = load_file(str(toy_editor_dir("toy-v1") / "vae" / "diffusion_pytorch_model.safetensors"))

@@ -209,6 +209,40 @@ def resolve_blocks(spec: str | Sequence[str], depths: dict[str, int]) -> list[st
     return result
 
 
+def to_vae_input(pixels: torch.Tensor, size: tuple[int, int], multiple: int, device, dtype) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> a VAE's input range [-1, 1] at ``size`` (bicubic, antialiased, clamped),
+    differentiable; ``size`` must be a multiple of the editor's ``multiple``."""
+    import torch.nn.functional as F
+
+    if size[0] % multiple or size[1] % multiple:
+        raise ValueError(f"working size {tuple(size)} is not a multiple of {multiple}")
+    x = pixels.to(device, torch.float32)
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    return (x * 2 - 1).to(dtype)
+
+
+def edit_images(image, prompts: Sequence[str], seeds: Sequence[int], probe_active: bool) -> list:
+    """The checks every ``edit()`` makes (one seed per prompt, one image or one per prompt, no probe
+    installed) -> the images as a list."""
+    if len(prompts) != len(seeds):
+        raise ValueError("edit() takes one seed per prompt")
+    if probe_active:
+        raise RuntimeError("edit() runs the stock processors; call it outside a probe context")
+    images = [image] if isinstance(image, Image.Image) else list(image)
+    if len(images) not in (1, len(prompts)):
+        raise ValueError("edit() takes one image, or one image per prompt")
+    return images
+
+
+def enable_vae_memory_savers(vae, tiling: bool = False, slicing: bool = False) -> None:
+    """VAE tiling (large images decode tile by tile) and slicing (a batch decodes one image at a time)."""
+    if tiling:
+        vae.enable_tiling()
+    if slicing:
+        vae.enable_slicing()
+
+
 def snap(value: float, multiple: int) -> int:
     """Round down to a multiple (at least one multiple)."""
     return max(multiple, int(math.floor(value / multiple)) * multiple)

@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from ..attention import ContextShareProbe, swapped_processors
-from .base import Condition, Layout, rectified_flow_pair, resolve_blocks
+from .base import Condition, Layout, edit_images, enable_vae_memory_savers, rectified_flow_pair, resolve_blocks, to_vae_input
 
 try:  # diffusers internals used by the probed processor (read, not copied: see docs/ARCHITECTURE.md)
     from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -185,23 +185,12 @@ class FluxDiTEditor:
         self.transformer.enable_gradient_checkpointing()
 
     def enable_vae_memory_savers(self, tiling: bool = False, slicing: bool = False) -> None:
-        """VAE tiling (large images decode tile by tile) and slicing (a batch decodes one image at a time)."""
-        if tiling:
-            self.vae.enable_tiling()
-        if slicing:
-            self.vae.enable_slicing()
+        enable_vae_memory_savers(self.vae, tiling, slicing)
 
     # ------------------------------------------------------------------ image tokens
     def _to_working(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] -> the VAE's input range [-1, 1] at ``size`` (bicubic, antialiased)."""
-        import torch.nn.functional as F
-
-        if size[0] % self.multiple_of or size[1] % self.multiple_of:
-            raise ValueError(f"working size {tuple(size)} is not a multiple of {self.multiple_of}")
-        x = pixels.to(self.device, torch.float32)
-        if tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=tuple(size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        return (x * 2 - 1).to(self.vae.dtype)
+        return to_vae_input(pixels, size, self.multiple_of, self.device, self.vae.dtype)
 
     def image_latents(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, N, 64) packed latent tokens: VAE posterior mode, ``(z - shift) * scale``, 2x2 packing."""
@@ -262,17 +251,8 @@ class FluxDiTEditor:
             handle.remove()
 
     def _edit_images(self, image, prompts: Sequence[str], seeds: Sequence[int]) -> list:
-        """The checks every ``edit()`` makes: one seed per prompt, one image or one per prompt, no probe."""
-        from PIL import Image
-
-        if len(prompts) != len(seeds):
-            raise ValueError("edit() takes one seed per prompt")
-        if self._active_probe is not None:
-            raise RuntimeError("edit() runs the stock processors; call it outside a probe context")
-        images = [image] if isinstance(image, Image.Image) else list(image)
-        if len(images) not in (1, len(prompts)):
-            raise ValueError("edit() takes one image, or one image per prompt")
-        return images
+        """The checks every ``edit()`` makes (``base.edit_images``)."""
+        return edit_images(image, prompts, seeds, self._active_probe is not None)
 
     # ------------------------------------------------------------------ transformer
     def _text_inputs(self, condition: Condition, sigma: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

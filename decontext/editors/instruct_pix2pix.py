@@ -26,11 +26,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..attention import swapped_processors
-from .base import Condition, Layout, resolve_blocks, snap
+from .base import Condition, Layout, edit_images, enable_vae_memory_savers, resolve_blocks, snap, to_vae_input
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 IMAGE_GUIDANCE = 1.5  # the pipeline's and the official edit CLI's image guidance scale
@@ -262,10 +261,7 @@ class InstructPix2PixEditor:
         self.unet.enable_gradient_checkpointing()
 
     def enable_vae_memory_savers(self, tiling: bool = False, slicing: bool = False) -> None:
-        if tiling:
-            self.vae.enable_tiling()
-        if slicing:
-            self.vae.enable_slicing()
+        enable_vae_memory_savers(self.vae, tiling, slicing)
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()
@@ -310,17 +306,9 @@ class InstructPix2PixEditor:
             raise ValueError(f"resolution {side} is below the model's minimum of {multiple} px")
         return official_size(height, width, side, multiple)
 
-    def _to_working(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        if size[0] % self.multiple_of or size[1] % self.multiple_of:
-            raise ValueError(f"working size {tuple(size)} is not a multiple of {self.multiple_of}")
-        x = pixels.to(self.device, torch.float32)
-        if tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=tuple(size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-        return (x * 2 - 1).to(self.vae.dtype)
-
     def image_latents(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, C, h, w) source latents as the pipeline makes them: VAE posterior mode, NOT scaled."""
-        return self.vae.encode(self._to_working(pixels, size)).latent_dist.mode().to(self.dtype)
+        return self.vae.encode(to_vae_input(pixels, size, self.multiple_of, self.device, self.vae.dtype)).latent_dist.mode().to(self.dtype)
 
     def condition(self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None) -> Condition:
         """Source latents of ``pixels`` (differentiable) and the cached CLIP embeddings of ``prompts``.
@@ -428,13 +416,7 @@ class InstructPix2PixEditor:
              resolution: str | int = EDIT_DEFAULTS["resolution"]) -> list[Image.Image]:
         """Edit with StableDiffusionInstructPix2PixPipeline (text guidance ``guidance``, image guidance
         ``self.image_guidance``), one output per (prompt, seed) pair, as one batch."""
-        if len(prompts) != len(seeds):
-            raise ValueError("edit() takes one seed per prompt")
-        if self._active_probe is not None:
-            raise RuntimeError("edit() runs the stock processors; call it outside a probe context")
-        images = [image] if isinstance(image, Image.Image) else list(image)
-        if len(images) not in (1, len(prompts)):
-            raise ValueError("edit() takes one image, or one image per prompt")
+        images = edit_images(image, prompts, seeds, self._active_probe is not None)
         images = [self.prepare_image(im.convert("RGB"), resolution) for im in images]
         if len({im.size for im in images}) != 1:
             raise ValueError("a batch of images must share one size")

@@ -90,11 +90,9 @@ class TinyKontextConfig:
     max_text_tokens: int = 32  # T5 tokens per prompt (the real model uses 512)
 
 
-def _flux_vae(latent_channels: int, vae_channels: tuple[int, ...], layers_per_block: int):
-    """A FLUX.1-like ``AutoencoderKL`` (no quant convs, FLUX shift/scale) drawn from the global RNG.
-
-    Shared by the Kontext and Step1X builders; it draws exactly what the inline construction did.
-    """
+def _kl_vae(latent_channels: int, vae_channels: tuple[int, ...], layers_per_block: int, **family) -> object:
+    """A small ``AutoencoderKL`` drawn from the global RNG; ``family``: the config entries that differ
+    between FLUX-like and Stable-Diffusion-like VAEs (quant convs, shift, scale)."""
     from diffusers import AutoencoderKL
 
     blocks = len(vae_channels)
@@ -108,11 +106,17 @@ def _flux_vae(latent_channels: int, vae_channels: tuple[int, ...], layers_per_bl
         latent_channels=latent_channels,
         norm_num_groups=min(8, min(vae_channels)),
         sample_size=32,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.1159,
-        scaling_factor=0.3611,
+        **family,
     )
+
+
+def _flux_vae(latent_channels: int, vae_channels: tuple[int, ...], layers_per_block: int):
+    """A FLUX.1-like ``AutoencoderKL`` (no quant convs, FLUX shift/scale) drawn from the global RNG.
+
+    Shared by the Kontext and Step1X builders; it draws exactly what the inline construction did.
+    """
+    return _kl_vae(latent_channels, vae_channels, layers_per_block, use_quant_conv=False, use_post_quant_conv=False,
+                   shift_factor=0.1159, scaling_factor=0.3611)
 
 
 @contextlib.contextmanager
@@ -546,21 +550,7 @@ class TinyIP2PConfig:
 
 def sd_vae(latent_channels: int, vae_channels: tuple[int, ...], layers_per_block: int, scaling_factor: float = 0.18215):
     """A Stable-Diffusion-like ``AutoencoderKL`` (quant convs, scale only, no shift) drawn from the global RNG."""
-    from diffusers import AutoencoderKL
-
-    blocks = len(vae_channels)
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
-        block_out_channels=vae_channels,
-        layers_per_block=layers_per_block,
-        latent_channels=latent_channels,
-        norm_num_groups=min(8, min(vae_channels)),
-        sample_size=32,
-        scaling_factor=scaling_factor,
-    )
+    return _kl_vae(latent_channels, vae_channels, layers_per_block, scaling_factor=scaling_factor)
 
 
 def ip2p_scheduler():

@@ -74,6 +74,42 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+class EMATrainer:
+    """The denoiser training loop's bookkeeping, shared by the toy editors: AdamW (weight decay 0.01,
+    betas 0.9 / 0.99), ``lr_at``'s warm-up + cosine schedule, gradient clipping at 1, an EMA of the
+    weights (decay ramping up to ``ema_decay``) that replaces them at ``finish``, a running-loss log."""
+
+    def __init__(self, model, steps: int, lr: float, ema_decay: float, label: str):
+        self.model, self.steps, self.lr, self.ema_decay, self.label = model, steps, lr, ema_decay, label
+        self.ema = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.train()
+        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
+        self.running = None
+
+    def begin(self, step: int) -> None:
+        for g in self.opt.param_groups:
+            g["lr"] = lr_at(step, self.steps, self.lr, warmup=min(100, self.steps // 10 + 1))
+
+    def update(self, step: int, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        d = min(self.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for k, v in self.model.state_dict().items():
+                self.ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+        value = loss.item()
+        self.running = value if self.running is None else 0.98 * self.running + 0.02 * value
+        if step % 50 == 0 or step == self.steps - 1:
+            log(f"{self.label} step {step}/{self.steps} loss {value:.4f} (avg {self.running:.4f}) lr {self.opt.param_groups[0]['lr']:.2e}")
+
+    def finish(self) -> dict:
+        self.model.load_state_dict(self.ema)
+        self.model.eval()
+        return {"final_loss_avg": self.running}
+
+
 @torch.no_grad()
 def reconstruct(vae, images: np.ndarray, batch: int = 200) -> np.ndarray:
     out = []
@@ -311,13 +347,9 @@ def train_transformer(
     shift = inference_shift(scheduler, src.shape[1])
     rng = np.random.default_rng(seed + 41)
     gen = torch.Generator().manual_seed(seed + 42)
-    ema = {k: v.detach().clone() for k, v in transformer.state_dict().items()}
-    transformer.train()
-    opt = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
-    running = None
+    trainer = EMATrainer(transformer, steps, lr, ema_decay, label)
     for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup=min(100, steps // 10 + 1))
+        trainer.begin(step)
         idx = rng.integers(len(src), size=batch)
         edits = rng.integers(len(world.EDITS), size=batch)
         prompts = np.array([by_edit[world.EDITS[e]][rng.integers(len(by_edit[world.EDITS[e]]))] for e in edits])
@@ -334,21 +366,8 @@ def train_transformer(
         xt = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
         guidance = 1.0 + 3.0 * torch.rand(batch, generator=gen)
         pred = transformer_velocity(transformer, xt, ctx, sigma, guidance, embeds[prompts], pooled[prompts])
-        loss = F.mse_loss(pred, noise - x0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        opt.step()
-        d = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, v in transformer.state_dict().items():
-                ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0 or step == steps - 1:
-            log(f"{label} step {step}/{steps} loss {loss.item():.4f} (avg {running:.4f}) lr {opt.param_groups[0]['lr']:.2e}")
-    transformer.load_state_dict(ema)
-    transformer.eval()
-    return {"final_loss_avg": running}
+        trainer.update(step, F.mse_loss(pred, noise - x0))
+    return trainer.finish()
 
 
 @torch.no_grad()

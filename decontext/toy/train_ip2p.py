@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 from decontext.editors.tiny import TinyIP2PConfig, tiny_ip2p_components
 from decontext.toy import world
-from decontext.toy.model import PROMPTS_FILE, RESOLUTION, SETTINGS_FILE, to_model_space
+from decontext.toy.model import RESOLUTION, SETTINGS_FILE, to_model_space
 from decontext.toy.names import ROOT, toy_editor_dir
-from decontext.toy.train import log, lr_at, make_scenes, prompt_pool, train_vae
+from decontext.toy.train import EMATrainer, log, make_scenes, prompt_pool, train_vae
 
 # 64 px -> 16x16x4 latents (3 VAE blocks = 4x down); a two-level UNet (16 -> 8) with cross-attention
 # at both levels and in the middle block.
@@ -109,13 +109,9 @@ def train_unet(components, src, tgt, steps: int, batch: int, seed: int, lr: floa
     scale = vae.config.scaling_factor
     rng = np.random.default_rng(seed + 41)
     gen = torch.Generator().manual_seed(seed + 42)
-    ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
-    unet.train()
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
-    running = None
+    trainer = EMATrainer(unet, steps, lr, ema_decay, "unet")
     for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, steps, lr, warmup=min(100, steps // 10 + 1))
+        trainer.begin(step)
         idx = rng.integers(len(src), size=batch)
         edits = rng.integers(len(world.EDITS), size=batch)
         prompts = [by_edit[world.EDITS[e]][rng.integers(len(by_edit[world.EDITS[e]]))] for e in edits]
@@ -130,21 +126,8 @@ def train_unet(components, src, tgt, steps: int, batch: int, seed: int, lr: floa
         a = alphas[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         pred = unet(torch.cat([x_t, source], dim=1), t, encoder_hidden_states=text, return_dict=False)[0]
-        loss = F.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        d = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for k, v in unet.state_dict().items():
-                ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0 or step == steps - 1:
-            log(f"unet step {step}/{steps} loss {loss.item():.4f} (avg {running:.4f}) lr {opt.param_groups[0]['lr']:.2e}")
-    unet.load_state_dict(ema)
-    unet.eval()
-    return {"final_loss_avg": running}
+        trainer.update(step, F.mse_loss(pred, noise))
+    return trainer.finish()
 
 
 def save_editor(components, out: Path, info: dict) -> None:
