@@ -243,6 +243,18 @@ def enable_vae_memory_savers(vae, tiling: bool = False, slicing: bool = False) -
         vae.enable_slicing()
 
 
+def level_working_size(height: int, width: int, resolution: str | int, multiple: int, default_level: int, rule) -> tuple[int, int]:
+    """Working size of editors whose official code resizes by a size level: ``native`` = the image's
+    size snapped down to ``multiple``; ``auto`` = ``rule`` at ``default_level``; N = ``rule`` at level N.
+    ``rule(height, width, level, multiple) -> (H, W)`` is the editor's official resize."""
+    if resolution == "native":
+        return snap(height, multiple), snap(width, multiple)
+    level = default_level if resolution == "auto" else int(resolution)
+    if level < multiple:
+        raise ValueError(f"resolution {level} is below the model's minimum of {multiple} px")
+    return rule(height, width, level, multiple)
+
+
 def snap(value: float, multiple: int) -> int:
     """Round down to a multiple (at least one multiple)."""
     return max(multiple, int(math.floor(value / multiple)) * multiple)

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..attention import swapped_processors
-from .base import Condition, Layout, edit_images, enable_vae_memory_savers, resolve_blocks, snap, to_vae_input
+from .base import Condition, Layout, edit_images, enable_vae_memory_savers, level_working_size, resolve_blocks, snap, to_vae_input
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 IMAGE_GUIDANCE = 1.5  # the pipeline's and the official edit CLI's image guidance scale
@@ -298,13 +298,7 @@ class InstructPix2PixEditor:
     def working_size(self, height: int, width: int, resolution: str | int = "auto") -> tuple[int, int]:
         """``auto``: the official edit CLI's size at 512 (longer side 512); ``native``: the image's size
         snapped down; N: the official rule with the longer side N."""
-        multiple = self.multiple_of
-        if resolution == "native":
-            return snap(height, multiple), snap(width, multiple)
-        side = EDIT_DEFAULTS["resolution"] if resolution == "auto" else int(resolution)
-        if side < multiple:
-            raise ValueError(f"resolution {side} is below the model's minimum of {multiple} px")
-        return official_size(height, width, side, multiple)
+        return level_working_size(height, width, resolution, self.multiple_of, EDIT_DEFAULTS["resolution"], official_size)
 
     def image_latents(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, C, h, w) source latents as the pipeline makes them: VAE posterior mode, NOT scaled."""

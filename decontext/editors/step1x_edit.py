@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .base import Condition, Layout, snap
+from .base import Condition, Layout, level_working_size, snap
 from .flux_dit import FluxDiTEditor, image_ids, pack_latents, unpack_latents
 from .step1x_connector import load_step1x_checkpoint, qwen_features
 
@@ -244,13 +244,7 @@ class Step1XEditor(FluxDiTEditor):
     def working_size(self, height: int, width: int, resolution: str | int = "auto") -> tuple[int, int]:
         """``auto``: the official resize at size level 512 (any aspect ratio); N: the official resize at
         level N (512 / 768 / 1024 are the official levels); ``native``: the image's size snapped down."""
-        multiple = self.multiple_of
-        if resolution == "native":
-            return snap(height, multiple), snap(width, multiple)
-        level = EDIT_DEFAULTS["resolution"] if resolution == "auto" else int(resolution)
-        if level < multiple:
-            raise ValueError(f"resolution {level} is below the model's minimum of {multiple} px")
-        return official_size(height, width, level, multiple)
+        return level_working_size(height, width, resolution, self.multiple_of, EDIT_DEFAULTS["resolution"], official_size)
 
     def _vlm_images(self, pixels: torch.Tensor, size: tuple[int, int]) -> list[Image.Image]:
         """The resized reference as Qwen sees it: the same pixels the VAE gets, as uint8."""

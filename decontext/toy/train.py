@@ -395,12 +395,16 @@ def quick_eval(components, reader: ToyReader, n_identities: int = 12, seed: int 
     return {"toy_identity": float(np.mean(ident)), "edit_success": float(np.mean(success)), "n": len(ident)}
 
 
+def write_editor_folder(pipe, out: Path, settings: dict) -> None:
+    """A toy editor folder: the pipeline in diffusers layout (safetensors) + its ``decontext_toy.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(str(out), safe_serialization=True)
+    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+
 def save_editor(components, out: Path, info: dict) -> None:
     from diffusers import FluxKontextPipeline
 
-    out.mkdir(parents=True, exist_ok=True)
-    pipe = FluxKontextPipeline(**components)
-    pipe.save_pretrained(str(out), safe_serialization=True)
     settings = {
         "resolution": RESOLUTION,
         "height": RESOLUTION,
@@ -414,7 +418,7 @@ def save_editor(components, out: Path, info: dict) -> None:
         "reader": "data/toy_reader",
         "training": info,
     }
-    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    write_editor_folder(FluxKontextPipeline(**components), out, settings)
 
 
 def main(argv=None) -> dict:

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 from decontext.editors.tiny import TinyIP2PConfig, tiny_ip2p_components
 from decontext.toy import world
-from decontext.toy.model import RESOLUTION, SETTINGS_FILE, to_model_space
+from decontext.toy.model import RESOLUTION, to_model_space
 from decontext.toy.names import ROOT, toy_editor_dir
-from decontext.toy.train import EMATrainer, log, make_scenes, prompt_pool, train_vae
+from decontext.toy.train import EMATrainer, log, make_scenes, prompt_pool, train_vae, write_editor_folder
 
 # 64 px -> 16x16x4 latents (3 VAE blocks = 4x down); a two-level UNet (16 -> 8) with cross-attention
 # at both levels and in the middle block.
@@ -133,9 +133,6 @@ def train_unet(components, src, tgt, steps: int, batch: int, seed: int, lr: floa
 def save_editor(components, out: Path, info: dict) -> None:
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    out.mkdir(parents=True, exist_ok=True)
-    pipe = StableDiffusionInstructPix2PixPipeline(**components)
-    pipe.save_pretrained(str(out), safe_serialization=True)
     settings = {
         "resolution": RESOLUTION,
         "num_inference_steps": DEFAULT_STEPS,
@@ -145,7 +142,7 @@ def save_editor(components, out: Path, info: dict) -> None:
         "reader": "data/toy_reader",
         "training": info,
     }
-    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+    write_editor_folder(StableDiffusionInstructPix2PixPipeline(**components), out, settings)
 
 
 def main(argv=None) -> dict:
