@@ -72,6 +72,26 @@ def t5_tokenizer(words: tuple[str, ...] | list[str] = BASE_WORDS):
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
+def clip_text_model(tokenizer, hidden: int, layers: int = 2, heads: int = 2):
+    """A small ``CLIPTextModel`` for ``tokenizer`` (hidden = projection width), drawn from the global RNG."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=hidden,
+        )
+    )
+
+
 @dataclass(frozen=True)
 class TinyKontextConfig:
     """Sizes of a tiny FLUX.1-Kontext. Defaults are small enough for CPU tests at 512 px."""
@@ -130,7 +150,7 @@ def _seeded(seed: int):
 def tiny_kontext_components(config: TinyKontextConfig = TinyKontextConfig(), seed: int = 0, words=BASE_WORDS) -> dict:
     """Components of a ``FluxKontextPipeline`` with seeded random weights."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
     if sum(config.axes_dims_rope) != config.attention_head_dim:
         raise ValueError(f"sum(axes_dims_rope)={sum(config.axes_dims_rope)} must equal attention_head_dim={config.attention_head_dim}")
@@ -149,20 +169,7 @@ def tiny_kontext_components(config: TinyKontextConfig = TinyKontextConfig(), see
             axes_dims_rope=config.axes_dims_rope,
         )
         vae = _flux_vae(config.latent_channels, config.vae_channels, config.vae_layers_per_block)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=config.pooled_dim,
-                intermediate_size=2 * config.pooled_dim,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                projection_dim=config.pooled_dim,
-            )
-        )
+        text_encoder = clip_text_model(tokenizer, config.pooled_dim, layers=2)
         text_encoder_2 = T5EncoderModel(
             T5Config(
                 vocab_size=len(tokenizer_2),
@@ -567,7 +574,6 @@ def tiny_ip2p_components(config: TinyIP2PConfig = TinyIP2PConfig(), seed: int = 
     """Components of a ``StableDiffusionInstructPix2PixPipeline`` with seeded random weights (no
     safety checker): the UNet takes 2 x latent_channels inputs (noisy latent + source latent)."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = clip_tokenizer(words)
     with _seeded(seed):
@@ -584,20 +590,7 @@ def tiny_ip2p_components(config: TinyIP2PConfig = TinyIP2PConfig(), seed: int = 
             norm_num_groups=min(8, min(config.unet_channels)),
         )
         vae = sd_vae(config.latent_channels, config.vae_channels, config.vae_layers_per_block, config.scaling_factor)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=config.text_dim,
-                intermediate_size=2 * config.text_dim,
-                num_hidden_layers=config.text_layers,
-                num_attention_heads=2,
-                max_position_embeddings=77,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                projection_dim=config.text_dim,
-            )
-        )
+        text_encoder = clip_text_model(tokenizer, config.text_dim, layers=config.text_layers)
     for module in (unet, vae, text_encoder):
         module.eval()
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=ip2p_scheduler(),
