@@ -159,7 +159,7 @@ def main(argv=None) -> int:
                 continue
             began = time.perf_counter()
             method = build(variant, attack_prompts)
-            if set(method.requires) - set(editor.capabilities):
+            if not method.applies_to(editor):
                 print(f"{variant}@{eps:g}: does not apply to {editor.family} (skipped)", flush=True)
                 continue
             alpha = args.alpha or max(0.25, 4 * eps / max(args.steps, 1))

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
             targets = ["-"] if name == "noise" else args.targets
             for target in targets:
                 members = [] if name == "noise" else [editors[k] for k in target.split("+")]
-                if any(set(method_class(name).requires) - set(e.capabilities) for e in members):
+                if not all(method_class(name).applies_to(e) for e in members):
                     print(f"{name} against {target}: does not apply (skipped)", flush=True)
                     continue
                 t = time.perf_counter()

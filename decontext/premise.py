@@ -233,17 +233,18 @@ def layout_of_call(hidden_states: torch.Tensor, encoder_hidden_states: torch.Ten
     return Layout(text=encoder_hidden_states.shape[1], target=target, context=context)
 
 
-def step_of(timestep: torch.Tensor, schedule: torch.Tensor | None, after: int | None = None) -> int | None:
-    """Index of the transformer's ``timestep`` in the scheduler's ``schedule`` (None if not in it).
+def step_of(timestep: torch.Tensor, schedule: torch.Tensor | None, after: int | None = None, scale: float = TIMESTEP_SCALE) -> int | None:
+    """Index of the denoiser's ``timestep`` in the scheduler's ``schedule`` (None if not in it).
 
-    The pipeline passes ``t.to(latents dtype) / 1000``; the schedule is converted the same way so
-    the match is exact. Should a low-precision dtype map two steps onto one value, the first of
+    The Kontext pipeline passes ``t.to(latents dtype) / 1000`` (``scale``; an InstructPix2Pix
+    pipeline passes ``t`` itself: scale 1); the schedule is converted the same way so the match is
+    exact. Should a low-precision dtype map two steps onto one value, the first of
     them after ``after`` (the previous step seen) is taken.
     """
     if schedule is None or len(schedule) == 0:
         return None
     value = timestep.reshape(-1)[0]
-    converted = schedule.to(value.device, value.dtype) / TIMESTEP_SCALE
+    converted = schedule.to(value.device, value.dtype) / scale
     hits = [int(i) for i in (converted == value).nonzero().flatten()]
     if not hits:
         return None
@@ -273,13 +274,10 @@ def _cut_source_channels(state: CutState, scheduler, latent_channels: int):
     def hook(module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        schedule = getattr(scheduler, "timesteps", None)
-        state.step = None
-        if timestep is not None and schedule is not None:
-            hits = (schedule.to(torch.as_tensor(timestep).device) == torch.as_tensor(timestep).reshape(-1)[0]).nonzero().flatten()
-            state.step = int(hits[0]) if len(hits) else None
+        timestep = None if timestep is None else torch.as_tensor(timestep)
+        state.step = None if timestep is None else step_of(timestep, getattr(scheduler, "timesteps", None), state.step, scale=1.0)
         if state.step is not None:
-            state.sigmas.setdefault(state.step, float(torch.as_tensor(timestep).reshape(-1)[0]) / (len(scheduler.alphas_cumprod) - 1))
+            state.sigmas.setdefault(state.step, float(timestep.reshape(-1)[0]) / (len(scheduler.alphas_cumprod) - 1))
         factor = state.factor_for(SOURCE_INPUT)
         if factor is None:
             return None
@@ -476,34 +474,13 @@ N_BOOT = 2000
 
 
 def _edit(pipe, images: list, prompts: list[str], settings: dict, seed: int) -> np.ndarray:
-    """One stock pipeline call with the editor folder's settings -> uint8 (B, H, W, 3)."""
-    from PIL import Image
+    """One stock pipeline call with the editor folder's settings -> uint8 (B, H, W, 3)
+    (``decontext.toy.evaluate.run_edits`` with a single batch seeded ``seed``)."""
+    from .toy.evaluate import run_edits
+    from .toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
-    from .toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, MAX_SEQUENCE_LENGTH, RESOLUTION
-
-    if getattr(pipe, "transformer", None) is None:  # InstructPix2Pix: the family's own call (toy.evaluate)
-        from .toy.evaluate import pipeline_kwargs
-
-        result = pipe(image=[Image.fromarray(im) for im in images], prompt=list(prompts), num_inference_steps=settings["num_inference_steps"],
-                      guidance_scale=settings["guidance_scale"], generator=torch.Generator().manual_seed(seed), output_type="np",
-                      **pipeline_kwargs(pipe, settings)).images
-        return (np.clip(result, 0, 1) * 255).round().astype(np.uint8)
-    height = settings.get("height", settings.get("resolution", RESOLUTION))
-    width = settings.get("width", settings.get("resolution", RESOLUTION))
-    result = pipe(
-        image=[Image.fromarray(im) for im in images],
-        prompt=list(prompts),
-        height=height,
-        width=width,
-        max_area=settings.get("max_area", height * width),
-        _auto_resize=settings.get("_auto_resize", False),
-        num_inference_steps=settings.get("num_inference_steps", DEFAULT_STEPS),
-        guidance_scale=settings.get("guidance_scale", DEFAULT_GUIDANCE),
-        max_sequence_length=settings.get("max_sequence_length", MAX_SEQUENCE_LENGTH),
-        generator=torch.Generator().manual_seed(seed),
-        output_type="np",
-    ).images
-    return (np.clip(result, 0, 1) * 255).round().astype(np.uint8)
+    return run_edits(pipe, list(images), list(prompts), settings.get("num_inference_steps", DEFAULT_STEPS),
+                     settings.get("guidance_scale", DEFAULT_GUIDANCE), seed, batch=max(1, len(images)), settings=settings)
 
 
 def _interval(values, seed: int) -> dict:

@@ -47,7 +47,7 @@ def test_editors_answer_the_protocol(family):
 
 
 def applies(method: str, family: str) -> bool:
-    return set(method_class(method).requires) <= set(editor_class(family).capabilities)
+    return method_class(method).applies_to(editor_class(family))
 
 
 def test_every_method_applies_to_some_editor_and_the_kontext_editor_takes_all():

@@ -224,32 +224,31 @@ class InstructPix2PixEditor:
         """The denoiser (named as on the DiT editors, for code that inspects processors)."""
         return self.pipe.unet
 
-    def _cross_attention_keys(self) -> dict[str, list[str]]:
-        """Processor keys of the text cross-attention layers, per stream, in the UNet's execution order."""
-        keys: dict[str, list[str]] = {s: [] for s in STREAMS}
+    def _cross_attention_keys(self) -> dict[str, str]:
+        """``{"down.0": processor key, ...}``: the text cross-attention layers in the UNet's execution order."""
+        streams: dict[str, list[str]] = {s: [] for s in STREAMS}
         prefix = {"down_blocks.": "down", "mid_block.": "mid", "up_blocks.": "up"}
         for key in self.unet.attn_processors:
             if key.endswith(f".{CROSS_ATTENTION}.processor"):
-                stream = next(s for p, s in prefix.items() if key.startswith(p))
-                keys[stream].append(key)
-        return keys
+                streams[next(s for p, s in prefix.items() if key.startswith(p))].append(key)
+        return {f"{s}.{i}": key for s, keys in streams.items() for i, key in enumerate(keys)}
 
     @property
     def depths(self) -> dict[str, int]:
         """Cross-attention layers per UNet stage, e.g. {"down": 6, "mid": 1, "up": 9} on SD 1.5."""
-        return {s: len(k) for s, k in self._cross_attention_keys().items() if k}
+        depths: dict[str, int] = {}
+        for name in self._cross_attention_keys():
+            stream = name.split(".")[0]
+            depths[stream] = depths.get(stream, 0) + 1
+        return depths
 
     @property
     def block_names(self) -> list[str]:
-        return [f"{s}.{i}" for s, n in self.depths.items() for i in range(n)]
+        return list(self._cross_attention_keys())
 
     def resolve_blocks(self, spec) -> list[str]:
         """Cross-attention layers by specification: ``down``, ``mid``, ``up:0-2``, ``down.1`` ..."""
         return resolve_blocks(spec, self.depths)
-
-    def _processor_key(self, name: str) -> str:
-        stream, index = name.split(".")
-        return self._cross_attention_keys()[stream][int(index)]
 
     @property
     def multiple_of(self) -> int:
@@ -380,11 +379,12 @@ class InstructPix2PixEditor:
         if self._active_probe is not None:
             raise RuntimeError("a probe is already installed on this editor; probes do not nest")
         blocks = list(blocks)
-        unknown = [b for b in blocks if b not in self.block_names]
+        keys = self._cross_attention_keys()
+        unknown = [b for b in blocks if b not in keys]
         if unknown or not blocks:
             raise ValueError(f"cannot probe {unknown or 'no layers'}: this model's cross-attention layers are {self.depths}")
         probe = TextAttentionProbe()
-        processors = {self._processor_key(name): ProbedCrossAttnProcessor(probe, name) for name in blocks}
+        processors = {keys[name]: ProbedCrossAttnProcessor(probe, name) for name in blocks}
         with swapped_processors(self.unet, processors):
             self._active_probe, self._probed = probe, blocks
             try:

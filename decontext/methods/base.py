@@ -44,11 +44,20 @@ class Method:
     requires: ClassVar[frozenset[str]] = frozenset()  # editor capabilities (editors.base.CAPABILITIES) it needs
 
     @classmethod
+    def missing_capabilities(cls, editor) -> list[str]:
+        """What this method needs that ``editor`` (an editor or its class) does not offer."""
+        return sorted(set(cls.requires) - set(getattr(editor, "capabilities", ())))
+
+    @classmethod
+    def applies_to(cls, editor) -> bool:
+        return not cls.missing_capabilities(editor)
+
+    @classmethod
     def check_applies(cls, editor) -> None:
         """Raise a clear ValueError when ``editor`` (an editor or its class) lacks what this method needs."""
         from ..editors.base import CAPABILITIES
 
-        missing = sorted(set(cls.requires) - set(getattr(editor, "capabilities", ())))
+        missing = cls.missing_capabilities(editor)
         if missing:
             family = getattr(editor, "family", type(editor).__name__)
             needs = "; ".join(f"{m}: {CAPABILITIES.get(m, m)}" for m in missing)

@@ -56,14 +56,17 @@ def load_pipeline(path=EDITOR_DIR):
 
 
 def pipeline_kwargs(pipe, settings: dict | None = None) -> dict:
-    """The family-specific arguments of a toy editor's pipeline call: Kontext's fixed size and text
-    length, or InstructPix2Pix's image guidance (the folder's, else 1.5)."""
+    """The family-specific arguments of a toy editor's pipeline call, from the folder's settings (else
+    the toy's constants): Kontext's fixed size and text length, or InstructPix2Pix's image guidance."""
     from diffusers import FluxKontextPipeline
 
+    settings = settings or {}
     if isinstance(pipe, FluxKontextPipeline):
-        return {"height": RESOLUTION, "width": RESOLUTION, "max_area": RESOLUTION * RESOLUTION, "_auto_resize": False,
-                "max_sequence_length": MAX_SEQUENCE_LENGTH}
-    return {"image_guidance_scale": float((settings or {}).get("image_guidance_scale", 1.5))}
+        height = settings.get("height", settings.get("resolution", RESOLUTION))
+        width = settings.get("width", settings.get("resolution", RESOLUTION))
+        return {"height": height, "width": width, "max_area": settings.get("max_area", height * width),
+                "_auto_resize": settings.get("_auto_resize", False), "max_sequence_length": settings.get("max_sequence_length", MAX_SEQUENCE_LENGTH)}
+    return {"image_guidance_scale": float(settings.get("image_guidance_scale", 1.5))}
 
 
 @torch.no_grad()

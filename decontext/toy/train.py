@@ -236,16 +236,22 @@ def reuse_vae_and_reader(editor_dir: Path, vae, work: Path, info: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------- editor
+def kontext_tokens(vae, x: torch.Tensor) -> torch.Tensor:
+    """What the toy Kontext trains on: VAE posterior mode, shift/scale, the pipeline's 2x2 packing."""
+    return pack_latents(vae_latents(vae, x))
+
+
 @torch.no_grad()
-def editor_pairs(vae, n_sources: int, seed: int, extras: float = 0.2):
-    """Packed latents of n_sources training scenes and of their 6 ground-truth edits."""
+def editor_pairs(vae, n_sources: int, seed: int, extras: float = 0.2, encode=kontext_tokens):
+    """``encode(vae, images in [-1, 1])`` of n_sources training scenes and of their 6 ground-truth
+    edits: (N, ...) and (N, 6, ...); default the toy Kontext's packed tokens."""
     scenes = make_scenes(world.train_identities(), n_sources, seed=seed + 31, extras=extras)
     src, tgt = [], []
     chunk = 64
     for i in range(0, n_sources, chunk):
         part = scenes[i : i + chunk]
         imgs = [world.render(s) for s in part] + [world.render(world.apply_edit(s, e)) for e in world.EDITS for s in part]
-        z = pack_latents(vae_latents(vae, to_model_space(np.stack(imgs))))
+        z = encode(vae, to_model_space(np.stack(imgs)))
         n = len(part)
         src.append(z[:n])
         tgt.append(z[n:].view(len(world.EDITS), n, *z.shape[1:]).transpose(0, 1))

@@ -30,9 +30,9 @@ import torch.nn.functional as F
 
 from decontext.editors.tiny import TinyIP2PConfig, tiny_ip2p_components
 from decontext.toy import world
-from decontext.toy.model import RESOLUTION, to_model_space
+from decontext.toy.model import RESOLUTION
 from decontext.toy.names import ROOT, toy_editor_dir
-from decontext.toy.train import EMATrainer, log, make_scenes, prompt_pool, train_vae, write_editor_folder
+from decontext.toy.train import EMATrainer, editor_pairs, log, prompt_pool, train_vae, write_editor_folder
 
 # 64 px -> 16x16x4 latents (3 VAE blocks = 4x down); a two-level UNet (16 -> 8) with cross-attention
 # at both levels and in the middle block.
@@ -65,21 +65,10 @@ def build_components(seed: int = 0) -> dict:
     return components
 
 
-@torch.no_grad()
-def source_target_latents(vae, n_sources: int, seed: int, extras: float = 0.2):
-    """Unscaled posterior-mode latents (what the pipeline feeds the UNet as the source image) of
-    ``n_sources`` training scenes, and of their six ground-truth edits: (N, C, h, w), (N, 6, C, h, w).
-    The scenes are the toy Kontext's (``train.editor_pairs`` draws the same ones)."""
-    scenes = make_scenes(world.train_identities(), n_sources, seed=seed + 31, extras=extras)
-    src, tgt = [], []
-    for i in range(0, n_sources, 64):
-        part = scenes[i : i + 64]
-        imgs = [world.render(s) for s in part] + [world.render(world.apply_edit(s, e)) for e in world.EDITS for s in part]
-        z = vae.encode(to_model_space(np.stack(imgs))).latent_dist.mode()
-        n = len(part)
-        src.append(z[:n])
-        tgt.append(z[n:].view(len(world.EDITS), n, *z.shape[1:]).transpose(0, 1))
-    return torch.cat(src), torch.cat(tgt)
+def source_latents(vae, x: torch.Tensor) -> torch.Tensor:
+    """What the pipeline feeds the UNet as the source image (and, scaled, the denoising target):
+    the unscaled VAE posterior mode, (B, C, h, w)."""
+    return vae.encode(x).latent_dist.mode()
 
 
 @torch.no_grad()
@@ -191,7 +180,7 @@ def main(argv=None) -> dict:
     vae.eval().requires_grad_(False)
 
     t0 = time.time()
-    src, tgt = source_target_latents(vae, args.sources, args.seed)
+    src, tgt = editor_pairs(vae, args.sources, args.seed, encode=source_latents)  # the toy Kontext's scenes
     log(f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; scaled latent std {float(src.std() * vae.config.scaling_factor):.3f}")
     info["unet"] = train_unet(components, src, tgt, args.steps, args.batch, args.seed, lr=args.lr)
     info.update(steps=args.steps, batch=args.batch, lr=args.lr, sources=args.sources)
