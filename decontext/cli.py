@@ -67,6 +67,7 @@ def _load(cls, args, device=None):
 def attack_parser(family: str) -> argparse.ArgumentParser:
     from .editors import editor_class
     from .methods import add_method_arguments
+    from .pgd import SCHEDULES, UPDATES
 
     cls = editor_class(family)
     defaults = cls.attack_defaults
@@ -79,8 +80,11 @@ def attack_parser(family: str) -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=defaults["steps"], help=f"PGD steps (default {defaults['steps']})")
     parser.add_argument("--resolution", type=resolution_arg, default="auto", help=f"working size inside the editor: auto ({cls.auto_resolution_note}), native (the image's own size), or N (N x N area)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--momentum", type=float, default=0.0)
-    parser.add_argument("--random-start", action="store_true")
+    parser.add_argument("--momentum", type=float, default=None, help="MI-FGSM momentum decay (default: the method's, else 0 = plain sign steps)")
+    parser.add_argument("--schedule", default=None, choices=SCHEDULES, help="step-size schedule (default: the method's, else constant; linear = PhotoGuard's decay to alpha/100)")
+    parser.add_argument("--random-start", default=None, action=argparse.BooleanOptionalAction, help="start from a random point of the eps-ball (default: the method's, else no)")
+    parser.add_argument("--update", default=None, choices=UPDATES, help="update rule: sign (default: every pixel moves by alpha) or l2 (a step of rms alpha along the gradient)")
+    parser.add_argument("--psnr-floor", type=float, default=None, help="also keep the protected image's PSNR at or above this many dB (an L2 budget beside --eps)")
     parser.add_argument("--measure-draws", type=int, default=4, help="fixed draws of the method's measurement before/after, stored in the manifest (0 = skip)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the transformer (less GPU memory, slower)")
     parser.add_argument("--no-progress", action="store_true")
@@ -98,6 +102,7 @@ def attack_main(family: str, argv=None) -> int:
     from .distributed import current_shard
     from .methods import method_from_args
     from .prompts import PromptFileError
+    from .pgd import PGDConfig
     from .protect import ProtectSettings, merge_manifests, protect_paths
 
     if not Path(args.input).exists():
@@ -109,6 +114,12 @@ def attack_main(family: str, argv=None) -> int:
     except (PromptFileError, ValueError, TypeError) as exc:
         print(f"error: --method {args.method}: {exc}", file=sys.stderr)
         return 2
+    try:
+        pgd = PGDConfig.for_method(method, eps=args.eps, alpha=args.alpha, steps=args.steps, momentum=args.momentum,
+                                   schedule=args.schedule, random_start=args.random_start, update=args.update, psnr_floor=args.psnr_floor)
+    except (ValueError, TypeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     shard = current_shard()  # under `accelerate launch`, this process's share of the inputs
     device = shard.device if (args.device == "auto" and shard.device is not None) else None
     try:
@@ -118,10 +129,7 @@ def attack_main(family: str, argv=None) -> int:
         return 2
     if args.checkpointing:
         editor.enable_gradient_checkpointing()
-    settings = ProtectSettings(
-        eps=args.eps, alpha=args.alpha, steps=args.steps, momentum=args.momentum, random_start=args.random_start,
-        seed=args.seed, resolution=args.resolution, measure_draws=args.measure_draws, progress=not args.no_progress,
-    )
+    settings = ProtectSettings(pgd=pgd, seed=args.seed, resolution=args.resolution, measure_draws=args.measure_draws, progress=not args.no_progress)
     manifest = "manifest.json" if shard.world == 1 else f"manifest.rank{shard.rank}.json"
     report = protect_paths(editor, method, args.input, args.output, settings, args_record=vars(args), shard=(shard.rank, shard.world), manifest_name=manifest)
     if shard.world > 1:

@@ -4,13 +4,24 @@ It knows nothing about diffusion: a method hands it ``loss_fn(x, step, generator
 scalar to MAXIMISE (optionally with a dict of floats to log). Budgets and step sizes are given in
 1/255 units of the [0, 1] scale, as on the command line (``eps=12.75`` means 12.75/255).
 
-Each step: g = d loss / d x; with momentum, g <- mu * g_prev + g / mean|g| (MI-FGSM);
-x <- clip(x0 + clip(x + alpha * sign(g) - x0, -eps, eps), 0, 1).
+Each step k of n: g = d loss / d x; with momentum, g <- mu * g_prev + g / mean|g| (MI-FGSM);
+x <- P(x + alpha_k * u(g)), where alpha_k follows the step-size schedule (``SCHEDULES``: constant,
+linear = PhotoGuard's decay to alpha/100, or cosine to alpha/100), u is the update rule (``UPDATES``:
+``sign`` = sign(g), every pixel moves by alpha; ``l2`` = g / rms(g), a step of root-mean-square alpha
+that moves the pixels with large gradients most), and P projects onto the budget: the L-inf ball of
+radius eps around the clean image, the [0, 1] range, and, with ``psnr_floor``, the L2 ball of the
+perturbation whose PSNR is that floor (the perturbation is scaled down when its rms exceeds
+10^(-floor/20); scaling keeps it inside the other two sets).
+
+What a method prefers (PhotoGuard's encoder attack: a random start and the linear schedule) is its
+``pgd_defaults``; ``PGDConfig.for_method`` lays explicit choices over them, and the config used is
+what manifests record.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Callable
 
 import torch
@@ -20,11 +31,80 @@ LossOutput = torch.Tensor | tuple[torch.Tensor, dict]
 LossFn = Callable[[torch.Tensor, int, torch.Generator], LossOutput]
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
+FINAL_FRACTION = 0.01  # the decaying schedules end at alpha * FINAL_FRACTION (PhotoGuard's alpha/100)
+SCHEDULES = ("constant", "linear", "cosine")
+UPDATES = ("sign", "l2")
+
+
+def psnr_radius(psnr_db: float) -> float:
+    """Root-mean-square perturbation (on the [0, 1] scale) whose PSNR is ``psnr_db``."""
+    return 10.0 ** (-psnr_db / 20.0)
+
+
+def step_size(schedule: str, alpha: float, step: int, steps: int) -> float:
+    """The step of ``schedule`` at ``step`` (0-based) of ``steps``.
+
+    constant: alpha; linear: alpha - (alpha - alpha/100) * step / steps (PhotoGuard's rule);
+    cosine: alpha/100 + (alpha - alpha/100) * (1 + cos(pi * step / steps)) / 2.
+    """
+    if schedule == "constant":
+        return alpha
+    low = alpha * FINAL_FRACTION
+    progress = step / max(steps, 1)
+    if schedule == "linear":
+        return alpha - (alpha - low) * progress
+    if schedule == "cosine":
+        return low + (alpha - low) * (1 + math.cos(math.pi * progress)) / 2
+    raise ValueError(f"unknown step-size schedule {schedule!r} (choose from {', '.join(SCHEDULES)})")
+
+
+@dataclass(frozen=True)
+class PGDConfig:
+    """What a PGD run is, apart from its seed: budget, step, steps, update rule and start."""
+
+    eps: float = 12.75  # L-inf radius in 1/255 units
+    alpha: float = 0.6375  # (first) step size in 1/255 units
+    steps: int = 800
+    momentum: float = 0.0  # MI-FGSM decay; 0 = plain sign steps
+    schedule: str = "constant"  # step-size schedule (SCHEDULES)
+    random_start: bool = False  # start from a uniform point of the eps-ball
+    update: str = "sign"  # update rule (UPDATES)
+    psnr_floor: float | None = None  # dB: also keep PSNR(protected, clean) at or above this (an L2 ball)
+
+    def __post_init__(self):
+        if self.eps < 0 or self.alpha <= 0 or self.steps < 0:
+            raise ValueError(f"need eps >= 0, alpha > 0, steps >= 0 (got eps={self.eps}, alpha={self.alpha}, steps={self.steps})")
+        if not 0.0 <= self.momentum < 1.0 + 1e-9:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown step-size schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
+        if self.update not in UPDATES:
+            raise ValueError(f"unknown update rule {self.update!r} (choose from {', '.join(UPDATES)})")
+        if self.psnr_floor is not None and not self.psnr_floor > 0:
+            raise ValueError(f"psnr_floor must be a positive number of dB, got {self.psnr_floor}")
+
+    @classmethod
+    def for_method(cls, method=None, **explicit) -> "PGDConfig":
+        """The config of a run of ``method``: the library's defaults, under the method's
+        ``pgd_defaults``, under the ``explicit`` choices (None = not chosen)."""
+        names = {f.name for f in fields(cls)}
+        preferred = dict(getattr(method, "pgd_defaults", {}) or {})
+        unknown = (set(preferred) | set(explicit)) - names
+        if unknown:
+            raise TypeError(f"not PGD settings: {sorted(unknown)} (PGD has {sorted(names)})")
+        return cls(**{**preferred, **{k: v for k, v in explicit.items() if v is not None}})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "PGDConfig":
+        return replace(self, **changes)
+
 
 @dataclass
 class PGDResult:
     pixels: torch.Tensor  # adversarial image, same shape/dtype/device as the input, in [0, 1]
-    history: list[dict] = field(default_factory=list)  # one dict per step: step, loss, and the method's floats
+    history: list[dict] = field(default_factory=list)  # one dict per step: step, loss, alpha, and the method's floats
 
     @property
     def losses(self) -> list[float]:
@@ -35,11 +115,7 @@ class PGD:
     """L-inf projected gradient ascent.
 
     Args:
-        eps: budget in 1/255 units (L-inf radius around the clean image).
-        alpha: step size in 1/255 units.
-        steps: number of sign steps.
-        momentum: MI-FGSM decay (0 = plain PGD, the DeContext default).
-        random_start: start from a uniform point in the eps-ball instead of the clean image.
+        eps, alpha, steps, momentum, schedule, random_start, update, psnr_floor: see ``PGDConfig`` (or pass ``config``).
         seed: seeds the generator handed to the loss (prompt/timestep/noise draws) and the random start.
         transform: optional differentiable EOT transform ``t(x, generator) -> x'`` applied before the loss.
         progress: show a tqdm bar.
@@ -47,32 +123,43 @@ class PGD:
 
     def __init__(
         self,
-        eps: float = 12.75,
-        alpha: float = 0.6375,
-        steps: int = 800,
-        momentum: float = 0.0,
-        random_start: bool = False,
+        eps: float = PGDConfig.eps,
+        alpha: float = PGDConfig.alpha,
+        steps: int = PGDConfig.steps,
+        momentum: float = PGDConfig.momentum,
+        random_start: bool = PGDConfig.random_start,
         seed: int = 0,
         transform: Transform | None = None,
         progress: bool = True,
         desc: str = "PGD",
+        schedule: str = PGDConfig.schedule,
+        update: str = PGDConfig.update,
+        psnr_floor: float | None = PGDConfig.psnr_floor,
+        config: PGDConfig | None = None,
     ):
-        if eps < 0 or alpha <= 0 or steps < 0:
-            raise ValueError(f"need eps >= 0, alpha > 0, steps >= 0 (got eps={eps}, alpha={alpha}, steps={steps})")
-        if not 0.0 <= momentum < 1.0 + 1e-9:
-            raise ValueError(f"momentum must be in [0, 1], got {momentum}")
-        self.eps = eps / 255.0
-        self.alpha = alpha / 255.0
-        self.steps = int(steps)
-        self.momentum = momentum
-        self.random_start = random_start
+        self.config = config or PGDConfig(eps=eps, alpha=alpha, steps=steps, momentum=momentum, schedule=schedule,
+                                          random_start=random_start, update=update, psnr_floor=psnr_floor)
+        self.eps = self.config.eps / 255.0
+        self.alpha = self.config.alpha / 255.0
+        self.steps = int(self.config.steps)
+        self.momentum = self.config.momentum
+        self.schedule = self.config.schedule
+        self.random_start = self.config.random_start
+        self.update = self.config.update
+        # A hair inside the floor, so rounding the saved file to 8 bits cannot push the PSNR below it.
+        self.rms_cap = None if self.config.psnr_floor is None else 0.995 * psnr_radius(self.config.psnr_floor)
         self.seed = seed
         self.transform = transform
         self.progress = progress
         self.desc = desc
 
     def project(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        return (x0 + (x - x0).clamp(-self.eps, self.eps)).clamp(0.0, 1.0)
+        """Onto the budget: L-inf ball, [0, 1], and (with a PSNR floor) the L2 ball, per image."""
+        delta = (x0 + (x - x0).clamp(-self.eps, self.eps)).clamp(0.0, 1.0) - x0
+        if self.rms_cap is not None:
+            rms = delta.flatten(1).pow(2).mean(1).sqrt().reshape(-1, *([1] * (delta.dim() - 1)))
+            delta = delta * (self.rms_cap / rms.clamp_min(1e-30)).clamp(max=1.0)
+        return x0 + delta
 
     def run(self, x0: torch.Tensor, loss_fn: LossFn, callback: Callable[[int, dict], None] | None = None) -> PGDResult:
         x0 = x0.detach().float()
@@ -92,13 +179,20 @@ class PGD:
             if loss.dim() != 0:
                 raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
             (grad,) = torch.autograd.grad(loss, x)
+            alpha = step_size(self.schedule, self.alpha, step, self.steps)
             with torch.no_grad():
                 grad = grad.float()
                 if self.momentum > 0:
                     velocity = self.momentum * velocity + grad / grad.abs().mean().clamp_min(1e-12)
                     grad = velocity
-                x = self.project(x.detach() + self.alpha * grad.sign(), x0)
+                if self.update == "sign":
+                    direction = grad.sign()
+                else:
+                    direction = grad / grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-30).reshape(-1, *([1] * (grad.dim() - 1)))
+                x = self.project(x.detach() + alpha * direction, x0)
             record = {"step": step, "loss": float(loss.detach())}
+            if self.schedule != "constant":
+                record["alpha"] = alpha * 255.0
             record.update({k: float(v) for k, v in info.items()})
             history.append(record)
             if self.progress:

@@ -21,16 +21,12 @@ import torch
 from .editors.base import Editor
 from .methods.base import Method
 from .images import ImageLoadError, atomic_write, LoadedImage, list_images, load_image, max_level_diff, save_protected
-from .pgd import PGD
+from .pgd import PGD, PGDConfig
 
 
 @dataclass
 class ProtectSettings:
-    eps: float = 12.75
-    alpha: float = 0.6375
-    steps: int = 800
-    momentum: float = 0.0
-    random_start: bool = False
+    pgd: PGDConfig = field(default_factory=PGDConfig)  # budget, steps, update rule (``PGDConfig.for_method``)
     seed: int = 0
     resolution: str | int = "auto"
     measure_draws: int = 4  # fixed draws used to report the share before and after
@@ -61,21 +57,13 @@ def protect_image(editor: Editor, method: Method, image: LoadedImage, settings: 
     seed = image_seed(settings.seed, name)
     draws = settings.measure_draws
     with method.session(editor):  # e.g. probes: installed for this image only, removed after
+        method.start(editor, x0, size)
         before = method.measure(editor, x0, size, draws) if draws else {}
         history: list[dict] = []
-        if hasattr(method, "perturb"):  # no optimisation (e.g. the random-noise control)
-            pixels = method.perturb(x0, settings.eps, torch.Generator().manual_seed(seed))
+        pgd = PGD(config=settings.pgd, seed=seed, progress=settings.progress, desc=f"{method.name} {name}")
+        if hasattr(method, "perturb"):  # no optimisation (e.g. the random-noise control), under the same budget
+            pixels = pgd.project(method.perturb(x0, settings.pgd.eps, torch.Generator().manual_seed(seed)), x0)
         else:
-            pgd = PGD(
-                eps=settings.eps,
-                alpha=settings.alpha,
-                steps=settings.steps,
-                momentum=settings.momentum,
-                random_start=settings.random_start,
-                seed=seed,
-                progress=settings.progress,
-                desc=f"{method.name} {name}",
-            )
             result = pgd.run(x0, lambda x, step, gen: method.loss(editor, x, size, step, gen))
             pixels, history = result.pixels, result.history
         after = method.measure(editor, pixels, size, draws) if draws else {}
@@ -153,7 +141,7 @@ def protect_paths(
     pairs = pairs[rank::world]
     manifest_path = output_dir / manifest_name
     manifest = _read_manifest(manifest_path)
-    manifest.update({"args": args_record or {}, "method": method.config(), "editor": {"family": editor.family, "model": editor.name}, "versions": library_versions()})
+    manifest.update({"args": args_record or {}, "method": method.config(), "pgd": settings.pgd.to_dict(), "editor": {"family": editor.family, "model": editor.name}, "versions": library_versions()})
     images = manifest.setdefault("images", {})
     report = BatchReport()
     if rank == 0:
@@ -177,7 +165,7 @@ def protect_paths(
                 prepared = True
                 manifest["method"] = method.config()
             outcome = protect_image(editor, method, image, settings, name=path.stem)
-            saved = save_protected(outcome.pixels, image, settings.eps, out)
+            saved = save_protected(outcome.pixels, image, settings.pgd.eps, out)
             entry = {
                 "input": str(path),
                 "output": str(out),

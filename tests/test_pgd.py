@@ -69,3 +69,67 @@ def test_rejects_bad_settings_and_non_scalar_loss():
         PGD(alpha=0)
     with pytest.raises(ValueError, match="scalar"):
         PGD(steps=1, progress=False).run(torch.rand(1, 1, 2, 2), lambda x, s, g: x * 2)
+
+
+def test_step_size_schedules():
+    from decontext.pgd import step_size
+
+    assert [step_size("constant", 2.0, k, 10) for k in (0, 5, 9)] == [2.0, 2.0, 2.0]
+    # PhotoGuard's linear rule: alpha - (alpha - alpha/100) * k / n
+    assert [step_size("linear", 2.0, k, 10) for k in (0, 5, 10)] == pytest.approx([2.0, 2.0 - 0.99, 0.02])
+    assert step_size("cosine", 2.0, 0, 10) == pytest.approx(2.0)
+    assert step_size("cosine", 2.0, 5, 10) == pytest.approx(0.02 + 1.98 / 2)
+    assert step_size("cosine", 2.0, 10, 10) == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="schedule"):
+        step_size("exp", 1.0, 0, 1)
+
+
+def test_linear_schedule_moves_by_the_decaying_step_and_logs_it():
+    # A loss whose gradient sign never changes: after n steps a pixel has moved by the sum of the steps.
+    x0 = torch.full((1, 1, 1, 1), 0.5)
+    result = PGD(eps=100, alpha=4, steps=5, schedule="linear", progress=False).run(x0, lambda x, s, g: x.sum())
+    steps = [4 - (4 - 0.04) * k / 5 for k in range(5)]
+    assert [h["alpha"] for h in result.history] == pytest.approx(steps)
+    assert result.pixels.item() == pytest.approx(0.5 + sum(steps) / 255, abs=1e-6)
+
+
+def test_config_takes_method_defaults_under_explicit_choices():
+    from decontext.methods import build_method
+    from decontext.pgd import PGDConfig
+
+    encoder = build_method("encoder")
+    assert PGDConfig.for_method(encoder, eps=16) == PGDConfig(eps=16, schedule="linear", random_start=True)
+    assert PGDConfig.for_method(encoder, schedule="constant", random_start=False, momentum=None).schedule == "constant"
+    assert PGDConfig.for_method(build_method("decontext", prompts=["a"])) == PGDConfig()
+    with pytest.raises(ValueError, match="schedule"):
+        PGDConfig(schedule="warm")
+    with pytest.raises(TypeError, match="not PGD settings"):
+        PGDConfig.for_method(None, beta=1)
+
+
+def test_psnr_floor_keeps_the_perturbation_inside_the_l2_ball_as_well():
+    from decontext.pgd import psnr_radius
+
+    x0 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1
+    target = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    free = PGD(eps=16, alpha=2, steps=20, progress=False).run(x0, _target_loss(target)).pixels
+    capped = PGD(eps=16, alpha=2, steps=20, psnr_floor=32, progress=False).run(x0, _target_loss(target)).pixels
+    for image in range(2):
+        rms = (capped[image] - x0[image]).pow(2).mean().sqrt()
+        assert rms <= psnr_radius(32) + 1e-7  # PSNR >= 32 dB
+        assert rms >= 0.99 * psnr_radius(32)  # the loss wants more: the cap binds
+        assert (capped[image] - x0[image]).abs().max() <= 16 / 255 + 1e-7
+        assert (free[image] - x0[image]).pow(2).mean().sqrt() > psnr_radius(32)  # without the floor it would not hold
+    assert psnr_radius(20) == pytest.approx(0.1)
+
+
+def test_l2_update_moves_along_the_gradient_with_rms_alpha():
+    x0 = torch.full((1, 1, 2, 2), 0.5)
+    weights = torch.tensor([[[[1.0, 2.0], [3.0, 0.0]]]])
+    result = PGD(eps=255, alpha=1, steps=1, update="l2", progress=False).run(x0, lambda x, s, g: (weights * x).sum())
+    expected = 0.5 + (weights / weights.pow(2).mean().sqrt()) / 255
+    torch.testing.assert_close(result.pixels, expected)
+    with pytest.raises(ValueError, match="update"):
+        PGD(update="adam")
+    with pytest.raises(ValueError, match="psnr"):
+        PGD(psnr_floor=0)
