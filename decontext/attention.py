@@ -26,10 +26,16 @@ import torch.nn.functional as F
 from .editors.base import Layout
 
 
-def _indicator(layout: Layout, channels: int, like: torch.Tensor) -> torch.Tensor:
-    """(S, channels) zeros with 1 in channel 0 on the context keys."""
-    indicator = torch.zeros(layout.total, channels, dtype=like.dtype, device=like.device)
-    indicator[layout.context_slice, 0] = 1
+def _indicator(layout: Layout, channels: int, like: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B or 1, S, channels) zeros with 1 in channel 0 on the context keys and, given a (B, text)
+    ``text_mask``, its values in channel 1 on the text keys."""
+    batch = 1 if text_mask is None else text_mask.shape[0]
+    indicator = torch.zeros(batch, layout.total, channels, dtype=like.dtype, device=like.device)
+    indicator[:, layout.context_slice, 0] = 1
+    if text_mask is not None:
+        if channels < 2 or text_mask.shape[-1] != layout.text:
+            raise ValueError(f"text mask of {text_mask.shape[-1]} tokens for {layout.text} text keys (and {channels} indicator channels)")
+        indicator[:, layout.text_slice, 1] = text_mask.to(like.device, like.dtype)
     return indicator
 
 
@@ -39,55 +45,76 @@ def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: fl
     return out.transpose(1, 2)
 
 
-def context_share(query: torch.Tensor, key: torch.Tensor, layout: Layout) -> torch.Tensor:
-    """Per-query context share, by a separate attention call of the target queries with an indicator value.
+def target_masses(query: torch.Tensor, key: torch.Tensor, layout: Layout, text_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention mass target queries put on the context keys and (given ``text_mask``) on the masked text
+    keys, by a separate attention call of the target queries with indicator values.
 
     Args:
         query, key: (B, S, H, D) after normalisation and RoPE; S = layout.total, order [text|target|context].
         layout: token counts.
+        text_mask: optional (B, layout.text) weights of the text keys (1 = a token of the prompt).
     Returns:
-        (B, H, T) tensor of m_i for the T target queries.
+        ((B, H, T) context share m_i, (B, H, T) text mass sum_j mask_j p_ij or None) for the T target queries.
     """
     _check(query, key, layout)
     batch, _, heads, dim = key.shape
     # The fused kernels want a value as wide as q and k; a dense one (a broadcast one was slower on CPU).
-    value = _indicator(layout, dim, key)[:, None].expand(batch, layout.total, heads, dim).contiguous()
+    value = _indicator(layout, dim, key, text_mask)[:, :, None].expand(batch, layout.total, heads, dim).contiguous()
     out = _sdpa(query[:, layout.target_slice], key, value)
-    return out[..., 0].transpose(1, 2)
+    return out[..., 0].transpose(1, 2), (None if text_mask is None else out[..., 1].transpose(1, 2))
 
 
-def attention_with_share(query, key, value, layout: Layout, attend=None, pad: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's own attention output AND the context share of its target queries, in one pass.
+def context_share(query: torch.Tensor, key: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """(B, H, T) per-query context share of the target queries (``target_masses`` without a text mask)."""
+    return target_masses(query, key, layout)[0]
 
-    The target queries' rows are computed with the indicator appended to the values: q, k and v are
+
+def attention_with_masses(query, key, value, layout: Layout, attend=None, pad: int = 8, text_mask: torch.Tensor | None = None):
+    """The layer's own attention output AND the masses its target queries put on the context keys (and
+    the masked text keys), in one pass.
+
+    The target queries' rows are computed with the indicators appended to the values: q, k and v are
     zero-padded by ``pad`` channels (zero q/k channels leave every score unchanged; the softmax scale
-    stays 1/sqrt(D)), v's first extra channel is the indicator, so those rows return their normal
-    output in channels :D and m_i in channel D. The other rows (text and context queries) go through
-    an ordinary call. Fused kernels need q, k and v of one width, hence padding all three; 8 keeps
-    the width a multiple of 8, as GPU flash kernels require.
+    stays 1/sqrt(D)), v's first extra channel is the context indicator and its second the text mask, so
+    those rows return their normal output in channels :D and the masses in channels D and D+1. The other
+    rows (text and context queries) go through an ordinary call. Fused kernels need q, k and v of one
+    width, hence padding all three; 8 keeps the width a multiple of 8, as GPU flash kernels require.
 
     Args:
         query, key, value: (B, S, H, D), order [text|target|context], after normalisation and RoPE.
         attend: ``attend(q, k, v, scale)`` on (B, S, H, D) tensors (default: torch's SDPA); the probed
             processor passes diffusers' dispatcher so a user's attention backend is kept.
+        text_mask: optional (B, layout.text) weights of the text keys.
     Returns:
-        (output (B, S, H, D) exactly as one attention call over all queries gives it, shares (B, H, T)).
+        (output (B, S, H, D) exactly as one attention call over all queries gives it, shares (B, H, T),
+        text masses (B, H, T) or None).
     """
     _check(query, key, layout)
-    if pad < 1:
-        raise ValueError(f"pad must be >= 1 (one channel carries the indicator), got {pad}")
+    needed = 1 if text_mask is None else 2
+    if pad < needed:
+        raise ValueError(f"pad must be >= {needed} (one channel per indicator), got {pad}")
     attend = attend or _sdpa
     dim = query.shape[-1]
     scale = dim**-0.5
     padded_key = F.pad(key, (0, pad))
-    padded_value = torch.cat([value, _indicator(layout, pad, value)[:, None].expand(*value.shape[:-1], pad)], dim=-1)
+    indicator = _indicator(layout, pad, value, text_mask)[:, :, None].expand(value.shape[0], layout.total, value.shape[2], pad)
+    padded_value = torch.cat([value, indicator], dim=-1)
     target_out = attend(F.pad(query[:, layout.target_slice], (0, pad)), padded_key, padded_value, scale)
     others = torch.cat([query[:, layout.text_slice], query[:, layout.context_slice]], dim=1)
     other_out = attend(others, key, value, scale)
     output = torch.cat(
         [other_out[:, : layout.text], target_out[..., :dim].to(other_out.dtype), other_out[:, layout.text :]], dim=1
     )
-    return output, target_out[..., dim].transpose(1, 2)
+    text = None if text_mask is None else target_out[..., dim + 1].transpose(1, 2)
+    return output, target_out[..., dim].transpose(1, 2), text
+
+
+def attention_with_share(query, key, value, layout: Layout, attend=None, pad: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(output, (B, H, T) context shares) in one pass (``attention_with_masses`` without a text mask)."""
+    if pad < 1:
+        raise ValueError(f"pad must be >= 1 (one channel carries the indicator), got {pad}")
+    output, share, _ = attention_with_masses(query, key, value, layout, attend, pad)
+    return output, share
 
 
 def _check(query: torch.Tensor, key: torch.Tensor, layout: Layout) -> None:
@@ -108,14 +135,18 @@ class ContextShareProbe:
     """Shared state of the probed processors of one model.
 
     Set ``layout`` before a forward; after it, ``shares[name]`` holds a (B,) tensor per probed layer
-    (mean over heads and target queries), still attached to the autograd graph.
+    (mean over heads and target queries), still attached to the autograd graph. With ``text_mask`` set
+    ((B, text) weights of the prompt's tokens), ``text_maps[name]`` also holds a (B, T) map: per target
+    query, the attention mass on those text keys, mean over heads (what DANP reads).
     """
 
     layout: Layout | None = None
     enabled: bool = True
     fused: bool = True  # share from the layer's own attention call (see attention_with_share)
     stop_at: str | None = None  # a probed layer after whose probe the forward may end
+    text_mask: torch.Tensor | None = None
     shares: dict[str, torch.Tensor] = field(default_factory=dict)
+    text_maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def _check_ready(self) -> bool:
         if not self.enabled:
@@ -125,30 +156,35 @@ class ContextShareProbe:
         return True
 
     def record(self, name: str, query: torch.Tensor, key: torch.Tensor) -> None:
-        """Measure the share of a layer whose attention output is not needed (a separate call)."""
+        """Measure a layer whose attention output is not needed (a separate call)."""
         if self._check_ready():
-            self.record_share(name, context_share(query, key, self.layout))
+            share, text = target_masses(query, key, self.layout, self.text_mask)
+            self.record_share(name, share, text)
 
     def attend(self, name: str, query, key, value, attend=None) -> torch.Tensor:
         """The layer's attention output (B, S, H, D); records its share on the way when enabled."""
         if not self._check_ready():
             return (attend or _sdpa)(query, key, value, None)
         if self.fused:
-            out, share = attention_with_share(query, key, value, self.layout, attend)
+            out, share, text = attention_with_masses(query, key, value, self.layout, attend, text_mask=self.text_mask)
         else:
-            share = context_share(query, key, self.layout)
+            share, text = target_masses(query, key, self.layout, self.text_mask)
             out = (attend or _sdpa)(query, key, value, None)
-        self.record_share(name, share)
+        self.record_share(name, share, text)
         return out
 
-    def record_share(self, name: str, share: torch.Tensor) -> None:
-        """Keep the (B,) mean over heads and target queries of a (B, H, T) share."""
+    def record_share(self, name: str, share: torch.Tensor, text: torch.Tensor | None = None) -> None:
+        """Keep the (B,) mean over heads and target queries of a (B, H, T) share (and the (B, T) head mean
+        of a text mass)."""
         # Overwrite rather than append: activation checkpointing re-runs a block during backward.
         # Average in at least fp32 (bf16 means over thousands of queries lose digits); keep fp64 for checks.
         self.shares[name] = share.to(torch.promote_types(share.dtype, torch.float32)).mean(dim=(1, 2))
+        if text is not None:
+            self.text_maps[name] = text.to(torch.promote_types(text.dtype, torch.float32)).mean(dim=1)
 
     def clear(self) -> None:
         self.shares = {}
+        self.text_maps = {}
 
     def mean_share(self, names: list[str] | None = None) -> torch.Tensor:
         """(B,) mean share over the recorded (or the named) layers."""

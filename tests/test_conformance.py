@@ -13,7 +13,8 @@ from decontext.editors import EDITORS, Editor, editor_class, load_editor
 from decontext.editors.base import CAPABILITIES
 from decontext.methods import METHODS, method_class
 
-EXPECTED_MEASURES = {"decontext": {"share"}, "noise": set(), "encoder": {"latent_mse"}, "flow_loss": {"flow_mse"}}
+EXPECTED_MEASURES = {"decontext": {"share"}, "noise": set(), "encoder": {"latent_mse"}, "flow_loss": {"flow_mse"},
+                     "danp": {"attention", "noise_mse"}, "tdae": {"discrepancy"}}
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from decontext.images import from_array
 from decontext.methods import build_method
 from decontext.methods.decontext import DeContext
 from decontext.inference import image_to_pil
+from decontext.pgd import PGDConfig
 from decontext.protect import ProtectSettings, protect_image
 
 import numpy as np
@@ -25,7 +26,7 @@ def _loss(method, editor, pixels, seed=0):
 def test_noise_control_uses_the_whole_budget_deterministically():
     editor = FluxKontextEditor.tiny()
     image = _image()
-    settings = ProtectSettings(eps=8, steps=5, resolution="native", progress=False, measure_draws=0)
+    settings = ProtectSettings(pgd=PGDConfig(eps=8, steps=5), resolution="native", progress=False, measure_draws=0)
     a = protect_image(editor, build_method("noise"), image, settings, name="x")
     b = protect_image(editor, build_method("noise"), image, settings, name="x")
     delta = (a.pixels - image.pixels) * 255
@@ -40,7 +41,7 @@ def test_encoder_and_flow_losses_increase_under_pgd():
         method = build_method(name, **({"prompts": ["add a hat"]} if name == "flow_loss" else {}))
         method.prepare(editor)
         image = _image(1)
-        settings = ProtectSettings(eps=16, alpha=2, steps=8, resolution="native", progress=False, measure_draws=0)
+        settings = ProtectSettings(pgd=PGDConfig(eps=16, alpha=2, steps=8), resolution="native", progress=False, measure_draws=0)
         outcome = protect_image(editor, method, image, settings, name="x")
         before = _loss(method, editor, image.pixels)
         after = _loss(method, editor, outcome.pixels)
@@ -51,7 +52,7 @@ def test_encoder_and_flow_losses_increase_under_pgd():
 def test_decontext_lowers_measured_share_and_records_history():
     editor = FluxKontextEditor.tiny(seed=2)
     method = DeContext(prompts=["add a hat", "make the person smile"])
-    settings = ProtectSettings(eps=16, alpha=2, steps=10, resolution="native", progress=False, measure_draws=2)
+    settings = ProtectSettings(pgd=PGDConfig(eps=16, alpha=2, steps=10), resolution="native", progress=False, measure_draws=2)
     outcome = protect_image(editor, method, _image(2), settings, name="x")
     assert outcome.after["share"] < outcome.before["share"]
     assert len(outcome.history) == 10 and all(0 < h["share"] < 1 for h in outcome.history)
@@ -116,24 +117,25 @@ def test_editing_after_protection_uses_the_stock_processors():
     image = _image(3)
     reference = editor.edit(image_to_pil(image), ["add a hat"], [0], steps=2, resolution="native")[0]
     method = DeContext(prompts=["add a hat"], release_text_encoders=False)
-    protect_image(editor, method, image, ProtectSettings(eps=8, steps=2, resolution="native", progress=False, measure_draws=0), name="x")
+    protect_image(editor, method, image, ProtectSettings(pgd=PGDConfig(eps=8, steps=2), resolution="native", progress=False, measure_draws=0), name="x")
     after = editor.edit(image_to_pil(image), ["add a hat"], [0], steps=2, resolution="native")[0]
     assert np.array_equal(np.asarray(reference), np.asarray(after))
     assert editor._active_probe is None
 
 
 def test_editor_ensemble_is_the_sum_of_its_members_in_value_and_gradient():
-    """Protecting against a Kontext and an InstructPix2Pix at once: the loss and its pixel gradient are
-    the weighted sums of each member's on its own editor; a member that does not apply is refused."""
+    """Protecting against a Kontext and an InstructPix2Pix at once (a composition whose terms carry their
+    editors): with normalize="none" the loss and its pixel gradient are the weighted sums of each term's
+    on its own editor; with "grad" the value is the same and the gradient is the weighted sum of the
+    terms' gradients each scaled to unit mean |g|; a term that does not apply is refused."""
     from decontext.editors import load_editor
     from decontext.methods import build_method
-    from decontext.methods.ensemble import EditorEnsemble
+    from decontext.methods.compose import Composite, Term
 
     kontext = load_editor("tiny", "flux_kontext", "cpu", "float32")
     ip2p = load_editor("tiny", "instruct_pix2pix", "cpu", "float32")
     x = torch.rand(1, 3, 64, 64)
     members = [(kontext, build_method("encoder")), (ip2p, build_method("encoder"))]
-    ensemble = EditorEnsemble(members, weights=[1.0, 0.5])
 
     def value_and_grad(fn):
         pixels = x.clone().requires_grad_(True)
@@ -141,11 +143,15 @@ def test_editor_ensemble_is_the_sum_of_its_members_in_value_and_gradient():
         value.backward()
         return float(value), pixels.grad
 
-    with ensemble.session():
-        total, g_total = value_and_grad(lambda p: ensemble.loss(None, p, (64, 64), 0, torch.Generator().manual_seed(0))[0])
     parts = [value_and_grad(lambda p, e=e, m=m: m.loss(e, p, (64, 64), 0, torch.Generator().manual_seed(0))[0]) for e, m in members]
-    assert total == pytest.approx(parts[0][0] + 0.5 * parts[1][0], rel=1e-5)
-    torch.testing.assert_close(g_total, parts[0][1] + 0.5 * parts[1][1], rtol=1e-4, atol=1e-7)
-    assert ensemble.config()["members"][1]["editor"] == "instruct_pix2pix"
+    for normalize in ("none", "grad"):
+        ensemble = Composite([Term(m, w, e) for (e, m), w in zip(members, [1.0, 0.5])], normalize=normalize)
+        with ensemble.session():
+            total, g_total = value_and_grad(lambda p: ensemble.loss(None, p, (64, 64), 0, torch.Generator().manual_seed(0))[0])
+        assert total == pytest.approx(parts[0][0] + 0.5 * parts[1][0], rel=1e-5)
+        scale = [1.0, 1.0] if normalize == "none" else [float(g.abs().mean()) for _, g in parts]
+        torch.testing.assert_close(g_total, parts[0][1] / scale[0] + 0.5 * parts[1][1] / scale[1], rtol=1e-4, atol=1e-7)
+    assert ensemble.config()["terms"][1]["editor"] == "instruct_pix2pix"
+    assert ensemble.name == "encoder@flux_kontext+encoder@instruct_pix2pix"
     with pytest.raises(ValueError, match="does not apply"):
-        EditorEnsemble([(ip2p, build_method("decontext", prompts=["add a hat"]))])
+        Composite([Term(build_method("decontext", prompts=["add a hat"]), 1.0, ip2p)])

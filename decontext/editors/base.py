@@ -75,6 +75,7 @@ CAPABILITIES = {
     "text_cross_attention": "image queries attend to text keys in cross-attention layers (text_attention())",
     "diffusion_loss": "the denoiser's own training pair on the image (flow_pair() + velocity())",
     "vae": "differentiable image latents (image_latents())",
+    "text_embeddings": "the prompt's embeddings inside a Condition can be read and replaced (text_embedding_keys)",
 }
 
 
@@ -94,6 +95,7 @@ class Editor(Protocol):
     device: torch.device
     dtype: torch.dtype
     recommended: dict  # editing defaults shipped with the model (num_inference_steps, guidance_scale, resolution)
+    text_embedding_keys: tuple  # entries of ``Condition.extra`` that are the prompt's embeddings (may be replaced: ``with_text_embeddings``)
 
     @property
     def depths(self) -> dict[str, int]:
@@ -142,6 +144,34 @@ class Editor(Protocol):
     def enable_gradient_checkpointing(self) -> None: ...
 
     def enable_vae_memory_savers(self, tiling: bool = False, slicing: bool = False) -> None: ...
+
+
+def text_embeddings(editor, condition: Condition) -> dict[str, torch.Tensor]:
+    """The prompt embeddings of ``condition`` (what an editor with the ``text_embeddings`` capability
+    conditions on, e.g. FLUX's T5 and pooled CLIP embeddings), by name."""
+    keys = getattr(editor, "text_embedding_keys", ())
+    if not keys:
+        raise ValueError(f"the {getattr(editor, 'family', type(editor).__name__)} editor does not expose its prompt embeddings")
+    return {key: condition.extra[key] for key in keys}
+
+
+def with_text_embeddings(editor, condition: Condition, embeddings: dict[str, torch.Tensor]) -> Condition:
+    """``condition`` with some prompt embeddings replaced (same names and shapes; e.g. optimised ones)."""
+    current = text_embeddings(editor, condition)
+    for key, value in embeddings.items():
+        if key not in current:
+            raise KeyError(f"{key!r} is not a prompt embedding of this editor ({', '.join(current)})")
+        if tuple(value.shape) != tuple(current[key].shape):
+            raise ValueError(f"embedding {key!r} of shape {tuple(value.shape)} replaces one of shape {tuple(current[key].shape)}")
+    return Condition(condition.latents, condition.layout, list(condition.prompts), {**condition.extra, **embeddings})
+
+
+def content_token_mask(tokenizer, prompts: Sequence[str], max_length: int) -> torch.Tensor:
+    """(N, max_length) float mask: 1 on the tokens that spell each prompt, 0 on special tokens (BOS, EOS)
+    and padding, for the fixed-length tokenisation a pipeline feeds its text encoder."""
+    tokens = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
+                       return_special_tokens_mask=True, return_tensors="pt")
+    return (tokens.attention_mask.bool() & ~tokens.special_tokens_mask.bool()).float()
 
 
 def rectified_flow_pair(latents: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -146,12 +146,13 @@ class FluxDiTEditor:
     """
 
     family = "flux_dit"
-    capabilities = frozenset({"context_attention", "diffusion_loss", "vae"})
+    capabilities = frozenset({"context_attention", "text_cross_attention", "diffusion_loss", "vae", "text_embeddings"})
     recommended: dict
 
     def _init_probe_state(self) -> None:
         self._active_probe: ContextShareProbe | None = None
         self._probed_blocks: list[str] = []
+        self._probe_text = False
 
     # ------------------------------------------------------------------ structure
     @property
@@ -213,23 +214,36 @@ class FluxDiTEditor:
         return {self._processor_key(name): ProbedFluxAttnProcessor(probe, name) for name in blocks}
 
     @contextlib.contextmanager
-    def probe(self, blocks: Sequence[str]):
+    def probe(self, blocks: Sequence[str], text: bool = False):
         """Probed processors on ``blocks`` for the duration of the ``with`` (forward AND backward: activation
         checkpointing re-runs blocks during backward and must see the same processors); the stock
-        processors and an unset stop point afterwards, whatever happens inside."""
+        processors and an unset stop point afterwards, whatever happens inside. With ``text``, every
+        forward also records ``probe.text_maps`` (see ``text_attention``)."""
         if self._active_probe is not None:
-            raise RuntimeError("a probe is already installed on this editor; probes do not nest")
+            raise RuntimeError("a probe is already installed on this editor; probes do not nest "
+                               "(DeContext and DANP cannot share one MM-DiT editor in one composition)")
         blocks = list(blocks)
         unknown = [b for b in blocks if b not in self.block_names]
         if unknown or not blocks:
             raise ValueError(f"cannot probe {unknown or 'no blocks'}: this model's blocks are {self.depths}")
         probe = ContextShareProbe()
         with swapped_processors(self.transformer, self._probed_processors(probe, blocks)):
-            self._active_probe, self._probed_blocks = probe, blocks
+            self._active_probe, self._probed_blocks, self._probe_text = probe, blocks, text
             try:
                 yield probe
             finally:
-                self._active_probe, self._probed_blocks = None, []
+                self._active_probe, self._probed_blocks, self._probe_text = None, [], False
+
+    def text_attention(self, blocks: Sequence[str]):
+        """``with editor.text_attention(blocks) as probe:`` records, in every forward, ``probe.text_maps[name]``
+        (B, target tokens): per target-image query, the attention mass the joint attention of that block
+        puts on the prompt's own tokens (``_text_mask``), mean over heads; exact, from the same q and k as
+        the layer (after RMSNorm and RoPE, softmax over all keys). The layer outputs stay stock."""
+        return self.probe(blocks, text=True)
+
+    def _text_mask(self, condition: Condition, batch: int) -> torch.Tensor:
+        """(batch, text tokens) 1 on the tokens that carry the prompt, 0 on padding and special tokens."""
+        raise NotImplementedError
 
     @contextlib.contextmanager
     def _stop_after(self, block: str | None):
@@ -284,6 +298,7 @@ class FluxDiTEditor:
             # stop_at stays set until the probe context exits: activation checkpointing re-runs the
             # stopped block during backward, and the re-run must take the same (measure-only) path.
             probe.stop_at = stop_after if stop_after in self._probed_blocks else None
+            probe.text_mask = self._text_mask(condition, batch) if self._probe_text else None
         try:
             with self._stop_after(stop_after):
                 return joint_velocity(

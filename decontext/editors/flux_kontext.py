@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import Condition, Layout, snap
+from .base import Condition, Layout, content_token_mask, snap
 from .flux_dit import FluxDiTEditor, ProbedFluxAttnProcessor, image_ids, joint_velocity, pack_latents, vae_latents  # noqa: F401 (re-exported)
 
 from ..toy.names import TOY_DEFAULT, is_toy_model, toy_editor_dir, toy_versions
@@ -65,6 +65,7 @@ class FluxKontextEditor(FluxDiTEditor):
     """FLUX.1-Kontext (or any model in its diffusers layout, e.g. the tiny and toy editors)."""
 
     family = "flux_kontext"
+    text_embedding_keys = ("embeds", "pooled")  # T5 token embeddings and the pooled CLIP embedding
     model_help = (
         f"'tiny' (random weights, smoke test), 'toy' (the trained embedded editor, = {TOY_DEFAULT}; versions by name: "
         f"{', '.join(toy_versions('flux_kontext'))}), or a FLUX.1-Kontext hub id / local diffusers folder"
@@ -94,7 +95,7 @@ class FluxKontextEditor(FluxDiTEditor):
         self.dtype = dtype
         self.max_sequence_length = max_sequence_length
         self.guidance = guidance
-        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.recommended: dict = dict(EDIT_DEFAULTS)  # a model folder's decontext_toy.json overrides these
         self._init_probe_state()
         for module in (pipe.transformer, pipe.vae):
@@ -232,8 +233,9 @@ class FluxKontextEditor(FluxDiTEditor):
                     embeds, pooled, _ = self.pipe.encode_prompt(
                         prompt=chunk, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
                     )
+                    mask = content_token_mask(self.pipe.tokenizer_2, chunk, embeds.shape[1])
                     for i, text in enumerate(chunk):
-                        self._prompt_cache[text] = (embeds[i].to(self.dtype), pooled[i].to(self.dtype))
+                        self._prompt_cache[text] = (embeds[i].to(self.dtype), pooled[i].to(self.dtype), mask[i])
             finally:
                 if move and self.device.type != "cpu":
                     for encoder in encoders:
@@ -242,6 +244,11 @@ class FluxKontextEditor(FluxDiTEditor):
         embeds = torch.stack([self._prompt_cache[p][0] for p in prompts])
         pooled = torch.stack([self._prompt_cache[p][1] for p in prompts])
         return embeds, pooled
+
+    def text_masks(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(N, L) 1 on the T5 tokens that spell each (encoded) prompt; 0 on EOS and padding."""
+        self.encode_prompts(prompts)
+        return torch.stack([self._prompt_cache[p][2] for p in prompts])
 
     def prepare(self, prompts: Sequence[str], release: bool = True) -> None:
         """Embed ``prompts`` once; with ``release``, drop the text encoders (T5-XXL alone is ~9.5 GB in
@@ -287,12 +294,17 @@ class FluxKontextEditor(FluxDiTEditor):
         extra = {
             "embeds": embeds,
             "pooled": pooled,
+            "text_mask": self.text_masks(prompts),
             "target_ids": latent_ids(lat_h, lat_w, False, self.device, self.dtype),
             "context_ids": latent_ids(lat_h, lat_w, True, self.device, self.dtype),
         }
         latents = latents.expand(batch, -1, -1) if latents.shape[0] == 1 else latents
         layout = Layout(text=embeds.shape[1], target=latents.shape[1], context=latents.shape[1])
         return Condition(latents, layout, prompts, extra)
+
+    def _text_mask(self, condition: Condition, batch: int) -> torch.Tensor:
+        mask = condition.extra["text_mask"]
+        return mask.expand(batch, -1) if mask.shape[0] == 1 else mask
 
     def _text_inputs(self, condition: Condition, sigma: torch.Tensor, batch: int):
         embeds, pooled = condition.extra["embeds"], condition.extra["pooled"]

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..attention import swapped_processors
-from .base import Condition, Layout, edit_images, enable_vae_memory_savers, level_working_size, resolve_blocks, snap, to_vae_input
+from .base import Condition, Layout, content_token_mask, edit_images, enable_vae_memory_savers, level_working_size, resolve_blocks, snap, to_vae_input
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 IMAGE_GUIDANCE = 1.5  # the pipeline's and the official edit CLI's image guidance scale
@@ -50,15 +50,24 @@ def official_size(height: int, width: int, resolution: int, multiple: int) -> tu
 
 @dataclass
 class TextAttentionProbe:
-    """Cross-attention maps of the probed layers: ``maps[name]`` is (B, heads, image queries, text keys),
-    softmax rows summing to 1, attached to the autograd graph. ``stop_at``: a probed layer after which
-    the forward may end."""
+    """Cross-attention of the probed layers. ``text_maps[name]`` is (B, image queries): per query, the
+    attention mass on the prompt's own tokens (``text_mask``, set by the editor for each forward; BOS,
+    EOS and padding excluded), mean over heads, attached to the autograd graph. ``stop_at``: a probed
+    layer after which the forward may end."""
 
     stop_at: str | None = None
-    maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    text_mask: torch.Tensor | None = None  # (B, text tokens)
+    text_maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def clear(self) -> None:
-        self.maps.clear()
+        self.text_maps.clear()
+
+    def record(self, name: str, probs: torch.Tensor) -> None:
+        """Keep the text map of a layer's (B, heads, queries, keys) softmax."""
+        if self.text_mask is None:
+            raise RuntimeError("TextAttentionProbe.text_mask must be set before the forward pass")
+        mask = self.text_mask.to(probs.device, probs.dtype)
+        self.text_maps[name] = torch.einsum("bhqk,bk->bq", probs, mask) / probs.shape[1]
 
 
 class _StopForward(Exception):
@@ -91,7 +100,7 @@ class ProbedCrossAttnProcessor:
         key = attn.head_to_batch_dim(attn.to_k(context))
         value = attn.head_to_batch_dim(attn.to_v(context))
         probs = attn.get_attention_scores(query, key, attention_mask)  # (B * heads, queries, keys)
-        self.probe.maps[self.name] = probs.view(batch, attn.heads, probs.shape[1], probs.shape[2])
+        self.probe.record(self.name, probs.view(batch, attn.heads, probs.shape[1], probs.shape[2]))
         if self.probe.stop_at == self.name:
             raise _StopForward
         out = attn.batch_to_head_dim(torch.bmm(probs, value))
@@ -107,7 +116,8 @@ class InstructPix2PixEditor:
     """InstructPix2Pix (or any ``StableDiffusionInstructPix2PixPipeline`` folder, e.g. the tiny and toy ones)."""
 
     family = "instruct_pix2pix"
-    capabilities = frozenset({"text_cross_attention", "diffusion_loss", "vae"})
+    capabilities = frozenset({"text_cross_attention", "diffusion_loss", "vae", "text_embeddings"})
+    text_embedding_keys = ("embeds",)  # CLIP last hidden states
     model_help = (f"'tiny' (random weights, smoke test), 'toy' or 'toy-ip2p' (the trained toy InstructPix2Pix of the faces world), "
                   f"or an InstructPix2Pix hub id / local diffusers folder (e.g. {DEFAULT_MODEL})")
     attack_description = ("Protect images against InstructPix2Pix (--method encoder, flow_loss: the noise-prediction loss, or noise).\n\n"
@@ -126,6 +136,7 @@ class InstructPix2PixEditor:
         self.image_guidance = image_guidance
         self.recommended: dict = dict(EDIT_DEFAULTS)
         self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._mask_cache: dict[str, torch.Tensor] = {}
         self._active_probe: TextAttentionProbe | None = None
         self._probed: list[str] = []
         for module in (pipe.unet, pipe.vae):
@@ -285,6 +296,15 @@ class InstructPix2PixEditor:
                     encoder.to("cpu")
         return torch.stack([self._prompt_cache[p] for p in prompts])
 
+    def text_masks(self, prompts: Sequence[str]) -> torch.Tensor:
+        """(N, 77) 1 on the CLIP tokens that spell each prompt; 0 on BOS, EOS and padding."""
+        prompts = list(prompts)
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._mask_cache]
+        if missing:
+            masks = content_token_mask(self.pipe.tokenizer, missing, self.pipe.tokenizer.model_max_length)
+            self._mask_cache.update(zip(missing, masks))
+        return torch.stack([self._mask_cache[p] for p in prompts])
+
     def prepare(self, prompts: Sequence[str], release: bool = True) -> None:
         """Embed ``prompts`` and the empty prompt (the unconditional branch of the edits) once; with
         ``release``, drop the text encoder."""
@@ -314,7 +334,7 @@ class InstructPix2PixEditor:
             raise ValueError(f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both")
         latents = latents.expand(batch, -1, -1, -1) if latents.shape[0] == 1 else latents
         layout = Layout(text=embeds.shape[1], target=latents.shape[-2] * latents.shape[-1], context=0)
-        return Condition(latents, layout, prompts, {"embeds": embeds})
+        return Condition(latents, layout, prompts, {"embeds": embeds, "text_mask": self.text_masks(prompts)})
 
     def noise_like(self, condition: Condition, generator: torch.Generator) -> torch.Tensor:
         """Noise is drawn on the CPU from ``generator`` so runs are reproducible across devices."""
@@ -352,6 +372,8 @@ class InstructPix2PixEditor:
         if stop_after is not None and (probe is None or stop_after not in self._probed):
             raise ValueError(f"stop_after={stop_after!r} needs that layer probed (with editor.text_attention([...]))")
         if probe is not None:
+            mask = condition.extra["text_mask"]
+            probe.text_mask = mask.expand(batch, -1) if mask.shape[0] == 1 else mask
             # With activation checkpointing, backward re-runs whole UNet blocks: a layer that ended the
             # forward would end the re-run too, so then the pass runs to the end instead.
             probe.stop_at = None if self.unet.is_gradient_checkpointing else stop_after
@@ -374,8 +396,9 @@ class InstructPix2PixEditor:
     @contextlib.contextmanager
     def text_attention(self, blocks: Sequence[str]):
         """``with editor.text_attention(blocks) as probe:`` records, in every forward, the cross-attention
-        maps image queries pay to the text tokens in those layers (``probe.maps[name]``: (B, heads,
-        queries, 77)); the stock processors are back afterwards, whatever happens inside."""
+        map of each of those layers (``probe.text_maps[name]``: (B, image queries), the attention mass on
+        the prompt's own tokens, mean over heads); the stock processors are back afterwards, whatever
+        happens inside."""
         if self._active_probe is not None:
             raise RuntimeError("a probe is already installed on this editor; probes do not nest")
         blocks = list(blocks)

@@ -91,6 +91,7 @@ class Step1XEditor(FluxDiTEditor):
     """Step1X-Edit v1.0 / v1.1: official single-file DiT + connector, FLUX VAE, Qwen2.5-VL."""
 
     family = "step1x_edit"
+    text_embedding_keys = ("features",)  # the Qwen2.5-VL hidden states the connector reads
     model_help = ("'tiny' (random weights, smoke test: a tiny checkpoint in the official layout, written and read back), "
                   "or an official Step1X-Edit .safetensors file / a folder holding one (e.g. stepfun-ai/Step1X-Edit downloaded)")
     attack_description = ("Protect images against Step1X-Edit with DeContext (or a baseline, --method).\n\n"
@@ -313,6 +314,11 @@ class Step1XEditor(FluxDiTEditor):
         features, mask = self._features_for(pixels, prompts, size, step, batch)
         latents = latents.expand(batch, -1, -1) if latents.shape[0] == 1 else latents
         return self._condition(latents, features, mask, prompts, size)
+
+    def _text_mask(self, condition: Condition, batch: int) -> torch.Tensor:
+        """The connector's valid-token mask (the VLM's tokens of the prompt and its template)."""
+        mask = condition.extra["mask"].float()
+        return mask.expand(batch, -1) if mask.shape[0] == 1 else mask
 
     def _text_inputs(self, condition: Condition, sigma: torch.Tensor, batch: int):
         features, mask = condition.extra["features"], condition.extra["mask"]

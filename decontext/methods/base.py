@@ -42,6 +42,7 @@ class Method:
     name: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
     requires: ClassVar[frozenset[str]] = frozenset()  # editor capabilities (editors.base.CAPABILITIES) it needs
+    pgd_defaults: ClassVar[dict] = {}  # PGD settings the method's paper prescribes (pgd.PGDConfig fields), under explicit choices
 
     @classmethod
     def missing_capabilities(cls, editor) -> list[str]:
@@ -75,6 +76,10 @@ class Method:
         """What the method holds on the editor while one image is optimised (e.g. attention probes);
         released, and the editor as before, when the ``with`` ends."""
         return contextlib.nullcontext()
+
+    def start(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int]) -> None:
+        """Called inside ``session`` once per image (or batch), before any ``loss``, with its CLEAN pixels
+        (methods that compare against the original keep what they need here)."""
 
     def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         """Scalar to maximise for ``pixels`` (B, 3, H, W) in [0, 1] at working size ``size``, and floats to log."""

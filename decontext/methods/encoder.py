@@ -2,6 +2,8 @@
 
 Pulls the latent tokens of the protected image toward those of a flat grey image, so whatever the
 editor reads from the image latents looks like grey. Maximises ``-||E(x) - E(grey)||^2``.
+PGD as PhotoGuard runs it: a random start in the eps-ball and the step decaying linearly to 1/100 of
+its first value (``pgd_defaults``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from .base import Method, Option
 class EncoderAttack(Method):
     name = "encoder"
     requires = frozenset({"vae"})
+    pgd_defaults = {"schedule": "linear", "random_start": True}  # PhotoGuard's pgd(): uniform start, linear decay
     options = (Option("--target-value", "grey level in [0, 1] of the encoder attack's target image (default 0.5)"),)
 
     def __init__(self, target_value: float = 0.5):

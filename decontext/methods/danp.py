@@ -1,0 +1,149 @@
+"""DANP: Dual Attention-Guided Noise Perturbation (Zhang, Dong, Shan, Chen; arXiv 2512.14333).
+
+No public code exists; the abstract fixes the shape of the method and we chose the rest (docs/METHODS.md):
+
+- Over several timesteps (a noise level drawn per PGD step from ``t_range``), read the text->image
+  attention of the editor: per image query, the attention mass on the prompt's own tokens, mean over
+  heads (``editor.text_attention``: UNet cross-attention on InstructPix2Pix; the target-query /
+  text-key block of the joint attention on the MM-DiTs).
+- A DYNAMIC THRESHOLD splits each map into the text-relevant region and the rest, recomputed at every
+  step: ``tau = mean(m) + k * std(m)`` over the map's positions (``threshold_std`` = k), mask
+  ``M = m > tau`` (no gradient through the mask).
+- Attention term (maximised): ``mean(m outside M) - mean(m inside M)``, averaged over the probed
+  layers: lowers the attention where the edit would go and raises it everywhere else.
+- Noise term (maximised): the editor's own denoising error at that noise level,
+  ``mean((prediction - target)^2)`` (epsilon on InstructPix2Pix, velocity on the flow editors).
+- ``L = attention_weight * attention term + noise_weight * noise term``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..editors.base import Editor
+from .base import Method, Option, check_t_range, draw_prompts_and_sigmas, prompt_list
+
+ALL_BLOCKS = "all"
+
+
+def relevance_mask(maps: torch.Tensor, threshold_std: float) -> torch.Tensor:
+    """(B, N) bool mask of the text-relevant positions of (B, N) attention maps: above mean + k * std of
+    their own row (computed without gradient)."""
+    maps = maps.detach()
+    tau = maps.mean(dim=1, keepdim=True) + threshold_std * maps.std(dim=1, keepdim=True)
+    return maps > tau
+
+
+def region_contrast(maps: torch.Tensor, threshold_std: float) -> torch.Tensor:
+    """(B,) mean attention outside the text-relevant region minus inside it (0 where a row has no
+    relevant position or nothing outside it)."""
+    inside = relevance_mask(maps, threshold_std).to(maps.dtype)
+    outside = 1 - inside
+    mean_in = (maps * inside).sum(1) / inside.sum(1).clamp_min(1)
+    mean_out = (maps * outside).sum(1) / outside.sum(1).clamp_min(1)
+    valid = (inside.sum(1) > 0) & (outside.sum(1) > 0)
+    return torch.where(valid, mean_out - mean_in, torch.zeros_like(mean_in))
+
+
+class DANP(Method):
+    """Dual attention-guided noise perturbation.
+
+    Args:
+        blocks: attention layers whose text maps are read (``all``: every layer with text keys; or any
+            ``resolve_blocks`` spec, e.g. ``down,mid`` on a UNet, ``double`` on FLUX).
+        t_range: noise level drawn uniformly from [lo, hi) at each step.
+        threshold_std: k of the dynamic threshold ``mean + k * std``.
+        attention_weight, noise_weight: weights of the two terms.
+        prompts: edit prompts (list or pool file); one is drawn per step.
+        release_text_encoders: let the editor free its text encoders once the pool is embedded.
+    """
+
+    name = "danp"
+    requires = frozenset({"text_cross_attention", "diffusion_loss"})
+    options = (
+        Option("--blocks", "attention layers to probe (danp default: all)", type=str),
+        Option("--t-range", "noise level drawn per step (danp default 0 1)", nargs=2, metavar=("LO", "HI")),
+        Option("--prompts", "prompt pool file", type=str),
+        Option("--threshold-std", "danp: k of the dynamic threshold mean + k*std of each attention map (default 1)"),
+        Option("--attention-weight", "danp: weight of the attention term (default 1)"),
+        Option("--noise-weight", "danp: weight of the noise term (default 1)"),
+    )
+
+    def __init__(
+        self,
+        blocks: str | Sequence[str] = ALL_BLOCKS,
+        t_range: tuple[float, float] = (0.0, 1.0),
+        threshold_std: float = 1.0,
+        attention_weight: float = 1.0,
+        noise_weight: float = 1.0,
+        prompts: Sequence[str] | str | Path | None = None,
+        release_text_encoders: bool = True,
+    ):
+        if attention_weight < 0 or noise_weight < 0 or attention_weight + noise_weight == 0:
+            raise ValueError("danp weights must be >= 0 and not both 0")
+        self.blocks_spec = blocks
+        self.t_range = check_t_range(t_range)
+        self.threshold_std = float(threshold_std)
+        self.attention_weight = float(attention_weight)
+        self.noise_weight = float(noise_weight)
+        self.prompts = prompt_list(prompts)
+        self.release_text_encoders = release_text_encoders
+        self._blocks: list[str] | None = None
+        self._probe = None
+
+    def config(self) -> dict:
+        return {
+            "method": self.name,
+            "blocks": self.blocks_spec if isinstance(self.blocks_spec, str) else list(self.blocks_spec),
+            "resolved_blocks": self._blocks,
+            "t_range": list(self.t_range),
+            "threshold_std": self.threshold_std,
+            "attention_weight": self.attention_weight,
+            "noise_weight": self.noise_weight,
+            "num_prompts": len(self.prompts),
+        }
+
+    def prepare(self, editor: Editor) -> None:
+        spec = ",".join(editor.depths) if self.blocks_spec == ALL_BLOCKS else self.blocks_spec
+        self._blocks = editor.resolve_blocks(spec)
+        editor.prepare(self.prompts, release=self.release_text_encoders)
+
+    @contextlib.contextmanager
+    def session(self, editor: Editor):
+        if self._blocks is None:
+            self.prepare(editor)
+        with editor.text_attention(self._blocks) as probe:
+            self._probe = probe
+            try:
+                yield probe
+            finally:
+                self._probe = None
+
+    def terms(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], generator: torch.Generator, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(attention term, noise term), scalars, for one random draw of prompt, noise level and noise."""
+        if self._probe is None:
+            raise RuntimeError("DANP.loss runs inside `with method.session(editor):` (it installs the probes)")
+        (index,), sigma = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range)
+        condition = editor.condition(pixels, [self.prompts[index]], size, step=step)
+        noise = editor.noise_like(condition, generator)
+        x_t, target = editor.flow_pair(condition, noise, sigma)
+        self._probe.clear()
+        prediction = editor.velocity(x_t, sigma, condition)
+        noise_term = (prediction.float() - target.float()).pow(2).mean()
+        attention = torch.stack([region_contrast(self._probe.text_maps[b], self.threshold_std).mean() for b in self._blocks]).mean()
+        return attention, noise_term
+
+    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
+        attention, noise_term = self.terms(editor, pixels, size, generator, step)
+        total = self.attention_weight * attention + self.noise_weight * noise_term
+        return total, {"attention": float(attention.detach()), "noise_mse": float(noise_term.detach())}
+
+    @torch.no_grad()
+    def measure(self, editor: Editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(seed)
+        values = torch.tensor([[float(v) for v in self.terms(editor, pixels, size, generator)] for _ in range(draws)]).mean(0)
+        return {"attention": float(values[0]), "noise_mse": float(values[1])}
