@@ -27,53 +27,65 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from decontext.cli import quiet_libraries  # noqa: E402
 from decontext.images import quantize, uint8_to_tensor  # noqa: E402
-from decontext.pgd import PGD  # noqa: E402
+from decontext.metrics.pixel import psnr  # noqa: E402
+from decontext.pgd import PGD, PGDConfig  # noqa: E402
 
 EDIT_PROMPT_INDICES = (0, 2, 4, 6, 8, 10)  # one phrasing per toy edit
 VARIANTS = {
-    # name: (method name, constructor overrides)
+    # name: (method name, constructor overrides); "a+b" names compose the listed variants (decontext.methods.compose)
     "noise": ("noise", {}),
     "decontext": ("decontext", {}),  # the paper's defaults: t in [0.98, 1), single blocks 0-25/38
     "decontext_all_t": ("decontext", {"t_range": (0.0, 1.0)}),
     "decontext_all_t_all_blocks": ("decontext", {"t_range": (0.0, 1.0), "blocks": "double,single"}),
     "encoder": ("encoder", {}),
     "flow_loss": ("flow_loss", {}),
+    "danp": ("danp", {}),
+    "tdae": ("tdae", {}),
+    "decontext+encoder": ("decontext+encoder", {}),
+    "encoder+danp": ("encoder+danp", {}),
+    "encoder+flow_loss": ("encoder+flow_loss", {}),
 }
+PROMPTED = {"decontext", "flow_loss", "danp", "tdae"}  # methods that take the prompt pool
 
 
 def build(variant: str, prompts: list[str]):
-    from decontext.methods.decontext import DeContext
-    from decontext.methods.encoder import EncoderAttack
-    from decontext.methods.flow_loss import FlowLoss
-    from decontext.methods.noise import RandomNoise
+    from decontext.methods import build_method, compose, method_names
 
     kind, overrides = VARIANTS[variant]
-    if kind == "noise":
-        return RandomNoise()
-    if kind == "encoder":
-        return EncoderAttack()
-    if kind == "flow_loss":
-        return FlowLoss(prompts=prompts, release_text_encoders=False, **overrides)
-    return DeContext(prompts=prompts, release_text_encoders=False, **overrides)
+    names = method_names(kind)
+    methods = []
+    for name in names:
+        options = dict(overrides) if len(names) == 1 else {}
+        if name in PROMPTED:
+            options.update(prompts=prompts, release_text_encoders=False)
+        methods.append(build_method(name, **options))
+    return compose(methods)
 
 
-def protect_batch(editor, method, sources: np.ndarray, eps: float, steps: int, alpha: float, seed: int, chunk: int) -> np.ndarray:
-    """Protected uint8 images (N, H, W, 3), each within floor(eps) levels of its source."""
+def protect_batch(editor, method, sources: np.ndarray, eps: float, steps: int, alpha: float, seed: int, chunk: int, **pgd_options) -> np.ndarray:
+    """Protected uint8 images (N, H, W, 3), each within floor(eps) levels of its source (and, with a
+    ``psnr_floor`` among ``pgd_options``, at or above that PSNR)."""
     out = []
     size = sources.shape[1:3]
+    config = PGDConfig.for_method(method, eps=eps, alpha=alpha, steps=steps, **pgd_options)
     for start in range(0, len(sources), chunk):
         part = sources[start : start + chunk]
         x0 = torch.cat([uint8_to_tensor(im) for im in part])
-        generator = torch.Generator().manual_seed(seed + start)
+        pgd = PGD(config=config, seed=seed + start, progress=False)
         if hasattr(method, "perturb"):
-            adv = method.perturb(x0, eps, generator)
+            adv = pgd.project(method.perturb(x0, eps, torch.Generator().manual_seed(seed + start)), x0)
         else:
             method.prepare(editor)
-            pgd = PGD(eps=eps, alpha=alpha, steps=steps, seed=seed + start, progress=False)
             with method.session(editor):
+                method.start(editor, x0, size)
                 adv = pgd.run(x0, lambda x, step, g: method.loss(editor, x, size, step, g)).pixels
         out.extend(quantize(adv[i : i + 1], part[i], eps) for i in range(len(part)))
     return np.stack(out)
+
+
+def pgd_options(args) -> dict:
+    """The PGD choices a bench run sets on the command line (None: each method's own default)."""
+    return {"psnr_floor": args.psnr_floor, "update": args.update, "schedule": args.schedule}
 
 
 def edit_all(editor, images: np.ndarray, prompts: list[str], seed: int, settings: dict, chunk: int) -> np.ndarray:
@@ -123,6 +135,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=200, help="PGD steps (the paper uses 800)")
     parser.add_argument("--alpha", type=float, default=None, help="PGD step in 1/255 (default eps/steps*4, at least 0.25)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--psnr-floor", type=float, default=None, help="PGD also keeps every protected input at or above this PSNR (dB); the noise control too")
+    parser.add_argument("--update", default=None, choices=("sign", "l2"), help="PGD update rule (default: the method's, else sign)")
+    parser.add_argument("--schedule", default=None, choices=("constant", "linear", "cosine"), help="PGD step-size schedule (default: the method's, else constant)")
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None, help="also write the raw table here")
     args = parser.parse_args(argv)
@@ -153,6 +168,10 @@ def main(argv=None) -> int:
     results: dict[str, dict] = {"clean": score(reader, sources, edit_all(editor, sources, prompts, args.seed, settings, args.chunk), names)}
     print(f"clean: identity {results['clean']['toy_identity'].mean():.3f}, edit success {results['clean']['edit_success'].mean():.3f} "
           f"({time.perf_counter() - started:.0f}s)", flush=True)
+    # Chance: another person's photo as the context, read against this identity (the floor of "the way").
+    results["another person"] = score(reader, sources, edit_all(editor, np.roll(sources, 1, axis=0), prompts, args.seed, settings, args.chunk), names)
+    way = results["clean"]["toy_identity"].mean() - results["another person"]["toy_identity"].mean()
+    extra: dict[str, dict] = {}
     for eps in args.eps:
         for variant in args.methods:
             if variant.startswith("decontext_") and eps != args.variants_at:
@@ -163,29 +182,37 @@ def main(argv=None) -> int:
                 print(f"{variant}@{eps:g}: does not apply to {editor.family} (skipped)", flush=True)
                 continue
             alpha = args.alpha or max(0.25, 4 * eps / max(args.steps, 1))
-            protected = protect_batch(editor, method, sources, eps, args.steps, alpha, args.seed, args.chunk)
+            protected = protect_batch(editor, method, sources, eps, args.steps, alpha, args.seed, args.chunk, **pgd_options(args))
+            seconds = time.perf_counter() - began
             edits = edit_all(editor, protected, prompts, args.seed, settings, args.chunk)
-            results[f"{variant}@{eps:g}"] = score(reader, sources, edits, names)
-            r = results[f"{variant}@{eps:g}"]
-            print(f"{variant}@{eps:g}: identity {r['toy_identity'].mean():.3f}, edit success {r['edit_success'].mean():.3f} "
-                  f"({time.perf_counter() - began:.0f}s)", flush=True)
+            key = f"{variant}@{eps:g}"
+            results[key] = score(reader, sources, edits, names)
+            extra[key] = {"psnr": float(np.mean([psnr(a, b) for a, b in zip(protected, sources)])), "seconds_per_image": seconds / len(sources)}
+            r = results[key]
+            print(f"{key}: identity {r['toy_identity'].mean():.3f}, edit success {r['edit_success'].mean():.3f}, "
+                  f"PSNR {extra[key]['psnr']:.1f} dB ({seconds:.0f}s protect, {time.perf_counter() - began:.0f}s in all)", flush=True)
 
     lines = [
-        f"Toy editor {args.model!r}, {len(identities)} held-out identities x {len(prompts)} edits, PGD {args.steps} steps; "
-        f"toy_identity: lower = better protection; diff = condition - noise at the same eps (paired, 95% bootstrap CI over identities)",
+        f"Toy editor {args.model!r}, {len(identities)} held-out identities x {len(prompts)} edits, PGD {args.steps} steps "
+        f"({', '.join(f'{k} {v}' for k, v in pgd_options(args).items() if v is not None) or 'each method its own rule'}); "
+        f"toy_identity: lower = better protection; diff = condition - noise at the same eps (paired, 95% bootstrap CI over identities); "
+        f"way = -diff / (clean - another person) = {way:.3f}; PSNR of the saved protected input; protect time per image on this machine",
         "",
-        "| condition | toy_identity | edit_success | identity diff vs noise [95% CI] |",
-        "|---|---|---|---|",
+        "| condition | toy_identity | edit_success | identity diff vs noise [95% CI] | share of the way | PSNR (dB) | s/image |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, r in results.items():
-        diff = ""
+        diff = share = ""
         if "@" in key and not key.startswith("noise@") and f"noise@{key.split('@')[1]}" in results:
             mean, lo, hi = paired_bootstrap(r["toy_identity"], results[f"noise@{key.split('@')[1]}"]["toy_identity"])
-            diff = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-        lines.append(f"| {key} | {r['toy_identity'].mean():.3f} | {r['edit_success'].mean():.3f} | {diff} |")
+            diff, share = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]", f"{-mean / way:.0%}"
+        info = extra.get(key, {})
+        psnr_text = f"{info['psnr']:.1f}" if info else ""
+        seconds_text = f"{info['seconds_per_image']:.1f}" if info else ""
+        lines.append(f"| {key} | {r['toy_identity'].mean():.3f} | {r['edit_success'].mean():.3f} | {diff} | {share} | {psnr_text} | {seconds_text} |")
     print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps({k: {m: v.tolist() for m, v in r.items()} for k, r in results.items()}))
+        args.json.write_text(json.dumps({k: {**{m: v.tolist() for m, v in r.items()}, **extra.get(k, {})} for k, r in results.items()}))
     return 0
 
 

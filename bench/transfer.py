@@ -28,19 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from decontext.cli import quiet_libraries  # noqa: E402
-from effect import EDIT_PROMPT_INDICES, edit_all, paired_bootstrap, protect_batch, score  # noqa: E402
+from effect import EDIT_PROMPT_INDICES, VARIANTS, build, edit_all, paired_bootstrap, pgd_options, protect_batch, score  # noqa: E402
 
-METHODS = ("noise", "decontext", "encoder", "flow_loss")
+METHODS = ("noise", "decontext", "encoder", "flow_loss")  # the default columns (any bench/effect.py variant may be named)
 EDITOR_FAMILIES = {"kontext": "flux_kontext", "ip2p": "instruct_pix2pix"}
 TARGETS = ("kontext", "ip2p", "kontext+ip2p")  # protect-on; "+" = an ensemble
-
-
-def build(name: str, prompts: list[str]):
-    from decontext.methods import build_method
-
-    if name in ("decontext", "flow_loss"):
-        return build_method(name, prompts=prompts, release_text_encoders=False)
-    return build_method(name)
 
 
 def main(argv=None) -> int:
@@ -49,22 +41,26 @@ def main(argv=None) -> int:
     parser.add_argument("--ip2p", default="toy-ip2p", help="the toy InstructPix2Pix editor")
     parser.add_argument("--identities", type=int, default=30)
     parser.add_argument("--eps", type=float, nargs="+", default=[16])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(VARIANTS))
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS), help="editors to protect against")
     parser.add_argument("--steps", type=int, default=200, help="PGD steps")
     parser.add_argument("--alpha", type=float, default=None, help="PGD step in 1/255 (default eps/steps*4, at least 0.25)")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--psnr-floor", type=float, default=None, help="PGD also keeps every protected input at or above this PSNR (dB); the noise control too")
+    parser.add_argument("--update", default=None, choices=("sign", "l2"), help="PGD update rule (default: the method's, else sign)")
+    parser.add_argument("--schedule", default=None, choices=("constant", "linear", "cosine"), help="PGD step-size schedule (default: the method's, else constant)")
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write every score here")
+    parser.add_argument("--ensemble-norm", default="none", choices=("none", "grad"),
+                        help="how a '+' target combines its editors' losses (decontext.methods.compose): none = plain sum (the published tables), grad = per-editor unit-gradient")
     args = parser.parse_args(argv)
     args.methods = ["noise"] + [m for m in args.methods if m != "noise"]  # every cell is compared with it
     torch.set_num_threads(args.threads)
     quiet_libraries()
 
     from decontext.editors import load_editor
-    from decontext.methods import method_class
-    from decontext.methods.ensemble import EditorEnsemble
+    from decontext.methods.compose import Composite, Term
     from decontext.prompts import load_prompts
     from decontext.toy import world
     from decontext.toy.model import PROMPTS_FILE
@@ -102,7 +98,7 @@ def main(argv=None) -> int:
             targets = ["-"] if name == "noise" else args.targets
             for target in targets:
                 members = [] if name == "noise" else [editors[k] for k in target.split("+")]
-                if not all(method_class(name).applies_to(e) for e in members):
+                if not all(build(name, attack_prompts).applies_to(e) for e in members):
                     print(f"{name} against {target}: does not apply (skipped)", flush=True)
                     continue
                 t = time.perf_counter()
@@ -111,8 +107,8 @@ def main(argv=None) -> int:
                 elif len(members) == 1:
                     method, on = build(name, attack_prompts), members[0]
                 else:
-                    method, on = EditorEnsemble([(e, build(name, attack_prompts)) for e in members]), members[0]
-                protected = protect_batch(on, method, sources, eps, args.steps, alpha, args.seed, args.chunk)
+                    method, on = Composite([Term(build(name, attack_prompts), 1.0, e) for e in members], normalize=args.ensemble_norm), members[0]
+                protected = protect_batch(on, method, sources, eps, args.steps, alpha, args.seed, args.chunk, **pgd_options(args))
                 label = f"{name}@{eps:g}" + ("" if name == "noise" else f" on {target}")
                 print(f"{label}: protected ({time.perf_counter() - t:.0f}s)", flush=True)
                 edit_and_score(label, protected)
