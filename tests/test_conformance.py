@@ -14,7 +14,7 @@ from decontext.editors.base import CAPABILITIES
 from decontext.methods import METHODS, method_class
 
 EXPECTED_MEASURES = {"decontext": {"share"}, "noise": set(), "encoder": {"latent_mse"}, "flow_loss": {"flow_mse"},
-                     "danp": {"attention", "noise_mse"}, "tdae": {"discrepancy"}}
+                     "danp": {"attention", "noise_mse"}, "tdae": {"discrepancy"}, "diffusion": {"edit_mse"}}
 
 
 @pytest.fixture(scope="module")

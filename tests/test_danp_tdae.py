@@ -90,7 +90,7 @@ def test_kontext_text_attention_reads_the_prompt_tokens_and_leaves_the_output_al
         probed = kontext.velocity(noise, 0.9, condition)
         maps = dict(probe.text_maps)
     torch.testing.assert_close(probed, stock, rtol=1e-4, atol=1e-5)
-    assert set(maps) == set(kontext.block_names)
+    assert set(maps) == set(kontext.block_names) and kontext.resolve_blocks("all") == kontext.block_names
     for m in maps.values():
         assert m.shape == (2, condition.layout.target) and (m > 0).all() and (m < 1).all()
 
@@ -189,3 +189,50 @@ def test_tdae_refuses_bad_settings_and_editors_without_embeddings():
 
     with pytest.raises(ValueError, match="text_embeddings"):
         TDAE.check_applies(NoText)
+
+
+# ------------------------------------------------------------------ the sampling seam and PhotoGuard's diffusion attack
+def test_ip2p_denoise_is_diffusers_ddim_step():
+    from diffusers import DDIMScheduler
+
+    from decontext.editors.instruct_pix2pix import InstructPix2PixEditor
+
+    editor = InstructPix2PixEditor.tiny(seed=2)
+    condition = editor.condition(torch.rand(1, 3, 64, 64), ["add a hat"], (64, 64))
+    x = editor.noise_like(condition, torch.Generator().manual_seed(0))
+    ddim = DDIMScheduler.from_config(editor.pipe.scheduler.config, clip_sample=False, thresholding=False, set_alpha_to_one=True)
+    ddim.set_timesteps(4)  # steps of 250: t = 999 -> 749
+    eps = editor.velocity(x, 1.0, condition)
+    want = ddim.step(eps, 999, x, eta=0.0).prev_sample
+    torch.testing.assert_close(editor.denoise(x, 1.0, 749 / 999, condition), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["flux_kontext", "instruct_pix2pix"])
+def test_decode_inverts_the_latents_the_editor_reads(family):
+    """decode(x_0) with x_0 the image's own clean latents in the denoiser's space equals the VAE's plain
+    encode -> decode round trip: packing, scaling and shifting are undone exactly."""
+    from decontext.editors import load_editor
+
+    editor = load_editor("tiny", family, "cpu", "float32")
+    pixels = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    condition = editor.condition(pixels, ["add a hat"], (32, 48))
+    x0, _ = editor.flow_pair(condition, torch.zeros_like(condition.latents), 0.0)
+    if family == "instruct_pix2pix":  # the DDPM pair at t = 0 still scales by sqrt(alpha_cumprod[0])
+        x0 = x0 / editor._alphas_cumprod[0].sqrt().item()
+    vae = editor.vae
+    want = ((vae.decode(vae.encode(pixels * 2 - 1).latent_dist.mode()).sample + 1) / 2).clamp(0, 1)
+    torch.testing.assert_close(editor.decode(x0, condition), want, rtol=1e-4, atol=1e-4)
+
+
+def test_diffusion_attack_pulls_the_edit_toward_its_target():
+    from decontext.editors.instruct_pix2pix import InstructPix2PixEditor
+    from decontext.methods.diffusion import DiffusionAttack
+
+    editor = InstructPix2PixEditor.tiny(seed=1)
+    method = DiffusionAttack(sample_steps=2, prompts=["make it blue"], release_text_encoders=False)
+    assert PGDConfig.for_method(method).schedule == "linear"
+    x0 = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    fixed = lambda p, s, g: method.loss(editor, p, (64, 64), s, torch.Generator().manual_seed(3))  # noqa: E731
+    result = PGD(eps=16, alpha=2, steps=5, seed=0, progress=False).run(x0, fixed)
+    assert fixed(result.pixels, 0, None)[1]["edit_mse"] < fixed(x0, 0, None)[1]["edit_mse"]
+    assert method.edit(editor, x0, (64, 64), torch.Generator().manual_seed(0)).shape == (1, 3, 64, 64)

@@ -76,6 +76,7 @@ CAPABILITIES = {
     "diffusion_loss": "the denoiser's own training pair on the image (flow_pair() + velocity())",
     "vae": "differentiable image latents (image_latents())",
     "text_embeddings": "the prompt's embeddings inside a Condition can be read and replaced (text_embedding_keys)",
+    "sampling": "a deterministic denoising step and a differentiable decoder (denoise(), decode())",
 }
 
 
@@ -134,6 +135,15 @@ class Editor(Protocol):
         """(x_t, target): the image's latents noised to ``sigma`` and the velocity the editor was
         trained to predict there (the flow-matching training pair)."""
 
+    def denoise(self, x_t: torch.Tensor, sigma: float, sigma_next: float, condition: Condition) -> torch.Tensor:
+        """One deterministic sampler step from noise level ``sigma`` to ``sigma_next`` (< sigma), conditioned
+        on ``condition`` (no guidance branches): flow editors take an Euler step, DDPM editors a DDIM step.
+        At ``sigma_next = 0`` the result is the clean-latent estimate, what ``decode`` reads."""
+
+    def decode(self, latents: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """(B, 3, H, W) pixels in [0, 1] at the condition's working size from clean latents in the
+        denoiser's space (the end of ``denoise``), differentiable."""
+
     def probe(self, blocks: Sequence[str]) -> ContextManager:
         """``with editor.probe(blocks) as probe:`` measures target->context attention shares in
         those blocks (``probe.mean_share(blocks)``); on exit the editor is exactly as before."""
@@ -191,6 +201,7 @@ def resolve_blocks(spec: str | Sequence[str], depths: dict[str, int]) -> list[st
       - ``single.3`` / ``double.0``: one block by name;
       - ``single`` or ``single:all``: every block of that stream;
       - ``single:0-25``: blocks 0..25 of this model;
+      - ``all``: every block of every stream;
       - ``single:0-25/38``: blocks 0..25 of a 38-deep stack, scaled to this model's depth: block i of n is
         kept when its relative position i/n lies in [0/38, 26/38). On FLUX (38 single blocks) this is
         exactly 0..25; on a 4-single-block tiny model it is 0..2.
@@ -198,6 +209,7 @@ def resolve_blocks(spec: str | Sequence[str], depths: dict[str, int]) -> list[st
     cross-attention layers on UNets). The result keeps model order and has no duplicates.
     """
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+    items = [stream for item in items for stream in (depths if item == "all" else [item])]
     if not items:
         raise ValueError("empty block specification")
     chosen: set[str] = set()

@@ -146,7 +146,7 @@ class FluxDiTEditor:
     """
 
     family = "flux_dit"
-    capabilities = frozenset({"context_attention", "text_cross_attention", "diffusion_loss", "vae", "text_embeddings"})
+    capabilities = frozenset({"context_attention", "text_cross_attention", "diffusion_loss", "vae", "text_embeddings", "sampling"})
     recommended: dict
 
     def _init_probe_state(self) -> None:
@@ -208,6 +208,17 @@ class FluxDiTEditor:
 
     def flow_pair(self, condition: Condition, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return rectified_flow_pair(condition.latents, noise, sigma)
+
+    def denoise(self, x_t: torch.Tensor, sigma: float, sigma_next: float, condition: Condition) -> torch.Tensor:
+        """Euler step of the rectified flow: ``x + (sigma_next - sigma) * v`` (the pipelines' scheduler step)."""
+        velocity = self.velocity(x_t, torch.tensor(float(sigma)), condition)
+        return x_t + (float(sigma_next) - float(sigma)) * velocity
+
+    def decode(self, latents: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """Packed clean tokens -> pixels in [0, 1]: unpack, undo ``(z - shift) * scale``, VAE decode."""
+        lat_h, lat_w = self.latent_size(condition.extra["size"])
+        z = unpack_latents(latents, lat_h, lat_w) / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)
+        return ((self.vae.decode(z.to(self.vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)
 
     # ------------------------------------------------------------------ probe
     def _probed_processors(self, probe: ContextShareProbe, blocks: Sequence[str]) -> dict:

@@ -297,6 +297,7 @@ class FluxKontextEditor(FluxDiTEditor):
             "text_mask": self.text_masks(prompts),
             "target_ids": latent_ids(lat_h, lat_w, False, self.device, self.dtype),
             "context_ids": latent_ids(lat_h, lat_w, True, self.device, self.dtype),
+            "size": tuple(size),
         }
         latents = latents.expand(batch, -1, -1) if latents.shape[0] == 1 else latents
         layout = Layout(text=embeds.shape[1], target=latents.shape[1], context=latents.shape[1])

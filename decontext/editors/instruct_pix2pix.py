@@ -116,7 +116,7 @@ class InstructPix2PixEditor:
     """InstructPix2Pix (or any ``StableDiffusionInstructPix2PixPipeline`` folder, e.g. the tiny and toy ones)."""
 
     family = "instruct_pix2pix"
-    capabilities = frozenset({"text_cross_attention", "diffusion_loss", "vae", "text_embeddings"})
+    capabilities = frozenset({"text_cross_attention", "diffusion_loss", "vae", "text_embeddings", "sampling"})
     text_embedding_keys = ("embeds",)  # CLIP last hidden states
     model_help = (f"'tiny' (random weights, smoke test), 'toy' or 'toy-ip2p' (the trained toy InstructPix2Pix of the faces world), "
                   f"or an InstructPix2Pix hub id / local diffusers folder (e.g. {DEFAULT_MODEL})")
@@ -334,7 +334,7 @@ class InstructPix2PixEditor:
             raise ValueError(f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both")
         latents = latents.expand(batch, -1, -1, -1) if latents.shape[0] == 1 else latents
         layout = Layout(text=embeds.shape[1], target=latents.shape[-2] * latents.shape[-1], context=0)
-        return Condition(latents, layout, prompts, {"embeds": embeds, "text_mask": self.text_masks(prompts)})
+        return Condition(latents, layout, prompts, {"embeds": embeds, "text_mask": self.text_masks(prompts), "size": tuple(size)})
 
     def noise_like(self, condition: Condition, generator: torch.Generator) -> torch.Tensor:
         """Noise is drawn on the CPU from ``generator`` so runs are reproducible across devices."""
@@ -356,6 +356,24 @@ class InstructPix2PixEditor:
         x_t = a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()
         target = noise.float() if self.prediction_type == "epsilon" else a.sqrt() * noise.float() - (1 - a).sqrt() * x0.float()
         return x_t.to(self.dtype), target.to(self.dtype)
+
+    def denoise(self, x_t: torch.Tensor, sigma: float, sigma_next: float, condition: Condition) -> torch.Tensor:
+        """Deterministic DDIM step (eta 0) from t(sigma) to t(sigma_next); ``sigma_next = 0`` gives the
+        clean-latent estimate x_0 (alpha_cumprod 1, as the schedulers' final step)."""
+        prediction = self.velocity(x_t, float(sigma), condition).float()
+        a = self._alphas_cumprod[self.timesteps(float(sigma))].item()
+        a_next = 1.0 if float(sigma_next) == 0 else self._alphas_cumprod[self.timesteps(float(sigma_next))].item()
+        x = x_t.float()
+        if self.prediction_type == "epsilon":
+            eps, x0 = prediction, (x - (1 - a) ** 0.5 * prediction) / a**0.5
+        else:  # v-prediction
+            eps, x0 = (1 - a) ** 0.5 * x + a**0.5 * prediction, a**0.5 * x - (1 - a) ** 0.5 * prediction
+        return (a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps).to(self.dtype)
+
+    def decode(self, latents: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """Scaled clean latents -> pixels in [0, 1] through the VAE decoder."""
+        z = latents / self.vae.config.scaling_factor
+        return ((self.vae.decode(z.to(self.vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)
 
     def velocity(self, x_t: torch.Tensor, sigma, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
         """The UNet's prediction (its training target: epsilon or v) for ``x_t`` at noise level ``sigma``,

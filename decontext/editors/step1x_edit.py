@@ -299,6 +299,7 @@ class Step1XEditor(FluxDiTEditor):
             "mask": mask,
             "target_ids": image_ids(lat_h, lat_w, 0, 0, self.device, self.dtype),
             "context_ids": image_ids(lat_h, lat_w, axis0, offset, self.device, self.dtype),
+            "size": tuple(size),
         }
         layout = Layout(text=features.shape[1], target=latents.shape[1], context=latents.shape[1])
         return Condition(latents, layout, prompts, extra)

@@ -23,9 +23,10 @@ METHODS = {
     "flow_loss": "decontext.methods.flow_loss:FlowLoss",
     "danp": "decontext.methods.danp:DANP",
     "tdae": "decontext.methods.tdae:TDAE",
+    "diffusion": "decontext.methods.diffusion:DiffusionAttack",
 }
 METHOD_HELP = ("decontext (default); noise: random +-eps control; encoder: PhotoGuard encoder attack; flow_loss: diff-PGD on the "
-               "flow-matching loss; danp: dual attention-guided noise; tdae: flat-gradient + dynamic-prompt defense; a+b: several on one run (e.g. decontext+encoder, weighted with --weights)")
+               "flow-matching loss; danp: dual attention-guided noise; tdae: flat-gradient + dynamic-prompt defense; diffusion: PhotoGuard's diffusion attack; a+b: several on one run (e.g. decontext+encoder, weighted with --weights)")
 
 
 def method_names(spec: str) -> list[str]:

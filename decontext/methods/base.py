@@ -95,6 +95,37 @@ class Method:
         return {"method": self.name}
 
 
+class ProbedMethod(Method):
+    """A method that reads attention through one of the editor's probes for the length of a session.
+
+    Subclasses set ``blocks_spec``, ``prompts`` and ``release_text_encoders`` and say which probe they
+    open (``open_probe``); ``self._probe`` is the open probe inside ``session``."""
+
+    blocks_spec: str | Sequence[str]
+    prompts: list[str]
+    release_text_encoders: bool = True
+    _blocks: list[str] | None = None
+    _probe = None
+
+    def open_probe(self, editor: Editor) -> ContextManager:
+        raise NotImplementedError
+
+    def prepare(self, editor: Editor) -> None:
+        self._blocks = editor.resolve_blocks(self.blocks_spec)
+        editor.prepare(self.prompts, release=self.release_text_encoders)
+
+    @contextlib.contextmanager
+    def session(self, editor: Editor):
+        if self._blocks is None:
+            self.prepare(editor)
+        with self.open_probe(editor) as probe:
+            self._probe = probe
+            try:
+                yield probe
+            finally:
+                self._probe = None
+
+
 def prompt_list(prompts: Sequence[str] | str | Path | None) -> list[str]:
     """A list of prompts, or a pool file's prompts (default: the project's pool)."""
     if prompts is None or isinstance(prompts, (str, Path)):

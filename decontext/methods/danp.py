@@ -18,16 +18,13 @@ No public code exists; the abstract fixes the shape of the method and we chose t
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from ..editors.base import Editor
-from .base import Method, Option, check_t_range, draw_prompts_and_sigmas, prompt_list
-
-ALL_BLOCKS = "all"
+from .base import Option, ProbedMethod, check_t_range, draw_prompts_and_sigmas, prompt_list
 
 
 def relevance_mask(maps: torch.Tensor, threshold_std: float) -> torch.Tensor:
@@ -49,7 +46,7 @@ def region_contrast(maps: torch.Tensor, threshold_std: float) -> torch.Tensor:
     return torch.where(valid, mean_out - mean_in, torch.zeros_like(mean_in))
 
 
-class DANP(Method):
+class DANP(ProbedMethod):
     """Dual attention-guided noise perturbation.
 
     Args:
@@ -75,7 +72,7 @@ class DANP(Method):
 
     def __init__(
         self,
-        blocks: str | Sequence[str] = ALL_BLOCKS,
+        blocks: str | Sequence[str] = "all",
         t_range: tuple[float, float] = (0.0, 1.0),
         threshold_std: float = 1.0,
         attention_weight: float = 1.0,
@@ -107,21 +104,8 @@ class DANP(Method):
             "num_prompts": len(self.prompts),
         }
 
-    def prepare(self, editor: Editor) -> None:
-        spec = ",".join(editor.depths) if self.blocks_spec == ALL_BLOCKS else self.blocks_spec
-        self._blocks = editor.resolve_blocks(spec)
-        editor.prepare(self.prompts, release=self.release_text_encoders)
-
-    @contextlib.contextmanager
-    def session(self, editor: Editor):
-        if self._blocks is None:
-            self.prepare(editor)
-        with editor.text_attention(self._blocks) as probe:
-            self._probe = probe
-            try:
-                yield probe
-            finally:
-                self._probe = None
+    def open_probe(self, editor: Editor):
+        return editor.text_attention(self._blocks)
 
     def terms(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], generator: torch.Generator, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(attention term, noise term), scalars, for one random draw of prompt, noise level and noise."""

@@ -8,20 +8,19 @@ constructor argument.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from ..editors.base import Editor
-from .base import Method, Option, check_t_range, draw_prompts_and_sigmas, prompt_list
+from .base import Option, ProbedMethod, check_t_range, draw_prompts_and_sigmas, prompt_list
 
 PAPER_BLOCKS = "single:0-25/38"  # single-stream blocks 0..25 of FLUX's 38, scaled to other depths
 PAPER_T_RANGE = (0.98, 1.0)  # the official t in 980..999 of 1000
 
 
-class DeContext(Method):
+class DeContext(ProbedMethod):
     """Attention-share minimisation.
 
     Args:
@@ -78,20 +77,8 @@ class DeContext(Method):
             "prompts_per_step": self.prompts_per_step,
         }
 
-    def prepare(self, editor: Editor) -> None:
-        self._blocks = editor.resolve_blocks(self.blocks_spec)
-        editor.prepare(self.prompts, release=self.release_text_encoders)
-
-    @contextlib.contextmanager
-    def session(self, editor: Editor):
-        if self._blocks is None:
-            self.prepare(editor)
-        with editor.probe(self._blocks) as probe:
-            self._probe = probe
-            try:
-                yield probe
-            finally:
-                self._probe = None
+    def open_probe(self, editor: Editor):
+        return editor.probe(self._blocks)
 
     def shares(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], generator: torch.Generator, step: int | None = None) -> torch.Tensor:
         """(B,) mean context share over the selected blocks for one random draw of prompt(s), t and noise.

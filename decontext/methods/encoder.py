@@ -18,7 +18,7 @@ class EncoderAttack(Method):
     name = "encoder"
     requires = frozenset({"vae"})
     pgd_defaults = {"schedule": "linear", "random_start": True}  # PhotoGuard's pgd(): uniform start, linear decay
-    options = (Option("--target-value", "grey level in [0, 1] of the encoder attack's target image (default 0.5)"),)
+    options = (Option("--target-value", "grey level in [0, 1] of the encoder / diffusion attack's target image (default 0.5)"),)
 
     def __init__(self, target_value: float = 0.5):
         if not 0.0 <= target_value <= 1.0:
