@@ -41,11 +41,12 @@ VARIANTS = {
     "flow_loss": ("flow_loss", {}),
     "danp": ("danp", {}),
     "tdae": ("tdae", {}),
+    "diffusion": ("diffusion", {}),
     "decontext+encoder": ("decontext+encoder", {}),
     "encoder+danp": ("encoder+danp", {}),
     "encoder+flow_loss": ("encoder+flow_loss", {}),
 }
-PROMPTED = {"decontext", "flow_loss", "danp", "tdae"}  # methods that take the prompt pool
+PROMPTED = {"decontext", "flow_loss", "danp", "tdae", "diffusion"}  # methods that take the prompt pool
 
 
 def build(variant: str, prompts: list[str]):

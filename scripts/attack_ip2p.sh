@@ -4,7 +4,8 @@
 #   MODEL=tiny INPUT=photos/ OUTPUT=protected/ bash scripts/attack_ip2p.sh
 #   MODEL=timbrooks/instruct-pix2pix METHOD=flow_loss INPUT=photos/ OUTPUT=protected/ bash scripts/attack_ip2p.sh
 # METHOD: encoder (PhotoGuard's encoder attack, default), flow_loss (the noise-prediction loss over
-# T_RANGE, default all timesteps) or noise. DeContext does not apply: the source is not attended to.
+# all timesteps, or T_RANGE), danp, tdae, diffusion, noise, or a composition such as encoder+danp
+# (docs/METHODS.md). DeContext does not apply: the source is not attended to.
 # Defaults: 16/255, step 1/255, 200 steps (the usual SD-immunisation budget; no official DANP/TDAE figures).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -14,7 +15,6 @@ OUTPUT=${OUTPUT:-outputs/protected_ip2p}
 EPS=${EPS:-16}
 ALPHA=${ALPHA:-1}
 METHOD=${METHOD:-encoder}
-T_RANGE=${T_RANGE:-"0 1"}
 if [ "$MODEL" = tiny ]; then  # the random-weight smoke model: short run at a small size
   STEPS=${STEPS:-20}; RESOLUTION=${RESOLUTION:-128}
 else

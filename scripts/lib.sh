@@ -12,16 +12,19 @@ sample_input() {
 
 # attack_args: fills the array `args` with the flags every attack driver passes, from the shell variables
 # of the same names. The driver sets its editor's defaults (MODEL OUTPUT EPS ALPHA STEPS RESOLUTION) first
-# and appends its own flags after; the shared defaults are the paper's (blocks, timesteps) and auto device.
+# and appends its own flags after. BLOCKS and T_RANGE are passed only when set: unset, each method keeps
+# its own defaults (DeContext: the paper's single 0-25/38 and 0.98-1.0; DANP, TDAE, flow_loss: their own).
 attack_args() {
   SEED=${SEED:-0}
   PROMPTS=${PROMPTS:-}
-  BLOCKS=${BLOCKS:-single:0-25/38}
-  T_RANGE=${T_RANGE:-"0.98 1.0"}
+  BLOCKS=${BLOCKS:-}
+  T_RANGE=${T_RANGE:-}
   DEVICE=${DEVICE:-auto}
   DTYPE=${DTYPE:-auto}
   [ -n "${INPUT:-}" ] || INPUT=$(sample_input)
   args=(--model "$MODEL" --input "$INPUT" --output "$OUTPUT" --eps "$EPS" --alpha "$ALPHA" --steps "$STEPS"
-        --resolution "$RESOLUTION" --seed "$SEED" --blocks "$BLOCKS" --t-range $T_RANGE --device "$DEVICE" --dtype "$DTYPE")
+        --resolution "$RESOLUTION" --seed "$SEED" --device "$DEVICE" --dtype "$DTYPE")
   [ -z "$PROMPTS" ] || args+=(--prompts "$PROMPTS")
+  [ -z "$BLOCKS" ] || args+=(--blocks "$BLOCKS")
+  [ -z "$T_RANGE" ] || args+=(--t-range $T_RANGE)
 }

@@ -88,3 +88,15 @@ def test_the_other_entry_points_run_a_composition(face, tmp_path, script):
 
 def test_registry_lists_the_new_methods():
     assert {"danp", "tdae"} <= set(METHODS)
+
+
+def test_shell_driver_leaves_each_method_its_own_defaults(tmp_path, face):
+    """The shell drivers pass --blocks / --t-range only when BLOCKS / T_RANGE are set, so DANP keeps its
+    'all' layers (a DeContext block spec would not even exist on a UNet)."""
+    import os
+
+    env = {**os.environ, "MODEL": "tiny", "METHOD": "danp", "STEPS": "2", "RESOLUTION": "64", "INPUT": str(face), "OUTPUT": str(tmp_path / "o")}
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "attack_ip2p.sh"), "--no-progress", "--measure-draws", "0"], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    method = json.loads((tmp_path / "o" / "manifest.json").read_text())["method"]
+    assert method["blocks"] == "all" and method["t_range"] == [0.0, 1.0]
