@@ -236,3 +236,26 @@ def test_diffusion_attack_pulls_the_edit_toward_its_target():
     result = PGD(eps=16, alpha=2, steps=5, seed=0, progress=False).run(x0, fixed)
     assert fixed(result.pixels, 0, None)[1]["edit_mse"] < fixed(x0, 0, None)[1]["edit_mse"]
     assert method.edit(editor, x0, (64, 64), torch.Generator().manual_seed(0)).shape == (1, 3, 64, 64)
+
+
+def test_danp_balances_its_two_terms_by_gradient_scale():
+    """balance="grad": the pixel gradient is w_A g_A/mean|g_A| + w_N g_N/mean|g_N| on the same draw
+    (value: the plain weighted sum); balance="none": the plain sum's gradient."""
+    from decontext.editors.instruct_pix2pix import InstructPix2PixEditor
+
+    editor = InstructPix2PixEditor.tiny(seed=1)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    for balance in ("grad", "none"):
+        method = DANP(prompts=["make it blue"], attention_weight=2.0, noise_weight=0.5, balance=balance, release_text_encoders=False)
+        method.prepare(editor)
+        with method.session(editor):
+            p = x.clone().requires_grad_(True)
+            value, _ = method.loss(editor, p, (64, 64), 0, torch.Generator().manual_seed(4))
+            (got,) = torch.autograd.grad(value, p)
+            q = x.clone().requires_grad_(True)
+            a, n = method.terms(editor, q, (64, 64), torch.Generator().manual_seed(4), 0)
+            g_a = torch.autograd.grad(a, q, retain_graph=True)[0]
+            g_n = torch.autograd.grad(n, q)[0]
+        assert float(value.detach()) == pytest.approx(float(2.0 * a + 0.5 * n), rel=1e-5)
+        want = 2.0 * g_a / g_a.abs().mean() + 0.5 * g_n / g_n.abs().mean() if balance == "grad" else 2.0 * g_a + 0.5 * g_n
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

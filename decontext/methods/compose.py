@@ -28,6 +28,22 @@ from .base import Method
 NORMALIZE = ("grad", "none")
 
 
+def unit_gradient(value: torch.Tensor, pixels: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
+    """d value / d pixels scaled to unit mean absolute value (zeros where value does not depend on pixels)."""
+    (grad,) = torch.autograd.grad(value, pixels, retain_graph=retain_graph, allow_unused=True)
+    if grad is None:
+        return torch.zeros_like(pixels, dtype=torch.float32)
+    grad = grad.float()
+    return grad / grad.abs().mean().clamp_min(1e-30)
+
+
+def with_gradient(value: float | torch.Tensor, pixels: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """A scalar whose value is ``value`` and whose gradient through ``pixels`` (and whatever made them,
+    e.g. an EOT transform) is ``direction``: how a loss hands PGD a gradient it assembled itself."""
+    surrogate = (pixels.float() * direction.detach()).sum()
+    return surrogate - surrogate.detach() + (value.detach() if torch.is_tensor(value) else value)
+
+
 @dataclass
 class Term:
     method: Method
@@ -106,7 +122,7 @@ class Composite(Method):
     def loss(self, editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
         logs: dict[str, float] = {}
         total = 0.0
-        if self.normalize == "none":
+        if self.normalize == "none" or not pixels.requires_grad:  # no gradient wanted: the plain weighted sum
             value = None
             for term in self.terms:
                 term_value, term_log = term.method.loss(self._editor(term, editor), pixels, size, step, generator)
@@ -116,15 +132,10 @@ class Composite(Method):
         direction = torch.zeros_like(pixels, dtype=torch.float32)
         for term in self.terms:
             term_value, term_log = term.method.loss(self._editor(term, editor), pixels, size, step, generator)
-            (grad,) = torch.autograd.grad(term_value, pixels, allow_unused=True)
-            if grad is not None:
-                grad = grad.float()
-                direction += term.weight * grad / grad.abs().mean().clamp_min(1e-30)
+            direction += term.weight * unit_gradient(term_value, pixels)
             total += term.weight * float(term_value.detach())
             logs.update(self._log(term, term_value, term_log))
-        # Value: the weighted sum; gradient (through pixels, and any transform before them): ``direction``.
-        surrogate = (pixels.float() * direction).sum()
-        return surrogate - surrogate.detach() + total, logs
+        return with_gradient(total, pixels, direction), logs
 
     @staticmethod
     def _log(term: Term, value: torch.Tensor, log: dict) -> dict:

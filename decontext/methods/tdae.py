@@ -29,6 +29,7 @@ import torch
 
 from ..editors.base import Editor, text_embeddings, with_text_embeddings
 from .base import Method, Option, check_t_range, draw_prompts_and_sigmas, prompt_list
+from .compose import with_gradient
 
 Objective = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -50,8 +51,7 @@ def flat_gradient(objective: Objective, pixels: torch.Tensor, generator: torch.G
     generator.set_state(after)
     direction = g1 - weight * (g2 - g1)
     flat_value = value.detach() - weight * radius * norms.sum()
-    surrogate = (pixels * direction.detach()).sum()
-    return surrogate - surrogate.detach() + flat_value, {"objective": float(value.detach()), "grad_norm": float(norms.mean())}
+    return with_gradient(flat_value, pixels, direction), {"objective": float(value.detach()), "grad_norm": float(norms.mean())}
 
 
 class TDAE(Method):
