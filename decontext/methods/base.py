@@ -107,6 +107,22 @@ class ProbedMethod(Method):
     _blocks: list[str] | None = None
     _probe = None
 
+    def init_probing(self, blocks: str | Sequence[str], prompts, release_text_encoders: bool) -> None:
+        """Keep what every probing method takes: the block spec, the prompt pool, text-encoder release."""
+        self.blocks_spec = blocks
+        self.prompts = prompt_list(prompts)
+        self.release_text_encoders = release_text_encoders
+        self._blocks, self._probe = None, None
+
+    def probing_config(self) -> dict:
+        """The manifest fields every probing method records."""
+        return {
+            "method": self.name,
+            "blocks": self.blocks_spec if isinstance(self.blocks_spec, str) else list(self.blocks_spec),
+            "resolved_blocks": self._blocks,
+            "num_prompts": len(self.prompts),
+        }
+
     def open_probe(self, editor: Editor) -> ContextManager:
         raise NotImplementedError
 

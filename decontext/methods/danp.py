@@ -28,7 +28,7 @@ from typing import Sequence
 import torch
 
 from ..editors.base import Editor
-from .base import Option, ProbedMethod, check_t_range, draw_prompts_and_sigmas, prompt_list
+from .base import Option, ProbedMethod, check_t_range, draw_prompts_and_sigmas
 from .compose import unit_gradient, with_gradient
 
 
@@ -91,28 +91,21 @@ class DANP(ProbedMethod):
             raise ValueError(f"balance must be 'grad' or 'none', got {balance!r}")
         if attention_weight < 0 or noise_weight < 0 or attention_weight + noise_weight == 0:
             raise ValueError("danp weights must be >= 0 and not both 0")
-        self.blocks_spec = blocks
+        self.init_probing(blocks, prompts, release_text_encoders)
         self.t_range = check_t_range(t_range)
         self.threshold_std = float(threshold_std)
         self.attention_weight = float(attention_weight)
         self.noise_weight = float(noise_weight)
         self.balance = balance
-        self.prompts = prompt_list(prompts)
-        self.release_text_encoders = release_text_encoders
-        self._blocks: list[str] | None = None
-        self._probe = None
 
     def config(self) -> dict:
         return {
-            "method": self.name,
-            "blocks": self.blocks_spec if isinstance(self.blocks_spec, str) else list(self.blocks_spec),
-            "resolved_blocks": self._blocks,
+            **self.probing_config(),
             "t_range": list(self.t_range),
             "threshold_std": self.threshold_std,
             "attention_weight": self.attention_weight,
             "noise_weight": self.noise_weight,
             "balance": self.balance,
-            "num_prompts": len(self.prompts),
         }
 
     def open_probe(self, editor: Editor):

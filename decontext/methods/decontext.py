@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from ..editors.base import Editor
-from .base import Option, ProbedMethod, check_t_range, draw_prompts_and_sigmas, prompt_list
+from .base import Option, ProbedMethod, check_t_range, draw_prompts_and_sigmas
 
 PAPER_BLOCKS = "single:0-25/38"  # single-stream blocks 0..25 of FLUX's 38, scaled to other depths
 PAPER_T_RANGE = (0.98, 1.0)  # the official t in 980..999 of 1000
@@ -57,25 +57,13 @@ class DeContext(ProbedMethod):
             raise ValueError("prompts_per_step must be >= 1")
         if t_one_every < 0:
             raise ValueError("t_one_every must be >= 0")
-        self.blocks_spec = blocks
+        self.init_probing(blocks, prompts, release_text_encoders)
         self.t_range = check_t_range(t_range)
         self.t_one_every = int(t_one_every)
-        self.prompts = prompt_list(prompts)
         self.prompts_per_step = prompts_per_step
-        self.release_text_encoders = release_text_encoders
-        self._blocks: list[str] | None = None
-        self._probe = None
 
     def config(self) -> dict:
-        return {
-            "method": self.name,
-            "blocks": self.blocks_spec if isinstance(self.blocks_spec, str) else list(self.blocks_spec),
-            "resolved_blocks": self._blocks,
-            "t_range": list(self.t_range),
-            "t_one_every": self.t_one_every,
-            "num_prompts": len(self.prompts),
-            "prompts_per_step": self.prompts_per_step,
-        }
+        return {**self.probing_config(), "t_range": list(self.t_range), "t_one_every": self.t_one_every, "prompts_per_step": self.prompts_per_step}
 
     def open_probe(self, editor: Editor):
         return editor.probe(self._blocks)
