@@ -45,6 +45,7 @@ VARIANTS = {
     "decontext+encoder": ("decontext+encoder", {}),
     "encoder+danp": ("encoder+danp", {}),
     "encoder+flow_loss": ("encoder+flow_loss", {}),
+    "encoder+diffusion": ("encoder+diffusion", {}),
 }
 PROMPTED = {"decontext", "flow_loss", "danp", "tdae", "diffusion"}  # methods that take the prompt pool
 
