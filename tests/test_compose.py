@@ -100,3 +100,19 @@ def test_shell_driver_leaves_each_method_its_own_defaults(tmp_path, face):
     assert result.returncode == 0, result.stderr[-2000:]
     method = json.loads((tmp_path / "o" / "manifest.json").read_text())["method"]
     assert method["blocks"] == "all" and method["t_range"] == [0.0, 1.0]
+
+
+def test_psnr_floor_holds_on_the_saved_file(face, tmp_path):
+    """--psnr-floor is a budget like --eps: the saved 8-bit file keeps it, for PGD and for the noise control."""
+    source = np.asarray(Image.open(face)).astype(float)
+    for method in ("encoder", "noise"):
+        out = tmp_path / method
+        result = run("attack_kontext.py", "--model", "tiny", "--input", str(face), "--output", str(out), "--resolution", "native",
+                     "--steps", "6", "--eps", "16", "--alpha", "4", "--update", "l2", "--psnr-floor", "34", "--method", method,
+                     "--measure-draws", "0", "--no-progress")
+        assert result.returncode == 0, result.stderr[-2000:]
+        saved = np.asarray(Image.open(out / "face.png")).astype(float)
+        psnr = 10 * np.log10(255.0**2 / np.mean((saved - source) ** 2))
+        assert 34 <= psnr < 34.5, (method, psnr)  # at the floor (the loss and the noise want more), never below
+        assert np.abs(saved - source).max() <= 16
+        assert json.loads((out / "manifest.json").read_text())["pgd"]["psnr_floor"] == 34
