@@ -87,7 +87,7 @@ def protect_batch(editor, method, sources: np.ndarray, eps: float, steps: int, a
 
 def pgd_options(args) -> dict:
     """The PGD choices a bench run sets on the command line (None: each method's own default)."""
-    return {"psnr_floor": args.psnr_floor, "update": args.update, "schedule": args.schedule}
+    return {"psnr_floor": args.psnr_floor, "update": args.update, "schedule": args.schedule, "random_start": args.random_start}
 
 
 def edit_all(editor, images: np.ndarray, prompts: list[str], seed: int, settings: dict, chunk: int) -> np.ndarray:
@@ -140,6 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--psnr-floor", type=float, default=None, help="PGD also keeps every protected input at or above this PSNR (dB); the noise control too")
     parser.add_argument("--update", default=None, choices=("sign", "l2"), help="PGD update rule (default: the method's, else sign)")
     parser.add_argument("--schedule", default=None, choices=("constant", "linear", "cosine"), help="PGD step-size schedule (default: the method's, else constant)")
+    parser.add_argument("--random-start", default=None, action=argparse.BooleanOptionalAction, help="PGD random start (default: the method's, else no)")
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None, help="also write the raw table here")
     args = parser.parse_args(argv)

@@ -155,11 +155,12 @@ class PGD:
 
     def project(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """Onto the budget: L-inf ball, [0, 1], and (with a PSNR floor) the L2 ball, per image."""
-        delta = (x0 + (x - x0).clamp(-self.eps, self.eps)).clamp(0.0, 1.0) - x0
-        if self.rms_cap is not None:
-            rms = delta.flatten(1).pow(2).mean(1).sqrt().reshape(-1, *([1] * (delta.dim() - 1)))
-            delta = delta * (self.rms_cap / rms.clamp_min(1e-30)).clamp(max=1.0)
-        return x0 + delta
+        x = (x0 + (x - x0).clamp(-self.eps, self.eps)).clamp(0.0, 1.0)
+        if self.rms_cap is None:
+            return x
+        delta = x - x0
+        rms = delta.flatten(1).pow(2).mean(1).sqrt().reshape(-1, *([1] * (delta.dim() - 1)))
+        return x0 + delta * (self.rms_cap / rms.clamp_min(1e-30)).clamp(max=1.0)
 
     def run(self, x0: torch.Tensor, loss_fn: LossFn, callback: Callable[[int, dict], None] | None = None) -> PGDResult:
         x0 = x0.detach().float()
