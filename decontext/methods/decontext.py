@@ -37,8 +37,8 @@ class DeContext(ProbedMethod):
     name = "decontext"
     requires = frozenset({"context_attention"})
     options = (
-        Option("--blocks", f"attention layers to probe (decontext default {PAPER_BLOCKS}: single blocks 0-25 of 38, scaled to the model's depth)", type=str),
-        Option("--t-range", f"noise level drawn per step (decontext default {PAPER_T_RANGE[0]} {PAPER_T_RANGE[1]}; flow_loss 0 1)", nargs=2, metavar=("LO", "HI")),
+        Option("--blocks", f"attention layers to probe (decontext default {PAPER_BLOCKS}: single blocks 0-25 of 38, scaled to the model's depth; danp default all)", type=str),
+        Option("--t-range", f"noise level drawn per step (decontext default {PAPER_T_RANGE[0]} {PAPER_T_RANGE[1]}; flow_loss, danp, tdae 0 1)", nargs=2, metavar=("LO", "HI")),
         Option("--t-one-every", "every K-th PGD step uses sigma = 1 exactly (decontext; official Step1X attack: 10; 0 = never)", type=int),
         Option("--prompts", "prompt pool file; one prompt is drawn per step (default data/prompts/edit_prompts.txt)", type=str),
         Option("--prompts-per-step", "prompts drawn per PGD step, batched in one forward (decontext, default 1)", type=int),
