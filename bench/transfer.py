@@ -99,16 +99,14 @@ def main(argv=None) -> int:
             targets = ["-"] if name == "noise" else args.targets
             for target in targets:
                 members = [] if name == "noise" else [editors[k] for k in target.split("+")]
-                if not all(build(name, attack_prompts).applies_to(e) for e in members):
+                method = build(name, attack_prompts)
+                if not all(method.applies_to(e) for e in members):
                     print(f"{name} against {target}: does not apply (skipped)", flush=True)
                     continue
                 t = time.perf_counter()
-                if name == "noise":
-                    method, on = build(name, attack_prompts), editors["kontext"]
-                elif len(members) == 1:
-                    method, on = build(name, attack_prompts), members[0]
-                else:
-                    method, on = Composite([Term(build(name, attack_prompts), 1.0, e) for e in members], normalize=args.ensemble_norm), members[0]
+                on = members[0] if members else editors["kontext"]
+                if len(members) > 1:  # one instance per editor: a method keeps per-editor state (blocks, prompts)
+                    method = Composite([Term(build(name, attack_prompts), 1.0, e) for e in members], normalize=args.ensemble_norm)
                 protected = protect_batch(on, method, sources, eps, args.steps, alpha, args.seed, args.chunk, **pgd_options(args))
                 label = f"{name}@{eps:g}" + ("" if name == "noise" else f" on {target}")
                 print(f"{label}: protected ({time.perf_counter() - t:.0f}s)", flush=True)

@@ -176,6 +176,16 @@ def with_text_embeddings(editor, condition: Condition, embeddings: dict[str, tor
     return Condition(condition.latents, condition.layout, list(condition.prompts), {**condition.extra, **embeddings})
 
 
+def to_batch(tensor: torch.Tensor, batch: int) -> torch.Tensor:
+    """``tensor`` (N, ...) with N = batch, or one row (1, ...) broadcast to ``batch`` rows (a view)."""
+    return tensor.expand(batch, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
+
+
+def vae_pixels(vae, z: torch.Tensor) -> torch.Tensor:
+    """Decode VAE latents ``z`` (already unscaled) to pixels in [0, 1], differentiable (``to_vae_input``'s inverse)."""
+    return ((vae.decode(z.to(vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)
+
+
 def content_token_mask(tokenizer, prompts: Sequence[str], max_length: int) -> torch.Tensor:
     """(N, max_length) float mask: 1 on the tokens that spell each prompt, 0 on special tokens (BOS, EOS)
     and padding, for the fixed-length tokenisation a pipeline feeds its text encoder."""

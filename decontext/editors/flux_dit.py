@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 from ..attention import ContextShareProbe, swapped_processors
-from .base import Condition, Layout, edit_images, enable_vae_memory_savers, rectified_flow_pair, resolve_blocks, to_vae_input
+from .base import Condition, Layout, edit_images, enable_vae_memory_savers, rectified_flow_pair, resolve_blocks, to_batch, to_vae_input, vae_pixels
 
 try:  # diffusers internals used by the probed processor (read, not copied: see docs/ARCHITECTURE.md)
     from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -146,6 +146,7 @@ class FluxDiTEditor:
     """
 
     family = "flux_dit"
+    text_mask_key = "text_mask"  # the Condition.extra entry marking the prompt's tokens (``_text_mask``)
     capabilities = frozenset({"context_attention", "text_cross_attention", "diffusion_loss", "vae", "text_embeddings", "sampling"})
     recommended: dict
 
@@ -217,8 +218,7 @@ class FluxDiTEditor:
     def decode(self, latents: torch.Tensor, condition: Condition) -> torch.Tensor:
         """Packed clean tokens -> pixels in [0, 1]: unpack, undo ``(z - shift) * scale``, VAE decode."""
         lat_h, lat_w = self.latent_size(condition.extra["size"])
-        z = unpack_latents(latents, lat_h, lat_w) / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0)
-        return ((self.vae.decode(z.to(self.vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)
+        return vae_pixels(self.vae, unpack_latents(latents, lat_h, lat_w) / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0))
 
     # ------------------------------------------------------------------ probe
     def _probed_processors(self, probe: ContextShareProbe, blocks: Sequence[str]) -> dict:
@@ -253,8 +253,9 @@ class FluxDiTEditor:
         return self.probe(blocks, text=True)
 
     def _text_mask(self, condition: Condition, batch: int) -> torch.Tensor:
-        """(batch, text tokens) 1 on the tokens that carry the prompt, 0 on padding and special tokens."""
-        raise NotImplementedError
+        """(batch, text tokens) 1 on the tokens that carry the prompt, 0 on padding and special tokens:
+        the condition's entry named ``text_mask_key``."""
+        return to_batch(condition.extra[self.text_mask_key].float(), batch)
 
     @contextlib.contextmanager
     def _stop_after(self, block: str | None):
@@ -295,8 +296,7 @@ class FluxDiTEditor:
             (B, N, C) velocity, or None when stopped early.
         """
         batch = max(x_t.shape[0], condition.batch)
-        x_t = x_t.expand(batch, -1, -1) if x_t.shape[0] == 1 else x_t
-        context = condition.latents.expand(batch, -1, -1) if condition.batch == 1 else condition.latents
+        x_t, context = to_batch(x_t, batch), to_batch(condition.latents, batch)
         sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
         sigma = (sigma.expand(batch) if sigma.numel() == 1 else sigma).to(self.device, self.dtype)
         embeds, pooled, guidance = self._text_inputs(condition, sigma, batch)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import Condition, Layout, content_token_mask, snap
+from .base import Condition, Layout, content_token_mask, snap, to_batch
 from .flux_dit import FluxDiTEditor, ProbedFluxAttnProcessor, image_ids, joint_velocity, pack_latents, vae_latents  # noqa: F401 (re-exported)
 
 from ..toy.names import TOY_DEFAULT, is_toy_model, toy_editor_dir, toy_versions
@@ -246,8 +246,10 @@ class FluxKontextEditor(FluxDiTEditor):
         return embeds, pooled
 
     def text_masks(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(N, L) 1 on the T5 tokens that spell each (encoded) prompt; 0 on EOS and padding."""
-        self.encode_prompts(prompts)
+        """(N, L) 1 on the T5 tokens that spell each prompt (encoded with it); 0 on EOS and padding."""
+        missing = [p for p in prompts if p not in self._prompt_cache]
+        if missing:
+            self.encode_prompts(missing)
         return torch.stack([self._prompt_cache[p][2] for p in prompts])
 
     def prepare(self, prompts: Sequence[str], release: bool = True) -> None:
@@ -299,18 +301,12 @@ class FluxKontextEditor(FluxDiTEditor):
             "context_ids": latent_ids(lat_h, lat_w, True, self.device, self.dtype),
             "size": tuple(size),
         }
-        latents = latents.expand(batch, -1, -1) if latents.shape[0] == 1 else latents
+        latents = to_batch(latents, batch)
         layout = Layout(text=embeds.shape[1], target=latents.shape[1], context=latents.shape[1])
         return Condition(latents, layout, prompts, extra)
 
-    def _text_mask(self, condition: Condition, batch: int) -> torch.Tensor:
-        mask = condition.extra["text_mask"]
-        return mask.expand(batch, -1) if mask.shape[0] == 1 else mask
-
     def _text_inputs(self, condition: Condition, sigma: torch.Tensor, batch: int):
-        embeds, pooled = condition.extra["embeds"], condition.extra["pooled"]
-        if embeds.shape[0] == 1 and batch > 1:  # one prompt for a batch of images
-            embeds, pooled = embeds.expand(batch, -1, -1), pooled.expand(batch, -1)
+        embeds, pooled = to_batch(condition.extra["embeds"], batch), to_batch(condition.extra["pooled"], batch)  # one prompt: every image
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((batch,), self.guidance, device=self.device, dtype=torch.float32)

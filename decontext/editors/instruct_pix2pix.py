@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from ..attention import swapped_processors
-from .base import Condition, Layout, content_token_mask, edit_images, enable_vae_memory_savers, level_working_size, resolve_blocks, snap, to_vae_input
+from .base import Condition, Layout, content_token_mask, edit_images, enable_vae_memory_savers, level_working_size, resolve_blocks, snap, to_batch, to_vae_input, vae_pixels
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 IMAGE_GUIDANCE = 1.5  # the pipeline's and the official edit CLI's image guidance scale
@@ -332,7 +332,7 @@ class InstructPix2PixEditor:
         batch = max(latents.shape[0], len(prompts))
         if latents.shape[0] not in (1, batch) or len(prompts) not in (1, batch):
             raise ValueError(f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both")
-        latents = latents.expand(batch, -1, -1, -1) if latents.shape[0] == 1 else latents
+        latents = to_batch(latents, batch)
         layout = Layout(text=embeds.shape[1], target=latents.shape[-2] * latents.shape[-1], context=0)
         return Condition(latents, layout, prompts, {"embeds": embeds, "text_mask": self.text_masks(prompts), "size": tuple(size)})
 
@@ -372,26 +372,22 @@ class InstructPix2PixEditor:
 
     def decode(self, latents: torch.Tensor, condition: Condition) -> torch.Tensor:
         """Scaled clean latents -> pixels in [0, 1] through the VAE decoder."""
-        z = latents / self.vae.config.scaling_factor
-        return ((self.vae.decode(z.to(self.vae.dtype)).sample.float() + 1) / 2).clamp(0, 1)
+        return vae_pixels(self.vae, latents / self.vae.config.scaling_factor)
 
     def velocity(self, x_t: torch.Tensor, sigma, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
         """The UNet's prediction (its training target: epsilon or v) for ``x_t`` at noise level ``sigma``,
         text-and-image conditioned (the first of the pipeline's three guidance branches).
         ``stop_after``: a layer probed with ``text_attention``; the pass ends right after its maps."""
         batch = max(x_t.shape[0], condition.batch)
-        x_t = x_t.expand(batch, -1, -1, -1) if x_t.shape[0] == 1 else x_t
-        source = condition.latents.expand(batch, -1, -1, -1) if condition.batch == 1 else condition.latents
-        embeds = condition.extra["embeds"]
-        embeds = embeds.expand(batch, -1, -1) if embeds.shape[0] == 1 else embeds
+        x_t, source = to_batch(x_t, batch), to_batch(condition.latents, batch)
+        embeds = to_batch(condition.extra["embeds"], batch)
         t = self.timesteps(sigma)
         t = (t.expand(batch) if t.numel() == 1 else t).to(self.device)
         probe = self._active_probe
         if stop_after is not None and (probe is None or stop_after not in self._probed):
             raise ValueError(f"stop_after={stop_after!r} needs that layer probed (with editor.text_attention([...]))")
         if probe is not None:
-            mask = condition.extra["text_mask"]
-            probe.text_mask = mask.expand(batch, -1) if mask.shape[0] == 1 else mask
+            probe.text_mask = to_batch(condition.extra["text_mask"], batch)
             # With activation checkpointing, backward re-runs whole UNet blocks: a layer that ended the
             # forward would end the re-run too, so then the pass runs to the end instead.
             probe.stop_at = None if self.unet.is_gradient_checkpointing else stop_after

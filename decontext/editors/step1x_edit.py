@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .base import Condition, Layout, level_working_size, snap
+from .base import Condition, Layout, level_working_size, snap, to_batch
 from .flux_dit import FluxDiTEditor, image_ids, pack_latents, unpack_latents
 from .step1x_connector import load_step1x_checkpoint, qwen_features
 
@@ -92,6 +92,7 @@ class Step1XEditor(FluxDiTEditor):
 
     family = "step1x_edit"
     text_embedding_keys = ("features",)  # the Qwen2.5-VL hidden states the connector reads
+    text_mask_key = "mask"  # the connector's valid-token mask (the VLM's tokens of the prompt and its template)
     model_help = ("'tiny' (random weights, smoke test: a tiny checkpoint in the official layout, written and read back), "
                   "or an official Step1X-Edit .safetensors file / a folder holding one (e.g. stepfun-ai/Step1X-Edit downloaded)")
     attack_description = ("Protect images against Step1X-Edit with DeContext (or a baseline, --method).\n\n"
@@ -313,18 +314,10 @@ class Step1XEditor(FluxDiTEditor):
         if latents.shape[0] not in (1, batch) or len(prompts) not in (1, batch):
             raise ValueError(f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both")
         features, mask = self._features_for(pixels, prompts, size, step, batch)
-        latents = latents.expand(batch, -1, -1) if latents.shape[0] == 1 else latents
-        return self._condition(latents, features, mask, prompts, size)
-
-    def _text_mask(self, condition: Condition, batch: int) -> torch.Tensor:
-        """The connector's valid-token mask (the VLM's tokens of the prompt and its template)."""
-        mask = condition.extra["mask"].float()
-        return mask.expand(batch, -1) if mask.shape[0] == 1 else mask
+        return self._condition(to_batch(latents, batch), features, mask, prompts, size)
 
     def _text_inputs(self, condition: Condition, sigma: torch.Tensor, batch: int):
-        features, mask = condition.extra["features"], condition.extra["mask"]
-        if features.shape[0] == 1 and batch > 1:
-            features, mask = features.expand(batch, -1, -1), mask.expand(batch, -1)
+        features, mask = to_batch(condition.extra["features"], batch), to_batch(condition.extra["mask"], batch)
         tokens, pooled = self.connector(features.to(self.device, self.dtype), sigma, mask.to(self.device))
         return tokens, pooled, None
 
