@@ -106,6 +106,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--contrast", action="store_true", help="subtract the other edits' mean anchor (our extension)")
     ap.add_argument("--threshold", type=float, nargs="+", default=None, help="localisation thresholds to measure (default: the preset's)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other UVRConfig fields (e.g. mode=t2i window_start=500)")
+    ap.add_argument("--part", choices=["all", "a", "b"], default="all",
+                    help="held-out identities used: all, or half a (even positions) / b (odd): pick settings on one half, confirm on the other")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="runs/uvr")
@@ -144,7 +146,10 @@ def main(argv=None) -> dict:
     print(f"anchors: {tuple(concept_anchors.shape)} at {block}, t {anchor_t} ({time.time() - began:.0f} s)", flush=True)
 
     # 2. held-out: UVR off, then on
-    scenes = eval_scenes(args.identities) if args.pipeline == "edit" else [world.sample_scene(world.eval_identities()[0], seed=0)] * args.identities
+    held_out = eval_scenes()[{"all": slice(None), "a": slice(0, None, 2), "b": slice(1, None, 2)}[args.part]]
+    held_out = held_out[:: max(1, len(held_out) // args.identities)][: args.identities]
+    # t2i has no source image: one "scene" per seed, the seed set by the row's position
+    scenes = held_out if args.pipeline == "edit" else [world.sample_scene(world.eval_identities()[0], seed=0)] * args.identities
     images, prompts, names = jobs(args.pipeline, scenes, by_edit, world.EDITS, 0)
     names = np.array(names)
     off = run(images, prompts, args.seed)
@@ -159,7 +164,7 @@ def main(argv=None) -> dict:
         return np.array(ident), np.array(success)
     ident_off, success_off = scores(off, reads_off)
     concept, other = names == args.concept, names != args.concept
-    results = {"model": args.model, "pipeline": args.pipeline, "concept": args.concept, "block": block, "anchor_t": args.anchor_t, "contrast": args.contrast,
+    results = {"model": args.model, "pipeline": args.pipeline, "part": args.part, "concept": args.concept, "block": block, "anchor_t": args.anchor_t, "contrast": args.contrast,
                "identities": args.identities, "calibration": len(calib), "anchors": str(out_dir / f"{tag}.safetensors"),
                "off": {"concept_present": float(reads_off[args.concept][concept].astype(bool).mean()), "other_success": float(success_off[other].mean()),
                        "other_identity": float(np.nanmean(ident_off[other])) if src_reads else None}, "rows": []}
@@ -193,7 +198,7 @@ def main(argv=None) -> dict:
               f"| {ident_cell} | {fmt(row['other_psnr_vs_off'])} dB ({row['other_unchanged']:.2f} identical) | {row['flagged_share_concept']:.2f} / {row['flagged_share_other']:.2f} |", flush=True)
     results["seconds"] = round(time.time() - began, 1)
     suffix = "_".join(f"{k}-{v}" for k, v in overrides.items())
-    path = out_dir / f"{tag}{'_' + suffix if suffix else ''}.json"
+    path = out_dir / f"{tag}_{args.part}{args.identities}{'_' + suffix if suffix else ''}.json"
     path.write_text(json.dumps(results, indent=1))
     print(f"-> {path} ({results['seconds']} s)")
     return results

@@ -9,6 +9,7 @@ an editor adds its own (``add_arguments``) and sets its official attack defaults
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -210,7 +211,17 @@ def inference_main(family: str, argv=None) -> int:
     record = {"editor": editor.family, "images": str(args.images), "prompts_file": args.prompts, "seeds": seeds, "dtype": str(editor.dtype),
               **{k: v for k, v in editor_class(family).options_from_args(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
               **getattr(editor, "edit_settings", {})}  # what an editor's edits also depend on (IP2P: image guidance)
-    report = run_edits(editor, args.images, prompts, seeds, args.output, settings, record=record, progress=not args.no_progress)
+    regulation = contextlib.nullcontext()
+    if getattr(args, "uvr", None):  # UVR (decontext.safety.uvr): the editor generates under the regulator
+        from .safety.uvr import from_args
+
+        try:
+            regulation, record["uvr"] = from_args(args, editor)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    with regulation:
+        report = run_edits(editor, args.images, prompts, seeds, args.output, settings, record=record, progress=not args.no_progress)
     print(f"edited {report.done}, skipped {report.skipped} (already done), failed images {len(report.failed)} -> {args.output}")
     for message in report.failed.values():
         print(f"  failed: {message}", file=sys.stderr)

@@ -315,3 +315,68 @@ def test_erase_rate_with_a_baseline():
     assert result["erase_rate"]["low"] <= 4 / 6 <= result["erase_rate"]["high"]
     with pytest.raises(ValueError, match="pair up"):
         erase_rate(on, off[:3])
+
+
+# ------------------------------------------------------------------------------------------ command lines
+def test_collect_then_edit_and_generate_under_uvr(tmp_path):
+    """The whole loop on the tiny model: collect anchors (t2i and editing), refuse to overwrite, append,
+    edit and generate with --uvr (recorded in index.json), and erase-rate scoring of the outputs."""
+    import json
+
+    from PIL import Image
+
+    from decontext.cli import inference_main
+    from decontext.metrics import concept
+    from decontext.safety import collect
+    from decontext.t2i import main as t2i_main
+
+    anchors = tmp_path / "anchors.safetensors"
+    assert collect.main(["--pipeline", "t2i", "--model", "tiny", "--concept", "hat", "--prompt", "a hat", "--seeds", "0", "1", "--output", str(anchors)]) == 0
+    loaded = uvr.Anchors.load(anchors)
+    assert loaded.concepts["hat"].shape == (2, 2, 16) and loaded.block == "single.1" and loaded.settings["seeds"] == [0, 1]
+    assert collect.main(["--pipeline", "t2i", "--model", "tiny", "--concept", "hat", "--prompt", "a hat", "--output", str(anchors)]) == 2  # exists
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(images / "a.png")
+    (images / "broken.png").write_bytes(b"not a png")
+    status = collect.main(["--pipeline", "edit", "--model", "tiny", "--concept", "cap", "--images", str(images), "--prompt", "add a cap", "--append", "--output", str(anchors)])
+    assert status == 1  # the broken image is reported, the rest collected
+    assert set(uvr.Anchors.load(anchors).concepts) == {"hat", "cap"}
+
+    out = tmp_path / "edits"
+    args = ["--model", "tiny", "--images", str(images / "a.png"), "--prompt", "add a hat", "--steps", "2", "--resolution", "64", "--no-progress"]
+    assert inference_main("flux_kontext", args + ["--output", str(out / "off")]) == 0
+    assert inference_main("flux_kontext", args + ["--output", str(out / "on"), "--uvr", str(anchors), "--uvr-threshold", "1e9"]) == 0
+    record = json.loads((out / "on" / "index.json").read_text())["settings"]["uvr"]
+    assert record["config"]["mode"] == "edit" and record["config"]["threshold"] == 1e9 and record["concepts"] == ["cap", "hat"]
+    # nothing flagged: the regulated edit is the stock edit, byte for byte
+    assert (out / "on" / "a" / "0" / "seed42.png").read_bytes() == (out / "off" / "a" / "0" / "seed42.png").read_bytes()
+    assert inference_main("flux_kontext", args + ["--output", str(out / "bad"), "--uvr", str(images / "broken.png")]) == 2
+    assert inference_main("flux_kontext", args + ["--output", str(out / "bad"), "--uvr", str(anchors), "--uvr-set", "keep=largest"]) == 2
+
+    gen = tmp_path / "t2i"
+    assert t2i_main(["--model", "tiny", "--prompt", "a hat", "--seeds", "0", "--steps", "2", "--output", str(gen / "on"), "--uvr", str(anchors),
+                     "--uvr-concepts", "hat", "--uvr-set", "threshold=-1e9", "window_start=0", "min_area=1", "--no-progress"]) == 0
+    assert t2i_main(["--model", "tiny", "--prompt", "a hat", "--seeds", "0", "--steps", "2", "--output", str(gen / "off"), "--no-progress"]) == 0
+    on_png, off_png = gen / "on" / "0" / "seed0.png", gen / "off" / "0" / "seed0.png"
+    assert on_png.read_bytes() != off_png.read_bytes()  # everything flagged: the generation changed
+    assert t2i_main(["--model", "tiny", "--prompt", "a hat", "--output", str(gen / "x"), "--uvr", str(anchors), "--uvr-concepts", "dog", "--no-progress"]) == 2
+
+    on = concept._outputs(gen / "on", None)
+    assert list(on) == ["0/seed0.png"]
+    result_file = tmp_path / "erase.json"
+    assert concept.main(["--images", str(gen / "on"), "--baseline", str(gen / "off"), "--detector", "toy:hat", "--output", str(result_file)]) == 0
+    result = json.loads(result_file.read_text())
+    assert result["n"] == 1 and result["detector"] == "toy:hat" and result["erase_rate"]["mean"] in (0.0, 1.0)
+    assert concept.main(["--images", str(gen / "on"), "--baseline", str(tmp_path), "--detector", "toy:hat"]) == 2  # nothing to pair with
+    assert concept.main(["--images", str(gen / "on"), "--detector", "toy:tail"]) == 2
+    with pytest.raises(ValueError, match="cannot be applied"):
+        concept._outputs(images, "hat")
+
+
+def test_parse_settings_types_and_errors():
+    assert uvr.parse_settings(["threshold=0.3", "min_area=2", "fill_holes=false", "mode=t2i"]) == {"threshold": 0.3, "min_area": 2, "fill_holes": False, "mode": "t2i"}
+    with pytest.raises(ValueError, match="takes a int"):
+        uvr.parse_settings(["min_area=two"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        uvr.parse_settings(["threshold"])

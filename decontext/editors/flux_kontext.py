@@ -122,6 +122,9 @@ class FluxKontextEditor(FluxDiTEditor):
             parser.add_argument("--guidance", dest="attack_guidance", type=float, default=ATTACK_GUIDANCE, help=f"guidance-embedding value in the attack's forward passes (default {ATTACK_GUIDANCE}, the official attack's)")
         else:
             parser.add_argument("--offload", action="store_true", help="diffusers model CPU offload: lowest GPU memory, slower")
+            from ..safety.uvr import add_arguments as add_uvr_arguments  # the model-side regulator, for editing
+
+            add_uvr_arguments(parser, "edit")
 
     @classmethod
     def options_from_args(cls, args: argparse.Namespace) -> dict:

@@ -160,7 +160,7 @@ class Anchors:
         names = list(names or self.concepts)
         missing = [n for n in names if n not in self.concepts]
         if missing:
-            raise KeyError(f"{self._where()}no concept {missing[0]!r} (has {sorted(self.concepts)})")
+            raise AnchorFileError(f"{self._where()}no concept {missing[0]!r} (has {sorted(self.concepts)})")
         return {n: self.concepts[n].float().mean(0) for n in names}
 
     def _where(self) -> str:
@@ -668,8 +668,63 @@ def merge(anchors: Iterable[Anchors]) -> Anchors:
     blocks = {a.block for a in anchors}
     if len(blocks) != 1:
         raise ValueError(f"anchors from different blocks {sorted(blocks)} cannot be merged")
+    shapes = {(a.heads, a.head_dim) for a in anchors}
+    if len(shapes) != 1:
+        raise ValueError(f"anchors of different widths {sorted(shapes)} (heads, head_dim) cannot be merged: they come from different models")
     concepts: dict[str, torch.Tensor] = {}
     for a in anchors:
         for name, tensor in a.concepts.items():
             concepts[name] = torch.cat([concepts[name], tensor]) if name in concepts else tensor
     return Anchors(concepts, blocks.pop(), anchors[0].settings)
+
+
+# ---------------------------------------------------------------------------------------------- command lines
+def add_arguments(parser, pipeline: str) -> None:
+    """``--uvr ANCHORS`` and its overrides, on an inference command line of ``pipeline`` ("edit" or "t2i")."""
+    group = parser.add_argument_group("UVR (a safety regulator; docs/SAFETY.md)")
+    group.add_argument("--uvr", metavar="ANCHORS", default=None, help="generate under UVR with this anchor file (python -m decontext.safety.collect makes one)")
+    group.add_argument("--uvr-concepts", nargs="+", default=None, help="regulate only these concepts of the file (default: all)")
+    group.add_argument("--uvr-threshold", type=float, default=None, help=f"localisation threshold (default: the official {UVRConfig.preset(pipeline).threshold} for this pipeline)")
+    group.add_argument("--uvr-set", nargs="+", default=[], metavar="KEY=VALUE", help="any other UVRConfig field, e.g. window_start=500 mode=t2i")
+    parser.set_defaults(uvr_pipeline=pipeline)
+
+
+def parse_settings(items: Sequence[str]) -> dict:
+    """``["key=value", ...]`` -> typed UVRConfig overrides; unknown keys and bad values are errors."""
+    kinds = {f.name: f.default for f in dataclasses.fields(UVRConfig)}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in kinds:
+            raise ValueError(f"--uvr-set {item!r}: write KEY=VALUE with KEY one of {', '.join(kinds)}")
+        default = kinds[key]
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1", "yes")
+            else:
+                out[key] = type(default)(value)
+        except ValueError:
+            raise ValueError(f"--uvr-set {item!r}: {key} takes a {type(default).__name__}") from None
+    return out
+
+
+def from_args(args, model):
+    """(context manager, record for the run's index) of the ``--uvr`` flags; a no-op without ``--uvr``.
+    Bad anchor files and settings raise ``ValueError`` (``AnchorFileError``) naming the problem."""
+    if not getattr(args, "uvr", None):
+        return contextlib.nullcontext(), None
+    anchors = Anchors.load(args.uvr)
+    anchors.check(_transformer_of(model))
+    settings = parse_settings(args.uvr_set)
+    if args.uvr_threshold is not None:
+        settings["threshold"] = args.uvr_threshold
+    config = UVRConfig.preset(args.uvr_pipeline, **settings)
+    if args.uvr_concepts:
+        anchors.directions(args.uvr_concepts)  # unknown names fail here, before any work
+    import hashlib
+
+    digest = hashlib.sha256(Path(args.uvr).read_bytes()).hexdigest()[:16]
+    record = {"anchors": str(args.uvr), "sha256_16": digest, "block": anchors.block, "concepts": args.uvr_concepts or sorted(anchors.concepts), "config": config.as_dict()}
+    return regulate(model, anchors, config, args.uvr_concepts), record
