@@ -212,11 +212,12 @@ def inference_main(family: str, argv=None) -> int:
               **{k: v for k, v in editor_class(family).options_from_args(args).items() if isinstance(v, (str, int, float, bool, type(None)))},
               **getattr(editor, "edit_settings", {})}  # what an editor's edits also depend on (IP2P: image guidance)
     regulation = contextlib.nullcontext()
-    if getattr(args, "uvr", None):  # UVR (decontext.safety.uvr): the editor generates under the regulator
-        from .safety.uvr import from_args
+    if hasattr(args, "uvr"):  # UVR (decontext.safety.uvr): the editor generates under the regulator
+        from .safety.uvr import check_resume, from_args
 
         try:
             regulation, record["uvr"] = from_args(args, editor)
+            check_resume(Path(args.output) / "index.json", record["uvr"])
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     from .inference import validate_seeds
     from .prompts import Prompt, PromptFileError, load_prompts
     from .protect import write_json_atomic
-    from .safety.uvr import from_args
+    from .safety.uvr import check_resume, from_args
 
     args = parser().parse_args(argv)
     try:
@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     try:
         pipe, defaults = load_pipeline(args.model, device, dtype)
         regulation, uvr_record = from_args(args, pipe)
+        check_resume(Path(args.output) / "index.json", uvr_record)
     except (ValueError, FileNotFoundError, OSError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -351,6 +351,8 @@ def test_collect_then_edit_and_generate_under_uvr(tmp_path):
     assert record["config"]["mode"] == "edit" and record["config"]["threshold"] == 1e9 and record["concepts"] == ["cap", "hat"]
     # nothing flagged: the regulated edit is the stock edit, byte for byte
     assert (out / "on" / "a" / "0" / "seed42.png").read_bytes() == (out / "off" / "a" / "0" / "seed42.png").read_bytes()
+    assert inference_main("flux_kontext", args + ["--output", str(out / "off"), "--uvr", str(anchors)]) == 2  # would mix settings
+    assert inference_main("flux_kontext", args + ["--output", str(out / "on")]) == 2
     assert inference_main("flux_kontext", args + ["--output", str(out / "bad"), "--uvr", str(images / "broken.png")]) == 2
     assert inference_main("flux_kontext", args + ["--output", str(out / "bad"), "--uvr", str(anchors), "--uvr-set", "keep=largest"]) == 2
 
@@ -361,6 +363,7 @@ def test_collect_then_edit_and_generate_under_uvr(tmp_path):
     on_png, off_png = gen / "on" / "0" / "seed0.png", gen / "off" / "0" / "seed0.png"
     assert on_png.read_bytes() != off_png.read_bytes()  # everything flagged: the generation changed
     assert t2i_main(["--model", "tiny", "--prompt", "a hat", "--output", str(gen / "x"), "--uvr", str(anchors), "--uvr-concepts", "dog", "--no-progress"]) == 2
+    assert t2i_main(["--model", "tiny", "--prompt", "a hat", "--seeds", "0", "--steps", "2", "--output", str(gen / "on"), "--no-progress"]) == 2  # would mix
 
     on = concept._outputs(gen / "on", None)
     assert list(on) == ["0/seed0.png"]

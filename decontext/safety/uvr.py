@@ -728,3 +728,22 @@ def from_args(args, model):
     digest = hashlib.sha256(Path(args.uvr).read_bytes()).hexdigest()[:16]
     record = {"anchors": str(args.uvr), "sha256_16": digest, "block": anchors.block, "concepts": args.uvr_concepts or sorted(anchors.concepts), "config": config.as_dict()}
     return regulate(model, anchors, config, args.uvr_concepts), record
+
+
+def check_resume(index_path: str | Path, record: dict | None) -> None:
+    """A run folder holds outputs of one regulator setting: resuming into a folder whose ``index.json``
+    records other UVR settings (or none, or some where there are none now) would mix them, so it is an
+    error naming the folder."""
+    index_path = Path(index_path)
+    if not index_path.is_file():
+        return
+    try:
+        index = json.loads(index_path.read_text())
+    except ValueError:
+        return  # the run's own loader reports a broken index
+    if not (index.get("edits") or index.get("images")):
+        return
+    before = (index.get("settings") or {}).get("uvr")
+    if before != record:
+        said = lambda r: "without UVR" if r is None else f"with UVR ({r.get('anchors')}, threshold {r.get('config', {}).get('threshold')})"
+        raise ValueError(f"{index_path.parent} holds outputs made {said(before)}; this run is {said(record)}: use another --output")
