@@ -155,6 +155,13 @@ def test_replace_touches_only_flagged_target_tokens():
     got = reg.replace(out, layout)
     assert torch.equal(got[:, [0, 1, 2, 3, 6]], out[:, [0, 1, 2, 3, 6]])
     assert not torch.allclose(got[:, 4:6], out[:, 4:6])
+    # the flagged rows are keep_share * out + (1 - keep_share) * N(0, 1)
+    big = torch.randn(1, 3 + 2000, 2, 4) * 5 + 3
+    layout_big = Layout(text=3, target=2000, context=0)
+    reg.core = torch.ones(1, 2000, dtype=torch.bool)
+    noise = (reg.replace(big, layout_big)[:, 3:] - 0.001 * big[:, 3:]) / 0.999
+    assert abs(float(noise.mean())) < 0.05 and abs(float(noise.std()) - 1) < 0.05
+    reg.core = core
     # keep_share = 1 keeps the output
     reg.config = uvr.UVRConfig.preset("t2i", keep_share=1.0)
     assert torch.allclose(reg.replace(out, layout), out)

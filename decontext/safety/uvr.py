@@ -476,10 +476,12 @@ class Regulator(_Tracker):
     def replace(self, out: torch.Tensor, layout: Layout) -> torch.Tensor:
         """T2I: flagged target outputs -> keep_share * out + (1 - keep_share) * N(0, 1)."""
         target = out[:, layout.target_slice]
-        noise = torch.randn(target.shape, generator=self._noise, dtype=torch.float32).to(out.device, out.dtype)
+        flagged = _rows(self.core, target.shape[0])
+        # Noise only for the flagged rows, drawn on the CPU from the seeded generator (device-independent).
+        noise = torch.randn((int(flagged.sum()), *target.shape[2:]), generator=self._noise, dtype=torch.float32).to(out.device, out.dtype)
         keep = self.config.keep_share
-        flagged = _rows(self.core, target.shape[0])[:, :, None, None]
-        mixed = torch.where(flagged, keep * target + (1 - keep) * noise, target)
+        mixed = target.clone()
+        mixed[flagged] = keep * target[flagged] + (1 - keep) * noise
         return torch.cat([out[:, : layout.text], mixed, out[:, layout.text + layout.target :]], dim=1)
 
     def context_factors(self, batch: int) -> torch.Tensor:
