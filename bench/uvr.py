@@ -105,7 +105,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--anchor-t", type=float, nargs="+", default=[uvr.OFFICIAL_ANCHOR_T], help="one t (nearest step) or a range LOW HIGH (t in 0..1000)")
     ap.add_argument("--contrast", action="store_true", help="subtract the other edits' mean anchor (our extension)")
     ap.add_argument("--threshold", type=float, nargs="+", default=None, help="localisation thresholds to measure (default: the preset's)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other UVRConfig fields (e.g. mode=t2i window_start=500)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="other UVRConfig fields (e.g. restrict=replace window_start=0)")
     ap.add_argument("--part", choices=["all", "a", "b"], default="all",
                     help="held-out identities used: all, or half a (even positions) / b (odd): pick settings on one half, confirm on the other")
     ap.add_argument("--seed", type=int, default=0)

@@ -274,7 +274,7 @@ def test_anchor_file_round_trip(tmp_path, pipe):
     anchors.settings["prompts"] = ["a hat"]
     path = anchors.save(tmp_path / "a.safetensors")
     loaded = uvr.Anchors.load(path)
-    assert loaded.block == "single.1" and loaded.settings["prompts"] == ["a hat"] and loaded.settings["mode"] == "edit"
+    assert loaded.block == "single.1" and loaded.settings["prompts"] == ["a hat"] and loaded.settings["pipeline"] == "edit"
     assert torch.equal(loaded.concepts["hat"], anchors.concepts["hat"])
     loaded.check(pipe.transformer)
     assert not list(tmp_path.glob(".*.part"))
@@ -355,7 +355,7 @@ def test_collect_then_edit_and_generate_under_uvr(tmp_path):
     assert inference_main("flux_kontext", args + ["--output", str(out / "off")]) == 0
     assert inference_main("flux_kontext", args + ["--output", str(out / "on"), "--uvr", str(anchors), "--uvr-threshold", "1e9"]) == 0
     record = json.loads((out / "on" / "index.json").read_text())["settings"]["uvr"]
-    assert record["config"]["mode"] == "edit" and record["config"]["threshold"] == 1e9 and record["concepts"] == ["cap", "hat"]
+    assert record["config"]["restrict"] == "attention" and record["config"]["threshold"] == 1e9 and record["concepts"] == ["cap", "hat"]
     # nothing flagged: the regulated edit is the stock edit, byte for byte
     assert (out / "on" / "a" / "0" / "seed42.png").read_bytes() == (out / "off" / "a" / "0" / "seed42.png").read_bytes()
     assert inference_main("flux_kontext", args + ["--output", str(out / "off"), "--uvr", str(anchors)]) == 2  # would mix settings
@@ -385,7 +385,7 @@ def test_collect_then_edit_and_generate_under_uvr(tmp_path):
 
 
 def test_parse_settings_types_and_errors():
-    assert uvr.parse_settings(["threshold=0.3", "min_area=2", "fill_holes=false", "mode=t2i"]) == {"threshold": 0.3, "min_area": 2, "fill_holes": False, "mode": "t2i"}
+    assert uvr.parse_settings(["threshold=0.3", "min_area=2", "fill_holes=false", "restrict=replace"]) == {"threshold": 0.3, "min_area": 2, "fill_holes": False, "restrict": "replace"}
     with pytest.raises(ValueError, match="takes a int"):
         uvr.parse_settings(["min_area=two"])
     with pytest.raises(ValueError, match="KEY=VALUE"):

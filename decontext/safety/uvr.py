@@ -65,7 +65,7 @@ class UVRConfig:
     """Every constant of localisation and restriction. ``UVRConfig.preset("t2i" | "edit")`` gives the
     official values for FLUX.1-dev and FLUX.1-Kontext-dev."""
 
-    mode: str = "t2i"  # "t2i": replace flagged patch outputs; "edit": scale attention to flagged context keys
+    restrict: str = "replace"  # "replace": flagged patch outputs become noise (T2I); "attention": scale attention to flagged context keys (editing)
     window_start: float = 850.0  # the start-up window: localise while t > this, restrict while t >= this (t in 0..1000)
     localize_at: str = "window"  # "window": every step in the window (T2I); "first": the first step only (Kontext)
     threshold: float = 0.6  # hard gate on the patch score (0.6 FLUX.1-dev, 0.2 Kontext)
@@ -86,8 +86,8 @@ class UVRConfig:
 
     def __post_init__(self):
         problems = []
-        if self.mode not in ("t2i", "edit"):
-            problems.append(f"mode must be 't2i' or 'edit', got {self.mode!r}")
+        if self.restrict not in ("replace", "attention"):
+            problems.append(f"restrict must be 'replace' or 'attention', got {self.restrict!r}")
         if self.localize_at not in ("window", "first"):
             problems.append(f"localize_at must be 'window' or 'first', got {self.localize_at!r}")
         if self.keep not in ("mass_ratio", "topk_mass", "topk_area"):
@@ -114,7 +114,7 @@ class UVRConfig:
         elif pipeline == "edit":
             # The official Kontext call passes mass_ratio=0.8 but keeps its default "topk_mass" mode, where
             # the ratio is not read: the three heaviest components are kept.
-            base = {"mode": "edit", "localize_at": "first", "threshold": 0.2, "keep": "topk_mass", "mass_ratio": 0.8,
+            base = {"restrict": "attention", "localize_at": "first", "threshold": 0.2, "keep": "topk_mass", "mass_ratio": 0.8,
                     "min_area": 3, "max_flagged": 1.0, "ring_radius": 3, "ring_iterations": 2}
         else:
             raise ValueError(f"no UVR preset {pipeline!r}: use 't2i' or 'edit'")
@@ -504,7 +504,7 @@ class Regulator(_Tracker):
         query group is one fused attention call with scaled values: exact, no (queries x keys) matrix."""
         layout = self.geometry.layout
         if layout.context == 0:
-            raise RuntimeError("UVR in 'edit' mode needs context tokens (an editing pipeline); use mode 't2i' for text-to-image")
+            raise RuntimeError("UVR's 'attention' restriction needs context tokens (an editing pipeline); text-to-image uses restrict='replace'")
         batch = query.shape[0]
         context = self.context_factors(batch).to(value.dtype)
         ones = torch.ones(batch, layout.text + layout.target, device=value.device, dtype=value.dtype)
@@ -550,15 +550,15 @@ class UVRAttnProcessor(FluxAttnProcessor):
         layout = reg.geometry.layout
         if query.shape[1] != layout.total:
             raise RuntimeError(f"UVR ({self.name}): {query.shape[1]} tokens in attention, the call's ids say {layout}")
-        if restricting and reg.config.mode == "edit":
+        if restricting and reg.config.restrict == "attention":
             out = reg.restricted_attention(query, key, value, self._attend)
         else:
             out = self._attend(query, key, value)
         if localizing:
             reg.localize(out[:, layout.target_slice])
-        if reg.config.mode == "t2i" and reg.restricts_now():
+        if reg.config.restrict == "replace" and reg.restricts_now():
             out = reg.replace(out, layout)  # with the masks just made, as the official code does
-        elif not (restricting and reg.config.mode == "edit"):
+        elif not (restricting and reg.config.restrict == "attention"):
             # Nothing changed in this call (editing restricts from the next block on): the stock result.
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         reg.restricted.add((reg.generation, reg.step))
@@ -573,14 +573,14 @@ def regulate(model, anchors: Anchors | str | Path, config: UVRConfig | None = No
         model: a diffusers FLUX pipeline (or anything with ``.transformer``: our editors too), or the
             ``FluxTransformer2DModel`` itself.
         anchors: an ``Anchors`` or the path of an anchor file.
-        config: localisation and restriction constants (default: the preset of the mode the anchors were
+        config: localisation and restriction constants (default: the preset of the pipeline the anchors were
             collected in; ``UVRConfig.preset("t2i"|"edit", ...)``).
         concepts: the concepts to regulate (default: every concept of the file).
     """
     transformer = _transformer_of(model)
     anchors = anchors if isinstance(anchors, Anchors) else Anchors.load(anchors)
     anchors.check(transformer)
-    config = config or UVRConfig.preset(anchors.settings.get("mode", "t2i"))
+    config = config or UVRConfig.preset(anchors.settings.get("pipeline", "t2i"))
     regulator = Regulator(anchors, config, concepts)
     processors = {_processor_key(name): UVRAttnProcessor(regulator, name) for name in block_modules(transformer)}
     handle = transformer.register_forward_pre_hook(regulator.hook, with_kwargs=True)
@@ -654,12 +654,12 @@ def collect_anchors(model, generate: Callable[[], object], block: str | None = N
     return torch.cat(anchors)
 
 
-def make_anchors(concepts: dict[str, torch.Tensor], block: str, mode: str, **settings) -> Anchors:
+def make_anchors(concepts: dict[str, torch.Tensor], block: str, pipeline: str, **settings) -> Anchors:
     """An ``Anchors`` with its settings recorded (model, prompts, timesteps, ...; JSON-serialisable)."""
     shapes = {tuple(t.shape[1:]) for t in concepts.values()}
     if len(shapes) != 1:
         raise ValueError(f"concepts disagree on (heads, head_dim): {shapes}")
-    record = {"mode": mode, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **settings}
+    record = {"pipeline": pipeline, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **settings}
     json.dumps(record)  # fails early on anything that could not be stored
     return Anchors({n: t.float() for n, t in concepts.items()}, block, record)
 
@@ -687,7 +687,7 @@ def add_arguments(parser, pipeline: str) -> None:
     group.add_argument("--uvr", metavar="ANCHORS", default=None, help="generate under UVR with this anchor file (python -m decontext.safety.collect makes one)")
     group.add_argument("--uvr-concepts", nargs="+", default=None, help="regulate only these concepts of the file (default: all)")
     group.add_argument("--uvr-threshold", type=float, default=None, help=f"localisation threshold (default: the official {UVRConfig.preset(pipeline).threshold} for this pipeline)")
-    group.add_argument("--uvr-set", nargs="+", default=[], metavar="KEY=VALUE", help="any other UVRConfig field, e.g. window_start=500 mode=t2i")
+    group.add_argument("--uvr-set", nargs="+", default=[], metavar="KEY=VALUE", help="any other UVRConfig field, e.g. window_start=500 restrict=replace")
     parser.set_defaults(uvr_pipeline=pipeline)
 
 
