@@ -29,3 +29,24 @@ def test_bench_probe_pad_runs(capsys):
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert re.search(r"^plain\s+\d", out, re.M) and re.search(r"^fused pad 8\s+\d", out, re.M), out
+
+
+def test_bench_uvr_runs_on_the_toy(tmp_path):
+    """bench/uvr.py end to end at its smallest: anchors on the calibration split, UVR off and on, one row."""
+    import json
+
+    spec = importlib.util.spec_from_file_location("bench_uvr", BENCH.parent / "uvr.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(["--identities", "2", "--calibration", "2", "--threshold", "1e9", "--out", str(tmp_path), "--threads", str(threads)])
+    finally:
+        torch.set_num_threads(threads)
+    row = result["rows"][0]
+    assert row["erase_rate"]["n"] == 2 and row["flagged_share_concept"] == 0.0
+    assert row["other_unchanged"] == 1.0  # nothing flagged: every other edit identical to UVR off
+    assert json.loads(next(tmp_path.glob("*.json")).read_text())["rows"][0]["threshold"] == 1e9
+    assert next(tmp_path.glob("*.safetensors")).is_file()
