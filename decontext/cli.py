@@ -86,6 +86,9 @@ def attack_parser(family: str) -> argparse.ArgumentParser:
     parser.add_argument("--random-start", default=None, action=argparse.BooleanOptionalAction, help="start from a random point of the eps-ball (default: the method's, else no)")
     parser.add_argument("--update", default=None, choices=UPDATES, help="update rule: sign (default: every pixel moves by alpha) or l2 (a step of rms alpha along the gradient)")
     parser.add_argument("--psnr-floor", type=float, default=None, help="also keep the protected image's PSNR at or above this many dB (an L2 budget beside --eps)")
+    parser.add_argument("--eot", nargs="+", default=None, metavar="BREAKER",
+                        help="optimise to survive these breakers (expectation over transformation; decontext/purify.py): e.g. jpeg resize blur, or jpeg:quality=50")
+    parser.add_argument("--eot-samples", type=int, default=None, help="draws of the EOT breakers per PGD step, gradients averaged (default 1)")
     parser.add_argument("--measure-draws", type=int, default=4, help="fixed draws of the method's measurement before/after, stored in the manifest (0 = skip)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the transformer (less GPU memory, slower)")
     parser.add_argument("--no-progress", action="store_true")
@@ -117,7 +120,17 @@ def attack_main(family: str, argv=None) -> int:
         return 2
     try:
         pgd = PGDConfig.for_method(method, eps=args.eps, alpha=args.alpha, steps=args.steps, momentum=args.momentum,
-                                   schedule=args.schedule, random_start=args.random_start, update=args.update, psnr_floor=args.psnr_floor)
+                                   schedule=args.schedule, random_start=args.random_start, update=args.update, psnr_floor=args.psnr_floor,
+                                   eot_samples=args.eot_samples)
+        if args.eot:
+            from .purify import parse_breakers
+
+            breakers = parse_breakers(args.eot)
+            for breaker in breakers:
+                if breaker.kind != "vae":
+                    breaker.differentiable()  # a breaker without a differentiable version fails here, before loading
+        elif args.eot_samples is not None:
+            raise ValueError("--eot-samples needs --eot")
     except (ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -130,7 +143,8 @@ def attack_main(family: str, argv=None) -> int:
         return 2
     if args.checkpointing:
         editor.enable_gradient_checkpointing()
-    settings = ProtectSettings(pgd=pgd, seed=args.seed, resolution=args.resolution, measure_draws=args.measure_draws, progress=not args.no_progress)
+    settings = ProtectSettings(pgd=pgd, seed=args.seed, resolution=args.resolution, measure_draws=args.measure_draws, progress=not args.no_progress,
+                               eot=tuple(args.eot or ()))
     manifest = "manifest.json" if shard.world == 1 else f"manifest.rank{shard.rank}.json"
     report = protect_paths(editor, method, args.input, args.output, settings, args_record=vars(args), shard=(shard.rank, shard.world), manifest_name=manifest)
     if shard.world > 1:

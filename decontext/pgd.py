@@ -70,6 +70,7 @@ class PGDConfig:
     random_start: bool = False  # start from a uniform point of the eps-ball
     update: str = "sign"  # update rule (UPDATES)
     psnr_floor: float | None = None  # dB: also keep PSNR(protected, clean) at or above this (an L2 ball)
+    eot_samples: int = 1  # with a transform (EOT): draws of it per step, their gradients averaged
 
     def __post_init__(self):
         if self.eps < 0 or self.alpha <= 0 or self.steps < 0:
@@ -80,6 +81,8 @@ class PGDConfig:
             raise ValueError(f"unknown step-size schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
         if self.update not in UPDATES:
             raise ValueError(f"unknown update rule {self.update!r} (choose from {', '.join(UPDATES)})")
+        if int(self.eot_samples) != self.eot_samples or self.eot_samples < 1:
+            raise ValueError(f"eot_samples must be a whole number >= 1, got {self.eot_samples}")
         if self.psnr_floor is not None and not self.psnr_floor > 0:
             raise ValueError(f"psnr_floor must be a positive number of dB, got {self.psnr_floor}")
 
@@ -117,7 +120,8 @@ class PGD:
     Args:
         eps, alpha, steps, momentum, schedule, random_start, update, psnr_floor: see ``PGDConfig`` (or pass ``config``).
         seed: seeds the generator handed to the loss (prompt/timestep/noise draws) and the random start.
-        transform: optional differentiable EOT transform ``t(x, generator) -> x'`` applied before the loss.
+        transform: optional differentiable EOT transform ``t(x, generator) -> x'`` applied before the loss;
+            each step averages the gradients of ``config.eot_samples`` draws of it (``decontext.purify.EOT``).
         progress: show a tqdm bar.
     """
 
@@ -172,14 +176,10 @@ class PGD:
         velocity = torch.zeros_like(x0)
         history: list[dict] = []
         bar = tqdm(range(self.steps), desc=self.desc, disable=not self.progress, leave=False, dynamic_ncols=True)
+        samples = int(self.config.eot_samples) if self.transform is not None else 1
         for step in bar:
             x.requires_grad_(True)
-            inputs = self.transform(x, generator) if self.transform is not None else x
-            output = loss_fn(inputs, step, generator)
-            loss, info = output if isinstance(output, tuple) else (output, {})
-            if loss.dim() != 0:
-                raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
-            (grad,) = torch.autograd.grad(loss, x)
+            grad, loss, info = self._gradient(x, loss_fn, step, generator, samples)
             alpha = step_size(self.schedule, self.alpha, step, self.steps)
             with torch.no_grad():
                 grad = grad.float()
@@ -201,3 +201,22 @@ class PGD:
             if callback is not None:
                 callback(step, record)
         return PGDResult(x.detach(), history)
+
+    def _gradient(self, x, loss_fn: LossFn, step: int, generator: torch.Generator, samples: int):
+        """(d loss / d x, loss, info) at ``x``; with a transform, the mean over ``samples`` draws of it
+        (one backward per draw, so memory does not grow with the samples)."""
+        grad, losses, infos = None, [], []
+        for _ in range(samples):
+            inputs = self.transform(x, generator) if self.transform is not None else x
+            output = loss_fn(inputs, step, generator)
+            loss, info = output if isinstance(output, tuple) else (output, {})
+            if loss.dim() != 0:
+                raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+            (sample_grad,) = torch.autograd.grad(loss, x)
+            grad = sample_grad if grad is None else grad + sample_grad
+            losses.append(loss.detach())
+            infos.append(info)
+        if samples == 1:
+            return grad, losses[0], infos[0]
+        info = {k: sum(float(i[k]) for i in infos) / samples for k in infos[0]}
+        return grad / samples, torch.stack(losses).mean(), info

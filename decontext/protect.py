@@ -31,6 +31,7 @@ class ProtectSettings:
     resolution: str | int = "auto"
     measure_draws: int = 4  # fixed draws used to report the share before and after
     progress: bool = True
+    eot: tuple[str, ...] = ()  # breakers (decontext.purify specs) the protection is optimised to survive
 
 
 @dataclass
@@ -60,7 +61,7 @@ def protect_image(editor: Editor, method: Method, image: LoadedImage, settings: 
         method.start(editor, x0, size)
         before = method.measure(editor, x0, size, draws) if draws else {}
         history: list[dict] = []
-        pgd = PGD(config=settings.pgd, seed=seed, progress=settings.progress, desc=f"{method.name} {name}")
+        pgd = PGD(config=settings.pgd, seed=seed, progress=settings.progress, desc=f"{method.name} {name}", transform=eot_transform(settings.eot, editor))
         if hasattr(method, "perturb"):  # no optimisation (e.g. the random-noise control), under the same budget
             pixels = pgd.project(method.perturb(x0, settings.pgd.eps, torch.Generator().manual_seed(seed)), x0)
         else:
@@ -68,6 +69,15 @@ def protect_image(editor: Editor, method: Method, image: LoadedImage, settings: 
             pixels, history = result.pixels, result.history
         after = method.measure(editor, pixels, size, draws) if draws else {}
     return ProtectOutcome(pixels.detach().cpu(), size, before, after, history, time.perf_counter() - start)
+
+
+def eot_transform(specs, editor=None):
+    """The EOT transform of breaker specs (``decontext.purify.EOT``), or None without any."""
+    if not specs:
+        return None
+    from .purify import EOT, parse_breakers
+
+    return EOT(parse_breakers(list(specs)), editor)
 
 
 def library_versions() -> dict:
@@ -141,7 +151,7 @@ def protect_paths(
     pairs = pairs[rank::world]
     manifest_path = output_dir / manifest_name
     manifest = _read_manifest(manifest_path)
-    manifest.update({"args": args_record or {}, "method": method.config(), "pgd": settings.pgd.to_dict(), "editor": {"family": editor.family, "model": editor.name}, "versions": library_versions()})
+    manifest.update({"args": args_record or {}, "method": method.config(), "pgd": settings.pgd.to_dict(), "eot": list(settings.eot), "editor": {"family": editor.family, "model": editor.name}, "versions": library_versions()})
     images = manifest.setdefault("images", {})
     report = BatchReport()
     if rank == 0:
