@@ -28,6 +28,7 @@ import io
 import math
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -287,3 +288,108 @@ class EOT:
         index = int(torch.randint(len(self.transforms), (), generator=generator))
         self.drawn.append(self.breakers[index].label)
         return self.transforms[index](x, generator)
+
+
+# ---------------------------------------------------------------------------------------------- the run-folder stage
+PURIFIED = "purified"
+SEPARATOR = "@"  # edits/<condition>@<breaker label>: the edits of the purified copies of <condition>
+
+
+def purified_condition(condition: str, breaker: Breaker) -> str:
+    return f"{condition}{SEPARATOR}{breaker.label}"
+
+
+def condition_input_dir(run_dir: str | Path, condition: str) -> Path:
+    """Where a condition's input images live: ``<run>/<condition>/``, or for a purified condition
+    ``<condition>@<label>``, ``<run>/purified/<label>/<condition>/``."""
+    run_dir = Path(run_dir)
+    if SEPARATOR in condition:
+        base, label = condition.split(SEPARATOR, 1)
+        return run_dir / PURIFIED / label / base
+    return run_dir / condition
+
+
+def purify_run(run_dir: str | Path, breakers: list[Breaker], conditions=("protected",), seed: int = 0, editor=None, log=print, progress: bool = True) -> dict:
+    """Purified copies of each condition's images: ``<run>/purified/<label>/<condition>/<stem>.png``.
+
+    Existing copies are kept (a re-run resumes); unreadable images are reported and skipped; each
+    image's breaker seed depends on the seed and its stem, not on the order. Returns
+    ``{"written": n, "skipped": n, "failed": {file: message}}``."""
+    import zlib
+
+    from tqdm.auto import tqdm
+
+    from .images import ImageLoadError, atomic_save, list_images, load_image
+
+    run_dir = Path(run_dir)
+    report = {"written": 0, "skipped": 0, "failed": {}}
+    jobs = []
+    for condition in conditions:
+        folder = run_dir / condition
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no images of condition '{condition}' to purify")
+        for path in list_images(folder):
+            for breaker in breakers:
+                jobs.append((condition, path, breaker))
+    for condition, path, breaker in tqdm(jobs, desc="purify", disable=not progress, dynamic_ncols=True):
+        out = run_dir / PURIFIED / breaker.label / condition / f"{path.stem}.png"
+        if out.exists():
+            report["skipped"] += 1
+            continue
+        try:
+            image = Image.fromarray(load_image(path).rgb8, "RGB")
+        except ImageLoadError as exc:
+            report["failed"][str(path)] = str(exc)
+            log(f"error: {exc}")
+            continue
+        image_seed = (int(seed) * 1_000_003 + zlib.crc32(path.stem.encode("utf-8"))) % (2**31)
+        atomic_save(breaker(image, seed=image_seed, editor=editor), out, format="PNG")
+        report["written"] += 1
+    return report
+
+
+def main(argv=None) -> int:
+    """``python -m decontext.purify --run runs/X --breakers jpeg resize blur``: the run-folder stage."""
+    import argparse
+    import json
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m decontext.purify", description="Purified copies of a run folder's protected images (docs/ROBUSTNESS.md); "
+                                 "edit them into edits/<condition>@<breaker> and compute_metrics reports them beside the unpurified numbers.")
+    ap.add_argument("--run", required=True, help="run folder (runs/<name>)")
+    ap.add_argument("--breakers", nargs="+", required=True, help="breaker specs: jpeg, jpeg:quality=50, resize, blur, noise, noise_upscale, webp, vae")
+    ap.add_argument("--conditions", nargs="+", default=["protected"], help="conditions whose images are purified (default: protected)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="for the vae breaker: where the editor's VAE runs")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        breakers = parse_breakers(args.breakers)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    editor = None
+    if any(b.kind == "vae" for b in breakers):
+        from .editors import editor_class
+
+        run_json = Path(args.run) / "run.json"
+        info = json.loads(run_json.read_text()) if run_json.is_file() else {}
+        if "model" not in info:
+            print(f"error: {run_json}: the vae breaker needs the run's model and editor (run.json)", file=sys.stderr)
+            return 2
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+        editor = editor_class(info.get("editor", "flux_kontext")).load(info["model"], device, torch.float32)
+    try:
+        report = purify_run(args.run, breakers, args.conditions, args.seed, editor, progress=not args.no_progress)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"purified {report['written']}, kept {report['skipped']} (already there), failed {len(report['failed'])}: "
+          + ", ".join(purified_condition(c, b) for c in args.conditions for b in breakers))
+    return 1 if report["failed"] else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

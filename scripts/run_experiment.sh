@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One experiment in one run folder: sources -> DeContext protection -> edits of clean and protected.
 #   runs/<NAME>/{run.json, source/, protected/, edits/clean/, edits/protected/}
+#   (+ purified/<breaker>/protected/ and edits/protected@<breaker>/ with BREAKERS="jpeg resize ...")
 # then score it with:  python eval/compute_metrics.py --run runs/<NAME>
 #
 # EDITOR picks the editor: kontext (FLUX.1-Kontext, default), step1x (Step1X-Edit) or ip2p
@@ -41,6 +42,9 @@ EDIT_STEPS=${EDIT_STEPS:-}      # empty: the editor's default (kontext 20, step1
 GUIDANCE=${GUIDANCE:-}          # empty: the editor's default (kontext 3.5, step1x 6.0, ip2p 7.5 text)
 EDIT_RESOLUTION=${EDIT_RESOLUTION:-}
 BATCH_SIZE=${BATCH_SIZE:-1}
+# robustness: purified copies of protected/ (decontext/purify.py specs, e.g. "jpeg resize blur"), each
+# edited into edits/protected@<breaker>; compute_metrics reports them beside the unpurified numbers
+BREAKERS=${BREAKERS:-}
 
 PREFIX_FILE=${PREFIX_FILE:-}   # step1x with a real checkpoint: the official conditioning prefix (see README)
 common=(--model "$MODEL" --device "$DEVICE" --dtype "$DTYPE")
@@ -63,5 +67,11 @@ edit=("${common[@]}" --seeds $SEEDS --batch-size "$BATCH_SIZE")
 status=0
 "$PYTHON" "$INFER" "${edit[@]}" --images "$RUN/source" --output "$RUN/edits/clean" || status=1
 "$PYTHON" "$INFER" "${edit[@]}" --images "$RUN/protected" --output "$RUN/edits/protected" || status=1
+if [ -n "$BREAKERS" ]; then
+  "$PYTHON" -m decontext.purify --run "$RUN" --breakers $BREAKERS || status=1
+  for label in $("$PYTHON" -c 'import sys; from decontext.purify import parse_breakers; print(" ".join(b.label for b in parse_breakers(sys.argv[1:])))' $BREAKERS); do
+    "$PYTHON" "$INFER" "${edit[@]}" --images "$RUN/purified/$label/protected" --output "$RUN/edits/protected@$label" || status=1
+  done
+fi
 echo "run folder: $RUN"
 exit $status

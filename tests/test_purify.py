@@ -191,3 +191,43 @@ def test_attack_with_eot_on_the_tiny_model_stays_in_budget(tmp_path):
     assert max_level_diff(load_image(source).rgb8, load_image(out / "in.png").rgb8) <= 8
     assert attack_main("flux_kontext", args[:-6] + ["--eot", "webp"]) == 2  # no differentiable WebP
     assert attack_main("flux_kontext", args[:-6] + ["--eot-samples", "2"]) == 2  # samples without breakers
+
+
+def test_run_folder_stage_purifies_and_metrics_report_each_breaker(tmp_path, capsys):
+    """purified/<breaker>/<condition>/ copies, resumable; edits/<condition>@<breaker> are scored as their
+    own condition beside the unpurified ones, against the clean edits."""
+    import csv
+    import json
+    import shutil
+
+    from decontext.metrics.cli import main as metrics_main
+    from decontext.metrics.demo import make_demo_run
+
+    run = make_demo_run(tmp_path / "run")
+    (run / "protected" / "junk.png").write_bytes(b"not an image")
+    assert purify.main(["--run", str(run), "--breakers", "jpeg:quality=50", "blur", "--no-progress"]) == 1  # junk.png reported
+    copy = run / "purified" / "jpeg_quality50" / "protected" / "a.png"
+    assert copy.is_file() and (run / "purified" / "blur_sigma1.0" / "protected" / "b.png").is_file()
+    expected = purify.jpeg(Image.open(run / "protected" / "a.png"), quality=50)
+    assert np.array_equal(np.asarray(Image.open(copy)), np.asarray(expected))
+    stamp = copy.stat().st_mtime_ns
+    (run / "protected" / "junk.png").unlink()
+    assert purify.main(["--run", str(run), "--breakers", "jpeg:quality=50", "blur", "--no-progress"]) == 0
+    assert copy.stat().st_mtime_ns == stamp  # kept, not rewritten
+    assert "kept 4" in capsys.readouterr().out
+    assert purify.main(["--run", str(run), "--breakers", "jpeg", "--conditions", "noise"]) == 2  # no such condition
+    assert purify.main(["--run", str(run), "--breakers", "gif"]) == 2
+
+    # stand-in edits of the purified condition (the real ones come from inference/kontext_inference.py)
+    shutil.copytree(run / "edits" / "protected", run / "edits" / "protected@jpeg_quality50")
+    index = run / "edits" / "protected@jpeg_quality50" / "index.json"
+    index.write_text(index.read_text().replace("edits/protected/", "edits/protected@jpeg_quality50/"))
+    assert purify.condition_input_dir(run, "protected@jpeg_quality50") == run / "purified" / "jpeg_quality50" / "protected"
+    assert metrics_main(["--run", str(run), "--metrics", "pixel", "--no-progress"]) == 0
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    conditions = {r["condition"] for r in rows}
+    assert conditions == {"clean", "protected", "protected@jpeg_quality50"}
+    summary = json.loads((run / "summary.json").read_text())
+    assert "protected@jpeg_quality50" in summary and not summary.get("_errors")
+    assert "protected@jpeg_quality50" in (run / "report.html").read_text()

@@ -235,6 +235,8 @@ def load_identity_map(path: Path) -> dict[str, str]:
 
 def load_run(run_dir: Path, identity_map: dict[str, str] | None = None) -> RunData:
     """Read ``runs/<name>/`` following docs/RUN_LAYOUT.md."""
+    from decontext.purify import condition_input_dir
+
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: run folder not found")
@@ -253,7 +255,7 @@ def load_run(run_dir: Path, identity_map: dict[str, str] | None = None) -> RunDa
     if edits_root.is_dir():
         for cdir in sorted(p for p in edits_root.iterdir() if p.is_dir()):
             cond = cdir.name
-            inp = source if cond == CLEAN else run_dir / cond
+            inp = source if cond == CLEAN else condition_input_dir(run_dir, cond)  # <cond>@<breaker>: purified/<breaker>/<cond>/
             if cond != CLEAN:
                 input_dirs[cond] = inp
                 if not inp.is_dir():
