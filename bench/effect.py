@@ -64,16 +64,17 @@ def build(variant: str, prompts: list[str]):
     return compose(methods)
 
 
-def protect_batch(editor, method, sources: np.ndarray, eps: float, steps: int, alpha: float, seed: int, chunk: int, **pgd_options) -> np.ndarray:
+def protect_batch(editor, method, sources: np.ndarray, eps: float, steps: int, alpha: float, seed: int, chunk: int, transform=None, **pgd_options) -> np.ndarray:
     """Protected uint8 images (N, H, W, 3), each within floor(eps) levels of its source (and, with a
-    ``psnr_floor`` among ``pgd_options``, at or above that PSNR)."""
+    ``psnr_floor`` among ``pgd_options``, at or above that PSNR). ``transform``: an EOT transform
+    (``decontext.purify.EOT``), with ``eot_samples`` among ``pgd_options``."""
     out = []
     size = sources.shape[1:3]
     config = PGDConfig.for_method(method, eps=eps, alpha=alpha, steps=steps, **pgd_options)
     for start in range(0, len(sources), chunk):
         part = sources[start : start + chunk]
         x0 = torch.cat([uint8_to_tensor(im) for im in part])
-        pgd = PGD(config=config, seed=seed + start, progress=False)
+        pgd = PGD(config=config, seed=seed + start, progress=False, transform=transform)
         if hasattr(method, "perturb"):
             adv = pgd.project(method.perturb(x0, eps, torch.Generator().manual_seed(seed + start)), x0)
         else:
