@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     parser.add_argument("--alpha", type=float, default=None, help="PGD step in 1/255 (default eps/steps*4, at least 0.25)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--psnr-floor", type=float, default=None, help="PGD also keeps every protected input at or above this PSNR (dB); the noise control too")
-    parser.add_argument("--update", default=None, choices=("sign", "l2"), help="PGD update rule (default: the method's, else sign)")
+    parser.add_argument("--update", default=None, choices=("sign", "l2", "adam"), help="PGD update rule (default: the method's, else sign)")
     parser.add_argument("--schedule", default=None, choices=("constant", "linear", "cosine"), help="PGD step-size schedule (default: the method's, else constant)")
     parser.add_argument("--random-start", default=None, action=argparse.BooleanOptionalAction, help="PGD random start (default: the method's, else no)")
     parser.add_argument("--chunk", type=int, default=50)

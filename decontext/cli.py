@@ -84,7 +84,7 @@ def attack_parser(family: str) -> argparse.ArgumentParser:
     parser.add_argument("--momentum", type=float, default=None, help="MI-FGSM momentum decay (default: the method's, else 0 = plain sign steps)")
     parser.add_argument("--schedule", default=None, choices=SCHEDULES, help="step-size schedule (default: the method's, else constant; linear = PhotoGuard's decay to alpha/100)")
     parser.add_argument("--random-start", default=None, action=argparse.BooleanOptionalAction, help="start from a random point of the eps-ball (default: the method's, else no)")
-    parser.add_argument("--update", default=None, choices=UPDATES, help="update rule: sign (default: every pixel moves by alpha) or l2 (a step of rms alpha along the gradient)")
+    parser.add_argument("--update", default=None, choices=UPDATES, help="update rule: sign (default: every pixel moves by alpha), l2 (a step of rms alpha along the gradient) or adam (Adam-normalised steps of at most ~alpha)")
     parser.add_argument("--psnr-floor", type=float, default=None, help="also keep the protected image's PSNR at or above this many dB (an L2 budget beside --eps)")
     parser.add_argument("--eot", nargs="+", default=None, metavar="BREAKER",
                         help="optimise to survive these breakers (expectation over transformation; decontext/purify.py): e.g. jpeg resize blur, or jpeg:quality=50")

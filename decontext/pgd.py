@@ -8,7 +8,9 @@ Each step k of n: g = d loss / d x; with momentum, g <- mu * g_prev + g / mean|g
 x <- P(x + alpha_k * u(g)), where alpha_k follows the step-size schedule (``SCHEDULES``: constant,
 linear = PhotoGuard's decay to alpha/100, or cosine to alpha/100), u is the update rule (``UPDATES``:
 ``sign`` = sign(g), every pixel moves by alpha; ``l2`` = g / rms(g), a step of root-mean-square alpha
-that moves the pixels with large gradients most), and P projects onto the budget: the L-inf ball of
+that moves the pixels with large gradients most; ``adam`` = m / (sqrt(v) + 1e-8) with Adam's bias-corrected
+moments of g, a per-pixel step of at most about alpha that shrinks where the gradient's sign keeps
+flipping), and P projects onto the budget: the L-inf ball of
 radius eps around the clean image, the [0, 1] range, and, with ``psnr_floor``, the L2 ball of the
 perturbation whose PSNR is that floor (the perturbation is scaled down when its rms exceeds
 10^(-floor/20); scaling keeps it inside the other two sets).
@@ -33,7 +35,8 @@ Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 FINAL_FRACTION = 0.01  # the decaying schedules end at alpha * FINAL_FRACTION (PhotoGuard's alpha/100)
 SCHEDULES = ("constant", "linear", "cosine")
-UPDATES = ("sign", "l2")
+UPDATES = ("sign", "l2", "adam")
+ADAM_BETAS = (0.9, 0.999)  # Adam's moment decays (Kingma and Ba's defaults)
 
 
 def psnr_radius(psnr_db: float) -> float:
@@ -174,6 +177,7 @@ class PGD:
             start = torch.rand(x0.shape, generator=generator).to(x0.device) * 2 - 1
             x = self.project(x0 + start * self.eps, x0)
         velocity = torch.zeros_like(x0)
+        first, second = torch.zeros_like(x0), torch.zeros_like(x0)  # Adam's moments (update "adam")
         history: list[dict] = []
         bar = tqdm(range(self.steps), desc=self.desc, disable=not self.progress, leave=False, dynamic_ncols=True)
         samples = int(self.config.eot_samples) if self.transform is not None else 1
@@ -188,6 +192,12 @@ class PGD:
                     grad = velocity
                 if self.update == "sign":
                     direction = grad.sign()
+                elif self.update == "adam":
+                    beta1, beta2 = ADAM_BETAS
+                    scaled = grad / grad.abs().mean().clamp_min(1e-30)  # scale-free, so Adam's 1e-8 never dominates
+                    first.mul_(beta1).add_(scaled, alpha=1 - beta1)
+                    second.mul_(beta2).addcmul_(scaled, scaled, value=1 - beta2)
+                    direction = (first / (1 - beta1 ** (step + 1))) / ((second / (1 - beta2 ** (step + 1))).sqrt() + 1e-8)
                 else:
                     direction = grad / grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-30).reshape(-1, *([1] * (grad.dim() - 1)))
                 x = self.project(x.detach() + alpha * direction, x0)

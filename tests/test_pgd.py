@@ -130,6 +130,25 @@ def test_l2_update_moves_along_the_gradient_with_rms_alpha():
     expected = 0.5 + (weights / weights.pow(2).mean().sqrt()) / 255
     torch.testing.assert_close(result.pixels, expected)
     with pytest.raises(ValueError, match="update"):
-        PGD(update="adam")
+        PGD(update="lion")
     with pytest.raises(ValueError, match="psnr"):
         PGD(psnr_floor=0)
+
+
+def test_adam_update_steps_are_bounded_and_follow_a_steady_gradient():
+    """Adam-style steps: with a constant gradient the first step is alpha along its sign (m / sqrt(v) = 1),
+    and no pixel ever moves by more than ~alpha per step."""
+    from decontext.pgd import PGD, PGDConfig
+
+    x0 = torch.full((1, 3, 8, 8), 0.5)
+    weights = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    one = PGD(config=PGDConfig(eps=16, alpha=1, steps=1, update="adam"), progress=False).run(x0, lambda x, s, g: (weights * x).sum())
+    assert torch.allclose((one.pixels - x0) * 255, weights.sign(), atol=1e-4)
+    steps = []
+    flip = iter([1.0, -1.0] * 10)
+    sign = lambda: next(flip)
+    result = PGD(config=PGDConfig(eps=16, alpha=1, steps=6, update="adam"), progress=False).run(
+        x0, lambda x, s, g: sign() * (weights * x).sum(), callback=lambda step, rec: steps.append(step))
+    assert ((result.pixels - x0).abs() * 255 <= 6 * 1.0001).all() and len(steps) == 6
+    # a flipping gradient: Adam's steps shrink (the first moment cancels), so the net move is far below 6 alpha
+    assert float((result.pixels - x0).abs().max() * 255) < 2.0
