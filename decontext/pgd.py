@@ -111,6 +111,7 @@ class PGDConfig:
 class PGDResult:
     pixels: torch.Tensor  # adversarial image, same shape/dtype/device as the input, in [0, 1]
     history: list[dict] = field(default_factory=list)  # one dict per step: step, loss, alpha, and the method's floats
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # steps done -> pixels then (``run(snapshots=...)``)
 
     @property
     def losses(self) -> list[float]:
@@ -169,7 +170,9 @@ class PGD:
         rms = delta.flatten(1).pow(2).mean(1).sqrt().reshape(-1, *([1] * (delta.dim() - 1)))
         return x0 + delta * (self.rms_cap / rms.clamp_min(1e-30)).clamp(max=1.0)
 
-    def run(self, x0: torch.Tensor, loss_fn: LossFn, callback: Callable[[int, dict], None] | None = None) -> PGDResult:
+    def run(self, x0: torch.Tensor, loss_fn: LossFn, callback: Callable[[int, dict], None] | None = None, snapshots=()) -> PGDResult:
+        """Maximise ``loss_fn`` from ``x0``; ``snapshots``: step counts after which the pixels are also kept
+        (``PGDResult.snapshots``), e.g. to score a run at 50, 100 and 200 steps in one go."""
         x0 = x0.detach().float()
         generator = torch.Generator().manual_seed(self.seed)
         x = x0.clone()
@@ -181,6 +184,9 @@ class PGD:
         history: list[dict] = []
         bar = tqdm(range(self.steps), desc=self.desc, disable=not self.progress, leave=False, dynamic_ncols=True)
         samples = int(self.config.eot_samples) if self.transform is not None else 1
+        kept_steps, kept = set(int(k) for k in snapshots), {}
+        if 0 in kept_steps:
+            kept[0] = x.detach().clone()
         for step in bar:
             x.requires_grad_(True)
             grad, loss, info = self._gradient(x, loss_fn, step, generator, samples)
@@ -210,7 +216,9 @@ class PGD:
                 bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
             if callback is not None:
                 callback(step, record)
-        return PGDResult(x.detach(), history)
+            if step + 1 in kept_steps:
+                kept[step + 1] = x.detach().clone()
+        return PGDResult(x.detach(), history, kept)
 
     def _gradient(self, x, loss_fn: LossFn, step: int, generator: torch.Generator, samples: int):
         """(d loss / d x, loss, info) at ``x``; with a transform, the mean over ``samples`` draws of it
