@@ -152,3 +152,14 @@ def test_adam_update_steps_are_bounded_and_follow_a_steady_gradient():
     assert ((result.pixels - x0).abs() * 255 <= 6 * 1.0001).all() and len(steps) == 6
     # a flipping gradient: Adam's steps shrink (the first moment cancels), so the net move is far below 6 alpha
     assert float((result.pixels - x0).abs().max() * 255) < 2.0
+
+
+def test_snapshots_are_the_pixels_after_that_many_steps():
+    from decontext.pgd import PGD, PGDConfig
+
+    x0 = torch.full((1, 3, 4, 4), 0.5)
+    loss = lambda x, s, g: (x * torch.arange(48.0).reshape(1, 3, 4, 4)).sum()
+    long = PGD(config=PGDConfig(eps=8, alpha=1, steps=6), progress=False).run(x0, loss, snapshots=[0, 3, 6])
+    short = PGD(config=PGDConfig(eps=8, alpha=1, steps=3), progress=False).run(x0, loss)
+    assert sorted(long.snapshots) == [0, 3, 6]
+    assert torch.equal(long.snapshots[0], x0) and torch.equal(long.snapshots[3], short.pixels) and torch.equal(long.snapshots[6], long.pixels)
