@@ -50,3 +50,32 @@ def test_bench_uvr_runs_on_the_toy(tmp_path):
     assert row["other_unchanged"] == 1.0  # nothing flagged: every other edit identical to UVR off
     assert json.loads(next(tmp_path.glob("*.json")).read_text())["rows"][0]["threshold"] == 1e9
     assert next(tmp_path.glob("*.safetensors")).is_file()
+
+
+def _bench(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH.parent / f"{name}.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_steps_reports_each_rule_against_the_official_run():
+    out = _bench("steps").main(["--model", "tiny", "--size", "64", "--identities", "1", "--official-steps", "4", "--budgets", "2",
+                                "--rules", "adam+cosine", "--draws", "1"])
+    rows = out["rows"]
+    assert set(rows) == {"official@0", "official@2", "official@4", "adam+cosine@2"}
+    assert rows["official@4"]["share"] < rows["official@0"]["share"]  # DeContext lowers the share it measures
+
+
+def test_bench_robustness_scores_every_breaker_with_and_without_eot():
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        out = _bench("robustness").main(["--identities", "2", "--steps", "1", "--methods", "encoder", "--breakers", "none", "jpeg", "--eot", "jpeg"])
+    finally:
+        torch.set_num_threads(threads)
+    results = out["results"]
+    assert set(results) == {"clean", "another person", "noise", "encoder", "encoder +EOT"}
+    assert all(set(results[k]) == {"none", "jpeg"} for k in ("clean", "noise", "encoder", "encoder +EOT"))
+    assert all(len(v) == 6 and len(v[0]) == 2 for v in results["encoder"].values())  # edits x identities
