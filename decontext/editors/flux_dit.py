@@ -54,7 +54,16 @@ def joint_output(attn, out: torch.Tensor, encoder_hidden_states=None):
     return image_out, attn.to_add_out(text_out.contiguous())
 
 
-class ProbedFluxAttnProcessor(FluxAttnProcessor):
+class JointAttnProcessor(FluxAttnProcessor):
+    """Base of our FLUX processors that restate the joint attention (``joint_qkv`` ... ``joint_output``):
+    ``_attend`` is the stock processor's attention call, through diffusers' dispatcher, so a user's
+    attention backend is kept."""
+
+    def _attend(self, query, key, value, scale=None, attn_mask=None):
+        return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, scale=scale, backend=self._attention_backend, parallel_config=self._parallel_config)
+
+
+class ProbedFluxAttnProcessor(JointAttnProcessor):
     """``FluxAttnProcessor`` that also reports the target->context attention share to a probe.
 
     The layer output equals the stock processor's; the share uses the same q and k (after RMSNorm and
@@ -78,9 +87,6 @@ class ProbedFluxAttnProcessor(FluxAttnProcessor):
             raise _StopForward
         out = self.probe.attend(self.name, query, key, value, self._attend)
         return joint_output(attn, out.to(query.dtype), encoder_hidden_states)
-
-    def _attend(self, query, key, value, scale):
-        return dispatch_attention_fn(query, key, value, scale=scale, backend=self._attention_backend, parallel_config=self._parallel_config)
 
 
 class _StopForward(Exception):

@@ -43,13 +43,7 @@ import torch.nn.functional as F
 from ..attention import swapped_processors
 from ..editors.base import Layout
 
-try:  # diffusers internals (read, not copied)
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
-except ImportError as exc:  # pragma: no cover - only with an incompatible diffusers
-    raise ImportError(f"UVR needs diffusers with FluxAttnProcessor (tested with 0.42.1): {exc}") from exc
-
-from ..editors.flux_dit import joint_output, joint_qkv
+from ..editors.flux_dit import JointAttnProcessor, joint_output, joint_qkv
 
 FORMAT = "decontext-uvr-anchors"
 FORMAT_VERSION = 1
@@ -398,7 +392,6 @@ class _Tracker:
         self.geometry: _Geometry | None = None
         self.generation = -1
         self.step = -1
-        self.first_call_of_step = False
 
     def hook(self, module, args, kwargs):
         timestep = kwargs.get("timestep")
@@ -431,12 +424,14 @@ class Regulator(_Tracker):
         self.directions = anchors.directions(concepts)
         self.core: torch.Tensor | None = None  # (B, T) bool over the target tokens
         self.ring: torch.Tensor | None = None
+        self.flagged = False  # any patch in core: kept with the masks, so no processor call syncs the device to ask
         self.localizations: list[Localization] = []
         self.restricted: set[tuple[int, int]] = set()
         self._noise: torch.Generator | None = None
 
     def on_new_generation(self) -> None:
         self.core = self.ring = None
+        self.flagged = False
         self._noise = torch.Generator().manual_seed(self.config.seed + self.generation)
 
     # ---------------------------------------------------------------- decisions
@@ -450,7 +445,7 @@ class Regulator(_Tracker):
         return self.config.localize_at == "window" or self.step == 0
 
     def restricts_now(self) -> bool:
-        return self.in_window and self.core is not None and bool(self.core.any())
+        return self.in_window and self.flagged
 
     # ---------------------------------------------------------------- localisation
     def localize(self, target_out: torch.Tensor) -> None:
@@ -468,6 +463,7 @@ class Regulator(_Tracker):
             cores.append(torch.from_numpy(core))
             rings.append(torch.from_numpy(ring & ~core))
         core, ring = torch.stack(cores), torch.stack(rings)
+        self.flagged = bool(core.any())  # on the CPU, before the masks move to the device
         self.localizations.append(Localization(self.generation, self.step, self.t, core, ring, scores.max(0).values.reshape(-1, rows, cols).cpu()))
         device = target_out.device
         self.core, self.ring = core.reshape(len(cores), -1).to(device), ring.reshape(len(rings), -1).to(device)
@@ -527,7 +523,7 @@ def _rows(mask: torch.Tensor, batch: int) -> torch.Tensor:
     raise RuntimeError(f"UVR masks were made for a batch of {mask.shape[0]}, the call has {batch} rows")
 
 
-class UVRAttnProcessor(FluxAttnProcessor):
+class UVRAttnProcessor(JointAttnProcessor):
     """``FluxAttnProcessor`` under a ``Regulator``: the stock processor (bit-identical) except while a
     restriction is active, plus localisation at the anchor block."""
 
@@ -535,9 +531,6 @@ class UVRAttnProcessor(FluxAttnProcessor):
         super().__init__()
         self.regulator = regulator
         self.name = name
-
-    def _attend(self, query, key, value):
-        return dispatch_attention_fn(query, key, value, backend=self._attention_backend, parallel_config=self._parallel_config)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         reg = self.regulator
@@ -598,7 +591,7 @@ class _Recorder(_Tracker):
         self.records: list[tuple[int, float, torch.Tensor]] = []  # (generation, t, (B, H, D) token mean)
 
 
-class _RecordingProcessor(FluxAttnProcessor):
+class _RecordingProcessor(JointAttnProcessor):
     """Stock output; records the per-head mean of the target tokens' attention output."""
 
     def __init__(self, recorder: _Recorder):
@@ -608,7 +601,7 @@ class _RecordingProcessor(FluxAttnProcessor):
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         rec = self.recorder
         query, key, value = joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
-        out = dispatch_attention_fn(query, key, value, attn_mask=attention_mask, backend=self._attention_backend, parallel_config=self._parallel_config)
+        out = self._attend(query, key, value, attn_mask=attention_mask)
         rec.records.append((rec.generation, rec.t, out[:, rec.geometry.layout.target_slice].float().mean(1).cpu()))
         return joint_output(attn, out.to(query.dtype), encoder_hidden_states)
 
