@@ -35,18 +35,6 @@ from decontext.metrics.pixel import psnr  # noqa: E402
 from decontext.safety import uvr  # noqa: E402
 
 
-def parse_set(items: list[str]) -> dict:
-    fields = {f.name: f.type for f in uvr.dataclasses.fields(uvr.UVRConfig)}
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        if key not in fields:
-            raise SystemExit(f"--set {item}: no UVR setting {key!r} (settings: {', '.join(fields)})")
-        kind = fields[key]
-        out[key] = value if "str" in str(kind) else (value.lower() in ("1", "true", "yes") if "bool" in str(kind) else (int(value) if kind in (int, "int") else float(value)))
-    return out
-
-
 class ToyRun:
     """The toy pipeline (Kontext editing, or FluxPipeline text-to-image from the same components)."""
 
@@ -79,7 +67,7 @@ class ToyRun:
         return np.concatenate(out)
 
 
-def jobs(kind: str, scenes, by_edit: dict, edits, phrasing: int | None, seeds_per_prompt: int = 1):
+def jobs(kind: str, scenes, by_edit: dict, edits, phrasing: int | None):
     """(images or None, prompts, edit names) for every scene x edit (editing) or prompt x seed (t2i)."""
     from decontext.toy import world
 
@@ -87,7 +75,7 @@ def jobs(kind: str, scenes, by_edit: dict, edits, phrasing: int | None, seeds_pe
     for edit in edits:
         texts = by_edit[edit] if phrasing is None else [by_edit[edit][phrasing % len(by_edit[edit])]]
         for text in texts:
-            for k, scene in enumerate(scenes):
+            for scene in scenes:
                 images.append(world.render(scene))
                 prompts.append(text)
                 names.append(edit)
@@ -169,7 +157,10 @@ def main(argv=None) -> dict:
                "off": {"concept_present": float(reads_off[args.concept][concept].astype(bool).mean()), "other_success": float(success_off[other].mean()),
                        "other_identity": float(np.nanmean(ident_off[other])) if src_reads else None}, "rows": []}
     thresholds = args.threshold or [None]
-    overrides = parse_set(args.set)
+    try:
+        overrides = uvr.parse_settings(args.set)
+    except ValueError as exc:
+        raise SystemExit(f"--set: {exc}") from None
     print(f"UVR off: concept shown in {results['off']['concept_present']:.3f} of its edits, other edits' success {results['off']['other_success']:.3f}", flush=True)
     print("| threshold | erase rate | erase where shown off | other success on (off) | other identity on (off) | PSNR on vs off, other edits | flagged share (concept / other) |")
     print("|---|---|---|---|---|---|---|")
@@ -211,7 +202,9 @@ def _flagged_share(regulator, n: int) -> np.ndarray:
         per_generation.setdefault(loc.generation, []).append(loc.core.reshape(loc.core.shape[0], -1).float().mean(1).numpy())
     rows = [np.max(np.stack(v), 0) for _, v in sorted(per_generation.items())]
     share = np.concatenate(rows) if rows else np.zeros(0)
-    return share if share.size == n else np.resize(share, n)
+    if share.size != n:
+        raise RuntimeError(f"{share.size} localised generations' samples for {n} generations: a generation was never localised")
+    return share
 
 
 if __name__ == "__main__":

@@ -153,23 +153,24 @@ def _noise_upscale_t(x: torch.Tensor, generator: torch.Generator, sigma: float =
 def vae_roundtrip_tensor(x: torch.Tensor, editor) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> encoded (posterior mode) and decoded by the editor's VAE, at the size
     snapped to the VAE's multiple and resized back (differentiable)."""
+    from .editors.base import snap, to_vae_input, vae_pixels
+
     vae = editor.vae
-    multiple = 2 ** (len(vae.config.block_out_channels) - 1)
+    multiple = 2 ** (len(vae.config.block_out_channels) - 1)  # the VAE's own downsampling (no 2x2 packing here)
     height, width = x.shape[-2:]
-    work = (max(multiple, height // multiple * multiple), max(multiple, width // multiple * multiple))
-    inner = F.interpolate(x, size=work, mode="bicubic", antialias=True, align_corners=False) if work != (height, width) else x
-    latents = vae.encode((inner * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mode()
-    out = (vae.decode(latents).sample.float() + 1) / 2
+    work = (snap(height, multiple), snap(width, multiple))
+    out = vae_pixels(vae, vae.encode(to_vae_input(x, work, multiple, vae.device, vae.dtype)).latent_dist.mode())
     if work != (height, width):
-        out = F.interpolate(out, size=(height, width), mode="bicubic", align_corners=False)
-    return out.clamp(0, 1).to(x.device, x.dtype)
+        out = F.interpolate(out, size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+    return out.to(x.device, x.dtype)
 
 
 def vae_roundtrip(image: Image.Image, editor, seed: int = 0) -> Image.Image:
     """The VAE round trip of a PIL image through ``editor``'s autoencoder."""
-    array = np.asarray(_rgb(image), dtype=np.float32) / 255.0
+    from .images import uint8_to_tensor
+
     with torch.no_grad():
-        out = vae_roundtrip_tensor(torch.from_numpy(array).permute(2, 0, 1)[None], editor)
+        out = vae_roundtrip_tensor(uint8_to_tensor(np.array(_rgb(image))), editor)
     return Image.fromarray(np.round(out[0].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8))
 
 
@@ -315,11 +316,10 @@ def purify_run(run_dir: str | Path, breakers: list[Breaker], conditions=("protec
     Existing copies are kept (a re-run resumes); unreadable images are reported and skipped; each
     image's breaker seed depends on the seed and its stem, not on the order. Returns
     ``{"written": n, "skipped": n, "failed": {file: message}}``."""
-    import zlib
-
     from tqdm.auto import tqdm
 
     from .images import ImageLoadError, atomic_save, list_images, load_image
+    from .protect import image_seed
 
     run_dir = Path(run_dir)
     report = {"written": 0, "skipped": 0, "failed": {}}
@@ -342,8 +342,7 @@ def purify_run(run_dir: str | Path, breakers: list[Breaker], conditions=("protec
             report["failed"][str(path)] = str(exc)
             log(f"error: {exc}")
             continue
-        image_seed = (int(seed) * 1_000_003 + zlib.crc32(path.stem.encode("utf-8"))) % (2**31)
-        atomic_save(breaker(image, seed=image_seed, editor=editor), out, format="PNG")
+        atomic_save(breaker(image, seed=image_seed(seed, path.stem), editor=editor), out, format="PNG")
         report["written"] += 1
     return report
 
@@ -370,15 +369,14 @@ def main(argv=None) -> int:
         return 2
     editor = None
     if any(b.kind == "vae" for b in breakers):
-        from .editors import editor_class
+        from .editors import load_editor
 
         run_json = Path(args.run) / "run.json"
         info = json.loads(run_json.read_text()) if run_json.is_file() else {}
         if "model" not in info:
             print(f"error: {run_json}: the vae breaker needs the run's model and editor (run.json)", file=sys.stderr)
             return 2
-        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-        editor = editor_class(info.get("editor", "flux_kontext")).load(info["model"], device, torch.float32)
+        editor = load_editor(info["model"], info.get("editor", "flux_kontext"), args.device, "float32")
     try:
         report = purify_run(args.run, breakers, args.conditions, args.seed, editor, progress=not args.no_progress)
     except FileNotFoundError as exc:

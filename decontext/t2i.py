@@ -25,7 +25,6 @@ T2I_DEFAULTS = {"num_inference_steps": 28, "guidance_scale": 3.5, "height": 1024
 
 def load_pipeline(model: str, device, dtype):
     """(FluxPipeline, its default settings) for a hub id / folder, ``tiny``, or a toy version."""
-    import torch
     from diffusers import FluxPipeline
 
     from .toy.names import is_toy_model, toy_editor_dir
@@ -51,8 +50,7 @@ def load_pipeline(model: str, device, dtype):
             raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
         pipe = FluxPipeline.from_pretrained(model, torch_dtype=dtype, local_files_only=path.exists())
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
-    return pipe.to(dtype=dtype) if dtype != torch.float32 or model == "tiny" else pipe, settings
+    return pipe.to(device=device, dtype=dtype), settings
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,6 +79,7 @@ def main(argv=None) -> int:
     from tqdm.auto import tqdm
 
     from .cli import quiet_libraries
+    from .editors import resolve_device, resolve_dtype
     from .images import atomic_save
     from .inference import validate_seeds
     from .prompts import Prompt, PromptFileError, load_prompts
@@ -99,12 +98,9 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     quiet_libraries()
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(args.dtype)
-    if dtype is None:
-        print(f"error: unknown --dtype {args.dtype!r}", file=sys.stderr)
-        return 2
+    device = resolve_device(args.device)
     try:
+        dtype = resolve_dtype(args.dtype, device)
         pipe, defaults = load_pipeline(args.model, device, dtype)
         regulation, uvr_record = from_args(args, pipe)
         check_resume(Path(args.output) / "index.json", uvr_record)

@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     from tqdm.auto import tqdm
 
     from ..cli import quiet_libraries, resolution_arg
+    from ..editors import load_editor, resolve_device, resolve_dtype
     from ..images import ImageLoadError, list_images, load_image
     from ..inference import image_to_pil, validate_seeds
     from ..prompts import PromptFileError, load_prompts
@@ -82,10 +83,10 @@ def main(argv=None) -> int:
         return 2
     timesteps = args.timesteps[0] if len(args.timesteps) == 1 else tuple(args.timesteps)
     quiet_libraries()
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     failed = {}
     try:
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
         if args.pipeline == "t2i":
             from ..t2i import load_pipeline
 
@@ -100,9 +101,7 @@ def main(argv=None) -> int:
                          max_sequence_length=defaults["max_sequence_length"], generator=torch.Generator().manual_seed(seed))
             model = pipe
         else:
-            from ..editors.flux_kontext import FluxKontextEditor
-
-            editor = FluxKontextEditor.load(args.model, device, dtype)
+            editor = load_editor(args.model, "flux_kontext", device, dtype)
             steps = args.steps or int(editor.recommended["num_inference_steps"])
             guidance = args.guidance if args.guidance is not None else float(editor.recommended["guidance_scale"])
             resolution = resolution_arg(args.resolution) if args.resolution else editor.recommended["resolution"]
