@@ -374,6 +374,9 @@ def test_collect_then_edit_and_generate_under_uvr(tmp_path):
 
     on = concept._outputs(gen / "on", None)
     assert list(on) == ["0/seed0.png"]
+    # editing folders (paths relative to the run folder) pair with their baseline by the path inside them
+    edited = concept._outputs(out / "on", "custom")
+    assert set(edited) == set(concept._outputs(out / "off", "custom")) == {"a/0/seed42.png"} and all(p.is_file() for p in edited.values())
     result_file = tmp_path / "erase.json"
     assert concept.main(["--images", str(gen / "on"), "--baseline", str(gen / "off"), "--detector", "toy:hat", "--output", str(result_file)]) == 0
     result = json.loads(result_file.read_text())

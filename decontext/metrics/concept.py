@@ -123,18 +123,22 @@ def _outputs(folder: Path, category: str | None) -> dict[str, Path]:
     ``edits``) of ``category`` when it has one, else every PNG under it."""
     import json
 
+    from decontext.inference import run_root_of
+
     index = folder / "index.json"
     if index.is_file():
         data = json.loads(index.read_text())
-        entries = data.get("images", data.get("edits", []))
-        root = folder if "images" in data else None
+        # flux_t2i.py writes outputs relative to its folder; the editing CLIs relative to the run folder
+        root = folder if "images" in data else run_root_of(folder)
         found = {}
-        for e in entries:
+        for e in data.get("images", data.get("edits", [])):
             if category is None or e.get("category") == category:
-                path = (root / e["output"]) if root is not None else Path(e["output"])
-                if not path.is_absolute() and not path.exists():
-                    path = folder / Path(e["output"]).relative_to(Path(e["output"]).parts[0]) if len(Path(e["output"]).parts) > 1 else folder / e["output"]
-                found[str(Path(e["output"]))] = path
+                path = root / e["output"]
+                try:  # the key pairs a folder with its baseline: the path inside the folder
+                    key = str(path.resolve().relative_to(folder.resolve()))
+                except ValueError:
+                    key = str(path)
+                found[key] = path
         return found
     if category is not None:
         raise ValueError(f"{folder}: no index.json, so --category cannot be applied")
