@@ -9,13 +9,14 @@ from decontext.metrics.run import RunInfo
 
 def test_builtin_backends_registered_with_documented_directions():
     names = [e.name for e in registered()]
-    for n in ("pixel", "lpips", "fdfr", "ism_facenet", "ism_arcface", "clip", "brisque"):
+    for n in ("pixel", "lpips", "fdfr", "ism_facenet", "ism_arcface", "fdfr_dlib", "ism_dlib", "clip", "brisque"):
         assert n in names
     specs = base.all_metric_specs()
     assert specs["ism_facenet"].direction == "lower" and specs["fdfr"].direction == "higher"
+    assert specs["ism_dlib"].direction == "lower" and specs["fdfr_dlib"].direction == "higher"
     assert all(s.direction in ("higher", "lower", "none") and s.description for s in specs.values())
     # Only informational metrics may have no protection direction.
-    assert {n for n, s in specs.items() if s.direction == "none"} == {"edit_success"}
+    assert {n for n, s in specs.items() if s.direction == "none"} == {"edit_success", "ism_dlib_input"}
 
 
 def test_new_backend_is_one_class_plus_registration_and_follows_run_json():

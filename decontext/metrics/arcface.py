@@ -102,6 +102,7 @@ class ArcFaceISMBackend(ISMBackend):
             self._unavailable(f"could not load ArcFace model {found[0]}: {type(exc).__name__}: {exc}")
             return
         self.embedder = lambda blob: session.run(None, {name: blob})[0]
+        self.source = f"ArcFace ONNX model {found[0]} (onnxruntime), on 112 px five-point-aligned {self.detector.describe()}"
         self._ok()
 
     def embed_face(self, img: np.ndarray, face: Face) -> np.ndarray:

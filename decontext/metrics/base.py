@@ -63,6 +63,9 @@ class MetricBackend:
         self.options = options or EvalOptions()
         self.available = False
         self.unavailable_reason: str | None = "not loaded yet"
+        # What produced the numbers, once loaded: network, weights file, detector (shown beside every
+        # metric of this backend in summary.md, report.html and the command's summary).
+        self.source: str | None = None
 
     # -- life cycle -------------------------------------------------------------------------------
     def load(self) -> None:
@@ -112,6 +115,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "decontext.metrics.pixel",
     "decontext.metrics.lpips",
     "decontext.metrics.identity",
+    "decontext.metrics.dlib_face",
     "decontext.metrics.arcface",
     "decontext.metrics.clip",
     "decontext.metrics.quality",

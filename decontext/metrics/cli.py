@@ -116,5 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         for metric, stats in summary[cond].items():
             if stats.get("available", True):
                 print(f"    {metric:16s} {fmt_stat(stats)}")
+    by_source: dict[str, list[str]] = {}
+    for metric, source in result.sources.items():
+        by_source.setdefault(source, []).append(metric)
+    if by_source:
+        print("\nComputed with:")
+        for source, metrics in by_source.items():
+            print(f"  {', '.join(metrics)}: {source}")
     print("\nWrote: " + ", ".join(str(p) for p in paths.values()))
     return 0

@@ -24,6 +24,7 @@ class EvalResult:
     run: RunData
     specs: list[MetricSpec]  # every metric of every backend, in column order
     unavailable: dict[str, str]  # metric name -> reason
+    sources: dict[str, str] = field(default_factory=dict)  # metric name -> what produced it (network, weights, detector)
     edit_rows: list[dict] = field(default_factory=list)
     input_rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -85,7 +86,7 @@ def evaluate_run(run: RunData, backends: list[MetricBackend], progress: bool = T
     """Load the backends (unavailable ones are reported, not fatal) and score every input and edit."""
     active, unavailable = _load_backends(backends, run)
     specs = [s for b in backends for s in b.metrics]
-    result = EvalResult(run, specs, unavailable)
+    result = EvalResult(run, specs, unavailable, {s.name: b.source for b in active if b.source for s in b.metrics})
     if any(s.name.startswith("psnr") for s in specs):
         cap = backends[0].options.psnr_cap_db
         result.notes.append(f"PSNR of identical images is infinite; PSNR values are capped at {cap:g} dB.")
@@ -170,7 +171,8 @@ def summarize(result: EvalResult, n_boot: int = 2000, seed: int = 0) -> dict:
                          if s.scope == "edit" and not (s.conditions == "protected" and cond == CLEAN)}
         by_cat[cond] = cats
     out["_by_category"] = by_cat
-    out["_metrics"] = {s.name: {"direction": s.direction, "scope": s.scope, "description": s.description}
+    out["_metrics"] = {s.name: {"direction": s.direction, "scope": s.scope, "description": s.description,
+                                **({"source": result.sources[s.name]} if s.name in result.sources else {})}
                        for s in result.specs}
     out["_unavailable"] = dict(result.unavailable)
     out["_errors"] = list(result.errors)
@@ -229,7 +231,8 @@ def summary_markdown(summary: dict, title: str = "Evaluation summary") -> str:
         for cat in cats:
             part = {c: summary["_by_category"].get(c, {}).get(cat, {}) for c in conds}
             lines += ["", f"### {cat}", ""] + _md_table(part, conds, {k: v for k, v in metrics.items() if v["scope"] == "edit"})
-    lines += ["", "## Metrics", ""] + [f"- `{m}` ({v['scope']}): {v['description']}" for m, v in metrics.items()]
+    lines += ["", "## Metrics", ""] + [f"- `{m}` ({v['scope']}): {v['description']}" + (f" Computed with: {v['source']}." if v.get("source") else "")
+                                       for m, v in metrics.items()]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in summary["_notes"]]
     errs = summary["_errors"]
     lines += ["", f"## Problems ({len(errs)})", ""] + ([f"- {e}" for e in errs] if errs else ["None."])

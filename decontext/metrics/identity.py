@@ -64,6 +64,9 @@ class FaceDetector:
             return False
         return True
 
+    def describe(self) -> str:
+        return "faces found by MTCNN (facenet-pytorch, weights from its wheel)"
+
     def detect(self, img: np.ndarray) -> Face | None:
         if self._mtcnn is None and not self.load():
             raise RuntimeError(self.error)
@@ -129,6 +132,7 @@ class FDFRBackend(MetricBackend):
 
     def load(self) -> None:
         if self.detector.load():
+            self.source = self.detector.describe()
             self._ok()
         else:
             self._unavailable(self.detector.error or "MTCNN unavailable")
@@ -141,6 +145,7 @@ class ISMBackend(MetricBackend):
     """Shared logic of the identity-similarity backends; subclasses embed one detected face."""
 
     metric_name = "ism"
+    unit_norm = True  # embeddings are L2-normalised before the identity mean (cosine-trained networks)
 
     def __init__(self, options: EvalOptions | None = None, detector: FaceDetector | None = None) -> None:
         super().__init__(options)
@@ -155,8 +160,14 @@ class ISMBackend(MetricBackend):
         if face is None:
             return None
         emb = np.asarray(self.embed_face(run.image(path), face), dtype=np.float64).ravel()
+        if not self.unit_norm:
+            return emb
         norm = np.linalg.norm(emb)
         return emb / norm if norm > 0 else emb
+
+    def compare(self, emb: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+        """The metric values of one edit's embedding against its identity's mean clean embedding."""
+        return {self.metric_name: cosine(emb, ref)}
 
     def prepare(self, run: RunData) -> None:
         groups: dict[str, list[np.ndarray]] = {}
@@ -183,7 +194,7 @@ class ISMBackend(MetricBackend):
         emb = self._embedding(edit.output, run)
         if emb is None:
             return {}
-        return {self.metric_name: cosine(emb, ref)}
+        return self.compare(emb, ref)
 
 
 def fixed_standardization(crop: np.ndarray) -> torch.Tensor:
@@ -230,6 +241,7 @@ class FaceNetISMBackend(ISMBackend):
             self._unavailable(f"could not load FaceNet weights from {path}: {type(exc).__name__}: {exc}")
             return
         self.network = model.eval().to(self.options.device)
+        self.source = f"FaceNet InceptionResnetV1 (VGGFace2) weights {path}, on 160 px crops of {self.detector.describe()}"
         self._ok()
 
     def embed_face(self, img: np.ndarray, face: Face) -> np.ndarray:
