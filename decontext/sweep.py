@@ -26,6 +26,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import subprocess
 import sys
 import threading
@@ -127,7 +128,10 @@ class Sweep:
         self.python = sys.executable
 
     def common(self, device: str) -> list[str]:
-        return ["--model", self.args.model, "--device", "cpu" if device == "cpu" else "cuda:0", "--dtype", self.args.dtype]
+        """Flags of both the attack and the editing command: the model, its loading options (--editor-args,
+        e.g. Step1X-Edit's --prefix-file, which a real checkpoint needs at attack AND at edit time), the device."""
+        return ["--model", self.args.model, *shlex.split(self.args.editor_args or ""),
+                "--device", "cpu" if device == "cpu" else "cuda:0", "--dtype", self.args.dtype]
 
     def edit_flags(self) -> list[str]:
         flags = ["--seeds", *map(str, self.args.seeds), "--batch-size", str(self.args.batch_size), "--no-progress"]
@@ -313,6 +317,8 @@ def parser() -> argparse.ArgumentParser:
     for axis in AXES:
         ap.add_argument(f"--{axis.replace('_', '-')}", dest=axis, nargs="+", default=None,
                         help="values of this axis" + (" (each 'LOW,HIGH')" if axis == "t_range" else ""))
+    ap.add_argument("--editor-args", default="", help="model-loading flags for the attack AND the edits, one string "
+                    "(e.g. \"--prefix-file step1x_prefix.txt\" for a real Step1X-Edit checkpoint)")
     ap.add_argument("--attack-args", nargs=argparse.REMAINDER, default=[], help="more attack flags for every point (last on the line)")
     ap.add_argument("--prompts", default=None, help="prompt pool (default: the editor's; a toy model: its own pool)")
     ap.add_argument("--prompt-indices", type=int, nargs="+", default=None)

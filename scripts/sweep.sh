@@ -4,7 +4,8 @@
 #   grid axes, each a space-separated list: EPS ALPHA STEPS METHOD MOMENTUM SCHEDULE UPDATE,
 #     BLOCKS and T_RANGE (values separated by ';', e.g. T_RANGE="0.98,1.0;0,1"), or GRID (a JSON file)
 #   PROMPTS PROMPT_INDICES SEEDS METRICS DEVICES (auto: every visible GPU, one point each; cpu) DTYPE
-#   ATTACK_ARGS (more attack flags for every point)
+#   ATTACK_ARGS (more attack flags for every point), EDITOR_ARGS (model-loading flags for the attack and the
+#   edits), PREFIX_FILE (Step1X-Edit with a real checkpoint: its conditioning prefix, see README)
 # A re-run skips finished points; the table (table.md / table.csv) and plots (plot_<axis>.svg) are rewritten.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -29,5 +30,8 @@ done
 [ -n "${PROMPTS:-}" ] && args+=(--prompts "$PROMPTS")
 [ -n "${PROMPT_INDICES:-}" ] && args+=(--prompt-indices $PROMPT_INDICES)
 [ -n "${METRICS:-}" ] && args+=(--metrics "$METRICS")
+editor_args=${EDITOR_ARGS:-}
+[ -n "${PREFIX_FILE:-}" ] && editor_args="$editor_args --prefix-file $(printf %q "$PREFIX_FILE")"
+[ -n "$editor_args" ] && args+=(--editor-args "$editor_args")
 [ -n "${ATTACK_ARGS:-}" ] && args+=(--attack-args $ATTACK_ARGS)
 exec "$PYTHON" -m decontext.sweep "${args[@]}"

@@ -35,6 +35,26 @@ def test_grid_points_names_and_flags(tmp_path):
     assert sweep.devices("cpu") == ["cpu"] and sweep.devices("0,1") == ["0", "1"]
 
 
+def test_editor_args_reach_the_attack_and_the_edits(tmp_path, monkeypatch):
+    """A real Step1X-Edit checkpoint needs its --prefix-file when protecting AND when editing."""
+    commands = []
+    monkeypatch.setattr(sweep, "_run", lambda cmd, device, log: commands.append(cmd))
+    prefix = tmp_path / "my prefix.txt"
+    args = sweep.parser().parse_args(["--name", "s", "--editor", "step1x", "--model", "/models/Step1X-Edit", "--input", str(tmp_path),
+                                      "--runs", str(tmp_path / "runs"), "--eps", "8", "--editor-args", f"--prefix-file '{prefix}'",
+                                      "--attack-resolution", "auto"])
+    point = {"eps": 8}
+    runner = sweep.Sweep(args, {"eps": [8]})
+    runner.shared("cpu")
+    runner.run_point(point, "cpu")
+    model_commands = [c for c in commands if "--model" in c and "decontext.runs" not in c]
+    assert len(model_commands) == 3  # clean edits, attack, protected edits
+    for cmd in model_commands:
+        i = cmd.index("--prefix-file")
+        assert cmd[i + 1] == str(prefix)
+    assert any("attack_step1x.py" in part for part in model_commands[1])
+
+
 def test_table_and_plots_from_point_summaries(tmp_path):
     todo = sweep.points({"eps": [8, 16], "method": ["a", "b"]})
     for k, point in enumerate(todo):
