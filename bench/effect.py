@@ -9,6 +9,8 @@ interval over identities).
 
     python bench/effect.py                               # 100 identities, eps 8 16 32, all methods
     python bench/effect.py --identities 20 --eps 16 --steps 50 --methods noise decontext
+    python bench/effect.py --eps 8 16 32 --json out.json   # also out.svg: identity vs budget, per method
+    python bench/effect.py --replot out.json               # redraw out.svg from the saved JSON, no re-run
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from decontext.cli import quiet_libraries  # noqa: E402
 from decontext.images import quantize, uint8_to_tensor  # noqa: E402
+from decontext.metrics.bootstrap import ClusterInterval, cluster_bootstrap_ci  # noqa: E402
 from decontext.metrics.pixel import psnr  # noqa: E402
 from decontext.pgd import PGD, PGDConfig  # noqa: E402
+from decontext.plots import PALETTE, Chart  # noqa: E402
 
 EDIT_PROMPT_INDICES = (0, 2, 4, 6, 8, 10)  # one phrasing per toy edit
 VARIANTS = {
@@ -120,12 +124,54 @@ def score(reader, sources: np.ndarray, edits: np.ndarray, edit_names: list[str])
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a - b (arrays (edits, identities)) with a 95% percentile interval over identities."""
-    per_identity = (a - b).mean(0)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(per_identity), (draws, len(per_identity)))
-    means = per_identity[idx].mean(1)
-    return float(per_identity.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    """Mean of a - b (arrays (edits, identities)) with a 95% percentile interval over identities: the
+    same cluster bootstrap as report.html's paired lines (``decontext.metrics.bootstrap``)."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    identities = np.broadcast_to(np.arange(diff.shape[1]), diff.shape)
+    ci = cluster_bootstrap_ci(diff.ravel(), identities.ravel().tolist(), n_boot=draws, seed=seed)
+    return ci.mean, ci.low, ci.high
+
+
+def identity_interval(values) -> ClusterInterval:
+    """Mean of (edits, identities) scores with its 95% interval over identities (the unit the bench samples)."""
+    v = np.asarray(values, dtype=np.float64)
+    return cluster_bootstrap_ci(v.ravel(), np.broadcast_to(np.arange(v.shape[1]), v.shape).ravel().tolist())
+
+
+def budget_series(results: dict, metric: str = "toy_identity") -> dict[str, list[tuple[float, ClusterInterval]]]:
+    """Per method, its (budget, interval) points in budget order, from result keys ``method@eps``."""
+    series: dict[str, list[tuple[float, ClusterInterval]]] = {}
+    for key, r in results.items():
+        method, at, eps = key.rpartition("@")
+        if at and metric in r:
+            series.setdefault(method, []).append((float(eps), identity_interval(r[metric])))
+    return {m: sorted(points, key=lambda p: p[0]) for m, points in series.items()}
+
+
+def plot_svg(results: dict, title: str, metric: str = "toy_identity") -> str:
+    """``metric`` against the budget: one line per method, one 95% interval bar (over identities) per
+    point, methods nudged apart at a shared budget; dashed lines mark clean and another person's photo
+    (no protection, and the floor a protection could reach)."""
+    series = budget_series(results, metric)
+    refs = {name: identity_interval(results[name][metric]) for name in ("clean", "another person") if name in results}
+    ys = [v for points in series.values() for _, ci in points for v in (ci.mean, ci.low, ci.high)] + [ci.mean for ci in refs.values()]
+    chart = Chart(title, sorted({eps for points in series.values() for eps, _ in points}), ys, x_label="budget eps (/255)",
+                  y_label=f"{metric} (lower = better protection)", width=680, height=380, margins=(62, 190, 30, 50))
+    for (name, ci), color in zip(refs.items(), ("#444", "#999")):
+        chart.reference(ci.mean, color, f"{name} {ci.mean:.3f}")
+    for k, (method, points) in enumerate(series.items()):
+        color, dx = PALETTE[k % len(PALETTE)], 5.0 * (k - (len(series) - 1) / 2)
+        chart.line([(eps, ci.mean) for eps, ci in points], color, dx=dx, name=method)
+        for eps, ci in points:
+            chart.error_bar(eps, ci.low, ci.high, color, dx=dx)
+            chart.marker(eps, ci.mean, color, label=f"{method}@{eps:g}: {ci.mean:.3f} [{ci.low:.3f}, {ci.high:.3f}] (n={ci.n})", dx=dx, radius=3)
+    return chart.svg()
+
+
+def write_plot(results: dict, path: Path, title: str) -> Path:
+    path.write_text(plot_svg(results, title), encoding="utf-8")
+    print(f"plot: {path}")
+    return path
 
 
 def main(argv=None) -> int:
@@ -144,7 +190,14 @@ def main(argv=None) -> int:
     parser.add_argument("--random-start", default=None, action=argparse.BooleanOptionalAction, help="PGD random start (default: the method's, else no)")
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None, help="also write the raw table here")
+    parser.add_argument("--plot", type=Path, default=None, help="SVG plot of identity vs budget per method (default: next to --json, .svg)")
+    parser.add_argument("--replot", type=Path, default=None, metavar="JSON", help="only redraw the plot from a saved --json file (no protection, no edits)")
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        results = json.loads(args.replot.read_text())
+        edits, n = np.shape(results["clean"]["toy_identity"])
+        write_plot(results, args.plot or args.replot.with_suffix(".svg"), f"{args.replot.stem}: toy identity vs budget ({n} identities x {edits} edits)")
+        return 0
     quiet_libraries()
     torch.manual_seed(0)
 
@@ -217,6 +270,9 @@ def main(argv=None) -> int:
     print("\n".join(lines))
     if args.json:
         args.json.write_text(json.dumps({k: {**{m: v.tolist() for m, v in r.items()}, **extra.get(k, {})} for k, r in results.items()}))
+    plot = args.plot or (args.json.with_suffix(".svg") if args.json else None)
+    if plot is not None:
+        write_plot(results, plot, f"{args.model}: toy identity vs budget ({len(identities)} identities x {len(prompts)} edits, PGD {args.steps} steps)")
     return 0
 
 

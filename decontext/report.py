@@ -1,5 +1,10 @@
-"""report.html: the summary table on top, then per image a row of thumbnails
+"""report.html: on top the headline (each protected condition against clean and its noise control,
+paired, with intervals) and one chart per metric, then the summary tables and the list of metrics
+(what each measures, which network computed it), then per image a row of thumbnails
 (source | protected input(s) | perturbation x10 | clean edits | protected edits) with their metrics.
+
+The charts are inline SVG drawn by ``decontext.plots`` (no script, no network), so they show wherever
+the file is opened, and a headless browser can count their marks.
 
 Thumbnails are embedded as base64 data URIs (JPEG for photos, PNG for the perturbation, longest side
 ``thumb`` px). The file is therefore self-contained: it opens from disk with no server and no network,
@@ -23,8 +28,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from decontext.metrics.evaluate import EvalResult, conditions_of, fmt_stat
+from decontext.images import atomic_write
+from decontext.metrics.evaluate import EvalResult, conditions_of, fmt_stat, paired_lines
 from decontext.metrics.run import CLEAN, ImageLoadError
+from decontext.names import shown as printable
+from decontext.plots import PALETTE, Chart
 
 AMPLIFY = 10.0
 
@@ -41,6 +49,9 @@ figcaption{margin-top:2px;line-height:1.25;word-wrap:break-word}
 .group.clean{border-color:#2a7}.group.prot{border-color:#c33}
 .missing{width:128px;height:128px;display:flex;align-items:center;justify-content:center;background:#fdd;border:1px dashed #c33}
 .note{color:#666;font-size:12px}.unavail{color:#a00}
+#paired{font-size:14px;line-height:1.5}#paired li{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
+.charts{display:flex;flex-wrap:wrap;gap:10px}.charts svg{border:1px solid #ddd;flex:0 0 auto}
+.metrics li{font-size:12px;margin:2px 0}
 """
 
 _SCRIPT = """
@@ -122,6 +133,53 @@ def _summary_tables(summary: dict) -> str:
     return "\n".join(out)
 
 
+def condition_colors(conditions: list[str]) -> dict[str, str]:
+    """One colour per condition, the same in every chart (in the run's order of conditions)."""
+    return {c: PALETTE[k % len(PALETTE)] for k, c in enumerate(conditions)}
+
+
+_SENSE = {"lower": "lower = better protection", "higher": "higher = better protection", "none": "no protection direction"}
+
+
+def metric_charts(summary: dict, width: int = 360, height: int = 240) -> list[str]:
+    """One SVG chart per metric with a value in some condition, the headline metric first: every condition
+    that has the metric, its mean (a point) and 95% interval (an error bar), in the condition's colour."""
+    conds = conditions_of(summary)
+    colors = condition_colors(conds)
+    headline = (summary.get("_paired") or {}).get("metric")
+    charts = []
+    for m in sorted(summary["_metrics"], key=lambda name: name != headline):
+        spec = summary["_metrics"][m]
+        stats = {c: summary[c][m] for c in conds if m in summary[c]}
+        shown = {c: d for c, d in stats.items() if d.get("available", True) and d.get("mean") is not None}
+        if not shown:
+            continue
+        chart = Chart(f"{m} ({_SENSE[spec['direction']]})", list(stats),
+                      [v for d in shown.values() for v in (d["mean"], d["low"], d["high"])],
+                      width=width, height=height, margins=(52, 12, 28, 46))
+        for c, d in shown.items():
+            chart.error_bar(c, d["low"], d["high"], colors[c])
+            chart.marker(c, d["mean"], colors[c], label=f"{c}: {fmt_stat(d)}", radius=5)
+        charts.append(chart.svg(element_id=f"chart-{m}", standalone=False))
+    return charts
+
+
+def _paired_section(summary: dict) -> str:
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in paired_lines(summary))
+    return (f'<ul id="paired">{items}</ul><p class="note">Difference = condition minus reference on the same edits '
+            "(image, prompt, seed), averaged per identity, with a 95% interval from a bootstrap that resamples "
+            "identities. Noise control: <code>noise@b</code> for a condition purified by b, else <code>noise</code>.</p>")
+
+
+def _metrics_list(summary: dict) -> str:
+    items = []
+    for m, spec in summary["_metrics"].items():
+        source = f" <i>computed with: {html.escape(spec['source'])}</i>" if spec.get("source") else ""
+        items.append(f"<li><code>{html.escape(m)}</code> ({html.escape(spec['scope'])}, {_SENSE[spec['direction']]}): "
+                     f"{html.escape(spec['description'])}{source}</li>")
+    return '<ul class="metrics">' + "".join(items) + "</ul>"
+
+
 def write_report(result: EvalResult, summary: dict, path: Path, max_edits: int = 12, thumb: int = 128) -> Path:
     run = result.run
     edit_metrics = [s.name for s in result.specs if s.scope == "edit" and s.name not in result.unavailable]
@@ -142,7 +200,11 @@ def write_report(result: EvalResult, summary: dict, path: Path, max_edits: int =
     body = [f"<h1>DeContext evaluation report</h1>",
             f'<p class="note">Model <code>{html.escape(run.info.model)}</code>, editor <code>{html.escape(run.info.editor)}</code>. '
             f'<span id="img-status">images loading...</span></p>',
-            "<h2>Summary by condition</h2>", _summary_tables(summary), "<h2>Per image</h2>",
+            "<h2>Headline: paired differences</h2>", _paired_section(summary),
+            "<h2>Charts: mean and 95% interval per condition</h2>",
+            '<div class="charts" id="charts">' + "".join(metric_charts(summary)) + "</div>",
+            "<h2>Summary by condition</h2>", _summary_tables(summary),
+            "<h2>Metrics</h2>", _metrics_list(summary), "<h2>Per image</h2>",
             f'<p class="note">Each row: source | protected input and its perturbation (x{AMPLIFY:g}, grey = unchanged) '
             f"for each protected condition | edits per condition. Edit captions: prompt index, category, seed, metrics.</p>"]
     for stem in run.stems:
@@ -182,5 +244,5 @@ def write_report(result: EvalResult, summary: dict, path: Path, max_edits: int =
            f"<style>{_CSS}</style></head>\n<body data-images=\"pending\">\n" + "\n".join(body)
            + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
     path = Path(path)
-    path.write_text(doc, encoding="utf-8")
+    atomic_write(path, lambda handle: handle.write(printable(doc).encode("utf-8")))  # file names that are not UTF-8 appear as \xNN
     return path

@@ -33,6 +33,9 @@ import threading
 import time
 from pathlib import Path
 
+from .metrics.evaluate import HEADLINES  # the first one a point has is the headline
+from .plots import Chart
+
 ROOT = Path(__file__).resolve().parents[1]
 EDITORS = {  # editor -> (family, attack script, inference script)
     "kontext": ("flux_kontext", "attack/attack_kontext.py", "inference/kontext_inference.py"),
@@ -43,7 +46,6 @@ AXES = {  # axis -> attack flag
     "eps": "--eps", "alpha": "--alpha", "steps": "--steps", "blocks": "--blocks", "t_range": "--t-range", "method": "--method",
     "momentum": "--momentum", "schedule": "--schedule", "update": "--update",
 }
-HEADLINES = ("toy_identity", "ism_arcface", "ism_facenet", "clip_i", "lpips_vs_clean")  # the first one a point has is the headline
 
 
 def load_grid(path: str | Path) -> dict[str, list]:
@@ -260,41 +262,17 @@ def write_table(root: Path, todo: list[dict], condition: str = "protected", pref
 def svg_plot(rows: list[dict], axis: str, metric: str, width: int = 480, height: int = 300) -> str:
     """Every point's ``metric`` (with its interval) against ``axis``, and the mean per axis value (a line);
     categorical axes are spaced evenly, numeric ones to scale."""
-    values = list(dict.fromkeys(r[axis] for r in rows))
-    numeric = all(isinstance(v, (int, float)) for v in values)
-    if numeric:
-        values.sort()
     data = [(r[axis], r[metric], r.get(f"{metric}_low"), r.get(f"{metric}_high")) for r in rows if r.get(metric) is not None]
-    left, right, top, bottom = 60, 20, 30, 50
-    ys = [y for _, y, lo, hi in data for y in (y, lo, hi) if y is not None] or [0.0, 1.0]
-    y_min, y_max = min(ys), max(ys)
-    if y_max - y_min < 1e-12:
-        y_min, y_max = y_min - 0.5, y_max + 0.5
-    if numeric and len(values) > 1:
-        lo_x, hi_x = float(values[0]), float(values[-1])
-        xpos = lambda v: left + (float(v) - lo_x) / (hi_x - lo_x) * (width - left - right)
-    else:
-        xpos = lambda v: left + (values.index(v) + 0.5) / len(values) * (width - left - right)
-    ypos = lambda y: top + (y_max - y) / (y_max - y_min) * (height - top - bottom)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="11">',
-           f'<text x="{width / 2}" y="16" text-anchor="middle" font-size="13">{metric} vs {axis}</text>',
-           f'<line x1="{left}" y1="{height - bottom}" x2="{width - right}" y2="{height - bottom}" stroke="black"/>',
-           f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="black"/>']
-    for k in range(5):
-        y = y_min + (y_max - y_min) * k / 4
-        out.append(f'<text x="{left - 6}" y="{ypos(y) + 4:.1f}" text-anchor="end">{y:.3g}</text>')
-    for v in values:
-        out.append(f'<text x="{xpos(v):.1f}" y="{height - bottom + 16}" text-anchor="middle">{v}</text>')
-    out.append(f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">{axis}</text>')
+    chart = Chart(f"{metric} vs {axis}", [r[axis] for r in rows], [v for _, y, lo, hi in data for v in (y, lo, hi)],
+                  x_label=axis, width=width, height=height)
     for x, y, lo, hi in data:
-        if lo is not None and hi is not None:
-            out.append(f'<line x1="{xpos(x):.1f}" y1="{ypos(lo):.1f}" x2="{xpos(x):.1f}" y2="{ypos(hi):.1f}" stroke="#99b"/>')
-        out.append(f'<circle cx="{xpos(x):.1f}" cy="{ypos(y):.1f}" r="3" fill="#336"/>')
-    means = [(v, sum(y for x, y, _, _ in data if x == v) / max(1, sum(1 for x, *_ in data if x == v))) for v in values if any(x == v for x, *_ in data)]
+        chart.error_bar(x, lo, hi, "#99b")
+        chart.marker(x, y, "#336", label=f"{axis}={x}: {y:.4g}", radius=3)
+    means = [(v, sum(y for x, y, _, _ in data if x == v) / sum(1 for x, *_ in data if x == v))
+             for v in chart.x_values if any(x == v for x, *_ in data)]
     if len(means) > 1:
-        out.append('<polyline fill="none" stroke="#c33" stroke-width="1.5" points="' + " ".join(f"{xpos(v):.1f},{ypos(m):.1f}" for v, m in means) + '"/>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
+        chart.line(means, "#c33")
+    return chart.svg()
 
 
 # ---------------------------------------------------------------------------------------------- command line

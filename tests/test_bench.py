@@ -4,6 +4,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_step.py"
 
 
@@ -79,3 +81,63 @@ def test_bench_robustness_scores_every_breaker_with_and_without_eot():
     assert set(results) == {"clean", "another person", "noise", "encoder", "encoder +EOT"}
     assert all(set(results[k]) == {"none", "jpeg"} for k in ("clean", "noise", "encoder", "encoder +EOT"))
     assert all(len(v) == 6 and len(v[0]) == 2 for v in results["encoder"].values())  # edits x identities
+
+
+def test_bench_effect_replots_identity_against_budget_from_its_json(tmp_path):
+    """bench/effect.py --replot: one line per method, one interval bar and point per (method, budget),
+    drawn from a saved JSON without re-running anything."""
+    import json
+    import xml.etree.ElementTree as ET
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    scores = lambda level: {"toy_identity": np.clip(level + rng.normal(0, 0.05, (6, 4)), 0, 1).tolist(), "edit_success": np.ones((6, 4)).tolist()}
+    results = {"clean": scores(0.95), "another person": scores(0.45)}
+    for eps in (4, 8, 16):
+        results[f"noise@{eps}"] = {**scores(0.95), "psnr": 30.0, "seconds_per_image": 0.1}
+        results[f"decontext@{eps}"] = {**scores(0.95 - eps / 100), "psnr": 28.0, "seconds_per_image": 1.0}
+    results["decontext_all_t@16"] = scores(0.8)  # a variant run at one budget only
+    saved = tmp_path / "effect.json"
+    saved.write_text(json.dumps(results))
+
+    effect = _bench("effect")
+    assert effect.main(["--replot", str(saved)]) == 0
+    svg = ET.parse(tmp_path / "effect.svg").getroot()
+    classes = [e.get("class") for e in svg.iter()]
+    assert classes.count("series") == 3 and classes.count("errorbar") == 7 and classes.count("mark") == 7
+    assert classes.count("reference") == 2  # clean and another person
+    legend = [e.text for e in svg.iter() if e.tag.endswith("text")]
+    assert {"noise", "decontext", "decontext_all_t"} <= set(legend)
+    lines = [e.get("points").split() for e in svg.iter() if e.get("class") == "series"]  # noise, decontext, variant
+    assert [len(points) for points in lines] == [3, 3, 1]
+    ys = [float(point.split(",")[1]) for point in lines[1]]
+    assert ys == sorted(ys)  # decontext's identity falls with the budget: its line goes down the page (larger y)
+
+    series = effect.budget_series(results)
+    assert [eps for eps, _ in series["decontext"]] == [4.0, 8.0, 16.0]
+    ci = series["decontext"][2][1]
+    per_identity = np.asarray(results["decontext@16"]["toy_identity"]).mean(0)
+    assert ci.mean == pytest.approx(per_identity.mean()) and ci.n == 4 and ci.low <= ci.mean <= ci.high
+
+    assert effect.main(["--replot", str(saved), "--plot", str(tmp_path / "other.svg")]) == 0
+    assert (tmp_path / "other.svg").read_text() == (tmp_path / "effect.svg").read_text()
+
+
+def test_bench_paired_bootstrap_is_the_shared_paired_difference():
+    """bench/effect.py's (edits, identities) arrays and report.html's edit rows give the same interval."""
+    import numpy as np
+
+    from decontext.metrics.bootstrap import paired_difference_ci
+
+    rng = np.random.default_rng(1)
+    a, b = rng.uniform(0.5, 1, (6, 9)), rng.uniform(0.5, 1, (6, 9))
+    rows = lambda x: [{"image": f"im{i}", "identity": f"id{i:02d}", "prompt_index": e, "seed": 0, "m": float(x[e, i])}
+                      for e in range(6) for i in range(9)]
+    shared = paired_difference_ci(rows(a), rows(b), "m", n_boot=2000, seed=0).diff
+    mean, low, high = _bench("effect").paired_bootstrap(a, b)
+    assert (mean, low, high) == (pytest.approx(shared.mean), pytest.approx(shared.low), pytest.approx(shared.high))
+    # and it is the textbook identity bootstrap of the per-identity mean differences
+    per_identity = (a - b).mean(0)
+    draws = per_identity[np.random.default_rng(0).integers(0, 9, (2000, 9))].mean(1)
+    assert (low, high) == (pytest.approx(np.percentile(draws, 2.5)), pytest.approx(np.percentile(draws, 97.5)))

@@ -70,7 +70,32 @@ def test_table_and_plots_from_point_summaries(tmp_path):
     for axis in ("eps", "method"):
         svg = ET.parse(written[f"plot_{axis}"]).getroot()
         assert len([e for e in svg.iter() if e.tag.endswith("circle")]) == 4
+        assert len([e for e in svg.iter() if e.get("class") == "errorbar"]) == 4
         assert any(e.tag.endswith("polyline") for e in svg.iter())
+
+
+def test_sweep_plot_escapes_names_and_places_numbers_to_scale():
+    rows = [{"method": "a<b & c", "eps": 2, "toy_identity": 0.9, "toy_identity_low": 0.8, "toy_identity_high": 1.0},
+            {"method": "d", "eps": 4, "toy_identity": 0.7},
+            {"method": "d", "eps": 10, "toy_identity": 0.5}]
+    svg = ET.fromstring(sweep.svg_plot(rows, "method", "toy_identity"))  # parses: the "<" and "&" are escaped
+    assert "a<b & c" in [e.text for e in svg.iter() if e.tag.endswith("text")]
+    assert len([e for e in svg.iter() if e.get("class") == "errorbar"]) == 1  # only the row with an interval
+    svg = ET.fromstring(sweep.svg_plot(rows, "eps", "toy_identity"))
+    xs = [float(e.get("cx")) for e in svg.iter() if e.tag.endswith("circle")]
+    assert xs == sorted(xs) and (xs[1] - xs[0]) * 3 == pytest.approx(xs[2] - xs[1], abs=0.5)  # eps 2, 4, 10 to scale (0.1 px rounding)
+    means = next(e for e in svg.iter() if e.tag.endswith("polyline")).get("points").split()
+    assert len(means) == 3
+
+
+def test_nice_ticks_cover_the_range_with_round_steps():
+    from decontext.plots import nice_ticks
+
+    assert nice_ticks(0.0, 1.0) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert nice_ticks(0.93, 0.98) == [0.93, 0.94, 0.95, 0.96, 0.97, 0.98]
+    ticks = nice_ticks(-3.7, 41.2)
+    assert ticks == [0, 10, 20, 30, 40]
+    assert nice_ticks(5.0, 5.0) == [5.0]
 
 
 def test_bad_sweep_arguments(tmp_path, capsys):

@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 from decontext.metrics.base import EvalOptions, backends_for, registered
-from decontext.metrics.evaluate import conditions_of, evaluate_run, fmt_stat, summarize, write_outputs
+from decontext.metrics.evaluate import conditions_of, evaluate_run, fmt_stat, paired_lines, summarize, write_outputs
 from decontext.metrics.run import RunData, load_folders, load_identity_map, load_run
+from decontext.names import shown
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise FileExistsError(f"refusing to overwrite input file {report}")
             paths["report.html"] = write_report(result, summary, report, max_edits=args.report_max_edits)
     except FileExistsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {shown(exc)}", file=sys.stderr)
         return 2
 
     if result.unavailable:
@@ -109,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     if result.errors:
         print(f"\nProblems ({len(result.errors)}):")
         for e in result.errors:
-            print(f"  {e}")
+            print(f"  {shown(e)}")
+    print("\nHeadline, paired with clean (and noise) on the same edits (mean difference [95% CI]):")
+    for line in paired_lines(summary):
+        print(f"  {line}")
     print("\nSummary (mean [95% CI] (n)):")
     for cond in conditions_of(summary):
         print(f"  {cond}:")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -12,8 +13,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from decontext.metrics.base import MetricBackend, MetricSpec
-from decontext.metrics.bootstrap import bootstrap_mean_ci
+from decontext.metrics.bootstrap import bootstrap_mean_ci, paired_difference_ci
 from decontext.metrics.run import CLEAN, ImageLoadError, RunData
+from decontext.images import atomic_write
+from decontext.names import shown
 
 EDIT_FIELDS = ("condition", "image", "identity", "category", "prompt_index", "seed", "prompt", "output", "error")
 INPUT_FIELDS = ("condition", "image", "identity", "input", "error")
@@ -152,7 +155,8 @@ def _stats(result: EvalResult, spec: MetricSpec, rows: list[dict], n_boot: int, 
 def summarize(result: EvalResult, n_boot: int = 2000, seed: int = 0) -> dict:
     """summary.json: ``{condition: {metric: {mean, low, high, n, available[, reason]}}}`` plus
     metadata under keys starting with ``_`` (by-category tables, directions, unavailable metrics,
-    problems, notes)."""
+    problems, notes, and ``_paired``: each protected condition against clean and its noise control on
+    the headline metric, see ``paired_summary``)."""
     out: dict = {}
     by_cat: dict = {}
     for cond in result.run.conditions:
@@ -178,10 +182,13 @@ def summarize(result: EvalResult, n_boot: int = 2000, seed: int = 0) -> dict:
     out["_errors"] = list(result.errors)
     out["_notes"] = list(result.notes) + [
         f"Intervals: 95% percentile bootstrap of the mean, {n_boot} resamples, seed {seed}.",
+        "Paired differences: condition minus reference on the same edits (image, prompt, seed), averaged per identity; "
+        f"95% interval from a bootstrap that resamples identities, {n_boot} resamples, seed {seed}.",
         "direction = which way is better protection (higher/lower).",
     ]
     out["_run"] = {"model": result.run.info.model, "editor": result.run.info.editor,
                    "edits": len(result.edit_rows), "inputs": len(result.input_rows)}
+    out["_paired"] = paired_summary(result, out, n_boot, seed)
     return out
 
 
@@ -219,7 +226,8 @@ def summary_markdown(summary: dict, title: str = "Evaluation summary") -> str:
     lines = [f"# {title}", "",
              f"Model: `{run['model']}`, editor: `{run['editor']}`; {run['edits']} edits, {run['inputs']} protected inputs.",
              "Cells: mean [95% bootstrap interval] (n). 'better protection' says which direction means the "
-             "protection worked better.", "", "## By condition", ""]
+             "protection worked better.", "", "## Headline: paired differences", ""]
+    lines += [f"- {line}" for line in paired_lines(summary)] + ["", "## By condition", ""]
     lines += _md_table(summary, conds, metrics)
     if summary["_unavailable"]:
         lines += ["", "## Unavailable metrics", "", "| metric | reason |", "|---|---|"]
@@ -239,20 +247,110 @@ def summary_markdown(summary: dict, title: str = "Evaluation summary") -> str:
     return "\n".join(lines) + "\n"
 
 
+HEADLINES = ("toy_identity", "ism_arcface", "ism_facenet", "ism_dlib", "clip_i", "lpips_vs_clean")  # headline preference order
+
+
+def headline_metric(summary: dict) -> str | None:
+    """The first of ``HEADLINES`` with a value in some condition: the one metric the paired lines, the
+    sweep's plots and tables lead with (every one is an edit metric with a protection direction)."""
+    for name in HEADLINES:
+        if name in summary["_metrics"] and any((summary[c].get(name) or {}).get("n") for c in conditions_of(summary)):
+            return name
+    return None
+
+
+def is_noise(condition: str) -> bool:
+    """A random-noise control: a condition named ``noise`` or starting with it (``noise@jpeg75``, ``noise_l2``)."""
+    return condition.startswith("noise")
+
+
+def noise_reference(condition: str, conditions: list[str]) -> str | None:
+    """The noise control a protected condition is compared with: for a purified copy ``X@b`` the noise
+    control purified the same way (``noise@b``) when the run has it, else the plain one (``noise``).
+    None for a noise condition itself, or when the run has no noise control."""
+    if is_noise(condition):
+        return None
+    purifier = condition.partition("@")[2]
+    for wanted in ([purifier] if purifier else []) + [""]:
+        found = [c for c in conditions if is_noise(c) and c.partition("@")[2] == wanted]
+        if found:
+            preferred = f"noise@{wanted}" if wanted else "noise"
+            return preferred if preferred in found else found[0]
+    return None
+
+
+def paired_summary(result: EvalResult, summary: dict, n_boot: int, seed: int) -> dict:
+    """``summary["_paired"]``: on the headline metric, every protected condition minus clean and minus
+    its noise control (``noise_reference``), paired edit by edit with an identity-resampling interval
+    (``paired_difference_ci``). Unlike the per-condition intervals, this one removes the spread that
+    both conditions share, so it is the comparison to read first."""
+    metric = headline_metric(summary)
+    if metric is None:
+        return {"metric": None, "reason": f"none of {', '.join(HEADLINES)} has values in this run"}
+    conds = result.run.conditions
+    rows = {c: [r for r in result.edit_rows if r["condition"] == c] for c in conds}
+    entries = []
+    for cond in conds:
+        if cond == CLEAN:
+            continue
+        versus = []
+        for ref in [CLEAN, noise_reference(cond, conds)]:
+            if ref is None or ref not in rows:
+                continue
+            d = paired_difference_ci(rows[cond], rows[ref], metric, n_boot=n_boot, seed=seed)
+            versus.append({"reference": ref, "condition_mean": d.condition_mean, "reference_mean": d.reference_mean,
+                           "diff": {"mean": d.diff.mean, "low": d.diff.low, "high": d.diff.high,
+                                    "identities": d.diff.n, "pairs": d.diff.items}})
+        entries.append({"condition": cond, "versus": versus})
+    return {"metric": metric, "direction": summary["_metrics"][metric]["direction"], "conditions": entries}
+
+
+def _signed(value: float) -> str:
+    """``+0.021`` / ``-0.021``; a difference that rounds to zero prints as ``+0.000``, never ``-0.000``."""
+    return f"{round(value, 3) + 0.0:+.3f}"
+
+
+def paired_lines(summary: dict) -> list[str]:
+    """One plain-text line per protected condition, e.g. ``decontext: toy_identity 0.931 vs clean 0.952:
+    -0.021 [-0.030, -0.012] (n=120 pairs, 20 identities; lower = better protection); vs noise 0.952:
+    -0.021 [...]`` (summary.md and report.html show the same lines)."""
+    paired = summary.get("_paired") or {"metric": None, "reason": "not computed"}
+    metric = paired["metric"]
+    if metric is None:
+        return [f"No headline metric: {paired['reason']}."]
+    direction = paired["direction"]
+    sense = f"{direction} = better protection" if direction in ("lower", "higher") else "no protection direction"
+    lines = []
+    for entry in paired["conditions"]:
+        parts = []
+        for k, v in enumerate(entry["versus"]):
+            d = v["diff"]
+            if d["mean"] is None:
+                parts.append(f"vs {v['reference']}: no paired values")
+                continue
+            head = f"{metric} {v['condition_mean']:.3f} vs {v['reference']} {v['reference_mean']:.3f}" if k == 0 \
+                else f"vs {v['reference']} {v['reference_mean']:.3f}"
+            tail = f" (n={d['pairs']} pairs, {d['identities']} identities; {sense})" if k == 0 else f" (n={d['pairs']} pairs)"
+            parts.append(f"{head}: {_signed(d['mean'])} [{_signed(d['low'])}, {_signed(d['high'])}]{tail}")
+        lines.append(f"{entry['condition']}: " + ("; ".join(parts) if parts else "no reference condition in this run"))
+    return lines
+
+
 # -- writing --------------------------------------------------------------------------------------
 
 def _cell(v) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.6g}"
-    return "" if v is None else str(v)
+    return "" if v is None else shown(v)  # file names that are not UTF-8: \xNN escapes
 
 
 def write_csv(path: Path, rows: list[dict], fields: tuple[str, ...], metric_names: list[str]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(list(fields) + metric_names)
-        for r in rows:
-            w.writerow([_cell(r.get(k)) for k in fields] + [_cell(r.get(m)) for m in metric_names])
+    buffer = io.StringIO(newline="")
+    w = csv.writer(buffer)
+    w.writerow(list(fields) + metric_names)
+    for r in rows:
+        w.writerow([_cell(r.get(k)) for k in fields] + [_cell(r.get(m)) for m in metric_names])
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue().encode("utf-8")))
 
 
 def _json_safe(obj):
@@ -275,6 +373,7 @@ def write_outputs(result: EvalResult, out_dir: Path, summary: dict, protected_pa
         raise FileExistsError(f"refusing to overwrite input file(s): {', '.join(map(str, clash))}")
     write_csv(paths["metrics.csv"], result.edit_rows, EDIT_FIELDS, [s.name for s in result.specs if s.scope == "edit"])
     write_csv(paths["inputs.csv"], result.input_rows, INPUT_FIELDS, [s.name for s in result.specs if s.scope == "input"])
-    paths["summary.json"].write_text(json.dumps(_json_safe(summary), indent=2), encoding="utf-8")
-    paths["summary.md"].write_text(summary_markdown(summary), encoding="utf-8")
+    text = {"summary.json": json.dumps(_json_safe(summary), indent=2), "summary.md": shown(summary_markdown(summary))}
+    for name, content in text.items():
+        atomic_write(paths[name], lambda handle, content=content: handle.write(content.encode("utf-8")))
     return paths

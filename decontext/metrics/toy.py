@@ -42,6 +42,9 @@ class ToyBackend(MetricBackend):
             except Exception as exc:
                 self._unavailable(f"toy attribute reader not loadable ({type(exc).__name__}: {exc}); bash scripts/train_toy_editor.sh makes it")
                 return
+            from decontext.toy.model import READER_DIR
+
+            self.source = f"the toy world's attribute reader {READER_DIR} (a small CNN trained on the toy renders, docs/TOY.md)"
         self._ok()
 
     def _reads(self, image) -> dict:
