@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable
@@ -51,7 +51,9 @@ def _to_rgb8(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         return np.repeat(grey[..., None], 3, axis=2), None
     if mode == "F":
         array = np.asarray(image, dtype=np.float64)
-        top = 1.0 if array.max() <= 1.0 else 255.0
+        finite = array[np.isfinite(array)]
+        top = 1.0 if finite.size == 0 or finite.max() <= 1.0 else 255.0
+        array = np.nan_to_num(array, nan=0.0, posinf=top, neginf=0.0)  # a NaN must not reach the uint8 cast
         grey = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2), None
     if mode == "P" and "transparency" in image.info:
@@ -66,26 +68,62 @@ def _to_rgb8(image: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(image.convert("RGB")).copy(), None
 
 
+def pixel_limit() -> int | None:
+    """Largest number of pixels an input may declare: Pillow's decompression-bomb limit.
+
+    ``PIL.Image.MAX_IMAGE_PIXELS`` (about 89 megapixels unless changed; ``None`` disables it). Pillow
+    itself only warns between 1x and 2x the limit and would then decode; here an image over the
+    limit is refused before any pixel memory is allocated, because a few hundred bytes can declare
+    it and the library then holds it as a float tensor (12 bytes per pixel).
+    """
+    return Image.MAX_IMAGE_PIXELS
+
+
+def _check_declared_size(path: Path, size: tuple[int, int]) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise ImageLoadError(f"{path}: empty image (declared size {width}x{height})")
+    limit = pixel_limit()
+    if limit is not None and width * height > limit:
+        raise ImageLoadError(
+            f"{path}: refused: declares {width}x{height} = {width * height} pixels, over the limit of {limit} pixels "
+            "(PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs); not decoded")
+
+
 def load_image(path: str | os.PathLike) -> LoadedImage:
     """Read an image file at its original size (EXIF orientation applied).
 
-    Raises ``ImageLoadError`` naming the file when it is missing, truncated or not an image.
+    Raises ``ImageLoadError`` naming the file when it is missing, truncated, damaged, not an image, or
+    declares more pixels than ``pixel_limit()`` (checked from the header, before decoding). No other
+    exception type comes out for a bad file: a decoder's own errors (OSError, SyntaxError, struct.error,
+    EOFError, IndexError, DecompressionBombError, MemoryError, a warning turned into an error...) are
+    turned into ``ImageLoadError`` with the file's name and the problem.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError(f"{path}: no such file")
+    if not path.is_file():  # a FIFO or a device named like an image is never opened (it could block)
+        raise ImageLoadError(f"{path}: not a regular file" if path.exists() else f"{path}: no such file")
     try:
         with Image.open(path) as image:
+            _check_declared_size(path, image.size)  # before any pixel memory is allocated
             image.load()
             mode = image.mode
             image = ImageOps.exif_transpose(image)
             if image.mode == "CMYK":
                 image = image.convert("RGB")
             rgb8, alpha = _to_rgb8(image)
+    except ImageLoadError:
+        raise
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path}: not an image file (format not recognised)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path}: unreadable image ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own check in Image.open (a warning only when warnings are turned into errors)
+        raise ImageLoadError(f"{path}: refused: {exc} (PIL.Image.MAX_IMAGE_PIXELS); not decoded") from None
+    except MemoryError:
+        raise ImageLoadError(f"{path}: not enough memory to decode this image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageLoadError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+    except Exception as exc:  # decoders of damaged files raise many other types (struct.error, IndexError...)
+        raise ImageLoadError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
     if rgb8.shape[0] < 1 or rgb8.shape[1] < 1:
         raise ImageLoadError(f"{path}: empty image")
     return LoadedImage(path, uint8_to_tensor(rgb8), rgb8, alpha, mode)
@@ -127,22 +165,65 @@ def quantize(pixels: torch.Tensor, source_rgb8: np.ndarray, eps: float) -> np.nd
     return np.clip(array, 0, 255).astype(np.uint8)
 
 
+def _create_temp(folder: Path, name: str) -> tuple[int, Path]:
+    """Create a new, empty ``.<name>.<random>.part`` file in ``folder``; returns (fd, path).
+
+    Opened with O_CREAT | O_EXCL (never an existing file or a planted symlink) and mode 0o666, which
+    the kernel reduces by the process umask as it creates the file: the result has the permissions any
+    other new file of the user would get (0644 under umask 022, 0640 under 027), with no need to read
+    the umask (``os.umask`` can only be read by setting it, a process-wide change that would race with
+    other threads creating files).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    prefix = f".{name[:200]}."  # keep the temporary name within NAME_MAX for long file names
+    for _ in range(100):
+        tmp = folder / f"{prefix}{secrets.token_hex(6)}.part"
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{folder}: could not create a temporary file for {name}")
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
     """Call ``write(handle)`` on a temporary file next to ``path``, then rename it into place.
 
-    An interrupted process never leaves a half-written file under the final name.
+    An interrupted process or a ``write`` that raises never leaves a half-written file under the final
+    name: the old file (if any) keeps its bytes and the temporary file is removed. The data is flushed
+    to disk (fsync) before the rename, and the rename itself after, so a crash or power cut leaves
+    either the old or the new file. The new file gets the user's normal permissions (``0o666 & ~umask``,
+    see ``_create_temp``), not the 0600 of a private temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = _create_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
         raise
+    _fsync_folder(path.parent)
 
 
 def atomic_save(image: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:

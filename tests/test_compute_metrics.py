@@ -122,3 +122,141 @@ def test_bad_arguments(tmp_path):
     run = make_demo_run(tmp_path / "run")
     with pytest.raises(SystemExit):
         main(["--run", str(run), "--metrics", "nope"])
+
+
+# -- hardening (issue 17): damaged run folders and hostile index.json paths -----------------------
+
+import html as html_module
+import shutil
+
+from PIL import Image
+
+
+def _problems(out: Path) -> tuple[list[str], str]:
+    """summary.json's _errors, and report.html as text."""
+    summary = json.loads((out / "summary.json").read_text())
+    report = html_module.unescape((out / "report.html").read_text())
+    return summary["_errors"], report
+
+
+def _named(needle: str, errors: list[str], report: str) -> bool:
+    return any(needle in e for e in errors) and needle in report
+
+
+def test_damaged_run_still_writes_every_output_and_lists_every_problem(tmp_path):
+    run = make_demo_run(tmp_path / "run", extra_condition="noise")
+    # a missing edit that the index names
+    (run / "edits" / "clean" / "b" / "10" / "seed42.png").unlink()
+    # a corrupt PNG
+    (run / "edits" / "noise" / "a" / "0" / "seed42.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR broken")
+    # an index naming files that are not there
+    index = json.loads((run / "edits" / "clean" / "index.json").read_text())
+    index["edits"].append({**index["edits"][0], "image": "ghost", "output": "edits/clean/ghost/0/seed42.png",
+                           "input": "source/ghost.png"})
+    index["edits"].append({**index["edits"][0], "seed": 999, "output": "edits/clean/a/0/seed999.png"})
+    index["edits"].append({"image": "a", "prompt_index": "zero", "seed": 1})  # malformed
+    (run / "edits" / "clean" / "index.json").write_text(json.dumps(index))
+    # an index that is not valid JSON (a half-written one)
+    (run / "edits" / "noise" / "index.json").write_text('{"settings": {"model": "tiny"}, "edits": [{"ima')
+    # a half-written run: edits/protected exists but is empty, protected/ is missing
+    shutil.rmtree(run / "edits" / "protected")
+    (run / "edits" / "protected").mkdir()
+    shutil.rmtree(run / "protected")
+
+    assert main(["--run", str(run), "--metrics", FAST, "--no-progress", "--n-boot", "200"]) == 0
+    for name in ("metrics.csv", "inputs.csv", "summary.md", "summary.json", "report.html"):
+        assert (run / name).is_file(), name
+    errors, report = _problems(run)
+    assert "Problems" in report
+    for needle in ("edits/clean/b/10/seed42.png", "edits/noise/a/0/seed42.png", "edits/clean/ghost/0/seed42.png",
+                   "edits/clean/a/0/seed999.png", "edits/noise/index.json", "edits/protected",
+                   "record 6 is malformed"):
+        assert _named(needle, errors, report), (needle, errors)
+    assert any(e.endswith(f"{run / 'protected'}: input folder of condition 'protected' not found") for e in errors)
+    assert any("no edits found for condition 'protected'" in e for e in errors)
+    assert _named("unreadable index", errors, report)
+    rows = _rows(run / "metrics.csv")
+    by = {(r["condition"], r["image"], r["prompt_index"], r["seed"]): r for r in rows}
+    # the rest is still scored: the noise edits were found by the layout despite the broken index
+    assert by[("noise", "b", "0", "42")]["fdfr"] != "" and by[("noise", "a", "0", "42")]["error"]
+    assert by[("clean", "a", "0", "42")]["fdfr"] != "" and by[("clean", "b", "10", "42")]["error"]
+
+
+def test_index_paths_never_lead_outside_the_run(tmp_path, monkeypatch):
+    run = make_demo_run(tmp_path / "run")
+    secret = tmp_path / "outside" / "secret.png"  # an image outside the run that EXISTS
+    secret.parent.mkdir()
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(secret)
+    # symlink trick: an edit file inside the run that points at the outside image
+    link = run / "edits" / "protected" / "b" / "0" / "seed8.png"
+    link.symlink_to(secret)
+    index_path = run / "edits" / "protected" / "index.json"
+    index = json.loads(index_path.read_text())
+    recs = index["edits"]  # a/0, a/10, b/0, b/10
+    hostile = {
+        0: ("output", "../../etc/passwd"),
+        1: ("output", "/etc/passwd"),
+        2: ("output", str(secret)),
+        3: ("input", "../outside/secret.png"),
+    }
+    for i, (field, value) in hostile.items():
+        recs[i][field] = value
+    recs.append({**recs[2], "seed": 7, "output": str(secret), "input": str(secret)})  # no layout file to fall back on
+    recs.append({**recs[2], "seed": 8, "output": "edits/protected/b/0/seed8.png"})  # the symlink
+    recs.append({**recs[2], "seed": 9, "output": "..\\..\\..\\outside\\secret.png"})
+    recs.append({**recs[2], "seed": 10, "image": "../../outside/secret"})  # traversal through the stem
+    index_path.write_text(json.dumps(index))
+    clean = run / "edits" / "clean" / "index.json"
+    clean.write_text(clean.read_text().replace('"input": "source/a.png"', '"input": "/etc/passwd"'))
+
+    opened: list[str] = []
+    real_open = Image.open
+
+    def spy(fp, *args, **kwargs):
+        opened.append(os.path.realpath(fp))
+        return real_open(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", spy)
+    out = tmp_path / "out"
+    assert main(["--run", str(run), "--metrics", FAST, "--no-progress", "--n-boot", "200", "--out", str(out)]) == 0
+    root = os.path.realpath(run)
+    assert opened and all(p.startswith(root + os.sep) for p in opened), [p for p in opened if not p.startswith(root)]
+
+    errors, report = _problems(out)
+    for value in ("../../etc/passwd", "/etc/passwd", str(secret), "../outside/secret.png",
+                  "edits/protected/b/0/seed8.png", "..\\..\\..\\outside\\secret.png"):
+        assert any(repr(value)[1:-1] in e and "refused" in e for e in errors), (value, errors)
+        assert repr(value)[1:-1] in report, value
+    assert any("'../../outside/secret' is not a plain file name" in e for e in errors)
+    assert any(str(link) in e and "outside the run folder" in e for e in errors)  # not read through the symlink
+    rows = _rows(out / "metrics.csv")
+    by = {(r["condition"], r["image"], r["prompt_index"], r["seed"]): r for r in rows}
+    # a refused path falls back to the layout's own file where there is one ...
+    assert by[("protected", "a", "0", "42")]["fdfr"] != "" and not by[("protected", "a", "0", "42")]["error"]
+    # ... and is an error row where there is none; never a score of the outside file
+    assert by[("protected", "b", "0", "7")]["error"] and by[("protected", "b", "0", "7")]["fdfr"] == ""
+    assert by[("protected", "b", "0", "8")]["error"] and by[("protected", "b", "0", "8")]["fdfr"] == ""
+
+
+def test_symlinked_layout_folders_and_absolute_spellings_are_accepted(tmp_path):
+    """A sweep point shares source/ and edits/clean/ through symlinks, and an editor writing to an edits/
+    symlinked to another disk records absolute paths: neither is a problem."""
+    run = make_demo_run(tmp_path / "run")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for rel in ("source", "edits/clean"):
+        target = shared / rel.replace("/", "_")
+        shutil.move(str(run / rel), target)
+        (run / rel).symlink_to(os.path.relpath(target, (run / rel).parent), target_is_directory=True)
+    index_path = run / "edits" / "protected" / "index.json"
+    index = json.loads(index_path.read_text())
+    for rec in index["edits"]:
+        rec["output"] = os.path.realpath(run / rec["output"])
+    index_path.write_text(json.dumps(index))
+    out = tmp_path / "out"
+    assert main(["--run", str(run), "--metrics", "pixel", "--no-progress", "--no-report", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["_errors"] == []
+    rows = _rows(out / "metrics.csv")
+    assert len(rows) == 8 and not any(r["error"] for r in rows)
+    assert sum(1 for r in rows if r["psnr_vs_clean"]) == 4

@@ -114,3 +114,157 @@ def test_list_images_filters_suffixes(tmp_path):
     for name in ("b.png", "a.JPG", "notes.txt", ".hidden.png"):
         (tmp_path / name).write_bytes(b"")
     assert [p.name for p in list_images(tmp_path)] == ["a.JPG", "b.png"]
+
+
+# -- hardening (issue 17): permissions and atomicity of writes, decompression bombs -----------------
+
+import stat
+import struct
+import sys
+import warnings
+import zlib
+
+from PIL import ImageOps
+
+from decontext.images import atomic_write
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+@pytest.mark.parametrize("umask, expected", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_written_files_follow_the_umask(tmp_path, umask, expected):
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "manifest.json", lambda f: f.write(b"{}"))
+        loaded = load_image(_save(tmp_path / "src.png", _rgb(8, 8)))
+        save_protected(loaded.pixels, loaded, 4, tmp_path / "out" / "prot.png")
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "manifest.json") == expected
+    assert _mode(tmp_path / "out" / "prot.png") == expected
+    # replacing an existing private file gives it the normal permissions too
+    os.chmod(tmp_path / "manifest.json", 0o600)
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "manifest.json", lambda f: f.write(b"[]"))
+    finally:
+        os.umask(old)
+    assert _mode(tmp_path / "manifest.json") == expected and (tmp_path / "manifest.json").read_bytes() == b"[]"
+
+
+def _save(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+def test_a_writer_that_raises_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "index.json"
+    target.write_bytes(b"old content")
+
+    def half_then_fail(handle):
+        handle.write(b"new cont")
+        handle.flush()
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        atomic_write(target, half_then_fail)
+    assert target.read_bytes() == b"old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
+    # an interrupt (BaseException) is cleaned up the same way
+    def interrupted(handle):
+        handle.write(b"x")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(target, interrupted)
+    assert target.read_bytes() == b"old content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
+    atomic_write(target, lambda f: f.write(b"new content"))
+    assert target.read_bytes() == b"new content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.json"]
+
+
+def test_atomic_write_handles_long_names_and_never_follows_a_planted_temp_name(tmp_path, monkeypatch):
+    name = "x" * 250 + ".png"  # a temporary name built by appending to it would pass NAME_MAX (255)
+    atomic_write(tmp_path / name, lambda f: f.write(b"data"))
+    assert (tmp_path / name).read_bytes() == b"data"
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+    # someone planted a symlink under the next temporary name: it is neither followed nor removed
+    import decontext.images as images
+
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    planted = tmp_path / ".out.json.aaaaaaaaaaaa.part"
+    planted.symlink_to(victim)
+    tokens = iter(["aaaaaaaaaaaa", "bbbbbbbbbbbb"])
+    monkeypatch.setattr(images.secrets, "token_hex", lambda n: next(tokens))
+    atomic_write(tmp_path / "out.json", lambda f: f.write(b"{}"))
+    assert victim.read_bytes() == b"precious" and planted.is_symlink()
+    assert (tmp_path / "out.json").read_bytes() == b"{}"
+    assert not (tmp_path / ".out.json.bbbbbbbbbbbb.part").exists()
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 13))
+            + chunk(b"IEND", b""))
+
+
+def test_decompression_bomb_limit_stays_in_force_and_bombs_are_refused(tmp_path, monkeypatch):
+    import decontext  # noqa: F401 - importing the project must not disable Pillow's guard
+    import decontext.metrics.run  # noqa: F401
+
+    assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS <= 2**28
+    assert not getattr(__import__("PIL.ImageFile").ImageFile, "LOAD_TRUNCATED_IMAGES")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_declaring(100000, 100000))  # 10 gigapixels in 60 bytes
+    with pytest.raises(ImageLoadError, match=r"bomb\.png.*refused.*pixels"):
+        load_image(bomb)
+
+    # between the limit and twice the limit Pillow only warns (and would decode): refused from the header
+    from PIL import ImageFile
+
+    warn_zone = _save(tmp_path / "warn.png", _rgb(10, 15))  # 150 pixels
+    over = _save(tmp_path / "over.png", _rgb(15, 15))  # 225 > 2 x 100: Pillow's own DecompressionBombError
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self) or real_load(self))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with pytest.raises(ImageLoadError, match=r"warn\.png.*150 pixels"):
+            load_image(warn_zone)
+    assert not decoded  # refused from the header, before any decoding
+    with warnings.catch_warnings():  # a warning turned into an error is still an ImageLoadError
+        warnings.simplefilter("error")
+        with pytest.raises(ImageLoadError, match=r"warn\.png"):
+            load_image(warn_zone)
+    with pytest.raises(ImageLoadError, match=r"over\.png.*refused"):
+        load_image(over)
+    assert not decoded
+
+
+def test_unexpected_decoder_errors_become_image_load_errors(tmp_path, monkeypatch):
+    path = _save(tmp_path / "fine.png", _rgb(6, 6))
+
+    def broken(image, *args, **kwargs):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    with pytest.raises(ImageLoadError, match=r"fine\.png.*error.*unpack"):
+        load_image(path)
+
+
+def test_float_image_with_nan_loads_without_garbage(tmp_path):
+    values = np.array([[0.0, 0.5, np.nan, np.inf]], dtype=np.float32)
+    path = tmp_path / "f.tif"
+    Image.fromarray(values, "F").save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value encountered in cast"
+        loaded = load_image(path)
+    assert loaded.rgb8[0, :, 0].tolist() == [0, 128, 0, 255]
