@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 import warnings
@@ -58,6 +59,50 @@ def _model_arguments(parser: argparse.ArgumentParser, cls, role: str) -> None:
     cls.add_arguments(parser, role)
 
 
+class ArgumentProblem(ValueError):
+    """A flag's value that cannot work; the message names the flag."""
+
+
+def check_resolution(cls, resolution, model: str) -> None:
+    """A number of pixels below the family's minimum is refused before loading (the stock checkpoints;
+    a tiny or toy model's own smaller multiple is checked once it is loaded, by ``check_loaded_resolution``)."""
+    from .toy.names import is_toy_model
+
+    minimum = getattr(cls, "min_resolution", None)
+    if isinstance(resolution, int) and minimum and model != "tiny" and not is_toy_model(model) and resolution < minimum:
+        raise ArgumentProblem(f"--resolution {resolution}: below the {cls.family} minimum of {minimum} px")
+
+
+def check_loaded_resolution(editor, resolution) -> None:
+    if isinstance(resolution, int):
+        try:
+            editor.working_size(resolution, resolution, resolution)
+        except ValueError as exc:
+            raise ArgumentProblem(f"--resolution {resolution}: {exc}") from None
+
+
+def check_attack_args(args, cls) -> None:
+    """Everything about the attack's flags that can be checked without a model (exit 2 before loading)."""
+    if not args.eps > 0:
+        raise ArgumentProblem(f"--eps must be > 0 (in 1/255 units), got {args.eps:g}")
+    if not args.alpha > 0:
+        raise ArgumentProblem(f"--alpha must be > 0 (in 1/255 units), got {args.alpha:g}")
+    if args.steps < 0:
+        raise ArgumentProblem(f"--steps must be >= 0, got {args.steps}")
+    if args.measure_draws < 0:
+        raise ArgumentProblem(f"--measure-draws must be >= 0, got {args.measure_draws}")
+    if args.seed < 0:
+        raise ArgumentProblem(f"--seed must be >= 0, got {args.seed}")
+    check_resolution(cls, args.resolution, args.model)
+    if not Path(args.input).exists():
+        raise ArgumentProblem(f"--input {args.input}: no such file or folder")
+    if Path(args.output).exists() and not Path(args.output).is_dir():
+        raise ArgumentProblem(f"--output {args.output}: exists and is not a folder")
+    if args.alpha > args.eps:
+        print(f"warning: --alpha {args.alpha:g} is larger than --eps {args.eps:g}: every step jumps to the edge of the budget "
+              "(a plain sign attack); a step of eps/10 or less is usual", file=sys.stderr)
+
+
 def _load(cls, args, device=None):
     from .editors import load_editor
 
@@ -91,6 +136,8 @@ def attack_parser(family: str) -> argparse.ArgumentParser:
     parser.add_argument("--eot-samples", type=int, default=None, help="draws of the EOT breakers per PGD step, gradients averaged (default 1)")
     parser.add_argument("--measure-draws", type=int, default=4, help="fixed draws of the method's measurement before/after, stored in the manifest (0 = skip)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the transformer (less GPU memory, slower)")
+    parser.add_argument("--overwrite", action="store_true", help="redo outputs made with other settings or from changed inputs "
+                        "(a re-run otherwise skips only outputs made with the same settings from the same input bytes, and refuses the rest)")
     parser.add_argument("--no-progress", action="store_true")
     add_method_arguments(parser)
     parser.set_defaults(**defaults.get("method", {}))
@@ -107,14 +154,16 @@ def attack_main(family: str, argv=None) -> int:
     from .methods import method_from_args
     from .prompts import PromptFileError
     from .pgd import PGDConfig
+    from .names import shown
     from .protect import ProtectSettings, merge_manifests, protect_paths
 
-    if not Path(args.input).exists():
-        print(f"error: {args.input}: no such file or folder", file=sys.stderr)
-        return 2
     try:
+        check_attack_args(args, editor_class(family))
         method = method_from_args(args)
         method.check_applies(editor_class(family))
+    except ArgumentProblem as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (PromptFileError, ValueError, TypeError) as exc:
         print(f"error: --method {args.method}: {exc}", file=sys.stderr)
         return 2
@@ -138,6 +187,7 @@ def attack_main(family: str, argv=None) -> int:
     device = shard.device if (args.device == "auto" and shard.device is not None) else None
     try:
         editor = _load(editor_class(family), args, device)
+        check_loaded_resolution(editor, args.resolution)
     except (ValueError, ImportError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -146,16 +196,22 @@ def attack_main(family: str, argv=None) -> int:
     settings = ProtectSettings(pgd=pgd, seed=args.seed, resolution=args.resolution, measure_draws=args.measure_draws, progress=not args.no_progress,
                                eot=tuple(args.eot or ()))
     manifest = "manifest.json" if shard.world == 1 else f"manifest.rank{shard.rank}.json"
-    report = protect_paths(editor, method, args.input, args.output, settings, args_record=vars(args), shard=(shard.rank, shard.world), manifest_name=manifest)
+    try:
+        report = protect_paths(editor, method, args.input, args.output, settings, args_record=vars(args), shard=(shard.rank, shard.world),
+                               manifest_name=manifest, overwrite=args.overwrite)
+    except RuntimeError as exc:  # another process holds the output folder
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if shard.world > 1:
         shard.barrier()
         if shard.is_main:
             merge_manifests(args.output, shard.world)
         shard.barrier()
     prefix = f"[process {shard.rank}/{shard.world}] " if shard.world > 1 else ""
-    print(f"{prefix}protected {len(report.done)}, skipped {len(report.skipped)} (already done), failed {len(report.failed)} -> {args.output}")
+    print(f"{prefix}protected {len(report.done)}, skipped {len(report.skipped)} (already done with the same settings), "
+          f"failed {len(report.failed)} -> {shown(args.output)}")
     for message in report.failed.values():
-        print(f"  failed: {message}", file=sys.stderr)
+        print(f"  failed: {shown(message)}", file=sys.stderr)
     return 0 if report.ok else 1
 
 
@@ -179,6 +235,8 @@ def inference_parser(family: str) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=1, help="(prompt, seed) pairs of one image edited together")
     parser.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
     parser.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time")
+    parser.add_argument("--overwrite", action="store_true", help="redo edits made with other settings or from changed inputs "
+                        "(a re-run otherwise skips only edits made with the same settings, prompt and input bytes, and refuses the rest)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -199,18 +257,25 @@ def inference_main(family: str, argv=None) -> int:
             prompts = [Prompt(args.prompt.strip(), "custom", 0)]
         else:
             prompts = select_prompts(load_prompts(args.prompts), args.prompt_indices)
-        if (args.steps is not None and args.steps < 1) or args.batch_size < 1:
-            raise ValueError("--steps and --batch-size must be >= 1")
+        if args.steps is not None and args.steps < 1:
+            raise ArgumentProblem(f"--steps must be >= 1, got {args.steps}")
+        if args.batch_size < 1:
+            raise ArgumentProblem(f"--batch-size must be >= 1, got {args.batch_size}")
+        if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+            raise ArgumentProblem(f"--guidance must be a finite number >= 0, got {args.guidance}")
+        check_resolution(editor_class(family), args.resolution, args.model)
+        if not Path(args.images).exists():
+            raise ArgumentProblem(f"--images {args.images}: no such file or folder")
+        if Path(args.output).exists() and not Path(args.output).is_dir():
+            raise ArgumentProblem(f"--output {args.output}: exists and is not a folder")
     except (PromptFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not Path(args.images).exists():
-        print(f"error: {args.images}: no such file or folder", file=sys.stderr)
         return 2
 
     quiet_libraries()
     try:
         editor = _load(editor_class(family), args)
+        check_loaded_resolution(editor, args.resolution)
     except (ValueError, ImportError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -235,9 +300,16 @@ def inference_main(family: str, argv=None) -> int:
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-    with regulation:
-        report = run_edits(editor, args.images, prompts, seeds, args.output, settings, record=record, progress=not args.no_progress)
-    print(f"edited {report.done}, skipped {report.skipped} (already done), failed images {len(report.failed)} -> {args.output}")
+    from .names import shown
+
+    try:
+        with regulation:
+            report = run_edits(editor, args.images, prompts, seeds, args.output, settings, record=record, progress=not args.no_progress,
+                               overwrite=args.overwrite)
+    except RuntimeError as exc:  # another process holds the output folder
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"edited {report.done}, skipped {report.skipped} (already done with the same settings), failed images {len(report.failed)} -> {shown(args.output)}")
     for message in report.failed.values():
-        print(f"  failed: {message}", file=sys.stderr)
+        print(f"  failed: {shown(message)}", file=sys.stderr)
     return 0 if report.ok else 1

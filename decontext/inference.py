@@ -2,22 +2,32 @@
 
 Outputs go to ``<output>/<image stem>/<prompt index>/seed<k>.png`` and ``<output>/index.json``
 (docs/RUN_LAYOUT.md). Each PNG is written under a temporary name and renamed, so a killed run never
-leaves a half-written image; a re-run skips every edit whose PNG exists.
+leaves a half-written image. Resume is exact: each edit's record holds the SHA-256 of its input and a
+digest of the settings that made it (``settings_by_digest`` keeps them readable); a re-run skips an
+edit only when both and its prompt text match, refuses the image otherwise (listing what differs)
+unless ``overwrite``, and redoes edits that a killed run saved but had not yet recorded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from .editors.base import Editor
 from .images import ImageLoadError, atomic_save, list_images, load_image
 from .prompts import Prompt
-from .protect import write_json_atomic
+from .protect import (EDIT_MEMORY_HINT, file_sha256, free_gpu_memory, output_lock, plain_json, remove_stale_parts, resume_decision,
+                      write_json_atomic)
+from .names import shown
+
+# index["settings"] keys that do not change the pixels of an edit (where the inputs were, how many at once)
+NOT_OUTPUT_SETTINGS = ("batch_size", "images", "prompts_file", "seeds")
 
 
 @dataclass
@@ -61,16 +71,19 @@ def run_root_of(output_dir: Path) -> Path:
     return output_dir.parent.parent if output_dir.parent.name == "edits" else output_dir
 
 
-def _relative(path: Path, root: Path) -> str:
+def _relative(path: Path, root: Path) -> str | None:
+    """``path`` relative to the run folder; None when it lies outside (an index only names files of its
+    run: evaluation refuses anything else, and the absolute path is kept apart as ``input_file``)."""
     try:
         return str(path.resolve().relative_to(root.resolve()))
     except ValueError:
-        return str(path.resolve())
+        return None
 
 
-def _remove_stale_parts(output_dir: Path) -> None:
-    for part in output_dir.rglob(".*.part"):
-        part.unlink(missing_ok=True)
+def edit_settings_digest(settings: dict) -> tuple[str, dict]:
+    """(digest, the settings it stands for) of what an edit's pixels depend on."""
+    kept = plain_json({k: v for k, v in settings.items() if k not in NOT_OUTPUT_SETTINGS})
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode("utf-8")).hexdigest()[:16], kept
 
 
 def run_edits(
@@ -84,33 +97,69 @@ def run_edits(
     progress: bool = True,
     release_text_encoders: bool = True,
     log=print,
+    overwrite: bool = False,
 ) -> EditReport:
-    """Edit every image with every (prompt, seed); see the module docstring for the layout."""
+    """Edit every image with every (prompt, seed); see the module docstring for the layout and resume."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_parts(output_dir)
+    with output_lock(output_dir / ".index.json.lock"):
+        return _edit_locked(editor, images, prompts, seeds, output_dir, settings, record, progress, release_text_encoders, log, overwrite)
+
+
+def _edit_locked(editor, images, prompts, seeds, output_dir: Path, settings: EditSettings, record, progress, release_text_encoders, log, overwrite) -> EditReport:
+    remove_stale_parts(output_dir)
     root = run_root_of(output_dir)
     index_path = output_dir / "index.json"
     index = json.loads(index_path.read_text()) if index_path.is_file() else {}
     index["settings"] = {**(record or {}), "steps": settings.steps, "guidance": settings.guidance, "resolution": settings.resolution, "batch_size": settings.batch_size, "model": editor.name, "editor": editor.family}
+    digest, current = edit_settings_digest(index["settings"])
+    known = index.setdefault("settings_by_digest", {})
+    known[digest] = current
     edits = {(e["image"], e["prompt_index"], e["seed"]): e for e in index.get("edits", [])}
     paths = list_images(images)
     # Prompt conditioning once for the whole run; then whatever the editor no longer needs can go.
     editor.prepare([p.text for p in prompts], release=release_text_encoders)
     report = EditReport()
     bar = tqdm(total=len(paths) * len(prompts) * len(seeds), desc="edits", disable=not progress, dynamic_ncols=True)
+
+    def save_index():
+        index["edits"] = sorted(edits.values(), key=lambda e: (e["image"], e["prompt_index"], e["seed"]))
+        write_json_atomic(index, index_path)
+
     for path in paths:
         jobs = [EditJob(p, s, output_dir / path.stem / str(p.index) / f"seed{s}.png") for p in prompts for s in seeds]
-        todo = [job for job in jobs if not job.output.exists()]
-        report.skipped += len(jobs) - len(todo)
+        try:
+            input_sha = file_sha256(path)
+        except OSError as exc:
+            input_sha = f"unreadable: {exc}"
+        todo, refused, redone = [], [], {}
+        for job in jobs:
+            entry = edits.get((path.stem, job.prompt.index, job.seed))
+            as_manifest = None
+            if entry is not None and "settings_digest" in entry:
+                recorded = known.get(entry["settings_digest"], {"(unknown settings)": entry["settings_digest"]})
+                as_manifest = {**entry, "settings": {**recorded, "prompt": entry.get("prompt")}}
+            decision, why = resume_decision(as_manifest, job.output.exists(), {**current, "prompt": job.prompt.text}, input_sha, overwrite, shown(job.output))
+            if decision == "skip":
+                continue
+            if decision == "refuse":
+                refused.append(why)
+                continue
+            todo.append(job)
+            if why:
+                redone[job.output] = why
+        report.skipped += len(jobs) - len(todo) - len(refused)
         bar.update(len(jobs) - len(todo))
+        if refused:
+            report.failed[path.name] = refused[0] + (f" (and {len(refused) - 1} more edits of this image)" if len(refused) > 1 else "")
+            log(f"error: {shown(report.failed[path.name])}")
         if not todo:
             continue
         try:
             image = load_image(path)
         except ImageLoadError as exc:
             report.failed[path.name] = str(exc)
-            log(f"error: {exc}")
+            log(f"error: {shown(exc)}")
             bar.update(len(todo))
             continue
         pil = image_to_pil(image)
@@ -120,31 +169,45 @@ def run_edits(
             try:
                 outputs = editor.edit(pil, [j.prompt.text for j in batch], [j.seed for j in batch], settings.steps, settings.guidance, settings.resolution)
             except Exception as exc:  # keep going with the next image; report at the end
-                message = f"{path}: {type(exc).__name__}: {exc}"
+                if isinstance(exc, torch.cuda.OutOfMemoryError):
+                    message = f"{path}: out of GPU memory while editing; {EDIT_MEMORY_HINT}"
+                    free_gpu_memory()
+                else:
+                    message = f"{path}: {type(exc).__name__}: {exc}"
                 report.failed[path.name] = message
-                log(f"error: {message}")
+                log(f"error: {shown(message)}")
                 bar.update(len(todo) - start)
                 break
             seconds = (time.perf_counter() - began) / len(batch)
-            for job, edited in zip(batch, outputs):
-                atomic_save(edited, job.output, format="PNG")
-                edits[(path.stem, job.prompt.index, job.seed)] = {
+            records = []
+            for job in batch:
+                entry = {
                     "image": path.stem,
                     "input": _relative(path, root),
+                    **({} if _relative(path, root) is not None else {"input_file": str(path.resolve())}),
                     "prompt": job.prompt.text,
                     "prompt_index": job.prompt.index,
                     "category": job.prompt.category,
                     "seed": job.seed,
                     "output": _relative(job.output, root),
                     "seconds": round(seconds, 4),
+                    "input_sha256": input_sha,
+                    "settings_digest": digest,
+                    "status": "pending",
                 }
+                if job.output in redone:
+                    entry["redone"] = redone[job.output]
+                edits[(path.stem, job.prompt.index, job.seed)] = entry
+                records.append(entry)
+            save_index()  # pending first: a kill before the PNGs are in place leaves records that say the files are ours
+            for job, edited, entry in zip(batch, outputs, records):
+                atomic_save(edited, job.output, format="PNG")
+                entry["status"] = "done"
                 report.done += 1
             bar.update(len(batch))
-            index["edits"] = sorted(edits.values(), key=lambda e: (e["image"], e["prompt_index"], e["seed"]))
-            write_json_atomic(index, index_path)
+            save_index()
     bar.close()
-    index["edits"] = sorted(edits.values(), key=lambda e: (e["image"], e["prompt_index"], e["seed"]))
-    write_json_atomic(index, index_path)
+    save_index()
     return report
 
 

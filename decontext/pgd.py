@@ -61,6 +61,10 @@ def step_size(schedule: str, alpha: float, step: int, steps: int) -> float:
     raise ValueError(f"unknown step-size schedule {schedule!r} (choose from {', '.join(SCHEDULES)})")
 
 
+class NonFiniteError(ArithmeticError):
+    """The loss or its gradient stopped being finite; the run stops instead of stepping on NaNs."""
+
+
 @dataclass(frozen=True)
 class PGDConfig:
     """What a PGD run is, apart from its seed: budget, step, steps, update rule and start."""
@@ -190,6 +194,10 @@ class PGD:
         for step in bar:
             x.requires_grad_(True)
             grad, loss, info = self._gradient(x, loss_fn, step, generator, samples)
+            if not (torch.isfinite(loss) and torch.isfinite(grad).all()):  # e.g. an fp16 overflow
+                what = "loss" if not torch.isfinite(loss) else "gradient"
+                raise NonFiniteError(f"non-finite {what} at PGD step {step} (loss {float(loss):.4g}); nothing is saved for this "
+                                     "image. In float16 try --dtype bfloat16 or float32")
             alpha = step_size(self.schedule, self.alpha, step, self.steps)
             with torch.no_grad():
                 grad = grad.float()

@@ -68,9 +68,25 @@ def test_index_json_records_every_edit(tmp_path, images):
     assert entry["output"] == "edits/clean/cat/10/seed42.png"  # relative to the run folder
     assert (run / entry["output"]).is_file() and entry["seconds"] > 0
     assert Image.open(run / entry["output"]).size == (48, 48)
-    # Re-run: nothing to do.
-    again = run_edits(FluxKontextEditor.tiny(), images, prompts, [42], out, EditSettings(steps=2, resolution="native"), progress=False)
-    assert again.done == 0 and again.skipped == 4
+    assert entry["status"] == "done" and len(entry["input_sha256"]) == 64 and entry["settings_digest"] in index["settings_by_digest"]
+    # Re-run with the same settings: nothing to do.
+    again = run_edits(FluxKontextEditor.tiny(), images, prompts, [42], out, EditSettings(steps=2, guidance=2.5, resolution="native"), progress=False)
+    assert again.done == 0 and again.skipped == 4 and again.ok
+    # Other settings: refused, saying what differs; the files stay as they were.
+    before = {p: p.read_bytes() for p in out.rglob("seed*.png")}
+    other = run_edits(FluxKontextEditor.tiny(), images, prompts, [42], out, EditSettings(steps=2, guidance=3.5, resolution="native"), progress=False)
+    assert other.done == 0 and {Path(k).stem for k in other.failed} == {"astro", "cat"}
+    assert all("guidance: 2.5 -> 3.5" in m and "--overwrite" in m for m in other.failed.values())
+    assert {p: p.read_bytes() for p in out.rglob("seed*.png")} == before
+    # A changed prompt text under the same index is another edit too.
+    changed = [prompts[0], type(prompts[1])("put a red scarf on the person", prompts[1].category, prompts[1].index)]
+    only_one = run_edits(FluxKontextEditor.tiny(), images, changed, [42], out, EditSettings(steps=2, guidance=2.5, resolution="native"), progress=False)
+    assert only_one.skipped == 2 and all("prompt:" in m for m in only_one.failed.values())
+    # --overwrite redoes them and says so.
+    redo = run_edits(FluxKontextEditor.tiny(), images, prompts, [42], out, EditSettings(steps=2, guidance=3.5, resolution="native"), progress=False, overwrite=True)
+    assert redo.done == 4 and redo.ok
+    index = json.loads((out / "index.json").read_text())
+    assert all("guidance: 2.5 -> 3.5" in e["redone"] for e in index["edits"]) and index["settings"]["guidance"] == 3.5
 
 
 def test_resume_after_kill_leaves_no_half_written_png(tmp_path, images):
@@ -89,11 +105,15 @@ def test_resume_after_kill_leaves_no_half_written_png(tmp_path, images):
         Image.open(path).load()
     finished = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
-    assert f"skipped {len(partial)}" in finished.stdout
+    import re
+
+    edited, skipped = map(int, re.search(r"edited (\d+), skipped (\d+)", finished.stdout).groups())
+    # A PNG saved in the instant before its record said "done" is redone (its record says it is ours), never refused.
+    assert edited + skipped == 12 and len(partial) - 1 <= skipped <= len(partial)
     assert len(list(out.rglob("seed*.png"))) == 12
     assert not list(out.rglob("*.part"))
     index = json.loads((out / "index.json").read_text())
-    assert len(index["edits"]) >= 12 - len(partial)
+    assert len(index["edits"]) == 12 and all(e["status"] == "done" for e in index["edits"])
 
 
 def test_bad_arguments_fail_before_loading_a_model(tmp_path, images):

@@ -91,6 +91,7 @@ class Editor(Protocol):
     """
 
     family: str  # registry key, e.g. "flux_kontext"
+    min_resolution: int  # smallest --resolution N of the family's stock checkpoints (a model's own ``multiple_of`` may be smaller)
     capabilities: frozenset  # what methods may rely on (CAPABILITIES); a method lists what it needs in ``requires``
     name: str  # what the user loaded ("tiny", "toy", a hub id or a folder)
     device: torch.device

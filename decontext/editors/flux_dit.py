@@ -152,6 +152,7 @@ class FluxDiTEditor:
     """
 
     family = "flux_dit"
+    min_resolution = 16  # the stock checkpoints' pixel multiple (VAE x8, 2x2 packing): checked before loading
     text_mask_key = "text_mask"  # the Condition.extra entry marking the prompt's tokens (``_text_mask``)
     capabilities = frozenset({"context_attention", "text_cross_attention", "diffusion_loss", "vae", "text_embeddings", "sampling"})
     recommended: dict

@@ -116,6 +116,7 @@ class InstructPix2PixEditor:
     """InstructPix2Pix (or any ``StableDiffusionInstructPix2PixPipeline`` folder, e.g. the tiny and toy ones)."""
 
     family = "instruct_pix2pix"
+    min_resolution = 64  # the stock checkpoint's pixel multiple (VAE x8, UNet x8): checked before loading
     capabilities = frozenset({"text_cross_attention", "diffusion_loss", "vae", "text_embeddings", "sampling"})
     text_embedding_keys = ("embeds",)  # CLIP last hidden states
     model_help = (f"'tiny' (random weights, smoke test), 'toy' or 'toy-ip2p' (the trained toy InstructPix2Pix of the faces world), "
