@@ -16,6 +16,12 @@ Examples:
   python bench/bench_step.py --size 1024 --text-tokens 128           # CPU targets of issue 6
   python bench/bench_step.py --size 512 --text-tokens 128
   python bench/bench_step.py --preset flux --size 1024 --device cuda --dtype bfloat16 --checkpointing
+  python bench/bench_step.py --family flux2 --preset real --size 1024 --device cuda --dtype bfloat16 --checkpointing
+  python bench/bench_step.py --family qwen_image_edit --preset real --size 1024 --device cuda --dtype bfloat16
+
+--family flux2 / qwen_image_edit (FLUX.2 [dev], Qwen-Image-Edit): ours and bare only (the official code
+exists for FLUX.1-Kontext alone); --preset tiny = the family's tiny test model, real = the real
+transformer and VAE shapes with random weights (text encoders stay small: they run once per image).
 """
 
 from __future__ import annotations
@@ -38,8 +44,50 @@ from decontext.editors.tiny import TinyKontextConfig  # noqa: E402
 from decontext.methods.decontext import DeContext  # noqa: E402
 
 
+def real_flux2_config(args):
+    """FLUX.2 [dev]'s transformer and VAE shapes (diffusers' Flux2Transformer2DModel defaults: 8 double and
+    48 parallel single blocks, 48 x 128 heads, text width 15360 = 3 stacked 5120-wide hidden states)."""
+    from decontext.editors.flux2 import TinyFlux2Config
+
+    return TinyFlux2Config(num_layers=8, num_single_layers=48, num_attention_heads=48, attention_head_dim=128, axes_dims_rope=(32, 32, 32, 32),
+                           timestep_guidance_channels=256, guidance_embeds=True, latent_channels=32, vae_channels=(128, 256, 512, 512),
+                           qwen_hidden=5120, qwen_layers=3, qwen_heads=40, qwen_kv_heads=8, max_text_tokens=args.text_tokens)
+
+
+def real_qwen_config(args):
+    """Qwen-Image's transformer and VAE shapes (60 dual blocks, 24 x 128 heads, text width 3584)."""
+    from decontext.editors.qwen_image_edit import TinyQwenImageEditConfig
+    from decontext.editors.tiny import TinyStep1XConfig
+
+    vlm = TinyStep1XConfig(qwen_hidden=3584, qwen_layers=1, qwen_heads=28, qwen_kv_heads=4, qwen_intermediate=4096, qwen_mrope_section=(16, 24, 24))
+    return TinyQwenImageEditConfig(num_layers=60, num_attention_heads=24, attention_head_dim=128, axes_dims_rope=(16, 56, 56), z_dim=16,
+                                   vae_base_dim=96, vae_dim_mult=(1, 2, 4, 4), vae_res_blocks=2, vlm=vlm)
+
+
+def build_other_family(args):
+    """A FLUX.2 or Qwen-Image-Edit editor (tiny, or real shapes with random weights) on ``args.device``."""
+    dtype = getattr(torch, args.dtype)
+    if args.family == "flux2":
+        from decontext.editors.flux2 import Flux2Editor
+
+        editor = Flux2Editor.tiny(real_flux2_config(args) if args.preset == "real" else None, seed=0, dtype=dtype)
+    else:
+        from decontext.editors.qwen_image_edit import QwenImageEditEditor
+
+        editor = QwenImageEditEditor.tiny(real_qwen_config(args) if args.preset == "real" else None, seed=0, dtype=dtype)
+    device = torch.device(args.device)
+    editor.transformer.to(device)
+    editor.vae.to(device)
+    editor.device = device
+    if args.checkpointing:
+        editor.transformer.enable_gradient_checkpointing()
+    return editor
+
+
 def build_editor(args) -> FluxKontextEditor:
-    if args.preset == "flux":
+    if args.family != "flux_kontext":
+        return build_other_family(args)
+    if args.preset in ("flux", "real"):
         # The real FLUX.1-Kontext transformer and VAE architecture, random weights.
         config = TinyKontextConfig(
             num_layers=19, num_single_layers=38, num_attention_heads=24, attention_head_dim=128, axes_dims_rope=(16, 56, 56),
@@ -145,6 +193,8 @@ def make_steps(editor, args):
     def bare():
         return unprobed(lambda noise, condition: editor.velocity(noise, sigma, condition).float().pow(2).mean())
 
+    if args.family != "flux_kontext":  # no official implementation to compare with
+        return {"ours": ours, "bare": bare}
     steps = {"ours": ours, "official": official_step, "bare": bare}
     if args.with_separate:
         steps["ours_sep"] = lambda: ours(fused=False)
@@ -204,7 +254,9 @@ def timed(fn, device) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=["tiny", "flux"], default="tiny", help="tiny: sizes below; flux: the real FLUX.1-Kontext architecture")
+    parser.add_argument("--family", choices=["flux_kontext", "flux2", "qwen_image_edit"], default="flux_kontext", help="the editor architecture")
+    parser.add_argument("--preset", choices=["tiny", "flux", "real"], default="tiny",
+                        help="tiny: sizes below (other families: their tiny test model); flux or real: the family's real architecture, random weights")
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
     parser.add_argument("--text-tokens", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=256)
@@ -248,8 +300,11 @@ def main(argv=None) -> int:
     print(f"{'variant':<10}{'median s':>10}{'min s':>9}{'max s':>9}{'peak MB':>10}")
     for name in names:
         print(f"{name:<10}{median[name]:>10.3f}{min(times[name]):>9.3f}{max(times[name]):>9.3f}{memory[name]:>10.0f}")
-    print(f"ratios official_time={median['ours'] / median['official']:.3f} official_mem={memory['ours'] / memory['official']:.3f} "
-          f"bare_time={median['ours'] / median['bare']:.3f}")
+    if "official" in median:
+        print(f"ratios official_time={median['ours'] / median['official']:.3f} official_mem={memory['ours'] / memory['official']:.3f} "
+              f"bare_time={median['ours'] / median['bare']:.3f}")
+    else:
+        print(f"ratios bare_time={median['ours'] / median['bare']:.3f} bare_mem={memory['ours'] / memory['bare']:.3f}")
     return 0
 
 

@@ -141,3 +141,30 @@ def test_bench_paired_bootstrap_is_the_shared_paired_difference():
     per_identity = (a - b).mean(0)
     draws = per_identity[np.random.default_rng(0).integers(0, 9, (2000, 9))].mean(1)
     assert (low, high) == (pytest.approx(np.percentile(draws, 2.5)), pytest.approx(np.percentile(draws, 97.5)))
+
+
+def test_real_presets_of_the_new_editors_have_the_published_transformer_sizes():
+    """bench_step --family flux2 / qwen_image_edit --preset real builds the real transformer shapes (random
+    weights, GPU only); built here on the meta device, they have FLUX.2 [dev]'s 32 B and Qwen-Image's 20 B
+    parameters (the published sizes), so the preset really is that architecture."""
+    import argparse
+
+    from accelerate import init_empty_weights
+
+    from decontext.editors.flux2 import tiny_flux2_klein_components
+    from decontext.editors.qwen_image_edit import tiny_qwen_image_edit_components
+
+    bench_step = _bench("bench_step")
+    args = argparse.Namespace(text_tokens=128)
+    with init_empty_weights():
+        flux2 = tiny_flux2_klein_components(bench_step.real_flux2_config(args))["transformer"]
+        qwen = tiny_qwen_image_edit_components(bench_step.real_qwen_config(args))["transformer"]
+    assert 31.5e9 < sum(p.numel() for p in flux2.parameters()) < 33e9
+    assert 20.0e9 < sum(p.numel() for p in qwen.parameters()) < 21e9
+    assert (flux2.config.num_layers, flux2.config.num_single_layers) == (8, 48) and qwen.config.num_layers == 60
+
+
+def test_bench_step_runs_the_new_families_tiny():
+    bench_step = _bench("bench_step")
+    for family in ("flux2", "qwen_image_edit"):
+        assert bench_step.main(["--family", family, "--size", "32", "--repeats", "1", "--skip-memory"]) == 0

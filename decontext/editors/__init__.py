@@ -2,7 +2,8 @@
 
 ``load_editor(model, family)`` builds an editor from a ``--model`` value; the CLIs name their family
 (``attack/attack_kontext.py`` -> ``flux_kontext``, ``attack/attack_step1x.py`` -> ``step1x_edit``,
-``attack/attack_ip2p.py`` -> ``instruct_pix2pix``).
+``attack/attack_ip2p.py`` -> ``instruct_pix2pix``, ``attack/attack_flux2.py`` -> ``flux2``,
+``attack/attack_qwen_edit.py`` -> ``qwen_image_edit``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ EDITORS = {
     "flux_kontext": "decontext.editors.flux_kontext:FluxKontextEditor",
     "step1x_edit": "decontext.editors.step1x_edit:Step1XEditor",
     "instruct_pix2pix": "decontext.editors.instruct_pix2pix:InstructPix2PixEditor",
+    "flux2": "decontext.editors.flux2:Flux2Editor",
+    "qwen_image_edit": "decontext.editors.qwen_image_edit:QwenImageEditEditor",
 }
 
 

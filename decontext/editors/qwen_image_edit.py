@@ -1,0 +1,529 @@
+"""Qwen-Image-Edit through diffusers' ``QwenImageEditPipeline`` components.
+
+The model (diffusers 0.42.1 names):
+  - ``QwenImageTransformer2DModel``: dual-stream MMDiT blocks only (``transformer_blocks``; no single
+    stream, no pooled embedding), positions from ``img_shapes`` (per image (frames, rows, cols) of
+    2x2-packed tokens; RoPE frame index = the image's place in that list), text positions after the
+    largest image side;
+  - ``QwenDoubleStreamAttnProcessor2_0``: joint attention over ``[text | image stream]`` with a boolean
+    KEY mask ``[text mask | ones]`` for padded text (``encoder_hidden_states_mask``);
+  - ``AutoencoderKLQwenImage`` (a causal 3D VAE: pixels (B, 3, 1, H, W), latents normalised per channel
+    by ``latents_mean`` / ``latents_std``);
+  - Qwen2.5-VL-7B-Instruct: reads the instruction AND the reference image (a path with no gradient), its
+    last hidden states (minus the template's leading tokens) are the DiT's text tokens, zero-padded with
+    a mask when prompts differ in length.
+
+Token layout, read from ``QwenImageEditPipeline.__call__``: the image stream is
+``torch.cat([latents, image_latents], dim=1)`` (the noisy TARGET tokens first, then the reference's
+CONTEXT tokens) with ``img_shapes = [[target (1, h, w), reference (1, h, w)]]``, and the processor puts
+the text first. So the joint sequence is ``[text | target | context]``, exactly ``Layout``'s order; every
+count comes from tensor shapes. The share is taken with the mask: padded text keys get zero probability.
+
+Where we differ from the pipeline, on purpose: the attack resizes pixels with a differentiable bicubic
+(the pipeline: PIL LANCZOS), and the attack encodes the reference with the VAE posterior mode (the
+pipeline does too: ``sample_mode="argmax"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ..attention import ContextShareProbe, attention_with_masses
+from .base import Condition, Layout, resolve_blocks, snap, to_batch, to_vae_input
+from .flux_dit import FluxDiTEditor, _StopForward
+
+try:  # diffusers internals read by the probed processor (names and formulas; nothing copied)
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+    from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0, apply_rotary_emb_qwen
+except ImportError as exc:  # pragma: no cover - only with an incompatible diffusers
+    raise ImportError(f"the qwen_image_edit editor needs diffusers with QwenDoubleStreamAttnProcessor2_0 (tested with 0.42.1): {exc}") from exc
+
+DEFAULT_MODEL = "Qwen/Qwen-Image-Edit"
+VAE_AREA = 1024 * 1024  # the pipeline's working area (QwenImageEditPipeline.__call__: calculate_dimensions(1024 * 1024, ratio))
+# Qwen-Image-Edit's published usage: 50 steps, true CFG 4.0 against a " " negative prompt, ~1024^2 area.
+EDIT_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 4.0, "resolution": "auto"}
+NEGATIVE_PROMPT = " "
+STREAM = "double"  # the only stream of this DiT
+
+
+# ---------------------------------------------------------------------------------------- attention
+def qwen_joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb=None):
+    """q, k, v (B, S, H, D) of the joint sequence ``[text | image]`` exactly as
+    ``QwenDoubleStreamAttnProcessor2_0`` makes them: separate projections per stream, QK RMSNorm, RoPE
+    (image and text frequencies), text first. (diffusers offers no hook between RoPE and the attention
+    call, so the probed processor restates this part.)"""
+    head_dim = attn.inner_dim // attn.heads
+
+    def heads(tensor):
+        return tensor.unflatten(-1, (-1, head_dim))
+
+    img_q, img_k, img_v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+    txt_q, txt_k, txt_v = (heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states)),
+                           heads(attn.add_v_proj(encoder_hidden_states)))
+    def normed(norm, tensor):
+        return tensor if norm is None else norm(tensor)
+
+    img_q, img_k = normed(attn.norm_q, img_q), normed(attn.norm_k, img_k)
+    txt_q, txt_k = normed(attn.norm_added_q, txt_q), normed(attn.norm_added_k, txt_k)
+    if image_rotary_emb is not None:
+        img_freqs, txt_freqs = image_rotary_emb
+        img_q, img_k = apply_rotary_emb_qwen(img_q, img_freqs, use_real=False), apply_rotary_emb_qwen(img_k, img_freqs, use_real=False)
+        txt_q, txt_k = apply_rotary_emb_qwen(txt_q, txt_freqs, use_real=False), apply_rotary_emb_qwen(txt_k, txt_freqs, use_real=False)
+    return torch.cat([txt_q, img_q], dim=1), torch.cat([txt_k, img_k], dim=1), torch.cat([txt_v, img_v], dim=1)
+
+
+def qwen_joint_output(attn, out: torch.Tensor, text_tokens: int):
+    """The stock processor's tail: (B, S, H, D) -> (image output, text output) through their projections."""
+    out = out.flatten(2, 3)
+    text_out, image_out = out[:, :text_tokens], out[:, text_tokens:]
+    image_out = attn.to_out[0](image_out.contiguous())
+    if len(attn.to_out) > 1:
+        image_out = attn.to_out[1](image_out)
+    return image_out, attn.to_add_out(text_out.contiguous())
+
+
+def joint_key_mask(text_mask: torch.Tensor | None, image_tokens: int) -> torch.Tensor | None:
+    """(B, S) boolean key mask ``[text mask | ones]`` (the stock processor's), or None without a text mask."""
+    if text_mask is None:
+        return None
+    text_mask = text_mask.bool()
+    return torch.cat([text_mask, text_mask.new_ones(text_mask.shape[0], image_tokens)], dim=1)
+
+
+def masked_context_share(query, key, layout: Layout, attend) -> torch.Tensor:
+    """(B, H, T) context share of the target queries by one attention call with an indicator value (1 on
+    context keys); ``attend`` carries the key mask, so masked keys get zero probability here too."""
+    batch, total, heads, dim = key.shape
+    if total != layout.total:
+        raise ValueError(f"sequence length {total} does not match layout {layout}")
+    value = key.new_zeros(batch, total, heads, dim)
+    value[:, layout.context_slice, :, 0] = 1
+    return attend(query[:, layout.target_slice], key, value, None)[..., 0].transpose(1, 2)
+
+
+class ProbedQwenAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
+    """``QwenDoubleStreamAttnProcessor2_0`` that also reports the target->context attention share.
+
+    The layer output equals the stock processor's (same q, k, v, same masked attention through diffusers'
+    dispatcher, so a user's attention backend is kept). The share is the softmax mass over the context
+    keys, with the padded text keys masked exactly as the layer masks them: inside the layer's own call
+    (``attention_with_masses`` with the masked ``attend``), or by a separate indicator call in the layer
+    a forward stops at.
+    """
+
+    def __init__(self, probe: ContextShareProbe, name: str):
+        super().__init__()
+        self.probe = probe
+        self.name = name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, encoder_hidden_states_mask=None, attention_mask=None, image_rotary_emb=None):
+        if encoder_hidden_states is None:
+            raise ValueError(f"{self.name}: the Qwen-Image processor needs the text stream")
+        if attention_mask is not None:
+            raise ValueError(f"{self.name}: the Qwen-Image processor takes encoder_hidden_states_mask, not an attention_mask")
+        query, key, value = qwen_joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+        mask = joint_key_mask(encoder_hidden_states_mask, hidden_states.shape[1])
+        sdpa_mask = None if mask is None else mask[:, None, None, :]
+
+        def attend(q, k, v, scale=None):
+            return dispatch_attention_fn(q, k, v, attn_mask=sdpa_mask, dropout_p=0.0, is_causal=False, scale=scale,
+                                         backend=self._attention_backend, parallel_config=self._parallel_config)
+
+        probe = self.probe
+        if probe.enabled and probe.layout is None:
+            raise RuntimeError("ContextShareProbe.layout must be set before the forward pass")
+        if probe.enabled and probe.text_mask is not None:
+            raise NotImplementedError("text-attention maps are not offered by the qwen_image_edit editor")
+        if probe.enabled and probe.stop_at == self.name:
+            # Only this layer's q and k matter to the loss: its attention output and the rest are skipped.
+            probe.record_share(self.name, masked_context_share(query, key, probe.layout, attend))
+            raise _StopForward
+        if not probe.enabled:
+            out = attend(query, key, value)
+        elif probe.fused:
+            out, share, _ = attention_with_masses(query, key, value, probe.layout, attend)
+            probe.record_share(self.name, share)
+        else:
+            probe.record_share(self.name, masked_context_share(query, key, probe.layout, attend))
+            out = attend(query, key, value)
+        return qwen_joint_output(attn, out.to(query.dtype), encoder_hidden_states.shape[1])
+
+
+# ---------------------------------------------------------------------------------------- geometry
+def pipeline_size(height: int, width: int, area: int, multiple: int) -> tuple[int, int]:
+    """(H, W) the pipeline picks for an image of that size: ``calculate_dimensions(area, W / H)`` (sides
+    rounded to 32), floored to the model's ``multiple``."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
+
+    w, h, _ = calculate_dimensions(area, width / height)
+    return snap(h, multiple), snap(w, multiple)
+
+
+class QwenImageEditEditor(FluxDiTEditor):
+    """Qwen-Image-Edit (or any model in its diffusers layout, e.g. the tiny editor).
+
+    Reuses ``FluxDiTEditor``'s model-independent machinery (probe lifetime, early stop, noise, flow pair,
+    Euler step) and supplies its own blocks, processors, VAE, text path and transformer call.
+    """
+
+    family = "qwen_image_edit"
+    min_resolution = 16  # VAE x8 and 2x2 packing
+    capabilities = frozenset({"context_attention", "diffusion_loss", "vae", "text_embeddings", "sampling"})
+    text_embedding_keys = ("embeds",)  # Qwen2.5-VL's last hidden states of (template, image, prompt)
+    text_mask_key = "mask"
+    model_help = f"'tiny' (random weights, smoke test) or a Qwen-Image-Edit hub id / local diffusers folder (e.g. {DEFAULT_MODEL})"
+    attack_description = ("Protect images against Qwen-Image-Edit with DeContext (or a baseline, --method).\n"
+                          "Default blocks: the paper's single:0-25/38 by relative depth on Qwen-Image's one stream of\n"
+                          "dual blocks, i.e. its front two thirds (0-40 of 60).\n\n"
+                          "    python attack/attack_qwen_edit.py --model tiny --input photo.jpg --output protected/")
+    edit_description = ("Edit clean or protected images with Qwen-Image-Edit (the real diffusers QwenImageEditPipeline).\n"
+                        "Defaults follow the model's published usage: 50 steps, true CFG 4.0 (negative prompt ' '), ~1024^2 area.")
+    auto_resolution_note = "what QwenImageEditPipeline picks: ~1024^2 area at the image's aspect ratio"
+    attack_defaults = {"eps": 12.75, "eps_note": "the Kontext attack's 0.1 on [-1, 1]", "alpha": 0.6375, "steps": 800}
+
+    def __init__(self, pipe, name: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, vlm_refresh: int = 1):
+        """``vlm_refresh``: re-read the current (perturbed) image with Qwen2.5-VL every K optimiser steps
+        (1 = every step; 0 = read the clean image once). That read has no gradient."""
+        if vlm_refresh < 0:
+            raise ValueError(f"vlm_refresh must be >= 0, got {vlm_refresh}")
+        self.pipe, self.name = pipe, name
+        self.device, self.dtype = torch.device(device), dtype
+        self.vlm_refresh = vlm_refresh
+        self.recommended = dict(EDIT_DEFAULTS)
+        self._snapshot: torch.Tensor | None = None
+        self._features: dict[tuple[int, str], torch.Tensor] = {}
+        self._init_probe_state()
+        vae_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # the VAE stays in fp32 (fp64 in checks)
+        for module, module_dtype in ((pipe.transformer, dtype), (pipe.vae, vae_dtype), (pipe.text_encoder, None)):
+            module.requires_grad_(False).eval()
+            module.to(self.device) if module_dtype is None else module.to(self.device, module_dtype)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser, role: str) -> None:
+        if role == "attack":
+            parser.add_argument("--vlm-refresh", type=int, default=1, help="re-read the perturbed image with Qwen2.5-VL every K PGD steps, without gradient (default 1; 0 = read the clean image once)")
+
+    @classmethod
+    def options_from_args(cls, args: argparse.Namespace) -> dict:
+        value = getattr(args, "vlm_refresh", None)
+        return {} if value is None else {"vlm_refresh": value}
+
+    @classmethod
+    def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, **options) -> "QwenImageEditEditor":
+        if model == "tiny":
+            return cls.tiny(seed=seed, device=device, dtype=dtype, **options)
+        return cls.from_pretrained(model, device=device, dtype=dtype, **options)
+
+    @classmethod
+    def from_pretrained(cls, id_or_dir: str | Path = DEFAULT_MODEL, dtype: torch.dtype = torch.bfloat16, device: str | torch.device | None = None,
+                        local_files_only: bool | None = None, **kwargs) -> "QwenImageEditEditor":
+        """Load a ``QwenImageEditPipeline`` folder or hub id (safetensors weights, stock classes only)."""
+        from diffusers import QwenImageEditPipeline
+
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        path = Path(id_or_dir)
+        if local_files_only is None:
+            local_files_only = path.exists()
+        if path.exists() and not (path / "model_index.json").is_file():
+            raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+        pipe = QwenImageEditPipeline.from_pretrained(str(id_or_dir), torch_dtype=dtype, local_files_only=local_files_only, use_safetensors=True)
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, name=str(id_or_dir), device=device, dtype=dtype, **kwargs)
+
+    @classmethod
+    def tiny(cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **kwargs) -> "QwenImageEditEditor":
+        """A random-weight Qwen-Image-Edit built offline from config objects (``tiny_qwen_image_edit_components``)."""
+        from diffusers import QwenImageEditPipeline
+
+        pipe = QwenImageEditPipeline(**tiny_qwen_image_edit_components(config or TinyQwenImageEditConfig(), seed=seed))
+        pipe.set_progress_bar_config(disable=True)
+        editor = cls(pipe, name="tiny", device=device, dtype=dtype, **kwargs)
+        return editor
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def transformer(self):
+        return self.pipe.transformer
+
+    @property
+    def vae(self):
+        return self.pipe.vae
+
+    @property
+    def depths(self) -> dict[str, int]:
+        return {STREAM: len(self.transformer.transformer_blocks)}
+
+    def resolve_blocks(self, spec) -> list[str]:
+        """Blocks by specification. This DiT has one stream (``double``); a relative specification of
+        another stream (the paper's ``single:0-25/38``) is read as the same relative depth of this stack:
+        ``single:0-25/38`` = the front 26/38 of the blocks (front-to-middle, as on FLUX)."""
+        items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+        mapped = []
+        for item in items:
+            stream, sep, rest = item.partition(":")
+            if stream not in self.depths and stream != "all" and "." not in item:
+                if not sep or "/" not in rest:
+                    raise ValueError(f"{item!r}: this model has only {self.depths}; give a block range of it, "
+                                     "or a relative one such as 'single:0-25/38'")
+                item = f"{STREAM}:{rest}"
+            mapped.append(item)
+        return resolve_blocks(mapped, self.depths)
+
+    def _block(self, name: str) -> torch.nn.Module:
+        return self.transformer.transformer_blocks[int(name.split(".")[1])]
+
+    def _processor_key(self, name: str) -> str:
+        return f"transformer_blocks.{name.split('.')[1]}.attn.processor"
+
+    def _probed_processors(self, probe: ContextShareProbe, blocks: Sequence[str]) -> dict:
+        return {self._processor_key(name): ProbedQwenAttnProcessor(probe, name) for name in blocks}
+
+    def text_attention(self, blocks):
+        raise ValueError("the qwen_image_edit editor does not offer text-attention maps (no 'text_cross_attention' capability)")
+
+    @property
+    def multiple_of(self) -> int:
+        """Pixel sizes must be multiples of this (VAE downsampling x 2x2 packing)."""
+        return self.pipe.vae_scale_factor * 2
+
+    def latent_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        factor = self.pipe.vae_scale_factor
+        return size[0] // factor, size[1] // factor
+
+    def working_size(self, height: int, width: int, resolution: str | int = "auto") -> tuple[int, int]:
+        """``auto``: what QwenImageEditPipeline picks (~1024^2 area, sides rounded to 32); N: the same rule
+        at an area of N x N; ``native``: the image's size snapped down to the model's multiple."""
+        multiple = self.multiple_of
+        if resolution == "native":
+            return snap(height, multiple), snap(width, multiple)
+        area = VAE_AREA if resolution == "auto" else int(resolution) ** 2
+        if resolution != "auto" and int(resolution) < multiple:
+            raise ValueError(f"resolution {resolution} is below the model's minimum of {multiple} px")
+        return pipeline_size(height, width, area, multiple)
+
+    def image_shapes(self, size: tuple[int, int]) -> tuple[int, int, int]:
+        """(frames, rows, cols) of one image's packed tokens at ``size`` (an ``img_shapes`` entry)."""
+        lat_h, lat_w = self.latent_size(size)
+        return (1, lat_h // 2, lat_w // 2)
+
+    # ------------------------------------------------------------------ image tokens
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, self.vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(self.vae.config.latents_mean, device=like.device, dtype=like.dtype).view(shape)
+        std = torch.tensor(self.vae.config.latents_std, device=like.device, dtype=like.dtype).view(shape)
+        return mean, std
+
+    def image_latents(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, N, 4 z) packed tokens: pixels in [-1, 1] as one frame, VAE posterior mode, per-channel
+        ``(z - mean) / std``, 2x2 packing (``QwenImageEditPipeline.prepare_latents``), differentiable."""
+        x = to_vae_input(pixels, size, self.multiple_of, self.device, self.vae.dtype).unsqueeze(2)
+        latents = self.vae.encode(x).latent_dist.mode()
+        mean, std = self._latent_stats(latents)
+        latents = (latents - mean) / std
+        batch, channels, _, lat_h, lat_w = latents.shape
+        return self.pipe._pack_latents(latents, batch, channels, lat_h, lat_w).to(self.dtype)
+
+    def decode(self, latents: torch.Tensor, condition: Condition) -> torch.Tensor:
+        """Packed clean tokens -> pixels in [0, 1]: unpack, undo the normalisation, VAE decode (first frame)."""
+        height, width = condition.extra["size"]
+        z = self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor).to(self.vae.dtype)
+        mean, std = self._latent_stats(z)
+        frames = self.vae.decode(z * std + mean).sample
+        return ((frames[:, :, 0].float() + 1) / 2).clamp(0, 1)
+
+    # ------------------------------------------------------------------ text (Qwen2.5-VL reads image + prompt)
+    def prepare(self, prompts: Sequence[str], release: bool = True) -> None:
+        """Nothing to cache up front: Qwen2.5-VL reads every new image with the prompt, so it stays."""
+
+    def _vlm_images(self, pixels: torch.Tensor, size: tuple[int, int]) -> list[Image.Image]:
+        """The reference as the pipeline hands it to Qwen2.5-VL: at the working size, as uint8 PIL."""
+        x = pixels.detach().float()
+        if tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=tuple(size), mode="bicubic", antialias=True, align_corners=False)
+        arrays = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [Image.fromarray(a) for a in arrays]
+
+    @torch.no_grad()
+    def encode_prompts(self, images: list[Image.Image], prompts: list[str]) -> list[torch.Tensor]:
+        """Per (image, prompt) pair, the (L_i, D) unpadded text tokens the pipeline's ``encode_prompt`` makes."""
+        embeds, mask = self.pipe.encode_prompt(prompt=list(prompts), image=list(images), device=self.device)
+        mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device) if mask is None else mask.bool()
+        return [embeds[k][mask[k]].to(self.dtype) for k in range(embeds.shape[0])]
+
+    def _text_tokens(self, pixels: torch.Tensor, prompts: list[str], size: tuple[int, int], step: int | None, batch: int):
+        """(B, L, D) zero-padded text tokens and (B, L) mask for each row's (image, prompt); read from the
+        snapshot of the image taken at step 0 and every ``vlm_refresh`` steps (``step=None``: these pixels)."""
+        rows = [(i if pixels.shape[0] > 1 else 0, prompts[i] if len(prompts) > 1 else prompts[0]) for i in range(batch)]
+        if step is None:
+            source, cache = pixels.detach(), {}
+        else:
+            if step == 0 or self._snapshot is None or self._snapshot.shape != pixels.shape or (self.vlm_refresh and step % self.vlm_refresh == 0):
+                self._snapshot, self._features = pixels.detach().clone(), {}
+            source, cache = self._snapshot, self._features
+        missing = [row for row in dict.fromkeys(rows) if row not in cache]
+        if missing:
+            images = self._vlm_images(source, size)
+            cache.update(zip(missing, self.encode_prompts([images[i] for i, _ in missing], [p for _, p in missing])))
+        tokens = [cache[row] for row in rows]
+        length = max(t.shape[0] for t in tokens)
+        embeds = torch.stack([F.pad(t, (0, 0, 0, length - t.shape[0])) for t in tokens])
+        mask = torch.stack([torch.arange(length, device=t.device) < t.shape[0] for t in tokens])
+        return embeds, mask
+
+    # ------------------------------------------------------------------ conditioning
+    def condition(self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None) -> Condition:
+        """Context tokens of ``pixels`` (differentiable) and Qwen2.5-VL text tokens of (image, prompt)
+        (no gradient; re-read per ``vlm_refresh``)."""
+        prompts = list(prompts)
+        latents = self.image_latents(pixels, size)
+        batch = max(latents.shape[0], len(prompts))
+        if latents.shape[0] not in (1, batch) or len(prompts) not in (1, batch):
+            raise ValueError(f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both")
+        embeds, mask = self._text_tokens(pixels, prompts, size, step, batch)
+        latents = to_batch(latents, batch)
+        layout = Layout(text=embeds.shape[1], target=latents.shape[1], context=latents.shape[1])
+        return Condition(latents, layout, prompts, {"embeds": embeds, "mask": mask, "size": tuple(size)})
+
+    def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
+        """One transformer pass on ``[x_t | context]`` (the pipeline's ``torch.cat([latents, image_latents])``
+        with ``img_shapes`` [target, reference] and the text mask); the prediction for the target tokens.
+
+        Args:
+            x_t: (B, N, C) noisy target tokens (B = condition.batch, or 1 to share one draw).
+            sigma: (B,) or scalar noise level in [0, 1] (the pipeline passes t / 1000 = sigma).
+            stop_after: the last block needed; when it is probed the pass ends right after its probe.
+        Returns:
+            (B, N, C) velocity, or None when stopped early.
+        """
+        batch = max(x_t.shape[0], condition.batch)
+        x_t, context = to_batch(x_t, batch), to_batch(condition.latents, batch)
+        sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
+        sigma = (sigma.expand(batch) if sigma.numel() == 1 else sigma).to(self.device, self.dtype)
+        embeds = to_batch(condition.extra["embeds"], batch).to(self.device, self.dtype)
+        mask = to_batch(condition.extra["mask"], batch).to(self.device)
+        layout = Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1])
+        if layout != condition.layout:
+            raise ValueError(f"tokens {layout} do not match the condition's layout {condition.layout}")
+        shapes = [self.image_shapes(condition.extra["size"])] * 2  # [target, reference], as the pipeline lists them
+        if (math.prod(shapes[0]), sum(math.prod(s) for s in shapes[1:])) != (layout.target, layout.context):
+            raise ValueError(f"img_shapes {shapes} do not match the tokens {layout}")
+        probe = self._active_probe
+        if probe is not None:
+            probe.layout = layout
+            probe.stop_at = stop_after if stop_after in self._probed_blocks else None
+            probe.text_mask = None
+        try:
+            with self._stop_after(stop_after):
+                out = self.transformer(
+                    hidden_states=torch.cat([x_t.to(self.dtype), context], dim=1),
+                    timestep=sigma,
+                    encoder_hidden_states=embeds,
+                    encoder_hidden_states_mask=None if bool(mask.all()) else mask,  # the pipeline drops an all-valid mask
+                    img_shapes=[shapes] * batch,
+                    return_dict=False,
+                )[0]
+        except _StopForward:
+            return None
+        return out[:, : layout.target]
+
+    # ------------------------------------------------------------------ editing (the real pipeline)
+    @torch.no_grad()
+    def edit(
+        self,
+        image: Image.Image | Sequence[Image.Image],
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        steps: int = EDIT_DEFAULTS["num_inference_steps"],
+        guidance: float = EDIT_DEFAULTS["guidance_scale"],
+        resolution: str | int = EDIT_DEFAULTS["resolution"],
+    ) -> list[Image.Image]:
+        """Edit with QwenImageEditPipeline, one output per (prompt, seed), each its own pipeline call.
+
+        ``guidance`` is the pipeline's ``true_cfg_scale`` (negative prompt " "; <= 1: no CFG). The pipeline
+        always reads the reference at ~1024^2 area (its own resize); ``resolution`` sets the output size."""
+        images = self._edit_images(image, prompts, seeds)
+        outputs = []
+        for k, (prompt, seed) in enumerate(zip(prompts, seeds)):
+            source = images[0 if len(images) == 1 else k].convert("RGB")
+            height, width = self.working_size(source.height, source.width, resolution)
+            result = self.pipe(
+                image=source,
+                prompt=prompt,
+                negative_prompt=NEGATIVE_PROMPT if guidance > 1 else None,
+                true_cfg_scale=guidance,
+                height=height,
+                width=width,
+                num_inference_steps=steps,
+                generator=torch.Generator().manual_seed(int(seed)),
+                output_type="np",
+            )
+            outputs.append(Image.fromarray(np.round(np.clip(result.images[0], 0, 1) * 255).astype(np.uint8)))
+        return outputs
+
+
+# ---------------------------------------------------------------------------------------- tiny model
+@dataclass(frozen=True)
+class TinyQwenImageEditConfig:
+    """Sizes of a tiny Qwen-Image-Edit (real values in comments; ``bench/bench_step.py --family
+    qwen_image_edit --preset real`` builds the real transformer and VAE shapes with random weights)."""
+
+    num_layers: int = 2  # real 60
+    num_attention_heads: int = 2  # real 24
+    attention_head_dim: int = 16  # real 128; = sum(axes_dims_rope)
+    axes_dims_rope: tuple[int, int, int] = (4, 6, 6)  # real (16, 56, 56)
+    z_dim: int = 16  # real 16
+    vae_base_dim: int = 8  # real 96
+    vae_dim_mult: tuple[int, ...] = (1, 2, 2, 2)  # real (1, 2, 4, 4); 4 levels, 3 downsamplings -> 8x
+    vae_res_blocks: int = 1  # real 2
+    vlm: object = None  # the Qwen2.5-VL sizes (editors.tiny.TinyStep1XConfig; None = its tiny default); its qwen_hidden is the DiT's text width
+
+
+def tiny_qwen_image_edit_components(config: TinyQwenImageEditConfig = TinyQwenImageEditConfig(), seed: int = 0) -> dict:
+    """Components of a ``QwenImageEditPipeline`` with seeded random weights, built offline (the Qwen2.5-VL
+    text encoder and processor are ``editors.tiny``'s, as for Step1X-Edit)."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+
+    from .tiny import TinyStep1XConfig, _seeded, tiny_qwen25vl
+
+    vlm_config = config.vlm or TinyStep1XConfig()
+    text_encoder, processor = tiny_qwen25vl(vlm_config, seed)
+    with _seeded(seed + 1):
+        transformer = QwenImageTransformer2DModel(
+            patch_size=2,
+            in_channels=4 * config.z_dim,
+            out_channels=config.z_dim,
+            num_layers=config.num_layers,
+            attention_head_dim=config.attention_head_dim,
+            num_attention_heads=config.num_attention_heads,
+            joint_attention_dim=vlm_config.qwen_hidden,
+            axes_dims_rope=config.axes_dims_rope,
+        )
+        generator = torch.Generator().manual_seed(seed)
+        vae = AutoencoderKLQwenImage(
+            base_dim=config.vae_base_dim,
+            z_dim=config.z_dim,
+            dim_mult=list(config.vae_dim_mult),
+            num_res_blocks=config.vae_res_blocks,
+            temperal_downsample=[False, True, True],
+            latents_mean=(torch.randn(config.z_dim, generator=generator) * 0.5).tolist(),
+            latents_std=(1 + torch.rand(config.z_dim, generator=generator)).tolist(),
+        )
+    # Qwen-Image's published scheduler settings.
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
+        base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+    )
+    for module in (transformer, vae, text_encoder):
+        module.eval()
+    return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=processor.tokenizer, processor=processor, scheduler=scheduler)
+

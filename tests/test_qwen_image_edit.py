@@ -1,0 +1,197 @@
+"""The Qwen-Image-Edit editor on a tiny model: layout against the pipeline, exact masked shares, stock
+outputs under the probe, pixel gradients, the stock pipeline edit, a DeContext run and the CLIs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.data import astronaut
+
+from decontext import editors as editor_registry
+from decontext.editors.base import Editor
+from decontext.editors.qwen_image_edit import QwenImageEditEditor
+from decontext.images import from_array
+from decontext.methods import build_method
+from decontext.pgd import PGDConfig
+from decontext.protect import ProtectSettings, protect_image
+
+SIZE = (32, 48)  # non-square: 2 x 3 packed tokens per image
+PROMPTS = ["add a hat", "make the person smile with glasses"]  # different lengths: the text mask is active
+
+
+@pytest.fixture(scope="module")
+def editor():
+    return QwenImageEditEditor.tiny(seed=3)
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(0))
+
+
+def test_protocol_and_geometry(editor):
+    assert isinstance(editor, Editor) and editor.family == "qwen_image_edit"
+    assert editor.multiple_of == 16 and editor.depths == {"double": 2}
+    assert editor.resolve_blocks("single:0-25/38") == ["double.0", "double.1"]
+    assert editor.resolve_blocks("double.1") == ["double.1"]
+    with pytest.raises(ValueError):
+        editor.resolve_blocks("single")
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
+
+    w, h, _ = calculate_dimensions(1024 * 1024, 1000 / 600)
+    assert editor.working_size(600, 1000) == (h, w)
+    assert editor.working_size(50, 83, "native") == (48, 80)
+
+
+def test_context_latents_and_layout_match_the_pipeline(editor):
+    rgb = np.random.default_rng(1).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+    pixels = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    condition = editor.condition(pixels, PROMPTS, SIZE)
+    pipe = editor.pipe
+    processed = pipe.image_processor.preprocess(Image.fromarray(rgb), *SIZE).unsqueeze(2)
+    noise, image_latents = pipe.prepare_latents(processed, 2, 16, *SIZE, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
+    assert torch.allclose(condition.latents, image_latents, atol=1e-5)
+    tokens = (SIZE[0] // 16) * (SIZE[1] // 16)
+    layout = condition.layout
+    assert (layout.target, layout.context) == (noise.shape[1], image_latents.shape[1]) == (tokens, tokens)
+    # Text tokens = the pipeline's own encode_prompt with the image; the shorter prompt is zero-padded and masked.
+    embeds, mask = pipe.encode_prompt(prompt=PROMPTS, image=[Image.fromarray(rgb)] * 2, device=torch.device("cpu"))
+    assert layout.text == embeds.shape[1] and torch.equal(condition.extra["mask"], mask.bool())
+    assert not condition.extra["mask"].all()
+    assert torch.allclose(condition.extra["embeds"], embeds, atol=1e-5)
+
+
+def _captured_inputs(editor, blocks):
+    """Forward pre-hooks on the probed attention modules: their (hidden, text, mask, rotary) inputs."""
+    captured, handles = {}, []
+    for name in blocks:
+        attn = editor._block(name).attn
+
+        def hook(module, args, kwargs, name=name):
+            captured[name] = kwargs
+
+        handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
+    return captured, handles
+
+
+def _reference_share(attn, inputs, layout):
+    """Brute force in float64: the softmax over all keys with masked keys at -inf, mass on context keys."""
+    from decontext.editors.qwen_image_edit import joint_key_mask, qwen_joint_qkv
+
+    query, key, _ = qwen_joint_qkv(attn, inputs["hidden_states"], inputs["encoder_hidden_states"], inputs["image_rotary_emb"])
+    q = query[:, layout.target_slice].transpose(1, 2).double()
+    k = key.transpose(1, 2).double()
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    mask = joint_key_mask(inputs["encoder_hidden_states_mask"], inputs["hidden_states"].shape[1])
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    return torch.softmax(scores, dim=-1)[..., layout.context_slice].sum(-1).mean(dim=(1, 2))
+
+
+@pytest.mark.parametrize("fused,stop", [(True, False), (False, False), (True, True)])
+def test_shares_equal_the_masked_brute_force_softmax(editor, pixels, fused, stop):
+    blocks = editor.resolve_blocks("double")
+    condition = editor.condition(pixels, PROMPTS, SIZE)
+    noise = editor.noise_like(condition, torch.Generator().manual_seed(1))
+    captured, handles = _captured_inputs(editor, blocks)
+    try:
+        with torch.no_grad(), editor.probe(blocks) as probe:
+            probe.fused = fused
+            out = editor.velocity(noise, torch.tensor([0.99, 0.7]), condition, stop_after=blocks[-1] if stop else None)
+            assert (out is None) == stop
+            shares = dict(probe.shares)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert captured[blocks[0]]["encoder_hidden_states_mask"] is not None  # the mask reached the layer
+    for name in blocks:
+        reference = _reference_share(editor._block(name).attn, captured[name], condition.layout)
+        assert torch.allclose(shares[name].double(), reference, atol=1e-5), (name, shares[name], reference)
+    # Without the mask the padded keys would take mass: the test is sensitive to it.
+    unmasked = _reference_share(editor._block(blocks[0]).attn, {**captured[blocks[0]], "encoder_hidden_states_mask": None}, condition.layout)
+    assert not torch.allclose(unmasked, shares[blocks[0]].double(), atol=1e-5)
+
+
+def test_probed_processor_outputs_equal_the_stock_processor(editor, pixels):
+    blocks = editor.resolve_blocks("double")
+    condition = editor.condition(pixels, PROMPTS, SIZE)
+    noise = editor.noise_like(condition, torch.Generator().manual_seed(2))
+    captured, handles = _captured_inputs(editor, blocks)
+    try:
+        with torch.no_grad():
+            stock = editor.velocity(noise, torch.tensor(0.9), condition)
+            with editor.probe(blocks) as probe:
+                probed = editor.velocity(noise, torch.tensor(0.9), condition)
+                processor = editor._block(blocks[0]).attn.processor
+                ours = processor(editor._block(blocks[0]).attn, **captured[blocks[0]])
+            original = editor._block(blocks[0]).attn.processor
+            theirs = original(editor._block(blocks[0]).attn, **captured[blocks[0]])
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert type(original).__name__ == "QwenDoubleStreamAttnProcessor2_0"
+    assert torch.allclose(probed, stock, atol=1e-5)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_share_gradient_matches_float64_finite_differences(pixels):
+    editor = QwenImageEditEditor.tiny(seed=5, dtype=torch.float64, vlm_refresh=0)
+    blocks = editor.resolve_blocks("double")
+    x = pixels.double()
+    editor.condition(x, PROMPTS[:1], SIZE, step=0)  # Qwen reads the image once (no gradient through it)
+    noise = editor.noise_like(editor.condition(x, PROMPTS[:1], SIZE, step=1), torch.Generator().manual_seed(3))
+
+    def share(p):
+        with editor.probe(blocks) as probe:
+            editor.velocity(noise, torch.tensor(0.95), editor.condition(p, PROMPTS[:1], SIZE, step=1), stop_after=blocks[-1])
+            return probe.mean_share(blocks).sum()
+
+    x = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(share(x), x)
+    direction = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    # diffusers' Qwen RoPE runs in complex64 and base.to_vae_input passes pixels through float32, so the
+    # "float64" pass carries fp32 rounding: a step of 1e-3 keeps it below the O(h^2) truncation error.
+    h = 1e-3
+    with torch.no_grad():
+        numeric = (share(x + h * direction) - share(x - h * direction)) / (2 * h)
+    analytic = (grad * direction).sum()
+    assert abs(float(numeric)) > 1e-8
+    assert torch.allclose(analytic, numeric, rtol=1e-3, atol=1e-9), (analytic, numeric)
+
+
+def test_edit_runs_the_stock_pipeline(editor):
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (*SIZE, 3), dtype=np.uint8))
+    outputs = editor.edit(image, ["add a hat"], [1], steps=2, guidance=1.0, resolution="native")
+    assert len(outputs) == 1 and outputs[0].size == (SIZE[1], SIZE[0])
+    with editor.probe(["double.0"]), pytest.raises(Exception):
+        editor.edit(image, ["add a hat"], [1], steps=2, guidance=1.0, resolution="native")
+
+
+def test_decontext_lowers_the_share_within_budget(editor):
+    image = from_array(np.array(Image.fromarray(astronaut()).resize((SIZE[1], SIZE[0]))))
+    method = build_method("decontext", prompts=PROMPTS)
+    settings = ProtectSettings(pgd=PGDConfig(eps=25.5, alpha=2.55, steps=8), resolution="native", progress=False, measure_draws=2)
+    outcome = protect_image(editor, method, image, settings, name="wide")
+    assert outcome.working_size == SIZE
+    assert outcome.after["share"] < outcome.before["share"], (outcome.before, outcome.after)
+    assert (outcome.pixels - image.pixels).abs().max() <= 25.5 / 255 + 1e-6
+    assert editor._active_probe is None
+
+
+def test_attack_and_inference_clis(tmp_path):
+    assert editor_registry.EDITORS["qwen_image_edit"] == "decontext.editors.qwen_image_edit:QwenImageEditEditor"
+    from decontext.cli import attack_main, inference_main
+
+    Image.fromarray(astronaut()).resize((SIZE[1], SIZE[0])).save(tmp_path / "astro.png")
+    code = attack_main("qwen_image_edit", ["--model", "tiny", "--device", "cpu", "--input", str(tmp_path / "astro.png"),
+                                           "--output", str(tmp_path / "protected"), "--steps", "2", "--resolution", "native"])
+    assert code == 0 and (tmp_path / "protected" / "astro.png").is_file()
+    manifest = json.loads((tmp_path / "protected" / "manifest.json").read_text())
+    assert manifest
+    code = inference_main("qwen_image_edit", ["--model", "tiny", "--device", "cpu", "--images", str(tmp_path / "protected" / "astro.png"),
+                                              "--output", str(tmp_path / "edits"), "--prompt", "add a hat", "--steps", "2",
+                                              "--guidance", "1", "--resolution", "native", "--no-progress"])
+    assert code == 0 and list((tmp_path / "edits").rglob("*.png"))
