@@ -7,6 +7,7 @@ keeping an alpha channel aside untouched so that ``save_protected`` can put it b
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -18,11 +19,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # in the order a stem's file is looked for
 
 
 class ImageLoadError(ValueError):
-    """An input file that is not a readable image. The message names the file."""
+    """A file that is not a readable image (for the attack, the editors and the evaluation alike);
+    ``str()`` is ``"<path>: <reason>"``, and both parts are kept as attributes."""
+
+    def __init__(self, path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = Path(path)
+        self.reason = reason
 
 
 @dataclass
@@ -79,14 +86,14 @@ def pixel_limit() -> int | None:
     return Image.MAX_IMAGE_PIXELS
 
 
-def _check_declared_size(path: Path, size: tuple[int, int]) -> None:
+def check_declared_size(path: Path, size: tuple[int, int]) -> None:
     width, height = size
     if width < 1 or height < 1:
-        raise ImageLoadError(f"{path}: empty image (declared size {width}x{height})")
+        raise ImageLoadError(path, f"empty image (declared size {width}x{height})")
     limit = pixel_limit()
     if limit is not None and width * height > limit:
         raise ImageLoadError(
-            f"{path}: refused: declares {width}x{height} = {width * height} pixels, over the limit of {limit} pixels "
+            path, f"refused: declares {width}x{height} = {width * height} pixels, over the limit of {limit} pixels "
             "(PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs); not decoded")
 
 
@@ -101,10 +108,10 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     """
     path = Path(path)
     if not path.is_file():  # a FIFO or a device named like an image is never opened (it could block)
-        raise ImageLoadError(f"{path}: not a regular file" if path.exists() else f"{path}: no such file")
+        raise ImageLoadError(path, "not a regular file" if path.exists() else "no such file")
     try:
         with Image.open(path) as image:
-            _check_declared_size(path, image.size)  # before any pixel memory is allocated
+            check_declared_size(path, image.size)  # before any pixel memory is allocated
             image.load()
             mode = image.mode
             image = ImageOps.exif_transpose(image)
@@ -114,18 +121,18 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not an image file (format not recognised)") from None
+        raise ImageLoadError(path, "not an image file (format not recognised)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own check in Image.open (a warning only when warnings are turned into errors)
-        raise ImageLoadError(f"{path}: refused: {exc} (PIL.Image.MAX_IMAGE_PIXELS); not decoded") from None
+        raise ImageLoadError(path, f"refused: {exc} (PIL.Image.MAX_IMAGE_PIXELS); not decoded") from None
     except MemoryError:
-        raise ImageLoadError(f"{path}: not enough memory to decode this image") from None
+        raise ImageLoadError(path, "not enough memory to decode this image") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageLoadError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from None
+        raise ImageLoadError(path, f"unreadable image ({type(exc).__name__}: {exc})") from None
     except Exception as exc:  # decoders of damaged files raise many other types (struct.error, IndexError...)
-        raise ImageLoadError(f"{path}: unreadable image ({type(exc).__name__}: {exc})") from exc
+        raise ImageLoadError(path, f"unreadable image ({type(exc).__name__}: {exc})") from exc
     if rgb8.shape[0] < 1 or rgb8.shape[1] < 1:
-        raise ImageLoadError(f"{path}: empty image")
+        raise ImageLoadError(path, "empty image")
     return LoadedImage(path, uint8_to_tensor(rgb8), rgb8, alpha, mode)
 
 
@@ -224,6 +231,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             pass
         raise
     _fsync_folder(path.parent)
+
+
+def write_json_atomic(data, path: str | os.PathLike) -> None:
+    """JSON (indented, UTF-8; non-JSON values as str) written atomically (see ``atomic_write``)."""
+    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def atomic_save(image: Image.Image, path: str | os.PathLike, **save_kwargs) -> None:

@@ -20,10 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .editors.base import Editor
-from .images import ImageLoadError, atomic_save, list_images, load_image
+from .images import ImageLoadError, atomic_save, list_images, load_image, write_json_atomic
 from .prompts import Prompt
-from .protect import (EDIT_MEMORY_HINT, file_sha256, free_gpu_memory, output_lock, plain_json, remove_stale_parts, resume_decision,
-                      write_json_atomic)
+from .protect import (EDIT_MEMORY_HINT, file_sha256, free_gpu_memory, output_lock, plain_json, remove_stale_parts, resume_decision)
 from .names import shown
 
 # index["settings"] keys that do not change the pixels of an edit (where the inputs were, how many at once)

@@ -27,7 +27,7 @@ import torch
 from .editors.base import Editor
 from .methods.base import Method
 from .names import shown
-from .images import ImageLoadError, atomic_write, LoadedImage, list_images, load_image, max_level_diff, quantize, save_protected
+from .images import ImageLoadError, LoadedImage, list_images, load_image, max_level_diff, quantize, save_protected, write_json_atomic
 from .pgd import PGD, PGDConfig
 
 # What an out-of-memory message suggests, per command (only flags that command has)
@@ -200,11 +200,6 @@ def library_versions() -> dict:
 
     versions["decontext"] = __version__
     return versions
-
-
-def write_json_atomic(data, path: Path) -> None:
-    text = json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 @dataclass

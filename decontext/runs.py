@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from .images import ImageLoadError, atomic_save, list_images, load_image
-from .protect import write_json_atomic
+from .images import write_json_atomic
 
 
 def prepare_sources(input_path: str | Path, source_dir: str | Path, log=print) -> tuple[list[Path], dict[str, str]]:

@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     from .images import atomic_save
     from .inference import validate_seeds
     from .prompts import Prompt, PromptFileError, load_prompts
-    from .protect import write_json_atomic
+    from .images import write_json_atomic
     from .safety.uvr import check_resume, from_args
 
     args = parser().parse_args(argv)

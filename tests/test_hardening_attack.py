@@ -239,7 +239,7 @@ def test_outputs_follow_the_umask(tmp_path, editor):
 # ------------------------------------------------------------------------------------------ 6. crash safety
 KILLER = r'''
 import os, signal, sys
-from decontext import images, pgd, protect
+from decontext import images, pgd
 where, n = sys.argv[1], int(sys.argv[2])
 sys.argv = [sys.argv[0]] + sys.argv[3:]
 calls = {"n": 0}
@@ -262,7 +262,7 @@ def killed_writer(kind, real):
 if where == "save":
     images.atomic_write = killed_writer(".png", images.atomic_write)
 elif where == "manifest":
-    protect.atomic_write = killed_writer(".json", protect.atomic_write)
+    images.atomic_write = killed_writer(".json", images.atomic_write)
 elif where == "pgd":
     real = pgd.PGD._gradient
     def gradient(self, *args, **kwargs):

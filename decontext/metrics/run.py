@@ -23,19 +23,11 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import Image
 
+from decontext.images import IMAGE_SUFFIXES, ImageLoadError, check_declared_size  # noqa: F401 (ImageLoadError: re-exported)
+
 CLEAN = "clean"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _SEED_FILE = re.compile(r"^seed(-?\d+)$", re.ASCII)
 _DIGITS = re.compile(r"\d+", re.ASCII)
-
-
-class ImageLoadError(Exception):
-    """An image that could not be read; ``str()`` names the file and the reason."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -152,13 +144,7 @@ def load_rgb(path: Path) -> np.ndarray:
         raise ImageLoadError(path, "not a regular file" if path.exists() else "file not found")
     try:
         with Image.open(path) as im:
-            width, height = im.size
-            limit = Image.MAX_IMAGE_PIXELS
-            if width < 1 or height < 1:
-                raise ImageLoadError(path, f"empty image (declared size {width}x{height})")
-            if limit is not None and width * height > limit:
-                raise ImageLoadError(path, f"refused: declares {width}x{height} = {width * height} pixels, over the "
-                                           f"limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS); not decoded")
+            check_declared_size(path, im.size)  # before any pixel memory is allocated
             im.load()
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except ImageLoadError:
