@@ -536,19 +536,10 @@ class Flux2Editor(FluxDiTEditor):
             sigma: (B,) or scalar noise level in [0, 1] (the pipeline's ``timestep / 1000``).
             stop_after: the last block needed; the pass ends there and returns None.
         """
-        batch = max(x_t.shape[0], condition.batch)
-        x_t, context = to_batch(x_t, batch), self._context_tokens(condition, batch)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
-        sigma = (sigma.expand(batch) if sigma.numel() == 1 else sigma).to(self.device, self.dtype)
+        batch, x_t, sigma = self._batched(x_t, sigma, condition)
+        context = self._context_tokens(condition, batch)
         embeds, _, guidance = self._text_inputs(condition, sigma, batch)
-        layout = Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1])
-        if layout != condition.layout:
-            raise ValueError(f"tokens {layout} do not match the condition's layout {condition.layout}")
-        probe = self._active_probe
-        if probe is not None:
-            probe.layout = layout
-            probe.stop_at = stop_after if stop_after in self._probed_blocks else None
-            probe.text_mask = self._text_mask(condition, batch) if self._probe_text else None
+        self._arm_probe(condition, Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1]), batch, stop_after)
         try:
             with self._stop_after(stop_after):
                 out = self.transformer(

@@ -291,6 +291,28 @@ class FluxDiTEditor:
     def _text_inputs(self, condition: Condition, sigma: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
+    def _batched(self, x_t: torch.Tensor, sigma, condition: Condition) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """(batch, x_t, sigma) of a velocity call: the batch is the larger of the draw's and the
+        condition's, sigma a (batch,) tensor in the model's dtype."""
+        batch = max(x_t.shape[0], condition.batch)
+        sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
+        sigma = (sigma.expand(batch) if sigma.numel() == 1 else sigma).to(self.device, self.dtype)
+        return batch, to_batch(x_t, batch), sigma
+
+    def _arm_probe(self, condition: Condition, layout: Layout, batch: int, stop_after: str | None, text_mask: bool = True) -> Layout:
+        """Check the tokens against the condition's layout and tell an installed probe this call's layout,
+        where to stop and (``text_mask``, where the probe reads text attention) which text tokens count."""
+        if layout != condition.layout:
+            raise ValueError(f"tokens {layout} do not match the condition's layout {condition.layout}")
+        probe = self._active_probe
+        if probe is not None:
+            probe.layout = layout
+            # stop_at stays set until the probe context exits: activation checkpointing re-runs the
+            # stopped block during backward, and the re-run must take the same (measure-only) path.
+            probe.stop_at = stop_after if stop_after in self._probed_blocks else None
+            probe.text_mask = self._text_mask(condition, batch) if (self._probe_text and text_mask) else None
+        return layout
+
     def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
         """One transformer pass on ``[x_t | context]`` tokens; the prediction for the target tokens.
 
@@ -302,21 +324,10 @@ class FluxDiTEditor:
         Returns:
             (B, N, C) velocity, or None when stopped early.
         """
-        batch = max(x_t.shape[0], condition.batch)
-        x_t, context = to_batch(x_t, batch), to_batch(condition.latents, batch)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
-        sigma = (sigma.expand(batch) if sigma.numel() == 1 else sigma).to(self.device, self.dtype)
+        batch, x_t, sigma = self._batched(x_t, sigma, condition)
+        context = to_batch(condition.latents, batch)
         embeds, pooled, guidance = self._text_inputs(condition, sigma, batch)
-        layout = Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1])
-        if layout != condition.layout:
-            raise ValueError(f"tokens {layout} do not match the condition's layout {condition.layout}")
-        probe = self._active_probe
-        if probe is not None:
-            probe.layout = layout
-            # stop_at stays set until the probe context exits: activation checkpointing re-runs the
-            # stopped block during backward, and the re-run must take the same (measure-only) path.
-            probe.stop_at = stop_after if stop_after in self._probed_blocks else None
-            probe.text_mask = self._text_mask(condition, batch) if self._probe_text else None
+        layout = self._arm_probe(condition, Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1]), batch, stop_after)
         try:
             with self._stop_after(stop_after):
                 return joint_velocity(

@@ -405,23 +405,15 @@ class QwenImageEditEditor(FluxDiTEditor):
         Returns:
             (B, N, C) velocity, or None when stopped early.
         """
-        batch = max(x_t.shape[0], condition.batch)
-        x_t, context = to_batch(x_t, batch), to_batch(condition.latents, batch)
-        sigma = torch.as_tensor(sigma, dtype=torch.float32).reshape(-1)
-        sigma = (sigma.expand(batch) if sigma.numel() == 1 else sigma).to(self.device, self.dtype)
+        batch, x_t, sigma = self._batched(x_t, sigma, condition)
+        context = to_batch(condition.latents, batch)
         embeds = to_batch(condition.extra["embeds"], batch).to(self.device, self.dtype)
         mask = to_batch(condition.extra["mask"], batch).to(self.device)
         layout = Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1])
-        if layout != condition.layout:
-            raise ValueError(f"tokens {layout} do not match the condition's layout {condition.layout}")
         shapes = [self.image_shapes(condition.extra["size"])] * 2  # [target, reference], as the pipeline lists them
         if (math.prod(shapes[0]), sum(math.prod(s) for s in shapes[1:])) != (layout.target, layout.context):
             raise ValueError(f"img_shapes {shapes} do not match the tokens {layout}")
-        probe = self._active_probe
-        if probe is not None:
-            probe.layout = layout
-            probe.stop_at = stop_after if stop_after in self._probed_blocks else None
-            probe.text_mask = None
+        self._arm_probe(condition, layout, batch, stop_after, text_mask=False)  # no text-attention maps on this editor
         try:
             with self._stop_after(stop_after):
                 out = self.transformer(
