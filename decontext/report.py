@@ -139,6 +139,12 @@ def condition_colors(conditions: list[str]) -> dict[str, str]:
 
 
 _SENSE = {"lower": "lower = better protection", "higher": "higher = better protection", "none": "no protection direction"}
+# Input-scope metrics compare the protected photo with its source: their direction is about visibility.
+_INPUT_SENSE = {"lower": "lower = less visible", "higher": "higher = less visible", "none": "no direction"}
+
+
+def _sense(spec: dict) -> str:
+    return (_INPUT_SENSE if spec.get("scope") == "input" else _SENSE)[spec["direction"]]
 
 
 def metric_charts(summary: dict, width: int = 360, height: int = 240) -> list[str]:
@@ -154,7 +160,7 @@ def metric_charts(summary: dict, width: int = 360, height: int = 240) -> list[st
         shown = {c: d for c, d in stats.items() if d.get("available", True) and d.get("mean") is not None}
         if not shown:
             continue
-        chart = Chart(f"{m} ({_SENSE[spec['direction']]})", list(stats),
+        chart = Chart(f"{m} ({_sense(spec)})", list(stats),
                       [v for d in shown.values() for v in (d["mean"], d["low"], d["high"])],
                       width=width, height=height, margins=(52, 12, 28, 46))
         for c, d in shown.items():
@@ -175,7 +181,7 @@ def _metrics_list(summary: dict) -> str:
     items = []
     for m, spec in summary["_metrics"].items():
         source = f" <i>computed with: {html.escape(spec['source'])}</i>" if spec.get("source") else ""
-        items.append(f"<li><code>{html.escape(m)}</code> ({html.escape(spec['scope'])}, {_SENSE[spec['direction']]}): "
+        items.append(f"<li><code>{html.escape(m)}</code> ({html.escape(spec['scope'])}, {_sense(spec)}): "
                      f"{html.escape(spec['description'])}{source}</li>")
     return '<ul class="metrics">' + "".join(items) + "</ul>"
 
