@@ -53,6 +53,8 @@ def quiet_libraries() -> None:
 
 
 def _model_arguments(parser: argparse.ArgumentParser, cls, role: str) -> None:
+    parser.add_argument("--max-megapixels", type=float, default=None,
+                        help="refuse input images that declare more pixels than this (default: Pillow's bomb guard, ~89 MP)")
     parser.add_argument("--model", default="tiny", help=cls.model_help)
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
@@ -101,6 +103,16 @@ def check_attack_args(args, cls) -> None:
     if args.alpha > args.eps:
         print(f"warning: --alpha {args.alpha:g} is larger than --eps {args.eps:g}: every step jumps to the edge of the budget "
               "(a plain sign attack); a step of eps/10 or less is usual", file=sys.stderr)
+
+
+def apply_pixel_limit(args) -> None:
+    if args.max_megapixels is not None:
+        from .images import set_pixel_limit
+
+        try:
+            set_pixel_limit(args.max_megapixels)
+        except ValueError as exc:
+            raise ArgumentProblem(str(exc)) from None
 
 
 def _load(cls, args, device=None):
@@ -159,6 +171,7 @@ def attack_main(family: str, argv=None) -> int:
 
     try:
         check_attack_args(args, editor_class(family))
+        apply_pixel_limit(args)
         method = method_from_args(args)
         method.check_applies(editor_class(family))
     except ArgumentProblem as exc:
@@ -264,6 +277,7 @@ def inference_main(family: str, argv=None) -> int:
         if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
             raise ArgumentProblem(f"--guidance must be a finite number >= 0, got {args.guidance}")
         check_resolution(editor_class(family), args.resolution, args.model)
+        apply_pixel_limit(args)
         if not Path(args.images).exists():
             raise ArgumentProblem(f"--images {args.images}: no such file or folder")
         if Path(args.output).exists() and not Path(args.output).is_dir():

@@ -86,6 +86,13 @@ def pixel_limit() -> int | None:
     return Image.MAX_IMAGE_PIXELS
 
 
+def set_pixel_limit(megapixels: float) -> None:
+    """Raise (or lower) the limit for this process, e.g. for genuine photos over ~89 MP (``--max-megapixels``)."""
+    if not megapixels > 0:
+        raise ValueError(f"--max-megapixels must be > 0, got {megapixels}")
+    Image.MAX_IMAGE_PIXELS = int(megapixels * 1_000_000)
+
+
 def check_declared_size(path: Path, size: tuple[int, int]) -> None:
     width, height = size
     if width < 1 or height < 1:
@@ -94,7 +101,7 @@ def check_declared_size(path: Path, size: tuple[int, int]) -> None:
     if limit is not None and width * height > limit:
         raise ImageLoadError(
             path, f"refused: declares {width}x{height} = {width * height} pixels, over the limit of {limit} pixels "
-            "(PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs); not decoded")
+            "(PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs; --max-megapixels raises it); not decoded")
 
 
 def load_image(path: str | os.PathLike) -> LoadedImage:

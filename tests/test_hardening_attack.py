@@ -374,3 +374,15 @@ def test_out_of_memory_while_editing_names_the_options_and_the_batch_goes_on(tmp
     report = run_edits(editor, images, [load_prompts()[0]], [1], tmp_path / "edits", EditSettings(steps=2, resolution="native"), progress=False)
     assert report.done == 1 and "out of GPU memory" in report.failed["a.png"]
     assert all(flag in report.failed["a.png"] for flag in ("--offload", "--vae-tiling", "--resolution"))
+
+
+def test_max_megapixels_lowers_and_raises_the_bomb_guard(tmp_path, capsys, monkeypatch):
+    from PIL import Image as PILImage
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored after the test
+    inputs = photos(tmp_path / "in", names=("a",), size=(40, 48))
+    code = attack_main("flux_kontext", ["--model", "tiny", "--input", str(inputs), "--output", str(tmp_path / "o"), "--resolution", "native",
+                                        "--steps", "1", "--measure-draws", "0", "--no-progress", "--max-megapixels", "0.001"])
+    assert code == 1 and "over the limit of 1000 pixels" in capsys.readouterr().err  # 40 x 48 = 1920 > 1000: refused, named
+    code = attack_main("flux_kontext", ["--model", "tiny", "--input", str(inputs), "--output", str(tmp_path / "o2"), "--max-megapixels", "-1"])
+    assert code == 2 and "--max-megapixels must be > 0" in capsys.readouterr().err
