@@ -195,3 +195,136 @@ def test_attack_and_inference_clis(tmp_path):
                                               "--output", str(tmp_path / "edits"), "--prompt", "add a hat", "--steps", "2",
                                               "--guidance", "1", "--resolution", "native", "--no-progress"])
     assert code == 0 and list((tmp_path / "edits").rglob("*.png"))
+
+
+# ---------------------------------------------------------------------------------------- Plus (2509 / 2511)
+PLUS_SIZE = (32, 64)  # the protected image (reference 0): 2 x 4 packed tokens
+REF_SIZE = (32, 32)  # a further reference of another size: 2 x 2 packed tokens
+
+
+@pytest.fixture(scope="module")
+def plus_editor():
+    editor = QwenImageEditEditor.tiny(seed=7, plus=True)
+    return editor
+
+
+@pytest.fixture()
+def small_vae_area(monkeypatch):
+    """The Plus pipeline resizes every reference to ~1024^2 area for the VAE (its module's VAE_IMAGE_SIZE):
+    on the tiny model use the area of the test images, so its own resize keeps their sizes (32-multiples)."""
+    import diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus as plus_module
+
+    monkeypatch.setattr(plus_module, "VAE_IMAGE_SIZE", PLUS_SIZE[0] * PLUS_SIZE[1])
+
+
+def _rgb(seed, size):
+    return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+
+
+def _pipeline_transformer_inputs(editor, images, prompt):
+    """The stock Plus pipeline's first transformer call (kwargs), for ``image=images`` at PLUS_SIZE output."""
+    captured = []
+    handle = editor.transformer.register_forward_pre_hook(lambda module, args, kwargs: captured.append(kwargs), with_kwargs=True)
+    try:
+        editor.pipe(image=images, prompt=prompt, height=PLUS_SIZE[0], width=PLUS_SIZE[1], num_inference_steps=2, true_cfg_scale=1.0,
+                    generator=torch.Generator().manual_seed(0), output_type="latent")
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+def test_plus_pipeline_class_and_from_pretrained(plus_editor, tmp_path):
+    from diffusers import QwenImageEditPlusPipeline
+
+    assert type(plus_editor.pipe) is QwenImageEditPlusPipeline and plus_editor.plus
+    plus_editor.pipe.save_pretrained(tmp_path / "plus", safe_serialization=True)
+    assert json.loads((tmp_path / "plus" / "model_index.json").read_text())["_class_name"] == "QwenImageEditPlusPipeline"
+    loaded = QwenImageEditEditor.from_pretrained(tmp_path / "plus", dtype=torch.float32, device="cpu")
+    assert type(loaded.pipe) is QwenImageEditPlusPipeline and loaded.plus
+    plain = QwenImageEditEditor.tiny(seed=3)
+    assert not plain.plus
+    with pytest.raises(ValueError):
+        plain.set_references([Image.fromarray(_rgb(5, REF_SIZE))])
+
+
+def test_plus_context_and_text_match_the_pipeline(plus_editor, small_vae_area):
+    protected, reference = Image.fromarray(_rgb(1, PLUS_SIZE)), Image.fromarray(_rgb(2, REF_SIZE))
+    plus_editor.set_references([reference], resolution="native")
+    try:
+        pixels = torch.from_numpy(np.array(protected)).permute(2, 0, 1)[None].float() / 255
+        condition = plus_editor.condition(pixels, PROMPTS[:1], PLUS_SIZE)
+        inputs = _pipeline_transformer_inputs(plus_editor, [protected, reference], PROMPTS[0])
+    finally:
+        plus_editor.set_references([])
+    layout = condition.layout
+    own, ref = (PLUS_SIZE[0] // 16) * (PLUS_SIZE[1] // 16), (REF_SIZE[0] // 16) * (REF_SIZE[1] // 16)
+    assert (layout.target, layout.context) == (own, own + ref)
+    # img_shapes: [target, reference 0, reference 1], each at its own size.
+    assert [tuple(s) for s in inputs["img_shapes"][0]] == condition.extra["img_shapes"] == [(1, 2, 4), (1, 2, 4), (1, 2, 2)]
+    # The image stream after the target: every reference's packed latents, concatenated in order.
+    stream = inputs["hidden_states"]
+    assert stream.shape[1] == layout.target + layout.context
+    ours = torch.cat([condition.latents, condition.extra["companions"]], dim=1)
+    assert torch.allclose(ours, stream[:, layout.target:], atol=1e-5)
+    # Text tokens: Qwen2.5-VL read both images (~384^2 area each, "Picture 1/2") with the prompt.
+    assert inputs["encoder_hidden_states_mask"] is None and layout.text == inputs["encoder_hidden_states"].shape[1]
+    assert torch.allclose(condition.extra["embeds"], inputs["encoder_hidden_states"], atol=1e-5)
+    alone = plus_editor.condition(pixels, PROMPTS[:1], PLUS_SIZE)  # without the further reference the text changes
+    assert alone.layout.context == own and alone.layout.text < layout.text
+
+
+def test_plus_shares_count_every_reference(plus_editor):
+    plus_editor.set_references([torch.from_numpy(_rgb(2, REF_SIZE)).permute(2, 0, 1).float() / 255], resolution="native")
+    try:
+        pixels = torch.rand(1, 3, *PLUS_SIZE, generator=torch.Generator().manual_seed(0))
+        blocks = plus_editor.resolve_blocks("double")
+        condition = plus_editor.condition(pixels, PROMPTS, PLUS_SIZE)
+        assert not condition.extra["mask"].all()
+        noise = plus_editor.noise_like(condition, torch.Generator().manual_seed(1))
+        captured, handles = _captured_inputs(plus_editor, blocks)
+        try:
+            with torch.no_grad(), plus_editor.probe(blocks) as probe:
+                plus_editor.velocity(noise, torch.tensor([0.99, 0.7]), condition)
+                shares = dict(probe.shares)
+        finally:
+            for handle in handles:
+                handle.remove()
+    finally:
+        plus_editor.set_references([])
+    layout = condition.layout
+    assert captured[blocks[0]]["hidden_states"].shape[1] == layout.target + layout.context
+    for name in blocks:
+        reference = _reference_share(plus_editor._block(name).attn, captured[name], layout)
+        assert torch.allclose(shares[name].double(), reference, atol=1e-5), (name, shares[name], reference)
+    # Counting only reference 0's keys gives less: the further reference's keys are in the share.
+    from decontext.editors.base import Layout
+
+    own_only = _reference_share(plus_editor._block(blocks[0]).attn, captured[blocks[0]], Layout(layout.text, layout.target, layout.target))
+    assert (own_only < shares[blocks[0]].double() - 1e-6).all()
+
+
+def test_plus_edit_runs_the_stock_pipeline(plus_editor, small_vae_area):
+    image, reference = Image.fromarray(_rgb(3, PLUS_SIZE)), Image.fromarray(_rgb(4, REF_SIZE))
+    seen = []
+    handle = plus_editor.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["img_shapes"]), with_kwargs=True)
+    try:
+        outputs = plus_editor.edit(image, ["add a hat"], [1], steps=2, guidance=1.0, resolution="native", references=[reference])
+    finally:
+        handle.remove()
+    assert len(outputs) == 1 and outputs[0].size == (PLUS_SIZE[1], PLUS_SIZE[0])
+    assert [tuple(s) for s in seen[0][0]] == [(1, 2, 4), (1, 2, 4), (1, 2, 2)]
+
+
+def test_plus_decontext_lowers_the_share_within_budget(plus_editor):
+    image = from_array(np.array(Image.fromarray(astronaut()).resize((PLUS_SIZE[1], PLUS_SIZE[0]))))
+    plus_editor.set_references([Image.fromarray(astronaut()).resize((REF_SIZE[1], REF_SIZE[0]))], resolution="native")
+    try:
+        method = build_method("decontext", prompts=PROMPTS)
+        settings = ProtectSettings(pgd=PGDConfig(eps=25.5, alpha=2.55, steps=8), resolution="native", progress=False, measure_draws=2)
+        outcome = protect_image(plus_editor, method, image, settings, name="plus")
+    finally:
+        plus_editor.set_references([])
+    assert outcome.working_size == PLUS_SIZE
+    assert outcome.after["share"] < outcome.before["share"], (outcome.before, outcome.after)
+    assert (outcome.pixels - image.pixels).abs().max() <= 25.5 / 255 + 1e-6
+    assert plus_editor._active_probe is None

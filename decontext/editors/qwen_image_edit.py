@@ -1,4 +1,5 @@
-"""Qwen-Image-Edit through diffusers' ``QwenImageEditPipeline`` components.
+"""Qwen-Image-Edit (and -2509 / -2511) through diffusers' ``QwenImageEditPipeline`` /
+``QwenImageEditPlusPipeline`` components.
 
 The model (diffusers 0.42.1 names):
   - ``QwenImageTransformer2DModel``: dual-stream MMDiT blocks only (``transformer_blocks``; no single
@@ -22,11 +23,25 @@ count comes from tensor shapes. The share is taken with the mask: padded text ke
 Where we differ from the pipeline, on purpose: the attack resizes pixels with a differentiable bicubic
 (the pipeline: PIL LANCZOS), and the attack encodes the reference with the VAE posterior mode (the
 pipeline does too: ``sample_mode="argmax"``).
+
+Qwen-Image-Edit-2509 / -2511 (``QwenImageEditPlusPipeline``, chosen by the checkpoint's model_index.json)
+take SEVERAL reference images, read from its ``__call__``:
+  - each reference is resized twice, independently of the output size: for the VAE to ~1024^2 area at its
+    own aspect (``VAE_IMAGE_SIZE``), for Qwen2.5-VL to ~384^2 area (``CONDITION_IMAGE_SIZE``, PIL resize);
+  - the VL prompt lists every image ("Picture i: <|vision_start|><|image_pad|><|vision_end|>" per image,
+    then the instruction) in one template, one prompt per call (the pipeline takes batch 1);
+  - ``prepare_latents`` packs each reference at its own latent size and concatenates all of them after the
+    target: the image stream is ``[target | ref 0 | ref 1 | ...]``, ``img_shapes = [target, ref 0, ref 1, ...]``
+    (RoPE frame index = place in that list);
+  - the default output size follows the LAST image; ``edit()`` passes the protected image's size instead.
+Here the protected image is reference 0 (differentiable); further references (``set_references``) ride
+along as fixed, pre-encoded context tokens; ``Layout.context`` counts the keys of every reference.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +63,7 @@ except ImportError as exc:  # pragma: no cover - only with an incompatible diffu
     raise ImportError(f"the qwen_image_edit editor needs diffusers with QwenDoubleStreamAttnProcessor2_0 (tested with 0.42.1): {exc}") from exc
 
 DEFAULT_MODEL = "Qwen/Qwen-Image-Edit"
+PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")  # stock classes this editor loads (model_index.json _class_name)
 VAE_AREA = 1024 * 1024  # the pipeline's working area (QwenImageEditPipeline.__call__: calculate_dimensions(1024 * 1024, ratio))
 # Qwen-Image-Edit's published usage: 50 steps, true CFG 4.0 against a " " negative prompt, ~1024^2 area.
 EDIT_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 4.0, "resolution": "auto"}
@@ -168,6 +184,36 @@ def pipeline_size(height: int, width: int, area: int, multiple: int) -> tuple[in
     return snap(h, multiple), snap(w, multiple)
 
 
+def condition_size(height: int, width: int) -> tuple[int, int]:
+    """(H, W) QwenImageEditPlusPipeline gives Qwen2.5-VL for an image of that size: ``calculate_dimensions(
+    CONDITION_IMAGE_SIZE, W / H)`` (~384^2 area, sides rounded to 32)."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import CONDITION_IMAGE_SIZE, calculate_dimensions
+
+    w, h = calculate_dimensions(CONDITION_IMAGE_SIZE, width / height)
+    return h, w
+
+
+def _pipeline_class(name: str):
+    import diffusers
+
+    if name not in PIPELINES:
+        raise ValueError(f"not a Qwen-Image-Edit pipeline: model_index.json names {name!r} (this editor loads {', '.join(PIPELINES)})")
+    return getattr(diffusers, name)
+
+
+def _as_pixels(image) -> torch.Tensor:
+    """A PIL image or (1, 3, H, W) / (3, H, W) tensor in [0, 1] -> (1, 3, H, W) float32 in [0, 1]."""
+    if isinstance(image, Image.Image):
+        return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+    return (image if image.dim() == 4 else image[None]).detach().float().cpu()
+
+
+def _to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """(B, 3, H, W) in [0, 1] -> uint8 PIL images at their own size (what a saved image holds)."""
+    arrays = (pixels.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arrays]
+
+
 class QwenImageEditEditor(FluxDiTEditor):
     """Qwen-Image-Edit (or any model in its diffusers layout, e.g. the tiny editor).
 
@@ -198,6 +244,9 @@ class QwenImageEditEditor(FluxDiTEditor):
         self.pipe, self.name = pipe, name
         self.device, self.dtype = torch.device(device), dtype
         self.vlm_refresh = vlm_refresh
+        self.plus = type(pipe).__name__ == "QwenImageEditPlusPipeline"  # several reference images (2509 / 2511)
+        # fixed further references (Plus only): tokens (1, N, C), img_shapes entry, the image Qwen2.5-VL reads
+        self._references: list[tuple[torch.Tensor, tuple[int, int, int], Image.Image]] = []
         self.recommended = dict(EDIT_DEFAULTS)
         self._snapshot: torch.Tensor | None = None
         self._features: dict[tuple[int, str], torch.Tensor] = {}
@@ -227,8 +276,10 @@ class QwenImageEditEditor(FluxDiTEditor):
     @classmethod
     def from_pretrained(cls, id_or_dir: str | Path = DEFAULT_MODEL, dtype: torch.dtype = torch.bfloat16, device: str | torch.device | None = None,
                         local_files_only: bool | None = None, **kwargs) -> "QwenImageEditEditor":
-        """Load a ``QwenImageEditPipeline`` folder or hub id (safetensors weights, stock classes only)."""
-        from diffusers import QwenImageEditPipeline
+        """Load a Qwen-Image-Edit folder or hub id (safetensors weights, stock classes only, no remote code):
+        the pipeline class is the one its model_index.json names (``QwenImageEditPipeline``, or
+        ``QwenImageEditPlusPipeline`` for Qwen-Image-Edit-2509 / -2511)."""
+        from diffusers import DiffusionPipeline
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         path = Path(id_or_dir)
@@ -236,16 +287,19 @@ class QwenImageEditEditor(FluxDiTEditor):
             local_files_only = path.exists()
         if path.exists() and not (path / "model_index.json").is_file():
             raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
-        pipe = QwenImageEditPipeline.from_pretrained(str(id_or_dir), torch_dtype=dtype, local_files_only=local_files_only, use_safetensors=True)
+        index = json.loads((path / "model_index.json").read_text()) if path.exists() else DiffusionPipeline.load_config(str(id_or_dir), local_files_only=local_files_only)
+        pipeline_class = _pipeline_class(index.get("_class_name", "?"))
+        pipe = pipeline_class.from_pretrained(str(id_or_dir), dtype=dtype, local_files_only=local_files_only, use_safetensors=True)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, name=str(id_or_dir), device=device, dtype=dtype, **kwargs)
 
     @classmethod
-    def tiny(cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, **kwargs) -> "QwenImageEditEditor":
-        """A random-weight Qwen-Image-Edit built offline from config objects (``tiny_qwen_image_edit_components``)."""
-        from diffusers import QwenImageEditPipeline
-
-        pipe = QwenImageEditPipeline(**tiny_qwen_image_edit_components(config or TinyQwenImageEditConfig(), seed=seed))
+    def tiny(cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, plus: bool = False,
+             **kwargs) -> "QwenImageEditEditor":
+        """A random-weight Qwen-Image-Edit built offline from config objects (``tiny_qwen_image_edit_components``);
+        ``plus``: the same components in a ``QwenImageEditPlusPipeline`` (the 2509 / 2511 multi-image pipeline)."""
+        pipeline_class = _pipeline_class(PIPELINES[1] if plus else PIPELINES[0])
+        pipe = pipeline_class(**tiny_qwen_image_edit_components(config or TinyQwenImageEditConfig(), seed=seed))
         pipe.set_progress_bar_config(disable=True)
         editor = cls(pipe, name="tiny", device=device, dtype=dtype, **kwargs)
         return editor
@@ -346,16 +400,30 @@ class QwenImageEditEditor(FluxDiTEditor):
         """Nothing to cache up front: Qwen2.5-VL reads every new image with the prompt, so it stays."""
 
     def _vlm_images(self, pixels: torch.Tensor, size: tuple[int, int]) -> list[Image.Image]:
-        """The reference as the pipeline hands it to Qwen2.5-VL: at the working size, as uint8 PIL."""
+        """The reference as the pipeline hands it to Qwen2.5-VL: at the working size, as uint8 PIL (Plus:
+        the image as uint8 PIL, resized by the pipeline's own ``image_processor.resize`` to ~384^2 area)."""
+        if self.plus:
+            return [self._plus_vlm_image(image) for image in _to_pil(pixels)]
         x = pixels.detach().float()
         if tuple(x.shape[-2:]) != tuple(size):
             x = F.interpolate(x, size=tuple(size), mode="bicubic", antialias=True, align_corners=False)
         arrays = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return [Image.fromarray(a) for a in arrays]
 
+    def _plus_vlm_image(self, image: Image.Image) -> Image.Image:
+        """What QwenImageEditPlusPipeline hands Qwen2.5-VL for ``image``: its own resize to ~384^2 area."""
+        return self.pipe.image_processor.resize(image, *condition_size(image.height, image.width))
+
     @torch.no_grad()
     def encode_prompts(self, images: list[Image.Image], prompts: list[str]) -> list[torch.Tensor]:
-        """Per (image, prompt) pair, the (L_i, D) unpadded text tokens the pipeline's ``encode_prompt`` makes."""
+        """Per (image, prompt) pair, the (L_i, D) unpadded text tokens the pipeline's ``encode_prompt`` makes
+        (Plus: one call per prompt with ``[image, *fixed references]``, as the pipeline reads them)."""
+        if self.plus:
+            tokens = []
+            for image, prompt in zip(images, prompts):
+                embeds, mask = self.pipe.encode_prompt(prompt=[prompt], image=[image, *(vl for _, _, vl in self._references)], device=self.device)
+                tokens.append(embeds[0] if mask is None else embeds[0][mask[0].bool()])
+            return [t.to(self.dtype) for t in tokens]
         embeds, mask = self.pipe.encode_prompt(prompt=list(prompts), image=list(images), device=self.device)
         mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device) if mask is None else mask.bool()
         return [embeds[k][mask[k]].to(self.dtype) for k in range(embeds.shape[0])]
@@ -380,6 +448,29 @@ class QwenImageEditEditor(FluxDiTEditor):
         mask = torch.stack([torch.arange(length, device=t.device) < t.shape[0] for t in tokens])
         return embeds, mask
 
+    # ------------------------------------------------------------------ further references (Plus)
+    @torch.no_grad()
+    def set_references(self, images: Sequence[torch.Tensor | Image.Image], resolution: str | int = "auto") -> None:
+        """Further reference images after the protected one, as QwenImageEditPlusPipeline gets them in
+        ``image=[protected, *images]``: each VAE-encoded once at its own working size (not optimised) and
+        read by Qwen2.5-VL with the protected image. ``[]`` removes them."""
+        images = list(images)
+        if images and not self.plus:
+            raise ValueError("further reference images need a QwenImageEditPlusPipeline checkpoint (Qwen-Image-Edit-2509 / -2511)")
+        references = []
+        for image in images:
+            pixels = _as_pixels(image)
+            size = self.working_size(*pixels.shape[-2:], resolution)
+            vl_image = self._plus_vlm_image(image.convert("RGB") if isinstance(image, Image.Image) else _to_pil(pixels)[0])
+            references.append((self.image_latents(pixels, size).detach(), self.image_shapes(size), vl_image))
+        self._references = references
+        self._snapshot, self._features = None, {}  # the text tokens read every image: read them again
+
+    def _companions(self, batch: int) -> torch.Tensor | None:
+        if not self._references:
+            return None
+        return to_batch(torch.cat([tokens for tokens, _, _ in self._references], dim=1), batch)
+
     # ------------------------------------------------------------------ conditioning
     def condition(self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None) -> Condition:
         """Context tokens of ``pixels`` (differentiable) and Qwen2.5-VL text tokens of (image, prompt)
@@ -391,8 +482,13 @@ class QwenImageEditEditor(FluxDiTEditor):
             raise ValueError(f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both")
         embeds, mask = self._text_tokens(pixels, prompts, size, step, batch)
         latents = to_batch(latents, batch)
-        layout = Layout(text=embeds.shape[1], target=latents.shape[1], context=latents.shape[1])
-        return Condition(latents, layout, prompts, {"embeds": embeds, "mask": mask, "size": tuple(size)})
+        companions = self._companions(1)
+        # img_shapes as the pipeline lists them: [target, reference 0 (the protected image), further references]
+        shapes = [self.image_shapes(size)] * 2 + [shape for _, shape, _ in self._references]
+        context = sum(math.prod(shape) for shape in shapes[1:])
+        layout = Layout(text=embeds.shape[1], target=latents.shape[1], context=context)
+        extra = {"embeds": embeds, "mask": mask, "size": tuple(size), "img_shapes": shapes, "companions": companions}
+        return Condition(latents, layout, prompts, extra)
 
     def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
         """One transformer pass on ``[x_t | context]`` (the pipeline's ``torch.cat([latents, image_latents])``
@@ -407,10 +503,13 @@ class QwenImageEditEditor(FluxDiTEditor):
         """
         batch, x_t, sigma = self._batched(x_t, sigma, condition)
         context = to_batch(condition.latents, batch)
+        companions = condition.extra.get("companions")
+        if companions is not None:  # the Plus pipeline's torch.cat(all reference latents, dim=1), after reference 0
+            context = torch.cat([context, to_batch(companions, batch).to(context.dtype)], dim=1)
         embeds = to_batch(condition.extra["embeds"], batch).to(self.device, self.dtype)
         mask = to_batch(condition.extra["mask"], batch).to(self.device)
         layout = Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1])
-        shapes = [self.image_shapes(condition.extra["size"])] * 2  # [target, reference], as the pipeline lists them
+        shapes = condition.extra.get("img_shapes") or [self.image_shapes(condition.extra["size"])] * 2  # [target, references...]
         if (math.prod(shapes[0]), sum(math.prod(s) for s in shapes[1:])) != (layout.target, layout.context):
             raise ValueError(f"img_shapes {shapes} do not match the tokens {layout}")
         self._arm_probe(condition, layout, batch, stop_after, text_mask=False)  # no text-attention maps on this editor
@@ -438,18 +537,25 @@ class QwenImageEditEditor(FluxDiTEditor):
         steps: int = EDIT_DEFAULTS["num_inference_steps"],
         guidance: float = EDIT_DEFAULTS["guidance_scale"],
         resolution: str | int = EDIT_DEFAULTS["resolution"],
+        references: Sequence[Image.Image] = (),
     ) -> list[Image.Image]:
-        """Edit with QwenImageEditPipeline, one output per (prompt, seed), each its own pipeline call.
+        """Edit with QwenImageEditPipeline (or QwenImageEditPlusPipeline), one output per (prompt, seed),
+        each its own pipeline call.
 
         ``guidance`` is the pipeline's ``true_cfg_scale`` (negative prompt " "; <= 1: no CFG). The pipeline
-        always reads the reference at ~1024^2 area (its own resize); ``resolution`` sets the output size."""
+        always reads the reference at ~1024^2 area (its own resize); ``resolution`` sets the output size
+        (from the edited image, also on Plus, whose own default follows the last image). ``references``
+        (Plus only): further reference images passed after the edited one, ``image=[image, *references]``."""
         images = self._edit_images(image, prompts, seeds)
+        refs = [im.convert("RGB") for im in references]
+        if refs and not self.plus:
+            raise ValueError("further reference images need a QwenImageEditPlusPipeline checkpoint (Qwen-Image-Edit-2509 / -2511)")
         outputs = []
         for k, (prompt, seed) in enumerate(zip(prompts, seeds)):
             source = images[0 if len(images) == 1 else k].convert("RGB")
             height, width = self.working_size(source.height, source.width, resolution)
             result = self.pipe(
-                image=source,
+                image=[source, *refs] if self.plus else source,
                 prompt=prompt,
                 negative_prompt=NEGATIVE_PROMPT if guidance > 1 else None,
                 true_cfg_scale=guidance,
