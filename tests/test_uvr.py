@@ -371,6 +371,15 @@ def test_collect_then_edit_and_generate_under_uvr(tmp_path):
     assert on_png.read_bytes() != off_png.read_bytes()  # everything flagged: the generation changed
     assert t2i_main(["--model", "tiny", "--prompt", "a hat", "--output", str(gen / "x"), "--uvr", str(anchors), "--uvr-concepts", "dog", "--no-progress"]) == 2
     assert t2i_main(["--model", "tiny", "--prompt", "a hat", "--seeds", "0", "--steps", "2", "--output", str(gen / "on"), "--no-progress"]) == 2  # would mix
+    # exact resume: the same settings skip, other steps or prompt text are refused (the image kept), --overwrite redoes
+    off = ["--model", "tiny", "--seeds", "0", "--output", str(gen / "off"), "--no-progress"]
+    kept = off_png.read_bytes()
+    assert t2i_main([*off, "--prompt", "a hat", "--steps", "2"]) == 0 and off_png.read_bytes() == kept
+    assert t2i_main([*off, "--prompt", "a hat", "--steps", "3"]) == 1 and off_png.read_bytes() == kept
+    assert t2i_main([*off, "--prompt", "a red hat", "--steps", "2"]) == 1 and off_png.read_bytes() == kept
+    assert t2i_main([*off, "--prompt", "a hat", "--steps", "3", "--overwrite"]) == 0 and off_png.read_bytes() != kept
+    record = json.loads((gen / "off" / "index.json").read_text())["images"][0]
+    assert record["status"] == "done" and "steps: 2 -> 3" in record["redone"]
 
     on = concept._outputs(gen / "on", None)
     assert list(on) == ["0/seed0.png"]
