@@ -83,6 +83,14 @@ def check_loaded_resolution(editor, resolution) -> None:
             raise ArgumentProblem(f"--resolution {resolution}: {exc}") from None
 
 
+def check_paths(input_flag: str, input_path: str, output: str) -> None:
+    """The input exists and the output is (or can become) a folder."""
+    if not Path(input_path).exists():
+        raise ArgumentProblem(f"{input_flag} {input_path}: no such file or folder")
+    if Path(output).exists() and not Path(output).is_dir():
+        raise ArgumentProblem(f"--output {output}: exists and is not a folder")
+
+
 def check_attack_args(args, cls) -> None:
     """Everything about the attack's flags that can be checked without a model (exit 2 before loading)."""
     if not args.eps > 0:
@@ -96,10 +104,7 @@ def check_attack_args(args, cls) -> None:
     if args.seed < 0:
         raise ArgumentProblem(f"--seed must be >= 0, got {args.seed}")
     check_resolution(cls, args.resolution, args.model)
-    if not Path(args.input).exists():
-        raise ArgumentProblem(f"--input {args.input}: no such file or folder")
-    if Path(args.output).exists() and not Path(args.output).is_dir():
-        raise ArgumentProblem(f"--output {args.output}: exists and is not a folder")
+    check_paths("--input", args.input, args.output)
     if args.alpha > args.eps:
         print(f"warning: --alpha {args.alpha:g} is larger than --eps {args.eps:g}: every step jumps to the edge of the budget "
               "(a plain sign attack); a step of eps/10 or less is usual", file=sys.stderr)
@@ -167,7 +172,7 @@ def attack_main(family: str, argv=None) -> int:
     from .prompts import PromptFileError
     from .pgd import PGDConfig
     from .names import shown
-    from .protect import ProtectSettings, merge_manifests, protect_paths
+    from .protect import OutputBusyError, ProtectSettings, merge_manifests, protect_paths
 
     try:
         check_attack_args(args, editor_class(family))
@@ -212,7 +217,7 @@ def attack_main(family: str, argv=None) -> int:
     try:
         report = protect_paths(editor, method, args.input, args.output, settings, args_record=vars(args), shard=(shard.rank, shard.world),
                                manifest_name=manifest, overwrite=args.overwrite)
-    except RuntimeError as exc:  # another process holds the output folder
+    except OutputBusyError as exc:  # another process holds the output folder
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if shard.world > 1:
@@ -278,10 +283,7 @@ def inference_main(family: str, argv=None) -> int:
             raise ArgumentProblem(f"--guidance must be a finite number >= 0, got {args.guidance}")
         check_resolution(editor_class(family), args.resolution, args.model)
         apply_pixel_limit(args)
-        if not Path(args.images).exists():
-            raise ArgumentProblem(f"--images {args.images}: no such file or folder")
-        if Path(args.output).exists() and not Path(args.output).is_dir():
-            raise ArgumentProblem(f"--output {args.output}: exists and is not a folder")
+        check_paths("--images", args.images, args.output)
     except (PromptFileError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -315,12 +317,13 @@ def inference_main(family: str, argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     from .names import shown
+    from .protect import OutputBusyError
 
     try:
         with regulation:
             report = run_edits(editor, args.images, prompts, seeds, args.output, settings, record=record, progress=not args.no_progress,
                                overwrite=args.overwrite)
-    except RuntimeError as exc:  # another process holds the output folder
+    except OutputBusyError as exc:  # another process holds the output folder
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"edited {report.done}, skipped {report.skipped} (already done with the same settings), failed images {len(report.failed)} -> {shown(args.output)}")

@@ -85,6 +85,15 @@ def edit_settings_digest(settings: dict) -> tuple[str, dict]:
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode("utf-8")).hexdigest()[:16], kept
 
 
+def indexed_record(entry: dict | None, known: dict) -> dict | None:
+    """An index record as ``resume_decision`` reads it: the settings its digest stands for (``known`` =
+    the index's ``settings_by_digest``) plus its prompt text; None for a record without a digest."""
+    if entry is None or "settings_digest" not in entry:
+        return None
+    recorded = known.get(entry["settings_digest"], {"(unknown settings)": entry["settings_digest"]})
+    return {**entry, "settings": {**recorded, "prompt": entry.get("prompt")}}
+
+
 def run_edits(
     editor: Editor,
     images: str | Path,
@@ -133,12 +142,8 @@ def _edit_locked(editor, images, prompts, seeds, output_dir: Path, settings: Edi
             input_sha = f"unreadable: {exc}"
         todo, refused, redone = [], [], {}
         for job in jobs:
-            entry = edits.get((path.stem, job.prompt.index, job.seed))
-            as_manifest = None
-            if entry is not None and "settings_digest" in entry:
-                recorded = known.get(entry["settings_digest"], {"(unknown settings)": entry["settings_digest"]})
-                as_manifest = {**entry, "settings": {**recorded, "prompt": entry.get("prompt")}}
-            decision, why = resume_decision(as_manifest, job.output.exists(), {**current, "prompt": job.prompt.text}, input_sha, overwrite, shown(job.output))
+            recorded = indexed_record(edits.get((path.stem, job.prompt.index, job.seed)), known)
+            decision, why = resume_decision(recorded, job.output.exists(), {**current, "prompt": job.prompt.text}, input_sha, overwrite, shown(job.output))
             if decision == "skip":
                 continue
             if decision == "refuse":
@@ -162,6 +167,9 @@ def _edit_locked(editor, images, prompts, seeds, output_dir: Path, settings: Edi
             bar.update(len(todo))
             continue
         pil = image_to_pil(image)
+        source = {"input": _relative(path, root)}
+        if source["input"] is None:
+            source["input_file"] = str(path.resolve())
         for start in range(0, len(todo), settings.batch_size):
             batch = todo[start : start + settings.batch_size]
             began = time.perf_counter()
@@ -182,8 +190,7 @@ def _edit_locked(editor, images, prompts, seeds, output_dir: Path, settings: Edi
             for job in batch:
                 entry = {
                     "image": path.stem,
-                    "input": _relative(path, root),
-                    **({} if _relative(path, root) is not None else {"input_file": str(path.resolve())}),
+                    **source,
                     "prompt": job.prompt.text,
                     "prompt_index": job.prompt.index,
                     "category": job.prompt.category,

@@ -100,22 +100,22 @@ def output_settings(editor: Editor, method: Method, settings: ProtectSettings) -
                    "seed": settings.seed, "editor": {"family": editor.family, "model": editor.name, "dtype": str(editor.dtype)}})
 
 
-def resume_decision(entry: dict | None, output_exists: bool, settings: dict, input_sha: str, overwrite: bool, what: str) -> tuple[str, str]:
+def resume_decision(entry: dict | None, output_exists: bool, settings: dict, input_sha: str | None, overwrite: bool, what: str) -> tuple[str, str]:
     """("skip" | "run" | "refuse", why) for one output of a re-run.
 
-    Skipped only when the recorded entry is done, with the same settings, from the same input bytes.
-    An output made otherwise (other settings, changed input, no record at all: maybe the user's own
-    file) is refused unless ``overwrite``; a run that was interrupted before it recorded its output
-    ("pending") is redone."""
+    Skipped only when the recorded entry is done, with the same settings, from the same input bytes
+    (``input_sha`` None: the output has no input file, e.g. a text-to-image generation). An output made
+    otherwise (other settings, changed input, no record at all: maybe the user's own file) is refused
+    unless ``overwrite``; a run that was interrupted before it recorded its output ("pending") is redone."""
     if not output_exists:
         return "run", ""
     if entry is not None and entry.get("status") == "failed" and "previous" in entry:
         entry = entry["previous"]  # a redo that failed left the older output and its record in place
-    if entry is None or "settings" not in entry or "input_sha256" not in entry:
+    if entry is None or "settings" not in entry or (input_sha is not None and "input_sha256" not in entry):
         problem = f"{what} exists but no manifest entry says how it was made (not made by this tool, or by a version before exact resume)"
     else:
         differences = settings_differences(entry["settings"], settings)
-        if entry["input_sha256"] != input_sha:
+        if input_sha is not None and entry["input_sha256"] != input_sha:
             differences.insert(0, "the input file's bytes changed since")
         if not differences:
             return ("skip", "") if entry.get("status") == "done" else ("run", "interrupted before it was recorded")
@@ -130,6 +130,10 @@ def remove_stale_parts(folder: Path) -> None:
     Only under the folder's lock: another live writer's temporary file must not vanish."""
     for part in folder.rglob(".*.part"):
         part.unlink(missing_ok=True)
+
+
+class OutputBusyError(RuntimeError):
+    """Another process holds the output folder's lock."""
 
 
 @contextlib.contextmanager
@@ -148,7 +152,7 @@ def output_lock(lock_path: Path):
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise RuntimeError(f"{shown(lock_path.parent)} is being written by {holder}; wait for it to finish or choose another --output") from None
+            raise OutputBusyError(f"{shown(lock_path.parent)} is being written by {holder}; wait for it to finish or choose another --output") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()}")
@@ -247,7 +251,7 @@ def protect_paths(
     ``shard=(rank, world)`` protects only the rank's share of the inputs (for multi-process runs).
     A method that does not apply to the editor is a ValueError before anything is written. Resume is
     exact (``resume_decision``); ``overwrite`` redoes outputs made with other settings. A second
-    process on the same manifest is refused (RuntimeError) before anything is written.
+    process on the same manifest is refused (OutputBusyError) before anything is written.
     """
     method.check_applies(editor)
     output_dir = Path(output_dir)

@@ -15,6 +15,7 @@ version trained for text-to-image as well as editing (``toy-v2``: its Kontext co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -86,9 +87,9 @@ def main(argv=None) -> int:
     from .inference import validate_seeds
     from .prompts import Prompt, PromptFileError, load_prompts
     from .images import write_json_atomic
-    from .inference import edit_settings_digest
+    from .inference import edit_settings_digest, indexed_record
     from .names import shown
-    from .protect import output_lock, resume_decision
+    from .protect import OutputBusyError, output_lock, remove_stale_parts, resume_decision
     from .safety.uvr import check_resume, from_args
 
     args = parser().parse_args(argv)
@@ -116,46 +117,50 @@ def main(argv=None) -> int:
                 "height": args.height or defaults["height"], "width": args.width or defaults["width"], "max_sequence_length": defaults["max_sequence_length"]}
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    index_path = output / "index.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    index["settings"] = {"model": args.model, "seeds": seeds, "dtype": str(dtype), **settings, "uvr": uvr_record}
-    digest, current = edit_settings_digest(index["settings"])  # exact resume, as for edits (decontext.inference)
-    known = index.setdefault("settings_by_digest", {})
-    known[digest] = current
-    images = {(e["prompt_index"], e["seed"]): e for e in index.get("images", [])}
-    jobs = [(p, s, output / str(p.index) / f"seed{s}.png") for p in prompts for s in seeds]
-    todo, refused = [], []
-    for prompt, seed, path in jobs:
-        entry = images.get((prompt.index, seed))
-        recorded = None
-        if entry is not None and "settings_digest" in entry:
-            recorded = {**entry, "input_sha256": "", "settings": {**known.get(entry["settings_digest"], {}), "prompt": entry.get("prompt")}}
-        decision, why = resume_decision(recorded, path.exists(), {**current, "prompt": prompt.text}, "", args.overwrite, shown(path))
-        if decision == "refuse":
-            refused.append(why)
-        elif decision == "run":
-            todo.append((prompt, seed, path, why))
+    with contextlib.ExitStack() as stack:  # one writer at a time; the index is read under its lock
+        try:
+            stack.enter_context(output_lock(output / ".index.json.lock"))
+        except OutputBusyError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        remove_stale_parts(output)
+        index_path = output / "index.json"
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        index["settings"] = {"model": args.model, "seeds": seeds, "dtype": str(dtype), **settings, "uvr": uvr_record}
+        digest, current = edit_settings_digest(index["settings"])  # exact resume, as for edits (decontext.inference)
+        known = index.setdefault("settings_by_digest", {})
+        known[digest] = current
+        images = {(e["prompt_index"], e["seed"]): e for e in index.get("images", [])}
+        jobs = [(p, s, output / str(p.index) / f"seed{s}.png") for p in prompts for s in seeds]
+        todo, refused = [], []
+        for prompt, seed, path in jobs:
+            recorded = indexed_record(images.get((prompt.index, seed)), known)
+            decision, why = resume_decision(recorded, path.exists(), {**current, "prompt": prompt.text}, None, args.overwrite, shown(path))
+            if decision == "refuse":
+                refused.append(why)
+            elif decision == "run":
+                todo.append((prompt, seed, path, why))
 
-    def save_index():
-        index["images"] = sorted(images.values(), key=lambda e: (e["prompt_index"], e["seed"]))
-        write_json_atomic(index, index_path)
+        def save_index():
+            index["images"] = sorted(images.values(), key=lambda e: (e["prompt_index"], e["seed"]))
+            write_json_atomic(index, index_path)
 
-    with output_lock(output / ".index.json.lock"), regulation, \
-            tqdm(total=len(jobs), initial=len(jobs) - len(todo) - len(refused), desc="images", disable=args.no_progress, dynamic_ncols=True) as bar:
-        for prompt, seed, path, why in todo:
-            began = time.perf_counter()
-            image = pipe(prompt=prompt.text, num_inference_steps=settings["steps"], guidance_scale=settings["guidance"], height=settings["height"], width=settings["width"],
-                         max_sequence_length=settings["max_sequence_length"], generator=torch.Generator().manual_seed(seed)).images[0]
-            entry = {"prompt": prompt.text, "prompt_index": prompt.index, "category": prompt.category, "seed": seed,
-                     "output": str(path.relative_to(output)), "seconds": round(time.perf_counter() - began, 3),
-                     "settings_digest": digest, "status": "pending", **({"redone": why} if why else {})}
-            images[(prompt.index, seed)] = entry
-            save_index()  # pending before the PNG appears: a kill in between leaves a record that says it is ours
-            atomic_save(image, path, format="PNG")
-            entry["status"] = "done"
-            save_index()
-            bar.update(1)
-    save_index()
+        with regulation, tqdm(total=len(jobs), initial=len(jobs) - len(todo) - len(refused), desc="images", disable=args.no_progress,
+                              dynamic_ncols=True) as bar:
+            for prompt, seed, path, why in todo:
+                began = time.perf_counter()
+                image = pipe(prompt=prompt.text, num_inference_steps=settings["steps"], guidance_scale=settings["guidance"], height=settings["height"],
+                             width=settings["width"], max_sequence_length=settings["max_sequence_length"], generator=torch.Generator().manual_seed(seed)).images[0]
+                entry = {"prompt": prompt.text, "prompt_index": prompt.index, "category": prompt.category, "seed": seed,
+                         "output": str(path.relative_to(output)), "seconds": round(time.perf_counter() - began, 3),
+                         "settings_digest": digest, "status": "pending", **({"redone": why} if why else {})}
+                images[(prompt.index, seed)] = entry
+                save_index()  # pending before the PNG appears: a kill in between leaves a record that says it is ours
+                atomic_save(image, path, format="PNG")
+                entry["status"] = "done"
+                save_index()
+                bar.update(1)
+        save_index()
     print(f"generated {len(todo)}, skipped {len(jobs) - len(todo) - len(refused)} (already there with the same settings), "
           f"refused {len(refused)} -> {shown(output)}")
     for message in refused:

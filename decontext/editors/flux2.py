@@ -148,7 +148,7 @@ class TinyFlux2Config:
     guidance_embeds: bool = False  # [klein]: no guidance embedding ([dev]: True)
     latent_channels: int = 8  # (real 32; the transformer sees 4x after 2x2 patchify)
     vae_channels: tuple[int, ...] = (8, 8, 16, 16)  # 4 blocks -> 8x, like the real VAE
-    qwen_hidden: int = 16  # Qwen3 width (real 2560); joint_attention_dim = 3 x this (three hidden layers stacked)
+    qwen_hidden: int = 16  # Qwen3 width (real 2560); joint_attention_dim = this x len(text_encoder_out_layers) (stacked hidden states)
     qwen_layers: int = 3
     qwen_heads: int = 2
     qwen_kv_heads: int = 1

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from decontext.metrics.base import EvalOptions, MetricSpec, register
-from decontext.metrics.identity import Face, FDFRBackend, ISMBackend
+from decontext.metrics.identity import CachedDetector, Face, FDFRBackend, ISMBackend
 from decontext.metrics.run import RunData
 from decontext.toy.names import is_toy_model
 
@@ -70,20 +70,17 @@ def _import_dlib():
     return dlib
 
 
-class DlibDetector:
-    """dlib's HOG + linear SVM frontal face detector; the largest face of an image, cached per file.
-
-    The same interface as ``identity.FaceDetector`` (``load``, ``error``, ``detect``, ``detect_file``), so
-    the shared ISM/FDFR logic runs on it. ``upsample``: the detector finds faces down to about 80 px
+class DlibDetector(CachedDetector):
+    """dlib's HOG + linear SVM frontal face detector; the largest face of an image, cached per file
+    (``CachedDetector``, so the shared ISM/FDFR logic runs on it). ``upsample``: the detector finds faces down to about 80 px
     wide at 0 and 40 px at 1 (its default here: edits of portraits at 256-1024 px keep faces larger, and
     small outputs still work)."""
 
     def __init__(self, upsample: int = 1) -> None:
+        super().__init__()
         self.upsample = upsample
         self._detector = None
         self.dlib = None
-        self._cache: dict[Path, Face | None] = {}
-        self.error: str | None = None
 
     def load(self) -> bool:
         if self._detector is not None:
@@ -109,11 +106,6 @@ class DlibDetector:
         i = int(np.argmax([r.width() * r.height() for r in rects]))
         r = rects[i]
         return Face((float(r.left()), float(r.top()), float(r.right()), float(r.bottom())), float(scores[i]), np.zeros((0, 2)))
-
-    def detect_file(self, path: Path, run: RunData) -> Face | None:
-        if path not in self._cache:
-            self._cache[path] = self.detect(run.image(path))
-        return self._cache[path]
 
 
 _SHARED: list[DlibDetector] = []

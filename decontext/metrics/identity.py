@@ -39,14 +39,30 @@ class Face:
     landmarks: np.ndarray  # (5, 2): left eye, right eye, nose, mouth left, mouth right
 
 
-class FaceDetector:
+class CachedDetector:
+    """What the ISM/FDFR backends need of a face detector: ``load() -> bool`` (``error`` says why not),
+    ``describe()``, ``detect(img) -> Face | None``, and ``detect_file``, which detects once per file of a run."""
+
+    def __init__(self) -> None:
+        self._cache: dict[Path, Face | None] = {}
+        self.error: str | None = None
+
+    def detect(self, img: np.ndarray) -> Face | None:
+        raise NotImplementedError
+
+    def detect_file(self, path: Path, run: RunData) -> Face | None:
+        if path not in self._cache:
+            self._cache[path] = self.detect(run.image(path))
+        return self._cache[path]
+
+
+class FaceDetector(CachedDetector):
     """MTCNN (facenet-pytorch) returning the largest face of an image, with a per-file cache."""
 
     def __init__(self, device: str = "cpu", mtcnn: object | None = None) -> None:
+        super().__init__()
         self.device = device
         self._mtcnn = mtcnn
-        self._cache: dict[Path, Face | None] = {}
-        self.error: str | None = None
 
     def load(self) -> bool:
         if self._mtcnn is not None:
@@ -86,11 +102,6 @@ class FaceDetector:
         areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
         i = int(np.argmax(areas))
         return Face(tuple(float(v) for v in boxes[i]), float(probs[i]), np.asarray(points[i], dtype=np.float64))
-
-    def detect_file(self, path: Path, run: RunData) -> Face | None:
-        if path not in self._cache:
-            self._cache[path] = self.detect(run.image(path))
-        return self._cache[path]
 
 
 _SHARED: dict[str, FaceDetector] = {}
