@@ -93,3 +93,53 @@ def test_training_smoke_v2_recipe(tmp_path):
     trained = load_file(str(toy_editor_dir("toy-v1") / "vae" / "diffusion_pytorch_model.safetensors"))
     reused = load_file(str(tmp_path / "editor" / "vae" / "diffusion_pytorch_model.safetensors"))
     assert trained.keys() == reused.keys() and all(bool((trained[k] == reused[k]).all()) for k in trained)
+
+
+def test_training_smoke_architecture_options(tmp_path):
+    """The issue-11 candidates' options: a deeper stack and a 2x VAE (256 tokens per 64 px image), with a
+    reused reader; the saved editor has that architecture and the stock pipeline edits a held-out face
+    at 64 px through it."""
+    import numpy as np
+    import torch
+    from diffusers import FluxKontextPipeline
+    from PIL import Image
+
+    from decontext.toy import train, world
+    from decontext.toy.names import READER_DIR
+    from decontext.toy.reader import ToyReader
+
+    info = train.main([
+        "--smoke", "--out", str(tmp_path / "editor"), "--reader-out", str(tmp_path / "reader"), "--work", str(tmp_path / "work"),
+        "--threads", "1", "--reader-from", str(READER_DIR), "--vae-blocks", "2", "--double-layers", "3", "--single-layers", "6",
+    ])
+    assert info["recipe"]["architecture"] == {"double_layers": 3, "single_layers": 6, "vae_blocks": 2}
+    assert info["reader_from"] == str(READER_DIR) and "reader_steps" not in info  # not trained again
+    pipe = FluxKontextPipeline.from_pretrained(str(tmp_path / "editor"))
+    assert pipe.transformer.config.num_layers == 3 and pipe.transformer.config.num_single_layers == 6
+    assert list(pipe.vae.config.block_out_channels) == [16, 32] and pipe.vae_scale_factor == 2
+    # the reused reader is the shipped one, weight for weight
+    shipped, copied = ToyReader.load(READER_DIR).net.state_dict(), ToyReader.load(tmp_path / "reader").net.state_dict()
+    assert all(torch.equal(shipped[k], copied[k]) for k in shipped)
+    face = world.render(world.sample_scene(world.eval_identities()[0], seed=5))
+    seen = {}
+
+    def count(module, args, kwargs):
+        seen.setdefault("tokens", kwargs["hidden_states"].shape[1])
+
+    pipe.transformer.register_forward_pre_hook(count, with_kwargs=True)
+    out = pipe(image=Image.fromarray(face), prompt="Put a hat on this person.", height=64, width=64, num_inference_steps=2, guidance_scale=2.5,
+               max_sequence_length=16, max_area=64 * 64, _auto_resize=False, output_type="np").images[0]
+    assert out.shape == (64, 64, 3) and np.isfinite(out).all()
+    assert seen["tokens"] == 2 * 16 * 16  # target + context tokens: (64 / 2 / 2)^2 each
+
+
+def test_toy_config_refuses_impossible_architectures():
+    import pytest
+
+    from decontext.toy.model import toy_config
+
+    assert toy_config().vae_channels == (16, 32, 64)
+    with pytest.raises(ValueError, match="vae_blocks"):
+        toy_config(vae_blocks=4)
+    with pytest.raises(ValueError, match="at least one double"):
+        toy_config(double_layers=0)

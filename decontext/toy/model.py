@@ -6,6 +6,7 @@ posterior mode, shift/scale, the pipeline's 2x2 packing, context ids with axis 0
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -39,9 +40,24 @@ DEFAULT_STEPS = 12
 DEFAULT_GUIDANCE = 2.5
 
 
-def build_components(seed: int = 0) -> dict:
+VAE_CHANNELS = (16, 32, 64)  # per VAE block; each block after the first halves the size
+
+
+def toy_config(double_layers: int = TOY_CONFIG.num_layers, single_layers: int = TOY_CONFIG.num_single_layers,
+               vae_blocks: int = len(TOY_CONFIG.vae_channels)) -> TinyKontextConfig:
+    """The toy architecture with another depth or VAE: ``vae_blocks`` 3 = 4x down (64 packed tokens per
+    64 px image, every shipped version), 2 = 2x down (256 tokens: a face spans 4x more tokens, as a
+    higher resolution would give)."""
+    if double_layers < 1 or single_layers < 1:
+        raise ValueError(f"the toy needs at least one double and one single block (got {double_layers} + {single_layers})")
+    if not 1 <= vae_blocks <= len(VAE_CHANNELS):
+        raise ValueError(f"vae_blocks must be 1..{len(VAE_CHANNELS)} (got {vae_blocks})")
+    return replace(TOY_CONFIG, num_layers=double_layers, num_single_layers=single_layers, vae_channels=VAE_CHANNELS[:vae_blocks])
+
+
+def build_components(seed: int = 0, config: TinyKontextConfig = TOY_CONFIG) -> dict:
     """Fresh (untrained) components of the toy editor; text encoders stay random and frozen."""
-    return tiny_kontext_components(TOY_CONFIG, seed=seed, words=BASE_WORDS)
+    return tiny_kontext_components(config, seed=seed, words=BASE_WORDS)
 
 
 def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ from decontext.toy.model import (
     encode_prompts,
     inference_shift,
     to_model_space,
+    toy_config,
     transformer_velocity,
 )
 from decontext.toy.evaluate import psnr
@@ -453,6 +454,12 @@ def main(argv=None) -> dict:
                     help="DATA BIAS (labelled variants only): share of in-context samples, at every noise level, whose context is another scene")
     ap.add_argument("--vae-reader-from", type=Path, default=None, metavar="EDITOR_DIR",
                     help="reuse the VAE of this trained toy editor folder and the reader named in its settings instead of training them")
+    ap.add_argument("--reader-from", type=Path, default=None, metavar="READER_DIR",
+                    help="reuse this trained reader folder (e.g. data/toy_reader) instead of training one; the VAE is still trained")
+    ap.add_argument("--double-layers", type=int, default=TOY_CONFIG.num_layers, help="double-stream blocks (shipped versions: 2)")
+    ap.add_argument("--single-layers", type=int, default=TOY_CONFIG.num_single_layers, help="single-stream blocks (shipped versions: 4)")
+    ap.add_argument("--vae-blocks", type=int, default=len(TOY_CONFIG.vae_channels),
+                    help="VAE blocks: 3 = 4x down, 64 tokens per image (shipped versions); 2 = 2x down, 256 tokens per image")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="a few iterations of every stage (tests)")
     ap.add_argument("--stages", default="vae,reader,transformer", help="stages to run (others must be finished in --work, or are skipped)")
@@ -471,8 +478,9 @@ def main(argv=None) -> dict:
     args.work.mkdir(parents=True, exist_ok=True)
     info_path = args.work / "info.json"
     info = json.loads(info_path.read_text()) if (args.resume and info_path.exists()) else {}
-    info.update({"seed": args.seed, "threads": args.threads, "config": {k: getattr(TOY_CONFIG, k) for k in TOY_CONFIG.__dataclass_fields__}})
-    components = build_components(seed=args.seed)
+    config = toy_config(args.double_layers, args.single_layers, args.vae_blocks)
+    info.update({"seed": args.seed, "threads": args.threads, "config": {k: getattr(config, k) for k in config.__dataclass_fields__}})
+    components = build_components(seed=args.seed, config=config)
     vae = components["vae"]
     for m in (components["text_encoder"], components["text_encoder_2"]):
         m.requires_grad_(False)
@@ -504,6 +512,13 @@ def main(argv=None) -> dict:
         finish("vae", t0, vae_from=str(args.vae_reader_from))
         finish("reader", t0, reader_from=info["reader_from"])
         args.resume = True
+    if args.reader_from is not None:
+        if args.vae_reader_from is not None:
+            ap.error("--reader-from and --vae-reader-from both name a reader: give one")
+        ToyReader.load(args.reader_from).save(args.work / "reader", {"from": str(args.reader_from)})
+        info["reader_from"] = str(args.reader_from)
+        finish("reader", time.time(), reader_from=str(args.reader_from))
+        log(f"reader reused from {args.reader_from}")
     if stage("vae"):
         vae.load_state_dict(load_file(str(args.work / "vae.safetensors")))
         vae.register_to_config(shift_factor=info["vae"]["shift_factor"], scaling_factor=info["vae"]["scaling_factor"])
@@ -521,7 +536,7 @@ def main(argv=None) -> dict:
     reader = None
     if skipped("reader"):
         log("reader: skipped")
-    elif stage("reader"):
+    elif stage("reader") or args.reader_from is not None:
         reader = ToyReader.load(args.work / "reader")
         log("reader: reused from --work")
     else:
@@ -546,6 +561,8 @@ def main(argv=None) -> dict:
         log(f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; latent std {float(src.std()):.3f}")
         recipe = {"timesteps": args.timesteps, "base_steps": args.base_steps, "t2i_share": args.t2i_share, "late_swap_sigma": args.late_swap_sigma,
                   "mismatch_share": args.mismatch_share}
+        if (args.double_layers, args.single_layers, args.vae_blocks) != (TOY_CONFIG.num_layers, TOY_CONFIG.num_single_layers, len(TOY_CONFIG.vae_channels)):
+            recipe["architecture"] = {"double_layers": args.double_layers, "single_layers": args.single_layers, "vae_blocks": args.vae_blocks}
         tstats = {}
         if args.base_steps:
             tstats["base"] = train_transformer(components, src, tgt, args.base_steps, args.batch, args.seed + 1000, lr=args.lr,
