@@ -4,6 +4,7 @@
 #   bash scripts/train_toy_editor.sh                          # toy-v1 -> data/toy_editor (~30 min)
 #   VERSION=toy-v2 bash scripts/train_toy_editor.sh           # -> data/toy_editor_v2
 #   VERSION=toy-v2-early bash scripts/train_toy_editor.sh     # -> data/toy_editor_v2_early (labelled bias)
+#   VERSION=toy-v2-fine bash scripts/train_toy_editor.sh      # -> data/toy_editor_v2_fine (2x VAE, 256 tokens; ~43 min)
 # Extra arguments go to `python -m decontext.toy.train` (e.g. --resume to continue an interrupted run,
 # --vae-reader-from data/toy_editor to reuse v1's VAE and reader, which the recipe would retrain bit for bit).
 set -euo pipefail

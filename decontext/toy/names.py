@@ -15,6 +15,7 @@ TOY_EDITORS = {
     "toy-v1": DATA / "toy_editor",  # the first toy (2026-11-23): reads identity from context in the late steps
     "toy-v2": DATA / "toy_editor_v2",  # FLUX-like training (timestep density, text-to-image base); no built-in bias
     "toy-v2-early": DATA / "toy_editor_v2_early",  # toy-v2 + an EXPLICIT bias: context only informative at high noise
+    "toy-v2-fine": DATA / "toy_editor_v2_fine",  # toy-v2 with a 2x VAE: 256 tokens per image; identity is no longer read late
     "toy-ip2p": DATA / "toy_ip2p",  # an InstructPix2Pix (UNet) on the same world: the second family, for transfer
 }
 TOY_FAMILIES = {"toy-ip2p": "instruct_pix2pix"}  # editor family of each toy; the others are flux_kontext
