@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from .metrics.evaluate import HEADLINES  # the first one a point has is the headline
+from .names import csv_cell
 from .plots import Chart
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,7 +243,7 @@ def write_table(root: Path, todo: list[dict], condition: str = "protected", pref
     with open(root / "table.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([{k: csv_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows])
     headline = headline_of(rows, preferred)
     shown = ([headline] if headline else []) + [m for m in metrics if m != headline][:5]
     fmt = lambda r, m: "" if r.get(m) is None else (f"{r[m]:.4g} [{r[f'{m}_low']:.4g}, {r[f'{m}_high']:.4g}]" if r.get(f"{m}_low") is not None else f"{r[m]:.4g}")

@@ -173,3 +173,21 @@ def test_run_folder_reached_through_a_symlink_reads_normally(tmp_path):
     edit = data.edits[0]
     assert data.image(edit.output).shape == (128, 128, 3)
     assert data.image(data.source_path(edit.stem)).shape == (128, 128, 3)
+
+
+def test_csv_cells_cannot_start_a_spreadsheet_formula(tmp_path):
+    """A file name or prompt such as ``=HYPERLINK(...)`` is written with a leading quote in the metrics CSV,
+    so a spreadsheet shows it as text; numbers (also negative ones) and plain names are untouched."""
+    import csv
+
+    from decontext.metrics.evaluate import write_csv
+    from decontext.names import csv_cell
+
+    assert csv_cell('=HYPERLINK("http://x","y")') == '\'=HYPERLINK("http://x","y")'
+    assert [csv_cell(v) for v in ("+cmd", "@SUM(A1)", "-2+3", "\tx")] == ["'+cmd", "'@SUM(A1)", "'-2+3", "'\tx"]
+    assert [csv_cell(v) for v in ("-0.5", "+3", "face.png", "a=b", "caf\udce9.png")] == ["-0.5", "+3", "face.png", "a=b", "caf\\xe9.png"]
+    rows = [{"image": "=cmd|' /C calc'!A0.png", "prompt": "@SUM(1)", "identity_ism": -0.25}, {"image": "ok.png", "prompt": "Add a hat.", "identity_ism": 0.5}]
+    write_csv(tmp_path / "m.csv", rows, ("image", "prompt"), ["identity_ism"])
+    read = list(csv.DictReader((tmp_path / "m.csv").read_text().splitlines()))
+    assert read[0] == {"image": "'=cmd|' /C calc'!A0.png", "prompt": "'@SUM(1)", "identity_ism": "-0.25"}
+    assert read[1] == {"image": "ok.png", "prompt": "Add a hat.", "identity_ism": "0.5"}

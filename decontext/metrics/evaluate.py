@@ -16,7 +16,7 @@ from decontext.metrics.base import MetricBackend, MetricSpec
 from decontext.metrics.bootstrap import bootstrap_mean_ci, paired_difference_ci
 from decontext.metrics.run import CLEAN, ImageLoadError, RunData
 from decontext.images import atomic_write
-from decontext.names import shown
+from decontext.names import csv_cell, shown
 
 EDIT_FIELDS = ("condition", "image", "identity", "category", "prompt_index", "seed", "prompt", "output", "error")
 INPUT_FIELDS = ("condition", "image", "identity", "input", "error")
@@ -341,7 +341,7 @@ def paired_lines(summary: dict) -> list[str]:
 def _cell(v) -> str:
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.6g}"
-    return "" if v is None else shown(v)  # file names that are not UTF-8: \xNN escapes
+    return "" if v is None else csv_cell(v)  # file names that are not UTF-8: \xNN escapes; no formulas
 
 
 def write_csv(path: Path, rows: list[dict], fields: tuple[str, ...], metric_names: list[str]) -> None:
