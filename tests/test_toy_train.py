@@ -143,3 +143,27 @@ def test_toy_config_refuses_impossible_architectures():
         toy_config(vae_blocks=4)
     with pytest.raises(ValueError, match="at least one double"):
         toy_config(double_layers=0)
+
+
+def test_transformer_from_fine_tunes_a_trained_editor(tmp_path):
+    """``--transformer-from``: the transformer starts from a trained editor's weights (a fine-tune, as
+    the c8 candidate does from toy-v2-fine) and says so in the recipe; another architecture is refused."""
+    import pytest
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from decontext.toy import train
+    from decontext.toy.names import toy_editor_dir
+
+    fine = toy_editor_dir("toy-v2-fine")
+    common = ["--smoke", "--reader-out", str(tmp_path / "reader"), "--threads", "1", "--vae-reader-from", str(fine), "--vae-blocks", "2"]
+    info = train.main(common + ["--out", str(tmp_path / "editor"), "--work", str(tmp_path / "work"), "--transformer-from", str(fine)])
+    assert info["recipe"]["transformer_from"] == str(fine)
+    start = FluxTransformer2DModel.from_pretrained(str(fine / "transformer")).state_dict()
+    tuned = FluxTransformer2DModel.from_pretrained(str(tmp_path / "editor" / "transformer")).state_dict()
+    fresh = train.build_components(seed=0, config=train.toy_config(vae_blocks=2))["transformer"].state_dict()
+    gap = max(float((tuned[k] - start[k]).abs().max()) for k in start)
+    assert 0 < gap < 0.05  # three smoke steps moved it a little, from the trained weights
+    assert max(float((fresh[k] - start[k]).abs().max()) for k in start) > 10 * gap
+    with pytest.raises(RuntimeError, match="single_transformer_blocks.4"):
+        train.main(common + ["--out", str(tmp_path / "e2"), "--work", str(tmp_path / "w2"), "--transformer-from", str(fine), "--single-layers", "6"])

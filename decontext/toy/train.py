@@ -460,6 +460,8 @@ def main(argv=None) -> dict:
                     help="reuse the VAE of this trained toy editor folder and the reader named in its settings instead of training them")
     ap.add_argument("--reader-from", type=Path, default=None, metavar="READER_DIR",
                     help="reuse this trained reader folder (e.g. data/toy_reader) instead of training one; the VAE is still trained")
+    ap.add_argument("--transformer-from", type=Path, default=None, metavar="EDITOR_DIR",
+                    help="start the transformer from this trained toy editor's (same architecture) instead of from the seed: a fine-tune")
     ap.add_argument("--double-layers", type=int, default=TOY_CONFIG.num_layers, help="double-stream blocks (shipped versions: 2)")
     ap.add_argument("--single-layers", type=int, default=TOY_CONFIG.num_single_layers, help="single-stream blocks (shipped versions: 4)")
     ap.add_argument("--vae-blocks", type=int, default=len(TOY_CONFIG.vae_channels),
@@ -568,6 +570,13 @@ def main(argv=None) -> dict:
         if (args.double_layers, args.single_layers, args.vae_blocks) != (TOY_CONFIG.num_layers, TOY_CONFIG.num_single_layers, len(TOY_CONFIG.vae_channels)):
             recipe["architecture"] = {"double_layers": args.double_layers, "single_layers": args.single_layers, "vae_blocks": args.vae_blocks}
         tstats = {}
+        if args.transformer_from is not None:
+            from diffusers import FluxTransformer2DModel
+
+            start = FluxTransformer2DModel.from_pretrained(str(args.transformer_from / "transformer")).state_dict()
+            components["transformer"].load_state_dict(start)  # raises on another architecture, naming the keys
+            recipe["transformer_from"] = str(args.transformer_from)
+            log(f"transformer: starts from {args.transformer_from}")
         if args.base_steps:
             tstats["base"] = train_transformer(components, src, tgt, args.base_steps, args.batch, args.seed + 1000, lr=args.lr,
                                                timesteps=args.timesteps, t2i_share=1.0, label="base (text-to-image)")
