@@ -27,7 +27,10 @@ transformer and VAE shapes with random weights (text encoders stay small: they r
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
+import tempfile
 import statistics
 import subprocess
 import sys
@@ -64,18 +67,35 @@ def real_qwen_config(args):
                                    vae_base_dim=96, vae_dim_mult=(1, 2, 4, 4), vae_res_blocks=2, vlm=vlm)
 
 
+@contextlib.contextmanager
+def built_in_place(device: torch.device, dtype: torch.dtype):
+    """On a GPU, draw the random weights there and in the benchmark's dtype: a 12-32 B model is then built in
+    seconds instead of minutes on the CPU, and never held in float32 (a 20 B model would not fit)."""
+    if device.type == "cpu":
+        yield
+        return
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_other_family(args):
     """A FLUX.2 or Qwen-Image-Edit editor (tiny, or real shapes with random weights) on ``args.device``."""
     dtype = getattr(torch, args.dtype)
-    if args.family == "flux2":
-        from decontext.editors.flux2 import Flux2Editor
-
-        editor = Flux2Editor.tiny(real_flux2_config(args) if args.preset == "real" else None, seed=0, dtype=dtype)
-    else:
-        from decontext.editors.qwen_image_edit import QwenImageEditEditor
-
-        editor = QwenImageEditEditor.tiny(real_qwen_config(args) if args.preset == "real" else None, seed=0, dtype=dtype)
     device = torch.device(args.device)
+    with built_in_place(device, dtype):
+        if args.family == "flux2":
+            from decontext.editors.flux2 import Flux2Editor
+
+            editor = Flux2Editor.tiny(real_flux2_config(args) if args.preset == "real" else None, seed=0, device=device, dtype=dtype)
+        else:
+            from decontext.editors.qwen_image_edit import QwenImageEditEditor
+
+            editor = QwenImageEditEditor.tiny(real_qwen_config(args) if args.preset == "real" else None, seed=0, device=device, dtype=dtype)
     editor.transformer.to(device)
     editor.vae.to(device)
     editor.device = device
@@ -102,13 +122,45 @@ def build_editor(args) -> FluxKontextEditor:
         )
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    editor = FluxKontextEditor.tiny(config, seed=0, device="cpu", dtype=dtype)
-    editor.pipe.transformer.to(device)
-    editor.pipe.vae.to(device)
-    editor.device = device
+    with built_in_place(device, dtype):
+        editor = FluxKontextEditor.tiny(config, seed=0, device=device, dtype=dtype)
+    if args.quantize:
+        editor = quantized(editor, args)
     if args.checkpointing:
         editor.transformer.enable_gradient_checkpointing()
     return editor
+
+
+def quantized(editor: FluxKontextEditor, args) -> FluxKontextEditor:
+    """The same editor with its transformer loaded the way ``--quantize`` loads a real one: saved to a scratch
+    folder (safetensors), then read back through ``from_pretrained`` with a bitsandbytes config."""
+    from decontext.editors.flux_kontext import _load_quantized_transformer
+
+    if editor.device.type != "cuda":
+        raise SystemExit("--quantize needs --device cuda (bitsandbytes kernels)")
+    pipe = editor.pipe
+    with tempfile.TemporaryDirectory(prefix="bench_quant_", dir=args.scratch) as scratch:
+        began = time.perf_counter()
+        pipe.transformer.save_pretrained(Path(scratch) / "transformer")
+        pipe.transformer = None
+        del editor
+        gc.collect()
+        torch.cuda.empty_cache()
+        pipe.transformer = _load_quantized_transformer(scratch, args.quantize, getattr(torch, args.dtype), torch.device(args.device), local_files_only=True)
+        print(f"quantized the transformer to {args.quantize} through a saved copy in {time.perf_counter() - began:.0f} s")
+    return FluxKontextEditor(pipe, name="tiny", device=args.device, dtype=getattr(torch, args.dtype), max_sequence_length=args.text_tokens)
+
+
+def run_or_oom(fn) -> str | None:
+    """Run ``fn``; on a CUDA out-of-memory error free what it held and return the error's first line."""
+    try:
+        fn()
+        return None
+    except torch.OutOfMemoryError as error:
+        message = str(error).splitlines()[0][:160]
+    gc.collect()
+    torch.cuda.empty_cache()
+    return message
 
 
 class OfficialStyle:
@@ -208,7 +260,8 @@ def peak_memory_mb(fn, device) -> float:
         torch.cuda.empty_cache()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        fn()
+        if run_or_oom(fn) is not None:
+            return float("inf")
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     # Linux: writing 5 to clear_refs resets the peak-RSS mark (VmHWM), so building the model does not count.
@@ -271,11 +324,21 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--official-checkpointing", action="store_true", help="run the official variant with transformer+VAE gradient checkpointing, as the official script does")
     parser.add_argument("--with-separate", action="store_true", help="also time ours with a separate probe call in every probed layer (no fusion)")
+    parser.add_argument("--variants", nargs="+", choices=["ours", "official", "bare", "ours_sep"],
+                        help="run only these variants, warmed up in this order (default: all that apply)")
+    parser.add_argument("--quantize", choices=["8bit", "4bit"], help="FLUX.1-Kontext on CUDA: the transformer weight-quantised with bitsandbytes, loaded as --quantize loads it")
+    parser.add_argument("--memory-cap-gb", type=float, help="CUDA: cap this process's GPU memory (torch's per-process fraction) after the model is built, "
+                        "to show what fits a smaller card; a variant that does not fit is reported as OOM")
+    parser.add_argument("--scratch", default=None, help="folder for --quantize's temporary saved copy (default: the system's temp folder)")
     parser.add_argument("--memory-of", choices=["ours", "official", "bare", "ours_sep"], help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     quiet_libraries()
     torch.manual_seed(0)
+    if args.quantize and args.family != "flux_kontext":
+        parser.error("--quantize is measured for --family flux_kontext")
+    if args.memory_cap_gb and not args.device.startswith("cuda"):
+        parser.error("--memory-cap-gb needs a CUDA device")
     editor = build_editor(args)
     device = editor.device
     steps = make_steps(editor, args)
@@ -283,10 +346,31 @@ def main(argv=None) -> int:
         print(f"peak_mb={peak_memory_mb(steps[args.memory_of], device)}")
         return 0
     names = list(steps)
+    if args.variants:
+        unknown = [name for name in args.variants if name not in steps]
+        if unknown:
+            parser.error(f"variants {unknown} do not apply here (available: {names}; ours_sep needs --with-separate)")
+        names = list(args.variants)
     print(f"device={device} dtype={args.dtype} preset={args.preset} size={args.size} text_tokens={args.text_tokens} official_checkpointing={args.official_checkpointing} "
-          f"blocks={editor.depths} probed={len(editor.resolve_blocks('single:0-25/38'))} threads={torch.get_num_threads()}")
-    for name in names:  # warm-up (and a check that all three run)
-        steps[name]()
+          f"checkpointing={args.checkpointing} quantize={args.quantize} blocks={editor.depths} probed={len(editor.resolve_blocks('single:0-25/38'))} "
+          f"threads={torch.get_num_threads()}")
+    resident = 0.0
+    if device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        resident = torch.cuda.memory_allocated() / 2**20
+        total = torch.cuda.get_device_properties(device).total_memory
+        print(f"gpu={torch.cuda.get_device_name(device)} resident_MB={resident:.0f} (weights and buffers before a step)")
+        if args.memory_cap_gb:
+            torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gb * 2**30 / total), torch.cuda.current_device() if device.index is None else device.index)
+            print(f"memory cap: {args.memory_cap_gb:g} GiB for everything this process allocates")
+    failed = {}
+    for name in names:  # warm-up (and a check that every variant runs; on a GPU one may not fit)
+        error = run_or_oom(steps[name])
+        if error is not None:
+            failed[name] = error
+            print(f"{name}: out of GPU memory ({error})")
+    names = [name for name in names if name not in failed]
     times = {name: [] for name in names}
     for repeat in range(args.repeats):
         order = names[repeat % len(names):] + names[: repeat % len(names)]  # rotate to spread drift
@@ -297,14 +381,21 @@ def main(argv=None) -> int:
         for name in names:
             memory[name] = peak_memory_mb(steps[name], device) if device.type == "cuda" else memory_in_subprocess(name, argv)
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"{'variant':<10}{'median s':>10}{'min s':>9}{'max s':>9}{'peak MB':>10}")
+    print(f"{'variant':<10}{'median s':>10}{'min s':>9}{'max s':>9}{'peak MB':>10}" + (f"{'total MB':>10}" if device.type == "cuda" else ""))
     for name in names:
-        print(f"{name:<10}{median[name]:>10.3f}{min(times[name]):>9.3f}{max(times[name]):>9.3f}{memory[name]:>10.0f}")
-    if "official" in median:
-        print(f"ratios official_time={median['ours'] / median['official']:.3f} official_mem={memory['ours'] / memory['official']:.3f} "
-              f"bare_time={median['ours'] / median['bare']:.3f}")
-    else:
-        print(f"ratios bare_time={median['ours'] / median['bare']:.3f} bare_mem={memory['ours'] / memory['bare']:.3f}")
+        total_column = f"{resident + memory[name]:>10.0f}" if device.type == "cuda" else ""
+        print(f"{name:<10}{median[name]:>10.3f}{min(times[name]):>9.3f}{max(times[name]):>9.3f}{memory[name]:>10.0f}{total_column}")
+    for name in failed:
+        print(f"{name:<10}{'OOM':>10}")
+    if "ours" not in median:
+        print("ratios: not computed (ours did not run)")
+        return 0
+    ratios = [f"{other}_time={median['ours'] / median[other]:.3f}" for other in ("official", "bare") if other in median]
+    ratios[1:1] = [f"official_mem={memory['ours'] / memory['official']:.3f}"] if "official" in median else []
+    if "official" not in steps and "bare" in median:
+        ratios.append(f"bare_mem={memory['ours'] / memory['bare']:.3f}")
+    missing = [name for name in ("official", "bare") if name in steps and name not in median]
+    print("ratios " + " ".join(ratios) + (f"   (not run or did not fit: {', '.join(missing)})" if missing else ""))
     return 0
 
 

@@ -142,7 +142,7 @@ class ContextShareProbe:
 
     layout: Layout | None = None
     enabled: bool = True
-    fused: bool = True  # share from the layer's own attention call (see attention_with_share)
+    fused: bool = True  # share from the layer's own attention call (see attention_with_masses); False: a separate call
     stop_at: str | None = None  # a probed layer after whose probe the forward may end
     text_mask: torch.Tensor | None = None
     shares: dict[str, torch.Tensor] = field(default_factory=dict)

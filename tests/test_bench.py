@@ -23,6 +23,76 @@ def test_bench_step_prints_ratios(capsys):
     assert ratios.group(2) == "nan"  # memory skipped
 
 
+def _load_step_bench():
+    spec = importlib.util.spec_from_file_location("bench_step", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_step_variants_run_in_the_given_order_and_ratios_name_what_is_missing(capsys):
+    bench = _load_step_bench()
+    assert bench.main(["--size", "64", "--text-tokens", "8", "--repeats", "1", "--skip-memory", "--with-separate", "--variants", "ours_sep", "ours"]) == 0
+    out = capsys.readouterr().out
+    rows = re.findall(r"^(ours_sep|ours|official|bare)\s+\d", out, re.M)
+    assert rows == ["ours_sep", "ours"], out
+    assert re.search(r"^ratios .*not run or did not fit: official, bare", out, re.M), out
+    with pytest.raises(SystemExit):
+        bench.main(["--size", "64", "--variants", "ours_sep"])  # ours_sep needs --with-separate
+    assert "ours_sep needs --with-separate" in capsys.readouterr().err
+
+
+def test_bench_step_gpu_only_modes_are_refused_on_the_cpu(capsys):
+    bench = _load_step_bench()
+    with pytest.raises(SystemExit, match="needs --device cuda"):
+        bench.main(["--size", "64", "--quantize", "4bit"])
+    with pytest.raises(SystemExit):
+        bench.main(["--size", "64", "--memory-cap-gb", "24"])
+    assert "--memory-cap-gb needs a CUDA device" in capsys.readouterr().err
+
+
+def test_bench_step_reports_out_of_memory_instead_of_dying():
+    import torch
+
+    bench = _load_step_bench()
+    calls = []
+
+    def too_big():
+        calls.append(1)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.05 GiB.\nmore")
+
+    assert bench.run_or_oom(too_big) == "CUDA out of memory. Tried to allocate 3.05 GiB."
+    assert bench.run_or_oom(lambda: None) is None and calls == [1]
+    with pytest.raises(ValueError):  # anything else is not swallowed
+        bench.run_or_oom(lambda: (_ for _ in ()).throw(ValueError("bug")))
+
+
+def test_bench_builds_in_place_on_the_target_device_and_dtype_then_restores_the_defaults():
+    import torch
+
+    bench = _load_step_bench()
+    before = torch.get_default_dtype()
+    with bench.built_in_place(torch.device("meta"), torch.bfloat16):
+        made = torch.nn.Linear(4, 4)
+    assert made.weight.device.type == "meta" and made.weight.dtype == torch.bfloat16
+    assert torch.get_default_dtype() == before and torch.empty(1).device.type == "cpu"
+    with bench.built_in_place(torch.device("cpu"), torch.bfloat16):  # the CPU path keeps float32 weights
+        assert torch.nn.Linear(2, 2).weight.dtype == before
+
+
+def test_tiny_qwen_components_build_under_a_default_device_context():
+    """The bench builds real-size models under ``torch.device('cuda')``; the tiny builders' CPU generators
+    must not break there (they did: 'Expected a cuda device type for generator')."""
+    import torch
+
+    from decontext.editors.qwen_image_edit import tiny_qwen_image_edit_components
+
+    with torch.device("meta"):
+        components = tiny_qwen_image_edit_components()
+    assert next(components["transformer"].parameters()).device.type == "meta"
+    assert len(components["vae"].config.latents_mean) == components["vae"].config.z_dim
+
+
 def test_bench_probe_pad_runs(capsys):
     spec = importlib.util.spec_from_file_location("bench_probe_pad", BENCH.parent / "bench_probe_pad.py")
     bench = importlib.util.module_from_spec(spec)

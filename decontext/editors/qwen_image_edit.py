@@ -613,8 +613,8 @@ def tiny_qwen_image_edit_components(config: TinyQwenImageEditConfig = TinyQwenIm
             dim_mult=list(config.vae_dim_mult),
             num_res_blocks=config.vae_res_blocks,
             temperal_downsample=[False, True, True],
-            latents_mean=(torch.randn(config.z_dim, generator=generator) * 0.5).tolist(),
-            latents_std=(1 + torch.rand(config.z_dim, generator=generator)).tolist(),
+            latents_mean=(torch.randn(config.z_dim, generator=generator, device="cpu") * 0.5).tolist(),  # also under a default-device context
+            latents_std=(1 + torch.rand(config.z_dim, generator=generator, device="cpu")).tolist(),
         )
     # Qwen-Image's published scheduler settings.
     scheduler = FlowMatchEulerDiscreteScheduler(
