@@ -41,7 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from decontext.cli import quiet_libraries  # noqa: E402
+from decontext.cli import avoid_cudnn_attention, quiet_libraries  # noqa: E402
 from decontext.editors.flux_kontext import FluxKontextEditor  # noqa: E402
 from decontext.editors.tiny import TinyKontextConfig  # noqa: E402
 from decontext.methods.decontext import DeContext  # noqa: E402
@@ -71,7 +71,7 @@ def real_qwen_config(args):
 def built_in_place(device: torch.device, dtype: torch.dtype):
     """On a GPU, draw the random weights there and in the benchmark's dtype: a 12-32 B model is then built in
     seconds instead of minutes on the CPU, and never held in float32 (a 20 B model would not fit)."""
-    if device.type == "cpu":
+    if device.type == "cpu" or os.environ.get("DECONTEXT_BENCH_BUILD_ON_CPU"):
         yield
         return
     previous = torch.get_default_dtype()
@@ -334,6 +334,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     quiet_libraries()
+    cudnn_off = avoid_cudnn_attention()  # as the attacks do (decontext.cli)
     torch.manual_seed(0)
     if args.quantize and args.family != "flux_kontext":
         parser.error("--quantize is measured for --family flux_kontext")
@@ -353,7 +354,7 @@ def main(argv=None) -> int:
         names = list(args.variants)
     print(f"device={device} dtype={args.dtype} preset={args.preset} size={args.size} text_tokens={args.text_tokens} official_checkpointing={args.official_checkpointing} "
           f"checkpointing={args.checkpointing} quantize={args.quantize} blocks={editor.depths} probed={len(editor.resolve_blocks('single:0-25/38'))} "
-          f"threads={torch.get_num_threads()}")
+          f"threads={torch.get_num_threads()} cudnn_sdpa={'off' if cudnn_off else 'allowed'}")
     resident = 0.0
     if device.type == "cuda":
         gc.collect()

@@ -52,6 +52,23 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def avoid_cudnn_attention() -> bool:
+    """Turn off torch's cuDNN backend of scaled_dot_product_attention for this process (flash and memory-
+    efficient attention remain) unless ``DECONTEXT_CUDNN_SDPA=1``; returns whether it was turned off.
+
+    Why: on an H100 (torch 2.11.0+cu130) a FLUX.1-Kontext forward+backward whose full-sequence attention
+    went through cuDNN failed with an illegal memory access ("mha_graph.execute ... is_good()" under
+    CUDA_LAUNCH_BLOCKING) when it was the first step of a process, with and without checkpointing; with
+    the backend off the same step ran, and faster (docs/PERFORMANCE.md). The attacks take gradients
+    through attention, so every attack turns it off; editing alone is left as it is."""
+    import torch
+
+    if os.environ.get("DECONTEXT_CUDNN_SDPA") == "1" or not hasattr(torch.backends.cuda, "enable_cudnn_sdp"):
+        return False
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    return True
+
+
 def _model_arguments(parser: argparse.ArgumentParser, cls, role: str) -> None:
     parser.add_argument("--max-megapixels", type=float, default=None,
                         help="refuse input images that declare more pixels than this (default: Pillow's bomb guard, ~89 MP)")
@@ -167,6 +184,7 @@ def attack_main(family: str, argv=None) -> int:
 
     args = attack_parser(family).parse_args(argv)
     quiet_libraries()
+    avoid_cudnn_attention()
     from .distributed import current_shard
     from .methods import method_from_args
     from .prompts import PromptFileError
