@@ -70,7 +70,9 @@ def real_qwen_config(args):
 @contextlib.contextmanager
 def built_in_place(device: torch.device, dtype: torch.dtype):
     """On a GPU, draw the random weights there and in the benchmark's dtype: a 12-32 B model is then built in
-    seconds instead of minutes on the CPU, and never held in float32 (a 20 B model would not fit)."""
+    seconds instead of minutes on the CPU, and never held in float32 (a 20 B model would not fit).
+    ``DECONTEXT_BENCH_BUILD_ON_CPU=1`` builds on the CPU and moves the model, as before (a diagnostic: it
+    showed the cuDNN crash of docs/PERFORMANCE.md does not come from building in place)."""
     if device.type == "cpu" or os.environ.get("DECONTEXT_BENCH_BUILD_ON_CPU"):
         yield
         return
@@ -96,9 +98,6 @@ def build_other_family(args):
             from decontext.editors.qwen_image_edit import QwenImageEditEditor
 
             editor = QwenImageEditEditor.tiny(real_qwen_config(args) if args.preset == "real" else None, seed=0, device=device, dtype=dtype)
-    editor.transformer.to(device)
-    editor.vae.to(device)
-    editor.device = device
     if args.checkpointing:
         editor.transformer.enable_gradient_checkpointing()
     return editor
@@ -138,17 +137,16 @@ def quantized(editor: FluxKontextEditor, args) -> FluxKontextEditor:
 
     if editor.device.type != "cuda":
         raise SystemExit("--quantize needs --device cuda (bitsandbytes kernels)")
-    pipe = editor.pipe
+    pipe, device, dtype = editor.pipe, editor.device, editor.dtype
     with tempfile.TemporaryDirectory(prefix="bench_quant_", dir=args.scratch) as scratch:
         began = time.perf_counter()
         pipe.transformer.save_pretrained(Path(scratch) / "transformer")
-        pipe.transformer = None
-        del editor
+        pipe.transformer = None  # free the bf16 copy before the quantised one is loaded
         gc.collect()
         torch.cuda.empty_cache()
-        pipe.transformer = _load_quantized_transformer(scratch, args.quantize, getattr(torch, args.dtype), torch.device(args.device), local_files_only=True)
+        pipe.transformer = _load_quantized_transformer(scratch, args.quantize, dtype, device, local_files_only=True)
         print(f"quantized the transformer to {args.quantize} through a saved copy in {time.perf_counter() - began:.0f} s")
-    return FluxKontextEditor(pipe, name="tiny", device=args.device, dtype=getattr(torch, args.dtype), max_sequence_length=args.text_tokens)
+    return FluxKontextEditor(pipe, name="tiny", device=device, dtype=dtype, max_sequence_length=editor.max_sequence_length)
 
 
 def run_or_oom(fn) -> str | None:
@@ -305,6 +303,9 @@ def timed(fn, device) -> float:
     return time.perf_counter() - began
 
 
+VARIANTS = ("ours", "official", "bare", "ours_sep")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", choices=["flux_kontext", "flux2", "qwen_image_edit"], default="flux_kontext", help="the editor architecture")
@@ -324,13 +325,13 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--official-checkpointing", action="store_true", help="run the official variant with transformer+VAE gradient checkpointing, as the official script does")
     parser.add_argument("--with-separate", action="store_true", help="also time ours with a separate probe call in every probed layer (no fusion)")
-    parser.add_argument("--variants", nargs="+", choices=["ours", "official", "bare", "ours_sep"],
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS,
                         help="run only these variants, warmed up in this order (default: all that apply)")
     parser.add_argument("--quantize", choices=["8bit", "4bit"], help="FLUX.1-Kontext on CUDA: the transformer weight-quantised with bitsandbytes, loaded as --quantize loads it")
     parser.add_argument("--memory-cap-gb", type=float, help="CUDA: cap this process's GPU memory (torch's per-process fraction) after the model is built, "
                         "to show what fits a smaller card; a variant that does not fit is reported as OOM")
     parser.add_argument("--scratch", default=None, help="folder for --quantize's temporary saved copy (default: the system's temp folder)")
-    parser.add_argument("--memory-of", choices=["ours", "official", "bare", "ours_sep"], help=argparse.SUPPRESS)
+    parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     quiet_libraries()
@@ -391,10 +392,13 @@ def main(argv=None) -> int:
     if "ours" not in median:
         print("ratios: not computed (ours did not run)")
         return 0
-    ratios = [f"{other}_time={median['ours'] / median[other]:.3f}" for other in ("official", "bare") if other in median]
-    ratios[1:1] = [f"official_mem={memory['ours'] / memory['official']:.3f}"] if "official" in median else []
-    if "official" not in steps and "bare" in median:
-        ratios.append(f"bare_mem={memory['ours'] / memory['bare']:.3f}")
+    ratios = []
+    if "official" in median:
+        ratios += [f"official_time={median['ours'] / median['official']:.3f}", f"official_mem={memory['ours'] / memory['official']:.3f}"]
+    if "bare" in median:
+        ratios.append(f"bare_time={median['ours'] / median['bare']:.3f}")
+        if "official" not in steps:  # other families: memory against bare instead
+            ratios.append(f"bare_mem={memory['ours'] / memory['bare']:.3f}")
     missing = [name for name in ("official", "bare") if name in steps and name not in median]
     print("ratios " + " ".join(ratios) + (f"   (not run or did not fit: {', '.join(missing)})" if missing else ""))
     return 0

@@ -12,6 +12,7 @@ mkdir -p "$LOG_DIR"
 common=(--preset flux --device cuda --dtype bfloat16)
 status=0
 for row in $ROWS; do
+  base=("${common[@]}")
   case $row in
     512)      args=(--size 512 --repeats 5 --with-separate) ;;
     512ckpt)  args=(--size 512 --repeats 5 --checkpointing) ;;
@@ -19,12 +20,11 @@ for row in $ROWS; do
     1024ckpt) args=(--size 1024 --repeats 3 --checkpointing) ;;
     24gb)     args=(--size 1024 --repeats 3 --checkpointing --quantize 4bit --memory-cap-gb 24) ;;
     24gb512)  args=(--size 512 --repeats 3 --checkpointing --quantize 4bit --memory-cap-gb 24) ;;
-    qwen)     common_row=(--family qwen_image_edit --preset real --device cuda --dtype bfloat16)
+    qwen)     base=(--family qwen_image_edit --preset real --device cuda --dtype bfloat16)
               args=(--size 1024 --repeats 3 --checkpointing) ;;
     *) echo "unknown row $row" >&2; exit 2 ;;
   esac
-  if [ "$row" = qwen ]; then row_common=("${common_row[@]}"); else row_common=("${common[@]}"); fi
-  echo "== $row: python bench/bench_step.py ${row_common[*]} ${args[*]}"
-  python bench/bench_step.py "${row_common[@]}" "${args[@]}" 2>&1 | tee "$LOG_DIR/$row.log" || status=1
+  echo "== $row: python bench/bench_step.py ${base[*]} ${args[*]}"
+  python bench/bench_step.py "${base[@]}" "${args[@]}" 2>&1 | tee "$LOG_DIR/$row.log" || status=1
 done
 exit $status
