@@ -200,7 +200,7 @@ class OfficialStyle:
 def make_steps(editor, args):
     prompt = "make the person smile"
     method = DeContext(prompts=[prompt], release_text_encoders=True)
-    method.prepare(editor)
+    method.ready(editor)
     blocks = method._blocks
     official = OfficialStyle(editor, blocks)
     size = (args.size, args.size)

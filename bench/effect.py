@@ -31,8 +31,9 @@ from decontext.cli import quiet_libraries  # noqa: E402
 from decontext.images import quantize, uint8_to_tensor  # noqa: E402
 from decontext.metrics.bootstrap import ClusterInterval, cluster_bootstrap_ci  # noqa: E402
 from decontext.metrics.pixel import psnr  # noqa: E402
-from decontext.pgd import PGD, PGDConfig  # noqa: E402
+from decontext.config import PGDConfig, ProtectConfig  # noqa: E402
 from decontext.plots import PALETTE, Chart  # noqa: E402
+from decontext.protect import protect  # noqa: E402
 
 EDIT_PROMPT_INDICES = (0, 2, 4, 6, 8, 10)  # one phrasing per toy edit
 VARIANTS = {
@@ -73,26 +74,19 @@ def protect_batch(editor, method, sources: np.ndarray, eps: float, steps: int, a
     ``psnr_floor`` among ``pgd_options``, at or above that PSNR). ``transform``: an EOT transform
     (``decontext.purify.EOT``), with ``eot_samples`` among ``pgd_options``."""
     out = []
-    size = sources.shape[1:3]
-    config = PGDConfig.for_method(method, eps=eps, alpha=alpha, steps=steps, **pgd_options)
+    steps = steps if method.optimises else None  # the noise control is its start alone
+    config = ProtectConfig(pgd=PGDConfig.for_method(method, eps=eps, alpha=alpha, steps=steps, **pgd_options), resolution="native", measure_draws=0)
     for start in range(0, len(sources), chunk):
         part = sources[start : start + chunk]
         x0 = torch.cat([uint8_to_tensor(im) for im in part])
-        pgd = PGD(config=config, seed=seed + start, progress=False, transform=transform)
-        if hasattr(method, "perturb"):
-            adv = pgd.project(method.perturb(x0, eps, torch.Generator().manual_seed(seed + start)), x0)
-        else:
-            method.prepare(editor)
-            with method.session(editor):
-                method.start(editor, x0, size)
-                adv = pgd.run(x0, lambda x, step, g: method.loss(editor, x, size, step, g)).pixels
+        adv = protect(editor, method, x0, config, seed=seed + start, transform=transform).pixels
         out.extend(quantize(adv[i : i + 1], part[i], eps) for i in range(len(part)))
     return np.stack(out)
 
 
 def pgd_options(args) -> dict:
     """The PGD choices a bench run sets on the command line (None: each method's own default)."""
-    return {"psnr_floor": args.psnr_floor, "update": args.update, "schedule": args.schedule, "random_start": args.random_start}
+    return {"psnr_floor": args.psnr_floor, "update": args.update, "schedule": args.schedule, "start": args.start}
 
 
 def edit_all(editor, images: np.ndarray, prompts: list[str], seed: int, settings: dict, chunk: int) -> np.ndarray:
@@ -187,7 +181,7 @@ def main(argv=None) -> int:
     parser.add_argument("--psnr-floor", type=float, default=None, help="PGD also keeps every protected input at or above this PSNR (dB); the noise control too")
     parser.add_argument("--update", default=None, choices=("sign", "l2", "adam"), help="PGD update rule (default: the method's, else sign)")
     parser.add_argument("--schedule", default=None, choices=("constant", "linear", "cosine"), help="PGD step-size schedule (default: the method's, else constant)")
-    parser.add_argument("--random-start", default=None, action=argparse.BooleanOptionalAction, help="PGD random start (default: the method's, else no)")
+    parser.add_argument("--start", default=None, choices=("clean", "uniform", "sign"), help="where PGD starts (default: the method's, else clean)")
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None, help="also write the raw table here")
     parser.add_argument("--plot", type=Path, default=None, help="SVG plot of identity vs budget per method (default: next to --json, .svg)")

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import effect  # noqa: E402
 from decontext.cli import quiet_libraries  # noqa: E402
 from decontext.images import quantize, uint8_to_tensor  # noqa: E402
-from decontext.pgd import PGD, PGDConfig  # noqa: E402
+from decontext.config import PGDConfig, ProtectConfig  # noqa: E402
+from decontext.protect import protect  # noqa: E402
 
 RULES = {  # name -> PGDConfig changes (alpha: the official's unless given as a multiple)
     "sign+linear": {"schedule": "linear"},
@@ -58,10 +59,7 @@ def sources_for(args, editor):
 def run_rule(editor, method, sources, config: PGDConfig, snapshots, seed: int, size) -> dict[int, np.ndarray]:
     """uint8 protected images after each snapshot step count."""
     x0 = torch.cat([uint8_to_tensor(im) for im in sources])
-    method.prepare(editor)
-    with method.session(editor):
-        method.start(editor, x0, size)
-        result = PGD(config=config, seed=seed, progress=False).run(x0, lambda x, step, g: method.loss(editor, x, size, step, g), snapshots=snapshots)
+    result = protect(editor, method, x0, ProtectConfig(pgd=config, resolution="native", measure_draws=0), seed=seed, snapshots=snapshots)
     return {k: np.stack([quantize(v[i : i + 1], sources[i], config.eps) for i in range(len(sources))]) for k, v in result.snapshots.items()}
 
 

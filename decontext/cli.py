@@ -147,7 +147,7 @@ def _load(cls, args, device=None):
 def attack_parser(family: str) -> argparse.ArgumentParser:
     from .editors import editor_class
     from .methods import add_method_arguments
-    from .pgd import SCHEDULES, UPDATES
+    from .config import SCHEDULES, STARTS, UPDATES
 
     cls = editor_class(family)
     defaults = cls.attack_defaults
@@ -162,7 +162,7 @@ def attack_parser(family: str) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--momentum", type=float, default=None, help="MI-FGSM momentum decay (default: the method's, else 0 = plain sign steps)")
     parser.add_argument("--schedule", default=None, choices=SCHEDULES, help="step-size schedule (default: the method's, else constant; linear = PhotoGuard's decay to alpha/100)")
-    parser.add_argument("--random-start", default=None, action=argparse.BooleanOptionalAction, help="start from a random point of the eps-ball (default: the method's, else no)")
+    parser.add_argument("--start", default=None, choices=STARTS, help="where PGD starts: clean (the image), uniform (a random point of the eps-ball) or sign (a random corner of it) (default: the method's, else clean)")
     parser.add_argument("--update", default=None, choices=UPDATES, help="update rule: sign (default: every pixel moves by alpha), l2 (a step of rms alpha along the gradient) or adam (Adam-normalised steps of at most ~alpha)")
     parser.add_argument("--psnr-floor", type=float, default=None, help="also keep the protected image's PSNR at or above this many dB (an L2 budget beside --eps)")
     parser.add_argument("--eot", nargs="+", default=None, metavar="BREAKER",
@@ -188,9 +188,10 @@ def attack_main(family: str, argv=None) -> int:
     from .distributed import current_shard
     from .methods import method_from_args
     from .prompts import PromptFileError
-    from .pgd import PGDConfig
+    from .config import PGDConfig, ProtectConfig
     from .names import shown
-    from .protect import OutputBusyError, ProtectSettings, merge_manifests, protect_paths
+    from .protect import protect_files
+    from .runs import OutputBusyError, merge_manifests
 
     try:
         check_attack_args(args, editor_class(family))
@@ -205,7 +206,7 @@ def attack_main(family: str, argv=None) -> int:
         return 2
     try:
         pgd = PGDConfig.for_method(method, eps=args.eps, alpha=args.alpha, steps=args.steps, momentum=args.momentum,
-                                   schedule=args.schedule, random_start=args.random_start, update=args.update, psnr_floor=args.psnr_floor,
+                                   schedule=args.schedule, start=args.start, update=args.update, psnr_floor=args.psnr_floor,
                                    eot_samples=args.eot_samples)
         if args.eot:
             from .purify import parse_breakers
@@ -229,12 +230,11 @@ def attack_main(family: str, argv=None) -> int:
         return 2
     if args.checkpointing:
         editor.enable_gradient_checkpointing()
-    settings = ProtectSettings(pgd=pgd, seed=args.seed, resolution=args.resolution, measure_draws=args.measure_draws, progress=not args.no_progress,
-                               eot=tuple(args.eot or ()))
+    config = ProtectConfig(pgd=pgd, resolution=args.resolution, measure_draws=args.measure_draws, eot=tuple(args.eot or ()))
     manifest = "manifest.json" if shard.world == 1 else f"manifest.rank{shard.rank}.json"
     try:
-        report = protect_paths(editor, method, args.input, args.output, settings, args_record=vars(args), shard=(shard.rank, shard.world),
-                               manifest_name=manifest, overwrite=args.overwrite)
+        report = protect_files(editor, method, args.input, args.output, config, seed=args.seed, args_record=vars(args), shard=(shard.rank, shard.world),
+                               manifest_name=manifest, overwrite=args.overwrite, progress=not args.no_progress)
     except OutputBusyError as exc:  # another process holds the output folder
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -335,7 +335,7 @@ def inference_main(family: str, argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     from .names import shown
-    from .protect import OutputBusyError
+    from .runs import OutputBusyError
 
     try:
         with regulation:
@@ -344,7 +344,7 @@ def inference_main(family: str, argv=None) -> int:
     except OutputBusyError as exc:  # another process holds the output folder
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"edited {report.done}, skipped {report.skipped} (already done with the same settings), failed images {len(report.failed)} -> {shown(args.output)}")
+    print(f"edited {len(report.done)}, skipped {len(report.skipped)} (already done with the same settings), failed images {len(report.failed)} -> {shown(args.output)}")
     for message in report.failed.values():
         print(f"  failed: {shown(message)}", file=sys.stderr)
     return 0 if report.ok else 1

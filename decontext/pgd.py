@@ -23,19 +23,19 @@ what manifests record.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
+
+from .config import SCHEDULES, STARTS, UPDATES, PGDConfig  # noqa: F401 (PGDConfig, SCHEDULES, UPDATES: re-exported)
 
 LossOutput = torch.Tensor | tuple[torch.Tensor, dict]
 LossFn = Callable[[torch.Tensor, int, torch.Generator], LossOutput]
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 FINAL_FRACTION = 0.01  # the decaying schedules end at alpha * FINAL_FRACTION (PhotoGuard's alpha/100)
-SCHEDULES = ("constant", "linear", "cosine")
-UPDATES = ("sign", "l2", "adam")
 ADAM_BETAS = (0.9, 0.999)  # Adam's moment decays (Kingma and Ba's defaults)
 
 
@@ -65,52 +65,6 @@ class NonFiniteError(ArithmeticError):
     """The loss or its gradient stopped being finite; the run stops instead of stepping on NaNs."""
 
 
-@dataclass(frozen=True)
-class PGDConfig:
-    """What a PGD run is, apart from its seed: budget, step, steps, update rule and start."""
-
-    eps: float = 12.75  # L-inf radius in 1/255 units
-    alpha: float = 0.6375  # (first) step size in 1/255 units
-    steps: int = 800
-    momentum: float = 0.0  # MI-FGSM decay; 0 = plain sign steps
-    schedule: str = "constant"  # step-size schedule (SCHEDULES)
-    random_start: bool = False  # start from a uniform point of the eps-ball
-    update: str = "sign"  # update rule (UPDATES)
-    psnr_floor: float | None = None  # dB: also keep PSNR(protected, clean) at or above this (an L2 ball)
-    eot_samples: int = 1  # with a transform (EOT): draws of it per step, their gradients averaged
-
-    def __post_init__(self):
-        if self.eps < 0 or self.alpha <= 0 or self.steps < 0:
-            raise ValueError(f"need eps >= 0, alpha > 0, steps >= 0 (got eps={self.eps}, alpha={self.alpha}, steps={self.steps})")
-        if not 0.0 <= self.momentum < 1.0 + 1e-9:
-            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown step-size schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
-        if self.update not in UPDATES:
-            raise ValueError(f"unknown update rule {self.update!r} (choose from {', '.join(UPDATES)})")
-        if int(self.eot_samples) != self.eot_samples or self.eot_samples < 1:
-            raise ValueError(f"eot_samples must be a whole number >= 1, got {self.eot_samples}")
-        if self.psnr_floor is not None and not self.psnr_floor > 0:
-            raise ValueError(f"psnr_floor must be a positive number of dB, got {self.psnr_floor}")
-
-    @classmethod
-    def for_method(cls, method=None, **explicit) -> "PGDConfig":
-        """The config of a run of ``method``: the library's defaults, under the method's
-        ``pgd_defaults``, under the ``explicit`` choices (None = not chosen)."""
-        names = {f.name for f in fields(cls)}
-        preferred = dict(getattr(method, "pgd_defaults", {}) or {})
-        unknown = (set(preferred) | set(explicit)) - names
-        if unknown:
-            raise TypeError(f"not PGD settings: {sorted(unknown)} (PGD has {sorted(names)})")
-        return cls(**{**preferred, **{k: v for k, v in explicit.items() if v is not None}})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def replace(self, **changes) -> "PGDConfig":
-        return replace(self, **changes)
-
-
 @dataclass
 class PGDResult:
     pixels: torch.Tensor  # adversarial image, same shape/dtype/device as the input, in [0, 1]
@@ -126,8 +80,8 @@ class PGD:
     """L-inf projected gradient ascent.
 
     Args:
-        eps, alpha, steps, momentum, schedule, random_start, update, psnr_floor: see ``PGDConfig`` (or pass ``config``).
-        seed: seeds the generator handed to the loss (prompt/timestep/noise draws) and the random start.
+        eps, alpha, steps, momentum, schedule, start, update, psnr_floor: see ``PGDConfig`` (or pass ``config``).
+        seed: seeds the generator handed to the loss (prompt/timestep/noise draws) and a random start.
         transform: optional differentiable EOT transform ``t(x, generator) -> x'`` applied before the loss;
             each step averages the gradients of ``config.eot_samples`` draws of it (``decontext.purify.EOT``).
         progress: show a tqdm bar.
@@ -139,7 +93,7 @@ class PGD:
         alpha: float = PGDConfig.alpha,
         steps: int = PGDConfig.steps,
         momentum: float = PGDConfig.momentum,
-        random_start: bool = PGDConfig.random_start,
+        start: str = PGDConfig.start,
         seed: int = 0,
         transform: Transform | None = None,
         progress: bool = True,
@@ -150,13 +104,13 @@ class PGD:
         config: PGDConfig | None = None,
     ):
         self.config = config or PGDConfig(eps=eps, alpha=alpha, steps=steps, momentum=momentum, schedule=schedule,
-                                          random_start=random_start, update=update, psnr_floor=psnr_floor)
+                                          start=start, update=update, psnr_floor=psnr_floor)
         self.eps = self.config.eps / 255.0
         self.alpha = self.config.alpha / 255.0
         self.steps = int(self.config.steps)
         self.momentum = self.config.momentum
         self.schedule = self.config.schedule
-        self.random_start = self.config.random_start
+        self.start = self.config.start
         self.update = self.config.update
         # A hair inside the floor, so rounding the saved file to 8 bits cannot push the PSNR below it.
         self.rms_cap = None if self.config.psnr_floor is None else 0.995 * psnr_radius(self.config.psnr_floor)
@@ -180,9 +134,10 @@ class PGD:
         x0 = x0.detach().float()
         generator = torch.Generator().manual_seed(self.seed)
         x = x0.clone()
-        if self.random_start and self.eps > 0:
+        if self.start != "clean" and self.eps > 0:
+            # The first draw of the run's generator: uniform in the ball, or its sign (every pixel +-eps).
             start = torch.rand(x0.shape, generator=generator).to(x0.device) * 2 - 1
-            x = self.project(x0 + start * self.eps, x0)
+            x = self.project(x0 + (start.sign() if self.start == "sign" else start) * self.eps, x0)
         velocity = torch.zeros_like(x0)
         first, second = torch.zeros_like(x0), torch.zeros_like(x0)  # Adam's moments (update "adam")
         history: list[dict] = []

@@ -292,24 +292,6 @@ class EOT:
 
 
 # ---------------------------------------------------------------------------------------------- the run-folder stage
-PURIFIED = "purified"
-SEPARATOR = "@"  # edits/<condition>@<breaker label>: the edits of the purified copies of <condition>
-
-
-def purified_condition(condition: str, breaker: Breaker) -> str:
-    return f"{condition}{SEPARATOR}{breaker.label}"
-
-
-def condition_input_dir(run_dir: str | Path, condition: str) -> Path:
-    """Where a condition's input images live: ``<run>/<condition>/``, or for a purified condition
-    ``<condition>@<label>``, ``<run>/purified/<label>/<condition>/``."""
-    run_dir = Path(run_dir)
-    if SEPARATOR in condition:
-        base, label = condition.split(SEPARATOR, 1)
-        return run_dir / PURIFIED / label / base
-    return run_dir / condition
-
-
 def purify_run(run_dir: str | Path, breakers: list[Breaker], conditions=("protected",), seed: int = 0, editor=None, log=print, progress: bool = True) -> dict:
     """Purified copies of each condition's images: ``<run>/purified/<label>/<condition>/<stem>.png``.
 
@@ -319,7 +301,7 @@ def purify_run(run_dir: str | Path, breakers: list[Breaker], conditions=("protec
     from tqdm.auto import tqdm
 
     from .images import ImageLoadError, atomic_save, list_images, load_image
-    from .protect import image_seed
+    from .runs import image_seed, purified_path
 
     run_dir = Path(run_dir)
     report = {"written": 0, "skipped": 0, "failed": {}}
@@ -332,7 +314,7 @@ def purify_run(run_dir: str | Path, breakers: list[Breaker], conditions=("protec
             for breaker in breakers:
                 jobs.append((condition, path, breaker))
     for condition, path, breaker in tqdm(jobs, desc="purify", disable=not progress, dynamic_ncols=True):
-        out = run_dir / PURIFIED / breaker.label / condition / f"{path.stem}.png"
+        out = purified_path(run_dir, breaker.label, condition, path.stem)
         if out.exists():
             report["skipped"] += 1
             continue
@@ -352,6 +334,8 @@ def main(argv=None) -> int:
     import argparse
     import json
     import sys
+
+    from .runs import purified_condition
 
     ap = argparse.ArgumentParser(prog="python -m decontext.purify", description="Purified copies of a run folder's protected images (docs/ROBUSTNESS.md); "
                                  "edit them into edits/<condition>@<breaker> and compute_metrics reports them beside the unpurified numbers.")
@@ -383,7 +367,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"purified {report['written']}, kept {report['skipped']} (already there), failed {len(report['failed'])}: "
-          + ", ".join(purified_condition(c, b) for c in args.conditions for b in breakers))
+          + ", ".join(purified_condition(c, b.label) for c in args.conditions for b in breakers))
     return 1 if report["failed"] else 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without `pip install -e .`
 
-from decontext.t2i import main  # noqa: E402
+from decontext.safety.t2i import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -42,7 +42,7 @@ def test_method_specs_and_weights():
         Composite([Term(build_method("noise")), Term(build_method("encoder"))])
     combo = Composite([Term(build_method("decontext", prompts=["a"])), Term(build_method("encoder"), 0.5)])
     assert combo.requires == {"context_attention", "vae"} and combo.name == "decontext+encoder"
-    assert combo.pgd_defaults == {"schedule": "linear", "random_start": True}  # encoder's; decontext has none
+    assert combo.pgd_defaults == {"schedule": "linear", "start": "uniform"}  # encoder's; decontext has none
 
 
 def test_composition_on_the_cli_logs_every_term_and_stays_in_budget(face, tmp_path):
@@ -53,7 +53,7 @@ def test_composition_on_the_cli_logs_every_term_and_stays_in_budget(face, tmp_pa
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["method"]["method"] == "decontext+encoder" and manifest["method"]["normalize"] == "grad"
     assert [t["weight"] for t in manifest["method"]["terms"]] == [1.0, 0.5]
-    assert manifest["pgd"] == {"eps": 8.0, "alpha": 0.6375, "steps": 4, "momentum": 0.0, "schedule": "linear", "random_start": True, "update": "sign", "psnr_floor": None, "eot_samples": 1}
+    assert manifest["pgd"] == {"eps": 8.0, "alpha": 0.6375, "steps": 4, "momentum": 0.0, "schedule": "linear", "start": "uniform", "update": "sign", "psnr_floor": None, "eot_samples": 1}
     entry = manifest["images"]["face.png"]
     assert set(entry["before"]) == {"decontext:share", "encoder:latent_mse"}
     assert 0 < entry["max_abs_diff_levels"] <= 8

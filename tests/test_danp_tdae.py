@@ -160,7 +160,7 @@ def test_flat_gradient_without_weight_is_the_plain_gradient():
 def test_tdae_alternates_prompt_cycles_and_its_embedding_steps_lower_their_objective(kontext):
     method = TDAE(prompts=["add a hat", "make it blue", "turn the hair red"], dpd_every=4, dpd_steps=4, dpd_lr=0.05, release_text_encoders=False)
     assert [s for s in range(12) if method.is_dpd_step(s)] == [0, 4, 8]
-    assert PGDConfig.for_method(method).random_start
+    assert PGDConfig.for_method(method).start == "uniform"
     x0 = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
     method.prepare(kontext)
     with method.session(kontext):

@@ -15,7 +15,9 @@ from decontext.editors.flux2 import Flux2Editor, ProbedFlux2AttnProcessor, Probe
 from decontext.images import from_array
 from decontext.methods import build_method
 from decontext.pgd import PGDConfig
-from decontext.protect import ProtectSettings, protect_image
+from decontext.config import ProtectConfig
+from decontext.protect import protect
+from decontext.runs import image_seed
 
 PROMPTS = ["add a hat", "make the person smile"]
 
@@ -160,8 +162,8 @@ def test_decontext_pgd_lowers_the_share_within_budget():
     editor = Flux2Editor.tiny(seed=1)
     image = from_array(_rgb(32, 48, 7))
     method = build_method("decontext", prompts=PROMPTS)
-    settings = ProtectSettings(pgd=PGDConfig(eps=16, alpha=4, steps=6), resolution="native", progress=False, measure_draws=2)
-    outcome = protect_image(editor, method, image, settings, name="x")
+    settings = ProtectConfig(pgd=PGDConfig(eps=16, alpha=4, steps=6), resolution="native", measure_draws=2)
+    outcome = protect(editor, method, image.pixels, settings, image_seed(0, "x"))
     assert outcome.after["share"] < outcome.before["share"]
     assert float((outcome.pixels - image.pixels).abs().max()) * 255 <= 16 + 1e-3
     assert {k: type(v) for k, v in editor.transformer.attn_processors.items()} == {k: type(v) for k, v in Flux2Editor.tiny(seed=1).transformer.attn_processors.items()}

@@ -23,7 +23,9 @@ from decontext.editors.flux_kontext import FluxKontextEditor
 from decontext.methods import build_method
 from decontext.names import shown
 from decontext.pgd import PGDConfig
-from decontext.protect import ProtectSettings, protect_paths
+from decontext.config import ProtectConfig
+from decontext.protect import protect_files
+from decontext.runs import image_seed
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["add a hat", "make the person smile"]
@@ -42,8 +44,8 @@ def photos(folder: Path, names=("a", "b"), size=(40, 48)) -> Path:
     return folder
 
 
-def settings(eps=8.0, steps=2, **pgd) -> ProtectSettings:
-    return ProtectSettings(pgd=PGDConfig(eps=eps, alpha=1.0, steps=steps, **pgd), resolution="native", measure_draws=0, progress=False)
+def settings(eps=8.0, steps=2, **pgd) -> ProtectConfig:
+    return ProtectConfig(pgd=PGDConfig(eps=eps, alpha=1.0, steps=steps, **pgd), resolution="native", measure_draws=0)
 
 
 def decontext():
@@ -62,30 +64,30 @@ def files(folder: Path) -> dict[str, bytes]:
 def test_resume_skips_only_the_same_settings_on_the_same_bytes(tmp_path, editor):
     inputs, out = photos(tmp_path / "in"), tmp_path / "out"
     log = []
-    first = protect_paths(editor, decontext(), inputs, out, settings(), log=log.append)
+    first = protect_files(editor, decontext(), inputs, out, settings(), progress=False, log=log.append)
     assert first.done == ["a.png", "b.png"]
     entry = manifest(out)["images"]["a.png"]
     assert entry["status"] == "done" and len(entry["input_sha256"]) == 64 and entry["settings"]["pgd"]["eps"] == 8.0
     saved = files(out)
 
-    again = protect_paths(editor, decontext(), inputs, out, settings(), log=log.append)
+    again = protect_files(editor, decontext(), inputs, out, settings(), progress=False, log=log.append)
     assert again.skipped == ["a.png", "b.png"] and not again.done and again.ok
 
-    other = protect_paths(editor, decontext(), inputs, out, settings(eps=4.0, steps=3), log=log.append)
+    other = protect_files(editor, decontext(), inputs, out, settings(eps=4.0, steps=3), progress=False, log=log.append)
     assert not other.done and set(other.failed) == {"a.png", "b.png"}
     assert "pgd.eps: 8.0 -> 4.0" in other.failed["a.png"] and "pgd.steps: 2 -> 3" in other.failed["a.png"]
     assert "--overwrite" in other.failed["a.png"]
     assert files(out) == saved  # nothing the user had was touched
     assert manifest(out)["images"]["a.png"]["status"] == "done"  # and its record is kept
 
-    other_method = protect_paths(editor, build_method("decontext", prompts=["add glasses"]), inputs, out, settings(), log=log.append)
+    other_method = protect_files(editor, build_method("decontext", prompts=["add glasses"]), inputs, out, settings(), progress=False, log=log.append)
     assert "method.prompts_sha256" in other_method.failed["a.png"]
 
     Image.fromarray(np.full((40, 48, 3), 100, np.uint8)).save(inputs / "a.png")  # the input changed
-    changed = protect_paths(editor, decontext(), inputs, out, settings(), log=log.append)
+    changed = protect_files(editor, decontext(), inputs, out, settings(), progress=False, log=log.append)
     assert "input file's bytes changed" in changed.failed["a.png"] and changed.skipped == ["b.png"]
 
-    redo = protect_paths(editor, decontext(), inputs, out, settings(eps=4.0, steps=6), log=log.append, overwrite=True)
+    redo = protect_files(editor, decontext(), inputs, out, settings(eps=4.0, steps=6), progress=False, log=log.append, overwrite=True)
     assert redo.done == ["a.png", "b.png"]
     record = manifest(out)["images"]
     assert "input file's bytes changed" in record["a.png"]["redone"] and "pgd.eps: 8.0 -> 4.0" in record["b.png"]["redone"]
@@ -99,7 +101,7 @@ def test_a_file_the_tool_did_not_make_is_never_overwritten(tmp_path, editor):
     mine = np.full((40, 48, 3), 7, np.uint8)
     Image.fromarray(mine).save(out / "a.png")
     original = (out / "a.png").read_bytes()
-    report = protect_paths(editor, decontext(), inputs, out, settings(), log=lambda m: None)
+    report = protect_files(editor, decontext(), inputs, out, settings(), progress=False, log=lambda m: None)
     assert "no manifest entry says how it was made" in report.failed["a.png"]
     assert (out / "a.png").read_bytes() == original
 
@@ -169,7 +171,7 @@ def test_tiny_images_are_protected_at_a_valid_working_size_or_refused_never_unch
     for name, shape in (("one", (1, 1)), ("seven_by_five", (5, 7)), ("strip", (2, 90))):
         Image.fromarray(rng.integers(30, 220, (*shape, 3), dtype=np.uint8)).save(inputs / f"{name}.png")
     out = tmp_path / "out"
-    report = protect_paths(editor, decontext(), inputs, out, settings(eps=8.0, steps=3), log=lambda m: None)
+    report = protect_files(editor, decontext(), inputs, out, settings(eps=8.0, steps=3), progress=False, log=lambda m: None)
     images = manifest(out)["images"]
     for name in ("one", "seven_by_five", "strip"):
         entry = images[f"{name}.png"]
@@ -185,7 +187,7 @@ def test_tiny_images_are_protected_at_a_valid_working_size_or_refused_never_unch
 
 def test_a_budget_too_small_to_change_any_8_bit_level_is_refused(tmp_path, editor):
     inputs = photos(tmp_path / "in", names=("a",))
-    report = protect_paths(editor, decontext(), inputs, tmp_path / "out", settings(eps=0.4), log=lambda m: None)
+    report = protect_files(editor, decontext(), inputs, tmp_path / "out", settings(eps=0.4), progress=False, log=lambda m: None)
     assert "changed no pixel" in report.failed["a.png"] and not (tmp_path / "out" / "a.png").exists()
 
 
@@ -229,7 +231,7 @@ def test_outputs_follow_the_umask(tmp_path, editor):
     old = os.umask(0o022)
     try:
         out = tmp_path / "out"
-        protect_paths(editor, decontext(), photos(tmp_path / "in", names=("a",)), out, settings(), log=lambda m: None)
+        protect_files(editor, decontext(), photos(tmp_path / "in", names=("a",)), out, settings(), progress=False, log=lambda m: None)
     finally:
         os.umask(old)
     assert (out / "a.png").stat().st_mode & 0o777 == 0o644
@@ -333,7 +335,7 @@ def test_a_non_finite_loss_stops_that_image_only(tmp_path, editor):
         return real_start(editor, x0, size)
 
     method.loss, method.start = loss, start
-    report = protect_paths(editor, method, inputs, out, settings(), log=lambda m: None)
+    report = protect_files(editor, method, inputs, out, settings(), progress=False, log=lambda m: None)
     assert report.done == ["b.png"] and "non-finite loss at PGD step 0" in report.failed["a.png"]
     assert not (out / "a.png").exists() and manifest(out)["images"]["a.png"]["status"] == "failed"
 
@@ -341,15 +343,15 @@ def test_a_non_finite_loss_stops_that_image_only(tmp_path, editor):
 # ------------------------------------------------------------------------------------------ 11. out of memory
 def test_out_of_memory_on_one_image_names_the_options_and_the_batch_goes_on(tmp_path, editor, monkeypatch):
     inputs, out = photos(tmp_path / "in", names=("a", "b")), tmp_path / "out"
-    real = protect_module.protect_image
+    real = protect_module.protect
 
-    def protect_image(editor, method, image, settings, name="image"):
-        if name == "a":
+    def protect(editor, method, pixels, config, seed, **options):
+        if seed == image_seed(0, "a"):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real(editor, method, image, settings, name=name)
+        return real(editor, method, pixels, config, seed, **options)
 
-    monkeypatch.setattr(protect_module, "protect_image", protect_image)
-    report = protect_paths(editor, decontext(), inputs, out, settings(), log=lambda m: None)
+    monkeypatch.setattr(protect_module, "protect", protect)
+    report = protect_files(editor, decontext(), inputs, out, settings(), progress=False, log=lambda m: None)
     assert report.done == ["b.png"]
     message = report.failed["a.png"]
     assert "out of GPU memory" in message and all(flag in message for flag in ("--checkpointing", "--quantize", "--resolution"))
@@ -372,7 +374,7 @@ def test_out_of_memory_while_editing_names_the_options_and_the_batch_goes_on(tmp
 
     monkeypatch.setattr(editor, "edit", edit)
     report = run_edits(editor, images, [load_prompts()[0]], [1], tmp_path / "edits", EditSettings(steps=2, resolution="native"), progress=False)
-    assert report.done == 1 and "out of GPU memory" in report.failed["a.png"]
+    assert len(report.done) == 1 and "out of GPU memory" in report.failed["a.png"]
     assert all(flag in report.failed["a.png"] for flag in ("--offload", "--vae-tiling", "--resolution"))
 
 

@@ -9,7 +9,9 @@ from decontext.methods import build_method
 from decontext.methods.decontext import DeContext
 from decontext.inference import image_to_pil
 from decontext.pgd import PGDConfig
-from decontext.protect import ProtectSettings, protect_image
+from decontext.config import ProtectConfig
+from decontext.protect import protect
+from decontext.runs import image_seed
 
 import numpy as np
 
@@ -26,9 +28,11 @@ def _loss(method, editor, pixels, seed=0):
 def test_noise_control_uses_the_whole_budget_deterministically():
     editor = FluxKontextEditor.tiny()
     image = _image()
-    settings = ProtectSettings(pgd=PGDConfig(eps=8, steps=5), resolution="native", progress=False, measure_draws=0)
-    a = protect_image(editor, build_method("noise"), image, settings, name="x")
-    b = protect_image(editor, build_method("noise"), image, settings, name="x")
+    noise = build_method("noise")
+    settings = ProtectConfig(pgd=PGDConfig.for_method(noise, eps=8), resolution="native", measure_draws=0)
+    assert settings.pgd.steps == 0 and settings.pgd.start == "sign"
+    a = protect(editor, noise, image.pixels, settings, image_seed(0, "x"))
+    b = protect(editor, build_method("noise"), image.pixels, settings, image_seed(0, "x"))
     delta = (a.pixels - image.pixels) * 255
     assert torch.equal(a.pixels, b.pixels) and a.history == []
     inside = (image.pixels > 8 / 255) & (image.pixels < 1 - 8 / 255)
@@ -39,10 +43,9 @@ def test_encoder_and_flow_losses_increase_under_pgd():
     for name in ("encoder", "flow_loss"):
         editor = FluxKontextEditor.tiny(seed=1)
         method = build_method(name, **({"prompts": ["add a hat"]} if name == "flow_loss" else {}))
-        method.prepare(editor)
         image = _image(1)
-        settings = ProtectSettings(pgd=PGDConfig(eps=16, alpha=2, steps=8), resolution="native", progress=False, measure_draws=0)
-        outcome = protect_image(editor, method, image, settings, name="x")
+        settings = ProtectConfig(pgd=PGDConfig(eps=16, alpha=2, steps=8), resolution="native", measure_draws=0)
+        outcome = protect(editor, method, image.pixels, settings, image_seed(0, "x"))
         before = _loss(method, editor, image.pixels)
         after = _loss(method, editor, outcome.pixels)
         assert after > before, (name, before, after)
@@ -52,8 +55,8 @@ def test_encoder_and_flow_losses_increase_under_pgd():
 def test_decontext_lowers_measured_share_and_records_history():
     editor = FluxKontextEditor.tiny(seed=2)
     method = DeContext(prompts=["add a hat", "make the person smile"])
-    settings = ProtectSettings(pgd=PGDConfig(eps=16, alpha=2, steps=10), resolution="native", progress=False, measure_draws=2)
-    outcome = protect_image(editor, method, _image(2), settings, name="x")
+    settings = ProtectConfig(pgd=PGDConfig(eps=16, alpha=2, steps=10), resolution="native", measure_draws=2)
+    outcome = protect(editor, method, _image(2).pixels, settings, image_seed(0, "x"))
     assert outcome.after["share"] < outcome.before["share"]
     assert len(outcome.history) == 10 and all(0 < h["share"] < 1 for h in outcome.history)
     assert all(abs(h["loss"] - (1 - h["share"])) < 1e-6 for h in outcome.history)
@@ -117,7 +120,7 @@ def test_editing_after_protection_uses_the_stock_processors():
     image = _image(3)
     reference = editor.edit(image_to_pil(image), ["add a hat"], [0], steps=2, resolution="native")[0]
     method = DeContext(prompts=["add a hat"], release_text_encoders=False)
-    protect_image(editor, method, image, ProtectSettings(pgd=PGDConfig(eps=8, steps=2), resolution="native", progress=False, measure_draws=0), name="x")
+    protect(editor, method, image.pixels, ProtectConfig(pgd=PGDConfig(eps=8, steps=2), resolution="native", measure_draws=0), image_seed(0, "x"))
     after = editor.edit(image_to_pil(image), ["add a hat"], [0], steps=2, resolution="native")[0]
     assert np.array_equal(np.asarray(reference), np.asarray(after))
     assert editor._active_probe is None

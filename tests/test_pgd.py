@@ -40,9 +40,9 @@ def test_history_and_reproducibility_with_random_draws():
         w = torch.randn(x.shape, generator=generator)
         return (w * x).sum()
 
-    a = PGD(eps=4, alpha=1, steps=5, seed=7, random_start=True, momentum=0.9, progress=False).run(x0, noisy_loss)
-    b = PGD(eps=4, alpha=1, steps=5, seed=7, random_start=True, momentum=0.9, progress=False).run(x0, noisy_loss)
-    c = PGD(eps=4, alpha=1, steps=5, seed=8, random_start=True, momentum=0.9, progress=False).run(x0, noisy_loss)
+    a = PGD(eps=4, alpha=1, steps=5, seed=7, start="uniform", momentum=0.9, progress=False).run(x0, noisy_loss)
+    b = PGD(eps=4, alpha=1, steps=5, seed=7, start="uniform", momentum=0.9, progress=False).run(x0, noisy_loss)
+    c = PGD(eps=4, alpha=1, steps=5, seed=8, start="uniform", momentum=0.9, progress=False).run(x0, noisy_loss)
     assert torch.equal(a.pixels, b.pixels)
     assert not torch.equal(a.pixels, c.pixels)
     assert [h["step"] for h in a.history] == list(range(5))
@@ -98,8 +98,8 @@ def test_config_takes_method_defaults_under_explicit_choices():
     from decontext.pgd import PGDConfig
 
     encoder = build_method("encoder")
-    assert PGDConfig.for_method(encoder, eps=16) == PGDConfig(eps=16, schedule="linear", random_start=True)
-    assert PGDConfig.for_method(encoder, schedule="constant", random_start=False, momentum=None).schedule == "constant"
+    assert PGDConfig.for_method(encoder, eps=16) == PGDConfig(eps=16, schedule="linear", start="uniform")
+    assert PGDConfig.for_method(encoder, schedule="constant", start="clean", momentum=None).schedule == "constant"
     assert PGDConfig.for_method(build_method("decontext", prompts=["a"])) == PGDConfig()
     with pytest.raises(ValueError, match="schedule"):
         PGDConfig(schedule="warm")

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from decontext import purify
+from decontext.runs import condition_input_dir
 from decontext.pgd import PGD, PGDConfig
 from decontext.toy import world
 
@@ -222,7 +223,7 @@ def test_run_folder_stage_purifies_and_metrics_report_each_breaker(tmp_path, cap
     shutil.copytree(run / "edits" / "protected", run / "edits" / "protected@jpeg_quality50")
     index = run / "edits" / "protected@jpeg_quality50" / "index.json"
     index.write_text(index.read_text().replace("edits/protected/", "edits/protected@jpeg_quality50/"))
-    assert purify.condition_input_dir(run, "protected@jpeg_quality50") == run / "purified" / "jpeg_quality50" / "protected"
+    assert condition_input_dir(run, "protected@jpeg_quality50") == run / "purified" / "jpeg_quality50" / "protected"
     assert metrics_main(["--run", str(run), "--metrics", "pixel", "--no-progress"]) == 0
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -15,7 +15,9 @@ from decontext.editors.qwen_image_edit import QwenImageEditEditor
 from decontext.images import from_array
 from decontext.methods import build_method
 from decontext.pgd import PGDConfig
-from decontext.protect import ProtectSettings, protect_image
+from decontext.config import ProtectConfig
+from decontext.protect import protect
+from decontext.runs import image_seed
 
 SIZE = (32, 48)  # non-square: 2 x 3 packed tokens per image
 PROMPTS = ["add a hat", "make the person smile with glasses"]  # different lengths: the text mask is active
@@ -173,8 +175,8 @@ def test_edit_runs_the_stock_pipeline(editor):
 def test_decontext_lowers_the_share_within_budget(editor):
     image = from_array(np.array(Image.fromarray(astronaut()).resize((SIZE[1], SIZE[0]))))
     method = build_method("decontext", prompts=PROMPTS)
-    settings = ProtectSettings(pgd=PGDConfig(eps=25.5, alpha=2.55, steps=8), resolution="native", progress=False, measure_draws=2)
-    outcome = protect_image(editor, method, image, settings, name="wide")
+    settings = ProtectConfig(pgd=PGDConfig(eps=25.5, alpha=2.55, steps=8), resolution="native", measure_draws=2)
+    outcome = protect(editor, method, image.pixels, settings, image_seed(0, "wide"))
     assert outcome.working_size == SIZE
     assert outcome.after["share"] < outcome.before["share"], (outcome.before, outcome.after)
     assert (outcome.pixels - image.pixels).abs().max() <= 25.5 / 255 + 1e-6
@@ -320,8 +322,8 @@ def test_plus_decontext_lowers_the_share_within_budget(plus_editor):
     plus_editor.set_references([Image.fromarray(astronaut()).resize((REF_SIZE[1], REF_SIZE[0]))], resolution="native")
     try:
         method = build_method("decontext", prompts=PROMPTS)
-        settings = ProtectSettings(pgd=PGDConfig(eps=25.5, alpha=2.55, steps=8), resolution="native", progress=False, measure_draws=2)
-        outcome = protect_image(plus_editor, method, image, settings, name="plus")
+        settings = ProtectConfig(pgd=PGDConfig(eps=25.5, alpha=2.55, steps=8), resolution="native", measure_draws=2)
+        outcome = protect(plus_editor, method, image.pixels, settings, image_seed(0, "plus"))
     finally:
         plus_editor.set_references([])
     assert outcome.working_size == PLUS_SIZE

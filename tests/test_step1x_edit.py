@@ -20,7 +20,9 @@ from decontext.editors.step1x_edit import Step1XEditor, guided_velocity, officia
 from decontext.images import from_array
 from decontext.methods.decontext import DeContext
 from decontext.pgd import PGDConfig
-from decontext.protect import ProtectSettings, protect_image
+from decontext.config import ProtectConfig
+from decontext.protect import protect
+from decontext.runs import image_seed
 from test_attention import BruteForceProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,8 +134,8 @@ def test_vlm_refresh_rereads_the_image_every_k_steps(folder, refresh, expected_c
 def test_share_falls_on_a_non_square_input(editor):
     image = from_array(np.array(Image.fromarray(astronaut()).resize((96, 64))))
     method = DeContext(prompts=["add a hat", "make the person smile"], t_one_every=10)
-    settings = ProtectSettings(pgd=PGDConfig(eps=25.5, alpha=2.55, steps=8), resolution="native", progress=False, measure_draws=2)
-    outcome = protect_image(editor, method, image, settings, name="wide")
+    settings = ProtectConfig(pgd=PGDConfig(eps=25.5, alpha=2.55, steps=8), resolution="native", measure_draws=2)
+    outcome = protect(editor, method, image.pixels, settings, image_seed(0, "wide"))
     assert outcome.working_size == (64, 96)
     assert outcome.after["share"] < outcome.before["share"], (outcome.before, outcome.after)
     assert (outcome.pixels - image.pixels).abs().max() <= 25.5 / 255 + 1e-6

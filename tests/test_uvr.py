@@ -335,7 +335,7 @@ def test_collect_then_edit_and_generate_under_uvr(tmp_path):
     from decontext.cli import inference_main
     from decontext.metrics import concept
     from decontext.safety import collect
-    from decontext.t2i import main as t2i_main
+    from decontext.safety.t2i import main as t2i_main
 
     anchors = tmp_path / "anchors.safetensors"
     assert collect.main(["--pipeline", "t2i", "--model", "tiny", "--concept", "hat", "--prompt", "a hat", "--seeds", "0", "1", "--output", str(anchors)]) == 0

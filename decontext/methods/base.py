@@ -9,6 +9,7 @@ Adding a method = one new file in this package with a ``Method`` subclass, plus 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, ContextManager, Sequence
@@ -40,6 +41,7 @@ class Method:
     """Base of the protection methods: defaults for everything a method may leave out."""
 
     name: ClassVar[str] = ""
+    optimises: ClassVar[bool] = True  # False: no loss to climb (the noise control: its PGD start is the whole perturbation)
     options: ClassVar[tuple[Option, ...]] = ()
     requires: ClassVar[frozenset[str]] = frozenset()  # editor capabilities (editors.base.CAPABILITIES) it needs
     pgd_defaults: ClassVar[dict] = {}  # PGD settings the method's paper prescribes (pgd.PGDConfig fields), under explicit choices
@@ -70,12 +72,28 @@ class Method:
         return cls(**{o.dest: getattr(args, o.dest) for o in cls.options if getattr(args, o.dest, None) is not None})
 
     def prepare(self, editor: Editor) -> None:
-        """One-time work before any image (e.g. embed the prompt pool, then free text encoders)."""
+        """One-time work before any image on ``editor`` (e.g. embed the prompt pool, then free text
+        encoders). Called once per editor, by ``session`` (through ``ready``); never call it yourself."""
 
-    def session(self, editor: Editor) -> ContextManager:
+    def ready(self, editor: Editor) -> None:
+        """``prepare(editor)`` the first time this method meets ``editor``; nothing after that."""
+        prepared = self.__dict__.setdefault("_prepared_editors", weakref.WeakSet())
+        if editor is not None and editor not in prepared:
+            self.prepare(editor)
+            prepared.add(editor)
+
+    def hold(self, editor: Editor) -> ContextManager:
         """What the method holds on the editor while one image is optimised (e.g. attention probes);
         released, and the editor as before, when the ``with`` ends."""
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def session(self, editor: Editor):
+        """``with method.session(editor):`` around everything done for one image (``start``, ``loss``,
+        ``measure``): the method is prepared for ``editor`` (once), then holds what it needs on it."""
+        self.ready(editor)
+        with self.hold(editor) as held:
+            yield held
 
     def start(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int]) -> None:
         """Called inside ``session`` once per image (or batch), before any ``loss``, with its CLEAN pixels
@@ -131,9 +149,7 @@ class ProbedMethod(Method):
         editor.prepare(self.prompts, release=self.release_text_encoders)
 
     @contextlib.contextmanager
-    def session(self, editor: Editor):
-        if self._blocks is None:
-            self.prepare(editor)
+    def hold(self, editor: Editor):
         with self.open_probe(editor) as probe:
             self._probe = probe
             try:

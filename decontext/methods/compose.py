@@ -68,7 +68,7 @@ class Composite(Method):
         if len(set(labels)) != len(labels):
             raise ValueError(f"a method appears twice in one composition: {labels}")
         for term in self.terms:
-            if hasattr(term.method, "perturb"):
+            if not term.method.optimises:
                 raise ValueError(f"{term.method.name!r} is not an optimisation and cannot be composed")
             if not float(term.weight) > 0:
                 raise ValueError(f"weights must be positive, got {term.label}: {term.weight}")
@@ -104,12 +104,9 @@ class Composite(Method):
     def _editor(self, term: Term, editor):
         return editor if term.editor is None else term.editor
 
-    def prepare(self, editor=None) -> None:
-        for term in self.terms:
-            term.method.prepare(self._editor(term, editor))
-
     @contextlib.contextmanager
     def session(self, editor=None):
+        """Every term's session on its own editor (each term's method is prepared there once)."""
         with contextlib.ExitStack() as stack:
             for term in self.terms:
                 stack.enter_context(term.method.session(self._editor(term, editor)))

@@ -30,7 +30,7 @@ class DiffusionAttack(Method):
 
     name = "diffusion"
     requires = frozenset({"sampling"})
-    pgd_defaults = {"schedule": "linear", "random_start": True}  # PhotoGuard's pgd(): uniform start, linear decay
+    pgd_defaults = {"schedule": "linear", "start": "uniform"}  # PhotoGuard's pgd(): uniform start, linear decay
     options = (
         Option("--sample-steps", "diffusion: denoising steps the attack backpropagates through (default 4)", type=int),
         Option("--target-value", "grey level in [0, 1] of the encoder / diffusion attack's target image (default 0.5)"),
@@ -47,19 +47,15 @@ class DiffusionAttack(Method):
         self.target_value = float(target_value)
         self.prompts = prompt_list(prompts)
         self.release_text_encoders = release_text_encoders
-        self._prepared = False
 
     def config(self) -> dict:
         return {"method": self.name, "sample_steps": self.sample_steps, "target_value": self.target_value, "num_prompts": len(self.prompts)}
 
     def prepare(self, editor: Editor) -> None:
         editor.prepare(self.prompts, release=self.release_text_encoders)
-        self._prepared = True
 
     def edit(self, editor: Editor, pixels: torch.Tensor, size, generator: torch.Generator, step: int | None = None) -> torch.Tensor:
         """The differentiable edit: (B, 3, H, W) pixels at the working size, for one draw of prompt and noise."""
-        if not self._prepared:
-            self.prepare(editor)
         (index,), _ = draw_prompts_and_sigmas(generator, len(self.prompts), (0.0, 1.0))
         condition = editor.condition(pixels, [self.prompts[index]], size, step=step)
         x = editor.noise_like(condition, generator)

@@ -17,7 +17,7 @@ from .base import Method, Option
 class EncoderAttack(Method):
     name = "encoder"
     requires = frozenset({"vae"})
-    pgd_defaults = {"schedule": "linear", "random_start": True}  # PhotoGuard's pgd(): uniform start, linear decay
+    pgd_defaults = {"schedule": "linear", "start": "uniform"}  # PhotoGuard's pgd(): uniform start, linear decay
     options = (Option("--target-value", "grey level in [0, 1] of the encoder / diffusion attack's target image (default 0.5)"),)
 
     def __init__(self, target_value: float = 0.5):

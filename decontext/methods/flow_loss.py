@@ -29,18 +29,14 @@ class FlowLoss(Method):
         self.t_range = check_t_range(t_range)
         self.prompts = prompt_list(prompts)
         self.release_text_encoders = release_text_encoders
-        self._prepared = False
 
     def config(self) -> dict:
         return {"method": self.name, "t_range": list(self.t_range), "num_prompts": len(self.prompts)}
 
     def prepare(self, editor: Editor) -> None:
         editor.prepare(self.prompts, release=self.release_text_encoders)
-        self._prepared = True
 
     def _error(self, editor: Editor, pixels, size, generator, step=None) -> torch.Tensor:
-        if not self._prepared:
-            self.prepare(editor)
         (index,), sigma = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range)
         condition = editor.condition(pixels, [self.prompts[index]], size, step=step)
         noise = editor.noise_like(condition, generator)

@@ -70,7 +70,7 @@ class TDAE(Method):
 
     name = "tdae"
     requires = frozenset({"diffusion_loss", "text_embeddings"})
-    pgd_defaults = {"random_start": True}  # D and its gradient vanish at the original image
+    pgd_defaults = {"start": "uniform"}  # D and its gradient vanish at the original image
     options = (
         Option("--t-range", "noise level drawn per step (tdae default 0 1)", nargs=2, metavar=("LO", "HI")),
         Option("--prompts", "prompt pool file", type=str),
@@ -101,7 +101,6 @@ class TDAE(Method):
         self.dpd_every, self.dpd_steps, self.dpd_lr = int(dpd_every), int(dpd_steps), float(dpd_lr)
         self.prompts = prompt_list(prompts)
         self.release_text_encoders = release_text_encoders
-        self._prepared = False
         self._clean: torch.Tensor | None = None
         self._clean_conditions: dict = {}  # prompt -> the original's condition (no gradient; read once per image)
         self._prompt: str | None = None
@@ -116,7 +115,6 @@ class TDAE(Method):
 
     def prepare(self, editor: Editor) -> None:
         editor.prepare(self.prompts, release=self.release_text_encoders)
-        self._prepared = True
 
     def start(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int]) -> None:
         self._clean = pixels.detach().clone()
@@ -177,8 +175,6 @@ class TDAE(Method):
 
     # ------------------------------------------------------------------ the method
     def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
-        if not self._prepared:
-            self.prepare(editor)
         if self._embeddings is None or self.is_dpd_step(step):
             self.dynamic_prompt(editor, pixels, size, generator, step)
         objective = lambda px, gen: self.discrepancy(editor, px, size, gen, self._embeddings, step)  # noqa: E731

@@ -123,7 +123,7 @@ def _outputs(folder: Path, category: str | None) -> dict[str, Path]:
     ``edits``) of ``category`` when it has one, else every PNG under it."""
     import json
 
-    from decontext.inference import run_root_of
+    from decontext.runs import run_root_of
 
     index = folder / "index.json"
     if index.is_file():

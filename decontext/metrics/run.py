@@ -381,7 +381,7 @@ def load_run(run_dir: Path, identity_map: dict[str, str] | None = None) -> RunDa
     index that is not JSON or names missing or out-of-folder files, a missing input folder) is listed in
     ``RunData.errors``.
     """
-    from decontext.purify import condition_input_dir
+    from decontext.runs import condition_input_dir
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

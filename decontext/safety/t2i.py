@@ -28,11 +28,11 @@ def load_pipeline(model: str, device, dtype):
     """(FluxPipeline, its default settings) for a hub id / folder, ``tiny``, or a toy version."""
     from diffusers import FluxPipeline
 
-    from .toy.names import is_toy_model, toy_editor_dir
+    from ..toy.names import is_toy_model, toy_editor_dir
 
     settings = dict(T2I_DEFAULTS)
     if model == "tiny":
-        from .editors.flux_kontext import FluxKontextEditor
+        from ..editors.flux_kontext import FluxKontextEditor
 
         pipe = FluxPipeline.from_pipe(FluxKontextEditor.tiny(seed=0).pipe)
         settings.update(height=64, width=64, num_inference_steps=4, max_sequence_length=32)
@@ -55,7 +55,7 @@ def load_pipeline(model: str, device, dtype):
 
 
 def parser() -> argparse.ArgumentParser:
-    from .safety.uvr import add_arguments
+    from .uvr import add_arguments
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="toy-v2", help="FLUX.1-dev hub id or folder, 'tiny', or a toy version trained for text-to-image (toy-v2)")
@@ -81,16 +81,14 @@ def main(argv=None) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .cli import quiet_libraries
-    from .editors import resolve_device, resolve_dtype
-    from .images import atomic_save
-    from .inference import validate_seeds
-    from .prompts import Prompt, PromptFileError, load_prompts
-    from .images import write_json_atomic
-    from .inference import edit_settings_digest, indexed_record
-    from .names import shown
-    from .protect import OutputBusyError, output_lock, remove_stale_parts, resume_decision
-    from .safety.uvr import check_resume, from_args
+    from ..cli import quiet_libraries
+    from ..editors import resolve_device, resolve_dtype
+    from ..images import atomic_save
+    from ..inference import validate_seeds
+    from ..names import shown
+    from ..prompts import Prompt, PromptFileError, load_prompts
+    from ..runs import Group, IndexFile, Made, Output, OutputBusyError, output_lock, remove_stale_parts, run_resumable
+    from .uvr import check_resume, from_args
 
     args = parser().parse_args(argv)
     try:
@@ -124,44 +122,32 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         remove_stale_parts(output)
-        index_path = output / "index.json"
-        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-        index["settings"] = {"model": args.model, "seeds": seeds, "dtype": str(dtype), **settings, "uvr": uvr_record}
-        digest, current = edit_settings_digest(index["settings"])  # exact resume, as for edits (decontext.inference)
-        known = index.setdefault("settings_by_digest", {})
-        known[digest] = current
-        images = {(e["prompt_index"], e["seed"]): e for e in index.get("images", [])}
-        jobs = [(p, s, output / str(p.index) / f"seed{s}.png") for p in prompts for s in seeds]
-        todo, refused = [], []
-        for prompt, seed, path in jobs:
-            recorded = indexed_record(images.get((prompt.index, seed)), known)
-            decision, why = resume_decision(recorded, path.exists(), {**current, "prompt": prompt.text}, None, args.overwrite, shown(path))
-            if decision == "refuse":
-                refused.append(why)
-            elif decision == "run":
-                todo.append((prompt, seed, path, why))
+        # Exact resume, as for edits (decontext.inference): the settings by digest plus each image's prompt text.
+        index = IndexFile(output / "index.json", {"model": args.model, "seeds": seeds, "dtype": str(dtype), **settings, "uvr": uvr_record},
+                          "images", ("prompt_index", "seed"))
+        outputs = []
+        for prompt in prompts:
+            for seed in seeds:
+                path = output / str(prompt.index) / f"seed{seed}.png"
+                fields = {"prompt": prompt.text, "prompt_index": prompt.index, "category": prompt.category, "seed": seed, "output": str(path.relative_to(output))}
+                outputs.append(Output((prompt.index, seed), path, index.settings_for(fields), fields))
 
-        def save_index():
-            index["images"] = sorted(images.values(), key=lambda e: (e["prompt_index"], e["seed"]))
-            write_json_atomic(index, index_path)
+        def work(group, batch, _):
+            began = time.perf_counter()
+            made = []
+            for out in batch:
+                image = pipe(prompt=out.fields["prompt"], num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
+                             height=settings["height"], width=settings["width"], max_sequence_length=settings["max_sequence_length"],
+                             generator=torch.Generator().manual_seed(out.fields["seed"])).images[0]
+                made.append(Made(lambda path, image=image: atomic_save(image, path, format="PNG"), {"seconds": round(time.perf_counter() - began, 3)}))
+            return made
 
-        with regulation, tqdm(total=len(jobs), initial=len(jobs) - len(todo) - len(refused), desc="images", disable=args.no_progress,
-                              dynamic_ncols=True) as bar:
-            for prompt, seed, path, why in todo:
-                began = time.perf_counter()
-                image = pipe(prompt=prompt.text, num_inference_steps=settings["steps"], guidance_scale=settings["guidance"], height=settings["height"],
-                             width=settings["width"], max_sequence_length=settings["max_sequence_length"], generator=torch.Generator().manual_seed(seed)).images[0]
-                entry = {"prompt": prompt.text, "prompt_index": prompt.index, "category": prompt.category, "seed": seed,
-                         "output": str(path.relative_to(output)), "seconds": round(time.perf_counter() - began, 3),
-                         "settings_digest": digest, "status": "pending", **({"redone": why} if why else {})}
-                images[(prompt.index, seed)] = entry
-                save_index()  # pending before the PNG appears: a kill in between leaves a record that says it is ours
-                atomic_save(image, path, format="PNG")
-                entry["status"] = "done"
-                save_index()
-                bar.update(1)
-        save_index()
-    print(f"generated {len(todo)}, skipped {len(jobs) - len(todo) - len(refused)} (already there with the same settings), "
+        # Each prompt and seed is its own group: one generation failing does not stop the others.
+        groups = [Group(f"prompt {o.fields['prompt_index']} seed {o.fields['seed']}", None, [o]) for o in outputs]
+        with regulation, tqdm(total=len(outputs), desc="images", disable=args.no_progress, dynamic_ncols=True) as bar:
+            report = run_resumable(groups, index, work, overwrite=args.overwrite, progress=bar)
+    refused = list(report.failed.values())
+    print(f"generated {len(report.done)}, skipped {len(report.skipped)} (already there with the same settings), "
           f"refused {len(refused)} -> {shown(output)}")
     for message in refused:
         print(f"  refused: {shown(message)}", file=sys.stderr)
