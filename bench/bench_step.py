@@ -174,7 +174,7 @@ class OfficialStyle:
         editor = self.editor
         captured, handles = {}, []
         for name in self.blocks:
-            attn = editor._block(name).attn
+            attn = editor.blocks[name].module.attn
             # The official hooks store a copy of each output.
             handles.append(attn.norm_q.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("q", o.clone())))
             handles.append(attn.norm_k.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("k", o.clone())))

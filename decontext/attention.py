@@ -11,8 +11,12 @@ through the fused scaled-dot-product kernels and their fused backward. In a laye
 needed, the indicator rides along in the layer's own attention call (``attention_with_share``); in
 the last probed layer, whose output is not needed, a separate call over target queries measures it.
 
-The probe is installed by swapping attention processors (diffusers style). A probed layer still
-returns exactly what the stock processor returns.
+Every consumer of a layer's attention (this probe, the premise study's cuts, UVR's regulator and its
+anchor recorder) is an ``AttentionHook``: the one processor per attention architecture
+(``decontext.editors.blocks``) makes the layer's q, k, v exactly as the stock processor does and hands
+them to the hook, which returns the attention output. ``ContextShareProbe`` is the probe's hook: its
+``joint`` is the one probe dispatch (measure-only and stop, fused, or a separate measurement call).
+A probed layer still returns exactly what the stock processor returns.
 """
 
 from __future__ import annotations
@@ -23,7 +27,55 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .editors.base import Layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Token counts of the joint attention sequence ``[text | target | context]``.
+
+    Always derived from tensor shapes at run time (never literals), so any resolution and aspect
+    ratio works.
+    """
+
+    text: int
+    target: int
+    context: int
+
+    @property
+    def total(self) -> int:
+        return self.text + self.target + self.context
+
+    @property
+    def text_slice(self) -> slice:
+        return slice(0, self.text)
+
+    @property
+    def target_slice(self) -> slice:
+        return slice(self.text, self.text + self.target)
+
+    @property
+    def context_slice(self) -> slice:
+        return slice(self.text + self.target, self.total)
+
+
+class StopForward(Exception):
+    """Raised inside a forward pass whose remaining blocks nothing needs (caught by the editor's velocity)."""
+
+
+class AttentionHook:
+    """What runs inside a hooked attention layer, between its q/k/v and its output projection.
+
+    ``joint(name, query, key, value, attend)``: a joint-attention layer's (B, S, H, D) q, k, v (after QK
+    norm and RoPE, text first) and ``attend(q, k, v, scale=None, mask=None)``, the layer's own attention
+    call (diffusers' dispatcher, the user's backend, the layer's key mask); returns the (B, S, H, D)
+    output. The default is the stock computation. ``cross(name, probs)``: a cross-attention layer's
+    (B, heads, queries, keys) softmax, read before the layer uses it (UNet editors)."""
+
+    def joint(self, name: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attend) -> torch.Tensor:
+        return attend(query, key, value)
+
+    def cross(self, name: str, probs: torch.Tensor) -> None:
+        pass
 
 
 def _indicator(layout: Layout, channels: int, like: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -39,13 +91,13 @@ def _indicator(layout: Layout, channels: int, like: torch.Tensor, text_mask: tor
     return indicator
 
 
-def _sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Scaled dot-product attention on (B, S, H, D) tensors (diffusers' layout), through torch's kernels."""
-    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), scale=scale)
+    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=mask, scale=scale)
     return out.transpose(1, 2)
 
 
-def target_masses(query: torch.Tensor, key: torch.Tensor, layout: Layout, text_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def target_masses(query: torch.Tensor, key: torch.Tensor, layout: Layout, text_mask: torch.Tensor | None = None, attend=None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention mass target queries put on the context keys and (given ``text_mask``) on the masked text
     keys, by a separate attention call of the target queries with indicator values.
 
@@ -53,6 +105,8 @@ def target_masses(query: torch.Tensor, key: torch.Tensor, layout: Layout, text_m
         query, key: (B, S, H, D) after normalisation and RoPE; S = layout.total, order [text|target|context].
         layout: token counts.
         text_mask: optional (B, layout.text) weights of the text keys (1 = a token of the prompt).
+        attend: the layer's attention call (default: torch's SDPA); a layer with a key mask passes its
+            masked call, so masked keys get zero probability here too.
     Returns:
         ((B, H, T) context share m_i, (B, H, T) text mass sum_j mask_j p_ij or None) for the T target queries.
     """
@@ -60,7 +114,7 @@ def target_masses(query: torch.Tensor, key: torch.Tensor, layout: Layout, text_m
     batch, _, heads, dim = key.shape
     # The fused kernels want a value as wide as q and k; a dense one (a broadcast one was slower on CPU).
     value = _indicator(layout, dim, key, text_mask)[:, :, None].expand(batch, layout.total, heads, dim).contiguous()
-    out = _sdpa(query[:, layout.target_slice], key, value)
+    out = (attend or sdpa)(query[:, layout.target_slice], key, value)
     return out[..., 0].transpose(1, 2), (None if text_mask is None else out[..., 1].transpose(1, 2))
 
 
@@ -82,7 +136,7 @@ def attention_with_masses(query, key, value, layout: Layout, attend=None, pad: i
 
     Args:
         query, key, value: (B, S, H, D), order [text|target|context], after normalisation and RoPE.
-        attend: ``attend(q, k, v, scale)`` on (B, S, H, D) tensors (default: torch's SDPA); the probed
+        attend: ``attend(q, k, v, scale=...)`` on (B, S, H, D) tensors (default: torch's SDPA); the probed
             processor passes diffusers' dispatcher so a user's attention backend is kept.
         text_mask: optional (B, layout.text) weights of the text keys.
     Returns:
@@ -93,15 +147,15 @@ def attention_with_masses(query, key, value, layout: Layout, attend=None, pad: i
     needed = 1 if text_mask is None else 2
     if pad < needed:
         raise ValueError(f"pad must be >= {needed} (one channel per indicator), got {pad}")
-    attend = attend or _sdpa
+    attend = attend or sdpa
     dim = query.shape[-1]
     scale = dim**-0.5
     padded_key = F.pad(key, (0, pad))
     indicator = _indicator(layout, pad, value, text_mask)[:, :, None].expand(value.shape[0], layout.total, value.shape[2], pad)
     padded_value = torch.cat([value, indicator], dim=-1)
-    target_out = attend(F.pad(query[:, layout.target_slice], (0, pad)), padded_key, padded_value, scale)
+    target_out = attend(F.pad(query[:, layout.target_slice], (0, pad)), padded_key, padded_value, scale=scale)
     others = torch.cat([query[:, layout.text_slice], query[:, layout.context_slice]], dim=1)
-    other_out = attend(others, key, value, scale)
+    other_out = attend(others, key, value, scale=scale)
     output = torch.cat(
         [other_out[:, : layout.text], target_out[..., :dim].to(other_out.dtype), other_out[:, layout.text :]], dim=1
     )
@@ -131,13 +185,14 @@ def context_share_reference(query: torch.Tensor, key: torch.Tensor, layout: Layo
 
 
 @dataclass
-class ContextShareProbe:
-    """Shared state of the probed processors of one model.
+class ContextShareProbe(AttentionHook):
+    """The probe: shared state of the probed layers of one model, and their hook.
 
     Set ``layout`` before a forward; after it, ``shares[name]`` holds a (B,) tensor per probed layer
     (mean over heads and target queries), still attached to the autograd graph. With ``text_mask`` set
     ((B, text) weights of the prompt's tokens), ``text_maps[name]`` also holds a (B, T) map: per target
-    query, the attention mass on those text keys, mean over heads (what DANP reads).
+    query, the attention mass on those text keys, mean over heads (what DANP reads). On a cross-attention
+    layer (UNet editors) only ``text_maps`` are recorded, from the layer's own softmax.
     """
 
     layout: Layout | None = None
@@ -155,23 +210,39 @@ class ContextShareProbe:
             raise RuntimeError("ContextShareProbe.layout must be set before the forward pass")
         return True
 
-    def record(self, name: str, query: torch.Tensor, key: torch.Tensor) -> None:
-        """Measure a layer whose attention output is not needed (a separate call)."""
-        if self._check_ready():
-            share, text = target_masses(query, key, self.layout, self.text_mask)
-            self.record_share(name, share, text)
-
-    def attend(self, name: str, query, key, value, attend=None) -> torch.Tensor:
-        """The layer's attention output (B, S, H, D); records its share on the way when enabled."""
+    def joint(self, name: str, query, key, value, attend=None) -> torch.Tensor:
+        """The probe dispatch of one joint-attention layer: in the layer a forward stops at, only the
+        measurement (a separate call; its output is never needed) and ``StopForward``; elsewhere the layer's
+        output with the measurement fused into its own call, or beside it (``fused=False``)."""
+        attend = attend or sdpa
         if not self._check_ready():
-            return (attend or _sdpa)(query, key, value, None)
+            return attend(query, key, value)
+        if self.stop_at == name:
+            self.record(name, query, key, attend)
+            raise StopForward
         if self.fused:
             out, share, text = attention_with_masses(query, key, value, self.layout, attend, text_mask=self.text_mask)
         else:
-            share, text = target_masses(query, key, self.layout, self.text_mask)
-            out = (attend or _sdpa)(query, key, value, None)
+            share, text = target_masses(query, key, self.layout, self.text_mask, attend)
+            out = attend(query, key, value)
         self.record_share(name, share, text)
         return out
+
+    def cross(self, name: str, probs: torch.Tensor) -> None:
+        """Keep the text map of a cross-attention layer's (B, heads, queries, keys) softmax; the forward
+        ends after it when this is the layer to stop at."""
+        if self.text_mask is None:
+            raise RuntimeError("ContextShareProbe.text_mask must be set before the forward pass")
+        mask = self.text_mask.to(probs.device, probs.dtype)
+        self.text_maps[name] = torch.einsum("bhqk,bk->bq", probs, mask) / probs.shape[1]
+        if self.stop_at == name:
+            raise StopForward
+
+    def record(self, name: str, query: torch.Tensor, key: torch.Tensor, attend=None) -> None:
+        """Measure a layer whose attention output is not needed (a separate call)."""
+        if self._check_ready():
+            share, text = target_masses(query, key, self.layout, self.text_mask, attend)
+            self.record_share(name, share, text)
 
     def record_share(self, name: str, share: torch.Tensor, text: torch.Tensor | None = None) -> None:
         """Keep the (B,) mean over heads and target queries of a (B, H, T) share (and the (B, T) head mean

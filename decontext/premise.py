@@ -10,15 +10,15 @@ layout (the toy editor first) by *cutting* that attention while the stock pipeli
   target queries on the context keys are multiplied by ``factor`` (0 blocks them; 0.5 halves them
   before the softmax renormalises), i.e. ``log(factor)`` is added to those scores. Nothing else
   changes: text and context queries, and target queries on text and target keys, are as stock.
-- ``CutFluxAttnProcessor``: diffusers' ``FluxAttnProcessor`` with its q/k/v path restated (as
-  ``decontext.editors.flux_kontext.ProbedFluxAttnProcessor`` does); when no cut is active and no
-  share is measured it *is* the stock call, so outputs are bit-identical to the stock processor.
-- ``cutting(pipe)``: installs the processors on every block of ``pipe.transformer`` and a forward
+- ``CutState``: the attention hook of every block (``decontext.editors.blocks``: the one FLUX processor
+  that restates the stock q/k/v path); when no cut is active and no share is measured a layer's
+  attention is the stock call, so outputs are bit-identical to the stock processor.
+- ``cutting(pipe)``: installs the hook on every block of ``pipe.transformer`` and a forward
   pre-hook on the transformer that reads, from each call's own inputs, the joint-sequence layout
   (text count from ``encoder_hidden_states``; context tokens are those whose position id axis 0 is
   non-zero, as the pipeline flags them) and the sampling step (the timestep the transformer
   receives, looked up in ``pipe.scheduler.timesteps``). The stock processors come back afterwards.
-- With ``CutState.measure`` the processors also record the share of target attention on context
+- With ``CutState.measure`` the layers also record the share of target attention on context
   (``decontext.attention.context_share``: exact, from q and k after RMSNorm and RoPE; the share
   after the cut where a cut is active), per step and block, mean over images, heads and target
   queries. The layer outputs stay bit-identical to stock when no cut is active.
@@ -46,21 +46,13 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .attention import context_share, swapped_processors
-from .editors.base import Layout, resolve_blocks
-from .editors.flux_dit import joint_output, joint_qkv
+from .attention import AttentionHook, Layout, context_share, sdpa
+from .editors.blocks import block_map, resolve_blocks
 from .methods.decontext import PAPER_BLOCKS
-
-try:  # diffusers internals the restated processor calls (read, not copied), as in editors/flux_kontext.py
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-    from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
-except ImportError as exc:  # pragma: no cover - only with an incompatible diffusers
-    raise ImportError(f"decontext.premise needs diffusers with FluxAttnProcessor (tested with 0.42.1): {exc}") from exc
 
 BLOCK = 0.0  # factor that removes the target->context attention
 HALVE = 0.5  # factor that halves it (before renormalisation)
 TIMESTEP_SCALE = 1000.0  # FluxKontextPipeline passes scheduler timestep / 1000 to the transformer
-STREAMS = (("double", "transformer_blocks"), ("single", "single_transformer_blocks"))
 
 
 # ---------------------------------------------------------------------------------------------- cuts
@@ -90,12 +82,14 @@ def score_bias(factor: float) -> float:
 
 
 @dataclass
-class CutState:
-    """Shared state of the cut processors of one transformer.
+class CutState(AttentionHook):
+    """Shared state of the cut layers of one transformer, and their attention hook.
 
     ``cut`` (or None) is set by the caller; ``step``, ``sigma`` and ``layout`` are set before every
-    transformer call by the pre-hook of ``cutting``. With ``measure`` the processors add the context
+    transformer call by the pre-hook of ``cutting``. With ``measure`` the layers add the context
     share of each call to ``share_sums[(step, block)] = [sum over images, number of images]``.
+    Without an active cut (and without share measurement) a layer's attention is the stock call, so
+    its output is bit-identical to the stock processor's.
     """
 
     cut: Cut | None = None
@@ -133,6 +127,22 @@ class CutState:
         """``{step: mean share over blocks}``."""
         return {step: float(np.mean(list(blocks.values()))) for step, blocks in self.shares().items()}
 
+    def joint(self, name: str, query, key, value, attend) -> torch.Tensor:
+        factor = self.factor_for(name)
+        if factor is None and not self.measure:
+            return attend(query, key, value)
+        layout = self.layout
+        if layout is None:
+            raise RuntimeError(f"{name}: no layout; install the hooks with decontext.premise.cutting(pipe)")
+        if query.shape[1] != layout.total:
+            raise ValueError(f"{name}: sequence length {query.shape[1]} does not match layout {layout}")
+        if self.measure and layout.context and layout.target:
+            share = context_share(query, key, layout)
+            self.record_share(name, share if factor is None else cut_share(share, factor))
+        if factor is None or layout.context == 0 or layout.target == 0:
+            return attend(query, key, value)
+        return cut_attention(query, key, value, layout, factor, attend)
+
 
 def cut_share(share: torch.Tensor, factor: float) -> torch.Tensor:
     """The context share after a cut, from the uncut share m of each query (exact):
@@ -150,73 +160,19 @@ def cut_attention(query, key, value, layout: Layout, factor: float, attend=None)
 
     Args:
         query, key, value: (B, S, H, D), order [text|target|context], after normalisation and RoPE.
-        attend: ``attend(q, k, v, attn_mask)`` on (B, S, H, D) tensors; default: torch's SDPA.
+        attend: ``attend(q, k, v, mask=...)`` on (B, S, H, D) tensors; default: torch's SDPA.
     Returns:
         (B, S, H, D) attention output.
     """
     if query.shape[1] != layout.total or key.shape[1] != layout.total:
         raise ValueError(f"sequence length {query.shape[1]} does not match layout {layout}")
-    attend = attend or _sdpa
+    attend = attend or sdpa
     bias = torch.zeros(layout.target, layout.total, dtype=query.dtype, device=query.device)
     bias[:, layout.context_slice] = score_bias(factor)
-    target_out = attend(query[:, layout.target_slice], key, value, bias)
+    target_out = attend(query[:, layout.target_slice], key, value, mask=bias)
     others = torch.cat([query[:, layout.text_slice], query[:, layout.context_slice]], dim=1)
-    other_out = attend(others, key, value, None)
+    other_out = attend(others, key, value)
     return torch.cat([other_out[:, : layout.text], target_out.to(other_out.dtype), other_out[:, layout.text :]], dim=1)
-
-
-def _sdpa(query, key, value, attn_mask=None):
-    out = torch.nn.functional.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attn_mask)
-    return out.transpose(1, 2)
-
-
-class CutFluxAttnProcessor(FluxAttnProcessor):
-    """``FluxAttnProcessor`` that cuts the target->context attention when ``state`` says so.
-
-    Without an active cut (and without share measurement) it runs the stock processor's own code,
-    so its outputs are bit-identical to stock. With one it restates the stock q/k/v path (projections,
-    RMSNorm, text first in double blocks, RoPE) and attends with ``cut_attention``.
-    """
-
-    def __init__(self, state: CutState, name: str):
-        super().__init__()
-        self.state = state
-        self.name = name
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        factor = self.state.factor_for(self.name)
-        if factor is None and not self.state.measure:
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        if attention_mask is not None:
-            # FluxKontextPipeline passes none; a mask would change which keys the cut and share act on.
-            raise NotImplementedError(f"{self.name}: cutting the context attention does not support attention masks")
-        layout = self.state.layout
-        if layout is None:
-            raise RuntimeError(f"{self.name}: no layout; install the processors with decontext.premise.cutting(pipe)")
-        query, key, value = joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
-        if query.shape[1] != layout.total:
-            raise ValueError(f"{self.name}: sequence length {query.shape[1]} does not match layout {layout}")
-        if self.state.measure and layout.context and layout.target:
-            share = context_share(query, key, layout)
-            self.state.record_share(self.name, share if factor is None else cut_share(share, factor))
-        if factor is None or layout.context == 0 or layout.target == 0:
-            out = dispatch_attention_fn(query, key, value, attn_mask=None, backend=self._attention_backend, parallel_config=self._parallel_config)
-        else:
-            out = cut_attention(query, key, value, layout, factor, self._attend)
-        return joint_output(attn, out.to(query.dtype), encoder_hidden_states)
-
-    def _attend(self, query, key, value, attn_mask):
-        return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, backend=self._attention_backend, parallel_config=self._parallel_config)
-
-
-# ------------------------------------------------------------------------------ installing on a pipe
-def depths(transformer) -> dict[str, int]:
-    return {stream: len(getattr(transformer, attr)) for stream, attr in STREAMS}
-
-
-def block_processor_keys(transformer) -> dict[str, str]:
-    """``{"double.0": "transformer_blocks.0.attn.processor", ...}`` in model order."""
-    return {f"{stream}.{i}": f"{attr}.{i}.attn.processor" for stream, attr in STREAMS for i in range(len(getattr(transformer, attr)))}
 
 
 def layout_of_call(hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor, img_ids: torch.Tensor) -> Layout:
@@ -292,7 +248,7 @@ SOURCE_INPUT = "source"  # the one "block" of a UNet editor: its source-image in
 
 @contextlib.contextmanager
 def cutting(pipe, state: CutState | None = None):
-    """Cut processors on every block of ``pipe.transformer`` (stock ones back afterwards).
+    """The cut hook on every block of ``pipe.transformer`` (stock processors back afterwards).
 
     Yields the shared ``CutState``: set ``state.cut`` (and ``state.measure``) between pipeline
     calls. Needs the transformer to be called with keyword arguments, as the pipeline does.
@@ -310,10 +266,10 @@ def cutting(pipe, state: CutState | None = None):
         return
     transformer = pipe.transformer
     state = state or CutState()
-    processors = {key: CutFluxAttnProcessor(state, name) for name, key in block_processor_keys(transformer).items()}
+    blocks = block_map(transformer)
     handle = transformer.register_forward_pre_hook(_track_call(state, pipe.scheduler), with_kwargs=True)
     try:
-        with swapped_processors(transformer, processors):
+        with blocks.hooked({name: state for name in blocks}):
             yield state
     finally:
         handle.remove()
@@ -542,7 +498,7 @@ def run_premise(
     unet = getattr(pipe, "transformer", None) is None
     if unet:  # the source enters through input channels: cuts by step only
         specs = [s for s in specs if s.blocks == "all"]
-    model_depths = {} if unet else depths(pipe.transformer)
+    model_depths = {} if unet else block_map(pipe.transformer).depths
     rows = [row for spec in specs for row in spec.resolve(n_steps, model_depths)]
 
     scenes = eval_scenes(identities)

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
 
-from decontext.attention import attention_with_share, context_share, context_share_reference, swapped_processors
+from decontext.attention import attention_with_share, context_share, context_share_reference
+from decontext.editors.blocks import swapped_processors
 from decontext.editors.base import Layout
 from decontext.editors.flux_kontext import FluxKontextEditor
 
@@ -98,7 +99,7 @@ def test_probe_matches_brute_force_in_double_and_single_blocks_non_square(editor
             probed = editor.velocity(target, sigma, condition)
             shares = dict(probe.shares)
         store = {"layout": condition.layout}
-        reference = {editor._processor_key(n): BruteForceProcessor(n, store) for n in names}
+        reference = {editor.blocks[n].processor_key: BruteForceProcessor(n, store) for n in names}
         with swapped_processors(editor.transformer, reference):
             brute = editor.velocity(target, sigma, condition)
     assert store["layout"] == Layout(text=editor.max_sequence_length, target=15, context=15)

@@ -11,7 +11,7 @@ from PIL import Image
 
 from decontext.attention import context_share_reference
 from decontext.editors import load_editor
-from decontext.editors.flux2 import Flux2Editor, ProbedFlux2AttnProcessor, ProbedFlux2ParallelSelfAttnProcessor
+from decontext.editors.flux2 import Flux2Editor
 from decontext.images import from_array
 from decontext.methods import build_method
 from decontext.pgd import PGDConfig
@@ -72,13 +72,13 @@ def _captured_shares(editor, condition, blocks):
     noise = editor.noise_like(condition, torch.Generator().manual_seed(0))
     reference = {}
     with editor.probe(blocks) as probe:
-        attend = probe.attend
+        joint = probe.joint
 
         def spy(name, query, key, value, call=None):
             reference[name] = context_share_reference(query, key, probe.layout).mean(dim=(1, 2))
-            return attend(name, query, key, value, call)
+            return joint(name, query, key, value, call)
 
-        probe.attend = spy
+        probe.joint = spy
         editor.velocity(noise, torch.tensor([0.95, 0.7]), condition)
         return dict(probe.shares), reference
 
@@ -100,7 +100,10 @@ def test_shares_equal_brute_force_over_several_references(editor):
 def test_probed_processors_subclass_stock_and_keep_outputs(editor):
     from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor
 
-    assert issubclass(ProbedFlux2AttnProcessor, Flux2AttnProcessor) and issubclass(ProbedFlux2ParallelSelfAttnProcessor, Flux2ParallelSelfAttnProcessor)
+    with editor.probe(editor.block_names) as probe:  # the hooked processors subclass the stock ones of each block kind
+        hooked = editor.transformer.attn_processors
+        assert all(isinstance(hooked[editor.blocks[n].processor_key], Flux2AttnProcessor if n.startswith("double") else Flux2ParallelSelfAttnProcessor)
+                   and hooked[editor.blocks[n].processor_key].hook is probe for n in editor.block_names)
     condition = editor.condition(torch.rand(1, 3, 48, 32, generator=torch.Generator().manual_seed(12)), PROMPTS, (48, 32))
     noise = editor.noise_like(condition, torch.Generator().manual_seed(1))
     stock_types = {k: type(v) for k, v in editor.transformer.attn_processors.items()}

@@ -68,7 +68,7 @@ def test_decontext_pass_ends_inside_the_last_probed_block_with_unchanged_shares(
     method.prepare(editor)
     blocks = method._blocks
     calls = []
-    handle = editor._block(blocks[-1]).proj_out.register_forward_hook(lambda *a: calls.append(1))
+    handle = editor.blocks[blocks[-1]].module.proj_out.register_forward_hook(lambda *a: calls.append(1))
     pixels = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad(), method.session(editor) as probe:

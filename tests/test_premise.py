@@ -15,7 +15,8 @@ from decontext import premise
 from decontext.attention import context_share_reference
 from decontext.editors.base import Layout
 from decontext.editors.flux_kontext import FluxKontextEditor
-from decontext.premise import BLOCK, HALVE, Cut, CutFluxAttnProcessor, CutState, cutting
+from decontext.editors.blocks import block_map
+from decontext.premise import BLOCK, HALVE, Cut, CutState, cutting
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "premise.py"
 HEIGHT, WIDTH = 48, 80  # non-square: 3 x 5 = 15 target tokens at the tiny editor's 16 px per token
@@ -87,7 +88,7 @@ def test_no_cut_layer_is_bit_identical_to_stock(editor, stream, measure):
     state = CutState(cut=Cut(blocks=("double.1",)), measure=measure, layout=layout, step=0)  # a cut elsewhere only
     with torch.no_grad():
         stock = _as_tuple(FluxAttnProcessor()(attn, **inputs))
-        ours = _as_tuple(CutFluxAttnProcessor(state, f"{stream}.0")(attn, **inputs))
+        ours = _as_tuple(block_map(editor.transformer).processor(state, f"{stream}.0")(attn, **inputs))
     assert len(ours) == len(stock)
     for a, b in zip(ours, stock):
         assert torch.equal(a, b)
@@ -101,7 +102,7 @@ def test_cut_layer_equals_brute_force_softmax(editor, stream, factor):
     attn, inputs = _layer_inputs(editor, stream, layout, seed=1)
     state = CutState(cut=Cut(steps=(0,), blocks=(f"{stream}.0",), factor=factor), measure=True, layout=layout, step=0)
     with torch.no_grad():
-        ours = _as_tuple(CutFluxAttnProcessor(state, f"{stream}.0")(attn, **inputs))
+        ours = _as_tuple(block_map(editor.transformer).processor(state, f"{stream}.0")(attn, **inputs))
         reference, share = _brute_force(attn, layout, factor, **inputs)
         stock, stock_share = _brute_force(attn, layout, None, **inputs)
     for a, b in zip(ours, _as_tuple(reference)):
@@ -154,14 +155,14 @@ def test_pipeline_without_cut_is_bit_identical_and_processors_come_back(editor):
     pipe = editor.pipe
     stock = _edit_latents(pipe)
     with cutting(pipe) as state:
-        assert all(isinstance(p, CutFluxAttnProcessor) for p in pipe.transformer.attn_processors.values())
+        assert all(getattr(p, "hook", None) is state for p in pipe.transformer.attn_processors.values())
         plain = _edit_latents(pipe, state, None)
         state.measure = True
         measured = _edit_latents(pipe, state, None)
         assert state.layout == Layout(text=TEXT_TOKENS, target=15, context=15)  # from the call's shapes
         assert sorted(state.sigmas) == list(range(STEPS)) and state.sigmas[0] == 1.0
         assert set(state.step_shares()) == set(range(STEPS))
-        assert set(state.shares()[0]) == set(premise.block_processor_keys(pipe.transformer))
+        assert set(state.shares()[0]) == set(block_map(pipe.transformer).names)
     assert all(type(p) is FluxAttnProcessor for p in pipe.transformer.attn_processors.values())
     assert not pipe.transformer._forward_pre_hooks
     for a, b, c in zip(stock, plain, measured):
@@ -200,7 +201,7 @@ def test_cut_acts_only_in_its_blocks(editor):
     pipe, transformer = editor.pipe, editor.transformer
     outputs: dict[str, list] = {}
     handles = []
-    for name in premise.block_processor_keys(transformer):
+    for name in block_map(transformer).names:
         stream, index = name.split(".")
         block = (transformer.transformer_blocks if stream == "double" else transformer.single_transformer_blocks)[int(index)]
         handles.append(block.register_forward_hook(lambda m, a, out, name=name: outputs.setdefault(name, []).append(out[1].clone())))
@@ -211,7 +212,7 @@ def test_cut_acts_only_in_its_blocks(editor):
     finally:
         for h in handles:
             h.remove()
-    order = list(premise.block_processor_keys(transformer))
+    order = list(block_map(transformer).names)
     for name in order:
         stock_first, cut_first = outputs[name][0], outputs[name][STEPS]  # image tokens at step 0 of each run
         if order.index(name) < order.index("single.1"):

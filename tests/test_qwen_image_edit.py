@@ -69,7 +69,7 @@ def _captured_inputs(editor, blocks):
     """Forward pre-hooks on the probed attention modules: their (hidden, text, mask, rotary) inputs."""
     captured, handles = {}, []
     for name in blocks:
-        attn = editor._block(name).attn
+        attn = editor.blocks[name].module.attn
 
         def hook(module, args, kwargs, name=name):
             captured[name] = kwargs
@@ -80,7 +80,7 @@ def _captured_inputs(editor, blocks):
 
 def _reference_share(attn, inputs, layout):
     """Brute force in float64: the softmax over all keys with masked keys at -inf, mass on context keys."""
-    from decontext.editors.qwen_image_edit import joint_key_mask, qwen_joint_qkv
+    from decontext.editors.blocks import joint_key_mask, qwen_joint_qkv
 
     query, key, _ = qwen_joint_qkv(attn, inputs["hidden_states"], inputs["encoder_hidden_states"], inputs["image_rotary_emb"])
     q = query[:, layout.target_slice].transpose(1, 2).double()
@@ -109,10 +109,10 @@ def test_shares_equal_the_masked_brute_force_softmax(editor, pixels, fused, stop
             handle.remove()
     assert captured[blocks[0]]["encoder_hidden_states_mask"] is not None  # the mask reached the layer
     for name in blocks:
-        reference = _reference_share(editor._block(name).attn, captured[name], condition.layout)
+        reference = _reference_share(editor.blocks[name].module.attn, captured[name], condition.layout)
         assert torch.allclose(shares[name].double(), reference, atol=1e-5), (name, shares[name], reference)
     # Without the mask the padded keys would take mass: the test is sensitive to it.
-    unmasked = _reference_share(editor._block(blocks[0]).attn, {**captured[blocks[0]], "encoder_hidden_states_mask": None}, condition.layout)
+    unmasked = _reference_share(editor.blocks[blocks[0]].module.attn, {**captured[blocks[0]], "encoder_hidden_states_mask": None}, condition.layout)
     assert not torch.allclose(unmasked, shares[blocks[0]].double(), atol=1e-5)
 
 
@@ -126,10 +126,10 @@ def test_probed_processor_outputs_equal_the_stock_processor(editor, pixels):
             stock = editor.velocity(noise, torch.tensor(0.9), condition)
             with editor.probe(blocks) as probe:
                 probed = editor.velocity(noise, torch.tensor(0.9), condition)
-                processor = editor._block(blocks[0]).attn.processor
-                ours = processor(editor._block(blocks[0]).attn, **captured[blocks[0]])
-            original = editor._block(blocks[0]).attn.processor
-            theirs = original(editor._block(blocks[0]).attn, **captured[blocks[0]])
+                processor = editor.blocks[blocks[0]].module.attn.processor
+                ours = processor(editor.blocks[blocks[0]].module.attn, **captured[blocks[0]])
+            original = editor.blocks[blocks[0]].module.attn.processor
+            theirs = original(editor.blocks[blocks[0]].module.attn, **captured[blocks[0]])
     finally:
         for handle in handles:
             handle.remove()
@@ -296,12 +296,12 @@ def test_plus_shares_count_every_reference(plus_editor):
     layout = condition.layout
     assert captured[blocks[0]]["hidden_states"].shape[1] == layout.target + layout.context
     for name in blocks:
-        reference = _reference_share(plus_editor._block(name).attn, captured[name], layout)
+        reference = _reference_share(plus_editor.blocks[name].module.attn, captured[name], layout)
         assert torch.allclose(shares[name].double(), reference, atol=1e-5), (name, shares[name], reference)
     # Counting only reference 0's keys gives less: the further reference's keys are in the share.
     from decontext.editors.base import Layout
 
-    own_only = _reference_share(plus_editor._block(blocks[0]).attn, captured[blocks[0]], Layout(layout.text, layout.target, layout.target))
+    own_only = _reference_share(plus_editor.blocks[blocks[0]].module.attn, captured[blocks[0]], Layout(layout.text, layout.target, layout.target))
     assert (own_only < shares[blocks[0]].double() - 1e-6).all()
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from skimage.data import astronaut
 
-from decontext.attention import swapped_processors
+from decontext.editors.blocks import swapped_processors
 from decontext.editors.base import Layout
 from decontext.editors.step1x_edit import Step1XEditor, guided_velocity, official_size, shifted_schedule
 from decontext.images import from_array
@@ -60,7 +60,7 @@ def test_probe_matches_brute_force_non_square_and_keeps_outputs(editor):
             probed = editor.velocity(noise, sigma, condition)
             shares = dict(probe.shares)
         store = {"layout": condition.layout}
-        reference = {editor._processor_key(n): BruteForceProcessor(n, store) for n in names}
+        reference = {editor.blocks[n].processor_key: BruteForceProcessor(n, store) for n in names}
         with swapped_processors(editor.transformer, reference):
             brute = editor.velocity(noise, sigma, condition)
     assert condition.layout == Layout(text=editor.max_length, target=15, context=15)

@@ -249,8 +249,6 @@ def test_collect_anchors_one_per_image(pipe):
 
 def test_collected_anchor_is_the_recorded_block_output(pipe):
     """The anchor equals the block's attention output (target tokens, head mean over tokens) at the step."""
-    from decontext.editors.flux_dit import joint_qkv
-
     captured = {}
 
     def hook(module, args, kwargs, output):

@@ -14,41 +14,14 @@ Adding an editor = one module in this package with a class answering ``Editor`` 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, ContextManager, Protocol, Sequence, runtime_checkable
 
 import torch
 from PIL import Image
 
-
-@dataclass(frozen=True)
-class Layout:
-    """Token counts of the joint attention sequence ``[text | target | context]``.
-
-    Always derived from tensor shapes at run time (never literals), so any resolution and aspect
-    ratio works.
-    """
-
-    text: int
-    target: int
-    context: int
-
-    @property
-    def total(self) -> int:
-        return self.text + self.target + self.context
-
-    @property
-    def text_slice(self) -> slice:
-        return slice(0, self.text)
-
-    @property
-    def target_slice(self) -> slice:
-        return slice(self.text, self.text + self.target)
-
-    @property
-    def context_slice(self) -> slice:
-        return slice(self.text + self.target, self.total)
+from ..attention import Layout  # noqa: F401 (re-exported: the seam's token layout)
+from .blocks import resolve_blocks  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -200,66 +173,6 @@ def rectified_flow_pair(latents: torch.Tensor, noise: torch.Tensor, sigma: torch
     training). ``sigma``: scalar or (B,)."""
     s = torch.as_tensor(sigma, device=latents.device, dtype=latents.dtype).reshape(-1, 1, 1)
     return (1 - s) * latents + s * noise, noise - latents
-
-
-_RANGE = re.compile(r"^([a-z_]+)(?::(all|\d+(?:-\d+)?)(?:/(\d+))?)?$")
-
-
-def resolve_blocks(spec: str | Sequence[str], depths: dict[str, int]) -> list[str]:
-    """Turn a block specification into block names ``"<stream>.<index>"`` of a concrete model.
-
-    ``spec`` is a comma-separated list of items:
-      - ``single.3`` / ``double.0``: one block by name;
-      - ``single`` or ``single:all``: every block of that stream;
-      - ``single:0-25``: blocks 0..25 of this model;
-      - ``all``: every block of every stream;
-      - ``single:0-25/38``: blocks 0..25 of a 38-deep stack, scaled to this model's depth: block i of n is
-        kept when its relative position i/n lies in [0/38, 26/38). On FLUX (38 single blocks) this is
-        exactly 0..25; on a 4-single-block tiny model it is 0..2.
-    Streams are the model's own (``double``/``single`` on FLUX-family DiTs; ``down``/``mid``/``up``
-    cross-attention layers on UNets). The result keeps model order and has no duplicates.
-    """
-    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    items = [stream for item in items for stream in (depths if item == "all" else [item])]
-    if not items:
-        raise ValueError("empty block specification")
-    chosen: set[str] = set()
-    for item in items:
-        if "." in item:
-            stream, _, index = item.partition(".")
-            if stream not in depths or not index.isdigit() or int(index) >= depths[stream]:
-                raise ValueError(f"unknown block {item!r}: this model has {depths}")
-            chosen.add(item)
-            continue
-        match = _RANGE.match(item)
-        if not match:
-            raise ValueError(f"bad block specification {item!r} (examples: 'single:0-25/38', 'double', 'single.3')")
-        stream, span, reference = match.groups()
-        if stream not in depths:
-            raise ValueError(f"unknown block stream {stream!r} in {item!r}: this model has {depths}")
-        depth = depths[stream]
-        if span in (None, "all"):
-            chosen.update(f"{stream}.{i}" for i in range(depth))
-            continue
-        start, _, end = span.partition("-")
-        start, end = int(start), int(end or start)
-        if end < start:
-            raise ValueError(f"bad block range {item!r}")
-        if reference is None:
-            if end >= depth:
-                raise ValueError(f"block range {item!r} exceeds this model's {depth} {stream} blocks")
-            chosen.update(f"{stream}.{i}" for i in range(start, end + 1))
-        else:
-            ref = int(reference)
-            if end >= ref:
-                raise ValueError(f"block range {item!r} exceeds its reference depth {ref}")
-            lo, hi = start / ref, (end + 1) / ref
-            chosen.update(f"{stream}.{i}" for i in range(depth) if lo - 1e-12 <= i / depth < hi - 1e-12)
-    order = [f"{s}.{i}" for s, depth in depths.items() for i in range(depth)]
-    result = [name for name in order if name in chosen]
-    if not result:
-        raise ValueError(f"block specification {spec!r} selects no block of this model ({depths})")
-    return result
 
 
 def to_vae_input(pixels: torch.Tensor, size: tuple[int, int], multiple: int, device, dtype) -> torch.Tensor:

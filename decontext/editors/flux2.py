@@ -17,7 +17,7 @@ How FLUX.2 differs from FLUX.1-Kontext, read from the pipelines (and followed he
     the joint sequence is ``[text | target | ref_0 | ref_1 | ...]`` and the context share counts the
     keys of every reference image (``Layout.context`` = their total token count, from shapes);
   - single-stream blocks are parallel blocks (``Flux2ParallelSelfAttnProcessor``: fused QKV + MLP
-    projection); double blocks use ``Flux2AttnProcessor``. Both are probed by subclasses below.
+    projection); double blocks use ``Flux2AttnProcessor``. Both are hooked by ``editors.blocks``.
 
 The protected image is reference 0 (it fixes the target size, as in the pipeline); further references
 (``set_references``) ride along as fixed context.
@@ -38,100 +38,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..attention import ContextShareProbe
+from ..attention import StopForward
 from .base import Condition, Layout, snap, to_batch, vae_pixels
-from .flux_dit import FluxDiTEditor, _StopForward
-
-try:  # diffusers internals the probed processors call (read, not copied)
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-    from diffusers.models.embeddings import apply_rotary_emb
-    from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor, _get_qkv_projections
-except ImportError as exc:  # pragma: no cover - only with an incompatible diffusers
-    raise ImportError(f"the flux2 editor needs diffusers with Flux2Transformer2DModel (tested with 0.42.1): {exc}") from exc
+from .dit import JointDiTEditor
 
 PIPELINES = ("Flux2Pipeline", "Flux2KleinPipeline")  # model_index.json _class_name values this editor loads
 DEFAULT_GUIDANCE = 4.0  # Flux2Pipeline's / Flux2KleinPipeline's own guidance_scale default
 MAX_REFERENCE_AREA = 1024 * 1024  # the pipelines shrink larger reference images to this area
 EDIT_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": DEFAULT_GUIDANCE, "resolution": "auto"}
 DISTILLED_EDIT_DEFAULTS = {"num_inference_steps": 4, "guidance_scale": 1.0, "resolution": "auto"}  # step-distilled [klein]
-
-
-# ---------------------------------------------------------------------------------------------- probe
-class _Flux2Probed:
-    """What both probed FLUX.2 processors share: the probe, the layer's name, and the stock attention
-    call through diffusers' dispatcher (a user's attention backend is kept)."""
-
-    def _init_probe(self, probe: ContextShareProbe, name: str) -> None:
-        self.probe = probe
-        self.name = name
-
-    def _attend(self, query, key, value, scale=None, attn_mask=None):
-        return dispatch_attention_fn(query, key, value, attn_mask=attn_mask, scale=scale, backend=self._attention_backend, parallel_config=self._parallel_config)
-
-    def _joint_attention(self, query, key, value, attention_mask):
-        """(B, S, H, D) attention output of the layer; records the share (or stops after it) on the way."""
-        if attention_mask is not None:
-            # The FLUX.2 pipelines pass none; a mask would change which keys the share is taken over.
-            raise NotImplementedError(f"{self.name}: the context-share probe does not support attention masks")
-        if self.probe.stop_at == self.name:
-            self.probe.record(self.name, query, key)
-            raise _StopForward
-        return self.probe.attend(self.name, query, key, value, self._attend).to(query.dtype)
-
-
-def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    return x.unflatten(-1, (-1, head_dim))
-
-
-class ProbedFlux2AttnProcessor(_Flux2Probed, Flux2AttnProcessor):
-    """``Flux2AttnProcessor`` (double-stream blocks) that also reports the target->context share.
-
-    Same projections, QK RMSNorm, text-first joint sequence and RoPE as the stock processor; the layer
-    output is the stock one."""
-
-    def __init__(self, probe: ContextShareProbe, name: str):
-        super().__init__()
-        self._init_probe(probe, name)
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        query, key, value, text_query, text_key, text_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        query, key, value = attn.norm_q(_heads(query, attn.head_dim)), attn.norm_k(_heads(key, attn.head_dim)), _heads(value, attn.head_dim)
-        if attn.added_kv_proj_dim is not None:
-            query = torch.cat([attn.norm_added_q(_heads(text_query, attn.head_dim)), query], dim=1)
-            key = torch.cat([attn.norm_added_k(_heads(text_key, attn.head_dim)), key], dim=1)
-            value = torch.cat([_heads(text_value, attn.head_dim), value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        out = self._joint_attention(query, key, value, attention_mask).flatten(2, 3)
-        if encoder_hidden_states is None:
-            return attn.to_out[1](attn.to_out[0](out))
-        text_out, image_out = out.split_with_sizes([encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], dim=1)
-        return attn.to_out[1](attn.to_out[0](image_out)), attn.to_add_out(text_out)
-
-
-class ProbedFlux2ParallelSelfAttnProcessor(_Flux2Probed, Flux2ParallelSelfAttnProcessor):
-    """``Flux2ParallelSelfAttnProcessor`` (single-stream parallel blocks) that also reports the share.
-
-    The fused projection is split into QKV and MLP halves by their global ratio, as the stock processor
-    does; attention and the SwiGLU MLP are joined by the fused output projection."""
-
-    def __init__(self, probe: ContextShareProbe, name: str):
-        super().__init__()
-        self._init_probe(probe, name)
-
-    def __call__(self, attn, hidden_states, attention_mask=None, image_rotary_emb=None):
-        fused = attn.to_qkv_mlp_proj(hidden_states)
-        qkv_width, mlp_width = 3 * attn.inner_dim, attn.mlp_hidden_dim * attn.mlp_mult_factor
-        local_qkv = fused.shape[-1] * qkv_width // (qkv_width + mlp_width)
-        qkv, mlp = torch.split(fused, [local_qkv, fused.shape[-1] - local_qkv], dim=-1)
-        query, key, value = (_heads(t, attn.head_dim) for t in qkv.chunk(3, dim=-1))
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        out = self._joint_attention(query, key, value, attention_mask).flatten(2, 3)
-        return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
 
 
 # ---------------------------------------------------------------------------------------------- tiny
@@ -238,7 +153,7 @@ def _pipeline_class(name: str):
     return getattr(diffusers, name)
 
 
-class Flux2Editor(FluxDiTEditor):
+class Flux2Editor(JointDiTEditor):
     """FLUX.2 [dev] or [klein] (or any checkpoint in their diffusers layout, e.g. the tiny one)."""
 
     family = "flux2"
@@ -374,9 +289,10 @@ class Flux2Editor(FluxDiTEditor):
         """Whether the edit path runs a second, empty-prompt branch ([klein] base) rather than a guidance embedding."""
         return "negative_prompt_embeds" in inspect.signature(self.pipe.__call__).parameters and not self.is_distilled
 
-    def _probed_processors(self, probe: ContextShareProbe, blocks: Sequence[str]) -> dict:
-        kinds = {"double": ProbedFlux2AttnProcessor, "single": ProbedFlux2ParallelSelfAttnProcessor}
-        return {self._processor_key(name): kinds[name.split(".")[0]](probe, name) for name in blocks}
+    @property
+    def multiple_of(self) -> int:
+        """Pixel sizes must be multiples of this (VAE downsampling x 2x2 patchify)."""
+        return (2 ** (len(self.vae.config.block_out_channels) - 1)) * 2
 
     # ------------------------------------------------------------------ text
     def _templated(self, prompt: str) -> str:
@@ -541,7 +457,7 @@ class Flux2Editor(FluxDiTEditor):
         embeds, _, guidance = self._text_inputs(condition, sigma, batch)
         self._arm_probe(condition, Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1]), batch, stop_after)
         try:
-            with self._stop_after(stop_after):
+            with self.blocks.stop_after(stop_after):
                 out = self.transformer(
                     hidden_states=torch.cat([x_t.to(self.dtype), context.to(self.dtype)], dim=1),
                     encoder_hidden_states=embeds,
@@ -551,7 +467,7 @@ class Flux2Editor(FluxDiTEditor):
                     guidance=guidance,
                     return_dict=False,
                 )[0]
-        except _StopForward:
+        except StopForward:
             return None
         return out[:, : x_t.shape[1]]
 

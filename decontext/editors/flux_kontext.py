@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from .base import Condition, Layout, content_token_mask, snap, to_batch
-from .flux_dit import FluxDiTEditor, ProbedFluxAttnProcessor, image_ids, joint_velocity, pack_latents, vae_latents  # noqa: F401 (re-exported)
+from .dit import Flux1DiTEditor, image_ids, joint_velocity, pack_latents, vae_latents  # noqa: F401 (re-exported)
 
 from ..toy.names import TOY_DEFAULT, is_toy_model, toy_editor_dir, toy_versions
 
@@ -61,7 +61,7 @@ def latent_ids(lat_h: int, lat_w: int, context: bool, device=None, dtype=torch.f
     return image_ids(lat_h, lat_w, axis0=1 if context else 0, device=device, dtype=dtype)
 
 
-class FluxKontextEditor(FluxDiTEditor):
+class FluxKontextEditor(Flux1DiTEditor):
     """FLUX.1-Kontext (or any model in its diffusers layout, e.g. the tiny and toy editors)."""
 
     family = "flux_kontext"

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import gc
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -28,15 +27,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..attention import swapped_processors
-from .base import Condition, Layout, content_token_mask, edit_images, enable_vae_memory_savers, level_working_size, resolve_blocks, snap, to_batch, to_vae_input, vae_pixels
+from ..attention import ContextShareProbe, StopForward
+from .base import Condition, Layout, content_token_mask, edit_images, enable_vae_memory_savers, level_working_size, snap, to_batch, to_vae_input, vae_pixels
+from .blocks import BlockMap, block_map
 
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
 IMAGE_GUIDANCE = 1.5  # the pipeline's and the official edit CLI's image guidance scale
 # The official edit CLI's sampler (= the pipeline's defaults): 100 steps, text guidance 7.5, 512 px.
 EDIT_DEFAULTS = {"num_inference_steps": 100, "guidance_scale": 7.5, "resolution": 512}
-CROSS_ATTENTION = "attn2"  # diffusers' name of the text cross-attention inside each transformer block
-STREAMS = ("down", "mid", "up")  # UNet order of the cross-attention layers
 
 
 def official_size(height: int, width: int, resolution: int, multiple: int) -> tuple[int, int]:
@@ -46,70 +44,6 @@ def official_size(height: int, width: int, resolution: int, multiple: int) -> tu
     factor = resolution / max(width, height)
     factor = math.ceil(min(width, height) * factor / multiple) * multiple / min(width, height)
     return snap(height * factor, multiple), snap(width * factor, multiple)
-
-
-@dataclass
-class TextAttentionProbe:
-    """Cross-attention of the probed layers. ``text_maps[name]`` is (B, image queries): per query, the
-    attention mass on the prompt's own tokens (``text_mask``, set by the editor for each forward; BOS,
-    EOS and padding excluded), mean over heads, attached to the autograd graph. ``stop_at``: a probed
-    layer after which the forward may end."""
-
-    stop_at: str | None = None
-    text_mask: torch.Tensor | None = None  # (B, text tokens)
-    text_maps: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def clear(self) -> None:
-        self.text_maps.clear()
-
-    def record(self, name: str, probs: torch.Tensor) -> None:
-        """Keep the text map of a layer's (B, heads, queries, keys) softmax."""
-        if self.text_mask is None:
-            raise RuntimeError("TextAttentionProbe.text_mask must be set before the forward pass")
-        mask = self.text_mask.to(probs.device, probs.dtype)
-        self.text_maps[name] = torch.einsum("bhqk,bk->bq", probs, mask) / probs.shape[1]
-
-
-class _StopForward(Exception):
-    """Raised inside a probed layer to end a forward pass whose output is not needed."""
-
-
-class ProbedCrossAttnProcessor:
-    """diffusers' classic attention computation with explicit probabilities, recorded for one named
-    layer; the output is what the stock processor computes (tested against it)."""
-
-    def __init__(self, probe: TextAttentionProbe, name: str):
-        self.probe, self.name = probe, name
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        spatial = hidden_states.ndim == 4
-        if spatial:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-        batch, keys = context.shape[0], context.shape[1]
-        attention_mask = attn.prepare_attention_mask(attention_mask, keys, batch)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-        if encoder_hidden_states is not None and attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(context))
-        value = attn.head_to_batch_dim(attn.to_v(context))
-        probs = attn.get_attention_scores(query, key, attention_mask)  # (B * heads, queries, keys)
-        self.probe.record(self.name, probs.view(batch, attn.heads, probs.shape[1], probs.shape[2]))
-        if self.probe.stop_at == self.name:
-            raise _StopForward
-        out = attn.batch_to_head_dim(torch.bmm(probs, value))
-        out = attn.to_out[1](attn.to_out[0](out))
-        if spatial:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
 
 
 class InstructPix2PixEditor:
@@ -138,8 +72,9 @@ class InstructPix2PixEditor:
         self.recommended: dict = dict(EDIT_DEFAULTS)
         self._prompt_cache: dict[str, torch.Tensor] = {}
         self._mask_cache: dict[str, torch.Tensor] = {}
-        self._active_probe: TextAttentionProbe | None = None
+        self._active_probe: ContextShareProbe | None = None
         self._probed: list[str] = []
+        self._blocks: BlockMap | None = None
         for module in (pipe.unet, pipe.vae):
             module.requires_grad_(False).eval()
             if module.dtype != dtype:
@@ -236,31 +171,25 @@ class InstructPix2PixEditor:
         """The denoiser (named as on the DiT editors, for code that inspects processors)."""
         return self.pipe.unet
 
-    def _cross_attention_keys(self) -> dict[str, str]:
-        """``{"down.0": processor key, ...}``: the text cross-attention layers in the UNet's execution order."""
-        streams: dict[str, list[str]] = {s: [] for s in STREAMS}
-        prefix = {"down_blocks.": "down", "mid_block.": "mid", "up_blocks.": "up"}
-        for key in self.unet.attn_processors:
-            if key.endswith(f".{CROSS_ATTENTION}.processor"):
-                streams[next(s for p, s in prefix.items() if key.startswith(p))].append(key)
-        return {f"{s}.{i}": key for s, keys in streams.items() for i, key in enumerate(keys)}
+    @property
+    def blocks(self) -> BlockMap:
+        """The UNet's text cross-attention layers in execution order: ``down.i``, ``mid.0``, ``up.i``."""
+        if self._blocks is None or self._blocks.model is not self.unet:
+            self._blocks = block_map(self.unet)
+        return self._blocks
 
     @property
     def depths(self) -> dict[str, int]:
         """Cross-attention layers per UNet stage, e.g. {"down": 6, "mid": 1, "up": 9} on SD 1.5."""
-        depths: dict[str, int] = {}
-        for name in self._cross_attention_keys():
-            stream = name.split(".")[0]
-            depths[stream] = depths.get(stream, 0) + 1
-        return depths
+        return self.blocks.depths
 
     @property
     def block_names(self) -> list[str]:
-        return list(self._cross_attention_keys())
+        return self.blocks.names
 
     def resolve_blocks(self, spec) -> list[str]:
         """Cross-attention layers by specification: ``down``, ``mid``, ``up:0-2``, ``down.1`` ..."""
-        return resolve_blocks(spec, self.depths)
+        return self.blocks.resolve(spec)
 
     @property
     def multiple_of(self) -> int:
@@ -396,7 +325,7 @@ class InstructPix2PixEditor:
             out = self.unet(torch.cat([x_t.to(self.dtype), source.to(self.dtype)], dim=1), t,
                             encoder_hidden_states=embeds.to(self.device, self.dtype), return_dict=False)[0]
             return None if stop_after is not None else out
-        except _StopForward:
+        except StopForward:
             return None
 
     # ------------------------------------------------------------------ probes
@@ -417,13 +346,11 @@ class InstructPix2PixEditor:
         if self._active_probe is not None:
             raise RuntimeError("a probe is already installed on this editor; probes do not nest")
         blocks = list(blocks)
-        keys = self._cross_attention_keys()
-        unknown = [b for b in blocks if b not in keys]
+        unknown = [b for b in blocks if b not in self.blocks]
         if unknown or not blocks:
             raise ValueError(f"cannot probe {unknown or 'no layers'}: this model's cross-attention layers are {self.depths}")
-        probe = TextAttentionProbe()
-        processors = {keys[name]: ProbedCrossAttnProcessor(probe, name) for name in blocks}
-        with swapped_processors(self.unet, processors):
+        probe = ContextShareProbe()
+        with self.blocks.hooked({name: probe for name in blocks}):
             self._active_probe, self._probed = probe, blocks
             try:
                 yield probe

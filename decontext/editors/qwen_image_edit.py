@@ -52,15 +52,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..attention import ContextShareProbe, attention_with_masses
-from .base import Condition, Layout, resolve_blocks, snap, to_batch, to_vae_input
-from .flux_dit import FluxDiTEditor, _StopForward
-
-try:  # diffusers internals read by the probed processor (names and formulas; nothing copied)
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
-    from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0, apply_rotary_emb_qwen
-except ImportError as exc:  # pragma: no cover - only with an incompatible diffusers
-    raise ImportError(f"the qwen_image_edit editor needs diffusers with QwenDoubleStreamAttnProcessor2_0 (tested with 0.42.1): {exc}") from exc
+from ..attention import StopForward
+from .base import Condition, Layout, snap, to_batch, to_vae_input
+from .dit import JointDiTEditor
 
 DEFAULT_MODEL = "Qwen/Qwen-Image-Edit"
 PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")  # stock classes this editor loads (model_index.json _class_name)
@@ -68,110 +62,6 @@ VAE_AREA = 1024 * 1024  # the pipeline's working area (QwenImageEditPipeline.__c
 # Qwen-Image-Edit's published usage: 50 steps, true CFG 4.0 against a " " negative prompt, ~1024^2 area.
 EDIT_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 4.0, "resolution": "auto"}
 NEGATIVE_PROMPT = " "
-STREAM = "double"  # the only stream of this DiT
-
-
-# ---------------------------------------------------------------------------------------- attention
-def qwen_joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb=None):
-    """q, k, v (B, S, H, D) of the joint sequence ``[text | image]`` exactly as
-    ``QwenDoubleStreamAttnProcessor2_0`` makes them: separate projections per stream, QK RMSNorm, RoPE
-    (image and text frequencies), text first. (diffusers offers no hook between RoPE and the attention
-    call, so the probed processor restates this part.)"""
-    head_dim = attn.inner_dim // attn.heads
-
-    def heads(tensor):
-        return tensor.unflatten(-1, (-1, head_dim))
-
-    img_q, img_k, img_v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
-    txt_q, txt_k, txt_v = (heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states)),
-                           heads(attn.add_v_proj(encoder_hidden_states)))
-    def normed(norm, tensor):
-        return tensor if norm is None else norm(tensor)
-
-    img_q, img_k = normed(attn.norm_q, img_q), normed(attn.norm_k, img_k)
-    txt_q, txt_k = normed(attn.norm_added_q, txt_q), normed(attn.norm_added_k, txt_k)
-    if image_rotary_emb is not None:
-        img_freqs, txt_freqs = image_rotary_emb
-        img_q, img_k = apply_rotary_emb_qwen(img_q, img_freqs, use_real=False), apply_rotary_emb_qwen(img_k, img_freqs, use_real=False)
-        txt_q, txt_k = apply_rotary_emb_qwen(txt_q, txt_freqs, use_real=False), apply_rotary_emb_qwen(txt_k, txt_freqs, use_real=False)
-    return torch.cat([txt_q, img_q], dim=1), torch.cat([txt_k, img_k], dim=1), torch.cat([txt_v, img_v], dim=1)
-
-
-def qwen_joint_output(attn, out: torch.Tensor, text_tokens: int):
-    """The stock processor's tail: (B, S, H, D) -> (image output, text output) through their projections."""
-    out = out.flatten(2, 3)
-    text_out, image_out = out[:, :text_tokens], out[:, text_tokens:]
-    image_out = attn.to_out[0](image_out.contiguous())
-    if len(attn.to_out) > 1:
-        image_out = attn.to_out[1](image_out)
-    return image_out, attn.to_add_out(text_out.contiguous())
-
-
-def joint_key_mask(text_mask: torch.Tensor | None, image_tokens: int) -> torch.Tensor | None:
-    """(B, S) boolean key mask ``[text mask | ones]`` (the stock processor's), or None without a text mask."""
-    if text_mask is None:
-        return None
-    text_mask = text_mask.bool()
-    return torch.cat([text_mask, text_mask.new_ones(text_mask.shape[0], image_tokens)], dim=1)
-
-
-def masked_context_share(query, key, layout: Layout, attend) -> torch.Tensor:
-    """(B, H, T) context share of the target queries by one attention call with an indicator value (1 on
-    context keys); ``attend`` carries the key mask, so masked keys get zero probability here too."""
-    batch, total, heads, dim = key.shape
-    if total != layout.total:
-        raise ValueError(f"sequence length {total} does not match layout {layout}")
-    value = key.new_zeros(batch, total, heads, dim)
-    value[:, layout.context_slice, :, 0] = 1
-    return attend(query[:, layout.target_slice], key, value, None)[..., 0].transpose(1, 2)
-
-
-class ProbedQwenAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
-    """``QwenDoubleStreamAttnProcessor2_0`` that also reports the target->context attention share.
-
-    The layer output equals the stock processor's (same q, k, v, same masked attention through diffusers'
-    dispatcher, so a user's attention backend is kept). The share is the softmax mass over the context
-    keys, with the padded text keys masked exactly as the layer masks them: inside the layer's own call
-    (``attention_with_masses`` with the masked ``attend``), or by a separate indicator call in the layer
-    a forward stops at.
-    """
-
-    def __init__(self, probe: ContextShareProbe, name: str):
-        super().__init__()
-        self.probe = probe
-        self.name = name
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, encoder_hidden_states_mask=None, attention_mask=None, image_rotary_emb=None):
-        if encoder_hidden_states is None:
-            raise ValueError(f"{self.name}: the Qwen-Image processor needs the text stream")
-        if attention_mask is not None:
-            raise ValueError(f"{self.name}: the Qwen-Image processor takes encoder_hidden_states_mask, not an attention_mask")
-        query, key, value = qwen_joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
-        mask = joint_key_mask(encoder_hidden_states_mask, hidden_states.shape[1])
-        sdpa_mask = None if mask is None else mask[:, None, None, :]
-
-        def attend(q, k, v, scale=None):
-            return dispatch_attention_fn(q, k, v, attn_mask=sdpa_mask, dropout_p=0.0, is_causal=False, scale=scale,
-                                         backend=self._attention_backend, parallel_config=self._parallel_config)
-
-        probe = self.probe
-        if probe.enabled and probe.layout is None:
-            raise RuntimeError("ContextShareProbe.layout must be set before the forward pass")
-        if probe.enabled and probe.text_mask is not None:
-            raise NotImplementedError("text-attention maps are not offered by the qwen_image_edit editor")
-        if probe.enabled and probe.stop_at == self.name:
-            # Only this layer's q and k matter to the loss: its attention output and the rest are skipped.
-            probe.record_share(self.name, masked_context_share(query, key, probe.layout, attend))
-            raise _StopForward
-        if not probe.enabled:
-            out = attend(query, key, value)
-        elif probe.fused:
-            out, share, _ = attention_with_masses(query, key, value, probe.layout, attend)
-            probe.record_share(self.name, share)
-        else:
-            probe.record_share(self.name, masked_context_share(query, key, probe.layout, attend))
-            out = attend(query, key, value)
-        return qwen_joint_output(attn, out.to(query.dtype), encoder_hidden_states.shape[1])
 
 
 # ---------------------------------------------------------------------------------------- geometry
@@ -214,11 +104,13 @@ def _to_pil(pixels: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in arrays]
 
 
-class QwenImageEditEditor(FluxDiTEditor):
+class QwenImageEditEditor(JointDiTEditor):
     """Qwen-Image-Edit (or any model in its diffusers layout, e.g. the tiny editor).
 
-    Reuses ``FluxDiTEditor``'s model-independent machinery (probe lifetime, early stop, noise, flow pair,
-    Euler step) and supplies its own blocks, processors, VAE, text path and transformer call.
+    Reuses ``JointDiTEditor``'s machinery (block map, probe lifetime, early stop, noise, flow pair, Euler
+    step) and supplies its own VAE, text path and transformer call. Qwen-Image has ONE stream of 60
+    dual-stream blocks, named ``double.i``; a relative range of another stream (the paper's
+    ``single:0-25/38``) is read as the same relative depth of it (``--help`` says so).
     """
 
     family = "qwen_image_edit"
@@ -312,35 +204,6 @@ class QwenImageEditEditor(FluxDiTEditor):
     @property
     def vae(self):
         return self.pipe.vae
-
-    @property
-    def depths(self) -> dict[str, int]:
-        return {STREAM: len(self.transformer.transformer_blocks)}
-
-    def resolve_blocks(self, spec) -> list[str]:
-        """Blocks by specification. This DiT has one stream (``double``); a relative specification of
-        another stream (the paper's ``single:0-25/38``) is read as the same relative depth of this stack:
-        ``single:0-25/38`` = the front 26/38 of the blocks (front-to-middle, as on FLUX)."""
-        items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-        mapped = []
-        for item in items:
-            stream, sep, rest = item.partition(":")
-            if stream not in self.depths and stream != "all" and "." not in item:
-                if not sep or "/" not in rest:
-                    raise ValueError(f"{item!r}: this model has only {self.depths}; give a block range of it, "
-                                     "or a relative one such as 'single:0-25/38'")
-                item = f"{STREAM}:{rest}"
-            mapped.append(item)
-        return resolve_blocks(mapped, self.depths)
-
-    def _block(self, name: str) -> torch.nn.Module:
-        return self.transformer.transformer_blocks[int(name.split(".")[1])]
-
-    def _processor_key(self, name: str) -> str:
-        return f"transformer_blocks.{name.split('.')[1]}.attn.processor"
-
-    def _probed_processors(self, probe: ContextShareProbe, blocks: Sequence[str]) -> dict:
-        return {self._processor_key(name): ProbedQwenAttnProcessor(probe, name) for name in blocks}
 
     def text_attention(self, blocks):
         raise ValueError("the qwen_image_edit editor does not offer text-attention maps (no 'text_cross_attention' capability)")
@@ -514,7 +377,7 @@ class QwenImageEditEditor(FluxDiTEditor):
             raise ValueError(f"img_shapes {shapes} do not match the tokens {layout}")
         self._arm_probe(condition, layout, batch, stop_after, text_mask=False)  # no text-attention maps on this editor
         try:
-            with self._stop_after(stop_after):
+            with self.blocks.stop_after(stop_after):
                 out = self.transformer(
                     hidden_states=torch.cat([x_t.to(self.dtype), context], dim=1),
                     timestep=sigma,
@@ -523,7 +386,7 @@ class QwenImageEditEditor(FluxDiTEditor):
                     img_shapes=[shapes] * batch,
                     return_dict=False,
                 )[0]
-        except _StopForward:
+        except StopForward:
             return None
         return out[:, : layout.target]
 

@@ -12,7 +12,7 @@ Facts: ../shared/reference/step1x_edit.md (a spec written from the official code
   - the FLUX VAE through diffusers ``AutoencoderKL``.
 
 The joint attention sequence is ``[text (max_length) | target | reference]``, the same order as
-Kontext's, so the probe, ``Layout`` and every method are shared (``flux_dit.FluxDiTEditor``).
+Kontext's, so the probe, ``Layout`` and every method are shared (``dit.Flux1DiTEditor``).
 
 Where we differ from the official code, on purpose: the attack encodes the reference with the VAE
 posterior MODE (the official attack samples it, which only adds gradient noise); any aspect ratio
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .base import Condition, Layout, level_working_size, snap, to_batch
-from .flux_dit import FluxDiTEditor, image_ids, pack_latents, unpack_latents
+from .dit import Flux1DiTEditor, image_ids, pack_latents, unpack_latents
 from .step1x_connector import load_step1x_checkpoint, qwen_features
 
 REAL_DROP_TOKENS = 217  # leading Qwen tokens the official code drops (system turn + the fixed prefix)
@@ -87,7 +87,7 @@ def to_vlm_image(pixels: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-class Step1XEditor(FluxDiTEditor):
+class Step1XEditor(Flux1DiTEditor):
     """Step1X-Edit v1.0 / v1.1: official single-file DiT + connector, FLUX VAE, Qwen2.5-VL."""
 
     family = "step1x_edit"

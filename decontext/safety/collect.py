@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
         if args.pipeline == "t2i":
-            from ..t2i import load_pipeline
+            from .t2i import load_pipeline
 
             pipe, defaults = load_pipeline(args.model, device, dtype)
             side = int(args.resolution) if args.resolution else None

@@ -40,10 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..attention import swapped_processors
-from ..editors.base import Layout
-
-from ..editors.flux_dit import JointAttnProcessor, joint_output, joint_qkv
+from ..attention import AttentionHook, Layout
+from ..editors.blocks import block_map, describe
 
 FORMAT = "decontext-uvr-anchors"
 FORMAT_VERSION = 1
@@ -215,38 +213,20 @@ class Anchors:
 
     def check(self, transformer) -> None:
         """The anchors' block must exist in ``transformer`` with the anchors' head count and width."""
-        blocks = block_modules(transformer)
+        blocks = block_map(transformer)
         if self.block not in blocks:
-            raise AnchorFileError(f"{self._where()}anchors were taken at block {self.block!r}, which this model lacks ({_depths(transformer)})")
-        attn = blocks[self.block].attn
+            raise AnchorFileError(f"{self._where()}anchors were taken at block {self.block!r}, which this model lacks ({describe(blocks.depths)})")
+        attn = blocks[self.block].module.attn
         if (attn.heads, attn.head_dim) != (self.heads, self.head_dim):
             raise AnchorFileError(f"{self._where()}anchors have {self.heads} heads x {self.head_dim}, block {self.block} has {attn.heads} x {attn.head_dim}: "
                                   "they were collected on another model")
 
 
-def block_modules(transformer) -> dict[str, torch.nn.Module]:
-    """``{"double.i": block, "single.j": block}`` of a FLUX-style transformer (the editors' block names)."""
-    return {**{f"double.{i}": b for i, b in enumerate(transformer.transformer_blocks)},
-            **{f"single.{i}": b for i, b in enumerate(transformer.single_transformer_blocks)}}
-
-
-def _depths(transformer) -> str:
-    return f"{len(transformer.transformer_blocks)} double and {len(transformer.single_transformer_blocks)} single blocks"
-
-
 def default_block(transformer) -> str:
     """The official block (single-stream 10 of 38); on a shallower model, the single block at the same
     relative depth."""
-    depth = len(transformer.single_transformer_blocks)
-    if depth == OFFICIAL_SINGLE_DEPTH:
-        return OFFICIAL_BLOCK
-    index = min(depth - 1, round(int(OFFICIAL_BLOCK.split(".")[1]) * depth / OFFICIAL_SINGLE_DEPTH))
-    return f"single.{index}"
-
-
-def _processor_key(name: str) -> str:
-    stream, index = name.split(".")
-    return f"{'transformer_blocks' if stream == 'double' else 'single_transformer_blocks'}.{index}.attn.processor"
+    stream, index = OFFICIAL_BLOCK.split(".")
+    return block_map(transformer).at_relative_depth(stream, int(index), OFFICIAL_SINGLE_DEPTH)
 
 
 def _transformer_of(model):
@@ -383,9 +363,10 @@ class Localization:
     scores: torch.Tensor  # (B, rows, cols) patch scores (max over concepts)
 
 
-class _Tracker:
+class _Tracker(AttentionHook):
     """Follows the transformer's calls (a forward pre-hook): the timestep, the token geometry, which
-    generation and which step of it. A new generation starts whenever t rises (or on the first call)."""
+    generation and which step of it. A new generation starts whenever t rises (or on the first call).
+    Its subclasses are the attention hooks of the blocks they act on."""
 
     def __init__(self):
         self.t: float | None = None
@@ -415,7 +396,8 @@ class _Tracker:
 
 class Regulator(_Tracker):
     """The state ``regulate`` yields: what was flagged (``localizations``) and which steps were restricted
-    (``restricted``: a set of (generation, step))."""
+    (``restricted``: a set of (generation, step)); the hook of every block. Outside a localisation or a
+    restriction a block's attention is the stock call."""
 
     def __init__(self, anchors: Anchors, config: UVRConfig, concepts: Sequence[str] | None = None):
         super().__init__()
@@ -467,6 +449,25 @@ class Regulator(_Tracker):
         self.localizations.append(Localization(self.generation, self.step, self.t, core, ring, scores.max(0).values.reshape(-1, rows, cols).cpu()))
         device = target_out.device
         self.core, self.ring = core.reshape(len(cores), -1).to(device), ring.reshape(len(rings), -1).to(device)
+
+    # ---------------------------------------------------------------- the hook
+    def joint(self, name: str, query, key, value, attend) -> torch.Tensor:
+        localizing, restricting = self.localizes_now(name), self.restricts_now()
+        if not (localizing or restricting):
+            return attend(query, key, value)
+        layout = self.geometry.layout
+        if query.shape[1] != layout.total:
+            raise RuntimeError(f"UVR ({name}): {query.shape[1]} tokens in attention, the call's ids say {layout}")
+        attention = restricting and self.config.restrict == "attention"
+        out = self.restricted_attention(query, key, value, attend) if attention else attend(query, key, value)
+        if localizing:
+            self.localize(out[:, layout.target_slice])
+        if self.config.restrict == "replace" and self.restricts_now():
+            out = self.replace(out, layout)  # with the masks just made, as the official code does
+        elif not attention:
+            return out  # nothing changed in this call (editing restricts from the next block on): the stock result
+        self.restricted.add((self.generation, self.step))
+        return out
 
     # ---------------------------------------------------------------- restriction
     def replace(self, out: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -523,41 +524,6 @@ def _rows(mask: torch.Tensor, batch: int) -> torch.Tensor:
     raise RuntimeError(f"UVR masks were made for a batch of {mask.shape[0]}, the call has {batch} rows")
 
 
-class UVRAttnProcessor(JointAttnProcessor):
-    """``FluxAttnProcessor`` under a ``Regulator``: the stock processor (bit-identical) except while a
-    restriction is active, plus localisation at the anchor block."""
-
-    def __init__(self, regulator: Regulator, name: str):
-        super().__init__()
-        self.regulator = regulator
-        self.name = name
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        reg = self.regulator
-        localizing, restricting = reg.localizes_now(self.name), reg.restricts_now()
-        if not (localizing or restricting):
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        if attention_mask is not None:
-            raise NotImplementedError(f"UVR ({self.name}): attention masks are not supported (FLUX pipelines pass none)")
-        query, key, value = joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
-        layout = reg.geometry.layout
-        if query.shape[1] != layout.total:
-            raise RuntimeError(f"UVR ({self.name}): {query.shape[1]} tokens in attention, the call's ids say {layout}")
-        if restricting and reg.config.restrict == "attention":
-            out = reg.restricted_attention(query, key, value, self._attend)
-        else:
-            out = self._attend(query, key, value)
-        if localizing:
-            reg.localize(out[:, layout.target_slice])
-        if reg.config.restrict == "replace" and reg.restricts_now():
-            out = reg.replace(out, layout)  # with the masks just made, as the official code does
-        elif not (restricting and reg.config.restrict == "attention"):
-            # Nothing changed in this call (editing restricts from the next block on): the stock result.
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        reg.restricted.add((reg.generation, reg.step))
-        return joint_output(attn, out.to(query.dtype), encoder_hidden_states)
-
-
 @contextlib.contextmanager
 def regulate(model, anchors: Anchors | str | Path, config: UVRConfig | None = None, concepts: Sequence[str] | None = None):
     """``with regulate(pipe, anchors) as regulator: pipe(...)``: every generation inside runs under UVR.
@@ -575,10 +541,10 @@ def regulate(model, anchors: Anchors | str | Path, config: UVRConfig | None = No
     anchors.check(transformer)
     config = config or UVRConfig.preset(anchors.settings.get("pipeline", "t2i"))
     regulator = Regulator(anchors, config, concepts)
-    processors = {_processor_key(name): UVRAttnProcessor(regulator, name) for name in block_modules(transformer)}
+    blocks = block_map(transformer)
     handle = transformer.register_forward_pre_hook(regulator.hook, with_kwargs=True)
     try:
-        with swapped_processors(transformer, processors):
+        with blocks.hooked({name: regulator for name in blocks}):
             yield regulator
     finally:
         handle.remove()
@@ -586,24 +552,16 @@ def regulate(model, anchors: Anchors | str | Path, config: UVRConfig | None = No
 
 # ---------------------------------------------------------------------------------------------- anchor collection
 class _Recorder(_Tracker):
+    """The hook of the anchor block: the stock output, and the per-head mean of the target tokens' attention output."""
+
     def __init__(self):
         super().__init__()
         self.records: list[tuple[int, float, torch.Tensor]] = []  # (generation, t, (B, H, D) token mean)
 
-
-class _RecordingProcessor(JointAttnProcessor):
-    """Stock output; records the per-head mean of the target tokens' attention output."""
-
-    def __init__(self, recorder: _Recorder):
-        super().__init__()
-        self.recorder = recorder
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        rec = self.recorder
-        query, key, value = joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
-        out = self._attend(query, key, value, attn_mask=attention_mask)
-        rec.records.append((rec.generation, rec.t, out[:, rec.geometry.layout.target_slice].float().mean(1).cpu()))
-        return joint_output(attn, out.to(query.dtype), encoder_hidden_states)
+    def joint(self, name: str, query, key, value, attend) -> torch.Tensor:
+        out = attend(query, key, value)
+        self.records.append((self.generation, self.t, out[:, self.geometry.layout.target_slice].float().mean(1).cpu()))
+        return out
 
 
 def _select_steps(ts: list[float], timesteps: float | tuple[float, float]) -> list[int]:
@@ -623,12 +581,13 @@ def collect_anchors(model, generate: Callable[[], object], block: str | None = N
     every step with t in a (low, high) range; t in 0..1000)."""
     transformer = _transformer_of(model)
     block = block or default_block(transformer)
-    if block not in block_modules(transformer):
-        raise ValueError(f"no block {block!r} in this model ({_depths(transformer)})")
+    blocks = block_map(transformer)
+    if block not in blocks:
+        raise ValueError(f"no block {block!r} in this model ({describe(blocks.depths)})")
     recorder = _Recorder()
     handle = transformer.register_forward_pre_hook(recorder.hook, with_kwargs=True)
     try:
-        with swapped_processors(transformer, {_processor_key(block): _RecordingProcessor(recorder)}):
+        with blocks.hooked({block: recorder}):
             generate()
     finally:
         handle.remove()
