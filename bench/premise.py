@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Does a trained toy editor share the paper's premise? Cut its target->context attention by sampling
-step range and block set, and measure identity kept and edit success (decontext.premise).
+step range and block set, and measure identity kept and edit success (experiments.premise).
 
 Held-out scenes are edited by the stock FluxKontextPipeline with the editor folder's recommended
 settings (decontext_toy.json) while the attention of the target queries on the context keys is
@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from decontext import premise  # noqa: E402
+from experiments import premise  # noqa: E402
 
 DEFAULT_THREADS = 1  # leave the other core of the 2-core development machine free
 

@@ -5,7 +5,7 @@
 #   VERSION=toy-v2 bash scripts/train_toy_editor.sh           # -> data/toy_editor_v2
 #   VERSION=toy-v2-early bash scripts/train_toy_editor.sh     # -> data/toy_editor_v2_early (labelled bias)
 #   VERSION=toy-v2-fine bash scripts/train_toy_editor.sh      # -> data/toy_editor_v2_fine (2x VAE, 256 tokens; ~43 min)
-# Extra arguments go to `python -m decontext.toy.train` (e.g. --resume to continue an interrupted run,
+# Extra arguments go to `python -m experiments.toy_train` (e.g. --resume to continue an interrupted run,
 # --vae-reader-from data/toy_editor to reuse v1's VAE and reader, which the recipe would retrain bit for bit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,5 +15,5 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=2
 VERSION=${VERSION:-toy-v1}
 mkdir -p runs
-"$PY" -m decontext.toy.train --version "$VERSION" --seed "${SEED:-0}" --threads 2 "$@"
+"$PY" -m experiments.toy_train --version "$VERSION" --seed "${SEED:-0}" --threads 2 "$@"
 "$PY" -m decontext.toy.evaluate --model "$VERSION" --threads 2 --json "runs/eval_$VERSION.json"

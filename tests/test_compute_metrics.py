@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from decontext.metrics.cli import main
-from decontext.metrics.demo import make_demo_run
+from tests.demo_run import make_demo_run
 
 REPO = Path(__file__).resolve().parent.parent
 # only backends that need no unobtainable weights, to keep in-process tests quick and independent of caches

@@ -413,7 +413,7 @@ def test_run_listing_survives_odd_entries(tmp_path):
     """The run-folder listing (``load_run``) on odd entries: a FIFO named like an image (opening it would
     block forever), a folder named like an image, non-ASCII digits as a prompt folder, a symlink loop, a
     damaged file in every layout slot. Nothing hangs or escapes; every image read is an ImageLoadError."""
-    from decontext.metrics.demo import make_demo_run
+    from tests.demo_run import make_demo_run
     from decontext.metrics.run import ImageLoadError, load_run
 
     run = make_demo_run(tmp_path / "run", size=32)

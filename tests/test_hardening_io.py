@@ -162,7 +162,7 @@ def test_project_code_loads_no_pickles_and_runs_no_remote_code():
 
 @pytest.mark.skipif(os.name == "nt", reason="symlinks")
 def test_run_folder_reached_through_a_symlink_reads_normally(tmp_path):
-    from decontext.metrics.demo import make_demo_run
+    from tests.demo_run import make_demo_run
     from decontext.metrics.run import load_run
 
     run = make_demo_run(tmp_path / "real" / "run")

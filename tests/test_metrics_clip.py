@@ -10,7 +10,7 @@ import pytest
 
 from decontext.metrics.base import EvalOptions
 from decontext.metrics.clip import CLIPBackend, HFCLIPEncoder
-from decontext.metrics.demo import make_demo_run
+from tests.demo_run import make_demo_run
 from decontext.metrics.run import load_run
 
 

@@ -12,7 +12,7 @@ from skimage import data
 
 from decontext.metrics.arcface import ARCFACE_TEMPLATE, ArcFaceISMBackend, align_face
 from decontext.metrics.base import EvalOptions
-from decontext.metrics.demo import make_demo_run
+from tests.demo_run import make_demo_run
 from decontext.metrics.identity import FaceDetector, FaceNetISMBackend, FDFRBackend, crop_face, shared_detector
 from decontext.metrics.run import load_run
 

@@ -1,4 +1,4 @@
-"""Cutting the target->context attention (decontext.premise): stock without a cut, exact with one,
+"""Cutting the target->context attention (experiments.premise): stock without a cut, exact with one,
 only in the chosen steps and blocks; and the premise bench end to end on the shipped toy."""
 
 import importlib.util
@@ -11,12 +11,12 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from PIL import Image
 
-from decontext import premise
+from experiments import premise
 from decontext.attention import context_share_reference
 from decontext.editors.base import Layout
 from decontext.editors.flux_kontext import FluxKontextEditor
 from decontext.editors.blocks import block_map
-from decontext.premise import BLOCK, HALVE, Cut, CutState, cutting
+from experiments.premise import BLOCK, HALVE, Cut, CutState, cutting
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "premise.py"
 HEIGHT, WIDTH = 48, 80  # non-square: 3 x 5 = 15 target tokens at the tiny editor's 16 px per token

@@ -202,7 +202,7 @@ def test_run_folder_stage_purifies_and_metrics_report_each_breaker(tmp_path, cap
     import shutil
 
     from decontext.metrics.cli import main as metrics_main
-    from decontext.metrics.demo import make_demo_run
+    from tests.demo_run import make_demo_run
 
     run = make_demo_run(tmp_path / "run")
     (run / "protected" / "junk.png").write_bytes(b"not an image")

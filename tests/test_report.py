@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from decontext.metrics.base import EvalOptions, MetricBackend, MetricSpec
-from decontext.metrics.demo import make_demo_run
+from tests.demo_run import make_demo_run
 from decontext.metrics.evaluate import evaluate_run, summarize
 from decontext.metrics.pixel import PixelBackend
 from decontext.metrics.run import load_run

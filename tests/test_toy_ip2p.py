@@ -9,7 +9,7 @@ import torch
 
 from decontext.toy import world
 from decontext.toy.names import TOY_DEFAULTS, is_toy_model, toy_editor_dir, toy_family, toy_versions
-from decontext.toy.train_ip2p import DROP, TEXT_TOKENS, drop_masks
+from experiments.toy_train_ip2p import DROP, TEXT_TOKENS, drop_masks
 
 FOLDER = toy_editor_dir("toy-ip2p", "instruct_pix2pix")
 MAX_MB = 15  # issue 12's budget for the shipped folder
@@ -30,7 +30,7 @@ def test_conditioning_dropout_is_instructpix2pixs():
 
 
 def test_smoke_training_writes_a_stock_pipeline_folder(tmp_path):
-    from decontext.toy.train_ip2p import main
+    from experiments.toy_train_ip2p import main
 
     info = main(["--smoke", "--threads", "1", "--out", str(tmp_path / "editor"), "--work", str(tmp_path / "work")])
     index = json.loads((tmp_path / "editor" / "model_index.json").read_text())
@@ -46,7 +46,7 @@ def editor():
     from decontext.editors import load_editor
 
     if not (FOLDER / "model_index.json").is_file():
-        pytest.fail(f"{FOLDER} is missing: train it with `python -m decontext.toy.train_ip2p` (docs/TOY.md)")
+        pytest.fail(f"{FOLDER} is missing: train it with `python -m experiments.toy_train_ip2p` (docs/TOY.md)")
     return load_editor("toy-ip2p", "instruct_pix2pix", "cpu", "float32")
 
 

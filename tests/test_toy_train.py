@@ -4,7 +4,7 @@ import json
 
 
 def test_training_smoke(tmp_path):
-    from decontext.toy import train
+    from experiments import toy_train as train
 
     info = train.main(["--smoke", "--out", str(tmp_path / "editor"), "--reader-out", str(tmp_path / "reader"), "--work", str(tmp_path / "work"), "--threads", "1"])
     assert set(info["done"]) == {"vae", "reader", "transformer"}
@@ -26,7 +26,7 @@ def test_training_sigmas_follow_the_named_density():
 
     import torch
 
-    from decontext.toy.train import training_sigmas
+    from experiments.toy_train import training_sigmas
 
     shift = 1.6
     gen = torch.Generator().manual_seed(3)
@@ -47,7 +47,7 @@ def test_swap_late_context_only_below_the_threshold():
     import numpy as np
     import torch
 
-    from decontext.toy.train import swap_late_context
+    from experiments.toy_train import swap_late_context
 
     src = torch.arange(10, dtype=torch.float32)[:, None, None].expand(10, 3, 2).clone()
     idx = np.array([0, 1, 2, 3, 4, 5, 6, 7])
@@ -62,7 +62,7 @@ def test_mismatched_context_share_ignores_the_noise_level():
     import numpy as np
     import torch
 
-    from decontext.toy.train import swap_context
+    from experiments.toy_train import swap_context
 
     src = torch.arange(50, dtype=torch.float32)[:, None, None].expand(50, 3, 2).clone()
     rng = np.random.default_rng(0)
@@ -77,7 +77,7 @@ def test_mismatched_context_share_ignores_the_noise_level():
 def test_training_smoke_v2_recipe(tmp_path):
     """The v2 options: reuse a trained VAE + reader, a text-to-image base stage, the FLUX timestep
     density, text-to-image steps and (labelled) late context swap, recorded in the saved settings."""
-    from decontext.toy import train
+    from experiments import toy_train as train
     from decontext.toy.names import toy_editor_dir
 
     from safetensors.torch import load_file
@@ -104,7 +104,8 @@ def test_training_smoke_architecture_options(tmp_path):
     from diffusers import FluxKontextPipeline
     from PIL import Image
 
-    from decontext.toy import train, world
+    from decontext.toy import world
+    from experiments import toy_train as train
     from decontext.toy.names import READER_DIR
     from decontext.toy.reader import ToyReader
 
@@ -152,7 +153,7 @@ def test_transformer_from_fine_tunes_a_trained_editor(tmp_path):
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from decontext.toy import train
+    from experiments import toy_train as train
     from decontext.toy.names import toy_editor_dir
 
     fine = toy_editor_dir("toy-v2-fine")

@@ -13,6 +13,7 @@ from decontext.editors.base import Layout
 from decontext.editors.flux_kontext import FluxKontextEditor
 from decontext.metrics.concept import erase_rate
 from decontext.safety import uvr
+from decontext.safety.localize import _Geometry
 
 SIZE = (64, 96)  # a 4 x 6 token grid on the tiny model (8x VAE, 2x2 packing)
 
@@ -114,7 +115,7 @@ def test_config_rejects_bad_values():
 # ------------------------------------------------------------------------------------------ restriction maths
 def _regulator(layout, grid, context_grid, core, ring, config):
     reg = uvr.Regulator(uvr.Anchors({"c": torch.zeros(1, 2, 4)}, "single.0"), config)
-    reg.geometry = uvr._Geometry(layout, grid, context_grid)
+    reg.geometry = _Geometry(layout, grid, context_grid)
     reg.core, reg.ring = core, ring
     return reg
 

@@ -123,7 +123,7 @@ def main(argv=None) -> int:
         return 2
     for name, message in failed.items():
         print(f"  skipped: {message}", file=sys.stderr)
-    block = args.block or uvr.default_block(uvr._transformer_of(model))
+    block = args.block or uvr.default_block(uvr.transformer_of(model))
     made = uvr.make_anchors({args.concept: anchors}, block, args.pipeline, model=args.model, prompts=prompts, seeds=seeds, timesteps=args.timesteps,
                             steps=steps, guidance=guidance, images=args.images)
     if existing is not None:

@@ -11,8 +11,8 @@ Stages (each one seeded; ``--resume`` reuses a stage already finished in ``--wor
      training identities.
 Then the editor is saved with ``FluxKontextPipeline(...).save_pretrained`` and the reader beside it.
 
-    python -m decontext.toy.train                 # full run (28 min on 2 CPU cores, measured; docs/TOY.md)
-    python -m decontext.toy.train --smoke --out /tmp/e --reader-out /tmp/r --work /tmp/w
+    python -m experiments.toy_train                 # full run (28 min on 2 CPU cores, measured; docs/TOY.md)
+    python -m experiments.toy_train --smoke --out /tmp/e --reader-out /tmp/r --work /tmp/w
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from .attention import AttentionHook, Layout, context_share, sdpa
-from .editors.blocks import block_map, resolve_blocks
-from .methods.decontext import PAPER_BLOCKS
+from decontext.attention import AttentionHook, Layout, context_share, sdpa
+from decontext.editors.blocks import block_map, resolve_blocks
+from decontext.methods.decontext import PAPER_BLOCKS
 
 BLOCK = 0.0  # factor that removes the target->context attention
 HALVE = 0.5  # factor that halves it (before renormalisation)
@@ -133,7 +133,7 @@ class CutState(AttentionHook):
             return attend(query, key, value)
         layout = self.layout
         if layout is None:
-            raise RuntimeError(f"{name}: no layout; install the hooks with decontext.premise.cutting(pipe)")
+            raise RuntimeError(f"{name}: no layout; install the hooks with experiments.premise.cutting(pipe)")
         if query.shape[1] != layout.total:
             raise ValueError(f"{name}: sequence length {query.shape[1]} does not match layout {layout}")
         if self.measure and layout.context and layout.target:
@@ -432,22 +432,22 @@ N_BOOT = 2000
 def _edit(pipe, images: list, prompts: list[str], settings: dict, seed: int) -> np.ndarray:
     """One stock pipeline call with the editor folder's settings -> uint8 (B, H, W, 3)
     (``decontext.toy.evaluate.run_edits`` with a single batch seeded ``seed``)."""
-    from .toy.evaluate import run_edits
-    from .toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
+    from decontext.toy.evaluate import run_edits
+    from decontext.toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
     return run_edits(pipe, list(images), list(prompts), settings.get("num_inference_steps", DEFAULT_STEPS),
                      settings.get("guidance_scale", DEFAULT_GUIDANCE), seed, batch=max(1, len(images)), settings=settings)
 
 
 def _interval(values, seed: int) -> dict:
-    from .metrics.bootstrap import bootstrap_mean_ci
+    from decontext.metrics.bootstrap import bootstrap_mean_ci
 
     return bootstrap_mean_ci(values, level=CI_LEVEL, n_boot=N_BOOT, seed=seed).as_dict()
 
 
 def _display_path(path: Path) -> str:
     """``path`` relative to the repository when it lies inside it."""
-    from .toy.model import ROOT
+    from decontext.toy.model import ROOT
 
     try:
         return str(Path(path).resolve().relative_to(ROOT))
@@ -475,14 +475,14 @@ def run_premise(
     """
     from tqdm.auto import tqdm
 
-    from .prompts import load_prompts
-    from .toy import world
-    from .toy.evaluate import eval_scenes, load_pipeline
-    from .toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, EDITOR_DIR, PROMPTS_FILE, READER_DIR
-    from .toy.reader import ToyReader, score_reads
+    from decontext.prompts import load_prompts
+    from decontext.toy import world
+    from decontext.toy.evaluate import eval_scenes, load_pipeline
+    from decontext.toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, EDITOR_DIR, PROMPTS_FILE, READER_DIR
+    from decontext.toy.reader import ToyReader, score_reads
 
     t0 = time.time()
-    from .toy.names import is_toy_model, repo_path, toy_editor_dir
+    from decontext.toy.names import is_toy_model, repo_path, toy_editor_dir
 
     if editor_dir is None:
         editor_dir = EDITOR_DIR

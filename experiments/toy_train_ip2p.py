@@ -2,7 +2,7 @@
 of the toy world, of the UNet family DANP and TDAE were designed on, for measuring transfer.
 
 Same world, same identity split, same edit prompts and ground-truth edits as the toy Kontext
-(``decontext.toy.train``); its own parts, as a real InstructPix2Pix differs from FLUX.1-Kontext:
+(``experiments.toy_train``); its own parts, as a real InstructPix2Pix differs from FLUX.1-Kontext:
   1. VAE: a Stable-Diffusion-like ``AutoencoderKL`` (quant convs, scale only, no shift), trained
      with the toy Kontext's recipe (``train.train_vae``) from its own seed.
   2. UNet (VAE and the random CLIP text encoder frozen): ``UNet2DConditionModel`` with the source
@@ -12,8 +12,8 @@ Same world, same identity split, same edit prompts and ground-truth edits as the
 The reader is the toy Kontext's (one instrument for every toy editor). The editor is saved with
 ``StableDiffusionInstructPix2PixPipeline(...).save_pretrained`` plus ``decontext_toy.json``.
 
-    python -m decontext.toy.train_ip2p                    # full run (docs/TOY.md has the time)
-    python -m decontext.toy.train_ip2p --smoke --out /tmp/e --work /tmp/w
+    python -m experiments.toy_train_ip2p                    # full run (docs/TOY.md has the time)
+    python -m experiments.toy_train_ip2p --smoke --out /tmp/e --work /tmp/w
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from decontext.editors.tiny import TinyIP2PConfig, tiny_ip2p_components
 from decontext.toy import world
 from decontext.toy.model import RESOLUTION
 from decontext.toy.names import ROOT, toy_editor_dir
-from decontext.toy.train import EMATrainer, editor_pairs, log, prompt_pool, train_vae, write_editor_folder
+from experiments.toy_train import EMATrainer, editor_pairs, log, prompt_pool, train_vae, write_editor_folder
 
 # 64 px -> 16x16x4 latents (3 VAE blocks = 4x down); a two-level UNet (16 -> 8) with cross-attention
 # at both levels and in the middle block.
