@@ -1,15 +1,7 @@
 #!/usr/bin/env python
-"""Protect images against InstructPix2Pix (PhotoGuard's encoder attack by default, or --method).
-
-    python attack/attack_ip2p.py --model tiny --input photo.jpg --output protected/
-"""
-
+"""Protect images against InstructPix2Pix (PhotoGuard's encoder attack by default): decontext attack --family instruct_pix2pix."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without `pip install -e .`
+from decontext.cli.attack import main
 
-from decontext.cli import attack_main  # noqa: E402
-
-if __name__ == "__main__":
-    sys.exit(attack_main("instruct_pix2pix"))
+sys.exit(main(family="instruct_pix2pix"))

@@ -1,15 +1,7 @@
 #!/usr/bin/env python
-"""Protect images against FLUX.1-Kontext with DeContext (or a baseline, --method).
-
-    python attack/attack_kontext.py --model tiny --input photo.jpg --output protected/
-"""
-
+"""Protect images against FLUX.1-Kontext with DeContext (or a baseline, --method): decontext attack --family flux_kontext."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without `pip install -e .`
+from decontext.cli.attack import main
 
-from decontext.cli import attack_main  # noqa: E402
-
-if __name__ == "__main__":
-    sys.exit(attack_main("flux_kontext"))
+sys.exit(main(family="flux_kontext"))

@@ -1,15 +1,7 @@
 #!/usr/bin/env python
-"""Protect images against Step1X-Edit with DeContext (or a baseline, --method).
-
-    python attack/attack_step1x.py --model tiny --input photo.jpg --output protected/
-"""
-
+"""Protect images against Step1X-Edit: decontext attack --family step1x_edit."""
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without `pip install -e .`
+from decontext.cli.attack import main
 
-from decontext.cli import attack_main  # noqa: E402
-
-if __name__ == "__main__":
-    sys.exit(attack_main("step1x_edit"))
+sys.exit(main(family="step1x_edit"))

@@ -2,8 +2,8 @@
 """One layer's attention, forward + backward: a plain SDPA call vs the fused probe
 (``attention_with_share``) at several padding widths, interleaved, medians.
 
-    python bench/bench_probe_pad.py                       # S = 128 + 4096 + 4096, 4 heads x 64 (1024 px tiny)
-    python bench/bench_probe_pad.py --heads 24 --head-dim 128 --device cuda --dtype bfloat16
+    python -m bench.bench_probe_pad                       # S = 128 + 4096 + 4096, 4 heads x 64 (1024 px tiny)
+    python -m bench.bench_probe_pad --heads 24 --head-dim 128 --device cuda --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -12,15 +12,13 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from decontext.attention import attention_with_share  # noqa: E402
-from decontext.editors.base import Layout  # noqa: E402
+from decontext.attention import attention_with_share
+from decontext.editors.base import Layout
 
 
 def main(argv=None) -> int:

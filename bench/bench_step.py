@@ -13,11 +13,11 @@ The last line is machine-readable:
   ratios official_time=X official_mem=Y bare_time=Z     (ours divided by the other variant)
 
 Examples:
-  python bench/bench_step.py --size 1024 --text-tokens 128           # CPU targets of issue 6
-  python bench/bench_step.py --size 512 --text-tokens 128
-  python bench/bench_step.py --preset flux --size 1024 --device cuda --dtype bfloat16 --checkpointing
-  python bench/bench_step.py --family flux2 --preset real --size 1024 --device cuda --dtype bfloat16 --checkpointing
-  python bench/bench_step.py --family qwen_image_edit --preset real --size 1024 --device cuda --dtype bfloat16
+  python -m bench.bench_step --size 1024 --text-tokens 128           # CPU targets of issue 6
+  python -m bench.bench_step --size 512 --text-tokens 128
+  python -m bench.bench_step --preset flux --size 1024 --device cuda --dtype bfloat16 --checkpointing
+  python -m bench.bench_step --family flux2 --preset real --size 1024 --device cuda --dtype bfloat16 --checkpointing
+  python -m bench.bench_step --family qwen_image_edit --preset real --size 1024 --device cuda --dtype bfloat16
 
 --family flux2 / qwen_image_edit (FLUX.2 [dev], Qwen-Image-Edit): ours and bare only (the official code
 exists for FLUX.1-Kontext alone); --preset tiny = the family's tiny test model, real = the real
@@ -39,12 +39,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from decontext.cli import avoid_cudnn_attention, quiet_libraries  # noqa: E402
-from decontext.editors.flux_kontext import FluxKontextEditor  # noqa: E402
-from decontext.editors.tiny import TinyKontextConfig  # noqa: E402
-from decontext.methods.decontext import DeContext  # noqa: E402
+from decontext.cli.common import avoid_cudnn_attention, quiet_libraries
+from decontext.editors.flux_kontext import FluxKontextEditor
+from decontext.editors.tiny import TinyKontextConfig
+from decontext.methods.decontext import DeContext
 
 
 def real_flux2_config(args):
@@ -281,8 +280,8 @@ def _status_mb(field: str) -> float:
 def memory_in_subprocess(variant: str, argv: list[str]) -> float:
     """CPU peak RSS is a per-process high-water mark, so each variant is measured in a fresh process
     (same arguments, ``--memory-of VARIANT``) that builds the model, then runs one step."""
-    command = [sys.executable, __file__, *argv, "--memory-of", variant]
-    result = subprocess.run(command, capture_output=True, text=True)
+    command = [sys.executable, "-m", "bench.bench_step", *argv, "--memory-of", variant]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     for line in result.stdout.splitlines():
         if line.startswith("peak_mb="):
             return float(line.split("=", 1)[1])

@@ -7,10 +7,10 @@ pipeline (FluxKontextPipeline, or InstructPix2Pix for toy-ip2p) under the six to
 compare with the random-noise control of the same budget (paired by identity and edit; 95% bootstrap
 interval over identities).
 
-    python bench/effect.py                               # 100 identities, eps 8 16 32, all methods
-    python bench/effect.py --identities 20 --eps 16 --steps 50 --methods noise decontext
-    python bench/effect.py --eps 8 16 32 --json out.json   # also out.svg: identity vs budget, per method
-    python bench/effect.py --replot out.json               # redraw out.svg from the saved JSON, no re-run
+    python -m bench.effect                               # 100 identities, eps 8 16 32, all methods
+    python -m bench.effect --identities 20 --eps 16 --steps 50 --methods noise decontext
+    python -m bench.effect --eps 8 16 32 --json out.json   # also out.svg: identity vs budget, per method
+    python -m bench.effect --replot out.json               # redraw out.svg from the saved JSON, no re-run
 """
 
 from __future__ import annotations
@@ -25,19 +25,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from decontext.cli import quiet_libraries  # noqa: E402
-from decontext.images import quantize, uint8_to_tensor  # noqa: E402
-from decontext.metrics.bootstrap import ClusterInterval, cluster_bootstrap_ci  # noqa: E402
-from decontext.metrics.pixel import psnr  # noqa: E402
-from decontext.config import PGDConfig, ProtectConfig  # noqa: E402
-from decontext.plots import PALETTE, Chart  # noqa: E402
-from decontext.protect import protect  # noqa: E402
+from decontext.cli.common import quiet_libraries
+from decontext.images import quantize, uint8_to_tensor
+from decontext.metrics.bootstrap import ClusterInterval, cluster_bootstrap_ci
+from decontext.metrics.pixel import psnr
+from decontext.config import PGDConfig, ProtectConfig
+from decontext.plots import PALETTE, Chart
+from decontext.protect import protect
 
 EDIT_PROMPT_INDICES = (0, 2, 4, 6, 8, 10)  # one phrasing per toy edit
 VARIANTS = {
-    # name: (method name, constructor overrides); "a+b" names compose the listed variants (decontext.methods.compose)
+    # name: (method name, constructor overrides); "a+b" names compose the listed variants (decontext.methods.composite)
     "noise": ("noise", {}),
     "decontext": ("decontext", {}),  # the paper's defaults: t in [0.98, 1), single blocks 0-25/38
     "decontext_all_t": ("decontext", {"t_range": (0.0, 1.0)}),

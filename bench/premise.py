@@ -7,11 +7,11 @@ settings (decontext_toy.json) while the attention of the target queries on the c
 blocked (or weakened) in the chosen steps and blocks; the toy reader scores every output. Also
 reports the share of target attention on context per step (uncut run).
 
-    python bench/premise.py                                    # data/toy_editor, 30 identities, the default cuts
-    python bench/premise.py --identities 8 --cuts smoke        # quick
-    python bench/premise.py --cuts none 'steps=first:1/4;blocks=single:0-25/38;factor=0.5'
-    python bench/premise.py --out runs/premise/toy.json        # + runs/premise/toy.md
-    python bench/premise.py --editor toy-ip2p --cuts goal      # the InstructPix2Pix toy: source input cut by step
+    python -m bench.premise                                    # data/toy_editor, 30 identities, the default cuts
+    python -m bench.premise --identities 8 --cuts smoke        # quick
+    python -m bench.premise --cuts none 'steps=first:1/4;blocks=single:0-25/38;factor=0.5'
+    python -m bench.premise --out runs/premise/toy.json        # + runs/premise/toy.md
+    python -m bench.premise --editor toy-ip2p --cuts goal      # the InstructPix2Pix toy: source input cut by step
 
 Cuts: sets {sets}; named cuts {names}; or a raw specification 'steps=S;blocks=B;factor=F' with
 S = all | first:N | last:N | first:A/B | last:A/B | 0-2,5 | each, B = all | a block specification
@@ -21,15 +21,12 @@ S = all | first:N | last:N | first:A/B | last:A/B | 0-2,5 | each, B = all | a bl
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiments import premise  # noqa: E402
+from experiments import premise
 
 DEFAULT_THREADS = 1  # leave the other core of the 2-core development machine free
 

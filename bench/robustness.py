@@ -8,8 +8,8 @@ trip ...), edit with the toy pipeline under the six toy edits, and read the resu
 toy-identity difference against the noise control after the SAME breaker (paired by identity and edit;
 95% bootstrap interval over identities): below zero = the protection still works after that breaker.
 
-    python bench/robustness.py --identities 20 --eps 16 --steps 100
-    python bench/robustness.py --methods decontext --breakers none jpeg blur --eot jpeg resize blur
+    python -m bench.robustness --identities 20 --eps 16 --steps 100
+    python -m bench.robustness --methods decontext --breakers none jpeg blur --eot jpeg resize blur
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import effect  # noqa: E402  (bench/effect.py: protect_batch, edit_all, score, paired_bootstrap, VARIANTS)
-from decontext.cli import quiet_libraries  # noqa: E402
-from decontext.metrics.pixel import psnr  # noqa: E402
+from bench import effect  # protect_batch, edit_all, score, paired_bootstrap, VARIANTS
+from decontext.cli.common import quiet_libraries
+from decontext.metrics.pixel import psnr
 
 BREAKERS = ["none", "jpeg", "jpeg:quality=50", "webp", "resize", "blur", "noise_upscale", "vae"]
 

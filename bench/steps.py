@@ -8,29 +8,26 @@ every count (a constant step makes the first k steps of a long run a k-step run)
 depends on its budget (decaying schedules), so it runs once per budget. For each rule, the table says
 which budget first reaches what the official rule reaches at its longest run.
 
-    python bench/steps.py --model toy --identities 20               # identity + share, the toy
-    python bench/steps.py --model tiny --size 256 --identities 2     # share only, random-weight FLUX architecture
+    python -m bench.steps --model toy --identities 20               # identity + share, the toy
+    python -m bench.steps --model tiny --size 256 --identities 2     # share only, random-weight FLUX architecture
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import effect  # noqa: E402
-from decontext.cli import quiet_libraries  # noqa: E402
-from decontext.images import quantize, uint8_to_tensor  # noqa: E402
-from decontext.config import PGDConfig, ProtectConfig  # noqa: E402
-from decontext.protect import protect  # noqa: E402
+from bench import effect
+from decontext.cli.common import quiet_libraries
+from decontext.images import quantize, uint8_to_tensor
+from decontext.config import PGDConfig, ProtectConfig
+from decontext.protect import protect
 
 RULES = {  # name -> PGDConfig changes (alpha: the official's unless given as a multiple)
     "sign+linear": {"schedule": "linear"},

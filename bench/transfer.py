@@ -8,9 +8,9 @@ random-noise control edited by the same editor (paired by identity and edit, 95%
 over identities); lower = better protection. A method is only run against the editors it applies to
 (DeContext needs a joint-attention context, so not InstructPix2Pix).
 
-    python bench/transfer.py                                   # 30 identities, eps 16, all methods
-    python bench/transfer.py --identities 8 --steps 20         # quick
-    python bench/transfer.py --kontext toy-v2 --eps 8 16 32 --json runs/transfer.json
+    python -m bench.transfer                                   # 30 identities, eps 16, all methods
+    python -m bench.transfer --identities 8 --steps 20         # quick
+    python -m bench.transfer --kontext toy-v2 --eps 8 16 32 --json runs/transfer.json
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decontext.cli import quiet_libraries  # noqa: E402
-from effect import EDIT_PROMPT_INDICES, VARIANTS, build, edit_all, paired_bootstrap, pgd_options, protect_batch, score  # noqa: E402
+from decontext.cli.common import quiet_libraries
+from bench.effect import EDIT_PROMPT_INDICES, VARIANTS, build, edit_all, paired_bootstrap, pgd_options, protect_batch, score
 
 METHODS = ("noise", "decontext", "encoder", "flow_loss")  # the default columns (any bench/effect.py variant may be named)
 EDITOR_FAMILIES = {"kontext": "flux_kontext", "ip2p": "instruct_pix2pix"}
@@ -54,14 +52,14 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write every score here")
     parser.add_argument("--ensemble-norm", default="none", choices=("none", "grad"),
-                        help="how a '+' target combines its editors' losses (decontext.methods.compose): none = plain sum (the published tables), grad = per-editor unit-gradient")
+                        help="how a '+' target combines its editors' losses (decontext.methods.composite): none = plain sum (the published tables), grad = per-editor unit-gradient")
     args = parser.parse_args(argv)
     args.methods = ["noise"] + [m for m in args.methods if m != "noise"]  # every cell is compared with it
     torch.set_num_threads(args.threads)
     quiet_libraries()
 
     from decontext.editors import load_editor
-    from decontext.methods.compose import Composite, Term
+    from decontext.methods.composite import Composite, Term
     from decontext.prompts import load_prompts
     from decontext.toy import world
     from decontext.toy.model import PROMPTS_FILE

@@ -11,28 +11,27 @@ regulator costs the other edits.
    those where UVR-off showed it); fidelity on the other edits is edit success, toy identity and PSNR
    against the UVR-off output. 95% bootstrap intervals.
 
-    python bench/uvr.py --model toy --concept hat --threshold 0.2 0.15 0.1
-    python bench/uvr.py --model toy-v2 --pipeline t2i --concept hat --threshold 0.6 0.3
+    python -m bench.uvr --model toy --concept hat --threshold 0.2 0.15 0.1
+    python -m bench.uvr --model toy-v2 --pipeline t2i --concept hat --threshold 0.6 0.3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from decontext.cli import quiet_libraries  # noqa: E402
-from decontext.metrics.bootstrap import bootstrap_mean_ci  # noqa: E402
-from decontext.metrics.concept import ToyConceptDetector, erase_rate  # noqa: E402
-from decontext.metrics.pixel import psnr  # noqa: E402
-from decontext.safety import uvr  # noqa: E402
+from decontext.cli.common import quiet_libraries
+from decontext.cli.uvr import parse_settings
+from decontext.metrics.bootstrap import bootstrap_mean_ci
+from decontext.metrics.concept import ToyConceptDetector, erase_rate
+from decontext.metrics.pixel import psnr
+from decontext.safety import uvr
 
 
 class ToyRun:
@@ -158,7 +157,7 @@ def main(argv=None) -> dict:
                        "other_identity": float(np.nanmean(ident_off[other])) if src_reads else None}, "rows": []}
     thresholds = args.threshold or [None]
     try:
-        overrides = uvr.parse_settings(args.set)
+        overrides = parse_settings(args.set)
     except ValueError as exc:
         raise SystemExit(f"--set: {exc}") from None
     print(f"UVR off: concept shown in {results['off']['concept_present']:.3f} of its edits, other edits' success {results['off']['other_success']:.3f}", flush=True)

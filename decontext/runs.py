@@ -8,7 +8,7 @@ supplies its outputs, its record file and its work; the loop decides what to ski
 records an output as ``pending`` before it appears and ``done`` once it is in place, and keeps going
 past a failing input.
 
-    python -m decontext runs init --input photos/ --run runs/demo --model tiny --editor flux_kontext
+    python -m decontext runs init --input photos/ --run runs/demo --model toy --editor flux_kontext
 """
 
 from __future__ import annotations
@@ -536,28 +536,3 @@ def write_run_info(run_dir: str | Path, **info) -> Path:
     data.update({k: v for k, v in info.items() if v is not None})
     write_json_atomic(data, path)
     return path
-
-
-def main(argv=None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Start a run folder: sources as PNG and run.json")
-    sub = parser.add_subparsers(dest="command", required=True)
-    init = sub.add_parser("init")
-    init.add_argument("--input", required=True)
-    init.add_argument("--run", required=True)
-    init.add_argument("--model", required=True)
-    init.add_argument("--editor", default="flux_kontext", help="editor family (a key of decontext.editors.EDITORS)")
-    args = parser.parse_args(argv)
-    from .editors import EDITORS
-
-    if args.editor not in EDITORS:
-        parser.error(f"unknown editor family {args.editor!r} (choose from {', '.join(EDITORS)})")
-    written, failed = prepare_sources(args.input, Path(args.run) / SOURCE)
-    write_run_info(args.run, model=args.model, editor=args.editor)
-    print(f"{len(written)} source images in {Path(args.run) / SOURCE}; {len(failed)} unreadable")
-    return 0 if written else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Hyperparameter sweeps: a grid of protection settings, one run folder per point, one table at the end.
 
-    python -m decontext.sweep --name eps_toy --editor kontext --model toy --input faces/ --eps 8 16 --steps 50 100
+    python -m decontext sweep --name eps_toy --editor kontext --model toy --input faces/ --eps 8 16 --steps 50 100
     bash scripts/sweep_kontext.sh      # the same from shell variables (EPS="8 16" STEPS="50 100" ...)
 
 Layout (docs/RUN_LAYOUT.md for each point):
@@ -19,7 +19,6 @@ rest (each stage resumes by itself), then rewrites the table.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import itertools
 import json
@@ -33,16 +32,10 @@ import threading
 import time
 from pathlib import Path
 
-from .metrics.evaluate import HEADLINES  # the first one a point has is the headline
+from .metrics.base import HEADLINES  # the first one a point has is the headline
 from .names import csv_cell
 from .plots import Chart
 
-ROOT = Path(__file__).resolve().parents[1]
-EDITORS = {  # editor -> (family, attack script, inference script)
-    "kontext": ("flux_kontext", "attack/attack_kontext.py", "inference/kontext_inference.py"),
-    "step1x": ("step1x_edit", "attack/attack_step1x.py", "inference/step1x_inference.py"),
-    "ip2p": ("instruct_pix2pix", "attack/attack_ip2p.py", "inference/ip2p_inference.py"),
-}
 AXES = {  # axis -> attack flag
     "eps": "--eps", "alpha": "--alpha", "steps": "--steps", "blocks": "--blocks", "t_range": "--t-range", "method": "--method",
     "momentum": "--momentum", "schedule": "--schedule", "update": "--update",
@@ -110,9 +103,9 @@ def _run(cmd: list[str], device: str, log: Path) -> None:
     with open(log, "a") as handle:
         handle.write(f"$ {' '.join(cmd)}\n")
         handle.flush()
-        code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+        code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
     if code not in (0, 1):  # 1: some images failed, reported inside; the rest is usable
-        raise RuntimeError(f"{cmd[1]} exited with {code} (see {log})")
+        raise RuntimeError(f"{' '.join(cmd[1:4])} exited with {code} (see {log})")
 
 
 def _link(target: Path, link: Path) -> None:
@@ -127,8 +120,12 @@ class Sweep:
         self.args = args
         self.grid = grid
         self.root = Path(args.runs) / args.name
-        self.family, self.attack, self.infer = EDITORS[args.editor]
+        self.family = args.editor  # a family name (decontext.editors.FAMILIES)
         self.python = sys.executable
+
+    def command(self, name: str) -> list[str]:
+        """``python -m decontext <name>`` (for attack and edit: with this sweep's family)."""
+        return [self.python, "-m", "decontext", name, *(["--family", self.family] if name in ("attack", "edit") else [])]
 
     def common(self, device: str) -> list[str]:
         """Flags of both the attack and the editing command: the model, its loading options (--editor-args,
@@ -148,9 +145,9 @@ class Sweep:
 
     def shared(self, device: str) -> None:
         shared = self.root / "_shared"
-        _run([self.python, "-m", "decontext.runs", "init", "--input", str(self.args.input), "--run", str(shared), "--model", self.args.model, "--editor", self.family],
+        _run([*self.command("runs"), "init", "--input", str(self.args.input), "--run", str(shared), "--model", self.args.model, "--editor", self.family],
              device, shared / "log.txt")
-        _run([self.python, self.infer, *self.common(device), *self.edit_flags(), "--images", str(shared / "source"), "--output", str(shared / "edits" / "clean")],
+        _run([*self.command("edit"), *self.common(device), *self.edit_flags(), "--images", str(shared / "source"), "--output", str(shared / "edits" / "clean")],
              device, shared / "log.txt")
 
     def run_point(self, point: dict, device: str) -> dict:
@@ -164,13 +161,15 @@ class Sweep:
         _link(shared / "edits" / "clean", folder / "edits" / "clean")
         (folder / "run.json").write_text(json.dumps({"model": self.args.model, "editor": self.family, "sweep": self.args.name, "point": point}, indent=2))
         log = folder / "log.txt"
-        attack = [self.python, self.attack, *self.common(device), "--input", str(folder / "source"), "--output", str(folder / "protected"),
-                  "--seed", str(self.args.seed), "--resolution", str(self.args.attack_resolution), "--no-progress", *self.args.attack_args, *attack_flags(point)]
+        attack = [*self.command("attack"), *self.common(device), "--input", str(folder / "source"), "--output", str(folder / "protected"),
+                  "--seed", str(self.args.seed), "--no-progress", *self.args.attack_args, *attack_flags(point)]
+        if self.args.attack_resolution:  # else the model's own working size
+            attack += ["--resolution", str(self.args.attack_resolution)]
         if self.args.prompts:
             attack += ["--prompts", self.args.prompts]
         _run(attack, device, log)
-        _run([self.python, self.infer, *self.common(device), *self.edit_flags(), "--images", str(folder / "protected"), "--output", str(folder / "edits" / "protected")], device, log)
-        metrics = [self.python, "eval/compute_metrics.py", "--run", str(folder), "--no-progress"]
+        _run([*self.command("edit"), *self.common(device), *self.edit_flags(), "--images", str(folder / "protected"), "--output", str(folder / "edits" / "protected")], device, log)
+        metrics = [*self.command("eval"), "--run", str(folder), "--no-progress"]
         if self.args.metrics:
             metrics += ["--metrics", self.args.metrics]
         _run(metrics, device, log)
@@ -277,76 +276,3 @@ def svg_plot(rows: list[dict], axis: str, metric: str, width: int = 480, height:
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def _number(text: str):
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return int(value) if value.is_integer() and "." not in text else value
-
-
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m decontext.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--name", required=True, help="the sweep's folder: RUNS/NAME")
-    ap.add_argument("--runs", default="runs")
-    ap.add_argument("--editor", choices=list(EDITORS), default="kontext")
-    ap.add_argument("--model", default="toy")
-    ap.add_argument("--input", required=True, help="an image or a folder of images")
-    ap.add_argument("--grid", default=None, help="a JSON grid file; axis flags below add to it")
-    for axis in AXES:
-        ap.add_argument(f"--{axis.replace('_', '-')}", dest=axis, nargs="+", default=None,
-                        help="values of this axis" + (" (each 'LOW,HIGH')" if axis == "t_range" else ""))
-    ap.add_argument("--editor-args", default="", help="model-loading flags for the attack AND the edits, one string "
-                    "(e.g. \"--prefix-file step1x_prefix.txt\" for a real Step1X-Edit checkpoint)")
-    ap.add_argument("--attack-args", nargs=argparse.REMAINDER, default=[], help="more attack flags for every point (last on the line)")
-    ap.add_argument("--prompts", default=None, help="prompt pool (default: the editor's; a toy model: its own pool)")
-    ap.add_argument("--prompt-indices", type=int, nargs="+", default=None)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="edit seeds")
-    ap.add_argument("--seed", type=int, default=0, help="attack seed")
-    ap.add_argument("--resolution", default=None, help="edit resolution (default: the editor's)")
-    ap.add_argument("--attack-resolution", default=None, help="the attack's working size (default: native for the tiny and toy models, else auto)")
-    ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--metrics", default=None, help="compute_metrics backends (default: all that apply)")
-    ap.add_argument("--condition", default="protected")
-    ap.add_argument("--headline", default=None, help=f"headline metric for the plots (default: the first of {', '.join(HEADLINES)} measured)")
-    ap.add_argument("--devices", default="auto", help="auto (every visible CUDA GPU, else the CPU), cpu, or GPU indices 0,1")
-    ap.add_argument("--dtype", default="auto")
-    return ap
-
-
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    try:
-        grid = load_grid(args.grid) if args.grid else {}
-        for axis in AXES:
-            values = getattr(args, axis)
-            if values:
-                grid[axis] = [_number(v) for v in values]
-        if not grid:
-            raise ValueError("nothing to sweep: give a --grid file or values of at least one axis (--eps 8 16 ...)")
-        if not Path(args.input).exists():
-            raise ValueError(f"{args.input}: no such file or folder")
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from .toy.names import is_toy_model, toy_editor_dir
-
-    if args.attack_resolution is None:
-        args.attack_resolution = "native" if (args.model == "tiny" or is_toy_model(args.model)) else "auto"
-    if args.prompts is None:
-        if is_toy_model(args.model):
-            shipped = json.loads((toy_editor_dir(args.model, EDITORS[args.editor][0]) / "decontext_toy.json").read_text())
-            args.prompts = str(ROOT / shipped.get("prompts_file", "data/prompts/toy_prompts.txt"))
-    args.input = str(Path(args.input).resolve())
-    args.runs = str(Path(args.runs).resolve())
-    results = Sweep(args, grid).run()
-    failed = [r for r in results if r["status"] == "failed"]
-    root = Path(args.runs) / args.name
-    print(f"{len(results) - len(failed)} points ok ({sum(r['status'] == 'skipped' for r in results)} already done), {len(failed)} failed -> {root / 'table.md'}")
-    for r in failed:
-        print(f"  failed: {point_name(r['point'])}: {r['error']}", file=sys.stderr)
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-# Shared by the shell drivers: the project's Python and a default sample input.
+# Shared by the shell drivers: the project's Python, a default sample input, and the flags a user set.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}
 
@@ -10,21 +10,34 @@ sample_input() {
   echo "$folder"
 }
 
-# attack_args: fills the array `args` with the flags every attack driver passes, from the shell variables
-# of the same names. The driver sets its editor's defaults (MODEL OUTPUT EPS ALPHA STEPS RESOLUTION) first
-# and appends its own flags after. BLOCKS and T_RANGE are passed only when set: unset, each method keeps
-# its own defaults (DeContext: the paper's single 0-25/38 and 0.98-1.0; DANP, TDAE, flow_loss: their own).
-attack_args() {
-  SEED=${SEED:-0}
-  PROMPTS=${PROMPTS:-}
-  BLOCKS=${BLOCKS:-}
-  T_RANGE=${T_RANGE:-}
-  DEVICE=${DEVICE:-auto}
-  DTYPE=${DTYPE:-auto}
+# set_flags VAR... : appends to the array `args` "--var value" for every shell variable that is set and
+# not empty (MODEL -> --model, T_RANGE -> --t-range; a list-valued one, e.g. T_RANGE="0 1", is split).
+# Nothing else is passed: every default is the command's own (the editor family's, the method's, the
+# model's), stated once in the library.
+set_flags() {
+  local var value flag
+  for var in "$@"; do
+    value=${!var:-}
+    [ -n "$value" ] || continue
+    flag="--$(echo "$var" | tr 'A-Z_' 'a-z-')"
+    # shellcheck disable=SC2206
+    args+=("$flag" $value)
+  done
+}
+
+ATTACK_VARS="MODEL EPS ALPHA STEPS RESOLUTION SEED DEVICE DTYPE METHOD PROMPTS BLOCKS T_RANGE T_ONE_EVERY MOMENTUM SCHEDULE UPDATE START PSNR_FLOOR"
+
+# attack FAMILY DEFAULT_OUTPUT [FAMILY_VARS...] -- [extra flags]: protect INPUT (default: the sample
+# portrait) into OUTPUT with `python -m decontext attack --family FAMILY`, passing the variables set.
+attack() {
+  local family=$1 output=$2
+  shift 2
+  local extra=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do extra+=("$1"); shift; done
+  [ "${1:-}" = "--" ] && shift
   [ -n "${INPUT:-}" ] || INPUT=$(sample_input)
-  args=(--model "$MODEL" --input "$INPUT" --output "$OUTPUT" --eps "$EPS" --alpha "$ALPHA" --steps "$STEPS"
-        --resolution "$RESOLUTION" --seed "$SEED" --device "$DEVICE" --dtype "$DTYPE")
-  [ -z "$PROMPTS" ] || args+=(--prompts "$PROMPTS")
-  [ -z "$BLOCKS" ] || args+=(--blocks "$BLOCKS")
-  [ -z "$T_RANGE" ] || args+=(--t-range $T_RANGE)
+  args=(--family "$family" --input "$INPUT" --output "${OUTPUT:-$output}")
+  # shellcheck disable=SC2086
+  set_flags $ATTACK_VARS "${extra[@]}"
+  exec "$PYTHON" -m decontext attack "${args[@]}" "$@"
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A hyperparameter sweep (decontext/sweep.py), shared by scripts/sweep_<editor>.sh. Shell variables:
-#   NAME (the folder runs/NAME), INPUT (images), MODEL, EDITOR (kontext | step1x | ip2p)
+#   NAME (the folder runs/NAME), INPUT (images), MODEL, EDITOR (any editor family or short name: kontext, step1x, ip2p, flux2, qwen)
 #   grid axes, each a space-separated list: EPS ALPHA STEPS METHOD MOMENTUM SCHEDULE UPDATE,
 #     BLOCKS and T_RANGE (values separated by ';', e.g. T_RANGE="0.98,1.0;0,1"), or GRID (a JSON file)
 #   PROMPTS PROMPT_INDICES SEEDS METRICS DEVICES (auto: every visible GPU, one point each; cpu) DTYPE
@@ -34,4 +34,4 @@ editor_args=${EDITOR_ARGS:-}
 [ -n "${PREFIX_FILE:-}" ] && editor_args="$editor_args --prefix-file $(printf %q "$PREFIX_FILE")"
 [ -n "$editor_args" ] && args+=(--editor-args "$editor_args")
 [ -n "${ATTACK_ARGS:-}" ] && args+=(--attack-args $ATTACK_ARGS)
-exec "$PYTHON" -m decontext.sweep "${args[@]}"
+exec "$PYTHON" -m decontext sweep "${args[@]}"

@@ -11,9 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=2
 VERSION=${VERSION:-toy-v1}
 mkdir -p runs
 "$PY" -m experiments.toy_train --version "$VERSION" --seed "${SEED:-0}" --threads 2 "$@"
-"$PY" -m decontext.toy.evaluate --model "$VERSION" --threads 2 --json "runs/eval_$VERSION.json"
+"$PY" -m decontext toy-eval --model "$VERSION" --threads 2 --json "runs/eval_$VERSION.json"

@@ -1,6 +1,6 @@
 """The step benchmark runs end to end on a small size and prints its machine-readable ratios line."""
 
-import importlib.util
+import importlib
 import re
 from pathlib import Path
 
@@ -10,9 +10,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_step.py"
 
 
 def test_bench_step_prints_ratios(capsys):
-    spec = importlib.util.spec_from_file_location("bench_step", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = importlib.import_module("bench.bench_step")
     assert bench.main(["--size", "64", "--text-tokens", "8", "--repeats", "1", "--skip-memory", "--with-separate"]) == 0
     out = capsys.readouterr().out
     for variant in ("ours", "official", "bare", "ours_sep"):
@@ -24,10 +22,7 @@ def test_bench_step_prints_ratios(capsys):
 
 
 def _load_step_bench():
-    spec = importlib.util.spec_from_file_location("bench_step", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return importlib.import_module("bench.bench_step")
 
 
 def test_bench_step_variants_run_in_the_given_order_and_ratios_name_what_is_missing(capsys):
@@ -94,9 +89,7 @@ def test_tiny_qwen_components_build_under_a_default_device_context():
 
 
 def test_bench_probe_pad_runs(capsys):
-    spec = importlib.util.spec_from_file_location("bench_probe_pad", BENCH.parent / "bench_probe_pad.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = importlib.import_module("bench.bench_probe_pad")
     args = ["--text", "3", "--target", "16", "--context", "16", "--heads", "2", "--head-dim", "8", "--pads", "1", "8", "--repeats", "1"]
     assert bench.main(args) == 0
     out = capsys.readouterr().out
@@ -107,9 +100,7 @@ def test_bench_uvr_runs_on_the_toy(tmp_path):
     """bench/uvr.py end to end at its smallest: anchors on the calibration split, UVR off and on, one row."""
     import json
 
-    spec = importlib.util.spec_from_file_location("bench_uvr", BENCH.parent / "uvr.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = importlib.import_module("bench.uvr")
     import torch
 
     threads = torch.get_num_threads()
@@ -125,10 +116,7 @@ def test_bench_uvr_runs_on_the_toy(tmp_path):
 
 
 def _bench(name):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH.parent / f"{name}.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+    return importlib.import_module(f"bench.{name}")
 
 
 def test_bench_steps_reports_each_rule_against_the_official_run():

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from decontext.methods import METHODS, build_method, method_names
-from decontext.methods.compose import Composite, Term, parse_weights
+from decontext.methods import parse_weights
+from decontext.methods.composite import Composite, Term
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from decontext.metrics.cli import main
+from decontext.cli.evaluate import main
 from tests.demo_run import make_demo_run
 
 REPO = Path(__file__).resolve().parent.parent

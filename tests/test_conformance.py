@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from skimage.data import astronaut
 
-from decontext.cli import attack_main
+from decontext.cli.attack import main as attack_main
 from decontext.editors import EDITORS, Editor, editor_class, load_editor
 from decontext.editors.base import CAPABILITIES
 from decontext.methods import METHODS, method_class
@@ -66,11 +66,11 @@ def test_every_method_runs_through_the_same_cli_with_the_same_manifest(family, i
                 "--steps", "2", "--resolution", "native", "--measure-draws", "1", "--no-progress", "--prompts", "data/prompts/toy_prompts.txt"]
         if not applies(method, family):  # refused up front, by name, before any model loads or file is written
             capsys.readouterr()
-            assert attack_main(family, argv) == 2, (family, method)
+            assert attack_main(family=family, argv=argv) == 2, (family, method)
             assert f"method {method!r} does not apply to the {family} editor" in capsys.readouterr().err
             assert not out.exists()
             continue
-        assert attack_main(family, argv) == 0, (family, method)
+        assert attack_main(family=family, argv=argv) == 0, (family, method)
         manifest = json.loads((out / "manifest.json").read_text())
         entry = manifest["images"]["astro.png"]
         assert manifest["editor"] == {"family": family, "model": "tiny"}

@@ -4,7 +4,8 @@ H100, docs/PERFORMANCE.md); an environment variable keeps it."""
 import pytest
 import torch
 
-from decontext.cli import attack_main, avoid_cudnn_attention
+from decontext.cli.attack import main as attack_main
+from decontext.cli.common import avoid_cudnn_attention
 
 
 @pytest.fixture
@@ -24,8 +25,15 @@ def test_avoid_cudnn_attention_turns_the_backend_off_unless_asked_to_keep_it(mon
 
 
 def test_every_attack_run_turns_it_off(tmp_path, monkeypatch, restore_cudnn_sdp, capsys):
+    from PIL import Image
+
     torch.backends.cuda.enable_cudnn_sdp(True)
     monkeypatch.delenv("DECONTEXT_CUDNN_SDPA", raising=False)
-    code = attack_main("flux_kontext", ["--model", "tiny", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out")])
-    assert code == 2 and "missing" in capsys.readouterr().err  # refused before any model loads ...
-    assert not torch.backends.cuda.cudnn_sdp_enabled()  # ... and the setting is already made
+    code = attack_main(family="flux_kontext", argv=["--model", "tiny", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "out")])
+    assert code == 2 and "missing" in capsys.readouterr().err  # a flag error answers before torch is even imported ...
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    Image.new("RGB", (32, 32), (120, 80, 40)).save(tmp_path / "a.png")
+    code = attack_main(family="flux_kontext", argv=["--model", "tiny", "--input", str(tmp_path / "a.png"), "--output", str(tmp_path / "out"),
+                                                    "--steps", "1", "--measure-draws", "0", "--no-progress"])
+    assert code == 0  # ... and a run that starts turns the backend off before any model loads
+    assert not torch.backends.cuda.cudnn_sdp_enabled()

@@ -173,7 +173,7 @@ def test_decontext_pgd_lowers_the_share_within_budget():
 
 
 def test_attack_cli_through_the_registry(tmp_path):
-    from decontext.cli import attack_main
+    from decontext.cli.attack import main as attack_main
 
     assert isinstance(load_editor("tiny", "flux2", "cpu", "float32"), Flux2Editor)
     Image.fromarray(_rgb(48, 80, 9)).save(tmp_path / "photo.png")
@@ -182,7 +182,7 @@ def test_attack_cli_through_the_registry(tmp_path):
     out = tmp_path / "out"
     argv = ["--model", "tiny", "--input", str(tmp_path / "photo.png"), "--output", str(out), "--eps", "8", "--alpha", "4",
             "--steps", "2", "--resolution", "native", "--measure-draws", "1", "--no-progress", "--prompts", str(prompts)]
-    assert attack_main("flux2", argv) == 0
+    assert attack_main(family="flux2", argv=argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["editor"] == {"family": "flux2", "model": "tiny"}
     saved = np.asarray(Image.open(out / "photo.png")).astype(int)
@@ -193,22 +193,22 @@ def test_entry_points_attack_then_edit(monkeypatch, tmp_path):
     """attack/attack_flux2.py and inference/flux2_inference.py call the CLI with family "flux2"."""
     import runpy
 
-    from decontext import cli
+    from decontext.cli import attack, edit
 
     Image.fromarray(_rgb(64, 96, 11)).save(tmp_path / "photo.png")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("add a hat\n")
     families = []
-    for script, main in (("attack/attack_flux2.py", "attack_main"), ("inference/flux2_inference.py", "inference_main")):
-        monkeypatch.setattr(cli, main, lambda family, argv=None, _m=main: families.append((_m, family)) or 0)
+    for script, module in (("attack/attack_flux2.py", attack), ("inference/flux2_inference.py", edit)):
+        monkeypatch.setattr(module, "main", lambda argv=None, family=None, _m=module.__name__: families.append((_m, family)) or 0)
         with pytest.raises(SystemExit) as done:
             runpy.run_path(script, run_name="__main__")
         assert done.value.code == 0
-    assert families == [("attack_main", "flux2"), ("inference_main", "flux2")]
+    assert families == [("decontext.cli.attack", "flux2"), ("decontext.cli.edit", "flux2")]
     monkeypatch.undo()
     argv = ["--model", "tiny", "--images", str(tmp_path / "photo.png"), "--output", str(tmp_path / "edits"), "--prompts", str(prompts),
             "--steps", "2", "--resolution", "native", "--no-progress"]
-    assert cli.inference_main("flux2", argv) == 0
+    assert edit.main(family="flux2", argv=argv) == 0
     edited = list((tmp_path / "edits").rglob("seed*.png"))
     assert len(edited) == 1 and Image.open(edited[0]).size == (96, 64)
 

@@ -18,7 +18,8 @@ import torch
 from PIL import Image
 
 from decontext import protect as protect_module
-from decontext.cli import attack_main, inference_main
+from decontext.cli.attack import main as attack_main
+from decontext.cli.edit import main as inference_main
 from decontext.editors.flux_kontext import FluxKontextEditor
 from decontext.methods import build_method
 from decontext.names import shown
@@ -150,16 +151,16 @@ def test_bad_inference_flags_exit_2_before_any_model_loads(tmp_path, capsys):
     for flags, expected in ((["--prompt-indices", "9999"], "prompt index 9999 is out of range"), (["--steps", "0"], "--steps must be >= 1"),
                             (["--guidance", "nan"], "--guidance must be a finite number"), (["--batch-size", "0"], "--batch-size must be >= 1"),
                             (["--resolution", "8"], "--resolution 8: below the flux_kontext minimum of 16 px"), (["--seeds", "-3"], "seed -3 is invalid")):
-        code = inference_main("flux_kontext", ["--model", model, "--images", str(images), "--output", str(tmp_path / "o"), *flags])
+        code = inference_main(family="flux_kontext", argv=["--model", model, "--images", str(images), "--output", str(tmp_path / "o"), *flags])
         err = capsys.readouterr().err
         assert code == 2 and expected in err and "no-model-here" not in err, (flags, err)
-    code = inference_main("flux_kontext", ["--model", "tiny", "--images", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    code = inference_main(family="flux_kontext", argv=["--model", "tiny", "--images", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
     assert code == 2 and "--images" in capsys.readouterr().err
 
 
 def test_tiny_model_resolution_below_its_own_multiple_is_refused_after_loading(tmp_path, capsys):
     inputs = photos(tmp_path / "in", names=("a",))
-    code = attack_main("flux_kontext", ["--model", "tiny", "--input", str(inputs), "--output", str(tmp_path / "o"), "--resolution", "2", "--no-progress"])
+    code = attack_main(family="flux_kontext", argv=["--model", "tiny", "--input", str(inputs), "--output", str(tmp_path / "o"), "--resolution", "2", "--no-progress"])
     assert code == 2 and "--resolution 2" in capsys.readouterr().err
 
 
@@ -198,10 +199,10 @@ HOSTILE = [os.fsdecode(b"caf\xe9"), "with space", "quote'\"", "-leading dash", "
 def test_hostile_file_names_work_end_to_end(tmp_path, capsys):
     inputs = photos(tmp_path / "in", names=HOSTILE, size=(32, 32))
     run = tmp_path / "run"
-    from decontext.runs import main as runs_main
+    from decontext.cli.runs import main as runs_main
 
     assert runs_main(["init", "--input", str(inputs), "--run", str(run), "--model", "tiny", "--editor", "flux_kontext"]) == 0
-    code = attack_main("flux_kontext", ["--model", "tiny", "--input", str(run / "source"), "--output", str(run / "protected"),
+    code = attack_main(family="flux_kontext", argv=["--model", "tiny", "--input", str(run / "source"), "--output", str(run / "protected"),
                                         "--resolution", "native", "--steps", "2", "--measure-draws", "0", "--no-progress"])
     out = capsys.readouterr()
     assert code == 0, out.err
@@ -209,10 +210,10 @@ def test_hostile_file_names_work_end_to_end(tmp_path, capsys):
     record = manifest(run / "protected")["images"]
     assert {Path(k).stem for k in record} == set(HOSTILE) and all(e["status"] == "done" for e in record.values())
     for condition, folder in (("clean", run / "source"), ("protected", run / "protected")):
-        code = inference_main("flux_kontext", ["--model", "tiny", "--images", str(folder), "--output", str(run / "edits" / condition),
+        code = inference_main(family="flux_kontext", argv=["--model", "tiny", "--images", str(folder), "--output", str(run / "edits" / condition),
                                                "--prompt-indices", "0", "--steps", "2", "--resolution", "native", "--no-progress"])
         assert code == 0, capsys.readouterr().err
-    from decontext.metrics.cli import main as metrics_main
+    from decontext.cli.evaluate import main as metrics_main
 
     assert metrics_main(["--run", str(run), "--metrics", "pixel", "--no-progress", "--no-report"]) == 0
     text = (run / "metrics.csv").read_text(encoding="utf-8")  # valid UTF-8, names escaped
@@ -272,8 +273,8 @@ elif where == "pgd":
             os.kill(os.getpid(), signal.SIGKILL)
         return real(self, *args, **kwargs)
     pgd.PGD._gradient = gradient
-from decontext.cli import attack_main
-sys.exit(attack_main("flux_kontext"))
+from decontext.cli.attack import main as attack_main
+sys.exit(attack_main(family="flux_kontext"))
 '''
 
 
@@ -383,8 +384,8 @@ def test_max_megapixels_lowers_and_raises_the_bomb_guard(tmp_path, capsys, monke
 
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored after the test
     inputs = photos(tmp_path / "in", names=("a",), size=(40, 48))
-    code = attack_main("flux_kontext", ["--model", "tiny", "--input", str(inputs), "--output", str(tmp_path / "o"), "--resolution", "native",
+    code = attack_main(family="flux_kontext", argv=["--model", "tiny", "--input", str(inputs), "--output", str(tmp_path / "o"), "--resolution", "native",
                                         "--steps", "1", "--measure-draws", "0", "--no-progress", "--max-megapixels", "0.001"])
     assert code == 1 and "over the limit of 1000 pixels" in capsys.readouterr().err  # 40 x 48 = 1920 > 1000: refused, named
-    code = attack_main("flux_kontext", ["--model", "tiny", "--input", str(inputs), "--output", str(tmp_path / "o2"), "--max-megapixels", "-1"])
+    code = attack_main(family="flux_kontext", argv=["--model", "tiny", "--input", str(inputs), "--output", str(tmp_path / "o2"), "--max-megapixels", "-1"])
     assert code == 2 and "--max-megapixels must be > 0" in capsys.readouterr().err

@@ -170,13 +170,13 @@ def test_sigma_draws_map_to_every_timestep_range(editor):
 def test_inference_cli_records_and_uses_the_image_guidance(tmp_path, face):
     import json
 
-    from decontext.cli import inference_main
+    from decontext.cli.edit import main as inference_main
 
     face.save(tmp_path / "face.png")
     out = tmp_path / "edits"
     argv = ["--model", "tiny", "--images", str(tmp_path / "face.png"), "--output", str(out), "--prompt", "add a hat",
             "--steps", "3", "--resolution", "native", "--image-guidance", "2.0", "--no-progress"]
-    assert inference_main("instruct_pix2pix", argv) == 0
+    assert inference_main(family="instruct_pix2pix", argv=argv) == 0
     index = json.loads((out / "index.json").read_text())
     assert index["settings"]["image_guidance"] == 2.0 and index["settings"]["editor"] == "instruct_pix2pix"
     saved = np.asarray(Image.open(out / "face" / "0" / "seed42.png"))

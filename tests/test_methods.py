@@ -133,7 +133,7 @@ def test_editor_ensemble_is_the_sum_of_its_members_in_value_and_gradient():
     terms' gradients each scaled to unit mean |g|; a term that does not apply is refused."""
     from decontext.editors import load_editor
     from decontext.methods import build_method
-    from decontext.methods.compose import Composite, Term
+    from decontext.methods.composite import Composite, Term
 
     kontext = load_editor("tiny", "flux_kontext", "cpu", "float32")
     ip2p = load_editor("tiny", "instruct_pix2pix", "cpu", "float32")

@@ -15,7 +15,7 @@ from skimage import data
 
 from decontext import purify
 from decontext.metrics.base import EvalOptions, backends_for
-from decontext.metrics.cli import main as compute_metrics
+from decontext.cli.evaluate import main as compute_metrics
 from decontext.metrics.dlib_face import (ALIGNER_FILE, RECOGNITION_FILE, SAME_PERSON_DISTANCE, DlibDetector, DlibFDFRBackend,
                                          DlibISMBackend, find_model, packaged_models_dir)
 from decontext.metrics.evaluate import evaluate_run, summarize

@@ -1,7 +1,7 @@
 """Cutting the target->context attention (experiments.premise): stock without a cut, exact with one,
 only in the chosen steps and blocks; and the premise bench end to end on the shipped toy."""
 
-import importlib.util
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -246,9 +246,7 @@ def test_step_and_cut_specifications():
 
 
 def test_bench_smoke_on_the_shipped_toy(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_premise", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = importlib.import_module("bench.premise")
     threads = torch.get_num_threads()
     try:
         result = bench.main(["--identities", "3", "--cuts", "none", "all", "--no-progress", "--out", str(tmp_path / "p.json")])

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from decontext import purify
+from decontext.cli import purify as purify_cli
 from decontext.runs import condition_input_dir
 from decontext.pgd import PGD, PGDConfig
 from decontext.toy import world
@@ -178,7 +179,7 @@ def test_eot_draws_every_breaker_with_the_engine_generator():
 def test_attack_with_eot_on_the_tiny_model_stays_in_budget(tmp_path):
     import json
 
-    from decontext.cli import attack_main
+    from decontext.cli.attack import main as attack_main
     from decontext.images import load_image, max_level_diff
 
     source = tmp_path / "in.png"
@@ -186,12 +187,12 @@ def test_attack_with_eot_on_the_tiny_model_stays_in_budget(tmp_path):
     out = tmp_path / "out"
     args = ["--model", "tiny", "--input", str(source), "--output", str(out), "--steps", "2", "--eps", "8", "--alpha", "2", "--resolution", "64",
             "--measure-draws", "0", "--no-progress", "--eot", "jpeg", "resize", "blur", "--eot-samples", "2"]
-    assert attack_main("flux_kontext", args) == 0
+    assert attack_main(family="flux_kontext", argv=args) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["eot"] == ["jpeg", "resize", "blur"] and manifest["pgd"]["eot_samples"] == 2
     assert max_level_diff(load_image(source).rgb8, load_image(out / "in.png").rgb8) <= 8
-    assert attack_main("flux_kontext", args[:-6] + ["--eot", "webp"]) == 2  # no differentiable WebP
-    assert attack_main("flux_kontext", args[:-6] + ["--eot-samples", "2"]) == 2  # samples without breakers
+    assert attack_main(family="flux_kontext", argv=args[:-6] + ["--eot", "webp"]) == 2  # no differentiable WebP
+    assert attack_main(family="flux_kontext", argv=args[:-6] + ["--eot-samples", "2"]) == 2  # samples without breakers
 
 
 def test_run_folder_stage_purifies_and_metrics_report_each_breaker(tmp_path, capsys):
@@ -201,23 +202,23 @@ def test_run_folder_stage_purifies_and_metrics_report_each_breaker(tmp_path, cap
     import json
     import shutil
 
-    from decontext.metrics.cli import main as metrics_main
+    from decontext.cli.evaluate import main as metrics_main
     from tests.demo_run import make_demo_run
 
     run = make_demo_run(tmp_path / "run")
     (run / "protected" / "junk.png").write_bytes(b"not an image")
-    assert purify.main(["--run", str(run), "--breakers", "jpeg:quality=50", "blur", "--no-progress"]) == 1  # junk.png reported
+    assert purify_cli.main(["--run", str(run), "--breakers", "jpeg:quality=50", "blur", "--no-progress"]) == 1  # junk.png reported
     copy = run / "purified" / "jpeg_quality50" / "protected" / "a.png"
     assert copy.is_file() and (run / "purified" / "blur_sigma1.0" / "protected" / "b.png").is_file()
     expected = purify.jpeg(Image.open(run / "protected" / "a.png"), quality=50)
     assert np.array_equal(np.asarray(Image.open(copy)), np.asarray(expected))
     stamp = copy.stat().st_mtime_ns
     (run / "protected" / "junk.png").unlink()
-    assert purify.main(["--run", str(run), "--breakers", "jpeg:quality=50", "blur", "--no-progress"]) == 0
+    assert purify_cli.main(["--run", str(run), "--breakers", "jpeg:quality=50", "blur", "--no-progress"]) == 0
     assert copy.stat().st_mtime_ns == stamp  # kept, not rewritten
     assert "kept 4" in capsys.readouterr().out
-    assert purify.main(["--run", str(run), "--breakers", "jpeg", "--conditions", "noise"]) == 2  # no such condition
-    assert purify.main(["--run", str(run), "--breakers", "gif"]) == 2
+    assert purify_cli.main(["--run", str(run), "--breakers", "jpeg", "--conditions", "noise"]) == 2  # no such condition
+    assert purify_cli.main(["--run", str(run), "--breakers", "gif"]) == 2
 
     # stand-in edits of the purified condition (the real ones come from inference/kontext_inference.py)
     shutil.copytree(run / "edits" / "protected", run / "edits" / "protected@jpeg_quality50")

@@ -185,15 +185,16 @@ def test_decontext_lowers_the_share_within_budget(editor):
 
 def test_attack_and_inference_clis(tmp_path):
     assert editor_registry.EDITORS["qwen_image_edit"] == "decontext.editors.qwen_image_edit:QwenImageEditEditor"
-    from decontext.cli import attack_main, inference_main
+    from decontext.cli.attack import main as attack_main
+    from decontext.cli.edit import main as inference_main
 
     Image.fromarray(astronaut()).resize((SIZE[1], SIZE[0])).save(tmp_path / "astro.png")
-    code = attack_main("qwen_image_edit", ["--model", "tiny", "--device", "cpu", "--input", str(tmp_path / "astro.png"),
+    code = attack_main(family="qwen_image_edit", argv=["--model", "tiny", "--device", "cpu", "--input", str(tmp_path / "astro.png"),
                                            "--output", str(tmp_path / "protected"), "--steps", "2", "--resolution", "native"])
     assert code == 0 and (tmp_path / "protected" / "astro.png").is_file()
     manifest = json.loads((tmp_path / "protected" / "manifest.json").read_text())
     assert manifest
-    code = inference_main("qwen_image_edit", ["--model", "tiny", "--device", "cpu", "--images", str(tmp_path / "protected" / "astro.png"),
+    code = inference_main(family="qwen_image_edit", argv=["--model", "tiny", "--device", "cpu", "--images", str(tmp_path / "protected" / "astro.png"),
                                               "--output", str(tmp_path / "edits"), "--prompt", "add a hat", "--steps", "2",
                                               "--guidance", "1", "--resolution", "native", "--no-progress"])
     assert code == 0 and list((tmp_path / "edits").rglob("*.png"))

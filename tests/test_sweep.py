@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from decontext import sweep
+from decontext.cli import sweep as sweep_cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,19 +41,19 @@ def test_editor_args_reach_the_attack_and_the_edits(tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(sweep, "_run", lambda cmd, device, log: commands.append(cmd))
     prefix = tmp_path / "my prefix.txt"
-    args = sweep.parser().parse_args(["--name", "s", "--editor", "step1x", "--model", "/models/Step1X-Edit", "--input", str(tmp_path),
+    args = sweep_cli.parser().parse_args(["--name", "s", "--editor", "step1x", "--model", "/models/Step1X-Edit", "--input", str(tmp_path),
                                       "--runs", str(tmp_path / "runs"), "--eps", "8", "--editor-args", f"--prefix-file '{prefix}'",
                                       "--attack-resolution", "auto"])
     point = {"eps": 8}
     runner = sweep.Sweep(args, {"eps": [8]})
     runner.shared("cpu")
     runner.run_point(point, "cpu")
-    model_commands = [c for c in commands if "--model" in c and "decontext.runs" not in c]
+    model_commands = [c for c in commands if "--model" in c and "runs" not in c]
     assert len(model_commands) == 3  # clean edits, attack, protected edits
     for cmd in model_commands:
         i = cmd.index("--prefix-file")
         assert cmd[i + 1] == str(prefix)
-    assert any("attack_step1x.py" in part for part in model_commands[1])
+    assert model_commands[1][2:6] == ["decontext", "attack", "--family", "step1x_edit"]
 
 
 def test_table_and_plots_from_point_summaries(tmp_path):
@@ -99,9 +100,9 @@ def test_nice_ticks_cover_the_range_with_round_steps():
 
 
 def test_bad_sweep_arguments(tmp_path, capsys):
-    assert sweep.main(["--name", "x", "--input", str(tmp_path), "--runs", str(tmp_path)]) == 2
+    assert sweep_cli.main(["--name", "x", "--input", str(tmp_path), "--runs", str(tmp_path)]) == 2
     assert "nothing to sweep" in capsys.readouterr().err
-    assert sweep.main(["--name", "x", "--input", str(tmp_path / "missing"), "--eps", "8", "--runs", str(tmp_path)]) == 2
+    assert sweep_cli.main(["--name", "x", "--input", str(tmp_path / "missing"), "--eps", "8", "--runs", str(tmp_path)]) == 2
 
 
 @pytest.mark.slow

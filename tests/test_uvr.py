@@ -12,6 +12,7 @@ import torch
 from decontext.editors.base import Layout
 from decontext.editors.flux_kontext import FluxKontextEditor
 from decontext.metrics.concept import erase_rate
+from decontext.cli import uvr as uvr_flags
 from decontext.safety import uvr
 from decontext.safety.localize import _Geometry
 
@@ -331,10 +332,11 @@ def test_collect_then_edit_and_generate_under_uvr(tmp_path):
 
     from PIL import Image
 
-    from decontext.cli import inference_main
-    from decontext.metrics import concept
-    from decontext.safety import collect
-    from decontext.safety.t2i import main as t2i_main
+    from decontext.cli.edit import main as inference_main
+    from decontext.cli import collect
+    from decontext.cli import erase_rate as erase_rate_cli
+    from decontext.metrics.concept import _outputs
+    from decontext.cli.t2i import main as t2i_main
 
     anchors = tmp_path / "anchors.safetensors"
     assert collect.main(["--pipeline", "t2i", "--model", "tiny", "--concept", "hat", "--prompt", "a hat", "--seeds", "0", "1", "--output", str(anchors)]) == 0
@@ -351,16 +353,16 @@ def test_collect_then_edit_and_generate_under_uvr(tmp_path):
 
     out = tmp_path / "edits"
     args = ["--model", "tiny", "--images", str(images / "a.png"), "--prompt", "add a hat", "--steps", "2", "--resolution", "64", "--no-progress"]
-    assert inference_main("flux_kontext", args + ["--output", str(out / "off")]) == 0
-    assert inference_main("flux_kontext", args + ["--output", str(out / "on"), "--uvr", str(anchors), "--uvr-threshold", "1e9"]) == 0
+    assert inference_main(family="flux_kontext", argv=args + ["--output", str(out / "off")]) == 0
+    assert inference_main(family="flux_kontext", argv=args + ["--output", str(out / "on"), "--uvr", str(anchors), "--uvr-threshold", "1e9"]) == 0
     record = json.loads((out / "on" / "index.json").read_text())["settings"]["uvr"]
     assert record["config"]["restrict"] == "attention" and record["config"]["threshold"] == 1e9 and record["concepts"] == ["cap", "hat"]
     # nothing flagged: the regulated edit is the stock edit, byte for byte
     assert (out / "on" / "a" / "0" / "seed42.png").read_bytes() == (out / "off" / "a" / "0" / "seed42.png").read_bytes()
-    assert inference_main("flux_kontext", args + ["--output", str(out / "off"), "--uvr", str(anchors)]) == 2  # would mix settings
-    assert inference_main("flux_kontext", args + ["--output", str(out / "on")]) == 2
-    assert inference_main("flux_kontext", args + ["--output", str(out / "bad"), "--uvr", str(images / "broken.png")]) == 2
-    assert inference_main("flux_kontext", args + ["--output", str(out / "bad"), "--uvr", str(anchors), "--uvr-set", "keep=largest"]) == 2
+    assert inference_main(family="flux_kontext", argv=args + ["--output", str(out / "off"), "--uvr", str(anchors)]) == 2  # would mix settings
+    assert inference_main(family="flux_kontext", argv=args + ["--output", str(out / "on")]) == 2
+    assert inference_main(family="flux_kontext", argv=args + ["--output", str(out / "bad"), "--uvr", str(images / "broken.png")]) == 2
+    assert inference_main(family="flux_kontext", argv=args + ["--output", str(out / "bad"), "--uvr", str(anchors), "--uvr-set", "keep=largest"]) == 2
 
     gen = tmp_path / "t2i"
     assert t2i_main(["--model", "tiny", "--prompt", "a hat", "--seeds", "0", "--steps", "2", "--output", str(gen / "on"), "--uvr", str(anchors),
@@ -380,24 +382,24 @@ def test_collect_then_edit_and_generate_under_uvr(tmp_path):
     record = json.loads((gen / "off" / "index.json").read_text())["images"][0]
     assert record["status"] == "done" and "steps: 2 -> 3" in record["redone"]
 
-    on = concept._outputs(gen / "on", None)
+    on = _outputs(gen / "on", None)
     assert list(on) == ["0/seed0.png"]
     # editing folders (paths relative to the run folder) pair with their baseline by the path inside them
-    edited = concept._outputs(out / "on", "custom")
-    assert set(edited) == set(concept._outputs(out / "off", "custom")) == {"a/0/seed42.png"} and all(p.is_file() for p in edited.values())
+    edited = _outputs(out / "on", "custom")
+    assert set(edited) == set(_outputs(out / "off", "custom")) == {"a/0/seed42.png"} and all(p.is_file() for p in edited.values())
     result_file = tmp_path / "erase.json"
-    assert concept.main(["--images", str(gen / "on"), "--baseline", str(gen / "off"), "--detector", "toy:hat", "--output", str(result_file)]) == 0
+    assert erase_rate_cli.main(["--images", str(gen / "on"), "--baseline", str(gen / "off"), "--detector", "toy:hat", "--output", str(result_file)]) == 0
     result = json.loads(result_file.read_text())
     assert result["n"] == 1 and result["detector"] == "toy:hat" and result["erase_rate"]["mean"] in (0.0, 1.0)
-    assert concept.main(["--images", str(gen / "on"), "--baseline", str(tmp_path), "--detector", "toy:hat"]) == 2  # nothing to pair with
-    assert concept.main(["--images", str(gen / "on"), "--detector", "toy:tail"]) == 2
+    assert erase_rate_cli.main(["--images", str(gen / "on"), "--baseline", str(tmp_path), "--detector", "toy:hat"]) == 2  # nothing to pair with
+    assert erase_rate_cli.main(["--images", str(gen / "on"), "--detector", "toy:tail"]) == 2
     with pytest.raises(ValueError, match="cannot be applied"):
-        concept._outputs(images, "hat")
+        _outputs(images, "hat")
 
 
 def test_parse_settings_types_and_errors():
-    assert uvr.parse_settings(["threshold=0.3", "min_area=2", "fill_holes=false", "restrict=replace"]) == {"threshold": 0.3, "min_area": 2, "fill_holes": False, "restrict": "replace"}
+    assert uvr_flags.parse_settings(["threshold=0.3", "min_area=2", "fill_holes=false", "restrict=replace"]) == {"threshold": 0.3, "min_area": 2, "fill_holes": False, "restrict": "replace"}
     with pytest.raises(ValueError, match="takes a int"):
-        uvr.parse_settings(["min_area=two"])
+        uvr_flags.parse_settings(["min_area=two"])
     with pytest.raises(ValueError, match="KEY=VALUE"):
-        uvr.parse_settings(["threshold"])
+        uvr_flags.parse_settings(["threshold"])

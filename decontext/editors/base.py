@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from ..attention import Layout  # noqa: F401 (re-exported: the seam's token layout)
+from . import CAPABILITIES  # noqa: F401 (re-exported: what an editor can offer methods)
 from .blocks import resolve_blocks  # noqa: F401 (re-exported)
 
 
@@ -42,15 +43,6 @@ class Condition:
         return self.latents.shape[0]
 
 
-# What an editor can offer methods; ``Method.requires`` names a subset, checked before any work.
-CAPABILITIES = {
-    "context_attention": "target-image queries attend to context-image keys in a joint attention (probe())",
-    "text_cross_attention": "image queries attend to text keys in cross-attention layers (text_attention())",
-    "diffusion_loss": "the denoiser's own training pair on the image (flow_pair() + velocity())",
-    "vae": "differentiable image latents (image_latents())",
-    "text_embeddings": "the prompt's embeddings inside a Condition can be read and replaced (text_embedding_keys)",
-    "sampling": "a deterministic denoising step and a differentiable decoder (denoise(), decode())",
-}
 
 
 @runtime_checkable

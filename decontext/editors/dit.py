@@ -243,7 +243,7 @@ class Flux1DiTEditor(JointDiTEditor):
         batch, x_t, sigma = self._batched(x_t, sigma, condition)
         context = to_batch(condition.latents, batch)
         embeds, pooled, guidance = self._text_inputs(condition, sigma, batch)
-        layout = self._arm_probe(condition, Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1]), batch, stop_after)
+        self._arm_probe(condition, Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1]), batch, stop_after)
         try:
             with self.blocks.stop_after(stop_after):
                 return joint_velocity(

@@ -25,7 +25,6 @@ The protected image is reference 0 (it fixes the target size, as in the pipeline
 
 from __future__ import annotations
 
-import argparse
 import gc
 import inspect
 import json
@@ -39,11 +38,14 @@ import torch
 from PIL import Image
 
 from ..attention import StopForward
+from . import FAMILIES, FLUX2_GUIDANCE
 from .base import Condition, Layout, snap, to_batch, vae_pixels
 from .dit import JointDiTEditor
 
+SPEC = FAMILIES["flux2"]
+
 PIPELINES = ("Flux2Pipeline", "Flux2KleinPipeline")  # model_index.json _class_name values this editor loads
-DEFAULT_GUIDANCE = 4.0  # Flux2Pipeline's / Flux2KleinPipeline's own guidance_scale default
+DEFAULT_GUIDANCE = FLUX2_GUIDANCE
 MAX_REFERENCE_AREA = 1024 * 1024  # the pipelines shrink larger reference images to this area
 EDIT_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": DEFAULT_GUIDANCE, "resolution": "auto"}
 DISTILLED_EDIT_DEFAULTS = {"num_inference_steps": 4, "guidance_scale": 1.0, "resolution": "auto"}  # step-distilled [klein]
@@ -156,17 +158,10 @@ def _pipeline_class(name: str):
 class Flux2Editor(JointDiTEditor):
     """FLUX.2 [dev] or [klein] (or any checkpoint in their diffusers layout, e.g. the tiny one)."""
 
-    family = "flux2"
-    min_resolution = 64  # the FLUX.2 pipelines refuse reference images with a side under 64 px (the attack path takes any multiple of 16)
+    family = SPEC.name
+    capabilities = SPEC.capabilities
+    min_resolution = SPEC.min_resolution
     text_embedding_keys = ("embeds",)  # the stacked hidden states of the text encoder (no pooled embedding in FLUX.2)
-    model_help = "'tiny' (random-weight FLUX.2 [klein], smoke test), or a FLUX.2 [dev] / [klein] hub id / local diffusers folder"
-    attack_description = ("Protect images against FLUX.2 ([dev] or [klein]) with DeContext (or a baseline, --method).\n"
-                          "Default blocks: the paper's single:0-25/38 by relative depth, i.e. the front two thirds of the\n"
-                          "parallel single blocks (0-32 of the 48 in diffusers' default, [dev], configuration).\n\n"
-                          "    python attack/attack_flux2.py --model tiny --input photo.jpg --output protected/")
-    edit_description = "Edit clean or protected images with FLUX.2 (the real diffusers Flux2Pipeline / Flux2KleinPipeline)."
-    auto_resolution_note = "what the FLUX.2 pipeline picks: the image's size, shrunk to 1024x1024 px area when larger"
-    attack_defaults = {"eps": 12.75, "eps_note": "the DeContext paper's 0.1 on [-1, 1]", "alpha": 0.6375, "steps": 800}
 
     def __init__(self, pipe, name: str = "flux2", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  max_sequence_length: int = 512, offload: bool = False, guidance: float = DEFAULT_GUIDANCE,
@@ -202,20 +197,6 @@ class Flux2Editor(JointDiTEditor):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser, role: str) -> None:
-        if role == "attack":
-            parser.add_argument("--guidance", dest="attack_guidance", type=float, default=DEFAULT_GUIDANCE,
-                                help=f"guidance-embedding value in the attack's forward passes ([dev] only; default {DEFAULT_GUIDANCE})")
-        else:
-            parser.add_argument("--offload", action="store_true", help="diffusers model CPU offload: lowest GPU memory, slower")
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> dict:
-        options = {"offload": getattr(args, "offload", False)}
-        if getattr(args, "attack_guidance", None) is not None:
-            options["guidance"] = args.attack_guidance
-        return options
-
     @classmethod
     def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, offload: bool = False, guidance: float = DEFAULT_GUIDANCE) -> "Flux2Editor":
         if model == "tiny":

@@ -10,7 +10,6 @@ embedding. The edit path is the stock pipeline call.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 from pathlib import Path
@@ -23,9 +22,11 @@ from PIL import Image
 from .base import Condition, Layout, content_token_mask, snap, to_batch
 from .dit import Flux1DiTEditor, image_ids, joint_velocity, pack_latents, vae_latents  # noqa: F401 (re-exported)
 
-from ..toy.names import TOY_DEFAULT, is_toy_model, toy_editor_dir, toy_versions
+from ..toy.names import is_toy_model, toy_editor_dir
+from . import FAMILIES, KONTEXT_GUIDANCE
 
-ATTACK_GUIDANCE = 3.5  # the guidance-embedding value of the official attack and of the paper's edits
+SPEC = FAMILIES["flux_kontext"]
+ATTACK_GUIDANCE = KONTEXT_GUIDANCE  # the guidance-embedding value of the official attack and of the paper's edits
 EDIT_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": ATTACK_GUIDANCE, "resolution": 512}  # the paper's edit protocol
 
 
@@ -64,17 +65,10 @@ def latent_ids(lat_h: int, lat_w: int, context: bool, device=None, dtype=torch.f
 class FluxKontextEditor(Flux1DiTEditor):
     """FLUX.1-Kontext (or any model in its diffusers layout, e.g. the tiny and toy editors)."""
 
-    family = "flux_kontext"
+    family = SPEC.name
+    capabilities = SPEC.capabilities
+    min_resolution = SPEC.min_resolution
     text_embedding_keys = ("embeds", "pooled")  # T5 token embeddings and the pooled CLIP embedding
-    model_help = (
-        f"'tiny' (random weights, smoke test), 'toy' (the trained embedded editor, = {TOY_DEFAULT}; versions by name: "
-        f"{', '.join(toy_versions('flux_kontext'))}), or a FLUX.1-Kontext hub id / local diffusers folder"
-    )
-    attack_description = "Protect images against FLUX.1-Kontext with DeContext (or a baseline, --method).\n\n    python attack/attack_kontext.py --model tiny --input photo.jpg --output protected/"
-    edit_description = "Edit clean or protected images with FLUX.1-Kontext (the real diffusers FluxKontextPipeline).\nDefaults follow the DeContext paper's editing protocol: 20 steps, guidance 3.5, 512x512, seed 42."
-    auto_resolution_note = "what FluxKontextPipeline picks; 512 = the paper's"
-    # The official attack's settings: 0.1 / 0.005 on [-1, 1] = 12.75 / 0.6375 per 255.
-    attack_defaults = {"eps": 12.75, "eps_note": "the paper's 0.1 on [-1, 1]", "alpha": 0.6375, "steps": 800}
 
     def __init__(
         self,
@@ -114,25 +108,6 @@ class FluxKontextEditor(Flux1DiTEditor):
             pipe.vae.to(self.device)
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser, role: str) -> None:
-        """Flags of this family on the attack (``role="attack"``) or inference (``"edit"``) CLI."""
-        parser.add_argument("--quantize", choices=["8bit", "4bit"], default=None, help="bitsandbytes weight-quantised transformer for small GPUs (CUDA only)")
-        if role == "attack":
-            parser.add_argument("--guidance", dest="attack_guidance", type=float, default=ATTACK_GUIDANCE, help=f"guidance-embedding value in the attack's forward passes (default {ATTACK_GUIDANCE}, the official attack's)")
-        else:
-            parser.add_argument("--offload", action="store_true", help="diffusers model CPU offload: lowest GPU memory, slower")
-            from ..safety.uvr import add_arguments as add_uvr_arguments  # the model-side regulator, for editing
-
-            add_uvr_arguments(parser, "edit")
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> dict:
-        options = {"quantize": args.quantize, "offload": getattr(args, "offload", False)}
-        if getattr(args, "attack_guidance", None) is not None:
-            options["guidance"] = args.attack_guidance
-        return options
-
     @classmethod
     def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, offload: bool = False, quantize: str | None = None, guidance: float = ATTACK_GUIDANCE) -> "FluxKontextEditor":
         """``tiny`` (random weights, smoke path), ``toy`` / ``toy-v1`` ... (the trained embedded editors), or a

@@ -16,7 +16,6 @@ of the seam is the UNet's own training target (epsilon, or v for v-prediction mo
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import math
@@ -28,11 +27,14 @@ import torch
 from PIL import Image
 
 from ..attention import ContextShareProbe, StopForward
+from . import FAMILIES, IP2P_IMAGE_GUIDANCE
 from .base import Condition, Layout, content_token_mask, edit_images, enable_vae_memory_savers, level_working_size, snap, to_batch, to_vae_input, vae_pixels
 from .blocks import BlockMap, block_map
 
+SPEC = FAMILIES["instruct_pix2pix"]
+
 DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
-IMAGE_GUIDANCE = 1.5  # the pipeline's and the official edit CLI's image guidance scale
+IMAGE_GUIDANCE = IP2P_IMAGE_GUIDANCE
 # The official edit CLI's sampler (= the pipeline's defaults): 100 steps, text guidance 7.5, 512 px.
 EDIT_DEFAULTS = {"num_inference_steps": 100, "guidance_scale": 7.5, "resolution": 512}
 
@@ -49,20 +51,10 @@ def official_size(height: int, width: int, resolution: int, multiple: int) -> tu
 class InstructPix2PixEditor:
     """InstructPix2Pix (or any ``StableDiffusionInstructPix2PixPipeline`` folder, e.g. the tiny and toy ones)."""
 
-    family = "instruct_pix2pix"
-    min_resolution = 64  # the stock checkpoint's pixel multiple (VAE x8, UNet x8): checked before loading
-    capabilities = frozenset({"text_cross_attention", "diffusion_loss", "vae", "text_embeddings", "sampling"})
+    family = SPEC.name
+    capabilities = SPEC.capabilities
+    min_resolution = SPEC.min_resolution
     text_embedding_keys = ("embeds",)  # CLIP last hidden states
-    model_help = (f"'tiny' (random weights, smoke test), 'toy' or 'toy-ip2p' (the trained toy InstructPix2Pix of the faces world), "
-                  f"or an InstructPix2Pix hub id / local diffusers folder (e.g. {DEFAULT_MODEL})")
-    attack_description = ("Protect images against InstructPix2Pix (--method encoder, flow_loss: the noise-prediction loss, or noise).\n\n"
-                          "    python attack/attack_ip2p.py --model tiny --input photo.jpg --output protected/ --method encoder\n\n"
-                          "DeContext does not apply: InstructPix2Pix reads the source through its input channels, not attention.")
-    edit_description = ("Edit clean or protected images with InstructPix2Pix (the real diffusers StableDiffusionInstructPix2PixPipeline).\n"
-                        "Defaults are the official edit CLI's: 100 steps, text guidance 7.5, image guidance 1.5, 512 px, seed 42.")
-    auto_resolution_note = "the official edit CLI's: longer side 512, sides multiples of the UNet's"
-    # The SD-immunisation literature's usual budget (PhotoGuard, Mist: 16/255); no official DANP/TDAE figures exist.
-    attack_defaults = {"eps": 16.0, "eps_note": "the usual SD-immunisation budget", "alpha": 1.0, "steps": 200, "method": {"method": "encoder"}}
 
     def __init__(self, pipe, name: str = "instruct_pix2pix", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  image_guidance: float = IMAGE_GUIDANCE):
@@ -89,17 +81,6 @@ class InstructPix2PixEditor:
             raise ValueError(f"{name}: scheduler prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction)")
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser, role: str) -> None:
-        if role == "edit":
-            parser.add_argument("--image-guidance", type=float, default=None,
-                                help=f"image guidance scale (default {IMAGE_GUIDANCE}, or the model folder's recommendation)")
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> dict:
-        value = getattr(args, "image_guidance", None)
-        return {} if value is None else {"image_guidance": value}
-
     @classmethod
     def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, image_guidance: float | None = None) -> "InstructPix2PixEditor":
         from ..toy.names import is_toy_model, toy_editor_dir

@@ -40,7 +40,6 @@ along as fixed, pre-encoded context tokens; ``Layout.context`` counts the keys o
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import dataclass
@@ -53,8 +52,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..attention import StopForward
+from . import FAMILIES, VLM_REFRESH
 from .base import Condition, Layout, snap, to_batch, to_vae_input
 from .dit import JointDiTEditor
+
+SPEC = FAMILIES["qwen_image_edit"]
 
 DEFAULT_MODEL = "Qwen/Qwen-Image-Edit"
 PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")  # stock classes this editor loads (model_index.json _class_name)
@@ -113,22 +115,13 @@ class QwenImageEditEditor(JointDiTEditor):
     ``single:0-25/38``) is read as the same relative depth of it (``--help`` says so).
     """
 
-    family = "qwen_image_edit"
-    min_resolution = 16  # VAE x8 and 2x2 packing
-    capabilities = frozenset({"context_attention", "diffusion_loss", "vae", "text_embeddings", "sampling"})
+    family = SPEC.name
+    capabilities = SPEC.capabilities
+    min_resolution = SPEC.min_resolution
     text_embedding_keys = ("embeds",)  # Qwen2.5-VL's last hidden states of (template, image, prompt)
     text_mask_key = "mask"
-    model_help = f"'tiny' (random weights, smoke test) or a Qwen-Image-Edit hub id / local diffusers folder (e.g. {DEFAULT_MODEL})"
-    attack_description = ("Protect images against Qwen-Image-Edit with DeContext (or a baseline, --method).\n"
-                          "Default blocks: the paper's single:0-25/38 by relative depth on Qwen-Image's one stream of\n"
-                          "dual blocks, i.e. its front two thirds (0-40 of 60).\n\n"
-                          "    python attack/attack_qwen_edit.py --model tiny --input photo.jpg --output protected/")
-    edit_description = ("Edit clean or protected images with Qwen-Image-Edit (the real diffusers QwenImageEditPipeline).\n"
-                        "Defaults follow the model's published usage: 50 steps, true CFG 4.0 (negative prompt ' '), ~1024^2 area.")
-    auto_resolution_note = "what QwenImageEditPipeline picks: ~1024^2 area at the image's aspect ratio"
-    attack_defaults = {"eps": 12.75, "eps_note": "the Kontext attack's 0.1 on [-1, 1]", "alpha": 0.6375, "steps": 800}
 
-    def __init__(self, pipe, name: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, vlm_refresh: int = 1):
+    def __init__(self, pipe, name: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, vlm_refresh: int = VLM_REFRESH):
         """``vlm_refresh``: re-read the current (perturbed) image with Qwen2.5-VL every K optimiser steps
         (1 = every step; 0 = read the clean image once). That read has no gradient."""
         if vlm_refresh < 0:
@@ -150,15 +143,6 @@ class QwenImageEditEditor(JointDiTEditor):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser, role: str) -> None:
-        if role == "attack":
-            parser.add_argument("--vlm-refresh", type=int, default=1, help="re-read the perturbed image with Qwen2.5-VL every K PGD steps, without gradient (default 1; 0 = read the clean image once)")
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> dict:
-        value = getattr(args, "vlm_refresh", None)
-        return {} if value is None else {"vlm_refresh": value}
-
     @classmethod
     def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, **options) -> "QwenImageEditEditor":
         if model == "tiny":

@@ -22,7 +22,6 @@ of quoted characters in the Qwen prompt is not reproduced (it changes only promp
 
 from __future__ import annotations
 
-import argparse
 import math
 import tempfile
 from pathlib import Path
@@ -33,9 +32,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import FAMILIES, VLM_REFRESH
 from .base import Condition, Layout, level_working_size, snap, to_batch
 from .dit import Flux1DiTEditor, image_ids, pack_latents, unpack_latents
 from .step1x_connector import load_step1x_checkpoint, qwen_features
+
+SPEC = FAMILIES["step1x_edit"]
 
 REAL_DROP_TOKENS = 217  # leading Qwen tokens the official code drops (system turn + the fixed prefix)
 REAL_MAX_LENGTH = 640  # Qwen tokens kept (zero-padded); the DiT's text block
@@ -90,19 +92,11 @@ def to_vlm_image(pixels: torch.Tensor) -> Image.Image:
 class Step1XEditor(Flux1DiTEditor):
     """Step1X-Edit v1.0 / v1.1: official single-file DiT + connector, FLUX VAE, Qwen2.5-VL."""
 
-    family = "step1x_edit"
+    family = SPEC.name
+    capabilities = SPEC.capabilities
+    min_resolution = SPEC.min_resolution
     text_embedding_keys = ("features",)  # the Qwen2.5-VL hidden states the connector reads
     text_mask_key = "mask"  # the connector's valid-token mask (the VLM's tokens of the prompt and its template)
-    model_help = ("'tiny' (random weights, smoke test: a tiny checkpoint in the official layout, written and read back), "
-                  "or an official Step1X-Edit .safetensors file / a folder holding one (e.g. stepfun-ai/Step1X-Edit downloaded)")
-    attack_description = ("Protect images against Step1X-Edit with DeContext (or a baseline, --method).\n\n"
-                          "    python attack/attack_step1x.py --model tiny --input photo.jpg --output protected/\n\n"
-                          "Defaults are the official Step1X attack's: it works on [0, 1] pixels with eps 0.10 and step 0.005,\n"
-                          "i.e. 25.5/255 and 1.275/255 (twice the Kontext attack's budget, which works on [-1, 1]).")
-    edit_description = "Edit clean or protected images with Step1X-Edit (the official sampler: 28 steps, true CFG 6.0, size level 512)."
-    auto_resolution_note = "the official resize to an area of ~512^2, any aspect ratio"
-    attack_defaults = {"eps": 25.5, "eps_note": "the official script's 0.10 on [0, 1]", "alpha": 1.275, "steps": 800,
-                       "method": {"t_one_every": 10}}
 
     def __init__(
         self,
@@ -118,7 +112,7 @@ class Step1XEditor(Flux1DiTEditor):
         dtype: torch.dtype = torch.float32,
         drop_tokens: int = REAL_DROP_TOKENS,
         max_length: int = REAL_MAX_LENGTH,
-        vlm_refresh: int = 1,
+        vlm_refresh: int = VLM_REFRESH,
         vlm_offload: bool = False,
     ):
         """``vlm_refresh``: re-read the current (perturbed) image with Qwen every K optimiser steps (1 =
@@ -146,23 +140,6 @@ class Step1XEditor(Flux1DiTEditor):
         vlm.to("cpu" if vlm_offload else self.device)
 
     # ------------------------------------------------------------------ construction
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser, role: str) -> None:
-        group = parser.add_argument_group("Step1X-Edit")
-        group.add_argument("--vae", default=None, help="FLUX VAE: the official vae.safetensors or a diffusers AutoencoderKL folder (default: beside the checkpoint)")
-        group.add_argument("--vlm", default=None, help=f"Qwen2.5-VL-7B-Instruct folder or hub id (default: Qwen2.5-VL-7B-Instruct/ beside the checkpoint, else {DEFAULT_VLM})")
-        group.add_argument(PREFIX_FLAG, default=None, help="text file with the official conditioning prefix (Qwen25VL_7b_PREFIX in the official repo's modules/conditioner.py); required for a real checkpoint")
-        group.add_argument("--vlm-offload", action="store_true", help="keep Qwen2.5-VL on the CPU, on the GPU only while it encodes (stage offload)")
-        if role == "attack":
-            group.add_argument("--vlm-refresh", type=int, default=1, help="re-read the perturbed image with Qwen2.5-VL every K PGD steps, without gradient (default 1 = every step, as the official attack; 0 = read the clean image once, then move Qwen off the GPU)")
-
-    @classmethod
-    def options_from_args(cls, args: argparse.Namespace) -> dict:
-        options = {"vae": args.vae, "vlm": args.vlm, "prefix_file": args.prefix_file, "vlm_offload": args.vlm_offload}
-        if getattr(args, "vlm_refresh", None) is not None:
-            options["vlm_refresh"] = args.vlm_refresh
-        return options
-
     @classmethod
     def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, **options) -> "Step1XEditor":
         if model == "tiny":

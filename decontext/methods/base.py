@@ -10,41 +10,38 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, ContextManager, Sequence
+from typing import ClassVar, ContextManager, Sequence
 
 import torch
 
 from ..editors.base import Editor
+from ..options import Flag
 from ..prompts import load_prompts
-
-
-@dataclass(frozen=True)
-class Option:
-    """A constructor argument exposed as a CLI flag. The flag's default is None: a method's own
-    constructor default applies unless the user (or the editor's CLI) sets it."""
-
-    flag: str
-    help: str
-    type: Callable = float
-    nargs: int | str | None = None
-    metavar: Any = None
-    choices: Sequence[Any] | None = None
-
-    @property
-    def dest(self) -> str:
-        return self.flag.lstrip("-").replace("-", "_")
+from . import METHODS, OPTIONS
 
 
 class Method:
-    """Base of the protection methods: defaults for everything a method may leave out."""
+    """Base of the protection methods: defaults for everything a method may leave out.
+
+    A registered method names its registry entry (``class DeContext(ProbedMethod, spec="decontext")``):
+    its name, the options it takes (``options``, flags of ``cli.flags``), its ``requires``, its
+    ``pgd_defaults`` and whether it ``optimises`` come from there (``decontext.methods.METHODS``)."""
 
     name: ClassVar[str] = ""
     optimises: ClassVar[bool] = True  # False: no loss to climb (the noise control: its PGD start is the whole perturbation)
-    options: ClassVar[tuple[Option, ...]] = ()
-    requires: ClassVar[frozenset[str]] = frozenset()  # editor capabilities (editors.base.CAPABILITIES) it needs
-    pgd_defaults: ClassVar[dict] = {}  # PGD settings the method's paper prescribes (pgd.PGDConfig fields), under explicit choices
+    options: ClassVar[tuple[Flag, ...]] = ()
+    requires: ClassVar[frozenset[str]] = frozenset()  # editor capabilities (editors.CAPABILITIES) it needs
+    pgd_defaults: ClassVar[dict] = {}  # PGD settings the method's paper prescribes (config.PGDConfig fields), under explicit choices
+
+    def __init_subclass__(cls, spec: str | None = None, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if spec is not None:
+            entry = METHODS[spec]
+            cls.name, cls.requires, cls.optimises = spec, entry.requires, entry.optimises
+            cls.options = tuple(OPTIONS[dest] for dest in entry.defaults)
+            if "pgd_defaults" not in cls.__dict__:
+                cls.pgd_defaults = dict(entry.pgd_defaults)
 
     @classmethod
     def missing_capabilities(cls, editor) -> list[str]:
@@ -58,18 +55,13 @@ class Method:
     @classmethod
     def check_applies(cls, editor) -> None:
         """Raise a clear ValueError when ``editor`` (an editor or its class) lacks what this method needs."""
-        from ..editors.base import CAPABILITIES
+        from ..editors import CAPABILITIES
 
         missing = cls.missing_capabilities(editor)
         if missing:
             family = getattr(editor, "family", type(editor).__name__)
             needs = "; ".join(f"{m}: {CAPABILITIES.get(m, m)}" for m in missing)
             raise ValueError(f"method {cls.name!r} does not apply to the {family} editor: it needs {needs}")
-
-    @classmethod
-    def from_args(cls, args) -> "Method":
-        """Build from parsed CLI arguments: the method's own options that are set, nothing else."""
-        return cls(**{o.dest: getattr(args, o.dest) for o in cls.options if getattr(args, o.dest, None) is not None})
 
     def prepare(self, editor: Editor) -> None:
         """One-time work before any image on ``editor`` (e.g. embed the prompt pool, then free text

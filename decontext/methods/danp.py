@@ -28,8 +28,11 @@ from typing import Sequence
 import torch
 
 from ..editors.base import Editor
-from .base import Option, ProbedMethod, check_t_range, draw_prompts_and_sigmas
-from .compose import unit_gradient, with_gradient
+from . import METHODS
+from .base import ProbedMethod, check_t_range, draw_prompts_and_sigmas
+from .composite import unit_gradient, with_gradient
+
+DEFAULTS = METHODS["danp"].defaults
 
 
 def relevance_mask(maps: torch.Tensor, threshold_std: float) -> torch.Tensor:
@@ -51,7 +54,7 @@ def region_contrast(maps: torch.Tensor, threshold_std: float) -> torch.Tensor:
     return torch.where(valid, mean_out - mean_in, torch.zeros_like(mean_in))
 
 
-class DANP(ProbedMethod):
+class DANP(ProbedMethod, spec="danp"):
     """Dual attention-guided noise perturbation.
 
     Args:
@@ -64,27 +67,15 @@ class DANP(ProbedMethod):
         release_text_encoders: let the editor free its text encoders once the pool is embedded.
     """
 
-    name = "danp"
-    requires = frozenset({"text_cross_attention", "diffusion_loss"})
-    options = (
-        Option("--blocks", "attention layers to probe (danp default: all)", type=str),
-        Option("--t-range", "noise level drawn per step (danp default 0 1)", nargs=2, metavar=("LO", "HI")),
-        Option("--prompts", "prompt pool file", type=str),
-        Option("--threshold-std", "danp: k of the dynamic threshold mean + k*std of each attention map (default 1)"),
-        Option("--attention-weight", "danp: weight of the attention term (default 1)"),
-        Option("--noise-weight", "danp: weight of the noise term (default 1)"),
-        Option("--balance", "danp: grad (default: each term's gradient scaled to unit mean |g|) or none (plain weighted sum)", type=str, choices=("grad", "none")),
-    )
-
     def __init__(
         self,
-        blocks: str | Sequence[str] = "all",
-        t_range: tuple[float, float] = (0.0, 1.0),
-        threshold_std: float = 1.0,
-        attention_weight: float = 1.0,
-        noise_weight: float = 1.0,
-        balance: str = "grad",
-        prompts: Sequence[str] | str | Path | None = None,
+        blocks: str | Sequence[str] = DEFAULTS["blocks"],
+        t_range: tuple[float, float] = DEFAULTS["t_range"],
+        threshold_std: float = DEFAULTS["threshold_std"],
+        attention_weight: float = DEFAULTS["attention_weight"],
+        noise_weight: float = DEFAULTS["noise_weight"],
+        balance: str = DEFAULTS["balance"],
+        prompts: Sequence[str] | str | Path | None = DEFAULTS["prompts"],
         release_text_encoders: bool = True,
     ):
         if balance not in ("grad", "none"):

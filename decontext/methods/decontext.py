@@ -14,13 +14,13 @@ from typing import Sequence
 import torch
 
 from ..editors.base import Editor
-from .base import Option, ProbedMethod, check_t_range, draw_prompts_and_sigmas
+from . import METHODS, PAPER_BLOCKS, PAPER_T_RANGE  # noqa: F401 (PAPER_BLOCKS, PAPER_T_RANGE: re-exported)
+from .base import ProbedMethod, check_t_range, draw_prompts_and_sigmas
 
-PAPER_BLOCKS = "single:0-25/38"  # single-stream blocks 0..25 of FLUX's 38, scaled to other depths
-PAPER_T_RANGE = (0.98, 1.0)  # the official t in 980..999 of 1000
+DEFAULTS = METHODS["decontext"].defaults  # the paper's official settings
 
 
-class DeContext(ProbedMethod):
+class DeContext(ProbedMethod, spec="decontext"):
     """Attention-share minimisation.
 
     Args:
@@ -34,23 +34,13 @@ class DeContext(ProbedMethod):
         release_text_encoders: let the editor free its prompt encoders once the pool is prepared.
     """
 
-    name = "decontext"
-    requires = frozenset({"context_attention"})
-    options = (
-        Option("--blocks", f"attention layers to probe (decontext default {PAPER_BLOCKS}: single blocks 0-25 of 38, scaled to the model's depth; danp default all)", type=str),
-        Option("--t-range", f"noise level drawn per step (decontext default {PAPER_T_RANGE[0]} {PAPER_T_RANGE[1]}; flow_loss, danp, tdae 0 1)", nargs=2, metavar=("LO", "HI")),
-        Option("--t-one-every", "every K-th PGD step uses sigma = 1 exactly (decontext; official Step1X attack: 10; 0 = never)", type=int),
-        Option("--prompts", "prompt pool file; one prompt is drawn per step (default data/prompts/edit_prompts.txt)", type=str),
-        Option("--prompts-per-step", "prompts drawn per PGD step, batched in one forward (decontext, default 1)", type=int),
-    )
-
     def __init__(
         self,
-        blocks: str | Sequence[str] = PAPER_BLOCKS,
-        t_range: tuple[float, float] = PAPER_T_RANGE,
-        t_one_every: int = 0,
-        prompts: Sequence[str] | str | Path | None = None,
-        prompts_per_step: int = 1,
+        blocks: str | Sequence[str] = DEFAULTS["blocks"],
+        t_range: tuple[float, float] = DEFAULTS["t_range"],
+        t_one_every: int = DEFAULTS["t_one_every"],
+        prompts: Sequence[str] | str | Path | None = DEFAULTS["prompts"],
+        prompts_per_step: int = DEFAULTS["prompts_per_step"],
         release_text_encoders: bool = True,
     ):
         if prompts_per_step < 1:

@@ -17,10 +17,13 @@ from typing import Sequence
 import torch
 
 from ..editors.base import Editor
-from .base import Method, Option, draw_prompts_and_sigmas, prompt_list
+from . import METHODS
+from .base import Method, draw_prompts_and_sigmas, prompt_list
+
+DEFAULTS = METHODS["diffusion"].defaults
 
 
-class DiffusionAttack(Method):
+class DiffusionAttack(Method, spec="diffusion"):
     """Args:
         sample_steps: denoising steps of the differentiable edit (evenly spaced noise levels 1 -> 0).
         target_value: grey level in [0, 1] of the target image.
@@ -28,16 +31,7 @@ class DiffusionAttack(Method):
         release_text_encoders: let the editor free its text encoders once the pool is embedded.
     """
 
-    name = "diffusion"
-    requires = frozenset({"sampling"})
-    pgd_defaults = {"schedule": "linear", "start": "uniform"}  # PhotoGuard's pgd(): uniform start, linear decay
-    options = (
-        Option("--sample-steps", "diffusion: denoising steps the attack backpropagates through (default 4)", type=int),
-        Option("--target-value", "grey level in [0, 1] of the encoder / diffusion attack's target image (default 0.5)"),
-        Option("--prompts", "prompt pool file", type=str),
-    )
-
-    def __init__(self, sample_steps: int = 4, target_value: float = 0.5, prompts: Sequence[str] | str | Path | None = None,
+    def __init__(self, sample_steps: int = DEFAULTS["sample_steps"], target_value: float = DEFAULTS["target_value"], prompts: Sequence[str] | str | Path | None = DEFAULTS["prompts"],
                  release_text_encoders: bool = True):
         if sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")

@@ -11,16 +11,15 @@ from __future__ import annotations
 import torch
 
 from ..editors.base import Editor
-from .base import Method, Option
+from . import METHODS
+from .base import Method
+
+DEFAULTS = METHODS["encoder"].defaults
 
 
-class EncoderAttack(Method):
-    name = "encoder"
-    requires = frozenset({"vae"})
-    pgd_defaults = {"schedule": "linear", "start": "uniform"}  # PhotoGuard's pgd(): uniform start, linear decay
-    options = (Option("--target-value", "grey level in [0, 1] of the encoder / diffusion attack's target image (default 0.5)"),)
+class EncoderAttack(Method, spec="encoder"):
 
-    def __init__(self, target_value: float = 0.5):
+    def __init__(self, target_value: float = DEFAULTS["target_value"]):
         if not 0.0 <= target_value <= 1.0:
             raise ValueError(f"target_value must be in [0, 1], got {target_value}")
         self.target_value = target_value

@@ -14,18 +14,15 @@ from typing import Sequence
 import torch
 
 from ..editors.base import Editor
-from .base import Method, Option, check_t_range, draw_prompts_and_sigmas, prompt_list
+from . import METHODS
+from .base import Method, check_t_range, draw_prompts_and_sigmas, prompt_list
+
+DEFAULTS = METHODS["flow_loss"].defaults
 
 
-class FlowLoss(Method):
-    name = "flow_loss"
-    requires = frozenset({"diffusion_loss"})
-    options = (
-        Option("--t-range", "noise level drawn per step", nargs=2, metavar=("LO", "HI")),
-        Option("--prompts", "prompt pool file", type=str),
-    )
+class FlowLoss(Method, spec="flow_loss"):
 
-    def __init__(self, t_range: tuple[float, float] = (0.0, 1.0), prompts: Sequence[str] | str | Path | None = None, release_text_encoders: bool = True):
+    def __init__(self, t_range: tuple[float, float] = DEFAULTS["t_range"], prompts: Sequence[str] | str | Path | None = DEFAULTS["prompts"], release_text_encoders: bool = True):
         self.t_range = check_t_range(t_range)
         self.prompts = prompt_list(prompts)
         self.release_text_encoders = release_text_encoders

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, Option
+from . import METHODS
+from .base import Method
+
+DEFAULTS = METHODS["noise"].defaults
 
 
-class RandomNoise(Method):
-    name = "noise"
-    optimises = False
-    options = (Option("--distribution", "random-noise control: sign (every pixel +-eps, default) or uniform in the eps-ball", type=str, choices=("sign", "uniform")),)
+class RandomNoise(Method, spec="noise"):
 
-    def __init__(self, distribution: str = "sign"):
+    def __init__(self, distribution: str = DEFAULTS["distribution"]):
         if distribution not in ("sign", "uniform"):
             raise ValueError(f"distribution must be 'sign' or 'uniform', got {distribution!r}")
         self.distribution = distribution

@@ -28,8 +28,11 @@ from typing import Callable, Sequence
 import torch
 
 from ..editors.base import Editor, text_embeddings, with_text_embeddings
-from .base import Method, Option, check_t_range, draw_prompts_and_sigmas, prompt_list
-from .compose import with_gradient
+from . import METHODS
+from .base import Method, check_t_range, draw_prompts_and_sigmas, prompt_list
+from .composite import with_gradient
+
+DEFAULTS = METHODS["tdae"].defaults
 
 Objective = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -54,7 +57,7 @@ def flat_gradient(objective: Objective, pixels: torch.Tensor, generator: torch.G
     return with_gradient(flat_value, pixels, direction), {"objective": float(value.detach()), "grad_norm": float(norms.mean())}
 
 
-class TDAE(Method):
+class TDAE(Method, spec="tdae"):
     """FlatGrad + Dynamic Prompt Defense on the edit discrepancy (see the module docstring).
 
     Args:
@@ -68,28 +71,15 @@ class TDAE(Method):
         release_text_encoders: let the editor free its text encoders once the pool is embedded.
     """
 
-    name = "tdae"
-    requires = frozenset({"diffusion_loss", "text_embeddings"})
-    pgd_defaults = {"start": "uniform"}  # D and its gradient vanish at the original image
-    options = (
-        Option("--t-range", "noise level drawn per step (tdae default 0 1)", nargs=2, metavar=("LO", "HI")),
-        Option("--prompts", "prompt pool file", type=str),
-        Option("--flat-weight", "tdae: FlatGrad lambda/h (default 0.5; 0 = off)"),
-        Option("--flat-radius", "tdae: FlatGrad finite-difference step h in 1/255 units (default 2)"),
-        Option("--dpd-every", "tdae: image steps per dynamic-prompt cycle (default 10)", type=int),
-        Option("--dpd-steps", "tdae: embedding steps per cycle (default 3; 0 = off)", type=int),
-        Option("--dpd-lr", "tdae: Adam learning rate of the embedding steps (default 0.01)"),
-    )
-
     def __init__(
         self,
-        t_range: tuple[float, float] = (0.0, 1.0),
-        flat_weight: float = 0.5,
-        flat_radius: float = 2.0,
-        dpd_every: int = 10,
-        dpd_steps: int = 3,
-        dpd_lr: float = 0.01,
-        prompts: Sequence[str] | str | Path | None = None,
+        t_range: tuple[float, float] = DEFAULTS["t_range"],
+        flat_weight: float = DEFAULTS["flat_weight"],
+        flat_radius: float = DEFAULTS["flat_radius"],
+        dpd_every: int = DEFAULTS["dpd_every"],
+        dpd_steps: int = DEFAULTS["dpd_steps"],
+        dpd_lr: float = DEFAULTS["dpd_lr"],
+        prompts: Sequence[str] | str | Path | None = DEFAULTS["prompts"],
         release_text_encoders: bool = True,
     ):
         if flat_weight < 0 or flat_radius <= 0:

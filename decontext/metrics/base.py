@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 
+HEADLINES = ("toy_identity", "ism_arcface", "ism_facenet", "ism_dlib", "clip_i", "lpips_vs_clean")  # headline preference order
+
 if TYPE_CHECKING:  # pragma: no cover
     from decontext.metrics.run import EditRecord, RunData, RunInfo
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from decontext.metrics.base import MetricBackend, MetricSpec
+from decontext.metrics.base import HEADLINES, MetricBackend, MetricSpec
 from decontext.metrics.bootstrap import bootstrap_mean_ci, paired_difference_ci
 from decontext.metrics.run import CLEAN, ImageLoadError, RunData
 from decontext.images import atomic_write
@@ -245,9 +245,6 @@ def summary_markdown(summary: dict, title: str = "Evaluation summary") -> str:
     errs = summary["_errors"]
     lines += ["", f"## Problems ({len(errs)})", ""] + ([f"- {e}" for e in errs] if errs else ["None."])
     return "\n".join(lines) + "\n"
-
-
-HEADLINES = ("toy_identity", "ism_arcface", "ism_facenet", "ism_dlib", "clip_i", "lpips_vs_clean")  # headline preference order
 
 
 def headline_metric(summary: dict) -> str | None:

@@ -15,14 +15,12 @@ import numpy as np
 import torch
 
 from ..editors.blocks import block_map, describe
+from .config import OFFICIAL_ANCHOR_T, OFFICIAL_BLOCK, OFFICIAL_SINGLE_DEPTH
 from .localize import _Tracker, transformer_of
 
 FORMAT = "decontext-uvr-anchors"
 FORMAT_VERSION = 1
 METADATA_KEY = "decontext_uvr"
-OFFICIAL_BLOCK = "single.10"  # of FLUX.1's 38 single-stream blocks
-OFFICIAL_SINGLE_DEPTH = 38
-OFFICIAL_ANCHOR_T = 104.0  # the official collection saves the block output at timestep 104 (of 1000)
 
 
 class AnchorFileError(ValueError):

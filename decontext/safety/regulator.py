@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from ..attention import Layout
 from ..editors.blocks import block_map
 from .anchors import Anchors
-from .localize import Localization, UVRConfig, _Tracker, localize, patch_scores, transformer_of
+from .config import UVRConfig
+from .localize import Localization, _Tracker, localize, patch_scores, transformer_of
 
 
 class Regulator(_Tracker):

@@ -1,7 +1,7 @@
 """Measure the trained toy editor on the held-out identities (never seen in training).
 
-    python -m decontext.toy.evaluate                 # all 100 held-out identities x 6 edits
-    python -m decontext.toy.evaluate --identities 8  # quick
+    python -m decontext toy-eval                 # all 100 held-out identities x 6 edits
+    python -m decontext toy-eval --identities 8  # quick
 
 For each held-out identity one clean source scene (nuisance from seed 10000 + identity index) and
 each of the six edits (prompts of data/prompts/toy_prompts.txt, alternating the two phrasings):
@@ -21,7 +21,6 @@ output; edit success is whether the requested edit is visible.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -146,35 +145,3 @@ def evaluate(n_identities: int | None = None, steps: int | None = None, guidance
     res["other_person"] = _mean_scores(reader, src_for, run_edits(pipe, list(other), prompts, steps, guidance, seed, settings=settings), edits)
     res["seconds"] = round(time.time() - t0, 1)
     return res
-
-
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="toy", help="toy editor ('toy' = the default, 'toy-v1', ..., 'toy-ip2p') or a trained editor folder")
-    ap.add_argument("--identities", type=int, default=None, help="number of held-out identities (default all 100)")
-    ap.add_argument("--steps", type=int, default=None)
-    ap.add_argument("--guidance", type=float, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", help="also write the results to this file")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from decontext.toy.names import is_toy_model, toy_editor_dir
-
-    editor_dir = toy_editor_dir(args.model) if is_toy_model(args.model) else Path(args.model)
-    res = evaluate(args.identities, args.steps, args.guidance, args.seed, editor_dir=editor_dir)
-    print(f"held-out identities: {res['n_identities']} x 6 edits = {res['n_edits']} edits; steps {res['steps']}, guidance {res['guidance']}")
-    print(f"VAE PSNR (sources + ground-truth edits): {res['vae_psnr']:.2f} dB")
-    for key in ("ground_truth", "vae_ceiling", "clean_edit", "other_person"):
-        r = res[key]
-        print(f"{key:13s} toy_identity {r['toy_identity']:.3f}  edit_success {r['edit_success']:.3f}")
-    print("per edit (clean_edit): " + ", ".join(f"{e} {v['toy_identity']:.2f}/{v['edit_success']:.2f}" for e, v in res["clean_edit"]["per_edit"].items()))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
-    print(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "per_edit"}) for k, v in res.items()}))
-    return res
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Write held-out toy faces as PNG files (the inputs of scripts/demo.sh and toy experiments).
 
-    python -m decontext.toy.export --count 20 --out runs/demo/source
+    python -m decontext toy-faces --count 20 --out runs/demo/source
 
 Faces are the first ``count`` held-out identities (never trained on), each with nuisance drawn from
 ``seed + index``; files are named ``id<identity index>.png``. Existing files are kept.
@@ -8,8 +8,6 @@ Faces are the first ``count`` held-out identities (never trained on), each with 
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 from PIL import Image
@@ -31,22 +29,3 @@ def export_faces(out: str | Path, count: int = 20, seed: int = 42) -> list[Path]
             atomic_save(Image.fromarray(world.render(world.sample_scene(identity, seed=seed + i))), path, format="PNG")
         paths.append(path)
     return paths
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--count", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args(argv)
-    try:
-        paths = export_faces(args.out, args.count, args.seed)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{len(paths)} held-out toy faces in {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

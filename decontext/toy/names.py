@@ -55,3 +55,12 @@ def repo_path(value: str | Path | None, default: Path) -> Path:
         return default
     path = Path(value)
     return path if path.is_absolute() else ROOT / path
+
+
+def toy_prompts(name: str = "toy", family: str = "flux_kontext") -> Path:
+    """The edit-prompt pool a toy editor was trained on (its decontext_toy.json ``prompts_file``)."""
+    import json
+
+    settings = toy_editor_dir(name, family) / "decontext_toy.json"
+    shipped = json.loads(settings.read_text()) if settings.is_file() else {}
+    return repo_path(shipped.get("prompts_file"), DATA / "prompts" / "toy_prompts.txt")

@@ -23,9 +23,8 @@ from typing import Sequence
 
 import torch
 
+from . import NORMALIZE
 from .base import Method
-
-NORMALIZE = ("grad", "none")
 
 
 def unit_gradient(value: torch.Tensor, pixels: torch.Tensor, retain_graph: bool = False) -> torch.Tensor:
@@ -144,23 +143,3 @@ class Composite(Method):
         for term in self.terms:
             out.update({f"{term.label}:{k}": v for k, v in term.method.measure(self._editor(term, editor), pixels, size, draws, seed).items()})
         return out
-
-
-def parse_weights(spec: str | None, names: Sequence[str]) -> dict[str, float]:
-    """``"decontext:1,encoder:0.5"`` -> {name: weight} for the composed ``names`` (unnamed ones: 1)."""
-    weights = {name: 1.0 for name in names}
-    if not spec:
-        return weights
-    for item in spec.split(","):
-        name, sep, value = item.strip().partition(":")
-        if not sep:
-            raise ValueError(f"bad weight {item!r}: write name:weight, e.g. decontext:1,encoder:0.5")
-        if name not in weights:
-            raise ValueError(f"weight for {name!r}, which is not in the composition ({'+'.join(names)})")
-        try:
-            weights[name] = float(value)
-        except ValueError:
-            raise ValueError(f"bad weight {item!r}: {value!r} is not a number") from None
-        if not weights[name] > 0:
-            raise ValueError(f"weights must be positive, got {item!r}")
-    return weights

@@ -1,4 +1,4 @@
-"""Command line of ``eval/compute_metrics.py`` (kept here so the script stays a thin wrapper)."""
+"""``decontext eval`` (``python eval/compute_metrics.py``): score a run folder, write metrics.csv, summary.md/json and report.html."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from decontext.metrics.base import EvalOptions, backends_for, registered
-from decontext.metrics.evaluate import conditions_of, evaluate_run, fmt_stat, paired_lines, summarize, write_outputs
-from decontext.metrics.run import RunData, load_folders, load_identity_map, load_run
-from decontext.names import shown
+from ..metrics.base import EvalOptions, backends_for
+from ..names import shown
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="compute_metrics.py",
+        prog="decontext eval",
         description="Score a DeContext run: identity (ISM, FDFR), CLIP-I/CLIP-S, LPIPS/PSNR/SSIM, BRISQUE. "
                     "Metrics whose weights are missing are reported as unavailable; the rest still run.")
     src = p.add_argument_group("input (either --run or explicit folders)")
@@ -27,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default: the run folder)")
     p.add_argument("--weights-dir", type=Path, help="folder searched for weights before the usual caches")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    names = ", ".join(e.name for e in registered())
-    p.add_argument("--metrics", help=f"comma-separated backends to run (default: all that apply): {names}")
+    p.add_argument("--metrics", help="comma-separated backends to run (default: all that apply; docs/EVALUATION.md lists them): "
+                   "toy, pixel, lpips, brisque, fdfr, ism_facenet, fdfr_dlib, ism_dlib, ism_arcface, clip")
     p.add_argument("--identity-map", type=Path, help="JSON {stem: identity} or CSV stem,identity (default: identity = stem)")
     p.add_argument("--clip-model", default="openai/clip-vit-base-patch32", help="CLIP folder or hub id (local cache only)")
     p.add_argument("--clip-neutral-text", default="a photo of a person", help="text the CLIP-S direction starts from")
@@ -43,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _input_files(run: RunData) -> set[Path]:
+def _input_files(run) -> set[Path]:
     files: set[Path] = set()
     for folder in [run.source_dir, *run.input_dirs.values()]:
         if folder.is_dir():
@@ -58,6 +56,9 @@ def _input_files(run: RunData) -> set[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from ..metrics.evaluate import conditions_of, evaluate_run, fmt_stat, paired_lines, summarize, write_outputs
+    from ..metrics.run import load_folders, load_identity_map, load_run
+
     identity = None
     if args.identity_map is not None:
         try:
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = write_outputs(result, out, summary, protected)
         if not args.no_report:
-            from decontext.report import write_report
+            from ..report import write_report
 
             report = out / "report.html"
             if report.resolve() in {p.resolve() for p in protected}:

@@ -2,10 +2,10 @@
 of the image tokens at one block (``decontext.safety.uvr.collect_anchors``).
 
     # text-to-image (FLUX.1-dev, or the toy-v2): one anchor per prompt x seed
-    python -m decontext.safety.collect --pipeline t2i --model toy-v2 --concept hat \\
+    python -m decontext collect-anchors --pipeline t2i --model toy-v2 --concept hat \\
         --prompt "Put a hat on this person." --seeds 0 1 2 3 --output anchors/hat.safetensors
     # editing (FLUX.1-Kontext, or a toy): one anchor per image x prompt x seed
-    python -m decontext.safety.collect --pipeline edit --model toy --concept hat --images faces/ \\
+    python -m decontext collect-anchors --pipeline edit --model toy --concept hat --images faces/ \\
         --prompts data/prompts/toy_prompts.txt --category hat --output anchors/hat.safetensors
 
 An existing output file is never overwritten: ``--append`` adds the concept (or more anchors of it) to it.
@@ -20,9 +20,9 @@ from pathlib import Path
 
 
 def parser() -> argparse.ArgumentParser:
-    from .uvr import OFFICIAL_ANCHOR_T
+    from ..safety.config import OFFICIAL_ANCHOR_T
 
-    ap = argparse.ArgumentParser(prog="python -m decontext.safety.collect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="decontext collect-anchors", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pipeline", choices=["t2i", "edit"], required=True, help="text-to-image (FluxPipeline) or editing (FluxKontextPipeline)")
     ap.add_argument("--model", default="toy", help="hub id or folder, 'tiny', or a toy version (t2i: toy-v2)")
     ap.add_argument("--concept", required=True, help="the concept's name in the file (e.g. nudity, hat)")
@@ -46,17 +46,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     import torch
     from tqdm.auto import tqdm
 
-    from ..cli import quiet_libraries, resolution_arg
     from ..editors import load_editor, resolve_device, resolve_dtype
     from ..images import ImageLoadError, list_images, load_image
     from ..inference import image_to_pil, validate_seeds
     from ..prompts import PromptFileError, load_prompts
-    from . import uvr
+    from ..safety import uvr
+    from .common import quiet_libraries, resolution_arg
 
-    args = parser().parse_args(argv)
     output = Path(args.output)
     try:
         seeds = validate_seeds(args.seeds)
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
         if args.pipeline == "t2i":
-            from .t2i import load_pipeline
+            from ..safety.t2i import load_pipeline
 
             pipe, defaults = load_pipeline(args.model, device, dtype)
             side = int(args.resolution) if args.resolution else None
