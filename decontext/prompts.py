@@ -11,7 +11,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_POOL = Path(__file__).resolve().parent.parent / "data" / "prompts" / "edit_prompts.txt"
+from .assets import data_dir
+
+DEFAULT_POOL = data_dir() / "prompts" / "edit_prompts.txt"
 _HEADER = re.compile(r"^\[([^\]]+)\]$")
 
 

@@ -129,12 +129,12 @@ def _resize_t(x: torch.Tensor, generator: torch.Generator, factor: float = 0.5, 
 
 
 def _blur_t(x: torch.Tensor, generator: torch.Generator, sigma: float = 1.0) -> torch.Tensor:
-    from torchvision.transforms.functional import gaussian_blur
+    from kornia.filters import gaussian_blur2d
 
     if sigma <= 0:
         raise ValueError(f"blur sigma must be > 0, got {sigma}")
     size = 2 * math.ceil(3 * sigma) + 1
-    return gaussian_blur(x, [size, size], [float(sigma), float(sigma)])
+    return gaussian_blur2d(x, (size, size), (float(sigma), float(sigma)), border_type="reflect")
 
 
 def _noise_t(x: torch.Tensor, generator: torch.Generator, sigma: float = 8.0) -> torch.Tensor:

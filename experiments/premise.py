@@ -446,11 +446,9 @@ def _interval(values, seed: int) -> dict:
 
 
 def _display_path(path: Path) -> str:
-    """``path`` relative to the repository when it lies inside it."""
-    from decontext.toy.model import ROOT
-
+    """``path`` relative to the working folder (the repository, where experiments run) when it lies inside it."""
     try:
-        return str(Path(path).resolve().relative_to(ROOT))
+        return str(Path(path).resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
 

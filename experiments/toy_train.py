@@ -36,7 +36,6 @@ from decontext.toy.model import (
     PROMPTS_FILE,
     READER_DIR,
     RESOLUTION,
-    ROOT,
     SETTINGS_FILE,
     TOY_CONFIG,
     build_components,
@@ -48,6 +47,7 @@ from decontext.toy.model import (
     transformer_velocity,
 )
 from decontext.toy.evaluate import psnr
+from decontext.editors.models import component_dir
 from decontext.toy.names import repo_path, toy_editor_dir
 from decontext.toy.reader import HEADS, ReaderNet, ToyReader, score_reads
 
@@ -225,7 +225,7 @@ def reuse_vae_and_reader(editor_dir: Path, vae, work: Path, info: dict) -> None:
     from safetensors.torch import save_file
 
     settings = json.loads((editor_dir / SETTINGS_FILE).read_text())
-    trained = AutoencoderKL.from_pretrained(str(editor_dir / "vae"))
+    trained = AutoencoderKL.from_pretrained(str(component_dir(editor_dir, "vae")))
     vae.load_state_dict(trained.state_dict())
     vae.register_to_config(shift_factor=trained.config.shift_factor, scaling_factor=trained.config.scaling_factor)
     reader_dir = repo_path(settings.get("reader"), READER_DIR)
@@ -406,11 +406,35 @@ def quick_eval(components, reader: ToyReader, n_identities: int = 12, seed: int 
     return {"toy_identity": float(np.mean(ident)), "edit_success": float(np.mean(success)), "n": len(ident)}
 
 
-def write_editor_folder(pipe, out: Path, settings: dict) -> None:
-    """A toy editor folder: the pipeline in diffusers layout (safetensors) + its ``decontext_toy.json``."""
+def write_editor_folder(pipe, out: Path, settings: dict, share_with: Path | None = None) -> None:
+    """A toy editor folder: the pipeline in diffusers layout (safetensors) + its ``decontext_toy.json``.
+    Components byte-identical to those of ``share_with`` (a sibling folder, e.g. toy-v1's) are not kept
+    twice: the folder's settings name it under ``shared_components`` and the loader reads them there
+    (``decontext.editors.models``)."""
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
+    if share_with is not None and share_with.resolve() != out.resolve() and share_with.parent.resolve() == out.parent.resolve():
+        shared = store_once(out, share_with)
+        if shared:
+            settings = {**settings, "shared_components": {name: share_with.name for name in shared}}
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def store_once(out: Path, home: Path) -> list[str]:
+    """Remove the components of ``out`` that are byte-identical to ``home``'s; their names."""
+    import filecmp
+    import shutil
+
+    shared = []
+    for component in sorted(p.name for p in out.iterdir() if p.is_dir()):
+        mine, theirs = out / component, home / component
+        if not theirs.is_dir():
+            continue
+        names = sorted(p.name for p in mine.iterdir())
+        if names == sorted(p.name for p in theirs.iterdir()) and all(filecmp.cmp(mine / n, theirs / n, shallow=False) for n in names):
+            shutil.rmtree(mine)
+            shared.append(component)
+    return shared
 
 
 def save_editor(components, out: Path, info: dict) -> None:
@@ -429,7 +453,7 @@ def save_editor(components, out: Path, info: dict) -> None:
         "reader": "data/toy_reader",
         "training": info,
     }
-    write_editor_folder(FluxKontextPipeline(**components), out, settings)
+    write_editor_folder(FluxKontextPipeline(**components), out, settings, share_with=toy_editor_dir("toy-v1"))
 
 
 def main(argv=None) -> dict:
@@ -471,7 +495,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--stages", default="vae,reader,transformer", help="stages to run (others must be finished in --work, or are skipped)")
     ap.add_argument("--stop-after", choices=("vae", "reader", "transformer"), help="stop after this stage (use --resume to go on)")
     version = ap.parse_known_args(argv)[0].version
-    recipe_work = ROOT / "runs" / ("toy_train" if version == "toy-v1" else f"toy_train_{version}")
+    recipe_work = Path("runs") / ("toy_train" if version == "toy-v1" else f"toy_train_{version}")
     ap.set_defaults(**RECIPES[version], out=toy_editor_dir(version), work=recipe_work)
     args = ap.parse_args(argv)
     if args.smoke:

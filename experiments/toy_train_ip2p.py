@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from decontext.editors.tiny import TinyIP2PConfig, tiny_ip2p_components
 from decontext.toy import world
 from decontext.toy.model import RESOLUTION
-from decontext.toy.names import ROOT, toy_editor_dir
+from decontext.toy.names import toy_editor_dir
 from experiments.toy_train import EMATrainer, editor_pairs, log, prompt_pool, train_vae, write_editor_folder
 
 # 64 px -> 16x16x4 latents (3 VAE blocks = 4x down); a two-level UNet (16 -> 8) with cross-attention
@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=toy_editor_dir("toy-ip2p"))
-    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "toy_train_ip2p", help="stage checkpoints, for --resume")
+    ap.add_argument("--work", type=Path, default=Path("runs") / "toy_train_ip2p", help="stage checkpoints, for --resume")
     ap.add_argument("--resume", action="store_true", help="reuse the VAE stage if finished in --work")
     ap.add_argument("--vae-steps", type=int, default=500)
     ap.add_argument("--vae-batch", type=int, default=24)

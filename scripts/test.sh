@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set up the environment (see scripts/setup.sh) and run the whole test suite.
+# Set up the test environment (.venv-test, requirements/full.lock; see scripts/setup.sh) and run the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-. .venv/bin/activate
+bash scripts/setup.sh test
+. .venv-test/bin/activate
 python -m pytest -q "$@"

@@ -30,7 +30,7 @@ def _rows(path: Path) -> list[dict]:
 def test_script_scores_run_and_reports_missing_weights(tmp_path):
     run = make_demo_run(tmp_path / "run", extra_condition="noise")
     before = _hashes(run)
-    env = dict(os.environ, PYTHONPATH=str(REPO), TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"),
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"),
                HF_HUB_OFFLINE="1", HOME=str(tmp_path / "home"))
     proc = subprocess.run([sys.executable, str(REPO / "eval" / "compute_metrics.py"), "--run", str(run), "--no-progress",
                            "--weights-dir", str(tmp_path / "weights")],

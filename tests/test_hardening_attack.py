@@ -285,7 +285,7 @@ def test_sigkill_anywhere_then_rerun_finishes_with_intact_outputs(tmp_path, wher
              "--measure-draws", "0", "--no-progress", "--eps", "8", "--alpha", "1"]
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     crashed = subprocess.run([sys.executable, str(killer), where, str(n), *flags], capture_output=True, text=True, env=env, timeout=300)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     rerun = subprocess.run([sys.executable, str(ROOT / "attack" / "attack_kontext.py"), *flags], capture_output=True, text=True, env=env, timeout=300)

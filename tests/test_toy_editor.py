@@ -46,9 +46,11 @@ def test_single_stock_call_and_seam(version):
     from diffusers import FluxKontextPipeline
 
     from decontext.editors import load_editor
+    from decontext.editors.models import load_pipeline
 
     folder = toy_editor_dir(version)
-    pipe = FluxKontextPipeline.from_pretrained(str(folder))
+    pipe = load_pipeline(FluxKontextPipeline, folder)  # the stock pipeline class; components stored once are read where they live
+    assert type(pipe) is FluxKontextPipeline
     pipe.set_progress_bar_config(disable=True)
     settings = json.loads((folder / SETTINGS_FILE).read_text())
     image = world.render_pil(world.sample_scene(world.eval_identities()[0], seed=0))
@@ -72,3 +74,31 @@ def test_heldout_edits_keep_identity(version):
     assert res["clean_edit"]["toy_identity"] >= identity_floor, res["clean_edit"]
     assert res["clean_edit"]["edit_success"] >= success_floor, res["clean_edit"]
     assert res["other_person"]["toy_identity"] <= min(0.4, identity_floor - 0.05), res["other_person"]
+
+
+def test_components_stored_once_load_as_the_copies_did(tmp_path):
+    """toy-v2 keeps no copy of toy-v1's text encoders, tokenizers, VAE and scheduler: its settings name them,
+    and the loader reads them from toy-v1's folder, tensor for tensor the same as a full copy would give."""
+    import shutil
+
+    from diffusers import FluxKontextPipeline
+
+    from decontext.editors.models import component_dir, load_pipeline
+
+    v1, v2 = toy_editor_dir("toy-v1"), toy_editor_dir("toy-v2")
+    shared = json.loads((v2 / SETTINGS_FILE).read_text())["shared_components"]
+    assert set(shared) == {"scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "vae"}
+    assert all(not (v2 / name).exists() and component_dir(v2, name) == v1 / name for name in shared)
+    full = tmp_path / "toy_editor_v2_full"  # what the folder held before: every component in it
+    shutil.copytree(v2, full)
+    for name in shared:
+        shutil.copytree(v1 / name, full / name)
+    settings = json.loads((full / SETTINGS_FILE).read_text())
+    del settings["shared_components"]
+    (full / SETTINGS_FILE).write_text(json.dumps(settings))
+    ours, copy = load_pipeline(FluxKontextPipeline, v2), FluxKontextPipeline.from_pretrained(str(full))
+    for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        a, b = getattr(ours, name).state_dict(), getattr(copy, name).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert ours.tokenizer_2("a hat").input_ids == copy.tokenizer_2("a hat").input_ids
+    assert ours.scheduler.config == copy.scheduler.config

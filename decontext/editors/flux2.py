@@ -41,6 +41,7 @@ from ..attention import StopForward
 from . import FAMILIES, FLUX2_GUIDANCE
 from .base import Condition, Layout, snap, to_batch, vae_pixels
 from .dit import JointDiTEditor
+from .models import load_pipeline, model_folder
 
 SPEC = FAMILIES["flux2"]
 
@@ -197,7 +198,6 @@ class Flux2Editor(JointDiTEditor):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    @classmethod
     def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, offload: bool = False, guidance: float = DEFAULT_GUIDANCE) -> "Flux2Editor":
         if model == "tiny":
             if offload:
@@ -210,23 +210,19 @@ class Flux2Editor(JointDiTEditor):
 
     @classmethod
     def from_pretrained(cls, id_or_dir: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device | None = None,
-                        max_sequence_length: int | None = None, local_files_only: bool | None = None, offload: bool = False, **kwargs) -> "Flux2Editor":
+                        max_sequence_length: int | None = None, offload: bool = False, **kwargs) -> "Flux2Editor":
         """Load a FLUX.2 pipeline folder or hub id (``black-forest-labs/FLUX.2-dev``, ``.../FLUX.2-klein-4B``):
         the pipeline class is the one its model_index.json names (Flux2Pipeline or Flux2KleinPipeline),
         safetensors weights only, no remote code."""
         from diffusers import DiffusionPipeline
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        path = Path(id_or_dir)
-        if local_files_only is None:
-            local_files_only = path.exists()
-        if path.exists() and not (path / "model_index.json").is_file():
-            raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
-        index = json.loads((path / "model_index.json").read_text()) if path.exists() else DiffusionPipeline.load_config(str(id_or_dir), local_files_only=local_files_only)
+        folder = model_folder(str(id_or_dir), cls.family)
+        index = json.loads((folder / "model_index.json").read_text()) if folder is not None else DiffusionPipeline.load_config(str(id_or_dir))
         pipeline_class = _pipeline_class(index.get("_class_name", "?"))
-        pipe = pipeline_class.from_pretrained(str(id_or_dir), dtype=dtype, local_files_only=local_files_only, use_safetensors=True, **kwargs)
+        pipe = load_pipeline(pipeline_class, id_or_dir, dtype, use_safetensors=True, **kwargs)
         pipe.set_progress_bar_config(disable=True)
-        shipped_file = path / "decontext_flux2.json" if path.exists() else None  # optional settings a folder ships (like the toy)
+        shipped_file = folder / "decontext_flux2.json" if folder is not None else None  # optional settings a folder ships (like the toy)
         shipped = json.loads(shipped_file.read_text()) if shipped_file is not None and shipped_file.is_file() else {}
         layers = shipped.pop("text_encoder_out_layers", None)
         if max_sequence_length is None:

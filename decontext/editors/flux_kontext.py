@@ -22,8 +22,8 @@ from PIL import Image
 from .base import Condition, Layout, content_token_mask, snap, to_batch
 from .dit import Flux1DiTEditor, image_ids, joint_velocity, pack_latents, vae_latents  # noqa: F401 (re-exported)
 
-from ..toy.names import is_toy_model, toy_editor_dir
 from . import FAMILIES, KONTEXT_GUIDANCE
+from .models import load_pipeline, model_folder, shipped_settings
 
 SPEC = FAMILIES["flux_kontext"]
 ATTACK_GUIDANCE = KONTEXT_GUIDANCE  # the guidance-embedding value of the official attack and of the paper's edits
@@ -118,14 +118,9 @@ class FluxKontextEditor(Flux1DiTEditor):
             if offload:
                 raise ValueError("--offload is for real models on a GPU, not the tiny model")
             editor = cls.tiny(seed=seed, device=device, dtype=dtype)
-        elif is_toy_model(model, cls.family):
-            folder = toy_editor_dir(model, cls.family)
-            if not (folder / "model_index.json").is_file():
-                raise FileNotFoundError(f"{folder}: the toy editor {model!r} is missing (docs/TOY.md says how to train it)")
-            editor = cls.from_pretrained(folder, dtype=dtype, device=device, offload=offload, quantize=quantize)
-            editor.name = model
         else:
-            editor = cls.from_pretrained(model, dtype=dtype, device=device, offload=offload, quantize=quantize)
+            editor = cls.from_pretrained(model_folder(model, cls.family) or model, dtype=dtype, device=device, offload=offload, quantize=quantize)
+            editor.name = model
         editor.guidance = guidance
         return editor
 
@@ -136,7 +131,6 @@ class FluxKontextEditor(Flux1DiTEditor):
         dtype: torch.dtype = torch.bfloat16,
         device: str | torch.device | None = None,
         max_sequence_length: int | None = None,
-        local_files_only: bool | None = None,
         offload: bool = False,
         quantize: str | None = None,
         **kwargs,
@@ -150,17 +144,12 @@ class FluxKontextEditor(Flux1DiTEditor):
         from diffusers import FluxKontextPipeline
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        path = Path(id_or_dir)
-        if local_files_only is None:
-            local_files_only = path.exists()
-        if path.exists() and not (path / "model_index.json").is_file():
-            raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
+        folder = model_folder(str(id_or_dir), cls.family)
         if quantize is not None:
-            kwargs["transformer"] = _load_quantized_transformer(str(id_or_dir), quantize, dtype, device, local_files_only)
-        pipe = FluxKontextPipeline.from_pretrained(str(id_or_dir), dtype=dtype, local_files_only=local_files_only, **kwargs)
+            kwargs["transformer"] = _load_quantized_transformer(str(id_or_dir), quantize, dtype, device, local_files_only=folder is not None)
+        pipe = load_pipeline(FluxKontextPipeline, id_or_dir, dtype, **kwargs)
         pipe.set_progress_bar_config(disable=True)
-        settings_file = path / "decontext_toy.json" if path.exists() else None
-        shipped = json.loads(settings_file.read_text()) if settings_file is not None and settings_file.is_file() else {}
+        shipped = shipped_settings(folder)
         if max_sequence_length is None and shipped.get("max_sequence_length"):
             max_sequence_length = int(shipped["max_sequence_length"])
         if max_sequence_length is None:

@@ -30,6 +30,7 @@ from ..attention import ContextShareProbe, StopForward
 from . import FAMILIES, IP2P_IMAGE_GUIDANCE
 from .base import Condition, Layout, content_token_mask, edit_images, enable_vae_memory_savers, level_working_size, snap, to_batch, to_vae_input, vae_pixels
 from .blocks import BlockMap, block_map
+from .models import load_pipeline, model_folder, shipped_settings
 
 SPEC = FAMILIES["instruct_pix2pix"]
 
@@ -83,48 +84,32 @@ class InstructPix2PixEditor:
     # ------------------------------------------------------------------ construction
     @classmethod
     def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, image_guidance: float | None = None) -> "InstructPix2PixEditor":
-        from ..toy.names import is_toy_model, toy_editor_dir
-
         if model == "tiny":
             editor = cls.tiny(seed=seed, device=device, dtype=dtype)
-        elif is_toy_model(model, cls.family):
-            folder = toy_editor_dir(model, cls.family)
-            if not (folder / "model_index.json").is_file():
-                raise FileNotFoundError(f"{folder}: the toy editor {model!r} is missing (docs/TOY.md says how to train it)")
-            editor = cls.from_pretrained(folder, device=device, dtype=dtype)
-            editor.name = model
         else:
-            editor = cls.from_pretrained(model, device=device, dtype=dtype)
+            editor = cls.from_pretrained(model_folder(model, cls.family) or model, device=device, dtype=dtype)
+            editor.name = model
         if image_guidance is not None:
             editor.image_guidance = image_guidance
         return editor
 
     @classmethod
     def from_pretrained(cls, id_or_dir: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float16,
-                        local_files_only: bool | None = None, **kwargs) -> "InstructPix2PixEditor":
+                        **kwargs) -> "InstructPix2PixEditor":
         """Load a ``StableDiffusionInstructPix2PixPipeline`` folder or hub id, without its safety checker
         (the attack and the edits here need neither it nor its CLIP image model). A folder's
         ``decontext_toy.json`` overrides the editing defaults (``recommended``)."""
-        import json
-
         from diffusers import StableDiffusionInstructPix2PixPipeline
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        path = Path(id_or_dir)
-        if local_files_only is None:
-            local_files_only = path.exists()
-        if path.exists() and not (path / "model_index.json").is_file():
-            raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
-        pipe = StableDiffusionInstructPix2PixPipeline.from_pretrained(
-            str(id_or_dir), dtype=dtype, local_files_only=local_files_only, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False, **kwargs)
+        folder = model_folder(str(id_or_dir), cls.family)
+        pipe = load_pipeline(StableDiffusionInstructPix2PixPipeline, id_or_dir, dtype, safety_checker=None, feature_extractor=None,
+                             requires_safety_checker=False, **kwargs)
         pipe.set_progress_bar_config(disable=True)
         editor = cls(pipe, name=str(id_or_dir), device=device, dtype=dtype)
-        settings = path / "decontext_toy.json" if path.exists() else None
-        if settings is not None and settings.is_file():
-            shipped = json.loads(settings.read_text())
-            editor.recommended.update({k: shipped[k] for k in EDIT_DEFAULTS if k in shipped})
-            editor.image_guidance = float(shipped.get("image_guidance_scale", editor.image_guidance))
+        shipped = shipped_settings(folder)
+        editor.recommended.update({k: shipped[k] for k in EDIT_DEFAULTS if k in shipped})
+        editor.image_guidance = float(shipped.get("image_guidance_scale", editor.image_guidance))
         return editor
 
     @classmethod

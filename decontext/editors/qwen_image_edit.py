@@ -55,6 +55,7 @@ from ..attention import StopForward
 from . import FAMILIES, VLM_REFRESH
 from .base import Condition, Layout, snap, to_batch, to_vae_input
 from .dit import JointDiTEditor
+from .models import load_pipeline, model_folder
 
 SPEC = FAMILIES["qwen_image_edit"]
 
@@ -143,7 +144,6 @@ class QwenImageEditEditor(JointDiTEditor):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    @classmethod
     def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, **options) -> "QwenImageEditEditor":
         if model == "tiny":
             return cls.tiny(seed=seed, device=device, dtype=dtype, **options)
@@ -151,21 +151,17 @@ class QwenImageEditEditor(JointDiTEditor):
 
     @classmethod
     def from_pretrained(cls, id_or_dir: str | Path = DEFAULT_MODEL, dtype: torch.dtype = torch.bfloat16, device: str | torch.device | None = None,
-                        local_files_only: bool | None = None, **kwargs) -> "QwenImageEditEditor":
+                        **kwargs) -> "QwenImageEditEditor":
         """Load a Qwen-Image-Edit folder or hub id (safetensors weights, stock classes only, no remote code):
         the pipeline class is the one its model_index.json names (``QwenImageEditPipeline``, or
         ``QwenImageEditPlusPipeline`` for Qwen-Image-Edit-2509 / -2511)."""
         from diffusers import DiffusionPipeline
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        path = Path(id_or_dir)
-        if local_files_only is None:
-            local_files_only = path.exists()
-        if path.exists() and not (path / "model_index.json").is_file():
-            raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
-        index = json.loads((path / "model_index.json").read_text()) if path.exists() else DiffusionPipeline.load_config(str(id_or_dir), local_files_only=local_files_only)
+        folder = model_folder(str(id_or_dir), cls.family)
+        index = json.loads((folder / "model_index.json").read_text()) if folder is not None else DiffusionPipeline.load_config(str(id_or_dir))
         pipeline_class = _pipeline_class(index.get("_class_name", "?"))
-        pipe = pipeline_class.from_pretrained(str(id_or_dir), dtype=dtype, local_files_only=local_files_only, use_safetensors=True)
+        pipe = load_pipeline(pipeline_class, id_or_dir, dtype, use_safetensors=True)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, name=str(id_or_dir), device=device, dtype=dtype, **kwargs)
 

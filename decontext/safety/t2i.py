@@ -14,8 +14,6 @@ version trained for text-to-image as well as editing (``toy-v2``: its Kontext co
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 T2I_DEFAULTS = {"num_inference_steps": 28, "guidance_scale": 3.5, "height": 1024, "width": 1024, "max_sequence_length": 512}  # FLUX.1-dev, as UVR ran it
 
@@ -24,7 +22,8 @@ def load_pipeline(model: str, device, dtype):
     """(FluxPipeline, its default settings) for a hub id / folder, ``tiny``, or a toy version."""
     from diffusers import FluxPipeline
 
-    from ..toy.names import is_toy_model, toy_editor_dir
+    from ..editors.models import load_pipeline as load_folder, model_folder, shipped_settings
+    from ..toy.names import is_toy_model
 
     settings = dict(T2I_DEFAULTS)
     if model == "tiny":
@@ -35,16 +34,12 @@ def load_pipeline(model: str, device, dtype):
     elif is_toy_model(model, "flux_kontext"):
         from diffusers import FluxKontextPipeline
 
-        folder = toy_editor_dir(model, "flux_kontext")
-        if not (folder / "model_index.json").is_file():
-            raise FileNotFoundError(f"{folder}: the toy editor {model!r} is missing (docs/TOY.md)")
-        pipe = FluxPipeline.from_pipe(FluxKontextPipeline.from_pretrained(str(folder), torch_dtype=dtype))
-        shipped = json.loads((folder / "decontext_toy.json").read_text())
+        folder = model_folder(model, "flux_kontext")
+        pipe = FluxPipeline.from_pipe(load_folder(FluxKontextPipeline, folder, dtype))
+        shipped = shipped_settings(folder)
         settings.update({k: shipped[k] for k in ("num_inference_steps", "guidance_scale", "height", "width", "max_sequence_length") if k in shipped})
     else:
-        path = Path(model)
-        if path.exists() and not (path / "model_index.json").is_file():
-            raise FileNotFoundError(f"{path}: not a diffusers pipeline folder (no model_index.json)")
-        pipe = FluxPipeline.from_pretrained(model, torch_dtype=dtype, local_files_only=path.exists())
+        model_folder(model, "flux_kontext")  # a folder must be a diffusers pipeline folder
+        pipe = load_folder(FluxPipeline, model, dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device=device, dtype=dtype), settings

@@ -46,8 +46,10 @@ def load_pipeline(path=EDITOR_DIR):
     StableDiffusionInstructPix2PixPipeline) and the folder's settings."""
     from diffusers import DiffusionPipeline
 
+    from ..editors.models import load_pipeline as load_folder
+
     path = Path(path)
-    pipe = DiffusionPipeline.from_pretrained(str(path))
+    pipe = load_folder(DiffusionPipeline, path)
     pipe.set_progress_bar_config(disable=True)
     settings_file = path / SETTINGS_FILE
     settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}

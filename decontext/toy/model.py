@@ -13,10 +13,10 @@ import torch
 
 from decontext.editors.flux_kontext import joint_velocity, latent_ids
 from decontext.editors.tiny import BASE_WORDS, TinyKontextConfig, tiny_kontext_components
-from decontext.toy.names import READER_DIR, ROOT, toy_editor_dir  # noqa: F401 (READER_DIR re-exported)
+from decontext.toy.names import DATA, READER_DIR, toy_editor_dir  # noqa: F401 (READER_DIR re-exported)
 
 EDITOR_DIR = toy_editor_dir("toy")  # the embedded default (``--model toy``)
-PROMPTS_FILE = ROOT / "data" / "prompts" / "toy_prompts.txt"
+PROMPTS_FILE = DATA / "prompts" / "toy_prompts.txt"
 SETTINGS_FILE = "decontext_toy.json"
 
 # 64 px images -> 16x16x4 latents (3 VAE blocks = 4x down) -> 8x8 = 64 packed tokens of 16 channels.

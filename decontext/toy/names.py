@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT / "data"
+from ..assets import data_dir, data_path
+
+DATA = data_dir()
 
 TOY_EDITORS = {
     "toy-v1": DATA / "toy_editor",  # the first toy (2026-11-23): reads identity from context in the late steps
@@ -50,11 +51,8 @@ def toy_editor_dir(name: str = "toy", family: str = "flux_kontext") -> Path:
 
 
 def repo_path(value: str | Path | None, default: Path) -> Path:
-    """A path from a shipped settings file (relative ones are relative to the repository), or ``default``."""
-    if not value:
-        return default
-    path = Path(value)
-    return path if path.is_absolute() else ROOT / path
+    """A path from a shipped settings file (``data/...`` is in the package's data folder), or ``default``."""
+    return data_path(value) if value else default
 
 
 def toy_prompts(name: str = "toy", family: str = "flux_kontext") -> Path:

@@ -1,0 +1,86 @@
+"""What a protection run is, as plain data (no torch: the command lines build and check it before any
+model loads, and manifests record it).
+
+``PGDConfig``: the budget and the optimiser (``decontext.pgd`` runs it). ``ProtectConfig``: that plus
+where the editor works (``resolution``), how the method's measure is taken before and after, and the
+breakers the protection is optimised to survive (EOT). Budgets and step sizes are in 1/255 units of
+the [0, 1] scale, as on the command line (``eps=12.75`` means 12.75/255).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+
+SCHEDULES = ("constant", "linear", "cosine")  # step-size schedules (pgd.step_size)
+UPDATES = ("sign", "l2", "adam")  # update rules (pgd.PGD)
+STARTS = ("clean", "uniform", "sign")  # where PGD starts: the clean image, a uniform point of the eps-ball, a corner of it
+
+
+@dataclass(frozen=True)
+class PGDConfig:
+    """What a PGD run is, apart from its seed: budget, step, steps, update rule and start."""
+
+    eps: float = 12.75  # L-inf radius in 1/255 units (the DeContext paper's 0.1 on [-1, 1])
+    alpha: float = 0.6375  # (first) step size in 1/255 units
+    steps: int = 800
+    momentum: float = 0.0  # MI-FGSM decay; 0 = plain sign steps
+    schedule: str = "constant"  # step-size schedule (SCHEDULES)
+    start: str = "clean"  # STARTS: "uniform" = PhotoGuard's random start; "sign" = every pixel +-eps (the noise control)
+    update: str = "sign"  # update rule (UPDATES)
+    psnr_floor: float | None = None  # dB: also keep PSNR(protected, clean) at or above this (an L2 ball)
+    eot_samples: int = 1  # with a transform (EOT): draws of it per step, their gradients averaged
+
+    def __post_init__(self):
+        if self.eps < 0 or self.alpha <= 0 or self.steps < 0:
+            raise ValueError(f"need eps >= 0, alpha > 0, steps >= 0 (got eps={self.eps}, alpha={self.alpha}, steps={self.steps})")
+        if not 0.0 <= self.momentum < 1.0 + 1e-9:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown step-size schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
+        if self.update not in UPDATES:
+            raise ValueError(f"unknown update rule {self.update!r} (choose from {', '.join(UPDATES)})")
+        if self.start not in STARTS:
+            raise ValueError(f"unknown start {self.start!r} (choose from {', '.join(STARTS)})")
+        if int(self.eot_samples) != self.eot_samples or self.eot_samples < 1:
+            raise ValueError(f"eot_samples must be a whole number >= 1, got {self.eot_samples}")
+        if self.psnr_floor is not None and not self.psnr_floor > 0:
+            raise ValueError(f"psnr_floor must be a positive number of dB, got {self.psnr_floor}")
+
+    @classmethod
+    def for_method(cls, method=None, defaults: dict | None = None, **explicit) -> "PGDConfig":
+        """The config of a run of ``method``: the library's defaults, under ``defaults`` (e.g. an editor
+        family's official budget), under the method's ``pgd_defaults``, under the ``explicit`` choices
+        (None = not chosen)."""
+        names = {f.name for f in fields(cls)}
+        preferred = dict(getattr(method, "pgd_defaults", {}) or {})
+        layers = [dict(defaults or {}), preferred, {k: v for k, v in explicit.items() if v is not None}]
+        unknown = set().union(*layers) - names
+        if unknown:
+            raise TypeError(f"not PGD settings: {sorted(unknown)} (PGD has {sorted(names)})")
+        merged: dict = {}
+        for layer in layers:
+            merged.update(layer)
+        return cls(**merged)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def replace(self, **changes) -> "PGDConfig":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class ProtectConfig:
+    """One protection's settings besides the method and the editor (``decontext.protect``)."""
+
+    pgd: PGDConfig = field(default_factory=PGDConfig)
+    resolution: str | int = "auto"  # the editor's working size: auto, native or N (an N x N area)
+    measure_draws: int = 4  # fixed draws of the method's measure before and after (0 = none)
+    eot: tuple[str, ...] = ()  # breakers (decontext.purify specs) the protection is optimised to survive
+
+    def __post_init__(self):
+        if self.measure_draws < 0:
+            raise ValueError(f"measure_draws must be >= 0, got {self.measure_draws}")
+
+    def replace(self, **changes) -> "ProtectConfig":
+        return replace(self, **changes)

@@ -1,0 +1,170 @@
+"""Protect pixels: ``protect(editor, method, pixels, config, seed)``, the one library call.
+
+It owns the sequence every caller needs: the method is prepared for the editor once, holds what it
+needs on it for this image (e.g. attention probes), sees the clean pixels (``start``), is measured,
+drives PGD from the configured start, and is measured again. The file driver below (``protect_files``),
+the benches, the amortized trainer, cluster jobs and the app all call it; none restates it.
+
+``protect_files`` adds what a folder of photos needs: the resumable per-file loop of ``decontext.runs``
+(exact resume by input SHA-256 and settings, a lock, failures named while the batch goes on), 8-bit
+saving that keeps the budget exactly, and the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import PGDConfig, ProtectConfig
+from .editors.base import Editor
+from .images import list_images, load_image, max_level_diff, quantize, save_protected
+from .methods.base import Method
+from .names import shown
+from .pgd import PGD
+from .runs import (ATTACK_MEMORY_HINT, Group, ManifestFile, Made, Output, Report, image_seed, library_versions, output_lock,
+                   plain_json, plan_protected_outputs, remove_stale_parts, run_resumable)
+
+
+@dataclass
+class ProtectResult:
+    pixels: torch.Tensor  # (B, 3, H, W) protected pixels in [0, 1], original size, on the CPU (not yet 8-bit)
+    perturbation: torch.Tensor  # pixels - clean pixels
+    working_size: tuple[int, int]  # (H, W) inside the editor
+    before: dict[str, float]  # what the method measures (its ``measure()``) on the clean pixels
+    after: dict[str, float]  # ... and on the protected ones
+    history: list[dict] = field(default_factory=list)  # one record per PGD step: loss and the method's floats
+    seconds: float = 0.0
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # steps done -> pixels then (``snapshots=``)
+
+
+def eot_transform(specs, editor=None):
+    """The EOT transform of breaker specs (``decontext.purify.EOT``), or None without any."""
+    if not specs:
+        return None
+    from .purify import EOT, parse_breakers
+
+    return EOT(parse_breakers(list(specs)), editor)
+
+
+def protect(editor: Editor, method: Method, pixels: torch.Tensor, config: ProtectConfig | None = None, seed: int = 0, transform=None,
+            *, progress: bool = False, desc: str | None = None, snapshots=()) -> ProtectResult:
+    """Protect ``pixels`` ((B, 3, H, W) or (3, H, W) in [0, 1], any size) against ``editor`` with ``method``.
+
+    ``config`` sets the budget, the optimiser, the working size and the measure (default: the library's
+    PGD settings, the paper's, under the method's own preferences, ``PGDConfig.for_method``); ``seed`` seeds every random draw (start, prompts, noise levels);
+    ``transform``: a differentiable EOT transform ``t(x, generator)`` applied before the loss (default:
+    the one of ``config.eot``). The method must apply to the editor (ValueError otherwise). Returns the
+    protected pixels at the input's size (not yet rounded to 8 bits: ``images.save_protected`` does that
+    within the budget) with the method's measure before and after."""
+    config = config or ProtectConfig(pgd=PGDConfig.for_method(method))
+    method.check_applies(editor)
+    began = time.perf_counter()
+    x0 = (pixels[None] if pixels.dim() == 3 else pixels).detach().float().to(editor.device)
+    height, width = x0.shape[-2:]
+    size = editor.working_size(height, width, config.resolution)
+    transform = transform if transform is not None else eot_transform(config.eot, editor)
+    draws = config.measure_draws
+    with method.session(editor):  # prepared once per editor; e.g. probes installed for this image only
+        method.start(editor, x0, size)
+        before = method.measure(editor, x0, size, draws) if draws else {}
+        pgd = PGD(config=config.pgd, seed=seed, progress=progress, desc=desc or method.name, transform=transform)
+        result = pgd.run(x0, lambda x, step, generator: method.loss(editor, x, size, step, generator), snapshots=snapshots)
+        after = method.measure(editor, result.pixels, size, draws) if draws else {}
+    protected = result.pixels.detach().cpu()
+    return ProtectResult(protected, protected - x0.cpu(), size, before, after, result.history, time.perf_counter() - began,
+                         {k: v.cpu() for k, v in result.snapshots.items()})
+
+
+def output_settings(editor: Editor, method: Method, config: ProtectConfig, seed: int) -> dict:
+    """Everything the protected pixels depend on (not the device, the progress bar or the measurements),
+    recorded per image in the manifest: a re-run skips an image only when these are equal."""
+    method_config = {k: v for k, v in method.config().items() if not k.startswith("resolved")}  # filled by prepare()
+    prompts = getattr(method, "prompts", None)
+    if prompts:
+        method_config["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
+    return plain_json({"method": method_config, "pgd": config.pgd.to_dict(), "eot": list(config.eot), "resolution": config.resolution,
+                       "seed": seed, "editor": {"family": editor.family, "model": editor.name, "dtype": str(editor.dtype)}})
+
+
+def protect_files(
+    editor: Editor,
+    method: Method,
+    input_path: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    config: ProtectConfig | None = None,
+    seed: int = 0,
+    args_record: dict | None = None,
+    shard: tuple[int, int] = (0, 1),
+    manifest_name: str = "manifest.json",
+    log=print,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Report:
+    """Protect a file or every image of a folder into ``output_dir/<stem>.png`` + ``manifest.json``.
+
+    Each image gets its own seed from ``seed`` and its file name (``runs.image_seed``), so results do
+    not depend on order or sharding; ``shard=(rank, world)`` protects only the rank's share of the
+    inputs. A method that does not apply to the editor is a ValueError before anything is written.
+    Resume is exact (``runs.resume_decision``); ``overwrite`` redoes outputs made with other settings. A
+    second process on the same manifest is refused (``runs.OutputBusyError``) before anything is written.
+    """
+    config = config or ProtectConfig(pgd=PGDConfig.for_method(method))
+    method.check_applies(editor)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    with output_lock(output_dir / f".{manifest_name}.lock"):
+        inputs = list_images(input_path)
+        pairs, problems = plan_protected_outputs(inputs, output_dir)
+        rank, world = shard
+        if world == 1:  # the shards of a multi-process run write side by side, each under its own manifest's lock
+            remove_stale_parts(output_dir)
+        pairs = pairs[rank::world]
+        header = {"args": args_record or {}, "method": method.config(), "pgd": config.pgd.to_dict(), "eot": list(config.eot),
+                  "editor": {"family": editor.family, "model": editor.name}, "versions": library_versions()}
+        manifest = ManifestFile(output_dir / manifest_name, header)
+        report = Report()
+        if rank == 0:
+            for name, message in problems.items():
+                report.failed[name] = message
+                manifest.images[Path(name).name] = {"input": name, "status": "failed", "error": message}
+                log(f"error: {shown(message)}")
+        current = output_settings(editor, method, config, seed)
+        groups = [Group(path.name, path, [Output(path.name, out, current, {"input": str(path), "output": str(out)})]) for path, out in pairs]
+        counter = {group.name: f"[{i + 1}/{len(groups)}] {shown(group.name)}" for i, group in enumerate(groups)}
+
+        def work(group: Group, batch: list[Output], image) -> list[Made]:
+            outcome = protect(editor, method, image.pixels, config, image_seed(seed, group.input.stem), progress=progress,
+                              desc=f"{method.name} {group.input.stem}")
+            manifest.data["method"] = method.config()  # with what preparing resolved (e.g. the blocks)
+            if max_level_diff(quantize(outcome.pixels, image.rgb8, config.pgd.eps), image.rgb8) == 0:
+                raise ValueError(f"the protection changed no pixel of this {image.size[0]}x{image.size[1]} image "
+                                 f"(working size {outcome.working_size[1]}x{outcome.working_size[0]}); nothing was saved")
+
+            def write(path: Path) -> dict:
+                saved = save_protected(outcome.pixels, image, config.pgd.eps, path)
+                return {"max_abs_diff_levels": max_level_diff(saved, image.rgb8)}
+
+            record = {"size": [image.size[0], image.size[1]], "working_size": [outcome.working_size[1], outcome.working_size[0]],
+                      "before": outcome.before, "after": outcome.after, "seconds": round(outcome.seconds, 3),
+                      "seed": image_seed(seed, group.input.stem),
+                      "loss_first": outcome.history[0]["loss"] if outcome.history else None,
+                      "loss_last": outcome.history[-1]["loss"] if outcome.history else None}
+            return [Made(write, record)]
+
+        def done(group: Group, batch: list[Output], entries: list[dict]) -> None:
+            entry = entries[0]
+            measured = "".join(f" {k} {v:.4f} -> {entry['after'][k]:.4f}," for k, v in entry["before"].items() if k in entry["after"])
+            log(f"{counter[group.name]}:{measured} max diff {entry['max_abs_diff_levels']} levels, {entry['seconds']:.1f}s -> {shown(batch[0].path)}")
+
+        skipped_log = lambda key: log(f"{counter[key]}: already protected with the same settings ({shown(output_dir / (Path(key).stem + '.png'))}), skipped")  # noqa: E731
+        run_report = run_resumable(groups, manifest, work, load=load_image, overwrite=overwrite, log=log, memory_hint=ATTACK_MEMORY_HINT,
+                                   on_done=done, on_skip=skipped_log)
+    report.done += run_report.done
+    report.skipped += run_report.skipped
+    report.failed.update(run_report.failed)
+    return report
