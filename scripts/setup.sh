@@ -30,7 +30,9 @@ VPY="$VENV/bin/python"
 . scripts/uv_flags.sh  # the machine's pip settings as uv flags
 
 install_lock() {  # $@: extra uv flags
-  "$VENV/bin/uv" pip sync --python "$VPY" "${uv_flags[@]}" "$@" "$LOCK"
+  # Byte-compiled at install (as pip does): with PYTHONDONTWRITEBYTECODE set, nothing would ever cache the
+  # compiled modules, and every start-up would compile torch, diffusers and transformers again (~10 s).
+  "$VENV/bin/uv" pip sync --python "$VPY" --compile-bytecode "${uv_flags[@]}" "$@" "$LOCK"
 }
 if "$VPY" -m pip install -q --disable-pip-version-check "uv==0.13.9"; then
   if ! install_lock 2>/tmp/decontext-setup.$$; then

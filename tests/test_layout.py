@@ -171,3 +171,28 @@ def test_a_non_editable_install_protects_a_toy_face_from_another_folder(tmp_path
     entry = next(iter(manifest["images"].values()))
     assert entry["status"] == "done" and 0 < entry["max_abs_diff_levels"] <= 12 and entry["working_size"] == [64, 64]
     assert manifest["method"]["num_prompts"] > 0 and manifest["editor"] == {"family": "flux_kontext", "model": "toy"}
+
+
+def _parsers():
+    """Every command's parser (each editor family's flags for attack and edit)."""
+    from decontext.cli import attack, collect, edit, erase_rate, evaluate, purify, runs, sweep, t2i, toy
+    from decontext.editors import FAMILIES
+
+    for spec in FAMILIES.values():
+        yield f"attack/{spec.name}", attack.parser(spec)
+        yield f"edit/{spec.name}", edit.parser(spec)
+    yield "eval", evaluate.build_parser()
+    yield "sweep", sweep.parser()
+    yield "t2i", t2i.parser()
+    yield "collect-anchors", collect.parser()
+    yield "purify", purify.parser()
+    yield "runs", runs.parser()
+    yield "erase-rate", erase_rate.parser()
+    yield "toy-faces", toy.faces_parser()
+    yield "toy-eval", toy.evaluate_parser()
+
+
+def test_every_flag_of_every_command_has_help():
+    missing = [f"{name} {action.option_strings}" for name, parser in _parsers() for action in parser._actions
+               if action.option_strings and not (action.help or "").strip()]
+    assert missing == []

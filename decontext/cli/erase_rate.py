@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="decontext erase-rate", description="Erase rate of a concept in generated or edited images (UVR; docs/SAFETY.md).")
     ap.add_argument("--images", required=True, help="run folder of the regulated outputs (flux_t2i.py or kontext_inference.py layout, or any PNGs)")
     ap.add_argument("--baseline", default=None, help="run folder of the same generations without the regulator (paired by path)")
@@ -17,7 +17,11 @@ def main(argv=None) -> int:
     ap.add_argument("--clip", default="openai/clip-vit-large-patch14", help="CLIP weights for clip: detectors (a local folder or a cached hub id)")
     ap.add_argument("--category", default=None, help="only outputs of prompts of this category (from index.json)")
     ap.add_argument("--output", default=None, help="write the result as JSON here")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     from ..metrics.concept import _outputs, detector_from_spec, erase_rate
 
     try:

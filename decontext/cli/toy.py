@@ -9,14 +9,18 @@ import sys
 from pathlib import Path
 
 
-def faces(argv=None) -> int:
-    """``decontext toy-faces --count 20 --out runs/demo/source``: the first held-out identities (never trained
-    on), nuisance from ``seed + index``, named ``id<identity index>.png``; existing files are kept."""
+def faces_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="decontext toy-faces", description=faces.__doc__)
     ap.add_argument("--out", required=True, help="folder for the PNG files")
     ap.add_argument("--count", type=int, default=20, help="how many held-out identities (default 20, at most 100)")
     ap.add_argument("--seed", type=int, default=42, help="seed of the nuisance (background, position) (default 42)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def faces(argv=None) -> int:
+    """``decontext toy-faces --count 20 --out runs/demo/source``: the first held-out identities (never trained
+    on), nuisance from ``seed + index``, named ``id<identity index>.png``; existing files are kept."""
+    args = faces_parser().parse_args(argv)
     from ..toy.export import export_faces
 
     try:
@@ -28,8 +32,7 @@ def faces(argv=None) -> int:
     return 0
 
 
-def evaluate(argv=None) -> int:
-    """``decontext toy-eval``: clean identity, edit success and chance of a toy editor on held-out faces."""
+def evaluate_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="decontext toy-eval", description="Held-out evaluation of a toy editor (decontext.toy.evaluate): "
                                  "clean-edit identity and edit success on held-out faces, the VAE ceiling, and another person as context (chance).")
     ap.add_argument("--model", default="toy", help="toy editor ('toy' = the default, 'toy-v1', ..., 'toy-ip2p') or a trained editor folder")
@@ -39,7 +42,12 @@ def evaluate(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="sampler seed")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--json", help="also write the results to this file")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def evaluate(argv=None) -> int:
+    """``decontext toy-eval``: clean identity, edit success and chance of a toy editor on held-out faces."""
+    args = evaluate_parser().parse_args(argv)
     import torch
 
     from ..toy.evaluate import evaluate as run_evaluation

@@ -9,16 +9,20 @@ from ..editors import DEFAULT_FAMILY, FAMILIES
 from .common import family_arg
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="decontext runs", description="Start a run folder: sources as PNG and run.json")
-    sub = parser.add_subparsers(dest="command", required=True)
-    init = sub.add_parser("init")
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="decontext runs", description="Start a run folder: sources as PNG and run.json")
+    sub = ap.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="copy the inputs in as source/<stem>.png and write run.json")
     init.add_argument("--input", required=True, help="an image or a folder of images")
     init.add_argument("--run", required=True, help="the run folder (runs/<name>)")
     init.add_argument("--model", required=True, help="the model the run's commands use (recorded in run.json)")
     init.add_argument("--editor", "--family", dest="editor", type=family_arg, default=DEFAULT_FAMILY,
                       help=f"editor family: {', '.join(FAMILIES)} or a short name (default {DEFAULT_FAMILY})")
-    args = parser.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     from ..runs import SOURCE, prepare_sources, write_run_info
 
     written, failed = prepare_sources(args.input, Path(args.run) / SOURCE)
