@@ -77,6 +77,11 @@ class InstructPix2PixEditor:
             pipe.text_encoder.requires_grad_(False).eval()
         alphas = pipe.scheduler.alphas_cumprod
         self._alphas_cumprod = torch.as_tensor(alphas, dtype=torch.float64)
+        from diffusers import DDPMScheduler
+
+        # The training-time noising of the UNet (its betas, from the pipeline's scheduler configuration):
+        # diffusers' own add_noise / get_velocity give the flow_pair.
+        self._training_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.prediction_type = pipe.scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"{name}: scheduler prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction)")
@@ -247,15 +252,18 @@ class InstructPix2PixEditor:
         """(x_t, target) of the UNet's training objective on the image itself: x_0 = the SCALED source
         latent, x_t = sqrt(a) x_0 + sqrt(1 - a) noise with a = alphas_cumprod[t], target = noise
         (epsilon models) or sqrt(a) noise - sqrt(1 - a) x_0 (v-prediction)."""
-        x0 = condition.latents * self.vae.config.scaling_factor
-        a = self._alphas_cumprod[self.timesteps(sigma)].to(self.device, torch.float32).reshape(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0.float() + (1 - a).sqrt() * noise.float()
-        target = noise.float() if self.prediction_type == "epsilon" else a.sqrt() * noise.float() - (1 - a).sqrt() * x0.float()
+        x0 = (condition.latents * self.vae.config.scaling_factor).float()
+        t = self.timesteps(sigma).to(self.device)
+        t = t.expand(x0.shape[0]) if t.numel() == 1 else t
+        x_t = self._training_scheduler.add_noise(x0, noise.float(), t)
+        target = noise.float() if self.prediction_type == "epsilon" else self._training_scheduler.get_velocity(x0, noise.float(), t)
         return x_t.to(self.dtype), target.to(self.dtype)
 
     def denoise(self, x_t: torch.Tensor, sigma: float, sigma_next: float, condition: Condition) -> torch.Tensor:
         """Deterministic DDIM step (eta 0) from t(sigma) to t(sigma_next); ``sigma_next = 0`` gives the
-        clean-latent estimate x_0 (alpha_cumprod 1, as the schedulers' final step)."""
+        clean-latent estimate x_0 (alpha_cumprod 1, as the schedulers' final step). Restates
+        ``DDIMScheduler.step`` (diffusers 0.42.1, eta 0, no clipping) for arbitrary pairs of timesteps, which
+        that scheduler's fixed timestep grid does not offer."""
         prediction = self.velocity(x_t, float(sigma), condition).float()
         a = self._alphas_cumprod[self.timesteps(float(sigma))].item()
         a_next = 1.0 if float(sigma_next) == 0 else self._alphas_cumprod[self.timesteps(float(sigma_next))].item()

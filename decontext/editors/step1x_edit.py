@@ -67,8 +67,12 @@ def official_size(height: int, width: int, level: int, multiple: int = 16) -> tu
 
 def shifted_schedule(steps: int, image_tokens: int) -> list[float]:
     """The official (BFL) time schedule: linspace(1, 0, steps + 1) pushed toward 1 by a shift mu that
-    grows linearly with the target token count (0.5 at 256 tokens, 1.15 at 4096)."""
-    mu = 0.5 + (image_tokens - 256) * (1.15 - 0.5) / (4096 - 256)
+    grows linearly with the target token count (0.5 at 256 tokens, 1.15 at 4096: diffusers' own
+    ``calculate_shift``). The shift itself restates the official code's ``time_shift(mu, 1, t)`` (the same
+    as diffusers' ``FlowMatchEulerDiscreteScheduler`` exponential time shift), on this exact grid."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    mu = calculate_shift(image_tokens, 256, 4096, 0.5, 1.15)
     times = torch.linspace(1, 0, steps + 1).tolist()
     return [0.0 if t <= 0 else math.exp(mu) / (math.exp(mu) + (1 / t - 1)) for t in times]
 
