@@ -61,6 +61,39 @@ def step_size(schedule: str, alpha: float, step: int, steps: int) -> float:
     raise ValueError(f"unknown step-size schedule {schedule!r} (choose from {', '.join(SCHEDULES)})")
 
 
+class Plateau:
+    """The stopping rule. The loss is noisy (each step draws its own prompt, noise level and noise), so the
+    rule reads the mean loss over the last ``window`` steps. A step counts as progress when that mean rises
+    above its best so far by more than ``tol`` times the gain made so far (best minus the first full
+    window's mean): a scale-free test, the same for a share in [0, 1] and an encoder's squared error. The run
+    stops once ``patience`` steps have passed without progress. ``patience`` 0: never (the paper's)."""
+
+    def __init__(self, patience: int, window: int, tol: float):
+        self.patience, self.window, self.tol = int(patience), int(window), float(tol)
+        self.losses: list[float] = []
+        self.first: float | None = None
+        self.best: float | None = None
+        self.best_step = 0
+
+    def stop(self, step: int, loss: float) -> bool:
+        if self.patience <= 0:
+            return False
+        self.losses.append(loss)
+        if len(self.losses) < self.window:
+            return False
+        mean = sum(self.losses[-self.window :]) / self.window
+        if self.best is None:
+            self.first = self.best = mean
+            self.best_step = step
+        elif mean > self.best + self.tol * (self.best - self.first):
+            self.best, self.best_step = mean, step
+        return step - self.best_step >= self.patience
+
+    def reason(self) -> str:
+        return (f"plateau: no rise of the {self.window}-step mean loss by more than {self.tol:g} of the gain so far "
+                f"since step {self.best_step} (patience {self.patience})")
+
+
 class NonFiniteError(ArithmeticError):
     """The loss or its gradient stopped being finite; the run stops instead of stepping on NaNs."""
 
@@ -70,6 +103,8 @@ class PGDResult:
     pixels: torch.Tensor  # adversarial image, same shape/dtype/device as the input, in [0, 1]
     history: list[dict] = field(default_factory=list)  # one dict per step: step, loss, alpha, and the method's floats
     snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # steps done -> pixels then (``run(snapshots=...)``)
+    steps_run: int = 0
+    stop_reason: str = "budget"  # "budget": every configured step ran; "plateau": the stopping rule ended it (``Plateau``)
 
     @property
     def losses(self) -> list[float]:
@@ -146,6 +181,8 @@ class PGD:
         kept_steps, kept = set(int(k) for k in snapshots), {}
         if 0 in kept_steps:
             kept[0] = x.detach().clone()
+        plateau = Plateau(self.config.stop_patience, self.config.stop_window, self.config.stop_tol)
+        steps_run, stop_reason = 0, "budget"
         for step in bar:
             x.requires_grad_(True)
             grad, loss, info = self._gradient(x, loss_fn, step, generator, samples)
@@ -181,7 +218,12 @@ class PGD:
                 callback(step, record)
             if step + 1 in kept_steps:
                 kept[step + 1] = x.detach().clone()
-        return PGDResult(x.detach(), history, kept)
+            steps_run = step + 1
+            if plateau.stop(step, record["loss"]):
+                stop_reason = plateau.reason()
+                break
+        bar.close()
+        return PGDResult(x.detach(), history, kept, steps_run, stop_reason)
 
     def _gradient(self, x, loss_fn: LossFn, step: int, generator: torch.Generator, samples: int):
         """(d loss / d x, loss, info) at ``x``; with a transform, the mean over ``samples`` draws of it

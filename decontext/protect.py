@@ -40,6 +40,8 @@ class ProtectResult:
     history: list[dict] = field(default_factory=list)  # one record per PGD step: loss and the method's floats
     seconds: float = 0.0
     snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # steps done -> pixels then (``snapshots=``)
+    steps_run: int = 0  # PGD steps taken: the configured steps, or fewer when the stopping rule ended the run
+    stop_reason: str = "budget"  # "budget" (every configured step ran) or the stopping rule's account of why it stopped
 
 
 def eot_transform(specs, editor=None):
@@ -77,7 +79,7 @@ def protect(editor: Editor, method: Method, pixels: torch.Tensor, config: Protec
         after = method.measure(editor, result.pixels, size, draws) if draws else {}
     protected = result.pixels.detach().cpu()
     return ProtectResult(protected, protected - x0.cpu(), size, before, after, result.history, time.perf_counter() - began,
-                         {k: v.cpu() for k, v in result.snapshots.items()})
+                         {k: v.cpu() for k, v in result.snapshots.items()}, result.steps_run, result.stop_reason)
 
 
 def output_settings(editor: Editor, method: Method, config: ProtectConfig, seed: int) -> dict:
@@ -151,7 +153,7 @@ def protect_files(
 
             record = {"size": [image.size[0], image.size[1]], "working_size": [outcome.working_size[1], outcome.working_size[0]],
                       "before": outcome.before, "after": outcome.after, "seconds": round(outcome.seconds, 3),
-                      "seed": image_seed(seed, group.input.stem),
+                      "seed": image_seed(seed, group.input.stem), "steps_run": outcome.steps_run, "stop_reason": outcome.stop_reason,
                       "loss_first": outcome.history[0]["loss"] if outcome.history else None,
                       "loss_last": outcome.history[-1]["loss"] if outcome.history else None}
             return [Made(write, record)]

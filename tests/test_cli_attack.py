@@ -82,3 +82,36 @@ def test_refuses_to_overwrite_inputs_and_bad_arguments(tmp_path):
     empty.write_text("# nothing\n")
     result = run_cli("--model", "tiny", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--prompts", str(empty))
     assert result.returncode == 2 and "no prompts" in result.stderr
+
+
+def test_paper_preset_is_the_default_run_and_fast_records_its_stopping(batch, tmp_path):
+    inputs, output, _ = batch
+    # --preset paper on outputs made without a preset: the same settings, so the done image is skipped ...
+    same = run_cli("--model", "tiny", "--input", str(inputs / "wide.png"), "--output", str(output), "--resolution", "native", "--steps", "30",
+                   "--preset", "paper", "--no-progress")
+    assert same.returncode == 0, same.stderr
+    assert "skipped 1" in same.stdout
+    # ... and made afresh, the same bytes.
+    fresh = tmp_path / "paper"
+    made = run_cli("--model", "tiny", "--input", str(inputs / "wide.png"), "--output", str(fresh), "--resolution", "native", "--steps", "30",
+                   "--preset", "paper", "--no-progress")
+    assert made.returncode == 0, made.stderr
+    assert (fresh / "wide.png").read_bytes() == (output / "wide.png").read_bytes()
+    paper = json.loads((fresh / "manifest.json").read_text())
+    assert paper["args"]["preset"] == "paper" and paper["args"]["stop_patience"] == 0
+    entry = paper["images"]["wide.png"]
+    assert entry["steps_run"] == 30 and entry["stop_reason"] == "budget"
+    fast = tmp_path / "fast"
+    result = run_cli("--model", "tiny", "--input", str(inputs / "wide.png"), "--output", str(fast), "--resolution", "native",
+                     "--preset", "fast", "--steps", "40", "--stop-patience", "5", "--stop-window", "3", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((fast / "manifest.json").read_text())
+    args = manifest["args"]
+    assert args["preset"] == "fast" and args["steps"] == 40 and args["stop_patience"] == 5 and args["stop_window"] == 3
+    assert args["momentum"] == manifest["pgd"]["momentum"] > 0 and manifest["pgd"]["schedule"] == "cosine"
+    entry = manifest["images"]["wide.png"]
+    assert 0 < entry["steps_run"] <= 40
+    assert entry["stop_reason"] == "budget" if entry["steps_run"] == 40 else entry["stop_reason"].startswith("plateau")
+    refused = run_cli("--model", "tiny", "--input", str(inputs / "wide.png"), "--output", str(tmp_path / "x"), "--preset", "paper",
+                      "--stop-patience", "5")
+    assert refused.returncode == 2 and "paper preset never stops" in refused.stderr

@@ -163,3 +163,63 @@ def test_snapshots_are_the_pixels_after_that_many_steps():
     short = PGD(config=PGDConfig(eps=8, alpha=1, steps=3), progress=False).run(x0, loss)
     assert sorted(long.snapshots) == [0, 3, 6]
     assert torch.equal(long.snapshots[0], x0) and torch.equal(long.snapshots[3], short.pixels) and torch.equal(long.snapshots[6], long.pixels)
+
+
+# ------------------------------------------------------------------------------------- presets and stopping
+def _plateau_loss(x, step, generator):
+    """Rises for about 13 steps (0.1 away at 2/255 a step), then only wobbles around its top (a saturated
+    protection): -|x - 0.6| summed."""
+    return -(x - 0.6).abs().sum()
+
+
+def test_paper_preset_is_todays_defaults_for_every_family_and_method():
+    from decontext.config import PRESETS, PGDConfig
+    from decontext.editors import FAMILIES
+    from decontext.methods import METHODS, build_method
+
+    official = {"eps": 12.75, "alpha": 0.6375, "steps": 800, "momentum": 0.0, "schedule": "constant", "start": "clean",
+                "update": "sign", "psnr_floor": None, "eot_samples": 1}
+    assert PGDConfig.for_method(build_method("decontext", prompts=["a"]), preset="paper").to_dict() == official  # no stopping keys at all
+    for spec in FAMILIES.values():
+        for name in METHODS:
+            method = build_method(name)
+            assert PGDConfig.for_method(method, spec.pgd_defaults, preset="paper") == PGDConfig.for_method(method, spec.pgd_defaults)
+            assert PGDConfig.for_method(method, spec.pgd_defaults, preset="paper").stop_patience == 0
+    fast = PGDConfig.for_method(build_method("decontext", prompts=["a"]), preset="fast")
+    assert fast.stop_patience > 0 and fast.steps == PRESETS["fast"]["steps"] < 800
+    assert PGDConfig.for_method(None, preset="fast", steps=77, momentum=0.0).steps == 77  # explicit flags override the preset
+    assert PGDConfig.for_method(None, preset="fast", momentum=0.0).momentum == 0.0
+    assert "stop_patience" in fast.to_dict()
+    with pytest.raises(ValueError, match="paper preset never stops"):
+        PGDConfig.for_method(None, preset="paper", stop_patience=5)
+    with pytest.raises(ValueError, match="unknown preset"):
+        PGDConfig.for_method(None, preset="quick")
+    with pytest.raises(ValueError, match="stop_patience"):
+        PGDConfig(stop_patience=-1)
+
+
+def test_plateau_rule_against_a_hand_count():
+    from decontext.pgd import Plateau
+
+    rule = Plateau(patience=3, window=2, tol=0.1)
+    losses = [0, 1, 2, 3, 3, 3, 3, 3, 3]  # 2-step means from step 1: 0.5 1.5 2.5 3 3 3 3 3
+    stops = [rule.stop(step, loss) for step, loss in enumerate(losses)]
+    # best mean 3.0 at step 4 (it rose 0.5 > 0.1 * 2.5 there); 3 steps later, at step 7, patience runs out
+    assert stops == [False] * 7 + [True, True] and rule.best_step == 4
+    never = Plateau(patience=0, window=2, tol=0.1)
+    assert not any(never.stop(step, 0.0) for step in range(100))
+    slow = Plateau(patience=5, window=1, tol=0.01)  # a slow but steady rise is progress, however small its scale
+    assert not any(slow.stop(step, 1e-6 * step) for step in range(200))
+
+
+def test_stopping_rule_ends_a_planted_plateau_and_never_under_the_paper_preset():
+    from decontext.config import PGDConfig
+
+    x0 = torch.full((1, 3, 8, 8), 0.5)
+    config = PGDConfig.for_method(None, preset="fast", eps=32, alpha=2, steps=300, stop_patience=20, stop_window=5)
+    stopped = PGD(config=config, progress=False).run(x0, _plateau_loss)
+    assert stopped.stop_reason.startswith("plateau") and stopped.steps_run < 100 and len(stopped.history) == stopped.steps_run
+    assert torch.allclose(stopped.pixels, torch.full_like(x0, 0.6), atol=2 / 255)  # it stopped at the goal, not before
+    paper = PGDConfig.for_method(None, preset="paper", eps=32, alpha=2, steps=300)
+    full = PGD(config=paper, progress=False).run(x0, _plateau_loss)
+    assert full.steps_run == 300 and full.stop_reason == "budget" and len(full.history) == 300

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import fields
 
-from ..config import SCHEDULES, STARTS, UPDATES
+from ..config import PRESETS, SCHEDULES, STARTS, UPDATES, describe_preset
 from ..editors import Family
 from ..methods import METHODS, NORMALIZE, OPTIONS, method_names, method_spec, missing_capabilities
 from .common import (ArgumentProblem, add_model_arguments, apply_pixel_limit, avoid_cudnn_attention, check_loaded_resolution, check_paths,
@@ -26,7 +27,11 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
     add_model_arguments(ap, spec, "attack", fixed)
     ap.add_argument("--input", required=True, help="an image file or a folder of images")
     ap.add_argument("--output", required=True, help="folder for <stem>.png and manifest.json")
-    pgd = ap.add_argument_group("budget and optimiser (defaults: the family's official attack, then the method's own preferences)")
+    pgd = ap.add_argument_group("budget and optimiser (defaults: the family's official attack, then the preset, then the method's own preferences; a flag given overrides them all)")
+    pgd.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                     help="paper: the official settings, fixed steps, never stopping early (what reproductions use; the same as no preset); "
+                          f"fast: {describe_preset('fast')} "
+                          "(docs/EVIDENCE.md, 'Fewer PGD steps'). Default: none, i.e. the official settings")
     pgd.add_argument("--eps", type=float, default=None, help=f"L-inf budget in 1/255 units (default {spec.eps:g}: {spec.eps_note})")
     pgd.add_argument("--alpha", type=float, default=None, help=f"PGD step in 1/255 units (default {spec.alpha:g})")
     pgd.add_argument("--steps", type=int, default=None, help=f"PGD steps (default {spec.steps})")
@@ -35,6 +40,11 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
     pgd.add_argument("--start", default=None, choices=STARTS, help="where PGD starts: clean (the image), uniform (a random point of the eps-ball) or sign (a random corner of it) (default: the method's, else clean)")
     pgd.add_argument("--update", default=None, choices=UPDATES, help="update rule: sign (every pixel moves by alpha), l2 (a step of rms alpha along the gradient) or adam (Adam-normalised steps of at most ~alpha) (default sign)")
     pgd.add_argument("--psnr-floor", type=float, default=None, help="also keep the protected image's PSNR at or above this many dB (an L2 budget beside --eps)")
+    pgd.add_argument("--stop-patience", type=int, default=None,
+                     help="stopping rule: end an image's PGD once the mean loss over --stop-window steps has not risen by more than "
+                          "--stop-tol for this many steps (0 = never; default 0, the fast preset's own otherwise); the manifest records steps run and why")
+    pgd.add_argument("--stop-window", type=int, default=None, help="stopping rule: steps averaged (the loss is noisy; default 25)")
+    pgd.add_argument("--stop-tol", type=float, default=None, help="stopping rule: the rise of the mean loss that counts as progress, as a fraction of the gain so far (default 0.01)")
     pgd.add_argument("--eot", nargs="+", default=None, metavar="BREAKER",
                      help="optimise to survive these breakers (expectation over transformation; decontext/purify.py): e.g. jpeg resize blur, or jpeg:quality=50")
     pgd.add_argument("--eot-samples", type=int, default=None, help="draws of the EOT breakers per PGD step, gradients averaged (default 1)")
@@ -141,7 +151,8 @@ def main(argv=None, family: str | None = None) -> int:
     except (PromptFileError, ValueError, TypeError) as exc:
         return fail(f"--method {args.method}: {exc}")
     try:
-        pgd = PGDConfig.for_method(method, defaults=spec.pgd_defaults, eps=args.eps, alpha=args.alpha, steps=args.steps, momentum=args.momentum,
+        pgd = PGDConfig.for_method(method, defaults=spec.pgd_defaults, preset=args.preset, stop_patience=args.stop_patience,
+                                   stop_window=args.stop_window, stop_tol=args.stop_tol, eps=args.eps, alpha=args.alpha, steps=args.steps, momentum=args.momentum,
                                    schedule=args.schedule, start=args.start, update=args.update, psnr_floor=args.psnr_floor, eot_samples=args.eot_samples)
         if args.eot:
             from ..purify import parse_breakers
@@ -168,7 +179,9 @@ def main(argv=None, family: str | None = None) -> int:
     config = ProtectConfig(pgd=pgd, resolution=resolution, measure_draws=args.measure_draws, eot=tuple(args.eot or ()))
     manifest = "manifest.json" if shard.world == 1 else f"manifest.rank{shard.rank}.json"
     # The arguments as they took effect: the resolved budget, optimiser and working size, not None for "unset".
-    record = {**vars(args), **{k: v for k, v in pgd.to_dict().items() if k in vars(args)}, "family": spec.name, "resolution": resolution}
+    resolved = {f.name: getattr(pgd, f.name) for f in fields(pgd)}  # every PGD value, the stopping rule's too
+    record = {**vars(args), **{k: v for k, v in resolved.items() if k in vars(args)}, "preset": args.preset or "paper",
+              "family": spec.name, "resolution": resolution}
     try:
         report = protect_files(editor, method, args.input, args.output, config, seed=args.seed, args_record=record, shard=(shard.rank, shard.world),
                                manifest_name=manifest, overwrite=args.overwrite, progress=not args.no_progress)
