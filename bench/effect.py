@@ -31,7 +31,7 @@ from decontext.images import quantize, uint8_to_tensor
 from decontext.metrics.bootstrap import ClusterInterval, cluster_bootstrap_ci
 from decontext.metrics.pixel import psnr
 from decontext.config import PGDConfig, ProtectConfig
-from decontext.plots import PALETTE, Chart
+from decontext.plots import Chart, color_of
 from decontext.protect import protect
 
 EDIT_PROMPT_INDICES = (0, 2, 4, 6, 8, 10)  # one phrasing per toy edit
@@ -150,10 +150,10 @@ def plot_svg(results: dict, title: str, metric: str = "toy_identity") -> str:
     ys = [v for points in series.values() for _, ci in points for v in (ci.mean, ci.low, ci.high)] + [ci.mean for ci in refs.values()]
     chart = Chart(title, sorted({eps for points in series.values() for eps, _ in points}), ys, x_label="budget eps (/255)",
                   y_label=f"{metric} (lower = better protection)", width=680, height=380, margins=(62, 190, 30, 50))
-    for (name, ci), color in zip(refs.items(), ("#444", "#999")):
-        chart.reference(ci.mean, color, f"{name} {ci.mean:.3f}")
+    for name, ci in refs.items():
+        chart.reference(ci.mean, color_of(name), f"{name} {ci.mean:.3f}")
     for k, (method, points) in enumerate(series.items()):
-        color, dx = PALETTE[k % len(PALETTE)], 5.0 * (k - (len(series) - 1) / 2)
+        color, dx = color_of(method), 5.0 * (k - (len(series) - 1) / 2)
         chart.line([(eps, ci.mean) for eps, ci in points], color, dx=dx, name=method)
         for eps, ci in points:
             chart.error_bar(eps, ci.low, ci.high, color, dx=dx)

@@ -14,11 +14,28 @@ circle), ``errorbar`` (one path per interval, caps included), ``series`` (a poly
 
 from __future__ import annotations
 
+import hashlib
 import html
 import math
 from typing import Iterable, Sequence
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")
+# The colour of a condition (or method) is fixed by its name, the same in every report, chart and bench plot:
+# the three every run has are pinned; any other name gets a palette colour from a hash of the name (not
+# from its position, which changes from run to run).
+FIXED_COLORS = {"clean": "#555555", "noise": "#ff7f0e", "protected": "#1f77b4", "another person": "#999999"}
+_FREE = tuple(c for c in PALETTE if c not in FIXED_COLORS.values())
+
+
+def color_of(name: str) -> str:
+    """The fixed colour of a condition or method ``name``: clean grey, noise (and its purified copies
+    ``noise@b``) orange, protected blue; others by a stable hash of the name (``X@b`` as ``X``)."""
+    base = str(name).partition("@")[0]
+    if base in FIXED_COLORS:
+        return FIXED_COLORS[base]
+    if base.startswith("noise"):
+        return FIXED_COLORS["noise"]
+    return _FREE[int(hashlib.sha256(base.encode("utf-8")).hexdigest(), 16) % len(_FREE)]
 
 
 def esc(text: object) -> str:

@@ -29,10 +29,10 @@ import numpy as np
 from PIL import Image
 
 from decontext.images import atomic_write
-from decontext.metrics.evaluate import EvalResult, conditions_of, fmt_stat, paired_lines
+from decontext.metrics.evaluate import EvalResult, conditions_of, describe_run, fmt_stat, measured, not_measured_lines, paired_lines, verdict_lines
 from decontext.metrics.run import CLEAN, ImageLoadError
 from decontext.names import shown as printable
-from decontext.plots import PALETTE, Chart
+from decontext.plots import Chart, color_of
 
 AMPLIFY = 10.0
 
@@ -46,7 +46,7 @@ figure{margin:0;flex:0 0 auto;width:140px;font-size:11px}
 figure img{display:block;max-width:136px;border:1px solid #999;image-rendering:auto}
 figcaption{margin-top:2px;line-height:1.25;word-wrap:break-word}
 .group{border-left:3px solid #888;padding-left:6px;display:flex;flex-wrap:wrap;gap:8px}
-.group.clean{border-color:#2a7}.group.prot{border-color:#c33}
+#verdict p{font-size:15px;line-height:1.45;max-width:60em}
 .missing{width:128px;height:128px;display:flex;align-items:center;justify-content:center;background:#fdd;border:1px dashed #c33}
 .note{color:#666;font-size:12px}.unavail{color:#a00}
 #paired{font-size:14px;line-height:1.5}#paired li{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
@@ -111,20 +111,26 @@ def _metrics_caption(row: dict, names: list[str]) -> str:
     return "<br>".join(parts)
 
 
+def _bold(escaped: str) -> str:
+    """``**x**`` (the verdict's markdown emphasis) as <b>x</b>, in already escaped text."""
+    parts = escaped.split("**")
+    return "".join(f"<b>{p}</b>" if k % 2 else p for k, p in enumerate(parts))
+
+
 def _summary_tables(summary: dict) -> str:
     conds = conditions_of(summary)
     metrics = summary["_metrics"]
     out = ['<table><tr><th>metric</th><th>better protection</th>' + "".join(f"<th>{html.escape(c)}</th>" for c in conds) + "</tr>"]
     for m, spec in metrics.items():
-        if not any(m in summary[c] for c in conds):
+        if not measured(summary, conds, m):
             continue
         cells = "".join(f"<td>{html.escape(fmt_stat(summary[c].get(m)) if m in summary[c] else '-')}</td>" for c in conds)
         out.append(f"<tr><td>{html.escape(m)}</td><td>{spec['direction']}</td>{cells}</tr>")
     out.append("</table>")
-    if summary["_unavailable"]:
-        out.append("<h3>Unavailable metrics</h3><table><tr><th>metric</th><th>reason</th></tr>")
-        out += [f'<tr><td>{html.escape(m)}</td><td class="unavail">{html.escape(r)}</td></tr>' for m, r in summary["_unavailable"].items()]
-        out.append("</table>")
+    folded = not_measured_lines(summary)
+    if folded:  # folded away: one line per reason, not a red row per metric
+        out.append(f'<details id="not-measured"><summary class="note">Not measured in this run ({len(folded)} reason{"s" * (len(folded) > 1)})'
+                   '</summary><ul class="note">' + "".join(f"<li>{html.escape(line)}</li>" for line in folded) + "</ul></details>")
     if summary["_errors"]:
         out.append(f"<h3>Problems ({len(summary['_errors'])})</h3><ul>")
         out += [f"<li>{html.escape(e)}</li>" for e in summary["_errors"]]
@@ -134,8 +140,8 @@ def _summary_tables(summary: dict) -> str:
 
 
 def condition_colors(conditions: list[str]) -> dict[str, str]:
-    """One colour per condition, the same in every chart (in the run's order of conditions)."""
-    return {c: PALETTE[k % len(PALETTE)] for k, c in enumerate(conditions)}
+    """Each condition's colour, fixed by its name (``plots.color_of``): the same in every chart of every report."""
+    return {c: color_of(c) for c in conditions}
 
 
 _SENSE = {"lower": "lower = better protection", "higher": "higher = better protection", "none": "no protection direction"}
@@ -179,7 +185,10 @@ def _paired_section(summary: dict) -> str:
 
 def _metrics_list(summary: dict) -> str:
     items = []
+    conds = conditions_of(summary)
     for m, spec in summary["_metrics"].items():
+        if not measured(summary, conds, m):
+            continue
         source = f" <i>computed with: {html.escape(spec['source'])}</i>" if spec.get("source") else ""
         items.append(f"<li><code>{html.escape(m)}</code> ({html.escape(spec['scope'])}, {_sense(spec)}): "
                      f"{html.escape(spec['description'])}{source}</li>")
@@ -203,8 +212,9 @@ def write_report(result: EvalResult, summary: dict, path: Path, max_edits: int =
         except ImageLoadError:
             return None
 
-    body = [f"<h1>DeContext evaluation report</h1>",
-            f'<p class="note">Model <code>{html.escape(run.info.model)}</code>, editor <code>{html.escape(run.info.editor)}</code>. '
+    body = ["<h1>DeContext evaluation report</h1>",
+            '<div id="verdict">' + "".join(f"<p>{_bold(html.escape(line))}</p>" for line in verdict_lines(summary)) + "</div>",
+            f'<p class="note">Run: {_bold(html.escape(describe_run(summary)).replace("`", ""))}. '
             f'<span id="img-status">images loading...</span></p>',
             "<h2>Headline: paired differences</h2>", _paired_section(summary),
             "<h2>Charts: mean and 95% interval per condition</h2>",
@@ -242,7 +252,7 @@ def write_report(result: EvalResult, summary: dict, path: Path, max_edits: int =
             if len(rows) > len(shown):
                 gfigs.append(f'<p class="note">{len(rows) - len(shown)} more edits not shown (--report-max-edits)</p>')
             klass = "clean" if cond == CLEAN else "prot"
-            groups.append(f'<div class="group {klass}">' + "".join(gfigs) + "</div>")
+            groups.append(f'<div class="group {klass}" style="border-color:{color_of(cond)}">' + "".join(gfigs) + "</div>")
         body.append(f"<h3>{html.escape(stem)} <span class=\"note\">identity {html.escape(run.identity(stem))}</span></h3>")
         body.append('<div class="row">' + "".join(figs) + "".join(groups) + "</div>")
     doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

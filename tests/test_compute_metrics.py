@@ -37,7 +37,7 @@ def test_script_scores_run_and_reports_missing_weights(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert "Unavailable metrics" in out and "ism_facenet" in out and "20180402-114759-vggface2.pt" in out
+    assert "Not measured in this run" in out and "ism_facenet" in out and "20180402-114759-vggface2.pt" in out
     assert "clip_i" in out and "lpips_vs_clean" in out
 
     # inputs untouched; outputs next to them
@@ -69,7 +69,9 @@ def test_script_scores_run_and_reports_missing_weights(tmp_path):
     assert summary["_by_category"]["protected"]["expression"]["fdfr"]["n"] == 2
     md = (run / "summary.md").read_text()
     assert "## By condition" in md and "| fdfr | higher |" in md and "### accessories" in md
-    assert "Unavailable metrics" in md and "capped at 100 dB" in md
+    assert "Not measured in this run: " in md and "capped at 100 dB" in md
+    assert "unavailable" not in md.split("## Metrics")[0]  # folded into one line per reason, not a row per metric
+    assert "| ism_facenet |" not in md and "ism_facenet" in md.split("Not measured in this run: ")[1].splitlines()[0]
 
 
 def test_unreadable_edit_is_named_and_the_rest_scored(tmp_path, capsys):
@@ -260,3 +262,49 @@ def test_symlinked_layout_folders_and_absolute_spellings_are_accepted(tmp_path):
     rows = _rows(out / "metrics.csv")
     assert len(rows) == 8 and not any(r["error"] for r in rows)
     assert sum(1 for r in rows if r["psnr_vs_clean"]) == 4
+
+
+@pytest.fixture(scope="module")
+def cli_folders(tmp_path_factory):
+    """Folders made by the project's own commands the way a user would name them (no run layout)."""
+    from decontext.cli import run
+
+    root = tmp_path_factory.mktemp("made")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        assert run("toy-faces", ["--count", "2", "--out", "faces"]) == 0
+        assert run("attack", ["--model", "toy", "--input", "faces", "--output", "prot", "--steps", "2", "--measure-draws", "0", "--no-progress"]) == 0
+        assert run("edit", ["--model", "toy", "--images", "faces", "--output", "ec", "--prompt-indices", "0", "2", "--no-progress"]) == 0
+        assert run("edit", ["--model", "toy", "--images", "prot", "--output", "ep", "--prompt-indices", "0", "2", "--no-progress"]) == 0
+        assert run("edit", ["--model", "toy", "--images", "prot", "--output", "ep7", "--prompt-indices", "0", "2", "--seeds", "7", "--no-progress"]) == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def test_explicit_folders_made_by_the_cli_score_without_false_problems(cli_folders, tmp_path):
+    root = cli_folders
+    out = tmp_path / "scores"
+    assert main(["--source", str(root / "faces"), "--protected", str(root / "prot"), "--edits-clean", str(root / "ec"),
+                 "--edits-protected", str(root / "ep"), "--no-progress", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["_errors"] == []
+    assert summary["_run"]["model"] == "toy" and summary["_run"]["editor"] == "flux_kontext"  # read from the folders' records
+    assert "decontext" in summary["_run"]["protection"]["protected"] and "2 steps" in summary["_run"]["protection"]["protected"]
+    md = (out / "summary.md").read_text()
+    assert "model `toy`, editor `flux_kontext`" in md and "unknown" not in md
+    # the toy's drawn faces: face detection and recognition are not run, one line says why
+    assert "fdfr" not in summary["protected"] and "fdfr" in summary["_not_run"]
+    assert "drawings" in md.split("Not measured in this run: ")[1]
+    rows = _rows(out / "metrics.csv")
+    assert len(rows) == 8 and all(r["toy_identity"] != "" for r in rows)
+
+
+def test_a_missing_paired_value_says_why(cli_folders, tmp_path):
+    root = cli_folders
+    out = tmp_path / "scores"
+    assert main(["--source", str(root / "faces"), "--protected", str(root / "prot"), "--edits-clean", str(root / "ec"),
+                 "--edits-protected", str(root / "ep7"), "--no-progress", "--no-report", "--out", str(out)]) == 0
+    md = (out / "summary.md").read_text()
+    assert "no paired values (none of the 4 protected edits has a clean edit of the same image, prompt and seed" in md

@@ -228,3 +228,48 @@ def test_charts_are_drawn_in_headless_chromium(evaluated, report, tmp_path):
         assert hits.sum() >= 40 * sum(1 for m in expected if m == "toy_identity" or cond != "clean"), cond
         ys, xs = np.nonzero(hits)
         assert ys.max() < 900 and xs.min() > 0
+
+
+def _summary_with(diff: tuple[float, float, float], noise: bool = True, direction: str = "lower") -> dict:
+    mean, low, high = diff
+    versus = [{"reference": "clean", "condition_mean": 0.9, "reference_mean": 0.95,
+               "diff": {"mean": mean, "low": low, "high": high, "identities": 20, "pairs": 120}}]
+    if noise:
+        versus.append({"reference": "noise", "condition_mean": 0.9, "reference_mean": 0.95,
+                       "diff": {"mean": mean, "low": low, "high": high, "identities": 20, "pairs": 120}})
+    return {"_paired": {"metric": "toy_identity", "direction": direction, "conditions": [{"condition": "protected", "versus": versus}]},
+            "_run": {"protection": {"protected": "decontext, fast preset, 200 steps, eps 12.75/255"}}}
+
+
+def test_the_verdict_says_when_the_interval_includes_zero():
+    from decontext.metrics.evaluate import verdict_lines
+
+    touching = verdict_lines(_summary_with((-0.021, -0.044, -0.0001)))[0]  # prints as +0.000 (or -0.000): includes 0
+    assert touching.startswith("**protected** (decontext, fast preset, 200 steps, eps 12.75/255) against the noise control")
+    assert "-0.021 (95% interval -0.044 to +0.000 over 20 identities" in touching
+    assert "The interval includes 0, so this run cannot tell the protection apart from noise." in touching
+    assert "Against clean edits: -0.021 (-0.044 to +0.000). The interval includes 0" in touching
+    clear = verdict_lines(_summary_with((-0.05, -0.08, -0.02)))[0]
+    assert "The interval excludes 0: better protection than noise." in clear and "better protection than no protection" in clear
+    wrong = verdict_lines(_summary_with((0.05, 0.02, 0.08)))[0]
+    assert "WORSE protection than noise" in wrong
+    higher = verdict_lines(_summary_with((0.05, 0.02, 0.08), direction="higher"))[0]
+    assert "better protection than noise" in higher
+    alone = verdict_lines(_summary_with((-0.05, -0.08, -0.02), noise=False))[0]
+    assert "against clean edits" in alone and "no noise control" in alone
+
+
+def test_the_report_leads_with_the_verdict(evaluated, report):
+    text = report.read_text()
+    assert text.index('id="verdict"') < text.index('id="paired"')
+    assert "<b>protected</b> against the noise control" in text
+
+
+def test_colours_are_fixed_by_condition_name():
+    from decontext.plots import FIXED_COLORS, color_of
+
+    one, other = condition_colors(["clean", "noise", "protected"]), condition_colors(["protected", "decontext", "clean", "noise@jpeg75", "noise"])
+    assert one["protected"] == other["protected"] == FIXED_COLORS["protected"]
+    assert one["clean"] == other["clean"] and one["noise"] == other["noise"] == other["noise@jpeg75"]
+    assert len({one["clean"], one["noise"], one["protected"]}) == 3
+    assert color_of("decontext") == color_of("decontext@jpeg75") not in FIXED_COLORS.values()

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..metrics.base import EvalOptions, backends_for
+from ..metrics.base import EvalOptions, backends_for, not_applying
 from ..names import shown
 
 
@@ -56,7 +56,7 @@ def _input_files(run) -> set[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..metrics.evaluate import conditions_of, evaluate_run, fmt_stat, paired_lines, summarize, write_outputs
+    from ..metrics.evaluate import conditions_of, evaluate_run, fmt_stat, not_measured_lines, paired_lines, summarize, verdict_lines, write_outputs
     from ..metrics.run import load_folders, load_identity_map, load_run
 
     identity = None
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
 
     print(f"Scoring {len(run.edits)} edits in conditions: {', '.join(run.conditions) or '(none)'}", flush=True)
-    result = evaluate_run(run, backends, progress=not args.no_progress, root=root)
+    result = evaluate_run(run, backends, progress=not args.no_progress, root=root, not_run=not_applying(run.info, only))
     summary = summarize(result, n_boot=args.n_boot, seed=args.seed)
     protected = _input_files(run)
     try:
@@ -104,10 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {shown(exc)}", file=sys.stderr)
         return 2
 
-    if result.unavailable:
-        print("\nUnavailable metrics:")
-        for name, reason in result.unavailable.items():
-            print(f"  {name}: {reason}")
+    folded = not_measured_lines(summary)
+    if folded:
+        print("\nNot measured in this run:")
+        for line in folded:
+            print(f"  {line}")
     if result.errors:
         print(f"\nProblems ({len(result.errors)}):")
         for e in result.errors:
@@ -129,4 +130,5 @@ def main(argv: list[str] | None = None) -> int:
         for source, metrics in by_source.items():
             print(f"  {', '.join(metrics)}: {source}")
     print("\nWrote: " + ", ".join(str(p) for p in paths.values()))
+    print("\n" + "\n\n".join(line.replace("**", "") for line in verdict_lines(summary)))
     return 0

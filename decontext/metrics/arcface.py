@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from skimage.transform import SimilarityTransform, warp
 
-from decontext.metrics.base import EvalOptions, MetricBackend, MetricSpec, register
+from decontext.metrics.base import PHOTOGRAPHS_ONLY, EvalOptions, MetricSpec, photographs, register
 from decontext.metrics.identity import Face, FaceDetector, ISMBackend
 
 # Landmark positions of the canonical 112x112 ArcFace crop (left eye, right eye, nose, mouth corners).
@@ -64,7 +64,7 @@ def _candidates(options: EvalOptions) -> tuple[list[Path], list[Path]]:
     return [p for p in tried if p.is_file()], tried
 
 
-@register("ism_arcface", order=45)
+@register("ism_arcface", applies=photographs, order=45, why_not=PHOTOGRAPHS_ONLY)
 class ArcFaceISMBackend(ISMBackend):
     metric_name = "ism_arcface"
     metrics = (

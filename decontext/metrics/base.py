@@ -108,6 +108,7 @@ class BackendEntry:
     factory: Callable[[EvalOptions], MetricBackend]
     applies: Callable[["RunInfo"], bool]
     order: int
+    why_not: str | None = None  # said in the summary when ``applies`` is False (None: nothing worth saying, e.g. the toy reader on photos)
 
 
 _REGISTRY: dict[str, BackendEntry] = {}
@@ -129,15 +130,26 @@ def _always(_info: "RunInfo") -> bool:
     return True
 
 
-def register(name: str, *, applies: Callable[["RunInfo"], bool] = _always, order: int = 100):
+PHOTOGRAPHS_ONLY = ("the toy world's faces are 64 px drawings, not photographs: face detectors and recognisers say nothing "
+                    "about them (toy_identity measures identity there)")
+
+
+def photographs(info: "RunInfo") -> bool:
+    """``applies`` of the face detector and recogniser metrics: every run but a toy's (``PHOTOGRAPHS_ONLY``)."""
+    from decontext.toy.names import is_toy_model
+
+    return not is_toy_model(info.model)
+
+
+def register(name: str, *, applies: Callable[["RunInfo"], bool] = _always, order: int = 100, why_not: str | None = None):
     """Class decorator: make a backend known to the CLI under ``name``.
 
-    ``applies(run_info)`` chooses, from run.json, whether it runs on a given run; ``order`` sorts the
-    columns (lower first)."""
+    ``applies(run_info)`` chooses, from run.json, whether it runs on a given run (``why_not`` says why
+    not, in the summary); ``order`` sorts the columns (lower first)."""
 
     def deco(cls: type[MetricBackend]) -> type[MetricBackend]:
         cls.name = name
-        _REGISTRY[name] = BackendEntry(name, cls, applies, order)
+        _REGISTRY[name] = BackendEntry(name, cls, applies, order, why_not)
         return cls
 
     return deco
@@ -167,3 +179,9 @@ def backends_for(info: "RunInfo", options: EvalOptions, only: list[str] | None =
             raise ValueError(f"unknown metric backend(s): {', '.join(unknown)}; known: {', '.join(e.name for e in entries)}")
     chosen = [e for e in entries if (not only or e.name in only) and e.applies(info)]
     return [e.factory(options) for e in chosen]
+
+
+def not_applying(info: "RunInfo", only: list[str] | None = None) -> dict[str, str]:
+    """Backend name -> why it does not run on this run (of those asked for: ``only``, or all), for those whose
+    absence is worth a line (``register(why_not=...)``)."""
+    return {e.name: e.why_not for e in registered() if e.why_not and (not only or e.name in only) and not e.applies(info)}

@@ -31,10 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from decontext.metrics.base import EvalOptions, MetricSpec, register
+from decontext.metrics.base import PHOTOGRAPHS_ONLY, EvalOptions, MetricSpec, photographs, register
 from decontext.metrics.identity import CachedDetector, Face, FDFRBackend, ISMBackend
 from decontext.metrics.run import RunData
-from decontext.toy.names import is_toy_model
 
 RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 ALIGNER_FILE = "shape_predictor_5_face_landmarks.dat"
@@ -118,11 +117,7 @@ def shared_dlib_detector() -> DlibDetector:
     return _SHARED[0]
 
 
-def _not_toy(info) -> bool:
-    return not is_toy_model(info.model)  # toy renders are 64 px cartoons: no face for dlib to find
-
-
-@register("fdfr_dlib", applies=_not_toy, order=31)
+@register("fdfr_dlib", applies=photographs, order=31, why_not=PHOTOGRAPHS_ONLY)
 class DlibFDFRBackend(FDFRBackend):
     metrics = (
         MetricSpec("fdfr_dlib", "higher", "edit", "1 if dlib's HOG detector finds no face in the edit; mean = FDFR; higher = better protection"),
@@ -135,7 +130,7 @@ class DlibFDFRBackend(FDFRBackend):
         return {"fdfr_dlib": super().score_edit(edit, run)["fdfr"]}
 
 
-@register("ism_dlib", applies=_not_toy, order=41)
+@register("ism_dlib", applies=photographs, order=41, why_not=PHOTOGRAPHS_ONLY)
 class DlibISMBackend(ISMBackend):
     metric_name = "ism_dlib"
     unit_norm = False  # dlib's distances are defined on the raw descriptors

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from decontext.metrics.base import HEADLINES, MetricBackend, MetricSpec
-from decontext.metrics.bootstrap import bootstrap_mean_ci, paired_difference_ci
+from decontext.metrics.bootstrap import PAIR_KEY, bootstrap_mean_ci, paired_difference_ci
 from decontext.metrics.run import CLEAN, ImageLoadError, RunData
 from decontext.images import atomic_write
 from decontext.names import csv_cell, shown
@@ -31,6 +31,7 @@ class EvalResult:
     edit_rows: list[dict] = field(default_factory=list)
     input_rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    not_run: dict[str, str] = field(default_factory=dict)  # backend name -> why it does not apply to this run
 
     @property
     def errors(self) -> list[str]:
@@ -85,11 +86,13 @@ def _apply(backend: MetricBackend, fn, row: dict, run: RunData, label: str) -> N
 
 
 def evaluate_run(run: RunData, backends: list[MetricBackend], progress: bool = True,
-                 root: Path | None = None) -> EvalResult:
-    """Load the backends (unavailable ones are reported, not fatal) and score every input and edit."""
+                 root: Path | None = None, not_run: dict[str, str] | None = None) -> EvalResult:
+    """Load the backends (unavailable ones are reported, not fatal) and score every input and edit.
+    ``not_run``: backends left out because they do not apply to this run, with why (``base.not_applying``)."""
     active, unavailable = _load_backends(backends, run)
     specs = [s for b in backends for s in b.metrics]
-    result = EvalResult(run, specs, unavailable, {s.name: b.source for b in active if b.source for s in b.metrics})
+    result = EvalResult(run, specs, unavailable, {s.name: b.source for b in active if b.source for s in b.metrics},
+                        not_run=dict(not_run or {}))
     if any(s.name.startswith("psnr") for s in specs):
         cap = backends[0].options.psnr_cap_db
         result.notes.append(f"PSNR of identical images is infinite; PSNR values are capped at {cap:g} dB.")
@@ -179,6 +182,7 @@ def summarize(result: EvalResult, n_boot: int = 2000, seed: int = 0) -> dict:
                                 **({"source": result.sources[s.name]} if s.name in result.sources else {})}
                        for s in result.specs}
     out["_unavailable"] = dict(result.unavailable)
+    out["_not_run"] = dict(result.not_run)
     out["_errors"] = list(result.errors)
     out["_notes"] = list(result.notes) + [
         f"Intervals: 95% percentile bootstrap of the mean, {n_boot} resamples, seed {seed}.",
@@ -187,7 +191,9 @@ def summarize(result: EvalResult, n_boot: int = 2000, seed: int = 0) -> dict:
         "direction = which way is better protection (higher/lower).",
     ]
     out["_run"] = {"model": result.run.info.model, "editor": result.run.info.editor,
-                   "edits": len(result.edit_rows), "inputs": len(result.input_rows)}
+                   "edits": len(result.edit_rows), "inputs": len(result.input_rows),
+                   "identities": len({r["identity"] for r in result.edit_rows}) or len({r["identity"] for r in result.input_rows}),
+                   "protection": {c: d for c in result.run.conditions if (d := result.run.protection(c))}}
     out["_paired"] = paired_summary(result, out, n_boot, seed)
     return out
 
@@ -209,30 +215,52 @@ def fmt_stat(d: dict | None, digits: int = 4) -> str:
 _ARROW = {"higher": "higher", "lower": "lower", "none": "-"}
 
 
+def measured(summary_part: dict, conds: list[str], metric: str) -> bool:
+    """Whether ``metric`` was computed for some condition (an unavailable backend's metrics were not)."""
+    return any(m is not None and m.get("available", True) for m in (summary_part.get(c, {}).get(metric) for c in conds))
+
+
 def _md_table(summary_part: dict, conds: list[str], metrics: dict) -> list[str]:
     lines = ["| metric | better protection | " + " | ".join(conds) + " |",
              "|---|---|" + "---|" * len(conds)]
-    names = [m for m in metrics if any(m in summary_part.get(c, {}) for c in conds)]
+    names = [m for m in metrics if measured(summary_part, conds, m)]
     for m in names:
         cells = [fmt_stat(summary_part.get(c, {}).get(m)) if m in summary_part.get(c, {}) else "-" for c in conds]
         lines.append(f"| {m} | {_ARROW[metrics[m]['direction']]} | " + " | ".join(cells) + " |")
     return lines
 
 
+def not_measured_lines(summary: dict) -> list[str]:
+    """One line per reason: the metrics this run has no value of, folded together (a backend without its
+    package or weights, or one that means nothing for the run, e.g. face recognition on toy drawings)."""
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in summary.get("_not_run", {}).items():
+        by_reason.setdefault(reason, []).append(name)
+    for name, reason in summary.get("_unavailable", {}).items():
+        by_reason.setdefault(reason, []).append(name)
+    return [f"{', '.join(names)}: {reason}" for reason, names in by_reason.items()]
+
+
+def describe_run(summary: dict) -> str:
+    """``toy FLUX.1-Kontext editor (model `toy`), 20 identities, 360 edits``; says when the folders did not record the model."""
+    run = summary["_run"]
+    model, editor = run.get("model", "unknown"), run.get("editor", "unknown")
+    what = "model and editor not recorded (no run.json, index.json or manifest names them)" if model == editor == "unknown" else \
+        f"model `{model}`, editor `{editor}`"
+    return f"{what}; {run.get('identities', 0)} identities, {run['edits']} edits, {run['inputs']} protected inputs"
+
+
 def summary_markdown(summary: dict, title: str = "Evaluation summary") -> str:
     conds = conditions_of(summary)
     metrics = summary["_metrics"]
-    run = summary["_run"]
-    lines = [f"# {title}", "",
-             f"Model: `{run['model']}`, editor: `{run['editor']}`; {run['edits']} edits, {run['inputs']} protected inputs.",
-             "Cells: mean [95% bootstrap interval] (n). 'better protection' says which direction means the "
-             "protection worked better.", "", "## Headline: paired differences", ""]
-    lines += [f"- {line}" for line in paired_lines(summary)] + ["", "## By condition", ""]
+    lines = [f"# {title}", ""] + verdict_lines(summary) + ["", f"Run: {describe_run(summary)}.", "",
+             "## Headline: paired differences", ""]
+    lines += [f"- {line}" for line in paired_lines(summary)] + ["", "## By condition", "",
+              "Cells: mean [95% bootstrap interval] (n). 'better protection' says which direction means the protection worked better.", ""]
     lines += _md_table(summary, conds, metrics)
-    if summary["_unavailable"]:
-        lines += ["", "## Unavailable metrics", "", "| metric | reason |", "|---|---|"]
-        for m, reason in summary["_unavailable"].items():
-            lines.append(f"| {m} | {reason.replace('|', '/')} |")
+    folded = not_measured_lines(summary)
+    if folded:
+        lines += ["", "Not measured in this run: " + "; ".join(line.replace("|", "/") for line in folded) + "."]
     cats = sorted({c for per in summary["_by_category"].values() for c in per})
     if cats:
         lines += ["", "## By prompt category"]
@@ -240,7 +268,7 @@ def summary_markdown(summary: dict, title: str = "Evaluation summary") -> str:
             part = {c: summary["_by_category"].get(c, {}).get(cat, {}) for c in conds}
             lines += ["", f"### {cat}", ""] + _md_table(part, conds, {k: v for k, v in metrics.items() if v["scope"] == "edit"})
     lines += ["", "## Metrics", ""] + [f"- `{m}` ({v['scope']}): {v['description']}" + (f" Computed with: {v['source']}." if v.get("source") else "")
-                                       for m, v in metrics.items()]
+                                       for m, v in metrics.items() if measured(summary, conds, m)]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in summary["_notes"]]
     errs = summary["_errors"]
     lines += ["", f"## Problems ({len(errs)})", ""] + ([f"- {e}" for e in errs] if errs else ["None."])
@@ -297,9 +325,90 @@ def paired_summary(result: EvalResult, summary: dict, n_boot: int, seed: int) ->
             d = paired_difference_ci(rows[cond], rows[ref], metric, n_boot=n_boot, seed=seed)
             versus.append({"reference": ref, "condition_mean": d.condition_mean, "reference_mean": d.reference_mean,
                            "diff": {"mean": d.diff.mean, "low": d.diff.low, "high": d.diff.high,
-                                    "identities": d.diff.n, "pairs": d.diff.items}})
+                                    "identities": d.diff.n, "pairs": d.diff.items},
+                           **({"reason": no_pairs_reason(rows[cond], rows[ref], cond, ref, metric)} if d.diff.mean is None else {})})
         entries.append({"condition": cond, "versus": versus})
     return {"metric": metric, "direction": summary["_metrics"][metric]["direction"], "conditions": entries}
+
+
+def no_pairs_reason(cond_rows: list[dict], ref_rows: list[dict], cond: str, ref: str, metric: str) -> str:
+    """Why ``cond`` has no paired value against ``ref``: no edits, no edit in common, or no values."""
+    if not cond_rows or not ref_rows:
+        return f"no edits of {cond if not cond_rows else ref} in this run"
+    keys = {tuple(r[k] for k in PAIR_KEY) for r in ref_rows}
+    common = [r for r in cond_rows if tuple(r[k] for k in PAIR_KEY) in keys]
+    if not common:
+        return (f"none of the {len(cond_rows)} {cond} edits has a {ref} edit of the same image, prompt and seed "
+                f"({len(ref_rows)} {ref} edits): were they made with other prompts, seeds or file names?")
+    return f"{metric} has no value on the {len(common)} edits {cond} and {ref} share (see Problems)"
+
+
+_PLAIN = {  # headline metric -> (what it is, in words; what a better protection does to it)
+    "toy_identity": ("toy identity of the edits (0-1: how much of the person the toy reader still finds)", "the edits kept less of the person"),
+    "ism_arcface": ("ArcFace identity similarity of the edits to the source photo", "the edits look less like the person"),
+    "ism_facenet": ("FaceNet identity similarity of the edits to the source photo", "the edits look less like the person"),
+    "ism_dlib": ("dlib identity similarity of the edits to the source photo", "the edits look less like the person"),
+    "clip_i": ("CLIP image similarity of the edits to the source photo", "the edits look less like the photo"),
+}
+
+
+def _rounds_to(value: float) -> float:
+    return round(value, 3) + 0.0
+
+
+def _judgement(low: float, high: float, direction: str, reference: str) -> str:
+    """What an interval says, read at the three decimals it is printed with."""
+    low, high = _rounds_to(low), _rounds_to(high)
+    if low <= 0 <= high:
+        return f"The interval includes 0, so this run cannot tell the protection apart from {reference}"
+    better = (high < 0) == (direction == "lower")
+    return (f"The interval excludes 0: better protection than {reference}" if better
+            else f"The interval excludes 0 on the wrong side: WORSE protection than {reference}")
+
+
+def verdict_lines(summary: dict) -> list[str]:
+    """The sentences a report leads with, one paragraph per protected condition: what was compared, the
+    effect on the headline metric with its 95% interval, and whether it is distinguishable from the noise
+    control (random noise of the same budget) and from clean edits. An interval that includes 0 (at the
+    printed precision) is said to, in words."""
+    paired = summary.get("_paired") or {}
+    metric = paired.get("metric")
+    if metric is None:
+        return [f"**No verdict:** {paired.get('reason', 'no headline metric')}."]
+    direction = paired.get("direction", "lower")
+    what, better = _PLAIN.get(metric, (f"`{metric}`", "the protection worked better"))
+    protection = (summary.get("_run") or {}).get("protection", {})
+    out = []
+    for entry in paired["conditions"]:
+        cond = entry["condition"]
+        if is_noise(cond):
+            continue
+        label = f"**{cond}**" + (f" ({protection[cond]})" if cond in protection else "")
+        versus = {v["reference"]: v for v in entry["versus"]}
+        noise = next((v for ref, v in versus.items() if ref != CLEAN), None)
+        clean = versus.get(CLEAN)
+        parts = []
+        first = noise or clean
+        if first is None:
+            out.append(f"{label}: nothing to compare it with (no clean or noise edits in this run).")
+            continue
+        if first["diff"]["mean"] is None:
+            parts.append(f"{label}: no paired values against {first['reference']} ({first.get('reason', 'no edits in common')}).")
+        else:
+            d = first["diff"]
+            reference = "the noise control (random noise of the same budget)" if first is noise else "clean edits"
+            parts.append(f"{label} against {reference}: {what} {first['condition_mean']:.3f} vs {first['reference_mean']:.3f}, "
+                         f"a difference of {_signed(d['mean'])} (95% interval {_signed(d['low'])} to {_signed(d['high'])} over "
+                         f"{d['identities']} identities; {direction} = {better}). "
+                         f"{_judgement(d['low'], d['high'], direction, 'noise' if first is noise else 'no protection')}.")
+        if noise is not None and clean is not None and clean["diff"]["mean"] is not None:
+            d = clean["diff"]
+            parts.append(f"Against clean edits: {_signed(d['mean'])} ({_signed(d['low'])} to {_signed(d['high'])}). "
+                         f"{_judgement(d['low'], d['high'], direction, 'no protection')}.")
+        if noise is None:
+            parts.append("This run has no noise control, so the effect cannot be told apart from any perturbation of the same size.")
+        out.append(" ".join(parts))
+    return out or ["**No verdict:** this run has no protected condition."]
 
 
 def _signed(value: float) -> str:
@@ -323,7 +432,7 @@ def paired_lines(summary: dict) -> list[str]:
         for k, v in enumerate(entry["versus"]):
             d = v["diff"]
             if d["mean"] is None:
-                parts.append(f"vs {v['reference']}: no paired values")
+                parts.append(f"vs {v['reference']}: no paired values ({v.get('reason', 'no edits in common')})")
                 continue
             head = f"{metric} {v['condition_mean']:.3f} vs {v['reference']} {v['reference_mean']:.3f}" if k == 0 \
                 else f"vs {v['reference']} {v['reference_mean']:.3f}"

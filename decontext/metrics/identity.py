@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from decontext.metrics.base import EvalOptions, MetricBackend, MetricSpec, register
+from decontext.metrics.base import PHOTOGRAPHS_ONLY, EvalOptions, MetricBackend, MetricSpec, photographs, register
 from decontext.metrics.run import EditRecord, ImageLoadError, RunData
 from decontext.metrics.weights import find_file, missing_reason, torch_home
 
@@ -131,7 +131,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / denom) if denom > 0 else float("nan")
 
 
-@register("fdfr", order=30)
+@register("fdfr", applies=photographs, order=30, why_not=PHOTOGRAPHS_ONLY)
 class FDFRBackend(MetricBackend):
     metrics = (
         MetricSpec("fdfr", "higher", "edit", "1 if no face is detected in the edit (MTCNN); mean = FDFR; higher = better protection"),
@@ -214,7 +214,7 @@ def fixed_standardization(crop: np.ndarray) -> torch.Tensor:
     return ((t - 127.5) / 128.0).unsqueeze(0)
 
 
-@register("ism_facenet", order=40)
+@register("ism_facenet", applies=photographs, order=40, why_not=PHOTOGRAPHS_ONLY)
 class FaceNetISMBackend(ISMBackend):
     metric_name = "ism_facenet"
     metrics = (

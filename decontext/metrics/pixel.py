@@ -12,7 +12,6 @@ default) and the summary says so.
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from decontext.metrics.base import MetricBackend, MetricSpec, register

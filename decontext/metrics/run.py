@@ -128,6 +128,12 @@ class RunData:
             self._cache.popitem(last=False)
         return arr
 
+    def protection(self, condition: str) -> str | None:
+        """How a condition's inputs were protected, in words, from the manifest ``decontext attack`` left in
+        their folder (``decontext, fast preset, 200 steps, eps 12.75/255``); None without one."""
+        folder = self.input_dirs.get(condition.partition("@")[0]) if condition != CLEAN else None
+        return describe_protection(folder / "manifest.json") if folder is not None else None
+
     def note_error(self, message: str) -> None:
         if message not in self.errors:
             self.errors.append(message)
@@ -238,6 +244,48 @@ def _find_image(folder: Path | None, stem: str) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+def describe_protection(manifest: Path) -> str | None:
+    """``decontext, fast preset, 200 steps, eps 12.75/255`` from a protection manifest; None when there is
+    no readable one. Only strings and numbers are read from it (for display), never paths."""
+    try:
+        data = json.loads(Path(manifest).read_text(encoding="utf-8"))
+        args, pgd = data.get("args") or {}, data.get("pgd") or {}
+        method = str((data.get("method") or {}).get("method") or args.get("method") or "")
+        if not method:
+            return None
+        parts = [method]
+        if args.get("preset"):
+            parts.append(f"{args['preset']} preset")
+        if isinstance(pgd.get("steps"), int) and pgd["steps"] > 0:
+            parts.append(f"{pgd['steps']} steps" + (" at most (stopping rule)" if pgd.get("stop_patience") else ""))
+        if isinstance(pgd.get("eps"), (int, float)):
+            parts.append(f"eps {pgd['eps']:g}/255")
+        return ", ".join(parts)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def recorded_model(*folders: Path | None) -> dict:
+    """``{"model": ..., "editor": ...}`` as the project's commands recorded them in these folders (an edits
+    folder's index.json settings, a protection manifest's editor); empty when none does."""
+    for folder in folders:
+        if folder is None:
+            continue
+        for name in ("index.json", "manifest.json"):
+            try:
+                data = json.loads((Path(folder) / name).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if not isinstance(data, dict):
+                continue
+            settings, editor = data.get("settings") or {}, data.get("editor") or {}
+            model = settings.get("model") or editor.get("model")
+            family = settings.get("editor") or editor.get("family")
+            if isinstance(model, str) and isinstance(family, str):
+                return {"model": model, "editor": family}
+    return {}
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -427,10 +475,14 @@ def load_folders(source: Path, protected: Path | None = None, edits_clean: Path 
     """Explicit folders instead of a run folder (conditions ``clean`` and ``protected``).
 
     Images are read only from inside the given folders (symlinks resolved)."""
+    from decontext.runs import run_root_of
+
     errors: list[str] = []
     raw: dict = {}
     if run_json is not None and run_json.is_file():
         raw = _read_run_json(run_json, errors)
+    if not raw.get("model"):  # what the project's commands recorded in the folders themselves
+        raw = {**raw, **recorded_model(edits_protected, edits_clean, protected)}
     input_dirs: dict[str, Path] = {}
     edits: list[EditRecord] = []
     if protected is not None:
@@ -444,7 +496,8 @@ def load_folders(source: Path, protected: Path | None = None, edits_clean: Path 
         if not folder.is_dir():
             errors.append(f"{folder}: edits folder of condition '{cond}' not found")
             continue
-        # index.json paths are relative to a run folder two levels up (runs/<name>/edits/<cond>)
-        edits += _load_condition_edits(cond, folder, folder.parent.parent, Path(inp) if inp else None, errors, roots)
+        # index.json paths are relative to the folder the edit command took as its run: runs/<name> for
+        # runs/<name>/edits/<cond>, else the edits folder itself (decontext.runs.run_root_of, the writer's rule)
+        edits += _load_condition_edits(cond, folder, run_root_of(folder), Path(inp) if inp else None, errors, roots)
     return RunData(RunInfo(run_json, raw), Path(source), input_dirs, edits, identity_map or {}, errors,
                    folders=tuple(Path(os.path.abspath(p)) for p in given), roots=roots)
