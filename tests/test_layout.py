@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from decontext.cli import COMMANDS
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "decontext"
 
@@ -124,7 +126,7 @@ def _probe(*argv) -> dict:
     return eval(result.stdout.strip().splitlines()[-1])  # the probe's own dict literal
 
 
-@pytest.mark.parametrize("command", ["attack", "edit", "eval", "sweep", "purify", "runs", "t2i", "collect-anchors", "erase-rate", "toy-faces", "toy-eval"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_help_answers_without_importing_torch(command):
     assert _probe(command, "--help") == {"code": 0, "heavy": []}
 
@@ -175,7 +177,7 @@ def test_a_non_editable_install_protects_a_toy_face_from_another_folder(tmp_path
 
 def _parsers():
     """Every command's parser (each editor family's flags for attack and edit)."""
-    from decontext.cli import attack, collect, edit, erase_rate, evaluate, purify, runs, sweep, t2i, toy
+    from decontext.cli import attack, collect, demo, edit, erase_rate, evaluate, purify, runs, sweep, t2i, toy
     from decontext.editors import FAMILIES
 
     for spec in FAMILIES.values():
@@ -190,6 +192,7 @@ def _parsers():
     yield "erase-rate", erase_rate.parser()
     yield "toy-faces", toy.faces_parser()
     yield "toy-eval", toy.evaluate_parser()
+    yield "demo", demo.parser()
 
 
 def test_every_flag_of_every_command_has_help():

@@ -150,7 +150,6 @@ def test_transformer_from_fine_tunes_a_trained_editor(tmp_path):
     """``--transformer-from``: the transformer starts from a trained editor's weights (a fine-tune, as
     the c8 candidate does from toy-v2-fine) and says so in the recipe; another architecture is refused."""
     import pytest
-    import torch
     from diffusers import FluxTransformer2DModel
 
     from experiments import toy_train as train

@@ -14,6 +14,7 @@ import sys
 
 # command -> ("module:function", what it does)
 COMMANDS = {
+    "demo": ("decontext.cli.demo:main", "the main job on the embedded toy editor: protect, edit, score (bash scripts/demo.sh)"),
     "attack": ("decontext.cli.attack:main", "protect images against an editor (DeContext and the other methods)"),
     "edit": ("decontext.cli.edit:main", "edit clean or protected images with an editor's real pipeline"),
     "eval": ("decontext.cli.evaluate:main", "score a run folder: identity, edit success, image quality; summary and report"),

@@ -8,6 +8,7 @@ Nothing here imports torch at module level: parsers and flag errors answer in a 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -24,8 +25,6 @@ class ArgumentProblem(ValueError):
 def fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
-
-
 
 
 def resolution_arg(value: str):
@@ -134,10 +133,34 @@ def apply_pixel_limit(args) -> None:
             raise ArgumentProblem(str(exc)) from None
 
 
+_SHARED: dict | None = None  # while ``shared_editors()`` is active: load key -> editor
+
+
 def load_editor_for(spec: Family, role: str, args, device=None):
     from ..editors import load_editor
 
-    return load_editor(args.model, spec.name, device or args.device, args.dtype, **family_load_options(spec, role, args))
+    options = family_load_options(spec, role, args)
+    key = repr((args.model, spec.name, device or args.device, args.dtype, sorted(options.items())))
+    if _SHARED is not None and key in _SHARED:
+        return _SHARED[key]
+    editor = load_editor(args.model, spec.name, device or args.device, args.dtype, **options)
+    if _SHARED is not None:
+        _SHARED[key] = editor
+    return editor
+
+
+@contextlib.contextmanager
+def shared_editors():
+    """Within: commands run in this process that load the same editor (model, family, device, dtype and
+    options) get the one loaded first, e.g. ``decontext demo`` running attack and edit commands one after
+    the other. Whatever a command prepares on it (embedded prompts) stays for the next; a prompt that needs
+    text encoders an earlier command released fails loudly, so prepare every prompt first (``prepare(..., release=False)``)."""
+    global _SHARED
+    outer, _SHARED = _SHARED, {} if _SHARED is None else _SHARED
+    try:
+        yield _SHARED
+    finally:
+        _SHARED = outer
 
 
 # ---------------------------------------------------------------------------------------------- the environment
