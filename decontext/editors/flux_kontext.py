@@ -11,7 +11,6 @@ embedding. The edit path is the stock pipeline call.
 from __future__ import annotations
 
 import gc
-import json
 from pathlib import Path
 from typing import Sequence
 
