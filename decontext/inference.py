@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .editors.base import Editor
 from .images import atomic_save, list_images, load_image
 from .prompts import Prompt
-from .runs import EDIT_MEMORY_HINT, Group, IndexFile, Made, Output, Report, edit_output_path, output_lock, remove_stale_parts, run_relative, run_resumable, run_root_of
+from .runs import EDIT_MEMORY_HINT, Group, IndexFile, Job, Made, Output, Report, edit_output_path, output_lock, remove_stale_parts, run_relative, run_resumable, run_root_of
 
 # index["settings"] keys that do not change the pixels of an edit (where the inputs were, how many at once)
 NOT_OUTPUT_SETTINGS = ("batch_size", "images", "prompts_file", "seeds")
@@ -81,8 +81,9 @@ def run_edits(
                     outputs.append(Output((path.stem, prompt.index, seed), out, index.settings_for(fields), fields))
             groups.append(Group(path.name, path, outputs))
 
-        def work(group: Group, batch: list[Output], image) -> list[Made]:
-            edited = editor.edit(image_to_pil(image), [o.fields["prompt"] for o in batch], [o.fields["seed"] for o in batch],
+        def work(jobs: list[Job]) -> list[Made]:  # outputs of one image
+            batch = [job.output for job in jobs]
+            edited = editor.edit(image_to_pil(jobs[0].loaded), [o.fields["prompt"] for o in batch], [o.fields["seed"] for o in batch],
                                  settings.steps, settings.guidance, settings.resolution)
             return [Made(lambda path, picture=picture: atomic_save(picture, path, format="PNG")) for picture in edited]
 

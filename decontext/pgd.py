@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -103,8 +103,10 @@ class PGDResult:
     pixels: torch.Tensor  # adversarial image, same shape/dtype/device as the input, in [0, 1]
     history: list[dict] = field(default_factory=list)  # one dict per step: step, loss, alpha, and the method's floats
     snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # steps done -> pixels then (``run(snapshots=...)``)
-    steps_run: int = 0
-    stop_reason: str = "budget"  # "budget": every configured step ran; "plateau": the stopping rule ended it (``Plateau``)
+    steps_run: int = 0  # the most steps any image ran
+    stop_reason: str = "budget"  # "budget": every configured step ran; "plateau: ...": the stopping rule ended it (``Plateau``)
+    image_steps: list[int] = field(default_factory=list)  # per image: steps it ran
+    image_reasons: list[str] = field(default_factory=list)  # per image: why it stopped
 
     @property
     def losses(self) -> list[float]:
@@ -163,15 +165,26 @@ class PGD:
         rms = delta.flatten(1).pow(2).mean(1).sqrt().reshape(-1, *([1] * (delta.dim() - 1)))
         return x0 + delta * (self.rms_cap / rms.clamp_min(1e-30)).clamp(max=1.0)
 
-    def run(self, x0: torch.Tensor, loss_fn: LossFn, callback: Callable[[int, dict], None] | None = None, snapshots=()) -> PGDResult:
+    def run(self, x0: torch.Tensor, loss_fn: LossFn, callback: Callable[[int, dict], None] | None = None, snapshots=(),
+            seeds: Sequence[int] | None = None) -> PGDResult:
         """Maximise ``loss_fn`` from ``x0``; ``snapshots``: step counts after which the pixels are also kept
-        (``PGDResult.snapshots``), e.g. to score a run at 50, 100 and 200 steps in one go."""
+        (``PGDResult.snapshots``), e.g. to score a run at 50, 100 and 200 steps in one go.
+
+        ``seeds`` (one per image): the images of ``x0`` are protected together but each as if alone: its
+        own generator (start and every draw of the loss, which then gets the list of the active images'
+        generators and returns one loss per image), its own step normalisation, its own stopping rule (a
+        stopped image leaves the batch). Without: one generator (``seed``) for the whole batch."""
         x0 = x0.detach().float()
-        generator = torch.Generator().manual_seed(self.seed)
+        batch = x0.shape[0]
+        per_image = seeds is not None
+        if per_image and len(seeds) != batch:
+            raise ValueError(f"{len(seeds)} seeds for {batch} images")
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds] if per_image else [torch.Generator().manual_seed(self.seed)]
         x = x0.clone()
         if self.start != "clean" and self.eps > 0:
-            # The first draw of the run's generator: uniform in the ball, or its sign (every pixel +-eps).
-            start = torch.rand(x0.shape, generator=generator).to(x0.device) * 2 - 1
+            # The first draw of each generator: uniform in the ball, or its sign (every pixel +-eps).
+            shape = (1, *x0.shape[1:]) if per_image else x0.shape
+            start = torch.cat([torch.rand(shape, generator=g) for g in generators]).to(x0.device) * 2 - 1
             x = self.project(x0 + (start.sign() if self.start == "sign" else start) * self.eps, x0)
         velocity = torch.zeros_like(x0)
         first, second = torch.zeros_like(x0), torch.zeros_like(x0)  # Adam's moments (update "adam")
@@ -181,65 +194,86 @@ class PGD:
         kept_steps, kept = set(int(k) for k in snapshots), {}
         if 0 in kept_steps:
             kept[0] = x.detach().clone()
-        plateau = Plateau(self.config.stop_patience, self.config.stop_window, self.config.stop_tol)
-        steps_run, stop_reason = 0, "budget"
+        rule = self.config.stop_patience, self.config.stop_window, self.config.stop_tol
+        plateaus = [Plateau(*rule) for _ in range(batch if per_image else 1)]
+        active = list(range(batch))  # the images still being optimised
+        steps_run, reasons = [0] * batch, ["budget"] * batch
         for step in bar:
-            x.requires_grad_(True)
-            grad, loss, info = self._gradient(x, loss_fn, step, generator, samples)
-            if not (torch.isfinite(loss) and torch.isfinite(grad).all()):  # e.g. an fp16 overflow
-                what = "loss" if not torch.isfinite(loss) else "gradient"
-                raise NonFiniteError(f"non-finite {what} at PGD step {step} (loss {float(loss):.4g}); nothing is saved for this "
+            rows = slice(None) if len(active) == batch else torch.tensor(active, device=x.device)
+            part = x[rows].detach().requires_grad_(True)
+            drawn = [generators[i] for i in active] if per_image else generators[0]
+            grad, losses, info = self._gradient(part, loss_fn, step, drawn, samples)
+            if not (torch.isfinite(losses).all() and torch.isfinite(grad).all()):  # e.g. an fp16 overflow
+                what = "loss" if not torch.isfinite(losses).all() else "gradient"
+                raise NonFiniteError(f"non-finite {what} at PGD step {step} (loss {float(losses.mean()):.4g}); nothing is saved for this "
                                      "image. In float16 try --dtype bfloat16 or float32")
             alpha = step_size(self.schedule, self.alpha, step, self.steps)
             with torch.no_grad():
                 grad = grad.float()
-                if self.momentum > 0:
-                    velocity = self.momentum * velocity + grad / grad.abs().mean().clamp_min(1e-12)
-                    grad = velocity
+                if self.momentum > 0:  # MI-FGSM, each image's gradient scaled by its own mean |g|
+                    velocity[rows] = self.momentum * velocity[rows] + grad / _per_image(grad.abs().mean, grad).clamp_min(1e-12)
+                    grad = velocity[rows]
                 if self.update == "sign":
                     direction = grad.sign()
                 elif self.update == "adam":
                     beta1, beta2 = ADAM_BETAS
-                    scaled = grad / grad.abs().mean().clamp_min(1e-30)  # scale-free, so Adam's 1e-8 never dominates
-                    first.mul_(beta1).add_(scaled, alpha=1 - beta1)
-                    second.mul_(beta2).addcmul_(scaled, scaled, value=1 - beta2)
-                    direction = (first / (1 - beta1 ** (step + 1))) / ((second / (1 - beta2 ** (step + 1))).sqrt() + 1e-8)
+                    scaled = grad / _per_image(grad.abs().mean, grad).clamp_min(1e-30)  # scale-free, so Adam's 1e-8 never dominates
+                    first[rows] = first[rows] * beta1 + scaled * (1 - beta1)
+                    second[rows] = second[rows] * beta2 + scaled * scaled * (1 - beta2)
+                    direction = (first[rows] / (1 - beta1 ** (step + 1))) / ((second[rows] / (1 - beta2 ** (step + 1))).sqrt() + 1e-8)
                 else:
-                    direction = grad / grad.flatten(1).pow(2).mean(1).sqrt().clamp_min(1e-30).reshape(-1, *([1] * (grad.dim() - 1)))
-                x = self.project(x.detach() + alpha * direction, x0)
-            record = {"step": step, "loss": float(loss.detach())}
+                    direction = grad / _per_image(lambda **kw: grad.pow(2).mean(**kw).sqrt(), grad).clamp_min(1e-30)
+                x[rows] = self.project(part.detach() + alpha * direction, x0[rows])
+            values = losses.detach().reshape(-1).tolist()
+            record = {"step": step, "loss": sum(values) / len(values)}
+            if per_image and batch > 1:
+                record["losses"] = dict(zip(active, values))
             if self.schedule != "constant":
                 record["alpha"] = alpha * 255.0
             record.update({k: float(v) for k, v in info.items()})
             history.append(record)
             if self.progress:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
+                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("step", "losses")})
             if callback is not None:
                 callback(step, record)
             if step + 1 in kept_steps:
                 kept[step + 1] = x.detach().clone()
-            steps_run = step + 1
-            if plateau.stop(step, record["loss"]):
-                stop_reason = plateau.reason()
+            for i in active:
+                steps_run[i] = step + 1
+            if per_image:
+                stopped = [i for i, value in zip(active, values) if plateaus[i].stop(step, value)]
+                for i in stopped:
+                    reasons[i] = plateaus[i].reason()
+                active = [i for i in active if i not in stopped]
+            elif plateaus[0].stop(step, record["loss"]):
+                reasons = [plateaus[0].reason()] * batch
+                active = []
+            if not active:
                 break
         bar.close()
-        return PGDResult(x.detach(), history, kept, steps_run, stop_reason)
+        return PGDResult(x.detach(), history, kept, max(steps_run), reasons[0] if len(set(reasons)) == 1 else "per image", steps_run, reasons)
 
-    def _gradient(self, x, loss_fn: LossFn, step: int, generator: torch.Generator, samples: int):
-        """(d loss / d x, loss, info) at ``x``; with a transform, the mean over ``samples`` draws of it
-        (one backward per draw, so memory does not grow with the samples)."""
+    def _gradient(self, x, loss_fn: LossFn, step: int, generator, samples: int):
+        """(d loss / d x, losses, info) at ``x``: the loss is a scalar or one value per image (summed for the
+        gradient, so each image gets the gradient of its own loss); with a transform, the mean over
+        ``samples`` draws of it (one backward per draw, so memory does not grow with the samples)."""
         grad, losses, infos = None, [], []
         for _ in range(samples):
             inputs = self.transform(x, generator) if self.transform is not None else x
             output = loss_fn(inputs, step, generator)
             loss, info = output if isinstance(output, tuple) else (output, {})
-            if loss.dim() != 0:
-                raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
-            (sample_grad,) = torch.autograd.grad(loss, x)
+            if loss.dim() > 1 or (loss.dim() == 1 and loss.shape[0] != x.shape[0]):
+                raise ValueError(f"loss_fn must return a scalar or one loss per image, got shape {tuple(loss.shape)}")
+            (sample_grad,) = torch.autograd.grad(loss.sum(), x)
             grad = sample_grad if grad is None else grad + sample_grad
-            losses.append(loss.detach())
+            losses.append(loss.detach().float())
             infos.append(info)
         if samples == 1:
             return grad, losses[0], infos[0]
         info = {k: sum(float(i[k]) for i in infos) / samples for k in infos[0]}
-        return grad / samples, torch.stack(losses).mean(), info
+        return grad / samples, torch.stack(losses).mean(0), info
+
+
+def _per_image(reduce, tensor: torch.Tensor) -> torch.Tensor:
+    """``reduce`` (e.g. ``t.abs().mean``) over every dimension but the first, shaped to broadcast per image."""
+    return reduce(dim=tuple(range(1, tensor.dim())), keepdim=True)

@@ -17,16 +17,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
 from .config import PGDConfig, ProtectConfig
 from .editors.base import Editor
 from .images import list_images, load_image, max_level_diff, quantize, save_protected
+from .methods import METHODS
 from .methods.base import Method
 from .names import shown
 from .pgd import PGD
-from .runs import (ATTACK_MEMORY_HINT, Group, ManifestFile, Made, Output, Report, image_seed, library_versions, output_lock,
+from .runs import (ATTACK_MEMORY_HINT, Group, Job, ManifestFile, Made, Output, Report, image_seed, library_versions, output_lock,
                    plain_json, plan_protected_outputs, remove_stale_parts, run_resumable)
 
 
@@ -42,6 +44,11 @@ class ProtectResult:
     snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # steps done -> pixels then (``snapshots=``)
     steps_run: int = 0  # PGD steps taken: the configured steps, or fewer when the stopping rule ended the run
     stop_reason: str = "budget"  # "budget" (every configured step ran) or the stopping rule's account of why it stopped
+    # With ``seeds`` (images protected together, each as if alone): per image, its measures, steps and reason.
+    image_before: list[dict] = field(default_factory=list)
+    image_after: list[dict] = field(default_factory=list)
+    image_steps: list[int] = field(default_factory=list)
+    image_reasons: list[str] = field(default_factory=list)
 
 
 def eot_transform(specs, editor=None):
@@ -54,7 +61,7 @@ def eot_transform(specs, editor=None):
 
 
 def protect(editor: Editor, method: Method, pixels: torch.Tensor, config: ProtectConfig | None = None, seed: int = 0, transform=None,
-            *, progress: bool = False, desc: str | None = None, snapshots=()) -> ProtectResult:
+            *, progress: bool = False, desc: str | None = None, snapshots=(), seeds: Sequence[int] | None = None) -> ProtectResult:
     """Protect ``pixels`` ((B, 3, H, W) or (3, H, W) in [0, 1], any size) against ``editor`` with ``method``.
 
     ``config`` sets the budget, the optimiser, the working size and the measure (default: the library's
@@ -62,9 +69,19 @@ def protect(editor: Editor, method: Method, pixels: torch.Tensor, config: Protec
     ``transform``: a differentiable EOT transform ``t(x, generator)`` applied before the loss (default:
     the one of ``config.eot``). The method must apply to the editor (ValueError otherwise). Returns the
     protected pixels at the input's size (not yet rounded to 8 bits: ``images.save_protected`` does that
-    within the budget) with the method's measure before and after."""
+    within the budget) with the method's measure before and after.
+
+    ``seeds`` (one per image of a batch): the images are protected together, each as if alone with its own
+    seed (its own draws, step normalisation and stopping; ``PGD.run``), for throughput; the result carries
+    each image's measures and steps. Needs a method that takes per-image draws (``Method.batched``)."""
     config = config or ProtectConfig(pgd=PGDConfig.for_method(method))
     method.check_applies(editor)
+    if seeds is not None:
+        if not method.batched:
+            raise ValueError(f"method {method.name!r} protects one image at a time (several per step: "
+                             f"{', '.join(n for n, e in METHODS.items() if e.batched)})")
+        if transform is not None or config.eot:
+            raise ValueError("EOT protects one image at a time; use a batch of 1 with --eot")
     began = time.perf_counter()
     x0 = (pixels[None] if pixels.dim() == 3 else pixels).detach().float().to(editor.device)
     height, width = x0.shape[-2:]
@@ -73,13 +90,27 @@ def protect(editor: Editor, method: Method, pixels: torch.Tensor, config: Protec
     draws = config.measure_draws
     with method.session(editor):  # prepared once per editor; e.g. probes installed for this image only
         method.start(editor, x0, size)
-        before = method.measure(editor, x0, size, draws) if draws else {}
+
+        def measured(x: torch.Tensor) -> list[dict]:  # per image when each is its own run, else the batch's
+            if not draws:
+                return [{} for _ in range(len(x) if seeds is not None else 1)]
+            return [method.measure(editor, x[i : i + 1], size, draws) for i in range(len(x))] if seeds is not None else [method.measure(editor, x, size, draws)]
+
+        before = measured(x0)
         pgd = PGD(config=config.pgd, seed=seed, progress=progress, desc=desc or method.name, transform=transform)
-        result = pgd.run(x0, lambda x, step, generator: method.loss(editor, x, size, step, generator), snapshots=snapshots)
-        after = method.measure(editor, result.pixels, size, draws) if draws else {}
+        result = pgd.run(x0, lambda x, step, generator: method.loss(editor, x, size, step, generator), snapshots=snapshots, seeds=seeds)
+        after = measured(result.pixels)
     protected = result.pixels.detach().cpu()
-    return ProtectResult(protected, protected - x0.cpu(), size, before, after, result.history, time.perf_counter() - began,
-                         {k: v.cpu() for k, v in result.snapshots.items()}, result.steps_run, result.stop_reason)
+    return ProtectResult(protected, protected - x0.cpu(), size, _mean(before), _mean(after), result.history, time.perf_counter() - began,
+                         {k: v.cpu() for k, v in result.snapshots.items()}, result.steps_run, result.stop_reason,
+                         before if seeds is not None else [], after if seeds is not None else [], result.image_steps, result.image_reasons)
+
+
+def _mean(measures: list[dict]) -> dict[str, float]:
+    """The mean of per-image measures (one dict: itself)."""
+    if len(measures) == 1:
+        return measures[0]
+    return {k: sum(m[k] for m in measures) / len(measures) for k in measures[0]} if measures and measures[0] else {}
 
 
 def output_settings(editor: Editor, method: Method, config: ProtectConfig, seed: int) -> dict:
@@ -106,6 +137,7 @@ def protect_files(
     log=print,
     overwrite: bool = False,
     progress: bool = True,
+    batch_size: int = 1,
 ) -> Report:
     """Protect a file or every image of a folder into ``output_dir/<stem>.png`` + ``manifest.json``.
 
@@ -114,6 +146,8 @@ def protect_files(
     inputs. A method that does not apply to the editor is a ValueError before anything is written.
     Resume is exact (``runs.resume_decision``); ``overwrite`` redoes outputs made with other settings. A
     second process on the same manifest is refused (``runs.OutputBusyError``) before anything is written.
+    ``batch_size`` > 1: up to that many consecutive images of one size are protected together, each as if
+    alone (``protect(seeds=...)``); the same results within float tolerance, more images a second.
     """
     config = config or ProtectConfig(pgd=PGDConfig.for_method(method))
     method.check_applies(editor)
@@ -139,24 +173,34 @@ def protect_files(
         groups = [Group(path.name, path, [Output(path.name, out, current, {"input": str(path), "output": str(out)})]) for path, out in pairs]
         counter = {group.name: f"[{i + 1}/{len(groups)}] {shown(group.name)}" for i, group in enumerate(groups)}
 
-        def work(group: Group, batch: list[Output], image) -> list[Made]:
-            outcome = protect(editor, method, image.pixels, config, image_seed(seed, group.input.stem), progress=progress,
-                              desc=f"{method.name} {group.input.stem}")
+        def work(jobs: list[Job]) -> list[Made]:  # images of one size, protected together when there are several
+            images = [job.loaded for job in jobs]
+            seeds = [image_seed(seed, job.group.input.stem) for job in jobs]
+            stems = " ".join(job.group.input.stem for job in jobs)
+            outcome = protect(editor, method, torch.cat([image.pixels for image in images]), config, seeds[0], progress=progress,
+                              desc=f"{method.name} {stems}", seeds=seeds if len(jobs) > 1 else None)
             manifest.data["method"] = method.config()  # with what preparing resolved (e.g. the blocks)
-            if max_level_diff(quantize(outcome.pixels, image.rgb8, config.pgd.eps), image.rgb8) == 0:
-                raise ValueError(f"the protection changed no pixel of this {image.size[0]}x{image.size[1]} image "
-                                 f"(working size {outcome.working_size[1]}x{outcome.working_size[0]}); nothing was saved")
+            made = []
+            for i, (job, image) in enumerate(zip(jobs, images)):
+                pixels = outcome.pixels[i : i + 1]
+                if max_level_diff(quantize(pixels, image.rgb8, config.pgd.eps), image.rgb8) == 0:
+                    raise ValueError(f"the protection changed no pixel of {job.group.input.name} ({image.size[0]}x{image.size[1]}, "
+                                     f"working size {outcome.working_size[1]}x{outcome.working_size[0]}); nothing was saved")
 
-            def write(path: Path) -> dict:
-                saved = save_protected(outcome.pixels, image, config.pgd.eps, path)
-                return {"max_abs_diff_levels": max_level_diff(saved, image.rgb8)}
+                def write(path: Path, pixels=pixels, image=image) -> dict:
+                    saved = save_protected(pixels, image, config.pgd.eps, path)
+                    return {"max_abs_diff_levels": max_level_diff(saved, image.rgb8)}
 
-            record = {"size": [image.size[0], image.size[1]], "working_size": [outcome.working_size[1], outcome.working_size[0]],
-                      "before": outcome.before, "after": outcome.after, "seconds": round(outcome.seconds, 3),
-                      "seed": image_seed(seed, group.input.stem), "steps_run": outcome.steps_run, "stop_reason": outcome.stop_reason,
-                      "loss_first": outcome.history[0]["loss"] if outcome.history else None,
-                      "loss_last": outcome.history[-1]["loss"] if outcome.history else None}
-            return [Made(write, record)]
+                one = len(jobs) == 1
+                losses = [h["loss"] if one else h["losses"][i] for h in outcome.history if one or i in h.get("losses", {})]
+                made.append(Made(write, {
+                    "size": [image.size[0], image.size[1]], "working_size": [outcome.working_size[1], outcome.working_size[0]],
+                    "before": outcome.before if one else outcome.image_before[i], "after": outcome.after if one else outcome.image_after[i],
+                    "seconds": round(outcome.seconds / len(jobs), 3), "seed": seeds[i],
+                    "steps_run": outcome.image_steps[i], "stop_reason": outcome.image_reasons[i],
+                    "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+                    **({} if one else {"batch": len(jobs)})}))
+            return made
 
         def done(group: Group, batch: list[Output], entries: list[dict]) -> None:
             entry = entries[0]
@@ -165,7 +209,8 @@ def protect_files(
 
         skipped_log = lambda key: log(f"{counter[key]}: already protected with the same settings ({shown(output_dir / (Path(key).stem + '.png'))}), skipped")  # noqa: E731
         run_report = run_resumable(groups, manifest, work, load=load_image, overwrite=overwrite, log=log, memory_hint=ATTACK_MEMORY_HINT,
-                                   on_done=done, on_skip=skipped_log)
+                                   on_done=done, on_skip=skipped_log, batch_size=batch_size,
+                                   batch_key=lambda group, image: tuple(image.pixels.shape))
     report.done += run_report.done
     report.skipped += run_report.skipped
     report.failed.update(run_report.failed)

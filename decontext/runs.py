@@ -347,19 +347,77 @@ class RecordFile:
         write_json_atomic(self.data, self.path)
 
 
-def run_resumable(groups: Iterable[Group], records: RecordFile, work: Callable[[Group, list[Output], object], list[Made]],
+@dataclass
+class Job:
+    """One output still to make, with its input loaded: what ``run_resumable`` hands its ``work`` in batches."""
+
+    group: Group
+    output: Output
+    loaded: object
+    input_sha: str | None = None
+    redone: str | None = None  # why an existing output is made again (--overwrite, an interrupted run)
+
+
+def run_resumable(groups: Iterable[Group], records: RecordFile, work: Callable[[list[Job]], list[Made]],
                   load: Callable[[Path], object] | None = None, batch_size: int = 1, overwrite: bool = False, log=print,
                   memory_hint: str = "", progress=None, on_done: Callable[[Group, list[Output], list[dict]], None] | None = None,
-                  on_skip: Callable[[Hashable], None] | None = None) -> Report:
-    """Make every output of every group that a re-run does not skip, one input at a time.
+                  on_skip: Callable[[Hashable], None] | None = None, batch_key: Callable[[Group, object], Hashable] | None = None) -> Report:
+    """Make every output of every group that a re-run does not skip.
 
     For each group: the input's SHA-256, then per output the resume decision (skip / refuse / run); the
-    input is loaded once (``load``) if anything is left to make; ``work(group, batch, loaded)`` makes a
-    batch of outputs; each output is recorded ``pending`` (saved) before its file appears, then written,
-    then recorded ``done`` (saved). A failing input (unreadable, a non-finite loss, out of memory, ...)
-    is reported and recorded, and the loop goes on with the next one. ``progress``: a tqdm bar that
-    advances by one per output decided; ``on_done(group, batch, records)`` / ``on_skip(key)``: say so."""
+    input is loaded once (``load``) if anything is left to make; ``work(jobs)`` makes a batch of up to
+    ``batch_size`` outputs; each output is recorded ``pending`` (saved) before its file appears, then
+    written, then recorded ``done`` (saved). A batch holds the outputs of one input (the default), or,
+    with ``batch_key(group, loaded)``, outputs of consecutive inputs whose keys are equal (e.g. images of
+    one size protected together). A failing input (unreadable, a non-finite loss, out of memory, ...) is
+    reported and recorded, every input of a failing batch with it, and the loop goes on with the next.
+    ``progress``: a tqdm bar that advances by one per output decided; ``on_done(group, outputs, records)``
+    / ``on_skip(key)``: say so."""
     report = Report()
+    pending: list[Job] = []
+    failed: set[str] = set()
+    last_key: list = []
+
+    def flush() -> None:
+        batch = list(pending)
+        pending.clear()
+        if not batch:
+            return
+        began = time.perf_counter()
+        try:
+            made = work(batch)
+            seconds = (time.perf_counter() - began) / len(batch)
+            entries = []
+            for job, piece in zip(batch, made, strict=True):
+                entry = {**job.output.fields, **piece.record, "status": "pending", "settings": job.output.settings}
+                entry.setdefault("seconds", round(seconds, 4))
+                if job.input_sha is not None:
+                    entry["input_sha256"] = job.input_sha
+                if job.redone:
+                    entry["redone"] = job.redone  # --overwrite, or an interrupted earlier run: what was replaced
+                records.put(job.output, entry)
+                entries.append(entry)
+            records.save()  # pending first: a kill before the files are in place leaves records that say they are ours
+            for job, piece, entry in zip(batch, made, entries):
+                entry.update(piece.write(job.output.path) or {})
+                entry["status"] = "done"
+                records.put(job.output, entry)
+                report.done.append(job.output.key)
+            records.save()
+        except Exception as exc:  # keep going with the next input; say what broke
+            for group in {id(j.group): j.group for j in batch}.values():
+                _fail(report, records, group, exc, memory_hint, log)
+                failed.add(group.name)
+            if progress is not None:
+                progress.update(len(batch))
+            return
+        if progress is not None:
+            progress.update(len(batch))
+        if on_done is not None:
+            for group in {id(j.group): j.group for j in batch}.values():
+                mine = [(j.output, e) for j, e in zip(batch, entries) if j.group is group]
+                on_done(group, [o for o, _ in mine], [e for _, e in mine])
+
     for group in groups:
         input_sha = None if group.input is None else input_sha256(group.input)
         todo, refused, redone = [], [], {}
@@ -389,38 +447,17 @@ def run_resumable(groups: Iterable[Group], records: RecordFile, work: Callable[[
             if progress is not None:
                 progress.update(len(todo))
             continue
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start : start + batch_size]
-            began = time.perf_counter()
-            try:
-                made = work(group, batch, loaded)
-                seconds = (time.perf_counter() - began) / len(batch)
-                entries = []
-                for output, piece in zip(batch, made, strict=True):
-                    entry = {**output.fields, **piece.record, "status": "pending", "settings": output.settings}
-                    entry.setdefault("seconds", round(seconds, 4))
-                    if input_sha is not None:
-                        entry["input_sha256"] = input_sha
-                    if output.key in redone:
-                        entry["redone"] = redone[output.key]  # --overwrite, or an interrupted earlier run: what was replaced
-                    records.put(output, entry)
-                    entries.append(entry)
-                records.save()  # pending first: a kill before the files are in place leaves records that say they are ours
-                for output, piece, entry in zip(batch, made, entries):
-                    entry.update(piece.write(output.path) or {})
-                    entry["status"] = "done"
-                    records.put(output, entry)
-                    report.done.append(output.key)
-                records.save()
-            except Exception as exc:  # keep the batch going with the next input; say what broke
-                _fail(report, records, group, exc, memory_hint, log)
+        key = batch_key(group, loaded) if batch_key is not None else id(group)
+        for output in todo:
+            if pending and (len(pending) >= batch_size or key != last_key[0]):
+                flush()
+            if group.name in failed:  # an earlier batch of this input failed: the rest of it is not tried
                 if progress is not None:
-                    progress.update(len(todo) - start)
-                break
-            if progress is not None:
-                progress.update(len(batch))
-            if on_done is not None:
-                on_done(group, batch, entries)
+                    progress.update(1)
+                continue
+            pending.append(Job(group, output, loaded, input_sha, redone.get(output.key)))
+            last_key[:] = [key]
+    flush()
     records.save()
     return report
 

@@ -90,10 +90,10 @@ def main(argv=None) -> int:
                 fields = {"prompt": prompt.text, "prompt_index": prompt.index, "category": prompt.category, "seed": seed, "output": str(path.relative_to(output))}
                 outputs.append(Output((prompt.index, seed), path, index.settings_for(fields), fields))
 
-        def work(group, batch, _):
+        def work(jobs):
             began = time.perf_counter()
             made = []
-            for out in batch:
+            for out in (job.output for job in jobs):
                 image = pipe(prompt=out.fields["prompt"], num_inference_steps=settings["steps"], guidance_scale=settings["guidance"],
                              height=settings["height"], width=settings["width"], max_sequence_length=settings["max_sequence_length"],
                              generator=torch.Generator().manual_seed(out.fields["seed"])).images[0]

@@ -90,8 +90,9 @@ class Editor(Protocol):
     def image_latents(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, N, C) packed latent tokens of the image, differentiable (what ``Condition.latents`` holds)."""
 
-    def noise_like(self, condition: Condition, generator: torch.Generator) -> torch.Tensor:
-        """Pure-noise target tokens shaped like ``condition.latents`` (drawn on the CPU from ``generator``)."""
+    def noise_like(self, condition: Condition, generator) -> torch.Tensor:
+        """Pure-noise target tokens shaped like ``condition.latents`` (``draw_noise``: from ``generator``, or
+        row by row from a list of per-image generators)."""
 
     def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
         """The editor's velocity prediction for target tokens ``x_t`` at noise level ``sigma`` ((B,) or
@@ -216,3 +217,14 @@ def level_working_size(height: int, width: int, resolution: str | int, multiple:
 def snap(value: float, multiple: int) -> int:
     """Round down to a multiple (at least one multiple)."""
     return max(multiple, int(math.floor(value / multiple)) * multiple)
+
+
+def draw_noise(shape, generator, device, dtype) -> torch.Tensor:
+    """Standard normal noise of ``shape``, drawn on the CPU in float32 (so runs are reproducible across
+    devices and dtypes) from ``generator``, or row by row from a list of per-image generators (each row as
+    its image's own run alone would draw it), then moved to ``device`` and ``dtype``."""
+    if isinstance(generator, torch.Generator):
+        noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    else:
+        noise = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generator])
+    return noise.to(device, dtype)

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 
 from ..attention import ContextShareProbe, StopForward
-from .base import Condition, Layout, edit_images, enable_vae_memory_savers, rectified_flow_pair, to_batch, to_vae_input, vae_pixels
+from .base import Condition, Layout, draw_noise, edit_images, enable_vae_memory_savers, rectified_flow_pair, to_batch, to_vae_input, vae_pixels
 from .blocks import BlockMap, block_map
 
 
@@ -126,10 +126,8 @@ class JointDiTEditor:
         """(B, 3, H, W) in [0, 1] -> the VAE's input range [-1, 1] at ``size`` (bicubic, antialiased)."""
         return to_vae_input(pixels, size, self.multiple_of, self.device, self.vae.dtype)
 
-    def noise_like(self, condition: Condition, generator: torch.Generator) -> torch.Tensor:
-        """Noise is drawn on the CPU from ``generator`` so runs are reproducible across devices."""
-        noise = torch.randn(condition.latents.shape, generator=generator, dtype=torch.float32)
-        return noise.to(self.device, self.dtype)
+    def noise_like(self, condition: Condition, generator) -> torch.Tensor:
+        return draw_noise(condition.latents.shape, generator, self.device, self.dtype)
 
     def flow_pair(self, condition: Condition, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return rectified_flow_pair(condition.latents, noise, sigma)

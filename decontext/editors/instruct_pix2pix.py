@@ -28,7 +28,7 @@ from PIL import Image
 
 from ..attention import ContextShareProbe, StopForward
 from . import FAMILIES, IP2P_IMAGE_GUIDANCE
-from .base import Condition, Layout, content_token_mask, edit_images, enable_vae_memory_savers, level_working_size, snap, to_batch, to_vae_input, vae_pixels
+from .base import Condition, Layout, content_token_mask, draw_noise, edit_images, enable_vae_memory_savers, level_working_size, snap, to_batch, to_vae_input, vae_pixels
 from .blocks import BlockMap, block_map
 from .models import load_pipeline, model_folder, shipped_settings
 
@@ -237,9 +237,8 @@ class InstructPix2PixEditor:
         layout = Layout(text=embeds.shape[1], target=latents.shape[-2] * latents.shape[-1], context=0)
         return Condition(latents, layout, prompts, {"embeds": embeds, "text_mask": self.text_masks(prompts), "size": tuple(size)})
 
-    def noise_like(self, condition: Condition, generator: torch.Generator) -> torch.Tensor:
-        """Noise is drawn on the CPU from ``generator`` so runs are reproducible across devices."""
-        return torch.randn(condition.latents.shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+    def noise_like(self, condition: Condition, generator) -> torch.Tensor:
+        return draw_noise(condition.latents.shape, generator, self.device, self.dtype)
 
     def timesteps(self, sigma) -> torch.Tensor:
         """DDPM timestep indices of noise levels in [0, 1]: round(sigma * (T - 1))."""

@@ -56,22 +56,23 @@ class MethodSpec:
     requires: frozenset = frozenset()  # editor capabilities it needs
     pgd_defaults: dict = field(default_factory=dict)  # config.PGDConfig fields its paper prescribes (under explicit choices)
     optimises: bool = True  # False: no loss to climb (the noise control)
+    batched: bool = False  # several images per PGD step, each with its own draws (``--batch-size``; methods.base.per_image)
 
 
 METHODS = {
     "decontext": MethodSpec(
         "decontext.methods.decontext:DeContext", "minimise the target->context attention share (DeContext, the core)",
         {"blocks": PAPER_BLOCKS, "t_range": PAPER_T_RANGE, "t_one_every": 0, "prompts": None, "prompts_per_step": 1},
-        frozenset({"context_attention"})),
+        frozenset({"context_attention"}), batched=True),
     "noise": MethodSpec(
         "decontext.methods.noise:RandomNoise", "random +-eps noise of the same budget: the control", {"distribution": "sign"},
-        optimises=False),
+        optimises=False, batched=True),
     "encoder": MethodSpec(
         "decontext.methods.encoder:EncoderAttack", "PhotoGuard's encoder attack on the editor's VAE", {"target_value": 0.5},
-        frozenset({"vae"}), PHOTOGUARD_PGD),
+        frozenset({"vae"}), PHOTOGUARD_PGD, batched=True),
     "flow_loss": MethodSpec(
         "decontext.methods.flow_loss:FlowLoss", "diff-PGD: maximise the editor's flow-matching (or noise-prediction) loss",
-        {"t_range": (0.0, 1.0), "prompts": None}, frozenset({"diffusion_loss"})),
+        {"t_range": (0.0, 1.0), "prompts": None}, frozenset({"diffusion_loss"}), batched=True),
     "danp": MethodSpec(
         "decontext.methods.danp:DANP", "DANP: dual attention-guided noise (text-attention contrast + noise discrepancy)",
         {"blocks": "all", "t_range": (0.0, 1.0), "threshold_std": 1.0, "attention_weight": 1.0, "noise_weight": 1.0, "balance": "grad", "prompts": None},

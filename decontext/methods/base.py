@@ -29,6 +29,7 @@ class Method:
     ``pgd_defaults`` and whether it ``optimises`` come from there (``decontext.methods.METHODS``)."""
 
     name: ClassVar[str] = ""
+    batched: ClassVar[bool] = False  # takes a list of per-image generators and returns one loss per image (``per_image``)
     optimises: ClassVar[bool] = True  # False: no loss to climb (the noise control: its PGD start is the whole perturbation)
     options: ClassVar[tuple[Flag, ...]] = ()
     requires: ClassVar[frozenset[str]] = frozenset()  # editor capabilities (editors.CAPABILITIES) it needs
@@ -38,7 +39,7 @@ class Method:
         super().__init_subclass__(**kwargs)
         if spec is not None:
             entry = METHODS[spec]
-            cls.name, cls.requires, cls.optimises = spec, entry.requires, entry.optimises
+            cls.name, cls.requires, cls.optimises, cls.batched = spec, entry.requires, entry.optimises, entry.batched
             cls.options = tuple(OPTIONS[dest] for dest in entry.defaults)
             if "pgd_defaults" not in cls.__dict__:
                 cls.pgd_defaults = dict(entry.pgd_defaults)
@@ -165,6 +166,19 @@ def check_t_range(t_range) -> tuple[float, float]:
     if not 0.0 <= lo <= hi <= 1.0:
         raise ValueError(f"t_range must satisfy 0 <= lo <= hi <= 1, got {tuple(t_range)}")
     return lo, hi
+
+
+def per_image(generator) -> bool:
+    """Whether a loss was handed one generator per image (``PGD.run(seeds=...)``: images protected together,
+    each as if alone, one loss per image) rather than one generator for the whole batch."""
+    return isinstance(generator, (list, tuple))
+
+
+def draw_per_image(generators, num_prompts: int, t_range: tuple[float, float]) -> tuple[list[int], torch.Tensor]:
+    """One prompt index and noise level per image, each from its own generator, in the order
+    ``draw_prompts_and_sigmas`` draws them for a lone image (so image i's draws equal its run alone)."""
+    drawn = [draw_prompts_and_sigmas(g, num_prompts, t_range) for g in generators]
+    return [index[0] for index, _ in drawn], torch.cat([sigma for _, sigma in drawn])
 
 
 def draw_prompts_and_sigmas(generator: torch.Generator, num_prompts: int, t_range: tuple[float, float], count: int = 1) -> tuple[list[int], torch.Tensor]:

@@ -15,7 +15,7 @@ import torch
 
 from ..editors.base import Editor
 from . import METHODS, PAPER_BLOCKS, PAPER_T_RANGE  # noqa: F401 (PAPER_BLOCKS, PAPER_T_RANGE: re-exported)
-from .base import ProbedMethod, check_t_range, draw_prompts_and_sigmas
+from .base import ProbedMethod, check_t_range, draw_per_image, draw_prompts_and_sigmas, per_image
 
 DEFAULTS = METHODS["decontext"].defaults  # the paper's official settings
 
@@ -66,7 +66,12 @@ class DeContext(ProbedMethod, spec="decontext"):
         count = self.prompts_per_step
         if count > 1 and pixels.shape[0] > 1:
             raise ValueError("prompts_per_step > 1 works on one image at a time")
-        index, sigma = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range, count)
+        if per_image(generator):
+            if count > 1:
+                raise ValueError("prompts_per_step > 1 works on one image at a time, not with a batch of images")
+            index, sigma = draw_per_image(generator, len(self.prompts), self.t_range)
+        else:
+            index, sigma = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range, count)
         if self.t_one_every and step is not None and step % self.t_one_every == 0:
             sigma = torch.ones_like(sigma)
         condition = editor.condition(pixels, [self.prompts[i] for i in index], size, step=step)
@@ -76,8 +81,9 @@ class DeContext(ProbedMethod, spec="decontext"):
         return self._probe.mean_share(self._blocks)
 
     def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
-        share = self.shares(editor, pixels, size, generator, step).mean()
-        return 1.0 - share, {"share": float(share.detach())}
+        shares = self.shares(editor, pixels, size, generator, step)
+        share = shares.mean()
+        return (1.0 - shares if per_image(generator) else 1.0 - share), {"share": float(share.detach())}
 
     @torch.no_grad()
     def measure(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], draws: int = 4, seed: int = 1234) -> dict[str, float]:

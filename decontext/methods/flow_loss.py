@@ -15,7 +15,7 @@ import torch
 
 from ..editors.base import Editor
 from . import METHODS
-from .base import Method, check_t_range, draw_prompts_and_sigmas, prompt_list
+from .base import Method, check_t_range, draw_per_image, draw_prompts_and_sigmas, per_image, prompt_list
 
 DEFAULTS = METHODS["flow_loss"].defaults
 
@@ -34,16 +34,23 @@ class FlowLoss(Method, spec="flow_loss"):
         editor.prepare(self.prompts, release=self.release_text_encoders)
 
     def _error(self, editor: Editor, pixels, size, generator, step=None) -> torch.Tensor:
-        (index,), sigma = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range)
-        condition = editor.condition(pixels, [self.prompts[index]], size, step=step)
+        """The flow-matching error: a scalar, or (B,) per image when each image has its own generator."""
+        if per_image(generator):
+            indices, sigma = draw_per_image(generator, len(self.prompts), self.t_range)
+            prompts = [self.prompts[i] for i in indices]
+        else:
+            (index,), sigma = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range)
+            prompts = [self.prompts[index]]
+        condition = editor.condition(pixels, prompts, size, step=step)
         noise = editor.noise_like(condition, generator)
         x_t, target = editor.flow_pair(condition, noise, sigma)
         velocity = editor.velocity(x_t, sigma, condition)
-        return (velocity.float() - target.float()).pow(2).mean()
+        error = (velocity.float() - target.float()).pow(2)
+        return error.flatten(1).mean(1) if per_image(generator) else error.mean()
 
     def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
         error = self._error(editor, pixels, size, generator, step)
-        return error, {"flow_mse": float(error.detach())}
+        return error, {"flow_mse": float(error.detach().mean())}
 
     @torch.no_grad()
     def measure(self, editor: Editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
