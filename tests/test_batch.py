@@ -91,3 +91,32 @@ def test_cli_batch_size_matches_one_at_a_time(tmp_path):
     assert run("attack", [*common, "--output", str(tmp_path / "three")]) == 0
     refused = run("attack", [*common, "--output", str(tmp_path / "x"), "--batch-size", "2", "--method", "danp"])
     assert refused == 2
+
+
+def test_compiled_blocks_equal_eager():
+    """``--compile`` (regional torch.compile): the loss and its pixel gradient equal eager ones. Compiled with
+    the aot_eager backend here (dynamo's tracing and the autograd split, through the hooked processors and
+    the forward that stops after the probed blocks) to keep the suite fast; inductor's kernels are compared
+    with eager in bench/steps.py --compile."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    method = build_method("decontext", prompts=["make it red", "add a hat"])
+    x0, size = _images(1, (64, 64)), (64, 64)
+
+    def step():
+        x = x0.clone().requires_grad_(True)
+        loss, _ = method.loss(editor, x, size, 0, torch.Generator().manual_seed(5))
+        (grad,) = torch.autograd.grad(loss, x)
+        return loss.detach(), grad
+
+    editor = load_editor("tiny", "flux_kontext", "cpu", "float32")  # its own copy: compiling is in place
+    with method.session(editor):
+        eager_loss, eager_grad = step()
+        torch._dynamo.reset()
+        counters.clear()
+        assert editor.compile_blocks(backend="aot_eager") == sum(editor.depths.values())  # every block of the model
+        loss, grad = step()
+    assert counters["stats"]["unique_graphs"] >= 1 and not counters["graph_break"]
+    assert float(loss) == pytest.approx(float(eager_loss), rel=1e-6)
+    assert torch.allclose(grad, eager_grad, rtol=1e-4, atol=1e-7 * float(eager_grad.abs().max()))

@@ -57,6 +57,9 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
                     help="images of one size protected together per PGD step, each as if alone (its own seed, draws and stopping; "
                          "the same result within float tolerance): more images a second where the device has room "
                          f"(methods: {', '.join(n for n, e in METHODS.items() if e.batched)}; default 1)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile every attention block of the editor (regional compilation; the same result within float "
+                         "tolerance; minutes of compiling first, then faster steps on a GPU; slower on the CPU tiny model: docs/PERFORMANCE.md)")
     ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the transformer (less GPU memory, slower)")
     ap.add_argument("--overwrite", action="store_true", help="redo outputs made with other settings or from changed inputs "
                     "(a re-run otherwise skips only outputs made with the same settings from the same input bytes, and refuses the rest)")
@@ -189,6 +192,8 @@ def main(argv=None, family: str | None = None) -> int:
         return fail(str(exc))
     if args.checkpointing:
         editor.enable_gradient_checkpointing()
+    if args.compile:
+        editor.compile_blocks()
     config = ProtectConfig(pgd=pgd, resolution=resolution, measure_draws=args.measure_draws, eot=tuple(args.eot or ()))
     manifest = "manifest.json" if shard.world == 1 else f"manifest.rank{shard.rank}.json"
     # The arguments as they took effect: the resolved budget, optimiser and working size, not None for "unset".

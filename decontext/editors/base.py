@@ -90,6 +90,9 @@ class Editor(Protocol):
     def image_latents(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, N, C) packed latent tokens of the image, differentiable (what ``Condition.latents`` holds)."""
 
+    def compile_blocks(self, backend: str = "inductor") -> int:
+        """``torch.compile`` every attention block of the denoiser in place (``--compile``); returns how many."""
+
     def noise_like(self, condition: Condition, generator) -> torch.Tensor:
         """Pure-noise target tokens shaped like ``condition.latents`` (``draw_noise``: from ``generator``, or
         row by row from a list of per-image generators)."""

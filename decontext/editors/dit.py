@@ -22,7 +22,7 @@ import torch
 
 from ..attention import ContextShareProbe, StopForward
 from .base import Condition, Layout, draw_noise, edit_images, enable_vae_memory_savers, rectified_flow_pair, to_batch, to_vae_input, vae_pixels
-from .blocks import BlockMap, block_map
+from .blocks import BlockMap, block_map, compile_blocks
 
 
 def vae_latents(vae, x: torch.Tensor) -> torch.Tensor:
@@ -117,6 +117,10 @@ class JointDiTEditor:
     def enable_gradient_checkpointing(self) -> None:
         """Recompute block activations in backward: much less memory per PGD step for ~30% more time."""
         self.transformer.enable_gradient_checkpointing()
+
+    def compile_blocks(self, backend: str = "inductor") -> int:
+        """``torch.compile`` each attention block of the denoiser in place (``blocks.compile_blocks``)."""
+        return compile_blocks(self.transformer, backend)
 
     def enable_vae_memory_savers(self, tiling: bool = False, slicing: bool = False) -> None:
         enable_vae_memory_savers(self.vae, tiling, slicing)

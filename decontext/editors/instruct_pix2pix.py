@@ -29,7 +29,7 @@ from PIL import Image
 from ..attention import ContextShareProbe, StopForward
 from . import FAMILIES, IP2P_IMAGE_GUIDANCE
 from .base import Condition, Layout, content_token_mask, draw_noise, edit_images, enable_vae_memory_savers, level_working_size, snap, to_batch, to_vae_input, vae_pixels
-from .blocks import BlockMap, block_map
+from .blocks import BlockMap, block_map, compile_blocks
 from .models import load_pipeline, model_folder, shipped_settings
 
 SPEC = FAMILIES["instruct_pix2pix"]
@@ -170,6 +170,10 @@ class InstructPix2PixEditor:
 
     def enable_gradient_checkpointing(self) -> None:
         self.unet.enable_gradient_checkpointing()
+
+    def compile_blocks(self, backend: str = "inductor") -> int:
+        """``torch.compile`` each attention block of the denoiser in place (``blocks.compile_blocks``)."""
+        return compile_blocks(self.unet, backend)
 
     def enable_vae_memory_savers(self, tiling: bool = False, slicing: bool = False) -> None:
         enable_vae_memory_savers(self.vae, tiling, slicing)
