@@ -209,11 +209,11 @@ def make_steps(editor, args):
     def draw():
         return torch.Generator().manual_seed(1)
 
-    def ours(fused: bool = True):
-        with method.session(editor) as probe:
+    def ours(fused: bool = True, on=editor):
+        with method.session(on) as probe:
             probe.fused = fused  # False: a separate indicator call in every probed layer (no fusion)
             x = x0.clone().requires_grad_(True)
-            loss, _ = method.loss(editor, x, size, 0, draw())
+            loss, _ = method.loss(on, x, size, 0, draw())
             loss.backward()
         return float(loss.detach())
 
@@ -242,9 +242,21 @@ def make_steps(editor, args):
     def bare():
         return unprobed(lambda noise, condition: editor.velocity(noise, sigma, condition).float().pow(2).mean())
 
+    extra = {}
+    if args.compile:  # a compiled copy beside the eager one, so both are timed side by side
+        import copy
+
+        compiled = copy.deepcopy(editor)
+        compiled.compile_blocks()
+        method.ready(compiled)
+        began = time.perf_counter()
+        eager_loss, compiled_loss = ours(), ours(on=compiled)
+        print(f"compile: {sum(compiled.depths.values())} blocks compiled, first compiled step {time.perf_counter() - began:.1f} s "
+              f"(compiling); loss eager {eager_loss:.7f} vs compiled {compiled_loss:.7f} (diff {abs(eager_loss - compiled_loss):.2e})")
+        extra["ours_compiled"] = lambda: ours(on=compiled)
     if args.family != "flux_kontext":  # no official implementation to compare with
-        return {"ours": ours, "bare": bare}
-    steps = {"ours": ours, "official": official_step, "bare": bare}
+        return {"ours": ours, "bare": bare, **extra}
+    steps = {"ours": ours, "official": official_step, "bare": bare, **extra}
     if args.with_separate:
         steps["ours_sep"] = lambda: ours(fused=False)
     return steps
@@ -302,7 +314,33 @@ def timed(fn, device) -> float:
     return time.perf_counter() - began
 
 
-VARIANTS = ("ours", "official", "bare", "ours_sep")
+def snapshot_memory(steps: dict, names: list[str], folder: Path) -> None:
+    """One step of each variant under the CUDA allocator's history recorder: a snapshot file per variant and,
+    printed, the peak and the largest blocks live at the end of the step's forward+backward (what the
+    checkpointed memory excess is made of, issue 31 item 5)."""
+    import pickle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.memory._record_memory_history(max_entries=200000)
+        try:
+            steps[name]()
+            torch.cuda.synchronize()
+            snapshot = torch.cuda.memory._snapshot()
+        finally:
+            torch.cuda.memory._record_memory_history(enabled=None)
+        with open(folder / f"{name}.pickle", "wb") as handle:
+            pickle.dump(snapshot, handle)
+        sizes = sorted((b["size"] for seg in snapshot["segments"] for b in seg["blocks"] if b["state"] == "active_allocated"), reverse=True)
+        stats = torch.cuda.memory_stats()
+        print(f"memory {name}: peak allocated {stats['allocated_bytes.all.peak'] / 2**30:.2f} GiB, peak reserved "
+              f"{stats['reserved_bytes.all.peak'] / 2**30:.2f} GiB, largest live blocks (MiB): {[round(x / 2**20) for x in sizes[:12]]}")
+
+
+VARIANTS = ("ours", "official", "bare", "ours_sep", "ours_compiled")
 
 
 def main(argv=None) -> int:
@@ -330,6 +368,10 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-cap-gb", type=float, help="CUDA: cap this process's GPU memory (torch's per-process fraction) after the model is built, "
                         "to show what fits a smaller card; a variant that does not fit is reported as OOM")
     parser.add_argument("--scratch", default=None, help="folder for --quantize's temporary saved copy (default: the system's temp folder)")
+    parser.add_argument("--compile", action="store_true", help="also time ours on a copy of the model with every block torch.compiled (--compile of the attacks)")
+    parser.add_argument("--memory-snapshot", type=Path, default=None,
+                        help="CUDA: record the allocator's history during one step of each variant and save a snapshot per variant here "
+                             "(FOLDER/<variant>.pickle, for torch.cuda.memory's viewer), with the 12 largest live blocks at the peak printed")
     parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -377,6 +419,8 @@ def main(argv=None) -> int:
         order = names[repeat % len(names):] + names[: repeat % len(names)]  # rotate to spread drift
         for name in order:
             times[name].append(timed(steps[name], device))
+    if args.memory_snapshot is not None and device.type == "cuda":
+        snapshot_memory(steps, names, args.memory_snapshot)
     memory = {name: float("nan") for name in names}
     if not args.skip_memory:
         for name in names:

@@ -119,12 +119,34 @@ def _bench(name):
     return importlib.import_module(f"bench.{name}")
 
 
-def test_bench_steps_reports_each_rule_against_the_official_run():
-    out = _bench("steps").main(["--model", "tiny", "--size", "64", "--identities", "1", "--official-steps", "4", "--budgets", "2",
-                                "--rules", "adam+cosine", "--draws", "1"])
+def test_bench_steps_reports_each_rule_against_the_paper_run_per_image():
+    out = _bench("steps").main(["--model", "tiny", "--size", "64", "--images", "2", "--paper-steps", "4", "--snapshots", "2", "--budgets", "2",
+                                "--rules", "momentum+cosine x2", "fast", "--draws", "1"])
     rows = out["rows"]
-    assert set(rows) == {"official@0", "official@2", "official@4", "adam+cosine@2"}
-    assert rows["official@4"]["share"] < rows["official@0"]["share"]  # DeContext lowers the share it measures
+    assert set(rows) == {"paper@0", "paper@2", "paper@4", "momentum+cosine x2@2", "fast@2"}
+    assert all(len(v) == 2 for v in rows.values())  # one entry per image
+    assert all(rows["paper@4"][i]["share"] < rows["paper@0"][i]["share"] for i in range(2))  # DeContext lowers the share it measures
+    gap = out["summary"]["fast@2"]["gap"]
+    shares = [r["share"] - p["share"] for r, p in zip(rows["fast@2"], rows["paper@4"])]
+    assert gap[0] == pytest.approx(sum(shares) / 2) and gap[1] <= gap[0] <= gap[2]
+    assert out["summary"]["paper@4"]["time_ratio"][0] == pytest.approx(1.0)
+
+
+def test_bench_photo_protects_one_photo_with_both_presets(tmp_path):
+    rows = _bench("photo").main(["--size", "64", "--paper-steps", "3", "--fast-steps", "4", "--json", str(tmp_path / "photo.json")])
+    assert rows["fast"]["steps_run"] <= 4 and rows["paper"]["steps_run"] == 3
+    assert rows["paper"]["extrapolated_800_s"] > rows["paper"]["protect_s"]
+
+
+def test_bench_step_compile_times_a_compiled_copy_beside_eager(capsys, monkeypatch):
+    """--compile's plumbing (a compiled copy timed beside the eager model), with the fast aot_eager backend."""
+    from decontext.editors import blocks, dit
+
+    monkeypatch.setattr(dit, "compile_blocks", lambda model, backend="inductor", **kw: blocks.compile_blocks(model, "aot_eager", **kw))
+    assert _load_step_bench().main(["--size", "64", "--text-tokens", "8", "--repeats", "1", "--skip-memory", "--compile",
+                                    "--variants", "ours", "ours_compiled"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^ours_compiled\s+\d+\.\d+", out, re.M) and "loss eager" in out
 
 
 def test_bench_robustness_scores_every_breaker_with_and_without_eot():
