@@ -40,6 +40,7 @@ from decontext.protect import protect
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "faces"
 FAST = {k: v for k, v in PRESETS["fast"].items() if k != "steps"}
+FAST_NO_STOP = {k: v for k, v in FAST.items() if not k.startswith("stop_")}
 RULES = {  # name -> PGDConfig changes over the paper preset; alpha_scale multiplies the official step
     "sign+cosine": {"schedule": "cosine"},
     "momentum+cosine": {"momentum": 0.9, "schedule": "cosine"},
@@ -48,6 +49,7 @@ RULES = {  # name -> PGDConfig changes over the paper preset; alpha_scale multip
     "adam+cosine x2": {"update": "adam", "schedule": "cosine", "alpha_scale": 2.0},
     "adam+cosine x4": {"update": "adam", "schedule": "cosine", "alpha_scale": 4.0},
     "fast": FAST,  # the fast preset (with its stopping rule), at each budget
+    "fast without stopping": FAST_NO_STOP,
 }
 
 

@@ -67,13 +67,17 @@ class PGDConfig:
         if preset == "paper" and chosen.get("stop_patience"):
             raise ValueError("the paper preset never stops early (it is the official fixed-step run); drop --stop-patience, "
                              "or use --preset fast, or no preset")
-        layers = [dict(defaults or {}), dict(PRESETS[preset]) if preset else {}, preferred, chosen]
+        presetting = dict(PRESETS[preset]) if preset else {}
+        scale = presetting.pop("alpha_scale", 1.0)  # a preset's step is relative to the family's own
+        layers = [dict(defaults or {}), presetting, preferred, chosen]
         unknown = set().union(*layers) - names
         if unknown:
             raise TypeError(f"not PGD settings: {sorted(unknown)} (PGD has {sorted(names)})")
         merged: dict = {}
         for layer in layers:
             merged.update(layer)
+        if scale != 1.0 and "alpha" not in chosen:
+            merged["alpha"] = merged.get("alpha", cls.alpha) * scale
         return cls(**merged)
 
     def to_dict(self) -> dict:
@@ -98,14 +102,16 @@ STOP_FIELDS = ("stop_patience", "stop_window", "stop_tol")
 # a fraction of its steps.
 PRESETS = {
     "paper": {},
-    "fast": {"steps": 200, "momentum": 0.9, "schedule": "cosine", "stop_patience": 40, "stop_window": 25, "stop_tol": 0.01},
+    "fast": {"steps": 100, "alpha_scale": 4.0, "momentum": 0.9, "schedule": "cosine", "stop_patience": 30, "stop_window": 20, "stop_tol": 0.01},
 }
 
 
 def describe_preset(name: str) -> str:
     """What a preset sets, in words, e.g. for a flag's help."""
+    words = {"alpha_scale": lambda v: f"step x{v:g} the family's", "stop_patience": lambda v: f"stopping rule (patience {v}",
+             "stop_window": lambda v: f"window {v}", "stop_tol": lambda v: f"tol {v:g})"}
     values = PRESETS[name]
-    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in values.items()) or "nothing changed"
+    return ", ".join(words[k](v) if k in words else f"{k} {v}" for k, v in values.items()) or "nothing changed"
 
 
 @dataclass(frozen=True)
