@@ -26,3 +26,13 @@ def data_path(value: str | Path) -> Path:
     if not path.is_absolute() and path.parts and path.parts[0] == "data":
         return data_dir().joinpath(*path.parts[1:])
     return path
+
+
+def portable(path: str | Path) -> str:
+    """A path to record in a file that travels (a trained protector's config): ``data/...`` for a shipped
+    file (``data_path`` reads it back in a checkout or an installed wheel), else the path as given."""
+    path = Path(path)
+    try:
+        return str(Path("data") / path.resolve().relative_to(data_dir().resolve()))
+    except ValueError:
+        return str(path)

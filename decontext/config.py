@@ -122,6 +122,7 @@ class ProtectConfig:
     resolution: str | int = "auto"  # the editor's working size: auto, native or N (an N x N area)
     measure_draws: int = 4  # fixed draws of the method's measure before and after (0 = none)
     eot: tuple[str, ...] = ()  # breakers (decontext.purify specs) the protection is optimised to survive
+    init: str | None = None  # a protector (name or folder): PGD starts from its output instead of the clean image (--init)
 
     def __post_init__(self):
         if self.measure_draws < 0:

@@ -7,6 +7,7 @@ keeping an alpha channel aside untouched so that ``save_protected`` can put it b
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -104,8 +105,9 @@ def check_declared_size(path: Path, size: tuple[int, int]) -> None:
             "(PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs; --max-megapixels raises it); not decoded")
 
 
-def load_image(path: str | os.PathLike) -> LoadedImage:
-    """Read an image file at its original size (EXIF orientation applied).
+def load_image(path: str | os.PathLike, data: bytes | None = None) -> LoadedImage:
+    """Read an image file at its original size (EXIF orientation applied); with ``data``, decode those bytes
+    (read elsewhere, e.g. from object storage) and name the image ``path``.
 
     Raises ``ImageLoadError`` naming the file when it is missing, truncated, damaged, not an image, or
     declares more pixels than ``pixel_limit()`` (checked from the header, before decoding). No other
@@ -114,10 +116,10 @@ def load_image(path: str | os.PathLike) -> LoadedImage:
     turned into ``ImageLoadError`` with the file's name and the problem.
     """
     path = Path(path)
-    if not path.is_file():  # a FIFO or a device named like an image is never opened (it could block)
+    if data is None and not path.is_file():  # a FIFO or a device named like an image is never opened (it could block)
         raise ImageLoadError(path, "not a regular file" if path.exists() else "no such file")
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data) if data is not None else path) as image:
             check_declared_size(path, image.size)  # before any pixel memory is allocated
             image.load()
             mode = image.mode

@@ -166,14 +166,16 @@ class PGD:
         return x0 + delta * (self.rms_cap / rms.clamp_min(1e-30)).clamp(max=1.0)
 
     def run(self, x0: torch.Tensor, loss_fn: LossFn, callback: Callable[[int, dict], None] | None = None, snapshots=(),
-            seeds: Sequence[int] | None = None) -> PGDResult:
+            seeds: Sequence[int] | None = None, start_pixels: torch.Tensor | None = None) -> PGDResult:
         """Maximise ``loss_fn`` from ``x0``; ``snapshots``: step counts after which the pixels are also kept
         (``PGDResult.snapshots``), e.g. to score a run at 50, 100 and 200 steps in one go.
 
         ``seeds`` (one per image): the images of ``x0`` are protected together but each as if alone: its
         own generator (start and every draw of the loss, which then gets the list of the active images'
         generators and returns one loss per image), its own step normalisation, its own stopping rule (a
-        stopped image leaves the batch). Without: one generator (``seed``) for the whole batch."""
+        stopped image leaves the batch). Without: one generator (``seed``) for the whole batch.
+        ``start_pixels``: where to start (projected onto the budget), e.g. an amortized protector's output,
+        instead of the clean image or a random point (``start``); no random start is drawn then."""
         x0 = x0.detach().float()
         batch = x0.shape[0]
         per_image = seeds is not None
@@ -181,7 +183,11 @@ class PGD:
             raise ValueError(f"{len(seeds)} seeds for {batch} images")
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds] if per_image else [torch.Generator().manual_seed(self.seed)]
         x = x0.clone()
-        if self.start != "clean" and self.eps > 0:
+        if start_pixels is not None:
+            if start_pixels.shape != x0.shape:
+                raise ValueError(f"start pixels of shape {tuple(start_pixels.shape)} for images of shape {tuple(x0.shape)}")
+            x = self.project(start_pixels.detach().float().to(x0.device), x0)
+        elif self.start != "clean" and self.eps > 0:
             # The first draw of each generator: uniform in the ball, or its sign (every pixel +-eps).
             shape = (1, *x0.shape[1:]) if per_image else x0.shape
             start = torch.cat([torch.rand(shape, generator=g) for g in generators]).to(x0.device) * 2 - 1

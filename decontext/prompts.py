@@ -30,7 +30,9 @@ class PromptFileError(ValueError):
 
 def load_prompts(path: str | Path | None = None) -> list[Prompt]:
     """Read a prompt pool. Raises PromptFileError naming the file if it is missing or empty."""
-    path = Path(path) if path is not None else DEFAULT_POOL
+    from .assets import data_path
+
+    path = data_path(path) if path is not None else DEFAULT_POOL
     if not path.is_file():
         raise PromptFileError(f"{path}: prompt file not found")
     try:

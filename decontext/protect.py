@@ -28,7 +28,7 @@ from .methods import METHODS
 from .methods.base import Method
 from .names import shown
 from .pgd import PGD
-from .runs import (ATTACK_MEMORY_HINT, Group, Job, ManifestFile, Made, Output, Report, image_seed, library_versions, output_lock,
+from .runs import (ATTACK_MEMORY_HINT, Group, Job, ManifestFile, Made, Output, RecordFile, Report, image_seed, library_versions, output_lock,
                    plain_json, plan_protected_outputs, remove_stale_parts, run_resumable)
 
 
@@ -97,8 +97,15 @@ def protect(editor: Editor, method: Method, pixels: torch.Tensor, config: Protec
             return [method.measure(editor, x[i : i + 1], size, draws) for i in range(len(x))] if seeds is not None else [method.measure(editor, x, size, draws)]
 
         before = measured(x0)
+        if config.init is not None:  # --init: PGD of this method from a protector's output
+            from .methods.amortized import load_protector, protected_start
+
+            start = protected_start(load_protector(config.init, editor.device), editor, x0, config.resolution, config.pgd.eps)
+        else:
+            start = method.initial(editor, x0, config.resolution)
         pgd = PGD(config=config.pgd, seed=seed, progress=progress, desc=desc or method.name, transform=transform)
-        result = pgd.run(x0, lambda x, step, generator: method.loss(editor, x, size, step, generator), snapshots=snapshots, seeds=seeds)
+        result = pgd.run(x0, lambda x, step, generator: method.loss(editor, x, size, step, generator), snapshots=snapshots, seeds=seeds,
+                         start_pixels=start)
         after = measured(result.pixels)
     protected = result.pixels.detach().cpu()
     return ProtectResult(protected, protected - x0.cpu(), size, _mean(before), _mean(after), result.history, time.perf_counter() - began,
@@ -120,8 +127,13 @@ def output_settings(editor: Editor, method: Method, config: ProtectConfig, seed:
     prompts = getattr(method, "prompts", None)
     if prompts:
         method_config["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
-    return plain_json({"method": method_config, "pgd": config.pgd.to_dict(), "eot": list(config.eot), "resolution": config.resolution,
-                       "seed": seed, "editor": {"family": editor.family, "model": editor.name, "dtype": str(editor.dtype)}})
+    settings = {"method": method_config, "pgd": config.pgd.to_dict(), "eot": list(config.eot), "resolution": config.resolution,
+                "seed": seed, "editor": {"family": editor.family, "model": editor.name, "dtype": str(editor.dtype)}}
+    if config.init is not None:  # only then, so the settings of runs without it stay what they were
+        from .methods.amortized import weights_digest
+
+        settings["init"] = {"protector": config.init, "sha256": weights_digest(config.init)}
+    return plain_json(settings)
 
 
 def protect_files(
@@ -160,9 +172,7 @@ def protect_files(
         if world == 1:  # the shards of a multi-process run write side by side, each under its own manifest's lock
             remove_stale_parts(output_dir)
         pairs = pairs[rank::world]
-        header = {"args": args_record or {}, "method": method.config(), "pgd": config.pgd.to_dict(), "eot": list(config.eot),
-                  "editor": {"family": editor.family, "model": editor.name}, "versions": library_versions()}
-        manifest = ManifestFile(output_dir / manifest_name, header)
+        manifest = ManifestFile(output_dir / manifest_name, header_of(editor, method, config, args_record))
         report = Report()
         if rank == 0:
             for name, message in problems.items():
@@ -171,47 +181,66 @@ def protect_files(
                 log(f"error: {shown(message)}")
         current = output_settings(editor, method, config, seed)
         groups = [Group(path.name, path, [Output(path.name, out, current, {"input": str(path), "output": str(out)})]) for path, out in pairs]
-        counter = {group.name: f"[{i + 1}/{len(groups)}] {shown(group.name)}" for i, group in enumerate(groups)}
-
-        def work(jobs: list[Job]) -> list[Made]:  # images of one size, protected together when there are several
-            images = [job.loaded for job in jobs]
-            seeds = [image_seed(seed, job.group.input.stem) for job in jobs]
-            stems = " ".join(job.group.input.stem for job in jobs)
-            outcome = protect(editor, method, torch.cat([image.pixels for image in images]), config, seeds[0], progress=progress,
-                              desc=f"{method.name} {stems}", seeds=seeds if len(jobs) > 1 else None)
-            manifest.data["method"] = method.config()  # with what preparing resolved (e.g. the blocks)
-            made = []
-            for i, (job, image) in enumerate(zip(jobs, images)):
-                pixels = outcome.pixels[i : i + 1]
-                if max_level_diff(quantize(pixels, image.rgb8, config.pgd.eps), image.rgb8) == 0:
-                    raise ValueError(f"the protection changed no pixel of {job.group.input.name} ({image.size[0]}x{image.size[1]}, "
-                                     f"working size {outcome.working_size[1]}x{outcome.working_size[0]}); nothing was saved")
-
-                def write(path: Path, pixels=pixels, image=image) -> dict:
-                    saved = save_protected(pixels, image, config.pgd.eps, path)
-                    return {"max_abs_diff_levels": max_level_diff(saved, image.rgb8)}
-
-                one = len(jobs) == 1
-                losses = [h["loss"] if one else h["losses"][i] for h in outcome.history if one or i in h.get("losses", {})]
-                made.append(Made(write, {
-                    "size": [image.size[0], image.size[1]], "working_size": [outcome.working_size[1], outcome.working_size[0]],
-                    "before": outcome.before if one else outcome.image_before[i], "after": outcome.after if one else outcome.image_after[i],
-                    "seconds": round(outcome.seconds / len(jobs), 3), "seed": seeds[i],
-                    "steps_run": outcome.image_steps[i], "stop_reason": outcome.image_reasons[i],
-                    "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-                    **({} if one else {"batch": len(jobs)})}))
-            return made
-
-        def done(group: Group, batch: list[Output], entries: list[dict]) -> None:
-            entry = entries[0]
-            measured = "".join(f" {k} {v:.4f} -> {entry['after'][k]:.4f}," for k, v in entry["before"].items() if k in entry["after"])
-            log(f"{counter[group.name]}:{measured} max diff {entry['max_abs_diff_levels']} levels, {entry['seconds']:.1f}s -> {shown(batch[0].path)}")
-
-        skipped_log = lambda key: log(f"{counter[key]}: already protected with the same settings ({shown(output_dir / (Path(key).stem + '.png'))}), skipped")  # noqa: E731
-        run_report = run_resumable(groups, manifest, work, load=load_image, overwrite=overwrite, log=log, memory_hint=ATTACK_MEMORY_HINT,
-                                   on_done=done, on_skip=skipped_log, batch_size=batch_size,
-                                   batch_key=lambda group, image: tuple(image.pixels.shape))
+        run_report = protect_groups(editor, method, groups, manifest, config, seed, log=log, overwrite=overwrite, progress=progress,
+                                    batch_size=batch_size)
     report.done += run_report.done
     report.skipped += run_report.skipped
     report.failed.update(run_report.failed)
     return report
+
+
+def header_of(editor: Editor, method: Method, config: ProtectConfig, args_record: dict | None = None) -> dict:
+    """The top of a protection manifest: what ran, once."""
+    return {"args": args_record or {}, "method": method.config(), "pgd": config.pgd.to_dict(), "eot": list(config.eot),
+            **({"init": config.init} if config.init is not None else {}),
+            "editor": {"family": editor.family, "model": editor.name}, "versions": library_versions()}
+
+
+def protect_groups(editor: Editor, method: Method, groups: list[Group], records: RecordFile, config: ProtectConfig, seed: int, *, log=print,
+                   overwrite: bool = False, progress: bool = True, batch_size: int = 1, load=load_image) -> Report:
+    """Protect each group's input into its one output through the resumable loop (``runs.run_resumable``),
+    recording into ``records`` (a folder's manifest, or a cluster worker's journal). ``load(path)`` reads an
+    input (default: from disk)."""
+    counter = {group.name: f"[{i + 1}/{len(groups)}] {shown(group.name)}" for i, group in enumerate(groups)}
+
+    def work(jobs: list[Job]) -> list[Made]:  # images of one size, protected together when there are several
+        images = [job.loaded for job in jobs]
+        seeds = [image_seed(seed, job.group.input.stem) for job in jobs]
+        stems = " ".join(job.group.input.stem for job in jobs)
+        outcome = protect(editor, method, torch.cat([image.pixels for image in images]), config, seeds[0], progress=progress,
+                          desc=f"{method.name} {stems}", seeds=seeds if len(jobs) > 1 else None)
+        records.data["method"] = method.config()  # with what preparing resolved (e.g. the blocks)
+        made = []
+        for i, (job, image) in enumerate(zip(jobs, images)):
+            pixels = outcome.pixels[i : i + 1]
+            if max_level_diff(quantize(pixels, image.rgb8, config.pgd.eps), image.rgb8) == 0:
+                raise ValueError(f"the protection changed no pixel of {job.group.input.name} ({image.size[0]}x{image.size[1]}, "
+                                 f"working size {outcome.working_size[1]}x{outcome.working_size[0]}); nothing was saved")
+
+            def write(path: Path, pixels=pixels, image=image) -> dict:
+                saved = save_protected(pixels, image, config.pgd.eps, path)
+                return {"max_abs_diff_levels": max_level_diff(saved, image.rgb8)}
+
+            one = len(jobs) == 1
+            losses = [h["loss"] if one else h["losses"][i] for h in outcome.history if one or i in h.get("losses", {})]
+            made.append(Made(write, {
+                "size": [image.size[0], image.size[1]], "working_size": [outcome.working_size[1], outcome.working_size[0]],
+                "before": outcome.before if one else outcome.image_before[i], "after": outcome.after if one else outcome.image_after[i],
+                "seconds": round(outcome.seconds / len(jobs), 3), "seed": seeds[i],
+                "steps_run": outcome.image_steps[i], "stop_reason": outcome.image_reasons[i],
+                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+                **({} if one else {"batch": len(jobs)})}))
+        return made
+
+    def done(group: Group, batch: list[Output], entries: list[dict]) -> None:
+        entry = entries[0]
+        measured = "".join(f" {k} {v:.4f} -> {entry['after'][k]:.4f}," for k, v in entry["before"].items() if k in entry["after"])
+        log(f"{counter[group.name]}:{measured} max diff {entry['max_abs_diff_levels']} levels, {entry['seconds']:.1f}s -> {shown(batch[0].path)}")
+
+    outputs = {group.name: group.outputs[0].path for group in groups}
+
+    def skipped(key) -> None:
+        log(f"{counter[key]}: already protected with the same settings ({shown(outputs[key])}), skipped")
+
+    return run_resumable(groups, records, work, load=load, overwrite=overwrite, log=log, memory_hint=ATTACK_MEMORY_HINT,
+                         on_done=done, on_skip=skipped, batch_size=batch_size, batch_key=lambda group, image: tuple(image.pixels.shape))

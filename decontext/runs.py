@@ -301,6 +301,7 @@ class Group:
     name: str  # how a failure of this input is named in the report
     input: Path | None
     outputs: list[Output]
+    sha256: str | None = None  # the input's SHA-256 when it was read elsewhere (a cluster's read stage); else hashed here
 
 
 @dataclass
@@ -419,7 +420,7 @@ def run_resumable(groups: Iterable[Group], records: RecordFile, work: Callable[[
                 on_done(group, [o for o, _ in mine], [e for _, e in mine])
 
     for group in groups:
-        input_sha = None if group.input is None else input_sha256(group.input)
+        input_sha = group.sha256 or (None if group.input is None else input_sha256(group.input))
         todo, refused, redone = [], [], {}
         for output in group.outputs:
             decision, why = resume_decision(records.recorded(output), output.path.exists(), output.settings, input_sha, overwrite, shown(output.path))
@@ -535,6 +536,70 @@ class ManifestFile(RecordFile):
         if previous is not None and previous.get("status") == "done" and any(p.exists() for p in outputs):
             entry["previous"] = previous  # the older output is still there: keep its record
         self.images[key] = entry
+
+
+class JournalFile(ManifestFile):
+    """One worker's share of a protection folder's manifest, for workers that run side by side (cluster
+    actors): it reads the records the folder had when the job started (``known``) plus its own, and saves
+    by appending its new or changed records as JSON lines to its own journal (``journal_dir/<worker>.jsonl``,
+    flushed and fsynced), so saving costs the same at the millionth image as at the first and a killed worker
+    loses nothing it saved. ``merge_journals`` folds the journals into manifest.json."""
+
+    def __init__(self, path: Path, header: dict, known: dict):
+        self.path = Path(path)
+        self.data = dict(header)
+        self.images = dict(known)
+        self._changed: dict = {}
+        self._header = ""  # the header as last journaled (a line {"header": ...} whenever it changes)
+
+    def put(self, output: Output, record: dict) -> None:
+        super().put(output, record)
+        self._changed[output.key] = record
+
+    def failed(self, group: Group, message: str, trace: str | None) -> None:
+        super().failed(group, message, trace)
+        self._changed[group.name] = self.images[group.name]
+
+    def save(self) -> None:
+        header = json.dumps(self.data, default=str, sort_keys=True)
+        if not self._changed and header == self._header:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = "" if header == self._header else json.dumps({"header": self.data}, default=str) + "\n"
+        self._header = header
+        lines += "".join(json.dumps({"key": key, "record": record}, default=str) + "\n" for key, record in self._changed.items())
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._changed = {}
+
+
+def merge_journals(output_dir: str | os.PathLike, journal_dir: str | os.PathLike, header: dict | None = None,
+                   manifest_name: str = "manifest.json") -> Path:
+    """Fold every journal of ``journal_dir`` into ``output_dir/manifest.json`` (line order: a later record of
+    an image replaces an earlier one; a line cut short by a kill is ignored), then remove the journals."""
+    from .images import write_json_atomic
+
+    target = Path(output_dir) / manifest_name
+    merged = read_record_file(target)
+    merged.update(header or {})
+    images = merged.setdefault("images", {})
+    journals = sorted(Path(journal_dir).glob("*.jsonl")) if Path(journal_dir).is_dir() else []
+    for journal in journals:
+        for line in journal.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # the last line of a worker killed while appending
+            if "header" in entry:
+                merged.update({k: v for k, v in entry["header"].items() if k != "images"})
+            else:
+                images[entry["key"]] = entry["record"]
+    write_json_atomic(merged, target)
+    for journal in journals:
+        journal.unlink()
+    return target
 
 
 # ---------------------------------------------------------------------------------------------- starting a run folder

@@ -177,7 +177,7 @@ def test_a_non_editable_install_protects_a_toy_face_from_another_folder(tmp_path
 
 def _parsers():
     """Every command's parser (each editor family's flags for attack and edit)."""
-    from decontext.cli import attack, collect, demo, edit, erase_rate, evaluate, purify, runs, sweep, t2i, toy
+    from decontext.cli import amortize, app, attack, cluster, collect, demo, edit, erase_rate, evaluate, purify, runs, sweep, t2i, toy
     from decontext.editors import FAMILIES
 
     for spec in FAMILIES.values():
@@ -193,6 +193,9 @@ def _parsers():
     yield "toy-faces", toy.faces_parser()
     yield "toy-eval", toy.evaluate_parser()
     yield "demo", demo.parser()
+    yield "amortize", amortize.parser(FAMILIES["flux_kontext"])
+    yield "cluster", cluster.parser(FAMILIES["flux_kontext"])
+    yield "app", app.parser()
 
 
 def test_every_flag_of_every_command_has_help():

@@ -45,6 +45,12 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
                           "--stop-tol for this many steps (0 = never; default 0, the fast preset's own otherwise); the manifest records steps run and why")
     pgd.add_argument("--stop-window", type=int, default=None, help="stopping rule: steps averaged (the loss is noisy; default 25)")
     pgd.add_argument("--stop-tol", type=float, default=None, help="stopping rule: the rise of the mean loss that counts as progress, as a fraction of the gain so far (default 0.01)")
+    pgd.add_argument("--init", default=None, metavar="PROTECTOR",
+                     help="start PGD from a trained protector's output (shipped name such as toy-decontext, or a folder) instead of the clean "
+                          "image; with a few --steps this matches many steps from the clean image at a fraction of the cost (docs/EVIDENCE.md)")
+    pgd.add_argument("--allow-transfer", action="store_true",
+                     help="use a protector (--protector, --init) trained for another editor family, another method or a larger eps anyway "
+                          "(its output is clamped to this run's budget)")
     pgd.add_argument("--eot", nargs="+", default=None, metavar="BREAKER",
                      help="optimise to survive these breakers (expectation over transformation; decontext/purify.py): e.g. jpeg resize blur, or jpeg:quality=50")
     pgd.add_argument("--eot-samples", type=int, default=None, help="draws of the EOT breakers per PGD step, gradients averaged (default 1)")
@@ -104,7 +110,26 @@ def method_options(args, spec: Family) -> dict:
     return given
 
 
-def check_arguments(args, spec: Family) -> None:
+def check_protector(args, spec: Family) -> None:
+    """A protector (--method amortized --protector P, or --init P) that exists and fits this run: the
+    editor family, the method and the budget it was trained for (refused otherwise, unless --allow-transfer)."""
+    from ..methods.protector_files import read_config, shipped_protectors, transfer_problems
+
+    amortized = args.method == "amortized"
+    flag, ref = ("--protector", args.protector) if amortized else ("--init", args.init)
+    if ref is None:
+        raise ArgumentProblem(f"--method amortized needs --protector NAME or FOLDER (shipped: {', '.join(shipped_protectors()) or 'none'})")
+    try:
+        config = read_config(ref)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ArgumentProblem(f"{flag} {ref}: {exc}") from None
+    eps = args.eps if args.eps is not None else (float(config["eps"]) if amortized else spec.eps)
+    problems = transfer_problems(config, spec.name, None if amortized else args.method, eps)
+    if problems and not args.allow_transfer:
+        raise ArgumentProblem(f"{flag} {ref}: {'; '.join(problems)}. Refused (--allow-transfer uses it anyway)")
+
+
+def check_arguments(args, spec: Family, local_input: bool = True) -> None:
     """Everything about the attack's flags that can be checked without a model (exit 2 before loading)."""
     for flag in ("eps", "alpha"):
         value = getattr(args, flag)
@@ -124,6 +149,8 @@ def check_arguments(args, spec: Family) -> None:
                                   f"(several per step: {', '.join(n for n, e in METHODS.items() if e.batched)})")
         if args.eot:
             raise ArgumentProblem(f"--batch-size {args.batch_size}: --eot protects one image at a time")
+    if args.method == "amortized" or args.init is not None:
+        check_protector(args, spec)
     if args.measure_draws < 0:
         raise ArgumentProblem(f"--measure-draws must be >= 0, got {args.measure_draws}")
     if args.seed < 0:
@@ -136,36 +163,25 @@ def check_arguments(args, spec: Family) -> None:
             needs = "; ".join(f"{m}: {CAPABILITIES[m]}" for m in missing)
             raise ArgumentProblem(f"--method {args.method}: method {name!r} does not apply to the {spec.name} editor: it needs {needs}")
     check_resolution(spec, args.resolution, args.model)
-    check_paths("--input", args.input, args.output)
+    if local_input:  # a cluster job's --input may be a URI, a glob, a list or a manifest (decontext.cluster.list_inputs)
+        check_paths("--input", args.input, args.output)
     eps, alpha = args.eps if args.eps is not None else spec.eps, args.alpha if args.alpha is not None else spec.alpha
     if alpha > eps:
         print(f"warning: --alpha {alpha:g} is larger than --eps {eps:g}: every step jumps to the edge of the budget "
               "(a plain sign attack); a step of eps/10 or less is usual", file=sys.stderr)
 
 
-def main(argv=None, family: str | None = None) -> int:
-    """Protect a file or folder; exit 0, 1 (some images failed) or 2 (bad arguments)."""
-    spec = choose_family(argv, family)
-    args = parser(spec, fixed=family is not None).parse_args(argv)
-    try:
-        check_arguments(args, spec)
-        apply_pixel_limit(args)
-    except ArgumentProblem as exc:
-        return fail(str(exc))
-    quiet_libraries()
-    avoid_cudnn_attention()
-    from ..config import PGDConfig, ProtectConfig
-    from ..distributed import current_shard
+def resolve_protection(args, spec: Family):
+    """(method, PGDConfig) of parsed attack flags: the family's official settings under the preset, the
+    method's preferences and the flags given. ArgumentProblem names what cannot work (before any model loads)."""
+    from ..config import PGDConfig
     from ..methods import build_from_options
-    from ..names import shown
     from ..prompts import PromptFileError
-    from ..protect import protect_files
-    from ..runs import OutputBusyError, merge_manifests
 
     try:
         method = build_from_options(args.method, method_options(args, spec), args.weights, args.compose_norm)
     except (PromptFileError, ValueError, TypeError) as exc:
-        return fail(f"--method {args.method}: {exc}")
+        raise ArgumentProblem(f"--method {args.method}: {exc}") from None
     try:
         pgd = PGDConfig.for_method(method, defaults=spec.pgd_defaults, preset=args.preset, stop_patience=args.stop_patience,
                                    stop_window=args.stop_window, stop_tol=args.stop_tol, eps=args.eps, alpha=args.alpha, steps=args.steps, momentum=args.momentum,
@@ -179,6 +195,30 @@ def main(argv=None, family: str | None = None) -> int:
         elif args.eot_samples is not None:
             raise ValueError("--eot-samples needs --eot")
     except (ValueError, TypeError) as exc:
+        raise ArgumentProblem(str(exc)) from None
+    return method, pgd
+
+
+def main(argv=None, family: str | None = None) -> int:
+    """Protect a file or folder; exit 0, 1 (some images failed) or 2 (bad arguments)."""
+    spec = choose_family(argv, family)
+    args = parser(spec, fixed=family is not None).parse_args(argv)
+    try:
+        check_arguments(args, spec)
+        apply_pixel_limit(args)
+    except ArgumentProblem as exc:
+        return fail(str(exc))
+    quiet_libraries()
+    avoid_cudnn_attention()
+    from ..config import ProtectConfig
+    from ..distributed import current_shard
+    from ..names import shown
+    from ..protect import protect_files
+    from ..runs import OutputBusyError, merge_manifests
+
+    try:
+        method, pgd = resolve_protection(args, spec)
+    except ArgumentProblem as exc:
         return fail(str(exc))
     shard = current_shard()  # under `accelerate launch`, this process's share of the inputs
     device = shard.device if (args.device == "auto" and shard.device is not None) else None
@@ -194,7 +234,7 @@ def main(argv=None, family: str | None = None) -> int:
         editor.enable_gradient_checkpointing()
     if args.compile:
         editor.compile_blocks()
-    config = ProtectConfig(pgd=pgd, resolution=resolution, measure_draws=args.measure_draws, eot=tuple(args.eot or ()))
+    config = ProtectConfig(pgd=pgd, resolution=resolution, measure_draws=args.measure_draws, eot=tuple(args.eot or ()), init=args.init)
     manifest = "manifest.json" if shard.world == 1 else f"manifest.rank{shard.rank}.json"
     # The arguments as they took effect: the resolved budget, optimiser and working size, not None for "unset".
     resolved = {f.name: getattr(pgd, f.name) for f in fields(pgd)}  # every PGD value, the stopping rule's too

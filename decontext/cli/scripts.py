@@ -35,3 +35,15 @@ def collect_anchors():
 
 def erase_rate():
     sys.exit(run("erase-rate"))
+
+
+def cluster():
+    sys.exit(run("cluster"))
+
+
+def app():
+    sys.exit(run("app"))
+
+
+def amortize():
+    sys.exit(run("amortize"))

@@ -45,6 +45,7 @@ OPTIONS = {f.dest: f for f in (
     Flag("--dpd-every", "TDAE: image steps per dynamic-prompt cycle", type=int),
     Flag("--dpd-steps", "TDAE: embedding steps per cycle (0 = off)", type=int),
     Flag("--dpd-lr", "TDAE: Adam learning rate of the embedding steps"),
+    Flag("--protector", "amortized: a trained protector, by shipped name (toy-decontext, toy-encoder) or folder (decontext amortize trains one)", type=str),
 )}
 
 
@@ -85,6 +86,9 @@ METHODS = {
         "decontext.methods.diffusion:DiffusionAttack", "PhotoGuard's diffusion attack: pull the editor's own few-step edit to grey",
         {"sample_steps": 4, "target_value": 0.5, "prompts": None}, frozenset({"sampling"}), PHOTOGUARD_PGD),
 }
+METHODS["amortized"] = MethodSpec(
+    "decontext.methods.amortized:Amortized", "a trained protector network: one forward pass per photo, no PGD (--protector; `decontext amortize` trains one)",
+    {"protector": None}, optimises=False, batched=True)
 DEFAULT_METHOD = "decontext"
 
 

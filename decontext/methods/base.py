@@ -92,6 +92,11 @@ class Method:
         """Called inside ``session`` once per image (or batch), before any ``loss``, with its CLEAN pixels
         (methods that compare against the original keep what they need here)."""
 
+    def initial(self, editor: Editor, pixels: torch.Tensor, resolution) -> torch.Tensor | None:
+        """Where PGD starts for these clean pixels when the method decides it (the amortized protector: its
+        output); None: PGD's own start (the clean image, or a random point of the ball)."""
+        return None
+
     def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         """Scalar to maximise for ``pixels`` (B, 3, H, W) in [0, 1] at working size ``size``, and floats to log."""
         raise NotImplementedError

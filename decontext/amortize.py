@@ -1,0 +1,294 @@
+"""Training an amortized protector (``decontext.methods.amortized.Protector``) through the editor seam.
+
+Each step draws a batch of training images at the working size, adds the protector's perturbation, and
+climbs the method's own loss through the editor (``method.loss``, exactly what PGD climbs; nothing is
+re-implemented), so the gradient reaches the protector's weights through the frozen editor. Any
+registered method or composition works; methods that take per-image draws (``Method.batched``) see the
+whole batch in one forward, the others one image at a time.
+
+Every random draw of step ``s`` (which images, crops, the method's prompts, noise levels and noise, EOT)
+comes from generators seeded by (seed, s), so a run killed and resumed from its last checkpoint makes
+the same weights as one that was never stopped (bit-identical on the CPU). Checkpoints are written
+atomically every ``checkpoint_every`` steps; held-out images are scored with the method's own measure
+every ``validate_every`` steps.
+
+    python -m decontext amortize --model toy --method decontext --eps 16 --images toy-train --steps 3000 --out runs/protectors/toy-decontext
+
+Images: ``toy-train`` (the toy world's training identities, rendered on the fly; never the held-out
+ones, which validation uses) or a folder of photos (random square crops resized to the working size;
+every tenth file, in sorted order, is held out for validation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+TOY_TRAIN = "toy-train"
+STATE_FILE, OPTIMIZER_FILE, LOG_FILE = "state.json", "optimizer.pt", "validation.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything the trained weights depend on (its digest guards resume)."""
+
+    model: str = "toy"
+    family: str = "flux_kontext"
+    method: str = "decontext"
+    method_options: dict = field(default_factory=dict)
+    eps: float = 16.0
+    images: str = TOY_TRAIN
+    size: int = 64  # working size (square) the protector trains at
+    batch_size: int = 8  # per process (under accelerate launch, each of N processes takes its share of N x this)
+    steps: int = 3000
+    lr: float = 3e-4
+    seed: int = 0
+    eot: tuple = ()
+    architecture: dict | None = None
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunOptions:
+    """How the training runs, not what it learns (not part of the digest)."""
+
+    checkpoint_every: int = 200
+    validate_every: int = 500
+    val_count: int = 8
+    val_draws: int = 2
+    device: str = "auto"
+    dtype: str = "auto"
+    checkpointing: bool = False
+    progress: bool = True
+    stop_after: int | None = None  # end (after a checkpoint) once this many steps are done: a planned interruption
+
+
+# ---------------------------------------------------------------------------------------------- data
+class ImageSource:
+    """Training batches and validation images at the working size, drawn reproducibly from (seed, step)."""
+
+    def __init__(self, spec: str, size: int, seed: int):
+        self.spec, self.size, self.seed = spec, int(size), int(seed)
+        if spec == TOY_TRAIN:
+            from .toy import world
+
+            self.identities = world.train_identities()
+            self.files = []
+        else:
+            from .images import list_images
+
+            files = sorted(list_images(spec))
+            if len(files) < 2:
+                raise ValueError(f"--images {spec}: need at least 2 images (every tenth is held out for validation), found {len(files)}")
+            self.val_files = files[::10]
+            self.files = [f for f in files if f not in set(self.val_files)]
+
+    def digest(self) -> str:
+        """What was trained on: the toy's training identities, or the SHA-256 of every training file."""
+        h = hashlib.sha256()
+        if self.spec == TOY_TRAIN:
+            h.update(repr([asdict(i) if hasattr(i, "__dataclass_fields__") else repr(i) for i in self.identities]).encode())
+        else:
+            for f in self.files:
+                h.update(f.name.encode())
+                h.update(hashlib.sha256(f.read_bytes()).digest())
+        return h.hexdigest()
+
+    def _sized(self, rgb: np.ndarray) -> torch.Tensor:
+        """A toy render (square) at the working size, as a (3, S, S) tensor in [0, 1]."""
+        if rgb.shape[0] != self.size:
+            from PIL import Image
+
+            rgb = np.asarray(Image.fromarray(rgb).resize((self.size, self.size), Image.BICUBIC))
+        return torch.from_numpy(rgb.astype(np.float32) / 255.0).permute(2, 0, 1)
+
+    def _square(self, rgb: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        from PIL import Image
+
+        height, width = rgb.shape[:2]
+        side = int(min(height, width) * rng.uniform(0.7, 1.0))
+        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        crop = Image.fromarray(rgb[top : top + side, left : left + side]).resize((self.size, self.size), Image.BICUBIC)
+        return torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+    def batch(self, step: int, count: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, step, 1])
+        if self.spec == TOY_TRAIN:
+            from .toy import world
+
+            images = []
+            for _ in range(count):
+                identity = self.identities[int(rng.integers(len(self.identities)))]
+                scene = world.sample_scene(identity, seed=int(rng.integers(2**31)))
+                images.append(self._sized(world.render(scene)))
+            return torch.stack(images)
+        from .images import load_image
+
+        picks = rng.integers(len(self.files), size=count)
+        return torch.stack([self._square(load_image(self.files[int(i)]).rgb8, rng) for i in picks])
+
+    def validation(self, count: int) -> torch.Tensor:
+        if self.spec == TOY_TRAIN:
+            from .toy import world
+
+            held_out = world.eval_identities()[:count]
+            return torch.stack([self._sized(world.render(world.sample_scene(i, seed=10_000 + k))) for k, i in enumerate(held_out)])
+        from .images import load_image
+
+        rng = np.random.default_rng([self.seed, 0, 2])
+        return torch.stack([self._square(load_image(f).rgb8, rng) for f in self.val_files[:count]])
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+def _generators(seed: int, step: int, count: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 3, i]).generate_state(1)[0])) for i in range(count)]
+
+
+def objective(method, editor, x: torch.Tensor, size, step: int, generators: list[torch.Generator]) -> torch.Tensor:
+    """The method's loss (to maximise) of a batch, averaged over its images: one forward for a method that
+    takes per-image draws, else one image at a time."""
+    if method.batched:
+        loss, _ = method.loss(editor, x, size, step, generators)
+        return loss.mean()
+    return torch.stack([method.loss(editor, x[i : i + 1], size, step, generators[i])[0].reshape(()) for i in range(len(x))]).mean()
+
+
+def _save_checkpoint(folder: Path, protector, optimizer, step: int, config: TrainConfig, log: list) -> None:
+    """Atomically: weights, optimizer state and the step, in a new folder renamed over the old one."""
+    part = folder.with_name(folder.name + ".part")
+    shutil.rmtree(part, ignore_errors=True)
+    protector.save(part, {"checkpoint_of": config.digest()})
+    torch.save(optimizer.state_dict(), part / OPTIMIZER_FILE)
+    (part / STATE_FILE).write_text(json.dumps({"step": step, "config_digest": config.digest(), "validation": log}))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    part.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def train(config: TrainConfig, out: str | Path, options: RunOptions | None = None, log=print) -> dict:
+    """Train (or resume) a protector into ``out``: ``out/protector.{safetensors,json}`` when done,
+    ``out/checkpoint/`` while running. Returns the final protector.json."""
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+    from tqdm.auto import tqdm
+
+    from .editors import load_editor
+    from .methods import build_from_options
+    from .methods.amortized import Protector
+    from .protect import eot_transform
+
+    options = options or RunOptions()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "checkpoint"
+    accelerator = Accelerator(cpu=options.device == "cpu", mixed_precision="bf16" if options.dtype == "bfloat16" else "no")
+    editor = load_editor(config.model, config.family, accelerator.device if options.device == "auto" else options.device, options.dtype)
+    if options.checkpointing:
+        editor.enable_gradient_checkpointing()
+    method = build_from_options(config.method, dict(config.method_options))
+    source = ImageSource(config.images, config.size, config.seed)
+    size = tuple(editor.working_size(config.size, config.size, "native"))
+    if size != (config.size, config.size):
+        raise ValueError(f"--size {config.size} is not a working size of the {config.family} editor {config.model} (nearest {size}); "
+                         "use a multiple of its patch size")
+    torch.manual_seed(config.seed)
+    protector = Protector(config.architecture, config.eps)
+    optimizer = torch.optim.Adam(protector.parameters(), lr=config.lr)
+    step, history = 0, []
+    if (checkpoint / STATE_FILE).is_file():
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        if state["config_digest"] != config.digest():
+            raise ValueError(f"{checkpoint}: a checkpoint of another training recipe (digest {state['config_digest']} vs {config.digest()}); "
+                             "train into another folder, or delete it to start over")
+        protector.net.load_state_dict(load_file(str(checkpoint / "protector.safetensors")))
+        optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, weights_only=True))
+        step, history = int(state["step"]), list(state["validation"])
+        log(f"resuming {out} at step {step}")
+    protector, optimizer = accelerator.prepare(protector, optimizer)
+    transform = eot_transform(config.eot, editor)
+    validation = source.validation(options.val_count).to(editor.device)
+    model = accelerator.unwrap_model(protector)
+    began = time.perf_counter()
+
+    def validate(at: int) -> dict:
+        model.eval()
+        with torch.no_grad():
+            protected = (validation + model(validation)).clamp(0, 1)
+            clean = method.measure(editor, validation, size, options.val_draws)
+            after = method.measure(editor, protected, size, options.val_draws)
+        model.train()
+        return {"step": at, "clean": clean, "protected": after}
+
+    with method.session(editor):
+        if step == 0:
+            history.append(validate(0))  # the untrained protector: the yardstick of the log
+        bar = tqdm(total=config.steps, initial=step, desc="protector", disable=not options.progress, dynamic_ncols=True)
+        while step < config.steps:
+            # Under `accelerate launch`, each process takes its share of one larger batch (the same draws as one process).
+            world, rank = accelerator.num_processes, accelerator.process_index
+            x0 = source.batch(step, config.batch_size * world)[rank::world].to(editor.device)
+            generators = _generators(config.seed, step, config.batch_size * world)[rank::world]
+            method.start(editor, x0, size)
+            x = (x0 + protector(x0)).clamp(0, 1)
+            if transform is not None:
+                x = transform(x, torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, step, 4]).generate_state(1)[0])))
+            with accelerator.autocast():
+                value = objective(method, editor, x, size, step, generators)
+            if not torch.isfinite(value):
+                raise FloatingPointError(f"non-finite loss at training step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(-value)  # climb the method's loss
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(value.detach()):.4f}")
+            if step % options.validate_every == 0 or step == config.steps:
+                history.append(validate(step))
+                log(f"step {step}: held-out {history[-1]['clean']} -> {history[-1]['protected']}")
+            if accelerator.is_main_process and (step % options.checkpoint_every == 0 or step == config.steps):
+                _save_checkpoint(checkpoint, model, optimizer, step, config, history)
+            if options.stop_after is not None and step >= options.stop_after:
+                if accelerator.is_main_process:
+                    _save_checkpoint(checkpoint, model, optimizer, step, config, history)
+                bar.close()
+                return {"stopped_at": step}
+        bar.close()
+    record = {"editor": {"family": config.family, "model": config.model}, "method": {"method": config.method, "options": config.method_options},
+              "working_size": list(size), "recipe": {**asdict(config), "digest": config.digest()}, "data_digest": source.digest(),
+              "steps": step, "validation": history, "seconds": round(time.perf_counter() - began, 1),
+              "command": "python -m decontext amortize " + " ".join(recipe_flags(config))}
+    if accelerator.is_main_process:
+        model.save(out, record)
+    return json.loads((out / "protector.json").read_text())
+
+
+def recipe_flags(config: TrainConfig) -> list[str]:
+    """The command-line flags that reproduce ``config``."""
+    flags = ["--model", config.model, "--family", config.family, "--method", config.method, "--eps", f"{config.eps:g}", "--images", config.images,
+             "--size", str(config.size), "--batch-size", str(config.batch_size), "--steps", str(config.steps), "--lr", f"{config.lr:g}",
+             "--seed", str(config.seed)]
+    for key, value in config.method_options.items():
+        flags += [f"--{key.replace('_', '-')}", *(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))]
+    if config.eot:
+        flags += ["--eot", *config.eot]
+    return flags
+
+
+def parameters_count(architecture: dict | None = None) -> int:
+    from .methods.amortized import Protector
+
+    return Protector(architecture).parameters_count()
+
+
+__all__ = ["RunOptions", "TOY_TRAIN", "TrainConfig", "ImageSource", "objective", "recipe_flags", "train"]

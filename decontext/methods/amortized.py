@@ -1,0 +1,161 @@
+"""The amortized protector: a small network that protects a photo in one forward pass.
+
+``Protector`` is diffusers' ``UNet2DModel`` (fully convolutional, ~1 M parameters by default) mapping an
+image to a perturbation ``eps * tanh(out)``: inside the L-inf budget by construction. It runs at the
+editor's working size for the photo (what the editor sees: 64 px on the toy, ~1 MP on FLUX.1-Kontext);
+its perturbation is resized to the photo's own size and clamped to eps again, and the 8-bit save keeps
+the exact budget as for every other method (``images.save_protected``).
+
+A protector is trained through the same seam as PGD, with any method's own loss (``decontext.amortize``),
+and stored as ``protector.safetensors`` + ``protector.json`` (architecture, editor family and model,
+method and options, eps, working size, recipe, data digest, validation). Shipped ones live in
+``data/protectors/<name>/`` and load by name (``--protector toy-decontext``).
+
+Used two ways (``decontext.protect``): ``--method amortized --protector P`` saves the protector's output
+(no PGD steps; measured with the objective it was trained on), and ``--init P`` starts PGD of any method
+from it instead of the clean image.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..editors.base import Editor
+from . import METHODS
+from .base import Method
+from .protector_files import CONFIG_FILE, WEIGHTS_FILE, protector_folder, read_config, weights_digest  # noqa: F401 (re-exported)
+
+DEFAULT_ARCHITECTURE = {  # diffusers UNet2DModel: 3 levels, one ResNet block each, ~1.06 M parameters (4.3 MB in float32)
+    "in_channels": 3, "out_channels": 3, "layers_per_block": 1, "block_out_channels": [32, 64, 64],
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "norm_num_groups": 16,
+}
+
+
+class Protector(torch.nn.Module):
+    """P(x) -> delta: (B, 3, H, W) pixels in [0, 1] at any size -> a perturbation with |delta| <= eps/255.
+
+    The input is reflect-padded to the network's multiple and the output cropped back, so any size and
+    aspect ratio works."""
+
+    def __init__(self, architecture: dict | None = None, eps: float = 16.0):
+        super().__init__()
+        from diffusers import UNet2DModel
+
+        self.architecture = dict(architecture or DEFAULT_ARCHITECTURE)
+        self.net = UNet2DModel(sample_size=None, **self.architecture)
+        self.eps = float(eps)
+        self.multiple = 2 ** (len(self.architecture["block_out_channels"]) - 1)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        height, width = pixels.shape[-2:]
+        pad_h, pad_w = -height % self.multiple, -width % self.multiple
+        x = pixels * 2 - 1
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(height, width) > max(pad_h, pad_w) else "replicate")
+        out = self.net(x, timestep=0).sample[..., :height, :width]
+        return (self.eps / 255.0) * torch.tanh(out)
+
+    def parameters_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save(self, folder: str | Path, config: dict) -> Path:
+        """``protector.safetensors`` + ``protector.json`` (``config`` plus the architecture and eps)."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        save_file(state, str(folder / (WEIGHTS_FILE + ".part")))
+        (folder / (WEIGHTS_FILE + ".part")).replace(folder / WEIGHTS_FILE)
+        full = {**config, "architecture": self.architecture, "eps": self.eps, "parameters": self.parameters_count()}
+        (folder / (CONFIG_FILE + ".part")).write_text(json.dumps(full, indent=1), encoding="utf-8")
+        (folder / (CONFIG_FILE + ".part")).replace(folder / CONFIG_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, device="cpu") -> "Protector":
+        from safetensors.torch import load_file
+
+        config = read_config(name_or_path)
+        protector = cls(config["architecture"], config["eps"])
+        protector.net.load_state_dict(load_file(str(protector_folder(name_or_path) / WEIGHTS_FILE)))
+        protector.config = config
+        return protector.to(device).eval().requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=4)
+def _loaded(folder: str, device: str) -> Protector:
+    return Protector.load(folder, device)
+
+
+def load_protector(name_or_path: str | Path, device="cpu") -> Protector:
+    """A protector by name or folder, loaded once per process and device."""
+    return _loaded(str(protector_folder(name_or_path).resolve()), str(device))
+
+
+def protected_start(protector: Protector, editor: Editor, pixels: torch.Tensor, resolution="native", eps: float | None = None) -> torch.Tensor:
+    """The protector's result for clean ``pixels`` (B, 3, H, W) in [0, 1] at their own size: the network runs
+    at the editor's working size for this image, its perturbation is resized back (bicubic) and clamped to
+    ``eps`` (default the protector's; 1/255 units)."""
+    limit = (protector.eps if eps is None else min(eps, protector.eps)) / 255.0
+    height, width = pixels.shape[-2:]
+    size = tuple(editor.working_size(height, width, resolution))
+    x = pixels.float().to(next(protector.parameters()).device)
+    seen = x if size == (height, width) else F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    with torch.no_grad():
+        delta = protector(seen)
+    if size != (height, width):
+        delta = F.interpolate(delta, size=(height, width), mode="bicubic", align_corners=False)
+    return (x + delta.clamp(-limit, limit)).clamp(0, 1).to(pixels.device)
+
+
+class Amortized(Method, spec="amortized"):
+    """``--method amortized --protector P``: the protector's output, no PGD steps by default; measured with
+    the objective the protector was trained on (e.g. DeContext's share), as a PGD run of it would be.
+    Steps asked for anyway continue with that objective from the protector's output."""
+
+    def __init__(self, protector: str | Path = METHODS["amortized"].defaults["protector"]):
+        if protector is None:
+            raise ValueError("--method amortized needs --protector NAME or FOLDER (shipped: toy-decontext, toy-encoder)")
+        from . import build_method
+
+        self.protector = str(protector)
+        self.trained = read_config(protector)
+        trained_method = dict(self.trained["method"])
+        self.objective = build_method(trained_method.pop("method"), **trained_method.get("options", {}))
+
+    @property
+    def pgd_defaults(self) -> dict:
+        return {"steps": 0, "eps": float(self.trained["eps"])}
+
+    def check_applies(self, editor) -> None:  # what the objective needs (the protector's own family: checked by the CLI and below)
+        self.objective.check_applies(editor)
+
+    def config(self) -> dict:
+        return {"method": self.name, "protector": self.protector, "sha256": weights_digest(self.protector),
+                "trained_for": {"editor": self.trained["editor"], "eps": self.trained["eps"], "steps": self.trained.get("steps")},
+                "objective": self.objective.config()}
+
+    def prepare(self, editor: Editor) -> None:
+        self.objective.ready(editor)
+
+    def hold(self, editor: Editor):
+        return self.objective.hold(editor)
+
+    def start(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int]) -> None:
+        self.objective.start(editor, pixels, size)
+
+    def initial(self, editor: Editor, pixels: torch.Tensor, resolution) -> torch.Tensor:
+        return protected_start(load_protector(self.protector, editor.device), editor, pixels, resolution)
+
+    def loss(self, editor, pixels, size, step, generator):
+        return self.objective.loss(editor, pixels, size, step, generator)
+
+    def measure(self, editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
+        return self.objective.measure(editor, pixels, size, draws, seed)
