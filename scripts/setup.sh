@@ -57,4 +57,13 @@ if [ "$LOCK" = requirements/full.lock ]; then
   # torch and numpy 2 (tests/test_metrics_identity.py proves it), so it goes in without its pins.
   pip_install --no-deps facenet-pytorch==2.6.0
 fi
+if [ "$PROFILE" = test ] && ! command -v chromium >/dev/null 2>&1; then
+  # The app's browser test (tests/test_app.py) drives the system Chromium with Playwright (no browser download).
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get install -y -q --no-install-recommends chromium || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; } >/dev/null \
+      || echo "note: chromium could not be installed; the app's browser test will be skipped" >&2
+  else
+    echo "note: no chromium on PATH (install your distribution's chromium); the app's browser test will be skipped" >&2
+  fi
+fi
 echo "$WANT" > "$STAMP"
