@@ -54,6 +54,30 @@ VARIANTS = {
 PROMPTED = {"decontext", "flow_loss", "danp", "tdae", "diffusion"}  # methods that take the prompt pool
 
 
+def toy_setup(model: str, identities: int, seed: int):
+    """What every toy bench starts from: the toy editor ``model`` (its attack and edit prompts encoded),
+    its reader, the six edit prompts and their names, the editor's sampling settings, the first
+    ``identities`` held-out faces rendered from ``seed`` (uint8, N x 64 x 64 x 3), and the attack prompts
+    (the whole pool)."""
+    from decontext.editors import load_editor
+    from decontext.prompts import load_prompts
+    from decontext.toy import world
+    from decontext.toy.model import PROMPTS_FILE
+    from decontext.toy.names import toy_family
+    from decontext.toy.reader import ToyReader, edit_name
+
+    editor = load_editor(model, toy_family(model), "cpu", "float32")
+    pool = load_prompts(PROMPTS_FILE)
+    prompts = [pool[i].text for i in EDIT_PROMPT_INDICES]
+    names = [edit_name(pool[i].category) for i in EDIT_PROMPT_INDICES]
+    settings = {"steps": int(editor.recommended["num_inference_steps"]), "guidance": float(editor.recommended["guidance_scale"])}
+    attack_prompts = [p.text for p in pool]
+    editor.prepare(attack_prompts + prompts, release=False)
+    chosen = world.eval_identities()[:identities]
+    sources = np.stack([world.render(world.sample_scene(identity, seed=seed + i)) for i, identity in enumerate(chosen)])
+    return editor, ToyReader.load(), prompts, names, settings, sources, attack_prompts
+
+
 def build(variant: str, prompts: list[str]):
     from decontext.methods import build_method, compose, method_names
 
@@ -194,26 +218,11 @@ def main(argv=None) -> int:
     quiet_libraries()
     torch.manual_seed(0)
 
-    from decontext.editors import load_editor
-    from decontext.prompts import load_prompts
-    from decontext.toy import world
-    from decontext.toy.model import PROMPTS_FILE
-    from decontext.toy.names import is_toy_model, toy_family
-    from decontext.toy.reader import ToyReader, edit_name
+    from decontext.toy.names import is_toy_model
 
     if not is_toy_model(args.model):
         parser.error(f"--model {args.model!r}: the effect bench needs a trained toy editor (its reader scores the edits)")
-    editor = load_editor(args.model, toy_family(args.model), "cpu", "float32")
-    reader = ToyReader.load()
-    pool = load_prompts(PROMPTS_FILE)
-    prompts = [pool[i].text for i in EDIT_PROMPT_INDICES]
-    names = [edit_name(pool[i].category) for i in EDIT_PROMPT_INDICES]
-    settings = {"steps": int(editor.recommended["num_inference_steps"]), "guidance": float(editor.recommended["guidance_scale"])}
-    attack_prompts = [p.text for p in pool]
-    editor.prepare(attack_prompts + prompts, release=False)
-
-    identities = world.eval_identities()[: args.identities]
-    sources = np.stack([world.render(world.sample_scene(identity, seed=args.seed + i)) for i, identity in enumerate(identities)])
+    editor, reader, prompts, names, settings, sources, attack_prompts = toy_setup(args.model, args.identities, args.seed)
     started = time.perf_counter()
     results: dict[str, dict] = {"clean": score(reader, sources, edit_all(editor, sources, prompts, args.seed, settings, args.chunk), names)}
     print(f"clean: identity {results['clean']['toy_identity'].mean():.3f}, edit success {results['clean']['edit_success'].mean():.3f} "
@@ -243,7 +252,7 @@ def main(argv=None) -> int:
                   f"PSNR {extra[key]['psnr']:.1f} dB ({seconds:.0f}s protect, {time.perf_counter() - began:.0f}s in all)", flush=True)
 
     lines = [
-        f"Toy editor {args.model!r}, {len(identities)} held-out identities x {len(prompts)} edits, PGD {args.steps} steps "
+        f"Toy editor {args.model!r}, {len(sources)} held-out identities x {len(prompts)} edits, PGD {args.steps} steps "
         f"({', '.join(f'{k} {v}' for k, v in pgd_options(args).items() if v is not None) or 'each method its own rule'}); "
         f"toy_identity: lower = better protection; diff = condition - noise at the same eps (paired, 95% bootstrap CI over identities); "
         f"way = -diff / (clean - another person) = {way:.3f}; PSNR of the saved protected input; protect time per image on this machine",
@@ -265,7 +274,7 @@ def main(argv=None) -> int:
         args.json.write_text(json.dumps({k: {**{m: v.tolist() for m, v in r.items()}, **extra.get(k, {})} for k, r in results.items()}))
     plot = args.plot or (args.json.with_suffix(".svg") if args.json else None)
     if plot is not None:
-        write_plot(results, plot, f"{args.model}: toy identity vs budget ({len(identities)} identities x {len(prompts)} edits, PGD {args.steps} steps)")
+        write_plot(results, plot, f"{args.model}: toy identity vs budget ({len(sources)} identities x {len(prompts)} edits, PGD {args.steps} steps)")
     return 0
 
 

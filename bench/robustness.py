@@ -53,24 +53,9 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     quiet_libraries()
     torch.manual_seed(0)
-    from decontext.editors import load_editor
-    from decontext.prompts import load_prompts
     from decontext.purify import EOT, parse_breaker, parse_breakers
-    from decontext.toy import world
-    from decontext.toy.model import PROMPTS_FILE
-    from decontext.toy.names import toy_family
-    from decontext.toy.reader import ToyReader, edit_name
 
-    editor = load_editor(args.model, toy_family(args.model), "cpu", "float32")
-    reader = ToyReader.load()
-    pool = load_prompts(PROMPTS_FILE)
-    prompts = [pool[i].text for i in effect.EDIT_PROMPT_INDICES]
-    names = [edit_name(pool[i].category) for i in effect.EDIT_PROMPT_INDICES]
-    settings = {"steps": int(editor.recommended["num_inference_steps"]), "guidance": float(editor.recommended["guidance_scale"])}
-    attack_prompts = [p.text for p in pool]
-    editor.prepare(attack_prompts + prompts, release=False)
-    identities = world.eval_identities()[: args.identities]
-    sources = np.stack([world.render(world.sample_scene(identity, seed=args.seed + i)) for i, identity in enumerate(identities)])
+    editor, reader, prompts, names, settings, sources, attack_prompts = effect.toy_setup(args.model, args.identities, args.seed)
     breakers = {spec: (None if spec == "none" else parse_breaker(spec)) for spec in args.breakers}
     eot_specs = [s for s in args.eot if s]
     alpha = args.alpha or max(0.25, 4 * args.eps / max(args.steps, 1))
@@ -98,7 +83,7 @@ def main(argv=None) -> dict:
         print(f"{key}: " + ", ".join(f"{s} {v.mean():.3f}" for s, v in results[key].items()) + f" ({protect_seconds:.0f}s protect, {time.perf_counter() - start:.0f}s)", flush=True)
 
     header = "| condition | " + " | ".join(breakers) + " | PSNR | s/image |"
-    lines = [f"Toy {args.model!r}, {len(identities)} held-out identities x {len(prompts)} edits, {args.eps:g}/255, PGD {args.steps} steps (alpha {alpha:.2f}/255), "
+    lines = [f"Toy {args.model!r}, {len(sources)} held-out identities x {len(prompts)} edits, {args.eps:g}/255, PGD {args.steps} steps (alpha {alpha:.2f}/255), "
              f"EOT over {', '.join(eot_specs) or '-'} ({args.eot_samples} draw/step). Rows clean/noise: mean toy identity after each breaker; "
              f"method rows: identity diff vs noise after the same breaker [95% CI], lower = still protecting; way (clean - another person) = {way:.3f}.",
              "", header, "|" + "---|" * (len(breakers) + 3)]

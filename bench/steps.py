@@ -25,14 +25,13 @@ synthetic gradient; the toy reads its held-out faces.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench import effect
+from bench import effect, save_json
 from decontext.cli.common import quiet_libraries
 from decontext.config import PRESETS, PGDConfig, ProtectConfig
 from decontext.images import quantize, uint8_to_tensor
@@ -220,9 +219,7 @@ def main(argv=None) -> dict:
     print("\n".join(lines))
     print(f"({time.perf_counter() - began:.0f} s in all)")
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "paper": paper.to_dict(), "rows": rows, "summary": summary, "table": lines}
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1))
+    save_json(args.json, out)
     return out
 
 
