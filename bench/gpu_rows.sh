@@ -6,6 +6,9 @@
 # Default ROWS, most wanted first (issue 31):
 #   photo1024 photo512  one photo end to end (build, protect, 8-bit save, manifest) with the fast preset, and the
 #                       paper preset run for 40 steps and extrapolated to 800 (bench/photo.py)
+#   protector512        an amortized protector (conv) on the real architecture: one training step at 512 px
+#                       (batch 1, checkpointed) with its peak memory, and its inference on a 1024 px photo
+#                       (bench/protector_step.py)
 #   mem1024ckpt         ours vs bare, checkpointed at 1024, with the CUDA allocator's snapshot of one step each:
 #                       what the checkpointed memory excess is made of (bench_step --memory-snapshot)
 #   compile512          ours eager vs ours with every block torch.compiled, side by side
@@ -16,7 +19,7 @@
 # single-file checkpoint to disk; 38 GB of random weights do not fit this budget).
 set -uo pipefail
 LOG_DIR=${1:-runs/gpu_bench}
-ROWS=${2:-"photo1024 photo512 mem1024ckpt compile512 flux2 1024ckpt 512 512ckpt 1024 24gb 24gb512"}
+ROWS=${2:-"photo1024 photo512 protector512 mem1024ckpt compile512 flux2 1024ckpt 512 512ckpt 1024 24gb 24gb512"}
 DEADLINE_S=${DEADLINE_S:-480}
 ROW_TIMEOUT_S=${ROW_TIMEOUT_S:-240}
 PY=${PYTHON:-python}
@@ -35,6 +38,8 @@ for row in $ROWS; do
   case $row in
     photo1024) module=bench.photo; base=(--preset-model flux --device cuda --dtype bfloat16); args=(--size 1024 --json "$LOG_DIR/photo1024.json") ;;
     photo512)  module=bench.photo; base=(--preset-model flux --device cuda --dtype bfloat16); args=(--size 512 --json "$LOG_DIR/photo512.json") ;;
+    protector512) module=bench.protector_step; base=(--preset-model flux --device cuda --dtype bfloat16)
+                  args=(--size 512 --checkpointing --infer-size 1024 --json "$LOG_DIR/protector512.json") ;;
     mem1024ckpt) args=(--size 1024 --repeats 1 --checkpointing --variants ours bare --skip-memory --memory-snapshot "$LOG_DIR/snapshots") ;;
     compile512) args=(--size 512 --repeats 3 --compile --variants ours ours_compiled --skip-memory) ;;
     flux2)

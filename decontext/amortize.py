@@ -282,6 +282,10 @@ def recipe_flags(config: TrainConfig) -> list[str]:
         flags += [f"--{key.replace('_', '-')}", *(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))]
     if config.eot:
         flags += ["--eot", *config.eot]
+    if config.architecture is not None and config.architecture.get("add_attention") is False:
+        flags += ["--architecture", "conv"]
+    elif config.architecture is None and config.size > 256:
+        flags += ["--architecture", "small"]
     return flags
 
 

@@ -196,3 +196,17 @@ def test_a_protector_for_another_family_method_or_budget_is_refused_before_loadi
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     saved = np.asarray(Image.open(tmp_path / "allowed" / "grey.png")).astype(int)
     assert np.abs(saved - 100).max() <= 8  # clamped to this run's budget
+
+
+def test_the_conv_architecture_has_no_attention_and_is_in_the_recipe():
+    from decontext.amortize import recipe_flags
+    from decontext.methods.amortized import CONV_ARCHITECTURE
+
+    def attention_layers(protector):
+        return [name for name, module in protector.named_modules() if type(module).__name__ == "Attention"]
+
+    assert attention_layers(Protector()) and not attention_layers(Protector(CONV_ARCHITECTURE))
+    assert recipe_flags(_tiny_config(architecture=dict(CONV_ARCHITECTURE)))[-2:] == ["--architecture", "conv"]
+    assert "--architecture" not in recipe_flags(_tiny_config())
+    x = torch.rand(1, 3, 40, 56)
+    assert Protector(CONV_ARCHITECTURE, eps=4)(x).detach().abs().max() <= 4 / 255

@@ -29,6 +29,9 @@ def parser(spec: Family) -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=8, help="images per training step (default 8)")
     ap.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
     ap.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
+    ap.add_argument("--architecture", choices=["small", "conv"], default=None,
+                    help="small: UNet2DModel with a self-attention mid block (the shipped toy protectors; fine at 64-256 px); conv: the same "
+                         "without it, cost linear in pixels (for 512-1024 px working sizes). Default: small up to 256 px, conv above")
     ap.add_argument("--seed", type=int, default=0, help="seed of the weights' initialisation and of every draw (default 0)")
     ap.add_argument("--eot", nargs="+", default=None, metavar="BREAKER", help="train to survive these breakers (decontext/purify.py), e.g. jpeg blur")
     ap.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
@@ -77,6 +80,10 @@ def main(argv=None) -> int:
     config = TrainConfig(model=args.model, family=args.family, method=args.method, method_options=options, eps=args.eps or spec.eps,
                          images=args.images, size=args.size or (64 if small else 512), batch_size=args.batch_size, steps=args.steps,
                          lr=args.lr, seed=args.seed, eot=tuple(args.eot or ()))
+    if (args.architecture or ("small" if config.size <= 256 else "conv")) == "conv":
+        from ..methods.amortized import CONV_ARCHITECTURE
+
+        config.architecture = dict(CONV_ARCHITECTURE)
     run = RunOptions(checkpoint_every=args.checkpoint_every, validate_every=args.validate_every, val_count=args.val_count, device=args.device,
                      dtype=args.dtype, checkpointing=args.checkpointing, progress=not args.no_progress, stop_after=args.stop_after)
     try:

@@ -35,6 +35,9 @@ DEFAULT_ARCHITECTURE = {  # diffusers UNet2DModel: 3 levels, one ResNet block ea
     "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
     "norm_num_groups": 16,
 }
+# The same without the mid block's self-attention (UNet2DModel's add_attention): at a 1 MP working size that
+# attention would see 256 x 256 = 65,536 positions (quadratic); this one costs linear in pixels.
+CONV_ARCHITECTURE = {**DEFAULT_ARCHITECTURE, "add_attention": False}
 
 
 class Protector(torch.nn.Module):
