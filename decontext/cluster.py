@@ -1,12 +1,12 @@
 """Protection of many photos as a Ray Data job: one model per actor, streaming, retries, exactly once.
 
-    decontext cluster --inputs s3://bucket/uploads/ --output /shared/protected --model toy --method amortized --protector toy-decontext
-    decontext cluster --address auto --inputs list.parquet --output /shared/out --model black-forest-labs/FLUX.1-Kontext-dev --gpus-per-actor 1 --actors 8
+    decontext cluster --input s3://bucket/uploads/ --output /shared/protected --model toy --method amortized --protector toy-decontext
+    decontext cluster --address auto --input list.parquet --output /shared/out --model black-forest-labs/FLUX.1-Kontext-dev --gpus-per-actor 1 --actors 8
 
 The stages stream into each other (``ray.data``): a read stage (Ray tasks) fetches each image's bytes from
 wherever pyarrow reads (a local folder, a glob, a text list, a Parquet/CSV manifest; local paths or
 s3://, gs://, hdfs://...) and hashes them; an actor stage protects them, one editor loaded per actor
-(``concurrency`` actors, each with ``num_gpus`` / ``num_cpus``), and writes each output into the output
+(``--actors`` actors, each with ``--gpus-per-actor`` / ``--cpus-per-actor``), and writes each output into the output
 folder. Decoding, protection and writing are ``decontext.protect.protect_groups``, the same per-file loop
 as ``decontext attack``: same seeds per image, same settings, same resume rules, same pixels.
 

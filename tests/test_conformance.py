@@ -14,7 +14,9 @@ from decontext.editors.base import CAPABILITIES
 from decontext.methods import METHODS, method_class
 
 EXPECTED_MEASURES = {"decontext": {"share"}, "noise": set(), "encoder": {"latent_mse"}, "flow_loss": {"flow_mse"},
-                     "danp": {"attention", "noise_mse"}, "tdae": {"discrepancy"}, "diffusion": {"edit_mse"}}
+                     "danp": {"attention", "noise_mse"}, "tdae": {"discrepancy"}, "diffusion": {"edit_mse"},
+                     "amortized": {"share"}}  # the measure of the protector's objective (toy-decontext: DeContext's share)
+PROTECTOR = ["--protector", "toy-decontext", "--allow-transfer"]  # trained on the toy Kontext at 16/255: a transfer everywhere here
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +50,9 @@ def test_editors_answer_the_protocol(family):
 
 
 def applies(method: str, family: str) -> bool:
-    return method_class(method).applies_to(editor_class(family))
+    """Whether ``method`` runs on ``family``'s editor (the amortized method with the shipped toy-decontext
+    protector: where its objective, DeContext, runs)."""
+    return method_class("decontext" if method == "amortized" else method).applies_to(editor_class(family))
 
 
 def test_every_method_applies_to_some_editor_and_the_kontext_editor_takes_all():
@@ -64,10 +68,12 @@ def test_every_method_runs_through_the_same_cli_with_the_same_manifest(family, i
         out = tmp_path / method
         argv = ["--model", "tiny", "--input", str(image_dir), "--output", str(out), "--method", method, "--eps", "8", "--alpha", "4",
                 "--steps", "2", "--resolution", "native", "--measure-draws", "1", "--no-progress", "--prompts", "data/prompts/toy_prompts.txt"]
+        argv += PROTECTOR if method == "amortized" else []
         if not applies(method, family):  # refused up front, by name, before any model loads or file is written
             capsys.readouterr()
             assert attack_main(family=family, argv=argv) == 2, (family, method)
-            assert f"method {method!r} does not apply to the {family} editor" in capsys.readouterr().err
+            named = "its objective 'decontext'" if method == "amortized" else f"method {method!r}"
+            assert f"{named} does not apply to the {family} editor" in capsys.readouterr().err
             assert not out.exists()
             continue
         assert attack_main(family=family, argv=argv) == 0, (family, method)

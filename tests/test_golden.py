@@ -33,7 +33,8 @@ def _pixels():
 
 
 def _cases():
-    return [(f, m) for f in EDITORS for m in METHODS if m != "noise" and method_class(m).applies_to(editor_class(f))]
+    # noise has no loss; amortized came after the re-layering (its loss is its objective's: tests/test_amortized.py)
+    return [(f, m) for f in EDITORS for m in METHODS if m not in ("noise", "amortized") and method_class(m).applies_to(editor_class(f))]
 
 
 def test_every_case_has_a_golden_value():

@@ -123,6 +123,11 @@ def check_protector(args, spec: Family) -> None:
         config = read_config(ref)
     except (FileNotFoundError, ValueError) as exc:
         raise ArgumentProblem(f"{flag} {ref}: {exc}") from None
+    objective = METHODS.get(str(config["method"].get("method")))
+    missing = sorted(set(objective.requires) - set(spec.capabilities)) if amortized and objective is not None else []
+    if missing:  # no flag can make it run: the objective it measures (and any steps on top) needs what this editor lacks
+        raise ArgumentProblem(f"{flag} {ref}: its objective {config['method']['method']!r} does not apply to the {spec.name} editor "
+                              f"(it needs {', '.join(missing)}); --allow-transfer cannot change that")
     eps = args.eps if args.eps is not None else (float(config["eps"]) if amortized else spec.eps)
     problems = transfer_problems(config, spec.name, None if amortized else args.method, eps)
     if problems and not args.allow_transfer:
