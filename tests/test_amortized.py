@@ -182,8 +182,13 @@ def test_attack_with_a_protector_keeps_the_budget_on_saved_files_and_records_it(
 
 def test_a_protector_for_another_family_method_or_budget_is_refused_before_loading(trained, tmp_path):
     common = ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--no-progress"]
-    other_family = _attack("--family", "instruct_pix2pix", "--model", "tiny", "--method", "amortized", "--protector", str(trained), *common)
-    assert other_family.returncode == 2 and "trained against the flux_kontext editor, not instruct_pix2pix" in other_family.stderr
+    other_family = _attack("--family", "step1x_edit", "--model", "tiny", "--method", "amortized", "--protector", str(trained), *common)
+    assert other_family.returncode == 2 and "trained against the flux_kontext editor, not step1x_edit" in other_family.stderr
+    # an objective the editor cannot compute (DeContext needs context attention; InstructPix2Pix has none) is refused
+    # even where a transfer is allowed
+    no_context = _attack("--family", "instruct_pix2pix", "--model", "tiny", "--method", "amortized", "--protector", str(trained),
+                         "--allow-transfer", *common)
+    assert no_context.returncode == 2 and "does not apply to the instruct_pix2pix editor" in no_context.stderr
     other_method = _attack("--model", "tiny", "--method", "encoder", "--init", str(trained), "--eps", "16", *common)
     assert other_method.returncode == 2 and "trained with the decontext method, not encoder" in other_method.stderr
     smaller = _attack("--model", "tiny", "--method", "amortized", "--protector", str(trained), "--eps", "8", *common)
