@@ -50,7 +50,10 @@ VARIANTS = {
     "encoder+danp": ("encoder+danp", {}),
     "encoder+flow_loss": ("encoder+flow_loss", {}),
     "encoder+diffusion": ("encoder+diffusion", {}),
+    # the trained protector alone (one forward pass, no PGD), at its own budget only (--protector)
+    "amortized": ("amortized", {}),
 }
+DEFAULT_PROTECTORS = {"toy-v1": "toy-decontext"}  # the shipped protector trained on each toy editor
 PROMPTED = {"decontext", "flow_loss", "danp", "tdae", "diffusion"}  # methods that take the prompt pool
 
 
@@ -61,7 +64,6 @@ def toy_setup(model: str, identities: int, seed: int):
     (the whole pool)."""
     from decontext.editors import load_editor
     from decontext.prompts import load_prompts
-    from decontext.toy import world
     from decontext.toy.model import PROMPTS_FILE
     from decontext.toy.names import toy_family
     from decontext.toy.reader import ToyReader, edit_name
@@ -73,15 +75,19 @@ def toy_setup(model: str, identities: int, seed: int):
     settings = {"steps": int(editor.recommended["num_inference_steps"]), "guidance": float(editor.recommended["guidance_scale"])}
     attack_prompts = [p.text for p in pool]
     editor.prepare(attack_prompts + prompts, release=False)
+    reader = ToyReader.for_editor(model, toy_family(model))  # it reads the editor's own world
+    world = reader.world
     chosen = world.eval_identities()[:identities]
     sources = np.stack([world.render(world.sample_scene(identity, seed=seed + i)) for i, identity in enumerate(chosen)])
-    return editor, ToyReader.load(), prompts, names, settings, sources, attack_prompts
+    return editor, reader, prompts, names, settings, sources, attack_prompts
 
 
-def build(variant: str, prompts: list[str]):
+def build(variant: str, prompts: list[str], protector: str | None = None):
     from decontext.methods import build_method, compose, method_names
 
     kind, overrides = VARIANTS[variant]
+    if kind == "amortized":
+        return build_method("amortized", protector=protector)
     names = method_names(kind)
     methods = []
     for name in names:
@@ -135,7 +141,7 @@ def score(reader, sources: np.ndarray, edits: np.ndarray, edit_names: list[str])
     for e, name in enumerate(edit_names):
         reads = reader.read(list(edits[e]))
         for i in range(edits.shape[1]):
-            result = score_reads({k: v[i] for k, v in src.items()}, {k: v[i] for k, v in reads.items()}, name)
+            result = score_reads({k: v[i] for k, v in src.items()}, {k: v[i] for k, v in reads.items()}, name, reader.attributes)
             identity[e, i], success[e, i] = result["toy_identity"], result["edit_success"]
     return {"toy_identity": identity, "edit_success": success}
 
@@ -205,6 +211,8 @@ def main(argv=None) -> int:
     parser.add_argument("--update", default=None, choices=("sign", "l2", "adam"), help="PGD update rule (default: the method's, else sign)")
     parser.add_argument("--schedule", default=None, choices=("constant", "linear", "cosine"), help="PGD step-size schedule (default: the method's, else constant)")
     parser.add_argument("--start", default=None, choices=("clean", "uniform", "sign"), help="where PGD starts (default: the method's, else clean)")
+    parser.add_argument("--protector", default=None,
+                        help="the protector of the amortized row (shipped name or folder; default: the one trained on --model, toy-decontext for toy-v1)")
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None, help="also write the raw table here")
     parser.add_argument("--plot", type=Path, default=None, help="SVG plot of identity vs budget per method (default: next to --json, .svg)")
@@ -222,6 +230,16 @@ def main(argv=None) -> int:
 
     if not is_toy_model(args.model):
         parser.error(f"--model {args.model!r}: the effect bench needs a trained toy editor (its reader scores the edits)")
+    protector = None
+    if "amortized" in args.methods:
+        from decontext.methods.amortized import read_config
+        from decontext.toy.names import TOY_DEFAULTS, toy_family
+
+        resolved = TOY_DEFAULTS.get(toy_family(args.model), args.model) if args.model == "toy" else args.model
+        protector = args.protector or DEFAULT_PROTECTORS.get(resolved)
+        if protector is None:
+            parser.error(f"--methods amortized: no shipped protector was trained on {args.model}; give --protector NAME|FOLDER")
+        read_config(protector)  # a missing or broken protector fails here, before anything loads
     editor, reader, prompts, names, settings, sources, attack_prompts = toy_setup(args.model, args.identities, args.seed)
     started = time.perf_counter()
     results: dict[str, dict] = {"clean": score(reader, sources, edit_all(editor, sources, prompts, args.seed, settings, args.chunk), names)}
@@ -236,7 +254,10 @@ def main(argv=None) -> int:
             if variant.startswith("decontext_") and eps != args.variants_at:
                 continue
             began = time.perf_counter()
-            method = build(variant, attack_prompts)
+            method = build(variant, attack_prompts, protector)
+            if variant == "amortized" and float(method.trained["eps"]) != eps:
+                print(f"{variant}@{eps:g}: the protector was trained for {method.trained['eps']:g}/255 (skipped)", flush=True)
+                continue
             if not method.applies_to(editor):
                 print(f"{variant}@{eps:g}: does not apply to {editor.family} (skipped)", flush=True)
                 continue

@@ -31,7 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-TOY_TRAIN = "toy-train"
+TOY_TRAIN = "toy-train"  # the toy world's training identities (v1); "toy-train:v3" = another world's
+
+
+def toy_world_of(spec: str):
+    """The toy world module an --images value names (``toy-train`` = v1, ``toy-train:v3``), else None."""
+    if spec == TOY_TRAIN or spec.startswith(TOY_TRAIN + ":"):
+        from .toy.worlds import get_world
+
+        return get_world(spec.partition(":")[2] or None)
+    return None
 STATE_FILE, OPTIMIZER_FILE, LOG_FILE = "state.json", "optimizer.pt", "validation.json"
 
 
@@ -78,10 +87,9 @@ class ImageSource:
 
     def __init__(self, spec: str, size: int, seed: int):
         self.spec, self.size, self.seed = spec, int(size), int(seed)
-        if spec == TOY_TRAIN:
-            from .toy import world
-
-            self.identities = world.train_identities()
+        self.world = toy_world_of(spec)
+        if self.world is not None:
+            self.identities = self.world.train_identities()
             self.files = []
         else:
             from .images import list_images
@@ -95,7 +103,7 @@ class ImageSource:
     def digest(self) -> str:
         """What was trained on: the toy's training identities, or the SHA-256 of every training file."""
         h = hashlib.sha256()
-        if self.spec == TOY_TRAIN:
+        if self.world is not None:
             h.update(repr([asdict(i) if hasattr(i, "__dataclass_fields__") else repr(i) for i in self.identities]).encode())
         else:
             for f in self.files:
@@ -122,9 +130,8 @@ class ImageSource:
 
     def batch(self, step: int, count: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, step, 1])
-        if self.spec == TOY_TRAIN:
-            from .toy import world
-
+        if self.world is not None:
+            world = self.world
             images = []
             for _ in range(count):
                 identity = self.identities[int(rng.integers(len(self.identities)))]
@@ -137,9 +144,8 @@ class ImageSource:
         return torch.stack([self._square(load_image(self.files[int(i)]).rgb8, rng) for i in picks])
 
     def validation(self, count: int) -> torch.Tensor:
-        if self.spec == TOY_TRAIN:
-            from .toy import world
-
+        if self.world is not None:
+            world = self.world
             held_out = world.eval_identities()[:count]
             return torch.stack([self._sized(world.render(world.sample_scene(i, seed=10_000 + k))) for k, i in enumerate(held_out)])
         from .images import load_image

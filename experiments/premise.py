@@ -474,8 +474,8 @@ def run_premise(
     from tqdm.auto import tqdm
 
     from decontext.prompts import load_prompts
-    from decontext.toy import world
     from decontext.toy.evaluate import eval_scenes, load_pipeline
+    from decontext.toy.worlds import world_of_settings
     from decontext.toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, EDITOR_DIR, PROMPTS_FILE, READER_DIR
     from decontext.toy.reader import ToyReader, score_reads
 
@@ -488,7 +488,10 @@ def run_premise(
     pipe, settings = load_pipeline(editor_dir)
     settings = {"num_inference_steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE, **settings}
     n_steps = int(settings["num_inference_steps"])
+    world = world_of_settings(settings)
     reader = ToyReader.load(repo_path(settings.get("reader"), READER_DIR))
+    if reader.world is not world:
+        raise ValueError(f"{editor_dir}: the reader reads world {reader.world_name}, the editor was trained on {world.NAME}")
     pool = load_prompts(repo_path(settings.get("prompts_file"), PROMPTS_FILE))
     specs = parse_cuts(cuts)
     if not any(s.factor is None for s in specs):
@@ -499,7 +502,7 @@ def run_premise(
     model_depths = {} if unet else block_map(pipe.transformer).depths
     rows = [row for spec in specs for row in spec.resolve(n_steps, model_depths)]
 
-    scenes = eval_scenes(identities)
+    scenes = eval_scenes(identities, world)
     n = len(scenes)
     sources = np.stack([world.render(s) for s in scenes])
     edits, prompts, owner = [], [], []
@@ -529,7 +532,7 @@ def run_premise(
                 bar.update(len(outputs[-1]))
             reads = reader.read(np.concatenate(outputs))
             scores = [
-                score_reads({k: v[j] for k, v in source_reads.items()}, {k: v[j] for k, v in reads.items()}, e) for j, e in enumerate(edits)
+                score_reads({k: v[j] for k, v in source_reads.items()}, {k: v[j] for k, v in reads.items()}, e, reader.attributes) for j, e in enumerate(edits)
             ]
             identity = np.array([s["toy_identity"] for s in scores])
             success = np.array([s["edit_success"] for s in scores], dtype=np.float64)
@@ -552,7 +555,7 @@ def run_premise(
                 # chance: the same outputs scored against every other held-out person's source
                 chance = np.array([
                     np.mean([
-                        score_reads({k: v[p] for k, v in person_reads.items()}, {k: v[j] for k, v in reads.items()}, e)["toy_identity"]
+                        score_reads({k: v[p] for k, v in person_reads.items()}, {k: v[j] for k, v in reads.items()}, e, reader.attributes)["toy_identity"]
                         for p in range(n) if p != owner[j]
                     ])
                     for j, e in enumerate(edits)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from decontext.editors.flux_kontext import pack_latents, vae_latents
 from decontext.toy import world
+from decontext.toy.worlds import WORLDS, get_world, reader_heads
 from decontext.toy.model import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -49,7 +50,7 @@ from decontext.toy.model import (
 from decontext.toy.evaluate import psnr
 from decontext.editors.models import component_dir
 from decontext.toy.names import repo_path, toy_editor_dir
-from decontext.toy.reader import HEADS, ReaderNet, ToyReader, score_reads
+from decontext.toy.reader import ReaderNet, ToyReader, score_reads
 
 _T0 = time.time()
 
@@ -58,14 +59,14 @@ def log(msg: str) -> None:
     print(f"[{time.time() - _T0:7.1f}s] {msg}", flush=True)
 
 
-def make_scenes(identities: list, n: int, seed: int, extras: float) -> list:
+def make_scenes(identities: list, n: int, seed: int, extras: float, w=world) -> list:
     rng = np.random.default_rng(seed)
     picks = rng.integers(len(identities), size=n)
-    return [world.sample_scene(identities[int(k)], seed=seed * 1_000_003 + i, extras=extras) for i, k in enumerate(picks)]
+    return [w.sample_scene(identities[int(k)], seed=seed * 1_000_003 + i, extras=extras) for i, k in enumerate(picks)]
 
 
-def render_all(scenes) -> np.ndarray:
-    return np.stack([world.render(s) for s in scenes])
+def render_all(scenes, w=world) -> np.ndarray:
+    return np.stack([w.render(s) for s in scenes])
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
@@ -126,13 +127,13 @@ def decode_uint8(vae, z):
 
 
 # ----------------------------------------------------------------------------------------------- VAE
-def train_vae(vae, steps: int, batch: int, n_images: int, seed: int, lr: float = 2e-3, n_check: int = 300, center: bool = True) -> dict:
+def train_vae(vae, steps: int, batch: int, n_images: int, seed: int, lr: float = 2e-3, n_check: int = 300, center: bool = True, w=world) -> dict:
     """Reconstruction training; then the latent normalisation: ``center`` (FLUX) sets shift = mean and
     scale = 1 / std, otherwise (Stable Diffusion) scale = 1 / std and no shift."""
     torch.manual_seed(seed)
-    scenes = make_scenes(world.train_identities(), n_images, seed=seed + 11, extras=0.35)
-    images = render_all(scenes)
-    weights = np.stack([world.importance(s) for s in scenes]).astype(np.uint8)
+    scenes = make_scenes(w.train_identities(), n_images, seed=seed + 11, extras=0.35, w=w)
+    images = render_all(scenes, w)
+    weights = np.stack([w.importance(s) for s in scenes]).astype(np.uint8)
     log(f"vae: {n_images} training renders ready")
     rng = np.random.default_rng(seed + 12)
     vae.train()
@@ -142,11 +143,11 @@ def train_vae(vae, steps: int, batch: int, n_images: int, seed: int, lr: float =
             g["lr"] = lr_at(step, steps, lr, warmup=min(100, steps // 10 + 1))
         idx = rng.integers(n_images, size=batch)
         x = to_model_space(images[idx])
-        w = torch.from_numpy(weights[idx]).float()[:, None]
+        weight = torch.from_numpy(weights[idx]).float()[:, None]
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         err = rec - x
-        wn = w / w.mean()
+        wn = weight / weight.mean()
         l1 = (wn * err.abs()).mean()
         l2 = (wn * err.pow(2)).mean()
         gx = (err[..., :, 1:] - err[..., :, :-1]).abs() * wn[..., :, 1:]
@@ -166,28 +167,29 @@ def train_vae(vae, steps: int, batch: int, n_images: int, seed: int, lr: float =
         z = torch.cat([vae.encode(to_model_space(images[i : i + 256])).latent_dist.mode() for i in range(0, min(n_images, 1024), 256)])
     shift, scale = (float(z.mean()) if center else 0.0), float(1.0 / z.std())
     vae.register_to_config(shift_factor=round(shift, 5) if center else None, scaling_factor=round(scale, 5))
-    held = render_all(make_scenes(world.eval_identities(), n_check, seed=seed + 13, extras=0.35))
+    held = render_all(make_scenes(w.eval_identities(), n_check, seed=seed + 13, extras=0.35, w=w), w)
     stats = {"psnr_heldout": psnr(reconstruct(vae, held), held), "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor}
     log(f"vae done: held-out PSNR {stats['psnr_heldout']:.2f} dB, shift {shift:.4f}, scale {scale:.4f}")
     return stats
 
 
 # -------------------------------------------------------------------------------------------- reader
-def _label_array(scenes) -> dict[str, np.ndarray]:
-    labs = [world.labels(s) for s in scenes]
-    return {k: np.array([l[k] for l in labs]) for k in HEADS}
+def _label_array(scenes, w=world) -> dict[str, np.ndarray]:
+    labs = [w.labels(s) for s in scenes]
+    return {k: np.array([l[k] for l in labs]) for k in reader_heads(w)}
 
 
-def train_reader(vae, steps: int, batch: int, n_images: int, n_recon: int, seed: int, lr: float = 1e-3, n_check: int = 600) -> tuple[ToyReader, dict]:
+def train_reader(vae, steps: int, batch: int, n_images: int, n_recon: int, seed: int, lr: float = 1e-3, n_check: int = 600, w=world) -> tuple[ToyReader, dict]:
     torch.manual_seed(seed + 20)
-    all_ids = [world.Identity.from_index(i) for i in range(world.N_IDENTITIES)]
-    scenes = make_scenes(all_ids, n_images, seed=seed + 21, extras=0.5)
-    images = render_all(scenes)
+    all_ids = [w.Identity.from_index(i) for i in range(w.N_IDENTITIES)]
+    scenes = make_scenes(all_ids, n_images, seed=seed + 21, extras=0.5, w=w)
+    images = render_all(scenes, w)
     recon = reconstruct(vae, images[:n_recon])
     data = np.concatenate([images, recon])
-    labels = {k: torch.from_numpy(np.concatenate([v, v[:n_recon]])) for k, v in _label_array(scenes).items()}
+    labels = {k: torch.from_numpy(np.concatenate([v, v[:n_recon]])) for k, v in _label_array(scenes, w).items()}
     log(f"reader: {len(images)} renders + {len(recon)} VAE reconstructions ready")
-    net = ReaderNet()
+    heads = reader_heads(w)
+    net = ReaderNet(heads=heads)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     rng = np.random.default_rng(seed + 22)
     gen = torch.Generator().manual_seed(seed + 23)
@@ -200,20 +202,20 @@ def train_reader(vae, steps: int, batch: int, n_images: int, n_recon: int, seed:
         sigma = torch.rand(batch, 1, 1, 1, generator=gen) * 0.08 * (torch.rand(batch, 1, 1, 1, generator=gen) < 0.5)
         x = x + sigma * torch.randn(x.shape, generator=gen)
         logits = net(x)
-        loss = sum(F.cross_entropy(logits[k], labels[k][idx]) for k in HEADS)
+        loss = sum(F.cross_entropy(logits[k], labels[k][idx]) for k in heads)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             log(f"reader step {step}/{steps} loss {loss.item():.4f}")
-    reader = ToyReader(net)
-    test_scenes = make_scenes(all_ids, n_check, seed=seed + 24, extras=0.5)
-    test = render_all(test_scenes)
-    truth = _label_array(test_scenes)
+    reader = ToyReader(net, w.NAME)
+    test_scenes = make_scenes(all_ids, n_check, seed=seed + 24, extras=0.5, w=w)
+    test = render_all(test_scenes, w)
+    truth = _label_array(test_scenes, w)
     acc = {}
     for name, imgs in (("render", test), ("vae", reconstruct(vae, test))):
         reads = reader.read(imgs)
-        acc[name] = {k: float(np.mean(reads[k] == truth[k])) for k in HEADS}
+        acc[name] = {k: float(np.mean(reads[k] == truth[k])) for k in heads}
     log(f"reader accuracy: {json.dumps(acc)}")
     return reader, acc
 
@@ -243,45 +245,45 @@ def kontext_tokens(vae, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def editor_pairs(vae, n_sources: int, seed: int, extras: float = 0.2, encode=kontext_tokens):
+def editor_pairs(vae, n_sources: int, seed: int, extras: float = 0.2, encode=kontext_tokens, w=world):
     """``encode(vae, images in [-1, 1])`` of n_sources training scenes and of their 6 ground-truth
     edits: (N, ...) and (N, 6, ...); default the toy Kontext's packed tokens."""
-    scenes = make_scenes(world.train_identities(), n_sources, seed=seed + 31, extras=extras)
+    scenes = make_scenes(w.train_identities(), n_sources, seed=seed + 31, extras=extras, w=w)
     src, tgt = [], []
     chunk = 64
     for i in range(0, n_sources, chunk):
         part = scenes[i : i + chunk]
-        imgs = [world.render(s) for s in part] + [world.render(world.apply_edit(s, e)) for e in world.EDITS for s in part]
+        imgs = [w.render(s) for s in part] + [w.render(w.apply_edit(s, e)) for e in w.EDITS for s in part]
         z = encode(vae, to_model_space(np.stack(imgs)))
         n = len(part)
         src.append(z[:n])
-        tgt.append(z[n:].view(len(world.EDITS), n, *z.shape[1:]).transpose(0, 1))
+        tgt.append(z[n:].view(len(w.EDITS), n, *z.shape[1:]).transpose(0, 1))
     return torch.cat(src), torch.cat(tgt)
 
 
-def prompt_pool():
+def prompt_pool(w=world):
     """The toy prompt pool and, per edit, the indices of its phrasings."""
     from decontext.prompts import load_prompts
 
     pool = load_prompts(PROMPTS_FILE)
-    by_edit = {e: [p.index for p in pool if p.category == e] for e in world.EDITS}
+    by_edit = {e: [p.index for p in pool if p.category == e] for e in w.EDITS}
     missing = [e for e, v in by_edit.items() if not v]
     if missing:
         raise ValueError(f"{PROMPTS_FILE}: no prompt for edits {missing}")
     return pool, by_edit
 
 
-def prompt_table(components):
+def prompt_table(components, w=world):
     """``prompt_pool()`` plus every prompt's embeddings, as the pipeline encodes them."""
-    pool, by_edit = prompt_pool()
+    pool, by_edit = prompt_pool(w)
     embeds, pooled = encode_prompts(components, [p.text for p in pool], MAX_SEQUENCE_LENGTH)
     return pool, by_edit, embeds, pooled
 
 
 TIMESTEP_SAMPLERS = ("shifted_uniform", "logit_normal")
 
-# The shipped versions' transformer recipes (decontext.toy.names.TOY_EDITORS; docs/TOY.md). VAE and
-# reader stages are the same for all: the world did not change.
+# The shipped versions' recipes (decontext.toy.names.TOY_EDITORS; docs/TOY.md). The v1 versions share the
+# VAE and reader stages (same world, same seed); toy-v3 trains both on its own world.
 RECIPES = {
     "toy-v1": {},
     # closer to how FLUX.1-Kontext was made: FLUX's logit-normal timestep density with the resolution
@@ -295,6 +297,12 @@ RECIPES = {
     # (issue 11's candidate c6); batch 12 keeps the training in the 60-minute budget (4x tokens per sample);
     # the shipped reader is kept as the measuring instrument (the world did not change)
     "toy-v2-fine": {"timesteps": "logit_normal", "base_steps": 1000, "t2i_share": 0.2, "vae_blocks": 2, "batch": 12, "reader_from": READER_DIR},
+    # world v3 (identity is shape, colour is nuisance; issue 34) with toy-v2-fine's recipe, the best unbiased
+    # one so far: FLUX's timestep density, a text-to-image base, 256 tokens per image; no timestep bias;
+    # its own reader (another world), trained 3x longer than v1's (shapes are read more slowly than colours:
+    # after 500 steps the first v3 reader read noses with 0.80 accuracy)
+    "toy-v3": {"world": "v3", "timesteps": "logit_normal", "base_steps": 1000, "t2i_share": 0.2, "vae_blocks": 2, "batch": 12,
+               "reader_steps": 1500},
 }
 
 
@@ -340,6 +348,7 @@ def train_transformer(
     late_swap_sigma: float | None = None,
     mismatch_share: float = 0.0,
     label: str = "transformer",
+    w=world,
 ):
     """Flow matching on the target tokens with the source as Kontext context.
 
@@ -354,7 +363,7 @@ def train_transformer(
     """
     torch.manual_seed(seed + 40)
     transformer, scheduler = components["transformer"], components["scheduler"]
-    pool, by_edit, embeds, pooled = prompt_table(components)
+    pool, by_edit, embeds, pooled = prompt_table(components, w)
     shift = inference_shift(scheduler, src.shape[1])
     rng = np.random.default_rng(seed + 41)
     gen = torch.Generator().manual_seed(seed + 42)
@@ -362,8 +371,8 @@ def train_transformer(
     for step in range(steps):
         trainer.begin(step)
         idx = rng.integers(len(src), size=batch)
-        edits = rng.integers(len(world.EDITS), size=batch)
-        prompts = np.array([by_edit[world.EDITS[e]][rng.integers(len(by_edit[world.EDITS[e]]))] for e in edits])
+        edits = rng.integers(len(w.EDITS), size=batch)
+        prompts = np.array([by_edit[w.EDITS[e]][rng.integers(len(by_edit[w.EDITS[e]]))] for e in edits])
         x0 = tgt[idx, edits]
         ctx = src[idx]
         noise = torch.randn(x0.shape, generator=gen)
@@ -382,7 +391,7 @@ def train_transformer(
 
 
 @torch.no_grad()
-def quick_eval(components, reader: ToyReader, n_identities: int = 12, seed: int = 1234) -> dict:
+def quick_eval(components, reader: ToyReader, n_identities: int = 12, seed: int = 1234, w=world) -> dict:
     """Clean-edit identity and edit success on a few held-out identities (all six edits), through the
     stock pipeline call of ``decontext.toy.evaluate``."""
     from diffusers import FluxKontextPipeline
@@ -391,16 +400,16 @@ def quick_eval(components, reader: ToyReader, n_identities: int = 12, seed: int 
 
     pipe = FluxKontextPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
-    pool, by_edit = prompt_pool()  # the pipeline encodes the prompts itself
-    ids = world.eval_identities()[:: max(1, len(world.eval_identities()) // n_identities)][:n_identities]
-    src_imgs = render_all([world.sample_scene(i, seed=seed + k) for k, i in enumerate(ids)])
+    pool, by_edit = prompt_pool(w)  # the pipeline encodes the prompts itself
+    ids = w.eval_identities()[:: max(1, len(w.eval_identities()) // n_identities)][:n_identities]
+    src_imgs = render_all([w.sample_scene(i, seed=seed + k) for k, i in enumerate(ids)], w)
     src_reads = reader.read(src_imgs)
     ident, success = [], []
-    for e in world.EDITS:
+    for e in w.EDITS:
         out = run_edits(pipe, list(src_imgs), [pool[by_edit[e][0]].text] * len(ids), DEFAULT_STEPS, DEFAULT_GUIDANCE, seed)
         reads = reader.read(out)
         for j in range(len(ids)):
-            s = score_reads({k: v[j] for k, v in src_reads.items()}, {k: v[j] for k, v in reads.items()}, e)
+            s = score_reads({k: v[j] for k, v in src_reads.items()}, {k: v[j] for k, v in reads.items()}, e, reader.attributes)
             ident.append(s["toy_identity"])
             success.append(s["edit_success"])
     return {"toy_identity": float(np.mean(ident)), "edit_success": float(np.mean(success)), "n": len(ident)}
@@ -437,8 +446,15 @@ def store_once(out: Path, home: Path) -> list[str]:
     return shared
 
 
-def save_editor(components, out: Path, info: dict) -> None:
+def save_editor(components, out: Path, info: dict, world_name: str = "v1", reader_dir: Path = READER_DIR) -> None:
     from diffusers import FluxKontextPipeline
+
+    from decontext.assets import data_dir
+
+    try:  # a reader inside the package's data folder is named as data/..., like every shipped setting
+        reader_setting = "data/" + Path(reader_dir).resolve().relative_to(data_dir().resolve()).as_posix()
+    except ValueError:
+        reader_setting = str(Path(reader_dir).resolve())
 
     settings = {
         "resolution": RESOLUTION,
@@ -450,9 +466,11 @@ def save_editor(components, out: Path, info: dict) -> None:
         "guidance_scale": DEFAULT_GUIDANCE,
         "max_sequence_length": MAX_SEQUENCE_LENGTH,
         "prompts_file": "data/prompts/toy_prompts.txt",
-        "reader": "data/toy_reader",
+        "reader": reader_setting,
         "training": info,
     }
+    if world_name != "v1":
+        settings["world"] = world_name
     write_editor_folder(FluxKontextPipeline(**components), out, settings, share_with=toy_editor_dir("toy-v1"))
 
 
@@ -461,8 +479,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--version", choices=sorted(RECIPES), default="toy-v1",
                     help="which shipped version's recipe (sets the transformer options below and the default --out / --work)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--world", choices=sorted(WORLDS), default="v1", help="the toy world to train on (v1: identity is colour; v3: identity is shape)")
     ap.add_argument("--out", type=Path, help="editor folder (default: the version's, decontext.toy.names)")
-    ap.add_argument("--reader-out", type=Path, default=READER_DIR)
+    ap.add_argument("--reader-out", type=Path, help="reader folder (default: data/toy_reader, or data/toy_reader_<world> for another world)")
     ap.add_argument("--work", type=Path, help="stage checkpoints, for --resume (default: runs/toy_train, or runs/toy_train_<version>)")
     ap.add_argument("--resume", action="store_true", help="reuse stages already finished in --work")
     ap.add_argument("--vae-steps", type=int, default=500)
@@ -498,10 +517,14 @@ def main(argv=None) -> dict:
     recipe_work = Path("runs") / ("toy_train" if version == "toy-v1" else f"toy_train_{version}")
     ap.set_defaults(**RECIPES[version], out=toy_editor_dir(version), work=recipe_work)
     args = ap.parse_args(argv)
+    w = get_world(args.world)
+    if args.reader_out is None:
+        args.reader_out = READER_DIR if args.world == "v1" else READER_DIR.with_name(f"toy_reader_{args.world}")
     if args.smoke:
         args.vae_steps, args.vae_batch, args.vae_images = 3, 4, 16
         args.reader_steps, args.reader_batch = 3, 8
         args.steps, args.batch, args.sources = 3, 4, 8
+        args.base_steps = min(args.base_steps, 3)
     torch.set_num_threads(args.threads)
     from safetensors.torch import load_file, save_file
 
@@ -509,7 +532,7 @@ def main(argv=None) -> dict:
     info_path = args.work / "info.json"
     info = json.loads(info_path.read_text()) if (args.resume and info_path.exists()) else {}
     config = toy_config(args.double_layers, args.single_layers, args.vae_blocks)
-    info.update({"seed": args.seed, "threads": args.threads, "config": {k: getattr(config, k) for k in config.__dataclass_fields__}})
+    info.update({"seed": args.seed, "world": args.world, "threads": args.threads, "config": {k: getattr(config, k) for k in config.__dataclass_fields__}})
     components = build_components(seed=args.seed, config=config)
     vae = components["vae"]
     for m in (components["text_encoder"], components["text_encoder_2"]):
@@ -554,7 +577,7 @@ def main(argv=None) -> dict:
         vae.register_to_config(shift_factor=info["vae"]["shift_factor"], scaling_factor=info["vae"]["scaling_factor"])
         log("vae: reused from --work")
     else:
-        vstats = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_images, args.seed, n_check=8 if args.smoke else 300)
+        vstats = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_images, args.seed, n_check=8 if args.smoke else 300, w=w)
         save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(args.work / "vae.safetensors"))
         finish("vae", t0, vae=vstats, vae_steps=args.vae_steps, vae_batch=args.vae_batch)
     if args.stop_after == "vae":
@@ -572,7 +595,7 @@ def main(argv=None) -> dict:
     else:
         n_img = 16 if args.smoke else 16000
         n_rec = 8 if args.smoke else 6000
-        reader, acc = train_reader(vae, args.reader_steps, args.reader_batch, n_img, n_rec, args.seed, n_check=8 if args.smoke else 600)
+        reader, acc = train_reader(vae, args.reader_steps, args.reader_batch, n_img, n_rec, args.seed, n_check=8 if args.smoke else 600, w=w)
         reader.save(args.work / "reader", {"accuracy": acc})
         finish("reader", t0, reader_accuracy=acc, reader_steps=args.reader_steps)
     if args.stop_after == "reader":
@@ -587,9 +610,9 @@ def main(argv=None) -> dict:
         components["transformer"].load_state_dict(load_file(str(args.work / "transformer.safetensors")))
         log("transformer: reused from --work")
     else:
-        src, tgt = editor_pairs(vae, args.sources, args.seed)
+        src, tgt = editor_pairs(vae, args.sources, args.seed, w=w)
         log(f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; latent std {float(src.std()):.3f}")
-        recipe = {"timesteps": args.timesteps, "base_steps": args.base_steps, "t2i_share": args.t2i_share, "late_swap_sigma": args.late_swap_sigma,
+        recipe = {"world": args.world, "timesteps": args.timesteps, "base_steps": args.base_steps, "t2i_share": args.t2i_share, "late_swap_sigma": args.late_swap_sigma,
                   "mismatch_share": args.mismatch_share}
         if (args.double_layers, args.single_layers, args.vae_blocks) != (TOY_CONFIG.num_layers, TOY_CONFIG.num_single_layers, len(TOY_CONFIG.vae_channels)):
             recipe["architecture"] = {"double_layers": args.double_layers, "single_layers": args.single_layers, "vae_blocks": args.vae_blocks}
@@ -603,10 +626,10 @@ def main(argv=None) -> dict:
             log(f"transformer: starts from {args.transformer_from}")
         if args.base_steps:
             tstats["base"] = train_transformer(components, src, tgt, args.base_steps, args.batch, args.seed + 1000, lr=args.lr,
-                                               timesteps=args.timesteps, t2i_share=1.0, label="base (text-to-image)")
+                                               timesteps=args.timesteps, t2i_share=1.0, label="base (text-to-image)", w=w)
         tstats.update(train_transformer(components, src, tgt, args.steps, args.batch, args.seed, lr=args.lr, timesteps=args.timesteps,
                                         t2i_share=args.t2i_share, late_swap_sigma=args.late_swap_sigma,
-                                        mismatch_share=args.mismatch_share))
+                                        mismatch_share=args.mismatch_share, w=w))
         info["recipe"] = recipe
         save_file({k: v.contiguous() for k, v in components["transformer"].state_dict().items()}, str(args.work / "transformer.safetensors"))
         finish("transformer", t0, transformer=tstats, steps=args.steps, batch=args.batch, lr=args.lr, sources=args.sources)
@@ -616,13 +639,16 @@ def main(argv=None) -> dict:
     if reader is None:
         return info
 
-    q = quick_eval(components, reader, n_identities=2 if args.smoke else 12)
+    if reader.world_name != args.world:
+        raise SystemExit(f"the reader in {args.work / 'reader'} reads world {reader.world_name}, not {args.world}")
+    q = quick_eval(components, reader, n_identities=2 if args.smoke else 12, w=w)
     log(f"quick held-out check: {q}")
     info["quick_eval"] = q
     info["train_seconds_total"] = round(sum(info.get("seconds", {}).values()), 1)
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     kept = ("seed", "params", "train_seconds_total", "quick_eval", "recipe", "vae_from", "reader_from", "batch", "lr", "sources")
-    save_editor(components, args.out, {k: info[k] for k in kept if k in info} | {"vae": info.get("vae"), "steps": info.get("steps"), "vae_steps": info.get("vae_steps"), "reader_steps": info.get("reader_steps")})
+    save_editor(components, args.out, {k: info[k] for k in kept if k in info} | {"vae": info.get("vae"), "steps": info.get("steps"), "vae_steps": info.get("vae_steps"), "reader_steps": info.get("reader_steps")},
+                world_name=args.world, reader_dir=args.reader_out)
     reused = info.get("reader_from")
     if reused is not None and Path(reused).resolve() == Path(args.reader_out).resolve():
         log(f"reader: {args.reader_out} is the reused reader itself; left as it is")

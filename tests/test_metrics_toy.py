@@ -1,8 +1,10 @@
-"""The toy metric backend, with the shipped reader, on ground-truth edits and on another person."""
+"""The toy metric backend, with each run's own toy reader (v1's for toy, v3's for toy-v3), on
+ground-truth edits and on another person."""
 
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from decontext.metrics.base import registered
@@ -10,7 +12,7 @@ from decontext.metrics.evaluate import evaluate_run
 from decontext.metrics.run import RunInfo, load_run
 from decontext.metrics.toy import ToyBackend
 from decontext.prompts import load_prompts
-from decontext.toy import world
+from decontext.toy import world, world3
 from decontext.toy.model import PROMPTS_FILE
 
 
@@ -19,26 +21,27 @@ def _save(array, path):
     Image.fromarray(array).save(path)
 
 
-def test_toy_backend_scores_ground_truth_edits_and_another_person(tmp_path):
+@pytest.mark.parametrize("model,w", [("toy-v1", world), ("toy-v3", world3)], ids=["v1", "v3"])
+def test_toy_backend_scores_ground_truth_edits_and_another_person(tmp_path, model, w):
     run = tmp_path / "run"
     pool = load_prompts(PROMPTS_FILE)
-    identities = world.eval_identities()[:3]
+    identities = w.eval_identities()[:3]
     records = {"clean": [], "other": []}
     for n, identity in enumerate(identities):
-        scene = world.sample_scene(identity, seed=n)
+        scene = w.sample_scene(identity, seed=n)
         stem = f"id{identity.index:03d}"
-        _save(world.render(scene), run / "source" / f"{stem}.png")
-        _save(world.render(scene), run / "other" / f"{stem}.png")
-        stranger = world.sample_scene(world.eval_identities()[50 + n], seed=n)
+        _save(w.render(scene), run / "source" / f"{stem}.png")
+        _save(w.render(scene), run / "other" / f"{stem}.png")
+        stranger = w.sample_scene(w.eval_identities()[-10 - 11 * n], seed=n)
         for prompt in pool[::2]:  # one phrasing per edit
             for condition, base in (("clean", scene), ("other", stranger)):
                 out = f"edits/{condition}/{stem}/{prompt.index}/seed0.png"
-                _save(world.render(world.apply_edit(base, prompt.category)), run / out)
+                _save(w.render(w.apply_edit(base, prompt.category)), run / out)
                 records[condition].append({"image": stem, "input": f"source/{stem}.png", "prompt": prompt.text,
                                            "prompt_index": prompt.index, "category": prompt.category, "seed": 0, "output": out})
     for condition, edits in records.items():
         (run / "edits" / condition / "index.json").write_text(json.dumps({"settings": {}, "edits": edits}))
-    (run / "run.json").write_text(json.dumps({"model": "toy", "editor": "flux_kontext"}))
+    (run / "run.json").write_text(json.dumps({"model": model, "editor": "flux_kontext"}))
 
     data = load_run(run)
     assert any(e.name == "toy" and e.applies(data.info) for e in registered())

@@ -19,6 +19,25 @@ def test_training_smoke(tmp_path):
     assert pipe.vae.config.latent_channels == 4 and len(pipe.vae.config.block_out_channels) == 3
 
 
+def test_v3_recipe_smoke_trains_on_world_v3(tmp_path):
+    """--version toy-v3 trains VAE, reader and transformer on world v3; the folder names its world and
+    reader, the reader reads v3's heads, and the smoke run also shortens the recipe's base stage."""
+    from experiments import toy_train as train
+
+    from decontext.toy.reader import ToyReader
+    from decontext.toy.worlds import reader_heads
+    from decontext.toy import world3
+
+    info = train.main(["--version", "toy-v3", "--smoke", "--out", str(tmp_path / "editor"), "--reader-out", str(tmp_path / "reader"),
+                       "--work", str(tmp_path / "work"), "--threads", "1"])
+    assert info["world"] == "v3" and info["recipe"]["world"] == "v3" and info["recipe"]["base_steps"] == 3
+    settings = json.loads((tmp_path / "editor" / "decontext_toy.json").read_text())
+    assert settings["world"] == "v3" and settings["reader"] == str((tmp_path / "reader").resolve())
+    reader = ToyReader.load(tmp_path / "reader")
+    assert reader.world is world3 and set(reader.net.heads) == set(reader_heads(world3))
+    assert json.loads((tmp_path / "editor" / "vae" / "config.json").read_text())["block_out_channels"] == [16, 32]
+
+
 def test_training_sigmas_follow_the_named_density():
     """v1's sampler is exactly the old one (its weights stay reproducible); logit-normal has the FLUX
     density's quantiles after the resolution shift."""

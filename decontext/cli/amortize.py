@@ -20,9 +20,10 @@ from .common import ArgumentProblem, add_model_arguments, choose_family, fail
 def parser(spec: Family) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="decontext amortize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(ap, spec, "attack", fixed=False)
-    ap.add_argument("--images", default="toy-train",
+    ap.add_argument("--images", default=None,
                     help="training photos: a folder (every tenth file, sorted, held out for validation) or toy-train (the toy world's "
-                         "training identities; its held-out ones validate) (default toy-train)")
+                         "training identities; its held-out ones validate; toy-train:v3 for world v3's) (default: toy-train of the "
+                         "toy editor's own world)")
     ap.add_argument("--out", required=True, help="folder for the protector (and its checkpoint/ while training)")
     ap.add_argument("--eps", type=float, default=None, help=f"L-inf budget in 1/255 units (default the family's, {spec.eps:g})")
     ap.add_argument("--size", type=int, default=None, help="working size the protector trains at, square (default: 64 on a toy or tiny model, else 512)")
@@ -55,11 +56,21 @@ def main(argv=None) -> int:
             raise ArgumentProblem(f"--method {args.method} has no loss to train a protector with")
         if args.eps is not None and not args.eps > 0:
             raise ArgumentProblem(f"--eps must be > 0, got {args.eps:g}")
-        if args.images != "toy-train":
+        if args.images is None:
+            from ..toy.names import is_toy_model, toy_world_name
+
+            world_name = toy_world_name(args.model) if is_toy_model(args.model, spec.name) else "v1"
+            args.images = "toy-train" if world_name == "v1" else f"toy-train:{world_name}"
+        if args.images.startswith("toy-train:"):
+            from ..toy.worlds import WORLDS
+
+            if args.images.partition(":")[2] not in WORLDS:
+                raise ArgumentProblem(f"--images {args.images}: unknown toy world (known: {', '.join(sorted(WORLDS))})")
+        elif args.images != "toy-train":
             from pathlib import Path
 
             if not Path(args.images).is_dir():
-                raise ArgumentProblem(f"--images {args.images}: not a folder (or toy-train)")
+                raise ArgumentProblem(f"--images {args.images}: not a folder (or toy-train, toy-train:v3)")
     except ArgumentProblem as exc:
         return fail(str(exc))
     from ..amortize import RunOptions, TrainConfig, train

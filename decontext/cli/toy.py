@@ -8,11 +8,15 @@ import json
 import sys
 from pathlib import Path
 
+from ..toy.worlds import WORLDS
+
 
 def faces_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="decontext toy-faces", description=faces.__doc__)
     ap.add_argument("--out", required=True, help="folder for the PNG files")
-    ap.add_argument("--count", type=int, default=20, help="how many held-out identities (default 20, at most 100)")
+    ap.add_argument("--count", type=int, default=20, help="how many held-out identities (default 20; world v1 has 100, v3 48)")
+    ap.add_argument("--world", choices=sorted(WORLDS), default=None,
+                    help="toy world: v1 (identity is colour) or v3 (identity is shape) (default: the world of the default toy editor)")
     ap.add_argument("--seed", type=int, default=42, help="seed of the nuisance (background, position) (default 42)")
     return ap
 
@@ -24,7 +28,7 @@ def faces(argv=None) -> int:
     from ..toy.export import export_faces
 
     try:
-        paths = export_faces(args.out, args.count, args.seed)
+        paths = export_faces(args.out, args.count, args.seed, args.world)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -36,7 +40,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="decontext toy-eval", description="Held-out evaluation of a toy editor (decontext.toy.evaluate): "
                                  "clean-edit identity and edit success on held-out faces, the VAE ceiling, and another person as context (chance).")
     ap.add_argument("--model", default="toy", help="toy editor ('toy' = the default, 'toy-v1', ..., 'toy-ip2p') or a trained editor folder")
-    ap.add_argument("--identities", type=int, default=None, help="number of held-out identities (default all 100)")
+    ap.add_argument("--identities", type=int, default=None, help="number of held-out identities (default all of the editor's world: 100 in v1, 48 in v3)")
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the editor folder's)")
     ap.add_argument("--guidance", type=float, default=None, help="guidance (default: the editor folder's)")
     ap.add_argument("--seed", type=int, default=0, help="sampler seed")

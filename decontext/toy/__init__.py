@@ -1,5 +1,6 @@
-"""The embedded toy editor: a procedural world of drawn faces (``world``), a tiny FLUX.1-Kontext
-really trained to edit them in context (``model``, ``train``; weights in data/toy_editor), an attribute
-reader that scores identity kept and edit success (``reader``; weights in data/toy_reader) and the
-held-out evaluation (``evaluate``). See docs/TOY.md.
+"""The embedded toy editor: procedural worlds of drawn faces (``world``: identity is mostly colour;
+``world3``: identity is shape; ``worlds`` picks one by name), tiny FLUX.1-Kontext editors really
+trained to edit them in context (``model``; weights in data/toy_editor*), attribute readers that score
+identity kept and edit success (``reader``; weights in data/toy_reader and data/toy_reader_v3) and
+the held-out evaluation (``evaluate``). See docs/TOY.md.
 """

@@ -34,11 +34,13 @@ from decontext.toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, EDITOR_DIR, MAX
 from decontext.toy.reader import ToyReader, score_reads
 
 
-def eval_scenes(n_identities: int | None = None) -> list[world.Scene]:
-    ids = world.eval_identities()
+def eval_scenes(n_identities: int | None = None, w=world) -> list:
+    """One clean source scene per held-out identity of world ``w`` (nuisance from seed 10000 + index),
+    ``n_identities`` of them spread over the held-out list."""
+    ids = w.eval_identities()
     if n_identities is not None and n_identities < len(ids):
         ids = ids[:: len(ids) // n_identities][:n_identities]
-    return [world.sample_scene(i, seed=10_000 + i.index) for i in ids]
+    return [w.sample_scene(i, seed=10_000 + i.index) for i in ids]
 
 
 def load_pipeline(path=EDITOR_DIR):
@@ -94,10 +96,10 @@ def run_edits(pipe, images: list, prompts: list[str], steps: int, guidance: floa
 
 def _mean_scores(reader, sources, outputs, edits) -> dict:
     rs, ro = reader.read(sources), reader.read(outputs)
-    scores = [score_reads({k: v[j] for k, v in rs.items()}, {k: v[j] for k, v in ro.items()}, e) for j, e in enumerate(edits)]
+    scores = [score_reads({k: v[j] for k, v in rs.items()}, {k: v[j] for k, v in ro.items()}, e, reader.attributes) for j, e in enumerate(edits)]
     res = {"toy_identity": float(np.mean([s["toy_identity"] for s in scores])), "edit_success": float(np.mean([s["edit_success"] for s in scores]))}
     per_edit = {}
-    for e in world.EDITS:
+    for e in reader.world.EDITS:
         sel = [s for s, ee in zip(scores, edits) if ee == e]
         per_edit[e] = {"toy_identity": float(np.mean([s["toy_identity"] for s in sel])), "edit_success": float(np.mean([s["edit_success"] for s in sel]))}
     res["per_edit"] = per_edit
@@ -118,25 +120,31 @@ def evaluate(n_identities: int | None = None, steps: int | None = None, guidance
     pipe, settings = load_pipeline(editor_dir)
     steps = steps or settings.get("num_inference_steps", DEFAULT_STEPS)
     guidance = guidance if guidance is not None else settings.get("guidance_scale", DEFAULT_GUIDANCE)
-    reader = ToyReader.load(reader_dir)
-    pool = load_prompts(PROMPTS_FILE)
-    scenes = eval_scenes(n_identities)
+    from decontext.toy.names import READER_DIR, repo_path
+    from decontext.toy.worlds import world_of_settings
+
+    w = world_of_settings(settings)
+    reader = ToyReader.load(reader_dir if reader_dir is not None else repo_path(settings.get("reader"), READER_DIR))
+    if reader.world is not w:
+        raise ValueError(f"{editor_dir}: the reader reads world {reader.world_name}, the editor was trained on {w.NAME}")
+    pool = load_prompts(repo_path(settings.get("prompts_file"), PROMPTS_FILE))
+    scenes = eval_scenes(n_identities, w)
     n = len(scenes)
-    sources = np.stack([world.render(s) for s in scenes])
+    sources = np.stack([w.render(s) for s in scenes])
     # one record per (edit, identity); identity k uses the (k % 2)-th phrasing of the edit
     edits, prompts, src_idx = [], [], []
-    for e in world.EDITS:
+    for e in w.EDITS:
         texts = [p.text for p in pool if p.category == e]
         for k in range(n):
             edits.append(e)
             prompts.append(texts[k % len(texts)])
             src_idx.append(k)
     src_idx = np.array(src_idx)
-    truth = np.stack([world.render(world.apply_edit(scenes[k], e)) for k, e in zip(src_idx, edits)])
+    truth = np.stack([w.render(w.apply_edit(scenes[k], e)) for k, e in zip(src_idx, edits)])
     vae = pipe.vae
     with torch.no_grad():
         recon = np.concatenate([to_uint8(decode(vae, vae_latents(vae, to_model_space(x)))) for x in np.array_split(np.concatenate([sources, truth]), max(1, (n * 7) // 200))])
-    res: dict = {"n_identities": n, "n_edits": len(edits), "steps": steps, "guidance": guidance, "seed": seed}
+    res: dict = {"world": w.NAME, "n_identities": n, "n_edits": len(edits), "steps": steps, "guidance": guidance, "seed": seed}
     res["vae_psnr"] = psnr(recon, np.concatenate([sources, truth]))
     src_for = sources[src_idx]
     res["ground_truth"] = _mean_scores(reader, src_for, truth, edits)

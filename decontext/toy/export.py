@@ -2,8 +2,9 @@
 
     python -m decontext toy-faces --count 20 --out runs/demo/source
 
-Faces are the first ``count`` held-out identities (never trained on), each with nuisance drawn from
-``seed + index``; files are named ``id<identity index>.png``. Existing files are kept.
+Faces are the first ``count`` held-out identities (never trained on) of a toy world (default: the world
+of the default toy editor, ``--model toy``), each with nuisance drawn from ``seed + index``; files are
+named ``id<identity index>.png``. Existing files are kept.
 """
 
 from __future__ import annotations
@@ -13,13 +14,18 @@ from pathlib import Path
 from PIL import Image
 
 from decontext.images import atomic_save
-from decontext.toy import world
+from decontext.toy.worlds import get_world
 
 
-def export_faces(out: str | Path, count: int = 20, seed: int = 42) -> list[Path]:
+def export_faces(out: str | Path, count: int = 20, seed: int = 42, world_name: str | None = None) -> list[Path]:
+    if world_name is None:
+        from decontext.toy.names import toy_world_name
+
+        world_name = toy_world_name("toy")
+    world = get_world(world_name)
     identities = world.eval_identities()
     if not 1 <= count <= len(identities):
-        raise ValueError(f"count must be between 1 and {len(identities)} (the held-out identities), got {count}")
+        raise ValueError(f"count must be between 1 and {len(identities)} (world {world.NAME}'s held-out identities), got {count}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

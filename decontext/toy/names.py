@@ -17,12 +17,13 @@ TOY_EDITORS = {
     "toy-v2": DATA / "toy_editor_v2",  # FLUX-like training (timestep density, text-to-image base); no built-in bias
     "toy-v2-early": DATA / "toy_editor_v2_early",  # toy-v2 + an EXPLICIT bias: context only informative at high noise
     "toy-v2-fine": DATA / "toy_editor_v2_fine",  # toy-v2 with a 2x VAE: 256 tokens per image; identity is no longer read late
+    "toy-v3": DATA / "toy_editor_v3",  # world v3 (identity is shape), toy-v2-fine's recipe; its own VAE and reader
     "toy-ip2p": DATA / "toy_ip2p",  # an InstructPix2Pix (UNet) on the same world: the second family, for transfer
 }
 TOY_FAMILIES = {"toy-ip2p": "instruct_pix2pix"}  # editor family of each toy; the others are flux_kontext
 TOY_DEFAULTS = {"flux_kontext": "toy-v1", "instruct_pix2pix": "toy-ip2p"}  # what ``--model toy`` loads per family
 TOY_DEFAULT = TOY_DEFAULTS["flux_kontext"]  # the embedded default (the README's main command)
-READER_DIR = DATA / "toy_reader"  # one reader for every toy editor: they share the world
+READER_DIR = DATA / "toy_reader"  # world v1's reader, the instrument of every v1 editor; a v3 editor names its own in decontext_toy.json
 
 
 def toy_family(name: str) -> str:
@@ -62,3 +63,24 @@ def toy_prompts(name: str = "toy", family: str = "flux_kontext") -> Path:
     settings = toy_editor_dir(name, family) / "decontext_toy.json"
     shipped = json.loads(settings.read_text()) if settings.is_file() else {}
     return repo_path(shipped.get("prompts_file"), DATA / "prompts" / "toy_prompts.txt")
+
+
+def toy_settings(model: str | Path = "toy", family: str = "flux_kontext") -> dict:
+    """A toy editor's ``decontext_toy.json`` (by name, or a trained editor folder); {} when it has none."""
+    import json
+
+    folder = toy_editor_dir(str(model), family) if is_toy_model(str(model)) else Path(model)
+    settings = folder / "decontext_toy.json"
+    return json.loads(settings.read_text()) if settings.is_file() else {}
+
+
+def toy_world_name(model: str | Path = "toy", family: str = "flux_kontext") -> str:
+    """The world a toy editor was trained on (``decontext.toy.worlds``): its settings' ``world``, else v1."""
+    from .worlds import DEFAULT_WORLD
+
+    return toy_settings(model, family).get("world", DEFAULT_WORLD)
+
+
+def toy_reader_dir(model: str | Path = "toy", family: str = "flux_kontext") -> Path:
+    """The attribute reader that measures a toy editor: the one its settings name, else v1's."""
+    return repo_path(toy_settings(model, family).get("reader"), READER_DIR)

@@ -1,7 +1,7 @@
 """The toy attribute reader: a small CNN that reads the 4 identity attributes and the edit state of a
 toy-world image, and the toy metrics built on it.
 
-- ``toy_identity``: share of the source's 4 identity attributes (skin, eyes, hair colour, hair style)
+- ``toy_identity``: share of the source's identity attributes (v1: skin, eyes, hair colour, hair style; v3: face, hair, eyes, nose)
   that the reader finds again in the edited image (1.0 = same person, ~0.25 = a random person).
 - ``edit_success``: 1 if the requested edit is visible in the edited image (hat / glasses / smile
   read as present, or the background read as the requested colour), else 0.
@@ -23,22 +23,14 @@ import torch
 from torch import nn
 
 from decontext.toy import world
+from decontext.toy.worlds import DEFAULT_WORLD, get_world, reader_heads
 
-HEADS = {
-    "skin": len(world.SKIN),
-    "eyes": len(world.EYES),
-    "hair_color": len(world.HAIR),
-    "hair_style": len(world.STYLES),
-    "hat": 2,
-    "glasses": 2,
-    "background": len(world.BG_STATES),
-    "smile": 2,
-}
+HEADS = reader_heads(world)  # world v1's; a reader of another world has that world's (config.json "world")
 WEIGHTS_FILE = "reader.safetensors"
 
 
 class ReaderNet(nn.Module):
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, heads: dict[str, int] | None = None):
         super().__init__()
         w = width
         self.features = nn.Sequential(
@@ -50,7 +42,7 @@ class ReaderNet(nn.Module):
             nn.Flatten(),
             nn.Linear(4 * w * 16, 256), nn.ReLU(),
         )
-        self.heads = nn.ModuleDict({k: nn.Linear(256, n) for k, n in HEADS.items()})
+        self.heads = nn.ModuleDict({k: nn.Linear(256, n) for k, n in (heads or HEADS).items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """x: (B, 3, 64, 64) in [-1, 1] -> logits per head."""
@@ -83,8 +75,17 @@ def _as_batch(images) -> torch.Tensor:
 
 
 class ToyReader:
-    def __init__(self, net: ReaderNet):
+    def __init__(self, net: ReaderNet, world_name: str = DEFAULT_WORLD):
         self.net = net.eval()
+        self.world_name = world_name
+        self.world = get_world(world_name)
+        if set(self.net.heads) != set(reader_heads(self.world)):
+            raise ValueError(f"the reader's heads {sorted(self.net.heads)} are not world {world_name}'s {sorted(reader_heads(self.world))}")
+
+    @property
+    def attributes(self) -> tuple[str, ...]:
+        """The identity attributes this reader reads (its world's)."""
+        return tuple(self.world.ATTRIBUTES)
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "ToyReader":
@@ -93,10 +94,26 @@ class ToyReader:
         from decontext.toy.model import READER_DIR
 
         path = Path(path) if path is not None else READER_DIR
-        cfg = json.loads((path / "config.json").read_text())
-        net = ReaderNet(width=cfg.get("width", 32))
+        config = path / "config.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"{path}: not a toy reader folder (no config.json)")
+        cfg = json.loads(config.read_text())
+        name = cfg.get("world", DEFAULT_WORLD)
+        net = ReaderNet(width=cfg.get("width", 32), heads=reader_heads(get_world(name)))
         net.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
-        return cls(net)
+        return cls(net, name)
+
+    @classmethod
+    def for_editor(cls, model: str | Path = "toy", family: str = "flux_kontext") -> "ToyReader":
+        """The reader that measures toy editor ``model`` (a name such as ``toy-v3`` or a folder): the one
+        its decontext_toy.json names, which reads that editor's world."""
+        from decontext.toy.names import toy_reader_dir, toy_world_name
+
+        reader = cls.load(toy_reader_dir(model, family))
+        wanted = toy_world_name(model, family)
+        if reader.world_name != wanted:
+            raise ValueError(f"toy editor {model}: its reader reads world {reader.world_name}, the editor was trained on {wanted}")
+        return reader
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
         from safetensors.torch import save_file
@@ -105,7 +122,9 @@ class ToyReader:
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
         save_file(state, str(path / WEIGHTS_FILE))
-        cfg = {"width": self.net.features[0].out_channels, "heads": HEADS}
+        cfg = {"width": self.net.features[0].out_channels, "heads": {k: head.out_features for k, head in self.net.heads.items()}}
+        if self.world_name != DEFAULT_WORLD:
+            cfg["world"] = self.world_name
         cfg.update(extra or {})
         (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
@@ -113,7 +132,7 @@ class ToyReader:
     def read(self, images, batch_size: int = 256) -> dict[str, np.ndarray]:
         """Attribute indices per head (see HEADS / world.labels) for each image."""
         x = _as_batch(images)
-        out: dict[str, list] = {k: [] for k in HEADS}
+        out: dict[str, list] = {k: [] for k in self.net.heads}
         for i in range(0, len(x), batch_size):
             logits = self.net(x[i : i + batch_size])
             for k, v in logits.items():
@@ -152,9 +171,10 @@ def edit_visible(state: dict[str, int], edit: str) -> bool:
     return world.BG_STATES[int(state["background"])] == edit[len("background_") :]
 
 
-def score_reads(source: dict, edited: dict, edit: str) -> dict:
-    """Scores from reader outputs (dicts of scalars) of a source and its edit."""
-    same = [int(source[a]) == int(edited[a]) for a in world.ATTRIBUTES]
+def score_reads(source: dict, edited: dict, edit: str, attributes: tuple[str, ...] = world.ATTRIBUTES) -> dict:
+    """Scores from reader outputs (dicts of scalars) of a source and its edit; ``attributes``: the
+    identity attributes of the reader's world (``ToyReader.attributes``; default v1's)."""
+    same = [int(source[a]) == int(edited[a]) for a in attributes]
     return {"toy_identity": float(np.mean(same)), "edit_success": int(edit_visible(edited, edit))}
 
 
@@ -169,5 +189,5 @@ def score_edit(source, edited, prompt_or_edit: str, reader: ToyReader | None = N
     reads = reader.read([source, edited])
     src = {k: v[0] for k, v in reads.items()}
     if source_identity is not None:
-        src.update(dict(zip(world.ATTRIBUTES, source_identity.as_tuple())))
-    return score_reads(src, {k: v[1] for k, v in reads.items()}, edit)
+        src.update(dict(zip(reader.attributes, source_identity.as_tuple())))
+    return score_reads(src, {k: v[1] for k, v in reads.items()}, edit, reader.attributes)

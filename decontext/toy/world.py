@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image, ImageDraw
 
+NAME = "v1"
 SIZE = 64
 _S = 2  # supersampling factor: drawn at 128 px, box-filtered to 64 px
 
