@@ -16,7 +16,8 @@ Everything is deterministic: ``sample_scene(identity, seed)`` draws the nuisance
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -59,57 +60,47 @@ TEETH = (250, 250, 246)
 EDITS = ("hat", "glasses", "background_blue", "background_green", "background_red", "smile")
 
 
-@dataclass(frozen=True)
-class Identity:
-    skin: int
-    eyes: int
-    hair_color: int
-    hair_style: int
+class MixedRadixIdentity:
+    """A person as one index per attribute (the dataclass fields, in order, with ``RADIX`` values each);
+    ``index`` numbers the people in mixed radix, the first attribute most significant."""
+
+    RADIX: tuple[int, ...] = ()
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
 
     @property
     def index(self) -> int:
-        return ((self.skin * len(EYES) + self.eyes) * len(HAIR) + self.hair_color) * len(STYLES) + self.hair_style
+        value = 0
+        for digit, size in zip(self.as_tuple(), self.RADIX):
+            value = value * size + digit
+        return value
 
     @classmethod
-    def from_index(cls, index: int) -> "Identity":
-        if not 0 <= index < N_IDENTITIES:
-            raise ValueError(f"identity index {index} out of range 0..{N_IDENTITIES - 1}")
-        index, style = divmod(index, len(STYLES))
-        index, hair = divmod(index, len(HAIR))
-        skin, eyes = divmod(index, len(EYES))
-        return cls(skin, eyes, hair, style)
+    def from_index(cls, index: int):
+        count = math.prod(cls.RADIX)
+        if not 0 <= index < count:
+            raise ValueError(f"identity index {index} out of range 0..{count - 1}")
+        digits = []
+        for size in reversed(cls.RADIX):
+            index, digit = divmod(index, size)
+            digits.append(digit)
+        return cls(*reversed(digits))
 
-    def as_tuple(self) -> tuple[int, int, int, int]:
-        return (self.skin, self.eyes, self.hair_color, self.hair_style)
+    @classmethod
+    def everyone(cls) -> list:
+        """Every identity, in index order."""
+        return [cls.from_index(i) for i in range(math.prod(cls.RADIX))]
 
-    def describe(self) -> str:
-        return f"{SKIN_NAMES[self.skin]} skin, {EYE_NAMES[self.eyes]} eyes, {HAIR_NAMES[self.hair_color]} {STYLES[self.hair_style]} hair"
-
-
-def is_held_out(identity: Identity) -> bool:
-    return sum(identity.as_tuple()) % 3 == 0
-
-
-def eval_identities() -> list[Identity]:
-    """The 100 held-out identities, in index order."""
-    return [i for i in map(Identity.from_index, range(N_IDENTITIES)) if is_held_out(i)]
+    @classmethod
+    def split(cls, held_out: bool) -> list:
+        """The held-out (or the training) identities, in index order (``is_held_out``)."""
+        return [i for i in cls.everyone() if is_held_out(i) == held_out]
 
 
-def train_identities() -> list[Identity]:
-    """The 200 training identities, in index order."""
-    return [i for i in map(Identity.from_index, range(N_IDENTITIES)) if not is_held_out(i)]
-
-
-@dataclass(frozen=True)
-class Scene:
-    identity: Identity
-    bg: tuple[int, int, int]  # the nuisance background colour (used when background is None)
-    dx: int = 0
-    dy: int = 0
-    hat: bool = False
-    glasses: bool = False
-    background: str | None = None  # None (nuisance colour) or a key of BACKGROUNDS
-    smile: bool = False
+class EditableScene:
+    """What every world's scene shares: the face's centre (a +-3 px shift around (32, 34)) and the
+    background state the reader reports."""
 
     @property
     def center(self) -> tuple[int, int]:
@@ -120,19 +111,71 @@ class Scene:
         return BG_STATES.index(self.background) if self.background else 0
 
 
+@dataclass(frozen=True)
+class Identity(MixedRadixIdentity):
+    skin: int
+    eyes: int
+    hair_color: int
+    hair_style: int
+
+    RADIX = (len(SKIN), len(EYES), len(HAIR), len(STYLES))
+
+    def describe(self) -> str:
+        return f"{SKIN_NAMES[self.skin]} skin, {EYE_NAMES[self.eyes]} eyes, {HAIR_NAMES[self.hair_color]} {STYLES[self.hair_style]} hair"
+
+
+def is_held_out(identity) -> bool:
+    """The fixed split of every world: attribute indices summing to a multiple of 3 are held out."""
+    return sum(identity.as_tuple()) % 3 == 0
+
+
+def eval_identities() -> list[Identity]:
+    """The 100 held-out identities, in index order."""
+    return Identity.split(held_out=True)
+
+
+def train_identities() -> list[Identity]:
+    """The 200 training identities, in index order."""
+    return Identity.split(held_out=False)
+
+
+@dataclass(frozen=True)
+class Scene(EditableScene):
+    identity: Identity
+    bg: tuple[int, int, int]  # the nuisance background colour (used when background is None)
+    dx: int = 0
+    dy: int = 0
+    hat: bool = False
+    glasses: bool = False
+    background: str | None = None  # None (nuisance colour) or a key of BACKGROUNDS
+    smile: bool = False
+
+
+def draw_placement(rng: np.random.Generator) -> tuple[tuple[int, int, int], int, int]:
+    """The nuisance every world draws first: a pale background colour (jittered by +-12) and a +-3 px shift."""
+    base = NUISANCE_BG[rng.integers(len(NUISANCE_BG))]
+    bg = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in base)
+    dx, dy = (int(v) for v in rng.integers(-3, 4, size=2))
+    return bg, dx, dy
+
+
+def draw_edit_state(rng: np.random.Generator, extras: float) -> dict:
+    """Each edit attribute switched on with probability ``extras`` (the scene fields hat, glasses,
+    background, smile)."""
+    flags = rng.random(4) < extras
+    background = ("blue", "green", "red")[rng.integers(3)] if flags[2] else None
+    return {"hat": bool(flags[0]), "glasses": bool(flags[1]), "background": background, "smile": bool(flags[3])}
+
+
 def sample_scene(identity: Identity, seed: int, extras: float = 0.0) -> Scene:
     """A scene of ``identity`` with nuisance drawn from ``seed``. With probability ``extras`` each edit
     attribute (hat, glasses, background, smile) is also switched on at random."""
     rng = np.random.default_rng(seed)
-    base = NUISANCE_BG[rng.integers(len(NUISANCE_BG))]
-    bg = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in base)
-    dx, dy = (int(v) for v in rng.integers(-3, 4, size=2))
-    flags = rng.random(4) < extras
-    background = ("blue", "green", "red")[rng.integers(3)] if flags[2] else None
-    return Scene(identity, bg, dx, dy, hat=bool(flags[0]), glasses=bool(flags[1]), background=background, smile=bool(flags[3]))
+    bg, dx, dy = draw_placement(rng)
+    return Scene(identity, bg, dx, dy, **draw_edit_state(rng, extras))
 
 
-def apply_edit(scene: Scene, edit: str) -> Scene:
+def apply_edit(scene, edit: str):
     """The scene after ``edit`` (one of EDITS): the exact ground truth of that edit."""
     if edit == "hat":
         return replace(scene, hat=True)

@@ -29,10 +29,14 @@ only and ``render`` has no randomness.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+# shared with world v1: the background and edit colours, the six edits and how they apply, the split rule
+from .world import (BACKGROUNDS, BG_STATES, EDITS, GLASSES, HAT, HAT_BAND, MOUTH, TEETH, EditableScene, MixedRadixIdentity,  # noqa: F401
+                    apply_edit, draw_edit_state, draw_placement, is_held_out)
 
 NAME = "v3"
 SIZE = 64
@@ -51,73 +55,34 @@ SKIN = ((255, 224, 200), (236, 190, 150), (200, 148, 104), (150, 100, 66), (96, 
 HAIR_COLOURS = ((24, 22, 26), (120, 66, 28), (240, 212, 96), (206, 104, 30), (170, 170, 176))
 EYE_COLOURS = ((112, 62, 22), (40, 100, 235), (30, 170, 60), (90, 90, 100))
 MIN_HAIR_CONTRAST = 100.0  # hair colour is drawn among those at least this far (RGB distance) from the skin
-
-NUISANCE_BG = (
-    (205, 205, 205),
-    (228, 214, 186),
-    (206, 196, 228),
-    (240, 236, 176),
-    (246, 206, 178),
-    (186, 206, 204),
-    (222, 190, 212),
-    (170, 170, 160),
-)
-BACKGROUNDS = {"blue": (46, 86, 222), "green": (44, 168, 76), "red": (212, 34, 64)}
-BG_STATES = ("other", "blue", "green", "red")
 LIGHT_MAX = 0.12  # the lighting gradient changes brightness by at most this share from the centre to an edge
-
-HAT = (92, 40, 124)
-HAT_BAND = (236, 196, 60)
-GLASSES = (20, 20, 24)
-MOUTH = (128, 34, 44)
-TEETH = (250, 250, 246)
-
-EDITS = ("hat", "glasses", "background_blue", "background_green", "background_red", "smile")
 
 
 @dataclass(frozen=True)
-class Identity:
+class Identity(MixedRadixIdentity):
     face: int
     hair: int
     eyes: int
     nose: int
 
-    @property
-    def index(self) -> int:
-        return ((self.face * len(HAIRS) + self.hair) * len(EYE_SHAPES) + self.eyes) * len(NOSES) + self.nose
-
-    @classmethod
-    def from_index(cls, index: int) -> "Identity":
-        if not 0 <= index < N_IDENTITIES:
-            raise ValueError(f"identity index {index} out of range 0..{N_IDENTITIES - 1}")
-        index, nose = divmod(index, len(NOSES))
-        index, eyes = divmod(index, len(EYE_SHAPES))
-        face, hair = divmod(index, len(HAIRS))
-        return cls(face, hair, eyes, nose)
-
-    def as_tuple(self) -> tuple[int, int, int, int]:
-        return (self.face, self.hair, self.eyes, self.nose)
+    RADIX = (len(FACES), len(HAIRS), len(EYE_SHAPES), len(NOSES))
 
     def describe(self) -> str:
         return f"{FACES[self.face]} face, {HAIRS[self.hair]} hair, {EYE_SHAPES[self.eyes]} eyes, {NOSES[self.nose]} nose"
 
 
-def is_held_out(identity: Identity) -> bool:
-    return sum(identity.as_tuple()) % 3 == 0
-
-
 def eval_identities() -> list[Identity]:
     """The 48 held-out identities, in index order."""
-    return [i for i in map(Identity.from_index, range(N_IDENTITIES)) if is_held_out(i)]
+    return Identity.split(held_out=True)
 
 
 def train_identities() -> list[Identity]:
     """The 96 training identities, in index order."""
-    return [i for i in map(Identity.from_index, range(N_IDENTITIES)) if not is_held_out(i)]
+    return Identity.split(held_out=False)
 
 
 @dataclass(frozen=True)
-class Scene:
+class Scene(EditableScene):
     identity: Identity
     bg: tuple[int, int, int]  # the nuisance background colour (used when background is None)
     dx: int = 0
@@ -131,14 +96,6 @@ class Scene:
     background: str | None = None
     smile: bool = False
 
-    @property
-    def center(self) -> tuple[int, int]:
-        return 32 + self.dx, 34 + self.dy
-
-    @property
-    def bg_state(self) -> int:
-        return BG_STATES.index(self.background) if self.background else 0
-
 
 def _hair_colour_for(skin: tuple[int, int, int], rng: np.random.Generator) -> tuple[int, int, int]:
     far = [h for h in HAIR_COLOURS if math.dist(h, skin) >= MIN_HAIR_CONTRAST]
@@ -149,30 +106,12 @@ def sample_scene(identity: Identity, seed: int, extras: float = 0.0) -> Scene:
     """A scene of ``identity`` with nuisance (colours, background, position, lighting) drawn from
     ``seed``. With probability ``extras`` each edit attribute is also switched on at random."""
     rng = np.random.default_rng(seed)
-    base = NUISANCE_BG[rng.integers(len(NUISANCE_BG))]
-    bg = tuple(int(np.clip(c + rng.integers(-12, 13), 0, 255)) for c in base)
-    dx, dy = (int(v) for v in rng.integers(-3, 4, size=2))
+    bg, dx, dy = draw_placement(rng)
     skin = SKIN[int(rng.integers(len(SKIN)))]
     hair_colour = _hair_colour_for(skin, rng)
     eye_colour = EYE_COLOURS[int(rng.integers(len(EYE_COLOURS)))]
     light = tuple(float(v) for v in np.round(rng.uniform(-LIGHT_MAX, LIGHT_MAX, size=2), 3))
-    flags = rng.random(4) < extras
-    background = ("blue", "green", "red")[rng.integers(3)] if flags[2] else None
-    return Scene(identity, bg, dx, dy, skin, hair_colour, eye_colour, light,
-                 hat=bool(flags[0]), glasses=bool(flags[1]), background=background, smile=bool(flags[3]))
-
-
-def apply_edit(scene: Scene, edit: str) -> Scene:
-    """The scene after ``edit`` (one of EDITS): the exact ground truth of that edit."""
-    if edit == "hat":
-        return replace(scene, hat=True)
-    if edit == "glasses":
-        return replace(scene, glasses=True)
-    if edit == "smile":
-        return replace(scene, smile=True)
-    if edit.startswith("background_") and edit[len("background_") :] in BACKGROUNDS:
-        return replace(scene, background=edit[len("background_") :])
-    raise ValueError(f"unknown edit {edit!r}; expected one of {EDITS}")
+    return Scene(identity, bg, dx, dy, skin, hair_colour, eye_colour, light, **draw_edit_state(rng, extras))
 
 
 def edit_region(scene: Scene, edit: str) -> tuple[int, int, int, int] | None:
