@@ -66,6 +66,7 @@ def evaluate(argv=None) -> int:
     for key in ("ground_truth", "vae_ceiling", "clean_edit", "other_person"):
         r = res[key]
         print(f"{key:13s} toy_identity {r['toy_identity']:.3f}  edit_success {r['edit_success']:.3f}")
+    print(f"other_person pairs share {res['other_person_truth']:.3f} of their attributes in truth (what taking the whole context person scores)")
     print("per edit (clean_edit): " + ", ".join(f"{e} {v['toy_identity']:.2f}/{v['edit_success']:.2f}" for e, v in res["clean_edit"]["per_edit"].items()))
     if args.json:
         with open(args.json, "w") as f:
