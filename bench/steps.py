@@ -52,8 +52,9 @@ RULES = {  # name -> PGDConfig changes over the paper preset; alpha_scale multip
 }
 
 
-def sources_for(model: str, count: int, size: int, seed: int) -> np.ndarray:
-    """(N, H, W, 3) uint8 images: real faces (tiny models), else synthetic; the toy's held-out faces."""
+def sources_for(model: str, count: int, size: int, seed: int, world=None) -> np.ndarray:
+    """(N, H, W, 3) uint8 images: real faces (tiny models), else synthetic; a toy world's held-out faces
+    (``world``: the toy editor's; default v1)."""
     if model == "tiny":
         from PIL import Image
 
@@ -65,7 +66,8 @@ def sources_for(model: str, count: int, size: int, seed: int) -> np.ndarray:
         base = np.linspace(40, 215, size, dtype=np.float32)
         return np.stack([np.clip(base[None, :, None] * np.ones((size, 1, 3)) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
                          for _ in range(count)])
-    from decontext.toy import world
+    if world is None:
+        from decontext.toy import world
 
     identities = world.eval_identities()[:count]
     return np.stack([world.render(world.sample_scene(identity, seed=seed + i)) for i, identity in enumerate(identities)])
@@ -133,7 +135,7 @@ def main(argv=None) -> dict:
         from decontext.toy.reader import ToyReader, edit_name
 
         pool = load_prompts(PROMPTS_FILE)
-        reader = ToyReader.load()
+        reader = ToyReader.for_editor(args.model)  # it reads the editor's own world
         edit_prompts = [pool[i].text for i in effect.EDIT_PROMPT_INDICES]
         names = [edit_name(pool[i].category) for i in effect.EDIT_PROMPT_INDICES]
         settings = {"steps": int(editor.recommended["num_inference_steps"]), "guidance": float(editor.recommended["guidance_scale"])}
@@ -142,7 +144,7 @@ def main(argv=None) -> dict:
     attack_prompts = [p.text for p in pool]
     for e in editors.values():
         e.prepare(attack_prompts + edit_prompts, release=False)
-    sources = sources_for(args.model if not toy else "toy", args.images, args.size, args.seed)
+    sources = sources_for(args.model if not toy else "toy", args.images, args.size, args.seed, reader.world if toy else None)
     size = sources.shape[1:3]
     method = effect.build(args.method, attack_prompts)
     paper = PGDConfig.for_method(method, defaults=spec.pgd_defaults, preset="paper", steps=args.paper_steps)
