@@ -612,8 +612,10 @@ def main(argv=None) -> dict:
     else:
         src, tgt = editor_pairs(vae, args.sources, args.seed, w=w)
         log(f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; latent std {float(src.std()):.3f}")
-        recipe = {"world": args.world, "timesteps": args.timesteps, "base_steps": args.base_steps, "t2i_share": args.t2i_share, "late_swap_sigma": args.late_swap_sigma,
+        recipe = {"timesteps": args.timesteps, "base_steps": args.base_steps, "t2i_share": args.t2i_share, "late_swap_sigma": args.late_swap_sigma,
                   "mismatch_share": args.mismatch_share}
+        if args.world != "v1":  # v1 recipes stay recorded as they always were
+            recipe["world"] = args.world
         if (args.double_layers, args.single_layers, args.vae_blocks) != (TOY_CONFIG.num_layers, TOY_CONFIG.num_single_layers, len(TOY_CONFIG.vae_channels)):
             recipe["architecture"] = {"double_layers": args.double_layers, "single_layers": args.single_layers, "vae_blocks": args.vae_blocks}
         tstats = {}
