@@ -475,8 +475,7 @@ def run_premise(
 
     from decontext.prompts import load_prompts
     from decontext.toy.evaluate import eval_scenes, load_pipeline
-    from decontext.toy.worlds import world_of_settings
-    from decontext.toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, EDITOR_DIR, PROMPTS_FILE, READER_DIR
+    from decontext.toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, EDITOR_DIR, PROMPTS_FILE
     from decontext.toy.reader import ToyReader, score_reads
 
     t0 = time.time()
@@ -488,10 +487,8 @@ def run_premise(
     pipe, settings = load_pipeline(editor_dir)
     settings = {"num_inference_steps": DEFAULT_STEPS, "guidance_scale": DEFAULT_GUIDANCE, **settings}
     n_steps = int(settings["num_inference_steps"])
-    world = world_of_settings(settings)
-    reader = ToyReader.load(repo_path(settings.get("reader"), READER_DIR))
-    if reader.world is not world:
-        raise ValueError(f"{editor_dir}: the reader reads world {reader.world_name}, the editor was trained on {world.NAME}")
+    reader = ToyReader.for_editor(editor_dir)  # the editor's own reader, of its world
+    world = reader.world
     pool = load_prompts(repo_path(settings.get("prompts_file"), PROMPTS_FILE))
     specs = parse_cuts(cuts)
     if not any(s.factor is None for s in specs):

@@ -181,7 +181,7 @@ def _label_array(scenes, w=world) -> dict[str, np.ndarray]:
 
 def train_reader(vae, steps: int, batch: int, n_images: int, n_recon: int, seed: int, lr: float = 1e-3, n_check: int = 600, w=world) -> tuple[ToyReader, dict]:
     torch.manual_seed(seed + 20)
-    all_ids = [w.Identity.from_index(i) for i in range(w.N_IDENTITIES)]
+    all_ids = w.Identity.everyone()
     scenes = make_scenes(all_ids, n_images, seed=seed + 21, extras=0.5, w=w)
     images = render_all(scenes, w)
     recon = reconstruct(vae, images[:n_recon])

@@ -123,13 +123,10 @@ def evaluate(n_identities: int | None = None, steps: int | None = None, guidance
     pipe, settings = load_pipeline(editor_dir)
     steps = steps or settings.get("num_inference_steps", DEFAULT_STEPS)
     guidance = guidance if guidance is not None else settings.get("guidance_scale", DEFAULT_GUIDANCE)
-    from decontext.toy.names import READER_DIR, repo_path
-    from decontext.toy.worlds import world_of_settings
+    from decontext.toy.names import repo_path
 
-    w = world_of_settings(settings)
-    reader = ToyReader.load(reader_dir if reader_dir is not None else repo_path(settings.get("reader"), READER_DIR))
-    if reader.world is not w:
-        raise ValueError(f"{editor_dir}: the reader reads world {reader.world_name}, the editor was trained on {w.NAME}")
+    reader = ToyReader.for_editor(editor_dir, path=reader_dir)  # the editor's own reader, of its world
+    w = reader.world
     pool = load_prompts(repo_path(settings.get("prompts_file"), PROMPTS_FILE))
     scenes = eval_scenes(n_identities, w)
     n = len(scenes)

@@ -104,12 +104,12 @@ class ToyReader:
         return cls(net, name)
 
     @classmethod
-    def for_editor(cls, model: str | Path = "toy", family: str = "flux_kontext") -> "ToyReader":
+    def for_editor(cls, model: str | Path = "toy", family: str = "flux_kontext", path: str | Path | None = None) -> "ToyReader":
         """The reader that measures toy editor ``model`` (a name such as ``toy-v3`` or a folder): the one
-        its decontext_toy.json names, which reads that editor's world."""
+        its decontext_toy.json names (or the reader folder ``path``), checked to read that editor's world."""
         from decontext.toy.names import toy_reader_dir, toy_world_name
 
-        reader = cls.load(toy_reader_dir(model, family))
+        reader = cls.load(path if path is not None else toy_reader_dir(model, family))
         wanted = toy_world_name(model, family)
         if reader.world_name != wanted:
             raise ValueError(f"toy editor {model}: its reader reads world {reader.world_name}, the editor was trained on {wanted}")

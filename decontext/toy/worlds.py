@@ -27,11 +27,6 @@ def get_world(name: str | None = None) -> ModuleType:
     return importlib.import_module(WORLDS[key])
 
 
-def world_of_settings(settings: dict | None) -> ModuleType:
-    """The world a toy editor's settings (its decontext_toy.json) say it was trained on."""
-    return get_world((settings or {}).get("world"))
-
-
 def reader_heads(world: ModuleType) -> dict[str, int]:
     """The attribute reader's heads for a world: its identity attributes, then the edit state."""
     heads = {attribute: world.N_VALUES[attribute] for attribute in world.ATTRIBUTES}
