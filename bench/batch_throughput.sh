@@ -8,7 +8,7 @@ OUT=${1:-runs/batch}
 PY=${PYTHON:-python}
 FACES=${FACES:-../shared/data/faces}
 rm -rf "$OUT/src_toy" "$OUT/src_tiny"; mkdir -p "$OUT/src_tiny"
-"$PY" -m decontext toy-faces --count 8 --out "$OUT/src_toy" --world v1 >/dev/null
+"$PY" -m decontext toy-faces --count 8 --out "$OUT/src_toy" >/dev/null
 find "$FACES" -maxdepth 1 -name '*.jpg' | sort | head -8 | xargs -I{} cp {} "$OUT/src_tiny/"
 one() {  # model batch steps extra...
     local model=$1 bs=$2 steps=$3; shift 3

@@ -76,9 +76,10 @@ def toy_setup(model: str, identities: int, seed: int):
     attack_prompts = [p.text for p in pool]
     editor.prepare(attack_prompts + prompts, release=False)
     reader = ToyReader.for_editor(model, toy_family(model))  # it reads the editor's own world
+    from decontext.toy.worlds import heldout_scenes
+
     world = reader.world
-    chosen = world.eval_identities()[:identities]
-    sources = np.stack([world.render(world.sample_scene(identity, seed=seed + i)) for i, identity in enumerate(chosen)])
+    sources = np.stack([world.render(scene) for scene in heldout_scenes(world, identities, seed)])
     return editor, reader, prompts, names, settings, sources, attack_prompts
 
 

@@ -66,11 +66,10 @@ def sources_for(model: str, count: int, size: int, seed: int, world=None) -> np.
         base = np.linspace(40, 215, size, dtype=np.float32)
         return np.stack([np.clip(base[None, :, None] * np.ones((size, 1, 3)) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
                          for _ in range(count)])
-    if world is None:
-        from decontext.toy import world
+    from decontext.toy.worlds import get_world, heldout_scenes
 
-    identities = world.eval_identities()[:count]
-    return np.stack([world.render(world.sample_scene(identity, seed=seed + i)) for i, identity in enumerate(identities)])
+    world = world or get_world()
+    return np.stack([world.render(scene) for scene in heldout_scenes(world, count, seed)])
 
 
 def run(editor, method, image: np.ndarray, config: PGDConfig, seed: int, snapshots=()) -> tuple[dict[int, np.ndarray], float, int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from PIL import Image
 
 from decontext.images import atomic_save
-from decontext.toy.worlds import get_world
+from decontext.toy.worlds import get_world, heldout_scenes
 
 
 def export_faces(out: str | Path, count: int = 20, seed: int = 42, world_name: str | None = None) -> list[Path]:
@@ -23,15 +23,15 @@ def export_faces(out: str | Path, count: int = 20, seed: int = 42, world_name: s
 
         world_name = toy_world_name("toy")
     world = get_world(world_name)
-    identities = world.eval_identities()
-    if not 1 <= count <= len(identities):
-        raise ValueError(f"count must be between 1 and {len(identities)} (world {world.NAME}'s held-out identities), got {count}")
+    held_out = len(world.eval_identities())
+    if not 1 <= count <= held_out:
+        raise ValueError(f"count must be between 1 and {held_out} (world {world.NAME}'s held-out identities), got {count}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, identity in enumerate(identities[:count]):
-        path = out / f"id{identity.index:03d}.png"
+    for scene in heldout_scenes(world, count, seed):
+        path = out / f"id{scene.identity.index:03d}.png"
         if not path.exists():
-            atomic_save(Image.fromarray(world.render(world.sample_scene(identity, seed=seed + i))), path, format="PNG")
+            atomic_save(Image.fromarray(world.render(scene)), path, format="PNG")
         paths.append(path)
     return paths

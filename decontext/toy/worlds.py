@@ -27,6 +27,12 @@ def get_world(name: str | None = None) -> ModuleType:
     return importlib.import_module(WORLDS[key])
 
 
+def heldout_scenes(world: ModuleType, count: int, seed: int) -> list:
+    """The first ``count`` held-out identities of ``world`` (never trained on), one clean scene each with
+    nuisance from ``seed + index``: the faces of ``decontext toy-faces``, the demo and the toy benches."""
+    return [world.sample_scene(identity, seed=seed + i) for i, identity in enumerate(world.eval_identities()[:count])]
+
+
 def reader_heads(world: ModuleType) -> dict[str, int]:
     """The attribute reader's heads for a world: its identity attributes, then the edit state."""
     heads = {attribute: world.N_VALUES[attribute] for attribute in world.ATTRIBUTES}
