@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from decontext.editors.flux_kontext import pack_latents, vae_latents
 from decontext.toy import world
-from decontext.toy.worlds import WORLDS, get_world, reader_heads
+from decontext.toy.worlds import DEFAULT_WORLD, WORLDS, get_world, reader_heads
 from decontext.toy.model import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -614,7 +614,7 @@ def main(argv=None) -> dict:
         log(f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; latent std {float(src.std()):.3f}")
         recipe = {"timesteps": args.timesteps, "base_steps": args.base_steps, "t2i_share": args.t2i_share, "late_swap_sigma": args.late_swap_sigma,
                   "mismatch_share": args.mismatch_share}
-        if args.world != "v1":  # v1 recipes stay recorded as they always were
+        if args.world != DEFAULT_WORLD:  # a folder naming no world is read as the default one, so v1 recipes stay as recorded
             recipe["world"] = args.world
         if (args.double_layers, args.single_layers, args.vae_blocks) != (TOY_CONFIG.num_layers, TOY_CONFIG.num_single_layers, len(TOY_CONFIG.vae_channels)):
             recipe["architecture"] = {"double_layers": args.double_layers, "single_layers": args.single_layers, "vae_blocks": args.vae_blocks}
