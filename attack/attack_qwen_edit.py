@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Protect images against Qwen-Image-Edit: decontext attack --family qwen_image_edit."""
+
 import sys
 
 from decontext.cli.attack import main

@@ -16,7 +16,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-
 from decontext.attention import attention_with_share
 from decontext.editors.base import Layout
 

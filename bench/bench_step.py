@@ -30,15 +30,14 @@ import argparse
 import contextlib
 import gc
 import os
-import tempfile
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-
 
 from decontext.cli.common import avoid_cudnn_attention, quiet_libraries
 from decontext.editors.flux_kontext import FluxKontextEditor
@@ -51,9 +50,22 @@ def real_flux2_config(args):
     48 parallel single blocks, 48 x 128 heads, text width 15360 = 3 stacked 5120-wide hidden states)."""
     from decontext.editors.flux2 import TinyFlux2Config
 
-    return TinyFlux2Config(num_layers=8, num_single_layers=48, num_attention_heads=48, attention_head_dim=128, axes_dims_rope=(32, 32, 32, 32),
-                           timestep_guidance_channels=256, guidance_embeds=True, latent_channels=32, vae_channels=(128, 256, 512, 512),
-                           qwen_hidden=5120, qwen_layers=3, qwen_heads=40, qwen_kv_heads=8, max_text_tokens=args.text_tokens)
+    return TinyFlux2Config(
+        num_layers=8,
+        num_single_layers=48,
+        num_attention_heads=48,
+        attention_head_dim=128,
+        axes_dims_rope=(32, 32, 32, 32),
+        timestep_guidance_channels=256,
+        guidance_embeds=True,
+        latent_channels=32,
+        vae_channels=(128, 256, 512, 512),
+        qwen_hidden=5120,
+        qwen_layers=3,
+        qwen_heads=40,
+        qwen_kv_heads=8,
+        max_text_tokens=args.text_tokens,
+    )
 
 
 def real_qwen_config(args):
@@ -61,9 +73,25 @@ def real_qwen_config(args):
     from decontext.editors.qwen_image_edit import TinyQwenImageEditConfig
     from decontext.editors.tiny import TinyStep1XConfig
 
-    vlm = TinyStep1XConfig(qwen_hidden=3584, qwen_layers=1, qwen_heads=28, qwen_kv_heads=4, qwen_intermediate=4096, qwen_mrope_section=(16, 24, 24))
-    return TinyQwenImageEditConfig(num_layers=60, num_attention_heads=24, attention_head_dim=128, axes_dims_rope=(16, 56, 56), z_dim=16,
-                                   vae_base_dim=96, vae_dim_mult=(1, 2, 4, 4), vae_res_blocks=2, vlm=vlm)
+    vlm = TinyStep1XConfig(
+        qwen_hidden=3584,
+        qwen_layers=1,
+        qwen_heads=28,
+        qwen_kv_heads=4,
+        qwen_intermediate=4096,
+        qwen_mrope_section=(16, 24, 24),
+    )
+    return TinyQwenImageEditConfig(
+        num_layers=60,
+        num_attention_heads=24,
+        attention_head_dim=128,
+        axes_dims_rope=(16, 56, 56),
+        z_dim=16,
+        vae_base_dim=96,
+        vae_dim_mult=(1, 2, 4, 4),
+        vae_res_blocks=2,
+        vlm=vlm,
+    )
 
 
 @contextlib.contextmanager
@@ -92,11 +120,15 @@ def build_other_family(args):
         if args.family == "flux2":
             from decontext.editors.flux2 import Flux2Editor
 
-            editor = Flux2Editor.tiny(real_flux2_config(args) if args.preset == "real" else None, seed=0, device=device, dtype=dtype)
+            editor = Flux2Editor.tiny(
+                real_flux2_config(args) if args.preset == "real" else None, seed=0, device=device, dtype=dtype
+            )
         else:
             from decontext.editors.qwen_image_edit import QwenImageEditEditor
 
-            editor = QwenImageEditEditor.tiny(real_qwen_config(args) if args.preset == "real" else None, seed=0, device=device, dtype=dtype)
+            editor = QwenImageEditEditor.tiny(
+                real_qwen_config(args) if args.preset == "real" else None, seed=0, device=device, dtype=dtype
+            )
     if args.checkpointing:
         editor.transformer.enable_gradient_checkpointing()
     return editor
@@ -108,15 +140,30 @@ def build_editor(args) -> FluxKontextEditor:
     if args.preset in ("flux", "real"):
         # The real FLUX.1-Kontext transformer and VAE architecture, random weights.
         config = TinyKontextConfig(
-            num_layers=19, num_single_layers=38, num_attention_heads=24, attention_head_dim=128, axes_dims_rope=(16, 56, 56),
-            text_dim=4096, pooled_dim=768, vae_channels=(128, 256, 512, 512), vae_layers_per_block=2, max_text_tokens=args.text_tokens,
+            num_layers=19,
+            num_single_layers=38,
+            num_attention_heads=24,
+            attention_head_dim=128,
+            axes_dims_rope=(16, 56, 56),
+            text_dim=4096,
+            pooled_dim=768,
+            vae_channels=(128, 256, 512, 512),
+            vae_layers_per_block=2,
+            max_text_tokens=args.text_tokens,
         )
     else:
         head_dim = args.hidden // args.heads
         axes = (head_dim - 2 * (head_dim * 7 // 16), head_dim * 7 // 16, head_dim * 7 // 16)
         config = TinyKontextConfig(
-            num_layers=args.double, num_single_layers=args.single, num_attention_heads=args.heads, attention_head_dim=head_dim,
-            axes_dims_rope=axes, text_dim=64, pooled_dim=32, vae_channels=tuple(args.vae_channels), max_text_tokens=args.text_tokens,
+            num_layers=args.double,
+            num_single_layers=args.single,
+            num_attention_heads=args.heads,
+            attention_head_dim=head_dim,
+            axes_dims_rope=axes,
+            text_dim=64,
+            pooled_dim=32,
+            vae_channels=tuple(args.vae_channels),
+            max_text_tokens=args.text_tokens,
         )
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -144,8 +191,12 @@ def quantized(editor: FluxKontextEditor, args) -> FluxKontextEditor:
         gc.collect()
         torch.cuda.empty_cache()
         pipe.transformer = _load_quantized_transformer(scratch, args.quantize, dtype, device, local_files_only=True)
-        print(f"quantized the transformer to {args.quantize} through a saved copy in {time.perf_counter() - began:.0f} s")
-    return FluxKontextEditor(pipe, name="tiny", device=device, dtype=dtype, max_sequence_length=editor.max_sequence_length)
+        print(
+            f"quantized the transformer to {args.quantize} through a saved copy in {time.perf_counter() - began:.0f} s"
+        )
+    return FluxKontextEditor(
+        pipe, name="tiny", device=device, dtype=dtype, max_sequence_length=editor.max_sequence_length
+    )
 
 
 def run_or_oom(fn) -> str | None:
@@ -175,15 +226,27 @@ class OfficialStyle:
         for name in self.blocks:
             attn = editor.blocks[name].module.attn
             # The official hooks store a copy of each output.
-            handles.append(attn.norm_q.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("q", o.clone())))
-            handles.append(attn.norm_k.register_forward_hook(lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("k", o.clone())))
+            handles.append(
+                attn.norm_q.register_forward_hook(
+                    lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("q", o.clone())
+                )
+            )
+            handles.append(
+                attn.norm_k.register_forward_hook(
+                    lambda m, i, o, n=name: captured.setdefault(n, {}).__setitem__("k", o.clone())
+                )
+            )
         try:
             editor.velocity(noise, sigma, condition)
         finally:
             for handle in handles:
                 handle.remove()
         layout = condition.layout
-        ids = [torch.zeros(layout.text, 3, device=editor.device, dtype=editor.dtype), condition.extra["target_ids"], condition.extra["context_ids"]]
+        ids = [
+            torch.zeros(layout.text, 3, device=editor.device, dtype=editor.dtype),
+            condition.extra["target_ids"],
+            condition.extra["context_ids"],
+        ]
         rope = editor.transformer.pos_embed(torch.cat(ids))
         shares = []
         for name in self.blocks:
@@ -251,8 +314,10 @@ def make_steps(editor, args):
         method.ready(compiled)
         began = time.perf_counter()
         eager_loss, compiled_loss = ours(), ours(on=compiled)
-        print(f"compile: {sum(compiled.depths.values())} blocks compiled, first compiled step {time.perf_counter() - began:.1f} s "
-              f"(compiling); loss eager {eager_loss:.7f} vs compiled {compiled_loss:.7f} (diff {abs(eager_loss - compiled_loss):.2e})")
+        print(
+            f"compile: {sum(compiled.depths.values())} blocks compiled, first compiled step {time.perf_counter() - began:.1f} s "
+            f"(compiling); loss eager {eager_loss:.7f} vs compiled {compiled_loss:.7f} (diff {abs(eager_loss - compiled_loss):.2e})"
+        )
         extra["ours_compiled"] = lambda: ours(on=compiled)
     if args.family != "flux_kontext":  # no official implementation to compare with
         return {"ours": ours, "bare": bare, **extra}
@@ -334,10 +399,15 @@ def snapshot_memory(steps: dict, names: list[str], folder: Path) -> None:
             torch.cuda.memory._record_memory_history(enabled=None)
         with open(folder / f"{name}.pickle", "wb") as handle:
             pickle.dump(snapshot, handle)
-        sizes = sorted((b["size"] for seg in snapshot["segments"] for b in seg["blocks"] if b["state"] == "active_allocated"), reverse=True)
+        sizes = sorted(
+            (b["size"] for seg in snapshot["segments"] for b in seg["blocks"] if b["state"] == "active_allocated"),
+            reverse=True,
+        )
         stats = torch.cuda.memory_stats()
-        print(f"memory {name}: peak allocated {stats['allocated_bytes.all.peak'] / 2**30:.2f} GiB, peak reserved "
-              f"{stats['reserved_bytes.all.peak'] / 2**30:.2f} GiB, largest live blocks (MiB): {[round(x / 2**20) for x in sizes[:12]]}")
+        print(
+            f"memory {name}: peak allocated {stats['allocated_bytes.all.peak'] / 2**30:.2f} GiB, peak reserved "
+            f"{stats['reserved_bytes.all.peak'] / 2**30:.2f} GiB, largest live blocks (MiB): {[round(x / 2**20) for x in sizes[:12]]}"
+        )
 
 
 VARIANTS = ("ours", "official", "bare", "ours_sep", "ours_compiled")
@@ -345,13 +415,24 @@ VARIANTS = ("ours", "official", "bare", "ours_sep", "ours_compiled")
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--family", choices=["flux_kontext", "flux2", "qwen_image_edit"], default="flux_kontext", help="the editor architecture")
-    parser.add_argument("--preset", choices=["tiny", "flux", "real"], default="tiny",
-                        help="tiny: sizes below (other families: their tiny test model); flux or real: the family's real architecture, random weights")
+    parser.add_argument(
+        "--family",
+        choices=["flux_kontext", "flux2", "qwen_image_edit"],
+        default="flux_kontext",
+        help="the editor architecture",
+    )
+    parser.add_argument(
+        "--preset",
+        choices=["tiny", "flux", "real"],
+        default="tiny",
+        help="tiny: sizes below (other families: their tiny test model); flux or real: the family's real architecture, random weights",
+    )
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
     parser.add_argument("--text-tokens", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--heads", type=int, default=4, help="attention heads (head dim = hidden / heads; FLUX: 24 x 128)")
+    parser.add_argument(
+        "--heads", type=int, default=4, help="attention heads (head dim = hidden / heads; FLUX: 24 x 128)"
+    )
     parser.add_argument("--double", type=int, default=2)
     parser.add_argument("--single", type=int, default=4)
     parser.add_argument("--vae-channels", type=int, nargs=4, default=[8, 8, 16, 16])
@@ -360,18 +441,50 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the transformer")
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--official-checkpointing", action="store_true", help="run the official variant with transformer+VAE gradient checkpointing, as the official script does")
-    parser.add_argument("--with-separate", action="store_true", help="also time ours with a separate probe call in every probed layer (no fusion)")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS,
-                        help="run only these variants, warmed up in this order (default: all that apply)")
-    parser.add_argument("--quantize", choices=["8bit", "4bit"], help="FLUX.1-Kontext on CUDA: the transformer weight-quantised with bitsandbytes, loaded as --quantize loads it")
-    parser.add_argument("--memory-cap-gb", type=float, help="CUDA: cap this process's GPU memory (torch's per-process fraction) after the model is built, "
-                        "to show what fits a smaller card; a variant that does not fit is reported as OOM")
-    parser.add_argument("--scratch", default=None, help="folder for --quantize's temporary saved copy (default: the system's temp folder)")
-    parser.add_argument("--compile", action="store_true", help="also time ours on a copy of the model with every block torch.compiled (--compile of the attacks)")
-    parser.add_argument("--memory-snapshot", type=Path, default=None,
-                        help="CUDA: record the allocator's history during one step of each variant and save a snapshot per variant here "
-                             "(FOLDER/<variant>.pickle, for torch.cuda.memory's viewer), with the 12 largest live blocks at the peak printed")
+    parser.add_argument(
+        "--official-checkpointing",
+        action="store_true",
+        help="run the official variant with transformer+VAE gradient checkpointing, as the official script does",
+    )
+    parser.add_argument(
+        "--with-separate",
+        action="store_true",
+        help="also time ours with a separate probe call in every probed layer (no fusion)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        help="run only these variants, warmed up in this order (default: all that apply)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["8bit", "4bit"],
+        help="FLUX.1-Kontext on CUDA: the transformer weight-quantised with bitsandbytes, loaded as --quantize loads it",
+    )
+    parser.add_argument(
+        "--memory-cap-gb",
+        type=float,
+        help="CUDA: cap this process's GPU memory (torch's per-process fraction) after the model is built, "
+        "to show what fits a smaller card; a variant that does not fit is reported as OOM",
+    )
+    parser.add_argument(
+        "--scratch",
+        default=None,
+        help="folder for --quantize's temporary saved copy (default: the system's temp folder)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time ours on a copy of the model with every block torch.compiled (--compile of the attacks)",
+    )
+    parser.add_argument(
+        "--memory-snapshot",
+        type=Path,
+        default=None,
+        help="CUDA: record the allocator's history during one step of each variant and save a snapshot per variant here "
+        "(FOLDER/<variant>.pickle, for torch.cuda.memory's viewer), with the 12 largest live blocks at the peak printed",
+    )
     parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
@@ -394,18 +507,25 @@ def main(argv=None) -> int:
         if unknown:
             parser.error(f"variants {unknown} do not apply here (available: {names}; ours_sep needs --with-separate)")
         names = list(args.variants)
-    print(f"device={device} dtype={args.dtype} preset={args.preset} size={args.size} text_tokens={args.text_tokens} official_checkpointing={args.official_checkpointing} "
-          f"checkpointing={args.checkpointing} quantize={args.quantize} blocks={editor.depths} probed={len(editor.resolve_blocks('single:0-25/38'))} "
-          f"threads={torch.get_num_threads()} cudnn_sdpa={'off' if cudnn_off else 'allowed'}")
+    print(
+        f"device={device} dtype={args.dtype} preset={args.preset} size={args.size} text_tokens={args.text_tokens} official_checkpointing={args.official_checkpointing} "
+        f"checkpointing={args.checkpointing} quantize={args.quantize} blocks={editor.depths} probed={len(editor.resolve_blocks('single:0-25/38'))} "
+        f"threads={torch.get_num_threads()} cudnn_sdpa={'off' if cudnn_off else 'allowed'}"
+    )
     resident = 0.0
     if device.type == "cuda":
         gc.collect()
         torch.cuda.empty_cache()
         resident = torch.cuda.memory_allocated() / 2**20
         total = torch.cuda.get_device_properties(device).total_memory
-        print(f"gpu={torch.cuda.get_device_name(device)} resident_MB={resident:.0f} (weights and buffers before a step)")
+        print(
+            f"gpu={torch.cuda.get_device_name(device)} resident_MB={resident:.0f} (weights and buffers before a step)"
+        )
         if args.memory_cap_gb:
-            torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gb * 2**30 / total), torch.cuda.current_device() if device.index is None else device.index)
+            torch.cuda.set_per_process_memory_fraction(
+                min(1.0, args.memory_cap_gb * 2**30 / total),
+                torch.cuda.current_device() if device.index is None else device.index,
+            )
             print(f"memory cap: {args.memory_cap_gb:g} GiB for everything this process allocates")
     failed = {}
     for name in names:  # warm-up (and a check that every variant runs; on a GPU one may not fit)
@@ -416,7 +536,7 @@ def main(argv=None) -> int:
     names = [name for name in names if name not in failed]
     times = {name: [] for name in names}
     for repeat in range(args.repeats):
-        order = names[repeat % len(names):] + names[: repeat % len(names)]  # rotate to spread drift
+        order = names[repeat % len(names) :] + names[: repeat % len(names)]  # rotate to spread drift
         for name in order:
             times[name].append(timed(steps[name], device))
     if args.memory_snapshot is not None and device.type == "cuda":
@@ -424,12 +544,19 @@ def main(argv=None) -> int:
     memory = {name: float("nan") for name in names}
     if not args.skip_memory:
         for name in names:
-            memory[name] = peak_memory_mb(steps[name], device) if device.type == "cuda" else memory_in_subprocess(name, argv)
+            memory[name] = (
+                peak_memory_mb(steps[name], device) if device.type == "cuda" else memory_in_subprocess(name, argv)
+            )
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"{'variant':<10}{'median s':>10}{'min s':>9}{'max s':>9}{'peak MB':>10}" + (f"{'total MB':>10}" if device.type == "cuda" else ""))
+    print(
+        f"{'variant':<10}{'median s':>10}{'min s':>9}{'max s':>9}{'peak MB':>10}"
+        + (f"{'total MB':>10}" if device.type == "cuda" else "")
+    )
     for name in names:
         total_column = f"{resident + memory[name]:>10.0f}" if device.type == "cuda" else ""
-        print(f"{name:<10}{median[name]:>10.3f}{min(times[name]):>9.3f}{max(times[name]):>9.3f}{memory[name]:>10.0f}{total_column}")
+        print(
+            f"{name:<10}{median[name]:>10.3f}{min(times[name]):>9.3f}{max(times[name]):>9.3f}{memory[name]:>10.0f}{total_column}"
+        )
     for name in failed:
         print(f"{name:<10}{'OOM':>10}")
     if "ours" not in median:
@@ -437,7 +564,10 @@ def main(argv=None) -> int:
         return 0
     ratios = []
     if "official" in median:
-        ratios += [f"official_time={median['ours'] / median['official']:.3f}", f"official_mem={memory['ours'] / memory['official']:.3f}"]
+        ratios += [
+            f"official_time={median['ours'] / median['official']:.3f}",
+            f"official_mem={memory['ours'] / memory['official']:.3f}",
+        ]
     if "bare" in median:
         ratios.append(f"bare_time={median['ours'] / median['bare']:.3f}")
         if "official" not in steps:  # other families: memory against bare instead

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench import save_json
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,7 +35,9 @@ def make_faces(folder: Path, count: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     identities = world.train_identities() + world.eval_identities()
     for i in range(count):
-        Image.fromarray(world.render(world.sample_scene(identities[i % len(identities)], seed=1000 + i))).save(folder / f"face{i:04d}.png")
+        Image.fromarray(world.render(world.sample_scene(identities[i % len(identities)], seed=1000 + i))).save(
+            folder / f"face{i:04d}.png"
+        )
 
 
 def timed(command: list[str]) -> tuple[float, str]:
@@ -42,7 +45,9 @@ def timed(command: list[str]) -> tuple[float, str]:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - began
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        raise SystemExit(
+            f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
     return seconds, done.stdout + done.stderr
 
 
@@ -56,28 +61,62 @@ def main(argv=None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     faces = work / "faces"
     make_faces(faces, args.images)
-    common = ["--model", "toy", "--method", "amortized", "--protector", args.protector, "--measure-draws", "0", "--seed", "7",
-              "--input", str(faces), "--no-progress"]
+    common = [
+        "--model",
+        "toy",
+        "--method",
+        "amortized",
+        "--protector",
+        args.protector,
+        "--measure-draws",
+        "0",
+        "--seed",
+        "7",
+        "--input",
+        str(faces),
+        "--no-progress",
+    ]
     python = [sys.executable, "-m", "decontext"]
     runs = {}
     try:
-        for name, command in (("CLI (one process)", [*python, "attack", *common, "--output", str(work / "cli")]),
-                              ("cluster, 1 actor", [*python, "cluster", *common, "--output", str(work / "c1"), "--actors", "1"]),
-                              (f"cluster, {args.actors} actors", [*python, "cluster", *common, "--output", str(work / "cn"), "--actors", str(args.actors)])):
+        for name, command in (
+            ("CLI (one process)", [*python, "attack", *common, "--output", str(work / "cli")]),
+            ("cluster, 1 actor", [*python, "cluster", *common, "--output", str(work / "c1"), "--actors", "1"]),
+            (
+                f"cluster, {args.actors} actors",
+                [*python, "cluster", *common, "--output", str(work / "cn"), "--actors", str(args.actors)],
+            ),
+        ):
             seconds, text = timed(command)
             inner = re.search(r"in (\d+(?:\.\d+)?) s \(", text)
-            runs[name] = {"seconds": seconds, "images_per_s": args.images / seconds, "reported_s": float(inner.group(1)) if inner else None}
+            runs[name] = {
+                "seconds": seconds,
+                "images_per_s": args.images / seconds,
+                "reported_s": float(inner.group(1)) if inner else None,
+            }
             print(f"{name}: {seconds:.1f} s, {args.images / seconds:.2f} images/s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     cli, one = runs["CLI (one process)"], runs["cluster, 1 actor"]
     overhead_ms = 1000 * (one["seconds"] - cli["seconds"]) / args.images
-    lines = [f"{args.images} toy faces, protector {args.protector} (one forward per face), local Ray, this machine; whole processes, start-up included", "",
-             "| run | wall s | images/s |", "|---|---|---|"]
+    lines = [
+        f"{args.images} toy faces, protector {args.protector} (one forward per face), local Ray, this machine; whole processes, start-up included",
+        "",
+        "| run | wall s | images/s |",
+        "|---|---|---|",
+    ]
     lines += [f"| {name} | {r['seconds']:.1f} | {r['images_per_s']:.2f} |" for name, r in runs.items()]
-    lines += ["", f"Ray's overhead per image (cluster with 1 actor - CLI, over {args.images} images, start-up included): {overhead_ms:+.1f} ms"]
+    lines += [
+        "",
+        f"Ray's overhead per image (cluster with 1 actor - CLI, over {args.images} images, start-up included): {overhead_ms:+.1f} ms",
+    ]
     print("\n".join(lines))
-    out = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "overhead_ms_per_image": overhead_ms, "table": lines}
+    out = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "runs": runs,
+        "overhead_ms_per_image": overhead_ms,
+        "table": lines,
+    }
     save_json(args.json, out)
     return out
 

@@ -25,12 +25,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-
 from decontext.cli.common import quiet_libraries
+from decontext.config import PGDConfig, ProtectConfig
 from decontext.images import quantize, uint8_to_tensor
 from decontext.metrics.bootstrap import ClusterInterval, cluster_bootstrap_ci
 from decontext.metrics.pixel import psnr
-from decontext.config import PGDConfig, ProtectConfig
 from decontext.plots import Chart, color_of
 from decontext.protect import protect
 
@@ -72,7 +71,10 @@ def toy_setup(model: str, identities: int, seed: int):
     pool = load_prompts(PROMPTS_FILE)
     prompts = [pool[i].text for i in EDIT_PROMPT_INDICES]
     names = [edit_name(pool[i].category) for i in EDIT_PROMPT_INDICES]
-    settings = {"steps": int(editor.recommended["num_inference_steps"]), "guidance": float(editor.recommended["guidance_scale"])}
+    settings = {
+        "steps": int(editor.recommended["num_inference_steps"]),
+        "guidance": float(editor.recommended["guidance_scale"]),
+    }
     attack_prompts = [p.text for p in pool]
     editor.prepare(attack_prompts + prompts, release=False)
     reader = ToyReader.for_editor(model, toy_family(model))  # it reads the editor's own world
@@ -99,13 +101,28 @@ def build(variant: str, prompts: list[str], protector: str | None = None):
     return compose(methods)
 
 
-def protect_batch(editor, method, sources: np.ndarray, eps: float, steps: int, alpha: float, seed: int, chunk: int, transform=None, **pgd_options) -> np.ndarray:
+def protect_batch(
+    editor,
+    method,
+    sources: np.ndarray,
+    eps: float,
+    steps: int,
+    alpha: float,
+    seed: int,
+    chunk: int,
+    transform=None,
+    **pgd_options,
+) -> np.ndarray:
     """Protected uint8 images (N, H, W, 3), each within floor(eps) levels of its source (and, with a
     ``psnr_floor`` among ``pgd_options``, at or above that PSNR). ``transform``: an EOT transform
     (``decontext.purify.EOT``), with ``eot_samples`` among ``pgd_options``."""
     out = []
     steps = steps if method.optimises else None  # the noise control is its start alone
-    config = ProtectConfig(pgd=PGDConfig.for_method(method, eps=eps, alpha=alpha, steps=steps, **pgd_options), resolution="native", measure_draws=0)
+    config = ProtectConfig(
+        pgd=PGDConfig.for_method(method, eps=eps, alpha=alpha, steps=steps, **pgd_options),
+        resolution="native",
+        measure_draws=0,
+    )
     for start in range(0, len(sources), chunk):
         part = sources[start : start + chunk]
         x0 = torch.cat([uint8_to_tensor(im) for im in part])
@@ -126,8 +143,17 @@ def edit_all(editor, images: np.ndarray, prompts: list[str], seed: int, settings
         row = []
         for start in range(0, len(images), chunk):
             part = [Image.fromarray(im) for im in images[start : start + chunk]]
-            row.extend(np.asarray(im) for im in editor.edit(part, [prompt] * len(part), [seed + start + i for i in range(len(part))],
-                                                          steps=settings["steps"], guidance=settings["guidance"], resolution="native"))
+            row.extend(
+                np.asarray(im)
+                for im in editor.edit(
+                    part,
+                    [prompt] * len(part),
+                    [seed + start + i for i in range(len(part))],
+                    steps=settings["steps"],
+                    guidance=settings["guidance"],
+                    resolution="native",
+                )
+            )
         edits.append(np.stack(row))
     return np.stack(edits)
 
@@ -142,7 +168,9 @@ def score(reader, sources: np.ndarray, edits: np.ndarray, edit_names: list[str])
     for e, name in enumerate(edit_names):
         reads = reader.read(list(edits[e]))
         for i in range(edits.shape[1]):
-            result = score_reads({k: v[i] for k, v in src.items()}, {k: v[i] for k, v in reads.items()}, name, reader.attributes)
+            result = score_reads(
+                {k: v[i] for k, v in src.items()}, {k: v[i] for k, v in reads.items()}, name, reader.attributes
+            )
             identity[e, i], success[e, i] = result["toy_identity"], result["edit_success"]
     return {"toy_identity": identity, "edit_success": success}
 
@@ -178,9 +206,19 @@ def plot_svg(results: dict, title: str, metric: str = "toy_identity") -> str:
     (no protection, and the floor a protection could reach)."""
     series = budget_series(results, metric)
     refs = {name: identity_interval(results[name][metric]) for name in ("clean", "another person") if name in results}
-    ys = [v for points in series.values() for _, ci in points for v in (ci.mean, ci.low, ci.high)] + [ci.mean for ci in refs.values()]
-    chart = Chart(title, sorted({eps for points in series.values() for eps, _ in points}), ys, x_label="budget eps (/255)",
-                  y_label=f"{metric} (lower = better protection)", width=680, height=380, margins=(62, 190, 30, 50))
+    ys = [v for points in series.values() for _, ci in points for v in (ci.mean, ci.low, ci.high)] + [
+        ci.mean for ci in refs.values()
+    ]
+    chart = Chart(
+        title,
+        sorted({eps for points in series.values() for eps, _ in points}),
+        ys,
+        x_label="budget eps (/255)",
+        y_label=f"{metric} (lower = better protection)",
+        width=680,
+        height=380,
+        margins=(62, 190, 30, 50),
+    )
     for name, ci in refs.items():
         chart.reference(ci.mean, color_of(name), f"{name} {ci.mean:.3f}")
     for k, (method, points) in enumerate(series.items()):
@@ -188,7 +226,14 @@ def plot_svg(results: dict, title: str, metric: str = "toy_identity") -> str:
         chart.line([(eps, ci.mean) for eps, ci in points], color, dx=dx, name=method)
         for eps, ci in points:
             chart.error_bar(eps, ci.low, ci.high, color, dx=dx)
-            chart.marker(eps, ci.mean, color, label=f"{method}@{eps:g}: {ci.mean:.3f} [{ci.low:.3f}, {ci.high:.3f}] (n={ci.n})", dx=dx, radius=3)
+            chart.marker(
+                eps,
+                ci.mean,
+                color,
+                label=f"{method}@{eps:g}: {ci.mean:.3f} [{ci.low:.3f}, {ci.high:.3f}] (n={ci.n})",
+                dx=dx,
+                radius=3,
+            )
     return chart.svg()
 
 
@@ -200,29 +245,73 @@ def write_plot(results: dict, path: Path, title: str) -> Path:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="toy", help="a trained toy editor: 'toy' (the default version) or a name such as 'toy-v1' or 'toy-ip2p'")
+    parser.add_argument(
+        "--model",
+        default="toy",
+        help="a trained toy editor: 'toy' (the default version) or a name such as 'toy-v1' or 'toy-ip2p'",
+    )
     parser.add_argument("--identities", type=int, default=100)
     parser.add_argument("--eps", type=float, nargs="+", default=[8, 16, 32])
     parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--variants-at", type=float, default=16, help="run the decontext_* variants only at this eps")
     parser.add_argument("--steps", type=int, default=200, help="PGD steps (the paper uses 800)")
-    parser.add_argument("--alpha", type=float, default=None, help="PGD step in 1/255 (default eps/steps*4, at least 0.25)")
+    parser.add_argument(
+        "--alpha", type=float, default=None, help="PGD step in 1/255 (default eps/steps*4, at least 0.25)"
+    )
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--psnr-floor", type=float, default=None, help="PGD also keeps every protected input at or above this PSNR (dB); the noise control too")
-    parser.add_argument("--update", default=None, choices=("sign", "l2", "adam"), help="PGD update rule (default: the method's, else sign)")
-    parser.add_argument("--schedule", default=None, choices=("constant", "linear", "cosine"), help="PGD step-size schedule (default: the method's, else constant)")
-    parser.add_argument("--start", default=None, choices=("clean", "uniform", "sign"), help="where PGD starts (default: the method's, else clean)")
-    parser.add_argument("--protector", default=None,
-                        help="the protector of the amortized row (shipped name or folder; default: the one trained on --model, toy-decontext for toy-v1)")
+    parser.add_argument(
+        "--psnr-floor",
+        type=float,
+        default=None,
+        help="PGD also keeps every protected input at or above this PSNR (dB); the noise control too",
+    )
+    parser.add_argument(
+        "--update",
+        default=None,
+        choices=("sign", "l2", "adam"),
+        help="PGD update rule (default: the method's, else sign)",
+    )
+    parser.add_argument(
+        "--schedule",
+        default=None,
+        choices=("constant", "linear", "cosine"),
+        help="PGD step-size schedule (default: the method's, else constant)",
+    )
+    parser.add_argument(
+        "--start",
+        default=None,
+        choices=("clean", "uniform", "sign"),
+        help="where PGD starts (default: the method's, else clean)",
+    )
+    parser.add_argument(
+        "--protector",
+        default=None,
+        help="the protector of the amortized row (shipped name or folder; default: the one trained on --model, toy-decontext for toy-v1)",
+    )
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None, help="also write the raw table here")
-    parser.add_argument("--plot", type=Path, default=None, help="SVG plot of identity vs budget per method (default: next to --json, .svg)")
-    parser.add_argument("--replot", type=Path, default=None, metavar="JSON", help="only redraw the plot from a saved --json file (no protection, no edits)")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="SVG plot of identity vs budget per method (default: next to --json, .svg)",
+    )
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only redraw the plot from a saved --json file (no protection, no edits)",
+    )
     args = parser.parse_args(argv)
     if args.replot is not None:
         results = json.loads(args.replot.read_text())
         edits, n = np.shape(results["clean"]["toy_identity"])
-        write_plot(results, args.plot or args.replot.with_suffix(".svg"), f"{args.replot.stem}: toy identity vs budget ({n} identities x {edits} edits)")
+        write_plot(
+            results,
+            args.plot or args.replot.with_suffix(".svg"),
+            f"{args.replot.stem}: toy identity vs budget ({n} identities x {edits} edits)",
+        )
         return 0
     quiet_libraries()
     torch.manual_seed(0)
@@ -230,7 +319,9 @@ def main(argv=None) -> int:
     from decontext.toy.names import is_toy_model
 
     if not is_toy_model(args.model):
-        parser.error(f"--model {args.model!r}: the effect bench needs a trained toy editor (its reader scores the edits)")
+        parser.error(
+            f"--model {args.model!r}: the effect bench needs a trained toy editor (its reader scores the edits)"
+        )
     protector = None
     if "amortized" in args.methods:
         from decontext.methods.amortized import read_config
@@ -239,15 +330,26 @@ def main(argv=None) -> int:
         resolved = TOY_DEFAULTS.get(toy_family(args.model), args.model) if args.model == "toy" else args.model
         protector = args.protector or DEFAULT_PROTECTORS.get(resolved)
         if protector is None:
-            parser.error(f"--methods amortized: no shipped protector was trained on {args.model}; give --protector NAME|FOLDER")
+            parser.error(
+                f"--methods amortized: no shipped protector was trained on {args.model}; give --protector NAME|FOLDER"
+            )
         read_config(protector)  # a missing or broken protector fails here, before anything loads
-    editor, reader, prompts, names, settings, sources, attack_prompts = toy_setup(args.model, args.identities, args.seed)
+    editor, reader, prompts, names, settings, sources, attack_prompts = toy_setup(
+        args.model, args.identities, args.seed
+    )
     started = time.perf_counter()
-    results: dict[str, dict] = {"clean": score(reader, sources, edit_all(editor, sources, prompts, args.seed, settings, args.chunk), names)}
-    print(f"clean: identity {results['clean']['toy_identity'].mean():.3f}, edit success {results['clean']['edit_success'].mean():.3f} "
-          f"({time.perf_counter() - started:.0f}s)", flush=True)
+    results: dict[str, dict] = {
+        "clean": score(reader, sources, edit_all(editor, sources, prompts, args.seed, settings, args.chunk), names)
+    }
+    print(
+        f"clean: identity {results['clean']['toy_identity'].mean():.3f}, edit success {results['clean']['edit_success'].mean():.3f} "
+        f"({time.perf_counter() - started:.0f}s)",
+        flush=True,
+    )
     # Chance: another person's photo as the context, read against this identity (the floor of "the way").
-    results["another person"] = score(reader, sources, edit_all(editor, np.roll(sources, 1, axis=0), prompts, args.seed, settings, args.chunk), names)
+    results["another person"] = score(
+        reader, sources, edit_all(editor, np.roll(sources, 1, axis=0), prompts, args.seed, settings, args.chunk), names
+    )
     way = results["clean"]["toy_identity"].mean() - results["another person"]["toy_identity"].mean()
     extra: dict[str, dict] = {}
     for eps in args.eps:
@@ -257,21 +359,32 @@ def main(argv=None) -> int:
             began = time.perf_counter()
             method = build(variant, attack_prompts, protector)
             if variant == "amortized" and float(method.trained["eps"]) != eps:
-                print(f"{variant}@{eps:g}: the protector was trained for {method.trained['eps']:g}/255 (skipped)", flush=True)
+                print(
+                    f"{variant}@{eps:g}: the protector was trained for {method.trained['eps']:g}/255 (skipped)",
+                    flush=True,
+                )
                 continue
             if not method.applies_to(editor):
                 print(f"{variant}@{eps:g}: does not apply to {editor.family} (skipped)", flush=True)
                 continue
             alpha = args.alpha or max(0.25, 4 * eps / max(args.steps, 1))
-            protected = protect_batch(editor, method, sources, eps, args.steps, alpha, args.seed, args.chunk, **pgd_options(args))
+            protected = protect_batch(
+                editor, method, sources, eps, args.steps, alpha, args.seed, args.chunk, **pgd_options(args)
+            )
             seconds = time.perf_counter() - began
             edits = edit_all(editor, protected, prompts, args.seed, settings, args.chunk)
             key = f"{variant}@{eps:g}"
             results[key] = score(reader, sources, edits, names)
-            extra[key] = {"psnr": float(np.mean([psnr(a, b) for a, b in zip(protected, sources)])), "seconds_per_image": seconds / len(sources)}
+            extra[key] = {
+                "psnr": float(np.mean([psnr(a, b) for a, b in zip(protected, sources, strict=False)])),
+                "seconds_per_image": seconds / len(sources),
+            }
             r = results[key]
-            print(f"{key}: identity {r['toy_identity'].mean():.3f}, edit success {r['edit_success'].mean():.3f}, "
-                  f"PSNR {extra[key]['psnr']:.1f} dB ({seconds:.0f}s protect, {time.perf_counter() - began:.0f}s in all)", flush=True)
+            print(
+                f"{key}: identity {r['toy_identity'].mean():.3f}, edit success {r['edit_success'].mean():.3f}, "
+                f"PSNR {extra[key]['psnr']:.1f} dB ({seconds:.0f}s protect, {time.perf_counter() - began:.0f}s in all)",
+                flush=True,
+            )
 
     lines = [
         f"Toy editor {args.model!r}, {len(sources)} held-out identities x {len(prompts)} edits, PGD {args.steps} steps "
@@ -290,13 +403,21 @@ def main(argv=None) -> int:
         info = extra.get(key, {})
         psnr_text = f"{info['psnr']:.1f}" if info else ""
         seconds_text = f"{info['seconds_per_image']:.1f}" if info else ""
-        lines.append(f"| {key} | {r['toy_identity'].mean():.3f} | {r['edit_success'].mean():.3f} | {diff} | {share} | {psnr_text} | {seconds_text} |")
+        lines.append(
+            f"| {key} | {r['toy_identity'].mean():.3f} | {r['edit_success'].mean():.3f} | {diff} | {share} | {psnr_text} | {seconds_text} |"
+        )
     print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps({k: {**{m: v.tolist() for m, v in r.items()}, **extra.get(k, {})} for k, r in results.items()}))
+        args.json.write_text(
+            json.dumps({k: {**{m: v.tolist() for m, v in r.items()}, **extra.get(k, {})} for k, r in results.items()})
+        )
     plot = args.plot or (args.json.with_suffix(".svg") if args.json else None)
     if plot is not None:
-        write_plot(results, plot, f"{args.model}: toy identity vs budget ({len(sources)} identities x {len(prompts)} edits, PGD {args.steps} steps)")
+        write_plot(
+            results,
+            plot,
+            f"{args.model}: toy identity vs budget ({len(sources)} identities x {len(prompts)} edits, PGD {args.steps} steps)",
+        )
     return 0
 
 

@@ -25,7 +25,6 @@ import time
 
 import torch
 
-
 from experiments import premise
 
 DEFAULT_THREADS = 1  # leave the other core of the 2-core development machine free
@@ -34,11 +33,19 @@ DEFAULT_THREADS = 1  # leave the other core of the 2-core development machine fr
 def main(argv=None) -> dict:
     doc = __doc__.format(sets=", ".join(premise.CUT_SETS), names=", ".join(premise.NAMED_CUTS))
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--editor", default=None, help="a toy editor ('toy' = the default, 'toy-v1', ..., 'toy-ip2p') or a trained toy editor folder")
-    ap.add_argument("--identities", type=int, default=premise.DEFAULT_IDENTITIES, help="held-out identities (x 6 edits)")
+    ap.add_argument(
+        "--editor",
+        default=None,
+        help="a toy editor ('toy' = the default, 'toy-v1', ..., 'toy-ip2p') or a trained toy editor folder",
+    )
+    ap.add_argument(
+        "--identities", type=int, default=premise.DEFAULT_IDENTITIES, help="held-out identities (x 6 edits)"
+    )
     ap.add_argument("--seed", type=int, default=premise.DEFAULT_SEED, help="sampler noise seed (and bootstrap seed)")
     ap.add_argument("--cuts", nargs="+", default=["default"], help="cut sets, named cuts or raw specifications")
-    ap.add_argument("--share-every-cut", action="store_true", help="measure the context share under every cut, not only uncut")
+    ap.add_argument(
+        "--share-every-cut", action="store_true", help="measure the context share under every cut, not only uncut"
+    )
     ap.add_argument("--batch", type=int, default=premise.DEFAULT_BATCH, help="edits per pipeline call")
     ap.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads")
     ap.add_argument("--out", default=None, help="write the JSON here (.json) and the Markdown table beside it (.md)")
@@ -48,7 +55,13 @@ def main(argv=None) -> dict:
     premise.parse_cuts(args.cuts)  # fail on a bad specification before loading anything
     t0 = time.time()
     result = premise.run_premise(
-        args.editor, args.identities, args.seed, args.cuts, args.share_every_cut, args.batch, progress=not args.no_progress
+        args.editor,
+        args.identities,
+        args.seed,
+        args.cuts,
+        args.share_every_cut,
+        args.batch,
+        progress=not args.no_progress,
     )
     print(premise.markdown(result))
     print(f"wall time {time.time() - t0:.0f} s")

@@ -26,7 +26,13 @@ from decontext.methods.amortized import CONV_ARCHITECTURE, Protector, protected_
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset-model", dest="preset", choices=["tiny", "flux"], default="tiny", help="tiny, or flux: the real architecture, random weights")
+    ap.add_argument(
+        "--preset-model",
+        dest="preset",
+        choices=["tiny", "flux"],
+        default="tiny",
+        help="tiny, or flux: the real architecture, random weights",
+    )
     ap.add_argument("--size", type=int, default=512, help="training size (square)")
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--infer-size", type=int, default=1024, help="the photo the protector is applied to (square)")
@@ -38,8 +44,21 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     quiet_libraries()
     avoid_cudnn_attention()
-    build = argparse.Namespace(family="flux_kontext", preset=args.preset, size=args.size, text_tokens=128, hidden=256, heads=4, double=2, single=4,
-                               vae_channels=[8, 8, 16, 16], dtype=args.dtype, device=args.device, quantize=None, checkpointing=args.checkpointing)
+    build = argparse.Namespace(
+        family="flux_kontext",
+        preset=args.preset,
+        size=args.size,
+        text_tokens=128,
+        hidden=256,
+        heads=4,
+        double=2,
+        single=4,
+        vae_channels=[8, 8, 16, 16],
+        dtype=args.dtype,
+        device=args.device,
+        quantize=None,
+        checkpointing=args.checkpointing,
+    )
     editor = build_editor(build)
     device = editor.device
     cuda = device.type == "cuda"
@@ -62,7 +81,10 @@ def main(argv=None) -> dict:
     photo = torch.rand(1, 3, args.infer_size, args.infer_size, generator=torch.Generator().manual_seed(1)).to(device)
     rows = {}
     with method.session(editor):
-        for name, fn in (("train_step", train_step), ("inference", lambda step: protected_start(protector, editor, photo, "auto"))):
+        for name, fn in (
+            ("train_step", train_step),
+            ("inference", lambda step: protected_start(protector, editor, photo, "auto")),
+        ):
             fn(0)  # warm-up
             sync()
             if cuda:
@@ -73,13 +95,21 @@ def main(argv=None) -> dict:
                 fn(step)
                 sync()
                 times.append(time.perf_counter() - began)
-            rows[name] = {"median_s": statistics.median(times), "times_s": times,
-                          "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
-            print(f"{name}: {rows[name]['median_s']:.4f} s (median of {args.repeats})"
-                  + (f", peak {rows[name]['peak_gb']:.1f} GB" if cuda else ""), flush=True)
+            rows[name] = {
+                "median_s": statistics.median(times),
+                "times_s": times,
+                "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            }
+            print(
+                f"{name}: {rows[name]['median_s']:.4f} s (median of {args.repeats})"
+                + (f", peak {rows[name]['peak_gb']:.1f} GB" if cuda else ""),
+                flush=True,
+            )
     steps_30k = rows["train_step"]["median_s"] * 30000 / 3600
-    print(f"protector on {args.preset} at {args.size} px, batch {args.batch_size}: a training step {rows['train_step']['median_s']:.3f} s "
-          f"(30,000 steps ~{steps_30k:.1f} h); one {args.infer_size} px photo {1000 * rows['inference']['median_s']:.1f} ms")
+    print(
+        f"protector on {args.preset} at {args.size} px, batch {args.batch_size}: a training step {rows['train_step']['median_s']:.3f} s "
+        f"(30,000 steps ~{steps_30k:.1f} h); one {args.infer_size} px photo {1000 * rows['inference']['median_s']:.1f} ms"
+    )
     out = {"args": vars(args), "rows": rows, "hours_30k_steps": steps_30k}
     save_json(args.json, out)
     return out

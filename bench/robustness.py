@@ -33,7 +33,9 @@ BREAKERS = ["none", "jpeg", "jpeg:quality=50", "webp", "resize", "blur", "noise_
 def apply(breaker, images: np.ndarray, editor, seed: int) -> np.ndarray:
     if breaker is None:
         return images
-    return np.stack([np.asarray(breaker(Image.fromarray(im), seed=seed + i, editor=editor)) for i, im in enumerate(images)])
+    return np.stack(
+        [np.asarray(breaker(Image.fromarray(im), seed=seed + i, editor=editor)) for i, im in enumerate(images)]
+    )
 
 
 def main(argv=None) -> dict:
@@ -43,9 +45,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--eps", type=float, default=16)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--alpha", type=float, default=None, help="PGD step in 1/255 (default 4 x eps / steps)")
-    ap.add_argument("--methods", nargs="+", default=["decontext", "encoder", "flow_loss", "danp"], choices=[v for v in effect.VARIANTS if v != "noise"])
+    ap.add_argument(
+        "--methods",
+        nargs="+",
+        default=["decontext", "encoder", "flow_loss", "danp"],
+        choices=[v for v in effect.VARIANTS if v != "noise"],
+    )
     ap.add_argument("--breakers", nargs="+", default=BREAKERS, help="'none' and decontext.purify specs")
-    ap.add_argument("--eot", nargs="+", default=["jpeg", "resize", "blur"], help="breakers of the EOT variants ('' to skip EOT)")
+    ap.add_argument(
+        "--eot", nargs="+", default=["jpeg", "resize", "blur"], help="breakers of the EOT variants ('' to skip EOT)"
+    )
     ap.add_argument("--eot-samples", type=int, default=1)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--chunk", type=int, default=50)
@@ -55,40 +64,84 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     from decontext.purify import EOT, parse_breaker, parse_breakers
 
-    editor, reader, prompts, names, settings, sources, attack_prompts = effect.toy_setup(args.model, args.identities, args.seed)
+    editor, reader, prompts, names, settings, sources, attack_prompts = effect.toy_setup(
+        args.model, args.identities, args.seed
+    )
     breakers = {spec: (None if spec == "none" else parse_breaker(spec)) for spec in args.breakers}
     eot_specs = [s for s in args.eot if s]
     alpha = args.alpha or max(0.25, 4 * args.eps / max(args.steps, 1))
     began = time.perf_counter()
 
     def identity_after(images: np.ndarray) -> dict[str, np.ndarray]:
-        return {spec: effect.score(reader, sources, effect.edit_all(editor, apply(b, images, editor, args.seed), prompts, args.seed, settings, args.chunk), names)["toy_identity"]
-                for spec, b in breakers.items()}
+        return {
+            spec: effect.score(
+                reader,
+                sources,
+                effect.edit_all(editor, apply(b, images, editor, args.seed), prompts, args.seed, settings, args.chunk),
+                names,
+            )["toy_identity"]
+            for spec, b in breakers.items()
+        }
 
     results = {"clean": identity_after(sources)}
-    results["another person"] = {"none": effect.score(reader, sources, effect.edit_all(editor, np.roll(sources, 1, axis=0), prompts, args.seed, settings, args.chunk), names)["toy_identity"]}
+    results["another person"] = {
+        "none": effect.score(
+            reader,
+            sources,
+            effect.edit_all(editor, np.roll(sources, 1, axis=0), prompts, args.seed, settings, args.chunk),
+            names,
+        )["toy_identity"]
+    }
     way = results["clean"]["none"].mean() - results["another person"]["none"].mean()
     info = {}
-    variants = [("noise", False)] + [(m, eot) for m in args.methods for eot in ([False, True] if eot_specs else [False])]
+    variants = [("noise", False)] + [
+        (m, eot) for m in args.methods for eot in ([False, True] if eot_specs else [False])
+    ]
     for variant, eot in variants:
         start = time.perf_counter()
         method = effect.build(variant, attack_prompts)
         transform = EOT(parse_breakers(eot_specs), editor) if eot else None
-        protected = effect.protect_batch(editor, method, sources, args.eps, args.steps, alpha, args.seed, args.chunk, transform=transform,
-                                         **({"eot_samples": args.eot_samples} if eot else {}))
+        protected = effect.protect_batch(
+            editor,
+            method,
+            sources,
+            args.eps,
+            args.steps,
+            alpha,
+            args.seed,
+            args.chunk,
+            transform=transform,
+            **({"eot_samples": args.eot_samples} if eot else {}),
+        )
         protect_seconds = time.perf_counter() - start
         key = f"{variant}{' +EOT' if eot else ''}"
         results[key] = identity_after(protected)
-        info[key] = {"psnr": float(np.mean([psnr(a, b) for a, b in zip(protected, sources)])), "protect_s_per_image": protect_seconds / len(sources)}
-        print(f"{key}: " + ", ".join(f"{s} {v.mean():.3f}" for s, v in results[key].items()) + f" ({protect_seconds:.0f}s protect, {time.perf_counter() - start:.0f}s)", flush=True)
+        info[key] = {
+            "psnr": float(np.mean([psnr(a, b) for a, b in zip(protected, sources, strict=False)])),
+            "protect_s_per_image": protect_seconds / len(sources),
+        }
+        print(
+            f"{key}: "
+            + ", ".join(f"{s} {v.mean():.3f}" for s, v in results[key].items())
+            + f" ({protect_seconds:.0f}s protect, {time.perf_counter() - start:.0f}s)",
+            flush=True,
+        )
 
     header = "| condition | " + " | ".join(breakers) + " | PSNR | s/image |"
-    lines = [f"Toy {args.model!r}, {len(sources)} held-out identities x {len(prompts)} edits, {args.eps:g}/255, PGD {args.steps} steps (alpha {alpha:.2f}/255), "
-             f"EOT over {', '.join(eot_specs) or '-'} ({args.eot_samples} draw/step). Rows clean/noise: mean toy identity after each breaker; "
-             f"method rows: identity diff vs noise after the same breaker [95% CI], lower = still protecting; way (clean - another person) = {way:.3f}.",
-             "", header, "|" + "---|" * (len(breakers) + 3)]
+    lines = [
+        f"Toy {args.model!r}, {len(sources)} held-out identities x {len(prompts)} edits, {args.eps:g}/255, PGD {args.steps} steps (alpha {alpha:.2f}/255), "
+        f"EOT over {', '.join(eot_specs) or '-'} ({args.eot_samples} draw/step). Rows clean/noise: mean toy identity after each breaker; "
+        f"method rows: identity diff vs noise after the same breaker [95% CI], lower = still protecting; way (clean - another person) = {way:.3f}.",
+        "",
+        header,
+        "|" + "---|" * (len(breakers) + 3),
+    ]
     for key in ["clean", "noise"]:
-        lines.append(f"| {key} | " + " | ".join(f"{results[key][s].mean():.3f}" for s in breakers) + f" | {info.get(key, {}).get('psnr', float('nan')):.1f} | |")
+        lines.append(
+            f"| {key} | "
+            + " | ".join(f"{results[key][s].mean():.3f}" for s in breakers)
+            + f" | {info.get(key, {}).get('psnr', float('nan')):.1f} | |"
+        )
     for key in results:
         if key in ("clean", "noise", "another person"):
             continue
@@ -96,10 +149,17 @@ def main(argv=None) -> dict:
         for s in breakers:
             mean, lo, hi = effect.paired_bootstrap(results[key][s], results["noise"][s])
             cells.append(f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-        lines.append(f"| {key} | " + " | ".join(cells) + f" | {info[key]['psnr']:.1f} | {info[key]['protect_s_per_image']:.1f} |")
+        lines.append(
+            f"| {key} | " + " | ".join(cells) + f" | {info[key]['psnr']:.1f} | {info[key]['protect_s_per_image']:.1f} |"
+        )
     print("\n".join(lines))
     print(f"({time.perf_counter() - began:.0f} s in all)")
-    out = {"args": vars(args) | {"json": str(args.json)}, "way": way, "info": info, "results": {k: {s: v.tolist() for s, v in r.items()} for k, r in results.items()}}
+    out = {
+        "args": vars(args) | {"json": str(args.json)},
+        "way": way,
+        "info": info,
+        "results": {k: {s: v.tolist() for s, v in r.items()} for k, r in results.items()},
+    }
     if args.json:
         args.json.write_text(json.dumps(out))
     return out

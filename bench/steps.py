@@ -60,23 +60,39 @@ def sources_for(model: str, count: int, size: int, seed: int, world=None) -> np.
 
         files = sorted(FACES.glob("*.jpg"))[:count] if FACES.is_dir() else []
         if len(files) >= count:
-            return np.stack([np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BICUBIC)) for f in files])
+            return np.stack(
+                [np.asarray(Image.open(f).convert("RGB").resize((size, size), Image.BICUBIC)) for f in files]
+            )
         print(f"note: {FACES} has fewer than {count} faces; synthetic gradients instead")
         rng = np.random.default_rng(seed)
         base = np.linspace(40, 215, size, dtype=np.float32)
-        return np.stack([np.clip(base[None, :, None] * np.ones((size, 1, 3)) + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
-                         for _ in range(count)])
+        return np.stack(
+            [
+                np.clip(
+                    base[None, :, None] * np.ones((size, 1, 3)) + rng.normal(0, 20, (size, size, 3)), 0, 255
+                ).astype(np.uint8)
+                for _ in range(count)
+            ]
+        )
     from decontext.toy.worlds import get_world, heldout_scenes
 
     world = world or get_world()
     return np.stack([world.render(scene) for scene in heldout_scenes(world, count, seed)])
 
 
-def run(editor, method, image: np.ndarray, config: PGDConfig, seed: int, snapshots=()) -> tuple[dict[int, np.ndarray], float, int]:
+def run(
+    editor, method, image: np.ndarray, config: PGDConfig, seed: int, snapshots=()
+) -> tuple[dict[int, np.ndarray], float, int]:
     """({steps: uint8 image then}, seconds, steps run) of one image's protection."""
     x0 = uint8_to_tensor(image)
-    result = protect(editor, method, x0, ProtectConfig(pgd=config, resolution="native", measure_draws=0), seed=seed,
-                     snapshots=sorted({*snapshots, config.steps}))
+    result = protect(
+        editor,
+        method,
+        x0,
+        ProtectConfig(pgd=config, resolution="native", measure_draws=0),
+        seed=seed,
+        snapshots=sorted({*snapshots, config.steps}),
+    )
     final = {k: quantize(v, image, config.eps) for k, v in result.snapshots.items()}
     final[-1] = quantize(result.pixels, image, config.eps)  # where it ended (the stopping rule may end it early)
     return final, result.seconds, result.steps_run
@@ -107,13 +123,27 @@ def main(argv=None) -> dict:
     ap.add_argument("--method", default="decontext", choices=[v for v in effect.VARIANTS if v != "noise"])
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--size", type=int, default=256, help="tiny: image side in pixels (the toy: its own 64)")
-    ap.add_argument("--snapshots", type=int, nargs="+", default=[50, 100, 200, 400], help="paper-preset step counts also measured")
+    ap.add_argument(
+        "--snapshots", type=int, nargs="+", default=[50, 100, 200, 400], help="paper-preset step counts also measured"
+    )
     ap.add_argument("--budgets", type=int, nargs="+", default=[50, 100, 200])
-    ap.add_argument("--rules", nargs="+", default=["momentum+cosine", "momentum+cosine x2", "fast"], choices=list(RULES))
-    ap.add_argument("--vlm-refresh", type=int, nargs="+", default=None,
-                    help="step1x_edit/qwen: also run the paper preset at the largest snapshot and the rules at the largest budget "
-                         "under each of these re-read intervals (the first is the main table's; 1 = the official per-step re-read)")
-    ap.add_argument("--paper-steps", type=int, default=None, help="the paper preset's steps (default: the family's official, 800); smaller only for a quick try")
+    ap.add_argument(
+        "--rules", nargs="+", default=["momentum+cosine", "momentum+cosine x2", "fast"], choices=list(RULES)
+    )
+    ap.add_argument(
+        "--vlm-refresh",
+        type=int,
+        nargs="+",
+        default=None,
+        help="step1x_edit/qwen: also run the paper preset at the largest snapshot and the rules at the largest budget "
+        "under each of these re-read intervals (the first is the main table's; 1 = the official per-step re-read)",
+    )
+    ap.add_argument(
+        "--paper-steps",
+        type=int,
+        default=None,
+        help="the paper preset's steps (default: the family's official, 800); smaller only for a quick try",
+    )
     ap.add_argument("--draws", type=int, default=8, help="fixed draws of the method's measure")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json", type=Path, default=None)
@@ -127,7 +157,10 @@ def main(argv=None) -> dict:
     toy = is_toy_model(args.model)
     spec = family(toy_family(args.model) if toy else args.family)
     refreshes = args.vlm_refresh or [None]
-    editors = {r: load_editor(args.model, spec.name, "cpu", "float32", **({} if r is None else {"vlm_refresh": r})) for r in refreshes}
+    editors = {
+        r: load_editor(args.model, spec.name, "cpu", "float32", **({} if r is None else {"vlm_refresh": r}))
+        for r in refreshes
+    }
     editor = editors[refreshes[0]]
     if toy:
         from decontext.toy.model import PROMPTS_FILE
@@ -137,13 +170,18 @@ def main(argv=None) -> dict:
         reader = ToyReader.for_editor(args.model)  # it reads the editor's own world
         edit_prompts = [pool[i].text for i in effect.EDIT_PROMPT_INDICES]
         names = [edit_name(pool[i].category) for i in effect.EDIT_PROMPT_INDICES]
-        settings = {"steps": int(editor.recommended["num_inference_steps"]), "guidance": float(editor.recommended["guidance_scale"])}
+        settings = {
+            "steps": int(editor.recommended["num_inference_steps"]),
+            "guidance": float(editor.recommended["guidance_scale"]),
+        }
     else:
         pool, edit_prompts = load_prompts(), []
     attack_prompts = [p.text for p in pool]
     for e in editors.values():
         e.prepare(attack_prompts + edit_prompts, release=False)
-    sources = sources_for(args.model if not toy else "toy", args.images, args.size, args.seed, reader.world if toy else None)
+    sources = sources_for(
+        args.model if not toy else "toy", args.images, args.size, args.seed, reader.world if toy else None
+    )
     size = sources.shape[1:3]
     method = effect.build(args.method, attack_prompts)
     paper = PGDConfig.for_method(method, defaults=spec.pgd_defaults, preset="paper", steps=args.paper_steps)
@@ -166,38 +204,68 @@ def main(argv=None) -> dict:
         seed = args.seed + i
         snaps, seconds, _ = run(editor, method, image, paper, seed, counts)
         for k in counts:
-            rows.setdefault(f"paper@{k}", []).append({"share": measure(editor, method, snaps[k], size, args.draws), "toy_identity": identity(snaps[k], i),
-                                                      "seconds": seconds * k / paper.steps, "steps_run": k})
+            rows.setdefault(f"paper@{k}", []).append(
+                {
+                    "share": measure(editor, method, snaps[k], size, args.draws),
+                    "toy_identity": identity(snaps[k], i),
+                    "seconds": seconds * k / paper.steps,
+                    "steps_run": k,
+                }
+            )
         target = rows[f"paper@{paper.steps}"][-1]
-        print(f"image {i + 1}/{len(sources)}: clean {rows['paper@0'][-1]['share']:.4f}, paper@{paper.steps} {target['share']:.4f} "
-              f"({seconds:.1f} s)", flush=True)
+        print(
+            f"image {i + 1}/{len(sources)}: clean {rows['paper@0'][-1]['share']:.4f}, paper@{paper.steps} {target['share']:.4f} "
+            f"({seconds:.1f} s)",
+            flush=True,
+        )
         for rule in args.rules:
             for budget in args.budgets:
                 snap, secs, ran = run(editor, method, image, config_of(rule, budget), seed)
-                rows.setdefault(f"{rule}@{budget}", []).append({"share": measure(editor, method, snap[-1], size, args.draws),
-                                                                "toy_identity": identity(snap[-1], i), "seconds": secs, "steps_run": ran})
+                rows.setdefault(f"{rule}@{budget}", []).append(
+                    {
+                        "share": measure(editor, method, snap[-1], size, args.draws),
+                        "toy_identity": identity(snap[-1], i),
+                        "seconds": secs,
+                        "steps_run": ran,
+                    }
+                )
                 r = rows[f"{rule}@{budget}"][-1]
-                print(f"  {rule}@{budget}: {r['share']:.4f} ({r['share'] - target['share']:+.4f}), {ran} steps, {secs:.1f} s", flush=True)
+                print(
+                    f"  {rule}@{budget}: {r['share']:.4f} ({r['share'] - target['share']:+.4f}), {ran} steps, {secs:.1f} s",
+                    flush=True,
+                )
         for refresh in refreshes[1:]:
             other = editors[refresh]
             for rule, budget in [("paper", max(args.snapshots)), *[(r, max(args.budgets)) for r in args.rules]]:
                 config = paper.replace(steps=budget) if rule == "paper" else config_of(rule, budget)
                 snap, secs, ran = run(other, method, image, config, seed)
                 rows.setdefault(f"{rule}@{budget} refresh {refresh}", []).append(
-                    {"share": measure(editor, method, snap[-1], size, args.draws), "toy_identity": float("nan"), "seconds": secs, "steps_run": ran})
+                    {
+                        "share": measure(editor, method, snap[-1], size, args.draws),
+                        "toy_identity": float("nan"),
+                        "seconds": secs,
+                        "steps_run": ran,
+                    }
+                )
                 r = rows[f"{rule}@{budget} refresh {refresh}"][-1]
-                print(f"  {rule}@{budget}, vlm refresh {refresh}: {r['share']:.4f}, {secs / ran:.3f} s/step", flush=True)
+                print(
+                    f"  {rule}@{budget}, vlm refresh {refresh}: {r['share']:.4f}, {secs / ran:.3f} s/step", flush=True
+                )
 
     target = rows[f"paper@{paper.steps}"]
     target_share = np.array([r["share"] for r in target])
     target_seconds = np.array([r["seconds"] for r in target])
     target_identity = np.array([r["toy_identity"] for r in target])
     what = f"{args.model} {spec.name}" + (f" at {size[0]} px" if not toy else "")
-    lines = [f"{what}, {len(sources)} images, {args.method} at {paper.eps:g}/255; paper preset: sign steps of {paper.alpha:g}/255 for "
-             f"{paper.steps} steps; measure = the method's own over {args.draws} fixed draws (lower = better); gap = rule - paper@{paper.steps}, "
-             "per image; time = the run's wall time / the paper preset's, per image; 95% bootstrap intervals over images", "",
-             "| rule | steps run | measure | gap to paper@%d | reached | time / paper's |" % paper.steps + (" toy identity gap |" if toy else ""),
-             "|---|---|---|---|---|---|" + ("---|" if toy else "")]
+    lines = [
+        f"{what}, {len(sources)} images, {args.method} at {paper.eps:g}/255; paper preset: sign steps of {paper.alpha:g}/255 for "
+        f"{paper.steps} steps; measure = the method's own over {args.draws} fixed draws (lower = better); gap = rule - paper@{paper.steps}, "
+        "per image; time = the run's wall time / the paper preset's, per image; 95% bootstrap intervals over images",
+        "",
+        "| rule | steps run | measure | gap to paper@%d | reached | time / paper's |" % paper.steps
+        + (" toy identity gap |" if toy else ""),
+        "|---|---|---|---|---|---|" + ("---|" if toy else ""),
+    ]
     summary = {}
     for key, values in rows.items():
         share = np.array([r["share"] for r in values])
@@ -205,9 +273,22 @@ def main(argv=None) -> dict:
         ratio = interval(np.array([r["seconds"] for r in values]) / target_seconds)
         reached = float(np.mean(share <= target_share + 1e-12))
         steps_run = np.array([r["steps_run"] for r in values])
-        entry = {"measure": interval(share), "gap": gap, "reached": reached, "time_ratio": ratio, "steps_run": [int(steps_run.min()), float(steps_run.mean()), int(steps_run.max())]}
-        cells = [key, f"{steps_run.mean():.0f}" + (f" ({steps_run.min()}-{steps_run.max()})" if steps_run.min() != steps_run.max() else ""),
-                 f"{share.mean():.4f}", shown(gap), f"{reached:.0%}", f"{ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]"]
+        entry = {
+            "measure": interval(share),
+            "gap": gap,
+            "reached": reached,
+            "time_ratio": ratio,
+            "steps_run": [int(steps_run.min()), float(steps_run.mean()), int(steps_run.max())],
+        }
+        cells = [
+            key,
+            f"{steps_run.mean():.0f}"
+            + (f" ({steps_run.min()}-{steps_run.max()})" if steps_run.min() != steps_run.max() else ""),
+            f"{share.mean():.4f}",
+            shown(gap),
+            f"{reached:.0%}",
+            f"{ratio[0]:.3f} [{ratio[1]:.3f}, {ratio[2]:.3f}]",
+        ]
         if toy:
             entry["identity_gap"] = interval(np.array([r["toy_identity"] for r in values]) - target_identity)
             cells.append(shown(entry["identity_gap"], 3))
@@ -215,11 +296,23 @@ def main(argv=None) -> dict:
         lines.append("| " + " | ".join(cells) + " |")
     for rule in args.rules:
         reach = [b for b in sorted(args.budgets) if summary[f"{rule}@{b}"]["gap"][0] <= 0]
-        lines.append(f"\n{rule}: mean measure at or below paper@{paper.steps} " + (
-            f"from {reach[0]} steps (time {summary[f'{rule}@{reach[0]}']['time_ratio'][0]:.3f}x the paper preset's)" if reach else f"within none of {sorted(args.budgets)}"))
+        lines.append(
+            f"\n{rule}: mean measure at or below paper@{paper.steps} "
+            + (
+                f"from {reach[0]} steps (time {summary[f'{rule}@{reach[0]}']['time_ratio'][0]:.3f}x the paper preset's)"
+                if reach
+                else f"within none of {sorted(args.budgets)}"
+            )
+        )
     print("\n".join(lines))
     print(f"({time.perf_counter() - began:.0f} s in all)")
-    out = {"args": {k: str(v) for k, v in vars(args).items()}, "paper": paper.to_dict(), "rows": rows, "summary": summary, "table": lines}
+    out = {
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "paper": paper.to_dict(),
+        "rows": rows,
+        "summary": summary,
+        "table": lines,
+    }
     save_json(args.json, out)
     return out
 

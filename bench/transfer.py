@@ -24,35 +24,75 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
+from bench.effect import (
+    EDIT_PROMPT_INDICES,
+    VARIANTS,
+    build,
+    edit_all,
+    paired_bootstrap,
+    pgd_options,
+    protect_batch,
+    score,
+)
 from decontext.cli.common import quiet_libraries
-from bench.effect import EDIT_PROMPT_INDICES, VARIANTS, build, edit_all, paired_bootstrap, pgd_options, protect_batch, score
 
-METHODS = ("noise", "decontext", "encoder", "flow_loss")  # the default columns (any bench/effect.py variant may be named)
+METHODS = (
+    "noise",
+    "decontext",
+    "encoder",
+    "flow_loss",
+)  # the default columns (any bench/effect.py variant may be named)
 EDITOR_FAMILIES = {"kontext": "flux_kontext", "ip2p": "instruct_pix2pix"}
 TARGETS = ("kontext", "ip2p", "kontext+ip2p")  # protect-on; "+" = an ensemble
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kontext", default="toy", help="the toy Kontext editor ('toy' = the default version, or a version name)")
+    parser.add_argument(
+        "--kontext", default="toy", help="the toy Kontext editor ('toy' = the default version, or a version name)"
+    )
     parser.add_argument("--ip2p", default="toy-ip2p", help="the toy InstructPix2Pix editor")
     parser.add_argument("--identities", type=int, default=30)
     parser.add_argument("--eps", type=float, nargs="+", default=[16])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(VARIANTS))
-    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS), help="editors to protect against")
+    parser.add_argument(
+        "--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS), help="editors to protect against"
+    )
     parser.add_argument("--steps", type=int, default=200, help="PGD steps")
-    parser.add_argument("--alpha", type=float, default=None, help="PGD step in 1/255 (default eps/steps*4, at least 0.25)")
+    parser.add_argument(
+        "--alpha", type=float, default=None, help="PGD step in 1/255 (default eps/steps*4, at least 0.25)"
+    )
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--psnr-floor", type=float, default=None, help="PGD also keeps every protected input at or above this PSNR (dB); the noise control too")
-    parser.add_argument("--update", default=None, choices=("sign", "l2"), help="PGD update rule (default: the method's, else sign)")
-    parser.add_argument("--schedule", default=None, choices=("constant", "linear", "cosine"), help="PGD step-size schedule (default: the method's, else constant)")
-    parser.add_argument("--random-start", default=None, action=argparse.BooleanOptionalAction, help="PGD random start (default: the method's, else no)")
+    parser.add_argument(
+        "--psnr-floor",
+        type=float,
+        default=None,
+        help="PGD also keeps every protected input at or above this PSNR (dB); the noise control too",
+    )
+    parser.add_argument(
+        "--update", default=None, choices=("sign", "l2"), help="PGD update rule (default: the method's, else sign)"
+    )
+    parser.add_argument(
+        "--schedule",
+        default=None,
+        choices=("constant", "linear", "cosine"),
+        help="PGD step-size schedule (default: the method's, else constant)",
+    )
+    parser.add_argument(
+        "--random-start",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="PGD random start (default: the method's, else no)",
+    )
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write every score here")
-    parser.add_argument("--ensemble-norm", default="none", choices=("none", "grad"),
-                        help="how a '+' target combines its editors' losses (decontext.methods.composite): none = plain sum (the published tables), grad = per-editor unit-gradient")
+    parser.add_argument(
+        "--ensemble-norm",
+        default="none",
+        choices=("none", "grad"),
+        help="how a '+' target combines its editors' losses (decontext.methods.composite): none = plain sum (the published tables), grad = per-editor unit-gradient",
+    )
     args = parser.parse_args(argv)
     args.methods = ["noise"] + [m for m in args.methods if m != "noise"]  # every cell is compared with it
     torch.set_num_threads(args.threads)
@@ -66,7 +106,10 @@ def main(argv=None) -> int:
     from decontext.toy.reader import ToyReader, edit_name
 
     started = time.perf_counter()
-    editors = {"kontext": load_editor(args.kontext, "flux_kontext", "cpu", "float32"), "ip2p": load_editor(args.ip2p, "instruct_pix2pix", "cpu", "float32")}
+    editors = {
+        "kontext": load_editor(args.kontext, "flux_kontext", "cpu", "float32"),
+        "ip2p": load_editor(args.ip2p, "instruct_pix2pix", "cpu", "float32"),
+    }
     reader = ToyReader.load()
     pool = load_prompts(PROMPTS_FILE)
     prompts = [pool[i].text for i in EDIT_PROMPT_INDICES]
@@ -75,17 +118,25 @@ def main(argv=None) -> int:
     settings = {}
     for key, editor in editors.items():
         editor.prepare(attack_prompts + prompts, release=False)
-        settings[key] = {"steps": int(editor.recommended["num_inference_steps"]), "guidance": float(editor.recommended["guidance_scale"])}
+        settings[key] = {
+            "steps": int(editor.recommended["num_inference_steps"]),
+            "guidance": float(editor.recommended["guidance_scale"]),
+        }
 
     identities = world.eval_identities()[: args.identities]
-    sources = np.stack([world.render(world.sample_scene(identity, seed=args.seed + i)) for i, identity in enumerate(identities)])
+    sources = np.stack(
+        [world.render(world.sample_scene(identity, seed=args.seed + i)) for i, identity in enumerate(identities)]
+    )
     scores: dict[str, dict] = {}
 
     def edit_and_score(label: str, images: np.ndarray) -> None:
         for key, editor in editors.items():
             r = score(reader, sources, edit_all(editor, images, prompts, args.seed, settings[key], args.chunk), names)
             scores[f"{label}|{key}"] = r
-            print(f"  {label} edited with {key}: identity {r['toy_identity'].mean():.3f}, edit success {r['edit_success'].mean():.3f}", flush=True)
+            print(
+                f"  {label} edited with {key}: identity {r['toy_identity'].mean():.3f}, edit success {r['edit_success'].mean():.3f}",
+                flush=True,
+            )
 
     t = time.perf_counter()
     edit_and_score("clean", sources)
@@ -104,8 +155,12 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 on = members[0] if members else editors["kontext"]
                 if len(members) > 1:  # one instance per editor: a method keeps per-editor state (blocks, prompts)
-                    method = Composite([Term(build(name, attack_prompts), 1.0, e) for e in members], normalize=args.ensemble_norm)
-                protected = protect_batch(on, method, sources, eps, args.steps, alpha, args.seed, args.chunk, **pgd_options(args))
+                    method = Composite(
+                        [Term(build(name, attack_prompts), 1.0, e) for e in members], normalize=args.ensemble_norm
+                    )
+                protected = protect_batch(
+                    on, method, sources, eps, args.steps, alpha, args.seed, args.chunk, **pgd_options(args)
+                )
                 label = f"{name}@{eps:g}" + ("" if name == "noise" else f" on {target}")
                 print(f"{label}: protected ({time.perf_counter() - t:.0f}s)", flush=True)
                 edit_and_score(label, protected)
@@ -120,7 +175,9 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|",
     ]
     absolute = lambda r: f"identity {r['toy_identity'].mean():.3f}, edit success {r['edit_success'].mean():.3f}"  # noqa: E731
-    lines.append("| - | clean (no protection) | - | " + " | ".join(absolute(scores[f"clean|{k}"]) for k in editors) + " |")
+    lines.append(
+        "| - | clean (no protection) | - | " + " | ".join(absolute(scores[f"clean|{k}"]) for k in editors) + " |"
+    )
     for eps, name, target, label in cells:
         row = [f"{eps:g}", name, target]
         for key in editors:

@@ -41,6 +41,8 @@ def toy_world_of(spec: str):
 
         return get_world(spec.partition(":")[2] or None)
     return None
+
+
 STATE_FILE, OPTIMIZER_FILE, LOG_FILE = "state.json", "optimizer.pt", "validation.json"
 
 
@@ -96,7 +98,9 @@ class ImageSource:
 
             files = sorted(list_images(spec))
             if len(files) < 2:
-                raise ValueError(f"--images {spec}: need at least 2 images (every tenth is held out for validation), found {len(files)}")
+                raise ValueError(
+                    f"--images {spec}: need at least 2 images (every tenth is held out for validation), found {len(files)}"
+                )
             self.val_files = files[::10]
             self.files = [f for f in files if f not in set(self.val_files)]
 
@@ -104,7 +108,9 @@ class ImageSource:
         """What was trained on: the toy's training identities, or the SHA-256 of every training file."""
         h = hashlib.sha256()
         if self.world is not None:
-            h.update(repr([asdict(i) if hasattr(i, "__dataclass_fields__") else repr(i) for i in self.identities]).encode())
+            h.update(
+                repr([asdict(i) if hasattr(i, "__dataclass_fields__") else repr(i) for i in self.identities]).encode()
+            )
         else:
             for f in self.files:
                 h.update(f.name.encode())
@@ -147,7 +153,9 @@ class ImageSource:
         if self.world is not None:
             world = self.world
             held_out = world.eval_identities()[:count]
-            return torch.stack([self._sized(world.render(world.sample_scene(i, seed=10_000 + k))) for k, i in enumerate(held_out)])
+            return torch.stack(
+                [self._sized(world.render(world.sample_scene(i, seed=10_000 + k))) for k, i in enumerate(held_out)]
+            )
         from .images import load_image
 
         rng = np.random.default_rng([self.seed, 0, 2])
@@ -156,7 +164,10 @@ class ImageSource:
 
 # ---------------------------------------------------------------------------------------------- the loop
 def _generators(seed: int, step: int, count: int) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 3, i]).generate_state(1)[0])) for i in range(count)]
+    return [
+        torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 3, i]).generate_state(1)[0]))
+        for i in range(count)
+    ]
 
 
 def objective(method, editor, x: torch.Tensor, size, step: int, generators: list[torch.Generator]) -> torch.Tensor:
@@ -165,7 +176,9 @@ def objective(method, editor, x: torch.Tensor, size, step: int, generators: list
     if method.batched:
         loss, _ = method.loss(editor, x, size, step, generators)
         return loss.mean()
-    return torch.stack([method.loss(editor, x[i : i + 1], size, step, generators[i])[0].reshape(()) for i in range(len(x))]).mean()
+    return torch.stack(
+        [method.loss(editor, x[i : i + 1], size, step, generators[i])[0].reshape(()) for i in range(len(x))]
+    ).mean()
 
 
 def _save_checkpoint(folder: Path, protector, optimizer, step: int, config: TrainConfig, log: list) -> None:
@@ -198,16 +211,22 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint"
-    accelerator = Accelerator(cpu=options.device == "cpu", mixed_precision="bf16" if options.dtype == "bfloat16" else "no")
-    editor = load_editor(config.model, config.family, accelerator.device if options.device == "auto" else options.device, options.dtype)
+    accelerator = Accelerator(
+        cpu=options.device == "cpu", mixed_precision="bf16" if options.dtype == "bfloat16" else "no"
+    )
+    editor = load_editor(
+        config.model, config.family, accelerator.device if options.device == "auto" else options.device, options.dtype
+    )
     if options.checkpointing:
         editor.enable_gradient_checkpointing()
     method = build_from_options(config.method, dict(config.method_options))
     source = ImageSource(config.images, config.size, config.seed)
     size = tuple(editor.working_size(config.size, config.size, "native"))
     if size != (config.size, config.size):
-        raise ValueError(f"--size {config.size} is not a working size of the {config.family} editor {config.model} (nearest {size}); "
-                         "use a multiple of its patch size")
+        raise ValueError(
+            f"--size {config.size} is not a working size of the {config.family} editor {config.model} (nearest {size}); "
+            "use a multiple of its patch size"
+        )
     torch.manual_seed(config.seed)
     protector = Protector(config.architecture, config.eps)
     optimizer = torch.optim.Adam(protector.parameters(), lr=config.lr)
@@ -215,8 +234,10 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
     if (checkpoint / STATE_FILE).is_file():
         state = json.loads((checkpoint / STATE_FILE).read_text())
         if state["config_digest"] != config.digest():
-            raise ValueError(f"{checkpoint}: a checkpoint of another training recipe (digest {state['config_digest']} vs {config.digest()}); "
-                             "train into another folder, or delete it to start over")
+            raise ValueError(
+                f"{checkpoint}: a checkpoint of another training recipe (digest {state['config_digest']} vs {config.digest()}); "
+                "train into another folder, or delete it to start over"
+            )
         protector.net.load_state_dict(load_file(str(checkpoint / "protector.safetensors")))
         optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, weights_only=True))
         step, history = int(state["step"]), list(state["validation"])
@@ -248,7 +269,12 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
             method.start(editor, x0, size)
             x = (x0 + protector(x0)).clamp(0, 1)
             if transform is not None:
-                x = transform(x, torch.Generator().manual_seed(int(np.random.SeedSequence([config.seed, step, 4]).generate_state(1)[0])))
+                x = transform(
+                    x,
+                    torch.Generator().manual_seed(
+                        int(np.random.SeedSequence([config.seed, step, 4]).generate_state(1)[0])
+                    ),
+                )
             with accelerator.autocast():
                 value = objective(method, editor, x, size, step, generators)
             if not torch.isfinite(value):
@@ -270,10 +296,17 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
                 bar.close()
                 return {"stopped_at": step}
         bar.close()
-    record = {"editor": {"family": config.family, "model": config.model}, "method": {"method": config.method, "options": config.method_options},
-              "working_size": list(size), "recipe": {**asdict(config), "digest": config.digest()}, "data_digest": source.digest(),
-              "steps": step, "validation": history, "seconds": round(time.perf_counter() - began, 1),
-              "command": "python -m decontext amortize " + " ".join(recipe_flags(config))}
+    record = {
+        "editor": {"family": config.family, "model": config.model},
+        "method": {"method": config.method, "options": config.method_options},
+        "working_size": list(size),
+        "recipe": {**asdict(config), "digest": config.digest()},
+        "data_digest": source.digest(),
+        "steps": step,
+        "validation": history,
+        "seconds": round(time.perf_counter() - began, 1),
+        "command": "python -m decontext amortize " + " ".join(recipe_flags(config)),
+    }
     if accelerator.is_main_process:
         model.save(out, record)
     return json.loads((out / "protector.json").read_text())
@@ -281,11 +314,33 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
 
 def recipe_flags(config: TrainConfig) -> list[str]:
     """The command-line flags that reproduce ``config``."""
-    flags = ["--model", config.model, "--family", config.family, "--method", config.method, "--eps", f"{config.eps:g}", "--images", config.images,
-             "--size", str(config.size), "--batch-size", str(config.batch_size), "--steps", str(config.steps), "--lr", f"{config.lr:g}",
-             "--seed", str(config.seed)]
+    flags = [
+        "--model",
+        config.model,
+        "--family",
+        config.family,
+        "--method",
+        config.method,
+        "--eps",
+        f"{config.eps:g}",
+        "--images",
+        config.images,
+        "--size",
+        str(config.size),
+        "--batch-size",
+        str(config.batch_size),
+        "--steps",
+        str(config.steps),
+        "--lr",
+        f"{config.lr:g}",
+        "--seed",
+        str(config.seed),
+    ]
     for key, value in config.method_options.items():
-        flags += [f"--{key.replace('_', '-')}", *(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))]
+        flags += [
+            f"--{key.replace('_', '-')}",
+            *(str(v) for v in (value if isinstance(value, (list, tuple)) else [value])),
+        ]
     if config.eot:
         flags += ["--eot", *config.eot]
     if config.architecture is not None and config.architecture.get("add_attention") is False:

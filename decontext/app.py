@@ -31,7 +31,9 @@ MODES = {  # the protection choices on the page -> what they run
     "fast (fewer PGD steps)": {"preset": "fast"},
     "paper (the official 800 steps)": {"preset": "paper"},
 }
-SHIPPED_PROTECTORS = {("flux_kontext", "toy"): "toy-decontext"}  # (family, model) -> the protector that makes "instant" possible
+SHIPPED_PROTECTORS = {
+    ("flux_kontext", "toy"): "toy-decontext"
+}  # (family, model) -> the protector that makes "instant" possible
 AMPLIFY = 10.0
 
 
@@ -46,8 +48,16 @@ class Session:
 class ProtectApp:
     """The page's logic, without the page (tested directly, and driven by the Gradio callbacks)."""
 
-    def __init__(self, model: str = "toy", family: str | None = None, device: str = "auto", dtype: str = "auto", out: str | Path = "runs/app"):
-        from .editors import family as family_of, family_of_model
+    def __init__(
+        self,
+        model: str = "toy",
+        family: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        out: str | Path = "runs/app",
+    ):
+        from .editors import family as family_of
+        from .editors import family_of_model
 
         self.model, self.device, self.dtype = model, device, dtype
         self.family = family_of(family or family_of_model(model) or "flux_kontext").name
@@ -70,7 +80,11 @@ class ProtectApp:
         from .prompts import load_prompts
         from .toy.names import is_toy_model, toy_prompts
 
-        pool = load_prompts(toy_prompts(self.model, self.family)) if is_toy_model(self.model, self.family) else load_prompts()
+        pool = (
+            load_prompts(toy_prompts(self.model, self.family))
+            if is_toy_model(self.model, self.family)
+            else load_prompts()
+        )
         return list(dict.fromkeys(p.text for p in pool))
 
     def new_session(self) -> Session:
@@ -83,7 +97,9 @@ class ProtectApp:
         return Session(folder)
 
     # ------------------------------------------------------------------ work
-    def protect_one(self, session: Session, upload: str | Path, mode: str, eps: float, prompt: str, seed: int = 0) -> dict:
+    def protect_one(
+        self, session: Session, upload: str | Path, mode: str, eps: float, prompt: str, seed: int = 0
+    ) -> dict:
         """Protect one uploaded file into the session; returns what the page shows (or the problem)."""
         from .config import PGDConfig, ProtectConfig
         from .methods import build_method
@@ -99,7 +115,10 @@ class ProtectApp:
             with Image.open(source) as opened:
                 width, height = opened.size
             if min(width, height) < MIN_SIDE:
-                return {"name": name, "error": f"{width}x{height} px is too small to protect (at least {MIN_SIDE} px a side)"}
+                return {
+                    "name": name,
+                    "error": f"{width}x{height} px is too small to protect (at least {MIN_SIDE} px a side)",
+                }
         except OSError:
             pass  # not an image: the library call below names the problem
         choice = MODES[mode]
@@ -107,21 +126,40 @@ class ProtectApp:
         if choice.get("method") == "amortized":
             protector = self.protector()
             if protector is None:
-                return {"name": name, "error": f"no trained protector for {self.model} ({self.family}); choose fast or paper"}
+                return {
+                    "name": name,
+                    "error": f"no trained protector for {self.model} ({self.family}); choose fast or paper",
+                }
             method = build_method("amortized", protector=protector)
             pgd = PGDConfig.for_method(method, eps=max(eps, 0.0) or None)
         else:
-            method = build_method("decontext", **({"prompts": self.prompts()} if _is_toy(self.model, self.family) else {}))
+            method = build_method(
+                "decontext", **({"prompts": self.prompts()} if _is_toy(self.model, self.family) else {})
+            )
             from .editors import family as family_of
 
-            pgd = PGDConfig.for_method(method, defaults=family_of(self.family).pgd_defaults, preset=choice["preset"], eps=eps)
-        report = protect_files(editor, method, source, session.folder / "protected", ProtectConfig(pgd=pgd, resolution=editor.default_resolution),
-                               seed=seed, log=lambda *a, **k: None, progress=True)
+            pgd = PGDConfig.for_method(
+                method, defaults=family_of(self.family).pgd_defaults, preset=choice["preset"], eps=eps
+            )
+        report = protect_files(
+            editor,
+            method,
+            source,
+            session.folder / "protected",
+            ProtectConfig(pgd=pgd, resolution=editor.default_resolution),
+            seed=seed,
+            log=lambda *a, **k: None,
+            progress=True,
+        )
         if report.failed:
             return {"name": name, "error": next(iter(report.failed.values()))}
-        return self._result(session, name, source, session.folder / "protected" / f"{Path(name).stem}.png", prompt, seed, pgd.eps)
+        return self._result(
+            session, name, source, session.folder / "protected" / f"{Path(name).stem}.png", prompt, seed, pgd.eps
+        )
 
-    def _result(self, session: Session, name: str, source: Path, protected: Path, prompt: str, seed: int, eps: float) -> dict:
+    def _result(
+        self, session: Session, name: str, source: Path, protected: Path, prompt: str, seed: int, eps: float
+    ) -> dict:
         from PIL import Image
 
         from .metrics.pixel import psnr
@@ -137,9 +175,17 @@ class ProtectApp:
         edits = self.edit_pair(original, saved, prompt, seed)
         Image.fromarray(edits["original"]).save(previews / f"{stem}_edit_original.png")
         Image.fromarray(edits["protected"]).save(previews / f"{stem}_edit_protected.png")
-        result = {"name": name, "protected": str(protected), "perturbation": str(previews / f"{stem}_perturbation.png"),
-                  "edit_original": str(previews / f"{stem}_edit_original.png"), "edit_protected": str(previews / f"{stem}_edit_protected.png"),
-                  "max_diff": int(np.abs(diff).max()), "psnr": float(psnr(original, saved)), "eps": eps, "identity": edits["identity"]}
+        result = {
+            "name": name,
+            "protected": str(protected),
+            "perturbation": str(previews / f"{stem}_perturbation.png"),
+            "edit_original": str(previews / f"{stem}_edit_original.png"),
+            "edit_protected": str(previews / f"{stem}_edit_protected.png"),
+            "max_diff": int(np.abs(diff).max()),
+            "psnr": float(psnr(original, saved)),
+            "eps": eps,
+            "identity": edits["identity"],
+        }
         session.results.append(result)
         return result
 
@@ -152,8 +198,14 @@ class ProtectApp:
         recommended = editor.recommended
         out = {}
         for key, picture in (("original", original), ("protected", protected)):
-            (edited,) = editor.edit([Image.fromarray(picture)], [prompt], [seed], steps=int(recommended["num_inference_steps"]),
-                                    guidance=float(recommended["guidance_scale"]), resolution=editor.default_resolution)
+            (edited,) = editor.edit(
+                [Image.fromarray(picture)],
+                [prompt],
+                [seed],
+                steps=int(recommended["num_inference_steps"]),
+                guidance=float(recommended["guidance_scale"]),
+                resolution=editor.default_resolution,
+            )
             out[key] = np.asarray(edited.convert("RGB").resize((picture.shape[1], picture.shape[0])))
         out["identity"] = self.identity(original, out) if _is_toy(self.model, self.family) else None
         return out
@@ -211,23 +263,37 @@ def build_page(app: ProtectApp):
     prompts = app.prompts()
     modes = list(MODES) if app.protector() else list(MODES)[1:]
     with gr.Blocks(analytics_enabled=False, title="decontext: protect a photo") as page:
-        gr.Markdown("## Protect a photo from in-context editing\nDrop photos, choose a strength, protect. Everything runs on this machine; "
-                    f"results are written to `{app.out}` (each visit gets its own folder). Editor: **{app.model}** ({app.family}).")
+        gr.Markdown(
+            "## Protect a photo from in-context editing\nDrop photos, choose a strength, protect. Everything runs on this machine; "
+            f"results are written to `{app.out}` (each visit gets its own folder). Editor: **{app.model}** ({app.family})."
+        )
         with gr.Row():
             with gr.Column(scale=1):
                 files = gr.File(label="photos", file_count="multiple", file_types=["image"], elem_id="photos")
                 mode = gr.Radio(modes, value=modes[0], label="protection", elem_id="mode")
                 eps = gr.Slider(1, 32, value=16, step=0.25, label="strength (L-inf budget, /255)", elem_id="eps")
-                psnr_note = gr.Markdown(f"worst-case PSNR at this strength: {expected_psnr(16):.1f} dB", elem_id="psnr-note")
-                prompt = gr.Dropdown(prompts, value=prompts[0] if prompts else None, allow_custom_value=True, label="edit to preview", elem_id="prompt")
+                psnr_note = gr.Markdown(
+                    f"worst-case PSNR at this strength: {expected_psnr(16):.1f} dB", elem_id="psnr-note"
+                )
+                prompt = gr.Dropdown(
+                    prompts,
+                    value=prompts[0] if prompts else None,
+                    allow_custom_value=True,
+                    label="edit to preview",
+                    elem_id="prompt",
+                )
                 with gr.Row():
                     run = gr.Button("Protect", variant="primary", elem_id="protect")
                     cancel = gr.Button("Cancel", elem_id="cancel")
             with gr.Column(scale=2):
                 status = gr.Markdown("", elem_id="status")
                 protected = gr.Gallery(label="protected", columns=4, elem_id="protected")
-                perturbation = gr.Gallery(label=f"perturbation x{AMPLIFY:g} (grey = unchanged)", columns=4, elem_id="perturbation")
-                edits = gr.Gallery(label="the edit: of the original | of the protected photo", columns=4, elem_id="edits")
+                perturbation = gr.Gallery(
+                    label=f"perturbation x{AMPLIFY:g} (grey = unchanged)", columns=4, elem_id="perturbation"
+                )
+                edits = gr.Gallery(
+                    label="the edit: of the original | of the protected photo", columns=4, elem_id="edits"
+                )
                 download = gr.File(label="download", file_count="multiple", elem_id="download")
         eps.change(lambda e: f"worst-case PSNR at this strength: {expected_psnr(e):.1f} dB", eps, psnr_note)
 
@@ -247,23 +313,44 @@ def build_page(app: ProtectApp):
                 if "error" in result:
                     problems.append(f"- **{result['name']}**: {result['error']}")
                 else:
-                    shown_protected.append((result["protected"], f"{result['name']}: PSNR {result['psnr']:.1f} dB, max {result['max_diff']} levels"))
+                    shown_protected.append(
+                        (
+                            result["protected"],
+                            f"{result['name']}: PSNR {result['psnr']:.1f} dB, max {result['max_diff']} levels",
+                        )
+                    )
                     shown_perturbation.append((result["perturbation"], result["name"]))
                     ident = result["identity"]
-                    shown_edits += [(result["edit_original"], "original" + (f": identity {ident['original']:.2f}" if ident else "")),
-                                    (result["edit_protected"], "protected" + (f": identity {ident['protected']:.2f}" if ident else ""))]
+                    shown_edits += [
+                        (
+                            result["edit_original"],
+                            "original" + (f": identity {ident['original']:.2f}" if ident else ""),
+                        ),
+                        (
+                            result["edit_protected"],
+                            "protected" + (f": identity {ident['protected']:.2f}" if ident else ""),
+                        ),
+                    ]
                 done = len(session.results)
-                text_status = (f"{done} of {len(uploads)} protected, {len(problems)} failed; folder `{session.folder}`"
-                               + ("\n\n" + "\n".join(problems) if problems else ""))
-                files_out = [r["protected"] for r in session.results] + ([str(app.archive(session))] if session.results else [])
+                text_status = (
+                    f"{done} of {len(uploads)} protected, {len(problems)} failed; folder `{session.folder}`"
+                    + ("\n\n" + "\n".join(problems) if problems else "")
+                )
+                files_out = [r["protected"] for r in session.results] + (
+                    [str(app.archive(session))] if session.results else []
+                )
                 yield text_status, shown_protected, shown_perturbation, shown_edits, files_out or None
 
         event = run.click(protect_all, [files, mode, eps, prompt], [status, protected, perturbation, edits, download])
-        cancel.click(lambda: "Cancelled: the photos finished so far are in the session folder.", None, status, cancels=[event])
+        cancel.click(
+            lambda: "Cancelled: the photos finished so far are in the session folder.", None, status, cancels=[event]
+        )
     return page
 
 
 def serve(app: ProtectApp, host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True):
     page = build_page(app)
     page.queue()
-    return page.launch(server_name=host, server_port=port, share=share, inbrowser=False, prevent_thread_lock=not block, show_error=True)
+    return page.launch(
+        server_name=host, server_port=port, share=share, inbrowser=False, prevent_thread_lock=not block, show_error=True
+    )

@@ -16,7 +16,9 @@ def data_dir() -> Path:
     for candidate in (_PACKAGE / "data", _PACKAGE.parent / "data"):
         if (candidate / "prompts").is_dir():
             return candidate
-    raise FileNotFoundError(f"decontext's data files (prompt pools, toy editors) are missing beside {_PACKAGE}: reinstall the package")
+    raise FileNotFoundError(
+        f"decontext's data files (prompt pools, toy editors) are missing beside {_PACKAGE}: reinstall the package"
+    )
 
 
 def data_path(value: str | Path) -> Path:

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 @dataclass(frozen=True)
 class Layout:
     """Token counts of the joint attention sequence ``[text | target | context]``.
@@ -78,7 +77,9 @@ class AttentionHook:
         pass
 
 
-def _indicator(layout: Layout, channels: int, like: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+def _indicator(
+    layout: Layout, channels: int, like: torch.Tensor, text_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """(B or 1, S, channels) zeros with 1 in channel 0 on the context keys and, given a (B, text)
     ``text_mask``, its values in channel 1 on the text keys."""
     batch = 1 if text_mask is None else text_mask.shape[0]
@@ -86,18 +87,30 @@ def _indicator(layout: Layout, channels: int, like: torch.Tensor, text_mask: tor
     indicator[:, layout.context_slice, 0] = 1
     if text_mask is not None:
         if channels < 2 or text_mask.shape[-1] != layout.text:
-            raise ValueError(f"text mask of {text_mask.shape[-1]} tokens for {layout.text} text keys (and {channels} indicator channels)")
+            raise ValueError(
+                f"text mask of {text_mask.shape[-1]} tokens for {layout.text} text keys (and {channels} indicator channels)"
+            )
         indicator[:, layout.text_slice, 1] = text_mask.to(like.device, like.dtype)
     return indicator
 
 
-def sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+def sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float | None = None,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Scaled dot-product attention on (B, S, H, D) tensors (diffusers' layout), through torch's kernels."""
-    out = F.scaled_dot_product_attention(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=mask, scale=scale)
+    out = F.scaled_dot_product_attention(
+        query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=mask, scale=scale
+    )
     return out.transpose(1, 2)
 
 
-def target_masses(query: torch.Tensor, key: torch.Tensor, layout: Layout, text_mask: torch.Tensor | None = None, attend=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def target_masses(
+    query: torch.Tensor, key: torch.Tensor, layout: Layout, text_mask: torch.Tensor | None = None, attend=None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention mass target queries put on the context keys and (given ``text_mask``) on the masked text
     keys, by a separate attention call of the target queries with indicator values.
 
@@ -123,7 +136,9 @@ def context_share(query: torch.Tensor, key: torch.Tensor, layout: Layout) -> tor
     return target_masses(query, key, layout)[0]
 
 
-def attention_with_masses(query, key, value, layout: Layout, attend=None, pad: int = 8, text_mask: torch.Tensor | None = None):
+def attention_with_masses(
+    query, key, value, layout: Layout, attend=None, pad: int = 8, text_mask: torch.Tensor | None = None
+):
     """The layer's own attention output AND the masses its target queries put on the context keys (and
     the masked text keys), in one pass.
 
@@ -151,7 +166,9 @@ def attention_with_masses(query, key, value, layout: Layout, attend=None, pad: i
     dim = query.shape[-1]
     scale = dim**-0.5
     padded_key = F.pad(key, (0, pad))
-    indicator = _indicator(layout, pad, value, text_mask)[:, :, None].expand(value.shape[0], layout.total, value.shape[2], pad)
+    indicator = _indicator(layout, pad, value, text_mask)[:, :, None].expand(
+        value.shape[0], layout.total, value.shape[2], pad
+    )
     padded_value = torch.cat([value, indicator], dim=-1)
     target_out = attend(F.pad(query[:, layout.target_slice], (0, pad)), padded_key, padded_value, scale=scale)
     others = torch.cat([query[:, layout.text_slice], query[:, layout.context_slice]], dim=1)
@@ -163,7 +180,9 @@ def attention_with_masses(query, key, value, layout: Layout, attend=None, pad: i
     return output, target_out[..., dim].transpose(1, 2), text
 
 
-def attention_with_share(query, key, value, layout: Layout, attend=None, pad: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_with_share(
+    query, key, value, layout: Layout, attend=None, pad: int = 8
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, (B, H, T) context shares) in one pass (``attention_with_masses`` without a text mask)."""
     if pad < 1:
         raise ValueError(f"pad must be >= 1 (one channel carries the indicator), got {pad}")

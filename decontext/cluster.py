@@ -95,7 +95,11 @@ def list_inputs(spec: str) -> list[str]:
         base = os.path.dirname(path)
         if suffix == ".txt":
             with filesystem.open_input_stream(path) as handle:
-                entries = [line.strip() for line in handle.read().decode("utf-8").splitlines() if line.strip() and not line.startswith("#")]
+                entries = [
+                    line.strip()
+                    for line in handle.read().decode("utf-8").splitlines()
+                    if line.strip() and not line.startswith("#")
+                ]
         else:
             import pyarrow.csv
             import pyarrow.parquet
@@ -104,20 +108,30 @@ def list_inputs(spec: str) -> list[str]:
                 table = pyarrow.parquet.read_table(handle) if suffix == ".parquet" else pyarrow.csv.read_csv(handle)
             column = next((c for c in ("path", "image", "input") if c in table.column_names), None)
             if column is None:
-                raise ValueError(f"{spec}: a manifest needs a column named path, image or input (it has {', '.join(table.column_names)})")
+                raise ValueError(
+                    f"{spec}: a manifest needs a column named path, image or input (it has {', '.join(table.column_names)})"
+                )
             entries = [str(v) for v in table.column(column).to_pylist() if v]
         return [e if ("://" in e or os.path.isabs(e)) else _uri(filesystem, os.path.join(base, e)) for e in entries]
     if any(c in path for c in "*?["):
         folder, pattern = os.path.split(path)
         infos = filesystem.get_file_info(fs.FileSelector(folder, recursive=False))
-        return sorted(_uri(filesystem, i.path) for i in infos if i.type == fs.FileType.File and fnmatch.fnmatch(os.path.basename(i.path), pattern))
+        return sorted(
+            _uri(filesystem, i.path)
+            for i in infos
+            if i.type == fs.FileType.File and fnmatch.fnmatch(os.path.basename(i.path), pattern)
+        )
     info = filesystem.get_file_info(path)
     if info.type == fs.FileType.File:
         return [_uri(filesystem, path)]
     if info.type != fs.FileType.Directory:
         raise FileNotFoundError(f"{spec}: no such folder, file, glob, list or manifest")
     infos = filesystem.get_file_info(fs.FileSelector(path, recursive=False))
-    return sorted(_uri(filesystem, i.path) for i in infos if i.type == fs.FileType.File and Path(i.path).suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        _uri(filesystem, i.path)
+        for i in infos
+        if i.type == fs.FileType.File and Path(i.path).suffix.lower() in IMAGE_SUFFIXES
+    )
 
 
 def read_batch(batch: dict) -> dict:
@@ -146,12 +160,12 @@ class ProtectWorker:
     def __init__(self, job_file: str, threads: int | None = None):
         import torch
 
-        from .runtime import avoid_cudnn_attention, quiet_libraries
         from .config import PGDConfig, ProtectConfig
         from .editors import load_editor
         from .methods import build_from_options
         from .protect import header_of, output_settings
         from .runs import JournalFile
+        from .runtime import avoid_cudnn_attention, quiet_libraries
 
         job = ClusterJob(**json.loads(Path(job_file).read_text(encoding="utf-8")))
         if threads:
@@ -161,10 +175,20 @@ class ProtectWorker:
         self.job = job
         self.editor = load_editor(job.model, job.family, job.device, job.dtype, **job.load_options)
         self.method = build_from_options(job.method, job.method_options, job.weights, job.compose_norm)
-        self.config = ProtectConfig(pgd=PGDConfig(**job.pgd), resolution=job.resolution, measure_draws=job.measure_draws, eot=tuple(job.eot), init=job.init)
+        self.config = ProtectConfig(
+            pgd=PGDConfig(**job.pgd),
+            resolution=job.resolution,
+            measure_draws=job.measure_draws,
+            eot=tuple(job.eot),
+            init=job.init,
+        )
         self.settings = output_settings(self.editor, self.method, self.config, job.seed)
         known = _known_records(Path(job.output), job.journals)
-        self.journal = JournalFile(job.journals / f"{uuid.uuid4().hex}.jsonl", header_of(self.editor, self.method, self.config, job.args), known)
+        self.journal = JournalFile(
+            job.journals / f"{uuid.uuid4().hex}.jsonl",
+            header_of(self.editor, self.method, self.config, job.args),
+            known,
+        )
         self.journal.refresh = lambda: self.journal.images.update(_known_records(Path(job.output), job.journals))
 
     def __call__(self, batch: dict) -> dict:
@@ -174,12 +198,19 @@ class ProtectWorker:
 
         output = Path(self.job.output)
         groups, data, errors = [], {}, {}
-        for uri, raw, digest, error in zip(batch["uri"], batch["data"], batch["sha256"], batch["error"]):
+        for uri, raw, digest, error in zip(batch["uri"], batch["data"], batch["sha256"], batch["error"], strict=False):
             name = Path(str(uri).split("://")[-1])
             target = output / f"{name.stem}.png"
             if target.exists() and self.journal.recorded(Output(name.name, target, self.settings)) is None:
                 self.journal.refresh()  # another actor (maybe one that died) made it: read what it journaled
-            groups.append(Group(name.name, name, [Output(name.name, target, self.settings, {"input": str(uri), "output": str(target)})], sha256=digest))
+            groups.append(
+                Group(
+                    name.name,
+                    name,
+                    [Output(name.name, target, self.settings, {"input": str(uri), "output": str(target)})],
+                    sha256=digest,
+                )
+            )
             data[name.name], errors[name.name] = bytes(raw), str(error)
 
         def load(path: Path):
@@ -187,11 +218,29 @@ class ProtectWorker:
                 raise ImageLoadError(path, f"could not be read: {errors[path.name]}")
             return load_image(path, data=data[path.name])
 
-        report = protect_groups(self.editor, self.method, groups, self.journal, self.config, self.job.seed, log=lambda *a, **k: None,
-                                progress=False, batch_size=self.job.batch_size, load=load)
-        status = {**{k: "done" for k in report.done}, **{k: "skipped" for k in report.skipped}, **{k: "failed" for k in report.failed}}
+        report = protect_groups(
+            self.editor,
+            self.method,
+            groups,
+            self.journal,
+            self.config,
+            self.job.seed,
+            log=lambda *a, **k: None,
+            progress=False,
+            batch_size=self.job.batch_size,
+            load=load,
+        )
+        status = {
+            **{k: "done" for k in report.done},
+            **{k: "skipped" for k in report.skipped},
+            **{k: "failed" for k in report.failed},
+        }
         names = [g.name for g in groups]
-        return {"name": names, "status": [status.get(n, "failed") for n in names], "message": [report.failed.get(n, "") for n in names]}
+        return {
+            "name": names,
+            "status": [status.get(n, "failed") for n in names],
+            "message": [report.failed.get(n, "") for n in names],
+        }
 
 
 def _known_records(output: Path, journals: Path) -> dict:
@@ -224,8 +273,16 @@ class ClusterReport:
         return self.done / self.seconds if self.seconds > 0 else 0.0
 
 
-def run_job(job: ClusterJob, actors: int = 2, gpus_per_actor: float = 0.0, cpus_per_actor: float = 1.0, address: str | None = None,
-            read_batch_size: int = 8, log=print, progress_every: float = 5.0) -> ClusterReport:
+def run_job(
+    job: ClusterJob,
+    actors: int = 2,
+    gpus_per_actor: float = 0.0,
+    cpus_per_actor: float = 1.0,
+    address: str | None = None,
+    read_batch_size: int = 8,
+    log=print,
+    progress_every: float = 5.0,
+) -> ClusterReport:
     """Run ``job`` on a Ray cluster (``address``: "auto", "ray://host:10001", ...; None: the one this process
     is connected to, else a local one) and fold the records into ``job.output/manifest.json``."""
     import ray
@@ -238,7 +295,9 @@ def run_job(job: ClusterJob, actors: int = 2, gpus_per_actor: float = 0.0, cpus_
     report = ClusterReport()
     with output_lock(output / ".manifest.json.lock"):
         header = read_record_file(output / "manifest.json")
-        merge_journals(output, job.journals, {k: v for k, v in header.items() if k != "images"})  # what a killed run journaled
+        merge_journals(
+            output, job.journals, {k: v for k, v in header.items() if k != "images"}
+        )  # what a killed run journaled
         remove_stale_parts(output)
         inputs = list_inputs(job.inputs)
         stems: dict[str, str] = {}
@@ -256,21 +315,33 @@ def run_job(job: ClusterJob, actors: int = 2, gpus_per_actor: float = 0.0, cpus_
         job_file.write_text(json.dumps(asdict(job), default=str), encoding="utf-8")
         started_here = not ray.is_initialized()
         if started_here:  # a local Ray (address None) lives as long as this job; a cluster's stays up
-            ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False,
-                     **({} if address else {"num_cpus": max(int(actors * cpus_per_actor) + 1, os.cpu_count() or 2)}))
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                configure_logging=False,
+                log_to_driver=False,
+                **({} if address else {"num_cpus": max(int(actors * cpus_per_actor) + 1, os.cpu_count() or 2)}),
+            )
         try:
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = False  # our own progress line below, not Ray's every-10-s operator dump
             context.print_on_execution_start = False
-            log(f"cluster: {len(rows)} images, {actors} actors ({gpus_per_actor:g} GPU, {cpus_per_actor:g} CPU each) -> {output}")
+            log(
+                f"cluster: {len(rows)} images, {actors} actors ({gpus_per_actor:g} GPU, {cpus_per_actor:g} CPU each) -> {output}"
+            )
             dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), actors * 8)))
             dataset = dataset.map_batches(read_batch, batch_size=read_batch_size, num_cpus=0.1)
-            dataset = dataset.map_batches(ProtectWorker, fn_constructor_kwargs={"job_file": str(job_file), "threads": max(1, int(cpus_per_actor))},
-                                          batch_size=job.batch_size, compute=ray.data.ActorPoolStrategy(size=actors),
-                                          num_gpus=gpus_per_actor or None, num_cpus=cpus_per_actor)
+            dataset = dataset.map_batches(
+                ProtectWorker,
+                fn_constructor_kwargs={"job_file": str(job_file), "threads": max(1, int(cpus_per_actor))},
+                batch_size=job.batch_size,
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_gpus=gpus_per_actor or None,
+                num_cpus=cpus_per_actor,
+            )
             last = time.perf_counter()
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                for name, status, message in zip(batch["name"], batch["status"], batch["message"]):
+                for name, status, message in zip(batch["name"], batch["status"], batch["message"], strict=False):
                     if status == "done":
                         report.done += 1
                     elif status == "skipped":
@@ -280,8 +351,10 @@ def run_job(job: ClusterJob, actors: int = 2, gpus_per_actor: float = 0.0, cpus_
                 if time.perf_counter() - last >= progress_every:
                     last = time.perf_counter()
                     elapsed = last - began
-                    log(f"  {report.done} done, {report.skipped} skipped, {len(report.failed)} failed of {report.total} "
-                        f"({report.done / elapsed:.2f} images/s)")
+                    log(
+                        f"  {report.done} done, {report.skipped} skipped, {len(report.failed)} failed of {report.total} "
+                        f"({report.done / elapsed:.2f} images/s)"
+                    )
         finally:
             # Whatever happened (Ctrl-C, SIGTERM, an error), what the actors journaled is folded into the
             # manifest, and a local Ray goes down with its workers (none left running in the background).

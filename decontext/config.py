@@ -13,7 +13,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 SCHEDULES = ("constant", "linear", "cosine")  # step-size schedules (pgd.step_size)
 UPDATES = ("sign", "l2", "adam")  # update rules (pgd.PGD)
-STARTS = ("clean", "uniform", "sign")  # where PGD starts: the clean image, a uniform point of the eps-ball, a corner of it
+STARTS = (
+    "clean",
+    "uniform",
+    "sign",
+)  # where PGD starts: the clean image, a uniform point of the eps-ball, a corner of it
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,9 @@ class PGDConfig:
     steps: int = 800
     momentum: float = 0.0  # MI-FGSM decay; 0 = plain sign steps
     schedule: str = "constant"  # step-size schedule (SCHEDULES)
-    start: str = "clean"  # STARTS: "uniform" = PhotoGuard's random start; "sign" = every pixel +-eps (the noise control)
+    start: str = (
+        "clean"  # STARTS: "uniform" = PhotoGuard's random start; "sign" = every pixel +-eps (the noise control)
+    )
     update: str = "sign"  # update rule (UPDATES)
     psnr_floor: float | None = None  # dB: also keep PSNR(protected, clean) at or above this (an L2 ball)
     eot_samples: int = 1  # with a transform (EOT): draws of it per step, their gradients averaged
@@ -38,7 +44,9 @@ class PGDConfig:
 
     def __post_init__(self):
         if self.eps < 0 or self.alpha <= 0 or self.steps < 0:
-            raise ValueError(f"need eps >= 0, alpha > 0, steps >= 0 (got eps={self.eps}, alpha={self.alpha}, steps={self.steps})")
+            raise ValueError(
+                f"need eps >= 0, alpha > 0, steps >= 0 (got eps={self.eps}, alpha={self.alpha}, steps={self.steps})"
+            )
         if not 0.0 <= self.momentum < 1.0 + 1e-9:
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
         if self.schedule not in SCHEDULES:
@@ -52,10 +60,14 @@ class PGDConfig:
         if self.psnr_floor is not None and not self.psnr_floor > 0:
             raise ValueError(f"psnr_floor must be a positive number of dB, got {self.psnr_floor}")
         if self.stop_patience < 0 or self.stop_window < 1 or self.stop_tol < 0:
-            raise ValueError(f"need stop_patience >= 0, stop_window >= 1, stop_tol >= 0 (got {self.stop_patience}, {self.stop_window}, {self.stop_tol})")
+            raise ValueError(
+                f"need stop_patience >= 0, stop_window >= 1, stop_tol >= 0 (got {self.stop_patience}, {self.stop_window}, {self.stop_tol})"
+            )
 
     @classmethod
-    def for_method(cls, method=None, defaults: dict | None = None, preset: str | None = None, **explicit) -> "PGDConfig":
+    def for_method(
+        cls, method=None, defaults: dict | None = None, preset: str | None = None, **explicit
+    ) -> "PGDConfig":
         """The config of a run of ``method``: the library's defaults, under ``defaults`` (e.g. an editor
         family's official budget), under the ``preset`` (PRESETS), under the method's ``pgd_defaults``,
         under the ``explicit`` choices (None = not chosen)."""
@@ -65,8 +77,10 @@ class PGDConfig:
         preferred = dict(getattr(method, "pgd_defaults", {}) or {})
         chosen = {k: v for k, v in explicit.items() if v is not None}
         if preset == "paper" and chosen.get("stop_patience"):
-            raise ValueError("the paper preset never stops early (it is the official fixed-step run); drop --stop-patience, "
-                             "or use --preset fast, or no preset")
+            raise ValueError(
+                "the paper preset never stops early (it is the official fixed-step run); drop --stop-patience, "
+                "or use --preset fast, or no preset"
+            )
         presetting = dict(PRESETS[preset]) if preset else {}
         scale = presetting.pop("alpha_scale", 1.0)  # a preset's step is relative to the family's own
         layers = [dict(defaults or {}), presetting, preferred, chosen]
@@ -102,14 +116,26 @@ STOP_FIELDS = ("stop_patience", "stop_window", "stop_tol")
 # a fraction of its steps.
 PRESETS = {
     "paper": {},
-    "fast": {"steps": 100, "alpha_scale": 4.0, "momentum": 0.9, "schedule": "cosine", "stop_patience": 30, "stop_window": 20, "stop_tol": 0.01},
+    "fast": {
+        "steps": 100,
+        "alpha_scale": 4.0,
+        "momentum": 0.9,
+        "schedule": "cosine",
+        "stop_patience": 30,
+        "stop_window": 20,
+        "stop_tol": 0.01,
+    },
 }
 
 
 def describe_preset(name: str) -> str:
     """What a preset sets, in words, e.g. for a flag's help."""
-    words = {"alpha_scale": lambda v: f"step x{v:g} the family's", "stop_patience": lambda v: f"stopping rule (patience {v}",
-             "stop_window": lambda v: f"window {v}", "stop_tol": lambda v: f"tol {v:g})"}
+    words = {
+        "alpha_scale": lambda v: f"step x{v:g} the family's",
+        "stop_patience": lambda v: f"stopping rule (patience {v}",
+        "stop_window": lambda v: f"window {v}",
+        "stop_tol": lambda v: f"tol {v:g})",
+    }
     values = PRESETS[name]
     return ", ".join(words[k](v) if k in words else f"{k} {v}" for k, v in values.items()) or "nothing changed"
 
@@ -122,7 +148,9 @@ class ProtectConfig:
     resolution: str | int = "auto"  # the editor's working size: auto, native or N (an N x N area)
     measure_draws: int = 4  # fixed draws of the method's measure before and after (0 = none)
     eot: tuple[str, ...] = ()  # breakers (decontext.purify specs) the protection is optimised to survive
-    init: str | None = None  # a protector (name or folder): PGD starts from its output instead of the clean image (--init)
+    init: str | None = (
+        None  # a protector (name or folder): PGD starts from its output instead of the clean image (--init)
+    )
 
     def __post_init__(self):
         if self.measure_draws < 0:

@@ -20,7 +20,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")  # in the order a stem's file is looked for
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+)  # in the order a stem's file is looked for
 
 
 class ImageLoadError(ValueError):
@@ -101,8 +110,10 @@ def check_declared_size(path: Path, size: tuple[int, int]) -> None:
     limit = pixel_limit()
     if limit is not None and width * height > limit:
         raise ImageLoadError(
-            path, f"refused: declares {width}x{height} = {width * height} pixels, over the limit of {limit} pixels "
-            "(PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs; --max-megapixels raises it); not decoded")
+            path,
+            f"refused: declares {width}x{height} = {width * height} pixels, over the limit of {limit} pixels "
+            "(PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs; --max-megapixels raises it); not decoded",
+        )
 
 
 def load_image(path: str | os.PathLike, data: bytes | None = None) -> LoadedImage:
@@ -281,4 +292,6 @@ def list_images(path: str | os.PathLike) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(
+        p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )

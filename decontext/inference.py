@@ -18,7 +18,21 @@ from tqdm.auto import tqdm
 from .editors.base import Editor
 from .images import atomic_save, list_images, load_image
 from .prompts import Prompt
-from .runs import EDIT_MEMORY_HINT, Group, IndexFile, Job, Made, Output, Report, edit_output_path, output_lock, remove_stale_parts, run_relative, run_resumable, run_root_of
+from .runs import (
+    EDIT_MEMORY_HINT,
+    Group,
+    IndexFile,
+    Job,
+    Made,
+    Output,
+    Report,
+    edit_output_path,
+    output_lock,
+    remove_stale_parts,
+    run_relative,
+    run_resumable,
+    run_root_of,
+)
 
 # index["settings"] keys that do not change the pixels of an edit (where the inputs were, how many at once)
 NOT_OUTPUT_SETTINGS = ("batch_size", "images", "prompts_file", "seeds")
@@ -61,9 +75,22 @@ def run_edits(
     with output_lock(output_dir / ".index.json.lock"):
         remove_stale_parts(output_dir)
         root = run_root_of(output_dir)
-        run_settings = {**(record or {}), "steps": settings.steps, "guidance": settings.guidance, "resolution": settings.resolution,
-                        "batch_size": settings.batch_size, "model": editor.name, "editor": editor.family}
-        index = IndexFile(output_dir / "index.json", run_settings, "edits", ("image", "prompt_index", "seed"), ignore=NOT_OUTPUT_SETTINGS)
+        run_settings = {
+            **(record or {}),
+            "steps": settings.steps,
+            "guidance": settings.guidance,
+            "resolution": settings.resolution,
+            "batch_size": settings.batch_size,
+            "model": editor.name,
+            "editor": editor.family,
+        }
+        index = IndexFile(
+            output_dir / "index.json",
+            run_settings,
+            "edits",
+            ("image", "prompt_index", "seed"),
+            ignore=NOT_OUTPUT_SETTINGS,
+        )
         paths = list_images(images)
         # Prompt conditioning once for the whole run; then whatever the editor no longer needs can go.
         editor.prepare([p.text for p in prompts], release=release_text_encoders)
@@ -75,7 +102,14 @@ def run_edits(
             outputs = []
             for prompt in prompts:
                 for seed in seeds:
-                    fields = {"image": path.stem, **source, "prompt": prompt.text, "prompt_index": prompt.index, "category": prompt.category, "seed": seed}
+                    fields = {
+                        "image": path.stem,
+                        **source,
+                        "prompt": prompt.text,
+                        "prompt_index": prompt.index,
+                        "category": prompt.category,
+                        "seed": seed,
+                    }
                     out = edit_output_path(output_dir, path.stem, prompt.index, seed)
                     fields["output"] = run_relative(out, root)
                     outputs.append(Output((path.stem, prompt.index, seed), out, index.settings_for(fields), fields))
@@ -83,13 +117,30 @@ def run_edits(
 
         def work(jobs: list[Job]) -> list[Made]:  # outputs of one image
             batch = [job.output for job in jobs]
-            edited = editor.edit(image_to_pil(jobs[0].loaded), [o.fields["prompt"] for o in batch], [o.fields["seed"] for o in batch],
-                                 settings.steps, settings.guidance, settings.resolution)
+            edited = editor.edit(
+                image_to_pil(jobs[0].loaded),
+                [o.fields["prompt"] for o in batch],
+                [o.fields["seed"] for o in batch],
+                settings.steps,
+                settings.guidance,
+                settings.resolution,
+            )
             return [Made(lambda path, picture=picture: atomic_save(picture, path, format="PNG")) for picture in edited]
 
-        with tqdm(total=sum(len(g.outputs) for g in groups), desc="edits", disable=not progress, dynamic_ncols=True) as bar:
-            return run_resumable(groups, index, work, load=load_image, batch_size=settings.batch_size, overwrite=overwrite, log=log,
-                                 memory_hint=EDIT_MEMORY_HINT, progress=bar)
+        with tqdm(
+            total=sum(len(g.outputs) for g in groups), desc="edits", disable=not progress, dynamic_ncols=True
+        ) as bar:
+            return run_resumable(
+                groups,
+                index,
+                work,
+                load=load_image,
+                batch_size=settings.batch_size,
+                overwrite=overwrite,
+                log=log,
+                memory_hint=EDIT_MEMORY_HINT,
+                progress=bar,
+            )
 
 
 def image_to_pil(image):

@@ -37,4 +37,3 @@ class Flag:
             options.update(type=self.type, nargs=self.nargs, metavar=self.metavar, choices=self.choices)
         options.update(overrides)
         parser.add_argument(self.flag, **{k: v for k, v in options.items() if v is not None or k == "default"})
-

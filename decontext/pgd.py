@@ -90,8 +90,10 @@ class Plateau:
         return step - self.best_step >= self.patience
 
     def reason(self) -> str:
-        return (f"plateau: no rise of the {self.window}-step mean loss by more than {self.tol:g} of the gain so far "
-                f"since step {self.best_step} (patience {self.patience})")
+        return (
+            f"plateau: no rise of the {self.window}-step mean loss by more than {self.tol:g} of the gain so far "
+            f"since step {self.best_step} (patience {self.patience})"
+        )
 
 
 class NonFiniteError(ArithmeticError):
@@ -102,9 +104,13 @@ class NonFiniteError(ArithmeticError):
 class PGDResult:
     pixels: torch.Tensor  # adversarial image, same shape/dtype/device as the input, in [0, 1]
     history: list[dict] = field(default_factory=list)  # one dict per step: step, loss, alpha, and the method's floats
-    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # steps done -> pixels then (``run(snapshots=...)``)
+    snapshots: dict[int, torch.Tensor] = field(
+        default_factory=dict
+    )  # steps done -> pixels then (``run(snapshots=...)``)
     steps_run: int = 0  # the most steps any image ran
-    stop_reason: str = "budget"  # "budget": every configured step ran; "plateau: ...": the stopping rule ended it (``Plateau``)
+    stop_reason: str = (
+        "budget"  # "budget": every configured step ran; "plateau: ...": the stopping rule ended it (``Plateau``)
+    )
     image_steps: list[int] = field(default_factory=list)  # per image: steps it ran
     image_reasons: list[str] = field(default_factory=list)  # per image: why it stopped
 
@@ -140,8 +146,16 @@ class PGD:
         psnr_floor: float | None = PGDConfig.psnr_floor,
         config: PGDConfig | None = None,
     ):
-        self.config = config or PGDConfig(eps=eps, alpha=alpha, steps=steps, momentum=momentum, schedule=schedule,
-                                          start=start, update=update, psnr_floor=psnr_floor)
+        self.config = config or PGDConfig(
+            eps=eps,
+            alpha=alpha,
+            steps=steps,
+            momentum=momentum,
+            schedule=schedule,
+            start=start,
+            update=update,
+            psnr_floor=psnr_floor,
+        )
         self.eps = self.config.eps / 255.0
         self.alpha = self.config.alpha / 255.0
         self.steps = int(self.config.steps)
@@ -165,8 +179,15 @@ class PGD:
         rms = delta.flatten(1).pow(2).mean(1).sqrt().reshape(-1, *([1] * (delta.dim() - 1)))
         return x0 + delta * (self.rms_cap / rms.clamp_min(1e-30)).clamp(max=1.0)
 
-    def run(self, x0: torch.Tensor, loss_fn: LossFn, callback: Callable[[int, dict], None] | None = None, snapshots=(),
-            seeds: Sequence[int] | None = None, start_pixels: torch.Tensor | None = None) -> PGDResult:
+    def run(
+        self,
+        x0: torch.Tensor,
+        loss_fn: LossFn,
+        callback: Callable[[int, dict], None] | None = None,
+        snapshots=(),
+        seeds: Sequence[int] | None = None,
+        start_pixels: torch.Tensor | None = None,
+    ) -> PGDResult:
         """Maximise ``loss_fn`` from ``x0``; ``snapshots``: step counts after which the pixels are also kept
         (``PGDResult.snapshots``), e.g. to score a run at 50, 100 and 200 steps in one go.
 
@@ -181,11 +202,17 @@ class PGD:
         per_image = seeds is not None
         if per_image and len(seeds) != batch:
             raise ValueError(f"{len(seeds)} seeds for {batch} images")
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds] if per_image else [torch.Generator().manual_seed(self.seed)]
+        generators = (
+            [torch.Generator().manual_seed(int(s)) for s in seeds]
+            if per_image
+            else [torch.Generator().manual_seed(self.seed)]
+        )
         x = x0.clone()
         if start_pixels is not None:
             if start_pixels.shape != x0.shape:
-                raise ValueError(f"start pixels of shape {tuple(start_pixels.shape)} for images of shape {tuple(x0.shape)}")
+                raise ValueError(
+                    f"start pixels of shape {tuple(start_pixels.shape)} for images of shape {tuple(x0.shape)}"
+                )
             x = self.project(start_pixels.detach().float().to(x0.device), x0)
         elif self.start != "clean" and self.eps > 0:
             # The first draw of each generator: uniform in the ball, or its sign (every pixel +-eps).
@@ -211,29 +238,37 @@ class PGD:
             grad, losses, info = self._gradient(part, loss_fn, step, drawn, samples)
             if not (torch.isfinite(losses).all() and torch.isfinite(grad).all()):  # e.g. an fp16 overflow
                 what = "loss" if not torch.isfinite(losses).all() else "gradient"
-                raise NonFiniteError(f"non-finite {what} at PGD step {step} (loss {float(losses.mean()):.4g}); nothing is saved for this "
-                                     "image. In float16 try --dtype bfloat16 or float32")
+                raise NonFiniteError(
+                    f"non-finite {what} at PGD step {step} (loss {float(losses.mean()):.4g}); nothing is saved for this "
+                    "image. In float16 try --dtype bfloat16 or float32"
+                )
             alpha = step_size(self.schedule, self.alpha, step, self.steps)
             with torch.no_grad():
                 grad = grad.float()
                 if self.momentum > 0:  # MI-FGSM, each image's gradient scaled by its own mean |g|
-                    velocity[rows] = self.momentum * velocity[rows] + grad / _per_image(grad.abs().mean, grad).clamp_min(1e-12)
+                    velocity[rows] = self.momentum * velocity[rows] + grad / _per_image(
+                        grad.abs().mean, grad
+                    ).clamp_min(1e-12)
                     grad = velocity[rows]
                 if self.update == "sign":
                     direction = grad.sign()
                 elif self.update == "adam":
                     beta1, beta2 = ADAM_BETAS
-                    scaled = grad / _per_image(grad.abs().mean, grad).clamp_min(1e-30)  # scale-free, so Adam's 1e-8 never dominates
+                    scaled = grad / _per_image(grad.abs().mean, grad).clamp_min(
+                        1e-30
+                    )  # scale-free, so Adam's 1e-8 never dominates
                     first[rows] = first[rows] * beta1 + scaled * (1 - beta1)
                     second[rows] = second[rows] * beta2 + scaled * scaled * (1 - beta2)
-                    direction = (first[rows] / (1 - beta1 ** (step + 1))) / ((second[rows] / (1 - beta2 ** (step + 1))).sqrt() + 1e-8)
+                    direction = (first[rows] / (1 - beta1 ** (step + 1))) / (
+                        (second[rows] / (1 - beta2 ** (step + 1))).sqrt() + 1e-8
+                    )
                 else:
                     direction = grad / _per_image(lambda **kw: grad.pow(2).mean(**kw).sqrt(), grad).clamp_min(1e-30)
                 x[rows] = self.project(part.detach() + alpha * direction, x0[rows])
             values = losses.detach().reshape(-1).tolist()
             record = {"step": step, "loss": sum(values) / len(values)}
             if per_image and batch > 1:
-                record["losses"] = dict(zip(active, values))
+                record["losses"] = dict(zip(active, values, strict=False))
             if self.schedule != "constant":
                 record["alpha"] = alpha * 255.0
             record.update({k: float(v) for k, v in info.items()})
@@ -247,7 +282,7 @@ class PGD:
             for i in active:
                 steps_run[i] = step + 1
             if per_image:
-                stopped = [i for i, value in zip(active, values) if plateaus[i].stop(step, value)]
+                stopped = [i for i, value in zip(active, values, strict=False) if plateaus[i].stop(step, value)]
                 for i in stopped:
                     reasons[i] = plateaus[i].reason()
                 active = [i for i in active if i not in stopped]
@@ -257,7 +292,15 @@ class PGD:
             if not active:
                 break
         bar.close()
-        return PGDResult(x.detach(), history, kept, max(steps_run), reasons[0] if len(set(reasons)) == 1 else "per image", steps_run, reasons)
+        return PGDResult(
+            x.detach(),
+            history,
+            kept,
+            max(steps_run),
+            reasons[0] if len(set(reasons)) == 1 else "per image",
+            steps_run,
+            reasons,
+        )
 
     def _gradient(self, x, loss_fn: LossFn, step: int, generator, samples: int):
         """(d loss / d x, losses, info) at ``x``: the loss is a scalar or one value per image (summed for the

@@ -69,13 +69,24 @@ class Chart:
     categories placed evenly); ``y_values``: every y the marks will use (means and interval ends), so
     that the axis covers them all."""
 
-    def __init__(self, title: str, x_values: Sequence, y_values: Iterable[float | None], x_label: str = "",
-                 y_label: str = "", width: int = 480, height: int = 300, margins: tuple[int, int, int, int] = (62, 20, 30, 50)):
+    def __init__(
+        self,
+        title: str,
+        x_values: Sequence,
+        y_values: Iterable[float | None],
+        x_label: str = "",
+        y_label: str = "",
+        width: int = 480,
+        height: int = 300,
+        margins: tuple[int, int, int, int] = (62, 20, 30, 50),
+    ):
         self.title, self.x_label, self.y_label = title, x_label, y_label
         self.width, self.height = width, height
         self.left, self.right, self.top, self.bottom = margins
         self.x_values = list(dict.fromkeys(x_values))
-        self.numeric = bool(self.x_values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.x_values)
+        self.numeric = bool(self.x_values) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in self.x_values
+        )
         if self.numeric:
             self.x_values.sort()
         ys = [float(y) for y in y_values if y is not None and math.isfinite(y)] or [0.0, 1.0]
@@ -103,45 +114,65 @@ class Chart:
         return self.top + (self.y_high - value) / (self.y_high - self.y_low) * (self.height - self.top - self.bottom)
 
     # -- marks --------------------------------------------------------------------------------------
-    def marker(self, x_value, y: float, color: str, label: str | None = None, dx: float = 0.0, radius: float = 4.0) -> None:
+    def marker(
+        self, x_value, y: float, color: str, label: str | None = None, dx: float = 0.0, radius: float = 4.0
+    ) -> None:
         """A filled circle; ``label`` becomes its tooltip. ``dx`` shifts it sideways in pixels (to set
         several series apart at one x)."""
         tip = f"<title>{esc(label)}</title>" if label else ""
-        self.parts.append(f'<circle class="mark" cx="{self.x(x_value) + dx:.1f}" cy="{self.y(y):.1f}" r="{radius:g}" fill="{color}">{tip}</circle>')
+        self.parts.append(
+            f'<circle class="mark" cx="{self.x(x_value) + dx:.1f}" cy="{self.y(y):.1f}" r="{radius:g}" fill="{color}">{tip}</circle>'
+        )
 
-    def error_bar(self, x_value, low: float | None, high: float | None, color: str, dx: float = 0.0, cap: float = 4.0) -> None:
+    def error_bar(
+        self, x_value, low: float | None, high: float | None, color: str, dx: float = 0.0, cap: float = 4.0
+    ) -> None:
         """A vertical interval with caps, one path; nothing when an end is missing."""
         if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
             return
         x, y0, y1 = self.x(x_value) + dx, self.y(low), self.y(high)
-        self.parts.append(f'<path class="errorbar" d="M{x:.1f},{y0:.1f}V{y1:.1f}M{x - cap:.1f},{y0:.1f}H{x + cap:.1f}'
-                          f'M{x - cap:.1f},{y1:.1f}H{x + cap:.1f}" stroke="{color}" stroke-width="1.3" fill="none"/>')
+        self.parts.append(
+            f'<path class="errorbar" d="M{x:.1f},{y0:.1f}V{y1:.1f}M{x - cap:.1f},{y0:.1f}H{x + cap:.1f}'
+            f'M{x - cap:.1f},{y1:.1f}H{x + cap:.1f}" stroke="{color}" stroke-width="1.3" fill="none"/>'
+        )
 
-    def line(self, points: Sequence[tuple[object, float]], color: str, dx: float = 0.0, name: str | None = None) -> None:
+    def line(
+        self, points: Sequence[tuple[object, float]], color: str, dx: float = 0.0, name: str | None = None
+    ) -> None:
         """A polyline through (x value, y) points, in the order given; ``name`` adds it to the legend."""
         coords = " ".join(f"{self.x(xv) + dx:.1f},{self.y(y):.1f}" for xv, y in points)
-        self.parts.append(f'<polyline class="series" fill="none" stroke="{color}" stroke-width="1.8" points="{coords}"/>')
+        self.parts.append(
+            f'<polyline class="series" fill="none" stroke="{color}" stroke-width="1.8" points="{coords}"/>'
+        )
         if name is not None:
             self.legend_entries.append((name, color))
 
     def reference(self, y: float, color: str, label: str) -> None:
         """A dashed horizontal line across the plot (e.g. the clean condition's mean), labelled at its right end."""
         py = self.y(y)
-        self.parts.append(f'<line class="reference" x1="{self.left}" y1="{py:.1f}" x2="{self.width - self.right}" y2="{py:.1f}" '
-                          f'stroke="{color}" stroke-dasharray="4 3"/>')
-        self.parts.append(f'<text x="{self.width - self.right - 2}" y="{py - 3:.1f}" text-anchor="end" fill="{color}">{esc(label)}</text>')
+        self.parts.append(
+            f'<line class="reference" x1="{self.left}" y1="{py:.1f}" x2="{self.width - self.right}" y2="{py:.1f}" '
+            f'stroke="{color}" stroke-dasharray="4 3"/>'
+        )
+        self.parts.append(
+            f'<text x="{self.width - self.right - 2}" y="{py - 3:.1f}" text-anchor="end" fill="{color}">{esc(label)}</text>'
+        )
 
     # -- the frame ----------------------------------------------------------------------------------
     def _frame(self) -> list[str]:
         w, h, base = self.width, self.height, self.height - self.bottom
-        out = [f'<text x="{w / 2:.1f}" y="16" text-anchor="middle" font-size="13">{esc(self.title)}</text>',
-               f'<line x1="{self.left}" y1="{base}" x2="{w - self.right}" y2="{base}" stroke="black"/>',
-               f'<line x1="{self.left}" y1="{self.top}" x2="{self.left}" y2="{base}" stroke="black"/>']
+        out = [
+            f'<text x="{w / 2:.1f}" y="16" text-anchor="middle" font-size="13">{esc(self.title)}</text>',
+            f'<line x1="{self.left}" y1="{base}" x2="{w - self.right}" y2="{base}" stroke="black"/>',
+            f'<line x1="{self.left}" y1="{self.top}" x2="{self.left}" y2="{base}" stroke="black"/>',
+        ]
         for tick in nice_ticks(self.y_low, self.y_high):
             y = self.y(tick)
-            out.append(f'<line x1="{self.left - 4}" y1="{y:.1f}" x2="{self.left}" y2="{y:.1f}" stroke="black"/>'
-                       f'<line x1="{self.left}" y1="{y:.1f}" x2="{w - self.right}" y2="{y:.1f}" stroke="#e4e4e4"/>'
-                       f'<text x="{self.left - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt_tick(tick)}</text>')
+            out.append(
+                f'<line x1="{self.left - 4}" y1="{y:.1f}" x2="{self.left}" y2="{y:.1f}" stroke="black"/>'
+                f'<line x1="{self.left}" y1="{y:.1f}" x2="{w - self.right}" y2="{y:.1f}" stroke="#e4e4e4"/>'
+                f'<text x="{self.left - 6}" y="{y + 4:.1f}" text-anchor="end">{fmt_tick(tick)}</text>'
+            )
         band = self.plot_width / max(len(self.x_values), 1)
         rotate = not self.numeric and max((len(str(v)) for v in self.x_values), default=0) * 6.2 > band
         for v in self.x_values:
@@ -149,14 +180,20 @@ class Chart:
             text = fmt_tick(v) if self.numeric else str(v)
             out.append(f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" stroke="black"/>')
             if rotate:
-                out.append(f'<text x="{x:.1f}" y="{base + 14}" text-anchor="end" transform="rotate(-25 {x:.1f} {base + 14})">{esc(text)}</text>')
+                out.append(
+                    f'<text x="{x:.1f}" y="{base + 14}" text-anchor="end" transform="rotate(-25 {x:.1f} {base + 14})">{esc(text)}</text>'
+                )
             else:
                 out.append(f'<text x="{x:.1f}" y="{base + 16}" text-anchor="middle">{esc(text)}</text>')
         if self.x_label:
-            out.append(f'<text x="{self.left + self.plot_width / 2:.1f}" y="{h - 8}" text-anchor="middle">{esc(self.x_label)}</text>')
+            out.append(
+                f'<text x="{self.left + self.plot_width / 2:.1f}" y="{h - 8}" text-anchor="middle">{esc(self.x_label)}</text>'
+            )
         if self.y_label:
             cy = self.top + (h - self.top - self.bottom) / 2
-            out.append(f'<text x="14" y="{cy:.1f}" text-anchor="middle" transform="rotate(-90 14 {cy:.1f})">{esc(self.y_label)}</text>')
+            out.append(
+                f'<text x="14" y="{cy:.1f}" text-anchor="middle" transform="rotate(-90 14 {cy:.1f})">{esc(self.y_label)}</text>'
+            )
         return out
 
     def _legend(self) -> list[str]:
@@ -165,8 +202,10 @@ class Chart:
         for k, (name, color) in enumerate(self.legend_entries):
             y = self.top + 6 + 14 * k
             x = self.width - self.right + 10
-            out.append(f'<line x1="{x}" y1="{y}" x2="{x + 16}" y2="{y}" stroke="{color}" stroke-width="2.5"/>'
-                       f'<text x="{x + 20}" y="{y + 4}">{esc(name)}</text>')
+            out.append(
+                f'<line x1="{x}" y1="{y}" x2="{x + 16}" y2="{y}" stroke="{color}" stroke-width="2.5"/>'
+                f'<text x="{x + 20}" y="{y + 4}">{esc(name)}</text>'
+            )
         return out
 
     def svg(self, element_id: str | None = None, standalone: bool = True) -> str:
@@ -174,7 +213,9 @@ class Chart:
         in HTML (where the parser supplies the namespace, so the page holds no URL at all)."""
         ident = f' id="{esc(element_id)}"' if element_id else ""
         namespace = ' xmlns="http://www.w3.org/2000/svg"' if standalone else ""
-        head = (f'<svg{namespace}{ident} width="{self.width}" height="{self.height}" '
-                f'viewBox="0 0 {self.width} {self.height}" font-family="sans-serif" font-size="11">'
-                f'<rect width="{self.width}" height="{self.height}" fill="white"/>')
+        head = (
+            f'<svg{namespace}{ident} width="{self.width}" height="{self.height}" '
+            f'viewBox="0 0 {self.width} {self.height}" font-family="sans-serif" font-size="11">'
+            f'<rect width="{self.width}" height="{self.height}" fill="white"/>'
+        )
         return "\n".join([head, *self._frame(), *self.parts, *self._legend(), "</svg>"]) + "\n"

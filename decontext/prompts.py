@@ -61,5 +61,7 @@ def select_prompts(pool: list[Prompt], indices: list[int] | None) -> list[Prompt
         return list(pool)
     bad = [i for i in indices if not 0 <= i < len(pool)]
     if bad:
-        raise PromptFileError(f"prompt index {bad[0]} is out of range: the pool has {len(pool)} prompts (0..{len(pool) - 1})")
+        raise PromptFileError(
+            f"prompt index {bad[0]} is out of range: the pool has {len(pool)} prompts (0..{len(pool) - 1})"
+        )
     return [pool[i] for i in indices]

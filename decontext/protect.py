@@ -28,8 +28,23 @@ from .methods import METHODS
 from .methods.base import Method
 from .names import shown
 from .pgd import PGD
-from .runs import (ATTACK_MEMORY_HINT, Group, Job, ManifestFile, Made, Output, RecordFile, Report, image_seed, library_versions, output_lock,
-                   plain_json, plan_protected_outputs, remove_stale_parts, run_resumable)
+from .runs import (
+    ATTACK_MEMORY_HINT,
+    Group,
+    Job,
+    Made,
+    ManifestFile,
+    Output,
+    RecordFile,
+    Report,
+    image_seed,
+    library_versions,
+    output_lock,
+    plain_json,
+    plan_protected_outputs,
+    remove_stale_parts,
+    run_resumable,
+)
 
 
 @dataclass
@@ -60,8 +75,19 @@ def eot_transform(specs, editor=None):
     return EOT(parse_breakers(list(specs)), editor)
 
 
-def protect(editor: Editor, method: Method, pixels: torch.Tensor, config: ProtectConfig | None = None, seed: int = 0, transform=None,
-            *, progress: bool = False, desc: str | None = None, snapshots=(), seeds: Sequence[int] | None = None) -> ProtectResult:
+def protect(
+    editor: Editor,
+    method: Method,
+    pixels: torch.Tensor,
+    config: ProtectConfig | None = None,
+    seed: int = 0,
+    transform=None,
+    *,
+    progress: bool = False,
+    desc: str | None = None,
+    snapshots=(),
+    seeds: Sequence[int] | None = None,
+) -> ProtectResult:
     """Protect ``pixels`` ((B, 3, H, W) or (3, H, W) in [0, 1], any size) against ``editor`` with ``method``.
 
     ``config`` sets the budget, the optimiser, the working size and the measure (default: the library's
@@ -78,8 +104,10 @@ def protect(editor: Editor, method: Method, pixels: torch.Tensor, config: Protec
     method.check_applies(editor)
     if seeds is not None:
         if not method.batched:
-            raise ValueError(f"method {method.name!r} protects one image at a time (several per step: "
-                             f"{', '.join(n for n, e in METHODS.items() if e.batched)})")
+            raise ValueError(
+                f"method {method.name!r} protects one image at a time (several per step: "
+                f"{', '.join(n for n, e in METHODS.items() if e.batched)})"
+            )
         if transform is not None or config.eot:
             raise ValueError("EOT protects one image at a time; use a batch of 1 with --eot")
     began = time.perf_counter()
@@ -94,23 +122,47 @@ def protect(editor: Editor, method: Method, pixels: torch.Tensor, config: Protec
         def measured(x: torch.Tensor) -> list[dict]:  # per image when each is its own run, else the batch's
             if not draws:
                 return [{} for _ in range(len(x) if seeds is not None else 1)]
-            return [method.measure(editor, x[i : i + 1], size, draws) for i in range(len(x))] if seeds is not None else [method.measure(editor, x, size, draws)]
+            return (
+                [method.measure(editor, x[i : i + 1], size, draws) for i in range(len(x))]
+                if seeds is not None
+                else [method.measure(editor, x, size, draws)]
+            )
 
         before = measured(x0)
         if config.init is not None:  # --init: PGD of this method from a protector's output
             from .methods.amortized import load_protector, protected_start
 
-            start = protected_start(load_protector(config.init, editor.device), editor, x0, config.resolution, config.pgd.eps)
+            start = protected_start(
+                load_protector(config.init, editor.device), editor, x0, config.resolution, config.pgd.eps
+            )
         else:
             start = method.initial(editor, x0, config.resolution)
         pgd = PGD(config=config.pgd, seed=seed, progress=progress, desc=desc or method.name, transform=transform)
-        result = pgd.run(x0, lambda x, step, generator: method.loss(editor, x, size, step, generator), snapshots=snapshots, seeds=seeds,
-                         start_pixels=start)
+        result = pgd.run(
+            x0,
+            lambda x, step, generator: method.loss(editor, x, size, step, generator),
+            snapshots=snapshots,
+            seeds=seeds,
+            start_pixels=start,
+        )
         after = measured(result.pixels)
     protected = result.pixels.detach().cpu()
-    return ProtectResult(protected, protected - x0.cpu(), size, _mean(before), _mean(after), result.history, time.perf_counter() - began,
-                         {k: v.cpu() for k, v in result.snapshots.items()}, result.steps_run, result.stop_reason,
-                         before if seeds is not None else [], after if seeds is not None else [], result.image_steps, result.image_reasons)
+    return ProtectResult(
+        protected,
+        protected - x0.cpu(),
+        size,
+        _mean(before),
+        _mean(after),
+        result.history,
+        time.perf_counter() - began,
+        {k: v.cpu() for k, v in result.snapshots.items()},
+        result.steps_run,
+        result.stop_reason,
+        before if seeds is not None else [],
+        after if seeds is not None else [],
+        result.image_steps,
+        result.image_reasons,
+    )
 
 
 def _mean(measures: list[dict]) -> dict[str, float]:
@@ -127,8 +179,14 @@ def output_settings(editor: Editor, method: Method, config: ProtectConfig, seed:
     prompts = getattr(method, "prompts", None)
     if prompts:
         method_config["prompts_sha256"] = hashlib.sha256("\n".join(prompts).encode("utf-8")).hexdigest()
-    settings = {"method": method_config, "pgd": config.pgd.to_dict(), "eot": list(config.eot), "resolution": config.resolution,
-                "seed": seed, "editor": {"family": editor.family, "model": editor.name, "dtype": str(editor.dtype)}}
+    settings = {
+        "method": method_config,
+        "pgd": config.pgd.to_dict(),
+        "eot": list(config.eot),
+        "resolution": config.resolution,
+        "seed": seed,
+        "editor": {"family": editor.family, "model": editor.name, "dtype": str(editor.dtype)},
+    }
     if config.init is not None:  # only then, so the settings of runs without it stay what they were
         from .methods.amortized import weights_digest
 
@@ -180,9 +238,22 @@ def protect_files(
                 manifest.images[Path(name).name] = {"input": name, "status": "failed", "error": message}
                 log(f"error: {shown(message)}")
         current = output_settings(editor, method, config, seed)
-        groups = [Group(path.name, path, [Output(path.name, out, current, {"input": str(path), "output": str(out)})]) for path, out in pairs]
-        run_report = protect_groups(editor, method, groups, manifest, config, seed, log=log, overwrite=overwrite, progress=progress,
-                                    batch_size=batch_size)
+        groups = [
+            Group(path.name, path, [Output(path.name, out, current, {"input": str(path), "output": str(out)})])
+            for path, out in pairs
+        ]
+        run_report = protect_groups(
+            editor,
+            method,
+            groups,
+            manifest,
+            config,
+            seed,
+            log=log,
+            overwrite=overwrite,
+            progress=progress,
+            batch_size=batch_size,
+        )
     report.done += run_report.done
     report.skipped += run_report.skipped
     report.failed.update(run_report.failed)
@@ -191,13 +262,31 @@ def protect_files(
 
 def header_of(editor: Editor, method: Method, config: ProtectConfig, args_record: dict | None = None) -> dict:
     """The top of a protection manifest: what ran, once."""
-    return {"args": args_record or {}, "method": method.config(), "pgd": config.pgd.to_dict(), "eot": list(config.eot),
-            **({"init": config.init} if config.init is not None else {}),
-            "editor": {"family": editor.family, "model": editor.name}, "versions": library_versions()}
+    return {
+        "args": args_record or {},
+        "method": method.config(),
+        "pgd": config.pgd.to_dict(),
+        "eot": list(config.eot),
+        **({"init": config.init} if config.init is not None else {}),
+        "editor": {"family": editor.family, "model": editor.name},
+        "versions": library_versions(),
+    }
 
 
-def protect_groups(editor: Editor, method: Method, groups: list[Group], records: RecordFile, config: ProtectConfig, seed: int, *, log=print,
-                   overwrite: bool = False, progress: bool = True, batch_size: int = 1, load=load_image) -> Report:
+def protect_groups(
+    editor: Editor,
+    method: Method,
+    groups: list[Group],
+    records: RecordFile,
+    config: ProtectConfig,
+    seed: int,
+    *,
+    log=print,
+    overwrite: bool = False,
+    progress: bool = True,
+    batch_size: int = 1,
+    load=load_image,
+) -> Report:
     """Protect each group's input into its one output through the resumable loop (``runs.run_resumable``),
     recording into ``records`` (a folder's manifest, or a cluster worker's journal). ``load(path)`` reads an
     input (default: from disk)."""
@@ -207,15 +296,25 @@ def protect_groups(editor: Editor, method: Method, groups: list[Group], records:
         images = [job.loaded for job in jobs]
         seeds = [image_seed(seed, job.group.input.stem) for job in jobs]
         stems = " ".join(job.group.input.stem for job in jobs)
-        outcome = protect(editor, method, torch.cat([image.pixels for image in images]), config, seeds[0], progress=progress,
-                          desc=f"{method.name} {stems}", seeds=seeds if len(jobs) > 1 else None)
+        outcome = protect(
+            editor,
+            method,
+            torch.cat([image.pixels for image in images]),
+            config,
+            seeds[0],
+            progress=progress,
+            desc=f"{method.name} {stems}",
+            seeds=seeds if len(jobs) > 1 else None,
+        )
         records.data["method"] = method.config()  # with what preparing resolved (e.g. the blocks)
         made = []
-        for i, (job, image) in enumerate(zip(jobs, images)):
+        for i, (job, image) in enumerate(zip(jobs, images, strict=False)):
             pixels = outcome.pixels[i : i + 1]
             if max_level_diff(quantize(pixels, image.rgb8, config.pgd.eps), image.rgb8) == 0:
-                raise ValueError(f"the protection changed no pixel of {job.group.input.name} ({image.size[0]}x{image.size[1]}, "
-                                 f"working size {outcome.working_size[1]}x{outcome.working_size[0]}); nothing was saved")
+                raise ValueError(
+                    f"the protection changed no pixel of {job.group.input.name} ({image.size[0]}x{image.size[1]}, "
+                    f"working size {outcome.working_size[1]}x{outcome.working_size[0]}); nothing was saved"
+                )
 
             def write(path: Path, pixels=pixels, image=image) -> dict:
                 saved = save_protected(pixels, image, config.pgd.eps, path)
@@ -223,24 +322,50 @@ def protect_groups(editor: Editor, method: Method, groups: list[Group], records:
 
             one = len(jobs) == 1
             losses = [h["loss"] if one else h["losses"][i] for h in outcome.history if one or i in h.get("losses", {})]
-            made.append(Made(write, {
-                "size": [image.size[0], image.size[1]], "working_size": [outcome.working_size[1], outcome.working_size[0]],
-                "before": outcome.before if one else outcome.image_before[i], "after": outcome.after if one else outcome.image_after[i],
-                "seconds": round(outcome.seconds / len(jobs), 3), "seed": seeds[i],
-                "steps_run": outcome.image_steps[i], "stop_reason": outcome.image_reasons[i],
-                "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-                **({} if one else {"batch": len(jobs)})}))
+            made.append(
+                Made(
+                    write,
+                    {
+                        "size": [image.size[0], image.size[1]],
+                        "working_size": [outcome.working_size[1], outcome.working_size[0]],
+                        "before": outcome.before if one else outcome.image_before[i],
+                        "after": outcome.after if one else outcome.image_after[i],
+                        "seconds": round(outcome.seconds / len(jobs), 3),
+                        "seed": seeds[i],
+                        "steps_run": outcome.image_steps[i],
+                        "stop_reason": outcome.image_reasons[i],
+                        "loss_first": losses[0] if losses else None,
+                        "loss_last": losses[-1] if losses else None,
+                        **({} if one else {"batch": len(jobs)}),
+                    },
+                )
+            )
         return made
 
     def done(group: Group, batch: list[Output], entries: list[dict]) -> None:
         entry = entries[0]
-        measured = "".join(f" {k} {v:.4f} -> {entry['after'][k]:.4f}," for k, v in entry["before"].items() if k in entry["after"])
-        log(f"{counter[group.name]}:{measured} max diff {entry['max_abs_diff_levels']} levels, {entry['seconds']:.1f}s -> {shown(batch[0].path)}")
+        measured = "".join(
+            f" {k} {v:.4f} -> {entry['after'][k]:.4f}," for k, v in entry["before"].items() if k in entry["after"]
+        )
+        log(
+            f"{counter[group.name]}:{measured} max diff {entry['max_abs_diff_levels']} levels, {entry['seconds']:.1f}s -> {shown(batch[0].path)}"
+        )
 
     outputs = {group.name: group.outputs[0].path for group in groups}
 
     def skipped(key) -> None:
         log(f"{counter[key]}: already protected with the same settings ({shown(outputs[key])}), skipped")
 
-    return run_resumable(groups, records, work, load=load, overwrite=overwrite, log=log, memory_hint=ATTACK_MEMORY_HINT,
-                         on_done=done, on_skip=skipped, batch_size=batch_size, batch_key=lambda group, image: tuple(image.pixels.shape))
+    return run_resumable(
+        groups,
+        records,
+        work,
+        load=load,
+        overwrite=overwrite,
+        log=log,
+        memory_hint=ATTACK_MEMORY_HINT,
+        on_done=done,
+        on_skip=skipped,
+        batch_size=batch_size,
+        batch_key=lambda group, image: tuple(image.pixels.shape),
+    )

@@ -37,7 +37,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
-TORCH_FILTERS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic", "lanczos": "bicubic"}  # torch has no Lanczos
+TORCH_FILTERS = {
+    "nearest": "nearest",
+    "bilinear": "bilinear",
+    "bicubic": "bicubic",
+    "lanczos": "bicubic",
+}  # torch has no Lanczos
 
 
 def _rgb(image: Image.Image) -> Image.Image:
@@ -118,14 +123,20 @@ def _jpeg_t(x: torch.Tensor, generator: torch.Generator, quality: int = 75) -> t
         return jpeg_codec_differentiable(x.clamp(0, 1), quality).clamp(0, 1)
 
 
-def _resize_t(x: torch.Tensor, generator: torch.Generator, factor: float = 0.5, filter: str = "bicubic") -> torch.Tensor:
+def _resize_t(
+    x: torch.Tensor, generator: torch.Generator, factor: float = 0.5, filter: str = "bicubic"
+) -> torch.Tensor:
     _filter(filter)
     height, width = x.shape[-2:]
     small_w, small_h = _scaled((width, height), factor)
     mode = TORCH_FILTERS[filter]
     smooth = mode != "nearest"
-    small = F.interpolate(x, size=(small_h, small_w), mode=mode, antialias=smooth, **({"align_corners": False} if smooth else {}))
-    return F.interpolate(small, size=(height, width), mode=mode, **({"align_corners": False} if smooth else {})).clamp(0, 1)
+    small = F.interpolate(
+        x, size=(small_h, small_w), mode=mode, antialias=smooth, **({"align_corners": False} if smooth else {})
+    )
+    return F.interpolate(small, size=(height, width), mode=mode, **({"align_corners": False} if smooth else {})).clamp(
+        0, 1
+    )
 
 
 def _blur_t(x: torch.Tensor, generator: torch.Generator, sigma: float = 1.0) -> torch.Tensor:
@@ -142,11 +153,15 @@ def _noise_t(x: torch.Tensor, generator: torch.Generator, sigma: float = 8.0) ->
     return (x + draw * (sigma / 255.0)).clamp(0, 1)
 
 
-def _noise_upscale_t(x: torch.Tensor, generator: torch.Generator, sigma: float = 8.0, factor: float = 0.5) -> torch.Tensor:
+def _noise_upscale_t(
+    x: torch.Tensor, generator: torch.Generator, sigma: float = 8.0, factor: float = 0.5
+) -> torch.Tensor:
     height, width = x.shape[-2:]
     small_w, small_h = _scaled((width, height), factor)
     small = F.interpolate(x, size=(small_h, small_w), mode="bicubic", antialias=True, align_corners=False)
-    return F.interpolate(_noise_t(small, generator, sigma), size=(height, width), mode="bicubic", align_corners=False).clamp(0, 1)
+    return F.interpolate(
+        _noise_t(small, generator, sigma), size=(height, width), mode="bicubic", align_corners=False
+    ).clamp(0, 1)
 
 
 # ---------------------------------------------------------------------------------------------- the VAE round trip
@@ -223,7 +238,9 @@ class Breaker:
                 raise ValueError("the 'vae' breaker needs an editor for its differentiable version")
             return lambda x, generator: vae_roundtrip_tensor(x, editor)
         if kind.differentiable is None:
-            raise ValueError(f"breaker {self.kind!r} has no differentiable version (use jpeg, resize, blur, noise, noise_upscale or vae for EOT)")
+            raise ValueError(
+                f"breaker {self.kind!r} has no differentiable version (use jpeg, resize, blur, noise, noise_upscale or vae for EOT)"
+            )
         return lambda x, generator: kind.differentiable(x, generator, **self.params)
 
 
@@ -244,7 +261,9 @@ def parse_breaker(spec: str) -> Breaker:
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, sep, value = item.partition("=")
         if not sep or key not in params:
-            raise ValueError(f"breaker {name}: {item!r} is not KEY=VALUE with KEY one of {', '.join(params) or '(none)'}")
+            raise ValueError(
+                f"breaker {name}: {item!r} is not KEY=VALUE with KEY one of {', '.join(params) or '(none)'}"
+            )
         params[key] = _value(name, key, value)
     breaker = Breaker(name, params)
     if name == "resize":
@@ -292,7 +311,15 @@ class EOT:
 
 
 # ---------------------------------------------------------------------------------------------- the run-folder stage
-def purify_run(run_dir: str | Path, breakers: list[Breaker], conditions=("protected",), seed: int = 0, editor=None, log=print, progress: bool = True) -> dict:
+def purify_run(
+    run_dir: str | Path,
+    breakers: list[Breaker],
+    conditions=("protected",),
+    seed: int = 0,
+    editor=None,
+    log=print,
+    progress: bool = True,
+) -> dict:
     """Purified copies of each condition's images: ``<run>/purified/<label>/<condition>/<stem>.png``.
 
     Existing copies are kept (a re-run resumes); unreadable images are reported and skipped; each

@@ -29,7 +29,16 @@ import numpy as np
 from PIL import Image
 
 from decontext.images import atomic_write
-from decontext.metrics.evaluate import EvalResult, conditions_of, describe_run, fmt_stat, measured, not_measured_lines, paired_lines, verdict_lines
+from decontext.metrics.evaluate import (
+    EvalResult,
+    conditions_of,
+    describe_run,
+    fmt_stat,
+    measured,
+    not_measured_lines,
+    paired_lines,
+    verdict_lines,
+)
 from decontext.metrics.run import CLEAN, ImageLoadError
 from decontext.names import shown as printable
 from decontext.plots import Chart, color_of
@@ -120,17 +129,27 @@ def _bold(escaped: str) -> str:
 def _summary_tables(summary: dict) -> str:
     conds = conditions_of(summary)
     metrics = summary["_metrics"]
-    out = ['<table><tr><th>metric</th><th>better protection</th>' + "".join(f"<th>{html.escape(c)}</th>" for c in conds) + "</tr>"]
+    out = [
+        "<table><tr><th>metric</th><th>better protection</th>"
+        + "".join(f"<th>{html.escape(c)}</th>" for c in conds)
+        + "</tr>"
+    ]
     for m, spec in metrics.items():
         if not measured(summary, conds, m):
             continue
-        cells = "".join(f"<td>{html.escape(fmt_stat(summary[c].get(m)) if m in summary[c] else '-')}</td>" for c in conds)
+        cells = "".join(
+            f"<td>{html.escape(fmt_stat(summary[c].get(m)) if m in summary[c] else '-')}</td>" for c in conds
+        )
         out.append(f"<tr><td>{html.escape(m)}</td><td>{spec['direction']}</td>{cells}</tr>")
     out.append("</table>")
     folded = not_measured_lines(summary)
     if folded:  # folded away: one line per reason, not a red row per metric
-        out.append(f'<details id="not-measured"><summary class="note">Not measured in this run ({len(folded)} reason{"s" * (len(folded) > 1)})'
-                   '</summary><ul class="note">' + "".join(f"<li>{html.escape(line)}</li>" for line in folded) + "</ul></details>")
+        out.append(
+            f'<details id="not-measured"><summary class="note">Not measured in this run ({len(folded)} reason{"s" * (len(folded) > 1)})'
+            '</summary><ul class="note">'
+            + "".join(f"<li>{html.escape(line)}</li>" for line in folded)
+            + "</ul></details>"
+        )
     if summary["_errors"]:
         out.append(f"<h3>Problems ({len(summary['_errors'])})</h3><ul>")
         out += [f"<li>{html.escape(e)}</li>" for e in summary["_errors"]]
@@ -144,7 +163,11 @@ def condition_colors(conditions: list[str]) -> dict[str, str]:
     return {c: color_of(c) for c in conditions}
 
 
-_SENSE = {"lower": "lower = better protection", "higher": "higher = better protection", "none": "no protection direction"}
+_SENSE = {
+    "lower": "lower = better protection",
+    "higher": "higher = better protection",
+    "none": "no protection direction",
+}
 # Input-scope metrics compare the protected photo with its source: their direction is about visibility.
 _INPUT_SENSE = {"lower": "lower = less visible", "higher": "higher = less visible", "none": "no direction"}
 
@@ -166,9 +189,14 @@ def metric_charts(summary: dict, width: int = 360, height: int = 240) -> list[st
         shown = {c: d for c, d in stats.items() if d.get("available", True) and d.get("mean") is not None}
         if not shown:
             continue
-        chart = Chart(f"{m} ({_sense(spec)})", list(stats),
-                      [v for d in shown.values() for v in (d["mean"], d["low"], d["high"])],
-                      width=width, height=height, margins=(52, 12, 28, 46))
+        chart = Chart(
+            f"{m} ({_sense(spec)})",
+            list(stats),
+            [v for d in shown.values() for v in (d["mean"], d["low"], d["high"])],
+            width=width,
+            height=height,
+            margins=(52, 12, 28, 46),
+        )
         for c, d in shown.items():
             chart.error_bar(c, d["low"], d["high"], colors[c])
             chart.marker(c, d["mean"], colors[c], label=f"{c}: {fmt_stat(d)}", radius=5)
@@ -178,9 +206,11 @@ def metric_charts(summary: dict, width: int = 360, height: int = 240) -> list[st
 
 def _paired_section(summary: dict) -> str:
     items = "".join(f"<li>{html.escape(line)}</li>" for line in paired_lines(summary))
-    return (f'<ul id="paired">{items}</ul><p class="note">Difference = condition minus reference on the same edits '
-            "(image, prompt, seed), averaged per identity, with a 95% interval from a bootstrap that resamples "
-            "identities. Noise control: <code>noise@b</code> for a condition purified by b, else <code>noise</code>.</p>")
+    return (
+        f'<ul id="paired">{items}</ul><p class="note">Difference = condition minus reference on the same edits '
+        "(image, prompt, seed), averaged per identity, with a 95% interval from a bootstrap that resamples "
+        "identities. Noise control: <code>noise@b</code> for a condition purified by b, else <code>noise</code>.</p>"
+    )
 
 
 def _metrics_list(summary: dict) -> str:
@@ -190,8 +220,10 @@ def _metrics_list(summary: dict) -> str:
         if not measured(summary, conds, m):
             continue
         source = f" <i>computed with: {html.escape(spec['source'])}</i>" if spec.get("source") else ""
-        items.append(f"<li><code>{html.escape(m)}</code> ({html.escape(spec['scope'])}, {_sense(spec)}): "
-                     f"{html.escape(spec['description'])}{source}</li>")
+        items.append(
+            f"<li><code>{html.escape(m)}</code> ({html.escape(spec['scope'])}, {_sense(spec)}): "
+            f"{html.escape(spec['description'])}{source}</li>"
+        )
     return '<ul class="metrics">' + "".join(items) + "</ul>"
 
 
@@ -212,30 +244,49 @@ def write_report(result: EvalResult, summary: dict, path: Path, max_edits: int =
         except ImageLoadError:
             return None
 
-    body = ["<h1>DeContext evaluation report</h1>",
-            '<div id="verdict">' + "".join(f"<p>{_bold(html.escape(line))}</p>" for line in verdict_lines(summary)) + "</div>",
-            f'<p class="note">Run: {_bold(html.escape(describe_run(summary)).replace("`", ""))}. '
-            f'<span id="img-status">images loading...</span></p>',
-            "<h2>Headline: paired differences</h2>", _paired_section(summary),
-            "<h2>Charts: mean and 95% interval per condition</h2>",
-            '<div class="charts" id="charts">' + "".join(metric_charts(summary)) + "</div>",
-            "<h2>Summary by condition</h2>", _summary_tables(summary),
-            "<h2>Metrics</h2>", _metrics_list(summary), "<h2>Per image</h2>",
-            f'<p class="note">Each row: source | protected input and its perturbation (x{AMPLIFY:g}, grey = unchanged) '
-            f"for each protected condition | edits per condition. Edit captions: prompt index, category, seed, metrics.</p>"]
+    body = [
+        "<h1>DeContext evaluation report</h1>",
+        '<div id="verdict">'
+        + "".join(f"<p>{_bold(html.escape(line))}</p>" for line in verdict_lines(summary))
+        + "</div>",
+        f'<p class="note">Run: {_bold(html.escape(describe_run(summary)).replace("`", ""))}. '
+        f'<span id="img-status">images loading...</span></p>',
+        "<h2>Headline: paired differences</h2>",
+        _paired_section(summary),
+        "<h2>Charts: mean and 95% interval per condition</h2>",
+        '<div class="charts" id="charts">' + "".join(metric_charts(summary)) + "</div>",
+        "<h2>Summary by condition</h2>",
+        _summary_tables(summary),
+        "<h2>Metrics</h2>",
+        _metrics_list(summary),
+        "<h2>Per image</h2>",
+        f'<p class="note">Each row: source | protected input and its perturbation (x{AMPLIFY:g}, grey = unchanged) '
+        f"for each protected condition | edits per condition. Edit captions: prompt index, category, seed, metrics.</p>",
+    ]
     for stem in run.stems:
         figs: list[str] = []
         src = load(run.source_path(stem))
-        figs.append(_figure(_data_uri(src, thumb, "JPEG") if src is not None else None, "<b>source</b>", "source missing"))
+        figs.append(
+            _figure(_data_uri(src, thumb, "JPEG") if src is not None else None, "<b>source</b>", "source missing")
+        )
         for cond in protected_conds:
             inp = load(run.input_path(cond, stem))
             irow = input_rows.get((cond, stem), {})
-            figs.append(_figure(_data_uri(inp, thumb, "JPEG") if inp is not None else None,
-                                f"<b>{html.escape(cond)}</b>", f"{cond} input missing"))
+            figs.append(
+                _figure(
+                    _data_uri(inp, thumb, "JPEG") if inp is not None else None,
+                    f"<b>{html.escape(cond)}</b>",
+                    f"{cond} input missing",
+                )
+            )
             pert = perturbation_image(src, inp) if src is not None and inp is not None else None
-            figs.append(_figure(_data_uri(pert, thumb, "PNG") if pert is not None else None,
-                                f"<b>{html.escape(cond)} - source, x{AMPLIFY:g}</b><br>" + _metrics_caption(irow, input_metrics),
-                                "no perturbation"))
+            figs.append(
+                _figure(
+                    _data_uri(pert, thumb, "PNG") if pert is not None else None,
+                    f"<b>{html.escape(cond)} - source, x{AMPLIFY:g}</b><br>" + _metrics_caption(irow, input_metrics),
+                    "no perturbation",
+                )
+            )
         groups = []
         for cond in run.conditions:
             rows = [r for r in rows_by_stem.get(stem, []) if r["condition"] == cond]
@@ -246,19 +297,32 @@ def write_report(result: EvalResult, summary: dict, path: Path, max_edits: int =
             for r in shown:
                 e = edits_by_key.get((cond, stem, r["prompt_index"], r["seed"]))
                 img = load(e.output) if e is not None else None
-                cap = (f"<b>{html.escape(cond)}</b> #{r['prompt_index']} {html.escape(str(r['category']))} s{r['seed']}<br>"
-                       + _metrics_caption(r, edit_metrics))
-                gfigs.append(_figure(_data_uri(img, thumb, "JPEG") if img is not None else None, cap, "unreadable edit"))
+                cap = (
+                    f"<b>{html.escape(cond)}</b> #{r['prompt_index']} {html.escape(str(r['category']))} s{r['seed']}<br>"
+                    + _metrics_caption(r, edit_metrics)
+                )
+                gfigs.append(
+                    _figure(_data_uri(img, thumb, "JPEG") if img is not None else None, cap, "unreadable edit")
+                )
             if len(rows) > len(shown):
                 gfigs.append(f'<p class="note">{len(rows) - len(shown)} more edits not shown (--report-max-edits)</p>')
             klass = "clean" if cond == CLEAN else "prot"
-            groups.append(f'<div class="group {klass}" style="border-color:{color_of(cond)}">' + "".join(gfigs) + "</div>")
-        body.append(f"<h3>{html.escape(stem)} <span class=\"note\">identity {html.escape(run.identity(stem))}</span></h3>")
+            groups.append(
+                f'<div class="group {klass}" style="border-color:{color_of(cond)}">' + "".join(gfigs) + "</div>"
+            )
+        body.append(
+            f'<h3>{html.escape(stem)} <span class="note">identity {html.escape(run.identity(stem))}</span></h3>'
+        )
         body.append('<div class="row">' + "".join(figs) + "".join(groups) + "</div>")
-    doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-           "<title>report loading</title>"
-           f"<style>{_CSS}</style></head>\n<body data-images=\"pending\">\n" + "\n".join(body)
-           + f"\n<script>{_SCRIPT}</script>\n</body></html>\n")
+    doc = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>report loading</title>"
+        f'<style>{_CSS}</style></head>\n<body data-images="pending">\n'
+        + "\n".join(body)
+        + f"\n<script>{_SCRIPT}</script>\n</body></html>\n"
+    )
     path = Path(path)
-    atomic_write(path, lambda handle: handle.write(printable(doc).encode("utf-8")))  # file names that are not UTF-8 appear as \xNN
+    atomic_write(
+        path, lambda handle: handle.write(printable(doc).encode("utf-8"))
+    )  # file names that are not UTF-8 appear as \xNN
     return path

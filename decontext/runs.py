@@ -81,7 +81,9 @@ def settings_digest(settings: dict, ignore: Sequence[str] = ()) -> tuple[str, di
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode("utf-8")).hexdigest()[:16], kept
 
 
-def resume_decision(entry: dict | None, output_exists: bool, settings: dict, input_sha: str | None, overwrite: bool, what: str) -> tuple[str, str]:
+def resume_decision(
+    entry: dict | None, output_exists: bool, settings: dict, input_sha: str | None, overwrite: bool, what: str
+) -> tuple[str, str]:
     """("skip" | "run" | "refuse", why) for one output of a re-run.
 
     Skipped only when the recorded entry is done, with the same settings, from the same input bytes
@@ -140,7 +142,9 @@ def output_lock(lock_path: Path):
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
-            raise OutputBusyError(f"{shown(lock_path.parent)} is being written by {holder}; wait for it to finish or choose another --output") from None
+            raise OutputBusyError(
+                f"{shown(lock_path.parent)} is being written by {holder}; wait for it to finish or choose another --output"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()}")
@@ -166,7 +170,10 @@ def read_record_file(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
     except (OSError, json.JSONDecodeError):
-        print(f"warning: {path} is not valid JSON; starting a new record file (the old file is kept as {path.name}.bad)", file=sys.stderr)
+        print(
+            f"warning: {path} is not valid JSON; starting a new record file (the old file is kept as {path.name}.bad)",
+            file=sys.stderr,
+        )
         os.replace(path, path.with_name(path.name + ".bad"))
         return {}
 
@@ -252,10 +259,14 @@ def plan_protected_outputs(inputs: list[Path], output_dir: Path) -> tuple[list[t
 
 
 # ---------------------------------------------------------------------------------------------- failures
-ATTACK_MEMORY_HINT = ("reduce memory with --checkpointing (gradient checkpointing), --quantize 8bit|4bit (FLUX.1-Kontext, CUDA), "
-                      "or a smaller --resolution; docs/PERFORMANCE.md lists what each needs")
-EDIT_MEMORY_HINT = ("reduce memory with --offload (diffusers CPU offload), --quantize 8bit|4bit (FLUX.1-Kontext, CUDA), "
-                    "--vae-tiling --vae-slicing, or a smaller --resolution")
+ATTACK_MEMORY_HINT = (
+    "reduce memory with --checkpointing (gradient checkpointing), --quantize 8bit|4bit (FLUX.1-Kontext, CUDA), "
+    "or a smaller --resolution; docs/PERFORMANCE.md lists what each needs"
+)
+EDIT_MEMORY_HINT = (
+    "reduce memory with --offload (diffusers CPU offload), --quantize 8bit|4bit (FLUX.1-Kontext, CUDA), "
+    "--vae-tiling --vae-slicing, or a smaller --resolution"
+)
 
 
 def free_gpu_memory() -> None:
@@ -301,7 +312,9 @@ class Group:
     name: str  # how a failure of this input is named in the report
     input: Path | None
     outputs: list[Output]
-    sha256: str | None = None  # the input's SHA-256 when it was read elsewhere (a cluster's read stage); else hashed here
+    sha256: str | None = (
+        None  # the input's SHA-256 when it was read elsewhere (a cluster's read stage); else hashed here
+    )
 
 
 @dataclass
@@ -359,10 +372,20 @@ class Job:
     redone: str | None = None  # why an existing output is made again (--overwrite, an interrupted run)
 
 
-def run_resumable(groups: Iterable[Group], records: RecordFile, work: Callable[[list[Job]], list[Made]],
-                  load: Callable[[Path], object] | None = None, batch_size: int = 1, overwrite: bool = False, log=print,
-                  memory_hint: str = "", progress=None, on_done: Callable[[Group, list[Output], list[dict]], None] | None = None,
-                  on_skip: Callable[[Hashable], None] | None = None, batch_key: Callable[[Group, object], Hashable] | None = None) -> Report:
+def run_resumable(
+    groups: Iterable[Group],
+    records: RecordFile,
+    work: Callable[[list[Job]], list[Made]],
+    load: Callable[[Path], object] | None = None,
+    batch_size: int = 1,
+    overwrite: bool = False,
+    log=print,
+    memory_hint: str = "",
+    progress=None,
+    on_done: Callable[[Group, list[Output], list[dict]], None] | None = None,
+    on_skip: Callable[[Hashable], None] | None = None,
+    batch_key: Callable[[Group, object], Hashable] | None = None,
+) -> Report:
     """Make every output of every group that a re-run does not skip.
 
     For each group: the input's SHA-256, then per output the resume decision (skip / refuse / run); the
@@ -399,7 +422,7 @@ def run_resumable(groups: Iterable[Group], records: RecordFile, work: Callable[[
                 records.put(job.output, entry)
                 entries.append(entry)
             records.save()  # pending first: a kill before the files are in place leaves records that say they are ours
-            for job, piece, entry in zip(batch, made, entries):
+            for job, piece, entry in zip(batch, made, entries, strict=False):
                 entry.update(piece.write(job.output.path) or {})
                 entry["status"] = "done"
                 records.put(job.output, entry)
@@ -416,14 +439,21 @@ def run_resumable(groups: Iterable[Group], records: RecordFile, work: Callable[[
             progress.update(len(batch))
         if on_done is not None:
             for group in {id(j.group): j.group for j in batch}.values():
-                mine = [(j.output, e) for j, e in zip(batch, entries) if j.group is group]
+                mine = [(j.output, e) for j, e in zip(batch, entries, strict=False) if j.group is group]
                 on_done(group, [o for o, _ in mine], [e for _, e in mine])
 
     for group in groups:
         input_sha = group.sha256 or (None if group.input is None else input_sha256(group.input))
         todo, refused, redone = [], [], {}
         for output in group.outputs:
-            decision, why = resume_decision(records.recorded(output), output.path.exists(), output.settings, input_sha, overwrite, shown(output.path))
+            decision, why = resume_decision(
+                records.recorded(output),
+                output.path.exists(),
+                output.settings,
+                input_sha,
+                overwrite,
+                shown(output.path),
+            )
             if decision == "skip":
                 report.skipped.append(output.key)
                 if on_skip is not None:
@@ -437,7 +467,9 @@ def run_resumable(groups: Iterable[Group], records: RecordFile, work: Callable[[
         if progress is not None:
             progress.update(len(group.outputs) - len(todo))
         if refused:
-            report.failed[group.name] = refused[0] + (f" (and {len(refused) - 1} more outputs of this input)" if len(refused) > 1 else "")
+            report.failed[group.name] = refused[0] + (
+                f" (and {len(refused) - 1} more outputs of this input)" if len(refused) > 1 else ""
+            )
             log(f"error: {shown(report.failed[group.name])}")
         if not todo:
             continue
@@ -479,8 +511,15 @@ class IndexFile(RecordFile):
     the fields named in ``key_fields``. A record names its settings by digest; resume compares the
     settings it stands for plus the record's prompt text (``compared_fields``)."""
 
-    def __init__(self, path: Path, settings: dict, entries_key: str, key_fields: Sequence[str], ignore: Sequence[str] = (),
-                 compared_fields: Sequence[str] = ("prompt",)):
+    def __init__(
+        self,
+        path: Path,
+        settings: dict,
+        entries_key: str,
+        key_fields: Sequence[str],
+        ignore: Sequence[str] = (),
+        compared_fields: Sequence[str] = ("prompt",),
+    ):
         super().__init__(path)
         self.data["settings"] = settings
         self.digest, self.current = settings_digest(settings, ignore)
@@ -567,7 +606,9 @@ class JournalFile(ManifestFile):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = "" if header == self._header else json.dumps({"header": self.data}, default=str) + "\n"
         self._header = header
-        lines += "".join(json.dumps({"key": key, "record": record}, default=str) + "\n" for key, record in self._changed.items())
+        lines += "".join(
+            json.dumps({"key": key, "record": record}, default=str) + "\n" for key, record in self._changed.items()
+        )
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(lines)
             handle.flush()
@@ -575,8 +616,12 @@ class JournalFile(ManifestFile):
         self._changed = {}
 
 
-def merge_journals(output_dir: str | os.PathLike, journal_dir: str | os.PathLike, header: dict | None = None,
-                   manifest_name: str = "manifest.json") -> Path:
+def merge_journals(
+    output_dir: str | os.PathLike,
+    journal_dir: str | os.PathLike,
+    header: dict | None = None,
+    manifest_name: str = "manifest.json",
+) -> Path:
     """Fold every journal of ``journal_dir`` into ``output_dir/manifest.json`` (line order: a later record of
     an image replaces an earlier one; a line cut short by a kill is ignored), then remove the journals."""
     from .images import write_json_atomic

@@ -37,8 +37,15 @@ from .names import csv_cell
 from .plots import Chart
 
 AXES = {  # axis -> attack flag
-    "eps": "--eps", "alpha": "--alpha", "steps": "--steps", "blocks": "--blocks", "t_range": "--t-range", "method": "--method",
-    "momentum": "--momentum", "schedule": "--schedule", "update": "--update",
+    "eps": "--eps",
+    "alpha": "--alpha",
+    "steps": "--steps",
+    "blocks": "--blocks",
+    "t_range": "--t-range",
+    "method": "--method",
+    "momentum": "--momentum",
+    "schedule": "--schedule",
+    "update": "--update",
 }
 
 
@@ -50,7 +57,7 @@ def load_grid(path: str | Path) -> dict[str, list]:
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: not a readable JSON grid ({exc})") from None
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ValueError(f"{path}: a grid is a JSON object of non-empty lists, e.g. {{\"eps\": [8, 16]}}")
+        raise ValueError(f'{path}: a grid is a JSON object of non-empty lists, e.g. {{"eps": [8, 16]}}')
     unknown = set(grid) - set(AXES)
     if unknown:
         raise ValueError(f"{path}: unknown axes {sorted(unknown)} (axes: {', '.join(AXES)})")
@@ -60,7 +67,7 @@ def load_grid(path: str | Path) -> dict[str, list]:
 def points(grid: dict[str, list]) -> list[dict]:
     """The cartesian product, in a stable order."""
     axes = list(grid)
-    return [dict(zip(axes, values)) for values in itertools.product(*(grid[a] for a in axes))]
+    return [dict(zip(axes, values, strict=False)) for values in itertools.product(*(grid[a] for a in axes))]
 
 
 def point_name(point: dict) -> str:
@@ -125,13 +132,26 @@ class Sweep:
 
     def command(self, name: str) -> list[str]:
         """``python -m decontext <name>`` (for attack and edit: with this sweep's family)."""
-        return [self.python, "-m", "decontext", name, *(["--family", self.family] if name in ("attack", "edit") else [])]
+        return [
+            self.python,
+            "-m",
+            "decontext",
+            name,
+            *(["--family", self.family] if name in ("attack", "edit") else []),
+        ]
 
     def common(self, device: str) -> list[str]:
         """Flags of both the attack and the editing command: the model, its loading options (--editor-args,
         e.g. Step1X-Edit's --prefix-file, which a real checkpoint needs at attack AND at edit time), the device."""
-        return ["--model", self.args.model, *shlex.split(self.args.editor_args or ""),
-                "--device", "cpu" if device == "cpu" else "cuda:0", "--dtype", self.args.dtype]
+        return [
+            "--model",
+            self.args.model,
+            *shlex.split(self.args.editor_args or ""),
+            "--device",
+            "cpu" if device == "cpu" else "cuda:0",
+            "--dtype",
+            self.args.dtype,
+        ]
 
     def edit_flags(self) -> list[str]:
         flags = ["--seeds", *map(str, self.args.seeds), "--batch-size", str(self.args.batch_size), "--no-progress"]
@@ -145,10 +165,35 @@ class Sweep:
 
     def shared(self, device: str) -> None:
         shared = self.root / "_shared"
-        _run([*self.command("runs"), "init", "--input", str(self.args.input), "--run", str(shared), "--model", self.args.model, "--editor", self.family],
-             device, shared / "log.txt")
-        _run([*self.command("edit"), *self.common(device), *self.edit_flags(), "--images", str(shared / "source"), "--output", str(shared / "edits" / "clean")],
-             device, shared / "log.txt")
+        _run(
+            [
+                *self.command("runs"),
+                "init",
+                "--input",
+                str(self.args.input),
+                "--run",
+                str(shared),
+                "--model",
+                self.args.model,
+                "--editor",
+                self.family,
+            ],
+            device,
+            shared / "log.txt",
+        )
+        _run(
+            [
+                *self.command("edit"),
+                *self.common(device),
+                *self.edit_flags(),
+                "--images",
+                str(shared / "source"),
+                "--output",
+                str(shared / "edits" / "clean"),
+            ],
+            device,
+            shared / "log.txt",
+        )
 
     def run_point(self, point: dict, device: str) -> dict:
         folder = self.root / point_name(point)
@@ -159,29 +204,68 @@ class Sweep:
         shared = self.root / "_shared"
         _link(shared / "source", folder / "source")
         _link(shared / "edits" / "clean", folder / "edits" / "clean")
-        (folder / "run.json").write_text(json.dumps({"model": self.args.model, "editor": self.family, "sweep": self.args.name, "point": point}, indent=2))
+        (folder / "run.json").write_text(
+            json.dumps(
+                {"model": self.args.model, "editor": self.family, "sweep": self.args.name, "point": point}, indent=2
+            )
+        )
         log = folder / "log.txt"
-        attack = [*self.command("attack"), *self.common(device), "--input", str(folder / "source"), "--output", str(folder / "protected"),
-                  "--seed", str(self.args.seed), "--no-progress", *self.args.attack_args, *attack_flags(point)]
+        attack = [
+            *self.command("attack"),
+            *self.common(device),
+            "--input",
+            str(folder / "source"),
+            "--output",
+            str(folder / "protected"),
+            "--seed",
+            str(self.args.seed),
+            "--no-progress",
+            *self.args.attack_args,
+            *attack_flags(point),
+        ]
         if self.args.attack_resolution:  # else the model's own working size
             attack += ["--resolution", str(self.args.attack_resolution)]
         if self.args.prompts:
             attack += ["--prompts", self.args.prompts]
         _run(attack, device, log)
-        _run([*self.command("edit"), *self.common(device), *self.edit_flags(), "--images", str(folder / "protected"), "--output", str(folder / "edits" / "protected")], device, log)
+        _run(
+            [
+                *self.command("edit"),
+                *self.common(device),
+                *self.edit_flags(),
+                "--images",
+                str(folder / "protected"),
+                "--output",
+                str(folder / "edits" / "protected"),
+            ],
+            device,
+            log,
+        )
         metrics = [*self.command("eval"), "--run", str(folder), "--no-progress"]
         if self.args.metrics:
             metrics += ["--metrics", self.args.metrics]
         _run(metrics, device, log)
-        marker.write_text(json.dumps({"point": point, "done": True, "seconds": round(time.time() - began, 1), "device": device}, indent=2))
+        marker.write_text(
+            json.dumps(
+                {"point": point, "done": True, "seconds": round(time.time() - began, 1), "device": device}, indent=2
+            )
+        )
         return {"point": point, "status": "done"}
 
     def run(self, log=print) -> list[dict]:
         self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "sweep.json").write_text(json.dumps({"grid": self.grid, "settings": {k: v for k, v in vars(self.args).items() if k != "grid"}}, indent=2, default=str))
+        (self.root / "sweep.json").write_text(
+            json.dumps(
+                {"grid": self.grid, "settings": {k: v for k, v in vars(self.args).items() if k != "grid"}},
+                indent=2,
+                default=str,
+            )
+        )
         gpus = devices(self.args.devices)
         todo = points(self.grid)
-        log(f"sweep {self.args.name}: {len(todo)} points on {', '.join('cpu' if d == 'cpu' else f'GPU {d}' for d in gpus)}")
+        log(
+            f"sweep {self.args.name}: {len(todo)} points on {', '.join('cpu' if d == 'cpu' else f'GPU {d}' for d in gpus)}"
+        )
         self.shared(gpus[0])
         jobs: queue.Queue = queue.Queue()
         for p in todo:
@@ -200,7 +284,9 @@ class Sweep:
                     outcome = {"point": point, "status": "failed", "error": str(exc)}
                 with lock:
                     results.append(outcome)
-                    log(f"  [{len(results)}/{len(todo)}] {point_name(point)}: {outcome['status']}{' - ' + outcome['error'] if 'error' in outcome else ''}")
+                    log(
+                        f"  [{len(results)}/{len(todo)}] {point_name(point)}: {outcome['status']}{' - ' + outcome['error'] if 'error' in outcome else ''}"
+                    )
 
         threads = [threading.Thread(target=worker, args=(d,)) for d in gpus]
         for t in threads:
@@ -234,10 +320,14 @@ def headline_of(rows: list[dict], preferred: str | None = None) -> str | None:
     return None
 
 
-def write_table(root: Path, todo: list[dict], condition: str = "protected", preferred: str | None = None) -> dict[str, Path]:
+def write_table(
+    root: Path, todo: list[dict], condition: str = "protected", preferred: str | None = None
+) -> dict[str, Path]:
     rows = collect(root, todo, condition)
     axes = list(todo[0]) if todo else []
-    metrics = sorted({k for r in rows for k in r if k not in axes and k != "point" and not k.endswith(("_low", "_high"))})
+    metrics = sorted(
+        {k for r in rows for k in r if k not in axes and k != "point" and not k.endswith(("_low", "_high"))}
+    )
     fields = ["point", *axes, *[m for metric in metrics for m in (metric, f"{metric}_low", f"{metric}_high")]]
     with open(root / "table.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
@@ -245,9 +335,21 @@ def write_table(root: Path, todo: list[dict], condition: str = "protected", pref
         writer.writerows([{k: csv_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows])
     headline = headline_of(rows, preferred)
     shown = ([headline] if headline else []) + [m for m in metrics if m != headline][:5]
-    fmt = lambda r, m: "" if r.get(m) is None else (f"{r[m]:.4g} [{r[f'{m}_low']:.4g}, {r[f'{m}_high']:.4g}]" if r.get(f"{m}_low") is not None else f"{r[m]:.4g}")
-    lines = [f"# Sweep {root.name}: condition '{condition}', headline {headline or '-'} (mean [95% CI])", "",
-             "| " + " | ".join([*axes, *shown]) + " |", "|" + "---|" * (len(axes) + len(shown))]
+    fmt = lambda r, m: (
+        ""
+        if r.get(m) is None
+        else (
+            f"{r[m]:.4g} [{r[f'{m}_low']:.4g}, {r[f'{m}_high']:.4g}]"
+            if r.get(f"{m}_low") is not None
+            else f"{r[m]:.4g}"
+        )
+    )
+    lines = [
+        f"# Sweep {root.name}: condition '{condition}', headline {headline or '-'} (mean [95% CI])",
+        "",
+        "| " + " | ".join([*axes, *shown]) + " |",
+        "|" + "---|" * (len(axes) + len(shown)),
+    ]
     lines += ["| " + " | ".join([*(str(r[a]) for a in axes), *(fmt(r, m) for m in shown)]) + " |" for r in rows]
     (root / "table.md").write_text("\n".join(lines) + "\n")
     written = {"csv": root / "table.csv", "md": root / "table.md"}
@@ -262,14 +364,25 @@ def write_table(root: Path, todo: list[dict], condition: str = "protected", pref
 def svg_plot(rows: list[dict], axis: str, metric: str, width: int = 480, height: int = 300) -> str:
     """Every point's ``metric`` (with its interval) against ``axis``, and the mean per axis value (a line);
     categorical axes are spaced evenly, numeric ones to scale."""
-    data = [(r[axis], r[metric], r.get(f"{metric}_low"), r.get(f"{metric}_high")) for r in rows if r.get(metric) is not None]
-    chart = Chart(f"{metric} vs {axis}", [r[axis] for r in rows], [v for _, y, lo, hi in data for v in (y, lo, hi)],
-                  x_label=axis, width=width, height=height)
+    data = [
+        (r[axis], r[metric], r.get(f"{metric}_low"), r.get(f"{metric}_high")) for r in rows if r.get(metric) is not None
+    ]
+    chart = Chart(
+        f"{metric} vs {axis}",
+        [r[axis] for r in rows],
+        [v for _, y, lo, hi in data for v in (y, lo, hi)],
+        x_label=axis,
+        width=width,
+        height=height,
+    )
     for x, y, lo, hi in data:
         chart.error_bar(x, lo, hi, "#99b")
         chart.marker(x, y, "#336", label=f"{axis}={x}: {y:.4g}", radius=3)
-    means = [(v, sum(y for x, y, _, _ in data if x == v) / sum(1 for x, *_ in data if x == v))
-             for v in chart.x_values if any(x == v for x, *_ in data)]
+    means = [
+        (v, sum(y for x, y, _, _ in data if x == v) / sum(1 for x, *_ in data if x == v))
+        for v in chart.x_values
+        if any(x == v for x, *_ in data)
+    ]
     if len(means) > 1:
         chart.line(means, "#c33")
     return chart.svg()

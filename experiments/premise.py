@@ -119,7 +119,9 @@ class CutState(AttentionHook):
     def shares(self) -> dict:
         """``{step: {block: mean share}}`` of what was recorded."""
         table: dict = {}
-        for (step, block), (total, count) in sorted(self.share_sums.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0, kv[0][1])):
+        for (step, block), (total, count) in sorted(
+            self.share_sums.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0, kv[0][1])
+        ):
             table.setdefault(step, {})[block] = total / count
         return table
 
@@ -149,7 +151,9 @@ def cut_share(share: torch.Tensor, factor: float) -> torch.Tensor:
     the context weights C become factor*C, so m' = factor*m / (factor*m + 1 - m)."""
     scaled = share * factor
     denominator = scaled + (1 - share)
-    return torch.where(denominator > 0, scaled / denominator.clamp_min(torch.finfo(share.dtype).tiny), torch.zeros_like(share))
+    return torch.where(
+        denominator > 0, scaled / denominator.clamp_min(torch.finfo(share.dtype).tiny), torch.zeros_like(share)
+    )
 
 
 def cut_attention(query, key, value, layout: Layout, factor: float, attend=None) -> torch.Tensor:
@@ -189,7 +193,9 @@ def layout_of_call(hidden_states: torch.Tensor, encoder_hidden_states: torch.Ten
     return Layout(text=encoder_hidden_states.shape[1], target=target, context=context)
 
 
-def step_of(timestep: torch.Tensor, schedule: torch.Tensor | None, after: int | None = None, scale: float = TIMESTEP_SCALE) -> int | None:
+def step_of(
+    timestep: torch.Tensor, schedule: torch.Tensor | None, after: int | None = None, scale: float = TIMESTEP_SCALE
+) -> int | None:
     """Index of the denoiser's ``timestep`` in the scheduler's ``schedule`` (None if not in it).
 
     The Kontext pipeline passes ``t.to(latents dtype) / 1000`` (``scale``; an InstructPix2Pix
@@ -231,7 +237,11 @@ def _cut_source_channels(state: CutState, scheduler, latent_channels: int):
         sample = args[0] if args else kwargs["sample"]
         timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
         timestep = None if timestep is None else torch.as_tensor(timestep)
-        state.step = None if timestep is None else step_of(timestep, getattr(scheduler, "timesteps", None), state.step, scale=1.0)
+        state.step = (
+            None
+            if timestep is None
+            else step_of(timestep, getattr(scheduler, "timesteps", None), state.step, scale=1.0)
+        )
         if state.step is not None:
             state.sigmas.setdefault(state.step, float(timestep.reshape(-1)[0]) / (len(scheduler.alphas_cumprod) - 1))
         factor = state.factor_for(SOURCE_INPUT)
@@ -258,7 +268,9 @@ def cutting(pipe, state: CutState | None = None):
     """
     if getattr(pipe, "transformer", None) is None and getattr(pipe, "unet", None) is not None:
         state = state or CutState()
-        handle = pipe.unet.register_forward_pre_hook(_cut_source_channels(state, pipe.scheduler, pipe.vae.config.latent_channels), with_kwargs=True)
+        handle = pipe.unet.register_forward_pre_hook(
+            _cut_source_channels(state, pipe.scheduler, pipe.vae.config.latent_channels), with_kwargs=True
+        )
         try:
             yield state
         finally:
@@ -292,7 +304,11 @@ def resolve_steps(spec: str, n_steps: int) -> tuple[int, ...] | None:
     match = _FIRST_LAST.match(spec)
     if match:
         side, numerator, denominator = match.groups()
-        count = int(numerator) if denominator is None else max(1, int(math.floor(n_steps * int(numerator) / int(denominator) + 0.5)))
+        count = (
+            int(numerator)
+            if denominator is None
+            else max(1, int(math.floor(n_steps * int(numerator) / int(denominator) + 0.5)))
+        )
         if not 1 <= count <= n_steps:
             raise ValueError(f"step specification {spec!r} asks for {count} of {n_steps} steps")
         return tuple(range(count)) if side == "first" else tuple(range(n_steps - count, n_steps))
@@ -300,7 +316,9 @@ def resolve_steps(spec: str, n_steps: int) -> tuple[int, ...] | None:
     for item in spec.split(","):
         start, dash, end = item.strip().partition("-")
         if not start.isdigit() or (dash and not end.isdigit()):
-            raise ValueError(f"bad step specification {spec!r} (examples: 'all', 'first:3', 'last:1/4', '0-2,5', 'each')")
+            raise ValueError(
+                f"bad step specification {spec!r} (examples: 'all', 'first:3', 'last:1/4', '0-2,5', 'each')"
+            )
         lo, hi = int(start), int(end) if dash else int(start)
         if hi < lo or hi >= n_steps:
             raise ValueError(f"step range {item!r} is outside the sampler's steps 0-{n_steps - 1}")
@@ -327,7 +345,9 @@ class CutSpec:
         for part in filter(None, (p.strip() for p in text.split(";"))):
             name, eq, value = part.partition("=")
             if not eq or name.strip() not in fields:
-                raise ValueError(f"bad cut specification {text!r} (example: 'steps=first:3;blocks=single:0-25/38;factor=0.5')")
+                raise ValueError(
+                    f"bad cut specification {text!r} (example: 'steps=first:3;blocks=single:0-25/38;factor=0.5')"
+                )
             fields[name.strip()] = value.strip()
         return cls(key=text, label=text, steps=fields["steps"], blocks=fields["blocks"], factor=float(fields["factor"]))
 
@@ -336,8 +356,15 @@ class CutSpec:
             return [Row(self.key, self.label, self.key, self.label, None)]
         blocks = None if self.blocks == "all" else tuple(resolve_blocks(self.blocks, model_depths))
         if self.steps == EACH:
-            return [Row(f"{self.key}:{s}", f"{self.label}: step {s}", self.key, self.label, Cut((s,), blocks, self.factor)) for s in range(n_steps)]
-        return [Row(self.key, self.label, self.key, self.label, Cut(resolve_steps(self.steps, n_steps), blocks, self.factor))]
+            return [
+                Row(f"{self.key}:{s}", f"{self.label}: step {s}", self.key, self.label, Cut((s,), blocks, self.factor))
+                for s in range(n_steps)
+            ]
+        return [
+            Row(
+                self.key, self.label, self.key, self.label, Cut(resolve_steps(self.steps, n_steps), blocks, self.factor)
+            )
+        ]
 
 
 @dataclass(frozen=True)
@@ -363,7 +390,9 @@ NAMED_CUTS = {
         CutSpec("last_quarter", "last quarter of the steps", steps="last:1/4"),
         CutSpec("each_step", "each single step alone", steps=EACH),
         CutSpec("paper_blocks", "all steps, the paper's blocks", blocks=PAPER_BLOCKS),
-        CutSpec("first_quarter_paper_blocks", "first quarter AND the paper's blocks", steps="first:1/4", blocks=PAPER_BLOCKS),
+        CutSpec(
+            "first_quarter_paper_blocks", "first quarter AND the paper's blocks", steps="first:1/4", blocks=PAPER_BLOCKS
+        ),
         CutSpec("halved", "halved, all steps, all blocks", factor=HALVE),
     )
 }
@@ -376,7 +405,12 @@ CUT_SETS = {
 # Issue 11's bar for an editor that shares the premise: cutting the first quarter of the steps removes
 # at least half of the identity transfer (uncut identity minus chance), cutting the last half removes
 # less than a quarter, and the uncut editor stays good.
-GOAL = {"first_quarter_removes_at_least": 0.5, "last_half_removes_below": 0.25, "clean_identity_at_least": 0.9, "edit_success_at_least": 0.9}
+GOAL = {
+    "first_quarter_removes_at_least": 0.5,
+    "last_half_removes_below": 0.25,
+    "clean_identity_at_least": 0.9,
+    "edit_success_at_least": 0.9,
+}
 
 
 def parse_cuts(tokens: Sequence[str]) -> list[CutSpec]:
@@ -390,7 +424,9 @@ def parse_cuts(tokens: Sequence[str]) -> list[CutSpec]:
             elif "=" in item:
                 specs.setdefault(item, CutSpec.parse(item))
             else:
-                raise ValueError(f"unknown cut {item!r}: sets {sorted(CUT_SETS)}, cuts {sorted(NAMED_CUTS)}, or e.g. 'steps=first:3;factor=0.5'")
+                raise ValueError(
+                    f"unknown cut {item!r}: sets {sorted(CUT_SETS)}, cuts {sorted(NAMED_CUTS)}, or e.g. 'steps=first:3;factor=0.5'"
+                )
     return list(specs.values())
 
 
@@ -435,8 +471,16 @@ def _edit(pipe, images: list, prompts: list[str], settings: dict, seed: int) -> 
     from decontext.toy.evaluate import run_edits
     from decontext.toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
-    return run_edits(pipe, list(images), list(prompts), settings.get("num_inference_steps", DEFAULT_STEPS),
-                     settings.get("guidance_scale", DEFAULT_GUIDANCE), seed, batch=max(1, len(images)), settings=settings)
+    return run_edits(
+        pipe,
+        list(images),
+        list(prompts),
+        settings.get("num_inference_steps", DEFAULT_STEPS),
+        settings.get("guidance_scale", DEFAULT_GUIDANCE),
+        seed,
+        batch=max(1, len(images)),
+        settings=settings,
+    )
 
 
 def _interval(values, seed: int) -> dict:
@@ -529,7 +573,13 @@ def run_premise(
                 bar.update(len(outputs[-1]))
             reads = reader.read(np.concatenate(outputs))
             scores = [
-                score_reads({k: v[j] for k, v in source_reads.items()}, {k: v[j] for k, v in reads.items()}, e, reader.attributes) for j, e in enumerate(edits)
+                score_reads(
+                    {k: v[j] for k, v in source_reads.items()},
+                    {k: v[j] for k, v in reads.items()},
+                    e,
+                    reader.attributes,
+                )
+                for j, e in enumerate(edits)
             ]
             identity = np.array([s["toy_identity"] for s in scores])
             success = np.array([s["edit_success"] for s in scores], dtype=np.float64)
@@ -543,20 +593,36 @@ def run_premise(
                 "factor": None if row.cut is None else row.cut.factor,
                 "per_identity_identity": [float(identity[owner == k].mean()) for k in range(n)],
                 "per_identity_success": [float(success[owner == k].mean()) for k in range(n)],
-                "per_edit": {e: {"toy_identity": float(identity[edits == e].mean()), "edit_success": float(success[edits == e].mean())} for e in world.EDITS},
+                "per_edit": {
+                    e: {
+                        "toy_identity": float(identity[edits == e].mean()),
+                        "edit_success": float(success[edits == e].mean()),
+                    }
+                    for e in world.EDITS
+                },
                 "seconds": round(time.time() - t_row, 1),
             }
             record["toy_identity"] = _interval(record["per_identity_identity"], seed)
             record["edit_success"] = _interval(record["per_identity_success"], seed)
             if row.cut is None:
                 # chance: the same outputs scored against every other held-out person's source
-                chance = np.array([
-                    np.mean([
-                        score_reads({k: v[p] for k, v in person_reads.items()}, {k: v[j] for k, v in reads.items()}, e, reader.attributes)["toy_identity"]
-                        for p in range(n) if p != owner[j]
-                    ])
-                    for j, e in enumerate(edits)
-                ])
+                chance = np.array(
+                    [
+                        np.mean(
+                            [
+                                score_reads(
+                                    {k: v[p] for k, v in person_reads.items()},
+                                    {k: v[j] for k, v in reads.items()},
+                                    e,
+                                    reader.attributes,
+                                )["toy_identity"]
+                                for p in range(n)
+                                if p != owner[j]
+                            ]
+                        )
+                        for j, e in enumerate(edits)
+                    ]
+                )
                 record["chance_identity"] = _interval([float(chance[owner == k].mean()) for k in range(n)], seed)
             if state.measure:
                 record["share_per_step"] = {str(k): v for k, v in state.step_shares().items()}
@@ -596,7 +662,11 @@ def goal_check(result: dict) -> dict | None:
         return None
     clean, chance = reference["toy_identity"]["mean"], reference["chance_identity"]["mean"]
     transfer = clean - chance
-    removed = {r["key"]: (clean - r["toy_identity"]["mean"]) / transfer for r in result["rows"] if r["factor"] is not None and transfer > 0}
+    removed = {
+        r["key"]: (clean - r["toy_identity"]["mean"]) / transfer
+        for r in result["rows"]
+        if r["factor"] is not None and transfer > 0
+    }
     out = {"clean_identity": clean, "chance_identity": chance, "transfer": transfer, "removed": removed, "target": GOAL}
     if "first_quarter" in rows and "last_half" in rows and transfer > 0:
         checks = {
@@ -639,10 +709,22 @@ def markdown(result: dict) -> str:
         groups.setdefault(row["group"], []).append(row)
     for members in groups.values():
         first = members[0]
-        steps = "-" if first["factor"] is None else describe_steps(None if first["steps"] is None else tuple(first["steps"]), n_steps)
-        blocks = "-" if first["factor"] is None else describe_blocks(None if first["blocks"] is None else tuple(first["blocks"]))
+        steps = (
+            "-"
+            if first["factor"] is None
+            else describe_steps(None if first["steps"] is None else tuple(first["steps"]), n_steps)
+        )
+        blocks = (
+            "-"
+            if first["factor"] is None
+            else describe_blocks(None if first["blocks"] is None else tuple(first["blocks"]))
+        )
         if len(members) == 1:
-            cells = [_fmt(first["toy_identity"]), _fmt(first["edit_success"]), _fmt(first["identity_vs_none"], signed=True)]
+            cells = [
+                _fmt(first["toy_identity"]),
+                _fmt(first["edit_success"]),
+                _fmt(first["identity_vs_none"], signed=True),
+            ]
             label = first["label"]
         else:
             label = f"{first['group_label']} (min-max over {len(members)})"
@@ -670,7 +752,9 @@ def _goal_lines(goal: dict | None) -> list[str]:
     ]
     if "met" in goal:
         t = goal["target"]
-        verdict = "MET" if goal["met"] else "NOT MET (" + ", ".join(k for k, ok in goal["checks"].items() if not ok) + ")"
+        verdict = (
+            "MET" if goal["met"] else "NOT MET (" + ", ".join(k for k, ok in goal["checks"].items() if not ok) + ")"
+        )
         lines.append(
             f"Premise goal (first quarter removes >= {t['first_quarter_removes_at_least']:.0%}, last half < {t['last_half_removes_below']:.0%}, "
             f"clean identity >= {t['clean_identity_at_least']}, edit success >= {t['edit_success_at_least']}): **{verdict}**."
@@ -687,11 +771,23 @@ def _per_step_lines(result: dict, groups: dict) -> list[str]:
     n_steps = result["steps"]
     reference = next(r for r in result["rows"] if r["factor"] is None)
     header = "| step | " + " | ".join(str(s) for s in range(n_steps)) + " |"
-    lines = ["", "Per sampling step (sigma = the timestep the transformer receives; on a UNet, its DDPM timestep / 999):", "", header, "|---" * (n_steps + 1) + "|"]
+    lines = [
+        "",
+        "Per sampling step (sigma = the timestep the transformer receives; on a UNet, its DDPM timestep / 999):",
+        "",
+        header,
+        "|---" * (n_steps + 1) + "|",
+    ]
     sigmas = result.get("sigmas", {})
-    lines.append("| sigma | " + " | ".join(f"{sigmas[str(s)]:.3f}" if str(s) in sigmas else "-" for s in range(n_steps)) + " |")
+    lines.append(
+        "| sigma | " + " | ".join(f"{sigmas[str(s)]:.3f}" if str(s) in sigmas else "-" for s in range(n_steps)) + " |"
+    )
     share = reference.get("share_per_step", {})
-    lines.append("| share of target attention on context, no cut | " + " | ".join(f"{share[str(s)]:.3f}" if str(s) in share else "-" for s in range(n_steps)) + " |")
+    lines.append(
+        "| share of target attention on context, no cut | "
+        + " | ".join(f"{share[str(s)]:.3f}" if str(s) in share else "-" for s in range(n_steps))
+        + " |"
+    )
     for members in groups.values():
         if len(members) < 2:
             continue
@@ -699,7 +795,9 @@ def _per_step_lines(result: dict, groups: dict) -> list[str]:
         name = members[0]["group_label"]
         for measure in ("toy_identity", "edit_success"):
             lines.append(
-                f"| {measure}, {name} | " + " | ".join(f"{by_step[s][measure]['mean']:.3f}" if s in by_step else "-" for s in range(n_steps)) + " |"
+                f"| {measure}, {name} | "
+                + " | ".join(f"{by_step[s][measure]['mean']:.3f}" if s in by_step else "-" for s in range(n_steps))
+                + " |"
             )
     return lines
 

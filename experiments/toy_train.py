@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from decontext.editors.flux_kontext import pack_latents, vae_latents
+from decontext.editors.models import component_dir
 from decontext.toy import world
-from decontext.toy.worlds import DEFAULT_WORLD, WORLDS, get_world, reader_heads
+from decontext.toy.evaluate import psnr
 from decontext.toy.model import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
@@ -47,10 +48,9 @@ from decontext.toy.model import (
     toy_config,
     transformer_velocity,
 )
-from decontext.toy.evaluate import psnr
-from decontext.editors.models import component_dir
 from decontext.toy.names import repo_path, toy_editor_dir
 from decontext.toy.reader import ReaderNet, ToyReader, score_reads
+from decontext.toy.worlds import DEFAULT_WORLD, WORLDS, get_world, reader_heads
 
 _T0 = time.time()
 
@@ -104,7 +104,9 @@ class EMATrainer:
         value = loss.item()
         self.running = value if self.running is None else 0.98 * self.running + 0.02 * value
         if step % 50 == 0 or step == self.steps - 1:
-            log(f"{self.label} step {step}/{self.steps} loss {value:.4f} (avg {self.running:.4f}) lr {self.opt.param_groups[0]['lr']:.2e}")
+            log(
+                f"{self.label} step {step}/{self.steps} loss {value:.4f} (avg {self.running:.4f}) lr {self.opt.param_groups[0]['lr']:.2e}"
+            )
 
     def finish(self) -> dict:
         self.model.load_state_dict(self.ema)
@@ -127,7 +129,17 @@ def decode_uint8(vae, z):
 
 
 # ----------------------------------------------------------------------------------------------- VAE
-def train_vae(vae, steps: int, batch: int, n_images: int, seed: int, lr: float = 2e-3, n_check: int = 300, center: bool = True, w=world) -> dict:
+def train_vae(
+    vae,
+    steps: int,
+    batch: int,
+    n_images: int,
+    seed: int,
+    lr: float = 2e-3,
+    n_check: int = 300,
+    center: bool = True,
+    w=world,
+) -> dict:
     """Reconstruction training; then the latent normalisation: ``center`` (FLUX) sets shift = mean and
     scale = 1 / std, otherwise (Stable Diffusion) scale = 1 / std and no shift."""
     torch.manual_seed(seed)
@@ -160,15 +172,26 @@ def train_vae(vae, steps: int, batch: int, n_images: int, seed: int, lr: float =
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         if step % 100 == 0 or step == steps - 1:
-            log(f"vae step {step}/{steps} loss {loss.item():.4f} l1 {l1.item():.4f} l2 {l2.item():.5f} kl {kl.item():.2f}")
+            log(
+                f"vae step {step}/{steps} loss {loss.item():.4f} l1 {l1.item():.4f} l2 {l2.item():.5f} kl {kl.item():.2f}"
+            )
     vae.eval()
     # latent normalisation (Kontext applies (z - shift) * scale before the transformer; SD only scales)
     with torch.no_grad():
-        z = torch.cat([vae.encode(to_model_space(images[i : i + 256])).latent_dist.mode() for i in range(0, min(n_images, 1024), 256)])
+        z = torch.cat(
+            [
+                vae.encode(to_model_space(images[i : i + 256])).latent_dist.mode()
+                for i in range(0, min(n_images, 1024), 256)
+            ]
+        )
     shift, scale = (float(z.mean()) if center else 0.0), float(1.0 / z.std())
     vae.register_to_config(shift_factor=round(shift, 5) if center else None, scaling_factor=round(scale, 5))
     held = render_all(make_scenes(w.eval_identities(), n_check, seed=seed + 13, extras=0.35, w=w), w)
-    stats = {"psnr_heldout": psnr(reconstruct(vae, held), held), "shift_factor": vae.config.shift_factor, "scaling_factor": vae.config.scaling_factor}
+    stats = {
+        "psnr_heldout": psnr(reconstruct(vae, held), held),
+        "shift_factor": vae.config.shift_factor,
+        "scaling_factor": vae.config.scaling_factor,
+    }
     log(f"vae done: held-out PSNR {stats['psnr_heldout']:.2f} dB, shift {shift:.4f}, scale {scale:.4f}")
     return stats
 
@@ -179,7 +202,9 @@ def _label_array(scenes, w=world) -> dict[str, np.ndarray]:
     return {k: np.array([l[k] for l in labs]) for k in reader_heads(w)}
 
 
-def train_reader(vae, steps: int, batch: int, n_images: int, n_recon: int, seed: int, lr: float = 1e-3, n_check: int = 600, w=world) -> tuple[ToyReader, dict]:
+def train_reader(
+    vae, steps: int, batch: int, n_images: int, n_recon: int, seed: int, lr: float = 1e-3, n_check: int = 600, w=world
+) -> tuple[ToyReader, dict]:
     torch.manual_seed(seed + 20)
     all_ids = w.Identity.everyone()
     scenes = make_scenes(all_ids, n_images, seed=seed + 21, extras=0.5, w=w)
@@ -233,7 +258,11 @@ def reuse_vae_and_reader(editor_dir: Path, vae, work: Path, info: dict) -> None:
     reader_dir = repo_path(settings.get("reader"), READER_DIR)
     ToyReader.load(reader_dir).save(work / "reader", {"from": str(reader_dir)})
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(work / "vae.safetensors"))
-    info["vae"] = {"shift_factor": trained.config.shift_factor, "scaling_factor": trained.config.scaling_factor, **settings.get("training", {}).get("vae", {})}
+    info["vae"] = {
+        "shift_factor": trained.config.shift_factor,
+        "scaling_factor": trained.config.scaling_factor,
+        **settings.get("training", {}).get("vae", {}),
+    }
     info["reader_from"] = str(reader_dir)
     log(f"vae and reader reused from {editor_dir} and {reader_dir}")
 
@@ -296,13 +325,27 @@ RECIPES = {
     # toy-v2 with a 2x VAE: a 64 px face spans 256 tokens instead of 64, as a higher resolution would give
     # (issue 11's candidate c6); batch 12 keeps the training in the 60-minute budget (4x tokens per sample);
     # the shipped reader is kept as the measuring instrument (the world did not change)
-    "toy-v2-fine": {"timesteps": "logit_normal", "base_steps": 1000, "t2i_share": 0.2, "vae_blocks": 2, "batch": 12, "reader_from": READER_DIR},
+    "toy-v2-fine": {
+        "timesteps": "logit_normal",
+        "base_steps": 1000,
+        "t2i_share": 0.2,
+        "vae_blocks": 2,
+        "batch": 12,
+        "reader_from": READER_DIR,
+    },
     # world v3 (identity is shape, colour is nuisance; issue 34) with toy-v2-fine's recipe, the best unbiased
     # one so far: FLUX's timestep density, a text-to-image base, 256 tokens per image; no timestep bias;
     # its own reader (another world), trained 3x longer than v1's (shapes are read more slowly than colours:
     # after 500 steps the first v3 reader read noses with 0.80 accuracy)
-    "toy-v3": {"world": "v3", "timesteps": "logit_normal", "base_steps": 1000, "t2i_share": 0.2, "vae_blocks": 2, "batch": 12,
-               "reader_steps": 1500},
+    "toy-v3": {
+        "world": "v3",
+        "timesteps": "logit_normal",
+        "base_steps": 1000,
+        "t2i_share": 0.2,
+        "vae_blocks": 2,
+        "batch": 12,
+        "reader_steps": 1500,
+    },
 }
 
 
@@ -329,7 +372,9 @@ def swap_context(src: torch.Tensor, idx: np.ndarray, swap: torch.Tensor, rng: np
     return torch.where(swap[:, None, None], src[others], src[idx])
 
 
-def swap_late_context(src: torch.Tensor, idx: np.ndarray, sigma: torch.Tensor, below: float, rng: np.random.Generator) -> torch.Tensor:
+def swap_late_context(
+    src: torch.Tensor, idx: np.ndarray, sigma: torch.Tensor, below: float, rng: np.random.Generator
+) -> torch.Tensor:
     """Every sample with noise level < ``below`` gets another source scene as context."""
     return swap_context(src, idx, sigma < below, rng)
 
@@ -406,10 +451,14 @@ def quick_eval(components, reader: ToyReader, n_identities: int = 12, seed: int 
     src_reads = reader.read(src_imgs)
     ident, success = [], []
     for e in w.EDITS:
-        out = run_edits(pipe, list(src_imgs), [pool[by_edit[e][0]].text] * len(ids), DEFAULT_STEPS, DEFAULT_GUIDANCE, seed)
+        out = run_edits(
+            pipe, list(src_imgs), [pool[by_edit[e][0]].text] * len(ids), DEFAULT_STEPS, DEFAULT_GUIDANCE, seed
+        )
         reads = reader.read(out)
         for j in range(len(ids)):
-            s = score_reads({k: v[j] for k, v in src_reads.items()}, {k: v[j] for k, v in reads.items()}, e, reader.attributes)
+            s = score_reads(
+                {k: v[j] for k, v in src_reads.items()}, {k: v[j] for k, v in reads.items()}, e, reader.attributes
+            )
             ident.append(s["toy_identity"])
             success.append(s["edit_success"])
     return {"toy_identity": float(np.mean(ident)), "edit_success": float(np.mean(success)), "n": len(ident)}
@@ -422,7 +471,11 @@ def write_editor_folder(pipe, out: Path, settings: dict, share_with: Path | None
     (``decontext.editors.models``)."""
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(out), safe_serialization=True)
-    if share_with is not None and share_with.resolve() != out.resolve() and share_with.parent.resolve() == out.parent.resolve():
+    if (
+        share_with is not None
+        and share_with.resolve() != out.resolve()
+        and share_with.parent.resolve() == out.parent.resolve()
+    ):
         shared = store_once(out, share_with)
         if shared:
             settings = {**settings, "shared_components": {name: share_with.name for name in shared}}
@@ -440,7 +493,9 @@ def store_once(out: Path, home: Path) -> list[str]:
         if not theirs.is_dir():
             continue
         names = sorted(p.name for p in mine.iterdir())
-        if names == sorted(p.name for p in theirs.iterdir()) and all(filecmp.cmp(mine / n, theirs / n, shallow=False) for n in names):
+        if names == sorted(p.name for p in theirs.iterdir()) and all(
+            filecmp.cmp(mine / n, theirs / n, shallow=False) for n in names
+        ):
             shutil.rmtree(mine)
             shared.append(component)
     return shared
@@ -476,13 +531,30 @@ def save_editor(components, out: Path, info: dict, world_name: str = "v1", reade
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--version", choices=sorted(RECIPES), default="toy-v1",
-                    help="which shipped version's recipe (sets the transformer options below and the default --out / --work)")
+    ap.add_argument(
+        "--version",
+        choices=sorted(RECIPES),
+        default="toy-v1",
+        help="which shipped version's recipe (sets the transformer options below and the default --out / --work)",
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--world", choices=sorted(WORLDS), default="v1", help="the toy world to train on (v1: identity is colour; v3: identity is shape)")
+    ap.add_argument(
+        "--world",
+        choices=sorted(WORLDS),
+        default="v1",
+        help="the toy world to train on (v1: identity is colour; v3: identity is shape)",
+    )
     ap.add_argument("--out", type=Path, help="editor folder (default: the version's, decontext.toy.names)")
-    ap.add_argument("--reader-out", type=Path, help="reader folder (default: data/toy_reader, or data/toy_reader_<world> for another world)")
-    ap.add_argument("--work", type=Path, help="stage checkpoints, for --resume (default: runs/toy_train, or runs/toy_train_<version>)")
+    ap.add_argument(
+        "--reader-out",
+        type=Path,
+        help="reader folder (default: data/toy_reader, or data/toy_reader_<world> for another world)",
+    )
+    ap.add_argument(
+        "--work",
+        type=Path,
+        help="stage checkpoints, for --resume (default: runs/toy_train, or runs/toy_train_<version>)",
+    )
     ap.add_argument("--resume", action="store_true", help="reuse stages already finished in --work")
     ap.add_argument("--vae-steps", type=int, default=500)
     ap.add_argument("--vae-batch", type=int, default=24)
@@ -493,26 +565,82 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=24, help="transformer batch")
     ap.add_argument("--lr", type=float, default=8e-4)
     ap.add_argument("--sources", type=int, default=2400, help="training source scenes (x6 edits)")
-    ap.add_argument("--timesteps", choices=TIMESTEP_SAMPLERS, default="shifted_uniform", help="training noise-level density (v1: shifted_uniform)")
-    ap.add_argument("--base-steps", type=int, default=0, help="first train a context-free text-to-image base for this many steps (as Kontext starts from FLUX.1 [dev])")
-    ap.add_argument("--t2i-share", type=float, default=0.0, help="share of in-context training steps kept text-to-image (no context)")
-    ap.add_argument("--late-swap-sigma", type=float, default=None, help="EXPLICIT BIAS (labelled variants only): below this noise level the context is another scene")
-    ap.add_argument("--mismatch-share", type=float, default=0.0,
-                    help="DATA BIAS (labelled variants only): share of in-context samples, at every noise level, whose context is another scene")
-    ap.add_argument("--vae-reader-from", type=Path, default=None, metavar="EDITOR_DIR",
-                    help="reuse the VAE of this trained toy editor folder and the reader named in its settings instead of training them")
-    ap.add_argument("--reader-from", type=Path, default=None, metavar="READER_DIR",
-                    help="reuse this trained reader folder (e.g. data/toy_reader) instead of training one; the VAE is still trained")
-    ap.add_argument("--transformer-from", type=Path, default=None, metavar="EDITOR_DIR",
-                    help="start the transformer from this trained toy editor's (same architecture) instead of from the seed: a fine-tune")
-    ap.add_argument("--double-layers", type=int, default=TOY_CONFIG.num_layers, help="double-stream blocks (shipped versions: 2)")
-    ap.add_argument("--single-layers", type=int, default=TOY_CONFIG.num_single_layers, help="single-stream blocks (shipped versions: 4)")
-    ap.add_argument("--vae-blocks", type=int, default=len(TOY_CONFIG.vae_channels),
-                    help="VAE blocks: 3 = 4x down, 64 tokens per image (shipped versions); 2 = 2x down, 256 tokens per image")
+    ap.add_argument(
+        "--timesteps",
+        choices=TIMESTEP_SAMPLERS,
+        default="shifted_uniform",
+        help="training noise-level density (v1: shifted_uniform)",
+    )
+    ap.add_argument(
+        "--base-steps",
+        type=int,
+        default=0,
+        help="first train a context-free text-to-image base for this many steps (as Kontext starts from FLUX.1 [dev])",
+    )
+    ap.add_argument(
+        "--t2i-share",
+        type=float,
+        default=0.0,
+        help="share of in-context training steps kept text-to-image (no context)",
+    )
+    ap.add_argument(
+        "--late-swap-sigma",
+        type=float,
+        default=None,
+        help="EXPLICIT BIAS (labelled variants only): below this noise level the context is another scene",
+    )
+    ap.add_argument(
+        "--mismatch-share",
+        type=float,
+        default=0.0,
+        help="DATA BIAS (labelled variants only): share of in-context samples, at every noise level, whose context is another scene",
+    )
+    ap.add_argument(
+        "--vae-reader-from",
+        type=Path,
+        default=None,
+        metavar="EDITOR_DIR",
+        help="reuse the VAE of this trained toy editor folder and the reader named in its settings instead of training them",
+    )
+    ap.add_argument(
+        "--reader-from",
+        type=Path,
+        default=None,
+        metavar="READER_DIR",
+        help="reuse this trained reader folder (e.g. data/toy_reader) instead of training one; the VAE is still trained",
+    )
+    ap.add_argument(
+        "--transformer-from",
+        type=Path,
+        default=None,
+        metavar="EDITOR_DIR",
+        help="start the transformer from this trained toy editor's (same architecture) instead of from the seed: a fine-tune",
+    )
+    ap.add_argument(
+        "--double-layers", type=int, default=TOY_CONFIG.num_layers, help="double-stream blocks (shipped versions: 2)"
+    )
+    ap.add_argument(
+        "--single-layers",
+        type=int,
+        default=TOY_CONFIG.num_single_layers,
+        help="single-stream blocks (shipped versions: 4)",
+    )
+    ap.add_argument(
+        "--vae-blocks",
+        type=int,
+        default=len(TOY_CONFIG.vae_channels),
+        help="VAE blocks: 3 = 4x down, 64 tokens per image (shipped versions); 2 = 2x down, 256 tokens per image",
+    )
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="a few iterations of every stage (tests)")
-    ap.add_argument("--stages", default="vae,reader,transformer", help="stages to run (others must be finished in --work, or are skipped)")
-    ap.add_argument("--stop-after", choices=("vae", "reader", "transformer"), help="stop after this stage (use --resume to go on)")
+    ap.add_argument(
+        "--stages",
+        default="vae,reader,transformer",
+        help="stages to run (others must be finished in --work, or are skipped)",
+    )
+    ap.add_argument(
+        "--stop-after", choices=("vae", "reader", "transformer"), help="stop after this stage (use --resume to go on)"
+    )
     version = ap.parse_known_args(argv)[0].version
     recipe_work = Path("runs") / ("toy_train" if version == "toy-v1" else f"toy_train_{version}")
     ap.set_defaults(**RECIPES[version], out=toy_editor_dir(version), work=recipe_work)
@@ -532,12 +660,22 @@ def main(argv=None) -> dict:
     info_path = args.work / "info.json"
     info = json.loads(info_path.read_text()) if (args.resume and info_path.exists()) else {}
     config = toy_config(args.double_layers, args.single_layers, args.vae_blocks)
-    info.update({"seed": args.seed, "world": args.world, "threads": args.threads, "config": {k: getattr(config, k) for k in config.__dataclass_fields__}})
+    info.update(
+        {
+            "seed": args.seed,
+            "world": args.world,
+            "threads": args.threads,
+            "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        }
+    )
     components = build_components(seed=args.seed, config=config)
     vae = components["vae"]
     for m in (components["text_encoder"], components["text_encoder_2"]):
         m.requires_grad_(False)
-    info["params"] = {k: sum(p.numel() for p in components[k].parameters()) for k in ("vae", "transformer", "text_encoder", "text_encoder_2")}
+    info["params"] = {
+        k: sum(p.numel() for p in components[k].parameters())
+        for k in ("vae", "transformer", "text_encoder", "text_encoder_2")
+    }
     log(f"parameters: {info['params']}")
 
     wanted = set(args.stages.split(","))
@@ -577,7 +715,9 @@ def main(argv=None) -> dict:
         vae.register_to_config(shift_factor=info["vae"]["shift_factor"], scaling_factor=info["vae"]["scaling_factor"])
         log("vae: reused from --work")
     else:
-        vstats = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_images, args.seed, n_check=8 if args.smoke else 300, w=w)
+        vstats = train_vae(
+            vae, args.vae_steps, args.vae_batch, args.vae_images, args.seed, n_check=8 if args.smoke else 300, w=w
+        )
         save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(args.work / "vae.safetensors"))
         finish("vae", t0, vae=vstats, vae_steps=args.vae_steps, vae_batch=args.vae_batch)
     if args.stop_after == "vae":
@@ -595,7 +735,9 @@ def main(argv=None) -> dict:
     else:
         n_img = 16 if args.smoke else 16000
         n_rec = 8 if args.smoke else 6000
-        reader, acc = train_reader(vae, args.reader_steps, args.reader_batch, n_img, n_rec, args.seed, n_check=8 if args.smoke else 600, w=w)
+        reader, acc = train_reader(
+            vae, args.reader_steps, args.reader_batch, n_img, n_rec, args.seed, n_check=8 if args.smoke else 600, w=w
+        )
         reader.save(args.work / "reader", {"accuracy": acc})
         finish("reader", t0, reader_accuracy=acc, reader_steps=args.reader_steps)
     if args.stop_after == "reader":
@@ -612,12 +754,27 @@ def main(argv=None) -> dict:
     else:
         src, tgt = editor_pairs(vae, args.sources, args.seed, w=w)
         log(f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; latent std {float(src.std()):.3f}")
-        recipe = {"timesteps": args.timesteps, "base_steps": args.base_steps, "t2i_share": args.t2i_share, "late_swap_sigma": args.late_swap_sigma,
-                  "mismatch_share": args.mismatch_share}
-        if args.world != DEFAULT_WORLD:  # a folder naming no world is read as the default one, so v1 recipes stay as recorded
+        recipe = {
+            "timesteps": args.timesteps,
+            "base_steps": args.base_steps,
+            "t2i_share": args.t2i_share,
+            "late_swap_sigma": args.late_swap_sigma,
+            "mismatch_share": args.mismatch_share,
+        }
+        if (
+            args.world != DEFAULT_WORLD
+        ):  # a folder naming no world is read as the default one, so v1 recipes stay as recorded
             recipe["world"] = args.world
-        if (args.double_layers, args.single_layers, args.vae_blocks) != (TOY_CONFIG.num_layers, TOY_CONFIG.num_single_layers, len(TOY_CONFIG.vae_channels)):
-            recipe["architecture"] = {"double_layers": args.double_layers, "single_layers": args.single_layers, "vae_blocks": args.vae_blocks}
+        if (args.double_layers, args.single_layers, args.vae_blocks) != (
+            TOY_CONFIG.num_layers,
+            TOY_CONFIG.num_single_layers,
+            len(TOY_CONFIG.vae_channels),
+        ):
+            recipe["architecture"] = {
+                "double_layers": args.double_layers,
+                "single_layers": args.single_layers,
+                "vae_blocks": args.vae_blocks,
+            }
         tstats = {}
         if args.transformer_from is not None:
             from diffusers import FluxTransformer2DModel
@@ -627,14 +784,43 @@ def main(argv=None) -> dict:
             recipe["transformer_from"] = str(args.transformer_from)
             log(f"transformer: starts from {args.transformer_from}")
         if args.base_steps:
-            tstats["base"] = train_transformer(components, src, tgt, args.base_steps, args.batch, args.seed + 1000, lr=args.lr,
-                                               timesteps=args.timesteps, t2i_share=1.0, label="base (text-to-image)", w=w)
-        tstats.update(train_transformer(components, src, tgt, args.steps, args.batch, args.seed, lr=args.lr, timesteps=args.timesteps,
-                                        t2i_share=args.t2i_share, late_swap_sigma=args.late_swap_sigma,
-                                        mismatch_share=args.mismatch_share, w=w))
+            tstats["base"] = train_transformer(
+                components,
+                src,
+                tgt,
+                args.base_steps,
+                args.batch,
+                args.seed + 1000,
+                lr=args.lr,
+                timesteps=args.timesteps,
+                t2i_share=1.0,
+                label="base (text-to-image)",
+                w=w,
+            )
+        tstats.update(
+            train_transformer(
+                components,
+                src,
+                tgt,
+                args.steps,
+                args.batch,
+                args.seed,
+                lr=args.lr,
+                timesteps=args.timesteps,
+                t2i_share=args.t2i_share,
+                late_swap_sigma=args.late_swap_sigma,
+                mismatch_share=args.mismatch_share,
+                w=w,
+            )
+        )
         info["recipe"] = recipe
-        save_file({k: v.contiguous() for k, v in components["transformer"].state_dict().items()}, str(args.work / "transformer.safetensors"))
-        finish("transformer", t0, transformer=tstats, steps=args.steps, batch=args.batch, lr=args.lr, sources=args.sources)
+        save_file(
+            {k: v.contiguous() for k, v in components["transformer"].state_dict().items()},
+            str(args.work / "transformer.safetensors"),
+        )
+        finish(
+            "transformer", t0, transformer=tstats, steps=args.steps, batch=args.batch, lr=args.lr, sources=args.sources
+        )
     if args.stop_after == "transformer":
         return info
     components["transformer"].eval().requires_grad_(False)
@@ -648,15 +834,39 @@ def main(argv=None) -> dict:
     info["quick_eval"] = q
     info["train_seconds_total"] = round(sum(info.get("seconds", {}).values()), 1)
     info_path.write_text(json.dumps(info, indent=2) + "\n")
-    kept = ("seed", "params", "train_seconds_total", "quick_eval", "recipe", "vae_from", "reader_from", "batch", "lr", "sources")
-    save_editor(components, args.out, {k: info[k] for k in kept if k in info} | {"vae": info.get("vae"), "steps": info.get("steps"), "vae_steps": info.get("vae_steps"), "reader_steps": info.get("reader_steps")},
-                world_name=args.world, reader_dir=args.reader_out)
+    kept = (
+        "seed",
+        "params",
+        "train_seconds_total",
+        "quick_eval",
+        "recipe",
+        "vae_from",
+        "reader_from",
+        "batch",
+        "lr",
+        "sources",
+    )
+    save_editor(
+        components,
+        args.out,
+        {k: info[k] for k in kept if k in info}
+        | {
+            "vae": info.get("vae"),
+            "steps": info.get("steps"),
+            "vae_steps": info.get("vae_steps"),
+            "reader_steps": info.get("reader_steps"),
+        },
+        world_name=args.world,
+        reader_dir=args.reader_out,
+    )
     reused = info.get("reader_from")
     if reused is not None and Path(reused).resolve() == Path(args.reader_out).resolve():
         log(f"reader: {args.reader_out} is the reused reader itself; left as it is")
     else:
         reader.save(args.reader_out, {"accuracy": info.get("reader_accuracy")})
-    log(f"saved editor to {args.out} and reader to {args.reader_out}; training stages took {info['train_seconds_total']} s")
+    log(
+        f"saved editor to {args.out} and reader to {args.reader_out}; training stages took {info['train_seconds_total']} s"
+    )
     return info
 
 

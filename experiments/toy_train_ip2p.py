@@ -75,7 +75,9 @@ def source_latents(vae, x: torch.Tensor) -> torch.Tensor:
 def embed_prompts(components, texts: list[str]) -> torch.Tensor:
     """CLIP last hidden states, padded to the tokenizer's length, as the pipeline's ``_encode_prompt``."""
     tokenizer, encoder = components["tokenizer"], components["text_encoder"]
-    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     return encoder(ids)[0].float()
 
 
@@ -87,7 +89,9 @@ def drop_masks(batch: int, rng: np.random.Generator, share: float = DROP) -> tup
     return torch.from_numpy(no_text), torch.from_numpy(no_image)
 
 
-def train_unet(components, src, tgt, steps: int, batch: int, seed: int, lr: float = 1e-3, ema_decay: float = 0.995) -> dict:
+def train_unet(
+    components, src, tgt, steps: int, batch: int, seed: int, lr: float = 1e-3, ema_decay: float = 0.995
+) -> dict:
     """Epsilon-prediction training of the UNet on (source, prompt, ground-truth edit) triples."""
     unet, scheduler, vae = components["unet"], components["scheduler"], components["vae"]
     torch.manual_seed(seed + 40)
@@ -138,7 +142,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=toy_editor_dir("toy-ip2p"))
-    ap.add_argument("--work", type=Path, default=Path("runs") / "toy_train_ip2p", help="stage checkpoints, for --resume")
+    ap.add_argument(
+        "--work", type=Path, default=Path("runs") / "toy_train_ip2p", help="stage checkpoints, for --resume"
+    )
     ap.add_argument("--resume", action="store_true", help="reuse the VAE stage if finished in --work")
     ap.add_argument("--vae-steps", type=int, default=500)
     ap.add_argument("--vae-batch", type=int, default=24)
@@ -172,8 +178,15 @@ def main(argv=None) -> dict:
         vae.register_to_config(shift_factor=None, scaling_factor=info["vae"]["scaling_factor"])
         log("vae: reused from --work")
     else:
-        info["vae"] = train_vae(vae, args.vae_steps, args.vae_batch, args.vae_images, args.seed + 300, center=False,
-                                n_check=8 if args.smoke else 300)
+        info["vae"] = train_vae(
+            vae,
+            args.vae_steps,
+            args.vae_batch,
+            args.vae_images,
+            args.seed + 300,
+            center=False,
+            n_check=8 if args.smoke else 300,
+        )
         save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(args.work / "vae.safetensors"))
         seconds["vae"] = round(time.time() - t0, 1)
         info_path.write_text(json.dumps(info, indent=2) + "\n")
@@ -181,13 +194,22 @@ def main(argv=None) -> dict:
 
     t0 = time.time()
     src, tgt = editor_pairs(vae, args.sources, args.seed, encode=source_latents)  # the toy Kontext's scenes
-    log(f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; scaled latent std {float(src.std() * vae.config.scaling_factor):.3f}")
+    log(
+        f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; scaled latent std {float(src.std() * vae.config.scaling_factor):.3f}"
+    )
     info["unet"] = train_unet(components, src, tgt, args.steps, args.batch, args.seed, lr=args.lr)
     info.update(steps=args.steps, batch=args.batch, lr=args.lr, sources=args.sources)
     seconds["unet"] = round(time.time() - t0, 1)
     info["train_seconds_total"] = round(sum(seconds.values()), 1)
     info_path.write_text(json.dumps(info, indent=2) + "\n")
-    save_editor(components, args.out, {k: info[k] for k in ("seed", "params", "vae", "steps", "batch", "lr", "sources", "seconds", "train_seconds_total")})
+    save_editor(
+        components,
+        args.out,
+        {
+            k: info[k]
+            for k in ("seed", "params", "vae", "steps", "batch", "lr", "sources", "seconds", "train_seconds_total")
+        },
+    )
     log(f"saved editor to {args.out}; training stages took {info['train_seconds_total']} s")
     return info
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Edit clean or protected images with FLUX.2: decontext edit --family flux2."""
+
 import sys
 
 from decontext.cli.edit import main

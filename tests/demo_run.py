@@ -31,7 +31,7 @@ def _edit(img: np.ndarray, position: int) -> np.ndarray:
         out = out + 12  # brighter
     else:
         h, w = out.shape[:2]
-        out[: h // 8, w // 4: 3 * w // 4] = (200, 30, 30)  # a red "cap"
+        out[: h // 8, w // 4 : 3 * w // 4] = (200, 30, 30)  # a red "cap"
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -40,8 +40,14 @@ def _washed_out(img: np.ndarray) -> np.ndarray:
     return (0.9 * grey + 0.1 * img).astype(np.uint8)
 
 
-def make_demo_run(root: Path, size: int = 128, prompt_indices: tuple[int, ...] = (0, 10), seed: int = 42,
-                  eps: float = 4 / 255, extra_condition: str | None = None) -> Path:
+def make_demo_run(
+    root: Path,
+    size: int = 128,
+    prompt_indices: tuple[int, ...] = (0, 10),
+    seed: int = 42,
+    eps: float = 4 / 255,
+    extra_condition: str | None = None,
+) -> Path:
     """Write a run folder at ``root`` (created) with stems ``a`` and ``b``; returns ``root``.
 
     ``extra_condition`` adds a third condition (e.g. "noise") whose input is source + random noise
@@ -80,9 +86,21 @@ def make_demo_run(root: Path, size: int = 128, prompt_indices: tuple[int, ...] =
                 (root / rel).parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(edited).save(root / rel)
                 in_rel = f"source/{stem}.png" if cond == "clean" else f"{cond}/{stem}.png"
-                records.append({"image": stem, "input": in_rel, "prompt": pool[pi].text, "prompt_index": pi,
-                                "category": pool[pi].category, "seed": seed, "output": str(rel), "seconds": 0.0})
-        index = {"settings": {"model": "tiny", "steps": 2, "guidance": 3.5, "resolution": size, "prompts_file": "default"},
-                 "edits": records}
+                records.append(
+                    {
+                        "image": stem,
+                        "input": in_rel,
+                        "prompt": pool[pi].text,
+                        "prompt_index": pi,
+                        "category": pool[pi].category,
+                        "seed": seed,
+                        "output": str(rel),
+                        "seconds": 0.0,
+                    }
+                )
+        index = {
+            "settings": {"model": "tiny", "steps": 2, "guidance": 3.5, "resolution": size, "prompts_file": "default"},
+            "edits": records,
+        }
         (root / "edits" / cond / "index.json").write_text(json.dumps(index, indent=2))
     return root

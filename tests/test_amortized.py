@@ -21,11 +21,24 @@ from decontext.methods import build_method
 from decontext.methods.amortized import Protector, load_protector, protected_start
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = RunOptions(checkpoint_every=2, validate_every=2, val_count=2, val_draws=1, device="cpu", dtype="float32", progress=False)
+QUICK = RunOptions(
+    checkpoint_every=2, validate_every=2, val_count=2, val_draws=1, device="cpu", dtype="float32", progress=False
+)
 
 
 def _tiny_config(**changes) -> TrainConfig:
-    base = dict(model="tiny", family="flux_kontext", method="decontext", eps=16.0, images="toy-train", size=32, batch_size=2, steps=4, lr=1e-3, seed=3)
+    base = dict(
+        model="tiny",
+        family="flux_kontext",
+        method="decontext",
+        eps=16.0,
+        images="toy-train",
+        size=32,
+        batch_size=2,
+        steps=4,
+        lr=1e-3,
+        seed=3,
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -48,7 +61,11 @@ def test_training_writes_a_protector_that_says_what_it_is(trained):
     config = json.loads((trained / "protector.json").read_text())
     assert config["editor"] == {"family": "flux_kontext", "model": "tiny"} and config["method"]["method"] == "decontext"
     assert config["eps"] == 16.0 and config["working_size"] == [32, 32] and config["steps"] == 4
-    assert config["recipe"]["digest"] and len(config["data_digest"]) == 64 and config["command"].startswith("python -m decontext amortize")
+    assert (
+        config["recipe"]["digest"]
+        and len(config["data_digest"]) == 64
+        and config["command"].startswith("python -m decontext amortize")
+    )
     assert [v["step"] for v in config["validation"]] == [0, 2, 4]
     assert (trained / "protector.safetensors").stat().st_size < 5 * 2**20
 
@@ -59,7 +76,9 @@ def test_the_training_gradient_reaches_the_protector_through_the_editor():
     method = build_method("decontext", prompts=["make it red", "add a hat"])
     torch.manual_seed(0)
     protector = Protector(eps=16)
-    x0 = 0.2 + 0.6 * torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # far from 0 and 1: no clamping
+    x0 = 0.2 + 0.6 * torch.rand(
+        2, 3, 32, 32, generator=torch.Generator().manual_seed(1)
+    )  # far from 0 and 1: no clamping
     bias = protector.net.conv_out.bias
 
     def value():
@@ -81,12 +100,38 @@ def test_the_training_gradient_reaches_the_protector_through_the_editor():
 
 
 def test_a_killed_training_resumes_to_the_same_weights(tmp_path):
-    command = [sys.executable, "-m", "decontext", "amortize", "--model", "tiny", "--size", "32", "--batch-size", "2", "--steps", "6", "--lr", "0.001",
-               "--checkpoint-every", "1", "--validate-every", "3", "--val-count", "2", "--device", "cpu", "--no-progress", "--prompts",
-               str(ROOT / "data" / "prompts" / "toy_prompts.txt")]
+    command = [
+        sys.executable,
+        "-m",
+        "decontext",
+        "amortize",
+        "--model",
+        "tiny",
+        "--size",
+        "32",
+        "--batch-size",
+        "2",
+        "--steps",
+        "6",
+        "--lr",
+        "0.001",
+        "--checkpoint-every",
+        "1",
+        "--validate-every",
+        "3",
+        "--val-count",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--prompts",
+        str(ROOT / "data" / "prompts" / "toy_prompts.txt"),
+    ]
     straight = subprocess.run([*command, "--out", str(tmp_path / "straight")], capture_output=True, text=True, cwd=ROOT)
     assert straight.returncode == 0, straight.stderr[-2000:]
-    killed = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    killed = subprocess.Popen(
+        [*command, "--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT
+    )
     state = tmp_path / "killed" / "checkpoint" / "state.json"
     deadline = time.time() + 300
     while time.time() < deadline and killed.poll() is None:
@@ -99,7 +144,9 @@ def test_a_killed_training_resumes_to_the_same_weights(tmp_path):
     resumed = subprocess.run([*command, "--out", str(tmp_path / "killed")], capture_output=True, text=True, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout + resumed.stderr
-    assert (tmp_path / "killed" / "protector.safetensors").read_bytes() == (tmp_path / "straight" / "protector.safetensors").read_bytes()
+    assert (tmp_path / "killed" / "protector.safetensors").read_bytes() == (
+        tmp_path / "straight" / "protector.safetensors"
+    ).read_bytes()
 
 
 def test_a_checkpoint_of_another_recipe_is_refused(trained, tmp_path):
@@ -128,7 +175,11 @@ def test_training_lowers_the_objective_on_every_tiny_dit_editor(family, tmp_path
     with method.session(editor), torch.no_grad():
         for protector in (untrained, trained_):
             method.start(editor, x0, size)
-            values.append(float(objective(method, editor, (x0 + protector(x0)).clamp(0, 1), size, 0, _generators(config.seed, 0, 2))))
+            values.append(
+                float(
+                    objective(method, editor, (x0 + protector(x0)).clamp(0, 1), size, 0, _generators(config.seed, 0, 2))
+                )
+            )
     assert values[1] > values[0], values
 
 
@@ -141,18 +192,24 @@ def test_init_and_k_steps_equal_pgd_started_from_that_point(trained):
     method = build_method("decontext", prompts=["make it red", "add a hat"])
     x0 = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(4))
     pgd = PGDConfig.for_method(method, eps=16, steps=3)
-    via_protect = protect(editor, method, x0, ProtectConfig(pgd=pgd, resolution="native", measure_draws=0, init=str(trained)), seed=9)
+    via_protect = protect(
+        editor, method, x0, ProtectConfig(pgd=pgd, resolution="native", measure_draws=0, init=str(trained)), seed=9
+    )
     start = protected_start(load_protector(trained), editor, x0, "native", 16)
     size = editor.working_size(40, 56, "native")
     with method.session(editor):
         method.start(editor, x0, size)
-        by_hand = PGD(config=pgd, seed=9, progress=False).run(x0, lambda x, s, g: method.loss(editor, x, size, s, g), start_pixels=start)
+        by_hand = PGD(config=pgd, seed=9, progress=False).run(
+            x0, lambda x, s, g: method.loss(editor, x, size, s, g), start_pixels=start
+        )
     assert torch.equal(via_protect.pixels, by_hand.pixels)
     assert not torch.equal(start, x0) and float((start - x0).abs().max()) <= 16 / 255 + 1e-6
 
 
 def _attack(*args):
-    return subprocess.run([sys.executable, "-m", "decontext", "attack", *args], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "decontext", "attack", *args], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 def test_attack_with_a_protector_keeps_the_budget_on_saved_files_and_records_it(trained, tmp_path):
@@ -161,43 +218,123 @@ def test_attack_with_a_protector_keeps_the_budget_on_saved_files_and_records_it(
     rng = np.random.default_rng(0)
     for name, shape in (("odd", (37, 53)), ("wide", (20, 64)), ("tall", (100, 30))):
         Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(inputs / f"{name}.png")
-    result = _attack("--model", "tiny", "--method", "amortized", "--protector", str(trained), "--input", str(inputs), "--output", str(tmp_path / "out"),
-                     "--resolution", "native", "--measure-draws", "1", "--no-progress", "--batch-size", "2")
+    result = _attack(
+        "--model",
+        "tiny",
+        "--method",
+        "amortized",
+        "--protector",
+        str(trained),
+        "--input",
+        str(inputs),
+        "--output",
+        str(tmp_path / "out"),
+        "--resolution",
+        "native",
+        "--measure-draws",
+        "1",
+        "--no-progress",
+        "--batch-size",
+        "2",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["method"]["method"] == "amortized" and len(manifest["method"]["sha256"]) == 64
-    assert manifest["method"]["objective"]["method"] == "decontext" and manifest["pgd"]["steps"] == 0 and manifest["pgd"]["eps"] == 16.0
+    assert (
+        manifest["method"]["objective"]["method"] == "decontext"
+        and manifest["pgd"]["steps"] == 0
+        and manifest["pgd"]["eps"] == 16.0
+    )
     for name in ("odd", "wide", "tall"):
         source = np.asarray(Image.open(inputs / f"{name}.png")).astype(int)
         saved = np.asarray(Image.open(tmp_path / "out" / f"{name}.png")).astype(int)
         entry = manifest["images"][f"{name}.png"]
         assert saved.shape == source.shape and 0 < np.abs(saved - source).max() <= 16 == int(manifest["pgd"]["eps"])
-        assert entry["max_abs_diff_levels"] == np.abs(saved - source).max() and "share" in entry["before"] and "share" in entry["after"]
-    init = _attack("--model", "tiny", "--init", str(trained), "--eps", "16", "--steps", "2", "--input", str(inputs / "odd.png"),
-                   "--output", str(tmp_path / "init"), "--resolution", "native", "--measure-draws", "0", "--no-progress")
+        assert (
+            entry["max_abs_diff_levels"] == np.abs(saved - source).max()
+            and "share" in entry["before"]
+            and "share" in entry["after"]
+        )
+    init = _attack(
+        "--model",
+        "tiny",
+        "--init",
+        str(trained),
+        "--eps",
+        "16",
+        "--steps",
+        "2",
+        "--input",
+        str(inputs / "odd.png"),
+        "--output",
+        str(tmp_path / "init"),
+        "--resolution",
+        "native",
+        "--measure-draws",
+        "0",
+        "--no-progress",
+    )
     assert init.returncode == 0, init.stderr[-2000:]
     recorded = json.loads((tmp_path / "init" / "manifest.json").read_text())
-    assert recorded["init"] == str(trained) and recorded["images"]["odd.png"]["settings"]["init"]["sha256"] == manifest["method"]["sha256"]
+    assert (
+        recorded["init"] == str(trained)
+        and recorded["images"]["odd.png"]["settings"]["init"]["sha256"] == manifest["method"]["sha256"]
+    )
 
 
 def test_a_protector_for_another_family_method_or_budget_is_refused_before_loading(trained, tmp_path):
     common = ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--no-progress"]
-    other_family = _attack("--family", "step1x_edit", "--model", "tiny", "--method", "amortized", "--protector", str(trained), *common)
-    assert other_family.returncode == 2 and "trained against the flux_kontext editor, not step1x_edit" in other_family.stderr
+    other_family = _attack(
+        "--family", "step1x_edit", "--model", "tiny", "--method", "amortized", "--protector", str(trained), *common
+    )
+    assert (
+        other_family.returncode == 2
+        and "trained against the flux_kontext editor, not step1x_edit" in other_family.stderr
+    )
     # an objective the editor cannot compute (DeContext needs context attention; InstructPix2Pix has none) is refused
     # even where a transfer is allowed
-    no_context = _attack("--family", "instruct_pix2pix", "--model", "tiny", "--method", "amortized", "--protector", str(trained),
-                         "--allow-transfer", *common)
+    no_context = _attack(
+        "--family",
+        "instruct_pix2pix",
+        "--model",
+        "tiny",
+        "--method",
+        "amortized",
+        "--protector",
+        str(trained),
+        "--allow-transfer",
+        *common,
+    )
     assert no_context.returncode == 2 and "does not apply to the instruct_pix2pix editor" in no_context.stderr
     other_method = _attack("--model", "tiny", "--method", "encoder", "--init", str(trained), "--eps", "16", *common)
     assert other_method.returncode == 2 and "trained with the decontext method, not encoder" in other_method.stderr
     smaller = _attack("--model", "tiny", "--method", "amortized", "--protector", str(trained), "--eps", "8", *common)
-    assert smaller.returncode == 2 and "larger than this run's 8/255" in smaller.stderr and "--allow-transfer" in smaller.stderr
+    assert (
+        smaller.returncode == 2
+        and "larger than this run's 8/255" in smaller.stderr
+        and "--allow-transfer" in smaller.stderr
+    )
     missing = _attack("--model", "tiny", "--method", "amortized", *common)
     assert missing.returncode == 2 and "needs --protector" in missing.stderr
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8) + 100).save(tmp_path / "grey.png")
-    allowed = _attack("--model", "tiny", "--method", "amortized", "--protector", str(trained), "--eps", "8", "--allow-transfer",
-                      "--input", str(tmp_path / "grey.png"), "--output", str(tmp_path / "allowed"), "--measure-draws", "0", "--no-progress")
+    allowed = _attack(
+        "--model",
+        "tiny",
+        "--method",
+        "amortized",
+        "--protector",
+        str(trained),
+        "--eps",
+        "8",
+        "--allow-transfer",
+        "--input",
+        str(tmp_path / "grey.png"),
+        "--output",
+        str(tmp_path / "allowed"),
+        "--measure-draws",
+        "0",
+        "--no-progress",
+    )
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     saved = np.asarray(Image.open(tmp_path / "allowed" / "grey.png")).astype(int)
     assert np.abs(saved - 100).max() <= 8  # clamped to this run's budget

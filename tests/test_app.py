@@ -66,8 +66,12 @@ def served(tmp_path_factory):
     out = tmp_path_factory.mktemp("app")
     port = _free_port()
     began = time.perf_counter()
-    process = subprocess.Popen([sys.executable, "-m", "decontext", "app", "--port", str(port), "--out", str(out), "--device", "cpu"],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "decontext", "app", "--port", str(port), "--out", str(out), "--device", "cpu"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -94,7 +98,18 @@ def test_the_page_in_a_browser(served, tmp_path):
     (tmp_path / "fake.png").write_text("this is a text file")
     Image.fromarray(np.zeros((1, 1, 3), dtype=np.uint8)).save(tmp_path / "tiny.png")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
         page.locator("#photos input[type=file]").set_input_files([str(f) for f in faces])
@@ -115,7 +130,9 @@ def test_the_page_in_a_browser(served, tmp_path):
             assert saved.shape == source.shape and 0 < np.abs(saved - source).max() <= 16
         # hostile uploads: named, and the session goes on (a new batch on the page, as after a reload)
         page.goto(url)
-        page.locator("#photos input[type=file]").set_input_files([str(tmp_path / "fake.png"), str(tmp_path / "tiny.png"), str(faces[0])])
+        page.locator("#photos input[type=file]").set_input_files(
+            [str(tmp_path / "fake.png"), str(tmp_path / "tiny.png"), str(faces[0])]
+        )
         page.locator("#protect").click()
         expect(status).to_contain_text("1 of 3 protected, 2 failed", timeout=240_000)
         expect(status).to_contain_text("fake.png")

@@ -26,8 +26,14 @@ def _images(count: int, size=(48, 64)) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["decontext", "encoder", "flow_loss"])
 def test_a_batch_gives_each_image_its_run_alone(tiny, name):
-    method = build_method(name, prompts=["make it red", "add a hat", "turn it into a painting"]) if name != "encoder" else build_method(name)
-    pgd = PGDConfig.for_method(method, steps=6, momentum=0.9, schedule="cosine", start="uniform")  # per-image normalisation and starts matter
+    method = (
+        build_method(name, prompts=["make it red", "add a hat", "turn it into a painting"])
+        if name != "encoder"
+        else build_method(name)
+    )
+    pgd = PGDConfig.for_method(
+        method, steps=6, momentum=0.9, schedule="cosine", start="uniform"
+    )  # per-image normalisation and starts matter
     config = ProtectConfig(pgd=pgd, resolution="native", measure_draws=2)
     x, seeds = _images(3), [11, 22, 33]
     together = protect(tiny, method, x, config, seeds=seeds)
@@ -47,7 +53,13 @@ def test_a_batch_gives_each_image_its_run_alone(tiny, name):
 def test_methods_that_take_one_image_at_a_time_say_so(tiny):
     method = build_method("danp", prompts=["make it red"])
     with pytest.raises(ValueError, match="one image at a time"):
-        protect(tiny, method, _images(2), ProtectConfig(pgd=PGDConfig(steps=1), resolution="native", measure_draws=0), seeds=[1, 2])
+        protect(
+            tiny,
+            method,
+            _images(2),
+            ProtectConfig(pgd=PGDConfig(steps=1), resolution="native", measure_draws=0),
+            seeds=[1, 2],
+        )
 
 
 def test_each_image_stops_on_its_own_plateau():
@@ -60,7 +72,17 @@ def test_each_image_stops_on_its_own_plateau():
         assert isinstance(generators, list) and len(generators) == x.shape[0]
         return -(x - goal[: x.shape[0]] if x.shape[0] == 2 else x - goal[1:]).abs().flatten(1).sum(1)
 
-    config = PGDConfig.for_method(None, preset="fast", eps=64, alpha=2, steps=200, momentum=0.0, schedule="constant", stop_patience=10, stop_window=3)
+    config = PGDConfig.for_method(
+        None,
+        preset="fast",
+        eps=64,
+        alpha=2,
+        steps=200,
+        momentum=0.0,
+        schedule="constant",
+        stop_patience=10,
+        stop_window=3,
+    )
     result = PGD(config=config, progress=False).run(x0, loss, seeds=[1, 2])
     assert result.image_steps[0] < result.image_steps[1] < 200
     assert all(r.startswith("plateau") for r in result.image_reasons)
@@ -76,7 +98,19 @@ def test_cli_batch_size_matches_one_at_a_time(tmp_path):
     for k in range(3):
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(inputs / f"same{k}.png")
     Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(inputs / "other.png")
-    common = ["--model", "tiny", "--input", str(inputs), "--resolution", "native", "--steps", "5", "--measure-draws", "1", "--no-progress"]
+    common = [
+        "--model",
+        "tiny",
+        "--input",
+        str(inputs),
+        "--resolution",
+        "native",
+        "--steps",
+        "5",
+        "--measure-draws",
+        "1",
+        "--no-progress",
+    ]
     assert run("attack", [*common, "--output", str(tmp_path / "one")]) == 0
     assert run("attack", [*common, "--output", str(tmp_path / "three"), "--batch-size", "3"]) == 0
     batched = json.loads((tmp_path / "three" / "manifest.json").read_text())["images"]

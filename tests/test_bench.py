@@ -27,7 +27,24 @@ def _load_step_bench():
 
 def test_bench_step_variants_run_in_the_given_order_and_ratios_name_what_is_missing(capsys):
     bench = _load_step_bench()
-    assert bench.main(["--size", "64", "--text-tokens", "8", "--repeats", "1", "--skip-memory", "--with-separate", "--variants", "ours_sep", "ours"]) == 0
+    assert (
+        bench.main(
+            [
+                "--size",
+                "64",
+                "--text-tokens",
+                "8",
+                "--repeats",
+                "1",
+                "--skip-memory",
+                "--with-separate",
+                "--variants",
+                "ours_sep",
+                "ours",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     rows = re.findall(r"^(ours_sep|ours|official|bare)\s+\d", out, re.M)
     assert rows == ["ours_sep", "ours"], out
@@ -90,7 +107,23 @@ def test_tiny_qwen_components_build_under_a_default_device_context():
 
 def test_bench_probe_pad_runs(capsys):
     bench = importlib.import_module("bench.bench_probe_pad")
-    args = ["--text", "3", "--target", "16", "--context", "16", "--heads", "2", "--head-dim", "8", "--pads", "1", "8", "--repeats", "1"]
+    args = [
+        "--text",
+        "3",
+        "--target",
+        "16",
+        "--context",
+        "16",
+        "--heads",
+        "2",
+        "--head-dim",
+        "8",
+        "--pads",
+        "1",
+        "8",
+        "--repeats",
+        "1",
+    ]
     assert bench.main(args) == 0
     out = capsys.readouterr().out
     assert re.search(r"^plain\s+\d", out, re.M) and re.search(r"^fused pad 8\s+\d", out, re.M), out
@@ -105,7 +138,20 @@ def test_bench_uvr_runs_on_the_toy(tmp_path):
 
     threads = torch.get_num_threads()
     try:
-        result = bench.main(["--identities", "2", "--calibration", "2", "--threshold", "1e9", "--out", str(tmp_path), "--threads", str(threads)])
+        result = bench.main(
+            [
+                "--identities",
+                "2",
+                "--calibration",
+                "2",
+                "--threshold",
+                "1e9",
+                "--out",
+                str(tmp_path),
+                "--threads",
+                str(threads),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)
     row = result["rows"][0]
@@ -120,20 +166,43 @@ def _bench(name):
 
 
 def test_bench_steps_reports_each_rule_against_the_paper_run_per_image():
-    out = _bench("steps").main(["--model", "tiny", "--size", "64", "--images", "2", "--paper-steps", "4", "--snapshots", "2", "--budgets", "2",
-                                "--rules", "momentum+cosine x2", "fast", "--draws", "1"])
+    out = _bench("steps").main(
+        [
+            "--model",
+            "tiny",
+            "--size",
+            "64",
+            "--images",
+            "2",
+            "--paper-steps",
+            "4",
+            "--snapshots",
+            "2",
+            "--budgets",
+            "2",
+            "--rules",
+            "momentum+cosine x2",
+            "fast",
+            "--draws",
+            "1",
+        ]
+    )
     rows = out["rows"]
     assert set(rows) == {"paper@0", "paper@2", "paper@4", "momentum+cosine x2@2", "fast@2"}
     assert all(len(v) == 2 for v in rows.values())  # one entry per image
-    assert all(rows["paper@4"][i]["share"] < rows["paper@0"][i]["share"] for i in range(2))  # DeContext lowers the share it measures
+    assert all(
+        rows["paper@4"][i]["share"] < rows["paper@0"][i]["share"] for i in range(2)
+    )  # DeContext lowers the share it measures
     gap = out["summary"]["fast@2"]["gap"]
-    shares = [r["share"] - p["share"] for r, p in zip(rows["fast@2"], rows["paper@4"])]
+    shares = [r["share"] - p["share"] for r, p in zip(rows["fast@2"], rows["paper@4"], strict=False)]
     assert gap[0] == pytest.approx(sum(shares) / 2) and gap[1] <= gap[0] <= gap[2]
     assert out["summary"]["paper@4"]["time_ratio"][0] == pytest.approx(1.0)
 
 
 def test_bench_photo_protects_one_photo_with_both_presets(tmp_path):
-    rows = _bench("photo").main(["--size", "64", "--paper-steps", "3", "--fast-steps", "4", "--json", str(tmp_path / "photo.json")])
+    rows = _bench("photo").main(
+        ["--size", "64", "--paper-steps", "3", "--fast-steps", "4", "--json", str(tmp_path / "photo.json")]
+    )
     assert rows["fast"]["steps_run"] <= 4 and rows["paper"]["steps_run"] == 3
     assert rows["paper"]["extrapolated_800_s"] > rows["paper"]["protect_s"]
 
@@ -142,9 +211,27 @@ def test_bench_step_compile_times_a_compiled_copy_beside_eager(capsys, monkeypat
     """--compile's plumbing (a compiled copy timed beside the eager model), with the fast aot_eager backend."""
     from decontext.editors import blocks, dit
 
-    monkeypatch.setattr(dit, "compile_blocks", lambda model, backend="inductor", **kw: blocks.compile_blocks(model, "aot_eager", **kw))
-    assert _load_step_bench().main(["--size", "64", "--text-tokens", "8", "--repeats", "1", "--skip-memory", "--compile",
-                                    "--variants", "ours", "ours_compiled"]) == 0
+    monkeypatch.setattr(
+        dit, "compile_blocks", lambda model, backend="inductor", **kw: blocks.compile_blocks(model, "aot_eager", **kw)
+    )
+    assert (
+        _load_step_bench().main(
+            [
+                "--size",
+                "64",
+                "--text-tokens",
+                "8",
+                "--repeats",
+                "1",
+                "--skip-memory",
+                "--compile",
+                "--variants",
+                "ours",
+                "ours_compiled",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert re.search(r"^ours_compiled\s+\d+\.\d+", out, re.M) and "loss eager" in out
 
@@ -154,7 +241,9 @@ def test_bench_robustness_scores_every_breaker_with_and_without_eot():
 
     threads = torch.get_num_threads()
     try:
-        out = _bench("robustness").main(["--identities", "2", "--steps", "1", "--methods", "encoder", "--breakers", "none", "jpeg", "--eot", "jpeg"])
+        out = _bench("robustness").main(
+            ["--identities", "2", "--steps", "1", "--methods", "encoder", "--breakers", "none", "jpeg", "--eot", "jpeg"]
+        )
     finally:
         torch.set_num_threads(threads)
     results = out["results"]
@@ -172,7 +261,10 @@ def test_bench_effect_replots_identity_against_budget_from_its_json(tmp_path):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    scores = lambda level: {"toy_identity": np.clip(level + rng.normal(0, 0.05, (6, 4)), 0, 1).tolist(), "edit_success": np.ones((6, 4)).tolist()}
+    scores = lambda level: {
+        "toy_identity": np.clip(level + rng.normal(0, 0.05, (6, 4)), 0, 1).tolist(),
+        "edit_success": np.ones((6, 4)).tolist(),
+    }
     results = {"clean": scores(0.95), "another person": scores(0.45)}
     for eps in (4, 8, 16):
         results[f"noise@{eps}"] = {**scores(0.95), "psnr": 30.0, "seconds_per_image": 0.1}
@@ -212,8 +304,11 @@ def test_bench_paired_bootstrap_is_the_shared_paired_difference():
 
     rng = np.random.default_rng(1)
     a, b = rng.uniform(0.5, 1, (6, 9)), rng.uniform(0.5, 1, (6, 9))
-    rows = lambda x: [{"image": f"im{i}", "identity": f"id{i:02d}", "prompt_index": e, "seed": 0, "m": float(x[e, i])}
-                      for e in range(6) for i in range(9)]
+    rows = lambda x: [
+        {"image": f"im{i}", "identity": f"id{i:02d}", "prompt_index": e, "seed": 0, "m": float(x[e, i])}
+        for e in range(6)
+        for i in range(9)
+    ]
     shared = paired_difference_ci(rows(a), rows(b), "m", n_boot=2000, seed=0).diff
     mean, low, high = _bench("effect").paired_bootstrap(a, b)
     assert (mean, low, high) == (pytest.approx(shared.mean), pytest.approx(shared.low), pytest.approx(shared.high))

@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "attack" / "attack_kontext.py"), *args], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "attack" / "attack_kontext.py"), *args], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,19 @@ def batch(tmp_path_factory):
     (inputs / "broken.jpg").write_bytes(buffer.getvalue()[:5000])
     (inputs / "x.png").write_text("this is a text file")
     output = tmp_path_factory.mktemp("protected")
-    result = run_cli("--model", "tiny", "--input", str(inputs), "--output", str(output), "--resolution", "native", "--steps", "30", "--no-progress")
+    result = run_cli(
+        "--model",
+        "tiny",
+        "--input",
+        str(inputs),
+        "--output",
+        str(output),
+        "--resolution",
+        "native",
+        "--steps",
+        "30",
+        "--no-progress",
+    )
     return inputs, output, result
 
 
@@ -64,7 +78,19 @@ def test_bad_files_reported_by_name_and_exit_code(batch):
 def test_rerun_skips_done_files(batch):
     inputs, output, _ = batch
     before = (output / "astronaut.png").stat().st_mtime_ns
-    result = run_cli("--model", "tiny", "--input", str(inputs / "astronaut.png"), "--output", str(output), "--resolution", "native", "--steps", "30", "--no-progress")
+    result = run_cli(
+        "--model",
+        "tiny",
+        "--input",
+        str(inputs / "astronaut.png"),
+        "--output",
+        str(output),
+        "--resolution",
+        "native",
+        "--steps",
+        "30",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     assert "skipped 1" in result.stdout
     assert (output / "astronaut.png").stat().st_mtime_ns == before
@@ -73,28 +99,58 @@ def test_rerun_skips_done_files(batch):
 def test_refuses_to_overwrite_inputs_and_bad_arguments(tmp_path):
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
     original = (tmp_path / "a.png").read_bytes()
-    result = run_cli("--model", "tiny", "--input", str(tmp_path), "--output", str(tmp_path), "--steps", "1", "--no-progress")
+    result = run_cli(
+        "--model", "tiny", "--input", str(tmp_path), "--output", str(tmp_path), "--steps", "1", "--no-progress"
+    )
     assert result.returncode == 1 and "overwrite" in result.stderr
     assert (tmp_path / "a.png").read_bytes() == original
     missing = run_cli("--model", "tiny", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"))
     assert missing.returncode == 2 and "nope" in missing.stderr
     empty = tmp_path / "empty.txt"
     empty.write_text("# nothing\n")
-    result = run_cli("--model", "tiny", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--prompts", str(empty))
+    result = run_cli(
+        "--model", "tiny", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--prompts", str(empty)
+    )
     assert result.returncode == 2 and "no prompts" in result.stderr
 
 
 def test_paper_preset_is_the_default_run_and_fast_records_its_stopping(batch, tmp_path):
     inputs, output, _ = batch
     # --preset paper on outputs made without a preset: the same settings, so the done image is skipped ...
-    same = run_cli("--model", "tiny", "--input", str(inputs / "wide.png"), "--output", str(output), "--resolution", "native", "--steps", "30",
-                   "--preset", "paper", "--no-progress")
+    same = run_cli(
+        "--model",
+        "tiny",
+        "--input",
+        str(inputs / "wide.png"),
+        "--output",
+        str(output),
+        "--resolution",
+        "native",
+        "--steps",
+        "30",
+        "--preset",
+        "paper",
+        "--no-progress",
+    )
     assert same.returncode == 0, same.stderr
     assert "skipped 1" in same.stdout
     # ... and made afresh, the same bytes.
     fresh = tmp_path / "paper"
-    made = run_cli("--model", "tiny", "--input", str(inputs / "wide.png"), "--output", str(fresh), "--resolution", "native", "--steps", "30",
-                   "--preset", "paper", "--no-progress")
+    made = run_cli(
+        "--model",
+        "tiny",
+        "--input",
+        str(inputs / "wide.png"),
+        "--output",
+        str(fresh),
+        "--resolution",
+        "native",
+        "--steps",
+        "30",
+        "--preset",
+        "paper",
+        "--no-progress",
+    )
     assert made.returncode == 0, made.stderr
     assert (fresh / "wide.png").read_bytes() == (output / "wide.png").read_bytes()
     paper = json.loads((fresh / "manifest.json").read_text())
@@ -102,8 +158,25 @@ def test_paper_preset_is_the_default_run_and_fast_records_its_stopping(batch, tm
     entry = paper["images"]["wide.png"]
     assert entry["steps_run"] == 30 and entry["stop_reason"] == "budget"
     fast = tmp_path / "fast"
-    result = run_cli("--model", "tiny", "--input", str(inputs / "wide.png"), "--output", str(fast), "--resolution", "native",
-                     "--preset", "fast", "--steps", "40", "--stop-patience", "5", "--stop-window", "3", "--no-progress")
+    result = run_cli(
+        "--model",
+        "tiny",
+        "--input",
+        str(inputs / "wide.png"),
+        "--output",
+        str(fast),
+        "--resolution",
+        "native",
+        "--preset",
+        "fast",
+        "--steps",
+        "40",
+        "--stop-patience",
+        "5",
+        "--stop-window",
+        "3",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     manifest = json.loads((fast / "manifest.json").read_text())
     args = manifest["args"]
@@ -112,6 +185,16 @@ def test_paper_preset_is_the_default_run_and_fast_records_its_stopping(batch, tm
     entry = manifest["images"]["wide.png"]
     assert 0 < entry["steps_run"] <= 40
     assert entry["stop_reason"] == "budget" if entry["steps_run"] == 40 else entry["stop_reason"].startswith("plateau")
-    refused = run_cli("--model", "tiny", "--input", str(inputs / "wide.png"), "--output", str(tmp_path / "x"), "--preset", "paper",
-                      "--stop-patience", "5")
+    refused = run_cli(
+        "--model",
+        "tiny",
+        "--input",
+        str(inputs / "wide.png"),
+        "--output",
+        str(tmp_path / "x"),
+        "--preset",
+        "paper",
+        "--stop-patience",
+        "5",
+    )
     assert refused.returncode == 2 and "paper preset never stops" in refused.stderr

@@ -17,7 +17,19 @@ from PIL import Image
 ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[1]
 COUNT = 500
-COMMON = ["--model", "toy", "--method", "amortized", "--protector", "toy-decontext", "--measure-draws", "0", "--seed", "7", "--no-progress"]
+COMMON = [
+    "--model",
+    "toy",
+    "--method",
+    "amortized",
+    "--protector",
+    "toy-decontext",
+    "--measure-draws",
+    "0",
+    "--seed",
+    "7",
+    "--no-progress",
+]
 
 
 def _faces(folder: Path, count: int) -> list[Path]:
@@ -35,7 +47,11 @@ def _faces(folder: Path, count: int) -> list[Path]:
 
 def _journaled(output: Path) -> int:
     journals = output / ".cluster" / "journals"
-    return sum(line.count('"status": "done"') for f in journals.glob("*.jsonl") for line in f.read_text().splitlines()) if journals.is_dir() else 0
+    return (
+        sum(line.count('"status": "done"') for f in journals.glob("*.jsonl") for line in f.read_text().splitlines())
+        if journals.is_dir()
+        else 0
+    )
 
 
 def _actor_pids() -> list[int]:
@@ -64,20 +80,39 @@ def _wait(predicate, timeout: float, what: str):
 def test_a_ray_job_survives_a_killed_actor_and_a_killed_driver(tmp_path):
     faces = _faces(tmp_path / "faces", COUNT)
     output = tmp_path / "out"
-    command = [sys.executable, "-m", "decontext", "cluster", *COMMON, "--input", str(tmp_path / "faces"), "--output", str(output), "--actors", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "decontext",
+        "cluster",
+        *COMMON,
+        "--input",
+        str(tmp_path / "faces"),
+        "--output",
+        str(output),
+        "--actors",
+        "2",
+    ]
     env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
-    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    first = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         _wait(lambda: _journaled(output) >= 60, 300, "the first 60 images")
         actors = _actor_pids()
         assert actors, "no actor process found"
         os.kill(actors[0], signal.SIGKILL)  # Ray restarts it and retries its batch
-        _wait(lambda: _journaled(output) >= 250 or first.poll() is not None, 300, "250 images after the actor was killed")
+        _wait(
+            lambda: _journaled(output) >= 250 or first.poll() is not None, 300, "250 images after the actor was killed"
+        )
         assert first.poll() is None, first.stdout.read().decode()[-3000:]
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the driver and the local Ray it started
         first.wait()
-    assert not (output / "manifest.json").exists() or len(json.loads((output / "manifest.json").read_text()).get("images", {})) < COUNT
+    assert (
+        not (output / "manifest.json").exists()
+        or len(json.loads((output / "manifest.json").read_text()).get("images", {})) < COUNT
+    )
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "skipped" in second.stdout
@@ -86,9 +121,11 @@ def test_a_ray_job_survives_a_killed_actor_and_a_killed_driver(tmp_path):
     images = manifest["images"]
     assert sorted(images) == sorted(p.name for p in faces) and all(r["status"] == "done" for r in images.values())
     assert manifest["method"]["method"] == "amortized" and manifest["args"]["actors"] == 2
-    assert sorted(p.name for p in output.iterdir()) == sorted([f"{p.stem}.png" for p in faces] + ["manifest.json", ".manifest.json.lock"])
+    assert sorted(p.name for p in output.iterdir()) == sorted(
+        [f"{p.stem}.png" for p in faces] + ["manifest.json", ".manifest.json.lock"]
+    )
     eps = int(manifest["pgd"]["eps"])
-    for face in faces[:: 25]:
+    for face in faces[::25]:
         source = np.asarray(Image.open(face)).astype(int)
         saved = np.asarray(Image.open(output / face.name)).astype(int)
         record = images[face.name]
@@ -97,8 +134,23 @@ def test_a_ray_job_survives_a_killed_actor_and_a_killed_driver(tmp_path):
 
     # the same pixels as the single-process CLI for the same image and seed, on the same number of threads as an
     # actor (--cpus-per-actor 1): float sums in another order can move a pixel by one level
-    single = subprocess.run([sys.executable, "-m", "decontext", "attack", *COMMON, "--input", str(faces[3]), "--output", str(tmp_path / "single")],
-                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "decontext",
+            "attack",
+            *COMMON,
+            "--input",
+            str(faces[3]),
+            "--output",
+            str(tmp_path / "single"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert single.returncode == 0, single.stderr[-2000:]
     assert (tmp_path / "single" / faces[3].name).read_bytes() == (output / faces[3].name).read_bytes()
     again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

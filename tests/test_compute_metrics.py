@@ -19,7 +19,9 @@ FAST = "pixel,fdfr,brisque"
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
 
 
 def _rows(path: Path) -> list[dict]:
@@ -30,11 +32,29 @@ def _rows(path: Path) -> list[dict]:
 def test_script_scores_run_and_reports_missing_weights(tmp_path):
     run = make_demo_run(tmp_path / "run", extra_condition="noise")
     before = _hashes(run)
-    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"),
-               HF_HUB_OFFLINE="1", HOME=str(tmp_path / "home"))
-    proc = subprocess.run([sys.executable, str(REPO / "eval" / "compute_metrics.py"), "--run", str(run), "--no-progress",
-                           "--weights-dir", str(tmp_path / "weights")],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    env = dict(
+        os.environ,
+        TORCH_HOME=str(tmp_path / "torch"),
+        HF_HOME=str(tmp_path / "hf"),
+        HF_HUB_OFFLINE="1",
+        HOME=str(tmp_path / "home"),
+    )
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "eval" / "compute_metrics.py"),
+            "--run",
+            str(run),
+            "--no-progress",
+            "--weights-dir",
+            str(tmp_path / "weights"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     assert "Not measured in this run" in out and "ism_facenet" in out and "20180402-114759-vggface2.pt" in out
@@ -62,7 +82,10 @@ def test_script_scores_run_and_reports_missing_weights(tmp_path):
     fd = summary["protected"]["fdfr"]
     assert fd["mean"] == 0.5 and fd["n"] == 4 and fd["low"] <= 0.5 <= fd["high"]
     assert summary["clean"]["fdfr"]["mean"] == 0.0
-    assert summary["clean"]["ism_facenet"]["available"] is False and "vggface2" in summary["clean"]["ism_facenet"]["reason"]
+    assert (
+        summary["clean"]["ism_facenet"]["available"] is False
+        and "vggface2" in summary["clean"]["ism_facenet"]["reason"]
+    )
     assert "ism_facenet" in summary["_unavailable"]
     assert summary["protected"]["psnr_input"]["n"] == 2 and summary["protected"]["psnr_input"]["mean"] > 30
     assert "psnr_vs_clean" not in summary["clean"]
@@ -98,9 +121,24 @@ def test_unreadable_edit_is_named_and_the_rest_scored(tmp_path, capsys):
 def test_explicit_folders(tmp_path):
     run = make_demo_run(tmp_path / "run")
     out = tmp_path / "explicit"
-    code = main(["--source", str(run / "source"), "--protected", str(run / "protected"),
-                 "--edits-clean", str(run / "edits" / "clean"), "--edits-protected", str(run / "edits" / "protected"),
-                 "--metrics", "pixel", "--no-progress", "--no-report", "--out", str(out)])
+    code = main(
+        [
+            "--source",
+            str(run / "source"),
+            "--protected",
+            str(run / "protected"),
+            "--edits-clean",
+            str(run / "edits" / "clean"),
+            "--edits-protected",
+            str(run / "edits" / "protected"),
+            "--metrics",
+            "pixel",
+            "--no-progress",
+            "--no-report",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     rows = _rows(out / "metrics.csv")
     assert len(rows) == 8 and sum(1 for r in rows if r["psnr_vs_clean"]) == 4
@@ -153,8 +191,9 @@ def test_damaged_run_still_writes_every_output_and_lists_every_problem(tmp_path)
     (run / "edits" / "noise" / "a" / "0" / "seed42.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR broken")
     # an index naming files that are not there
     index = json.loads((run / "edits" / "clean" / "index.json").read_text())
-    index["edits"].append({**index["edits"][0], "image": "ghost", "output": "edits/clean/ghost/0/seed42.png",
-                           "input": "source/ghost.png"})
+    index["edits"].append(
+        {**index["edits"][0], "image": "ghost", "output": "edits/clean/ghost/0/seed42.png", "input": "source/ghost.png"}
+    )
     index["edits"].append({**index["edits"][0], "seed": 999, "output": "edits/clean/a/0/seed999.png"})
     index["edits"].append({"image": "a", "prompt_index": "zero", "seed": 1})  # malformed
     (run / "edits" / "clean" / "index.json").write_text(json.dumps(index))
@@ -170,9 +209,15 @@ def test_damaged_run_still_writes_every_output_and_lists_every_problem(tmp_path)
         assert (run / name).is_file(), name
     errors, report = _problems(run)
     assert "Problems" in report
-    for needle in ("edits/clean/b/10/seed42.png", "edits/noise/a/0/seed42.png", "edits/clean/ghost/0/seed42.png",
-                   "edits/clean/a/0/seed999.png", "edits/noise/index.json", "edits/protected",
-                   "record 6 is malformed"):
+    for needle in (
+        "edits/clean/b/10/seed42.png",
+        "edits/noise/a/0/seed42.png",
+        "edits/clean/ghost/0/seed42.png",
+        "edits/clean/a/0/seed999.png",
+        "edits/noise/index.json",
+        "edits/protected",
+        "record 6 is malformed",
+    ):
         assert _named(needle, errors, report), (needle, errors)
     assert any(e.endswith(f"{run / 'protected'}: input folder of condition 'protected' not found") for e in errors)
     assert any("no edits found for condition 'protected'" in e for e in errors)
@@ -225,8 +270,14 @@ def test_index_paths_never_lead_outside_the_run(tmp_path, monkeypatch):
     assert opened and all(p.startswith(root + os.sep) for p in opened), [p for p in opened if not p.startswith(root)]
 
     errors, report = _problems(out)
-    for value in ("../../etc/passwd", "/etc/passwd", str(secret), "../outside/secret.png",
-                  "edits/protected/b/0/seed8.png", "..\\..\\..\\outside\\secret.png"):
+    for value in (
+        "../../etc/passwd",
+        "/etc/passwd",
+        str(secret),
+        "../outside/secret.png",
+        "edits/protected/b/0/seed8.png",
+        "..\\..\\..\\outside\\secret.png",
+    ):
         assert any(repr(value)[1:-1] in e and "refused" in e for e in errors), (value, errors)
         assert repr(value)[1:-1] in report, value
     assert any("'../../outside/secret' is not a plain file name" in e for e in errors)
@@ -274,10 +325,70 @@ def cli_folders(tmp_path_factory):
     os.chdir(root)
     try:
         assert run("toy-faces", ["--count", "2", "--out", "faces"]) == 0
-        assert run("attack", ["--model", "toy", "--input", "faces", "--output", "prot", "--steps", "2", "--measure-draws", "0", "--no-progress"]) == 0
-        assert run("edit", ["--model", "toy", "--images", "faces", "--output", "ec", "--prompt-indices", "0", "2", "--no-progress"]) == 0
-        assert run("edit", ["--model", "toy", "--images", "prot", "--output", "ep", "--prompt-indices", "0", "2", "--no-progress"]) == 0
-        assert run("edit", ["--model", "toy", "--images", "prot", "--output", "ep7", "--prompt-indices", "0", "2", "--seeds", "7", "--no-progress"]) == 0
+        assert (
+            run(
+                "attack",
+                [
+                    "--model",
+                    "toy",
+                    "--input",
+                    "faces",
+                    "--output",
+                    "prot",
+                    "--steps",
+                    "2",
+                    "--measure-draws",
+                    "0",
+                    "--no-progress",
+                ],
+            )
+            == 0
+        )
+        assert (
+            run(
+                "edit",
+                [
+                    "--model",
+                    "toy",
+                    "--images",
+                    "faces",
+                    "--output",
+                    "ec",
+                    "--prompt-indices",
+                    "0",
+                    "2",
+                    "--no-progress",
+                ],
+            )
+            == 0
+        )
+        assert (
+            run(
+                "edit",
+                ["--model", "toy", "--images", "prot", "--output", "ep", "--prompt-indices", "0", "2", "--no-progress"],
+            )
+            == 0
+        )
+        assert (
+            run(
+                "edit",
+                [
+                    "--model",
+                    "toy",
+                    "--images",
+                    "prot",
+                    "--output",
+                    "ep7",
+                    "--prompt-indices",
+                    "0",
+                    "2",
+                    "--seeds",
+                    "7",
+                    "--no-progress",
+                ],
+            )
+            == 0
+        )
     finally:
         os.chdir(cwd)
     return root
@@ -286,12 +397,33 @@ def cli_folders(tmp_path_factory):
 def test_explicit_folders_made_by_the_cli_score_without_false_problems(cli_folders, tmp_path):
     root = cli_folders
     out = tmp_path / "scores"
-    assert main(["--source", str(root / "faces"), "--protected", str(root / "prot"), "--edits-clean", str(root / "ec"),
-                 "--edits-protected", str(root / "ep"), "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--source",
+                str(root / "faces"),
+                "--protected",
+                str(root / "prot"),
+                "--edits-clean",
+                str(root / "ec"),
+                "--edits-protected",
+                str(root / "ep"),
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["_errors"] == []
-    assert summary["_run"]["model"] == "toy" and summary["_run"]["editor"] == "flux_kontext"  # read from the folders' records
-    assert "decontext" in summary["_run"]["protection"]["protected"] and "2 steps" in summary["_run"]["protection"]["protected"]
+    assert (
+        summary["_run"]["model"] == "toy" and summary["_run"]["editor"] == "flux_kontext"
+    )  # read from the folders' records
+    assert (
+        "decontext" in summary["_run"]["protection"]["protected"]
+        and "2 steps" in summary["_run"]["protection"]["protected"]
+    )
     md = (out / "summary.md").read_text()
     assert "model `toy`, editor `flux_kontext`" in md and "unknown" not in md
     # the toy's drawn faces: face detection and recognition are not run, one line says why
@@ -304,7 +436,24 @@ def test_explicit_folders_made_by_the_cli_score_without_false_problems(cli_folde
 def test_a_missing_paired_value_says_why(cli_folders, tmp_path):
     root = cli_folders
     out = tmp_path / "scores"
-    assert main(["--source", str(root / "faces"), "--protected", str(root / "prot"), "--edits-clean", str(root / "ec"),
-                 "--edits-protected", str(root / "ep7"), "--no-progress", "--no-report", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "--source",
+                str(root / "faces"),
+                "--protected",
+                str(root / "prot"),
+                "--edits-clean",
+                str(root / "ec"),
+                "--edits-protected",
+                str(root / "ep7"),
+                "--no-progress",
+                "--no-report",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     md = (out / "summary.md").read_text()
     assert "no paired values (none of the 4 protected edits has a clean edit of the same image, prompt and seed" in md

@@ -13,10 +13,21 @@ from decontext.editors import EDITORS, Editor, editor_class, load_editor
 from decontext.editors.base import CAPABILITIES
 from decontext.methods import METHODS, method_class
 
-EXPECTED_MEASURES = {"decontext": {"share"}, "noise": set(), "encoder": {"latent_mse"}, "flow_loss": {"flow_mse"},
-                     "danp": {"attention", "noise_mse"}, "tdae": {"discrepancy"}, "diffusion": {"edit_mse"},
-                     "amortized": {"share"}}  # the measure of the protector's objective (toy-decontext: DeContext's share)
-PROTECTOR = ["--protector", "toy-decontext", "--allow-transfer"]  # trained on the toy Kontext at 16/255: a transfer everywhere here
+EXPECTED_MEASURES = {
+    "decontext": {"share"},
+    "noise": set(),
+    "encoder": {"latent_mse"},
+    "flow_loss": {"flow_mse"},
+    "danp": {"attention", "noise_mse"},
+    "tdae": {"discrepancy"},
+    "diffusion": {"edit_mse"},
+    "amortized": {"share"},
+}  # the measure of the protector's objective (toy-decontext: DeContext's share)
+PROTECTOR = [
+    "--protector",
+    "toy-decontext",
+    "--allow-transfer",
+]  # trained on the toy Kontext at 16/255: a transfer everywhere here
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +77,29 @@ def test_every_method_runs_through_the_same_cli_with_the_same_manifest(family, i
     keys = None
     for method in METHODS:
         out = tmp_path / method
-        argv = ["--model", "tiny", "--input", str(image_dir), "--output", str(out), "--method", method, "--eps", "8", "--alpha", "4",
-                "--steps", "2", "--resolution", "native", "--measure-draws", "1", "--no-progress", "--prompts", "data/prompts/toy_prompts.txt"]
+        argv = [
+            "--model",
+            "tiny",
+            "--input",
+            str(image_dir),
+            "--output",
+            str(out),
+            "--method",
+            method,
+            "--eps",
+            "8",
+            "--alpha",
+            "4",
+            "--steps",
+            "2",
+            "--resolution",
+            "native",
+            "--measure-draws",
+            "1",
+            "--no-progress",
+            "--prompts",
+            "data/prompts/toy_prompts.txt",
+        ]
         argv += PROTECTOR if method == "amortized" else []
         if not applies(method, family):  # refused up front, by name, before any model loads or file is written
             capsys.readouterr()

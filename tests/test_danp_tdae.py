@@ -57,14 +57,18 @@ def test_text_masses_equal_a_brute_force_softmax():
     layout = Layout(text=5, target=6, context=6)
     q, k, v = (torch.randn(2, layout.total, 3, 8, dtype=torch.float64) for _ in range(3))
     mask = torch.tensor([[1, 1, 0, 0, 0], [0, 1, 1, 1, 0]], dtype=torch.float64)
-    probs = torch.softmax(q[:, layout.target_slice].transpose(1, 2) @ k.permute(0, 2, 3, 1) / math.sqrt(8), -1)  # (B, H, T, S)
+    probs = torch.softmax(
+        q[:, layout.target_slice].transpose(1, 2) @ k.permute(0, 2, 3, 1) / math.sqrt(8), -1
+    )  # (B, H, T, S)
     want_text = (probs[..., : layout.text] * mask[:, None, None]).sum(-1)
     want_share = probs[..., layout.context_slice].sum(-1)
     share, text = target_masses(q, k, layout, mask)
     torch.testing.assert_close(text, want_text)
     torch.testing.assert_close(share, want_share)
     out, share2, text2 = attention_with_masses(q, k, v, layout, text_mask=mask)
-    plain = torch.nn.functional.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+    plain = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    ).transpose(1, 2)
     torch.testing.assert_close(out, plain)
     torch.testing.assert_close(text2, want_text)
     torch.testing.assert_close(share2, want_share)
@@ -82,7 +86,11 @@ def test_kontext_text_attention_reads_the_prompt_tokens_and_leaves_the_output_al
     condition = kontext.condition(x, ["add a hat"], (32, 48))
     mask = condition.extra["text_mask"][0]
     ids = kontext.pipe.tokenizer_2("add a hat", padding="max_length", max_length=mask.shape[0]).input_ids
-    words = [i for i, t in enumerate(ids) if t not in (kontext.pipe.tokenizer_2.eos_token_id, kontext.pipe.tokenizer_2.pad_token_id)]
+    words = [
+        i
+        for i, t in enumerate(ids)
+        if t not in (kontext.pipe.tokenizer_2.eos_token_id, kontext.pipe.tokenizer_2.pad_token_id)
+    ]
     assert mask.nonzero().flatten().tolist() == words and len(words) == 3
     noise = kontext.noise_like(condition, torch.Generator().manual_seed(0))
     stock = kontext.velocity(noise, 0.9, condition)
@@ -158,7 +166,13 @@ def test_flat_gradient_without_weight_is_the_plain_gradient():
 
 
 def test_tdae_alternates_prompt_cycles_and_its_embedding_steps_lower_their_objective(kontext):
-    method = TDAE(prompts=["add a hat", "make it blue", "turn the hair red"], dpd_every=4, dpd_steps=4, dpd_lr=0.05, release_text_encoders=False)
+    method = TDAE(
+        prompts=["add a hat", "make it blue", "turn the hair red"],
+        dpd_every=4,
+        dpd_steps=4,
+        dpd_lr=0.05,
+        release_text_encoders=False,
+    )
     assert [s for s in range(12) if method.is_dpd_step(s)] == [0, 4, 8]
     assert PGDConfig.for_method(method).start == "uniform"
     x0 = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
@@ -167,7 +181,8 @@ def test_tdae_alternates_prompt_cycles_and_its_embedding_steps_lower_their_objec
         method.start(kontext, x0, (32, 48))
         assert method.measure(kontext, x0, (32, 48), draws=2)["discrepancy"] == 0.0
         result = PGD(config=PGDConfig.for_method(method, eps=16, alpha=2, steps=10), seed=0, progress=False).run(
-            x0, lambda p, s, g: method.loss(kontext, p, (32, 48), s, g))
+            x0, lambda p, s, g: method.loss(kontext, p, (32, 48), s, g)
+        )
         after = method.measure(kontext, result.pixels, (32, 48), draws=2)["discrepancy"]
     assert [c["step"] for c in method.dpd_history] == [0, 4, 8]
     for cycle in method.dpd_history:
@@ -200,7 +215,9 @@ def test_ip2p_denoise_is_diffusers_ddim_step():
     editor = InstructPix2PixEditor.tiny(seed=2)
     condition = editor.condition(torch.rand(1, 3, 64, 64), ["add a hat"], (64, 64))
     x = editor.noise_like(condition, torch.Generator().manual_seed(0))
-    ddim = DDIMScheduler.from_config(editor.pipe.scheduler.config, clip_sample=False, thresholding=False, set_alpha_to_one=True)
+    ddim = DDIMScheduler.from_config(
+        editor.pipe.scheduler.config, clip_sample=False, thresholding=False, set_alpha_to_one=True
+    )
     ddim.set_timesteps(4)  # steps of 250: t = 999 -> 749
     eps = editor.velocity(x, 1.0, condition)
     want = ddim.step(eps, 999, x, eta=0.0).prev_sample
@@ -246,7 +263,13 @@ def test_danp_balances_its_two_terms_by_gradient_scale():
     editor = InstructPix2PixEditor.tiny(seed=1)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     for balance in ("grad", "none"):
-        method = DANP(prompts=["make it blue"], attention_weight=2.0, noise_weight=0.5, balance=balance, release_text_encoders=False)
+        method = DANP(
+            prompts=["make it blue"],
+            attention_weight=2.0,
+            noise_weight=0.5,
+            balance=balance,
+            release_text_encoders=False,
+        )
         method.prepare(editor)
         with method.session(editor):
             p = x.clone().requires_grad_(True)
@@ -257,5 +280,7 @@ def test_danp_balances_its_two_terms_by_gradient_scale():
             g_a = torch.autograd.grad(a, q, retain_graph=True)[0]
             g_n = torch.autograd.grad(n, q)[0]
         assert float(value.detach()) == pytest.approx(float(2.0 * a + 0.5 * n), rel=1e-5)
-        want = 2.0 * g_a / g_a.abs().mean() + 0.5 * g_n / g_n.abs().mean() if balance == "grad" else 2.0 * g_a + 0.5 * g_n
+        want = (
+            2.0 * g_a / g_a.abs().mean() + 0.5 * g_n / g_n.abs().mean() if balance == "grad" else 2.0 * g_a + 0.5 * g_n
+        )
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -17,13 +17,42 @@ def test_two_processes_share_four_images(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     for i in range(4):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(inputs / f"im{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(
+            inputs / f"im{i}.png"
+        )
     out = tmp_path / "out"
     result = subprocess.run(
-        [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", str(ROOT / "attack" / "attack_kontext.py"),
-         "--model", "tiny", "--input", str(inputs), "--output", str(out), "--steps", "2", "--resolution", "native", "--no-progress"],
-        capture_output=True, text=True, cwd=ROOT, timeout=300,
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--num_cpu_threads_per_process",
+            "1",
+            str(ROOT / "attack" / "attack_kontext.py"),
+            "--model",
+            "tiny",
+            "--input",
+            str(inputs),
+            "--output",
+            str(out),
+            "--steps",
+            "2",
+            "--resolution",
+            "native",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[process 0/2] protected 2" in result.stdout and "[process 1/2] protected 2" in result.stdout

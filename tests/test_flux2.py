@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from decontext.attention import context_share_reference
+from decontext.config import ProtectConfig
 from decontext.editors import load_editor
 from decontext.editors.flux2 import Flux2Editor
 from decontext.images import from_array
 from decontext.methods import build_method
 from decontext.pgd import PGDConfig
-from decontext.config import ProtectConfig
 from decontext.protect import protect
 from decontext.runs import image_seed
 
@@ -53,17 +53,32 @@ def test_reference_encoding_and_ids_match_the_pipeline(editor):
     finally:
         editor.set_references([])
     pipe = editor.pipe
-    processed = [pipe.image_processor.preprocess(Image.fromarray(rgb), rgb.shape[0], rgb.shape[1], resize_mode="crop") for rgb in (first, second)]
-    tokens, ids = pipe.prepare_image_latents(processed, 1, torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32)
+    processed = [
+        pipe.image_processor.preprocess(Image.fromarray(rgb), rgb.shape[0], rgb.shape[1], resize_mode="crop")
+        for rgb in (first, second)
+    ]
+    tokens, ids = pipe.prepare_image_latents(
+        processed, 1, torch.Generator().manual_seed(0), torch.device("cpu"), torch.float32
+    )
     context = torch.cat([condition.latents, condition.extra["companions"]], dim=1)
     assert context.shape == tokens.shape == (1, 6 + 8, 32)
     assert torch.allclose(context, tokens, atol=1e-5)
     assert torch.equal(condition.extra["context_ids"], ids[0])
-    _, target_ids = pipe.prepare_latents(1, 8, 32, 48, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
+    _, target_ids = pipe.prepare_latents(
+        1, 8, 32, 48, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0)
+    )
     assert torch.equal(condition.extra["target_ids"], target_ids[0])
     # Layout from shapes: text tokens, target grid, every reference's tokens as context.
-    assert (condition.layout.text, condition.layout.target, condition.layout.context) == (editor.max_sequence_length, 6, 14)
-    reference, _ = pipe.encode_prompt(["add a hat"], max_sequence_length=editor.max_sequence_length, text_encoder_out_layers=editor.text_encoder_out_layers)
+    assert (condition.layout.text, condition.layout.target, condition.layout.context) == (
+        editor.max_sequence_length,
+        6,
+        14,
+    )
+    reference, _ = pipe.encode_prompt(
+        ["add a hat"],
+        max_sequence_length=editor.max_sequence_length,
+        text_encoder_out_layers=editor.text_encoder_out_layers,
+    )
     assert torch.allclose(condition.extra["embeds"], reference, atol=1e-6)
 
 
@@ -86,7 +101,9 @@ def _captured_shares(editor, condition, blocks):
 def test_shares_equal_brute_force_over_several_references(editor):
     editor.set_references([torch.rand(1, 3, 48, 32, generator=torch.Generator().manual_seed(10))], resolution="native")
     try:
-        condition = editor.condition(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(11)), PROMPTS, (32, 48))
+        condition = editor.condition(
+            torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(11)), PROMPTS, (32, 48)
+        )
         shares, reference = _captured_shares(editor, condition, editor.block_names)
     finally:
         editor.set_references([])
@@ -102,9 +119,17 @@ def test_probed_processors_subclass_stock_and_keep_outputs(editor):
 
     with editor.probe(editor.block_names) as probe:  # the hooked processors subclass the stock ones of each block kind
         hooked = editor.transformer.attn_processors
-        assert all(isinstance(hooked[editor.blocks[n].processor_key], Flux2AttnProcessor if n.startswith("double") else Flux2ParallelSelfAttnProcessor)
-                   and hooked[editor.blocks[n].processor_key].hook is probe for n in editor.block_names)
-    condition = editor.condition(torch.rand(1, 3, 48, 32, generator=torch.Generator().manual_seed(12)), PROMPTS, (48, 32))
+        assert all(
+            isinstance(
+                hooked[editor.blocks[n].processor_key],
+                Flux2AttnProcessor if n.startswith("double") else Flux2ParallelSelfAttnProcessor,
+            )
+            and hooked[editor.blocks[n].processor_key].hook is probe
+            for n in editor.block_names
+        )
+    condition = editor.condition(
+        torch.rand(1, 3, 48, 32, generator=torch.Generator().manual_seed(12)), PROMPTS, (48, 32)
+    )
     noise = editor.noise_like(condition, torch.Generator().manual_seed(1))
     stock_types = {k: type(v) for k, v in editor.transformer.attn_processors.items()}
     with torch.no_grad():
@@ -128,7 +153,9 @@ def test_share_gradient_matches_float64_finite_differences():
 
     def share(x):
         with editor.probe(["double.0", "single.1"]) as probe:
-            editor.velocity(noise, torch.tensor(0.97), editor.condition(x, ["add a hat"], (32, 48)), stop_after="single.1")
+            editor.velocity(
+                noise, torch.tensor(0.97), editor.condition(x, ["add a hat"], (32, 48)), stop_after="single.1"
+            )
             return probe.mean_share().sum()
 
     x = pixels.clone().requires_grad_(True)
@@ -144,7 +171,9 @@ def test_share_gradient_matches_float64_finite_differences():
 
 
 def test_decode_inverts_the_token_path(editor):
-    condition = editor.condition(torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(13)), ["add a hat"], (32, 48))
+    condition = editor.condition(
+        torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(13)), ["add a hat"], (32, 48)
+    )
     pixels = editor.decode(condition.latents, condition)
     assert pixels.shape == (1, 3, 32, 48) and 0 <= float(pixels.min()) and float(pixels.max()) <= 1
 
@@ -154,10 +183,14 @@ def test_edit_runs_the_stock_pipeline_with_released_text_encoder():
     editor.prepare(["add a hat"], release=True)
     assert editor.pipe.text_encoder is None and editor.true_cfg
     image = Image.fromarray(_rgb(64, 96, 3))
-    first = editor.edit(image, ["add a hat", "add a hat"], [0, 1], steps=2, guidance=4.0, references=[Image.fromarray(_rgb(64, 64, 4))])
+    first = editor.edit(
+        image, ["add a hat", "add a hat"], [0, 1], steps=2, guidance=4.0, references=[Image.fromarray(_rgb(64, 64, 4))]
+    )
     again = editor.edit(image, ["add a hat"], [0], steps=2, guidance=4.0, references=[Image.fromarray(_rgb(64, 64, 4))])
     assert [im.size for im in first] == [(96, 64)] * 2
-    assert np.abs(np.asarray(first[0]).astype(int) - np.asarray(again[0]).astype(int)).max() <= 2  # seeded: batch size changes only rounding
+    assert (
+        np.abs(np.asarray(first[0]).astype(int) - np.asarray(again[0]).astype(int)).max() <= 2
+    )  # seeded: batch size changes only rounding
     assert not np.array_equal(np.asarray(first[0]), np.asarray(first[1]))
 
 
@@ -169,7 +202,9 @@ def test_decontext_pgd_lowers_the_share_within_budget():
     outcome = protect(editor, method, image.pixels, settings, image_seed(0, "x"))
     assert outcome.after["share"] < outcome.before["share"]
     assert float((outcome.pixels - image.pixels).abs().max()) * 255 <= 16 + 1e-3
-    assert {k: type(v) for k, v in editor.transformer.attn_processors.items()} == {k: type(v) for k, v in Flux2Editor.tiny(seed=1).transformer.attn_processors.items()}
+    assert {k: type(v) for k, v in editor.transformer.attn_processors.items()} == {
+        k: type(v) for k, v in Flux2Editor.tiny(seed=1).transformer.attn_processors.items()
+    }
 
 
 def test_attack_cli_through_the_registry(tmp_path):
@@ -180,8 +215,27 @@ def test_attack_cli_through_the_registry(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("add a hat\nmake the person smile\n")
     out = tmp_path / "out"
-    argv = ["--model", "tiny", "--input", str(tmp_path / "photo.png"), "--output", str(out), "--eps", "8", "--alpha", "4",
-            "--steps", "2", "--resolution", "native", "--measure-draws", "1", "--no-progress", "--prompts", str(prompts)]
+    argv = [
+        "--model",
+        "tiny",
+        "--input",
+        str(tmp_path / "photo.png"),
+        "--output",
+        str(out),
+        "--eps",
+        "8",
+        "--alpha",
+        "4",
+        "--steps",
+        "2",
+        "--resolution",
+        "native",
+        "--measure-draws",
+        "1",
+        "--no-progress",
+        "--prompts",
+        str(prompts),
+    ]
     assert attack_main(family="flux2", argv=argv) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["editor"] == {"family": "flux2", "model": "tiny"}
@@ -200,14 +254,29 @@ def test_entry_points_attack_then_edit(monkeypatch, tmp_path):
     prompts.write_text("add a hat\n")
     families = []
     for script, module in (("attack/attack_flux2.py", attack), ("inference/flux2_inference.py", edit)):
-        monkeypatch.setattr(module, "main", lambda argv=None, family=None, _m=module.__name__: families.append((_m, family)) or 0)
+        monkeypatch.setattr(
+            module, "main", lambda argv=None, family=None, _m=module.__name__: families.append((_m, family)) or 0
+        )
         with pytest.raises(SystemExit) as done:
             runpy.run_path(script, run_name="__main__")
         assert done.value.code == 0
     assert families == [("decontext.cli.attack", "flux2"), ("decontext.cli.edit", "flux2")]
     monkeypatch.undo()
-    argv = ["--model", "tiny", "--images", str(tmp_path / "photo.png"), "--output", str(tmp_path / "edits"), "--prompts", str(prompts),
-            "--steps", "2", "--resolution", "native", "--no-progress"]
+    argv = [
+        "--model",
+        "tiny",
+        "--images",
+        str(tmp_path / "photo.png"),
+        "--output",
+        str(tmp_path / "edits"),
+        "--prompts",
+        str(prompts),
+        "--steps",
+        "2",
+        "--resolution",
+        "native",
+        "--no-progress",
+    ]
     assert edit.main(family="flux2", argv=argv) == 0
     edited = list((tmp_path / "edits").rglob("seed*.png"))
     assert len(edited) == 1 and Image.open(edited[0]).size == (96, 64)
@@ -217,9 +286,16 @@ def test_from_pretrained_picks_the_pipeline_class_from_model_index(tmp_path, edi
     editor.save_pretrained(tmp_path / "klein")
     assert json.loads((tmp_path / "klein" / "model_index.json").read_text())["_class_name"] == "Flux2KleinPipeline"
     loaded = Flux2Editor.from_pretrained(tmp_path / "klein", dtype=torch.float32, device="cpu")
-    assert type(loaded.pipe).__name__ == "Flux2KleinPipeline" and loaded.text_encoder_out_layers == editor.text_encoder_out_layers
+    assert (
+        type(loaded.pipe).__name__ == "Flux2KleinPipeline"
+        and loaded.text_encoder_out_layers == editor.text_encoder_out_layers
+    )
     pixels = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(30))
-    assert torch.allclose(loaded.condition(pixels, ["add a hat"], (32, 48)).extra["embeds"], editor.condition(pixels, ["add a hat"], (32, 48)).extra["embeds"], atol=1e-6)
+    assert torch.allclose(
+        loaded.condition(pixels, ["add a hat"], (32, 48)).extra["embeds"],
+        editor.condition(pixels, ["add a hat"], (32, 48)).extra["embeds"],
+        atol=1e-6,
+    )
     index = json.loads((tmp_path / "klein" / "model_index.json").read_text())
     index["_class_name"] = "FluxKontextPipeline"
     (tmp_path / "klein" / "model_index.json").write_text(json.dumps(index))

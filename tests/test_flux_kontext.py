@@ -73,7 +73,9 @@ def test_prompt_embeddings_cached_and_encoders_released():
     again, _ = editor.encode_prompts(["make the person smile", "add a hat"])
     assert len(calls) == 1
     assert torch.equal(first[0], again[1])
-    reference, pooled, _ = editor.pipe.encode_prompt(prompt=["add a hat"], prompt_2=None, max_sequence_length=editor.max_sequence_length)
+    reference, pooled, _ = editor.pipe.encode_prompt(
+        prompt=["add a hat"], prompt_2=None, max_sequence_length=editor.max_sequence_length
+    )
     assert torch.allclose(first[0], reference[0], atol=1e-5) and torch.allclose(first_pooled[0], pooled[0], atol=1e-5)
     editor.prepare(["add a hat"], release=True)
     assert editor.pipe.text_encoder is None and editor.pipe.text_encoder_2 is None

@@ -48,6 +48,7 @@ MAGICS = {
 
 # -- base images -----------------------------------------------------------------------------------
 
+
 def _pixels(h: int = 17, w: int = 23, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
@@ -92,24 +93,39 @@ def base_images() -> dict[str, bytes]:
     if "webp" in _features():
         out["lossy.webp"] = _encode(rgb, "WEBP", quality=80)
         out["lossless.webp"] = _encode(rgba, "WEBP", lossless=True)
-        out["anim.webp"] = _encode(rgb, "WEBP", save_all=True, append_images=[Image.fromarray(_pixels(seed=5))], duration=40)
+        out["anim.webp"] = _encode(
+            rgb, "WEBP", save_all=True, append_images=[Image.fromarray(_pixels(seed=5))], duration=40
+        )
     return out
 
 
 # -- hand-made hostile headers ---------------------------------------------------------------------
 
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
 
-def png(width: int, height: int, depth: int = 8, colour: int = 2, interlace: int = 0, idat: bytes | None = None,
-        extra: list[bytes] = ()) -> bytes:
+def png(
+    width: int,
+    height: int,
+    depth: int = 8,
+    colour: int = 2,
+    interlace: int = 0,
+    idat: bytes | None = None,
+    extra: list[bytes] = (),
+) -> bytes:
     """A PNG whose IHDR declares ``width`` x ``height`` (CRCs correct), with a small (or given) IDAT."""
     ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace)
     if idat is None:
         idat = zlib.compress(b"\x00" + b"\x80" * 3 * 4)  # one filtered 4-pixel row: far too little data
-    return (MAGICS["png"] + _png_chunk(b"IHDR", ihdr) + b"".join(extra) + _png_chunk(b"IDAT", idat)
-            + _png_chunk(b"IEND", b""))
+    return (
+        MAGICS["png"]
+        + _png_chunk(b"IHDR", ihdr)
+        + b"".join(extra)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def gif(screen: tuple[int, int], frame: tuple[int, int], frames: int = 1) -> bytes:
@@ -131,9 +147,9 @@ def jpeg_with_size(base_jpeg: bytes, width: int, height: int) -> bytes:
         if data[i] != 0xFF:
             break
         marker = data[i + 1]
-        length = struct.unpack(">H", data[i + 2:i + 4])[0]
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
         if marker in (0xC0, 0xC1, 0xC2):
-            data[i + 5:i + 9] = struct.pack(">HH", height, width)
+            data[i + 5 : i + 9] = struct.pack(">HH", height, width)
             return bytes(data)
         i += 2 + length
     raise AssertionError("no SOF marker found")
@@ -158,12 +174,22 @@ def bmp(width: int, height: int, bits: int = 24) -> bytes:
 def tiff(width: int, height: int) -> bytes:
     """A little-endian TIFF whose IFD declares ``width`` x ``height``, 8-bit RGB, one short strip."""
     entries = [
-        (256, 4, 1, width), (257, 4, 1, height), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 2),
-        (273, 4, 1, 8 + 2 + 12 * 10 + 4), (277, 3, 1, 3), (278, 4, 1, height), (279, 4, 1, 16), (284, 3, 1, 1),
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, 8),
+        (259, 3, 1, 1),
+        (262, 3, 1, 2),
+        (273, 4, 1, 8 + 2 + 12 * 10 + 4),
+        (277, 3, 1, 3),
+        (278, 4, 1, height),
+        (279, 4, 1, 16),
+        (284, 3, 1, 1),
     ]
     ifd = struct.pack("<H", len(entries))
     for tag, kind, count, value in entries:
-        ifd += struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+        ifd += struct.pack("<HHI", tag, kind, count) + (
+            struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        )
     ifd += struct.pack("<I", 0)
     return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x7f" * 16
 
@@ -228,17 +254,17 @@ def crafted(bases: dict[str, bytes]) -> dict[str, bytes]:
     at = raw.find(b"Exif\x00\x00")
     if at > 0:
         broken = raw.copy()
-        broken[at + 10:at + 14] = b"\xff\xff\xff\x7f"  # first IFD offset far beyond the segment
+        broken[at + 10 : at + 14] = b"\xff\xff\xff\x7f"  # first IFD offset far beyond the segment
         out["exif_bad_ifd.jpg"] = bytes(broken)
         broken = raw.copy()
-        broken[at + 6:at + 8] = b"XX"  # neither II nor MM
+        broken[at + 6 : at + 8] = b"XX"  # neither II nor MM
         out["exif_bad_byteorder.jpg"] = bytes(broken)
     # wrong magic on a real body, and a real file under the wrong suffix
     for name, data in list(bases.items()):
         stem, suffix = name.rsplit(".", 1)
         for kind, magic in MAGICS.items():
             if not data.startswith(magic[:2]):
-                out[f"{stem}_magic_{kind}.{suffix}"] = magic + data[len(magic):]
+                out[f"{stem}_magic_{kind}.{suffix}"] = magic + data[len(magic) :]
     # an APNG whose acTL claims 2**31 - 1 frames, and one claiming 2**32 - 1 (only the first frame is read)
     for name, frames in (("apng_frames.png", 2**31 - 1), ("apng_frames_overflow.png", 2**32 - 1)):
         actl = _png_chunk(b"acTL", struct.pack(">II", frames, 0))
@@ -250,10 +276,13 @@ def crafted(bases: dict[str, bytes]) -> dict[str, bytes]:
 
 # -- random mutations ------------------------------------------------------------------------------
 
+
 def mutate(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
     buf = bytearray(data)
     n = len(buf)
-    kind = rng.choice(["truncate", "bitflip", "overwrite", "insert", "delete", "duplicate", "zero_span", "keep_head_flip"])
+    kind = rng.choice(
+        ["truncate", "bitflip", "overwrite", "insert", "delete", "duplicate", "zero_span", "keep_head_flip"]
+    )
     if kind == "truncate":
         cut = int(rng.integers(0, n))
         return f"truncate{cut}", bytes(buf[:cut])
@@ -267,15 +296,15 @@ def mutate(data: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
     start = int(rng.integers(0, n))
     span = int(rng.integers(1, max(2, min(64, n - start) + 1)))
     if kind == "overwrite":
-        buf[start:start + span] = rng.integers(0, 256, span, dtype=np.uint8).tobytes()
+        buf[start : start + span] = rng.integers(0, 256, span, dtype=np.uint8).tobytes()
     elif kind == "insert":
         buf[start:start] = rng.integers(0, 256, span, dtype=np.uint8).tobytes()
     elif kind == "delete":
-        del buf[start:start + span]
+        del buf[start : start + span]
     elif kind == "duplicate":
-        buf[start:start] = buf[start:start + span]
+        buf[start:start] = buf[start : start + span]
     else:
-        buf[start:start + span] = bytes(span)
+        buf[start : start + span] = bytes(span)
     return f"{kind}{start}_{span}", bytes(buf)
 
 
@@ -300,6 +329,7 @@ def build_corpus(folder: Path, seed: int = SEED) -> list[Path]:
 
 # -- the child process -----------------------------------------------------------------------------
 
+
 def _child(corpus: Path, report: Path, limit_bytes: int) -> None:
     """Load every file of ``corpus`` with both loaders; write one JSON line per (loader, file)."""
     import faulthandler
@@ -313,8 +343,10 @@ def _child(corpus: Path, report: Path, limit_bytes: int) -> None:
     from decontext.metrics.run import RunData, RunInfo
 
     run = RunData(RunInfo(None, {}), corpus, {}, [], cache_size=0)
-    loaders = {"load_image": (lambda p: load_image(p).rgb8, ImageLoadError),
-               "RunData.image": (run.image, RunImageLoadError)}
+    loaders = {
+        "load_image": (lambda p: load_image(p).rgb8, ImageLoadError),
+        "RunData.image": (run.image, RunImageLoadError),
+    }
     if limit_bytes:
         try:  # after the imports: torch's own mappings are already there
             soft, hard = resource.getrlimit(resource.RLIMIT_AS)
@@ -342,8 +374,11 @@ def _child(corpus: Path, report: Path, limit_bytes: int) -> None:
                         except expected as exc:
                             result = {"outcome": "error", "message": str(exc)}
                         except BaseException as exc:  # noqa: BLE001 - what the test is looking for
-                            result = {"outcome": "escaped", "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-                                      "message": str(exc)[:300]}
+                            result = {
+                                "outcome": "escaped",
+                                "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                                "message": str(exc)[:300],
+                            }
                         finally:
                             faulthandler.cancel_dump_traceback_later()
                         result.update(file=path.name, loader=loader, warnings=warning_mode)
@@ -361,11 +396,12 @@ def _vm_size() -> int:
 
 # -- the tests -------------------------------------------------------------------------------------
 
+
 def test_corpus_is_reproducible(tmp_path):
     a = build_corpus(tmp_path / "a")
     b = build_corpus(tmp_path / "b")
     assert [p.name for p in a] == [p.name for p in b]
-    assert all(p.read_bytes() == q.read_bytes() for p, q in zip(a, b))
+    assert all(p.read_bytes() == q.read_bytes() for p, q in zip(a, b, strict=False))
     assert len(a) >= 300
 
 
@@ -375,23 +411,33 @@ def test_hostile_files_load_or_raise_image_load_error(tmp_path):
     files = build_corpus(corpus)
     report = tmp_path / "report.jsonl"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), str(REPO / "tests")]))
-    code = ("import sys; from pathlib import Path; import test_fuzz_loader as t; "
-            "t._child(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))")
-    proc = subprocess.run([sys.executable, "-c", code, str(corpus), str(report), str(3 * 1024**3)],
-                          capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=HANG_SECONDS * 10 + 60 * 10)  # a backstop far above any real run
+    code = (
+        "import sys; from pathlib import Path; import test_fuzz_loader as t; "
+        "t._child(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(corpus), str(report), str(3 * 1024**3)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=HANG_SECONDS * 10 + 60 * 10,
+    )  # a backstop far above any real run
     lines = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
     started = [r for r in lines if "start" in r]
     results = [r for r in lines if "outcome" in r]
     if proc.returncode != 0:
         last = started[-1] if started else None
-        pytest.fail(f"loader child died (rc {proc.returncode}) while on {last}: a hang or a crash\n{proc.stderr[-3000:]}")
+        pytest.fail(
+            f"loader child died (rc {proc.returncode}) while on {last}: a hang or a crash\n{proc.stderr[-3000:]}"
+        )
     assert lines and lines[0]["max_image_pixels"] is not None, "Pillow's decompression-bomb limit was disabled"
     assert len(results) == 2 * 2 * len(files)
 
     escaped = [r for r in results if r["outcome"] == "escaped"]
     assert not escaped, "exceptions other than ImageLoadError escaped:\n" + "\n".join(
-        f"  {r['loader']} (warnings {r['warnings']}) {r['file']}: {r['type']}: {r['message']}" for r in escaped)
+        f"  {r['loader']} (warnings {r['warnings']}) {r['file']}: {r['type']}: {r['message']}" for r in escaped
+    )
     unnamed = [r for r in results if r["outcome"] == "error" and r["file"] not in r["message"]]
     assert not unnamed, f"errors that do not name the file: {unnamed[:5]}"
 
@@ -399,8 +445,16 @@ def test_hostile_files_load_or_raise_image_load_error(tmp_path):
     for loader in ("load_image", "RunData.image"):
         # the untouched bases load; every declared-huge file is refused, not allocated
         assert all(by[(loader, p.name)]["outcome"] == "loaded" for p in files if p.name.startswith("ok_"))
-        for name in ("bad_huge_100000x100000.png", "bad_warnzone_10000x10000.png", "bad_huge_2p31.png", "bad_huge_65535x65535_16bit_rgba.png",
-                     "bad_huge_both.gif", "bad_huge_sof.jpg", "bad_huge.bmp", "bad_huge.tif"):
+        for name in (
+            "bad_huge_100000x100000.png",
+            "bad_warnzone_10000x10000.png",
+            "bad_huge_2p31.png",
+            "bad_huge_65535x65535_16bit_rgba.png",
+            "bad_huge_both.gif",
+            "bad_huge_sof.jpg",
+            "bad_huge.bmp",
+            "bad_huge.tif",
+        ):
             r = by[(loader, name)]
             assert r["outcome"] == "error" and "pixels" in r["message"], (loader, name, r)
         # a tiny image with an absurd number of frames is fine: only the first frame is decoded
@@ -413,8 +467,8 @@ def test_run_listing_survives_odd_entries(tmp_path):
     """The run-folder listing (``load_run``) on odd entries: a FIFO named like an image (opening it would
     block forever), a folder named like an image, non-ASCII digits as a prompt folder, a symlink loop, a
     damaged file in every layout slot. Nothing hangs or escapes; every image read is an ImageLoadError."""
-    from tests.demo_run import make_demo_run
     from decontext.metrics.run import ImageLoadError, load_run
+    from tests.demo_run import make_demo_run
 
     run = make_demo_run(tmp_path / "run", size=32)
     os.mkfifo(run / "source" / "fifo.png")
@@ -430,7 +484,12 @@ def test_run_listing_survives_odd_entries(tmp_path):
     (run / "edits" / "protected" / "b" / "0" / "seed42.png").write_bytes(b"GIF89a\xff\xff\xff\xff")
     data = load_run(run)
     assert {e.seed for e in data.edits if e.condition == "clean" and e.stem == "a"} == {42, 5}
-    for path in [data.source_path("fifo"), run / "source" / "folder.png", odd / "10" / "seed5.png",
-                 odd / "0" / "loop.png", run / "edits" / "protected" / "b" / "0" / "seed42.png"]:
+    for path in [
+        data.source_path("fifo"),
+        run / "source" / "folder.png",
+        odd / "10" / "seed5.png",
+        odd / "0" / "loop.png",
+        run / "edits" / "protected" / "b" / "0" / "seed42.png",
+    ]:
         with pytest.raises(ImageLoadError, match=re.escape(path.name)):
             data.image(path)

@@ -20,11 +20,11 @@ from PIL import Image
 from decontext import protect as protect_module
 from decontext.cli.attack import main as attack_main
 from decontext.cli.edit import main as inference_main
+from decontext.config import ProtectConfig
 from decontext.editors.flux_kontext import FluxKontextEditor
 from decontext.methods import build_method
 from decontext.names import shown
 from decontext.pgd import PGDConfig
-from decontext.config import ProtectConfig
 from decontext.protect import protect_files
 from decontext.runs import image_seed
 
@@ -81,17 +81,29 @@ def test_resume_skips_only_the_same_settings_on_the_same_bytes(tmp_path, editor)
     assert files(out) == saved  # nothing the user had was touched
     assert manifest(out)["images"]["a.png"]["status"] == "done"  # and its record is kept
 
-    other_method = protect_files(editor, build_method("decontext", prompts=["add glasses"]), inputs, out, settings(), progress=False, log=log.append)
+    other_method = protect_files(
+        editor,
+        build_method("decontext", prompts=["add glasses"]),
+        inputs,
+        out,
+        settings(),
+        progress=False,
+        log=log.append,
+    )
     assert "method.prompts_sha256" in other_method.failed["a.png"]
 
     Image.fromarray(np.full((40, 48, 3), 100, np.uint8)).save(inputs / "a.png")  # the input changed
     changed = protect_files(editor, decontext(), inputs, out, settings(), progress=False, log=log.append)
     assert "input file's bytes changed" in changed.failed["a.png"] and changed.skipped == ["b.png"]
 
-    redo = protect_files(editor, decontext(), inputs, out, settings(eps=4.0, steps=6), progress=False, log=log.append, overwrite=True)
+    redo = protect_files(
+        editor, decontext(), inputs, out, settings(eps=4.0, steps=6), progress=False, log=log.append, overwrite=True
+    )
     assert redo.done == ["a.png", "b.png"]
     record = manifest(out)["images"]
-    assert "input file's bytes changed" in record["a.png"]["redone"] and "pgd.eps: 8.0 -> 4.0" in record["b.png"]["redone"]
+    assert (
+        "input file's bytes changed" in record["a.png"]["redone"] and "pgd.eps: 8.0 -> 4.0" in record["b.png"]["redone"]
+    )
     assert record["b.png"]["settings"]["pgd"]["eps"] == 4.0
     assert files(out)["b.png"] != saved["b.png"]
 
@@ -109,26 +121,36 @@ def test_a_file_the_tool_did_not_make_is_never_overwritten(tmp_path, editor):
 
 # ------------------------------------------------------------------------------------------ 2. arguments
 def run_attack(*args, timeout=300):
-    return subprocess.run([sys.executable, str(ROOT / "attack" / "attack_kontext.py"), *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "attack" / "attack_kontext.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+    )
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--eps", "-1"], "--eps must be > 0"),
-    (["--eps", "0"], "--eps must be > 0"),
-    (["--alpha", "0"], "--alpha must be > 0"),
-    (["--steps", "-1"], "--steps must be >= 0"),
-    (["--resolution", "7"], "--resolution 7: below the flux_kontext minimum of 16 px"),
-    (["--resolution", "abc"], "resolution must be 'auto', 'native' or a number"),
-    (["--method", "nope"], "--method"),
-    (["--schedule", "nope"], "--schedule"),
-    (["--eot", "nope"], "nope"),
-    (["--prompts", "/nonexistent/prompts.txt"], "prompts.txt"),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--eps", "-1"], "--eps must be > 0"),
+        (["--eps", "0"], "--eps must be > 0"),
+        (["--alpha", "0"], "--alpha must be > 0"),
+        (["--steps", "-1"], "--steps must be >= 0"),
+        (["--resolution", "7"], "--resolution 7: below the flux_kontext minimum of 16 px"),
+        (["--resolution", "abc"], "resolution must be 'auto', 'native' or a number"),
+        (["--method", "nope"], "--method"),
+        (["--schedule", "nope"], "--schedule"),
+        (["--eot", "nope"], "nope"),
+        (["--prompts", "/nonexistent/prompts.txt"], "prompts.txt"),
+    ],
+)
 def test_bad_attack_flags_exit_2_before_any_model_loads(tmp_path, flags, expected):
     inputs = photos(tmp_path / "in", names=("a",))
     # The model folder does not exist: had anything tried to load it, the error would name the model instead.
-    result = run_attack("--model", str(tmp_path / "no-model-here"), "--input", str(inputs), "--output", str(tmp_path / "o"), *flags)
+    result = run_attack(
+        "--model", str(tmp_path / "no-model-here"), "--input", str(inputs), "--output", str(tmp_path / "o"), *flags
+    )
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr and "no-model-here" not in result.stderr, result.stderr
     assert not (tmp_path / "o").exists()
@@ -136,7 +158,18 @@ def test_bad_attack_flags_exit_2_before_any_model_loads(tmp_path, flags, expecte
 
 def test_alpha_above_eps_warns_and_inputs_and_outputs_are_checked(tmp_path):
     inputs = photos(tmp_path / "in", names=("a",))
-    warned = run_attack("--model", str(tmp_path / "no-model"), "--input", str(inputs), "--output", str(tmp_path / "o"), "--alpha", "8", "--eps", "4")
+    warned = run_attack(
+        "--model",
+        str(tmp_path / "no-model"),
+        "--input",
+        str(inputs),
+        "--output",
+        str(tmp_path / "o"),
+        "--alpha",
+        "8",
+        "--eps",
+        "4",
+    )
     assert "warning: --alpha 8 is larger than --eps 4" in warned.stderr
     missing = run_attack("--model", "tiny", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o"))
     assert missing.returncode == 2 and "--input" in missing.stderr and "nope" in missing.stderr
@@ -148,19 +181,43 @@ def test_alpha_above_eps_warns_and_inputs_and_outputs_are_checked(tmp_path):
 def test_bad_inference_flags_exit_2_before_any_model_loads(tmp_path, capsys):
     images = photos(tmp_path / "in", names=("a",))
     model = str(tmp_path / "no-model-here")
-    for flags, expected in ((["--prompt-indices", "9999"], "prompt index 9999 is out of range"), (["--steps", "0"], "--steps must be >= 1"),
-                            (["--guidance", "nan"], "--guidance must be a finite number"), (["--batch-size", "0"], "--batch-size must be >= 1"),
-                            (["--resolution", "8"], "--resolution 8: below the flux_kontext minimum of 16 px"), (["--seeds", "-3"], "seed -3 is invalid")):
-        code = inference_main(family="flux_kontext", argv=["--model", model, "--images", str(images), "--output", str(tmp_path / "o"), *flags])
+    for flags, expected in (
+        (["--prompt-indices", "9999"], "prompt index 9999 is out of range"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--guidance", "nan"], "--guidance must be a finite number"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--resolution", "8"], "--resolution 8: below the flux_kontext minimum of 16 px"),
+        (["--seeds", "-3"], "seed -3 is invalid"),
+    ):
+        code = inference_main(
+            family="flux_kontext",
+            argv=["--model", model, "--images", str(images), "--output", str(tmp_path / "o"), *flags],
+        )
         err = capsys.readouterr().err
         assert code == 2 and expected in err and "no-model-here" not in err, (flags, err)
-    code = inference_main(family="flux_kontext", argv=["--model", "tiny", "--images", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    code = inference_main(
+        family="flux_kontext",
+        argv=["--model", "tiny", "--images", str(tmp_path / "nope"), "--output", str(tmp_path / "o")],
+    )
     assert code == 2 and "--images" in capsys.readouterr().err
 
 
 def test_tiny_model_resolution_below_its_own_multiple_is_refused_after_loading(tmp_path, capsys):
     inputs = photos(tmp_path / "in", names=("a",))
-    code = attack_main(family="flux_kontext", argv=["--model", "tiny", "--input", str(inputs), "--output", str(tmp_path / "o"), "--resolution", "2", "--no-progress"])
+    code = attack_main(
+        family="flux_kontext",
+        argv=[
+            "--model",
+            "tiny",
+            "--input",
+            str(inputs),
+            "--output",
+            str(tmp_path / "o"),
+            "--resolution",
+            "2",
+            "--no-progress",
+        ],
+    )
     assert code == 2 and "--resolution 2" in capsys.readouterr().err
 
 
@@ -172,7 +229,9 @@ def test_tiny_images_are_protected_at_a_valid_working_size_or_refused_never_unch
     for name, shape in (("one", (1, 1)), ("seven_by_five", (5, 7)), ("strip", (2, 90))):
         Image.fromarray(rng.integers(30, 220, (*shape, 3), dtype=np.uint8)).save(inputs / f"{name}.png")
     out = tmp_path / "out"
-    report = protect_files(editor, decontext(), inputs, out, settings(eps=8.0, steps=3), progress=False, log=lambda m: None)
+    report = protect_files(
+        editor, decontext(), inputs, out, settings(eps=8.0, steps=3), progress=False, log=lambda m: None
+    )
     images = manifest(out)["images"]
     for name in ("one", "seven_by_five", "strip"):
         entry = images[f"{name}.png"]
@@ -188,7 +247,9 @@ def test_tiny_images_are_protected_at_a_valid_working_size_or_refused_never_unch
 
 def test_a_budget_too_small_to_change_any_8_bit_level_is_refused(tmp_path, editor):
     inputs = photos(tmp_path / "in", names=("a",))
-    report = protect_files(editor, decontext(), inputs, tmp_path / "out", settings(eps=0.4), progress=False, log=lambda m: None)
+    report = protect_files(
+        editor, decontext(), inputs, tmp_path / "out", settings(eps=0.4), progress=False, log=lambda m: None
+    )
     assert "changed no pixel" in report.failed["a.png"] and not (tmp_path / "out" / "a.png").exists()
 
 
@@ -201,17 +262,52 @@ def test_hostile_file_names_work_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"
     from decontext.cli.runs import main as runs_main
 
-    assert runs_main(["init", "--input", str(inputs), "--run", str(run), "--model", "tiny", "--editor", "flux_kontext"]) == 0
-    code = attack_main(family="flux_kontext", argv=["--model", "tiny", "--input", str(run / "source"), "--output", str(run / "protected"),
-                                        "--resolution", "native", "--steps", "2", "--measure-draws", "0", "--no-progress"])
+    assert (
+        runs_main(["init", "--input", str(inputs), "--run", str(run), "--model", "tiny", "--editor", "flux_kontext"])
+        == 0
+    )
+    code = attack_main(
+        family="flux_kontext",
+        argv=[
+            "--model",
+            "tiny",
+            "--input",
+            str(run / "source"),
+            "--output",
+            str(run / "protected"),
+            "--resolution",
+            "native",
+            "--steps",
+            "2",
+            "--measure-draws",
+            "0",
+            "--no-progress",
+        ],
+    )
     out = capsys.readouterr()
     assert code == 0, out.err
     assert "caf\\xe9.png" in out.out  # shown escaped, not a crash
     record = manifest(run / "protected")["images"]
     assert {Path(k).stem for k in record} == set(HOSTILE) and all(e["status"] == "done" for e in record.values())
     for condition, folder in (("clean", run / "source"), ("protected", run / "protected")):
-        code = inference_main(family="flux_kontext", argv=["--model", "tiny", "--images", str(folder), "--output", str(run / "edits" / condition),
-                                               "--prompt-indices", "0", "--steps", "2", "--resolution", "native", "--no-progress"])
+        code = inference_main(
+            family="flux_kontext",
+            argv=[
+                "--model",
+                "tiny",
+                "--images",
+                str(folder),
+                "--output",
+                str(run / "edits" / condition),
+                "--prompt-indices",
+                "0",
+                "--steps",
+                "2",
+                "--resolution",
+                "native",
+                "--no-progress",
+            ],
+        )
         assert code == 0, capsys.readouterr().err
     from decontext.cli.evaluate import main as metrics_main
 
@@ -222,7 +318,9 @@ def test_hostile_file_names_work_end_to_end(tmp_path, capsys):
     import io
 
     outputs = {row["output"] for row in csv.DictReader(io.StringIO(text))}
-    assert outputs == {f"edits/{condition}/{shown(name)}/0/seed42.png" for condition in ("clean", "protected") for name in HOSTILE}
+    assert outputs == {
+        f"edits/{condition}/{shown(name)}/0/seed42.png" for condition in ("clean", "protected") for name in HOSTILE
+    }
     summary = json.loads((run / "summary.json").read_text())
     assert summary["protected"]["psnr_vs_clean"]["n"] == len(HOSTILE) and not summary["_errors"]
 
@@ -232,7 +330,15 @@ def test_outputs_follow_the_umask(tmp_path, editor):
     old = os.umask(0o022)
     try:
         out = tmp_path / "out"
-        protect_files(editor, decontext(), photos(tmp_path / "in", names=("a",)), out, settings(), progress=False, log=lambda m: None)
+        protect_files(
+            editor,
+            decontext(),
+            photos(tmp_path / "in", names=("a",)),
+            out,
+            settings(),
+            progress=False,
+            log=lambda m: None,
+        )
     finally:
         os.umask(old)
     assert (out / "a.png").stat().st_mode & 0o777 == 0o644
@@ -240,7 +346,7 @@ def test_outputs_follow_the_umask(tmp_path, editor):
 
 
 # ------------------------------------------------------------------------------------------ 6. crash safety
-KILLER = r'''
+KILLER = r"""
 import os, signal, sys
 from decontext import images, pgd
 where, n = sys.argv[1], int(sys.argv[2])
@@ -275,20 +381,45 @@ elif where == "pgd":
     pgd.PGD._gradient = gradient
 from decontext.cli.attack import main as attack_main
 sys.exit(attack_main(family="flux_kontext"))
-'''
+"""
 
 
 @pytest.mark.parametrize("where, n", [("pgd", 5), ("save", 2), ("manifest", 2), ("manifest", 4)])
 def test_sigkill_anywhere_then_rerun_finishes_with_intact_outputs(tmp_path, where, n):
     inputs, out = photos(tmp_path / "in", names=("a", "b", "c")), tmp_path / "out"
-    flags = ["--model", "tiny", "--input", str(inputs), "--output", str(out), "--resolution", "native", "--steps", "3",
-             "--measure-draws", "0", "--no-progress", "--eps", "8", "--alpha", "1"]
+    flags = [
+        "--model",
+        "tiny",
+        "--input",
+        str(inputs),
+        "--output",
+        str(out),
+        "--resolution",
+        "native",
+        "--steps",
+        "3",
+        "--measure-draws",
+        "0",
+        "--no-progress",
+        "--eps",
+        "8",
+        "--alpha",
+        "1",
+    ]
     killer = tmp_path / "killer.py"
     killer.write_text(KILLER)
     env = dict(os.environ)
-    crashed = subprocess.run([sys.executable, str(killer), where, str(n), *flags], capture_output=True, text=True, env=env, timeout=300)
+    crashed = subprocess.run(
+        [sys.executable, str(killer), where, str(n), *flags], capture_output=True, text=True, env=env, timeout=300
+    )
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
-    rerun = subprocess.run([sys.executable, str(ROOT / "attack" / "attack_kontext.py"), *flags], capture_output=True, text=True, env=env, timeout=300)
+    rerun = subprocess.run(
+        [sys.executable, str(ROOT / "attack" / "attack_kontext.py"), *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     record = manifest(out)["images"]  # valid JSON
     assert set(record) == {"a.png", "b.png", "c.png"} and all(e["status"] == "done" for e in record.values())
@@ -297,15 +428,38 @@ def test_sigkill_anywhere_then_rerun_finishes_with_intact_outputs(tmp_path, wher
         source = np.asarray(Image.open(inputs / f"{name}.png")).astype(int)
         assert saved.shape == source.shape and 0 < np.abs(saved - source).max() <= 8
     assert not list(out.glob(".*.part"))  # no temporary file left behind
-    third = subprocess.run([sys.executable, str(ROOT / "attack" / "attack_kontext.py"), *flags], capture_output=True, text=True, env=env, timeout=300)
+    third = subprocess.run(
+        [sys.executable, str(ROOT / "attack" / "attack_kontext.py"), *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert third.returncode == 0 and "skipped 3" in third.stdout
 
 
 def test_a_second_process_on_the_same_output_is_refused(tmp_path):
     inputs, out = photos(tmp_path / "in", names=("a", "b")), tmp_path / "out"
-    flags = ["--model", "tiny", "--input", str(inputs), "--output", str(out), "--resolution", "native", "--measure-draws", "0", "--no-progress"]
-    first = subprocess.Popen([sys.executable, str(ROOT / "attack" / "attack_kontext.py"), *flags, "--steps", "400"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    flags = [
+        "--model",
+        "tiny",
+        "--input",
+        str(inputs),
+        "--output",
+        str(out),
+        "--resolution",
+        "native",
+        "--measure-draws",
+        "0",
+        "--no-progress",
+    ]
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "attack" / "attack_kontext.py"), *flags, "--steps", "400"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
     try:
         lock = out / ".manifest.json.lock"
         deadline = time.time() + 240
@@ -355,7 +509,9 @@ def test_out_of_memory_on_one_image_names_the_options_and_the_batch_goes_on(tmp_
     report = protect_files(editor, decontext(), inputs, out, settings(), progress=False, log=lambda m: None)
     assert report.done == ["b.png"]
     message = report.failed["a.png"]
-    assert "out of GPU memory" in message and all(flag in message for flag in ("--checkpointing", "--quantize", "--resolution"))
+    assert "out of GPU memory" in message and all(
+        flag in message for flag in ("--checkpointing", "--quantize", "--resolution")
+    )
 
 
 def test_out_of_memory_while_editing_names_the_options_and_the_batch_goes_on(tmp_path, monkeypatch):
@@ -374,7 +530,15 @@ def test_out_of_memory_while_editing_names_the_options_and_the_batch_goes_on(tmp
         return real(*args, **kwargs)
 
     monkeypatch.setattr(editor, "edit", edit)
-    report = run_edits(editor, images, [load_prompts()[0]], [1], tmp_path / "edits", EditSettings(steps=2, resolution="native"), progress=False)
+    report = run_edits(
+        editor,
+        images,
+        [load_prompts()[0]],
+        [1],
+        tmp_path / "edits",
+        EditSettings(steps=2, resolution="native"),
+        progress=False,
+    )
     assert len(report.done) == 1 and "out of GPU memory" in report.failed["a.png"]
     assert all(flag in report.failed["a.png"] for flag in ("--offload", "--vae-tiling", "--resolution"))
 
@@ -384,8 +548,31 @@ def test_max_megapixels_lowers_and_raises_the_bomb_guard(tmp_path, capsys, monke
 
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", PILImage.MAX_IMAGE_PIXELS)  # restored after the test
     inputs = photos(tmp_path / "in", names=("a",), size=(40, 48))
-    code = attack_main(family="flux_kontext", argv=["--model", "tiny", "--input", str(inputs), "--output", str(tmp_path / "o"), "--resolution", "native",
-                                        "--steps", "1", "--measure-draws", "0", "--no-progress", "--max-megapixels", "0.001"])
-    assert code == 1 and "over the limit of 1000 pixels" in capsys.readouterr().err  # 40 x 48 = 1920 > 1000: refused, named
-    code = attack_main(family="flux_kontext", argv=["--model", "tiny", "--input", str(inputs), "--output", str(tmp_path / "o2"), "--max-megapixels", "-1"])
+    code = attack_main(
+        family="flux_kontext",
+        argv=[
+            "--model",
+            "tiny",
+            "--input",
+            str(inputs),
+            "--output",
+            str(tmp_path / "o"),
+            "--resolution",
+            "native",
+            "--steps",
+            "1",
+            "--measure-draws",
+            "0",
+            "--no-progress",
+            "--max-megapixels",
+            "0.001",
+        ],
+    )
+    assert (
+        code == 1 and "over the limit of 1000 pixels" in capsys.readouterr().err
+    )  # 40 x 48 = 1920 > 1000: refused, named
+    code = attack_main(
+        family="flux_kontext",
+        argv=["--model", "tiny", "--input", str(inputs), "--output", str(tmp_path / "o2"), "--max-megapixels", "-1"],
+    )
     assert code == 2 and "--max-megapixels must be > 0" in capsys.readouterr().err

@@ -62,7 +62,11 @@ def scan_source(source: str, filename: str = "<string>") -> list[str]:
                 bad(node, f"{name}(...) without weights_only=True")
             if name in ("pickle.load", "pickle.loads", "cPickle.load", "dill.load", "joblib.load"):
                 bad(node, f"{name}(...) unpickles (can run code)")
-            if name.split(".")[0] in numpy_names and name.endswith(".load") and _is_true(getattr(_keyword(node, "allow_pickle"), "value", None)):
+            if (
+                name.split(".")[0] in numpy_names
+                and name.endswith(".load")
+                and _is_true(getattr(_keyword(node, "allow_pickle"), "value", None))
+            ):
                 bad(node, f"{name}(..., allow_pickle=True)")
             if name == "yaml.load" and "Safe" not in ast.unparse(node):
                 bad(node, "yaml.load without a safe loader")
@@ -73,18 +77,24 @@ def scan_source(source: str, filename: str = "<string>") -> list[str]:
             if _is_true(getattr(_keyword(node, "trust_remote_code"), "value", None)):
                 bad(node, "trust_remote_code=True (not from a user flag)")
         if isinstance(node, ast.Dict):
-            for key, value in zip(node.keys, node.values):
+            for key, value in zip(node.keys, node.values, strict=False):
                 if isinstance(key, ast.Constant) and key.value == "trust_remote_code" and _is_true(value):
                     bad(node, '{"trust_remote_code": True} (not from a user flag)')
         if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for target in targets:
-                if (isinstance(target, ast.Subscript) and isinstance(target.slice, ast.Constant)
-                        and target.slice.value == "trust_remote_code" and _is_true(node.value)):
+                if (
+                    isinstance(target, ast.Subscript)
+                    and isinstance(target.slice, ast.Constant)
+                    and target.slice.value == "trust_remote_code"
+                    and _is_true(node.value)
+                ):
                     bad(node, 'kwargs["trust_remote_code"] = True (not from a user flag)')
                 attr = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", "")
                 value = node.value
-                if attr == "MAX_IMAGE_PIXELS" and (value is None or (isinstance(value, ast.Constant) and not value.value)):
+                if attr == "MAX_IMAGE_PIXELS" and (
+                    value is None or (isinstance(value, ast.Constant) and not value.value)
+                ):
                     bad(node, "disables PIL.Image.MAX_IMAGE_PIXELS (the decompression-bomb guard)")
                 if attr == "LOAD_TRUNCATED_IMAGES" and _is_true(value):
                     bad(node, "sets ImageFile.LOAD_TRUNCATED_IMAGES = True")
@@ -113,7 +123,7 @@ def _project_files() -> list[Path]:
 
 
 def test_scanner_finds_what_it_is_meant_to_find():
-    bad = '''
+    bad = """
 import torch, pickle, yaml, subprocess, os
 import numpy as npy
 from torch import load as tload
@@ -132,10 +142,10 @@ kwargs = {"trust_remote_code": True}
 Image.MAX_IMAGE_PIXELS = None
 ImageFile.LOAD_TRUNCATED_IMAGES = True
 kwargs["trust_remote_code"] = True
-'''
+"""
     found = scan_source(bad, "bad.py")
     assert sorted(int(f.split(":")[1]) for f in found) == list(range(5, 20)), "\n".join(found)  # one per line
-    good = '''
+    good = """
 import torch, yaml
 torch.load("x.pt", map_location="cpu", weights_only=True)
 yaml.load(text, Loader=yaml.SafeLoader)
@@ -144,7 +154,7 @@ model.half().eval().load(x)
 AutoModel.from_pretrained(name, trust_remote_code=args.trust_remote_code)
 kwargs = {"trust_remote_code": flag}
 Image.MAX_IMAGE_PIXELS = 50_000_000
-'''
+"""
     assert scan_source(good, "good.py") == []
     assert len(scan_shell("python x.py --trust-remote-code\necho ok  # trust_remote_code=True\n", "s.sh")) == 1
 
@@ -162,8 +172,8 @@ def test_project_code_loads_no_pickles_and_runs_no_remote_code():
 
 @pytest.mark.skipif(os.name == "nt", reason="symlinks")
 def test_run_folder_reached_through_a_symlink_reads_normally(tmp_path):
-    from tests.demo_run import make_demo_run
     from decontext.metrics.run import load_run
+    from tests.demo_run import make_demo_run
 
     run = make_demo_run(tmp_path / "real" / "run")
     link = tmp_path / "link"
@@ -185,8 +195,17 @@ def test_csv_cells_cannot_start_a_spreadsheet_formula(tmp_path):
 
     assert csv_cell('=HYPERLINK("http://x","y")') == '\'=HYPERLINK("http://x","y")'
     assert [csv_cell(v) for v in ("+cmd", "@SUM(A1)", "-2+3", "\tx")] == ["'+cmd", "'@SUM(A1)", "'-2+3", "'\tx"]
-    assert [csv_cell(v) for v in ("-0.5", "+3", "face.png", "a=b", "caf\udce9.png")] == ["-0.5", "+3", "face.png", "a=b", "caf\\xe9.png"]
-    rows = [{"image": "=cmd|' /C calc'!A0.png", "prompt": "@SUM(1)", "identity_ism": -0.25}, {"image": "ok.png", "prompt": "Add a hat.", "identity_ism": 0.5}]
+    assert [csv_cell(v) for v in ("-0.5", "+3", "face.png", "a=b", "caf\udce9.png")] == [
+        "-0.5",
+        "+3",
+        "face.png",
+        "a=b",
+        "caf\\xe9.png",
+    ]
+    rows = [
+        {"image": "=cmd|' /C calc'!A0.png", "prompt": "@SUM(1)", "identity_ism": -0.25},
+        {"image": "ok.png", "prompt": "Add a hat.", "identity_ism": 0.5},
+    ]
     write_csv(tmp_path / "m.csv", rows, ("image", "prompt"), ["identity_ism"])
     read = list(csv.DictReader((tmp_path / "m.csv").read_text().splitlines()))
     assert read[0] == {"image": "'=cmd|' /C calc'!A0.png", "prompt": "'@SUM(1)", "identity_ism": "-0.25"}

@@ -58,7 +58,15 @@ def test_index_json_records_every_edit(tmp_path, images):
     run = tmp_path / "runs" / "r"
     out = run / "edits" / "clean"
     prompts = [load_prompts()[i] for i in (0, 10)]
-    report = run_edits(FluxKontextEditor.tiny(), images, prompts, [42], out, EditSettings(steps=2, guidance=2.5, resolution="native"), progress=False)
+    report = run_edits(
+        FluxKontextEditor.tiny(),
+        images,
+        prompts,
+        [42],
+        out,
+        EditSettings(steps=2, guidance=2.5, resolution="native"),
+        progress=False,
+    )
     index = json.loads((out / "index.json").read_text())
     assert len(report.done) == 4 and index["settings"]["steps"] == 2 and index["settings"]["guidance"] == 2.5
     records = {(e["image"], e["prompt_index"], e["seed"]): e for e in index["edits"]}
@@ -68,22 +76,59 @@ def test_index_json_records_every_edit(tmp_path, images):
     assert entry["output"] == "edits/clean/cat/10/seed42.png"  # relative to the run folder
     assert (run / entry["output"]).is_file() and entry["seconds"] > 0
     assert Image.open(run / entry["output"]).size == (48, 48)
-    assert entry["status"] == "done" and len(entry["input_sha256"]) == 64 and entry["settings_digest"] in index["settings_by_digest"]
+    assert (
+        entry["status"] == "done"
+        and len(entry["input_sha256"]) == 64
+        and entry["settings_digest"] in index["settings_by_digest"]
+    )
     # Re-run with the same settings: nothing to do.
-    again = run_edits(FluxKontextEditor.tiny(), images, prompts, [42], out, EditSettings(steps=2, guidance=2.5, resolution="native"), progress=False)
+    again = run_edits(
+        FluxKontextEditor.tiny(),
+        images,
+        prompts,
+        [42],
+        out,
+        EditSettings(steps=2, guidance=2.5, resolution="native"),
+        progress=False,
+    )
     assert not again.done and len(again.skipped) == 4 and again.ok
     # Other settings: refused, saying what differs; the files stay as they were.
     before = {p: p.read_bytes() for p in out.rglob("seed*.png")}
-    other = run_edits(FluxKontextEditor.tiny(), images, prompts, [42], out, EditSettings(steps=2, guidance=3.5, resolution="native"), progress=False)
+    other = run_edits(
+        FluxKontextEditor.tiny(),
+        images,
+        prompts,
+        [42],
+        out,
+        EditSettings(steps=2, guidance=3.5, resolution="native"),
+        progress=False,
+    )
     assert not other.done and {Path(k).stem for k in other.failed} == {"astro", "cat"}
     assert all("guidance: 2.5 -> 3.5" in m and "--overwrite" in m for m in other.failed.values())
     assert {p: p.read_bytes() for p in out.rglob("seed*.png")} == before
     # A changed prompt text under the same index is another edit too.
     changed = [prompts[0], type(prompts[1])("put a red scarf on the person", prompts[1].category, prompts[1].index)]
-    only_one = run_edits(FluxKontextEditor.tiny(), images, changed, [42], out, EditSettings(steps=2, guidance=2.5, resolution="native"), progress=False)
+    only_one = run_edits(
+        FluxKontextEditor.tiny(),
+        images,
+        changed,
+        [42],
+        out,
+        EditSettings(steps=2, guidance=2.5, resolution="native"),
+        progress=False,
+    )
     assert len(only_one.skipped) == 2 and all("prompt:" in m for m in only_one.failed.values())
     # --overwrite redoes them and says so.
-    redo = run_edits(FluxKontextEditor.tiny(), images, prompts, [42], out, EditSettings(steps=2, guidance=3.5, resolution="native"), progress=False, overwrite=True)
+    redo = run_edits(
+        FluxKontextEditor.tiny(),
+        images,
+        prompts,
+        [42],
+        out,
+        EditSettings(steps=2, guidance=3.5, resolution="native"),
+        progress=False,
+        overwrite=True,
+    )
     assert len(redo.done) == 4 and redo.ok
     index = json.loads((out / "index.json").read_text())
     assert all("guidance: 2.5 -> 3.5" in e["redone"] for e in index["edits"]) and index["settings"]["guidance"] == 3.5
@@ -91,9 +136,31 @@ def test_index_json_records_every_edit(tmp_path, images):
 
 def test_resume_after_kill_leaves_no_half_written_png(tmp_path, images):
     out = tmp_path / "edits"
-    args = [sys.executable, str(CLI), "--model", "tiny", "--images", str(images), "--output", str(out), "--prompt-indices", "0", "1", "2",
-            "--seeds", "1", "2", "--steps", "6", "--resolution", "native", "--no-progress"]
-    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        sys.executable,
+        str(CLI),
+        "--model",
+        "tiny",
+        "--images",
+        str(images),
+        "--output",
+        str(out),
+        "--prompt-indices",
+        "0",
+        "1",
+        "2",
+        "--seeds",
+        "1",
+        "2",
+        "--steps",
+        "6",
+        "--resolution",
+        "native",
+        "--no-progress",
+    ]
+    process = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list(out.rglob("seed*.png"))) < 2:
         time.sleep(0.05)
@@ -126,8 +193,22 @@ def test_bad_arguments_fail_before_loading_a_model(tmp_path, images):
     ]
     for extra, message in cases:
         # A model name that cannot load proves nothing was loaded before the error.
-        result = subprocess.run([sys.executable, str(CLI), "--model", str(tmp_path / "no-such-model"), "--images", str(images), "--output", str(tmp_path / "o"), *extra],
-                                cwd=ROOT, capture_output=True, text=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(CLI),
+                "--model",
+                str(tmp_path / "no-such-model"),
+                "--images",
+                str(images),
+                "--output",
+                str(tmp_path / "o"),
+                *extra,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 2, (extra, result.stderr)
         assert message in result.stderr, (extra, result.stderr)
     assert not (tmp_path / "o").exists()
@@ -138,6 +219,15 @@ def test_unreadable_image_is_reported_and_others_edited(tmp_path, images):
     folder.mkdir()
     (folder / "bad.png").write_text("not a png")
     Image.open(images / "cat.jpg").save(folder / "good.png")
-    report = run_edits(FluxKontextEditor.tiny(), folder, load_prompts()[:1], [0], tmp_path / "out", EditSettings(steps=1, resolution="native"), progress=False, log=lambda m: None)
+    report = run_edits(
+        FluxKontextEditor.tiny(),
+        folder,
+        load_prompts()[:1],
+        [0],
+        tmp_path / "out",
+        EditSettings(steps=1, resolution="native"),
+        progress=False,
+        log=lambda m: None,
+    )
     assert "bad.png" in report.failed and "bad.png" in report.failed["bad.png"]
     assert len(report.done) == 1 and (tmp_path / "out/good/0/seed0.png").is_file()

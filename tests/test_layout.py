@@ -84,7 +84,9 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_package_has_no_import_cycle():
     edges = import_graph()
-    assert len(edges) > 50 and "decontext.protect" in edges["decontext.cli.attack"] | {e for m in edges.values() for e in m}
+    assert len(edges) > 50 and "decontext.protect" in edges["decontext.cli.attack"] | {
+        e for m in edges.values() for e in m
+    }
     assert cycles(edges) == []
 
 
@@ -104,8 +106,16 @@ def test_no_file_edits_sys_path():
 
 
 def test_the_brief_scripts_are_shims_of_three_statements():
-    for path in [*sorted((ROOT / "attack").glob("*.py")), *sorted((ROOT / "inference").glob("*.py")), *sorted((ROOT / "eval").glob("*.py"))]:
-        body = [node for node in ast.parse(path.read_text()).body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    for path in [
+        *sorted((ROOT / "attack").glob("*.py")),
+        *sorted((ROOT / "inference").glob("*.py")),
+        *sorted((ROOT / "eval").glob("*.py")),
+    ]:
+        body = [
+            node
+            for node in ast.parse(path.read_text()).body
+            if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+        ]
         assert len(body) == 3, path  # import sys; from decontext.cli.X import main; sys.exit(main(...))
 
 
@@ -132,19 +142,44 @@ def test_help_answers_without_importing_torch(command):
 
 
 def test_flag_errors_answer_without_importing_torch(tmp_path):
-    assert _probe("attack", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")) == {"code": 2, "heavy": []}
-    assert _probe("attack", "--family", "instruct_pix2pix", "--method", "decontext", "--input", str(tmp_path), "--output", str(tmp_path / "o")) == {"code": 2, "heavy": []}
-    assert _probe("attack", "--model", "toy", "--steps", "0", "--input", str(tmp_path), "--output", str(tmp_path / "o")) == {"code": 2, "heavy": []}
-    assert _probe("attack", "--eps", "nope", "--input", str(tmp_path), "--output", str(tmp_path / "o")) == {"code": 2, "heavy": []}
+    assert _probe("attack", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")) == {
+        "code": 2,
+        "heavy": [],
+    }
+    assert _probe(
+        "attack",
+        "--family",
+        "instruct_pix2pix",
+        "--method",
+        "decontext",
+        "--input",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "o"),
+    ) == {"code": 2, "heavy": []}
+    assert _probe(
+        "attack", "--model", "toy", "--steps", "0", "--input", str(tmp_path), "--output", str(tmp_path / "o")
+    ) == {"code": 2, "heavy": []}
+    assert _probe("attack", "--eps", "nope", "--input", str(tmp_path), "--output", str(tmp_path / "o")) == {
+        "code": 2,
+        "heavy": [],
+    }
 
 
 def test_family_is_read_from_the_model_without_loading_it(tmp_path):
     from decontext.editors import family_of_model
 
     assert family_of_model("toy") == "flux_kontext" and family_of_model("toy-ip2p") == "instruct_pix2pix"
-    assert family_of_model("black-forest-labs/FLUX.1-Kontext-dev") == "flux_kontext" and family_of_model("Qwen/Qwen-Image-Edit-2509") == "qwen_image_edit"
+    assert (
+        family_of_model("black-forest-labs/FLUX.1-Kontext-dev") == "flux_kontext"
+        and family_of_model("Qwen/Qwen-Image-Edit-2509") == "qwen_image_edit"
+    )
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "Flux2KleinPipeline"}))
-    assert family_of_model(str(tmp_path)) == "flux2" and family_of_model("tiny") is None and family_of_model("someone/unknown") is None
+    assert (
+        family_of_model(str(tmp_path)) == "flux2"
+        and family_of_model("tiny") is None
+        and family_of_model("someone/unknown") is None
+    )
 
 
 @pytest.mark.slow
@@ -153,21 +188,63 @@ def test_a_non_editable_install_protects_a_toy_face_from_another_folder(tmp_path
     folder that is not the repository: prompts and toy weights come from the installed package."""
     wheels, target, work = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    built = subprocess.run([*pip, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)], capture_output=True, text=True)
+    built = subprocess.run(
+        [*pip, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels)],
+        capture_output=True,
+        text=True,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next(wheels.glob("decontext-*.whl"))
-    installed = subprocess.run([*pip, "install", "--no-deps", "-q", "--target", str(target), str(wheel)], capture_output=True, text=True)
+    installed = subprocess.run(
+        [*pip, "install", "--no-deps", "-q", "--target", str(target), str(wheel)], capture_output=True, text=True
+    )
     assert installed.returncode == 0, installed.stderr[-2000:]
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}  # the installed copy, ahead of the editable one
-    where = subprocess.run([sys.executable, "-c", "import decontext, decontext.assets as a; print(decontext.__file__); print(a.data_dir())"],
-                           capture_output=True, text=True, cwd=work, env=env)
+    where = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import decontext, decontext.assets as a; print(decontext.__file__); print(a.data_dir())",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=env,
+    )
     package_file, data = where.stdout.split()
     assert Path(package_file).is_relative_to(target) and Path(data) == target / "decontext" / "data", where.stdout
-    faces = subprocess.run([sys.executable, "-m", "decontext", "toy-faces", "--count", "1", "--out", "faces"], capture_output=True, text=True, cwd=work, env=env)
+    faces = subprocess.run(
+        [sys.executable, "-m", "decontext", "toy-faces", "--count", "1", "--out", "faces"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=env,
+    )
     assert faces.returncode == 0, faces.stderr[-2000:]
-    attack = subprocess.run([sys.executable, "-m", "decontext", "attack", "--model", "toy", "--input", "faces", "--output", "protected", "--steps", "2",
-                             "--measure-draws", "1", "--no-progress"], capture_output=True, text=True, cwd=work, env=env)
+    attack = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "decontext",
+            "attack",
+            "--model",
+            "toy",
+            "--input",
+            "faces",
+            "--output",
+            "protected",
+            "--steps",
+            "2",
+            "--measure-draws",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        env=env,
+    )
     assert attack.returncode == 0, attack.stderr[-2000:]
     manifest = json.loads((work / "protected" / "manifest.json").read_text())
     entry = next(iter(manifest["images"].values()))
@@ -177,7 +254,22 @@ def test_a_non_editable_install_protects_a_toy_face_from_another_folder(tmp_path
 
 def _parsers():
     """Every command's parser (each editor family's flags for attack and edit)."""
-    from decontext.cli import amortize, app, attack, cluster, collect, demo, edit, erase_rate, evaluate, purify, runs, sweep, t2i, toy
+    from decontext.cli import (
+        amortize,
+        app,
+        attack,
+        cluster,
+        collect,
+        demo,
+        edit,
+        erase_rate,
+        evaluate,
+        purify,
+        runs,
+        sweep,
+        t2i,
+        toy,
+    )
     from decontext.editors import FAMILIES
 
     for spec in FAMILIES.values():
@@ -199,6 +291,10 @@ def _parsers():
 
 
 def test_every_flag_of_every_command_has_help():
-    missing = [f"{name} {action.option_strings}" for name, parser in _parsers() for action in parser._actions
-               if action.option_strings and not (action.help or "").strip()]
+    missing = [
+        f"{name} {action.option_strings}"
+        for name, parser in _parsers()
+        for action in parser._actions
+        if action.option_strings and not (action.help or "").strip()
+    ]
     assert missing == []

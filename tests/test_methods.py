@@ -1,19 +1,18 @@
 """Baseline methods on the tiny Kontext: each loss moves the way it claims, noise keeps its budget."""
 
+import numpy as np
 import pytest
 import torch
 
+from decontext.config import ProtectConfig
 from decontext.editors.flux_kontext import FluxKontextEditor
 from decontext.images import from_array
+from decontext.inference import image_to_pil
 from decontext.methods import build_method
 from decontext.methods.decontext import DeContext
-from decontext.inference import image_to_pil
 from decontext.pgd import PGDConfig
-from decontext.config import ProtectConfig
 from decontext.protect import protect
 from decontext.runs import image_seed
-
-import numpy as np
 
 
 def _image(seed=0, h=32, w=48):
@@ -120,7 +119,13 @@ def test_editing_after_protection_uses_the_stock_processors():
     image = _image(3)
     reference = editor.edit(image_to_pil(image), ["add a hat"], [0], steps=2, resolution="native")[0]
     method = DeContext(prompts=["add a hat"], release_text_encoders=False)
-    protect(editor, method, image.pixels, ProtectConfig(pgd=PGDConfig(eps=8, steps=2), resolution="native", measure_draws=0), image_seed(0, "x"))
+    protect(
+        editor,
+        method,
+        image.pixels,
+        ProtectConfig(pgd=PGDConfig(eps=8, steps=2), resolution="native", measure_draws=0),
+        image_seed(0, "x"),
+    )
     after = editor.edit(image_to_pil(image), ["add a hat"], [0], steps=2, resolution="native")[0]
     assert np.array_equal(np.asarray(reference), np.asarray(after))
     assert editor._active_probe is None
@@ -146,11 +151,18 @@ def test_editor_ensemble_is_the_sum_of_its_members_in_value_and_gradient():
         value.backward()
         return float(value), pixels.grad
 
-    parts = [value_and_grad(lambda p, e=e, m=m: m.loss(e, p, (64, 64), 0, torch.Generator().manual_seed(0))[0]) for e, m in members]
+    parts = [
+        value_and_grad(lambda p, e=e, m=m: m.loss(e, p, (64, 64), 0, torch.Generator().manual_seed(0))[0])
+        for e, m in members
+    ]
     for normalize in ("none", "grad"):
-        ensemble = Composite([Term(m, w, e) for (e, m), w in zip(members, [1.0, 0.5])], normalize=normalize)
+        ensemble = Composite(
+            [Term(m, w, e) for (e, m), w in zip(members, [1.0, 0.5], strict=False)], normalize=normalize
+        )
         with ensemble.session():
-            total, g_total = value_and_grad(lambda p: ensemble.loss(None, p, (64, 64), 0, torch.Generator().manual_seed(0))[0])
+            total, g_total = value_and_grad(
+                lambda p: ensemble.loss(None, p, (64, 64), 0, torch.Generator().manual_seed(0))[0]
+            )
         assert total == pytest.approx(parts[0][0] + 0.5 * parts[1][0], rel=1e-5)
         scale = [1.0, 1.0] if normalize == "none" else [float(g.abs().mean()) for _, g in parts]
         torch.testing.assert_close(g_total, parts[0][1] / scale[0] + 0.5 * parts[1][1] / scale[1], rtol=1e-4, atol=1e-7)

@@ -56,6 +56,7 @@ def test_reproducible_with_seed():
 
 # -- the cluster (identity) bootstrap and the paired difference --------------------------------------
 
+
 def _exact_cluster_quantiles(cluster_means, level=0.95):
     """Every equally likely resample of the clusters, enumerated: the exact bootstrap distribution."""
     k = len(cluster_means)
@@ -87,8 +88,16 @@ def _rows(condition, rng, identities=5, images_per_identity=2, prompts=(0, 3, 7)
         for j in range(images_per_identity):
             for p in prompts:
                 for s in seeds:
-                    rows.append({"condition": condition, "image": f"id{i}_{j}", "identity": f"id{i}", "prompt_index": p,
-                                 "seed": s, "toy_identity": float(rng.uniform(0.5, 1.0) - shift * (i % 3))})
+                    rows.append(
+                        {
+                            "condition": condition,
+                            "image": f"id{i}_{j}",
+                            "identity": f"id{i}",
+                            "prompt_index": p,
+                            "seed": s,
+                            "toy_identity": float(rng.uniform(0.5, 1.0) - shift * (i % 3)),
+                        }
+                    )
     return rows
 
 
@@ -100,7 +109,11 @@ def _brute_force_paired(cond_rows, ref_rows, metric):
     b_of: dict[str, list[float]] = {}
     for row in cond_rows:
         for other in ref_rows:
-            if (row["image"], row["prompt_index"], row["seed"]) == (other["image"], other["prompt_index"], other["seed"]):
+            if (row["image"], row["prompt_index"], row["seed"]) == (
+                other["image"],
+                other["prompt_index"],
+                other["seed"],
+            ):
                 a, b = row.get(metric), other.get(metric)
                 if isinstance(a, float) and isinstance(b, float) and math.isfinite(a) and math.isfinite(b):
                     per_identity.setdefault(row["identity"], []).append(a - b)
@@ -108,9 +121,15 @@ def _brute_force_paired(cond_rows, ref_rows, metric):
                     b_of.setdefault(row["identity"], []).append(b)
     means = [np.mean(v) for v in per_identity.values()]
     low, high = _exact_cluster_quantiles(means)
-    return {"mean": np.mean(means), "low": low, "high": high, "identities": len(means),
-            "pairs": sum(len(v) for v in per_identity.values()),
-            "a": np.mean([np.mean(v) for v in a_of.values()]), "b": np.mean([np.mean(v) for v in b_of.values()])}
+    return {
+        "mean": np.mean(means),
+        "low": low,
+        "high": high,
+        "identities": len(means),
+        "pairs": sum(len(v) for v in per_identity.values()),
+        "a": np.mean([np.mean(v) for v in a_of.values()]),
+        "b": np.mean([np.mean(v) for v in b_of.values()]),
+    }
 
 
 def test_paired_difference_matches_brute_force_reference():
@@ -138,8 +157,9 @@ def test_paired_difference_matches_brute_force_reference():
     # row order does not matter, and the seed makes it reproducible
     shuffled = paired_difference_ci(list(reversed(protected)), clean[::-1], "toy_identity", n_boot=40000, seed=5)
     assert shuffled == got
-    assert paired_difference_ci(protected, clean, "toy_identity", n_boot=500, seed=1) == \
-        paired_difference_ci(protected, clean, "toy_identity", n_boot=500, seed=1)
+    assert paired_difference_ci(protected, clean, "toy_identity", n_boot=500, seed=1) == paired_difference_ci(
+        protected, clean, "toy_identity", n_boot=500, seed=1
+    )
 
 
 def test_paired_difference_without_pairs_is_empty():
@@ -147,4 +167,10 @@ def test_paired_difference_without_pairs_is_empty():
 
     rows = _rows("a", np.random.default_rng(1), identities=1)
     out = paired_difference_ci(rows, [{**r, "toy_identity": None} for r in rows], "toy_identity")
-    assert (out.condition_mean, out.reference_mean, out.diff.mean, out.diff.n, out.diff.items) == (None, None, None, 0, 0)
+    assert (out.condition_mean, out.reference_mean, out.diff.mean, out.diff.n, out.diff.items) == (
+        None,
+        None,
+        None,
+        0,
+        0,
+    )

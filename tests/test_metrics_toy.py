@@ -37,8 +37,17 @@ def test_toy_backend_scores_ground_truth_edits_and_another_person(tmp_path, mode
             for condition, base in (("clean", scene), ("other", stranger)):
                 out = f"edits/{condition}/{stem}/{prompt.index}/seed0.png"
                 _save(w.render(w.apply_edit(base, prompt.category)), run / out)
-                records[condition].append({"image": stem, "input": f"source/{stem}.png", "prompt": prompt.text,
-                                           "prompt_index": prompt.index, "category": prompt.category, "seed": 0, "output": out})
+                records[condition].append(
+                    {
+                        "image": stem,
+                        "input": f"source/{stem}.png",
+                        "prompt": prompt.text,
+                        "prompt_index": prompt.index,
+                        "category": prompt.category,
+                        "seed": 0,
+                        "output": out,
+                    }
+                )
     for condition, edits in records.items():
         (run / "edits" / condition / "index.json").write_text(json.dumps({"settings": {}, "edits": edits}))
     (run / "run.json").write_text(json.dumps({"model": model, "editor": "flux_kontext"}))

@@ -21,7 +21,7 @@ def test_first_step_is_exact_sign_step_and_projection_holds():
     delta = many.pixels - x0
     assert delta.abs().max() <= 8 / 255 + 1e-7
     # Moves every pixel toward its target as far as the budget allows.
-    reachable = (x0 + (target - x0).clamp(-8 / 255, 8 / 255))
+    reachable = x0 + (target - x0).clamp(-8 / 255, 8 / 255)
     assert torch.allclose(many.pixels, reachable, atol=2 / 255 + 1e-6)
 
 
@@ -142,13 +142,16 @@ def test_adam_update_steps_are_bounded_and_follow_a_steady_gradient():
 
     x0 = torch.full((1, 3, 8, 8), 0.5)
     weights = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    one = PGD(config=PGDConfig(eps=16, alpha=1, steps=1, update="adam"), progress=False).run(x0, lambda x, s, g: (weights * x).sum())
+    one = PGD(config=PGDConfig(eps=16, alpha=1, steps=1, update="adam"), progress=False).run(
+        x0, lambda x, s, g: (weights * x).sum()
+    )
     assert torch.allclose((one.pixels - x0) * 255, weights.sign(), atol=1e-4)
     steps = []
     flip = iter([1.0, -1.0] * 10)
     sign = lambda: next(flip)
     result = PGD(config=PGDConfig(eps=16, alpha=1, steps=6, update="adam"), progress=False).run(
-        x0, lambda x, s, g: sign() * (weights * x).sum(), callback=lambda step, rec: steps.append(step))
+        x0, lambda x, s, g: sign() * (weights * x).sum(), callback=lambda step, rec: steps.append(step)
+    )
     assert ((result.pixels - x0).abs() * 255 <= 6 * 1.0001).all() and len(steps) == 6
     # a flipping gradient: Adam's steps shrink (the first moment cancels), so the net move is far below 6 alpha
     assert float((result.pixels - x0).abs().max() * 255) < 2.0
@@ -162,7 +165,11 @@ def test_snapshots_are_the_pixels_after_that_many_steps():
     long = PGD(config=PGDConfig(eps=8, alpha=1, steps=6), progress=False).run(x0, loss, snapshots=[0, 3, 6])
     short = PGD(config=PGDConfig(eps=8, alpha=1, steps=3), progress=False).run(x0, loss)
     assert sorted(long.snapshots) == [0, 3, 6]
-    assert torch.equal(long.snapshots[0], x0) and torch.equal(long.snapshots[3], short.pixels) and torch.equal(long.snapshots[6], long.pixels)
+    assert (
+        torch.equal(long.snapshots[0], x0)
+        and torch.equal(long.snapshots[3], short.pixels)
+        and torch.equal(long.snapshots[6], long.pixels)
+    )
 
 
 # ------------------------------------------------------------------------------------- presets and stopping
@@ -177,17 +184,32 @@ def test_paper_preset_is_todays_defaults_for_every_family_and_method():
     from decontext.editors import FAMILIES
     from decontext.methods import METHODS, build_method
 
-    official = {"eps": 12.75, "alpha": 0.6375, "steps": 800, "momentum": 0.0, "schedule": "constant", "start": "clean",
-                "update": "sign", "psnr_floor": None, "eot_samples": 1}
-    assert PGDConfig.for_method(build_method("decontext", prompts=["a"]), preset="paper").to_dict() == official  # no stopping keys at all
+    official = {
+        "eps": 12.75,
+        "alpha": 0.6375,
+        "steps": 800,
+        "momentum": 0.0,
+        "schedule": "constant",
+        "start": "clean",
+        "update": "sign",
+        "psnr_floor": None,
+        "eot_samples": 1,
+    }
+    assert (
+        PGDConfig.for_method(build_method("decontext", prompts=["a"]), preset="paper").to_dict() == official
+    )  # no stopping keys at all
     for spec in FAMILIES.values():
         for name in METHODS:
             method = build_method(name, **({"protector": "toy-decontext"} if name == "amortized" else {}))
-            assert PGDConfig.for_method(method, spec.pgd_defaults, preset="paper") == PGDConfig.for_method(method, spec.pgd_defaults)
+            assert PGDConfig.for_method(method, spec.pgd_defaults, preset="paper") == PGDConfig.for_method(
+                method, spec.pgd_defaults
+            )
             assert PGDConfig.for_method(method, spec.pgd_defaults, preset="paper").stop_patience == 0
     fast = PGDConfig.for_method(build_method("decontext", prompts=["a"]), preset="fast")
     assert fast.stop_patience > 0 and fast.steps == PRESETS["fast"]["steps"] < 800
-    assert PGDConfig.for_method(None, preset="fast", steps=77, momentum=0.0).steps == 77  # explicit flags override the preset
+    assert (
+        PGDConfig.for_method(None, preset="fast", steps=77, momentum=0.0).steps == 77
+    )  # explicit flags override the preset
     assert PGDConfig.for_method(None, preset="fast", momentum=0.0).momentum == 0.0
     assert "stop_patience" in fast.to_dict()
     with pytest.raises(ValueError, match="paper preset never stops"):
@@ -218,7 +240,11 @@ def test_stopping_rule_ends_a_planted_plateau_and_never_under_the_paper_preset()
     x0 = torch.full((1, 3, 8, 8), 0.5)
     config = PGDConfig.for_method(None, preset="fast", eps=32, alpha=2, steps=300, stop_patience=20, stop_window=5)
     stopped = PGD(config=config, progress=False).run(x0, _plateau_loss)
-    assert stopped.stop_reason.startswith("plateau") and stopped.steps_run < 100 and len(stopped.history) == stopped.steps_run
+    assert (
+        stopped.stop_reason.startswith("plateau")
+        and stopped.steps_run < 100
+        and len(stopped.history) == stopped.steps_run
+    )
     assert torch.allclose(stopped.pixels, torch.full_like(x0, 0.6), atol=2 / 255)  # it stopped at the goal, not before
     paper = PGDConfig.for_method(None, preset="paper", eps=32, alpha=2, steps=300)
     full = PGD(config=paper, progress=False).run(x0, _plateau_loss)

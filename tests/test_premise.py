@@ -11,11 +11,11 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 from PIL import Image
 
-from experiments import premise
 from decontext.attention import context_share_reference
 from decontext.editors.base import Layout
-from decontext.editors.flux_kontext import FluxKontextEditor
 from decontext.editors.blocks import block_map
+from decontext.editors.flux_kontext import FluxKontextEditor
+from experiments import premise
 from experiments.premise import BLOCK, HALVE, Cut, CutState, cutting
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "premise.py"
@@ -40,8 +40,15 @@ def _layer_inputs(editor, stream: str, layout: Layout, batch: int = 2, seed: int
     text = torch.randn(batch, layout.text, dim, generator=g)
     image = torch.randn(batch, layout.target + layout.context, dim, generator=g)
     if stream == "double":
-        return transformer.transformer_blocks[0].attn, {"hidden_states": image, "encoder_hidden_states": text, "image_rotary_emb": rotary}
-    return transformer.single_transformer_blocks[0].attn, {"hidden_states": torch.cat([text, image], 1), "image_rotary_emb": rotary}
+        return transformer.transformer_blocks[0].attn, {
+            "hidden_states": image,
+            "encoder_hidden_states": text,
+            "image_rotary_emb": rotary,
+        }
+    return transformer.single_transformer_blocks[0].attn, {
+        "hidden_states": torch.cat([text, image], 1),
+        "image_rotary_emb": rotary,
+    }
 
 
 def _brute_force(attn, layout: Layout, factor, hidden_states, encoder_hidden_states=None, image_rotary_emb=None):
@@ -51,7 +58,11 @@ def _brute_force(attn, layout: Layout, factor, hidden_states, encoder_hidden_sta
     def heads(x):
         return x.unflatten(-1, (-1, attn.head_dim))
 
-    q, k, v = attn.norm_q(heads(attn.to_q(hidden_states))), attn.norm_k(heads(attn.to_k(hidden_states))), heads(attn.to_v(hidden_states))
+    q, k, v = (
+        attn.norm_q(heads(attn.to_q(hidden_states))),
+        attn.norm_k(heads(attn.to_k(hidden_states))),
+        heads(attn.to_v(hidden_states)),
+    )
     if encoder_hidden_states is not None:
         q = torch.cat([attn.norm_added_q(heads(attn.add_q_proj(encoder_hidden_states))), q], 1)
         k = torch.cat([attn.norm_added_k(heads(attn.add_k_proj(encoder_hidden_states))), k], 1)
@@ -90,7 +101,7 @@ def test_no_cut_layer_is_bit_identical_to_stock(editor, stream, measure):
         stock = _as_tuple(FluxAttnProcessor()(attn, **inputs))
         ours = _as_tuple(block_map(editor.transformer).processor(state, f"{stream}.0")(attn, **inputs))
     assert len(ours) == len(stock)
-    for a, b in zip(ours, stock):
+    for a, b in zip(ours, stock, strict=False):
         assert torch.equal(a, b)
     assert bool(state.share_sums) == measure
 
@@ -105,7 +116,7 @@ def test_cut_layer_equals_brute_force_softmax(editor, stream, factor):
         ours = _as_tuple(block_map(editor.transformer).processor(state, f"{stream}.0")(attn, **inputs))
         reference, share = _brute_force(attn, layout, factor, **inputs)
         stock, stock_share = _brute_force(attn, layout, None, **inputs)
-    for a, b in zip(ours, _as_tuple(reference)):
+    for a, b in zip(ours, _as_tuple(reference), strict=False):
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
     # the cut changes the target rows only: text and context rows stay as stock
     rows, stock_rows = _sequence_rows(ours), _sequence_rows(_as_tuple(stock))
@@ -143,10 +154,20 @@ def _edit_latents(pipe, state=None, cut=None, **extra):
         state.cut = cut
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8))
     pipe(
-        image=image, prompt="add a hat", height=HEIGHT, width=WIDTH, max_area=HEIGHT * WIDTH, _auto_resize=False,
-        num_inference_steps=STEPS, guidance_scale=2.5, max_sequence_length=TEXT_TOKENS,
-        generator=torch.Generator().manual_seed(0), output_type="latent", callback_on_step_end=keep,
-        callback_on_step_end_tensor_inputs=["latents"], **extra,
+        image=image,
+        prompt="add a hat",
+        height=HEIGHT,
+        width=WIDTH,
+        max_area=HEIGHT * WIDTH,
+        _auto_resize=False,
+        num_inference_steps=STEPS,
+        guidance_scale=2.5,
+        max_sequence_length=TEXT_TOKENS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+        callback_on_step_end=keep,
+        callback_on_step_end_tensor_inputs=["latents"],
+        **extra,
     )
     return steps
 
@@ -165,7 +186,7 @@ def test_pipeline_without_cut_is_bit_identical_and_processors_come_back(editor):
         assert set(state.shares()[0]) == set(block_map(pipe.transformer).names)
     assert all(type(p) is FluxAttnProcessor for p in pipe.transformer.attn_processors.values())
     assert not pipe.transformer._forward_pre_hooks
-    for a, b, c in zip(stock, plain, measured):
+    for a, b, c in zip(stock, plain, measured, strict=False):
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
@@ -180,7 +201,7 @@ def test_every_step_cut_equals_stock_pipeline_with_the_same_score_mask(editor, f
     reference = _edit_latents(pipe, joint_attention_kwargs={"attention_mask": mask})
     with cutting(pipe) as state:
         ours = _edit_latents(pipe, state, Cut(factor=factor))
-    for a, b in zip(ours, reference):
+    for a, b in zip(ours, reference, strict=False):
         assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()
 
 
@@ -203,8 +224,14 @@ def test_cut_acts_only_in_its_blocks(editor):
     handles = []
     for name in block_map(transformer).names:
         stream, index = name.split(".")
-        block = (transformer.transformer_blocks if stream == "double" else transformer.single_transformer_blocks)[int(index)]
-        handles.append(block.register_forward_hook(lambda m, a, out, name=name: outputs.setdefault(name, []).append(out[1].clone())))
+        block = (transformer.transformer_blocks if stream == "double" else transformer.single_transformer_blocks)[
+            int(index)
+        ]
+        handles.append(
+            block.register_forward_hook(
+                lambda m, a, out, name=name: outputs.setdefault(name, []).append(out[1].clone())
+            )
+        )
     try:
         with cutting(pipe) as state:
             _edit_latents(pipe, state, None)
@@ -249,7 +276,9 @@ def test_bench_smoke_on_the_shipped_toy(tmp_path, capsys):
     bench = importlib.import_module("bench.premise")
     threads = torch.get_num_threads()
     try:
-        result = bench.main(["--identities", "3", "--cuts", "none", "all", "--no-progress", "--out", str(tmp_path / "p.json")])
+        result = bench.main(
+            ["--identities", "3", "--cuts", "none", "all", "--no-progress", "--out", str(tmp_path / "p.json")]
+        )
     finally:
         torch.set_num_threads(threads)
     assert [r["key"] for r in result["rows"]] == ["none", "all"] and result["n_edits"] == 18
@@ -257,7 +286,9 @@ def test_bench_smoke_on_the_shipped_toy(tmp_path, capsys):
     # chance = the uncut outputs against the other people's sources; the goal arithmetic follows from it
     goal = result["goal"]
     assert 0.0 <= none["chance_identity"]["mean"] < none["toy_identity"]["mean"]
-    assert goal["removed"]["all"] == pytest.approx((goal["clean_identity"] - cut["toy_identity"]["mean"]) / (goal["clean_identity"] - goal["chance_identity"]))
+    assert goal["removed"]["all"] == pytest.approx(
+        (goal["clean_identity"] - cut["toy_identity"]["mean"]) / (goal["clean_identity"] - goal["chance_identity"])
+    )
     assert "met" not in goal  # the verdict needs the first-quarter and last-half rows
     assert none["toy_identity"]["mean"] > cut["toy_identity"]["mean"]  # the toy reads identity through this attention
     assert set(none["share_per_step"]) == {str(s) for s in range(result["steps"])} and "share_per_step" not in cut
@@ -294,8 +325,15 @@ def test_unet_editor_cut_removes_the_source_in_its_steps_only():
     a, b = (Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(2))
 
     def edit(image):
-        return pipe(image=image, prompt="add a hat", num_inference_steps=6, guidance_scale=5.0, image_guidance_scale=1.5,
-                    generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+        return pipe(
+            image=image,
+            prompt="add a hat",
+            num_inference_steps=6,
+            guidance_scale=5.0,
+            image_guidance_scale=1.5,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images[0]
 
     stock_a, stock_b = edit(a), edit(b)
     assert not np.array_equal(stock_a, stock_b)

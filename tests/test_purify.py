@@ -11,12 +11,19 @@ from PIL import Image
 
 from decontext import purify
 from decontext.cli import purify as purify_cli
-from decontext.runs import condition_input_dir
 from decontext.pgd import PGD, PGDConfig
+from decontext.runs import condition_input_dir
 from decontext.toy import world
 
 # Stated tolerances: mean |real - differentiable| on toy faces and photos, in 1/255 (docs/ROBUSTNESS.md).
-TOLERANCE = {"jpeg": 2.5, "jpeg:quality=50": 2.5, "resize": 1.5, "resize:factor=0.25": 1.6, "blur": 0.75, "blur:sigma=2": 0.75}
+TOLERANCE = {
+    "jpeg": 2.5,
+    "jpeg:quality=50": 2.5,
+    "resize": 1.5,
+    "resize:factor=0.25": 1.6,
+    "blur": 0.75,
+    "blur:sigma=2": 0.75,
+}
 
 
 def faces(n=3):
@@ -35,7 +42,9 @@ def as_tensor(image):
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
 
 
-@pytest.mark.parametrize("spec", ["jpeg", "webp", "resize", "resize:factor=0.3,filter=lanczos", "blur", "noise", "noise_upscale"])
+@pytest.mark.parametrize(
+    "spec", ["jpeg", "webp", "resize", "resize:factor=0.3,filter=lanczos", "blur", "noise", "noise_upscale"]
+)
 def test_breakers_keep_size_and_are_deterministic(spec):
     breaker = purify.parse_breaker(spec)
     image = photo()
@@ -53,7 +62,10 @@ def test_jpeg_really_reencodes():
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=75)
     assert np.array_equal(np.asarray(out), np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")))
-    errors = [np.abs(np.asarray(purify.jpeg(image, quality=q), dtype=float) - np.asarray(image, dtype=float)).mean() for q in (10, 50, 95)]
+    errors = [
+        np.abs(np.asarray(purify.jpeg(image, quality=q), dtype=float) - np.asarray(image, dtype=float)).mean()
+        for q in (10, 50, 95)
+    ]
     assert errors[0] > errors[1] > errors[2] > 0  # lower quality, larger change
     again = purify.jpeg(out, quality=75)  # close to a fixed point
     assert np.abs(np.asarray(again, dtype=float) - np.asarray(out, dtype=float)).mean() < errors[1] / 2
@@ -82,7 +94,10 @@ def test_differentiable_noise_matches_in_distribution():
     flat = torch.full((1, 3, 96, 96), 0.5)
     for spec in ("noise", "noise_upscale"):
         transform = purify.parse_breaker(spec).differentiable()
-        real = np.asarray(purify.parse_breaker(spec)(Image.new("RGB", (96, 96), (128, 128, 128))), dtype=np.float32) / 255 - 128 / 255
+        real = (
+            np.asarray(purify.parse_breaker(spec)(Image.new("RGB", (96, 96), (128, 128, 128))), dtype=np.float32) / 255
+            - 128 / 255
+        )
         smooth = (transform(flat, torch.Generator().manual_seed(0)) - 0.5).numpy()
         assert abs(real.std() - smooth.std()) * 255 < 0.6, spec
 
@@ -128,7 +143,12 @@ def test_vae_roundtrip_through_an_editors_autoencoder():
 def test_specs_and_their_errors():
     assert purify.parse_breaker("jpeg:quality=50").params == {"quality": 50}
     assert purify.parse_breaker("resize:factor=0.25,filter=bilinear").label == "resize_factor0.25_filterbilinear"
-    assert [b.kind for b in purify.parse_breakers(["jpeg,resize", "blur:sigma=2;noise"])] == ["jpeg", "resize", "blur", "noise"]
+    assert [b.kind for b in purify.parse_breakers(["jpeg,resize", "blur:sigma=2;noise"])] == [
+        "jpeg",
+        "resize",
+        "blur",
+        "noise",
+    ]
     with pytest.raises(ValueError, match="unknown breaker 'gif'"):
         purify.parse_breaker("gif")
     with pytest.raises(ValueError, match="KEY=VALUE"):
@@ -153,7 +173,9 @@ def test_pgd_averages_eot_draws():
         return x * drawn[-1]
 
     x0 = torch.full((1, 3, 4, 4), 0.5)
-    result = PGD(config=PGDConfig(eps=8, alpha=1, steps=3, eot_samples=2), transform=transform, progress=False).run(x0, lambda x, step, gen: x.sum())
+    result = PGD(config=PGDConfig(eps=8, alpha=1, steps=3, eot_samples=2), transform=transform, progress=False).run(
+        x0, lambda x, step, gen: x.sum()
+    )
     assert len(drawn) == 6
     first = result.history[0]["loss"]
     assert first == pytest.approx(2.0 * 0.5 * 48)  # mean of 1x and 3x the clean sum
@@ -161,7 +183,9 @@ def test_pgd_averages_eot_draws():
         PGDConfig(eot_samples=0)
     # without a transform, eot_samples changes nothing: bit-identical to one draw
     plain = PGD(config=PGDConfig(eps=8, alpha=1, steps=3), progress=False).run(x0, lambda x, step, gen: (x**2).sum())
-    many = PGD(config=PGDConfig(eps=8, alpha=1, steps=3, eot_samples=4), progress=False).run(x0, lambda x, step, gen: (x**2).sum())
+    many = PGD(config=PGDConfig(eps=8, alpha=1, steps=3, eot_samples=4), progress=False).run(
+        x0, lambda x, step, gen: (x**2).sum()
+    )
     assert torch.equal(plain.pixels, many.pixels)
 
 
@@ -185,8 +209,31 @@ def test_attack_with_eot_on_the_tiny_model_stays_in_budget(tmp_path):
     source = tmp_path / "in.png"
     photo(size=(64, 64)).save(source)
     out = tmp_path / "out"
-    args = ["--model", "tiny", "--input", str(source), "--output", str(out), "--steps", "2", "--eps", "8", "--alpha", "2", "--resolution", "64",
-            "--measure-draws", "0", "--no-progress", "--eot", "jpeg", "resize", "blur", "--eot-samples", "2"]
+    args = [
+        "--model",
+        "tiny",
+        "--input",
+        str(source),
+        "--output",
+        str(out),
+        "--steps",
+        "2",
+        "--eps",
+        "8",
+        "--alpha",
+        "2",
+        "--resolution",
+        "64",
+        "--measure-draws",
+        "0",
+        "--no-progress",
+        "--eot",
+        "jpeg",
+        "resize",
+        "blur",
+        "--eot-samples",
+        "2",
+    ]
     assert attack_main(family="flux_kontext", argv=args) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["eot"] == ["jpeg", "resize", "blur"] and manifest["pgd"]["eot_samples"] == 2
@@ -207,7 +254,9 @@ def test_run_folder_stage_purifies_and_metrics_report_each_breaker(tmp_path, cap
 
     run = make_demo_run(tmp_path / "run")
     (run / "protected" / "junk.png").write_bytes(b"not an image")
-    assert purify_cli.main(["--run", str(run), "--breakers", "jpeg:quality=50", "blur", "--no-progress"]) == 1  # junk.png reported
+    assert (
+        purify_cli.main(["--run", str(run), "--breakers", "jpeg:quality=50", "blur", "--no-progress"]) == 1
+    )  # junk.png reported
     copy = run / "purified" / "jpeg_quality50" / "protected" / "a.png"
     assert copy.is_file() and (run / "purified" / "blur_sigma1.0" / "protected" / "b.png").is_file()
     expected = purify.jpeg(Image.open(run / "protected" / "a.png"), quality=50)

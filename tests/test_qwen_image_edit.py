@@ -10,12 +10,12 @@ from PIL import Image
 from skimage.data import astronaut
 
 from decontext import editors as editor_registry
+from decontext.config import ProtectConfig
 from decontext.editors.base import Editor
 from decontext.editors.qwen_image_edit import QwenImageEditEditor
 from decontext.images import from_array
 from decontext.methods import build_method
 from decontext.pgd import PGDConfig
-from decontext.config import ProtectConfig
 from decontext.protect import protect
 from decontext.runs import image_seed
 
@@ -53,7 +53,9 @@ def test_context_latents_and_layout_match_the_pipeline(editor):
     condition = editor.condition(pixels, PROMPTS, SIZE)
     pipe = editor.pipe
     processed = pipe.image_processor.preprocess(Image.fromarray(rgb), *SIZE).unsqueeze(2)
-    noise, image_latents = pipe.prepare_latents(processed, 2, 16, *SIZE, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0))
+    noise, image_latents = pipe.prepare_latents(
+        processed, 2, 16, *SIZE, torch.float32, torch.device("cpu"), torch.Generator().manual_seed(0)
+    )
     assert torch.allclose(condition.latents, image_latents, atol=1e-5)
     tokens = (SIZE[0] // 16) * (SIZE[1] // 16)
     layout = condition.layout
@@ -82,7 +84,9 @@ def _reference_share(attn, inputs, layout):
     """Brute force in float64: the softmax over all keys with masked keys at -inf, mass on context keys."""
     from decontext.editors.blocks import joint_key_mask, qwen_joint_qkv
 
-    query, key, _ = qwen_joint_qkv(attn, inputs["hidden_states"], inputs["encoder_hidden_states"], inputs["image_rotary_emb"])
+    query, key, _ = qwen_joint_qkv(
+        attn, inputs["hidden_states"], inputs["encoder_hidden_states"], inputs["image_rotary_emb"]
+    )
     q = query[:, layout.target_slice].transpose(1, 2).double()
     k = key.transpose(1, 2).double()
     scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
@@ -112,7 +116,11 @@ def test_shares_equal_the_masked_brute_force_softmax(editor, pixels, fused, stop
         reference = _reference_share(editor.blocks[name].module.attn, captured[name], condition.layout)
         assert torch.allclose(shares[name].double(), reference, atol=1e-5), (name, shares[name], reference)
     # Without the mask the padded keys would take mass: the test is sensitive to it.
-    unmasked = _reference_share(editor.blocks[blocks[0]].module.attn, {**captured[blocks[0]], "encoder_hidden_states_mask": None}, condition.layout)
+    unmasked = _reference_share(
+        editor.blocks[blocks[0]].module.attn,
+        {**captured[blocks[0]], "encoder_hidden_states_mask": None},
+        condition.layout,
+    )
     assert not torch.allclose(unmasked, shares[blocks[0]].double(), atol=1e-5)
 
 
@@ -135,7 +143,7 @@ def test_probed_processor_outputs_equal_the_stock_processor(editor, pixels):
             handle.remove()
     assert type(original).__name__ == "QwenDoubleStreamAttnProcessor2_0"
     assert torch.allclose(probed, stock, atol=1e-5)
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=False):
         assert torch.allclose(a, b, atol=1e-5)
 
 
@@ -148,7 +156,9 @@ def test_share_gradient_matches_float64_finite_differences(pixels):
 
     def share(p):
         with editor.probe(blocks) as probe:
-            editor.velocity(noise, torch.tensor(0.95), editor.condition(p, PROMPTS[:1], SIZE, step=1), stop_after=blocks[-1])
+            editor.velocity(
+                noise, torch.tensor(0.95), editor.condition(p, PROMPTS[:1], SIZE, step=1), stop_after=blocks[-1]
+            )
             return probe.mean_share(blocks).sum()
 
     x = x.clone().requires_grad_(True)
@@ -189,14 +199,48 @@ def test_attack_and_inference_clis(tmp_path):
     from decontext.cli.edit import main as inference_main
 
     Image.fromarray(astronaut()).resize((SIZE[1], SIZE[0])).save(tmp_path / "astro.png")
-    code = attack_main(family="qwen_image_edit", argv=["--model", "tiny", "--device", "cpu", "--input", str(tmp_path / "astro.png"),
-                                           "--output", str(tmp_path / "protected"), "--steps", "2", "--resolution", "native"])
+    code = attack_main(
+        family="qwen_image_edit",
+        argv=[
+            "--model",
+            "tiny",
+            "--device",
+            "cpu",
+            "--input",
+            str(tmp_path / "astro.png"),
+            "--output",
+            str(tmp_path / "protected"),
+            "--steps",
+            "2",
+            "--resolution",
+            "native",
+        ],
+    )
     assert code == 0 and (tmp_path / "protected" / "astro.png").is_file()
     manifest = json.loads((tmp_path / "protected" / "manifest.json").read_text())
     assert manifest
-    code = inference_main(family="qwen_image_edit", argv=["--model", "tiny", "--device", "cpu", "--images", str(tmp_path / "protected" / "astro.png"),
-                                              "--output", str(tmp_path / "edits"), "--prompt", "add a hat", "--steps", "2",
-                                              "--guidance", "1", "--resolution", "native", "--no-progress"])
+    code = inference_main(
+        family="qwen_image_edit",
+        argv=[
+            "--model",
+            "tiny",
+            "--device",
+            "cpu",
+            "--images",
+            str(tmp_path / "protected" / "astro.png"),
+            "--output",
+            str(tmp_path / "edits"),
+            "--prompt",
+            "add a hat",
+            "--steps",
+            "2",
+            "--guidance",
+            "1",
+            "--resolution",
+            "native",
+            "--no-progress",
+        ],
+    )
     assert code == 0 and list((tmp_path / "edits").rglob("*.png"))
 
 
@@ -227,10 +271,20 @@ def _rgb(seed, size):
 def _pipeline_transformer_inputs(editor, images, prompt):
     """The stock Plus pipeline's first transformer call (kwargs), for ``image=images`` at PLUS_SIZE output."""
     captured = []
-    handle = editor.transformer.register_forward_pre_hook(lambda module, args, kwargs: captured.append(kwargs), with_kwargs=True)
+    handle = editor.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.append(kwargs), with_kwargs=True
+    )
     try:
-        editor.pipe(image=images, prompt=prompt, height=PLUS_SIZE[0], width=PLUS_SIZE[1], num_inference_steps=2, true_cfg_scale=1.0,
-                    generator=torch.Generator().manual_seed(0), output_type="latent")
+        editor.pipe(
+            image=images,
+            prompt=prompt,
+            height=PLUS_SIZE[0],
+            width=PLUS_SIZE[1],
+            num_inference_steps=2,
+            true_cfg_scale=1.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="latent",
+        )
     finally:
         handle.remove()
     return captured[0]
@@ -241,7 +295,9 @@ def test_plus_pipeline_class_and_from_pretrained(plus_editor, tmp_path):
 
     assert type(plus_editor.pipe) is QwenImageEditPlusPipeline and plus_editor.plus
     plus_editor.pipe.save_pretrained(tmp_path / "plus", safe_serialization=True)
-    assert json.loads((tmp_path / "plus" / "model_index.json").read_text())["_class_name"] == "QwenImageEditPlusPipeline"
+    assert (
+        json.loads((tmp_path / "plus" / "model_index.json").read_text())["_class_name"] == "QwenImageEditPlusPipeline"
+    )
     loaded = QwenImageEditEditor.from_pretrained(tmp_path / "plus", dtype=torch.float32, device="cpu")
     assert type(loaded.pipe) is QwenImageEditPlusPipeline and loaded.plus
     plain = QwenImageEditEditor.tiny(seed=3)
@@ -263,12 +319,16 @@ def test_plus_context_and_text_match_the_pipeline(plus_editor, small_vae_area):
     own, ref = (PLUS_SIZE[0] // 16) * (PLUS_SIZE[1] // 16), (REF_SIZE[0] // 16) * (REF_SIZE[1] // 16)
     assert (layout.target, layout.context) == (own, own + ref)
     # img_shapes: [target, reference 0, reference 1], each at its own size.
-    assert [tuple(s) for s in inputs["img_shapes"][0]] == condition.extra["img_shapes"] == [(1, 2, 4), (1, 2, 4), (1, 2, 2)]
+    assert (
+        [tuple(s) for s in inputs["img_shapes"][0]]
+        == condition.extra["img_shapes"]
+        == [(1, 2, 4), (1, 2, 4), (1, 2, 2)]
+    )
     # The image stream after the target: every reference's packed latents, concatenated in order.
     stream = inputs["hidden_states"]
     assert stream.shape[1] == layout.target + layout.context
     ours = torch.cat([condition.latents, condition.extra["companions"]], dim=1)
-    assert torch.allclose(ours, stream[:, layout.target:], atol=1e-5)
+    assert torch.allclose(ours, stream[:, layout.target :], atol=1e-5)
     # Text tokens: Qwen2.5-VL read both images (~384^2 area each, "Picture 1/2") with the prompt.
     assert inputs["encoder_hidden_states_mask"] is None and layout.text == inputs["encoder_hidden_states"].shape[1]
     assert torch.allclose(condition.extra["embeds"], inputs["encoder_hidden_states"], atol=1e-5)
@@ -277,7 +337,9 @@ def test_plus_context_and_text_match_the_pipeline(plus_editor, small_vae_area):
 
 
 def test_plus_shares_count_every_reference(plus_editor):
-    plus_editor.set_references([torch.from_numpy(_rgb(2, REF_SIZE)).permute(2, 0, 1).float() / 255], resolution="native")
+    plus_editor.set_references(
+        [torch.from_numpy(_rgb(2, REF_SIZE)).permute(2, 0, 1).float() / 255], resolution="native"
+    )
     try:
         pixels = torch.rand(1, 3, *PLUS_SIZE, generator=torch.Generator().manual_seed(0))
         blocks = plus_editor.resolve_blocks("double")
@@ -302,16 +364,24 @@ def test_plus_shares_count_every_reference(plus_editor):
     # Counting only reference 0's keys gives less: the further reference's keys are in the share.
     from decontext.editors.base import Layout
 
-    own_only = _reference_share(plus_editor.blocks[blocks[0]].module.attn, captured[blocks[0]], Layout(layout.text, layout.target, layout.target))
+    own_only = _reference_share(
+        plus_editor.blocks[blocks[0]].module.attn,
+        captured[blocks[0]],
+        Layout(layout.text, layout.target, layout.target),
+    )
     assert (own_only < shares[blocks[0]].double() - 1e-6).all()
 
 
 def test_plus_edit_runs_the_stock_pipeline(plus_editor, small_vae_area):
     image, reference = Image.fromarray(_rgb(3, PLUS_SIZE)), Image.fromarray(_rgb(4, REF_SIZE))
     seen = []
-    handle = plus_editor.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["img_shapes"]), with_kwargs=True)
+    handle = plus_editor.transformer.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(kw["img_shapes"]), with_kwargs=True
+    )
     try:
-        outputs = plus_editor.edit(image, ["add a hat"], [1], steps=2, guidance=1.0, resolution="native", references=[reference])
+        outputs = plus_editor.edit(
+            image, ["add a hat"], [1], steps=2, guidance=1.0, resolution="native", references=[reference]
+        )
     finally:
         handle.remove()
     assert len(outputs) == 1 and outputs[0].size == (PLUS_SIZE[1], PLUS_SIZE[0])

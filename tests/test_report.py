@@ -15,15 +15,23 @@ import pytest
 from PIL import Image
 
 from decontext.metrics.base import EvalOptions, MetricBackend, MetricSpec
-from tests.demo_run import make_demo_run
 from decontext.metrics.evaluate import evaluate_run, summarize
 from decontext.metrics.pixel import PixelBackend
 from decontext.metrics.run import load_run
 from decontext.report import condition_colors, perturbation_image, write_report
+from tests.demo_run import make_demo_run
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 class SourceSimilarity(MetricBackend):
@@ -83,8 +91,9 @@ def test_report_is_self_contained(report):
 def _chromium(args, timeout=90):
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
     try:
-        return subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args], capture_output=True, text=True, timeout=timeout
+        )
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
@@ -117,18 +126,26 @@ def test_broken_image_is_detected_by_the_page(tmp_path):
     from decontext.report import _SCRIPT
 
     page = tmp_path / "broken.html"
-    page.write_text(f'<html><head><title>x</title></head><body><img src="missing.png"><script>{_SCRIPT}</script></body></html>')
+    page.write_text(
+        f'<html><head><title>x</title></head><body><img src="missing.png"><script>{_SCRIPT}</script></body></html>'
+    )
     dom = _chromium(["--virtual-time-budget=3000", "--dump-dom", page.resolve().as_uri()]).stdout
     assert "report broken: 1 of 1 images failed" in dom
 
 
 def _by_hand(result, condition, reference):
     """toy_identity of ``condition`` minus ``reference`` on the same (image, prompt, seed), mean per identity."""
-    ref = {(r["image"], r["prompt_index"], r["seed"]): r["toy_identity"] for r in result.edit_rows if r["condition"] == reference}
+    ref = {
+        (r["image"], r["prompt_index"], r["seed"]): r["toy_identity"]
+        for r in result.edit_rows
+        if r["condition"] == reference
+    }
     per_identity: dict[str, list[float]] = {}
     for r in result.edit_rows:
         if r["condition"] == condition:
-            per_identity.setdefault(r["identity"], []).append(r["toy_identity"] - ref[(r["image"], r["prompt_index"], r["seed"])])
+            per_identity.setdefault(r["identity"], []).append(
+                r["toy_identity"] - ref[(r["image"], r["prompt_index"], r["seed"])]
+            )
     return float(np.mean([np.mean(v) for v in per_identity.values()]))
 
 
@@ -149,9 +166,11 @@ def test_paired_lines_lead_the_report_and_summary(evaluated, report):
 
     text = report.read_text()
     d = lines["protected"]["versus"][0]
-    expected = (f"protected: toy_identity {d['condition_mean']:.3f} vs clean {d['reference_mean']:.3f}: "
-                f"{d['diff']['mean']:+.3f} [{d['diff']['low']:+.3f}, {d['diff']['high']:+.3f}] "
-                "(n=4 pairs, 2 identities; lower = better protection); vs noise")
+    expected = (
+        f"protected: toy_identity {d['condition_mean']:.3f} vs clean {d['reference_mean']:.3f}: "
+        f"{d['diff']['mean']:+.3f} [{d['diff']['low']:+.3f}, {d['diff']['high']:+.3f}] "
+        "(n=4 pairs, 2 identities; lower = better protection); vs noise"
+    )
     assert expected in text
     assert text.index('id="paired"') < text.index('id="charts"') < text.index("Summary by condition")
     # the metrics list says what computed each metric, escaped
@@ -177,7 +196,9 @@ def test_noise_reference_follows_the_purifier():
 def _expected_marks(summary) -> dict[str, int]:
     """Per metric chart: one point per condition that has a mean."""
     conds = [c for c in summary if not c.startswith("_")]
-    counts = {m: sum(1 for c in conds if (summary[c].get(m) or {}).get("mean") is not None) for m in summary["_metrics"]}
+    counts = {
+        m: sum(1 for c in conds if (summary[c].get(m) or {}).get("mean") is not None) for m in summary["_metrics"]
+    }
     return {m: n for m, n in counts.items() if n}
 
 
@@ -201,7 +222,7 @@ def test_charts_have_one_point_and_one_interval_per_condition(evaluated, report)
 
 
 def _hex(color: str) -> tuple[int, int, int]:
-    return tuple(int(color[k:k + 2], 16) for k in (1, 3, 5))
+    return tuple(int(color[k : k + 2], 16) for k in (1, 3, 5))
 
 
 @pytest.mark.browser
@@ -232,25 +253,48 @@ def test_charts_are_drawn_in_headless_chromium(evaluated, report, tmp_path):
 
 def _summary_with(diff: tuple[float, float, float], noise: bool = True, direction: str = "lower") -> dict:
     mean, low, high = diff
-    versus = [{"reference": "clean", "condition_mean": 0.9, "reference_mean": 0.95,
-               "diff": {"mean": mean, "low": low, "high": high, "identities": 20, "pairs": 120}}]
+    versus = [
+        {
+            "reference": "clean",
+            "condition_mean": 0.9,
+            "reference_mean": 0.95,
+            "diff": {"mean": mean, "low": low, "high": high, "identities": 20, "pairs": 120},
+        }
+    ]
     if noise:
-        versus.append({"reference": "noise", "condition_mean": 0.9, "reference_mean": 0.95,
-                       "diff": {"mean": mean, "low": low, "high": high, "identities": 20, "pairs": 120}})
-    return {"_paired": {"metric": "toy_identity", "direction": direction, "conditions": [{"condition": "protected", "versus": versus}]},
-            "_run": {"protection": {"protected": "decontext, fast preset, 200 steps, eps 12.75/255"}}}
+        versus.append(
+            {
+                "reference": "noise",
+                "condition_mean": 0.9,
+                "reference_mean": 0.95,
+                "diff": {"mean": mean, "low": low, "high": high, "identities": 20, "pairs": 120},
+            }
+        )
+    return {
+        "_paired": {
+            "metric": "toy_identity",
+            "direction": direction,
+            "conditions": [{"condition": "protected", "versus": versus}],
+        },
+        "_run": {"protection": {"protected": "decontext, fast preset, 200 steps, eps 12.75/255"}},
+    }
 
 
 def test_the_verdict_says_when_the_interval_includes_zero():
     from decontext.metrics.evaluate import verdict_lines
 
     touching = verdict_lines(_summary_with((-0.021, -0.044, -0.0001)))[0]  # prints as +0.000 (or -0.000): includes 0
-    assert touching.startswith("**protected** (decontext, fast preset, 200 steps, eps 12.75/255) against the noise control")
+    assert touching.startswith(
+        "**protected** (decontext, fast preset, 200 steps, eps 12.75/255) against the noise control"
+    )
     assert "-0.021 (95% interval -0.044 to +0.000 over 20 identities" in touching
     assert "The interval includes 0, so this run cannot tell the protection apart from noise." in touching
     assert "Against clean edits: -0.021 (-0.044 to +0.000). The interval includes 0" in touching
     clear = verdict_lines(_summary_with((-0.05, -0.08, -0.02)))[0]
-    assert "The interval excludes 0: better protection than noise." in clear and "better protection than no protection" in clear
+    assert (
+        "The interval excludes 0: better protection than noise." in clear
+        and "better protection than no protection" in clear
+    )
     wrong = verdict_lines(_summary_with((0.05, 0.02, 0.08)))[0]
     assert "WORSE protection than noise" in wrong
     higher = verdict_lines(_summary_with((0.05, 0.02, 0.08), direction="higher"))[0]
@@ -268,7 +312,10 @@ def test_the_report_leads_with_the_verdict(evaluated, report):
 def test_colours_are_fixed_by_condition_name():
     from decontext.plots import FIXED_COLORS, color_of
 
-    one, other = condition_colors(["clean", "noise", "protected"]), condition_colors(["protected", "decontext", "clean", "noise@jpeg75", "noise"])
+    one, other = (
+        condition_colors(["clean", "noise", "protected"]),
+        condition_colors(["protected", "decontext", "clean", "noise@jpeg75", "noise"]),
+    )
     assert one["protected"] == other["protected"] == FIXED_COLORS["protected"]
     assert one["clean"] == other["clean"] and one["noise"] == other["noise"] == other["noise@jpeg75"]
     assert len({one["clean"], one["noise"], one["protected"]}) == 3

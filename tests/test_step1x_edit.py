@@ -13,17 +13,17 @@ import pytest
 import torch
 from PIL import Image
 from skimage.data import astronaut
+from test_attention import BruteForceProcessor
 
-from decontext.editors.blocks import swapped_processors
+from decontext.config import ProtectConfig
 from decontext.editors.base import Layout
+from decontext.editors.blocks import swapped_processors
 from decontext.editors.step1x_edit import Step1XEditor, guided_velocity, official_size, shifted_schedule
 from decontext.images import from_array
 from decontext.methods.decontext import DeContext
 from decontext.pgd import PGDConfig
-from decontext.config import ProtectConfig
 from decontext.protect import protect
 from decontext.runs import image_seed
-from test_attention import BruteForceProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,9 @@ def test_reference_ids_follow_the_version(folder, tmp_path):
     from decontext.editors.tiny import write_tiny_step1x_folder
 
     v11 = Step1XEditor.from_pretrained(folder, device="cpu", dtype=torch.float32)
-    v10 = Step1XEditor.from_pretrained(write_tiny_step1x_folder(tmp_path / "v10", version="v1.0", seed=1), device="cpu", dtype=torch.float32)
+    v10 = Step1XEditor.from_pretrained(
+        write_tiny_step1x_folder(tmp_path / "v10", version="v1.0", seed=1), device="cpu", dtype=torch.float32
+    )
     assert v10.version == "v1.0" and v10.connector.has_scale_factor
     x = torch.rand(1, 3, 32, 48)
     c11, c10 = v11.condition(x, ["add a hat"], (32, 48)), v10.condition(x, ["add a hat"], (32, 48))
@@ -118,10 +120,15 @@ def test_vlm_refresh_rereads_the_image_every_k_steps(folder, refresh, expected_c
     editor.prepare(["add a hat", "add glasses"])
     seen = []
     encode = editor._encode
-    editor._encode = lambda images, prompts: (seen.append((np.asarray(images[0]).copy(), list(prompts))), encode(images, prompts))[1]
+    editor._encode = lambda images, prompts: (
+        seen.append((np.asarray(images[0]).copy(), list(prompts))),
+        encode(images, prompts),
+    )[1]
     pixels = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
     for step in range(6):
-        editor.condition((pixels + 0.05 * step).clamp(0, 1), ["add a hat" if step % 2 else "add glasses"], (32, 48), step=step)
+        editor.condition(
+            (pixels + 0.05 * step).clamp(0, 1), ["add a hat" if step % 2 else "add glasses"], (32, 48), step=step
+        )
     if refresh == 1:  # every step, the current image
         assert len(seen) == 6 and not np.array_equal(seen[0][0], seen[1][0])
     elif refresh == 3:  # steps 0 and 3 re-read; a new prompt in between is encoded from the same snapshot
@@ -145,13 +152,18 @@ def test_share_falls_on_a_non_square_input(editor):
 def test_official_resize_schedule_and_guidance():
     assert official_size(512, 512, 512) == (512, 512)
     h, w = official_size(600, 1000, 512)
-    assert (h, w) == (math.floor(math.ceil(math.ceil(math.sqrt(512 * 512 * 1000 / 600)) / (1000 / 600)) / 16) * 16, math.floor(math.ceil(math.sqrt(512 * 512 * 1000 / 600)) / 16) * 16)
+    assert (h, w) == (
+        math.floor(math.ceil(math.ceil(math.sqrt(512 * 512 * 1000 / 600)) / (1000 / 600)) / 16) * 16,
+        math.floor(math.ceil(math.sqrt(512 * 512 * 1000 / 600)) / 16) * 16,
+    )
     assert h % 16 == 0 and w % 16 == 0 and abs(h * w / 512**2 - 1) < 0.1
     times = shifted_schedule(28, 1024)
     mu = 0.5 + (1024 - 256) * 0.65 / 3840
     assert len(times) == 29 and times[0] == 1.0 and times[-1] == 0.0
     t = 1 - 5 / 28
-    assert abs(times[5] - math.exp(mu) / (math.exp(mu) + 1 / t - 1)) < 1e-6  # linspace runs in float32, as the official torch.linspace
+    assert (
+        abs(times[5] - math.exp(mu) / (math.exp(mu) + 1 / t - 1)) < 1e-6
+    )  # linspace runs in float32, as the official torch.linspace
     cond, uncond = torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)
     cond[0, 0] = torch.tensor([4.0, 0, 0])  # norm 4 > 1: rescaled above the threshold
     cond[0, 1] = torch.tensor([0.5, 0, 0])  # norm 0.5: never rescaled
@@ -188,18 +200,49 @@ def test_run_experiment_and_metrics_work_on_a_step1x_run(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     Image.fromarray(astronaut()).resize((64, 48)).save(inputs / "astro.png")
-    env = {**os.environ, "EDITOR": "step1x", "NAME": "s1x", "RUNS": str(tmp_path / "runs"), "INPUT": str(inputs), "MODEL": "tiny",
-           "PROMPT_INDICES": "0", "ATTACK_STEPS": "2", "EDIT_STEPS": "2", "EDIT_RESOLUTION": "64"}
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "run_experiment.sh")], env=env, capture_output=True, text=True, cwd=ROOT)
+    env = {
+        **os.environ,
+        "EDITOR": "step1x",
+        "NAME": "s1x",
+        "RUNS": str(tmp_path / "runs"),
+        "INPUT": str(inputs),
+        "MODEL": "tiny",
+        "PROMPT_INDICES": "0",
+        "ATTACK_STEPS": "2",
+        "EDIT_STEPS": "2",
+        "EDIT_RESOLUTION": "64",
+    }
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "run_experiment.sh")], env=env, capture_output=True, text=True, cwd=ROOT
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     run = tmp_path / "runs" / "s1x"
     assert json.loads((run / "run.json").read_text())["editor"] == "step1x_edit"
     manifest = json.loads((run / "protected" / "manifest.json").read_text())
-    assert manifest["editor"] == {"family": "step1x_edit", "model": "tiny"} and manifest["images"]["astro.png"]["status"] == "done"
+    assert (
+        manifest["editor"] == {"family": "step1x_edit", "model": "tiny"}
+        and manifest["images"]["astro.png"]["status"] == "done"
+    )
     index = json.loads((run / "edits" / "protected" / "index.json").read_text())
-    assert index["settings"]["editor"] == "step1x_edit" and Image.open(run / index["edits"][0]["output"]).size == (64, 48)
-    scored = subprocess.run([sys.executable, str(ROOT / "eval" / "compute_metrics.py"), "--run", str(run), "--metrics", "pixel", "--no-progress", "--no-report"],
-                            capture_output=True, text=True, cwd=ROOT)
+    assert index["settings"]["editor"] == "step1x_edit" and Image.open(run / index["edits"][0]["output"]).size == (
+        64,
+        48,
+    )
+    scored = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "eval" / "compute_metrics.py"),
+            "--run",
+            str(run),
+            "--metrics",
+            "pixel",
+            "--no-progress",
+            "--no-report",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert (run / "summary.md").is_file()
 
@@ -208,12 +251,22 @@ def test_run_experiment_and_metrics_work_on_a_step1x_run(tmp_path):
 def test_attack_script_default_gives_a_protected_image_and_manifest(tmp_path):
     """`bash scripts/attack_step1x.sh` as a newcomer runs it (tiny model, the sample portrait), fewer steps."""
     env = {**os.environ, "OUTPUT": str(tmp_path / "out"), "STEPS": "2"}
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "attack_step1x.sh"), "--no-progress"], env=env, capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "attack_step1x.sh"), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     entry = manifest["images"]["astronaut.png"]
     assert entry["status"] == "done" and entry["max_abs_diff_levels"] <= 25
-    assert manifest["args"]["eps"] == 25.5 and manifest["args"]["alpha"] == 1.275 and manifest["method"]["t_one_every"] == 10
+    assert (
+        manifest["args"]["eps"] == 25.5
+        and manifest["args"]["alpha"] == 1.275
+        and manifest["method"]["t_one_every"] == 10
+    )
     assert Image.open(tmp_path / "out" / "astronaut.png").size == (512, 512)
 
 
@@ -222,4 +275,7 @@ def test_qwen_processor_gets_the_folder_pixel_bounds(editor):
     bounds = json.loads((Path(editor.name) / "step1x.json").read_text()) if Path(editor.name).is_dir() else None
     processor = editor.processor.image_processor
     assert bounds is not None
-    assert (processor.size["shortest_edge"], processor.size["longest_edge"]) == (bounds["min_pixels"], bounds["max_pixels"])  # transformers 5 keeps them in size
+    assert (processor.size["shortest_edge"], processor.size["longest_edge"]) == (
+        bounds["min_pixels"],
+        bounds["max_pixels"],
+    )  # transformers 5 keeps them in size

@@ -26,17 +26,28 @@ from decontext.editors.tiny import (
 )
 
 CONFIG = TinyStep1XConfig()
-TINY_LOAD = dict(head_dim=CONFIG.attention_head_dim, axes_dims_rope=CONFIG.axes_dims_rope, connector_heads=CONFIG.connector_heads)
+TINY_LOAD = dict(
+    head_dim=CONFIG.attention_head_dim, axes_dims_rope=CONFIG.axes_dims_rope, connector_heads=CONFIG.connector_heads
+)
 
 
 def official_connector_keys(depth: int, v10: bool) -> set[str]:
     """The official checkpoint's connector.* names (prefix removed), written out from the spec."""
     keys = {"global_proj_out.weight", "global_proj_out.bias"}
-    for module in ("S.input_embedder", "S.t_embedder.mlp.0", "S.t_embedder.mlp.2", "S.c_embedder.linear_1", "S.c_embedder.linear_2"):
+    for module in (
+        "S.input_embedder",
+        "S.t_embedder.mlp.0",
+        "S.t_embedder.mlp.2",
+        "S.c_embedder.linear_1",
+        "S.c_embedder.linear_2",
+    ):
         keys |= {f"{module}.weight", f"{module}.bias"}
     for i in range(depth):
         for part in ("norm1", "self_attn_qkv", "self_attn_proj", "norm2", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1"):
-            keys |= {f"S.individual_token_refiner.blocks.{i}.{part}.weight", f"S.individual_token_refiner.blocks.{i}.{part}.bias"}
+            keys |= {
+                f"S.individual_token_refiner.blocks.{i}.{part}.weight",
+                f"S.individual_token_refiner.blocks.{i}.{part}.bias",
+            }
     return keys | ({"scale_factor"} if v10 else set())
 
 
@@ -95,12 +106,16 @@ def reference_connector(sd: dict, x, t, mask, heads: int, v10: bool):
 
 
 def random_connector(v10: bool, seed: int = 0) -> Step1XConnector:
-    connector = Step1XConnector(in_dim=12, hidden=16, heads=2, depth=2, mlp_ratio=4, pooled_dim=6, has_scale_factor=v10).double()
+    connector = Step1XConnector(
+        in_dim=12, hidden=16, heads=2, depth=2, mlp_ratio=4, pooled_dim=6, has_scale_factor=v10
+    ).double()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in connector.named_parameters():
             # every tensor random (LayerNorm affines and gates included) so nothing is an identity
-            param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float64) * (0.3 if param.ndim > 1 else 0.5))
+            param.copy_(
+                torch.randn(param.shape, generator=generator, dtype=torch.float64) * (0.3 if param.ndim > 1 else 0.5)
+            )
     return connector
 
 
@@ -174,7 +189,12 @@ def test_real_size_conversion_on_meta_tensors():
     from diffusers import FluxTransformer2DModel
 
     real = TinyStep1XConfig(
-        num_layers=19, num_single_layers=38, num_attention_heads=24, attention_head_dim=128, text_dim=4096, pooled_dim=768
+        num_layers=19,
+        num_single_layers=38,
+        num_attention_heads=24,
+        attention_head_dim=128,
+        text_dim=4096,
+        pooled_dim=768,
     )
     with torch.device("meta"):
         state = {k: torch.empty(shape) for k, shape in step1x_official_dit_shapes(real).items()}
@@ -184,8 +204,17 @@ def test_real_size_conversion_on_meta_tensors():
         model = FluxTransformer2DModel(**config)
     assert version == "v1.1" and len(connector) == 40 and len(state) == 816
     assert config == dict(
-        patch_size=1, in_channels=64, out_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-        num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=False, axes_dims_rope=(16, 56, 56),
+        patch_size=1,
+        in_channels=64,
+        out_channels=64,
+        num_layers=19,
+        num_single_layers=38,
+        attention_head_dim=128,
+        num_attention_heads=24,
+        joint_attention_dim=4096,
+        pooled_projection_dim=768,
+        guidance_embeds=False,
+        axes_dims_rope=(16, 56, 56),
     )
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     assert {k: tuple(v.shape) for k, v in dit.items()} == expected
@@ -195,7 +224,10 @@ def test_real_size_conversion_on_meta_tensors():
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("step1x")
-    return {v: write_tiny_step1x_checkpoint(folder / f"{v}.safetensors", CONFIG, version=v, seed=3) for v in ("v1.0", "v1.1")}
+    return {
+        v: write_tiny_step1x_checkpoint(folder / f"{v}.safetensors", CONFIG, version=v, seed=3)
+        for v in ("v1.0", "v1.1")
+    }
 
 
 @pytest.mark.parametrize("version", ["v1.0", "v1.1"])
@@ -307,15 +339,27 @@ def image(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 def messages(img, instruction):
-    return [{"role": "user", "content": [{"type": "text", "text": CONFIG.prefix}, {"type": "image", "image": img}, {"type": "text", "text": instruction}]}]
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": CONFIG.prefix},
+                {"type": "image", "image": img},
+                {"type": "text", "text": instruction},
+            ],
+        }
+    ]
 
 
 def test_chat_template_and_image_tokens(qwen):
     _, processor = qwen
     img = image(64, 64)
-    text = processor.apply_chat_template(messages(img, "make the person smile"), tokenize=False, add_generation_prompt=True, add_vision_id=True)
+    text = processor.apply_chat_template(
+        messages(img, "make the person smile"), tokenize=False, add_generation_prompt=True, add_vision_id=True
+    )
     assert text == (
-        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + CONFIG.prefix
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+        + CONFIG.prefix
         + "Picture 1: <|vision_start|><|image_pad|><|vision_end|>make the person smile<|im_end|>\n<|im_start|>assistant\n"
     )
     for size in ((64, 64), (120, 84), (40, 30)):
@@ -339,7 +383,12 @@ def test_tiny_qwen_round_trips_offline(qwen, tmp_path):
     processor2 = AutoProcessor.from_pretrained(tmp_path, local_files_only=True)
     vlm2 = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path, local_files_only=True).eval()
     img = image(64, 64)
-    texts = [p.apply_chat_template(messages(img, "add a red hat"), tokenize=False, add_generation_prompt=True, add_vision_id=True) for p in (processor, processor2)]
+    texts = [
+        p.apply_chat_template(
+            messages(img, "add a red hat"), tokenize=False, add_generation_prompt=True, add_vision_id=True
+        )
+        for p in (processor, processor2)
+    ]
     assert texts[0] == texts[1]
     inputs = [p(text=[texts[0]], images=[img], return_tensors="pt") for p in (processor, processor2)]
     assert torch.equal(inputs[0]["input_ids"], inputs[1]["input_ids"])
@@ -354,13 +403,21 @@ def test_qwen_features(qwen):
     vlm, processor = qwen
     images = [image(64, 64, 1), image(120, 84, 2)]
     instructions = ["make the person smile and give them a red hat", ""]
-    kwargs = dict(prefix=CONFIG.prefix, drop_tokens=CONFIG.drop_tokens, max_length=CONFIG.max_length, device="cpu", dtype=torch.float32)
+    kwargs = dict(
+        prefix=CONFIG.prefix,
+        drop_tokens=CONFIG.drop_tokens,
+        max_length=CONFIG.max_length,
+        device="cpu",
+        dtype=torch.float32,
+    )
     features, mask = qwen_features(vlm, processor, images, instructions, **kwargs)
     again, mask_again = qwen_features(vlm, processor, images, instructions, **kwargs)
     assert features.shape == (2, CONFIG.max_length, CONFIG.qwen_hidden) and mask.dtype == torch.long
     assert torch.equal(features, again) and torch.equal(mask, mask_again)
-    for b, (img, instruction) in enumerate(zip(images, instructions)):
-        text = processor.apply_chat_template(messages(img, instruction), tokenize=False, add_generation_prompt=True, add_vision_id=True)
+    for b, (img, instruction) in enumerate(zip(images, instructions, strict=False)):
+        text = processor.apply_chat_template(
+            messages(img, instruction), tokenize=False, add_generation_prompt=True, add_vision_id=True
+        )
         inputs = processor(text=[text], images=[img], return_tensors="pt")
         with torch.no_grad():
             hidden = vlm(**inputs, output_hidden_states=True).hidden_states[-1][0]
@@ -375,7 +432,14 @@ def test_qwen_features(qwen):
     assert short_mask.tolist() == [[1] * 12] and torch.equal(short[0], features[0, :12])
 
     with pytest.raises(ValueError, match="--step1x-prefix.*too short"):
-        qwen_features(vlm, processor, images[:1], instructions[:1], **{**kwargs, "drop_tokens": 500}, prefix_flag="--step1x-prefix")
+        qwen_features(
+            vlm,
+            processor,
+            images[:1],
+            instructions[:1],
+            **{**kwargs, "drop_tokens": 500},
+            prefix_flag="--step1x-prefix",
+        )
 
 
 def test_tiny_step1x_vae_is_flux_like():
@@ -387,4 +451,4 @@ def test_tiny_step1x_vae_is_flux_like():
         latent = vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mode()
     assert latent.shape == (1, CONFIG.latent_channels, 4, 4)
     again = tiny_step1x_vae(CONFIG, seed=0)
-    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), again.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), again.state_dict().values(), strict=False))

@@ -41,9 +41,26 @@ def test_editor_args_reach_the_attack_and_the_edits(tmp_path, monkeypatch):
     commands = []
     monkeypatch.setattr(sweep, "_run", lambda cmd, device, log: commands.append(cmd))
     prefix = tmp_path / "my prefix.txt"
-    args = sweep_cli.parser().parse_args(["--name", "s", "--editor", "step1x", "--model", "/models/Step1X-Edit", "--input", str(tmp_path),
-                                      "--runs", str(tmp_path / "runs"), "--eps", "8", "--editor-args", f"--prefix-file '{prefix}'",
-                                      "--attack-resolution", "auto"])
+    args = sweep_cli.parser().parse_args(
+        [
+            "--name",
+            "s",
+            "--editor",
+            "step1x",
+            "--model",
+            "/models/Step1X-Edit",
+            "--input",
+            str(tmp_path),
+            "--runs",
+            str(tmp_path / "runs"),
+            "--eps",
+            "8",
+            "--editor-args",
+            f"--prefix-file '{prefix}'",
+            "--attack-resolution",
+            "auto",
+        ]
+    )
     point = {"eps": 8}
     runner = sweep.Sweep(args, {"eps": [8]})
     runner.shared("cpu")
@@ -62,7 +79,11 @@ def test_table_and_plots_from_point_summaries(tmp_path):
         folder = tmp_path / sweep.point_name(point)
         folder.mkdir()
         value = 0.9 - 0.1 * k
-        (folder / "summary.json").write_text(json.dumps({"protected": {"toy_identity": {"mean": value, "low": value - 0.05, "high": value + 0.05, "n": 4}}}))
+        (folder / "summary.json").write_text(
+            json.dumps(
+                {"protected": {"toy_identity": {"mean": value, "low": value - 0.05, "high": value + 0.05, "n": 4}}}
+            )
+        )
     written = sweep.write_table(tmp_path, todo)
     table = (tmp_path / "table.md").read_text()
     assert "headline toy_identity" in table and "| 16 | b | 0.6 [0.55, 0.65] |" in table
@@ -76,15 +97,19 @@ def test_table_and_plots_from_point_summaries(tmp_path):
 
 
 def test_sweep_plot_escapes_names_and_places_numbers_to_scale():
-    rows = [{"method": "a<b & c", "eps": 2, "toy_identity": 0.9, "toy_identity_low": 0.8, "toy_identity_high": 1.0},
-            {"method": "d", "eps": 4, "toy_identity": 0.7},
-            {"method": "d", "eps": 10, "toy_identity": 0.5}]
+    rows = [
+        {"method": "a<b & c", "eps": 2, "toy_identity": 0.9, "toy_identity_low": 0.8, "toy_identity_high": 1.0},
+        {"method": "d", "eps": 4, "toy_identity": 0.7},
+        {"method": "d", "eps": 10, "toy_identity": 0.5},
+    ]
     svg = ET.fromstring(sweep.svg_plot(rows, "method", "toy_identity"))  # parses: the "<" and "&" are escaped
     assert "a<b & c" in [e.text for e in svg.iter() if e.tag.endswith("text")]
     assert len([e for e in svg.iter() if e.get("class") == "errorbar"]) == 1  # only the row with an interval
     svg = ET.fromstring(sweep.svg_plot(rows, "eps", "toy_identity"))
     xs = [float(e.get("cx")) for e in svg.iter() if e.tag.endswith("circle")]
-    assert xs == sorted(xs) and (xs[1] - xs[0]) * 3 == pytest.approx(xs[2] - xs[1], abs=0.5)  # eps 2, 4, 10 to scale (0.1 px rounding)
+    assert xs == sorted(xs) and (xs[1] - xs[0]) * 3 == pytest.approx(
+        xs[2] - xs[1], abs=0.5
+    )  # eps 2, 4, 10 to scale (0.1 px rounding)
     means = next(e for e in svg.iter() if e.tag.endswith("polyline")).get("points").split()
     assert len(means) == 3
 
@@ -102,7 +127,10 @@ def test_nice_ticks_cover_the_range_with_round_steps():
 def test_bad_sweep_arguments(tmp_path, capsys):
     assert sweep_cli.main(["--name", "x", "--input", str(tmp_path), "--runs", str(tmp_path)]) == 2
     assert "nothing to sweep" in capsys.readouterr().err
-    assert sweep_cli.main(["--name", "x", "--input", str(tmp_path / "missing"), "--eps", "8", "--runs", str(tmp_path)]) == 2
+    assert (
+        sweep_cli.main(["--name", "x", "--input", str(tmp_path / "missing"), "--eps", "8", "--runs", str(tmp_path)])
+        == 2
+    )
 
 
 @pytest.mark.slow
@@ -114,9 +142,21 @@ def test_two_point_toy_sweep_writes_its_table_and_resumes(tmp_path):
     faces = tmp_path / "faces"
     faces.mkdir()
     Image.fromarray(world.render(world.sample_scene(world.eval_identities()[0], seed=1))).save(faces / "a.png")
-    env = dict(os.environ, NAME="two", RUNS=str(tmp_path / "runs"), MODEL="toy", INPUT=str(faces), EPS="4 16", STEPS="2",
-               PROMPT_INDICES="0", METRICS="toy,pixel", DEVICES="cpu")
-    first = subprocess.run(["bash", str(REPO / "scripts" / "sweep_kontext.sh")], env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ,
+        NAME="two",
+        RUNS=str(tmp_path / "runs"),
+        MODEL="toy",
+        INPUT=str(faces),
+        EPS="4 16",
+        STEPS="2",
+        PROMPT_INDICES="0",
+        METRICS="toy,pixel",
+        DEVICES="cpu",
+    )
+    first = subprocess.run(
+        ["bash", str(REPO / "scripts" / "sweep_kontext.sh")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     root = tmp_path / "runs" / "two"
     table = (root / "table.md").read_text()
@@ -128,6 +168,8 @@ def test_two_point_toy_sweep_writes_its_table_and_resumes(tmp_path):
     psnr = {row.split(",")[1]: row for row in (root / "table.csv").read_text().splitlines()[1:]}
     assert set(psnr) == {"4", "16"}
     stamp = (root / "eps4_steps2" / "protected" / "a.png").stat().st_mtime_ns
-    second = subprocess.run(["bash", str(REPO / "scripts" / "sweep_kontext.sh")], env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        ["bash", str(REPO / "scripts" / "sweep_kontext.sh")], env=env, capture_output=True, text=True, timeout=600
+    )
     assert second.returncode == 0 and "(2 already done)" in second.stdout
     assert (root / "eps4_steps2" / "protected" / "a.png").stat().st_mtime_ns == stamp

@@ -17,10 +17,12 @@ MAX_BYTES = 20 * 2**20  # issue 11: shipped weights <= 20 MB per editor
 # (clean identity, edit success) each version must keep on 8 held-out identities x 6 edits: a margin
 # under what docs/TOY.md measured on 30. toy-v2-early is weak by construction (0.61 / 0.91 measured):
 # its bar only says it still carries identity well above chance (~0.25) and still edits.
-FLOORS = {"toy-v2-early": (0.45, 0.8),
-          # toy-v3 (world v3, candidate c1 of issue 34) keeps identity (0.949 on 48) but misses edits: glasses
-          # 0.31, smile 0.73, edit success 0.837 on all 48 held-out identities
-          "toy-v3": (0.85, 0.65)}
+FLOORS = {
+    "toy-v2-early": (0.45, 0.8),
+    # toy-v3 (world v3, candidate c1 of issue 34) keeps identity (0.949 on 48) but misses edits: glasses
+    # 0.31, smile 0.73, edit success 0.837 on all 48 held-out identities
+    "toy-v3": (0.85, 0.65),
+}
 
 
 def _size(path: Path) -> int:
@@ -52,15 +54,24 @@ def test_single_stock_call_and_seam(version):
     from decontext.editors.models import load_pipeline
 
     folder = toy_editor_dir(version)
-    pipe = load_pipeline(FluxKontextPipeline, folder)  # the stock pipeline class; components stored once are read where they live
+    pipe = load_pipeline(
+        FluxKontextPipeline, folder
+    )  # the stock pipeline class; components stored once are read where they live
     assert type(pipe) is FluxKontextPipeline
     pipe.set_progress_bar_config(disable=True)
     settings = json.loads((folder / SETTINGS_FILE).read_text())
     w = get_world(toy_world_name(version))  # a face of the world the version was trained on
     image = w.render_pil(w.sample_scene(w.eval_identities()[0], seed=0))
-    kwargs = dict(prompt="Put a hat on this person.", height=64, width=64, max_area=64 * 64, _auto_resize=False,
-                  num_inference_steps=settings["num_inference_steps"], guidance_scale=settings["guidance_scale"],
-                  max_sequence_length=settings["max_sequence_length"])
+    kwargs = dict(
+        prompt="Put a hat on this person.",
+        height=64,
+        width=64,
+        max_area=64 * 64,
+        _auto_resize=False,
+        num_inference_steps=settings["num_inference_steps"],
+        guidance_scale=settings["guidance_scale"],
+        max_sequence_length=settings["max_sequence_length"],
+    )
     out = pipe(image=image, generator=torch.Generator().manual_seed(0), output_type="np", **kwargs).images[0]
     assert out.shape == (64, 64, 3)
     editor = load_editor(version, "flux_kontext", "cpu", "float32")
@@ -79,7 +90,9 @@ def test_heldout_edits_keep_identity(version):
     assert res["clean_edit"]["edit_success"] >= success_floor, res["clean_edit"]
     # with another person as context the output is that person: it scores what the pair shares in truth
     # (v1's pairs ~0.25; v3's pairs share 0.5 by construction)
-    assert res["other_person"]["toy_identity"] <= max(min(0.4, identity_floor - 0.05), res["other_person_truth"] + 0.1), res["other_person"]
+    assert res["other_person"]["toy_identity"] <= max(
+        min(0.4, identity_floor - 0.05), res["other_person_truth"] + 0.1
+    ), res["other_person"]
 
 
 def test_components_stored_once_load_as_the_copies_did(tmp_path):

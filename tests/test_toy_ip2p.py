@@ -24,8 +24,11 @@ def test_names_keep_the_families_apart():
 
 def test_conditioning_dropout_is_instructpix2pixs():
     no_text, no_image = drop_masks(200_000, np.random.default_rng(0))
-    shares = {"text only": float((no_text & ~no_image).float().mean()), "image only": float((~no_text & no_image).float().mean()),
-              "both": float((no_text & no_image).float().mean())}
+    shares = {
+        "text only": float((no_text & ~no_image).float().mean()),
+        "image only": float((~no_text & no_image).float().mean()),
+        "both": float((no_text & no_image).float().mean()),
+    }
     assert all(abs(v - DROP) < 0.003 for v in shares.values()), shares
 
 
@@ -37,7 +40,10 @@ def test_smoke_training_writes_a_stock_pipeline_folder(tmp_path):
     assert index["_class_name"] == "StableDiffusionInstructPix2PixPipeline"
     vae = json.loads((tmp_path / "editor" / "vae" / "config.json").read_text())
     assert vae["shift_factor"] is None and vae["scaling_factor"] > 0  # SD-style latents: scale only
-    assert json.loads((tmp_path / "editor" / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"] == TEXT_TOKENS
+    assert (
+        json.loads((tmp_path / "editor" / "tokenizer" / "tokenizer_config.json").read_text())["model_max_length"]
+        == TEXT_TOKENS
+    )
     assert set(info["seconds"]) == {"vae", "unet"}
 
 
@@ -68,13 +74,27 @@ def test_edits_a_held_out_face_keeping_who_it_is(editor):
     scores = []
     for scene in scenes:
         source = world.render(scene)
-        out = editor.edit(Image.fromarray(source), ["give them a hat"], [0], steps=editor.recommended["num_inference_steps"],
-                          guidance=editor.recommended["guidance_scale"], resolution=64)
-        again = editor.edit(Image.fromarray(source), ["give them a hat"], [0], steps=editor.recommended["num_inference_steps"],
-                            guidance=editor.recommended["guidance_scale"], resolution=64)
+        out = editor.edit(
+            Image.fromarray(source),
+            ["give them a hat"],
+            [0],
+            steps=editor.recommended["num_inference_steps"],
+            guidance=editor.recommended["guidance_scale"],
+            resolution=64,
+        )
+        again = editor.edit(
+            Image.fromarray(source),
+            ["give them a hat"],
+            [0],
+            steps=editor.recommended["num_inference_steps"],
+            guidance=editor.recommended["guidance_scale"],
+            resolution=64,
+        )
         assert np.array_equal(np.asarray(out[0]), np.asarray(again[0]))
         reads_src, reads_out = reader.read(source[None]), reader.read(np.asarray(out[0])[None])
-        scores.append(score_reads({k: v[0] for k, v in reads_src.items()}, {k: v[0] for k, v in reads_out.items()}, "hat"))
+        scores.append(
+            score_reads({k: v[0] for k, v in reads_src.items()}, {k: v[0] for k, v in reads_out.items()}, "hat")
+        )
     assert np.mean([s["toy_identity"] for s in scores]) >= 0.75
     assert np.mean([s["edit_success"] for s in scores]) >= 0.5
 
@@ -83,10 +103,19 @@ def test_methods_that_apply_run_within_budget_on_it(editor):
     from decontext.methods import build_method
     from decontext.pgd import PGD
 
-    x = torch.from_numpy(world.render(world.sample_scene(world.eval_identities()[0], seed=1))).permute(2, 0, 1)[None].float() / 255
+    x = (
+        torch.from_numpy(world.render(world.sample_scene(world.eval_identities()[0], seed=1)))
+        .permute(2, 0, 1)[None]
+        .float()
+        / 255
+    )
     for name in ("encoder", "flow_loss"):
         method = build_method(name, **({"prompts": "data/prompts/toy_prompts.txt"} if name == "flow_loss" else {}))
         method.prepare(editor)
         with method.session(editor):
-            adv = PGD(eps=8, alpha=2, steps=3, seed=0, progress=False).run(x, lambda p, step, gen: method.loss(editor, p, (64, 64), step, gen)).pixels
+            adv = (
+                PGD(eps=8, alpha=2, steps=3, seed=0, progress=False)
+                .run(x, lambda p, step, gen: method.loss(editor, p, (64, 64), step, gen))
+                .pixels
+            )
         assert (adv - x).abs().max() <= 8 / 255 + 1e-6 and (adv - x).abs().max() > 0

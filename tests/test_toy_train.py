@@ -6,7 +6,19 @@ import json
 def test_training_smoke(tmp_path):
     from experiments import toy_train as train
 
-    info = train.main(["--smoke", "--out", str(tmp_path / "editor"), "--reader-out", str(tmp_path / "reader"), "--work", str(tmp_path / "work"), "--threads", "1"])
+    info = train.main(
+        [
+            "--smoke",
+            "--out",
+            str(tmp_path / "editor"),
+            "--reader-out",
+            str(tmp_path / "reader"),
+            "--work",
+            str(tmp_path / "work"),
+            "--threads",
+            "1",
+        ]
+    )
     assert set(info["done"]) == {"vae", "reader", "transformer"}
     assert (tmp_path / "editor" / "model_index.json").exists()
     settings = json.loads((tmp_path / "editor" / "decontext_toy.json").read_text())
@@ -22,14 +34,26 @@ def test_training_smoke(tmp_path):
 def test_v3_recipe_smoke_trains_on_world_v3(tmp_path):
     """--version toy-v3 trains VAE, reader and transformer on world v3; the folder names its world and
     reader, the reader reads v3's heads, and the smoke run also shortens the recipe's base stage."""
-    from experiments import toy_train as train
-
+    from decontext.toy import world3
     from decontext.toy.reader import ToyReader
     from decontext.toy.worlds import reader_heads
-    from decontext.toy import world3
+    from experiments import toy_train as train
 
-    info = train.main(["--version", "toy-v3", "--smoke", "--out", str(tmp_path / "editor"), "--reader-out", str(tmp_path / "reader"),
-                       "--work", str(tmp_path / "work"), "--threads", "1"])
+    info = train.main(
+        [
+            "--version",
+            "toy-v3",
+            "--smoke",
+            "--out",
+            str(tmp_path / "editor"),
+            "--reader-out",
+            str(tmp_path / "reader"),
+            "--work",
+            str(tmp_path / "work"),
+            "--threads",
+            "1",
+        ]
+    )
     assert info["world"] == "v3" and info["recipe"]["world"] == "v3" and info["recipe"]["base_steps"] == 3
     settings = json.loads((tmp_path / "editor" / "decontext_toy.json").read_text())
     assert settings["world"] == "v3" and settings["reader"] == str((tmp_path / "reader").resolve())
@@ -50,7 +74,9 @@ def test_training_sigmas_follow_the_named_density():
     shift = 1.6
     gen = torch.Generator().manual_seed(3)
     old_u = torch.rand(50_000, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(training_sigmas("shifted_uniform", shift, 50_000, gen), shift * old_u / (1 + (shift - 1) * old_u))
+    assert torch.equal(
+        training_sigmas("shifted_uniform", shift, 50_000, gen), shift * old_u / (1 + (shift - 1) * old_u)
+    )
     s = training_sigmas("logit_normal", shift, 200_000, torch.Generator().manual_seed(4))
     assert 0 < float(s.min()) and float(s.max()) < 1
     for q, z in ((0.25, -0.6745), (0.5, 0.0), (0.75, 0.6745)):
@@ -96,17 +122,41 @@ def test_mismatched_context_share_ignores_the_noise_level():
 def test_training_smoke_v2_recipe(tmp_path):
     """The v2 options: reuse a trained VAE + reader, a text-to-image base stage, the FLUX timestep
     density, text-to-image steps and (labelled) late context swap, recorded in the saved settings."""
-    from experiments import toy_train as train
-    from decontext.toy.names import toy_editor_dir
-
     from safetensors.torch import load_file
 
-    info = train.main([
-        "--smoke", "--out", str(tmp_path / "editor"), "--reader-out", str(tmp_path / "reader"), "--work", str(tmp_path / "work"),
-        "--threads", "1", "--vae-reader-from", str(toy_editor_dir("toy-v1")), "--base-steps", "2", "--timesteps", "logit_normal",
-        "--t2i-share", "0.5", "--late-swap-sigma", "0.8",
-    ])
-    assert info["recipe"] == {"timesteps": "logit_normal", "base_steps": 2, "t2i_share": 0.5, "late_swap_sigma": 0.8, "mismatch_share": 0.0}
+    from decontext.toy.names import toy_editor_dir
+    from experiments import toy_train as train
+
+    info = train.main(
+        [
+            "--smoke",
+            "--out",
+            str(tmp_path / "editor"),
+            "--reader-out",
+            str(tmp_path / "reader"),
+            "--work",
+            str(tmp_path / "work"),
+            "--threads",
+            "1",
+            "--vae-reader-from",
+            str(toy_editor_dir("toy-v1")),
+            "--base-steps",
+            "2",
+            "--timesteps",
+            "logit_normal",
+            "--t2i-share",
+            "0.5",
+            "--late-swap-sigma",
+            "0.8",
+        ]
+    )
+    assert info["recipe"] == {
+        "timesteps": "logit_normal",
+        "base_steps": 2,
+        "t2i_share": 0.5,
+        "late_swap_sigma": 0.8,
+        "mismatch_share": 0.0,
+    }
     settings = json.loads((tmp_path / "editor" / "decontext_toy.json").read_text())
     assert settings["training"]["recipe"]["late_swap_sigma"] == 0.8
     trained = load_file(str(toy_editor_dir("toy-v1") / "vae" / "diffusion_pytorch_model.safetensors"))
@@ -124,14 +174,31 @@ def test_training_smoke_architecture_options(tmp_path):
     from PIL import Image
 
     from decontext.toy import world
-    from experiments import toy_train as train
     from decontext.toy.names import READER_DIR
     from decontext.toy.reader import ToyReader
+    from experiments import toy_train as train
 
-    info = train.main([
-        "--smoke", "--out", str(tmp_path / "editor"), "--reader-out", str(tmp_path / "reader"), "--work", str(tmp_path / "work"),
-        "--threads", "1", "--reader-from", str(READER_DIR), "--vae-blocks", "2", "--double-layers", "3", "--single-layers", "6",
-    ])
+    info = train.main(
+        [
+            "--smoke",
+            "--out",
+            str(tmp_path / "editor"),
+            "--reader-out",
+            str(tmp_path / "reader"),
+            "--work",
+            str(tmp_path / "work"),
+            "--threads",
+            "1",
+            "--reader-from",
+            str(READER_DIR),
+            "--vae-blocks",
+            "2",
+            "--double-layers",
+            "3",
+            "--single-layers",
+            "6",
+        ]
+    )
     assert info["recipe"]["architecture"] == {"double_layers": 3, "single_layers": 6, "vae_blocks": 2}
     assert info["reader_from"] == str(READER_DIR) and "reader_steps" not in info  # not trained again
     pipe = FluxKontextPipeline.from_pretrained(str(tmp_path / "editor"))
@@ -147,8 +214,18 @@ def test_training_smoke_architecture_options(tmp_path):
         seen.setdefault("tokens", kwargs["hidden_states"].shape[1])
 
     pipe.transformer.register_forward_pre_hook(count, with_kwargs=True)
-    out = pipe(image=Image.fromarray(face), prompt="Put a hat on this person.", height=64, width=64, num_inference_steps=2, guidance_scale=2.5,
-               max_sequence_length=16, max_area=64 * 64, _auto_resize=False, output_type="np").images[0]
+    out = pipe(
+        image=Image.fromarray(face),
+        prompt="Put a hat on this person.",
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=2.5,
+        max_sequence_length=16,
+        max_area=64 * 64,
+        _auto_resize=False,
+        output_type="np",
+    ).images[0]
     assert out.shape == (64, 64, 3) and np.isfinite(out).all()
     assert seen["tokens"] == 2 * 16 * 16  # target + context tokens: (64 / 2 / 2)^2 each
 
@@ -171,12 +248,24 @@ def test_transformer_from_fine_tunes_a_trained_editor(tmp_path):
     import pytest
     from diffusers import FluxTransformer2DModel
 
-    from experiments import toy_train as train
     from decontext.toy.names import toy_editor_dir
+    from experiments import toy_train as train
 
     fine = toy_editor_dir("toy-v2-fine")
-    common = ["--smoke", "--reader-out", str(tmp_path / "reader"), "--threads", "1", "--vae-reader-from", str(fine), "--vae-blocks", "2"]
-    info = train.main(common + ["--out", str(tmp_path / "editor"), "--work", str(tmp_path / "work"), "--transformer-from", str(fine)])
+    common = [
+        "--smoke",
+        "--reader-out",
+        str(tmp_path / "reader"),
+        "--threads",
+        "1",
+        "--vae-reader-from",
+        str(fine),
+        "--vae-blocks",
+        "2",
+    ]
+    info = train.main(
+        common + ["--out", str(tmp_path / "editor"), "--work", str(tmp_path / "work"), "--transformer-from", str(fine)]
+    )
     assert info["recipe"]["transformer_from"] == str(fine)
     start = FluxTransformer2DModel.from_pretrained(str(fine / "transformer")).state_dict()
     tuned = FluxTransformer2DModel.from_pretrained(str(tmp_path / "editor" / "transformer")).state_dict()
@@ -185,4 +274,16 @@ def test_transformer_from_fine_tunes_a_trained_editor(tmp_path):
     assert 0 < gap < 0.05  # three smoke steps moved it a little, from the trained weights
     assert max(float((fresh[k] - start[k]).abs().max()) for k in start) > 10 * gap
     with pytest.raises(RuntimeError, match="single_transformer_blocks.4"):
-        train.main(common + ["--out", str(tmp_path / "e2"), "--work", str(tmp_path / "w2"), "--transformer-from", str(fine), "--single-layers", "6"])
+        train.main(
+            common
+            + [
+                "--out",
+                str(tmp_path / "e2"),
+                "--work",
+                str(tmp_path / "w2"),
+                "--transformer-from",
+                str(fine),
+                "--single-layers",
+                "6",
+            ]
+        )

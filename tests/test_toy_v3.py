@@ -19,8 +19,10 @@ def reader():
 
 def _scenes(count, seed, extras=0.5):
     rng = np.random.default_rng(seed)
-    return [world3.sample_scene(world3.Identity.from_index(int(i)), seed=seed * 1000 + k, extras=extras)
-            for k, i in enumerate(rng.integers(world3.N_IDENTITIES, size=count))]
+    return [
+        world3.sample_scene(world3.Identity.from_index(int(i)), seed=seed * 1000 + k, extras=extras)
+        for k, i in enumerate(rng.integers(world3.N_IDENTITIES, size=count))
+    ]
 
 
 def test_the_v3_editor_names_its_world_and_reader(reader):

@@ -15,7 +15,9 @@ WORLDS = pytest.mark.parametrize("w", [world, world3], ids=["v1", "v3"])
 @WORLDS
 def test_split_is_fixed_and_disjoint(w):
     held, train = w.eval_identities(), w.train_identities()
-    assert len(held) + len(train) == w.N_IDENTITIES and len(held) == sum(sum(i.as_tuple()) % 3 == 0 for i in map(w.Identity.from_index, range(w.N_IDENTITIES)))
+    assert len(held) + len(train) == w.N_IDENTITIES and len(held) == sum(
+        sum(i.as_tuple()) % 3 == 0 for i in map(w.Identity.from_index, range(w.N_IDENTITIES))
+    )
     assert {i.index for i in held}.isdisjoint({i.index for i in train})
     assert all(sum(i.as_tuple()) % 3 == 0 for i in held)
     for attr in w.ATTRIBUTES:  # every attribute value is seen in training and in evaluation

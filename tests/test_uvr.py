@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from decontext.cli import uvr as uvr_flags
 from decontext.editors.base import Layout
 from decontext.editors.flux_kontext import FluxKontextEditor
 from decontext.metrics.concept import erase_rate
-from decontext.cli import uvr as uvr_flags
 from decontext.safety import uvr
 from decontext.safety.localize import _Geometry
 
@@ -42,13 +42,32 @@ def _image(seed=0):
 
 def edit(pipe, prompts=("make it red", "add a hat"), steps=4, seed=0):
     images = [_image(i) for i in range(len(prompts))]
-    return pipe(image=images, prompt=list(prompts), height=SIZE[0], width=SIZE[1], max_area=SIZE[0] * SIZE[1], _auto_resize=False,
-                num_inference_steps=steps, guidance_scale=2.5, generator=torch.Generator().manual_seed(seed), max_sequence_length=32, output_type="np").images
+    return pipe(
+        image=images,
+        prompt=list(prompts),
+        height=SIZE[0],
+        width=SIZE[1],
+        max_area=SIZE[0] * SIZE[1],
+        _auto_resize=False,
+        num_inference_steps=steps,
+        guidance_scale=2.5,
+        generator=torch.Generator().manual_seed(seed),
+        max_sequence_length=32,
+        output_type="np",
+    ).images
 
 
 def generate(t2i_pipe, prompts=("a cat", "a hat"), steps=4, seed=0):
-    return t2i_pipe(prompt=list(prompts), height=SIZE[0], width=SIZE[1], num_inference_steps=steps, guidance_scale=2.5,
-                    generator=torch.Generator().manual_seed(seed), max_sequence_length=32, output_type="np").images
+    return t2i_pipe(
+        prompt=list(prompts),
+        height=SIZE[0],
+        width=SIZE[1],
+        num_inference_steps=steps,
+        guidance_scale=2.5,
+        generator=torch.Generator().manual_seed(seed),
+        max_sequence_length=32,
+        output_type="np",
+    ).images
 
 
 def random_anchors(pipe, block="single.1", count=3, seed=0):
@@ -131,14 +150,18 @@ def test_restricted_attention_equals_scaled_probabilities(context_grid):
     ring = torch.tensor([[0, 1, 0, 1, 0, 0], [0] * 6], dtype=torch.bool)
     config = uvr.UVRConfig.preset("edit")
     reg = _regulator(layout, grid, context_grid, core, ring, config)
-    attend = lambda q_, k_, v_: torch.nn.functional.scaled_dot_product_attention(q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2)).transpose(1, 2)
+    attend = lambda q_, k_, v_: torch.nn.functional.scaled_dot_product_attention(
+        q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2)
+    ).transpose(1, 2)
     got = reg.restricted_attention(q, k, v, attend)
     # brute force: softmax, scale entries, no renormalisation
     p = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / 2.0, dim=-1)
     factor_grid = torch.ones(2, *grid, dtype=torch.float64)
     factor_grid[ring.reshape(2, *grid)] = config.ring_factor
     factor_grid[core.reshape(2, *grid)] = config.core_factor
-    context = torch.nn.functional.interpolate(factor_grid[:, None], size=context_grid, mode="nearest")[:, 0].reshape(2, -1)
+    context = torch.nn.functional.interpolate(factor_grid[:, None], size=context_grid, mode="nearest")[:, 0].reshape(
+        2, -1
+    )
     scale = torch.ones_like(p)
     queries = slice(0, layout.text + layout.target)
     scale[:, :, queries, layout.context_slice] = context[:, None, None, :]
@@ -220,16 +243,23 @@ def test_t2i_localises_every_window_step_and_replaces_there(t2i_pipe, pipe):
     with uvr.regulate(t2i_pipe, anchors, config):  # seeded noise: the same run twice is the same
         again = generate(t2i_pipe, steps=6)
     assert np.array_equal(regulated, again)
-    with pytest.raises(RuntimeError, match="needs context tokens"), uvr.regulate(t2i_pipe, anchors, uvr.UVRConfig.preset("edit", threshold=-1e9, localize_at="window")):
+    with (
+        pytest.raises(RuntimeError, match="needs context tokens"),
+        uvr.regulate(t2i_pipe, anchors, uvr.UVRConfig.preset("edit", threshold=-1e9, localize_at="window")),
+    ):
         generate(t2i_pipe, steps=6)
 
 
 def _step_times(pipe, steps):
     """t (0..1000) of each sampling step, as the transformer sees it."""
     seen = []
-    handle = pipe.transformer.register_forward_pre_hook(lambda m, a, kw: seen.append(float(kw["timestep"][0]) * 1000), with_kwargs=True)
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda m, a, kw: seen.append(float(kw["timestep"][0]) * 1000), with_kwargs=True
+    )
     try:
-        edit(pipe, steps=steps) if hasattr(pipe, "image_processor") and "Kontext" in type(pipe).__name__ else generate(pipe, steps=steps)
+        edit(pipe, steps=steps) if hasattr(pipe, "image_processor") and "Kontext" in type(pipe).__name__ else generate(
+            pipe, steps=steps
+        )
     finally:
         handle.remove()
     return seen
@@ -237,7 +267,9 @@ def _step_times(pipe, steps):
 
 # ------------------------------------------------------------------------------------------ anchors
 def test_collect_anchors_one_per_image(pipe):
-    anchors = uvr.collect_anchors(pipe, lambda: (edit(pipe, steps=3), edit(pipe, prompts=("x",), steps=3)), block="single.2", timesteps=1000.0)
+    anchors = uvr.collect_anchors(
+        pipe, lambda: (edit(pipe, steps=3), edit(pipe, prompts=("x",), steps=3)), block="single.2", timesteps=1000.0
+    )
     attn = pipe.transformer.single_transformer_blocks[2].attn
     assert anchors.shape == (3, attn.heads, attn.head_dim)
     window = uvr.collect_anchors(pipe, lambda: edit(pipe, steps=3), block="single.2", timesteps=(0.0, 1000.0))
@@ -274,7 +306,9 @@ def test_anchor_file_round_trip(tmp_path, pipe):
     anchors.settings["prompts"] = ["a hat"]
     path = anchors.save(tmp_path / "a.safetensors")
     loaded = uvr.Anchors.load(path)
-    assert loaded.block == "single.1" and loaded.settings["prompts"] == ["a hat"] and loaded.settings["pipeline"] == "edit"
+    assert (
+        loaded.block == "single.1" and loaded.settings["prompts"] == ["a hat"] and loaded.settings["pipeline"] == "edit"
+    )
     assert torch.equal(loaded.concepts["hat"], anchors.concepts["hat"])
     loaded.check(pipe.transformer)
     assert not list(tmp_path.glob(".*.part"))
@@ -332,46 +366,198 @@ def test_collect_then_edit_and_generate_under_uvr(tmp_path):
 
     from PIL import Image
 
-    from decontext.cli.edit import main as inference_main
     from decontext.cli import collect
     from decontext.cli import erase_rate as erase_rate_cli
-    from decontext.metrics.concept import _outputs
+    from decontext.cli.edit import main as inference_main
     from decontext.cli.t2i import main as t2i_main
+    from decontext.metrics.concept import _outputs
 
     anchors = tmp_path / "anchors.safetensors"
-    assert collect.main(["--pipeline", "t2i", "--model", "tiny", "--concept", "hat", "--prompt", "a hat", "--seeds", "0", "1", "--output", str(anchors)]) == 0
+    assert (
+        collect.main(
+            [
+                "--pipeline",
+                "t2i",
+                "--model",
+                "tiny",
+                "--concept",
+                "hat",
+                "--prompt",
+                "a hat",
+                "--seeds",
+                "0",
+                "1",
+                "--output",
+                str(anchors),
+            ]
+        )
+        == 0
+    )
     loaded = uvr.Anchors.load(anchors)
-    assert loaded.concepts["hat"].shape == (2, 2, 16) and loaded.block == "single.1" and loaded.settings["seeds"] == [0, 1]
-    assert collect.main(["--pipeline", "t2i", "--model", "tiny", "--concept", "hat", "--prompt", "a hat", "--output", str(anchors)]) == 2  # exists
+    assert (
+        loaded.concepts["hat"].shape == (2, 2, 16) and loaded.block == "single.1" and loaded.settings["seeds"] == [0, 1]
+    )
+    assert (
+        collect.main(
+            ["--pipeline", "t2i", "--model", "tiny", "--concept", "hat", "--prompt", "a hat", "--output", str(anchors)]
+        )
+        == 2
+    )  # exists
     images = tmp_path / "images"
     images.mkdir()
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(images / "a.png")
     (images / "broken.png").write_bytes(b"not a png")
-    status = collect.main(["--pipeline", "edit", "--model", "tiny", "--concept", "cap", "--images", str(images), "--prompt", "add a cap", "--append", "--output", str(anchors)])
+    status = collect.main(
+        [
+            "--pipeline",
+            "edit",
+            "--model",
+            "tiny",
+            "--concept",
+            "cap",
+            "--images",
+            str(images),
+            "--prompt",
+            "add a cap",
+            "--append",
+            "--output",
+            str(anchors),
+        ]
+    )
     assert status == 1  # the broken image is reported, the rest collected
     assert set(uvr.Anchors.load(anchors).concepts) == {"hat", "cap"}
 
     out = tmp_path / "edits"
-    args = ["--model", "tiny", "--images", str(images / "a.png"), "--prompt", "add a hat", "--steps", "2", "--resolution", "64", "--no-progress"]
+    args = [
+        "--model",
+        "tiny",
+        "--images",
+        str(images / "a.png"),
+        "--prompt",
+        "add a hat",
+        "--steps",
+        "2",
+        "--resolution",
+        "64",
+        "--no-progress",
+    ]
     assert inference_main(family="flux_kontext", argv=args + ["--output", str(out / "off")]) == 0
-    assert inference_main(family="flux_kontext", argv=args + ["--output", str(out / "on"), "--uvr", str(anchors), "--uvr-threshold", "1e9"]) == 0
+    assert (
+        inference_main(
+            family="flux_kontext",
+            argv=args + ["--output", str(out / "on"), "--uvr", str(anchors), "--uvr-threshold", "1e9"],
+        )
+        == 0
+    )
     record = json.loads((out / "on" / "index.json").read_text())["settings"]["uvr"]
-    assert record["config"]["restrict"] == "attention" and record["config"]["threshold"] == 1e9 and record["concepts"] == ["cap", "hat"]
+    assert (
+        record["config"]["restrict"] == "attention"
+        and record["config"]["threshold"] == 1e9
+        and record["concepts"] == ["cap", "hat"]
+    )
     # nothing flagged: the regulated edit is the stock edit, byte for byte
     assert (out / "on" / "a" / "0" / "seed42.png").read_bytes() == (out / "off" / "a" / "0" / "seed42.png").read_bytes()
-    assert inference_main(family="flux_kontext", argv=args + ["--output", str(out / "off"), "--uvr", str(anchors)]) == 2  # would mix settings
+    assert (
+        inference_main(family="flux_kontext", argv=args + ["--output", str(out / "off"), "--uvr", str(anchors)]) == 2
+    )  # would mix settings
     assert inference_main(family="flux_kontext", argv=args + ["--output", str(out / "on")]) == 2
-    assert inference_main(family="flux_kontext", argv=args + ["--output", str(out / "bad"), "--uvr", str(images / "broken.png")]) == 2
-    assert inference_main(family="flux_kontext", argv=args + ["--output", str(out / "bad"), "--uvr", str(anchors), "--uvr-set", "keep=largest"]) == 2
+    assert (
+        inference_main(
+            family="flux_kontext", argv=args + ["--output", str(out / "bad"), "--uvr", str(images / "broken.png")]
+        )
+        == 2
+    )
+    assert (
+        inference_main(
+            family="flux_kontext",
+            argv=args + ["--output", str(out / "bad"), "--uvr", str(anchors), "--uvr-set", "keep=largest"],
+        )
+        == 2
+    )
 
     gen = tmp_path / "t2i"
-    assert t2i_main(["--model", "tiny", "--prompt", "a hat", "--seeds", "0", "--steps", "2", "--output", str(gen / "on"), "--uvr", str(anchors),
-                     "--uvr-concepts", "hat", "--uvr-set", "threshold=-1e9", "window_start=0", "min_area=1", "--no-progress"]) == 0
-    assert t2i_main(["--model", "tiny", "--prompt", "a hat", "--seeds", "0", "--steps", "2", "--output", str(gen / "off"), "--no-progress"]) == 0
+    assert (
+        t2i_main(
+            [
+                "--model",
+                "tiny",
+                "--prompt",
+                "a hat",
+                "--seeds",
+                "0",
+                "--steps",
+                "2",
+                "--output",
+                str(gen / "on"),
+                "--uvr",
+                str(anchors),
+                "--uvr-concepts",
+                "hat",
+                "--uvr-set",
+                "threshold=-1e9",
+                "window_start=0",
+                "min_area=1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        t2i_main(
+            [
+                "--model",
+                "tiny",
+                "--prompt",
+                "a hat",
+                "--seeds",
+                "0",
+                "--steps",
+                "2",
+                "--output",
+                str(gen / "off"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     on_png, off_png = gen / "on" / "0" / "seed0.png", gen / "off" / "0" / "seed0.png"
     assert on_png.read_bytes() != off_png.read_bytes()  # everything flagged: the generation changed
-    assert t2i_main(["--model", "tiny", "--prompt", "a hat", "--output", str(gen / "x"), "--uvr", str(anchors), "--uvr-concepts", "dog", "--no-progress"]) == 2
-    assert t2i_main(["--model", "tiny", "--prompt", "a hat", "--seeds", "0", "--steps", "2", "--output", str(gen / "on"), "--no-progress"]) == 2  # would mix
+    assert (
+        t2i_main(
+            [
+                "--model",
+                "tiny",
+                "--prompt",
+                "a hat",
+                "--output",
+                str(gen / "x"),
+                "--uvr",
+                str(anchors),
+                "--uvr-concepts",
+                "dog",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert (
+        t2i_main(
+            [
+                "--model",
+                "tiny",
+                "--prompt",
+                "a hat",
+                "--seeds",
+                "0",
+                "--steps",
+                "2",
+                "--output",
+                str(gen / "on"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )  # would mix
     # exact resume: the same settings skip, other steps or prompt text are refused (the image kept), --overwrite redoes
     off = ["--model", "tiny", "--seeds", "0", "--output", str(gen / "off"), "--no-progress"]
     kept = off_png.read_bytes()
@@ -386,19 +572,42 @@ def test_collect_then_edit_and_generate_under_uvr(tmp_path):
     assert list(on) == ["0/seed0.png"]
     # editing folders (paths relative to the run folder) pair with their baseline by the path inside them
     edited = _outputs(out / "on", "custom")
-    assert set(edited) == set(_outputs(out / "off", "custom")) == {"a/0/seed42.png"} and all(p.is_file() for p in edited.values())
+    assert set(edited) == set(_outputs(out / "off", "custom")) == {"a/0/seed42.png"} and all(
+        p.is_file() for p in edited.values()
+    )
     result_file = tmp_path / "erase.json"
-    assert erase_rate_cli.main(["--images", str(gen / "on"), "--baseline", str(gen / "off"), "--detector", "toy:hat", "--output", str(result_file)]) == 0
+    assert (
+        erase_rate_cli.main(
+            [
+                "--images",
+                str(gen / "on"),
+                "--baseline",
+                str(gen / "off"),
+                "--detector",
+                "toy:hat",
+                "--output",
+                str(result_file),
+            ]
+        )
+        == 0
+    )
     result = json.loads(result_file.read_text())
     assert result["n"] == 1 and result["detector"] == "toy:hat" and result["erase_rate"]["mean"] in (0.0, 1.0)
-    assert erase_rate_cli.main(["--images", str(gen / "on"), "--baseline", str(tmp_path), "--detector", "toy:hat"]) == 2  # nothing to pair with
+    assert (
+        erase_rate_cli.main(["--images", str(gen / "on"), "--baseline", str(tmp_path), "--detector", "toy:hat"]) == 2
+    )  # nothing to pair with
     assert erase_rate_cli.main(["--images", str(gen / "on"), "--detector", "toy:tail"]) == 2
     with pytest.raises(ValueError, match="cannot be applied"):
         _outputs(images, "hat")
 
 
 def test_parse_settings_types_and_errors():
-    assert uvr_flags.parse_settings(["threshold=0.3", "min_area=2", "fill_holes=false", "restrict=replace"]) == {"threshold": 0.3, "min_area": 2, "fill_holes": False, "restrict": "replace"}
+    assert uvr_flags.parse_settings(["threshold=0.3", "min_area=2", "fill_holes=false", "restrict=replace"]) == {
+        "threshold": 0.3,
+        "min_area": 2,
+        "fill_holes": False,
+        "restrict": "replace",
+    }
     with pytest.raises(ValueError, match="takes a int"):
         uvr_flags.parse_settings(["min_area=two"])
     with pytest.raises(ValueError, match="KEY=VALUE"):

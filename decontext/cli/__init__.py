@@ -14,13 +14,28 @@ import sys
 
 # command -> ("module:function", what it does)
 COMMANDS = {
-    "demo": ("decontext.cli.demo:main", "the main job on the embedded toy editor: protect, edit, score (bash scripts/demo.sh)"),
+    "demo": (
+        "decontext.cli.demo:main",
+        "the main job on the embedded toy editor: protect, edit, score (bash scripts/demo.sh)",
+    ),
     "attack": ("decontext.cli.attack:main", "protect images against an editor (DeContext and the other methods)"),
     "edit": ("decontext.cli.edit:main", "edit clean or protected images with an editor's real pipeline"),
-    "eval": ("decontext.cli.evaluate:main", "score a run folder: identity, edit success, image quality; summary and report"),
-    "app": ("decontext.cli.app:main", "the local page: protect photos and preview an edit before/after (pip install decontext[app])"),
-    "cluster": ("decontext.cli.cluster:main", "protect many photos as a Ray Data job, exactly once (pip install decontext[cluster])"),
-    "amortize": ("decontext.cli.amortize:main", "train an amortized protector (one forward pass per photo) with any method's loss"),
+    "eval": (
+        "decontext.cli.evaluate:main",
+        "score a run folder: identity, edit success, image quality; summary and report",
+    ),
+    "app": (
+        "decontext.cli.app:main",
+        "the local page: protect photos and preview an edit before/after (pip install decontext[app])",
+    ),
+    "cluster": (
+        "decontext.cli.cluster:main",
+        "protect many photos as a Ray Data job, exactly once (pip install decontext[cluster])",
+    ),
+    "amortize": (
+        "decontext.cli.amortize:main",
+        "train an amortized protector (one forward pass per photo) with any method's loss",
+    ),
     "sweep": ("decontext.cli.sweep:main", "a grid of protection settings, one run folder per point, one table"),
     "purify": ("decontext.cli.purify:main", "purified copies of a run's protected images (JPEG, resize, blur, ...)"),
     "runs": ("decontext.cli.runs:main", "start a run folder (sources as PNG, run.json)"),

@@ -18,28 +18,64 @@ from .common import ArgumentProblem, add_model_arguments, choose_family, fail
 
 
 def parser(spec: Family) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="decontext amortize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="decontext amortize", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_arguments(ap, spec, "attack", fixed=False)
-    ap.add_argument("--images", default=None,
-                    help="training photos: a folder (every tenth file, sorted, held out for validation) or toy-train (the toy world's "
-                         "training identities; its held-out ones validate; toy-train:v3 for world v3's) (default: toy-train of the "
-                         "toy editor's own world)")
+    ap.add_argument(
+        "--images",
+        default=None,
+        help="training photos: a folder (every tenth file, sorted, held out for validation) or toy-train (the toy world's "
+        "training identities; its held-out ones validate; toy-train:v3 for world v3's) (default: toy-train of the "
+        "toy editor's own world)",
+    )
     ap.add_argument("--out", required=True, help="folder for the protector (and its checkpoint/ while training)")
-    ap.add_argument("--eps", type=float, default=None, help=f"L-inf budget in 1/255 units (default the family's, {spec.eps:g})")
-    ap.add_argument("--size", type=int, default=None, help="working size the protector trains at, square (default: 64 on a toy or tiny model, else 512)")
+    ap.add_argument(
+        "--eps", type=float, default=None, help=f"L-inf budget in 1/255 units (default the family's, {spec.eps:g})"
+    )
+    ap.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="working size the protector trains at, square (default: 64 on a toy or tiny model, else 512)",
+    )
     ap.add_argument("--batch-size", type=int, default=8, help="images per training step (default 8)")
     ap.add_argument("--steps", type=int, default=3000, help="training steps (default 3000)")
     ap.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
-    ap.add_argument("--architecture", choices=["small", "conv"], default=None,
-                    help="small: UNet2DModel with a self-attention mid block (the shipped toy protectors; fine at 64-256 px); conv: the same "
-                         "without it, cost linear in pixels (for 512-1024 px working sizes). Default: small up to 256 px, conv above")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the weights' initialisation and of every draw (default 0)")
-    ap.add_argument("--eot", nargs="+", default=None, metavar="BREAKER", help="train to survive these breakers (decontext/purify.py), e.g. jpeg blur")
+    ap.add_argument(
+        "--architecture",
+        choices=["small", "conv"],
+        default=None,
+        help="small: UNet2DModel with a self-attention mid block (the shipped toy protectors; fine at 64-256 px); conv: the same "
+        "without it, cost linear in pixels (for 512-1024 px working sizes). Default: small up to 256 px, conv above",
+    )
+    ap.add_argument(
+        "--seed", type=int, default=0, help="seed of the weights' initialisation and of every draw (default 0)"
+    )
+    ap.add_argument(
+        "--eot",
+        nargs="+",
+        default=None,
+        metavar="BREAKER",
+        help="train to survive these breakers (decontext/purify.py), e.g. jpeg blur",
+    )
     ap.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
-    ap.add_argument("--validate-every", type=int, default=500, help="steps between held-out scores of the method's measure (default 500)")
+    ap.add_argument(
+        "--validate-every",
+        type=int,
+        default=500,
+        help="steps between held-out scores of the method's measure (default 500)",
+    )
     ap.add_argument("--val-count", type=int, default=8, help="held-out images scored (default 8)")
-    ap.add_argument("--checkpointing", action="store_true", help="gradient checkpointing in the editor (less GPU memory, slower)")
-    ap.add_argument("--stop-after", type=int, default=None, help="stop (with a checkpoint) after this many steps in all; the same command resumes")
+    ap.add_argument(
+        "--checkpointing", action="store_true", help="gradient checkpointing in the editor (less GPU memory, slower)"
+    )
+    ap.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="stop (with a checkpoint) after this many steps in all; the same command resumes",
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_method_arguments(ap, spec)
     return ap
@@ -87,26 +123,51 @@ def main(argv=None) -> int:
         from ..assets import portable
         from ..toy.names import toy_prompts
 
-        options["prompts"] = portable(toy_prompts(args.model, spec.name))  # a toy's own edit pool, as its demo attacks use
-    config = TrainConfig(model=args.model, family=args.family, method=args.method, method_options=options, eps=args.eps or spec.eps,
-                         images=args.images, size=args.size or (64 if small else 512), batch_size=args.batch_size, steps=args.steps,
-                         lr=args.lr, seed=args.seed, eot=tuple(args.eot or ()))
+        options["prompts"] = portable(
+            toy_prompts(args.model, spec.name)
+        )  # a toy's own edit pool, as its demo attacks use
+    config = TrainConfig(
+        model=args.model,
+        family=args.family,
+        method=args.method,
+        method_options=options,
+        eps=args.eps or spec.eps,
+        images=args.images,
+        size=args.size or (64 if small else 512),
+        batch_size=args.batch_size,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        eot=tuple(args.eot or ()),
+    )
     if (args.architecture or ("small" if config.size <= 256 else "conv")) == "conv":
         from ..methods.amortized import CONV_ARCHITECTURE
 
         config.architecture = dict(CONV_ARCHITECTURE)
-    run = RunOptions(checkpoint_every=args.checkpoint_every, validate_every=args.validate_every, val_count=args.val_count, device=args.device,
-                     dtype=args.dtype, checkpointing=args.checkpointing, progress=not args.no_progress, stop_after=args.stop_after)
+    run = RunOptions(
+        checkpoint_every=args.checkpoint_every,
+        validate_every=args.validate_every,
+        val_count=args.val_count,
+        device=args.device,
+        dtype=args.dtype,
+        checkpointing=args.checkpointing,
+        progress=not args.no_progress,
+        stop_after=args.stop_after,
+    )
     try:
         result = train(config, args.out, run)
     except (ValueError, FileNotFoundError) as exc:
         return fail(str(exc))
     if "stopped_at" in result:
-        print(f"stopped at step {result['stopped_at']} of {config.steps}; run the same command to resume ({args.out}/checkpoint)")
+        print(
+            f"stopped at step {result['stopped_at']} of {config.steps}; run the same command to resume ({args.out}/checkpoint)"
+        )
         return 0
     last = result["validation"][-1] if result["validation"] else {}
-    print(f"protector: {args.out} ({result['parameters']:,} parameters, {result['steps']} steps, {result['seconds']:.0f} s); "
-          f"held-out {last.get('clean')} -> {last.get('protected')}")
+    print(
+        f"protector: {args.out} ({result['parameters']:,} parameters, {result['steps']} steps, {result['seconds']:.0f} s); "
+        f"held-out {last.get('clean')} -> {last.get('protected')}"
+    )
     return 0
 
 

@@ -22,8 +22,15 @@ from pathlib import Path
 def parser() -> argparse.ArgumentParser:
     from ..safety.config import OFFICIAL_ANCHOR_T
 
-    ap = argparse.ArgumentParser(prog="decontext collect-anchors", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pipeline", choices=["t2i", "edit"], required=True, help="text-to-image (FluxPipeline) or editing (FluxKontextPipeline)")
+    ap = argparse.ArgumentParser(
+        prog="decontext collect-anchors", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--pipeline",
+        choices=["t2i", "edit"],
+        required=True,
+        help="text-to-image (FluxPipeline) or editing (FluxKontextPipeline)",
+    )
     ap.add_argument("--model", default="toy", help="hub id or folder, 'tiny', or a toy version (t2i: toy-v2)")
     ap.add_argument("--concept", required=True, help="the concept's name in the file (e.g. nudity, hat)")
     group = ap.add_mutually_exclusive_group(required=True)
@@ -31,17 +38,36 @@ def parser() -> argparse.ArgumentParser:
     group.add_argument("--prompts", help="a prompt pool file (decontext.prompts format)")
     ap.add_argument("--category", default=None, help="with --prompts: only this category of the pool")
     ap.add_argument("--images", default=None, help="editing: an image or a folder of images to edit")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampler seeds, one anchor per (prompt, image, seed) (default 0)")
-    ap.add_argument("--block", default=None, help="block whose attention outputs are kept (default: single.10 of 38, or the same relative depth)")
-    ap.add_argument("--timesteps", type=float, nargs="+", default=[OFFICIAL_ANCHOR_T],
-                    help=f"one t (the nearest step; default {OFFICIAL_ANCHOR_T:g}, the official code's) or a range LOW HIGH, t in 0..1000")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="sampler seeds, one anchor per (prompt, image, seed) (default 0)",
+    )
+    ap.add_argument(
+        "--block",
+        default=None,
+        help="block whose attention outputs are kept (default: single.10 of 38, or the same relative depth)",
+    )
+    ap.add_argument(
+        "--timesteps",
+        type=float,
+        nargs="+",
+        default=[OFFICIAL_ANCHOR_T],
+        help=f"one t (the nearest step; default {OFFICIAL_ANCHOR_T:g}, the official code's) or a range LOW HIGH, t in 0..1000",
+    )
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's, or the toy's)")
     ap.add_argument("--guidance", type=float, default=None, help="guidance (default: the pipeline's, or the toy's)")
-    ap.add_argument("--resolution", default=None, help="editing: working size (N, native, auto); t2i: N for an N x N image")
+    ap.add_argument(
+        "--resolution", default=None, help="editing: working size (N, native, auto); t2i: N for an N x N image"
+    )
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     ap.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     ap.add_argument("--output", required=True, help="anchor file (.safetensors)")
-    ap.add_argument("--append", action="store_true", help="add to an existing anchor file instead of refusing to touch it")
+    ap.add_argument(
+        "--append", action="store_true", help="add to an existing anchor file instead of refusing to touch it"
+    )
     return ap
 
 
@@ -92,13 +118,24 @@ def main(argv=None) -> int:
 
             pipe, defaults = load_pipeline(args.model, device, dtype)
             side = int(args.resolution) if args.resolution else None
-            steps, guidance = args.steps or defaults["num_inference_steps"], args.guidance if args.guidance is not None else defaults["guidance_scale"]
+            steps, guidance = (
+                args.steps or defaults["num_inference_steps"],
+                args.guidance if args.guidance is not None else defaults["guidance_scale"],
+            )
             jobs = [(p, s) for p in prompts for s in seeds]
 
             def generate():
                 for prompt, seed in tqdm(jobs, desc="anchors", dynamic_ncols=True):
-                    pipe(prompt=prompt, num_inference_steps=steps, guidance_scale=guidance, height=side or defaults["height"], width=side or defaults["width"],
-                         max_sequence_length=defaults["max_sequence_length"], generator=torch.Generator().manual_seed(seed))
+                    pipe(
+                        prompt=prompt,
+                        num_inference_steps=steps,
+                        guidance_scale=guidance,
+                        height=side or defaults["height"],
+                        width=side or defaults["width"],
+                        max_sequence_length=defaults["max_sequence_length"],
+                        generator=torch.Generator().manual_seed(seed),
+                    )
+
             model = pipe
         else:
             editor = load_editor(args.model, "flux_kontext", device, dtype)
@@ -116,6 +153,7 @@ def main(argv=None) -> int:
                         continue
                     for seed in seeds:
                         editor.edit(image, prompts, [seed] * len(prompts), steps, guidance, resolution)
+
             model = editor
         anchors = uvr.collect_anchors(model, generate, block=args.block, timesteps=timesteps)
     except (ValueError, FileNotFoundError, OSError, ImportError, RuntimeError) as exc:
@@ -124,8 +162,18 @@ def main(argv=None) -> int:
     for name, message in failed.items():
         print(f"  skipped: {message}", file=sys.stderr)
     block = args.block or uvr.default_block(uvr.transformer_of(model))
-    made = uvr.make_anchors({args.concept: anchors}, block, args.pipeline, model=args.model, prompts=prompts, seeds=seeds, timesteps=args.timesteps,
-                            steps=steps, guidance=guidance, images=args.images)
+    made = uvr.make_anchors(
+        {args.concept: anchors},
+        block,
+        args.pipeline,
+        model=args.model,
+        prompts=prompts,
+        seeds=seeds,
+        timesteps=args.timesteps,
+        steps=steps,
+        guidance=guidance,
+        images=args.images,
+    )
     if existing is not None:
         try:
             made = uvr.merge([existing, made])
@@ -133,7 +181,9 @@ def main(argv=None) -> int:
             print(f"error: {output}: {exc}", file=sys.stderr)
             return 2
     made.save(output)
-    print(f"{args.concept}: {anchors.shape[0]} anchors at {block} -> {output} (concepts: {', '.join(f'{n} x{t.shape[0]}' for n, t in made.concepts.items())})")
+    print(
+        f"{args.concept}: {anchors.shape[0]} anchors at {block} -> {output} (concepts: {', '.join(f'{n} x{t.shape[0]}' for n, t in made.concepts.items())})"
+    )
     return 1 if failed else 0
 
 

@@ -31,7 +31,9 @@ def resolution_arg(value: str):
     try:
         side = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"resolution must be 'auto', 'native' or a number of pixels, got {value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"resolution must be 'auto', 'native' or a number of pixels, got {value!r}"
+        ) from None
     if side <= 0:
         raise argparse.ArgumentTypeError(f"resolution must be positive, got {side}")
     return side
@@ -66,13 +68,23 @@ def family_arg(value: str) -> str:
 def add_model_arguments(parser: argparse.ArgumentParser, spec: Family, role: str, fixed: bool) -> None:
     """--family (unless the script fixes it), --model, --device, --dtype, --max-megapixels and the family's own flags."""
     if not fixed:
-        parser.add_argument("--family", "--editor", dest="family", type=family_arg, default=spec.name,
-                            help=f"editor family: {', '.join(FAMILIES)} (default: the --model's own, else {DEFAULT_FAMILY}; now {spec.name})")
+        parser.add_argument(
+            "--family",
+            "--editor",
+            dest="family",
+            type=family_arg,
+            default=spec.name,
+            help=f"editor family: {', '.join(FAMILIES)} (default: the --model's own, else {DEFAULT_FAMILY}; now {spec.name})",
+        )
     parser.add_argument("--model", default="tiny", help=spec.model_help + _toy_note(spec))
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
-    parser.add_argument("--max-megapixels", type=float, default=None,
-                        help="refuse input images that declare more pixels than this (default: Pillow's bomb guard, ~89 MP)")
+    parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=None,
+        help="refuse input images that declare more pixels than this (default: Pillow's bomb guard, ~89 MP)",
+    )
     options = spec.options_for(role)
     if options:
         group = parser.add_argument_group(f"{spec.title} options")
@@ -91,8 +103,11 @@ def _toy_note(spec: Family) -> str:
 
 def family_load_options(spec: Family, role: str, args) -> dict:
     """The ``load`` arguments of the family's flags that were given (store-true flags always)."""
-    return {o.load_as: getattr(args, o.flag.dest) for o in spec.options_for(role)
-            if o.load_as is not None and getattr(args, o.flag.dest, None) is not None}
+    return {
+        o.load_as: getattr(args, o.flag.dest)
+        for o in spec.options_for(role)
+        if o.load_as is not None and getattr(args, o.flag.dest, None) is not None
+    }
 
 
 # ---------------------------------------------------------------------------------------------- checks without a model
@@ -159,5 +174,3 @@ def shared_editors():
         yield _SHARED
     finally:
         _SHARED = outer
-
-

@@ -16,29 +16,68 @@ import sys
 from pathlib import Path
 
 from ..editors import Family
-from .common import (ArgumentProblem, add_model_arguments, apply_pixel_limit, check_loaded_resolution, check_paths, check_resolution, choose_family,
-                     fail, load_editor_for, quiet_libraries, resolution_arg)
+from .common import (
+    ArgumentProblem,
+    add_model_arguments,
+    apply_pixel_limit,
+    check_loaded_resolution,
+    check_paths,
+    check_resolution,
+    choose_family,
+    fail,
+    load_editor_for,
+    quiet_libraries,
+    resolution_arg,
+)
 
 
 def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="decontext edit" if not fixed else None, description=spec.edit_description,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="decontext edit" if not fixed else None,
+        description=spec.edit_description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_model_arguments(ap, spec, "edit", fixed)
     ap.add_argument("--images", required=True, help="an image file or a folder of images")
     ap.add_argument("--output", required=True, help="output folder (e.g. runs/<name>/edits/protected)")
     group = ap.add_mutually_exclusive_group()
     group.add_argument("--prompts", default=None, help="prompt pool file (default data/prompts/edit_prompts.txt)")
     group.add_argument("--prompt", default=None, help="a single edit instruction instead of a pool")
-    ap.add_argument("--prompt-indices", type=int, nargs="+", default=None, help="use only these prompts of the pool (0-based)")
-    ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="sampler seeds, one edit per (prompt, seed) (default 42)")
-    ap.add_argument("--steps", type=int, default=None, help="denoising steps (default: the editor's, or the model folder's recommendation)")
-    ap.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the editor's, or the model folder's recommendation)")
-    ap.add_argument("--resolution", type=resolution_arg, default=None, help="working size: N (N x N area), native, or auto (default: the editor's)")
-    ap.add_argument("--batch-size", type=int, default=1, help="(prompt, seed) pairs of one image edited together (default 1)")
+    ap.add_argument(
+        "--prompt-indices", type=int, nargs="+", default=None, help="use only these prompts of the pool (0-based)"
+    )
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[42], help="sampler seeds, one edit per (prompt, seed) (default 42)"
+    )
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps (default: the editor's, or the model folder's recommendation)",
+    )
+    ap.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="guidance scale (default: the editor's, or the model folder's recommendation)",
+    )
+    ap.add_argument(
+        "--resolution",
+        type=resolution_arg,
+        default=None,
+        help="working size: N (N x N area), native, or auto (default: the editor's)",
+    )
+    ap.add_argument(
+        "--batch-size", type=int, default=1, help="(prompt, seed) pairs of one image edited together (default 1)"
+    )
     ap.add_argument("--vae-tiling", action="store_true", help="decode large images tile by tile")
     ap.add_argument("--vae-slicing", action="store_true", help="decode a batch one image at a time")
-    ap.add_argument("--overwrite", action="store_true", help="redo edits made with other settings or from changed inputs "
-                    "(a re-run otherwise skips only edits made with the same settings, prompt and input bytes, and refuses the rest)")
+    ap.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo edits made with other settings or from changed inputs "
+        "(a re-run otherwise skips only edits made with the same settings, prompt and input bytes, and refuses the rest)",
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     if spec.regulator:
         from .uvr import add_arguments
@@ -94,9 +133,15 @@ def main(argv=None, family: str | None = None) -> int:
         batch_size=args.batch_size,
     )
     options = {o.load_as: getattr(args, o.flag.dest) for o in spec.options_for("edit") if o.load_as is not None}
-    record = {"editor": editor.family, "images": str(args.images), "prompts_file": args.prompts, "seeds": seeds, "dtype": str(editor.dtype),
-              **{k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None)))},
-              **getattr(editor, "edit_settings", {})}  # what an editor's edits also depend on (IP2P: image guidance)
+    record = {
+        "editor": editor.family,
+        "images": str(args.images),
+        "prompts_file": args.prompts,
+        "seeds": seeds,
+        "dtype": str(editor.dtype),
+        **{k: v for k, v in options.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        **getattr(editor, "edit_settings", {}),
+    }  # what an editor's edits also depend on (IP2P: image guidance)
     regulation = contextlib.nullcontext()
     if spec.regulator:  # UVR (decontext.safety): the editor generates under the regulator
         from .uvr import check_resume, from_args
@@ -108,11 +153,22 @@ def main(argv=None, family: str | None = None) -> int:
             return fail(str(exc))
     try:
         with regulation:
-            report = run_edits(editor, args.images, prompts, seeds, args.output, settings, record=record, progress=not args.no_progress,
-                               overwrite=args.overwrite)
+            report = run_edits(
+                editor,
+                args.images,
+                prompts,
+                seeds,
+                args.output,
+                settings,
+                record=record,
+                progress=not args.no_progress,
+                overwrite=args.overwrite,
+            )
     except OutputBusyError as exc:  # another process holds the output folder
         return fail(str(exc))
-    print(f"edited {len(report.done)}, skipped {len(report.skipped)} (already done with the same settings), failed images {len(report.failed)} -> {shown(args.output)}")
+    print(
+        f"edited {len(report.done)}, skipped {len(report.skipped)} (already done with the same settings), failed images {len(report.failed)} -> {shown(args.output)}"
+    )
     for message in report.failed.values():
         print(f"  failed: {shown(message)}", file=sys.stderr)
     return 0 if report.ok else 1

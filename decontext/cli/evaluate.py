@@ -14,7 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="decontext eval",
         description="Score a DeContext run: identity (ISM, FDFR), CLIP-I/CLIP-S, LPIPS/PSNR/SSIM, BRISQUE. "
-                    "Metrics whose weights are missing are reported as unavailable; the rest still run.")
+        "Metrics whose weights are missing are reported as unavailable; the rest still run.",
+    )
     src = p.add_argument_group("input (either --run or explicit folders)")
     src.add_argument("--run", type=Path, help="run folder runs/<name> (docs/RUN_LAYOUT.md)")
     src.add_argument("--source", type=Path, help="clean input images")
@@ -25,10 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output folder (default: the run folder)")
     p.add_argument("--weights-dir", type=Path, help="folder searched for weights before the usual caches")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--metrics", help="comma-separated backends to run (default: all that apply; docs/EVALUATION.md lists them): "
-                   "toy, pixel, lpips, brisque, fdfr, ism_facenet, fdfr_dlib, ism_dlib, ism_arcface, clip")
-    p.add_argument("--identity-map", type=Path, help="JSON {stem: identity} or CSV stem,identity (default: identity = stem)")
-    p.add_argument("--clip-model", default="openai/clip-vit-base-patch32", help="CLIP folder or hub id (local cache only)")
+    p.add_argument(
+        "--metrics",
+        help="comma-separated backends to run (default: all that apply; docs/EVALUATION.md lists them): "
+        "toy, pixel, lpips, brisque, fdfr, ism_facenet, fdfr_dlib, ism_dlib, ism_arcface, clip",
+    )
+    p.add_argument(
+        "--identity-map", type=Path, help="JSON {stem: identity} or CSV stem,identity (default: identity = stem)"
+    )
+    p.add_argument(
+        "--clip-model", default="openai/clip-vit-base-patch32", help="CLIP folder or hub id (local cache only)"
+    )
     p.add_argument("--clip-neutral-text", default="a photo of a person", help="text the CLIP-S direction starts from")
     p.add_argument("--arcface-model", type=Path, help="ArcFace ONNX recognition model (e.g. w600k_r50.onnx)")
     p.add_argument("--lpips-net", default="alex", choices=("alex", "vgg", "squeeze"), help="LPIPS trunk")
@@ -36,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
-    p.add_argument("--report-max-edits", type=int, default=12, help="edits shown per image and condition in report.html")
+    p.add_argument(
+        "--report-max-edits", type=int, default=12, help="edits shown per image and condition in report.html"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -56,7 +66,16 @@ def _input_files(run) -> set[Path]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..metrics.evaluate import conditions_of, evaluate_run, fmt_stat, not_measured_lines, paired_lines, summarize, verdict_lines, write_outputs
+    from ..metrics.evaluate import (
+        conditions_of,
+        evaluate_run,
+        fmt_stat,
+        not_measured_lines,
+        paired_lines,
+        summarize,
+        verdict_lines,
+        write_outputs,
+    )
     from ..metrics.run import load_folders, load_identity_map, load_run
 
     identity = None
@@ -71,16 +90,24 @@ def main(argv: list[str] | None = None) -> int:
         run = load_run(args.run, identity)
         root, out = args.run, args.out or args.run
     else:
-        if args.source is None or (args.edits_clean is None and args.edits_protected is None and args.protected is None):
+        if args.source is None or (
+            args.edits_clean is None and args.edits_protected is None and args.protected is None
+        ):
             parser.error("give --run, or --source plus at least one of --protected/--edits-clean/--edits-protected")
         if args.out is None:
             parser.error("--out is required with explicit folders")
         run = load_folders(args.source, args.protected, args.edits_clean, args.edits_protected, identity, args.run_json)
         root, out = None, args.out
 
-    options = EvalOptions(weights_dir=args.weights_dir, device=args.device, clip_model=args.clip_model,
-                          clip_neutral_text=args.clip_neutral_text, arcface_model=args.arcface_model,
-                          psnr_cap_db=args.psnr_cap, extra={"lpips_net": args.lpips_net})
+    options = EvalOptions(
+        weights_dir=args.weights_dir,
+        device=args.device,
+        clip_model=args.clip_model,
+        clip_neutral_text=args.clip_neutral_text,
+        arcface_model=args.arcface_model,
+        psnr_cap_db=args.psnr_cap,
+        extra={"lpips_net": args.lpips_net},
+    )
     only = [s.strip() for s in args.metrics.split(",") if s.strip()] if args.metrics else None
     try:
         backends = backends_for(run.info, options, only)

@@ -9,12 +9,30 @@ from pathlib import Path
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="decontext purify", description="Purified copies of a run folder's protected images (docs/ROBUSTNESS.md); "
-                                 "edit them into edits/<condition>@<breaker> and compute_metrics reports them beside the unpurified numbers.")
+    ap = argparse.ArgumentParser(
+        prog="decontext purify",
+        description="Purified copies of a run folder's protected images (docs/ROBUSTNESS.md); "
+        "edit them into edits/<condition>@<breaker> and compute_metrics reports them beside the unpurified numbers.",
+    )
     ap.add_argument("--run", required=True, help="run folder (runs/<name>)")
-    ap.add_argument("--breakers", nargs="+", required=True, help="breaker specs: jpeg, jpeg:quality=50, resize, blur, noise, noise_upscale, webp, vae")
-    ap.add_argument("--conditions", nargs="+", default=["protected"], help="conditions whose images are purified (default: protected)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the random breakers (each image's own from it and its file name; default 0)")
+    ap.add_argument(
+        "--breakers",
+        nargs="+",
+        required=True,
+        help="breaker specs: jpeg, jpeg:quality=50, resize, blur, noise, noise_upscale, webp, vae",
+    )
+    ap.add_argument(
+        "--conditions",
+        nargs="+",
+        default=["protected"],
+        help="conditions whose images are purified (default: protected)",
+    )
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the random breakers (each image's own from it and its file name; default 0)",
+    )
     ap.add_argument("--device", default="auto", help="for the vae breaker: where the editor's VAE runs")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     return ap
@@ -46,6 +64,8 @@ def main(argv=None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"purified {report['written']}, kept {report['skipped']} (already there), failed {len(report['failed'])}: "
-          + ", ".join(purified_condition(c, b.label) for c in args.conditions for b in breakers))
+    print(
+        f"purified {report['written']}, kept {report['skipped']} (already there), failed {len(report['failed'])}: "
+        + ", ".join(purified_condition(c, b.label) for c in args.conditions for b in breakers)
+    )
     return 1 if report["failed"] else 0

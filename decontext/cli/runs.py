@@ -16,8 +16,14 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("--input", required=True, help="an image or a folder of images")
     init.add_argument("--run", required=True, help="the run folder (runs/<name>)")
     init.add_argument("--model", required=True, help="the model the run's commands use (recorded in run.json)")
-    init.add_argument("--editor", "--family", dest="editor", type=family_arg, default=DEFAULT_FAMILY,
-                      help=f"editor family: {', '.join(FAMILIES)} or a short name (default {DEFAULT_FAMILY})")
+    init.add_argument(
+        "--editor",
+        "--family",
+        dest="editor",
+        type=family_arg,
+        default=DEFAULT_FAMILY,
+        help=f"editor family: {', '.join(FAMILIES)} or a short name (default {DEFAULT_FAMILY})",
+    )
     return ap
 
 

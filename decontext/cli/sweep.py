@@ -22,31 +22,71 @@ def _number(text: str):
 def parser() -> argparse.ArgumentParser:
     from ..sweep import __doc__ as doc
 
-    ap = argparse.ArgumentParser(prog="decontext sweep", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="decontext sweep", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--name", required=True, help="the sweep's folder: RUNS/NAME")
     ap.add_argument("--runs", default="runs", help="the folder of run folders (default runs)")
-    ap.add_argument("--editor", "--family", dest="editor", type=family_arg, default=DEFAULT_FAMILY,
-                    help=f"editor family: {', '.join(FAMILIES)} or a short name (kontext, step1x, ip2p, flux2, qwen; default kontext)")
-    ap.add_argument("--model", default="toy", help="the model every point protects against and edits with (default toy)")
+    ap.add_argument(
+        "--editor",
+        "--family",
+        dest="editor",
+        type=family_arg,
+        default=DEFAULT_FAMILY,
+        help=f"editor family: {', '.join(FAMILIES)} or a short name (kontext, step1x, ip2p, flux2, qwen; default kontext)",
+    )
+    ap.add_argument(
+        "--model", default="toy", help="the model every point protects against and edits with (default toy)"
+    )
     ap.add_argument("--input", required=True, help="an image or a folder of images")
     ap.add_argument("--grid", default=None, help="a JSON grid file; axis flags below add to it")
     for axis in AXES:
-        ap.add_argument(f"--{axis.replace('_', '-')}", dest=axis, nargs="+", default=None,
-                        help="values of this axis" + (" (each 'LOW,HIGH')" if axis == "t_range" else ""))
-    ap.add_argument("--editor-args", default="", help="model-loading flags for the attack AND the edits, one string "
-                    "(e.g. \"--prefix-file step1x_prefix.txt\" for a real Step1X-Edit checkpoint)")
-    ap.add_argument("--attack-args", nargs=argparse.REMAINDER, default=[], help="more attack flags for every point (last on the line)")
+        ap.add_argument(
+            f"--{axis.replace('_', '-')}",
+            dest=axis,
+            nargs="+",
+            default=None,
+            help="values of this axis" + (" (each 'LOW,HIGH')" if axis == "t_range" else ""),
+        )
+    ap.add_argument(
+        "--editor-args",
+        default="",
+        help="model-loading flags for the attack AND the edits, one string "
+        '(e.g. "--prefix-file step1x_prefix.txt" for a real Step1X-Edit checkpoint)',
+    )
+    ap.add_argument(
+        "--attack-args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="more attack flags for every point (last on the line)",
+    )
     ap.add_argument("--prompts", default=None, help="prompt pool (default: the editor's; a toy model: its own pool)")
-    ap.add_argument("--prompt-indices", type=int, nargs="+", default=None, help="edit with only these prompts of the pool (0-based)")
+    ap.add_argument(
+        "--prompt-indices", type=int, nargs="+", default=None, help="edit with only these prompts of the pool (0-based)"
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[42], help="edit seeds")
     ap.add_argument("--seed", type=int, default=0, help="attack seed")
     ap.add_argument("--resolution", default=None, help="edit resolution (default: the editor's)")
-    ap.add_argument("--attack-resolution", default=None, help="the attack's working size (default: the model's own: the toys' 64, the tiny models' 64, auto for real checkpoints)")
-    ap.add_argument("--batch-size", type=int, default=1, help="(prompt, seed) pairs of one image edited together (default 1)")
+    ap.add_argument(
+        "--attack-resolution",
+        default=None,
+        help="the attack's working size (default: the model's own: the toys' 64, the tiny models' 64, auto for real checkpoints)",
+    )
+    ap.add_argument(
+        "--batch-size", type=int, default=1, help="(prompt, seed) pairs of one image edited together (default 1)"
+    )
     ap.add_argument("--metrics", default=None, help="compute_metrics backends (default: all that apply)")
-    ap.add_argument("--condition", default="protected", help="the condition whose metrics fill the table (default protected)")
-    ap.add_argument("--headline", default=None, help=f"headline metric for the plots (default: the first of {', '.join(HEADLINES)} measured)")
-    ap.add_argument("--devices", default="auto", help="auto (every visible CUDA GPU, else the CPU), cpu, or GPU indices 0,1")
+    ap.add_argument(
+        "--condition", default="protected", help="the condition whose metrics fill the table (default protected)"
+    )
+    ap.add_argument(
+        "--headline",
+        default=None,
+        help=f"headline metric for the plots (default: the first of {', '.join(HEADLINES)} measured)",
+    )
+    ap.add_argument(
+        "--devices", default="auto", help="auto (every visible CUDA GPU, else the CPU), cpu, or GPU indices 0,1"
+    )
     ap.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     return ap
 
@@ -76,7 +116,9 @@ def main(argv=None) -> int:
     results = Sweep(args, grid).run()
     failed = [r for r in results if r["status"] == "failed"]
     root = Path(args.runs) / args.name
-    print(f"{len(results) - len(failed)} points ok ({sum(r['status'] == 'skipped' for r in results)} already done), {len(failed)} failed -> {root / 'table.md'}")
+    print(
+        f"{len(results) - len(failed)} points ok ({sum(r['status'] == 'skipped' for r in results)} already done), {len(failed)} failed -> {root / 'table.md'}"
+    )
     for r in failed:
         print(f"  failed: {point_name(r['point'])}: {r['error']}", file=sys.stderr)
     return 1 if failed else 0

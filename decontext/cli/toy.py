@@ -14,9 +14,15 @@ from ..toy.worlds import WORLDS
 def faces_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="decontext toy-faces", description=faces.__doc__)
     ap.add_argument("--out", required=True, help="folder for the PNG files")
-    ap.add_argument("--count", type=int, default=20, help="how many held-out identities (default 20; world v1 has 100, v3 48)")
-    ap.add_argument("--world", choices=sorted(WORLDS), default=None,
-                    help="toy world: v1 (identity is colour) or v3 (identity is shape) (default: the world of the default toy editor)")
+    ap.add_argument(
+        "--count", type=int, default=20, help="how many held-out identities (default 20; world v1 has 100, v3 48)"
+    )
+    ap.add_argument(
+        "--world",
+        choices=sorted(WORLDS),
+        default=None,
+        help="toy world: v1 (identity is colour) or v3 (identity is shape) (default: the world of the default toy editor)",
+    )
     ap.add_argument("--seed", type=int, default=42, help="seed of the nuisance (background, position) (default 42)")
     return ap
 
@@ -37,10 +43,22 @@ def faces(argv=None) -> int:
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="decontext toy-eval", description="Held-out evaluation of a toy editor (decontext.toy.evaluate): "
-                                 "clean-edit identity and edit success on held-out faces, the VAE ceiling, and another person as context (chance).")
-    ap.add_argument("--model", default="toy", help="toy editor ('toy' = the default, 'toy-v1', ..., 'toy-ip2p') or a trained editor folder")
-    ap.add_argument("--identities", type=int, default=None, help="number of held-out identities (default all of the editor's world: 100 in v1, 48 in v3)")
+    ap = argparse.ArgumentParser(
+        prog="decontext toy-eval",
+        description="Held-out evaluation of a toy editor (decontext.toy.evaluate): "
+        "clean-edit identity and edit success on held-out faces, the VAE ceiling, and another person as context (chance).",
+    )
+    ap.add_argument(
+        "--model",
+        default="toy",
+        help="toy editor ('toy' = the default, 'toy-v1', ..., 'toy-ip2p') or a trained editor folder",
+    )
+    ap.add_argument(
+        "--identities",
+        type=int,
+        default=None,
+        help="number of held-out identities (default all of the editor's world: 100 in v1, 48 in v3)",
+    )
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the editor folder's)")
     ap.add_argument("--guidance", type=float, default=None, help="guidance (default: the editor folder's)")
     ap.add_argument("--seed", type=int, default=0, help="sampler seed")
@@ -61,15 +79,31 @@ def evaluate(argv=None) -> int:
 
     editor_dir = toy_editor_dir(args.model) if is_toy_model(args.model) else Path(args.model)
     res = run_evaluation(args.identities, args.steps, args.guidance, args.seed, editor_dir=editor_dir)
-    print(f"held-out identities: {res['n_identities']} x 6 edits = {res['n_edits']} edits; steps {res['steps']}, guidance {res['guidance']}")
+    print(
+        f"held-out identities: {res['n_identities']} x 6 edits = {res['n_edits']} edits; steps {res['steps']}, guidance {res['guidance']}"
+    )
     print(f"VAE PSNR (sources + ground-truth edits): {res['vae_psnr']:.2f} dB")
     for key in ("ground_truth", "vae_ceiling", "clean_edit", "other_person"):
         r = res[key]
         print(f"{key:13s} toy_identity {r['toy_identity']:.3f}  edit_success {r['edit_success']:.3f}")
-    print(f"other_person pairs share {res['other_person_truth']:.3f} of their attributes in truth (what taking the whole context person scores)")
-    print("per edit (clean_edit): " + ", ".join(f"{e} {v['toy_identity']:.2f}/{v['edit_success']:.2f}" for e, v in res["clean_edit"]["per_edit"].items()))
+    print(
+        f"other_person pairs share {res['other_person_truth']:.3f} of their attributes in truth (what taking the whole context person scores)"
+    )
+    print(
+        "per edit (clean_edit): "
+        + ", ".join(
+            f"{e} {v['toy_identity']:.2f}/{v['edit_success']:.2f}" for e, v in res["clean_edit"]["per_edit"].items()
+        )
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
-    print(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "per_edit"}) for k, v in res.items()}))
+    print(
+        json.dumps(
+            {
+                k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "per_edit"})
+                for k, v in res.items()
+            }
+        )
+    )
     return 0

@@ -15,10 +15,28 @@ def add_arguments(parser, pipeline: str) -> None:
     from ..safety.config import UVRConfig
 
     group = parser.add_argument_group("UVR (a safety regulator; docs/SAFETY.md)")
-    group.add_argument("--uvr", metavar="ANCHORS", default=None, help="generate under UVR with this anchor file (python -m decontext.safety.collect makes one)")
-    group.add_argument("--uvr-concepts", nargs="+", default=None, help="regulate only these concepts of the file (default: all)")
-    group.add_argument("--uvr-threshold", type=float, default=None, help=f"localisation threshold (default: the official {UVRConfig.preset(pipeline).threshold} for this pipeline)")
-    group.add_argument("--uvr-set", nargs="+", default=[], metavar="KEY=VALUE", help="any other UVRConfig field, e.g. window_start=500 restrict=replace")
+    group.add_argument(
+        "--uvr",
+        metavar="ANCHORS",
+        default=None,
+        help="generate under UVR with this anchor file (python -m decontext.safety.collect makes one)",
+    )
+    group.add_argument(
+        "--uvr-concepts", nargs="+", default=None, help="regulate only these concepts of the file (default: all)"
+    )
+    group.add_argument(
+        "--uvr-threshold",
+        type=float,
+        default=None,
+        help=f"localisation threshold (default: the official {UVRConfig.preset(pipeline).threshold} for this pipeline)",
+    )
+    group.add_argument(
+        "--uvr-set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other UVRConfig field, e.g. window_start=500 restrict=replace",
+    )
     parser.set_defaults(uvr_pipeline=pipeline)
 
 
@@ -66,7 +84,13 @@ def from_args(args, model):
     import hashlib
 
     digest = hashlib.sha256(Path(args.uvr).read_bytes()).hexdigest()[:16]
-    record = {"anchors": str(args.uvr), "sha256_16": digest, "block": anchors.block, "concepts": args.uvr_concepts or sorted(anchors.concepts), "config": config.as_dict()}
+    record = {
+        "anchors": str(args.uvr),
+        "sha256_16": digest,
+        "block": anchors.block,
+        "concepts": args.uvr_concepts or sorted(anchors.concepts),
+        "config": config.as_dict(),
+    }
     return regulate(model, anchors, config, args.uvr_concepts), record
 
 
@@ -85,5 +109,11 @@ def check_resume(index_path: str | Path, record: dict | None) -> None:
         return
     before = (index.get("settings") or {}).get("uvr")
     if before != record:
-        said = lambda r: "without UVR" if r is None else f"with UVR ({r.get('anchors')}, threshold {r.get('config', {}).get('threshold')})"
-        raise ValueError(f"{index_path.parent} holds outputs made {said(before)}; this run is {said(record)}: use another --output")
+        said = lambda r: (
+            "without UVR"
+            if r is None
+            else f"with UVR ({r.get('anchors')}, threshold {r.get('config', {}).get('threshold')})"
+        )
+        raise ValueError(
+            f"{index_path.parent} holds outputs made {said(before)}; this run is {said(record)}: use another --output"
+        )

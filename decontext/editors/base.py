@@ -43,8 +43,6 @@ class Condition:
         return self.latents.shape[0]
 
 
-
-
 @runtime_checkable
 class Editor(Protocol):
     """An in-context editor as protection methods, the batch drivers and the CLIs see it.
@@ -56,7 +54,9 @@ class Editor(Protocol):
     """
 
     family: str  # registry key, e.g. "flux_kontext"
-    min_resolution: int  # smallest --resolution N of the family's stock checkpoints (a model's own ``multiple_of`` may be smaller)
+    min_resolution: (
+        int  # smallest --resolution N of the family's stock checkpoints (a model's own ``multiple_of`` may be smaller)
+    )
     capabilities: frozenset  # what methods may rely on (CAPABILITIES); a method lists what it needs in ``requires``
     name: str  # what the user loaded ("tiny", "toy", a hub id or a folder)
     device: torch.device
@@ -78,7 +78,9 @@ class Editor(Protocol):
         """Make conditioning on ``prompts`` cheap (e.g. embed them once); with ``release``, free
         whatever later conditioning on these prompts no longer needs (e.g. text encoders)."""
 
-    def condition(self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None) -> Condition:
+    def condition(
+        self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None
+    ) -> Condition:
         """Conditioning of a velocity call, differentiable in ``pixels`` where the editor allows.
 
         One image with several prompts, several images with one prompt, or one prompt per image.
@@ -97,11 +99,15 @@ class Editor(Protocol):
         """Pure-noise target tokens shaped like ``condition.latents`` (``draw_noise``: from ``generator``, or
         row by row from a list of per-image generators)."""
 
-    def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
+    def velocity(
+        self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None
+    ) -> torch.Tensor | None:
         """The editor's velocity prediction for target tokens ``x_t`` at noise level ``sigma`` ((B,) or
         scalar). ``stop_after`` names the last block needed; the pass ends there and returns None."""
 
-    def flow_pair(self, condition: Condition, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def flow_pair(
+        self, condition: Condition, noise: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_t, target): the image's latents noised to ``sigma`` and the velocity the editor was
         trained to predict there (the flow-matching training pair)."""
 
@@ -118,7 +124,15 @@ class Editor(Protocol):
         """``with editor.probe(blocks) as probe:`` measures target->context attention shares in
         those blocks (``probe.mean_share(blocks)``); on exit the editor is exactly as before."""
 
-    def edit(self, image: Image.Image | Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int], steps: int, guidance: float, resolution: str | int) -> list[Image.Image]:
+    def edit(
+        self,
+        image: Image.Image | Sequence[Image.Image],
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        steps: int,
+        guidance: float,
+        resolution: str | int,
+    ) -> list[Image.Image]:
         """Edit through the editor's real pipeline: one output per (prompt, seed)."""
 
     def enable_gradient_checkpointing(self) -> None: ...
@@ -131,7 +145,9 @@ def text_embeddings(editor, condition: Condition) -> dict[str, torch.Tensor]:
     conditions on, e.g. FLUX's T5 and pooled CLIP embeddings), by name."""
     keys = getattr(editor, "text_embedding_keys", ())
     if not keys:
-        raise ValueError(f"the {getattr(editor, 'family', type(editor).__name__)} editor does not expose its prompt embeddings")
+        raise ValueError(
+            f"the {getattr(editor, 'family', type(editor).__name__)} editor does not expose its prompt embeddings"
+        )
     return {key: condition.extra[key] for key in keys}
 
 
@@ -142,7 +158,9 @@ def with_text_embeddings(editor, condition: Condition, embeddings: dict[str, tor
         if key not in current:
             raise KeyError(f"{key!r} is not a prompt embedding of this editor ({', '.join(current)})")
         if tuple(value.shape) != tuple(current[key].shape):
-            raise ValueError(f"embedding {key!r} of shape {tuple(value.shape)} replaces one of shape {tuple(current[key].shape)}")
+            raise ValueError(
+                f"embedding {key!r} of shape {tuple(value.shape)} replaces one of shape {tuple(current[key].shape)}"
+            )
     return Condition(condition.latents, condition.layout, list(condition.prompts), {**condition.extra, **embeddings})
 
 
@@ -159,12 +177,20 @@ def vae_pixels(vae, z: torch.Tensor) -> torch.Tensor:
 def content_token_mask(tokenizer, prompts: Sequence[str], max_length: int) -> torch.Tensor:
     """(N, max_length) float mask: 1 on the tokens that spell each prompt, 0 on special tokens (BOS, EOS)
     and padding, for the fixed-length tokenisation a pipeline feeds its text encoder."""
-    tokens = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=True,
-                       return_special_tokens_mask=True, return_tensors="pt")
+    tokens = tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        return_special_tokens_mask=True,
+        return_tensors="pt",
+    )
     return (tokens.attention_mask.bool() & ~tokens.special_tokens_mask.bool()).float()
 
 
-def rectified_flow_pair(latents: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def rectified_flow_pair(
+    latents: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``x_t = (1 - sigma) * x_0 + sigma * noise`` and the velocity target ``noise - x_0`` (FLUX-family
     training). ``sigma``: scalar or (B,)."""
     s = torch.as_tensor(sigma, device=latents.device, dtype=latents.dtype).reshape(-1, 1, 1)
@@ -205,7 +231,9 @@ def enable_vae_memory_savers(vae, tiling: bool = False, slicing: bool = False) -
         vae.enable_slicing()
 
 
-def level_working_size(height: int, width: int, resolution: str | int, multiple: int, default_level: int, rule) -> tuple[int, int]:
+def level_working_size(
+    height: int, width: int, resolution: str | int, multiple: int, default_level: int, rule
+) -> tuple[int, int]:
     """Working size of editors whose official code resizes by a size level: ``native`` = the image's
     size snapped down to ``multiple``; ``auto`` = ``rule`` at ``default_level``; N = ``rule`` at level N.
     ``rule(height, width, level, multiple) -> (H, W)`` is the editor's official resize."""

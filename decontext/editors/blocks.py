@@ -43,7 +43,9 @@ class BlockMap:
     ``aliases``: streams a relative block specification may name although this model lacks them, and
     the stream they are read as (Qwen-Image: ``single`` -> its one stream ``double``)."""
 
-    def __init__(self, model: torch.nn.Module, blocks: Sequence[Block], processor, aliases: dict[str, str] | None = None):
+    def __init__(
+        self, model: torch.nn.Module, blocks: Sequence[Block], processor, aliases: dict[str, str] | None = None
+    ):
         self.model = model
         self.blocks = {b.name: b for b in blocks}
         self.processor = processor  # the hooked processor class of this architecture
@@ -82,8 +84,10 @@ class BlockMap:
             stream, sep, rest = item.partition(":")
             if stream in self.aliases and stream not in self.depths and "." not in item:
                 if not sep or "/" not in rest:
-                    raise ValueError(f"{item!r}: this model has only {describe(self.depths)}; give a block range of it, "
-                                     f"or a relative one such as '{_RANGE_NOTE}' (read as the same relative depth of its {self.aliases[stream]} stream)")
+                    raise ValueError(
+                        f"{item!r}: this model has only {describe(self.depths)}; give a block range of it, "
+                        f"or a relative one such as '{_RANGE_NOTE}' (read as the same relative depth of its {self.aliases[stream]} stream)"
+                    )
                 item = f"{self.aliases[stream]}:{rest}"
             mapped.append(item)
         return resolve_blocks(mapped, self.depths)
@@ -215,8 +219,15 @@ def _attend(processor, key_mask=None):
     def attend(query, key, value, scale=None, mask=None):
         if mask is not None and key_mask is not None:
             raise NotImplementedError("a score mask on a layer that already masks keys")
-        return dispatch_attention_fn(query, key, value, attn_mask=key_mask if mask is None else mask, scale=scale,
-                                     backend=processor._attention_backend, parallel_config=processor._parallel_config)
+        return dispatch_attention_fn(
+            query,
+            key,
+            value,
+            attn_mask=key_mask if mask is None else mask,
+            scale=scale,
+            backend=processor._attention_backend,
+            parallel_config=processor._parallel_config,
+        )
 
     return attend
 
@@ -232,7 +243,11 @@ def _flux_style_qkv(projections, attn, hidden_states, encoder_hidden_states, ima
     from diffusers.models.embeddings import apply_rotary_emb
 
     query, key, value, text_query, text_key, text_value = projections(attn, hidden_states, encoder_hidden_states)
-    query, key, value = attn.norm_q(_heads(query, attn.head_dim)), attn.norm_k(_heads(key, attn.head_dim)), _heads(value, attn.head_dim)
+    query, key, value = (
+        attn.norm_q(_heads(query, attn.head_dim)),
+        attn.norm_k(_heads(key, attn.head_dim)),
+        _heads(value, attn.head_dim),
+    )
     if attn.added_kv_proj_dim is not None:
         # Double-stream block: text tokens come first in the joint sequence.
         query = torch.cat([attn.norm_added_q(_heads(text_query, attn.head_dim)), query], dim=1)
@@ -269,12 +284,16 @@ def _flux_processor():
 
         def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
             _no_mask(self.name, attention_mask)
-            query, key, value = _flux_style_qkv(_get_qkv_projections, attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+            query, key, value = _flux_style_qkv(
+                _get_qkv_projections, attn, hidden_states, encoder_hidden_states, image_rotary_emb
+            )
             out = self.hook.joint(self.name, query, key, value, _attend(self)).flatten(2, 3).to(query.dtype)
             if encoder_hidden_states is None:
                 return out
             # The stock tail (transformer_flux.py): image through to_out, text through to_add_out.
-            text_out, image_out = out.split_with_sizes([encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], dim=1)
+            text_out, image_out = out.split_with_sizes(
+                [encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], dim=1
+            )
             image_out = attn.to_out[1](attn.to_out[0](image_out.contiguous()))
             return image_out, attn.to_add_out(text_out.contiguous())
 
@@ -283,7 +302,11 @@ def _flux_processor():
 
 def _flux2_processors():
     from diffusers.models.embeddings import apply_rotary_emb
-    from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2ParallelSelfAttnProcessor, _get_qkv_projections
+    from diffusers.models.transformers.transformer_flux2 import (
+        Flux2AttnProcessor,
+        Flux2ParallelSelfAttnProcessor,
+        _get_qkv_projections,
+    )
 
     class HookedFlux2Processor(Flux2AttnProcessor):
         """``Flux2AttnProcessor`` (FLUX.2 double-stream blocks) with an attention hook."""
@@ -294,11 +317,15 @@ def _flux2_processors():
 
         def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
             _no_mask(self.name, attention_mask)
-            query, key, value = _flux_style_qkv(_get_qkv_projections, attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+            query, key, value = _flux_style_qkv(
+                _get_qkv_projections, attn, hidden_states, encoder_hidden_states, image_rotary_emb
+            )
             out = self.hook.joint(self.name, query, key, value, _attend(self)).flatten(2, 3).to(query.dtype)
             if encoder_hidden_states is None:
                 return attn.to_out[1](attn.to_out[0](out))
-            text_out, image_out = out.split_with_sizes([encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], dim=1)
+            text_out, image_out = out.split_with_sizes(
+                [encoder_hidden_states.shape[1], out.shape[1] - encoder_hidden_states.shape[1]], dim=1
+            )
             return attn.to_out[1](attn.to_out[0](image_out)), attn.to_add_out(text_out)
 
     class HookedFlux2ParallelProcessor(Flux2ParallelSelfAttnProcessor):
@@ -349,13 +376,21 @@ def qwen_joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb=
         return tensor if norm is None else norm(tensor)
 
     img_q, img_k, img_v = (_heads(proj(hidden_states), head_dim) for proj in (attn.to_q, attn.to_k, attn.to_v))
-    txt_q, txt_k, txt_v = (_heads(proj(encoder_hidden_states), head_dim) for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+    txt_q, txt_k, txt_v = (
+        _heads(proj(encoder_hidden_states), head_dim) for proj in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+    )
     img_q, img_k = normed(attn.norm_q, img_q), normed(attn.norm_k, img_k)
     txt_q, txt_k = normed(attn.norm_added_q, txt_q), normed(attn.norm_added_k, txt_k)
     if image_rotary_emb is not None:
         img_freqs, txt_freqs = image_rotary_emb
-        img_q, img_k = apply_rotary_emb_qwen(img_q, img_freqs, use_real=False), apply_rotary_emb_qwen(img_k, img_freqs, use_real=False)
-        txt_q, txt_k = apply_rotary_emb_qwen(txt_q, txt_freqs, use_real=False), apply_rotary_emb_qwen(txt_k, txt_freqs, use_real=False)
+        img_q, img_k = (
+            apply_rotary_emb_qwen(img_q, img_freqs, use_real=False),
+            apply_rotary_emb_qwen(img_k, img_freqs, use_real=False),
+        )
+        txt_q, txt_k = (
+            apply_rotary_emb_qwen(txt_q, txt_freqs, use_real=False),
+            apply_rotary_emb_qwen(txt_k, txt_freqs, use_real=False),
+        )
     return torch.cat([txt_q, img_q], dim=1), torch.cat([txt_k, img_k], dim=1), torch.cat([txt_v, img_v], dim=1)
 
 
@@ -370,14 +405,26 @@ def _qwen_processor():
             super().__init__()
             self.hook, self.name = hook, name
 
-        def __call__(self, attn, hidden_states, encoder_hidden_states=None, encoder_hidden_states_mask=None, attention_mask=None, image_rotary_emb=None):
+        def __call__(
+            self,
+            attn,
+            hidden_states,
+            encoder_hidden_states=None,
+            encoder_hidden_states_mask=None,
+            attention_mask=None,
+            image_rotary_emb=None,
+        ):
             if encoder_hidden_states is None:
                 raise ValueError(f"{self.name}: the Qwen-Image processor needs the text stream")
             if attention_mask is not None:
-                raise ValueError(f"{self.name}: the Qwen-Image processor takes encoder_hidden_states_mask, not an attention_mask")
+                raise ValueError(
+                    f"{self.name}: the Qwen-Image processor takes encoder_hidden_states_mask, not an attention_mask"
+                )
             query, key, value = qwen_joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
             mask = joint_key_mask(encoder_hidden_states_mask, hidden_states.shape[1])
-            out = self.hook.joint(self.name, query, key, value, _attend(self, None if mask is None else mask[:, None, None, :]))
+            out = self.hook.joint(
+                self.name, query, key, value, _attend(self, None if mask is None else mask[:, None, None, :])
+            )
             # The stock tail: text and image split, image through to_out (and its dropout), text through to_add_out.
             out = out.to(query.dtype).flatten(2, 3)
             text_tokens = encoder_hidden_states.shape[1]
@@ -398,7 +445,9 @@ class HookedCrossAttnProcessor:
     def __init__(self, hook: AttentionHook, name: str):
         self.hook, self.name = hook, name
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+    ):
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -451,15 +500,26 @@ def block_map(model) -> BlockMap:
     model = _denoiser_of(model)
     kind = type(model).__name__
     if kind in ("FluxTransformer2DModel", "Flux2Transformer2DModel"):
-        blocks = [Block(f"double.{i}", b, f"transformer_blocks.{i}.attn.processor") for i, b in enumerate(model.transformer_blocks)]
-        blocks += [Block(f"single.{i}", b, f"single_transformer_blocks.{i}.attn.processor") for i, b in enumerate(model.single_transformer_blocks)]
+        blocks = [
+            Block(f"double.{i}", b, f"transformer_blocks.{i}.attn.processor")
+            for i, b in enumerate(model.transformer_blocks)
+        ]
+        blocks += [
+            Block(f"single.{i}", b, f"single_transformer_blocks.{i}.attn.processor")
+            for i, b in enumerate(model.single_transformer_blocks)
+        ]
         if kind == "FluxTransformer2DModel":
             return BlockMap(model, blocks, _flux_processor())
         double, parallel = _flux2_processors()
-        return BlockMap(model, blocks, lambda hook, name: (double if name.startswith("double") else parallel)(hook, name))
+        return BlockMap(
+            model, blocks, lambda hook, name: (double if name.startswith("double") else parallel)(hook, name)
+        )
     if kind == "QwenImageTransformer2DModel":
         # One stream of dual-stream blocks: named "double"; a relative "single:..." range means the same depth of it.
-        blocks = [Block(f"double.{i}", b, f"transformer_blocks.{i}.attn.processor") for i, b in enumerate(model.transformer_blocks)]
+        blocks = [
+            Block(f"double.{i}", b, f"transformer_blocks.{i}.attn.processor")
+            for i, b in enumerate(model.transformer_blocks)
+        ]
         return BlockMap(model, blocks, _qwen_processor(), aliases={"single": "double"})
     if kind == "UNet2DConditionModel":
         streams: dict[str, list[str]] = {s: [] for s in _UNET_STAGES.values()}
@@ -467,9 +527,15 @@ def block_map(model) -> BlockMap:
             if key.endswith(f".{CROSS_ATTENTION}.processor"):
                 streams[next(s for p, s in _UNET_STAGES.items() if key.startswith(p))].append(key)
         modules = dict(model.named_modules())
-        blocks = [Block(f"{s}.{i}", modules[key[: -len(".processor")]], key) for s, keys in streams.items() for i, key in enumerate(keys)]
+        blocks = [
+            Block(f"{s}.{i}", modules[key[: -len(".processor")]], key)
+            for s, keys in streams.items()
+            for i, key in enumerate(keys)
+        ]
         return BlockMap(model, blocks, HookedCrossAttnProcessor)
-    raise TypeError(f"no block map for {kind}: the hooked architectures are FLUX.1, FLUX.2, Qwen-Image and UNet cross-attention")
+    raise TypeError(
+        f"no block map for {kind}: the hooked architectures are FLUX.1, FLUX.2, Qwen-Image and UNet cross-attention"
+    )
 
 
 def _denoiser_of(model):
@@ -480,4 +546,14 @@ def _denoiser_of(model):
     return model
 
 
-__all__ = ["Block", "BlockMap", "HookedCrossAttnProcessor", "block_map", "flux_qkv", "joint_key_mask", "qwen_joint_qkv", "resolve_blocks", "swapped_processors"]
+__all__ = [
+    "Block",
+    "BlockMap",
+    "HookedCrossAttnProcessor",
+    "block_map",
+    "flux_qkv",
+    "joint_key_mask",
+    "qwen_joint_qkv",
+    "resolve_blocks",
+    "swapped_processors",
+]

@@ -21,7 +21,17 @@ from typing import Sequence
 import torch
 
 from ..attention import ContextShareProbe, StopForward
-from .base import Condition, Layout, draw_noise, edit_images, enable_vae_memory_savers, rectified_flow_pair, to_batch, to_vae_input, vae_pixels
+from .base import (
+    Condition,
+    Layout,
+    draw_noise,
+    edit_images,
+    enable_vae_memory_savers,
+    rectified_flow_pair,
+    to_batch,
+    to_vae_input,
+    vae_pixels,
+)
 from .blocks import BlockMap, block_map, compile_blocks
 
 
@@ -39,7 +49,9 @@ def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     return FluxKontextPipeline._pack_latents(latents, batch, channels, lat_h, lat_w)
 
 
-def image_ids(lat_h: int, lat_w: int, axis0: int = 0, offset: int = 0, device=None, dtype=torch.float32) -> torch.Tensor:
+def image_ids(
+    lat_h: int, lat_w: int, axis0: int = 0, offset: int = 0, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """Position ids (N, 3) = (axis0, row + offset, col + offset) of a (lat_h, lat_w) latent's packed tokens."""
     from diffusers import FluxKontextPipeline
 
@@ -50,7 +62,9 @@ def image_ids(lat_h: int, lat_w: int, axis0: int = 0, offset: int = 0, device=No
     return ids
 
 
-def joint_velocity(transformer, target, target_ids, context_tokens, context_ids, embeds, pooled, timestep, guidance=None):
+def joint_velocity(
+    transformer, target, target_ids, context_tokens, context_ids, embeds, pooled, timestep, guidance=None
+):
     """One transformer call on ``[target | context]`` image tokens (text ids all zero, as both Kontext
     and Step1X make them); returns the prediction for the target tokens. Shared by the attack path and
     the toy editor's training, so both run the same plumbing."""
@@ -86,7 +100,9 @@ class JointDiTEditor:
 
     min_resolution = 16  # the stock checkpoints' pixel multiple (VAE x8, 2x2 packing): checked before loading
     text_mask_key = "text_mask"  # the Condition.extra entry marking the prompt's tokens (``_text_mask``)
-    capabilities = frozenset({"context_attention", "text_cross_attention", "diffusion_loss", "vae", "text_embeddings", "sampling"})
+    capabilities = frozenset(
+        {"context_attention", "text_cross_attention", "diffusion_loss", "vae", "text_embeddings", "sampling"}
+    )
     recommended: dict
 
     def _init_probe_state(self) -> None:
@@ -133,7 +149,9 @@ class JointDiTEditor:
     def noise_like(self, condition: Condition, generator) -> torch.Tensor:
         return draw_noise(condition.latents.shape, generator, self.device, self.dtype)
 
-    def flow_pair(self, condition: Condition, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def flow_pair(
+        self, condition: Condition, noise: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return rectified_flow_pair(condition.latents, noise, sigma)
 
     def denoise(self, x_t: torch.Tensor, sigma: float, sigma_next: float, condition: Condition) -> torch.Tensor:
@@ -149,8 +167,10 @@ class JointDiTEditor:
         processors and an unset stop point afterwards, whatever happens inside. With ``text``, every
         forward also records ``probe.text_maps`` (see ``text_attention``)."""
         if self._active_probe is not None:
-            raise RuntimeError("a probe is already installed on this editor; probes do not nest "
-                               "(DeContext and DANP cannot share one MM-DiT editor in one composition)")
+            raise RuntimeError(
+                "a probe is already installed on this editor; probes do not nest "
+                "(DeContext and DANP cannot share one MM-DiT editor in one composition)"
+            )
         blocks = list(blocks)
         unknown = [b for b in blocks if b not in self.blocks]
         if unknown or not blocks:
@@ -188,7 +208,9 @@ class JointDiTEditor:
         sigma = (sigma.expand(batch) if sigma.numel() == 1 else sigma).to(self.device, self.dtype)
         return batch, to_batch(x_t, batch), sigma
 
-    def _arm_probe(self, condition: Condition, layout: Layout, batch: int, stop_after: str | None, text_mask: bool = True) -> Layout:
+    def _arm_probe(
+        self, condition: Condition, layout: Layout, batch: int, stop_after: str | None, text_mask: bool = True
+    ) -> Layout:
         """Check the tokens against the condition's layout and tell an installed probe this call's layout,
         where to stop and (``text_mask``, where the probe reads text attention) which text tokens count."""
         if layout != condition.layout:
@@ -226,12 +248,20 @@ class Flux1DiTEditor(JointDiTEditor):
     def decode(self, latents: torch.Tensor, condition: Condition) -> torch.Tensor:
         """Packed clean tokens -> pixels in [0, 1]: unpack, undo ``(z - shift) * scale``, VAE decode."""
         lat_h, lat_w = self.latent_size(condition.extra["size"])
-        return vae_pixels(self.vae, unpack_latents(latents, lat_h, lat_w) / self.vae.config.scaling_factor + (self.vae.config.shift_factor or 0.0))
+        return vae_pixels(
+            self.vae,
+            unpack_latents(latents, lat_h, lat_w) / self.vae.config.scaling_factor
+            + (self.vae.config.shift_factor or 0.0),
+        )
 
-    def _text_inputs(self, condition: Condition, sigma: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _text_inputs(
+        self, condition: Condition, sigma: torch.Tensor, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
-    def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
+    def velocity(
+        self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None
+    ) -> torch.Tensor | None:
         """One transformer pass on ``[x_t | context]`` tokens; the prediction for the target tokens.
 
         Args:
@@ -245,12 +275,21 @@ class Flux1DiTEditor(JointDiTEditor):
         batch, x_t, sigma = self._batched(x_t, sigma, condition)
         context = to_batch(condition.latents, batch)
         embeds, pooled, guidance = self._text_inputs(condition, sigma, batch)
-        self._arm_probe(condition, Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1]), batch, stop_after)
+        self._arm_probe(
+            condition, Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1]), batch, stop_after
+        )
         try:
             with self.blocks.stop_after(stop_after):
                 return joint_velocity(
-                    self.transformer, x_t.to(self.dtype), condition.extra["target_ids"], context,
-                    condition.extra["context_ids"], embeds, pooled, sigma, guidance,
+                    self.transformer,
+                    x_t.to(self.dtype),
+                    condition.extra["target_ids"],
+                    context,
+                    condition.extra["context_ids"],
+                    embeds,
+                    pooled,
+                    sigma,
+                    guidance,
                 )
         except StopForward:
             return None

@@ -49,7 +49,11 @@ PIPELINES = ("Flux2Pipeline", "Flux2KleinPipeline")  # model_index.json _class_n
 DEFAULT_GUIDANCE = FLUX2_GUIDANCE
 MAX_REFERENCE_AREA = 1024 * 1024  # the pipelines shrink larger reference images to this area
 EDIT_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": DEFAULT_GUIDANCE, "resolution": "auto"}
-DISTILLED_EDIT_DEFAULTS = {"num_inference_steps": 4, "guidance_scale": 1.0, "resolution": "auto"}  # step-distilled [klein]
+DISTILLED_EDIT_DEFAULTS = {
+    "num_inference_steps": 4,
+    "guidance_scale": 1.0,
+    "resolution": "auto",
+}  # step-distilled [klein]
 
 
 # ---------------------------------------------------------------------------------------------- tiny
@@ -66,7 +70,9 @@ class TinyFlux2Config:
     guidance_embeds: bool = False  # [klein]: no guidance embedding ([dev]: True)
     latent_channels: int = 8  # (real 32; the transformer sees 4x after 2x2 patchify)
     vae_channels: tuple[int, ...] = (8, 8, 16, 16)  # 4 blocks -> 8x, like the real VAE
-    qwen_hidden: int = 16  # Qwen3 width (real 2560); joint_attention_dim = this x len(text_encoder_out_layers) (stacked hidden states)
+    qwen_hidden: int = (
+        16  # Qwen3 width (real 2560); joint_attention_dim = this x len(text_encoder_out_layers) (stacked hidden states)
+    )
     qwen_layers: int = 3
     qwen_heads: int = 2
     qwen_kv_heads: int = 1
@@ -96,7 +102,9 @@ def tiny_flux2_klein_components(config: TinyFlux2Config = TinyFlux2Config(), see
     from .tiny import _seeded, qwen_tokenizer
 
     if sum(config.axes_dims_rope) != config.attention_head_dim:
-        raise ValueError(f"sum(axes_dims_rope)={sum(config.axes_dims_rope)} must equal attention_head_dim={config.attention_head_dim}")
+        raise ValueError(
+            f"sum(axes_dims_rope)={sum(config.axes_dims_rope)} must equal attention_head_dim={config.attention_head_dim}"
+        )
     tokenizer = qwen_tokenizer()
     tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
     pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
@@ -140,11 +148,25 @@ def tiny_flux2_klein_components(config: TinyFlux2Config = TinyFlux2Config(), see
                 eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
             )
         )
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                                                max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
     for module in (transformer, vae, text_encoder):
         module.eval()
-    return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, is_distilled=config.is_distilled)
+    return dict(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        is_distilled=config.is_distilled,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- editor
@@ -152,7 +174,9 @@ def _pipeline_class(name: str):
     import diffusers
 
     if name not in PIPELINES:
-        raise ValueError(f"not a FLUX.2 pipeline: model_index.json names {name!r} (this editor loads {', '.join(PIPELINES)})")
+        raise ValueError(
+            f"not a FLUX.2 pipeline: model_index.json names {name!r} (this editor loads {', '.join(PIPELINES)})"
+        )
     return getattr(diffusers, name)
 
 
@@ -164,9 +188,17 @@ class Flux2Editor(JointDiTEditor):
     min_resolution = SPEC.min_resolution
     text_embedding_keys = ("embeds",)  # the stacked hidden states of the text encoder (no pooled embedding in FLUX.2)
 
-    def __init__(self, pipe, name: str = "flux2", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 max_sequence_length: int = 512, offload: bool = False, guidance: float = DEFAULT_GUIDANCE,
-                 text_encoder_out_layers: Sequence[int] | None = None):
+    def __init__(
+        self,
+        pipe,
+        name: str = "flux2",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        max_sequence_length: int = 512,
+        offload: bool = False,
+        guidance: float = DEFAULT_GUIDANCE,
+        text_encoder_out_layers: Sequence[int] | None = None,
+    ):
         """Wrap a Flux2Pipeline or Flux2KleinPipeline. ``guidance``: the guidance-embedding value of the
         attack's velocity calls (used only by transformers with a guidance embedding, i.e. [dev]).
         ``text_encoder_out_layers``: hidden layers stacked into the prompt embedding (default: the pipeline's)."""
@@ -179,7 +211,9 @@ class Flux2Editor(JointDiTEditor):
         default_layers = inspect.signature(pipe.encode_prompt).parameters["text_encoder_out_layers"].default
         self.text_encoder_out_layers = tuple(text_encoder_out_layers or default_layers)
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._references: list[tuple[torch.Tensor, tuple[int, int]]] = []  # fixed extra references: (tokens (1, N, C), grid)
+        self._references: list[
+            tuple[torch.Tensor, tuple[int, int]]
+        ] = []  # fixed extra references: (tokens (1, N, C), grid)
         self.recommended = dict(DISTILLED_EDIT_DEFAULTS if self.is_distilled else EDIT_DEFAULTS)
         self._init_probe_state()
         for module in (pipe.transformer, pipe.vae):
@@ -198,7 +232,15 @@ class Flux2Editor(JointDiTEditor):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, offload: bool = False, guidance: float = DEFAULT_GUIDANCE) -> "Flux2Editor":
+    def load(
+        cls,
+        model: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        seed: int = 0,
+        offload: bool = False,
+        guidance: float = DEFAULT_GUIDANCE,
+    ) -> "Flux2Editor":
         if model == "tiny":
             if offload:
                 raise ValueError("--offload is for real models on a GPU, not the tiny model")
@@ -209,8 +251,15 @@ class Flux2Editor(JointDiTEditor):
         return editor
 
     @classmethod
-    def from_pretrained(cls, id_or_dir: str | Path, dtype: torch.dtype = torch.bfloat16, device: str | torch.device | None = None,
-                        max_sequence_length: int | None = None, offload: bool = False, **kwargs) -> "Flux2Editor":
+    def from_pretrained(
+        cls,
+        id_or_dir: str | Path,
+        dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device | None = None,
+        max_sequence_length: int | None = None,
+        offload: bool = False,
+        **kwargs,
+    ) -> "Flux2Editor":
         """Load a FLUX.2 pipeline folder or hub id (``black-forest-labs/FLUX.2-dev``, ``.../FLUX.2-klein-4B``):
         the pipeline class is the one its model_index.json names (Flux2Pipeline or Flux2KleinPipeline),
         safetensors weights only, no remote code."""
@@ -218,33 +267,63 @@ class Flux2Editor(JointDiTEditor):
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = model_folder(str(id_or_dir), cls.family)
-        index = json.loads((folder / "model_index.json").read_text()) if folder is not None else DiffusionPipeline.load_config(str(id_or_dir))
+        index = (
+            json.loads((folder / "model_index.json").read_text())
+            if folder is not None
+            else DiffusionPipeline.load_config(str(id_or_dir))
+        )
         pipeline_class = _pipeline_class(index.get("_class_name", "?"))
         pipe = load_pipeline(pipeline_class, id_or_dir, dtype, use_safetensors=True, **kwargs)
         pipe.set_progress_bar_config(disable=True)
-        shipped_file = folder / "decontext_flux2.json" if folder is not None else None  # optional settings a folder ships (like the toy)
+        shipped_file = (
+            folder / "decontext_flux2.json" if folder is not None else None
+        )  # optional settings a folder ships (like the toy)
         shipped = json.loads(shipped_file.read_text()) if shipped_file is not None and shipped_file.is_file() else {}
         layers = shipped.pop("text_encoder_out_layers", None)
         if max_sequence_length is None:
             max_sequence_length = int(shipped.pop("max_sequence_length", 512))
-        editor = cls(pipe, name=str(id_or_dir), device=device, dtype=dtype, max_sequence_length=max_sequence_length, offload=offload, text_encoder_out_layers=layers)
+        editor = cls(
+            pipe,
+            name=str(id_or_dir),
+            device=device,
+            dtype=dtype,
+            max_sequence_length=max_sequence_length,
+            offload=offload,
+            text_encoder_out_layers=layers,
+        )
         editor.recommended.update(shipped)
         return editor
 
     @classmethod
-    def tiny(cls, config: TinyFlux2Config | None = None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "Flux2Editor":
+    def tiny(
+        cls,
+        config: TinyFlux2Config | None = None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> "Flux2Editor":
         """A random-weight FLUX.2 [klein] built offline from config objects."""
         from diffusers import Flux2KleinPipeline
 
         config = config or TinyFlux2Config()
         pipe = Flux2KleinPipeline(**tiny_flux2_klein_components(config, seed=seed))
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, name="tiny", device=device, dtype=dtype, max_sequence_length=config.max_text_tokens, text_encoder_out_layers=config.text_encoder_out_layers)
+        return cls(
+            pipe,
+            name="tiny",
+            device=device,
+            dtype=dtype,
+            max_sequence_length=config.max_text_tokens,
+            text_encoder_out_layers=config.text_encoder_out_layers,
+        )
 
     def save_pretrained(self, folder: str | Path) -> None:
         """The pipeline (safetensors) plus the settings ``from_pretrained`` cannot read from it."""
         self.pipe.save_pretrained(str(folder), safe_serialization=True)
-        settings = {"max_sequence_length": self.max_sequence_length, "text_encoder_out_layers": list(self.text_encoder_out_layers)}
+        settings = {
+            "max_sequence_length": self.max_sequence_length,
+            "text_encoder_out_layers": list(self.text_encoder_out_layers),
+        }
         (Path(folder) / "decontext_flux2.json").write_text(json.dumps(settings))
 
     # ------------------------------------------------------------------ structure
@@ -276,21 +355,36 @@ class Flux2Editor(JointDiTEditor):
         """The text the pipeline's tokenizer sees for ``prompt`` (its chat template)."""
         tokenizer = self.pipe.tokenizer
         if type(self.pipe).__name__ == "Flux2KleinPipeline":
-            return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False)
+            return tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+            )
         from diffusers.pipelines.flux2.pipeline_flux2 import format_input
 
-        return tokenizer.apply_chat_template(format_input(prompts=[prompt], system_message=self.pipe.system_message)[0], tokenize=False, add_generation_prompt=False)
+        return tokenizer.apply_chat_template(
+            format_input(prompts=[prompt], system_message=self.pipe.system_message)[0],
+            tokenize=False,
+            add_generation_prompt=False,
+        )
 
     def _prompt_mask(self, prompt: str, length: int) -> torch.Tensor:
         """(length,) 1 on the tokens that spell ``prompt`` inside its chat template, 0 elsewhere."""
-        tokenizer = getattr(self.pipe.tokenizer, "tokenizer", self.pipe.tokenizer)  # [dev]: a processor around the tokenizer
+        tokenizer = getattr(
+            self.pipe.tokenizer, "tokenizer", self.pipe.tokenizer
+        )  # [dev]: a processor around the tokenizer
         text = self._templated(prompt)
         start = text.rfind(prompt) if prompt else -1
-        encoded = tokenizer(text, padding="max_length", truncation=True, max_length=length, return_offsets_mapping=True, add_special_tokens=False)
+        encoded = tokenizer(
+            text,
+            padding="max_length",
+            truncation=True,
+            max_length=length,
+            return_offsets_mapping=True,
+            add_special_tokens=False,
+        )
         mask = torch.zeros(length)
         if start < 0:
             return mask
-        for i, ((lo, hi), keep) in enumerate(zip(encoded["offset_mapping"], encoded["attention_mask"])):
+        for i, ((lo, hi), keep) in enumerate(zip(encoded["offset_mapping"], encoded["attention_mask"], strict=False)):
             if keep and hi > lo and lo >= start and hi <= start + len(prompt):
                 mask[i] = 1
         return mask
@@ -309,8 +403,12 @@ class Flux2Editor(JointDiTEditor):
             try:
                 for start in range(0, len(missing), 8):
                     chunk = missing[start : start + 8]
-                    embeds, _ = self.pipe.encode_prompt(prompt=chunk, device=self.device, max_sequence_length=self.max_sequence_length,
-                                                        text_encoder_out_layers=self.text_encoder_out_layers)
+                    embeds, _ = self.pipe.encode_prompt(
+                        prompt=chunk,
+                        device=self.device,
+                        max_sequence_length=self.max_sequence_length,
+                        text_encoder_out_layers=self.text_encoder_out_layers,
+                    )
                     for i, text in enumerate(chunk):
                         self._prompt_cache[text] = (embeds[i].to(self.dtype), self._prompt_mask(text, embeds.shape[1]))
             finally:
@@ -350,7 +448,9 @@ class Flux2Editor(JointDiTEditor):
         if side * side > MAX_REFERENCE_AREA:
             raise ValueError(f"resolution {side}: the FLUX.2 pipelines shrink reference images above 1024x1024 px area")
         aspect = width / height
-        return snap(round((side * side / aspect) ** 0.5), multiple), snap(round((side * side * aspect) ** 0.5), multiple)
+        return snap(round((side * side / aspect) ** 0.5), multiple), snap(
+            round((side * side * aspect) ** 0.5), multiple
+        )
 
     def token_grid(self, size: tuple[int, int]) -> tuple[int, int]:
         """(rows, cols) of image tokens at a pixel ``size`` (VAE downsampling x 2x2 patchify)."""
@@ -380,7 +480,9 @@ class Flux2Editor(JointDiTEditor):
     def _grids(self, lat_grids: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
         return [torch.zeros(1, 1, rows, cols) for rows, cols in lat_grids]
 
-    def condition(self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None) -> Condition:
+    def condition(
+        self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None
+    ) -> Condition:
         """Reference tokens of ``pixels`` (differentiable; the pipeline's ``prepare_image_latents``) plus
         any fixed further references, position ids from the pipeline's own helpers, cached prompt embeddings."""
         prompts = list(prompts)
@@ -388,7 +490,9 @@ class Flux2Editor(JointDiTEditor):
         embeds = self.encode_prompts(prompts)
         batch = max(latents.shape[0], len(prompts))
         if latents.shape[0] not in (1, batch) or len(prompts) not in (1, batch):
-            raise ValueError(f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both")
+            raise ValueError(
+                f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both"
+            )
         grid = self.token_grid(size)
         grids = [grid] + [g for _, g in self._references]
         # The pipeline derives every id from latent shapes; zero tensors of those shapes feed its helpers.
@@ -421,7 +525,9 @@ class Flux2Editor(JointDiTEditor):
             guidance = torch.full((batch,), self.guidance, device=self.device, dtype=torch.float32)
         return embeds, None, guidance
 
-    def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
+    def velocity(
+        self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None
+    ) -> torch.Tensor | None:
         """One transformer pass on ``[text | x_t | references]``; the prediction for the target tokens.
 
         Args:
@@ -432,7 +538,9 @@ class Flux2Editor(JointDiTEditor):
         batch, x_t, sigma = self._batched(x_t, sigma, condition)
         context = self._context_tokens(condition, batch)
         embeds, _, guidance = self._text_inputs(condition, sigma, batch)
-        self._arm_probe(condition, Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1]), batch, stop_after)
+        self._arm_probe(
+            condition, Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1]), batch, stop_after
+        )
         try:
             with self.blocks.stop_after(stop_after):
                 out = self.transformer(
@@ -468,9 +576,16 @@ class Flux2Editor(JointDiTEditor):
         return image
 
     @torch.no_grad()
-    def edit(self, image: Image.Image | Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int],
-             steps: int = EDIT_DEFAULTS["num_inference_steps"], guidance: float = DEFAULT_GUIDANCE, resolution: str | int = "auto",
-             references: Sequence[Image.Image] = ()) -> list[Image.Image]:
+    def edit(
+        self,
+        image: Image.Image | Sequence[Image.Image],
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        steps: int = EDIT_DEFAULTS["num_inference_steps"],
+        guidance: float = DEFAULT_GUIDANCE,
+        resolution: str | int = "auto",
+        references: Sequence[Image.Image] = (),
+    ) -> list[Image.Image]:
         """Edit with the stock FLUX.2 pipeline, one output per (prompt, seed).
 
         ``image`` is one image (edited under every prompt) or one per prompt; ``references`` are further
@@ -478,7 +593,9 @@ class Flux2Editor(JointDiTEditor):
         ``guidance_scale``: the guidance embedding on [dev], true CFG against "" on a base [klein]."""
         images = [self.prepare_image(im.convert("RGB"), resolution) for im in self._edit_images(image, prompts, seeds)]
         refs = [self.prepare_image(im.convert("RGB"), resolution) for im in references]
-        groups = [(images[0], list(range(len(prompts))))] if len(images) == 1 else [(im, [i]) for i, im in enumerate(images)]
+        groups = (
+            [(images[0], list(range(len(prompts))))] if len(images) == 1 else [(im, [i]) for i, im in enumerate(images)]
+        )
         outputs: dict[int, Image.Image] = {}
         for picture, rows in groups:
             chosen = [prompts[i] for i in rows]
@@ -498,6 +615,6 @@ class Flux2Editor(JointDiTEditor):
                 output_type="np",
                 **kwargs,
             )
-            for i, arr in zip(rows, result.images):
+            for i, arr in zip(rows, result.images, strict=False):
                 outputs[i] = Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8))
         return [outputs[i] for i in range(len(prompts))]

@@ -18,23 +18,30 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import FAMILIES, KONTEXT_GUIDANCE
 from .base import Condition, Layout, content_token_mask, snap, to_batch
 from .dit import Flux1DiTEditor, image_ids, joint_velocity, pack_latents, vae_latents  # noqa: F401 (re-exported)
-
-from . import FAMILIES, KONTEXT_GUIDANCE
 from .models import load_pipeline, model_folder, shipped_settings
 
 SPEC = FAMILIES["flux_kontext"]
 ATTACK_GUIDANCE = KONTEXT_GUIDANCE  # the guidance-embedding value of the official attack and of the paper's edits
-EDIT_DEFAULTS = {"num_inference_steps": 20, "guidance_scale": ATTACK_GUIDANCE, "resolution": 512}  # the paper's edit protocol
+EDIT_DEFAULTS = {
+    "num_inference_steps": 20,
+    "guidance_scale": ATTACK_GUIDANCE,
+    "resolution": 512,
+}  # the paper's edit protocol
 
 
-def _load_quantized_transformer(id_or_dir: str, quantize: str, dtype: torch.dtype, device: torch.device, local_files_only: bool):
+def _load_quantized_transformer(
+    id_or_dir: str, quantize: str, dtype: torch.dtype, device: torch.device, local_files_only: bool
+):
     """The transformer with bitsandbytes weight quantisation (diffusers' BitsAndBytesConfig)."""
     if quantize not in ("8bit", "4bit"):
         raise ValueError(f"quantize must be '8bit' or '4bit', got {quantize!r}")
     if device.type != "cuda":
-        raise ValueError(f"quantize={quantize!r} uses bitsandbytes kernels, which need a CUDA GPU (device is {device}); run without --quantize on the CPU")
+        raise ValueError(
+            f"quantize={quantize!r} uses bitsandbytes kernels, which need a CUDA GPU (device is {device}); run without --quantize on the CPU"
+        )
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
@@ -46,7 +53,12 @@ def _load_quantized_transformer(id_or_dir: str, quantize: str, dtype: torch.dtyp
     else:
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
     return FluxTransformer2DModel.from_pretrained(
-        id_or_dir, subfolder="transformer", quantization_config=config, dtype=dtype, local_files_only=local_files_only, device_map={"": device.index or 0}
+        id_or_dir,
+        subfolder="transformer",
+        quantization_config=config,
+        dtype=dtype,
+        local_files_only=local_files_only,
+        device_map={"": device.index or 0},
     )
 
 
@@ -108,17 +120,30 @@ class FluxKontextEditor(Flux1DiTEditor):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, offload: bool = False, quantize: str | None = None, guidance: float = ATTACK_GUIDANCE) -> "FluxKontextEditor":
+    def load(
+        cls,
+        model: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        seed: int = 0,
+        offload: bool = False,
+        quantize: str | None = None,
+        guidance: float = ATTACK_GUIDANCE,
+    ) -> "FluxKontextEditor":
         """``tiny`` (random weights, smoke path), ``toy`` / ``toy-v1`` ... (the trained embedded editors), or a
         FLUX.1-Kontext hub id / local diffusers folder."""
         if quantize is not None and model == "tiny":
-            raise ValueError("--quantize loads a saved model (hub id, folder or a toy); the in-memory tiny model has no weights to quantise")
+            raise ValueError(
+                "--quantize loads a saved model (hub id, folder or a toy); the in-memory tiny model has no weights to quantise"
+            )
         if model == "tiny":
             if offload:
                 raise ValueError("--offload is for real models on a GPU, not the tiny model")
             editor = cls.tiny(seed=seed, device=device, dtype=dtype)
         else:
-            editor = cls.from_pretrained(model_folder(model, cls.family) or model, dtype=dtype, device=device, offload=offload, quantize=quantize)
+            editor = cls.from_pretrained(
+                model_folder(model, cls.family) or model, dtype=dtype, device=device, offload=offload, quantize=quantize
+            )
             editor.name = model
         editor.guidance = guidance
         return editor
@@ -145,7 +170,9 @@ class FluxKontextEditor(Flux1DiTEditor):
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = model_folder(str(id_or_dir), cls.family)
         if quantize is not None:
-            kwargs["transformer"] = _load_quantized_transformer(str(id_or_dir), quantize, dtype, device, local_files_only=folder is not None)
+            kwargs["transformer"] = _load_quantized_transformer(
+                str(id_or_dir), quantize, dtype, device, local_files_only=folder is not None
+            )
         pipe = load_pipeline(FluxKontextPipeline, id_or_dir, dtype, **kwargs)
         pipe.set_progress_bar_config(disable=True)
         shipped = shipped_settings(folder)
@@ -153,12 +180,21 @@ class FluxKontextEditor(Flux1DiTEditor):
             max_sequence_length = int(shipped["max_sequence_length"])
         if max_sequence_length is None:
             max_sequence_length = min(512, int(getattr(pipe.tokenizer_2, "model_max_length", 512) or 512))
-        editor = cls(pipe, name=str(id_or_dir), device=device, dtype=dtype, max_sequence_length=max_sequence_length, offload=offload)
+        editor = cls(
+            pipe,
+            name=str(id_or_dir),
+            device=device,
+            dtype=dtype,
+            max_sequence_length=max_sequence_length,
+            offload=offload,
+        )
         editor.recommended.update(shipped)
         return editor
 
     @classmethod
-    def tiny(cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "FluxKontextEditor":
+    def tiny(
+        cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "FluxKontextEditor":
         """A random-weight FLUX.1-Kontext built offline from config objects (see ``editors.tiny``)."""
         from diffusers import FluxKontextPipeline
 
@@ -246,10 +282,14 @@ class FluxKontextEditor(Flux1DiTEditor):
         if side < multiple:
             raise ValueError(f"resolution {side} is below the model's minimum of {multiple} px")
         aspect = width / height
-        return snap(round((side * side / aspect) ** 0.5), multiple), snap(round((side * side * aspect) ** 0.5), multiple)
+        return snap(round((side * side / aspect) ** 0.5), multiple), snap(
+            round((side * side * aspect) ** 0.5), multiple
+        )
 
     # ------------------------------------------------------------------ conditioning
-    def condition(self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None) -> Condition:
+    def condition(
+        self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None
+    ) -> Condition:
         """Context tokens of ``pixels`` (differentiable; exactly FluxKontextPipeline.prepare_latents) and
         the cached embeddings of ``prompts``. ``step`` is not needed: the text path never sees the image."""
         prompts = list(prompts)
@@ -257,7 +297,9 @@ class FluxKontextEditor(Flux1DiTEditor):
         embeds, pooled = self.encode_prompts(prompts)
         batch = max(latents.shape[0], len(prompts))
         if latents.shape[0] not in (1, batch) or len(prompts) not in (1, batch):
-            raise ValueError(f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both")
+            raise ValueError(
+                f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both"
+            )
         lat_h, lat_w = self.latent_size(size)
         extra = {
             "embeds": embeds,
@@ -272,7 +314,10 @@ class FluxKontextEditor(Flux1DiTEditor):
         return Condition(latents, layout, prompts, extra)
 
     def _text_inputs(self, condition: Condition, sigma: torch.Tensor, batch: int):
-        embeds, pooled = to_batch(condition.extra["embeds"], batch), to_batch(condition.extra["pooled"], batch)  # one prompt: every image
+        embeds, pooled = (
+            to_batch(condition.extra["embeds"], batch),
+            to_batch(condition.extra["pooled"], batch),
+        )  # one prompt: every image
         guidance = None
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((batch,), self.guidance, device=self.device, dtype=torch.float32)

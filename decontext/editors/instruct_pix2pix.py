@@ -28,7 +28,19 @@ from PIL import Image
 
 from ..attention import ContextShareProbe, StopForward
 from . import FAMILIES, IP2P_IMAGE_GUIDANCE
-from .base import Condition, Layout, content_token_mask, draw_noise, edit_images, enable_vae_memory_savers, level_working_size, snap, to_batch, to_vae_input, vae_pixels
+from .base import (
+    Condition,
+    Layout,
+    content_token_mask,
+    draw_noise,
+    edit_images,
+    enable_vae_memory_savers,
+    level_working_size,
+    snap,
+    to_batch,
+    to_vae_input,
+    vae_pixels,
+)
 from .blocks import BlockMap, block_map, compile_blocks
 from .models import load_pipeline, model_folder, shipped_settings
 
@@ -57,8 +69,14 @@ class InstructPix2PixEditor:
     min_resolution = SPEC.min_resolution
     text_embedding_keys = ("embeds",)  # CLIP last hidden states
 
-    def __init__(self, pipe, name: str = "instruct_pix2pix", device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 image_guidance: float = IMAGE_GUIDANCE):
+    def __init__(
+        self,
+        pipe,
+        name: str = "instruct_pix2pix",
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        image_guidance: float = IMAGE_GUIDANCE,
+    ):
         self.pipe, self.name = pipe, name
         self.device, self.dtype = torch.device(device), dtype
         self.image_guidance = image_guidance
@@ -84,11 +102,15 @@ class InstructPix2PixEditor:
         self._training_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         self.prediction_type = pipe.scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"{name}: scheduler prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction)")
+            raise ValueError(
+                f"{name}: scheduler prediction_type {self.prediction_type!r} is not supported (epsilon or v_prediction)"
+            )
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, image_guidance: float | None = None) -> "InstructPix2PixEditor":
+    def load(
+        cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, image_guidance: float | None = None
+    ) -> "InstructPix2PixEditor":
         if model == "tiny":
             editor = cls.tiny(seed=seed, device=device, dtype=dtype)
         else:
@@ -99,8 +121,13 @@ class InstructPix2PixEditor:
         return editor
 
     @classmethod
-    def from_pretrained(cls, id_or_dir: str | Path, device: str | torch.device | None = None, dtype: torch.dtype = torch.float16,
-                        **kwargs) -> "InstructPix2PixEditor":
+    def from_pretrained(
+        cls,
+        id_or_dir: str | Path,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float16,
+        **kwargs,
+    ) -> "InstructPix2PixEditor":
         """Load a ``StableDiffusionInstructPix2PixPipeline`` folder or hub id, without its safety checker
         (the attack and the edits here need neither it nor its CLIP image model). A folder's
         ``decontext_toy.json`` overrides the editing defaults (``recommended``)."""
@@ -108,8 +135,15 @@ class InstructPix2PixEditor:
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = model_folder(str(id_or_dir), cls.family)
-        pipe = load_pipeline(StableDiffusionInstructPix2PixPipeline, id_or_dir, dtype, safety_checker=None, feature_extractor=None,
-                             requires_safety_checker=False, **kwargs)
+        pipe = load_pipeline(
+            StableDiffusionInstructPix2PixPipeline,
+            id_or_dir,
+            dtype,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            **kwargs,
+        )
         pipe.set_progress_bar_config(disable=True)
         editor = cls(pipe, name=str(id_or_dir), device=device, dtype=dtype)
         shipped = shipped_settings(folder)
@@ -118,7 +152,9 @@ class InstructPix2PixEditor:
         return editor
 
     @classmethod
-    def tiny(cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "InstructPix2PixEditor":
+    def tiny(
+        cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "InstructPix2PixEditor":
         """A random-weight InstructPix2Pix built offline from config objects (see ``editors.tiny``)."""
         from diffusers import StableDiffusionInstructPix2PixPipeline
 
@@ -191,10 +227,15 @@ class InstructPix2PixEditor:
             try:
                 for start in range(0, len(missing), 16):
                     chunk = missing[start : start + 16]
-                    tokens = self.pipe.tokenizer(chunk, padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
-                                                 truncation=True, return_tensors="pt")
+                    tokens = self.pipe.tokenizer(
+                        chunk,
+                        padding="max_length",
+                        max_length=self.pipe.tokenizer.model_max_length,
+                        truncation=True,
+                        return_tensors="pt",
+                    )
                     hidden = encoder(tokens.input_ids.to(self.device))[0]
-                    for text, row in zip(chunk, hidden):
+                    for text, row in zip(chunk, hidden, strict=False):
                         self._prompt_cache[text] = row.to(self.dtype)
             finally:
                 if self.device.type != "cpu":
@@ -207,7 +248,7 @@ class InstructPix2PixEditor:
         missing = [p for p in dict.fromkeys(prompts) if p not in self._mask_cache]
         if missing:
             masks = content_token_mask(self.pipe.tokenizer, missing, self.pipe.tokenizer.model_max_length)
-            self._mask_cache.update(zip(missing, masks))
+            self._mask_cache.update(zip(missing, masks, strict=False))
         return torch.stack([self._mask_cache[p] for p in prompts])
 
     def prepare(self, prompts: Sequence[str], release: bool = True) -> None:
@@ -222,13 +263,21 @@ class InstructPix2PixEditor:
     def working_size(self, height: int, width: int, resolution: str | int = "auto") -> tuple[int, int]:
         """``auto``: the official edit CLI's size at 512 (longer side 512); ``native``: the image's size
         snapped down; N: the official rule with the longer side N."""
-        return level_working_size(height, width, resolution, self.multiple_of, EDIT_DEFAULTS["resolution"], official_size)
+        return level_working_size(
+            height, width, resolution, self.multiple_of, EDIT_DEFAULTS["resolution"], official_size
+        )
 
     def image_latents(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, C, h, w) source latents as the pipeline makes them: VAE posterior mode, NOT scaled."""
-        return self.vae.encode(to_vae_input(pixels, size, self.multiple_of, self.device, self.vae.dtype)).latent_dist.mode().to(self.dtype)
+        return (
+            self.vae.encode(to_vae_input(pixels, size, self.multiple_of, self.device, self.vae.dtype))
+            .latent_dist.mode()
+            .to(self.dtype)
+        )
 
-    def condition(self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None) -> Condition:
+    def condition(
+        self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None
+    ) -> Condition:
         """Source latents of ``pixels`` (differentiable) and the cached CLIP embeddings of ``prompts``.
         ``layout.context`` is 0: the source enters through the UNet's input channels, not attention."""
         prompts = list(prompts)
@@ -236,10 +285,14 @@ class InstructPix2PixEditor:
         embeds = self.encode_prompts(prompts)
         batch = max(latents.shape[0], len(prompts))
         if latents.shape[0] not in (1, batch) or len(prompts) not in (1, batch):
-            raise ValueError(f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both")
+            raise ValueError(
+                f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both"
+            )
         latents = to_batch(latents, batch)
         layout = Layout(text=embeds.shape[1], target=latents.shape[-2] * latents.shape[-1], context=0)
-        return Condition(latents, layout, prompts, {"embeds": embeds, "text_mask": self.text_masks(prompts), "size": tuple(size)})
+        return Condition(
+            latents, layout, prompts, {"embeds": embeds, "text_mask": self.text_masks(prompts), "size": tuple(size)}
+        )
 
     def noise_like(self, condition: Condition, generator) -> torch.Tensor:
         return draw_noise(condition.latents.shape, generator, self.device, self.dtype)
@@ -259,7 +312,11 @@ class InstructPix2PixEditor:
         t = self.timesteps(sigma).to(self.device)
         t = t.expand(x0.shape[0]) if t.numel() == 1 else t
         x_t = self._training_scheduler.add_noise(x0, noise.float(), t)
-        target = noise.float() if self.prediction_type == "epsilon" else self._training_scheduler.get_velocity(x0, noise.float(), t)
+        target = (
+            noise.float()
+            if self.prediction_type == "epsilon"
+            else self._training_scheduler.get_velocity(x0, noise.float(), t)
+        )
         return x_t.to(self.dtype), target.to(self.dtype)
 
     def denoise(self, x_t: torch.Tensor, sigma: float, sigma_next: float, condition: Condition) -> torch.Tensor:
@@ -281,7 +338,9 @@ class InstructPix2PixEditor:
         """Scaled clean latents -> pixels in [0, 1] through the VAE decoder."""
         return vae_pixels(self.vae, latents / self.vae.config.scaling_factor)
 
-    def velocity(self, x_t: torch.Tensor, sigma, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
+    def velocity(
+        self, x_t: torch.Tensor, sigma, condition: Condition, stop_after: str | None = None
+    ) -> torch.Tensor | None:
         """The UNet's prediction (its training target: epsilon or v) for ``x_t`` at noise level ``sigma``,
         text-and-image conditioned (the first of the pipeline's three guidance branches).
         ``stop_after``: a layer probed with ``text_attention``; the pass ends right after its maps."""
@@ -299,8 +358,12 @@ class InstructPix2PixEditor:
             # forward would end the re-run too, so then the pass runs to the end instead.
             probe.stop_at = None if self.unet.is_gradient_checkpointing else stop_after
         try:
-            out = self.unet(torch.cat([x_t.to(self.dtype), source.to(self.dtype)], dim=1), t,
-                            encoder_hidden_states=embeds.to(self.device, self.dtype), return_dict=False)[0]
+            out = self.unet(
+                torch.cat([x_t.to(self.dtype), source.to(self.dtype)], dim=1),
+                t,
+                encoder_hidden_states=embeds.to(self.device, self.dtype),
+                return_dict=False,
+            )[0]
             return None if stop_after is not None else out
         except StopForward:
             return None
@@ -311,7 +374,8 @@ class InstructPix2PixEditor:
         raise ValueError(
             "InstructPix2Pix has no target->context attention to probe: the source image enters through the UNet's "
             "input channels (concatenated with the noisy latent), not as context tokens of a joint attention. "
-            "Methods built on that attention (DeContext) do not apply; use encoder, flow_loss or noise.")
+            "Methods built on that attention (DeContext) do not apply; use encoder, flow_loss or noise."
+        )
         yield  # pragma: no cover
 
     @contextlib.contextmanager
@@ -325,7 +389,9 @@ class InstructPix2PixEditor:
         blocks = list(blocks)
         unknown = [b for b in blocks if b not in self.blocks]
         if unknown or not blocks:
-            raise ValueError(f"cannot probe {unknown or 'no layers'}: this model's cross-attention layers are {self.depths}")
+            raise ValueError(
+                f"cannot probe {unknown or 'no layers'}: this model's cross-attention layers are {self.depths}"
+            )
         probe = ContextShareProbe()
         with self.blocks.hooked({name: probe for name in blocks}):
             self._active_probe, self._probed = probe, blocks
@@ -347,9 +413,15 @@ class InstructPix2PixEditor:
         return image
 
     @torch.no_grad()
-    def edit(self, image: Image.Image | Sequence[Image.Image], prompts: Sequence[str], seeds: Sequence[int],
-             steps: int = EDIT_DEFAULTS["num_inference_steps"], guidance: float = EDIT_DEFAULTS["guidance_scale"],
-             resolution: str | int = EDIT_DEFAULTS["resolution"]) -> list[Image.Image]:
+    def edit(
+        self,
+        image: Image.Image | Sequence[Image.Image],
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+        steps: int = EDIT_DEFAULTS["num_inference_steps"],
+        guidance: float = EDIT_DEFAULTS["guidance_scale"],
+        resolution: str | int = EDIT_DEFAULTS["resolution"],
+    ) -> list[Image.Image]:
         """Edit with StableDiffusionInstructPix2PixPipeline (text guidance ``guidance``, image guidance
         ``self.image_guidance``), one output per (prompt, seed) pair, as one batch."""
         images = edit_images(image, prompts, seeds, self._active_probe is not None)
@@ -361,8 +433,13 @@ class InstructPix2PixEditor:
         embeds = self.encode_prompts(prompts)
         negative = self.encode_prompts([""] * len(prompts))
         result = self.pipe(
-            image=images, prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=steps,
-            guidance_scale=guidance, image_guidance_scale=self.image_guidance,
-            generator=[torch.Generator().manual_seed(int(s)) for s in seeds], output_type="np",
+            image=images,
+            prompt_embeds=embeds,
+            negative_prompt_embeds=negative,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            image_guidance_scale=self.image_guidance,
+            generator=[torch.Generator().manual_seed(int(s)) for s in seeds],
+            output_type="np",
         )
         return [Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)) for arr in result.images]

@@ -60,8 +60,13 @@ from .models import load_pipeline, model_folder
 SPEC = FAMILIES["qwen_image_edit"]
 
 DEFAULT_MODEL = "Qwen/Qwen-Image-Edit"
-PIPELINES = ("QwenImageEditPipeline", "QwenImageEditPlusPipeline")  # stock classes this editor loads (model_index.json _class_name)
-VAE_AREA = 1024 * 1024  # the pipeline's working area (QwenImageEditPipeline.__call__: calculate_dimensions(1024 * 1024, ratio))
+PIPELINES = (
+    "QwenImageEditPipeline",
+    "QwenImageEditPlusPipeline",
+)  # stock classes this editor loads (model_index.json _class_name)
+VAE_AREA = (
+    1024 * 1024
+)  # the pipeline's working area (QwenImageEditPipeline.__call__: calculate_dimensions(1024 * 1024, ratio))
 # Qwen-Image-Edit's published usage: 50 steps, true CFG 4.0 against a " " negative prompt, ~1024^2 area.
 EDIT_DEFAULTS = {"num_inference_steps": 50, "guidance_scale": 4.0, "resolution": "auto"}
 NEGATIVE_PROMPT = " "
@@ -90,7 +95,9 @@ def _pipeline_class(name: str):
     import diffusers
 
     if name not in PIPELINES:
-        raise ValueError(f"not a Qwen-Image-Edit pipeline: model_index.json names {name!r} (this editor loads {', '.join(PIPELINES)})")
+        raise ValueError(
+            f"not a Qwen-Image-Edit pipeline: model_index.json names {name!r} (this editor loads {', '.join(PIPELINES)})"
+        )
     return getattr(diffusers, name)
 
 
@@ -122,7 +129,14 @@ class QwenImageEditEditor(JointDiTEditor):
     text_embedding_keys = ("embeds",)  # Qwen2.5-VL's last hidden states of (template, image, prompt)
     text_mask_key = "mask"
 
-    def __init__(self, pipe, name: str = DEFAULT_MODEL, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, vlm_refresh: int = VLM_REFRESH):
+    def __init__(
+        self,
+        pipe,
+        name: str = DEFAULT_MODEL,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        vlm_refresh: int = VLM_REFRESH,
+    ):
         """``vlm_refresh``: re-read the current (perturbed) image with Qwen2.5-VL every K optimiser steps
         (1 = every step; 0 = read the clean image once). That read has no gradient."""
         if vlm_refresh < 0:
@@ -144,14 +158,21 @@ class QwenImageEditEditor(JointDiTEditor):
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def load(cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, **options) -> "QwenImageEditEditor":
+    def load(
+        cls, model: str, device: torch.device, dtype: torch.dtype, seed: int = 0, **options
+    ) -> "QwenImageEditEditor":
         if model == "tiny":
             return cls.tiny(seed=seed, device=device, dtype=dtype, **options)
         return cls.from_pretrained(model, device=device, dtype=dtype, **options)
 
     @classmethod
-    def from_pretrained(cls, id_or_dir: str | Path = DEFAULT_MODEL, dtype: torch.dtype = torch.bfloat16, device: str | torch.device | None = None,
-                        **kwargs) -> "QwenImageEditEditor":
+    def from_pretrained(
+        cls,
+        id_or_dir: str | Path = DEFAULT_MODEL,
+        dtype: torch.dtype = torch.bfloat16,
+        device: str | torch.device | None = None,
+        **kwargs,
+    ) -> "QwenImageEditEditor":
         """Load a Qwen-Image-Edit folder or hub id (safetensors weights, stock classes only, no remote code):
         the pipeline class is the one its model_index.json names (``QwenImageEditPipeline``, or
         ``QwenImageEditPlusPipeline`` for Qwen-Image-Edit-2509 / -2511)."""
@@ -159,15 +180,26 @@ class QwenImageEditEditor(JointDiTEditor):
 
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         folder = model_folder(str(id_or_dir), cls.family)
-        index = json.loads((folder / "model_index.json").read_text()) if folder is not None else DiffusionPipeline.load_config(str(id_or_dir))
+        index = (
+            json.loads((folder / "model_index.json").read_text())
+            if folder is not None
+            else DiffusionPipeline.load_config(str(id_or_dir))
+        )
         pipeline_class = _pipeline_class(index.get("_class_name", "?"))
         pipe = load_pipeline(pipeline_class, id_or_dir, dtype, use_safetensors=True)
         pipe.set_progress_bar_config(disable=True)
         return cls(pipe, name=str(id_or_dir), device=device, dtype=dtype, **kwargs)
 
     @classmethod
-    def tiny(cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, plus: bool = False,
-             **kwargs) -> "QwenImageEditEditor":
+    def tiny(
+        cls,
+        config=None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        plus: bool = False,
+        **kwargs,
+    ) -> "QwenImageEditEditor":
         """A random-weight Qwen-Image-Edit built offline from config objects (``tiny_qwen_image_edit_components``);
         ``plus``: the same components in a ``QwenImageEditPlusPipeline`` (the 2509 / 2511 multi-image pipeline)."""
         pipeline_class = _pipeline_class(PIPELINES[1] if plus else PIPELINES[0])
@@ -186,7 +218,9 @@ class QwenImageEditEditor(JointDiTEditor):
         return self.pipe.vae
 
     def text_attention(self, blocks):
-        raise ValueError("the qwen_image_edit editor does not offer text-attention maps (no 'text_cross_attention' capability)")
+        raise ValueError(
+            "the qwen_image_edit editor does not offer text-attention maps (no 'text_cross_attention' capability)"
+        )
 
     @property
     def multiple_of(self) -> int:
@@ -263,28 +297,41 @@ class QwenImageEditEditor(JointDiTEditor):
         (Plus: one call per prompt with ``[image, *fixed references]``, as the pipeline reads them)."""
         if self.plus:
             tokens = []
-            for image, prompt in zip(images, prompts):
-                embeds, mask = self.pipe.encode_prompt(prompt=[prompt], image=[image, *(vl for _, _, vl in self._references)], device=self.device)
+            for image, prompt in zip(images, prompts, strict=False):
+                embeds, mask = self.pipe.encode_prompt(
+                    prompt=[prompt], image=[image, *(vl for _, _, vl in self._references)], device=self.device
+                )
                 tokens.append(embeds[0] if mask is None else embeds[0][mask[0].bool()])
             return [t.to(self.dtype) for t in tokens]
         embeds, mask = self.pipe.encode_prompt(prompt=list(prompts), image=list(images), device=self.device)
         mask = torch.ones(embeds.shape[:2], dtype=torch.bool, device=embeds.device) if mask is None else mask.bool()
         return [embeds[k][mask[k]].to(self.dtype) for k in range(embeds.shape[0])]
 
-    def _text_tokens(self, pixels: torch.Tensor, prompts: list[str], size: tuple[int, int], step: int | None, batch: int):
+    def _text_tokens(
+        self, pixels: torch.Tensor, prompts: list[str], size: tuple[int, int], step: int | None, batch: int
+    ):
         """(B, L, D) zero-padded text tokens and (B, L) mask for each row's (image, prompt); read from the
         snapshot of the image taken at step 0 and every ``vlm_refresh`` steps (``step=None``: these pixels)."""
         rows = [(i if pixels.shape[0] > 1 else 0, prompts[i] if len(prompts) > 1 else prompts[0]) for i in range(batch)]
         if step is None:
             source, cache = pixels.detach(), {}
         else:
-            if step == 0 or self._snapshot is None or self._snapshot.shape != pixels.shape or (self.vlm_refresh and step % self.vlm_refresh == 0):
+            if (
+                step == 0
+                or self._snapshot is None
+                or self._snapshot.shape != pixels.shape
+                or (self.vlm_refresh and step % self.vlm_refresh == 0)
+            ):
                 self._snapshot, self._features = pixels.detach().clone(), {}
             source, cache = self._snapshot, self._features
         missing = [row for row in dict.fromkeys(rows) if row not in cache]
         if missing:
             images = self._vlm_images(source, size)
-            cache.update(zip(missing, self.encode_prompts([images[i] for i, _ in missing], [p for _, p in missing])))
+            cache.update(
+                zip(
+                    missing, self.encode_prompts([images[i] for i, _ in missing], [p for _, p in missing]), strict=False
+                )
+            )
         tokens = [cache[row] for row in rows]
         length = max(t.shape[0] for t in tokens)
         embeds = torch.stack([F.pad(t, (0, 0, 0, length - t.shape[0])) for t in tokens])
@@ -299,12 +346,16 @@ class QwenImageEditEditor(JointDiTEditor):
         read by Qwen2.5-VL with the protected image. ``[]`` removes them."""
         images = list(images)
         if images and not self.plus:
-            raise ValueError("further reference images need a QwenImageEditPlusPipeline checkpoint (Qwen-Image-Edit-2509 / -2511)")
+            raise ValueError(
+                "further reference images need a QwenImageEditPlusPipeline checkpoint (Qwen-Image-Edit-2509 / -2511)"
+            )
         references = []
         for image in images:
             pixels = _as_pixels(image)
             size = self.working_size(*pixels.shape[-2:], resolution)
-            vl_image = self._plus_vlm_image(image.convert("RGB") if isinstance(image, Image.Image) else _to_pil(pixels)[0])
+            vl_image = self._plus_vlm_image(
+                image.convert("RGB") if isinstance(image, Image.Image) else _to_pil(pixels)[0]
+            )
             references.append((self.image_latents(pixels, size).detach(), self.image_shapes(size), vl_image))
         self._references = references
         self._snapshot, self._features = None, {}  # the text tokens read every image: read them again
@@ -315,14 +366,18 @@ class QwenImageEditEditor(JointDiTEditor):
         return to_batch(torch.cat([tokens for tokens, _, _ in self._references], dim=1), batch)
 
     # ------------------------------------------------------------------ conditioning
-    def condition(self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None) -> Condition:
+    def condition(
+        self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None
+    ) -> Condition:
         """Context tokens of ``pixels`` (differentiable) and Qwen2.5-VL text tokens of (image, prompt)
         (no gradient; re-read per ``vlm_refresh``)."""
         prompts = list(prompts)
         latents = self.image_latents(pixels, size)
         batch = max(latents.shape[0], len(prompts))
         if latents.shape[0] not in (1, batch) or len(prompts) not in (1, batch):
-            raise ValueError(f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both")
+            raise ValueError(
+                f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both"
+            )
         embeds, mask = self._text_tokens(pixels, prompts, size, step, batch)
         latents = to_batch(latents, batch)
         companions = self._companions(1)
@@ -333,7 +388,9 @@ class QwenImageEditEditor(JointDiTEditor):
         extra = {"embeds": embeds, "mask": mask, "size": tuple(size), "img_shapes": shapes, "companions": companions}
         return Condition(latents, layout, prompts, extra)
 
-    def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None) -> torch.Tensor | None:
+    def velocity(
+        self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None
+    ) -> torch.Tensor | None:
         """One transformer pass on ``[x_t | context]`` (the pipeline's ``torch.cat([latents, image_latents])``
         with ``img_shapes`` [target, reference] and the text mask); the prediction for the target tokens.
 
@@ -352,7 +409,9 @@ class QwenImageEditEditor(JointDiTEditor):
         embeds = to_batch(condition.extra["embeds"], batch).to(self.device, self.dtype)
         mask = to_batch(condition.extra["mask"], batch).to(self.device)
         layout = Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1])
-        shapes = condition.extra.get("img_shapes") or [self.image_shapes(condition.extra["size"])] * 2  # [target, references...]
+        shapes = (
+            condition.extra.get("img_shapes") or [self.image_shapes(condition.extra["size"])] * 2
+        )  # [target, references...]
         if (math.prod(shapes[0]), sum(math.prod(s) for s in shapes[1:])) != (layout.target, layout.context):
             raise ValueError(f"img_shapes {shapes} do not match the tokens {layout}")
         self._arm_probe(condition, layout, batch, stop_after, text_mask=False)  # no text-attention maps on this editor
@@ -362,7 +421,9 @@ class QwenImageEditEditor(JointDiTEditor):
                     hidden_states=torch.cat([x_t.to(self.dtype), context], dim=1),
                     timestep=sigma,
                     encoder_hidden_states=embeds,
-                    encoder_hidden_states_mask=None if bool(mask.all()) else mask,  # the pipeline drops an all-valid mask
+                    encoder_hidden_states_mask=None
+                    if bool(mask.all())
+                    else mask,  # the pipeline drops an all-valid mask
                     img_shapes=[shapes] * batch,
                     return_dict=False,
                 )[0]
@@ -392,9 +453,11 @@ class QwenImageEditEditor(JointDiTEditor):
         images = self._edit_images(image, prompts, seeds)
         refs = [im.convert("RGB") for im in references]
         if refs and not self.plus:
-            raise ValueError("further reference images need a QwenImageEditPlusPipeline checkpoint (Qwen-Image-Edit-2509 / -2511)")
+            raise ValueError(
+                "further reference images need a QwenImageEditPlusPipeline checkpoint (Qwen-Image-Edit-2509 / -2511)"
+            )
         outputs = []
-        for k, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        for k, (prompt, seed) in enumerate(zip(prompts, seeds, strict=False)):
             source = images[0 if len(images) == 1 else k].convert("RGB")
             height, width = self.working_size(source.height, source.width, resolution)
             result = self.pipe(
@@ -456,15 +519,30 @@ def tiny_qwen_image_edit_components(config: TinyQwenImageEditConfig = TinyQwenIm
             dim_mult=list(config.vae_dim_mult),
             num_res_blocks=config.vae_res_blocks,
             temperal_downsample=[False, True, True],
-            latents_mean=(torch.randn(config.z_dim, generator=generator, device="cpu") * 0.5).tolist(),  # also under a default-device context
+            latents_mean=(
+                torch.randn(config.z_dim, generator=generator, device="cpu") * 0.5
+            ).tolist(),  # also under a default-device context
             latents_std=(1 + torch.rand(config.z_dim, generator=generator, device="cpu")).tolist(),
         )
     # Qwen-Image's published scheduler settings.
     scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
-        base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+        num_train_timesteps=1000,
+        shift=1.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=0.9,
+        base_image_seq_len=256,
+        max_image_seq_len=8192,
+        shift_terminal=0.02,
+        time_shift_type="exponential",
     )
     for module in (transformer, vae, text_encoder):
         module.eval()
-    return dict(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=processor.tokenizer, processor=processor, scheduler=scheduler)
-
+    return dict(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=processor.tokenizer,
+        processor=processor,
+        scheduler=scheduler,
+    )

@@ -218,7 +218,10 @@ def step1x_connector_config(connector_state_dict: Mapping[str, object], heads: i
     """
     shape = lambda key: _shape_of(connector_state_dict, key, "connector.")  # noqa: E731
     hidden, in_dim = shape("S.input_embedder.weight")
-    depth = 1 + max((int(k.split(".")[3]) for k in connector_state_dict if k.startswith("S.individual_token_refiner.blocks.")), default=-1)
+    depth = 1 + max(
+        (int(k.split(".")[3]) for k in connector_state_dict if k.startswith("S.individual_token_refiner.blocks.")),
+        default=-1,
+    )
     if depth == 0:
         raise ValueError("connector has no S.individual_token_refiner.blocks.* tensors")
     mlp_hidden = shape("S.individual_token_refiner.blocks.0.mlp.fc1.weight")[0]
@@ -300,14 +303,18 @@ def convert_step1x_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> tuple[d
     guidance = sorted(k for k in dit if k.startswith("guidance_in."))
     if guidance:
         # diffusers would happily convert these, but Step1X-Edit has no guidance embedder.
-        raise ValueError(f"unexpected keys {guidance[:4]}: Step1X-Edit has no guidance embedding (a FLUX.1-dev/Kontext DiT?)")
+        raise ValueError(
+            f"unexpected keys {guidance[:4]}: Step1X-Edit has no guidance embedding (a FLUX.1-dev/Kontext DiT?)"
+        )
     version = "v1.0" if "scale_factor" in connector else "v1.1"
 
     inner = _shape_of(dit, "img_in.weight")[0]
     single = sorted({int(k.split(".")[1]) for k in dit if k.startswith("single_blocks.")})
     if inner != FLUX_CONVERTER_INNER_DIM:
         if inner > FLUX_CONVERTER_INNER_DIM:
-            raise ValueError(f"DiT width {inner} exceeds the {FLUX_CONVERTER_INNER_DIM} that diffusers' FLUX converter can split")
+            raise ValueError(
+                f"DiT width {inner} exceeds the {FLUX_CONVERTER_INNER_DIM} that diffusers' FLUX converter can split"
+            )
         for i in single:
             for name in ("weight", "bias"):
                 key = f"single_blocks.{i}.linear1.{name}"
@@ -330,13 +337,20 @@ def convert_step1x_checkpoint(state_dict: Mapping[str, torch.Tensor]) -> tuple[d
         for i in single:
             prefix = f"single_transformer_blocks.{i}."
             for name in ("weight", "bias"):
-                for part, rows in (("attn.to_q", inner), ("attn.to_k", inner), ("attn.to_v", inner), ("proj_mlp", 4 * inner)):
+                for part, rows in (
+                    ("attn.to_q", inner),
+                    ("attn.to_k", inner),
+                    ("attn.to_v", inner),
+                    ("proj_mlp", 4 * inner),
+                ):
                     key = f"{prefix}{part}.{name}"
                     converted[key] = converted[key][:rows].clone()  # clone: drop the frame's storage
     return converted, connector, version
 
 
-def step1x_dit_config(dit_state_dict: Mapping[str, object], head_dim: int = 128, axes_dims_rope: Sequence[int] | None = None) -> dict:
+def step1x_dit_config(
+    dit_state_dict: Mapping[str, object], head_dim: int = 128, axes_dims_rope: Sequence[int] | None = None
+) -> dict:
     """``FluxTransformer2DModel`` kwargs inferred from converted (diffusers-named) tensors or their shapes.
 
     Values may be tensors or shapes. ``head_dim`` is not recoverable from shapes (128 for the real
@@ -349,13 +363,17 @@ def step1x_dit_config(dit_state_dict: Mapping[str, object], head_dim: int = 128,
     out_channels = _shape_of(dit_state_dict, "proj_out.weight")[0]
 
     def count(prefix: str) -> int:
-        return 1 + max((int(k[len(prefix) :].split(".")[0]) for k in dit_state_dict if k.startswith(prefix)), default=-1)
+        return 1 + max(
+            (int(k[len(prefix) :].split(".")[0]) for k in dit_state_dict if k.startswith(prefix)), default=-1
+        )
 
     if inner % head_dim:
         raise ValueError(f"DiT width {inner} is not a multiple of head_dim={head_dim}")
     if axes_dims_rope is None:
         if head_dim != 128:
-            raise ValueError(f"axes_dims_rope is required when head_dim={head_dim} (the (16, 56, 56) default is for 128)")
+            raise ValueError(
+                f"axes_dims_rope is required when head_dim={head_dim} (the (16, 56, 56) default is for 128)"
+            )
         axes_dims_rope = (16, 56, 56)
     axes_dims_rope = tuple(int(a) for a in axes_dims_rope)
     if sum(axes_dims_rope) != head_dim:
@@ -380,9 +398,13 @@ def _load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what
     expected = set(module.state_dict())
     missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
     if missing:
-        raise ValueError(f"{path}: {what} tensors missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)} in all)")
+        raise ValueError(
+            f"{path}: {what} tensors missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)} in all)"
+        )
     if unexpected:
-        raise ValueError(f"{path}: unexpected {what} tensors: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)} in all)")
+        raise ValueError(
+            f"{path}: unexpected {what} tensors: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)} in all)"
+        )
     try:
         module.load_state_dict(state_dict, strict=True, assign=True)
     except RuntimeError as err:
@@ -412,11 +434,15 @@ def load_step1x_checkpoint(
     if not path.exists():
         raise FileNotFoundError(f"Step1X-Edit checkpoint not found: {path}")
     if path.is_dir():
-        raise ValueError(f"{path} is a folder; pass the single .safetensors file (e.g. step1x-edit-v1p1-official.safetensors)")
+        raise ValueError(
+            f"{path} is a folder; pass the single .safetensors file (e.g. step1x-edit-v1p1-official.safetensors)"
+        )
     try:
         state_dict = load_file(str(path))
     except Exception as err:  # safetensors raises its own SafetensorError, or OSError on I/O
-        raise ValueError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); Step1X-Edit is read from the official .safetensors only") from None
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); Step1X-Edit is read from the official .safetensors only"
+        ) from None
     try:
         dit_sd, connector_sd, version = convert_step1x_checkpoint(state_dict)
         del state_dict
@@ -486,11 +512,15 @@ def qwen_features(
     vlm_dtype = next(vlm.parameters()).dtype
     features = torch.zeros(len(images), max_length, hidden, dtype=dtype, device=device)
     mask = torch.zeros(len(images), max_length, dtype=torch.long, device=device)
-    for b, (image, instruction) in enumerate(zip(images, instructions)):
+    for b, (image, instruction) in enumerate(zip(images, instructions, strict=False)):
         messages = [
             {
                 "role": "user",
-                "content": [{"type": "text", "text": prefix}, {"type": "image", "image": image}, {"type": "text", "text": instruction}],
+                "content": [
+                    {"type": "text", "text": prefix},
+                    {"type": "image", "image": image},
+                    {"type": "text", "text": instruction},
+                ],
             }
         ]
         text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, add_vision_id=True)

@@ -77,7 +77,9 @@ def shifted_schedule(steps: int, image_tokens: int) -> list[float]:
     return [0.0 if t <= 0 else math.exp(mu) / (math.exp(mu) + (1 / t - 1)) for t in times]
 
 
-def guided_velocity(cond: torch.Tensor, uncond: torch.Tensor, scale: float, t: float, rescale_above: float) -> torch.Tensor:
+def guided_velocity(
+    cond: torch.Tensor, uncond: torch.Tensor, scale: float, t: float, rescale_above: float
+) -> torch.Tensor:
     """True CFG; above ``rescale_above`` the difference is divided, per token, by its channel norm to the
     power 0.4 where that norm exceeds 1 (Step1X-Edit v1.1)."""
     diff = cond - uncond
@@ -126,7 +128,13 @@ class Step1XEditor(Flux1DiTEditor):
             raise ValueError(f"unknown Step1X-Edit version {version!r} (v1.0 or v1.1)")
         if vlm_refresh < 0:
             raise ValueError(f"vlm_refresh must be >= 0, got {vlm_refresh}")
-        self.transformer, self.connector, self.vae, self.vlm, self.processor = transformer, connector, vae, vlm, processor
+        self.transformer, self.connector, self.vae, self.vlm, self.processor = (
+            transformer,
+            connector,
+            vae,
+            vlm,
+            processor,
+        )
         self.prefix, self.version, self.name = prefix, version, name
         self.device, self.dtype = torch.device(device), dtype
         self.drop_tokens, self.max_length = drop_tokens, max_length
@@ -149,7 +157,9 @@ class Step1XEditor(Flux1DiTEditor):
         if model == "tiny":
             for key in ("vae", "vlm", "prefix_file"):
                 if options.get(key):
-                    raise ValueError(f"--{key.replace('_', '-')} is for real checkpoints; the tiny model brings its own")
+                    raise ValueError(
+                        f"--{key.replace('_', '-')} is for real checkpoints; the tiny model brings its own"
+                    )
                 options.pop(key, None)
             return cls.tiny(seed=seed, device=device, dtype=dtype, **options)
         return cls.from_pretrained(model, device=device, dtype=dtype, **options)
@@ -182,7 +192,9 @@ class Step1XEditor(Flux1DiTEditor):
         if path.is_dir():
             candidates = sorted(p for p in path.glob("*.safetensors") if p.name != "vae.safetensors")
             if len(candidates) != 1:
-                raise FileNotFoundError(f"{path}: expected exactly one Step1X-Edit checkpoint (*.safetensors besides vae.safetensors), found {[p.name for p in candidates]}")
+                raise FileNotFoundError(
+                    f"{path}: expected exactly one Step1X-Edit checkpoint (*.safetensors besides vae.safetensors), found {[p.name for p in candidates]}"
+                )
             path = candidates[0]
         sizes = json.loads((folder / "step1x.json").read_text()) if (folder / "step1x.json").is_file() else {}
         head_dim = sizes.get("head_dim", head_dim)
@@ -191,22 +203,57 @@ class Step1XEditor(Flux1DiTEditor):
         drop_tokens = drop_tokens if drop_tokens is not None else sizes.get("drop_tokens", REAL_DROP_TOKENS)
         max_length = max_length if max_length is not None else sizes.get("max_length", REAL_MAX_LENGTH)
         if prefix is None:
-            prefix_path = Path(prefix_file) if prefix_file else (folder / "prefix.txt" if (folder / "prefix.txt").is_file() else None)
+            prefix_path = (
+                Path(prefix_file)
+                if prefix_file
+                else (folder / "prefix.txt" if (folder / "prefix.txt").is_file() else None)
+            )
             if prefix_path is None:
-                raise ValueError(f"Step1X-Edit conditions Qwen2.5-VL on a fixed prefix it was trained with; pass it with {PREFIX_FLAG} "
-                                 "(the text of Qwen25VL_7b_PREFIX in the official repo's modules/conditioner.py, saved as a file)")
+                raise ValueError(
+                    f"Step1X-Edit conditions Qwen2.5-VL on a fixed prefix it was trained with; pass it with {PREFIX_FLAG} "
+                    "(the text of Qwen25VL_7b_PREFIX in the official repo's modules/conditioner.py, saved as a file)"
+                )
             if not prefix_path.is_file():
                 raise FileNotFoundError(f"{PREFIX_FLAG} {prefix_path}: no such file")
             prefix = prefix_path.read_text(encoding="utf-8").rstrip("\n")
         device = torch.device(device)
-        transformer, connector, version = load_step1x_checkpoint(path, dtype=dtype, head_dim=head_dim, axes_dims_rope=axes_dims_rope, connector_heads=connector_heads)
+        transformer, connector, version = load_step1x_checkpoint(
+            path, dtype=dtype, head_dim=head_dim, axes_dims_rope=axes_dims_rope, connector_heads=connector_heads
+        )
         vae_model = load_flux_vae(vae or _default_vae(folder))
-        vlm_model, processor = load_qwen(vlm or _default_vlm(folder), dtype, sizes.get("min_pixels", QWEN_MIN_PIXELS), sizes.get("max_pixels", QWEN_MAX_PIXELS))
-        return cls(transformer, connector, vae_model, vlm_model, processor, prefix, version, name=str(checkpoint), device=device, dtype=dtype,
-                   drop_tokens=drop_tokens, max_length=max_length, **kwargs)
+        vlm_model, processor = load_qwen(
+            vlm or _default_vlm(folder),
+            dtype,
+            sizes.get("min_pixels", QWEN_MIN_PIXELS),
+            sizes.get("max_pixels", QWEN_MAX_PIXELS),
+        )
+        return cls(
+            transformer,
+            connector,
+            vae_model,
+            vlm_model,
+            processor,
+            prefix,
+            version,
+            name=str(checkpoint),
+            device=device,
+            dtype=dtype,
+            drop_tokens=drop_tokens,
+            max_length=max_length,
+            **kwargs,
+        )
 
     @classmethod
-    def tiny(cls, config=None, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, version: str = "v1.1", folder: str | Path | None = None, **kwargs) -> "Step1XEditor":
+    def tiny(
+        cls,
+        config=None,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        version: str = "v1.1",
+        folder: str | Path | None = None,
+        **kwargs,
+    ) -> "Step1XEditor":
         """Random weights, built offline: writes a tiny checkpoint in the OFFICIAL single-file layout, a
         diffusers VAE folder and a Qwen2.5-VL folder, then loads them through ``from_pretrained``."""
         from .tiny import write_tiny_step1x_folder
@@ -227,7 +274,9 @@ class Step1XEditor(Flux1DiTEditor):
     def working_size(self, height: int, width: int, resolution: str | int = "auto") -> tuple[int, int]:
         """``auto``: the official resize at size level 512 (any aspect ratio); N: the official resize at
         level N (512 / 768 / 1024 are the official levels); ``native``: the image's size snapped down."""
-        return level_working_size(height, width, resolution, self.multiple_of, EDIT_DEFAULTS["resolution"], official_size)
+        return level_working_size(
+            height, width, resolution, self.multiple_of, EDIT_DEFAULTS["resolution"], official_size
+        )
 
     def _vlm_images(self, pixels: torch.Tensor, size: tuple[int, int]) -> list[Image.Image]:
         """The resized reference as Qwen sees it: the same pixels the VAE gets, as uint8."""
@@ -240,13 +289,25 @@ class Step1XEditor(Flux1DiTEditor):
         if self.vlm_offload:
             self.vlm.to(self.device)
         try:
-            return qwen_features(self.vlm, self.processor, images, prompts, self.prefix, self.drop_tokens, self.max_length,
-                                 self.device, self.dtype, prefix_flag=PREFIX_FLAG)
+            return qwen_features(
+                self.vlm,
+                self.processor,
+                images,
+                prompts,
+                self.prefix,
+                self.drop_tokens,
+                self.max_length,
+                self.device,
+                self.dtype,
+                prefix_flag=PREFIX_FLAG,
+            )
         finally:
             if self.vlm_offload:
                 self.vlm.to("cpu")
 
-    def _features_for(self, pixels: torch.Tensor, prompts: list[str], size: tuple[int, int], step: int | None, batch: int):
+    def _features_for(
+        self, pixels: torch.Tensor, prompts: list[str], size: tuple[int, int], step: int | None, batch: int
+    ):
         """(B, L, D) features and (B, L) mask for each row's (image, prompt), read from the current
         snapshot of the image; the snapshot is re-taken at step 0 and every ``vlm_refresh`` steps."""
         rows = [(i if pixels.shape[0] > 1 else 0, prompts[i] if len(prompts) > 1 else prompts[0]) for i in range(batch)]
@@ -273,7 +334,14 @@ class Step1XEditor(Flux1DiTEditor):
             self._features.update({row: (features[k : k + 1], mask[k : k + 1]) for k, row in enumerate(missing)})
         return torch.cat([self._features[row][0] for row in rows]), torch.cat([self._features[row][1] for row in rows])
 
-    def _condition(self, latents: torch.Tensor, features: torch.Tensor, mask: torch.Tensor, prompts: list[str], size: tuple[int, int]) -> Condition:
+    def _condition(
+        self,
+        latents: torch.Tensor,
+        features: torch.Tensor,
+        mask: torch.Tensor,
+        prompts: list[str],
+        size: tuple[int, int],
+    ) -> Condition:
         lat_h, lat_w = self.latent_size(size)
         axis0, offset = REFERENCE_IDS[self.version]
         extra = {
@@ -286,14 +354,18 @@ class Step1XEditor(Flux1DiTEditor):
         layout = Layout(text=features.shape[1], target=latents.shape[1], context=latents.shape[1])
         return Condition(latents, layout, prompts, extra)
 
-    def condition(self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None) -> Condition:
+    def condition(
+        self, pixels: torch.Tensor, prompts: Sequence[str], size: tuple[int, int], step: int | None = None
+    ) -> Condition:
         """Reference tokens of ``pixels`` (differentiable: VAE posterior mode, packed) and Qwen2.5-VL
         features of (image, prompt) (no gradient; re-read per ``vlm_refresh``)."""
         prompts = list(prompts)
         latents = self.image_latents(pixels, size)
         batch = max(latents.shape[0], len(prompts))
         if latents.shape[0] not in (1, batch) or len(prompts) not in (1, batch):
-            raise ValueError(f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both")
+            raise ValueError(
+                f"{latents.shape[0]} images and {len(prompts)} prompts: give one of either, or as many of both"
+            )
         features, mask = self._features_for(pixels, prompts, size, step, batch)
         return self._condition(to_batch(latents, batch), features, mask, prompts, size)
 
@@ -320,38 +392,65 @@ class Step1XEditor(Flux1DiTEditor):
         still carries the image), v1.1's norm rescale above t = 0.93, decode, resize back."""
         images = self._edit_images(image, prompts, seeds)
         outputs = []
-        for k, (prompt, seed) in enumerate(zip(prompts, seeds)):
+        for k, (prompt, seed) in enumerate(zip(prompts, seeds, strict=False)):
             source = images[0 if len(images) == 1 else k].convert("RGB")
             height, width = self.working_size(source.height, source.width, resolution)
-            reference = source.resize((width, height), RESIZE_FILTER[self.version]) if source.size != (width, height) else source
+            reference = (
+                source.resize((width, height), RESIZE_FILTER[self.version])
+                if source.size != (width, height)
+                else source
+            )
             pixels = torch.from_numpy(np.array(reference)).permute(2, 0, 1)[None].float() / 255
             generator = torch.Generator().manual_seed(int(seed))
             x = (pixels * 2 - 1).to(self.device, self.vae.dtype)
             posterior = self.vae.encode(x).latent_dist
-            sample = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
-            latents = pack_latents((sample - self.vae.config.shift_factor) * self.vae.config.scaling_factor).to(self.dtype)
+            sample = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(
+                posterior.mean
+            )
+            latents = pack_latents((sample - self.vae.config.shift_factor) * self.vae.config.scaling_factor).to(
+                self.dtype
+            )
             features, mask = self._encode([reference, reference], [prompt, ""])
             condition = self._condition(latents.expand(2, -1, -1), features, mask, [prompt, ""], (height, width))
             lat_h, lat_w = self.latent_size((height, width))
             noise = torch.randn((1, self.vae.config.latent_channels, lat_h, lat_w), generator=generator)
             x_t = pack_latents(noise).to(self.device, self.dtype)
             times = shifted_schedule(steps, x_t.shape[1])
-            for t, t_next in zip(times[:-1], times[1:]):
-                v_cond, v_uncond = self.velocity(x_t.expand(2, -1, -1), torch.tensor([t, t]), condition).float().chunk(2)
+            for t, t_next in zip(times[:-1], times[1:], strict=False):
+                v_cond, v_uncond = (
+                    self.velocity(x_t.expand(2, -1, -1), torch.tensor([t, t]), condition).float().chunk(2)
+                )
                 v = guided_velocity(v_cond, v_uncond, guidance, t, CFG_RESCALE_ABOVE[self.version])
                 x_t = (x_t.float() + (t_next - t) * v).to(self.dtype)
-            decoded = self.vae.decode(unpack_latents(x_t.float(), lat_h, lat_w) / self.vae.config.scaling_factor + self.vae.config.shift_factor).sample
+            decoded = self.vae.decode(
+                unpack_latents(x_t.float(), lat_h, lat_w) / self.vae.config.scaling_factor
+                + self.vae.config.shift_factor
+            ).sample
             array = ((decoded[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy()
             edited = Image.fromarray(np.round(array * 255).astype(np.uint8))
-            outputs.append(edited.resize(source.size, RESIZE_FILTER[self.version]) if edited.size != source.size else edited)
+            outputs.append(
+                edited.resize(source.size, RESIZE_FILTER[self.version]) if edited.size != source.size else edited
+            )
         return outputs
 
 
 # ---------------------------------------------------------------------------------------- components
 FLUX_VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", latent_channels=16, norm_num_groups=32,
-    sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False, force_upcast=True,
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    act_fn="silu",
+    latent_channels=16,
+    norm_num_groups=32,
+    sample_size=1024,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+    force_upcast=True,
 )
 
 
@@ -393,11 +492,17 @@ def load_flux_vae(path: str | Path):
     return vae
 
 
-def load_qwen(id_or_dir: str | Path, dtype: torch.dtype, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS):
+def load_qwen(
+    id_or_dir: str | Path, dtype: torch.dtype, min_pixels: int = QWEN_MIN_PIXELS, max_pixels: int = QWEN_MAX_PIXELS
+):
     """Qwen2.5-VL and its processor with the official pixel bounds, also for a local folder (no remote code)."""
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     local = Path(id_or_dir).exists()
-    processor = AutoProcessor.from_pretrained(str(id_or_dir), min_pixels=min_pixels, max_pixels=max_pixels, local_files_only=local)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(id_or_dir), dtype=dtype, attn_implementation="sdpa", local_files_only=local)
+    processor = AutoProcessor.from_pretrained(
+        str(id_or_dir), min_pixels=min_pixels, max_pixels=max_pixels, local_files_only=local
+    )
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        str(id_or_dir), dtype=dtype, attn_implementation="sdpa", local_files_only=local
+    )
     return model, processor

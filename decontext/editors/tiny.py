@@ -135,8 +135,15 @@ def _flux_vae(latent_channels: int, vae_channels: tuple[int, ...], layers_per_bl
 
     Shared by the Kontext and Step1X builders; it draws exactly what the inline construction did.
     """
-    return _kl_vae(latent_channels, vae_channels, layers_per_block, use_quant_conv=False, use_post_quant_conv=False,
-                   shift_factor=0.1159, scaling_factor=0.3611)
+    return _kl_vae(
+        latent_channels,
+        vae_channels,
+        layers_per_block,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.1159,
+        scaling_factor=0.3611,
+    )
 
 
 @contextlib.contextmanager
@@ -153,7 +160,9 @@ def tiny_kontext_components(config: TinyKontextConfig = TinyKontextConfig(), see
     from transformers import T5Config, T5EncoderModel
 
     if sum(config.axes_dims_rope) != config.attention_head_dim:
-        raise ValueError(f"sum(axes_dims_rope)={sum(config.axes_dims_rope)} must equal attention_head_dim={config.attention_head_dim}")
+        raise ValueError(
+            f"sum(axes_dims_rope)={sum(config.axes_dims_rope)} must equal attention_head_dim={config.attention_head_dim}"
+        )
     tokenizer, tokenizer_2 = clip_tokenizer(words), t5_tokenizer(words)
     with _seeded(seed):
         transformer = FluxTransformer2DModel(
@@ -307,7 +316,7 @@ class TinyStep1XConfig:
 def _bpe(pieces: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
     """Plain BPE: repeatedly merge the adjacent pair of lowest rank (what the tokenizers library does)."""
     while len(pieces) > 1:
-        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(pieces, pieces[1:]))]
+        pairs = [(ranks.get(pair, len(ranks)), i) for i, pair in enumerate(zip(pieces, pieces[1:], strict=False))]
         rank, i = min(pairs)
         if rank == len(ranks):
             break
@@ -362,7 +371,7 @@ def tiny_qwen25vl(config: TinyStep1XConfig = TinyStep1XConfig(), seed: int = 0):
     if 2 * sum(config.qwen_mrope_section) != config.qwen_hidden // config.qwen_heads:
         raise ValueError(f"qwen_mrope_section {config.qwen_mrope_section} must sum to half the Qwen head dim")
     tokenizer = qwen_tokenizer()
-    ids = dict(zip(QWEN_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS))))
+    ids = dict(zip(QWEN_SPECIAL_TOKENS, tokenizer.convert_tokens_to_ids(list(QWEN_SPECIAL_TOKENS)), strict=False))
     pixels = dict(min_pixels=config.min_pixels, max_pixels=config.max_pixels)
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pixels),
@@ -379,7 +388,11 @@ def tiny_qwen25vl(config: TinyStep1XConfig = TinyStep1XConfig(), seed: int = 0):
             num_attention_heads=config.qwen_heads,
             num_key_value_heads=config.qwen_kv_heads,
             max_position_embeddings=2048,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(config.qwen_mrope_section)},
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 1000000.0,
+                "mrope_section": list(config.qwen_mrope_section),
+            },
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
@@ -526,8 +539,15 @@ def write_tiny_step1x_folder(folder, config: TinyStep1XConfig | None = None, ver
     model.save_pretrained(folder / "qwen")
     processor.save_pretrained(folder / "qwen")
     (folder / "prefix.txt").write_text(config.prefix + "\n", encoding="utf-8")
-    sizes = {"head_dim": config.attention_head_dim, "axes_dims_rope": list(config.axes_dims_rope), "connector_heads": config.connector_heads,
-             "drop_tokens": config.drop_tokens, "max_length": config.max_length, "min_pixels": config.min_pixels, "max_pixels": config.max_pixels}
+    sizes = {
+        "head_dim": config.attention_head_dim,
+        "axes_dims_rope": list(config.axes_dims_rope),
+        "connector_heads": config.connector_heads,
+        "drop_tokens": config.drop_tokens,
+        "max_length": config.max_length,
+        "min_pixels": config.min_pixels,
+        "max_pixels": config.max_pixels,
+    }
     (folder / "step1x.json").write_text(json.dumps(sizes, indent=2) + "\n")
     (folder / "tiny.json").write_text(json.dumps(stamp) + "\n")
     return folder
@@ -565,8 +585,13 @@ def ip2p_scheduler():
     from diffusers import EulerAncestralDiscreteScheduler
 
     return EulerAncestralDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="epsilon", steps_offset=1, timestep_spacing="linspace",
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        steps_offset=1,
+        timestep_spacing="linspace",
     )
 
 
@@ -593,5 +618,13 @@ def tiny_ip2p_components(config: TinyIP2PConfig = TinyIP2PConfig(), seed: int = 
         text_encoder = clip_text_model(tokenizer, config.text_dim, layers=config.text_layers)
     for module in (unet, vae, text_encoder):
         module.eval()
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=ip2p_scheduler(),
-                safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=ip2p_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

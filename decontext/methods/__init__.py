@@ -27,26 +27,56 @@ NORMALIZE = ("grad", "none")  # how a composition combines its terms' gradients 
 
 
 # Every option a protection method takes, declared once; each method's default is in its entry below.
-OPTIONS = {f.dest: f for f in (
-    Flag("--blocks", "attention layers to probe, e.g. single:0-25/38 (single blocks 0-25 of FLUX's 38, scaled to the model's depth), double, single.3, all", type=str),
-    Flag("--t-range", "noise level (sigma, 1 = pure noise) drawn per step from [LO, HI)", nargs=2, metavar=("LO", "HI")),
-    Flag("--t-one-every", "every K-th PGD step uses sigma = 1 exactly (the official Step1X attack: 10; 0 = never)", type=int),
-    Flag("--prompts", "edit-prompt pool file (decontext.prompts format); one prompt is drawn per step", type=str),
-    Flag("--prompts-per-step", "prompts drawn per PGD step, batched in one forward", type=int),
-    Flag("--distribution", "the noise control: sign (every pixel +-eps) or uniform in the eps-ball", type=str, choices=("sign", "uniform")),
-    Flag("--target-value", "grey level in [0, 1] of the encoder / diffusion attack's target image"),
-    Flag("--sample-steps", "denoising steps the diffusion attack backpropagates through", type=int),
-    Flag("--threshold-std", "DANP: k of the dynamic threshold mean + k*std of each attention map"),
-    Flag("--attention-weight", "DANP: weight of the attention term"),
-    Flag("--noise-weight", "DANP: weight of the noise term"),
-    Flag("--balance", "DANP: grad (each term's gradient scaled to unit mean |g|) or none (plain weighted sum)", type=str, choices=("grad", "none")),
-    Flag("--flat-weight", "TDAE: FlatGrad lambda/h (0 = off)"),
-    Flag("--flat-radius", "TDAE: FlatGrad finite-difference step h in 1/255 units"),
-    Flag("--dpd-every", "TDAE: image steps per dynamic-prompt cycle", type=int),
-    Flag("--dpd-steps", "TDAE: embedding steps per cycle (0 = off)", type=int),
-    Flag("--dpd-lr", "TDAE: Adam learning rate of the embedding steps"),
-    Flag("--protector", "amortized: a trained protector, by shipped name (toy-decontext, toy-encoder) or folder (decontext amortize trains one)", type=str),
-)}
+OPTIONS = {
+    f.dest: f
+    for f in (
+        Flag(
+            "--blocks",
+            "attention layers to probe, e.g. single:0-25/38 (single blocks 0-25 of FLUX's 38, scaled to the model's depth), double, single.3, all",
+            type=str,
+        ),
+        Flag(
+            "--t-range",
+            "noise level (sigma, 1 = pure noise) drawn per step from [LO, HI)",
+            nargs=2,
+            metavar=("LO", "HI"),
+        ),
+        Flag(
+            "--t-one-every",
+            "every K-th PGD step uses sigma = 1 exactly (the official Step1X attack: 10; 0 = never)",
+            type=int,
+        ),
+        Flag("--prompts", "edit-prompt pool file (decontext.prompts format); one prompt is drawn per step", type=str),
+        Flag("--prompts-per-step", "prompts drawn per PGD step, batched in one forward", type=int),
+        Flag(
+            "--distribution",
+            "the noise control: sign (every pixel +-eps) or uniform in the eps-ball",
+            type=str,
+            choices=("sign", "uniform"),
+        ),
+        Flag("--target-value", "grey level in [0, 1] of the encoder / diffusion attack's target image"),
+        Flag("--sample-steps", "denoising steps the diffusion attack backpropagates through", type=int),
+        Flag("--threshold-std", "DANP: k of the dynamic threshold mean + k*std of each attention map"),
+        Flag("--attention-weight", "DANP: weight of the attention term"),
+        Flag("--noise-weight", "DANP: weight of the noise term"),
+        Flag(
+            "--balance",
+            "DANP: grad (each term's gradient scaled to unit mean |g|) or none (plain weighted sum)",
+            type=str,
+            choices=("grad", "none"),
+        ),
+        Flag("--flat-weight", "TDAE: FlatGrad lambda/h (0 = off)"),
+        Flag("--flat-radius", "TDAE: FlatGrad finite-difference step h in 1/255 units"),
+        Flag("--dpd-every", "TDAE: image steps per dynamic-prompt cycle", type=int),
+        Flag("--dpd-steps", "TDAE: embedding steps per cycle (0 = off)", type=int),
+        Flag("--dpd-lr", "TDAE: Adam learning rate of the embedding steps"),
+        Flag(
+            "--protector",
+            "amortized: a trained protector, by shipped name (toy-decontext, toy-encoder) or folder (decontext amortize trains one)",
+            type=str,
+        ),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -55,40 +85,89 @@ class MethodSpec:
     summary: str  # one line for --help
     defaults: dict = field(default_factory=dict)  # option (a key of OPTIONS) -> this method's default
     requires: frozenset = frozenset()  # editor capabilities it needs
-    pgd_defaults: dict = field(default_factory=dict)  # config.PGDConfig fields its paper prescribes (under explicit choices)
+    pgd_defaults: dict = field(
+        default_factory=dict
+    )  # config.PGDConfig fields its paper prescribes (under explicit choices)
     optimises: bool = True  # False: no loss to climb (the noise control)
-    batched: bool = False  # several images per PGD step, each with its own draws (``--batch-size``; methods.base.per_image)
+    batched: bool = (
+        False  # several images per PGD step, each with its own draws (``--batch-size``; methods.base.per_image)
+    )
 
 
 METHODS = {
     "decontext": MethodSpec(
-        "decontext.methods.decontext:DeContext", "minimise the target->context attention share (DeContext, the core)",
+        "decontext.methods.decontext:DeContext",
+        "minimise the target->context attention share (DeContext, the core)",
         {"blocks": PAPER_BLOCKS, "t_range": PAPER_T_RANGE, "t_one_every": 0, "prompts": None, "prompts_per_step": 1},
-        frozenset({"context_attention"}), batched=True),
+        frozenset({"context_attention"}),
+        batched=True,
+    ),
     "noise": MethodSpec(
-        "decontext.methods.noise:RandomNoise", "random +-eps noise of the same budget: the control", {"distribution": "sign"},
-        optimises=False, batched=True),
+        "decontext.methods.noise:RandomNoise",
+        "random +-eps noise of the same budget: the control",
+        {"distribution": "sign"},
+        optimises=False,
+        batched=True,
+    ),
     "encoder": MethodSpec(
-        "decontext.methods.encoder:EncoderAttack", "PhotoGuard's encoder attack on the editor's VAE", {"target_value": 0.5},
-        frozenset({"vae"}), PHOTOGUARD_PGD, batched=True),
+        "decontext.methods.encoder:EncoderAttack",
+        "PhotoGuard's encoder attack on the editor's VAE",
+        {"target_value": 0.5},
+        frozenset({"vae"}),
+        PHOTOGUARD_PGD,
+        batched=True,
+    ),
     "flow_loss": MethodSpec(
-        "decontext.methods.flow_loss:FlowLoss", "diff-PGD: maximise the editor's flow-matching (or noise-prediction) loss",
-        {"t_range": (0.0, 1.0), "prompts": None}, frozenset({"diffusion_loss"}), batched=True),
+        "decontext.methods.flow_loss:FlowLoss",
+        "diff-PGD: maximise the editor's flow-matching (or noise-prediction) loss",
+        {"t_range": (0.0, 1.0), "prompts": None},
+        frozenset({"diffusion_loss"}),
+        batched=True,
+    ),
     "danp": MethodSpec(
-        "decontext.methods.danp:DANP", "DANP: dual attention-guided noise (text-attention contrast + noise discrepancy)",
-        {"blocks": "all", "t_range": (0.0, 1.0), "threshold_std": 1.0, "attention_weight": 1.0, "noise_weight": 1.0, "balance": "grad", "prompts": None},
-        frozenset({"text_cross_attention", "diffusion_loss"})),
+        "decontext.methods.danp:DANP",
+        "DANP: dual attention-guided noise (text-attention contrast + noise discrepancy)",
+        {
+            "blocks": "all",
+            "t_range": (0.0, 1.0),
+            "threshold_std": 1.0,
+            "attention_weight": 1.0,
+            "noise_weight": 1.0,
+            "balance": "grad",
+            "prompts": None,
+        },
+        frozenset({"text_cross_attention", "diffusion_loss"}),
+    ),
     "tdae": MethodSpec(
-        "decontext.methods.tdae:TDAE", "TDAE: edit discrepancy with FlatGrad and dynamic prompt embeddings",
-        {"t_range": (0.0, 1.0), "flat_weight": 0.5, "flat_radius": 2.0, "dpd_every": 10, "dpd_steps": 3, "dpd_lr": 0.01, "prompts": None},
-        frozenset({"diffusion_loss", "text_embeddings"}), {"start": "uniform"}),  # D and its gradient vanish at the original image
+        "decontext.methods.tdae:TDAE",
+        "TDAE: edit discrepancy with FlatGrad and dynamic prompt embeddings",
+        {
+            "t_range": (0.0, 1.0),
+            "flat_weight": 0.5,
+            "flat_radius": 2.0,
+            "dpd_every": 10,
+            "dpd_steps": 3,
+            "dpd_lr": 0.01,
+            "prompts": None,
+        },
+        frozenset({"diffusion_loss", "text_embeddings"}),
+        {"start": "uniform"},
+    ),  # D and its gradient vanish at the original image
     "diffusion": MethodSpec(
-        "decontext.methods.diffusion:DiffusionAttack", "PhotoGuard's diffusion attack: pull the editor's own few-step edit to grey",
-        {"sample_steps": 4, "target_value": 0.5, "prompts": None}, frozenset({"sampling"}), PHOTOGUARD_PGD),
+        "decontext.methods.diffusion:DiffusionAttack",
+        "PhotoGuard's diffusion attack: pull the editor's own few-step edit to grey",
+        {"sample_steps": 4, "target_value": 0.5, "prompts": None},
+        frozenset({"sampling"}),
+        PHOTOGUARD_PGD,
+    ),
 }
 METHODS["amortized"] = MethodSpec(
-    "decontext.methods.amortized:Amortized", "a trained protector network: one forward pass per photo, no PGD (--protector; `decontext amortize` trains one)",
-    {"protector": None}, optimises=False, batched=True)
+    "decontext.methods.amortized:Amortized",
+    "a trained protector network: one forward pass per photo, no PGD (--protector; `decontext amortize` trains one)",
+    {"protector": None},
+    optimises=False,
+    batched=True,
+)
 DEFAULT_METHOD = "decontext"
 
 
@@ -97,7 +176,9 @@ def method_names(spec: str) -> list[str]:
     names = [n.strip() for n in str(spec).split("+")]
     unknown = [n for n in names if n not in METHODS]
     if unknown or not all(names):
-        raise ValueError(f"unknown method {unknown[0] if unknown else spec!r} in {spec!r} (choose from {', '.join(METHODS)}, or join them with '+')")
+        raise ValueError(
+            f"unknown method {unknown[0] if unknown else spec!r} in {spec!r} (choose from {', '.join(METHODS)}, or join them with '+')"
+        )
     if len(set(names)) != len(names):
         raise ValueError(f"{spec!r} names a method twice")
     return names
@@ -176,5 +257,18 @@ def build_from_options(spec: str, options: dict, weights: str | None = None, nor
     return compose([one(n) for n in names], [parsed[n] for n in names], normalize or "grad")
 
 
-__all__ = ["DEFAULT_METHOD", "METHODS", "OPTIONS", "MethodSpec", "build_from_options", "build_method", "compose", "method_class", "method_names",
-           "method_spec", "missing_capabilities", "parse_weights", "NORMALIZE"]
+__all__ = [
+    "DEFAULT_METHOD",
+    "METHODS",
+    "OPTIONS",
+    "MethodSpec",
+    "build_from_options",
+    "build_method",
+    "compose",
+    "method_class",
+    "method_names",
+    "method_spec",
+    "missing_capabilities",
+    "parse_weights",
+    "NORMALIZE",
+]

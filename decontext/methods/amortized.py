@@ -31,8 +31,12 @@ from .base import Method
 from .protector_files import CONFIG_FILE, WEIGHTS_FILE, protector_folder, read_config, weights_digest  # noqa: F401 (re-exported)
 
 DEFAULT_ARCHITECTURE = {  # diffusers UNet2DModel: 3 levels, one ResNet block each, ~1.06 M parameters (4.3 MB in float32)
-    "in_channels": 3, "out_channels": 3, "layers_per_block": 1, "block_out_channels": [32, 64, 64],
-    "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D"], "up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
+    "in_channels": 3,
+    "out_channels": 3,
+    "layers_per_block": 1,
+    "block_out_channels": [32, 64, 64],
+    "down_block_types": ["DownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D", "UpBlock2D"],
     "norm_num_groups": 16,
 }
 # The same without the mid block's self-attention (UNet2DModel's add_attention): at a 1 MP working size that
@@ -60,7 +64,9 @@ class Protector(torch.nn.Module):
         pad_h, pad_w = -height % self.multiple, -width % self.multiple
         x = pixels * 2 - 1
         if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect" if min(height, width) > max(pad_h, pad_w) else "replicate")
+            x = F.pad(
+                x, (0, pad_w, 0, pad_h), mode="reflect" if min(height, width) > max(pad_h, pad_w) else "replicate"
+            )
         out = self.net(x, timestep=0).sample[..., :height, :width]
         return (self.eps / 255.0) * torch.tanh(out)
 
@@ -102,7 +108,9 @@ def load_protector(name_or_path: str | Path, device="cpu") -> Protector:
     return _loaded(str(protector_folder(name_or_path).resolve()), str(device))
 
 
-def protected_start(protector: Protector, editor: Editor, pixels: torch.Tensor, resolution="native", eps: float | None = None) -> torch.Tensor:
+def protected_start(
+    protector: Protector, editor: Editor, pixels: torch.Tensor, resolution="native", eps: float | None = None
+) -> torch.Tensor:
     """The protector's result for clean ``pixels`` (B, 3, H, W) in [0, 1] at their own size: the network runs
     at the editor's working size for this image, its perturbation is resized back (bicubic) and clamped to
     ``eps`` (default the protector's; 1/255 units)."""
@@ -110,7 +118,11 @@ def protected_start(protector: Protector, editor: Editor, pixels: torch.Tensor, 
     height, width = pixels.shape[-2:]
     size = tuple(editor.working_size(height, width, resolution))
     x = pixels.float().to(next(protector.parameters()).device)
-    seen = x if size == (height, width) else F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    seen = (
+        x
+        if size == (height, width)
+        else F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    )
     with torch.no_grad():
         delta = protector(seen)
     if size != (height, width):
@@ -125,7 +137,9 @@ class Amortized(Method, spec="amortized"):
 
     def __init__(self, protector: str | Path = METHODS["amortized"].defaults["protector"]):
         if protector is None:
-            raise ValueError("--method amortized needs --protector NAME or FOLDER (shipped: toy-decontext, toy-encoder)")
+            raise ValueError(
+                "--method amortized needs --protector NAME or FOLDER (shipped: toy-decontext, toy-encoder)"
+            )
         from . import build_method
 
         self.protector = str(protector)
@@ -137,13 +151,23 @@ class Amortized(Method, spec="amortized"):
     def pgd_defaults(self) -> dict:
         return {"steps": 0, "eps": float(self.trained["eps"])}
 
-    def check_applies(self, editor) -> None:  # what the objective needs (the protector's own family: checked by the CLI and below)
+    def check_applies(
+        self, editor
+    ) -> None:  # what the objective needs (the protector's own family: checked by the CLI and below)
         self.objective.check_applies(editor)
 
     def config(self) -> dict:
-        return {"method": self.name, "protector": self.protector, "sha256": weights_digest(self.protector),
-                "trained_for": {"editor": self.trained["editor"], "eps": self.trained["eps"], "steps": self.trained.get("steps")},
-                "objective": self.objective.config()}
+        return {
+            "method": self.name,
+            "protector": self.protector,
+            "sha256": weights_digest(self.protector),
+            "trained_for": {
+                "editor": self.trained["editor"],
+                "eps": self.trained["eps"],
+                "steps": self.trained.get("steps"),
+            },
+            "objective": self.objective.config(),
+        }
 
     def prepare(self, editor: Editor) -> None:
         self.objective.ready(editor)

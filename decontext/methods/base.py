@@ -29,11 +29,17 @@ class Method:
     ``pgd_defaults`` and whether it ``optimises`` come from there (``decontext.methods.METHODS``)."""
 
     name: ClassVar[str] = ""
-    batched: ClassVar[bool] = False  # takes a list of per-image generators and returns one loss per image (``per_image``)
-    optimises: ClassVar[bool] = True  # False: no loss to climb (the noise control: its PGD start is the whole perturbation)
+    batched: ClassVar[bool] = (
+        False  # takes a list of per-image generators and returns one loss per image (``per_image``)
+    )
+    optimises: ClassVar[bool] = (
+        True  # False: no loss to climb (the noise control: its PGD start is the whole perturbation)
+    )
     options: ClassVar[tuple[Flag, ...]] = ()
     requires: ClassVar[frozenset[str]] = frozenset()  # editor capabilities (editors.CAPABILITIES) it needs
-    pgd_defaults: ClassVar[dict] = {}  # PGD settings the method's paper prescribes (config.PGDConfig fields), under explicit choices
+    pgd_defaults: ClassVar[
+        dict
+    ] = {}  # PGD settings the method's paper prescribes (config.PGDConfig fields), under explicit choices
 
     def __init_subclass__(cls, spec: str | None = None, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -97,11 +103,15 @@ class Method:
         output); None: PGD's own start (the clean image, or a random point of the ball)."""
         return None
 
-    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    def loss(
+        self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict]:
         """Scalar to maximise for ``pixels`` (B, 3, H, W) in [0, 1] at working size ``size``, and floats to log."""
         raise NotImplementedError
 
-    def measure(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], draws: int = 4, seed: int = 1234) -> dict[str, float]:
+    def measure(
+        self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], draws: int = 4, seed: int = 1234
+    ) -> dict[str, float]:
         """What the method optimises, averaged over fixed draws (comparable before and after protection);
         stored in the manifest. Called inside ``session``."""
         return {}
@@ -186,7 +196,9 @@ def draw_per_image(generators, num_prompts: int, t_range: tuple[float, float]) -
     return [index[0] for index, _ in drawn], torch.cat([sigma for _, sigma in drawn])
 
 
-def draw_prompts_and_sigmas(generator: torch.Generator, num_prompts: int, t_range: tuple[float, float], count: int = 1) -> tuple[list[int], torch.Tensor]:
+def draw_prompts_and_sigmas(
+    generator: torch.Generator, num_prompts: int, t_range: tuple[float, float], count: int = 1
+) -> tuple[list[int], torch.Tensor]:
     """``count`` prompt indices and noise levels drawn uniformly from [lo, hi), in this order from
     ``generator`` (the order is part of the reproducibility contract of a seeded run)."""
     index = torch.randint(num_prompts, (count,), generator=generator).tolist()

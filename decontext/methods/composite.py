@@ -97,7 +97,14 @@ class Composite(Method):
         return {
             "method": self.name,
             "normalize": self.normalize,
-            "terms": [{"weight": t.weight, **({"editor": t.editor.family, "model": t.editor.name} if t.editor is not None else {}), **t.method.config()} for t in self.terms],
+            "terms": [
+                {
+                    "weight": t.weight,
+                    **({"editor": t.editor.family, "model": t.editor.name} if t.editor is not None else {}),
+                    **t.method.config(),
+                }
+                for t in self.terms
+            ],
         }
 
     def _editor(self, term: Term, editor):
@@ -141,5 +148,10 @@ class Composite(Method):
     def measure(self, editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
         out = {}
         for term in self.terms:
-            out.update({f"{term.label}:{k}": v for k, v in term.method.measure(self._editor(term, editor), pixels, size, draws, seed).items()})
+            out.update(
+                {
+                    f"{term.label}:{k}": v
+                    for k, v in term.method.measure(self._editor(term, editor), pixels, size, draws, seed).items()
+                }
+            )
         return out

@@ -102,7 +102,14 @@ class DANP(ProbedMethod, spec="danp"):
     def open_probe(self, editor: Editor):
         return editor.text_attention(self._blocks)
 
-    def terms(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], generator: torch.Generator, step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def terms(
+        self,
+        editor: Editor,
+        pixels: torch.Tensor,
+        size: tuple[int, int],
+        generator: torch.Generator,
+        step: int | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(attention term, noise term), scalars, for one random draw of prompt, noise level and noise."""
         if self._probe is None:
             raise RuntimeError("DANP.loss runs inside `with method.session(editor):` (it installs the probes)")
@@ -113,7 +120,9 @@ class DANP(ProbedMethod, spec="danp"):
         self._probe.clear()
         prediction = editor.velocity(x_t, sigma, condition)
         noise_term = (prediction.float() - target.float()).pow(2).mean()
-        attention = torch.stack([region_contrast(self._probe.text_maps[b], self.threshold_std).mean() for b in self._blocks]).mean()
+        attention = torch.stack(
+            [region_contrast(self._probe.text_maps[b], self.threshold_std).mean() for b in self._blocks]
+        ).mean()
         return attention, noise_term
 
     def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
@@ -131,5 +140,7 @@ class DANP(ProbedMethod, spec="danp"):
     @torch.no_grad()
     def measure(self, editor: Editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
         generator = torch.Generator().manual_seed(seed)
-        values = torch.tensor([[float(v) for v in self.terms(editor, pixels, size, generator)] for _ in range(draws)]).mean(0)
+        values = torch.tensor(
+            [[float(v) for v in self.terms(editor, pixels, size, generator)] for _ in range(draws)]
+        ).mean(0)
         return {"attention": float(values[0]), "noise_mse": float(values[1])}

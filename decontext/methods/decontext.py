@@ -53,16 +53,30 @@ class DeContext(ProbedMethod, spec="decontext"):
         self.prompts_per_step = prompts_per_step
 
     def config(self) -> dict:
-        return {**self.probing_config(), "t_range": list(self.t_range), "t_one_every": self.t_one_every, "prompts_per_step": self.prompts_per_step}
+        return {
+            **self.probing_config(),
+            "t_range": list(self.t_range),
+            "t_one_every": self.t_one_every,
+            "prompts_per_step": self.prompts_per_step,
+        }
 
     def open_probe(self, editor: Editor):
         return editor.probe(self._blocks)
 
-    def shares(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], generator: torch.Generator, step: int | None = None) -> torch.Tensor:
+    def shares(
+        self,
+        editor: Editor,
+        pixels: torch.Tensor,
+        size: tuple[int, int],
+        generator: torch.Generator,
+        step: int | None = None,
+    ) -> torch.Tensor:
         """(B,) mean context share over the selected blocks for one random draw of prompt(s), t and noise.
         Call inside ``session``."""
         if self._probe is None:
-            raise RuntimeError("DeContext.shares/loss run inside `with method.session(editor):` (it installs the probes)")
+            raise RuntimeError(
+                "DeContext.shares/loss run inside `with method.session(editor):` (it installs the probes)"
+            )
         count = self.prompts_per_step
         if count > 1 and pixels.shape[0] > 1:
             raise ValueError("prompts_per_step > 1 works on one image at a time")
@@ -86,7 +100,13 @@ class DeContext(ProbedMethod, spec="decontext"):
         return (1.0 - shares if per_image(generator) else 1.0 - share), {"share": float(share.detach())}
 
     @torch.no_grad()
-    def measure(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], draws: int = 4, seed: int = 1234) -> dict[str, float]:
+    def measure(
+        self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], draws: int = 4, seed: int = 1234
+    ) -> dict[str, float]:
         """Mean share over ``draws`` fixed (prompt, t, noise) draws: comparable before and after protection."""
         generator = torch.Generator().manual_seed(seed)
-        return {"share": float(torch.stack([self.shares(editor, pixels, size, generator).mean() for _ in range(draws)]).mean())}
+        return {
+            "share": float(
+                torch.stack([self.shares(editor, pixels, size, generator).mean() for _ in range(draws)]).mean()
+            )
+        }

@@ -25,14 +25,19 @@ DEFAULTS = METHODS["diffusion"].defaults
 
 class DiffusionAttack(Method, spec="diffusion"):
     """Args:
-        sample_steps: denoising steps of the differentiable edit (evenly spaced noise levels 1 -> 0).
-        target_value: grey level in [0, 1] of the target image.
-        prompts: edit prompts (list or pool file); one is drawn per step.
-        release_text_encoders: let the editor free its text encoders once the pool is embedded.
+    sample_steps: denoising steps of the differentiable edit (evenly spaced noise levels 1 -> 0).
+    target_value: grey level in [0, 1] of the target image.
+    prompts: edit prompts (list or pool file); one is drawn per step.
+    release_text_encoders: let the editor free its text encoders once the pool is embedded.
     """
 
-    def __init__(self, sample_steps: int = DEFAULTS["sample_steps"], target_value: float = DEFAULTS["target_value"], prompts: Sequence[str] | str | Path | None = DEFAULTS["prompts"],
-                 release_text_encoders: bool = True):
+    def __init__(
+        self,
+        sample_steps: int = DEFAULTS["sample_steps"],
+        target_value: float = DEFAULTS["target_value"],
+        prompts: Sequence[str] | str | Path | None = DEFAULTS["prompts"],
+        release_text_encoders: bool = True,
+    ):
         if sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
         if not 0.0 <= target_value <= 1.0:
@@ -43,18 +48,25 @@ class DiffusionAttack(Method, spec="diffusion"):
         self.release_text_encoders = release_text_encoders
 
     def config(self) -> dict:
-        return {"method": self.name, "sample_steps": self.sample_steps, "target_value": self.target_value, "num_prompts": len(self.prompts)}
+        return {
+            "method": self.name,
+            "sample_steps": self.sample_steps,
+            "target_value": self.target_value,
+            "num_prompts": len(self.prompts),
+        }
 
     def prepare(self, editor: Editor) -> None:
         editor.prepare(self.prompts, release=self.release_text_encoders)
 
-    def edit(self, editor: Editor, pixels: torch.Tensor, size, generator: torch.Generator, step: int | None = None) -> torch.Tensor:
+    def edit(
+        self, editor: Editor, pixels: torch.Tensor, size, generator: torch.Generator, step: int | None = None
+    ) -> torch.Tensor:
         """The differentiable edit: (B, 3, H, W) pixels at the working size, for one draw of prompt and noise."""
         (index,), _ = draw_prompts_and_sigmas(generator, len(self.prompts), (0.0, 1.0))
         condition = editor.condition(pixels, [self.prompts[index]], size, step=step)
         x = editor.noise_like(condition, generator)
         levels = torch.linspace(1.0, 0.0, self.sample_steps + 1).tolist()
-        for sigma, sigma_next in zip(levels[:-1], levels[1:]):
+        for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=False):
             x = editor.denoise(x, sigma, sigma_next, condition)
         return editor.decode(x, condition)
 
@@ -68,4 +80,8 @@ class DiffusionAttack(Method, spec="diffusion"):
     @torch.no_grad()
     def measure(self, editor: Editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
         generator = torch.Generator().manual_seed(seed)
-        return {"edit_mse": float(torch.stack([self._distance(editor, pixels, size, generator) for _ in range(draws)]).mean())}
+        return {
+            "edit_mse": float(
+                torch.stack([self._distance(editor, pixels, size, generator) for _ in range(draws)]).mean()
+            )
+        }

@@ -18,7 +18,6 @@ DEFAULTS = METHODS["encoder"].defaults
 
 
 class EncoderAttack(Method, spec="encoder"):
-
     def __init__(self, target_value: float = DEFAULTS["target_value"]):
         if not 0.0 <= target_value <= 1.0:
             raise ValueError(f"target_value must be in [0, 1], got {target_value}")

@@ -21,8 +21,12 @@ DEFAULTS = METHODS["flow_loss"].defaults
 
 
 class FlowLoss(Method, spec="flow_loss"):
-
-    def __init__(self, t_range: tuple[float, float] = DEFAULTS["t_range"], prompts: Sequence[str] | str | Path | None = DEFAULTS["prompts"], release_text_encoders: bool = True):
+    def __init__(
+        self,
+        t_range: tuple[float, float] = DEFAULTS["t_range"],
+        prompts: Sequence[str] | str | Path | None = DEFAULTS["prompts"],
+        release_text_encoders: bool = True,
+    ):
         self.t_range = check_t_range(t_range)
         self.prompts = prompt_list(prompts)
         self.release_text_encoders = release_text_encoders
@@ -55,4 +59,6 @@ class FlowLoss(Method, spec="flow_loss"):
     @torch.no_grad()
     def measure(self, editor: Editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
         generator = torch.Generator().manual_seed(seed)
-        return {"flow_mse": float(torch.stack([self._error(editor, pixels, size, generator) for _ in range(draws)]).mean())}
+        return {
+            "flow_mse": float(torch.stack([self._error(editor, pixels, size, generator) for _ in range(draws)]).mean())
+        }

@@ -16,7 +16,6 @@ DEFAULTS = METHODS["noise"].defaults
 
 
 class RandomNoise(Method, spec="noise"):
-
     def __init__(self, distribution: str = DEFAULTS["distribution"]):
         if distribution not in ("sign", "uniform"):
             raise ValueError(f"distribution must be 'sign' or 'uniform', got {distribution!r}")

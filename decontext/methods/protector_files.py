@@ -26,8 +26,10 @@ def protector_folder(name_or_path: str | Path) -> Path:
     if "/" not in str(name_or_path) and (shipped / CONFIG_FILE).is_file():
         return shipped
     names = sorted(p.name for p in (data_dir() / "protectors").glob("*") if (p / CONFIG_FILE).is_file())
-    raise FileNotFoundError(f"no protector {str(name_or_path)!r}: neither a folder with {CONFIG_FILE} nor a shipped one "
-                            f"({', '.join(names) or 'none shipped'})")
+    raise FileNotFoundError(
+        f"no protector {str(name_or_path)!r}: neither a folder with {CONFIG_FILE} nor a shipped one "
+        f"({', '.join(names) or 'none shipped'})"
+    )
 
 
 def read_config(name_or_path: str | Path) -> dict:
@@ -66,5 +68,7 @@ def transfer_problems(config: dict, family: str, method: str | None, eps: float)
     if method is not None and trained_method != method:
         problems.append(f"it was trained with the {trained_method} method, not {method}")
     if float(config["eps"]) > float(eps) + 1e-9:
-        problems.append(f"it was trained for eps {float(config['eps']):g}/255, larger than this run's {float(eps):g}/255")
+        problems.append(
+            f"it was trained for eps {float(config['eps']):g}/255, larger than this run's {float(eps):g}/255"
+        )
     return problems

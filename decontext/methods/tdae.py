@@ -37,7 +37,9 @@ DEFAULTS = METHODS["tdae"].defaults
 Objective = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-def flat_gradient(objective: Objective, pixels: torch.Tensor, generator: torch.Generator, radius: float, weight: float) -> tuple[torch.Tensor, dict]:
+def flat_gradient(
+    objective: Objective, pixels: torch.Tensor, generator: torch.Generator, radius: float, weight: float
+) -> tuple[torch.Tensor, dict]:
     """FlatGrad of a scalar ``objective(pixels, generator)``: a tensor whose VALUE is
     ``J = f(x) - weight * radius * ||grad f(x)||`` (per-sample L2 norms, summed over the batch) and whose
     gradient in ``pixels`` is the finite-difference estimate ``g - weight * (g(x + radius * g/||g||) - g)``
@@ -54,7 +56,10 @@ def flat_gradient(objective: Objective, pixels: torch.Tensor, generator: torch.G
     generator.set_state(after)
     direction = g1 - weight * (g2 - g1)
     flat_value = value.detach() - weight * radius * norms.sum()
-    return with_gradient(flat_value, pixels, direction), {"objective": float(value.detach()), "grad_norm": float(norms.mean())}
+    return with_gradient(flat_value, pixels, direction), {
+        "objective": float(value.detach()),
+        "grad_norm": float(norms.mean()),
+    }
 
 
 class TDAE(Method, spec="tdae"):
@@ -85,7 +90,9 @@ class TDAE(Method, spec="tdae"):
         if flat_weight < 0 or flat_radius <= 0:
             raise ValueError(f"need flat_weight >= 0 and flat_radius > 0 (got {flat_weight}, {flat_radius})")
         if dpd_every < 1 or dpd_steps < 0 or dpd_lr <= 0:
-            raise ValueError(f"need dpd_every >= 1, dpd_steps >= 0, dpd_lr > 0 (got {dpd_every}, {dpd_steps}, {dpd_lr})")
+            raise ValueError(
+                f"need dpd_every >= 1, dpd_steps >= 0, dpd_lr > 0 (got {dpd_every}, {dpd_steps}, {dpd_lr})"
+            )
         self.t_range = check_t_range(t_range)
         self.flat_weight, self.flat_radius = float(flat_weight), float(flat_radius)
         self.dpd_every, self.dpd_steps, self.dpd_lr = int(dpd_every), int(dpd_steps), float(dpd_lr)
@@ -95,12 +102,20 @@ class TDAE(Method, spec="tdae"):
         self._clean_conditions: dict = {}  # prompt -> the original's condition (no gradient; read once per image)
         self._prompt: str | None = None
         self._embeddings: dict[str, torch.Tensor] | None = None
-        self.dpd_history: list[dict] = []  # one entry per cycle: step, prompt index, the embedding objective per Adam step
+        self.dpd_history: list[
+            dict
+        ] = []  # one entry per cycle: step, prompt index, the embedding objective per Adam step
 
     def config(self) -> dict:
         return {
-            "method": self.name, "t_range": list(self.t_range), "flat_weight": self.flat_weight, "flat_radius": self.flat_radius,
-            "dpd_every": self.dpd_every, "dpd_steps": self.dpd_steps, "dpd_lr": self.dpd_lr, "num_prompts": len(self.prompts),
+            "method": self.name,
+            "t_range": list(self.t_range),
+            "flat_weight": self.flat_weight,
+            "flat_radius": self.flat_radius,
+            "dpd_every": self.dpd_every,
+            "dpd_steps": self.dpd_steps,
+            "dpd_lr": self.dpd_lr,
+            "num_prompts": len(self.prompts),
         }
 
     def prepare(self, editor: Editor) -> None:
@@ -117,7 +132,15 @@ class TDAE(Method, spec="tdae"):
         return step % self.dpd_every == 0
 
     # ------------------------------------------------------------------ the edit discrepancy
-    def discrepancy(self, editor: Editor, pixels: torch.Tensor, size, generator: torch.Generator, embeddings: dict[str, torch.Tensor], step: int | None = None) -> torch.Tensor:
+    def discrepancy(
+        self,
+        editor: Editor,
+        pixels: torch.Tensor,
+        size,
+        generator: torch.Generator,
+        embeddings: dict[str, torch.Tensor],
+        step: int | None = None,
+    ) -> torch.Tensor:
         """D(pixels; embeddings) for one draw of noise level and noise (differentiable in pixels and in
         the embeddings; the original's branch carries no pixel gradient)."""
         if self._clean is None:
@@ -137,7 +160,9 @@ class TDAE(Method, spec="tdae"):
                 self._clean_conditions[self._prompt] = editor.condition(self._clean, [self._prompt], size)
         return self._clean_conditions[self._prompt]
 
-    def dynamic_prompt(self, editor: Editor, pixels: torch.Tensor, size, generator: torch.Generator, step: int) -> list[float]:
+    def dynamic_prompt(
+        self, editor: Editor, pixels: torch.Tensor, size, generator: torch.Generator, step: int
+    ) -> list[float]:
         """One DPD cycle: draw a prompt, then ``dpd_steps`` Adam steps on its embeddings that lower D at
         ``pixels`` (no pixel gradient). Returns D before each step and after the last."""
         (index,), _ = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range)

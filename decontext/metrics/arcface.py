@@ -23,13 +23,16 @@ from decontext.metrics.base import PHOTOGRAPHS_ONLY, EvalOptions, MetricSpec, ph
 from decontext.metrics.identity import Face, FaceDetector, ISMBackend
 
 # Landmark positions of the canonical 112x112 ArcFace crop (left eye, right eye, nose, mouth corners).
-ARCFACE_TEMPLATE = np.array([
-    [38.2946, 51.6963],
-    [73.5318, 51.5014],
-    [56.0252, 71.7366],
-    [41.5493, 92.3655],
-    [70.7299, 92.2041],
-], dtype=np.float64)
+ARCFACE_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
 
 Embedder = Callable[[np.ndarray], np.ndarray]
 
@@ -58,8 +61,12 @@ def _candidates(options: EvalOptions) -> tuple[list[Path], list[Path]]:
         tried.append(Path(options.arcface_model))
     if options.weights_dir is not None:
         w = Path(options.weights_dir)
-        tried += [w / "arcface.onnx", w / "w600k_r50.onnx", w / "arcface" / "w600k_r50.onnx",
-                  w / "buffalo_l" / "w600k_r50.onnx"]
+        tried += [
+            w / "arcface.onnx",
+            w / "w600k_r50.onnx",
+            w / "arcface" / "w600k_r50.onnx",
+            w / "buffalo_l" / "w600k_r50.onnx",
+        ]
     tried.append(Path.home() / ".insightface" / "models" / "buffalo_l" / "w600k_r50.onnx")
     return [p for p in tried if p.is_file()], tried
 
@@ -68,12 +75,17 @@ def _candidates(options: EvalOptions) -> tuple[list[Path], list[Path]]:
 class ArcFaceISMBackend(ISMBackend):
     metric_name = "ism_arcface"
     metrics = (
-        MetricSpec("ism_arcface", "lower", "edit",
-                   "cosine of ArcFace embeddings, edit face vs mean clean embedding of the identity; lower = better protection"),
+        MetricSpec(
+            "ism_arcface",
+            "lower",
+            "edit",
+            "cosine of ArcFace embeddings, edit face vs mean clean embedding of the identity; lower = better protection",
+        ),
     )
 
-    def __init__(self, options: EvalOptions | None = None, detector: FaceDetector | None = None,
-                 embedder: Embedder | None = None) -> None:
+    def __init__(
+        self, options: EvalOptions | None = None, detector: FaceDetector | None = None, embedder: Embedder | None = None
+    ) -> None:
         """``embedder`` (tests only): a stand-in mapping float32 (N, 3, 112, 112) to (N, D)."""
         super().__init__(options, detector)
         self.embedder = embedder
@@ -87,13 +99,18 @@ class ArcFaceISMBackend(ISMBackend):
             return
         found, tried = _candidates(self.options)
         if not found:
-            self._unavailable("ArcFace ONNX model not found (looked in: " + ", ".join(map(str, tried))
-                              + "). Pass --arcface-model or put w600k_r50.onnx in --weights-dir (see docs/EVALUATION.md).")
+            self._unavailable(
+                "ArcFace ONNX model not found (looked in: "
+                + ", ".join(map(str, tried))
+                + "). Pass --arcface-model or put w600k_r50.onnx in --weights-dir (see docs/EVALUATION.md)."
+            )
             return
         try:
             import onnxruntime as ort
         except ImportError:
-            self._unavailable(f"ArcFace model found at {found[0]} but onnxruntime is not installed (pip install onnxruntime)")
+            self._unavailable(
+                f"ArcFace model found at {found[0]} but onnxruntime is not installed (pip install onnxruntime)"
+            )
             return
         try:
             session = ort.InferenceSession(str(found[0]), providers=["CPUExecutionProvider"])
@@ -102,7 +119,9 @@ class ArcFaceISMBackend(ISMBackend):
             self._unavailable(f"could not load ArcFace model {found[0]}: {type(exc).__name__}: {exc}")
             return
         self.embedder = lambda blob: session.run(None, {name: blob})[0]
-        self.source = f"ArcFace ONNX model {found[0]} (onnxruntime), on 112 px five-point-aligned {self.detector.describe()}"
+        self.source = (
+            f"ArcFace ONNX model {found[0]} (onnxruntime), on 112 px five-point-aligned {self.detector.describe()}"
+        )
         self._ok()
 
     def embed_face(self, img: np.ndarray, face: Face) -> np.ndarray:

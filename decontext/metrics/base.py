@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 
-HEADLINES = ("toy_identity", "ism_arcface", "ism_facenet", "ism_dlib", "clip_i", "lpips_vs_clean")  # headline preference order
+HEADLINES = (
+    "toy_identity",
+    "ism_arcface",
+    "ism_facenet",
+    "ism_dlib",
+    "clip_i",
+    "lpips_vs_clean",
+)  # headline preference order
 
 if TYPE_CHECKING:  # pragma: no cover
     from decontext.metrics.run import EditRecord, RunData, RunInfo
@@ -102,13 +109,16 @@ class MetricBackend:
 
 # -- registry -------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class BackendEntry:
     name: str
     factory: Callable[[EvalOptions], MetricBackend]
     applies: Callable[["RunInfo"], bool]
     order: int
-    why_not: str | None = None  # said in the summary when ``applies`` is False (None: nothing worth saying, e.g. the toy reader on photos)
+    why_not: str | None = (
+        None  # said in the summary when ``applies`` is False (None: nothing worth saying, e.g. the toy reader on photos)
+    )
 
 
 _REGISTRY: dict[str, BackendEntry] = {}
@@ -130,8 +140,10 @@ def _always(_info: "RunInfo") -> bool:
     return True
 
 
-PHOTOGRAPHS_ONLY = ("the toy world's faces are 64 px drawings, not photographs: face detectors and recognisers say nothing "
-                    "about them (toy_identity measures identity there)")
+PHOTOGRAPHS_ONLY = (
+    "the toy world's faces are 64 px drawings, not photographs: face detectors and recognisers say nothing "
+    "about them (toy_identity measures identity there)"
+)
 
 
 def photographs(info: "RunInfo") -> bool:
@@ -141,7 +153,9 @@ def photographs(info: "RunInfo") -> bool:
     return not is_toy_model(info.model)
 
 
-def register(name: str, *, applies: Callable[["RunInfo"], bool] = _always, order: int = 100, why_not: str | None = None):
+def register(
+    name: str, *, applies: Callable[["RunInfo"], bool] = _always, order: int = 100, why_not: str | None = None
+):
     """Class decorator: make a backend known to the CLI under ``name``.
 
     ``applies(run_info)`` chooses, from run.json, whether it runs on a given run (``why_not`` says why
@@ -176,7 +190,9 @@ def backends_for(info: "RunInfo", options: EvalOptions, only: list[str] | None =
     if only:
         unknown = sorted(set(only) - {e.name for e in entries})
         if unknown:
-            raise ValueError(f"unknown metric backend(s): {', '.join(unknown)}; known: {', '.join(e.name for e in entries)}")
+            raise ValueError(
+                f"unknown metric backend(s): {', '.join(unknown)}; known: {', '.join(e.name for e in entries)}"
+            )
     chosen = [e for e in entries if (not only or e.name in only) and e.applies(info)]
     return [e.factory(options) for e in chosen]
 
@@ -184,4 +200,6 @@ def backends_for(info: "RunInfo", options: EvalOptions, only: list[str] | None =
 def not_applying(info: "RunInfo", only: list[str] | None = None) -> dict[str, str]:
     """Backend name -> why it does not run on this run (of those asked for: ``only``, or all), for those whose
     absence is worth a line (``register(why_not=...)``)."""
-    return {e.name: e.why_not for e in registered() if e.why_not and (not only or e.name in only) and not e.applies(info)}
+    return {
+        e.name: e.why_not for e in registered() if e.why_not and (not only or e.name in only) and not e.applies(info)
+    }

@@ -44,11 +44,14 @@ class PairedDifference:
     diff: ClusterInterval
 
     def as_dict(self) -> dict:
-        return {"condition_mean": self.condition_mean, "reference_mean": self.reference_mean, "diff": self.diff.as_dict()}
+        return {
+            "condition_mean": self.condition_mean,
+            "reference_mean": self.reference_mean,
+            "diff": self.diff.as_dict(),
+        }
 
 
-def bootstrap_mean_ci(values, level: float = 0.95, n_boot: int = 2000, seed: int = 0,
-                      chunk: int = 500) -> Interval:
+def bootstrap_mean_ci(values, level: float = 0.95, n_boot: int = 2000, seed: int = 0, chunk: int = 500) -> Interval:
     """Mean of the finite values and its percentile-bootstrap interval.
 
     NaN/inf entries are dropped first (a metric undefined for an item does not count); ``n`` is the
@@ -83,14 +86,15 @@ def cluster_means(values, clusters: Sequence[Hashable]) -> np.ndarray:
     if len(labels) != v.size:
         raise ValueError(f"{v.size} values but {len(labels)} cluster labels")
     groups: dict[Hashable, list[float]] = {}
-    for label, value in zip(labels, v):
+    for label, value in zip(labels, v, strict=False):
         if np.isfinite(value):
             groups.setdefault(label, []).append(float(value))
     return np.array([math.fsum(groups[k]) / len(groups[k]) for k in sorted(groups)], dtype=np.float64)
 
 
-def cluster_bootstrap_ci(values, clusters: Sequence[Hashable], level: float = 0.95, n_boot: int = 2000,
-                         seed: int = 0) -> ClusterInterval:
+def cluster_bootstrap_ci(
+    values, clusters: Sequence[Hashable], level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> ClusterInterval:
     """Mean over clusters of the per-cluster mean, with a bootstrap interval that resamples CLUSTERS
     (labels: identities, of one sortable type).
 
@@ -114,8 +118,14 @@ def _finite(row: dict, metric: str) -> float | None:
 PAIR_KEY = ("image", "prompt_index", "seed")  # the same edit of the same photo, in two conditions
 
 
-def paired_difference_ci(condition_rows: Iterable[dict], reference_rows: Iterable[dict], metric: str,
-                         level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> PairedDifference:
+def paired_difference_ci(
+    condition_rows: Iterable[dict],
+    reference_rows: Iterable[dict],
+    metric: str,
+    level: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> PairedDifference:
     """``metric`` of one condition minus that of a reference condition, paired edit by edit.
 
     Rows (``EvalResult.edit_rows``: dicts with image, identity, prompt_index, seed and metric columns)
@@ -141,4 +151,6 @@ def paired_difference_ci(condition_rows: Iterable[dict], reference_rows: Iterabl
     diff = cluster_bootstrap_ci(np.subtract(a, b), identities, level=level, n_boot=n_boot, seed=seed)
     if not a:
         return PairedDifference(None, None, diff)
-    return PairedDifference(float(cluster_means(a, identities).mean()), float(cluster_means(b, identities).mean()), diff)
+    return PairedDifference(
+        float(cluster_means(a, identities).mean()), float(cluster_means(b, identities).mean()), diff
+    )

@@ -74,8 +74,15 @@ def _unit(v: np.ndarray) -> np.ndarray:
 @register("clip", order=50)
 class CLIPBackend(MetricBackend):
     metrics = (
-        MetricSpec("clip_i", "lower", "edit", "CLIP image-embedding cosine, clean source vs edit; lower = better protection"),
-        MetricSpec("clip_s", "lower", "edit", "directional CLIP similarity of the edit vs the prompt; lower = the edit was carried out less"),
+        MetricSpec(
+            "clip_i", "lower", "edit", "CLIP image-embedding cosine, clean source vs edit; lower = better protection"
+        ),
+        MetricSpec(
+            "clip_s",
+            "lower",
+            "edit",
+            "directional CLIP similarity of the edit vs the prompt; lower = the edit was carried out less",
+        ),
     )
 
     def __init__(self, options: EvalOptions | None = None, encoder: CLIPEncoder | None = None) -> None:
@@ -107,8 +114,11 @@ class CLIPBackend(MetricBackend):
                 continue
             self._ok()
             return
-        self._unavailable("CLIP weights not found offline (" + "; ".join(problems)
-                          + "). Pass --clip-model DIR or put the model in the Hugging Face cache (see docs/EVALUATION.md).")
+        self._unavailable(
+            "CLIP weights not found offline ("
+            + "; ".join(problems)
+            + "). Pass --clip-model DIR or put the model in the Hugging Face cache (see docs/EVALUATION.md)."
+        )
 
     def _image(self, path: Path, run: RunData) -> np.ndarray:
         if path not in self._img_cache:

@@ -54,15 +54,24 @@ class ClipConceptDetector:
     """CLIP zero-shot: the concept is found when the image is closer to ``"a photo of {concept}"`` than to
     every neutral text by ``margin`` in softmax probability (logit scale of the model)."""
 
-    def __init__(self, concept: str, model: str = "openai/clip-vit-large-patch14", neutral: Sequence[str] = ("a photo",),
-                 margin: float = 0.0, device: str = "cpu", local_files_only: bool = True):
+    def __init__(
+        self,
+        concept: str,
+        model: str = "openai/clip-vit-large-patch14",
+        neutral: Sequence[str] = ("a photo",),
+        margin: float = 0.0,
+        device: str = "cpu",
+        local_files_only: bool = True,
+    ):
         try:
             from transformers import CLIPModel, CLIPProcessor
 
             self.model = CLIPModel.from_pretrained(model, local_files_only=local_files_only).to(device).eval()
             self.processor = CLIPProcessor.from_pretrained(model, local_files_only=local_files_only)
         except OSError as exc:
-            raise FileNotFoundError(f"CLIP weights {model!r} are not available locally ({exc}); give --clip a folder with CLIP weights") from None
+            raise FileNotFoundError(
+                f"CLIP weights {model!r} are not available locally ({exc}); give --clip a folder with CLIP weights"
+            ) from None
         self.texts = [f"a photo of {concept}", *neutral]
         self.margin = margin
         self.device = device

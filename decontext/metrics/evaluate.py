@@ -12,10 +12,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from decontext.images import atomic_write
 from decontext.metrics.base import HEADLINES, MetricBackend, MetricSpec
 from decontext.metrics.bootstrap import PAIR_KEY, bootstrap_mean_ci, paired_difference_ci
 from decontext.metrics.run import CLEAN, ImageLoadError, RunData
-from decontext.images import atomic_write
 from decontext.names import csv_cell, shown
 
 EDIT_FIELDS = ("condition", "image", "identity", "category", "prompt_index", "seed", "prompt", "output", "error")
@@ -27,7 +27,9 @@ class EvalResult:
     run: RunData
     specs: list[MetricSpec]  # every metric of every backend, in column order
     unavailable: dict[str, str]  # metric name -> reason
-    sources: dict[str, str] = field(default_factory=dict)  # metric name -> what produced it (network, weights, detector)
+    sources: dict[str, str] = field(
+        default_factory=dict
+    )  # metric name -> what produced it (network, weights, detector)
     edit_rows: list[dict] = field(default_factory=list)
     input_rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -85,14 +87,24 @@ def _apply(backend: MetricBackend, fn, row: dict, run: RunData, label: str) -> N
     row.update({k: v for k, v in values.items() if k in allowed})
 
 
-def evaluate_run(run: RunData, backends: list[MetricBackend], progress: bool = True,
-                 root: Path | None = None, not_run: dict[str, str] | None = None) -> EvalResult:
+def evaluate_run(
+    run: RunData,
+    backends: list[MetricBackend],
+    progress: bool = True,
+    root: Path | None = None,
+    not_run: dict[str, str] | None = None,
+) -> EvalResult:
     """Load the backends (unavailable ones are reported, not fatal) and score every input and edit.
     ``not_run``: backends left out because they do not apply to this run, with why (``base.not_applying``)."""
     active, unavailable = _load_backends(backends, run)
     specs = [s for b in backends for s in b.metrics]
-    result = EvalResult(run, specs, unavailable, {s.name: b.source for b in active if b.source for s in b.metrics},
-                        not_run=dict(not_run or {}))
+    result = EvalResult(
+        run,
+        specs,
+        unavailable,
+        {s.name: b.source for b in active if b.source for s in b.metrics},
+        not_run=dict(not_run or {}),
+    )
     if any(s.name.startswith("psnr") for s in specs):
         cap = backends[0].options.psnr_cap_db
         result.notes.append(f"PSNR of identical images is infinite; PSNR values are capped at {cap:g} dB.")
@@ -105,8 +117,13 @@ def evaluate_run(run: RunData, backends: list[MetricBackend], progress: bool = T
             inp = run.input_path(cond, stem)
             if src is None and inp is None:
                 continue
-            row = {"condition": cond, "image": stem, "identity": run.identity(stem),
-                   "input": _rel(inp, root) if inp else "", "error": ""}
+            row = {
+                "condition": cond,
+                "image": stem,
+                "identity": run.identity(stem),
+                "input": _rel(inp, root) if inp else "",
+                "error": "",
+            }
             if src is None or inp is None:
                 missing = "source" if src is None else f"{cond} input"
                 row["error"] = f"no {missing} image"
@@ -119,9 +136,17 @@ def evaluate_run(run: RunData, backends: list[MetricBackend], progress: bool = T
     # edits
     edit_backends = [b for b in active if b.metric_names("edit")]
     for edit in tqdm(run.edits, desc="scoring edits", unit="edit", disable=not progress):
-        row = {"condition": edit.condition, "image": edit.stem, "identity": run.identity(edit.stem),
-               "category": edit.category, "prompt_index": edit.prompt_index, "seed": edit.seed,
-               "prompt": edit.prompt, "output": _rel(edit.output, root), "error": ""}
+        row = {
+            "condition": edit.condition,
+            "image": edit.stem,
+            "identity": run.identity(edit.stem),
+            "category": edit.category,
+            "prompt_index": edit.prompt_index,
+            "seed": edit.seed,
+            "prompt": edit.prompt,
+            "output": _rel(edit.output, root),
+            "error": "",
+        }
         try:
             run.image(edit.output)
         except ImageLoadError as exc:
@@ -137,6 +162,7 @@ def evaluate_run(run: RunData, backends: list[MetricBackend], progress: bool = T
 
 # -- summary --------------------------------------------------------------------------------------
 
+
 def _values(rows: list[dict], metric: str) -> list[float]:
     out = []
     for r in rows:
@@ -148,8 +174,14 @@ def _values(rows: list[dict], metric: str) -> list[float]:
 
 def _stats(result: EvalResult, spec: MetricSpec, rows: list[dict], n_boot: int, seed: int) -> dict:
     if spec.name in result.unavailable:
-        return {"mean": None, "low": None, "high": None, "n": 0, "available": False,
-                "reason": result.unavailable[spec.name]}
+        return {
+            "mean": None,
+            "low": None,
+            "high": None,
+            "n": 0,
+            "available": False,
+            "reason": result.unavailable[spec.name],
+        }
     d = bootstrap_mean_ci(_values(rows, spec.name), n_boot=n_boot, seed=seed).as_dict()
     d["available"] = True
     return d
@@ -174,13 +206,22 @@ def summarize(result: EvalResult, n_boot: int = 2000, seed: int = 0) -> dict:
         cats: dict = {}
         for cat in sorted({r["category"] for r in edits}):
             rows = [r for r in edits if r["category"] == cat]
-            cats[cat] = {s.name: _stats(result, s, rows, n_boot, seed) for s in result.specs
-                         if s.scope == "edit" and not (s.conditions == "protected" and cond == CLEAN)}
+            cats[cat] = {
+                s.name: _stats(result, s, rows, n_boot, seed)
+                for s in result.specs
+                if s.scope == "edit" and not (s.conditions == "protected" and cond == CLEAN)
+            }
         by_cat[cond] = cats
     out["_by_category"] = by_cat
-    out["_metrics"] = {s.name: {"direction": s.direction, "scope": s.scope, "description": s.description,
-                                **({"source": result.sources[s.name]} if s.name in result.sources else {})}
-                       for s in result.specs}
+    out["_metrics"] = {
+        s.name: {
+            "direction": s.direction,
+            "scope": s.scope,
+            "description": s.description,
+            **({"source": result.sources[s.name]} if s.name in result.sources else {}),
+        }
+        for s in result.specs
+    }
     out["_unavailable"] = dict(result.unavailable)
     out["_not_run"] = dict(result.not_run)
     out["_errors"] = list(result.errors)
@@ -190,10 +231,14 @@ def summarize(result: EvalResult, n_boot: int = 2000, seed: int = 0) -> dict:
         f"95% interval from a bootstrap that resamples identities, {n_boot} resamples, seed {seed}.",
         "direction = which way is better protection (higher/lower).",
     ]
-    out["_run"] = {"model": result.run.info.model, "editor": result.run.info.editor,
-                   "edits": len(result.edit_rows), "inputs": len(result.input_rows),
-                   "identities": len({r["identity"] for r in result.edit_rows}) or len({r["identity"] for r in result.input_rows}),
-                   "protection": {c: d for c in result.run.conditions if (d := result.run.protection(c))}}
+    out["_run"] = {
+        "model": result.run.info.model,
+        "editor": result.run.info.editor,
+        "edits": len(result.edit_rows),
+        "inputs": len(result.input_rows),
+        "identities": len({r["identity"] for r in result.edit_rows}) or len({r["identity"] for r in result.input_rows}),
+        "protection": {c: d for c in result.run.conditions if (d := result.run.protection(c))},
+    }
     out["_paired"] = paired_summary(result, out, n_boot, seed)
     return out
 
@@ -221,8 +266,7 @@ def measured(summary_part: dict, conds: list[str], metric: str) -> bool:
 
 
 def _md_table(summary_part: dict, conds: list[str], metrics: dict) -> list[str]:
-    lines = ["| metric | better protection | " + " | ".join(conds) + " |",
-             "|---|---|" + "---|" * len(conds)]
+    lines = ["| metric | better protection | " + " | ".join(conds) + " |", "|---|---|" + "---|" * len(conds)]
     names = [m for m in metrics if measured(summary_part, conds, m)]
     for m in names:
         cells = [fmt_stat(summary_part.get(c, {}).get(m)) if m in summary_part.get(c, {}) else "-" for c in conds]
@@ -245,18 +289,29 @@ def describe_run(summary: dict) -> str:
     """``toy FLUX.1-Kontext editor (model `toy`), 20 identities, 360 edits``; says when the folders did not record the model."""
     run = summary["_run"]
     model, editor = run.get("model", "unknown"), run.get("editor", "unknown")
-    what = "model and editor not recorded (no run.json, index.json or manifest names them)" if model == editor == "unknown" else \
-        f"model `{model}`, editor `{editor}`"
+    what = (
+        "model and editor not recorded (no run.json, index.json or manifest names them)"
+        if model == editor == "unknown"
+        else f"model `{model}`, editor `{editor}`"
+    )
     return f"{what}; {run.get('identities', 0)} identities, {run['edits']} edits, {run['inputs']} protected inputs"
 
 
 def summary_markdown(summary: dict, title: str = "Evaluation summary") -> str:
     conds = conditions_of(summary)
     metrics = summary["_metrics"]
-    lines = [f"# {title}", ""] + verdict_lines(summary) + ["", f"Run: {describe_run(summary)}.", "",
-             "## Headline: paired differences", ""]
-    lines += [f"- {line}" for line in paired_lines(summary)] + ["", "## By condition", "",
-              "Cells: mean [95% bootstrap interval] (n). 'better protection' says which direction means the protection worked better.", ""]
+    lines = (
+        [f"# {title}", ""]
+        + verdict_lines(summary)
+        + ["", f"Run: {describe_run(summary)}.", "", "## Headline: paired differences", ""]
+    )
+    lines += [f"- {line}" for line in paired_lines(summary)] + [
+        "",
+        "## By condition",
+        "",
+        "Cells: mean [95% bootstrap interval] (n). 'better protection' says which direction means the protection worked better.",
+        "",
+    ]
     lines += _md_table(summary, conds, metrics)
     folded = not_measured_lines(summary)
     if folded:
@@ -266,9 +321,14 @@ def summary_markdown(summary: dict, title: str = "Evaluation summary") -> str:
         lines += ["", "## By prompt category"]
         for cat in cats:
             part = {c: summary["_by_category"].get(c, {}).get(cat, {}) for c in conds}
-            lines += ["", f"### {cat}", ""] + _md_table(part, conds, {k: v for k, v in metrics.items() if v["scope"] == "edit"})
-    lines += ["", "## Metrics", ""] + [f"- `{m}` ({v['scope']}): {v['description']}" + (f" Computed with: {v['source']}." if v.get("source") else "")
-                                       for m, v in metrics.items() if measured(summary, conds, m)]
+            lines += ["", f"### {cat}", ""] + _md_table(
+                part, conds, {k: v for k, v in metrics.items() if v["scope"] == "edit"}
+            )
+    lines += ["", "## Metrics", ""] + [
+        f"- `{m}` ({v['scope']}): {v['description']}" + (f" Computed with: {v['source']}." if v.get("source") else "")
+        for m, v in metrics.items()
+        if measured(summary, conds, m)
+    ]
     lines += ["", "## Notes", ""] + [f"- {n}" for n in summary["_notes"]]
     errs = summary["_errors"]
     lines += ["", f"## Problems ({len(errs)})", ""] + ([f"- {e}" for e in errs] if errs else ["None."])
@@ -323,10 +383,25 @@ def paired_summary(result: EvalResult, summary: dict, n_boot: int, seed: int) ->
             if ref is None or ref not in rows:
                 continue
             d = paired_difference_ci(rows[cond], rows[ref], metric, n_boot=n_boot, seed=seed)
-            versus.append({"reference": ref, "condition_mean": d.condition_mean, "reference_mean": d.reference_mean,
-                           "diff": {"mean": d.diff.mean, "low": d.diff.low, "high": d.diff.high,
-                                    "identities": d.diff.n, "pairs": d.diff.items},
-                           **({"reason": no_pairs_reason(rows[cond], rows[ref], cond, ref, metric)} if d.diff.mean is None else {})})
+            versus.append(
+                {
+                    "reference": ref,
+                    "condition_mean": d.condition_mean,
+                    "reference_mean": d.reference_mean,
+                    "diff": {
+                        "mean": d.diff.mean,
+                        "low": d.diff.low,
+                        "high": d.diff.high,
+                        "identities": d.diff.n,
+                        "pairs": d.diff.items,
+                    },
+                    **(
+                        {"reason": no_pairs_reason(rows[cond], rows[ref], cond, ref, metric)}
+                        if d.diff.mean is None
+                        else {}
+                    ),
+                }
+            )
         entries.append({"condition": cond, "versus": versus})
     return {"metric": metric, "direction": summary["_metrics"][metric]["direction"], "conditions": entries}
 
@@ -338,15 +413,26 @@ def no_pairs_reason(cond_rows: list[dict], ref_rows: list[dict], cond: str, ref:
     keys = {tuple(r[k] for k in PAIR_KEY) for r in ref_rows}
     common = [r for r in cond_rows if tuple(r[k] for k in PAIR_KEY) in keys]
     if not common:
-        return (f"none of the {len(cond_rows)} {cond} edits has a {ref} edit of the same image, prompt and seed "
-                f"({len(ref_rows)} {ref} edits): were they made with other prompts, seeds or file names?")
+        return (
+            f"none of the {len(cond_rows)} {cond} edits has a {ref} edit of the same image, prompt and seed "
+            f"({len(ref_rows)} {ref} edits): were they made with other prompts, seeds or file names?"
+        )
     return f"{metric} has no value on the {len(common)} edits {cond} and {ref} share (see Problems)"
 
 
 _PLAIN = {  # headline metric -> (what it is, in words; what a better protection does to it)
-    "toy_identity": ("toy identity of the edits (0-1: how much of the person the toy reader still finds)", "the edits kept less of the person"),
-    "ism_arcface": ("ArcFace identity similarity of the edits to the source photo", "the edits look less like the person"),
-    "ism_facenet": ("FaceNet identity similarity of the edits to the source photo", "the edits look less like the person"),
+    "toy_identity": (
+        "toy identity of the edits (0-1: how much of the person the toy reader still finds)",
+        "the edits kept less of the person",
+    ),
+    "ism_arcface": (
+        "ArcFace identity similarity of the edits to the source photo",
+        "the edits look less like the person",
+    ),
+    "ism_facenet": (
+        "FaceNet identity similarity of the edits to the source photo",
+        "the edits look less like the person",
+    ),
     "ism_dlib": ("dlib identity similarity of the edits to the source photo", "the edits look less like the person"),
     "clip_i": ("CLIP image similarity of the edits to the source photo", "the edits look less like the photo"),
 }
@@ -362,8 +448,11 @@ def _judgement(low: float, high: float, direction: str, reference: str) -> str:
     if low <= 0 <= high:
         return f"The interval includes 0, so this run cannot tell the protection apart from {reference}"
     better = (high < 0) == (direction == "lower")
-    return (f"The interval excludes 0: better protection than {reference}" if better
-            else f"The interval excludes 0 on the wrong side: WORSE protection than {reference}")
+    return (
+        f"The interval excludes 0: better protection than {reference}"
+        if better
+        else f"The interval excludes 0 on the wrong side: WORSE protection than {reference}"
+    )
 
 
 def verdict_lines(summary: dict) -> list[str]:
@@ -393,20 +482,28 @@ def verdict_lines(summary: dict) -> list[str]:
             out.append(f"{label}: nothing to compare it with (no clean or noise edits in this run).")
             continue
         if first["diff"]["mean"] is None:
-            parts.append(f"{label}: no paired values against {first['reference']} ({first.get('reason', 'no edits in common')}).")
+            parts.append(
+                f"{label}: no paired values against {first['reference']} ({first.get('reason', 'no edits in common')})."
+            )
         else:
             d = first["diff"]
             reference = "the noise control (random noise of the same budget)" if first is noise else "clean edits"
-            parts.append(f"{label} against {reference}: {what} {first['condition_mean']:.3f} vs {first['reference_mean']:.3f}, "
-                         f"a difference of {_signed(d['mean'])} (95% interval {_signed(d['low'])} to {_signed(d['high'])} over "
-                         f"{d['identities']} identities; {direction} = {better}). "
-                         f"{_judgement(d['low'], d['high'], direction, 'noise' if first is noise else 'no protection')}.")
+            parts.append(
+                f"{label} against {reference}: {what} {first['condition_mean']:.3f} vs {first['reference_mean']:.3f}, "
+                f"a difference of {_signed(d['mean'])} (95% interval {_signed(d['low'])} to {_signed(d['high'])} over "
+                f"{d['identities']} identities; {direction} = {better}). "
+                f"{_judgement(d['low'], d['high'], direction, 'noise' if first is noise else 'no protection')}."
+            )
         if noise is not None and clean is not None and clean["diff"]["mean"] is not None:
             d = clean["diff"]
-            parts.append(f"Against clean edits: {_signed(d['mean'])} ({_signed(d['low'])} to {_signed(d['high'])}). "
-                         f"{_judgement(d['low'], d['high'], direction, 'no protection')}.")
+            parts.append(
+                f"Against clean edits: {_signed(d['mean'])} ({_signed(d['low'])} to {_signed(d['high'])}). "
+                f"{_judgement(d['low'], d['high'], direction, 'no protection')}."
+            )
         if noise is None:
-            parts.append("This run has no noise control, so the effect cannot be told apart from any perturbation of the same size.")
+            parts.append(
+                "This run has no noise control, so the effect cannot be told apart from any perturbation of the same size."
+            )
         out.append(" ".join(parts))
     return out or ["**No verdict:** this run has no protected condition."]
 
@@ -434,15 +531,23 @@ def paired_lines(summary: dict) -> list[str]:
             if d["mean"] is None:
                 parts.append(f"vs {v['reference']}: no paired values ({v.get('reason', 'no edits in common')})")
                 continue
-            head = f"{metric} {v['condition_mean']:.3f} vs {v['reference']} {v['reference_mean']:.3f}" if k == 0 \
+            head = (
+                f"{metric} {v['condition_mean']:.3f} vs {v['reference']} {v['reference_mean']:.3f}"
+                if k == 0
                 else f"vs {v['reference']} {v['reference_mean']:.3f}"
-            tail = f" (n={d['pairs']} pairs, {d['identities']} identities; {sense})" if k == 0 else f" (n={d['pairs']} pairs)"
+            )
+            tail = (
+                f" (n={d['pairs']} pairs, {d['identities']} identities; {sense})"
+                if k == 0
+                else f" (n={d['pairs']} pairs)"
+            )
             parts.append(f"{head}: {_signed(d['mean'])} [{_signed(d['low'])}, {_signed(d['high'])}]{tail}")
         lines.append(f"{entry['condition']}: " + ("; ".join(parts) if parts else "no reference condition in this run"))
     return lines
 
 
 # -- writing --------------------------------------------------------------------------------------
+
 
 def _cell(v) -> str:
     if isinstance(v, float):
@@ -469,7 +574,9 @@ def _json_safe(obj):
     return obj
 
 
-def write_outputs(result: EvalResult, out_dir: Path, summary: dict, protected_paths: set[Path] = frozenset()) -> dict[str, Path]:
+def write_outputs(
+    result: EvalResult, out_dir: Path, summary: dict, protected_paths: set[Path] = frozenset()
+) -> dict[str, Path]:
     """Write metrics.csv, inputs.csv, summary.json and summary.md into ``out_dir``.
     Refuses to write over any file in ``protected_paths`` (the run's inputs)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -478,7 +585,9 @@ def write_outputs(result: EvalResult, out_dir: Path, summary: dict, protected_pa
     if clash:
         raise FileExistsError(f"refusing to overwrite input file(s): {', '.join(map(str, clash))}")
     write_csv(paths["metrics.csv"], result.edit_rows, EDIT_FIELDS, [s.name for s in result.specs if s.scope == "edit"])
-    write_csv(paths["inputs.csv"], result.input_rows, INPUT_FIELDS, [s.name for s in result.specs if s.scope == "input"])
+    write_csv(
+        paths["inputs.csv"], result.input_rows, INPUT_FIELDS, [s.name for s in result.specs if s.scope == "input"]
+    )
     text = {"summary.json": json.dumps(_json_safe(summary), indent=2), "summary.md": shown(summary_markdown(summary))}
     for name, content in text.items():
         atomic_write(paths[name], lambda handle, content=content: handle.write(content.encode("utf-8")))

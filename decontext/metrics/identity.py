@@ -70,8 +70,10 @@ class FaceDetector(CachedDetector):
         try:
             from facenet_pytorch import MTCNN
         except Exception as exc:  # ImportError, or a broken install
-            self.error = (f"facenet-pytorch is not importable ({type(exc).__name__}: {exc}); "
-                          "install it with `pip install --no-deps facenet-pytorch==2.6.0` (scripts/setup.sh)")
+            self.error = (
+                f"facenet-pytorch is not importable ({type(exc).__name__}: {exc}); "
+                "install it with `pip install --no-deps facenet-pytorch==2.6.0` (scripts/setup.sh)"
+            )
             return False
         try:
             self._mtcnn = MTCNN(keep_all=True, device=self.device)
@@ -134,7 +136,12 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
 @register("fdfr", applies=photographs, order=30, why_not=PHOTOGRAPHS_ONLY)
 class FDFRBackend(MetricBackend):
     metrics = (
-        MetricSpec("fdfr", "higher", "edit", "1 if no face is detected in the edit (MTCNN); mean = FDFR; higher = better protection"),
+        MetricSpec(
+            "fdfr",
+            "higher",
+            "edit",
+            "1 if no face is detected in the edit (MTCNN); mean = FDFR; higher = better protection",
+        ),
     )
 
     def __init__(self, options: EvalOptions | None = None, detector: FaceDetector | None = None) -> None:
@@ -218,12 +225,20 @@ def fixed_standardization(crop: np.ndarray) -> torch.Tensor:
 class FaceNetISMBackend(ISMBackend):
     metric_name = "ism_facenet"
     metrics = (
-        MetricSpec("ism_facenet", "lower", "edit",
-                   "cosine of FaceNet embeddings, edit face vs mean clean embedding of the identity; lower = better protection"),
+        MetricSpec(
+            "ism_facenet",
+            "lower",
+            "edit",
+            "cosine of FaceNet embeddings, edit face vs mean clean embedding of the identity; lower = better protection",
+        ),
     )
 
-    def __init__(self, options: EvalOptions | None = None, detector: FaceDetector | None = None,
-                 network: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        options: EvalOptions | None = None,
+        detector: FaceDetector | None = None,
+        network: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         """``network`` (tests only): a stand-in mapping (N, 3, 160, 160) standardized crops to (N, D)."""
         super().__init__(options, detector)
         self.network = network
@@ -237,9 +252,13 @@ class FaceNetISMBackend(ISMBackend):
             return
         path, tried = find_file(FACENET_FILE, self.options.weights_dir, ("facenet",), (torch_home() / "checkpoints",))
         if path is None:
-            self._unavailable(missing_reason(
-                f"FaceNet weights ({FACENET_FILE})", tried,
-                "Get them from the facenet-pytorch v2.2.9 release (see docs/EVALUATION.md)."))
+            self._unavailable(
+                missing_reason(
+                    f"FaceNet weights ({FACENET_FILE})",
+                    tried,
+                    "Get them from the facenet-pytorch v2.2.9 release (see docs/EVALUATION.md).",
+                )
+            )
             return
         try:
             from facenet_pytorch import InceptionResnetV1
@@ -252,7 +271,9 @@ class FaceNetISMBackend(ISMBackend):
             self._unavailable(f"could not load FaceNet weights from {path}: {type(exc).__name__}: {exc}")
             return
         self.network = model.eval().to(self.options.device)
-        self.source = f"FaceNet InceptionResnetV1 (VGGFace2) weights {path}, on 160 px crops of {self.detector.describe()}"
+        self.source = (
+            f"FaceNet InceptionResnetV1 (VGGFace2) weights {path}, on 160 px crops of {self.detector.describe()}"
+        )
         self._ok()
 
     def embed_face(self, img: np.ndarray, face: Face) -> np.ndarray:

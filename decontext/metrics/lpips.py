@@ -51,8 +51,20 @@ def _load_backbone(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> No
 @register("lpips", order=20)
 class LPIPSBackend(MetricBackend):
     metrics = (
-        MetricSpec("lpips_input", "lower", "input", "LPIPS source vs protected input; lower = less visible perturbation", "protected"),
-        MetricSpec("lpips_vs_clean", "higher", "edit", "LPIPS clean edit vs protected edit (same stem, prompt, seed); higher = better protection", "protected"),
+        MetricSpec(
+            "lpips_input",
+            "lower",
+            "input",
+            "LPIPS source vs protected input; lower = less visible perturbation",
+            "protected",
+        ),
+        MetricSpec(
+            "lpips_vs_clean",
+            "higher",
+            "edit",
+            "LPIPS clean edit vs protected edit (same stem, prompt, seed); higher = better protection",
+            "protected",
+        ),
     )
 
     def __init__(self, options: EvalOptions | None = None, distance: Distance | None = None) -> None:
@@ -73,12 +85,17 @@ class LPIPSBackend(MetricBackend):
         except ImportError as exc:
             self._unavailable(f"the lpips package is not installed ({exc}); pip install lpips==0.1.4")
             return
-        path, tried = find_file(BACKBONE_FILES[self.net], self.options.weights_dir, ("checkpoints", "lpips"),
-                                (torch_hub_checkpoints(),))
+        path, tried = find_file(
+            BACKBONE_FILES[self.net], self.options.weights_dir, ("checkpoints", "lpips"), (torch_hub_checkpoints(),)
+        )
         if path is None:
-            self._unavailable(missing_reason(
-                f"LPIPS {self.net} backbone weights ({BACKBONE_FILES[self.net]})", tried,
-                "Put torchvision's ImageNet checkpoint there (see docs/EVALUATION.md)."))
+            self._unavailable(
+                missing_reason(
+                    f"LPIPS {self.net} backbone weights ({BACKBONE_FILES[self.net]})",
+                    tried,
+                    "Put torchvision's ImageNet checkpoint there (see docs/EVALUATION.md).",
+                )
+            )
             return
         try:
             with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=`

@@ -12,8 +12,8 @@ default) and the summary says so.
 
 from __future__ import annotations
 
-
 import numpy as np
+
 from decontext.metrics.base import MetricBackend, MetricSpec, register
 from decontext.metrics.imageops import clean_edit_pair, input_pair, to_tensor
 from decontext.metrics.run import EditRecord, RunData
@@ -39,10 +39,34 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 @register("pixel", order=10)
 class PixelBackend(MetricBackend):
     metrics = (
-        MetricSpec("psnr_input", "higher", "input", "PSNR (dB) source vs protected input; higher = less visible perturbation", "protected"),
-        MetricSpec("ssim_input", "higher", "input", "SSIM source vs protected input; higher = less visible perturbation", "protected"),
-        MetricSpec("psnr_vs_clean", "lower", "edit", "PSNR (dB) clean edit vs protected edit (same stem, prompt, seed); lower = better protection", "protected"),
-        MetricSpec("ssim_vs_clean", "lower", "edit", "SSIM clean edit vs protected edit; lower = better protection", "protected"),
+        MetricSpec(
+            "psnr_input",
+            "higher",
+            "input",
+            "PSNR (dB) source vs protected input; higher = less visible perturbation",
+            "protected",
+        ),
+        MetricSpec(
+            "ssim_input",
+            "higher",
+            "input",
+            "SSIM source vs protected input; higher = less visible perturbation",
+            "protected",
+        ),
+        MetricSpec(
+            "psnr_vs_clean",
+            "lower",
+            "edit",
+            "PSNR (dB) clean edit vs protected edit (same stem, prompt, seed); lower = better protection",
+            "protected",
+        ),
+        MetricSpec(
+            "ssim_vs_clean",
+            "lower",
+            "edit",
+            "SSIM clean edit vs protected edit; lower = better protection",
+            "protected",
+        ),
     )
 
     def load(self) -> None:

@@ -62,7 +62,12 @@ class BrisqueScorer:
 @register("brisque", order=60)
 class BrisqueBackend(MetricBackend):
     metrics = (
-        MetricSpec("brisque", "higher", "edit", "BRISQUE no-reference quality of the edit (lower = better quality); higher = better protection"),
+        MetricSpec(
+            "brisque",
+            "higher",
+            "edit",
+            "BRISQUE no-reference quality of the edit (lower = better quality); higher = better protection",
+        ),
     )
 
     def __init__(self, options: EvalOptions | None = None, scorer: Scorer | None = None) -> None:
@@ -74,8 +79,10 @@ class BrisqueBackend(MetricBackend):
             try:
                 self.scorer = BrisqueScorer()
             except Exception as exc:
-                self._unavailable(f"brisque package not usable ({type(exc).__name__}: {exc}); "
-                                  "pip install brisque==0.2.0 libsvm-official opencv-python-headless")
+                self._unavailable(
+                    f"brisque package not usable ({type(exc).__name__}: {exc}); "
+                    "pip install brisque==0.2.0 libsvm-official opencv-python-headless"
+                )
                 return
         self._ok()
 

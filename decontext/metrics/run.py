@@ -218,8 +218,10 @@ def _index_path(value, base: Path, expected: Path | None, roots: tuple[Path, ...
 
 
 def _refused(index: Path, i: int, what: str, value, instead: Path) -> str:
-    return (f"{index}: record {i}: {what} {value!r} leads outside the run folder; refused, not read "
-            f"(using {instead} instead)")
+    return (
+        f"{index}: record {i}: {what} {value!r} leads outside the run folder; refused, not read "
+        f"(using {instead} instead)"
+    )
 
 
 def _plain_name(value) -> str:
@@ -290,6 +292,7 @@ def recorded_model(*folders: Path | None) -> dict:
 
 # -- loading --------------------------------------------------------------------------------------
 
+
 def _prompt_lookup() -> dict[int, tuple[str, str]]:
     try:
         from decontext.prompts import load_prompts
@@ -299,8 +302,9 @@ def _prompt_lookup() -> dict[int, tuple[str, str]]:
         return {}
 
 
-def _edits_from_index(condition: str, edits_dir: Path, base: Path, input_dir: Path | None,
-                      errors: list[str], roots: tuple[Path, ...]) -> list[EditRecord] | None:
+def _edits_from_index(
+    condition: str, edits_dir: Path, base: Path, input_dir: Path | None, errors: list[str], roots: tuple[Path, ...]
+) -> list[EditRecord] | None:
     index = edits_dir / "index.json"
     if not index.is_file():
         return None
@@ -335,16 +339,28 @@ def _edits_from_index(condition: str, edits_dir: Path, base: Path, input_dir: Pa
                 errors.append(_refused(index, i, "input", rec["input"], layout_input))
             if not isinstance(inp, Path) or not inp.exists():
                 inp = layout_input
-            edits.append(EditRecord(condition, stem, pidx, str(rec.get("prompt", "")),
-                                    str(rec.get("category", "default")), seed, output, inp))
+            edits.append(
+                EditRecord(
+                    condition,
+                    stem,
+                    pidx,
+                    str(rec.get("prompt", "")),
+                    str(rec.get("category", "default")),
+                    seed,
+                    output,
+                    inp,
+                )
+            )
         except Exception as exc:  # a damaged or hand-edited record: KeyError, TypeError, ValueError, OverflowError...
             errors.append(f"{index}: record {i} is malformed ({type(exc).__name__}: {exc}); skipped")
     listed = {_real(e.output) for e in edits}
     unlisted = [f for f in _seed_files(edits_dir) if _real(f) not in listed]
     if unlisted:
         names = ", ".join(str(f) for f in unlisted[:3]) + (" ..." if len(unlisted) > 3 else "")
-        errors.append(f"{index}: {len(unlisted)} edit file(s) in the folder are not listed and not scored "
-                      f"(an interrupted run?): {names}")
+        errors.append(
+            f"{index}: {len(unlisted)} edit file(s) in the folder are not listed and not scored "
+            f"(an interrupted run?): {names}"
+        )
     return edits
 
 
@@ -352,7 +368,9 @@ def _seed_files(edits_dir: Path) -> list[Path]:
     """Files laid out as ``<stem>/<prompt_index>/seed<k>.<image suffix>`` under ``edits_dir``, sorted."""
     found = []
     for stem_dir in sorted(p for p in edits_dir.iterdir() if p.is_dir()):
-        for pdir in sorted((p for p in stem_dir.iterdir() if p.is_dir() and _DIGITS.fullmatch(p.name)), key=lambda p: int(p.name)):
+        for pdir in sorted(
+            (p for p in stem_dir.iterdir() if p.is_dir() and _DIGITS.fullmatch(p.name)), key=lambda p: int(p.name)
+        ):
             for f in sorted(pdir.iterdir()):
                 if _SEED_FILE.match(f.stem) and f.suffix.lower() in IMAGE_SUFFIXES:
                     found.append(f)
@@ -370,8 +388,9 @@ def _edits_from_tree(condition: str, edits_dir: Path, input_dir: Path | None) ->
     return edits
 
 
-def _load_condition_edits(condition: str, edits_dir: Path, base: Path, input_dir: Path | None,
-                          errors: list[str], roots: tuple[Path, ...]) -> list[EditRecord]:
+def _load_condition_edits(
+    condition: str, edits_dir: Path, base: Path, input_dir: Path | None, errors: list[str], roots: tuple[Path, ...]
+) -> list[EditRecord]:
     try:
         edits = _edits_from_index(condition, edits_dir, base, input_dir, errors, roots)
         if edits is None:
@@ -380,8 +399,10 @@ def _load_condition_edits(condition: str, edits_dir: Path, base: Path, input_dir
         errors.append(f"{edits_dir}: edits of condition '{condition}' unreadable ({type(exc).__name__}: {exc})")
         return []
     if not edits:
-        errors.append(f"{edits_dir}: no edits found for condition '{condition}' "
-                      "(no index.json records and no <stem>/<prompt_index>/seed<k>.png files)")
+        errors.append(
+            f"{edits_dir}: no edits found for condition '{condition}' "
+            "(no index.json records and no <stem>/<prompt_index>/seed<k>.png files)"
+        )
     return edits
 
 
@@ -465,13 +486,26 @@ def load_run(run_dir: Path, identity_map: dict[str, str] | None = None) -> RunDa
                 errors.append(f"{inp}: input folder of condition '{cond}' not found")
     for cdir in cdirs:  # <cond>@<breaker>: inputs in purified/<breaker>/<cond>/
         edits += _load_condition_edits(cdir.name, cdir, run_dir, conds[cdir.name], errors, roots)
-    return RunData(RunInfo(rj if rj.is_file() else None, raw), source, input_dirs, edits,
-                   identity_map or {}, errors, folders=(Path(os.path.abspath(run_dir)),), roots=roots)
+    return RunData(
+        RunInfo(rj if rj.is_file() else None, raw),
+        source,
+        input_dirs,
+        edits,
+        identity_map or {},
+        errors,
+        folders=(Path(os.path.abspath(run_dir)),),
+        roots=roots,
+    )
 
 
-def load_folders(source: Path, protected: Path | None = None, edits_clean: Path | None = None,
-                 edits_protected: Path | None = None, identity_map: dict[str, str] | None = None,
-                 run_json: Path | None = None) -> RunData:
+def load_folders(
+    source: Path,
+    protected: Path | None = None,
+    edits_clean: Path | None = None,
+    edits_protected: Path | None = None,
+    identity_map: dict[str, str] | None = None,
+    run_json: Path | None = None,
+) -> RunData:
     """Explicit folders instead of a run folder (conditions ``clean`` and ``protected``).
 
     Images are read only from inside the given folders (symlinks resolved)."""
@@ -499,5 +533,13 @@ def load_folders(source: Path, protected: Path | None = None, edits_clean: Path 
         # index.json paths are relative to the folder the edit command took as its run: runs/<name> for
         # runs/<name>/edits/<cond>, else the edits folder itself (decontext.runs.run_root_of, the writer's rule)
         edits += _load_condition_edits(cond, folder, run_root_of(folder), Path(inp) if inp else None, errors, roots)
-    return RunData(RunInfo(run_json, raw), Path(source), input_dirs, edits, identity_map or {}, errors,
-                   folders=tuple(Path(os.path.abspath(p)) for p in given), roots=roots)
+    return RunData(
+        RunInfo(run_json, raw),
+        Path(source),
+        input_dirs,
+        edits,
+        identity_map or {},
+        errors,
+        folders=tuple(Path(os.path.abspath(p)) for p in given),
+        roots=roots,
+    )

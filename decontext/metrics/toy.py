@@ -26,7 +26,12 @@ def _is_toy(info) -> bool:
 @register("toy", applies=_is_toy, order=5)
 class ToyBackend(MetricBackend):
     metrics = (
-        MetricSpec("toy_identity", "lower", "edit", "share of the source's 4 identity attributes the reader finds in the edit; lower = better protection"),
+        MetricSpec(
+            "toy_identity",
+            "lower",
+            "edit",
+            "share of the source's 4 identity attributes the reader finds in the edit; lower = better protection",
+        ),
         MetricSpec("edit_success", "none", "edit", "1 if the requested edit is visible in the output"),
     )
 
@@ -43,7 +48,9 @@ class ToyBackend(MetricBackend):
 
                 self._readers["toy"] = ToyReader.for_editor("toy")
             except Exception as exc:
-                self._unavailable(f"toy attribute reader not loadable ({type(exc).__name__}: {exc}); bash scripts/train_toy_editor.sh makes it")
+                self._unavailable(
+                    f"toy attribute reader not loadable ({type(exc).__name__}: {exc}); bash scripts/train_toy_editor.sh makes it"
+                )
                 return
             from decontext.toy.names import toy_reader_dir
 
@@ -80,7 +87,9 @@ class ToyBackend(MetricBackend):
                 break
             except ValueError:
                 continue
-        scores = score_reads(self._source_reads[key], self._reads(reader, run.image(edit.output)), wanted or "hat", reader.attributes)
+        scores = score_reads(
+            self._source_reads[key], self._reads(reader, run.image(edit.output)), wanted or "hat", reader.attributes
+        )
         if wanted is None:  # identity is still defined; success is not, for an edit the world does not know
             scores.pop("edit_success")
         return scores

@@ -19,8 +19,9 @@ def torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def find_file(filename: str, weights_dir: Path | None, subdirs: tuple[str, ...] = (),
-              caches: tuple[Path, ...] = ()) -> tuple[Path | None, list[Path]]:
+def find_file(
+    filename: str, weights_dir: Path | None, subdirs: tuple[str, ...] = (), caches: tuple[Path, ...] = ()
+) -> tuple[Path | None, list[Path]]:
     """First existing ``filename`` in weights_dir, weights_dir/<subdir>, then each cache folder.
     Returns (path or None, the candidates tried) so an unavailable reason can list them."""
     candidates: list[Path] = []

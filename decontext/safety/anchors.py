@@ -68,11 +68,21 @@ class Anchors:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "version": FORMAT_VERSION, "block": self.block, "heads": self.heads, "head_dim": self.head_dim,
-                "concepts": {n: int(t.shape[0]) for n, t in self.concepts.items()}, "settings": self.settings}
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "block": self.block,
+            "heads": self.heads,
+            "head_dim": self.head_dim,
+            "concepts": {n: int(t.shape[0]) for n, t in self.concepts.items()},
+            "settings": self.settings,
+        }
         tmp = path.with_name(f".{path.name}.part")
-        save_file({f"anchors.{n}": t.detach().float().cpu().contiguous() for n, t in self.concepts.items()}, str(tmp),
-                  metadata={METADATA_KEY: json.dumps(meta)})
+        save_file(
+            {f"anchors.{n}": t.detach().float().cpu().contiguous() for n, t in self.concepts.items()},
+            str(tmp),
+            metadata={METADATA_KEY: json.dumps(meta)},
+        )
         tmp.replace(path)
         self.path = path
         return path
@@ -92,14 +102,23 @@ class Anchors:
         except Exception as exc:  # safetensors raises several types for a broken header
             raise AnchorFileError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
         if METADATA_KEY not in metadata:
-            raise AnchorFileError(f"{path}: not a UVR anchor file (no '{METADATA_KEY}' metadata; make one with python -m decontext.safety.collect)")
+            raise AnchorFileError(
+                f"{path}: not a UVR anchor file (no '{METADATA_KEY}' metadata; make one with python -m decontext.safety.collect)"
+            )
         try:
             meta = json.loads(metadata[METADATA_KEY])
-            block, heads, head_dim, counts = meta["block"], int(meta["heads"]), int(meta["head_dim"]), dict(meta["concepts"])
+            block, heads, head_dim, counts = (
+                meta["block"],
+                int(meta["heads"]),
+                int(meta["head_dim"]),
+                dict(meta["concepts"]),
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise AnchorFileError(f"{path}: broken UVR metadata ({exc})") from None
         if meta.get("format") != FORMAT or int(meta.get("version", -1)) > FORMAT_VERSION:
-            raise AnchorFileError(f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; this decontext reads {FORMAT!r} up to version {FORMAT_VERSION}")
+            raise AnchorFileError(
+                f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; this decontext reads {FORMAT!r} up to version {FORMAT_VERSION}"
+            )
         if not counts:
             raise AnchorFileError(f"{path}: the file names no concept")
         concepts = {}
@@ -107,8 +126,15 @@ class Anchors:
             tensor = tensors.get(f"anchors.{name}")
             if tensor is None:
                 raise AnchorFileError(f"{path}: concept {name!r} has no tensor 'anchors.{name}'")
-            if tensor.ndim != 3 or tuple(tensor.shape[1:]) != (heads, head_dim) or tensor.shape[0] != count or count < 1:
-                raise AnchorFileError(f"{path}: 'anchors.{name}' has shape {tuple(tensor.shape)}, expected ({count}, {heads}, {head_dim})")
+            if (
+                tensor.ndim != 3
+                or tuple(tensor.shape[1:]) != (heads, head_dim)
+                or tensor.shape[0] != count
+                or count < 1
+            ):
+                raise AnchorFileError(
+                    f"{path}: 'anchors.{name}' has shape {tuple(tensor.shape)}, expected ({count}, {heads}, {head_dim})"
+                )
             if not torch.isfinite(tensor).all():
                 raise AnchorFileError(f"{path}: 'anchors.{name}' holds NaN or infinite values")
             concepts[name] = tensor.float()
@@ -118,11 +144,15 @@ class Anchors:
         """The anchors' block must exist in ``transformer`` with the anchors' head count and width."""
         blocks = block_map(transformer)
         if self.block not in blocks:
-            raise AnchorFileError(f"{self._where()}anchors were taken at block {self.block!r}, which this model lacks ({describe(blocks.depths)})")
+            raise AnchorFileError(
+                f"{self._where()}anchors were taken at block {self.block!r}, which this model lacks ({describe(blocks.depths)})"
+            )
         attn = blocks[self.block].module.attn
         if (attn.heads, attn.head_dim) != (self.heads, self.head_dim):
-            raise AnchorFileError(f"{self._where()}anchors have {self.heads} heads x {self.head_dim}, block {self.block} has {attn.heads} x {attn.head_dim}: "
-                                  "they were collected on another model")
+            raise AnchorFileError(
+                f"{self._where()}anchors have {self.heads} heads x {self.head_dim}, block {self.block} has {attn.heads} x {attn.head_dim}: "
+                "they were collected on another model"
+            )
 
 
 def default_block(transformer) -> str:
@@ -155,7 +185,12 @@ def _select_steps(ts: list[float], timesteps: float | tuple[float, float]) -> li
     return chosen
 
 
-def collect_anchors(model, generate: Callable[[], object], block: str | None = None, timesteps: float | tuple[float, float] = OFFICIAL_ANCHOR_T) -> torch.Tensor:
+def collect_anchors(
+    model,
+    generate: Callable[[], object],
+    block: str | None = None,
+    timesteps: float | tuple[float, float] = OFFICIAL_ANCHOR_T,
+) -> torch.Tensor:
     """Run ``generate()`` (which makes any number of generations with ``model``'s transformer) and return
     (K, heads, head_dim) anchors: per generated image, the attention output of its image tokens at
     ``block``, averaged over tokens and over the chosen steps (``timesteps``: the step nearest this t, or
@@ -192,7 +227,11 @@ def make_anchors(concepts: dict[str, torch.Tensor], block: str, pipeline: str, *
     shapes = {tuple(t.shape[1:]) for t in concepts.values()}
     if len(shapes) != 1:
         raise ValueError(f"concepts disagree on (heads, head_dim): {shapes}")
-    record = {"pipeline": pipeline, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **settings}
+    record = {
+        "pipeline": pipeline,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **settings,
+    }
     json.dumps(record)  # fails early on anything that could not be stored
     return Anchors({n: t.float() for n, t in concepts.items()}, block, record)
 
@@ -205,7 +244,9 @@ def merge(anchors: Iterable[Anchors]) -> Anchors:
         raise ValueError(f"anchors from different blocks {sorted(blocks)} cannot be merged")
     shapes = {(a.heads, a.head_dim) for a in anchors}
     if len(shapes) != 1:
-        raise ValueError(f"anchors of different widths {sorted(shapes)} (heads, head_dim) cannot be merged: they come from different models")
+        raise ValueError(
+            f"anchors of different widths {sorted(shapes)} (heads, head_dim) cannot be merged: they come from different models"
+        )
     concepts: dict[str, torch.Tensor] = {}
     for a in anchors:
         for name, tensor in a.concepts.items():

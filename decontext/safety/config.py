@@ -29,7 +29,9 @@ class UVRConfig:
     mass_ratio: float = 0.3  # "mass_ratio": keep the heaviest components until this share of the mass
     top_k: int = 3  # "topk_*": keep this many components
     min_area: int = 5  # components smaller than this many patches are dropped
-    max_flagged: float = 2000 / 4096  # at most this share of the patches (official: 2000 of 64x64; we keep the highest-scoring, not the first in raster order)
+    max_flagged: float = (
+        2000 / 4096
+    )  # at most this share of the patches (official: 2000 of 64x64; we keep the highest-scoring, not the first in raster order)
     ring_radius: int = 0  # editing: the mask is dilated by an ellipse of this radius ...
     ring_iterations: int = 2  # ... this many times, and the added patches form the ring
     keep_share: float = 0.001  # T2I: flagged outputs become keep_share * out + (1 - keep_share) * N(0, 1)
@@ -68,8 +70,17 @@ class UVRConfig:
         elif pipeline == "edit":
             # The official Kontext call passes mass_ratio=0.8 but keeps its default "topk_mass" mode, where
             # the ratio is not read: the three heaviest components are kept.
-            base = {"restrict": "attention", "localize_at": "first", "threshold": 0.2, "keep": "topk_mass", "mass_ratio": 0.8,
-                    "min_area": 3, "max_flagged": 1.0, "ring_radius": 3, "ring_iterations": 2}
+            base = {
+                "restrict": "attention",
+                "localize_at": "first",
+                "threshold": 0.2,
+                "keep": "topk_mass",
+                "mass_ratio": 0.8,
+                "min_area": 3,
+                "max_flagged": 1.0,
+                "ring_radius": 3,
+                "ring_iterations": 2,
+            }
         else:
             raise ValueError(f"no UVR preset {pipeline!r}: use 't2i' or 'edit'")
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}

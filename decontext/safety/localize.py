@@ -43,7 +43,11 @@ def localize(scores: np.ndarray | torch.Tensor, config: UVRConfig) -> tuple[np.n
     import cv2
     from scipy.ndimage import binary_fill_holes
 
-    scores = scores.detach().float().cpu().numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores, dtype=np.float32)
+    scores = (
+        scores.detach().float().cpu().numpy()
+        if isinstance(scores, torch.Tensor)
+        else np.asarray(scores, dtype=np.float32)
+    )
     if scores.ndim != 2:
         raise ValueError(f"localize takes a (rows, cols) score map, got shape {scores.shape}")
     empty = np.zeros(scores.shape, dtype=bool)
@@ -85,7 +89,9 @@ def localize(scores: np.ndarray | torch.Tensor, config: UVRConfig) -> tuple[np.n
         core.flat[order] = True
     ring = empty.copy()
     if config.ring_radius > 0 and config.ring_iterations > 0:
-        grown = cv2.dilate(core.astype(np.uint8), _ellipse(2 * config.ring_radius + 1), iterations=config.ring_iterations).astype(bool)
+        grown = cv2.dilate(
+            core.astype(np.uint8), _ellipse(2 * config.ring_radius + 1), iterations=config.ring_iterations
+        ).astype(bool)
         ring = grown & ~core
     return core, ring
 
@@ -99,7 +105,9 @@ def patch_scores(out: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
     """
     heads, dim = direction.shape
     if out.shape[-2:] != (heads, dim):
-        raise ValueError(f"attention outputs of {tuple(out.shape[-2:])} (heads, head_dim) against anchors of {(heads, dim)}")
+        raise ValueError(
+            f"attention outputs of {tuple(out.shape[-2:])} (heads, head_dim) against anchors of {(heads, dim)}"
+        )
     return torch.einsum("bthd,hd->bt", out.float(), direction.to(out.device, torch.float32)) / (heads * math.sqrt(dim))
 
 
@@ -114,7 +122,9 @@ def _grid(ids: torch.Tensor, what: str) -> tuple[int, int]:
     rows = torch.unique(ids[:, 1]).numel()
     cols = torch.unique(ids[:, 2]).numel()
     if rows * cols != ids.shape[0]:
-        raise NotImplementedError(f"UVR: the {what} tokens do not form one rectangular grid ({ids.shape[0]} tokens, {rows} rows, {cols} columns)")
+        raise NotImplementedError(
+            f"UVR: the {what} tokens do not form one rectangular grid ({ids.shape[0]} tokens, {rows} rows, {cols} columns)"
+        )
     order = ids[:, 1] * (ids[:, 2].max() + 1) + ids[:, 2]
     if not bool((order[1:] > order[:-1]).all()):
         raise NotImplementedError(f"UVR: the {what} tokens are not in row-major order")
@@ -128,7 +138,9 @@ def geometry(img_ids: torch.Tensor, text_tokens: int) -> _Geometry:
     target = ids[:, 0] == 0
     n_target = int(target.sum())
     if n_target == 0 or not bool(target[:n_target].all()):
-        raise NotImplementedError("UVR: the generated image's tokens (img_ids axis 0 = 0) must come first in the sequence")
+        raise NotImplementedError(
+            "UVR: the generated image's tokens (img_ids axis 0 = 0) must come first in the sequence"
+        )
     context_ids = ids[n_target:]
     context_grid = None
     if context_ids.shape[0]:
@@ -167,7 +179,9 @@ class _Tracker(AttentionHook):
         img_ids = kwargs.get("img_ids")
         text = kwargs.get("encoder_hidden_states")
         if timestep is None or img_ids is None or text is None:
-            raise RuntimeError("UVR needs the transformer called with keyword arguments timestep, img_ids and encoder_hidden_states (as diffusers' FLUX pipelines do)")
+            raise RuntimeError(
+                "UVR needs the transformer called with keyword arguments timestep, img_ids and encoder_hidden_states (as diffusers' FLUX pipelines do)"
+            )
         t = float(torch.as_tensor(timestep).reshape(-1)[0]) * T_SCALE
         if self.t is None or t > self.t:
             self.generation += 1

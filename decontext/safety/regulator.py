@@ -74,7 +74,11 @@ class Regulator(_Tracker):
             rings.append(torch.from_numpy(ring & ~core))
         core, ring = torch.stack(cores), torch.stack(rings)
         self.flagged = bool(core.any())  # on the CPU, before the masks move to the device
-        self.localizations.append(Localization(self.generation, self.step, self.t, core, ring, scores.max(0).values.reshape(-1, rows, cols).cpu()))
+        self.localizations.append(
+            Localization(
+                self.generation, self.step, self.t, core, ring, scores.max(0).values.reshape(-1, rows, cols).cpu()
+            )
+        )
         device = target_out.device
         self.core, self.ring = core.reshape(len(cores), -1).to(device), ring.reshape(len(rings), -1).to(device)
 
@@ -103,7 +107,9 @@ class Regulator(_Tracker):
         target = out[:, layout.target_slice]
         flagged = _rows(self.core, target.shape[0])
         # Noise only for the flagged rows, drawn on the CPU from the seeded generator (device-independent).
-        noise = torch.randn((int(flagged.sum()), *target.shape[2:]), generator=self._noise, dtype=torch.float32).to(out.device, out.dtype)
+        noise = torch.randn((int(flagged.sum()), *target.shape[2:]), generator=self._noise, dtype=torch.float32).to(
+            out.device, out.dtype
+        )
         keep = self.config.keep_share
         mixed = target.clone()
         mixed[flagged] = keep * target[flagged] + (1 - keep) * noise
@@ -129,7 +135,9 @@ class Regulator(_Tracker):
         query group is one fused attention call with scaled values: exact, no (queries x keys) matrix."""
         layout = self.geometry.layout
         if layout.context == 0:
-            raise RuntimeError("UVR's 'attention' restriction needs context tokens (an editing pipeline); text-to-image uses restrict='replace'")
+            raise RuntimeError(
+                "UVR's 'attention' restriction needs context tokens (an editing pipeline); text-to-image uses restrict='replace'"
+            )
         batch = query.shape[0]
         context = self.context_factors(batch).to(value.dtype)
         ones = torch.ones(batch, layout.text + layout.target, device=value.device, dtype=value.dtype)
@@ -153,7 +161,9 @@ def _rows(mask: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def regulate(model, anchors: Anchors | str | Path, config: UVRConfig | None = None, concepts: Sequence[str] | None = None):
+def regulate(
+    model, anchors: Anchors | str | Path, config: UVRConfig | None = None, concepts: Sequence[str] | None = None
+):
     """``with regulate(pipe, anchors) as regulator: pipe(...)``: every generation inside runs under UVR.
 
     Args:

@@ -14,15 +14,21 @@ version trained for text-to-image as well as editing (``toy-v2``: its Kontext co
 
 from __future__ import annotations
 
-
-T2I_DEFAULTS = {"num_inference_steps": 28, "guidance_scale": 3.5, "height": 1024, "width": 1024, "max_sequence_length": 512}  # FLUX.1-dev, as UVR ran it
+T2I_DEFAULTS = {
+    "num_inference_steps": 28,
+    "guidance_scale": 3.5,
+    "height": 1024,
+    "width": 1024,
+    "max_sequence_length": 512,
+}  # FLUX.1-dev, as UVR ran it
 
 
 def load_pipeline(model: str, device, dtype):
     """(FluxPipeline, its default settings) for a hub id / folder, ``tiny``, or a toy version."""
     from diffusers import FluxPipeline
 
-    from ..editors.models import load_pipeline as load_folder, model_folder, shipped_settings
+    from ..editors.models import load_pipeline as load_folder
+    from ..editors.models import model_folder, shipped_settings
     from ..toy.names import is_toy_model
 
     settings = dict(T2I_DEFAULTS)
@@ -37,7 +43,13 @@ def load_pipeline(model: str, device, dtype):
         folder = model_folder(model, "flux_kontext")
         pipe = FluxPipeline.from_pipe(load_folder(FluxKontextPipeline, folder, dtype))
         shipped = shipped_settings(folder)
-        settings.update({k: shipped[k] for k in ("num_inference_steps", "guidance_scale", "height", "width", "max_sequence_length") if k in shipped})
+        settings.update(
+            {
+                k: shipped[k]
+                for k in ("num_inference_steps", "guidance_scale", "height", "width", "max_sequence_length")
+                if k in shipped
+            }
+        )
     else:
         model_folder(model, "flux_kontext")  # a folder must be a diffusers pipeline folder
         pipe = load_folder(FluxPipeline, model, dtype)

@@ -27,11 +27,41 @@ applies it at the first step before localising, which would change unflagged gen
 
 from __future__ import annotations
 
-from .anchors import FORMAT, FORMAT_VERSION, METADATA_KEY, AnchorFileError, Anchors, collect_anchors, default_block, make_anchors, merge
+from .anchors import (
+    FORMAT,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    AnchorFileError,
+    Anchors,
+    collect_anchors,
+    default_block,
+    make_anchors,
+    merge,
+)
 from .config import OFFICIAL_ANCHOR_T, OFFICIAL_BLOCK, OFFICIAL_SINGLE_DEPTH, UVRConfig
 from .localize import T_SCALE, Localization, geometry, localize, patch_scores, transformer_of
 from .regulator import Regulator, regulate
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_KEY", "OFFICIAL_ANCHOR_T", "OFFICIAL_BLOCK", "OFFICIAL_SINGLE_DEPTH", "T_SCALE", "AnchorFileError",
-           "Anchors", "Localization", "Regulator", "UVRConfig", "collect_anchors", "default_block", "geometry", "localize", "make_anchors", "merge",
-           "patch_scores", "regulate", "transformer_of"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "METADATA_KEY",
+    "OFFICIAL_ANCHOR_T",
+    "OFFICIAL_BLOCK",
+    "OFFICIAL_SINGLE_DEPTH",
+    "T_SCALE",
+    "AnchorFileError",
+    "Anchors",
+    "Localization",
+    "Regulator",
+    "UVRConfig",
+    "collect_anchors",
+    "default_block",
+    "geometry",
+    "localize",
+    "make_anchors",
+    "merge",
+    "patch_scores",
+    "regulate",
+    "transformer_of",
+]

@@ -33,7 +33,18 @@ import torch
 
 from decontext.editors.flux_kontext import vae_latents
 from decontext.toy import world
-from decontext.toy.model import DEFAULT_GUIDANCE, DEFAULT_STEPS, EDITOR_DIR, MAX_SEQUENCE_LENGTH, PROMPTS_FILE, RESOLUTION, SETTINGS_FILE, decode, to_model_space, to_uint8
+from decontext.toy.model import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    EDITOR_DIR,
+    MAX_SEQUENCE_LENGTH,
+    PROMPTS_FILE,
+    RESOLUTION,
+    SETTINGS_FILE,
+    decode,
+    to_model_space,
+    to_uint8,
+)
 from decontext.toy.reader import ToyReader, score_reads
 
 
@@ -70,13 +81,27 @@ def pipeline_kwargs(pipe, settings: dict | None = None) -> dict:
     if isinstance(pipe, FluxKontextPipeline):
         height = settings.get("height", settings.get("resolution", RESOLUTION))
         width = settings.get("width", settings.get("resolution", RESOLUTION))
-        return {"height": height, "width": width, "max_area": settings.get("max_area", height * width),
-                "_auto_resize": settings.get("_auto_resize", False), "max_sequence_length": settings.get("max_sequence_length", MAX_SEQUENCE_LENGTH)}
+        return {
+            "height": height,
+            "width": width,
+            "max_area": settings.get("max_area", height * width),
+            "_auto_resize": settings.get("_auto_resize", False),
+            "max_sequence_length": settings.get("max_sequence_length", MAX_SEQUENCE_LENGTH),
+        }
     return {"image_guidance_scale": float(settings.get("image_guidance_scale", 1.5))}
 
 
 @torch.no_grad()
-def run_edits(pipe, images: list, prompts: list[str], steps: int, guidance: float, seed: int = 0, batch: int = 100, settings: dict | None = None) -> np.ndarray:
+def run_edits(
+    pipe,
+    images: list,
+    prompts: list[str],
+    steps: int,
+    guidance: float,
+    seed: int = 0,
+    batch: int = 100,
+    settings: dict | None = None,
+) -> np.ndarray:
     """Edit ``images`` (uint8 arrays) with ``prompts`` through the stock pipeline call, in batches
     (``settings``: the folder's, for the family-specific arguments)."""
     from PIL import Image
@@ -99,12 +124,21 @@ def run_edits(pipe, images: list, prompts: list[str], steps: int, guidance: floa
 
 def _mean_scores(reader, sources, outputs, edits) -> dict:
     rs, ro = reader.read(sources), reader.read(outputs)
-    scores = [score_reads({k: v[j] for k, v in rs.items()}, {k: v[j] for k, v in ro.items()}, e, reader.attributes) for j, e in enumerate(edits)]
-    res = {"toy_identity": float(np.mean([s["toy_identity"] for s in scores])), "edit_success": float(np.mean([s["edit_success"] for s in scores]))}
+    scores = [
+        score_reads({k: v[j] for k, v in rs.items()}, {k: v[j] for k, v in ro.items()}, e, reader.attributes)
+        for j, e in enumerate(edits)
+    ]
+    res = {
+        "toy_identity": float(np.mean([s["toy_identity"] for s in scores])),
+        "edit_success": float(np.mean([s["edit_success"] for s in scores])),
+    }
     per_edit = {}
     for e in reader.world.EDITS:
-        sel = [s for s, ee in zip(scores, edits) if ee == e]
-        per_edit[e] = {"toy_identity": float(np.mean([s["toy_identity"] for s in sel])), "edit_success": float(np.mean([s["edit_success"] for s in sel]))}
+        sel = [s for s, ee in zip(scores, edits, strict=False) if ee == e]
+        per_edit[e] = {
+            "toy_identity": float(np.mean([s["toy_identity"] for s in sel])),
+            "edit_success": float(np.mean([s["edit_success"] for s in sel])),
+        }
     res["per_edit"] = per_edit
     return res
 
@@ -113,10 +147,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over a batch (N, H, W, 3) of the per-image PSNR of ``decontext.metrics.pixel`` (one PSNR in the project)."""
     from decontext.metrics.pixel import psnr as image_psnr
 
-    return float(np.mean([image_psnr(x, y) for x, y in zip(a, b)]))
+    return float(np.mean([image_psnr(x, y) for x, y in zip(a, b, strict=False)]))
 
 
-def evaluate(n_identities: int | None = None, steps: int | None = None, guidance: float | None = None, seed: int = 0, editor_dir=EDITOR_DIR, reader_dir=None) -> dict:
+def evaluate(
+    n_identities: int | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    editor_dir=EDITOR_DIR,
+    reader_dir=None,
+) -> dict:
     from decontext.prompts import load_prompts
 
     t0 = time.time()
@@ -140,11 +181,23 @@ def evaluate(n_identities: int | None = None, steps: int | None = None, guidance
             prompts.append(texts[k % len(texts)])
             src_idx.append(k)
     src_idx = np.array(src_idx)
-    truth = np.stack([w.render(w.apply_edit(scenes[k], e)) for k, e in zip(src_idx, edits)])
+    truth = np.stack([w.render(w.apply_edit(scenes[k], e)) for k, e in zip(src_idx, edits, strict=False)])
     vae = pipe.vae
     with torch.no_grad():
-        recon = np.concatenate([to_uint8(decode(vae, vae_latents(vae, to_model_space(x)))) for x in np.array_split(np.concatenate([sources, truth]), max(1, (n * 7) // 200))])
-    res: dict = {"world": w.NAME, "n_identities": n, "n_edits": len(edits), "steps": steps, "guidance": guidance, "seed": seed}
+        recon = np.concatenate(
+            [
+                to_uint8(decode(vae, vae_latents(vae, to_model_space(x))))
+                for x in np.array_split(np.concatenate([sources, truth]), max(1, (n * 7) // 200))
+            ]
+        )
+    res: dict = {
+        "world": w.NAME,
+        "n_identities": n,
+        "n_edits": len(edits),
+        "steps": steps,
+        "guidance": guidance,
+        "seed": seed,
+    }
     res["vae_psnr"] = psnr(recon, np.concatenate([sources, truth]))
     src_for = sources[src_idx]
     res["ground_truth"] = _mean_scores(reader, src_for, truth, edits)
@@ -152,9 +205,21 @@ def evaluate(n_identities: int | None = None, steps: int | None = None, guidance
     outputs = run_edits(pipe, list(src_for), prompts, steps, guidance, seed, settings=settings)
     res["clean_edit"] = _mean_scores(reader, src_for, outputs, edits)
     partner = (src_idx + max(1, n // 2)) % n  # another held-out person as the context image
-    res["other_person"] = _mean_scores(reader, src_for, run_edits(pipe, list(sources[partner]), prompts, steps, guidance, seed, settings=settings), edits)
+    res["other_person"] = _mean_scores(
+        reader,
+        src_for,
+        run_edits(pipe, list(sources[partner]), prompts, steps, guidance, seed, settings=settings),
+        edits,
+    )
     # what those pairs share in truth: an editor that takes the whole person from the context scores this
     # (v1's pairs share 0.25, about chance; v3's share 0.5 by the order of its held-out list)
-    res["other_person_truth"] = float(np.mean([np.mean(np.equal(scenes[k].identity.as_tuple(), scenes[p].identity.as_tuple())) for k, p in zip(src_idx, partner)]))
+    res["other_person_truth"] = float(
+        np.mean(
+            [
+                np.mean(np.equal(scenes[k].identity.as_tuple(), scenes[p].identity.as_tuple()))
+                for k, p in zip(src_idx, partner, strict=False)
+            ]
+        )
+    )
     res["seconds"] = round(time.time() - t0, 1)
     return res

@@ -25,7 +25,9 @@ def export_faces(out: str | Path, count: int = 20, seed: int = 42, world_name: s
     world = get_world(world_name)
     held_out = len(world.eval_identities())
     if not 1 <= count <= held_out:
-        raise ValueError(f"count must be between 1 and {held_out} (world {world.NAME}'s held-out identities), got {count}")
+        raise ValueError(
+            f"count must be between 1 and {held_out} (world {world.NAME}'s held-out identities), got {count}"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

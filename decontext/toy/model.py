@@ -43,16 +43,23 @@ DEFAULT_GUIDANCE = 2.5
 VAE_CHANNELS = (16, 32, 64)  # per VAE block; each block after the first halves the size
 
 
-def toy_config(double_layers: int = TOY_CONFIG.num_layers, single_layers: int = TOY_CONFIG.num_single_layers,
-               vae_blocks: int = len(TOY_CONFIG.vae_channels)) -> TinyKontextConfig:
+def toy_config(
+    double_layers: int = TOY_CONFIG.num_layers,
+    single_layers: int = TOY_CONFIG.num_single_layers,
+    vae_blocks: int = len(TOY_CONFIG.vae_channels),
+) -> TinyKontextConfig:
     """The toy architecture with another depth or VAE: ``vae_blocks`` 3 = 4x down (64 packed tokens per
     64 px image, every shipped version), 2 = 2x down (256 tokens: a face spans 4x more tokens, as a
     higher resolution would give)."""
     if double_layers < 1 or single_layers < 1:
-        raise ValueError(f"the toy needs at least one double and one single block (got {double_layers} + {single_layers})")
+        raise ValueError(
+            f"the toy needs at least one double and one single block (got {double_layers} + {single_layers})"
+        )
     if not 1 <= vae_blocks <= len(VAE_CHANNELS):
         raise ValueError(f"vae_blocks must be 1..{len(VAE_CHANNELS)} (got {vae_blocks})")
-    return replace(TOY_CONFIG, num_layers=double_layers, num_single_layers=single_layers, vae_channels=VAE_CHANNELS[:vae_blocks])
+    return replace(
+        TOY_CONFIG, num_layers=double_layers, num_single_layers=single_layers, vae_channels=VAE_CHANNELS[:vae_blocks]
+    )
 
 
 def build_components(seed: int = 0, config: TinyKontextConfig = TOY_CONFIG) -> dict:
@@ -89,7 +96,9 @@ def inference_shift(scheduler, seq_len: int) -> float:
     from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
     cfg = scheduler.config
-    return math.exp(calculate_shift(seq_len, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift))
+    return math.exp(
+        calculate_shift(seq_len, cfg.base_image_seq_len, cfg.max_image_seq_len, cfg.base_shift, cfg.max_shift)
+    )
 
 
 @torch.no_grad()
@@ -109,5 +118,14 @@ def transformer_velocity(transformer, target_tokens, context_tokens, sigma, guid
     lat = 2 * int(round(math.sqrt(n)))
     # no context tokens = a text-to-image call (FluxKontextPipeline without an image)
     context_ids = latent_ids(lat, lat, True) if context_tokens.shape[1] else latent_ids(lat, lat, True)[:0]
-    return joint_velocity(transformer, target_tokens, latent_ids(lat, lat, False), context_tokens, context_ids,
-                          embeds, pooled, sigma, guidance)
+    return joint_velocity(
+        transformer,
+        target_tokens,
+        latent_ids(lat, lat, False),
+        context_tokens,
+        context_ids,
+        embeds,
+        pooled,
+        sigma,
+        guidance,
+    )

@@ -16,14 +16,17 @@ TOY_EDITORS = {
     "toy-v1": DATA / "toy_editor",  # the first toy (2026-11-23): reads identity from context in the late steps
     "toy-v2": DATA / "toy_editor_v2",  # FLUX-like training (timestep density, text-to-image base); no built-in bias
     "toy-v2-early": DATA / "toy_editor_v2_early",  # toy-v2 + an EXPLICIT bias: context only informative at high noise
-    "toy-v2-fine": DATA / "toy_editor_v2_fine",  # toy-v2 with a 2x VAE: 256 tokens per image; identity is no longer read late
+    "toy-v2-fine": DATA
+    / "toy_editor_v2_fine",  # toy-v2 with a 2x VAE: 256 tokens per image; identity is no longer read late
     "toy-v3": DATA / "toy_editor_v3",  # world v3 (identity is shape), toy-v2-fine's recipe; its own VAE and reader
     "toy-ip2p": DATA / "toy_ip2p",  # an InstructPix2Pix (UNet) on the same world: the second family, for transfer
 }
 TOY_FAMILIES = {"toy-ip2p": "instruct_pix2pix"}  # editor family of each toy; the others are flux_kontext
 TOY_DEFAULTS = {"flux_kontext": "toy-v1", "instruct_pix2pix": "toy-ip2p"}  # what ``--model toy`` loads per family
 TOY_DEFAULT = TOY_DEFAULTS["flux_kontext"]  # the embedded default (the README's main command)
-READER_DIR = DATA / "toy_reader"  # world v1's reader, the instrument of every v1 editor; a v3 editor names its own in decontext_toy.json
+READER_DIR = (
+    DATA / "toy_reader"
+)  # world v1's reader, the instrument of every v1 editor; a v3 editor names its own in decontext_toy.json
 
 
 def toy_family(name: str) -> str:
@@ -47,7 +50,9 @@ def toy_editor_dir(name: str = "toy", family: str = "flux_kontext") -> Path:
     """Folder of a toy editor; ``toy`` = the family's default (``TOY_DEFAULTS``)."""
     key = TOY_DEFAULTS.get(family, TOY_DEFAULT) if name == "toy" else name
     if key not in TOY_EDITORS:
-        raise ValueError(f"unknown toy editor {name!r}: 'toy' (= {TOY_DEFAULTS.get(family, TOY_DEFAULT)}) or one of {sorted(TOY_EDITORS)}")
+        raise ValueError(
+            f"unknown toy editor {name!r}: 'toy' (= {TOY_DEFAULTS.get(family, TOY_DEFAULT)}) or one of {sorted(TOY_EDITORS)}"
+        )
     return TOY_EDITORS[key]
 
 

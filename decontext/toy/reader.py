@@ -34,13 +34,19 @@ class ReaderNet(nn.Module):
         super().__init__()
         w = width
         self.features = nn.Sequential(
-            nn.Conv2d(3, w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(w, w, 3, stride=2, padding=1), nn.ReLU(),  # 32
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),  # 16
-            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),  # 8
-            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1), nn.ReLU(),  # 4
+            nn.Conv2d(3, w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(w, w, 3, stride=2, padding=1),
+            nn.ReLU(),  # 32
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # 16
+            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # 8
+            nn.Conv2d(2 * w, 4 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # 4
             nn.Flatten(),
-            nn.Linear(4 * w * 16, 256), nn.ReLU(),
+            nn.Linear(4 * w * 16, 256),
+            nn.ReLU(),
         )
         self.heads = nn.ModuleDict({k: nn.Linear(256, n) for k, n in (heads or HEADS).items()})
 
@@ -80,7 +86,9 @@ class ToyReader:
         self.world_name = world_name
         self.world = get_world(world_name)
         if set(self.net.heads) != set(reader_heads(self.world)):
-            raise ValueError(f"the reader's heads {sorted(self.net.heads)} are not world {world_name}'s {sorted(reader_heads(self.world))}")
+            raise ValueError(
+                f"the reader's heads {sorted(self.net.heads)} are not world {world_name}'s {sorted(reader_heads(self.world))}"
+            )
 
     @property
     def attributes(self) -> tuple[str, ...]:
@@ -104,7 +112,9 @@ class ToyReader:
         return cls(net, name)
 
     @classmethod
-    def for_editor(cls, model: str | Path = "toy", family: str = "flux_kontext", path: str | Path | None = None) -> "ToyReader":
+    def for_editor(
+        cls, model: str | Path = "toy", family: str = "flux_kontext", path: str | Path | None = None
+    ) -> "ToyReader":
         """The reader that measures toy editor ``model`` (a name such as ``toy-v3`` or a folder): the one
         its decontext_toy.json names (or the reader folder ``path``), checked to read that editor's world."""
         from decontext.toy.names import toy_reader_dir, toy_world_name
@@ -112,7 +122,9 @@ class ToyReader:
         reader = cls.load(path if path is not None else toy_reader_dir(model, family))
         wanted = toy_world_name(model, family)
         if reader.world_name != wanted:
-            raise ValueError(f"toy editor {model}: its reader reads world {reader.world_name}, the editor was trained on {wanted}")
+            raise ValueError(
+                f"toy editor {model}: its reader reads world {reader.world_name}, the editor was trained on {wanted}"
+            )
         return reader
 
     def save(self, path: str | Path, extra: dict | None = None) -> None:
@@ -122,7 +134,10 @@ class ToyReader:
         path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
         save_file(state, str(path / WEIGHTS_FILE))
-        cfg = {"width": self.net.features[0].out_channels, "heads": {k: head.out_features for k, head in self.net.heads.items()}}
+        cfg = {
+            "width": self.net.features[0].out_channels,
+            "heads": {k: head.out_features for k, head in self.net.heads.items()},
+        }
         if self.world_name != DEFAULT_WORLD:
             cfg["world"] = self.world_name
         cfg.update(extra or {})
@@ -146,7 +161,6 @@ def edit_name(prompt_or_edit: str, pool: str | Path | None = None) -> str:
     Prompts are looked up in the toy prompt pool (their category is the edit); other text falls back
     to keywords (hat / glasses / smile / background colour)."""
     from decontext.prompts import load_prompts
-
     from decontext.toy.model import PROMPTS_FILE
 
     key = prompt_or_edit.strip()
@@ -162,7 +176,9 @@ def edit_name(prompt_or_edit: str, pool: str | Path | None = None) -> str:
     for edit in ("hat", "glasses", "smile"):
         if edit in low:
             return edit
-    raise ValueError(f"cannot tell which toy edit {prompt_or_edit!r} asks for; expected one of {world.EDITS} or a prompt of {PROMPTS_FILE}")
+    raise ValueError(
+        f"cannot tell which toy edit {prompt_or_edit!r} asks for; expected one of {world.EDITS} or a prompt of {PROMPTS_FILE}"
+    )
 
 
 def edit_visible(state: dict[str, int], edit: str) -> bool:
@@ -178,7 +194,9 @@ def score_reads(source: dict, edited: dict, edit: str, attributes: tuple[str, ..
     return {"toy_identity": float(np.mean(same)), "edit_success": int(edit_visible(edited, edit))}
 
 
-def score_edit(source, edited, prompt_or_edit: str, reader: ToyReader | None = None, source_identity: world.Identity | None = None) -> dict:
+def score_edit(
+    source, edited, prompt_or_edit: str, reader: ToyReader | None = None, source_identity: world.Identity | None = None
+) -> dict:
     """Score one edit: ``{"toy_identity": float in [0, 1], "edit_success": 0 or 1}``.
 
     ``source`` and ``edited`` are PIL images, paths or uint8 arrays; ``prompt_or_edit`` a prompt of the
@@ -189,5 +207,5 @@ def score_edit(source, edited, prompt_or_edit: str, reader: ToyReader | None = N
     reads = reader.read([source, edited])
     src = {k: v[0] for k, v in reads.items()}
     if source_identity is not None:
-        src.update(dict(zip(reader.attributes, source_identity.as_tuple())))
+        src.update(dict(zip(reader.attributes, source_identity.as_tuple(), strict=False)))
     return score_reads(src, {k: v[1] for k, v in reads.items()}, edit, reader.attributes)

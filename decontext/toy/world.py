@@ -72,7 +72,7 @@ class MixedRadixIdentity:
     @property
     def index(self) -> int:
         value = 0
-        for digit, size in zip(self.as_tuple(), self.RADIX):
+        for digit, size in zip(self.as_tuple(), self.RADIX, strict=False):
             value = value * size + digit
         return value
 

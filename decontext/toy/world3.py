@@ -35,8 +35,18 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # shared with world v1: the background and edit colours, the six edits and how they apply, the split rule
-from .world import (BACKGROUNDS, BG_STATES, EDITS, GLASSES, HAT, HAT_BAND, MOUTH, TEETH, EditableScene, MixedRadixIdentity,  # noqa: F401
-                    apply_edit, draw_edit_state, draw_placement, is_held_out)
+from .world import (
+    BACKGROUNDS,
+    GLASSES,
+    HAT,
+    HAT_BAND,
+    MOUTH,
+    TEETH,
+    EditableScene,
+    MixedRadixIdentity,  # noqa: F401
+    draw_edit_state,
+    draw_placement,
+)
 
 NAME = "v3"
 SIZE = 64
@@ -68,7 +78,9 @@ class Identity(MixedRadixIdentity):
     RADIX = (len(FACES), len(HAIRS), len(EYE_SHAPES), len(NOSES))
 
     def describe(self) -> str:
-        return f"{FACES[self.face]} face, {HAIRS[self.hair]} hair, {EYE_SHAPES[self.eyes]} eyes, {NOSES[self.nose]} nose"
+        return (
+            f"{FACES[self.face]} face, {HAIRS[self.hair]} hair, {EYE_SHAPES[self.eyes]} eyes, {NOSES[self.nose]} nose"
+        )
 
 
 def eval_identities() -> list[Identity]:
@@ -168,7 +180,11 @@ def _shade(colour, factor):
 
 def _draw_eyes(d, scene: Scene, cx: int, cy: int) -> None:
     kind = EYE_SHAPES[scene.identity.eyes]
-    spacing, (wx, wy), iris = {"close": (5, (3.5, 3.5), 2.5), "wide": (9, (5.0, 2.0), 2.0), "large": (7, (4.5, 4.5), 3.2)}[kind]
+    spacing, (wx, wy), iris = {
+        "close": (5, (3.5, 3.5), 2.5),
+        "wide": (9, (5.0, 2.0), 2.0),
+        "large": (7, (4.5, 4.5), 3.2),
+    }[kind]
     for ex in (cx - spacing, cx + spacing):
         _ellipse(d, ex, cy - 3, wx, wy, (250, 250, 250))
         _ellipse(d, ex, cy - 3, min(iris, wx), min(iris, wy), scene.eye_colour)
