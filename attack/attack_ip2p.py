@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Protect images against InstructPix2Pix (PhotoGuard's encoder attack by default): decontext attack --family instruct_pix2pix."""
+"""Protect images against InstructPix2Pix (PhotoGuard's encoder attack by default):
+decontext attack --family instruct_pix2pix."""
 
 import sys
 

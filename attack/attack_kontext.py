@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Protect images against FLUX.1-Kontext with DeContext (or a baseline, --method): decontext attack --family flux_kontext."""
+"""Protect images against FLUX.1-Kontext with DeContext (or a baseline, --method):
+decontext attack --family flux_kontext."""
 
 import sys
 

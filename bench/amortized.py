@@ -139,7 +139,8 @@ def main(argv=None) -> dict:
             "max_levels": int(np.abs(protected.astype(int) - sources.astype(int)).max()),
         }
         print(
-            f"{name}: identity {results[name]['toy_identity'].mean():.3f}, measure {results[name]['measure'].mean():.4f}, "
+            f"{name}: identity {results[name]['toy_identity'].mean():.3f}, "
+            f"measure {results[name]['measure'].mean():.4f}, "
             f"{ms:.1f} ms/image ({time.perf_counter() - began:.0f} s)",
             flush=True,
         )
@@ -184,11 +185,15 @@ def main(argv=None) -> dict:
             print(f"transfer to {other}: identity diff vs noise {transfer[other]['diff']}", flush=True)
 
     lines = [
-        f"Protector {args.protector} ({objective_name} objective, eps {eps:g}/255, {trained.get('steps')} training steps) on {model}, "
-        f"{len(sources)} held-out identities x {len(prompts)} edits; measure = the {objective_name} measure over {args.draws} fixed draws; "
-        "diff = condition - noise (paired, 95% bootstrap CI over identities); ms = protection time per image on this CPU",
+        f"Protector {args.protector} ({objective_name} objective, eps {eps:g}/255, "
+        f"{trained.get('steps')} training steps) on {model}, "
+        f"{len(sources)} held-out identities x {len(prompts)} edits; "
+        f"measure = the {objective_name} measure over {args.draws} fixed draws; "
+        "diff = condition - noise (paired, 95% bootstrap CI over identities); "
+        "ms = protection time per image on this CPU",
         "",
-        "| condition | measure | toy_identity | edit_success | identity diff vs noise [95% CI] | PSNR (dB) | ms/image |",
+        "| condition | measure | toy_identity | edit_success | identity diff vs noise [95% CI] "
+        "| PSNR (dB) | ms/image |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
@@ -198,7 +203,8 @@ def main(argv=None) -> dict:
             diff = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
         info = extra.get(name, {})
         lines.append(
-            f"| {name} | {r['measure'].mean():.4f} | {r['toy_identity'].mean():.3f} | {r['edit_success'].mean():.3f} | {diff} | "
+            f"| {name} | {r['measure'].mean():.4f} | {r['toy_identity'].mean():.3f} "
+            f"| {r['edit_success'].mean():.3f} | {diff} | "
             f"{info.get('psnr', float('nan')):.1f} | {info.get('ms_per_image', float('nan')):.1f} |"
         )
     long = f"PGD-{args.pgd_steps}"
@@ -216,13 +222,17 @@ def main(argv=None) -> dict:
     lines += [
         "",
         f"protector vs {long}: {goals['speedup_vs_pgd']:.0f}x faster per image through the library call, "
-        f"{goals['speedup_vs_pgd_forward']:.0f}x by its forward pass alone ({extra['protector']['forward_ms_per_image']:.2f} ms/image); {goals['measure_share_of_pgd']:.0%} of its effect on the measure "
-        f"and {goals['identity_share_of_pgd']:.0%} on identity (both against noise); protector + 20 steps minus {long} in identity: "
+        f"{goals['speedup_vs_pgd_forward']:.0f}x by its forward pass alone "
+        f"({extra['protector']['forward_ms_per_image']:.2f} ms/image); "
+        f"{goals['measure_share_of_pgd']:.0%} of its effect on the measure "
+        f"and {goals['identity_share_of_pgd']:.0%} on identity (both against noise); "
+        f"protector + 20 steps minus {long} in identity: "
         f"{goals['protector+20_minus_pgd_identity']:+.3f} (negative = better)",
     ]
     for other, t in transfer.items():
         lines.append(
-            f"transfer to {other}: identity {t['identity']:.3f} vs noise {t['noise']:.3f}, diff {t['diff'][0]:+.3f} [{t['diff'][1]:+.3f}, {t['diff'][2]:+.3f}]"
+            f"transfer to {other}: identity {t['identity']:.3f} vs noise {t['noise']:.3f}, "
+            f"diff {t['diff'][0]:+.3f} [{t['diff'][1]:+.3f}, {t['diff'][2]:+.3f}]"
         )
     print("\n".join(lines))
     out = {

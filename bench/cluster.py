@@ -100,7 +100,8 @@ def main(argv=None) -> dict:
     cli, one = runs["CLI (one process)"], runs["cluster, 1 actor"]
     overhead_ms = 1000 * (one["seconds"] - cli["seconds"]) / args.images
     lines = [
-        f"{args.images} toy faces, protector {args.protector} (one forward per face), local Ray, this machine; whole processes, start-up included",
+        f"{args.images} toy faces, protector {args.protector} (one forward per face), local Ray, this machine; "
+        "whole processes, start-up included",
         "",
         "| run | wall s | images/s |",
         "|---|---|---|",
@@ -108,7 +109,8 @@ def main(argv=None) -> dict:
     lines += [f"| {name} | {r['seconds']:.1f} | {r['images_per_s']:.2f} |" for name, r in runs.items()]
     lines += [
         "",
-        f"Ray's overhead per image (cluster with 1 actor - CLI, over {args.images} images, start-up included): {overhead_ms:+.1f} ms",
+        f"Ray's overhead per image (cluster with 1 actor - CLI, over {args.images} images, start-up included): "
+        f"{overhead_ms:+.1f} ms",
     ]
     print("\n".join(lines))
     out = {

@@ -124,15 +124,18 @@ def main(argv=None) -> dict:
                 row["extrapolated_800_s"] = row["fixed_s"] + entry["seconds"] + (full - entry["steps_run"]) * per_step
             rows[preset] = row
             print(
-                f"{preset}: {entry['steps_run']} steps ({entry['stop_reason']}), protect {entry['seconds']:.1f} s ({per_step:.3f} s/step), "
+                f"{preset}: {entry['steps_run']} steps ({entry['stop_reason']}), "
+                f"protect {entry['seconds']:.1f} s ({per_step:.3f} s/step), "
                 f"load+save+manifest {row['fixed_s']:.1f} s, wall {wall:.1f} s"
                 + (f"; 800 steps extrapolated: {row['extrapolated_800_s']:.0f} s" if preset == "paper" else ""),
                 flush=True,
             )
     fast, paper = rows["fast"], rows["paper"]
     print(
-        f"photo {args.size}px on {editor.device} ({args.preset}): build {built:.0f} s; fast preset {fast['wall_s']:.1f} s end to end, "
-        f"paper preset ~{paper['extrapolated_800_s']:.0f} s (extrapolated): {fast['wall_s'] / paper['extrapolated_800_s']:.3f}x"
+        f"photo {args.size}px on {editor.device} ({args.preset}): build {built:.0f} s; "
+        f"fast preset {fast['wall_s']:.1f} s end to end, "
+        f"paper preset ~{paper['extrapolated_800_s']:.0f} s (extrapolated): "
+        f"{fast['wall_s'] / paper['extrapolated_800_s']:.3f}x"
     )
     if args.json:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=1))

@@ -107,8 +107,10 @@ def main(argv=None) -> dict:
             )
     steps_30k = rows["train_step"]["median_s"] * 30000 / 3600
     print(
-        f"protector on {args.preset} at {args.size} px, batch {args.batch_size}: a training step {rows['train_step']['median_s']:.3f} s "
-        f"(30,000 steps ~{steps_30k:.1f} h); one {args.infer_size} px photo {1000 * rows['inference']['median_s']:.1f} ms"
+        f"protector on {args.preset} at {args.size} px, batch {args.batch_size}: "
+        f"a training step {rows['train_step']['median_s']:.3f} s "
+        f"(30,000 steps ~{steps_30k:.1f} h); "
+        f"one {args.infer_size} px photo {1000 * rows['inference']['median_s']:.1f} ms"
     )
     out = {"args": vars(args), "rows": rows, "hours_30k_steps": steps_30k}
     save_json(args.json, out)

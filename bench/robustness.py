@@ -129,9 +129,12 @@ def main(argv=None) -> dict:
 
     header = "| condition | " + " | ".join(breakers) + " | PSNR | s/image |"
     lines = [
-        f"Toy {args.model!r}, {len(sources)} held-out identities x {len(prompts)} edits, {args.eps:g}/255, PGD {args.steps} steps (alpha {alpha:.2f}/255), "
-        f"EOT over {', '.join(eot_specs) or '-'} ({args.eot_samples} draw/step). Rows clean/noise: mean toy identity after each breaker; "
-        f"method rows: identity diff vs noise after the same breaker [95% CI], lower = still protecting; way (clean - another person) = {way:.3f}.",
+        f"Toy {args.model!r}, {len(sources)} held-out identities x {len(prompts)} edits, {args.eps:g}/255, "
+        f"PGD {args.steps} steps (alpha {alpha:.2f}/255), "
+        f"EOT over {', '.join(eot_specs) or '-'} ({args.eot_samples} draw/step). "
+        "Rows clean/noise: mean toy identity after each breaker; "
+        "method rows: identity diff vs noise after the same breaker [95% CI], lower = still protecting; "
+        f"way (clean - another person) = {way:.3f}.",
         "",
         header,
         "|" + "---|" * (len(breakers) + 3),

@@ -214,7 +214,8 @@ def main(argv=None) -> dict:
             )
         target = rows[f"paper@{paper.steps}"][-1]
         print(
-            f"image {i + 1}/{len(sources)}: clean {rows['paper@0'][-1]['share']:.4f}, paper@{paper.steps} {target['share']:.4f} "
+            f"image {i + 1}/{len(sources)}: clean {rows['paper@0'][-1]['share']:.4f}, "
+            f"paper@{paper.steps} {target['share']:.4f} "
             f"({seconds:.1f} s)",
             flush=True,
         )
@@ -231,7 +232,8 @@ def main(argv=None) -> dict:
                 )
                 r = rows[f"{rule}@{budget}"][-1]
                 print(
-                    f"  {rule}@{budget}: {r['share']:.4f} ({r['share'] - target['share']:+.4f}), {ran} steps, {secs:.1f} s",
+                    f"  {rule}@{budget}: {r['share']:.4f} ({r['share'] - target['share']:+.4f}), "
+                    f"{ran} steps, {secs:.1f} s",
                     flush=True,
                 )
         for refresh in refreshes[1:]:
@@ -258,9 +260,11 @@ def main(argv=None) -> dict:
     target_identity = np.array([r["toy_identity"] for r in target])
     what = f"{args.model} {spec.name}" + (f" at {size[0]} px" if not toy else "")
     lines = [
-        f"{what}, {len(sources)} images, {args.method} at {paper.eps:g}/255; paper preset: sign steps of {paper.alpha:g}/255 for "
-        f"{paper.steps} steps; measure = the method's own over {args.draws} fixed draws (lower = better); gap = rule - paper@{paper.steps}, "
-        "per image; time = the run's wall time / the paper preset's, per image; 95% bootstrap intervals over images",
+        f"{what}, {len(sources)} images, {args.method} at {paper.eps:g}/255; "
+        f"paper preset: sign steps of {paper.alpha:g}/255 for {paper.steps} steps; "
+        f"measure = the method's own over {args.draws} fixed draws (lower = better); "
+        f"gap = rule - paper@{paper.steps}, per image; "
+        "time = the run's wall time / the paper preset's, per image; 95% bootstrap intervals over images",
         "",
         "| rule | steps run | measure | gap to paper@%d | reached | time / paper's |" % paper.steps
         + (" toy identity gap |" if toy else ""),

@@ -91,7 +91,8 @@ def main(argv=None) -> int:
         "--ensemble-norm",
         default="none",
         choices=("none", "grad"),
-        help="how a '+' target combines its editors' losses (decontext.methods.composite): none = plain sum (the published tables), grad = per-editor unit-gradient",
+        help="how a '+' target combines its editors' losses (decontext.methods.composite): "
+        "none = plain sum (the published tables), grad = per-editor unit-gradient",
     )
     args = parser.parse_args(argv)
     args.methods = ["noise"] + [m for m in args.methods if m != "noise"]  # every cell is compared with it
@@ -134,7 +135,8 @@ def main(argv=None) -> int:
             r = score(reader, sources, edit_all(editor, images, prompts, args.seed, settings[key], args.chunk), names)
             scores[f"{label}|{key}"] = r
             print(
-                f"  {label} edited with {key}: identity {r['toy_identity'].mean():.3f}, edit success {r['edit_success'].mean():.3f}",
+                f"  {label} edited with {key}: identity {r['toy_identity'].mean():.3f}, "
+                f"edit success {r['edit_success'].mean():.3f}",
                 flush=True,
             )
 
@@ -167,8 +169,10 @@ def main(argv=None) -> int:
                 cells.append((eps, name, target, label))
 
     lines = [
-        f"Toy Kontext {args.kontext!r} and toy InstructPix2Pix {args.ip2p!r}; {len(identities)} held-out identities x {len(prompts)} edits; "
-        f"PGD {args.steps} steps. Cells: toy_identity of the edits minus that of equal-budget noise edited by the same editor "
+        f"Toy Kontext {args.kontext!r} and toy InstructPix2Pix {args.ip2p!r}; "
+        f"{len(identities)} held-out identities x {len(prompts)} edits; "
+        f"PGD {args.steps} steps. "
+        "Cells: toy_identity of the edits minus that of equal-budget noise edited by the same editor "
         "(paired, 95% bootstrap CI over identities); lower = better protection.",
         "",
         "| eps | method | protected against | edited with toy Kontext | edited with toy IP2P |",

@@ -133,7 +133,8 @@ def main(argv=None) -> dict:
         "--part",
         choices=["all", "a", "b"],
         default="all",
-        help="held-out identities used: all, or half a (even positions) / b (odd): pick settings on one half, confirm on the other",
+        help="held-out identities used: all, or half a (even positions) / b (odd): "
+        "pick settings on one half, confirm on the other",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -172,7 +173,10 @@ def main(argv=None) -> dict:
     if args.contrast:
         reference = collect([e for e in world.EDITS if e != args.concept])
         concept_anchors = concept_anchors - reference.mean(0, keepdim=True)
-    tag = f"{args.model}_{args.pipeline}_{args.concept}{'_contrast' if args.contrast else ''}_t{'-'.join(str(int(t)) for t in args.anchor_t)}"
+    tag = (
+        f"{args.model}_{args.pipeline}_{args.concept}{'_contrast' if args.contrast else ''}"
+        f"_t{'-'.join(str(int(t)) for t in args.anchor_t)}"
+    )
     anchors = uvr.make_anchors(
         {args.concept: concept_anchors},
         block,
@@ -240,11 +244,13 @@ def main(argv=None) -> dict:
     except ValueError as exc:
         raise SystemExit(f"--set: {exc}") from None
     print(
-        f"UVR off: concept shown in {results['off']['concept_present']:.3f} of its edits, other edits' success {results['off']['other_success']:.3f}",
+        f"UVR off: concept shown in {results['off']['concept_present']:.3f} of its edits, "
+        f"other edits' success {results['off']['other_success']:.3f}",
         flush=True,
     )
     print(
-        "| threshold | erase rate | erase where shown off | other success on (off) | other identity on (off) | PSNR on vs off, other edits | flagged share (concept / other) |"
+        "| threshold | erase rate | erase where shown off | other success on (off) | other identity on (off) "
+        "| PSNR on vs off, other edits | flagged share (concept / other) |"
     )
     print("|---|---|---|---|---|---|---|")
     for threshold in thresholds:
@@ -272,11 +278,16 @@ def main(argv=None) -> dict:
             "flagged_share_other": float(share[other].mean()),
         }
         results["rows"].append(row)
-        fmt = lambda d: f"{d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}]" if d and d["mean"] is not None else "-"
+
+        def fmt(d):
+            return f"{d['mean']:.3f} [{d['low']:.3f}, {d['high']:.3f}]" if d and d["mean"] is not None else "-"
+
         ident_cell = f"{fmt(row['other_identity_on'])} ({results['off']['other_identity']:.3f})" if src_reads else "-"
         print(
-            f"| {config.threshold:g} | {fmt(row['erase_rate'])} | {fmt(row['erase_rate_where_present'])} | {fmt(row['other_success_on'])} ({results['off']['other_success']:.3f}) "
-            f"| {ident_cell} | {fmt(row['other_psnr_vs_off'])} dB ({row['other_unchanged']:.2f} identical) | {row['flagged_share_concept']:.2f} / {row['flagged_share_other']:.2f} |",
+            f"| {config.threshold:g} | {fmt(row['erase_rate'])} | {fmt(row['erase_rate_where_present'])} "
+            f"| {fmt(row['other_success_on'])} ({results['off']['other_success']:.3f}) "
+            f"| {ident_cell} | {fmt(row['other_psnr_vs_off'])} dB ({row['other_unchanged']:.2f} identical) "
+            f"| {row['flagged_share_concept']:.2f} / {row['flagged_share_other']:.2f} |",
             flush=True,
         )
     results["seconds"] = round(time.time() - began, 1)

@@ -264,8 +264,10 @@ def build_page(app: ProtectApp):
     modes = list(MODES) if app.protector() else list(MODES)[1:]
     with gr.Blocks(analytics_enabled=False, title="decontext: protect a photo") as page:
         gr.Markdown(
-            "## Protect a photo from in-context editing\nDrop photos, choose a strength, protect. Everything runs on this machine; "
-            f"results are written to `{app.out}` (each visit gets its own folder). Editor: **{app.model}** ({app.family})."
+            "## Protect a photo from in-context editing\n"
+            "Drop photos, choose a strength, protect. Everything runs on this machine; "
+            f"results are written to `{app.out}` (each visit gets its own folder). "
+            f"Editor: **{app.model}** ({app.family})."
         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -297,7 +299,7 @@ def build_page(app: ProtectApp):
                 download = gr.File(label="download", file_count="multiple", elem_id="download")
         eps.change(lambda e: f"worst-case PSNR at this strength: {expected_psnr(e):.1f} dB", eps, psnr_note)
 
-        def protect_all(uploads, chosen, strength, text, progress=gr.Progress(track_tqdm=True)):
+        def protect_all(uploads, chosen, strength, text, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 gradio injects progress
             uploads = [u if isinstance(u, str) else getattr(u, "name", str(u)) for u in (uploads or [])]
             if not uploads:
                 yield "Add one or more photos first.", [], [], [], None

@@ -1,7 +1,9 @@
 """Protection of many photos as a Ray Data job: one model per actor, streaming, retries, exactly once.
 
-    decontext cluster --input s3://bucket/uploads/ --output /shared/protected --model toy --method amortized --protector toy-decontext
-    decontext cluster --address auto --input list.parquet --output /shared/out --model black-forest-labs/FLUX.1-Kontext-dev --gpus-per-actor 1 --actors 8
+    decontext cluster --input s3://bucket/uploads/ --output /shared/protected --model toy --method amortized \\
+        --protector toy-decontext
+    decontext cluster --address auto --input list.parquet --output /shared/out \\
+        --model black-forest-labs/FLUX.1-Kontext-dev --gpus-per-actor 1 --actors 8
 
 The stages stream into each other (``ray.data``): a read stage (Ray tasks) fetches each image's bytes from
 wherever pyarrow reads (a local folder, a glob, a text list, a Parquet/CSV manifest; local paths or
@@ -109,7 +111,8 @@ def list_inputs(spec: str) -> list[str]:
             column = next((c for c in ("path", "image", "input") if c in table.column_names), None)
             if column is None:
                 raise ValueError(
-                    f"{spec}: a manifest needs a column named path, image or input (it has {', '.join(table.column_names)})"
+                    f"{spec}: a manifest needs a column named path, image or input "
+                    f"(it has {', '.join(table.column_names)})"
                 )
             entries = [str(v) for v in table.column(column).to_pylist() if v]
         return [e if ("://" in e or os.path.isabs(e)) else _uri(filesystem, os.path.join(base, e)) for e in entries]
@@ -244,7 +247,8 @@ class ProtectWorker:
 
 
 def _known_records(output: Path, journals: Path) -> dict:
-    """The folder's records: manifest.json overlaid with every journal line written so far (a line cut short is skipped)."""
+    """The folder's records: manifest.json overlaid with every journal line written so far (a line cut short is
+    skipped)."""
     from .runs import read_record_file
 
     known = dict(read_record_file(output / "manifest.json").get("images", {}))
@@ -327,7 +331,8 @@ def run_job(
             context.enable_progress_bars = False  # our own progress line below, not Ray's every-10-s operator dump
             context.print_on_execution_start = False
             log(
-                f"cluster: {len(rows)} images, {actors} actors ({gpus_per_actor:g} GPU, {cpus_per_actor:g} CPU each) -> {output}"
+                f"cluster: {len(rows)} images, {actors} actors "
+                f"({gpus_per_actor:g} GPU, {cpus_per_actor:g} CPU each) -> {output}"
             )
             dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), actors * 8)))
             dataset = dataset.map_batches(read_batch, batch_size=read_batch_size, num_cpus=0.1)
@@ -352,7 +357,8 @@ def run_job(
                     last = time.perf_counter()
                     elapsed = last - began
                     log(
-                        f"  {report.done} done, {report.skipped} skipped, {len(report.failed)} failed of {report.total} "
+                        f"  {report.done} done, {report.skipped} skipped, "
+                        f"{len(report.failed)} failed of {report.total} "
                         f"({report.done / elapsed:.2f} images/s)"
                     )
         finally:

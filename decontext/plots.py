@@ -121,7 +121,8 @@ class Chart:
         several series apart at one x)."""
         tip = f"<title>{esc(label)}</title>" if label else ""
         self.parts.append(
-            f'<circle class="mark" cx="{self.x(x_value) + dx:.1f}" cy="{self.y(y):.1f}" r="{radius:g}" fill="{color}">{tip}</circle>'
+            f'<circle class="mark" cx="{self.x(x_value) + dx:.1f}" cy="{self.y(y):.1f}" r="{radius:g}" '
+            f'fill="{color}">{tip}</circle>'
         )
 
     def error_bar(
@@ -155,7 +156,8 @@ class Chart:
             f'stroke="{color}" stroke-dasharray="4 3"/>'
         )
         self.parts.append(
-            f'<text x="{self.width - self.right - 2}" y="{py - 3:.1f}" text-anchor="end" fill="{color}">{esc(label)}</text>'
+            f'<text x="{self.width - self.right - 2}" y="{py - 3:.1f}" text-anchor="end" '
+            f'fill="{color}">{esc(label)}</text>'
         )
 
     # -- the frame ----------------------------------------------------------------------------------
@@ -181,18 +183,21 @@ class Chart:
             out.append(f'<line x1="{x:.1f}" y1="{base}" x2="{x:.1f}" y2="{base + 4}" stroke="black"/>')
             if rotate:
                 out.append(
-                    f'<text x="{x:.1f}" y="{base + 14}" text-anchor="end" transform="rotate(-25 {x:.1f} {base + 14})">{esc(text)}</text>'
+                    f'<text x="{x:.1f}" y="{base + 14}" text-anchor="end" '
+                    f'transform="rotate(-25 {x:.1f} {base + 14})">{esc(text)}</text>'
                 )
             else:
                 out.append(f'<text x="{x:.1f}" y="{base + 16}" text-anchor="middle">{esc(text)}</text>')
         if self.x_label:
             out.append(
-                f'<text x="{self.left + self.plot_width / 2:.1f}" y="{h - 8}" text-anchor="middle">{esc(self.x_label)}</text>'
+                f'<text x="{self.left + self.plot_width / 2:.1f}" y="{h - 8}" text-anchor="middle">'
+                f"{esc(self.x_label)}</text>"
             )
         if self.y_label:
             cy = self.top + (h - self.top - self.bottom) / 2
             out.append(
-                f'<text x="14" y="{cy:.1f}" text-anchor="middle" transform="rotate(-90 14 {cy:.1f})">{esc(self.y_label)}</text>'
+                f'<text x="14" y="{cy:.1f}" text-anchor="middle" transform="rotate(-90 14 {cy:.1f})">'
+                f"{esc(self.y_label)}</text>"
             )
         return out
 

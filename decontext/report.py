@@ -56,7 +56,8 @@ figure img{display:block;max-width:136px;border:1px solid #999;image-rendering:a
 figcaption{margin-top:2px;line-height:1.25;word-wrap:break-word}
 .group{border-left:3px solid #888;padding-left:6px;display:flex;flex-wrap:wrap;gap:8px}
 #verdict p{font-size:15px;line-height:1.45;max-width:60em}
-.missing{width:128px;height:128px;display:flex;align-items:center;justify-content:center;background:#fdd;border:1px dashed #c33}
+.missing{width:128px;height:128px;display:flex;align-items:center;justify-content:center;\
+background:#fdd;border:1px dashed #c33}
 .note{color:#666;font-size:12px}.unavail{color:#a00}
 #paired{font-size:14px;line-height:1.5}#paired li{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:12.5px}
 .charts{display:flex;flex-wrap:wrap;gap:10px}.charts svg{border:1px solid #ddd;flex:0 0 auto}
@@ -69,7 +70,8 @@ _SCRIPT = """
     var imgs=document.images, bad=0;
     for(var i=0;i<imgs.length;i++){ if(!(imgs[i].complete && imgs[i].naturalWidth>0)) bad++; }
     var ok = bad===0;
-    document.title = ok ? ('report ready: '+imgs.length+' images') : ('report broken: '+bad+' of '+imgs.length+' images failed');
+    document.title = ok ? ('report ready: '+imgs.length+' images') : \
+('report broken: '+bad+' of '+imgs.length+' images failed');
     document.body.setAttribute('data-images', ok ? 'ok' : 'broken');
     var s=document.getElementById('img-status'); if(s){ s.textContent=document.title; }
   }
@@ -145,7 +147,8 @@ def _summary_tables(summary: dict) -> str:
     folded = not_measured_lines(summary)
     if folded:  # folded away: one line per reason, not a red row per metric
         out.append(
-            f'<details id="not-measured"><summary class="note">Not measured in this run ({len(folded)} reason{"s" * (len(folded) > 1)})'
+            '<details id="not-measured"><summary class="note">'
+            f"Not measured in this run ({len(folded)} reason{'s' * (len(folded) > 1)})"
             '</summary><ul class="note">'
             + "".join(f"<li>{html.escape(line)}</li>" for line in folded)
             + "</ul></details>"
@@ -261,7 +264,8 @@ def write_report(result: EvalResult, summary: dict, path: Path, max_edits: int =
         _metrics_list(summary),
         "<h2>Per image</h2>",
         f'<p class="note">Each row: source | protected input and its perturbation (x{AMPLIFY:g}, grey = unchanged) '
-        f"for each protected condition | edits per condition. Edit captions: prompt index, category, seed, metrics.</p>",
+        "for each protected condition | edits per condition. "
+        "Edit captions: prompt index, category, seed, metrics.</p>",
     ]
     for stem in run.stems:
         figs: list[str] = []
@@ -298,8 +302,8 @@ def write_report(result: EvalResult, summary: dict, path: Path, max_edits: int =
                 e = edits_by_key.get((cond, stem, r["prompt_index"], r["seed"]))
                 img = load(e.output) if e is not None else None
                 cap = (
-                    f"<b>{html.escape(cond)}</b> #{r['prompt_index']} {html.escape(str(r['category']))} s{r['seed']}<br>"
-                    + _metrics_caption(r, edit_metrics)
+                    f"<b>{html.escape(cond)}</b> #{r['prompt_index']} "
+                    f"{html.escape(str(r['category']))} s{r['seed']}<br>" + _metrics_caption(r, edit_metrics)
                 )
                 gfigs.append(
                     _figure(_data_uri(img, thumb, "JPEG") if img is not None else None, cap, "unreadable edit")

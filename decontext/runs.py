@@ -95,7 +95,10 @@ def resume_decision(
     if entry is not None and entry.get("status") == "failed" and "previous" in entry:
         entry = entry["previous"]  # a redo that failed left the older output and its record in place
     if entry is None or "settings" not in entry or (input_sha is not None and "input_sha256" not in entry):
-        problem = f"{what} exists but no manifest entry says how it was made (not made by this tool, or by a version before exact resume)"
+        problem = (
+            f"{what} exists but no manifest entry says how it was made "
+            "(not made by this tool, or by a version before exact resume)"
+        )
     else:
         differences = settings_differences(entry["settings"], settings)
         if input_sha is not None and entry["input_sha256"] != input_sha:
@@ -143,7 +146,8 @@ def output_lock(lock_path: Path):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise OutputBusyError(
-                f"{shown(lock_path.parent)} is being written by {holder}; wait for it to finish or choose another --output"
+                f"{shown(lock_path.parent)} is being written by {holder}; "
+                "wait for it to finish or choose another --output"
             ) from None
         handle.seek(0)
         handle.truncate()

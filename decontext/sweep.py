@@ -264,7 +264,8 @@ class Sweep:
         gpus = devices(self.args.devices)
         todo = points(self.grid)
         log(
-            f"sweep {self.args.name}: {len(todo)} points on {', '.join('cpu' if d == 'cpu' else f'GPU {d}' for d in gpus)}"
+            f"sweep {self.args.name}: {len(todo)} points on "
+            f"{', '.join('cpu' if d == 'cpu' else f'GPU {d}' for d in gpus)}"
         )
         self.shared(gpus[0])
         jobs: queue.Queue = queue.Queue()
@@ -285,7 +286,8 @@ class Sweep:
                 with lock:
                     results.append(outcome)
                     log(
-                        f"  [{len(results)}/{len(todo)}] {point_name(point)}: {outcome['status']}{' - ' + outcome['error'] if 'error' in outcome else ''}"
+                        f"  [{len(results)}/{len(todo)}] {point_name(point)}: {outcome['status']}"
+                        f"{' - ' + outcome['error'] if 'error' in outcome else ''}"
                     )
 
         threads = [threading.Thread(target=worker, args=(d,)) for d in gpus]
@@ -335,15 +337,18 @@ def write_table(
         writer.writerows([{k: csv_cell(v) if isinstance(v, str) else v for k, v in r.items()} for r in rows])
     headline = headline_of(rows, preferred)
     shown = ([headline] if headline else []) + [m for m in metrics if m != headline][:5]
-    fmt = lambda r, m: (
-        ""
-        if r.get(m) is None
-        else (
-            f"{r[m]:.4g} [{r[f'{m}_low']:.4g}, {r[f'{m}_high']:.4g}]"
-            if r.get(f"{m}_low") is not None
-            else f"{r[m]:.4g}"
+
+    def fmt(r, m):
+        return (
+            ""
+            if r.get(m) is None
+            else (
+                f"{r[m]:.4g} [{r[f'{m}_low']:.4g}, {r[f'{m}_high']:.4g}]"
+                if r.get(f"{m}_low") is not None
+                else f"{r[m]:.4g}"
+            )
         )
-    )
+
     lines = [
         f"# Sweep {root.name}: condition '{condition}', headline {headline or '-'} (mean [95% CI])",
         "",

@@ -105,7 +105,8 @@ class EMATrainer:
         self.running = value if self.running is None else 0.98 * self.running + 0.02 * value
         if step % 50 == 0 or step == self.steps - 1:
             log(
-                f"{self.label} step {step}/{self.steps} loss {value:.4f} (avg {self.running:.4f}) lr {self.opt.param_groups[0]['lr']:.2e}"
+                f"{self.label} step {step}/{self.steps} loss {value:.4f} (avg {self.running:.4f}) "
+                f"lr {self.opt.param_groups[0]['lr']:.2e}"
             )
 
     def finish(self) -> dict:
@@ -173,7 +174,8 @@ def train_vae(
         opt.step()
         if step % 100 == 0 or step == steps - 1:
             log(
-                f"vae step {step}/{steps} loss {loss.item():.4f} l1 {l1.item():.4f} l2 {l2.item():.5f} kl {kl.item():.2f}"
+                f"vae step {step}/{steps} loss {loss.item():.4f} l1 {l1.item():.4f} "
+                f"l2 {l2.item():.5f} kl {kl.item():.2f}"
             )
     vae.eval()
     # latent normalisation (Kontext applies (z - shift) * scale before the transformer; SD only scales)
@@ -199,7 +201,7 @@ def train_vae(
 # -------------------------------------------------------------------------------------------- reader
 def _label_array(scenes, w=world) -> dict[str, np.ndarray]:
     labs = [w.labels(s) for s in scenes]
-    return {k: np.array([l[k] for l in labs]) for k in reader_heads(w)}
+    return {k: np.array([lab[k] for lab in labs]) for k in reader_heads(w)}
 
 
 def train_reader(
@@ -593,28 +595,32 @@ def main(argv=None) -> dict:
         "--mismatch-share",
         type=float,
         default=0.0,
-        help="DATA BIAS (labelled variants only): share of in-context samples, at every noise level, whose context is another scene",
+        help="DATA BIAS (labelled variants only): share of in-context samples, at every noise level, "
+        "whose context is another scene",
     )
     ap.add_argument(
         "--vae-reader-from",
         type=Path,
         default=None,
         metavar="EDITOR_DIR",
-        help="reuse the VAE of this trained toy editor folder and the reader named in its settings instead of training them",
+        help="reuse the VAE of this trained toy editor folder and the reader named in its settings "
+        "instead of training them",
     )
     ap.add_argument(
         "--reader-from",
         type=Path,
         default=None,
         metavar="READER_DIR",
-        help="reuse this trained reader folder (e.g. data/toy_reader) instead of training one; the VAE is still trained",
+        help="reuse this trained reader folder (e.g. data/toy_reader) instead of training one; "
+        "the VAE is still trained",
     )
     ap.add_argument(
         "--transformer-from",
         type=Path,
         default=None,
         metavar="EDITOR_DIR",
-        help="start the transformer from this trained toy editor's (same architecture) instead of from the seed: a fine-tune",
+        help="start the transformer from this trained toy editor's (same architecture) "
+        "instead of from the seed: a fine-tune",
     )
     ap.add_argument(
         "--double-layers", type=int, default=TOY_CONFIG.num_layers, help="double-stream blocks (shipped versions: 2)"
@@ -865,7 +871,8 @@ def main(argv=None) -> dict:
     else:
         reader.save(args.reader_out, {"accuracy": info.get("reader_accuracy")})
     log(
-        f"saved editor to {args.out} and reader to {args.reader_out}; training stages took {info['train_seconds_total']} s"
+        f"saved editor to {args.out} and reader to {args.reader_out}; "
+        f"training stages took {info['train_seconds_total']} s"
     )
     return info
 

@@ -195,7 +195,8 @@ def main(argv=None) -> dict:
     t0 = time.time()
     src, tgt = editor_pairs(vae, args.sources, args.seed, encode=source_latents)  # the toy Kontext's scenes
     log(
-        f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; scaled latent std {float(src.std() * vae.config.scaling_factor):.3f}"
+        f"editor data: {tuple(src.shape)} sources, {tuple(tgt.shape)} targets; "
+        f"scaled latent std {float(src.std() * vae.config.scaling_factor):.3f}"
     )
     info["unet"] = train_unet(components, src, tgt, args.steps, args.batch, args.seed, lr=args.lr)
     info.update(steps=args.steps, batch=args.batch, lr=args.lr, sources=args.sources)

@@ -80,7 +80,7 @@ def served(tmp_path_factory):
             break
         except OSError:
             if process.poll() is not None:
-                raise AssertionError(process.stdout.read().decode()[-3000:])
+                raise AssertionError(process.stdout.read().decode()[-3000:]) from None
             time.sleep(0.3)
     started = time.perf_counter() - began
     print(f"app ready in {started:.1f} s")

@@ -261,10 +261,13 @@ def test_bench_effect_replots_identity_against_budget_from_its_json(tmp_path):
     import numpy as np
 
     rng = np.random.default_rng(0)
-    scores = lambda level: {
-        "toy_identity": np.clip(level + rng.normal(0, 0.05, (6, 4)), 0, 1).tolist(),
-        "edit_success": np.ones((6, 4)).tolist(),
-    }
+
+    def scores(level):
+        return {
+            "toy_identity": np.clip(level + rng.normal(0, 0.05, (6, 4)), 0, 1).tolist(),
+            "edit_success": np.ones((6, 4)).tolist(),
+        }
+
     results = {"clean": scores(0.95), "another person": scores(0.45)}
     for eps in (4, 8, 16):
         results[f"noise@{eps}"] = {**scores(0.95), "psnr": 30.0, "seconds_per_image": 0.1}
@@ -304,11 +307,14 @@ def test_bench_paired_bootstrap_is_the_shared_paired_difference():
 
     rng = np.random.default_rng(1)
     a, b = rng.uniform(0.5, 1, (6, 9)), rng.uniform(0.5, 1, (6, 9))
-    rows = lambda x: [
-        {"image": f"im{i}", "identity": f"id{i:02d}", "prompt_index": e, "seed": 0, "m": float(x[e, i])}
-        for e in range(6)
-        for i in range(9)
-    ]
+
+    def rows(x):
+        return [
+            {"image": f"im{i}", "identity": f"id{i:02d}", "prompt_index": e, "seed": 0, "m": float(x[e, i])}
+            for e in range(6)
+            for i in range(9)
+        ]
+
     shared = paired_difference_ci(rows(a), rows(b), "m", n_boot=2000, seed=0).diff
     mean, low, high = _bench("effect").paired_bootstrap(a, b)
     assert (mean, low, high) == (pytest.approx(shared.mean), pytest.approx(shared.low), pytest.approx(shared.high))

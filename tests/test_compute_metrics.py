@@ -2,13 +2,16 @@
 
 import csv
 import hashlib
+import html as html_module
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from decontext.cli.evaluate import main
 from tests.demo_run import make_demo_run
@@ -165,11 +168,6 @@ def test_bad_arguments(tmp_path):
 
 
 # -- hardening (issue 17): damaged run folders and hostile index.json paths -----------------------
-
-import html as html_module
-import shutil
-
-from PIL import Image
 
 
 def _problems(out: Path) -> tuple[list[str], str]:

@@ -1,13 +1,19 @@
 import io
 import os
+import stat
+import struct
+import sys
+import warnings
+import zlib
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from decontext.images import (
     ImageLoadError,
+    atomic_write,
     budget_levels,
     list_images,
     load_image,
@@ -117,16 +123,6 @@ def test_list_images_filters_suffixes(tmp_path):
 
 
 # -- hardening (issue 17): permissions and atomicity of writes, decompression bombs -----------------
-
-import stat
-import struct
-import sys
-import warnings
-import zlib
-
-from PIL import ImageOps
-
-from decontext.images import atomic_write
 
 
 def _mode(path) -> int:

@@ -246,6 +246,8 @@ def test_without_dlib_the_metrics_are_unavailable_with_a_reason(monkeypatch, tmp
 
 
 def test_dlib_backends_apply_to_photo_runs_only():
-    names = lambda model: {b.name for b in backends_for(RunInfo(None, {"model": model}), EvalOptions())}
+    def names(model):
+        return {b.name for b in backends_for(RunInfo(None, {"model": model}), EvalOptions())}
+
     assert {"fdfr_dlib", "ism_dlib"} <= names("tiny")
     assert not {"fdfr_dlib", "ism_dlib"} & names("toy")

@@ -115,7 +115,7 @@ def test_methods_that_apply_run_within_budget_on_it(editor):
         with method.session(editor):
             adv = (
                 PGD(eps=8, alpha=2, steps=3, seed=0, progress=False)
-                .run(x, lambda p, step, gen: method.loss(editor, p, (64, 64), step, gen))
+                .run(x, lambda p, step, gen, method=method: method.loss(editor, p, (64, 64), step, gen))
                 .pixels
             )
         assert (adv - x).abs().max() <= 8 / 255 + 1e-6 and (adv - x).abs().max() > 0

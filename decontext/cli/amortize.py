@@ -1,7 +1,9 @@
 """``decontext amortize``: train an amortized protector against an editor with any method's own loss.
 
-    decontext amortize --model toy --method decontext --eps 16 --images toy-train --steps 3000 --out runs/protectors/mine
-    decontext attack --model toy --method amortized --protector runs/protectors/mine --input faces/ --output protected/
+    decontext amortize --model toy --method decontext --eps 16 --images toy-train --steps 3000 \\
+        --out runs/protectors/mine
+    decontext attack --model toy --method amortized --protector runs/protectors/mine \\
+        --input faces/ --output protected/
 
 A killed run resumes from its last checkpoint to the same weights (run the same command again). The
 protector ends as ``OUT/protector.safetensors`` + ``OUT/protector.json`` (docs/AMORTIZED.md).
@@ -25,9 +27,9 @@ def parser(spec: Family) -> argparse.ArgumentParser:
     ap.add_argument(
         "--images",
         default=None,
-        help="training photos: a folder (every tenth file, sorted, held out for validation) or toy-train (the toy world's "
-        "training identities; its held-out ones validate; toy-train:v3 for world v3's) (default: toy-train of the "
-        "toy editor's own world)",
+        help="training photos: a folder (every tenth file, sorted, held out for validation) "
+        "or toy-train (the toy world's training identities; its held-out ones validate; "
+        "toy-train:v3 for world v3's) (default: toy-train of the toy editor's own world)",
     )
     ap.add_argument("--out", required=True, help="folder for the protector (and its checkpoint/ while training)")
     ap.add_argument(
@@ -46,8 +48,9 @@ def parser(spec: Family) -> argparse.ArgumentParser:
         "--architecture",
         choices=["small", "conv"],
         default=None,
-        help="small: UNet2DModel with a self-attention mid block (the shipped toy protectors; fine at 64-256 px); conv: the same "
-        "without it, cost linear in pixels (for 512-1024 px working sizes). Default: small up to 256 px, conv above",
+        help="small: UNet2DModel with a self-attention mid block (the shipped toy protectors; fine at 64-256 px); "
+        "conv: the same without it, cost linear in pixels (for 512-1024 px working sizes). "
+        "Default: small up to 256 px, conv above",
     )
     ap.add_argument(
         "--seed", type=int, default=0, help="seed of the weights' initialisation and of every draw (default 0)"
@@ -160,12 +163,14 @@ def main(argv=None) -> int:
         return fail(str(exc))
     if "stopped_at" in result:
         print(
-            f"stopped at step {result['stopped_at']} of {config.steps}; run the same command to resume ({args.out}/checkpoint)"
+            f"stopped at step {result['stopped_at']} of {config.steps}; "
+            f"run the same command to resume ({args.out}/checkpoint)"
         )
         return 0
     last = result["validation"][-1] if result["validation"] else {}
     print(
-        f"protector: {args.out} ({result['parameters']:,} parameters, {result['steps']} steps, {result['seconds']:.0f} s); "
+        f"protector: {args.out} "
+        f"({result['parameters']:,} parameters, {result['steps']} steps, {result['seconds']:.0f} s); "
         f"held-out {last.get('clean')} -> {last.get('protected')}"
     )
     return 0

@@ -38,8 +38,8 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if args.share or args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
-            f"warning: serving beyond this machine ({'a public share link' if args.share else args.host}): anyone who reaches the page can "
-            "upload photos here and see the results",
+            f"warning: serving beyond this machine ({'a public share link' if args.share else args.host}): "
+            "anyone who reaches the page can upload photos here and see the results",
             file=sys.stderr,
         )
     try:

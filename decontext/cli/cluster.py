@@ -1,6 +1,7 @@
 """``decontext cluster``: protect many photos as a Ray Data job (``pip install decontext[cluster]``).
 
-    decontext cluster --model toy --method amortized --protector toy-decontext --input faces/ --output protected/ --actors 2
+    decontext cluster --model toy --method amortized --protector toy-decontext \\
+        --input faces/ --output protected/ --actors 2
     ray start --head                    # on one machine; `ray start --address HEAD:6379` on the others
     decontext cluster --address auto --input s3://bucket/uploads/ --output /shared/protected \\
         --model black-forest-labs/FLUX.1-Kontext-dev --preset fast --actors 8 --gpus-per-actor 1
@@ -30,7 +31,8 @@ def parser(spec):
     group.add_argument(
         "--address",
         default=None,
-        help="the Ray cluster: auto (the one `ray start` made on this machine), ray://HOST:10001, ... (default: a local one for this job)",
+        help="the Ray cluster: auto (the one `ray start` made on this machine), ray://HOST:10001, ... "
+        "(default: a local one for this job)",
     )
     group.add_argument("--actors", type=int, default=2, help="protecting actors, each with its own editor (default 2)")
     group.add_argument(
@@ -110,12 +112,14 @@ def main(argv=None) -> int:
         return fail(str(exc))
     except KeyboardInterrupt:
         print(
-            f"interrupted; what finished is recorded in {args.output}/manifest.json. Run the same command again to do the rest.",
+            f"interrupted; what finished is recorded in {args.output}/manifest.json. "
+            "Run the same command again to do the rest.",
             file=sys.stderr,
         )
         return 130
     print(
-        f"protected {report.done}, skipped {report.skipped} (already done with the same settings), failed {len(report.failed)} "
+        f"protected {report.done}, skipped {report.skipped} (already done with the same settings), "
+        f"failed {len(report.failed)} "
         f"of {report.total} in {report.seconds:.0f} s ({report.rate:.2f} images/s) -> {args.output}"
     )
     for name, message in report.failed.items():

@@ -55,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         nargs="+",
         default=[OFFICIAL_ANCHOR_T],
-        help=f"one t (the nearest step; default {OFFICIAL_ANCHOR_T:g}, the official code's) or a range LOW HIGH, t in 0..1000",
+        help=f"one t (the nearest step; default {OFFICIAL_ANCHOR_T:g}, the official code's) "
+        "or a range LOW HIGH, t in 0..1000",
     )
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: the pipeline's, or the toy's)")
     ap.add_argument("--guidance", type=float, default=None, help="guidance (default: the pipeline's, or the toy's)")
@@ -159,7 +160,7 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, OSError, ImportError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    for name, message in failed.items():
+    for _name, message in failed.items():
         print(f"  skipped: {message}", file=sys.stderr)
     block = args.block or uvr.default_block(uvr.transformer_of(model))
     made = uvr.make_anchors(
@@ -182,7 +183,8 @@ def main(argv=None) -> int:
             return 2
     made.save(output)
     print(
-        f"{args.concept}: {anchors.shape[0]} anchors at {block} -> {output} (concepts: {', '.join(f'{n} x{t.shape[0]}' for n, t in made.concepts.items())})"
+        f"{args.concept}: {anchors.shape[0]} anchors at {block} -> {output} "
+        f"(concepts: {', '.join(f'{n} x{t.shape[0]}' for n, t in made.concepts.items())})"
     )
     return 1 if failed else 0
 

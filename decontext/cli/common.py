@@ -66,7 +66,8 @@ def family_arg(value: str) -> str:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, spec: Family, role: str, fixed: bool) -> None:
-    """--family (unless the script fixes it), --model, --device, --dtype, --max-megapixels and the family's own flags."""
+    """--family (unless the script fixes it), --model, --device, --dtype, --max-megapixels and the family's own
+    flags."""
     if not fixed:
         parser.add_argument(
             "--family",
@@ -74,7 +75,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, spec: Family, role: str
             dest="family",
             type=family_arg,
             default=spec.name,
-            help=f"editor family: {', '.join(FAMILIES)} (default: the --model's own, else {DEFAULT_FAMILY}; now {spec.name})",
+            help=f"editor family: {', '.join(FAMILIES)} "
+            f"(default: the --model's own, else {DEFAULT_FAMILY}; now {spec.name})",
         )
     parser.add_argument("--model", default="tiny", help=spec.model_help + _toy_note(spec))
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
@@ -167,7 +169,8 @@ def shared_editors():
     """Within: commands run in this process that load the same editor (model, family, device, dtype and
     options) get the one loaded first, e.g. ``decontext demo`` running attack and edit commands one after
     the other. Whatever a command prepares on it (embedded prompts) stays for the next; a prompt that needs
-    text encoders an earlier command released fails loudly, so prepare every prompt first (``prepare(..., release=False)``)."""
+    text encoders an earlier command released fails loudly, so prepare every prompt first
+    (``prepare(..., release=False)``)."""
     global _SHARED
     outer, _SHARED = _SHARED, {} if _SHARED is None else _SHARED
     try:

@@ -57,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
         "--preset",
         default="fast",
         choices=sorted(PRESETS),
-        help="PGD settings: fast (default; the fewer steps docs/EVIDENCE.md found to reach the paper's result) or paper (the official 800 steps)",
+        help="PGD settings: fast (default; the fewer steps docs/EVIDENCE.md found to reach the paper's result) "
+        "or paper (the official 800 steps)",
     )
     ap.add_argument(
         "--eps",
@@ -180,6 +181,7 @@ def main(argv=None) -> int:
                 return code
     summary = Path(args.run) / "summary.md"
     print(
-        f"\n{summary.read_text(encoding='utf-8')}\nreport: {Path(args.run) / 'report.html'}   (demo: {time.perf_counter() - began:.0f} s)"
+        f"\n{summary.read_text(encoding='utf-8')}\nreport: {Path(args.run) / 'report.html'}   "
+        f"(demo: {time.perf_counter() - began:.0f} s)"
     )
     return 0

@@ -76,7 +76,8 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="redo edits made with other settings or from changed inputs "
-        "(a re-run otherwise skips only edits made with the same settings, prompt and input bytes, and refuses the rest)",
+        "(a re-run otherwise skips only edits made with the same settings, prompt and input bytes, "
+        "and refuses the rest)",
     )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     if spec.regulator:
@@ -167,7 +168,8 @@ def main(argv=None, family: str | None = None) -> int:
     except OutputBusyError as exc:  # another process holds the output folder
         return fail(str(exc))
     print(
-        f"edited {len(report.done)}, skipped {len(report.skipped)} (already done with the same settings), failed images {len(report.failed)} -> {shown(args.output)}"
+        f"edited {len(report.done)}, skipped {len(report.skipped)} (already done with the same settings), "
+        f"failed images {len(report.failed)} -> {shown(args.output)}"
     )
     for message in report.failed.values():
         print(f"  failed: {shown(message)}", file=sys.stderr)

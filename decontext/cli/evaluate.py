@@ -1,4 +1,5 @@
-"""``decontext eval`` (``python eval/compute_metrics.py``): score a run folder, write metrics.csv, summary.md/json and report.html."""
+"""``decontext eval`` (``python eval/compute_metrics.py``): score a run folder, write metrics.csv, summary.md/json
+and report.html."""
 
 from __future__ import annotations
 

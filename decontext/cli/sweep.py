@@ -33,7 +33,8 @@ def parser() -> argparse.ArgumentParser:
         dest="editor",
         type=family_arg,
         default=DEFAULT_FAMILY,
-        help=f"editor family: {', '.join(FAMILIES)} or a short name (kontext, step1x, ip2p, flux2, qwen; default kontext)",
+        help=f"editor family: {', '.join(FAMILIES)} "
+        "or a short name (kontext, step1x, ip2p, flux2, qwen; default kontext)",
     )
     ap.add_argument(
         "--model", default="toy", help="the model every point protects against and edits with (default toy)"
@@ -70,7 +71,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--attack-resolution",
         default=None,
-        help="the attack's working size (default: the model's own: the toys' 64, the tiny models' 64, auto for real checkpoints)",
+        help="the attack's working size "
+        "(default: the model's own: the toys' 64, the tiny models' 64, auto for real checkpoints)",
     )
     ap.add_argument(
         "--batch-size", type=int, default=1, help="(prompt, seed) pairs of one image edited together (default 1)"
@@ -117,7 +119,9 @@ def main(argv=None) -> int:
     failed = [r for r in results if r["status"] == "failed"]
     root = Path(args.runs) / args.name
     print(
-        f"{len(results) - len(failed)} points ok ({sum(r['status'] == 'skipped' for r in results)} already done), {len(failed)} failed -> {root / 'table.md'}"
+        f"{len(results) - len(failed)} points ok "
+        f"({sum(r['status'] == 'skipped' for r in results)} already done), "
+        f"{len(failed)} failed -> {root / 'table.md'}"
     )
     for r in failed:
         print(f"  failed: {point_name(r['point'])}: {r['error']}", file=sys.stderr)

@@ -21,7 +21,8 @@ def faces_parser() -> argparse.ArgumentParser:
         "--world",
         choices=sorted(WORLDS),
         default=None,
-        help="toy world: v1 (identity is colour) or v3 (identity is shape) (default: the world of the default toy editor)",
+        help="toy world: v1 (identity is colour) or v3 (identity is shape) "
+        "(default: the world of the default toy editor)",
     )
     ap.add_argument("--seed", type=int, default=42, help="seed of the nuisance (background, position) (default 42)")
     return ap
@@ -46,7 +47,8 @@ def evaluate_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="decontext toy-eval",
         description="Held-out evaluation of a toy editor (decontext.toy.evaluate): "
-        "clean-edit identity and edit success on held-out faces, the VAE ceiling, and another person as context (chance).",
+        "clean-edit identity and edit success on held-out faces, the VAE ceiling, "
+        "and another person as context (chance).",
     )
     ap.add_argument(
         "--model",
@@ -80,14 +82,16 @@ def evaluate(argv=None) -> int:
     editor_dir = toy_editor_dir(args.model) if is_toy_model(args.model) else Path(args.model)
     res = run_evaluation(args.identities, args.steps, args.guidance, args.seed, editor_dir=editor_dir)
     print(
-        f"held-out identities: {res['n_identities']} x 6 edits = {res['n_edits']} edits; steps {res['steps']}, guidance {res['guidance']}"
+        f"held-out identities: {res['n_identities']} x 6 edits = {res['n_edits']} edits; "
+        f"steps {res['steps']}, guidance {res['guidance']}"
     )
     print(f"VAE PSNR (sources + ground-truth edits): {res['vae_psnr']:.2f} dB")
     for key in ("ground_truth", "vae_ceiling", "clean_edit", "other_person"):
         r = res[key]
         print(f"{key:13s} toy_identity {r['toy_identity']:.3f}  edit_success {r['edit_success']:.3f}")
     print(
-        f"other_person pairs share {res['other_person_truth']:.3f} of their attributes in truth (what taking the whole context person scores)"
+        f"other_person pairs share {res['other_person_truth']:.3f} of their attributes in truth "
+        "(what taking the whole context person scores)"
     )
     print(
         "per edit (clean_edit): "

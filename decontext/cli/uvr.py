@@ -109,11 +109,14 @@ def check_resume(index_path: str | Path, record: dict | None) -> None:
         return
     before = (index.get("settings") or {}).get("uvr")
     if before != record:
-        said = lambda r: (
-            "without UVR"
-            if r is None
-            else f"with UVR ({r.get('anchors')}, threshold {r.get('config', {}).get('threshold')})"
-        )
+
+        def said(r):
+            return (
+                "without UVR"
+                if r is None
+                else f"with UVR ({r.get('anchors')}, threshold {r.get('config', {}).get('threshold')})"
+            )
+
         raise ValueError(
             f"{index_path.parent} holds outputs made {said(before)}; this run is {said(record)}: use another --output"
         )

@@ -79,7 +79,8 @@ class ArcFaceISMBackend(ISMBackend):
             "ism_arcface",
             "lower",
             "edit",
-            "cosine of ArcFace embeddings, edit face vs mean clean embedding of the identity; lower = better protection",
+            "cosine of ArcFace embeddings, edit face vs mean clean embedding of the identity; "
+            "lower = better protection",
         ),
     )
 

@@ -116,9 +116,8 @@ class BackendEntry:
     factory: Callable[[EvalOptions], MetricBackend]
     applies: Callable[["RunInfo"], bool]
     order: int
-    why_not: str | None = (
-        None  # said in the summary when ``applies`` is False (None: nothing worth saying, e.g. the toy reader on photos)
-    )
+    # said in the summary when ``applies`` is False (None: nothing worth saying, e.g. the toy reader on photos)
+    why_not: str | None = None
 
 
 _REGISTRY: dict[str, BackendEntry] = {}

@@ -73,8 +73,8 @@ def _import_dlib():
 
 class DlibDetector(CachedDetector):
     """dlib's HOG + linear SVM frontal face detector; the largest face of an image, cached per file
-    (``CachedDetector``, so the shared ISM/FDFR logic runs on it). ``upsample``: the detector finds faces down to about 80 px
-    wide at 0 and 40 px at 1 (its default here: edits of portraits at 256-1024 px keep faces larger, and
+    (``CachedDetector``, so the shared ISM/FDFR logic runs on it). ``upsample``: the detector finds faces down to
+    about 80 px wide at 0 and 40 px at 1 (its default here: edits of portraits at 256-1024 px keep faces larger, and
     small outputs still work)."""
 
     def __init__(self, upsample: int = 1) -> None:

@@ -130,7 +130,7 @@ def evaluate_run(
                 run.note_error(f"{stem}: no {missing} image; imperceptibility of '{cond}' not scored")
             else:
                 for b in input_backends:
-                    _apply(b, lambda b=b: b.score_input(cond, stem, run), row, run, str(inp))
+                    _apply(b, lambda b=b, cond=cond, stem=stem: b.score_input(cond, stem, run), row, run, str(inp))
             result.input_rows.append(row)
 
     # edits
@@ -155,7 +155,7 @@ def evaluate_run(
             result.edit_rows.append(row)
             continue
         for b in edit_backends:
-            _apply(b, lambda b=b: b.score_edit(edit, run), row, run, str(edit.output))
+            _apply(b, lambda b=b, edit=edit: b.score_edit(edit, run), row, run, str(edit.output))
         result.edit_rows.append(row)
     return result
 
@@ -286,7 +286,8 @@ def not_measured_lines(summary: dict) -> list[str]:
 
 
 def describe_run(summary: dict) -> str:
-    """``toy FLUX.1-Kontext editor (model `toy`), 20 identities, 360 edits``; says when the folders did not record the model."""
+    """``toy FLUX.1-Kontext editor (model `toy`), 20 identities, 360 edits``; says when the folders did not record the
+    model."""
     run = summary["_run"]
     model, editor = run.get("model", "unknown"), run.get("editor", "unknown")
     what = (
@@ -309,7 +310,8 @@ def summary_markdown(summary: dict, title: str = "Evaluation summary") -> str:
         "",
         "## By condition",
         "",
-        "Cells: mean [95% bootstrap interval] (n). 'better protection' says which direction means the protection worked better.",
+        "Cells: mean [95% bootstrap interval] (n). "
+        "'better protection' says which direction means the protection worked better.",
         "",
     ]
     lines += _md_table(summary, conds, metrics)
@@ -502,7 +504,8 @@ def verdict_lines(summary: dict) -> list[str]:
             )
         if noise is None:
             parts.append(
-                "This run has no noise control, so the effect cannot be told apart from any perturbation of the same size."
+                "This run has no noise control, "
+                "so the effect cannot be told apart from any perturbation of the same size."
             )
         out.append(" ".join(parts))
     return out or ["**No verdict:** this run has no protected condition."]

@@ -229,7 +229,8 @@ class FaceNetISMBackend(ISMBackend):
             "ism_facenet",
             "lower",
             "edit",
-            "cosine of FaceNet embeddings, edit face vs mean clean embedding of the identity; lower = better protection",
+            "cosine of FaceNet embeddings, edit face vs mean clean embedding of the identity; "
+            "lower = better protection",
         ),
     )
 

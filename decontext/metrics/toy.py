@@ -1,4 +1,5 @@
-"""Toy-world metrics, for runs whose editor is the embedded toy editor (run.json ``"model": "toy"`` or a toy version such as ``"toy-v1"``).
+"""Toy-world metrics, for runs whose editor is the embedded toy editor (run.json ``"model": "toy"`` or a toy
+version such as ``"toy-v1"``).
 
 The toy world's attribute reader (``decontext.toy.reader``) reads the four identity attributes (world
 v1: skin, eyes, hair colour, hair style; world v3: face, hair, eyes and nose shape) and the edit state
@@ -49,12 +50,16 @@ class ToyBackend(MetricBackend):
                 self._readers["toy"] = ToyReader.for_editor("toy")
             except Exception as exc:
                 self._unavailable(
-                    f"toy attribute reader not loadable ({type(exc).__name__}: {exc}); bash scripts/train_toy_editor.sh makes it"
+                    f"toy attribute reader not loadable ({type(exc).__name__}: {exc}); "
+                    "bash scripts/train_toy_editor.sh makes it"
                 )
                 return
             from decontext.toy.names import toy_reader_dir
 
-            self.source = f"the attribute reader of each run's toy editor ({toy_reader_dir('toy')} for the default; a small CNN trained on the toy renders, docs/TOY.md)"
+            self.source = (
+                f"the attribute reader of each run's toy editor ({toy_reader_dir('toy')} for the default; "
+                "a small CNN trained on the toy renders, docs/TOY.md)"
+            )
         self._ok()
 
     def _reader_for(self, run: RunData):

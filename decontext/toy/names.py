@@ -51,7 +51,8 @@ def toy_editor_dir(name: str = "toy", family: str = "flux_kontext") -> Path:
     key = TOY_DEFAULTS.get(family, TOY_DEFAULT) if name == "toy" else name
     if key not in TOY_EDITORS:
         raise ValueError(
-            f"unknown toy editor {name!r}: 'toy' (= {TOY_DEFAULTS.get(family, TOY_DEFAULT)}) or one of {sorted(TOY_EDITORS)}"
+            f"unknown toy editor {name!r}: 'toy' (= {TOY_DEFAULTS.get(family, TOY_DEFAULT)}) "
+            f"or one of {sorted(TOY_EDITORS)}"
         )
     return TOY_EDITORS[key]
 

@@ -1,8 +1,8 @@
 """The toy attribute reader: a small CNN that reads the 4 identity attributes and the edit state of a
 toy-world image, and the toy metrics built on it.
 
-- ``toy_identity``: share of the source's identity attributes (v1: skin, eyes, hair colour, hair style; v3: face, hair, eyes, nose)
-  that the reader finds again in the edited image (1.0 = same person, ~0.25 = a random person).
+- ``toy_identity``: share of the source's identity attributes (v1: skin, eyes, hair colour, hair style; v3: face,
+  hair, eyes, nose) that the reader finds again in the edited image (1.0 = same person, ~0.25 = a random person).
 - ``edit_success``: 1 if the requested edit is visible in the edited image (hat / glasses / smile
   read as present, or the background read as the requested colour), else 0.
 
@@ -87,7 +87,8 @@ class ToyReader:
         self.world = get_world(world_name)
         if set(self.net.heads) != set(reader_heads(self.world)):
             raise ValueError(
-                f"the reader's heads {sorted(self.net.heads)} are not world {world_name}'s {sorted(reader_heads(self.world))}"
+                f"the reader's heads {sorted(self.net.heads)} "
+                f"are not world {world_name}'s {sorted(reader_heads(self.world))}"
             )
 
     @property
@@ -177,7 +178,8 @@ def edit_name(prompt_or_edit: str, pool: str | Path | None = None) -> str:
         if edit in low:
             return edit
     raise ValueError(
-        f"cannot tell which toy edit {prompt_or_edit!r} asks for; expected one of {world.EDITS} or a prompt of {PROMPTS_FILE}"
+        f"cannot tell which toy edit {prompt_or_edit!r} asks for; "
+        f"expected one of {world.EDITS} or a prompt of {PROMPTS_FILE}"
     )
 
 

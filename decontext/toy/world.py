@@ -121,7 +121,10 @@ class Identity(MixedRadixIdentity):
     RADIX = (len(SKIN), len(EYES), len(HAIR), len(STYLES))
 
     def describe(self) -> str:
-        return f"{SKIN_NAMES[self.skin]} skin, {EYE_NAMES[self.eyes]} eyes, {HAIR_NAMES[self.hair_color]} {STYLES[self.hair_style]} hair"
+        return (
+            f"{SKIN_NAMES[self.skin]} skin, {EYE_NAMES[self.eyes]} eyes, "
+            f"{HAIR_NAMES[self.hair_color]} {STYLES[self.hair_style]} hair"
+        )
 
 
 def is_held_out(identity) -> bool:
