@@ -276,7 +276,7 @@ def make_steps(editor, args):
         with method.session(on) as probe:
             probe.fused = fused  # False: a separate indicator call in every probed layer (no fusion)
             x = x0.clone().requires_grad_(True)
-            loss, _ = method.loss(on, x, size, 0, draw())
+            loss, _ = method.loss(on, x, size, 0, [draw()])
             loss.backward()
         return float(loss.detach())
 
@@ -284,7 +284,7 @@ def make_steps(editor, args):
         """A step of a variant that does not use our probe: condition, draw the same noise, loss, backward."""
         x = x0.clone().requires_grad_(True)
         condition = editor.condition(x, [prompt], size)
-        noise = editor.noise_like(condition, draw())
+        noise = editor.noise_like(condition, [draw()])
         loss = loss_of(noise, condition)
         loss.backward()
         return float(loss.detach())

@@ -3,9 +3,9 @@
 
 For each budget and method: protect every held-out face (batched PGD through the library's engine and
 methods, saved-file quantisation within the budget), edit clean and protected faces with the toy
-pipeline (FluxKontextPipeline, or InstructPix2Pix for toy-ip2p) under the six toy edits, read the results with the toy attribute reader, and
-compare with the random-noise control of the same budget (paired by identity and edit; 95% bootstrap
-interval over identities).
+pipeline (FluxKontextPipeline, or InstructPix2Pix for toy-ip2p) under the six toy edits, read the results
+with the toy attribute reader, and compare with the random-noise control of the same budget (paired by
+identity and edit; 95% bootstrap interval over identities).
 
     python -m bench.effect                               # 100 identities, eps 8 16 32, all methods
     python -m bench.effect --identities 20 --eps 16 --steps 50 --methods noise decontext
@@ -118,6 +118,7 @@ def protect_batch(
     (``decontext.purify.EOT``), with ``eot_samples`` among ``pgd_options``."""
     out = []
     steps = steps if method.optimises else None  # the noise control is its start alone
+    chunk = chunk if method.batched else 1  # image i's seed is seed + i either way: chunks only batch for speed
     config = ProtectConfig(
         pgd=PGDConfig.for_method(method, eps=eps, alpha=alpha, steps=steps, **pgd_options),
         resolution="native",
@@ -286,7 +287,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--protector",
         default=None,
-        help="the protector of the amortized row (shipped name or folder; default: the one trained on --model, toy-decontext for toy-v1)",
+        help="the protector of the amortized row (shipped name or folder; "
+        "default: the one trained on --model, toy-decontext for toy-v1)",
     )
     parser.add_argument("--chunk", type=int, default=50)
     parser.add_argument("--json", type=Path, default=None, help="also write the raw table here")
@@ -342,7 +344,8 @@ def main(argv=None) -> int:
         "clean": score(reader, sources, edit_all(editor, sources, prompts, args.seed, settings, args.chunk), names)
     }
     print(
-        f"clean: identity {results['clean']['toy_identity'].mean():.3f}, edit success {results['clean']['edit_success'].mean():.3f} "
+        f"clean: identity {results['clean']['toy_identity'].mean():.3f}, "
+        f"edit success {results['clean']['edit_success'].mean():.3f} "
         f"({time.perf_counter() - started:.0f}s)",
         flush=True,
     )
@@ -388,11 +391,14 @@ def main(argv=None) -> int:
 
     lines = [
         f"Toy editor {args.model!r}, {len(sources)} held-out identities x {len(prompts)} edits, PGD {args.steps} steps "
-        f"({', '.join(f'{k} {v}' for k, v in pgd_options(args).items() if v is not None) or 'each method its own rule'}); "
-        f"toy_identity: lower = better protection; diff = condition - noise at the same eps (paired, 95% bootstrap CI over identities); "
-        f"way = -diff / (clean - another person) = {way:.3f}; PSNR of the saved protected input; protect time per image on this machine",
+        f"({', '.join(f'{k} {v}' for k, v in pgd_options(args).items() if v is not None) or 'each method its own rule'}"
+        "); toy_identity: lower = better protection; "
+        "diff = condition - noise at the same eps (paired, 95% bootstrap CI over identities); "
+        f"way = -diff / (clean - another person) = {way:.3f}; PSNR of the saved protected input; "
+        "protect time per image on this machine",
         "",
-        "| condition | toy_identity | edit_success | identity diff vs noise [95% CI] | share of the way | PSNR (dB) | s/image |",
+        "| condition | toy_identity | edit_success | identity diff vs noise [95% CI] | share of the way "
+        "| PSNR (dB) | s/image |",
         "|---|---|---|---|---|---|---|",
     ]
     for key, r in results.items():
@@ -404,7 +410,8 @@ def main(argv=None) -> int:
         psnr_text = f"{info['psnr']:.1f}" if info else ""
         seconds_text = f"{info['seconds_per_image']:.1f}" if info else ""
         lines.append(
-            f"| {key} | {r['toy_identity'].mean():.3f} | {r['edit_success'].mean():.3f} | {diff} | {share} | {psnr_text} | {seconds_text} |"
+            f"| {key} | {r['toy_identity'].mean():.3f} | {r['edit_success'].mean():.3f} "
+            f"| {diff} | {share} | {psnr_text} | {seconds_text} |"
         )
     print("\n".join(lines))
     if args.json:
@@ -416,7 +423,8 @@ def main(argv=None) -> int:
         write_plot(
             results,
             plot,
-            f"{args.model}: toy identity vs budget ({len(sources)} identities x {len(prompts)} edits, PGD {args.steps} steps)",
+            f"{args.model}: toy identity vs budget "
+            f"({len(sources)} identities x {len(prompts)} edits, PGD {args.steps} steps)",
         )
     return 0
 

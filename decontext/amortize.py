@@ -12,7 +12,8 @@ the same weights as one that was never stopped (bit-identical on the CPU). Check
 atomically every ``checkpoint_every`` steps; held-out images are scored with the method's own measure
 every ``validate_every`` steps.
 
-    python -m decontext amortize --model toy --method decontext --eps 16 --images toy-train --steps 3000 --out runs/protectors/toy-decontext
+    python -m decontext amortize --model toy --method decontext --eps 16 --images toy-train --steps 3000 \\
+        --out runs/protectors/toy-decontext
 
 Images: ``toy-train`` (the toy world's training identities, rendered on the fly; never the held-out
 ones, which validation uses) or a folder of photos (random square crops resized to the working size;
@@ -99,7 +100,8 @@ class ImageSource:
             files = sorted(list_images(spec))
             if len(files) < 2:
                 raise ValueError(
-                    f"--images {spec}: need at least 2 images (every tenth is held out for validation), found {len(files)}"
+                    f"--images {spec}: need at least 2 images (every tenth is held out for validation), "
+                    f"found {len(files)}"
                 )
             self.val_files = files[::10]
             self.files = [f for f in files if f not in set(self.val_files)]
@@ -177,7 +179,7 @@ def objective(method, editor, x: torch.Tensor, size, step: int, generators: list
         loss, _ = method.loss(editor, x, size, step, generators)
         return loss.mean()
     return torch.stack(
-        [method.loss(editor, x[i : i + 1], size, step, generators[i])[0].reshape(()) for i in range(len(x))]
+        [method.loss(editor, x[i : i + 1], size, step, [generators[i]])[0].reshape(()) for i in range(len(x))]
     ).mean()
 
 
@@ -224,7 +226,8 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
     size = tuple(editor.working_size(config.size, config.size, "native"))
     if size != (config.size, config.size):
         raise ValueError(
-            f"--size {config.size} is not a working size of the {config.family} editor {config.model} (nearest {size}); "
+            f"--size {config.size} is not a working size of the {config.family} editor {config.model} "
+            f"(nearest {size}); "
             "use a multiple of its patch size"
         )
     torch.manual_seed(config.seed)
@@ -235,7 +238,8 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
         state = json.loads((checkpoint / STATE_FILE).read_text())
         if state["config_digest"] != config.digest():
             raise ValueError(
-                f"{checkpoint}: a checkpoint of another training recipe (digest {state['config_digest']} vs {config.digest()}); "
+                f"{checkpoint}: a checkpoint of another training recipe "
+                f"(digest {state['config_digest']} vs {config.digest()}); "
                 "train into another folder, or delete it to start over"
             )
         protector.net.load_state_dict(load_file(str(checkpoint / "protector.safetensors")))
@@ -262,7 +266,8 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
             history.append(validate(0))  # the untrained protector: the yardstick of the log
         bar = tqdm(total=config.steps, initial=step, desc="protector", disable=not options.progress, dynamic_ncols=True)
         while step < config.steps:
-            # Under `accelerate launch`, each process takes its share of one larger batch (the same draws as one process).
+            # Under `accelerate launch`, each process takes its share of one larger batch
+            # (the same draws as one process).
             world, rank = accelerator.num_processes, accelerator.process_index
             x0 = source.batch(step, config.batch_size * world)[rank::world].to(editor.device)
             generators = _generators(config.seed, step, config.batch_size * world)[rank::world]

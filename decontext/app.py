@@ -139,7 +139,11 @@ class ProtectApp:
             from .editors import family as family_of
 
             pgd = PGDConfig.for_method(
-                method, defaults=family_of(self.family).pgd_defaults, preset=choice["preset"], eps=eps
+                method,
+                defaults=family_of(self.family).pgd_defaults,
+                family_presets=family_of(self.family).presets,
+                preset=choice["preset"],
+                eps=eps,
             )
         report = protect_files(
             editor,

@@ -17,11 +17,15 @@ anchor recorder) is an ``AttentionHook``: the one processor per attention archit
 them to the hook, which returns the attention output. ``ContextShareProbe`` is the probe's hook: its
 ``joint`` is the one probe dispatch (measure-only and stop, fused, or a separate measurement call).
 A probed layer still returns exactly what the stock processor returns.
+
+The probe hook holds no per-call state. What one model call asks of it (the token layout, the block to
+stop in, the text mask) is a ``ProbeCall`` the editor makes for that call and hands to the model in its
+own attention-kwargs channel, so it reaches the hooked layers of that call and no other; the layers put
+their measurements into it, and the editor returns them (``Probed``).
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -68,12 +72,18 @@ class AttentionHook:
     norm and RoPE, text first) and ``attend(q, k, v, scale=None, mask=None)``, the layer's own attention
     call (diffusers' dispatcher, the user's backend, the layer's key mask); returns the (B, S, H, D)
     output. The default is the stock computation. ``cross(name, probs)``: a cross-attention layer's
-    (B, heads, queries, keys) softmax, read before the layer uses it (UNet editors)."""
+    (B, heads, queries, keys) softmax, read before the layer uses it (UNet editors).
 
-    def joint(self, name: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attend) -> torch.Tensor:
+    A model call that carries a ``ProbeCall`` (a velocity call under an editor's probe) hands it as ``call=``;
+    the processors pass ``call`` only when the call carried one, so a hook that never meets such calls
+    (UVR, the premise study's cuts) need not take the argument."""
+
+    def joint(
+        self, name: str, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attend, call=None
+    ) -> torch.Tensor:
         return attend(query, key, value)
 
-    def cross(self, name: str, probs: torch.Tensor) -> None:
+    def cross(self, name: str, probs: torch.Tensor, call=None) -> None:
         pass
 
 
@@ -88,7 +98,8 @@ def _indicator(
     if text_mask is not None:
         if channels < 2 or text_mask.shape[-1] != layout.text:
             raise ValueError(
-                f"text mask of {text_mask.shape[-1]} tokens for {layout.text} text keys (and {channels} indicator channels)"
+                f"text mask of {text_mask.shape[-1]} tokens for {layout.text} text keys "
+                f"(and {channels} indicator channels)"
             )
         indicator[:, layout.text_slice, 1] = text_mask.to(like.device, like.dtype)
     return indicator
@@ -203,67 +214,26 @@ def context_share_reference(query: torch.Tensor, key: torch.Tensor, layout: Layo
     return probs[..., layout.context_slice].sum(-1)
 
 
-@dataclass
-class ContextShareProbe(AttentionHook):
-    """The probe: shared state of the probed layers of one model, and their hook.
+@dataclass(frozen=True, eq=False)
+class ProbeCall:
+    """What one model call asks of its probed layers, and where they put what they measure.
 
-    Set ``layout`` before a forward; after it, ``shares[name]`` holds a (B,) tensor per probed layer
-    (mean over heads and target queries), still attached to the autograd graph. With ``text_mask`` set
-    ((B, text) weights of the prompt's tokens), ``text_maps[name]`` also holds a (B, T) map: per target
-    query, the attention mass on those text keys, mean over heads (what DANP reads). On a cross-attention
-    layer (UNet editors) only ``text_maps`` are recorded, from the layer's own softmax.
-    """
+    The editor makes one for each velocity call under a probe and passes it to the model in its
+    attention-kwargs channel (``decontext.editors.blocks.PROBE_KWARG``). Activation checkpointing keeps a
+    block's arguments, this record among them, so the block's re-run in backward takes the same path as
+    its forward (measure-only in ``stop_at``), which the recomputed activations must match.
 
-    layout: Layout | None = None
-    enabled: bool = True
-    fused: bool = True  # share from the layer's own attention call (see attention_with_masses); False: a separate call
-    stop_at: str | None = None  # a probed layer after whose probe the forward may end
+    ``layout``: the token counts of this call; ``stop_at``: a probed layer after whose measurement the
+    forward ends (``StopForward``); ``text_mask``: (B, text) weights of the prompt's tokens, when text maps
+    are wanted. ``shares`` / ``text_maps`` are filled by the layers of this call only (see ``Probed``)."""
+
+    layout: Layout
+    stop_at: str | None = None
     text_mask: torch.Tensor | None = None
     shares: dict[str, torch.Tensor] = field(default_factory=dict)
     text_maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def _check_ready(self) -> bool:
-        if not self.enabled:
-            return False
-        if self.layout is None:
-            raise RuntimeError("ContextShareProbe.layout must be set before the forward pass")
-        return True
-
-    def joint(self, name: str, query, key, value, attend=None) -> torch.Tensor:
-        """The probe dispatch of one joint-attention layer: in the layer a forward stops at, only the
-        measurement (a separate call; its output is never needed) and ``StopForward``; elsewhere the layer's
-        output with the measurement fused into its own call, or beside it (``fused=False``)."""
-        attend = attend or sdpa
-        if not self._check_ready():
-            return attend(query, key, value)
-        if self.stop_at == name:
-            self.record(name, query, key, attend)
-            raise StopForward
-        if self.fused:
-            out, share, text = attention_with_masses(query, key, value, self.layout, attend, text_mask=self.text_mask)
-        else:
-            share, text = target_masses(query, key, self.layout, self.text_mask, attend)
-            out = attend(query, key, value)
-        self.record_share(name, share, text)
-        return out
-
-    def cross(self, name: str, probs: torch.Tensor) -> None:
-        """Keep the text map of a cross-attention layer's (B, heads, queries, keys) softmax; the forward
-        ends after it when this is the layer to stop at."""
-        if self.text_mask is None:
-            raise RuntimeError("ContextShareProbe.text_mask must be set before the forward pass")
-        mask = self.text_mask.to(probs.device, probs.dtype)
-        self.text_maps[name] = torch.einsum("bhqk,bk->bq", probs, mask) / probs.shape[1]
-        if self.stop_at == name:
-            raise StopForward
-
-    def record(self, name: str, query: torch.Tensor, key: torch.Tensor, attend=None) -> None:
-        """Measure a layer whose attention output is not needed (a separate call)."""
-        if self._check_ready():
-            share, text = target_masses(query, key, self.layout, self.text_mask, attend)
-            self.record_share(name, share, text)
-
-    def record_share(self, name: str, share: torch.Tensor, text: torch.Tensor | None = None) -> None:
+    def record(self, name: str, share: torch.Tensor, text: torch.Tensor | None = None) -> None:
         """Keep the (B,) mean over heads and target queries of a (B, H, T) share (and the (B, T) head mean
         of a text mass)."""
         # Overwrite rather than append: activation checkpointing re-runs a block during backward.
@@ -272,9 +242,26 @@ class ContextShareProbe(AttentionHook):
         if text is not None:
             self.text_maps[name] = text.to(torch.promote_types(text.dtype, torch.float32)).mean(dim=1)
 
-    def clear(self) -> None:
-        self.shares = {}
-        self.text_maps = {}
+
+@dataclass(frozen=True, eq=False)
+class Probed:
+    """What one velocity call under a probe returns (``editor.probed_velocity``).
+
+    ``velocity``: the prediction, or None when the pass ended early (``stop_after``); ``shares[name]``: a
+    (B,) context share per probed layer that ran (mean over heads and target queries), attached to the
+    autograd graph; ``text_maps[name]``: with text attention (``editor.text_attention``), a (B, T) map per
+    probed layer: per target query, the attention mass on the prompt's tokens, mean over heads. Empty
+    when no probe is installed."""
+
+    velocity: torch.Tensor | None
+    shares: dict[str, torch.Tensor] = field(default_factory=dict)
+    text_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, velocity: torch.Tensor | None, call: ProbeCall | None) -> Probed:
+        """A call's velocity and what its layers put into its record (nothing for a call without one)."""
+        # Copies: a checkpointed backward re-runs blocks, and they write into the record again.
+        return cls(velocity) if call is None else cls(velocity, dict(call.shares), dict(call.text_maps))
 
     def mean_share(self, names: list[str] | None = None) -> torch.Tensor:
         """(B,) mean share over the recorded (or the named) layers."""
@@ -285,15 +272,45 @@ class ContextShareProbe(AttentionHook):
         return torch.stack([self.shares[n] for n in names]).mean(0)
 
 
-@contextlib.contextmanager
-def swapped_processors(model, processors: dict[str, object]):
-    """Temporarily replace some attention processors of a diffusers model (keys as in ``model.attn_processors``)."""
-    original = dict(model.attn_processors)
-    unknown = set(processors) - set(original)
-    if unknown:
-        raise KeyError(f"no attention layers named {sorted(unknown)}")
-    model.set_attn_processor({**original, **processors})
-    try:
-        yield
-    finally:
-        model.set_attn_processor(original)
+@dataclass
+class ContextShareProbe(AttentionHook):
+    """The probe's hook on the probed layers of one model; it keeps no per-call state.
+
+    A call carrying a ``ProbeCall`` gets its measurements recorded into that record: in a joint-attention
+    layer the context share (and, with the call's ``text_mask``, the text map); in a cross-attention layer
+    (UNet editors) the text map, from the layer's own softmax. A call carrying none gets the stock
+    computation. ``fused`` (a setting of the installed probe) picks how a layer whose output is needed
+    measures: in its own attention call (``attention_with_masses``) or in a separate one.
+    """
+
+    fused: bool = True
+
+    def joint(self, name: str, query, key, value, attend=None, call: ProbeCall | None = None) -> torch.Tensor:
+        """The probe dispatch of one joint-attention layer: in the layer a forward stops at, only the
+        measurement (a separate call; its output is never needed) and ``StopForward``; elsewhere the layer's
+        output with the measurement fused into its own call, or beside it (``fused=False``)."""
+        attend = attend or sdpa
+        if call is None:
+            return attend(query, key, value)
+        if call.stop_at == name:
+            call.record(name, *target_masses(query, key, call.layout, call.text_mask, attend))
+            raise StopForward
+        if self.fused:
+            out, share, text = attention_with_masses(query, key, value, call.layout, attend, text_mask=call.text_mask)
+        else:
+            share, text = target_masses(query, key, call.layout, call.text_mask, attend)
+            out = attend(query, key, value)
+        call.record(name, share, text)
+        return out
+
+    def cross(self, name: str, probs: torch.Tensor, call: ProbeCall | None = None) -> None:
+        """Keep the text map of a cross-attention layer's (B, heads, queries, keys) softmax; the forward
+        ends after it when this is the layer to stop at."""
+        if call is None:
+            return
+        if call.text_mask is None:
+            raise RuntimeError(f"{name}: the probed call carries no text mask")
+        mask = call.text_mask.to(probs.device, probs.dtype)
+        call.text_maps[name] = torch.einsum("bhqk,bk->bq", probs, mask) / probs.shape[1]
+        if call.stop_at == name:
+            raise StopForward

@@ -11,6 +11,19 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 
+LEVELS = 255.0  # 8-bit levels in the [0, 1] scale: budgets and steps are given in 1/255 units (levels)
+
+
+def fraction(levels: float) -> float:
+    """A budget or step in 1/255 units (levels, as flags and configs give it) on the [0, 1] pixel scale."""
+    return float(levels) / LEVELS
+
+
+def levels(fraction_of_range: float) -> float:
+    """The inverse of ``fraction``: a [0, 1]-scale amount in 1/255 units (levels)."""
+    return float(fraction_of_range) * LEVELS
+
+
 SCHEDULES = ("constant", "linear", "cosine")  # step-size schedules (pgd.step_size)
 UPDATES = ("sign", "l2", "adam")  # update rules (pgd.PGD)
 STARTS = (
@@ -61,16 +74,23 @@ class PGDConfig:
             raise ValueError(f"psnr_floor must be a positive number of dB, got {self.psnr_floor}")
         if self.stop_patience < 0 or self.stop_window < 1 or self.stop_tol < 0:
             raise ValueError(
-                f"need stop_patience >= 0, stop_window >= 1, stop_tol >= 0 (got {self.stop_patience}, {self.stop_window}, {self.stop_tol})"
+                "need stop_patience >= 0, stop_window >= 1, stop_tol >= 0 "
+                f"(got {self.stop_patience}, {self.stop_window}, {self.stop_tol})"
             )
 
     @classmethod
     def for_method(
-        cls, method=None, defaults: dict | None = None, preset: str | None = None, **explicit
+        cls,
+        method=None,
+        defaults: dict | None = None,
+        preset: str | None = None,
+        family_presets: dict | None = None,
+        **explicit,
     ) -> "PGDConfig":
         """The config of a run of ``method``: the library's defaults, under ``defaults`` (e.g. an editor
-        family's official budget), under the ``preset`` (PRESETS), under the method's ``pgd_defaults``,
-        under the ``explicit`` choices (None = not chosen)."""
+        family's official budget), under the ``preset`` (PRESETS, with a family's own settings of it from
+        ``family_presets``, e.g. its fast budget), under the method's ``pgd_defaults``, under the
+        ``explicit`` choices (None = not chosen)."""
         names = {f.name for f in fields(cls)}
         if preset is not None and preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r} (choose from {', '.join(PRESETS)})")
@@ -81,7 +101,7 @@ class PGDConfig:
                 "the paper preset never stops early (it is the official fixed-step run); drop --stop-patience, "
                 "or use --preset fast, or no preset"
             )
-        presetting = dict(PRESETS[preset]) if preset else {}
+        presetting = {**PRESETS[preset], **(family_presets or {}).get(preset, {})} if preset else {}
         scale = presetting.pop("alpha_scale", 1.0)  # a preset's step is relative to the family's own
         layers = [dict(defaults or {}), presetting, preferred, chosen]
         unknown = set().union(*layers) - names
@@ -145,12 +165,12 @@ class ProtectConfig:
     """One protection's settings besides the method and the editor (``decontext.protect``)."""
 
     pgd: PGDConfig = field(default_factory=PGDConfig)
-    resolution: str | int = "auto"  # the editor's working size: auto, native or N (an N x N area)
+    # The editor's working size: auto (its pipeline's choice), native or N (an N x N area); None: the editor's
+    # own default (``editor.default_resolution``: 64 on the toys, auto on real checkpoints; ``for_editor``).
+    resolution: str | int | None = None
     measure_draws: int = 4  # fixed draws of the method's measure before and after (0 = none)
     eot: tuple[str, ...] = ()  # breakers (decontext.purify specs) the protection is optimised to survive
-    init: str | None = (
-        None  # a protector (name or folder): PGD starts from its output instead of the clean image (--init)
-    )
+    init: str | None = None  # a protector (name or folder): PGD starts from its output, not the clean image
 
     def __post_init__(self):
         if self.measure_draws < 0:
@@ -158,3 +178,9 @@ class ProtectConfig:
 
     def replace(self, **changes) -> "ProtectConfig":
         return replace(self, **changes)
+
+    def for_editor(self, editor) -> "ProtectConfig":
+        """These settings with the working size resolved for ``editor`` (its default where none is set)."""
+        if self.resolution is not None:
+            return self
+        return replace(self, resolution=getattr(editor, "default_resolution", "auto"))

@@ -112,7 +112,8 @@ def check_declared_size(path: Path, size: tuple[int, int]) -> None:
         raise ImageLoadError(
             path,
             f"refused: declares {width}x{height} = {width * height} pixels, over the limit of {limit} pixels "
-            "(PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs; --max-megapixels raises it); not decoded",
+            "(PIL.Image.MAX_IMAGE_PIXELS, a guard against decompression bombs; --max-megapixels raises it); "
+            "not decoded",
         )
 
 

@@ -1,8 +1,9 @@
 """One L-inf PGD engine, generic over any differentiable loss of pixels in [0, 1].
 
-It knows nothing about diffusion: a method hands it ``loss_fn(x, step, generator)`` returning a
-scalar to MAXIMISE (optionally with a dict of floats to log). Budgets and step sizes are given in
-1/255 units of the [0, 1] scale, as on the command line (``eps=12.75`` means 12.75/255).
+It knows nothing about diffusion: a method hands it ``loss_fn(x, step, generators)`` returning one
+loss per image to MAXIMISE (optionally with a dict of floats to log); every image has its own
+generator, and a single image is a batch of one. Budgets and step sizes are given in 1/255 units of
+the [0, 1] scale, as on the command line (``eps=12.75`` means 12.75/255); ``config.fraction`` converts.
 
 Each step k of n: g = d loss / d x; with momentum, g <- mu * g_prev + g / mean|g| (MI-FGSM);
 x <- P(x + alpha_k * u(g)), where alpha_k follows the step-size schedule (``SCHEDULES``: constant,
@@ -29,10 +30,17 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .config import SCHEDULES, STARTS, UPDATES, PGDConfig  # noqa: F401 (PGDConfig, SCHEDULES, UPDATES: re-exported)
+from .config import (  # noqa: F401 (STARTS, UPDATES: re-exported)
+    SCHEDULES,
+    STARTS,
+    UPDATES,
+    PGDConfig,
+    fraction,
+    levels,
+)
 
 LossOutput = torch.Tensor | tuple[torch.Tensor, dict]
-LossFn = Callable[[torch.Tensor, int, torch.Generator], LossOutput]
+LossFn = Callable[[torch.Tensor, int, list[torch.Generator]], LossOutput]
 Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 FINAL_FRACTION = 0.01  # the decaying schedules end at alpha * FINAL_FRACTION (PhotoGuard's alpha/100)
@@ -103,20 +111,26 @@ class NonFiniteError(ArithmeticError):
 @dataclass
 class PGDResult:
     pixels: torch.Tensor  # adversarial image, same shape/dtype/device as the input, in [0, 1]
-    history: list[dict] = field(default_factory=list)  # one dict per step: step, loss, alpha, and the method's floats
-    snapshots: dict[int, torch.Tensor] = field(
-        default_factory=dict
-    )  # steps done -> pixels then (``run(snapshots=...)``)
-    steps_run: int = 0  # the most steps any image ran
-    stop_reason: str = (
-        "budget"  # "budget": every configured step ran; "plateau: ...": the stopping rule ended it (``Plateau``)
-    )
+    history: list[dict] = field(default_factory=list)  # per step: step, mean loss of the active images, alpha, info
+    snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # steps done -> pixels (``run(snapshots=...)``)
     image_steps: list[int] = field(default_factory=list)  # per image: steps it ran
-    image_reasons: list[str] = field(default_factory=list)  # per image: why it stopped
+    # per image: why it stopped, "budget" (every configured step ran) or the stopping rule's account (``Plateau``)
+    image_reasons: list[str] = field(default_factory=list)
+    image_losses: list[list[float]] = field(default_factory=list)  # per image: its loss at each step it ran
 
     @property
     def losses(self) -> list[float]:
         return [h["loss"] for h in self.history]
+
+    @property
+    def steps_run(self) -> int:
+        """The most steps any image ran."""
+        return max(self.image_steps, default=0)
+
+    @property
+    def stop_reason(self) -> str:
+        """Why the images stopped: their common reason, or "per image"."""
+        return self.image_reasons[0] if len(set(self.image_reasons)) == 1 else "per image"
 
 
 class PGD:
@@ -156,8 +170,8 @@ class PGD:
             update=update,
             psnr_floor=psnr_floor,
         )
-        self.eps = self.config.eps / 255.0
-        self.alpha = self.config.alpha / 255.0
+        self.eps = fraction(self.config.eps)
+        self.alpha = fraction(self.config.alpha)
         self.steps = int(self.config.steps)
         self.momentum = self.config.momentum
         self.schedule = self.config.schedule
@@ -183,30 +197,29 @@ class PGD:
         self,
         x0: torch.Tensor,
         loss_fn: LossFn,
+        seeds: Sequence[int] | None = None,
+        *,
         callback: Callable[[int, dict], None] | None = None,
         snapshots=(),
-        seeds: Sequence[int] | None = None,
         start_pixels: torch.Tensor | None = None,
     ) -> PGDResult:
-        """Maximise ``loss_fn`` from ``x0``; ``snapshots``: step counts after which the pixels are also kept
-        (``PGDResult.snapshots``), e.g. to score a run at 50, 100 and 200 steps in one go.
+        """Maximise ``loss_fn`` from ``x0`` (B, ...): every image as if alone, a batch of one being the plain case.
 
-        ``seeds`` (one per image): the images of ``x0`` are protected together but each as if alone: its
-        own generator (start and every draw of the loss, which then gets the list of the active images'
-        generators and returns one loss per image), its own step normalisation, its own stopping rule (a
-        stopped image leaves the batch). Without: one generator (``seed``) for the whole batch.
-        ``start_pixels``: where to start (projected onto the budget), e.g. an amortized protector's output,
-        instead of the clean image or a random point (``start``); no random start is drawn then."""
+        ``seeds`` (one per image; default ``seed``, ``seed + 1``, ...): image i has its own generator, which
+        draws its random start, its EOT transforms and every draw of the loss; ``loss_fn(x, step, generators)``
+        gets the active images' generators in row order and returns one loss per image, (B,) (a scalar counts
+        as every image's). Each image also has its own step normalisation and its own stopping rule (a stopped
+        image leaves the batch), so its result does not depend on the batch it ran in.
+        ``snapshots``: step counts after which the pixels are also kept (``PGDResult.snapshots``), e.g. to
+        score a run at 50, 100 and 200 steps in one go. ``start_pixels``: where to start (projected onto the
+        budget), e.g. an amortized protector's output, instead of the clean image or a random point
+        (``start``); no random start is drawn then."""
         x0 = x0.detach().float()
         batch = x0.shape[0]
-        per_image = seeds is not None
-        if per_image and len(seeds) != batch:
+        seeds = [self.seed + i for i in range(batch)] if seeds is None else [int(s) for s in seeds]
+        if len(seeds) != batch:
             raise ValueError(f"{len(seeds)} seeds for {batch} images")
-        generators = (
-            [torch.Generator().manual_seed(int(s)) for s in seeds]
-            if per_image
-            else [torch.Generator().manual_seed(self.seed)]
-        )
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
         x = x0.clone()
         if start_pixels is not None:
             if start_pixels.shape != x0.shape:
@@ -216,11 +229,10 @@ class PGD:
             x = self.project(start_pixels.detach().float().to(x0.device), x0)
         elif self.start != "clean" and self.eps > 0:
             # The first draw of each generator: uniform in the ball, or its sign (every pixel +-eps).
-            shape = (1, *x0.shape[1:]) if per_image else x0.shape
-            start = torch.cat([torch.rand(shape, generator=g) for g in generators]).to(x0.device) * 2 - 1
+            start = torch.cat([torch.rand((1, *x0.shape[1:]), generator=g) for g in generators]).to(x0.device) * 2 - 1
             x = self.project(x0 + (start.sign() if self.start == "sign" else start) * self.eps, x0)
-        velocity = torch.zeros_like(x0)
-        first, second = torch.zeros_like(x0), torch.zeros_like(x0)  # Adam's moments (update "adam")
+        # Per-image optimiser state: MI-FGSM's velocity and Adam's moments (update "adam").
+        state = {"velocity": torch.zeros_like(x0), "first": torch.zeros_like(x0), "second": torch.zeros_like(x0)}
         history: list[dict] = []
         bar = tqdm(range(self.steps), desc=self.desc, disable=not self.progress, leave=False, dynamic_ncols=True)
         samples = int(self.config.eot_samples) if self.transform is not None else 1
@@ -228,99 +240,93 @@ class PGD:
         if 0 in kept_steps:
             kept[0] = x.detach().clone()
         rule = self.config.stop_patience, self.config.stop_window, self.config.stop_tol
-        plateaus = [Plateau(*rule) for _ in range(batch if per_image else 1)]
+        plateaus = [Plateau(*rule) for _ in range(batch)]
         active = list(range(batch))  # the images still being optimised
         steps_run, reasons = [0] * batch, ["budget"] * batch
+        image_losses: list[list[float]] = [[] for _ in range(batch)]
         for step in bar:
             rows = slice(None) if len(active) == batch else torch.tensor(active, device=x.device)
             part = x[rows].detach().requires_grad_(True)
-            drawn = [generators[i] for i in active] if per_image else generators[0]
-            grad, losses, info = self._gradient(part, loss_fn, step, drawn, samples)
+            grad, losses, info = self._gradient(part, loss_fn, step, [generators[i] for i in active], samples)
             if not (torch.isfinite(losses).all() and torch.isfinite(grad).all()):  # e.g. an fp16 overflow
                 what = "loss" if not torch.isfinite(losses).all() else "gradient"
                 raise NonFiniteError(
-                    f"non-finite {what} at PGD step {step} (loss {float(losses.mean()):.4g}); nothing is saved for this "
-                    "image. In float16 try --dtype bfloat16 or float32"
+                    f"non-finite {what} at PGD step {step} (loss {float(losses.mean()):.4g}); nothing is saved for "
+                    "this image. In float16 try --dtype bfloat16 or float32"
                 )
             alpha = step_size(self.schedule, self.alpha, step, self.steps)
             with torch.no_grad():
-                grad = grad.float()
-                if self.momentum > 0:  # MI-FGSM, each image's gradient scaled by its own mean |g|
-                    velocity[rows] = self.momentum * velocity[rows] + grad / _per_image(
-                        grad.abs().mean, grad
-                    ).clamp_min(1e-12)
-                    grad = velocity[rows]
-                if self.update == "sign":
-                    direction = grad.sign()
-                elif self.update == "adam":
-                    beta1, beta2 = ADAM_BETAS
-                    scaled = grad / _per_image(grad.abs().mean, grad).clamp_min(
-                        1e-30
-                    )  # scale-free, so Adam's 1e-8 never dominates
-                    first[rows] = first[rows] * beta1 + scaled * (1 - beta1)
-                    second[rows] = second[rows] * beta2 + scaled * scaled * (1 - beta2)
-                    direction = (first[rows] / (1 - beta1 ** (step + 1))) / (
-                        (second[rows] / (1 - beta2 ** (step + 1))).sqrt() + 1e-8
-                    )
-                else:
-                    direction = grad / _per_image(lambda **kw: grad.pow(2).mean(**kw).sqrt(), grad).clamp_min(1e-30)
-                x[rows] = self.project(part.detach() + alpha * direction, x0[rows])
-            values = losses.detach().reshape(-1).tolist()
+                x[rows] = self.project(part.detach() + alpha * self._direction(grad, state, rows, step), x0[rows])
+            values = losses.detach().reshape(-1).expand(len(active)).tolist()
             record = {"step": step, "loss": sum(values) / len(values)}
-            if per_image and batch > 1:
-                record["losses"] = dict(zip(active, values, strict=False))
             if self.schedule != "constant":
-                record["alpha"] = alpha * 255.0
+                record["alpha"] = levels(alpha)
             record.update({k: float(v) for k, v in info.items()})
             history.append(record)
             if self.progress:
-                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k not in ("step", "losses")})
+                bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "step"})
             if callback is not None:
                 callback(step, record)
             if step + 1 in kept_steps:
                 kept[step + 1] = x.detach().clone()
-            for i in active:
+            for i, value in zip(active, values, strict=True):
                 steps_run[i] = step + 1
-            if per_image:
-                stopped = [i for i, value in zip(active, values, strict=False) if plateaus[i].stop(step, value)]
-                for i in stopped:
+                image_losses[i].append(value)
+                if plateaus[i].stop(step, value):
                     reasons[i] = plateaus[i].reason()
-                active = [i for i in active if i not in stopped]
-            elif plateaus[0].stop(step, record["loss"]):
-                reasons = [plateaus[0].reason()] * batch
-                active = []
+            active = [i for i in active if reasons[i] == "budget"]
             if not active:
                 break
         bar.close()
-        return PGDResult(
-            x.detach(),
-            history,
-            kept,
-            max(steps_run),
-            reasons[0] if len(set(reasons)) == 1 else "per image",
-            steps_run,
-            reasons,
-        )
+        return PGDResult(x.detach(), history, kept, steps_run, reasons, image_losses)
 
-    def _gradient(self, x, loss_fn: LossFn, step: int, generator, samples: int):
-        """(d loss / d x, losses, info) at ``x``: the loss is a scalar or one value per image (summed for the
-        gradient, so each image gets the gradient of its own loss); with a transform, the mean over
-        ``samples`` draws of it (one backward per draw, so memory does not grow with the samples)."""
+    def _direction(self, grad: torch.Tensor, state: dict, rows, step: int) -> torch.Tensor:
+        """The update direction of the active ``rows`` from their gradient (momentum and the update rule);
+        the rows' optimiser ``state`` moves on."""
+        grad = grad.float()
+        if self.momentum > 0:  # MI-FGSM, each image's gradient scaled by its own mean |g|
+            state["velocity"][rows] = self.momentum * state["velocity"][rows] + grad / _per_image(
+                grad.abs().mean, grad
+            ).clamp_min(1e-12)
+            grad = state["velocity"][rows]
+        if self.update == "sign":
+            return grad.sign()
+        if self.update == "adam":
+            beta1, beta2 = ADAM_BETAS
+            # scale-free, so Adam's 1e-8 never dominates
+            scaled = grad / _per_image(grad.abs().mean, grad).clamp_min(1e-30)
+            state["first"][rows] = state["first"][rows] * beta1 + scaled * (1 - beta1)
+            state["second"][rows] = state["second"][rows] * beta2 + scaled * scaled * (1 - beta2)
+            first = state["first"][rows] / (1 - beta1 ** (step + 1))
+            second = state["second"][rows] / (1 - beta2 ** (step + 1))
+            return first / (second.sqrt() + 1e-8)
+        return grad / _per_image(lambda **kw: grad.pow(2).mean(**kw).sqrt(), grad).clamp_min(1e-30)
+
+    def _gradient(self, x, loss_fn: LossFn, step: int, generators: list[torch.Generator], samples: int):
+        """(d loss / d x, (B,) losses, info) at ``x``: the losses are summed for the gradient, so each image
+        gets the gradient of its own loss; with a transform, the mean over ``samples`` draws of it, each
+        image transformed with its own generator (one backward per draw, so memory does not grow with the
+        samples)."""
         grad, losses, infos = None, [], []
         for _ in range(samples):
-            inputs = self.transform(x, generator) if self.transform is not None else x
-            output = loss_fn(inputs, step, generator)
+            inputs = x if self.transform is None else self._transformed(x, generators)
+            output = loss_fn(inputs, step, generators)
             loss, info = output if isinstance(output, tuple) else (output, {})
             if loss.dim() > 1 or (loss.dim() == 1 and loss.shape[0] != x.shape[0]):
                 raise ValueError(f"loss_fn must return a scalar or one loss per image, got shape {tuple(loss.shape)}")
             (sample_grad,) = torch.autograd.grad(loss.sum(), x)
             grad = sample_grad if grad is None else grad + sample_grad
-            losses.append(loss.detach().float())
+            losses.append(loss.detach().float().reshape(-1))
             infos.append(info)
         if samples == 1:
             return grad, losses[0], infos[0]
         info = {k: sum(float(i[k]) for i in infos) / samples for k in infos[0]}
         return grad / samples, torch.stack(losses).mean(0), info
+
+    def _transformed(self, x: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        if len(generators) == 1:
+            return self.transform(x, generators[0])
+        return torch.cat([self.transform(x[i : i + 1], g) for i, g in enumerate(generators)])
 
 
 def _per_image(reduce, tensor: torch.Tensor) -> torch.Tensor:

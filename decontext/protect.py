@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -48,22 +50,48 @@ from .runs import (
 
 
 @dataclass
+class ImageRecord:
+    """One image's protection: what the method measured before and after, the steps it ran and why it stopped."""
+
+    before: dict[str, float]  # the method's ``measure()`` on the clean pixels ({} with no measure draws)
+    after: dict[str, float]  # ... and on the protected ones
+    steps_run: int  # the configured steps, or fewer when the stopping rule ended this image's run
+    stop_reason: str  # "budget" (every configured step ran) or the stopping rule's account of why it stopped
+    losses: list[float] = field(default_factory=list)  # its loss at each PGD step it ran
+
+
+@dataclass
 class ProtectResult:
+    """A batch's protection: the pixels, one ``ImageRecord`` per image, and the run's step log. A single
+    image is a batch of one; ``before``, ``after``, ``steps_run`` and ``stop_reason`` summarise the batch."""
+
     pixels: torch.Tensor  # (B, 3, H, W) protected pixels in [0, 1], original size, on the CPU (not yet 8-bit)
     perturbation: torch.Tensor  # pixels - clean pixels
     working_size: tuple[int, int]  # (H, W) inside the editor
-    before: dict[str, float]  # what the method measures (its ``measure()``) on the clean pixels
-    after: dict[str, float]  # ... and on the protected ones
-    history: list[dict] = field(default_factory=list)  # one record per PGD step: loss and the method's floats
+    images: list[ImageRecord]  # one per image, in the batch's order
+    history: list[dict] = field(default_factory=list)  # per PGD step: the active images' mean loss, method's floats
     seconds: float = 0.0
     snapshots: dict[int, torch.Tensor] = field(default_factory=dict)  # steps done -> pixels then (``snapshots=``)
-    steps_run: int = 0  # PGD steps taken: the configured steps, or fewer when the stopping rule ended the run
-    stop_reason: str = "budget"  # "budget" (every configured step ran) or the stopping rule's account of why it stopped
-    # With ``seeds`` (images protected together, each as if alone): per image, its measures, steps and reason.
-    image_before: list[dict] = field(default_factory=list)
-    image_after: list[dict] = field(default_factory=list)
-    image_steps: list[int] = field(default_factory=list)
-    image_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def before(self) -> dict[str, float]:
+        """The images' mean measure before protection."""
+        return _mean([image.before for image in self.images])
+
+    @property
+    def after(self) -> dict[str, float]:
+        return _mean([image.after for image in self.images])
+
+    @property
+    def steps_run(self) -> int:
+        """The most PGD steps any image ran."""
+        return max(image.steps_run for image in self.images)
+
+    @property
+    def stop_reason(self) -> str:
+        """The images' common reason to stop, or "per image"."""
+        reasons = {image.stop_reason for image in self.images}
+        return reasons.pop() if len(reasons) == 1 else "per image"
 
 
 def eot_transform(specs, editor=None):
@@ -83,85 +111,67 @@ def protect(
     seed: int = 0,
     transform=None,
     *,
+    seeds: Sequence[int] | None = None,
     progress: bool = False,
     desc: str | None = None,
     snapshots=(),
-    seeds: Sequence[int] | None = None,
 ) -> ProtectResult:
     """Protect ``pixels`` ((B, 3, H, W) or (3, H, W) in [0, 1], any size) against ``editor`` with ``method``.
 
-    ``config`` sets the budget, the optimiser, the working size and the measure (default: the library's
-    PGD settings, the paper's, under the method's own preferences, ``PGDConfig.for_method``); ``seed`` seeds every random draw (start, prompts, noise levels);
-    ``transform``: a differentiable EOT transform ``t(x, generator)`` applied before the loss (default:
-    the one of ``config.eot``). The method must apply to the editor (ValueError otherwise). Returns the
-    protected pixels at the input's size (not yet rounded to 8 bits: ``images.save_protected`` does that
-    within the budget) with the method's measure before and after.
-
-    ``seeds`` (one per image of a batch): the images are protected together, each as if alone with its own
-    seed (its own draws, step normalisation and stopping; ``PGD.run``), for throughput; the result carries
-    each image's measures and steps. Needs a method that takes per-image draws (``Method.batched``)."""
-    config = config or ProtectConfig(pgd=PGDConfig.for_method(method))
+    ``config`` sets the budget, the optimiser, the working size, the measure and the start (default: the
+    library's PGD settings, the paper's, under the method's own preferences, ``PGDConfig.for_method``).
+    Every image is protected as if alone: image i has its own seed, ``seeds[i]`` (default ``seed + i``),
+    which draws its start, prompts, noise levels and noise, and its own step normalisation, stopping and
+    measure (``PGD.run``); batching only buys throughput. ``transform``: a differentiable EOT transform
+    ``t(x, generator)`` applied before the loss (default: the one of ``config.eot``). The method must
+    apply to the editor (ValueError otherwise); several images per step need a method that takes
+    per-image draws (``Method.batched``). Returns the protected pixels at the input's size (not yet
+    rounded to 8 bits: ``images.save_protected`` does that within the budget) with one record per image."""
+    config = (config or ProtectConfig(pgd=PGDConfig.for_method(method))).for_editor(editor)
     method.check_applies(editor)
-    if seeds is not None:
-        if not method.batched:
-            raise ValueError(
-                f"method {method.name!r} protects one image at a time (several per step: "
-                f"{', '.join(n for n, e in METHODS.items() if e.batched)})"
-            )
-        if transform is not None or config.eot:
-            raise ValueError("EOT protects one image at a time; use a batch of 1 with --eot")
-    began = time.perf_counter()
     x0 = (pixels[None] if pixels.dim() == 3 else pixels).detach().float().to(editor.device)
+    seeds = [seed + i for i in range(len(x0))] if seeds is None else [int(s) for s in seeds]
+    if len(seeds) != len(x0):
+        raise ValueError(f"{len(seeds)} seeds for {len(x0)} images")
+    if len(x0) > 1 and not method.batched:
+        raise ValueError(
+            f"method {method.name!r} protects one image at a time (several per step: "
+            f"{', '.join(n for n, e in METHODS.items() if e.batched)})"
+        )
+    began = time.perf_counter()
     height, width = x0.shape[-2:]
     size = editor.working_size(height, width, config.resolution)
     transform = transform if transform is not None else eot_transform(config.eot, editor)
     draws = config.measure_draws
+
+    def measured(x: torch.Tensor) -> list[dict]:
+        return [method.measure(editor, x[i : i + 1], size, draws) if draws else {} for i in range(len(x))]
+
     with method.session(editor):  # prepared once per editor; e.g. probes installed for this image only
         method.start(editor, x0, size)
-
-        def measured(x: torch.Tensor) -> list[dict]:  # per image when each is its own run, else the batch's
-            if not draws:
-                return [{} for _ in range(len(x) if seeds is not None else 1)]
-            return (
-                [method.measure(editor, x[i : i + 1], size, draws) for i in range(len(x))]
-                if seeds is not None
-                else [method.measure(editor, x, size, draws)]
-            )
-
         before = measured(x0)
-        if config.init is not None:  # --init: PGD of this method from a protector's output
-            from .methods.amortized import load_protector, protected_start
-
-            start = protected_start(
-                load_protector(config.init, editor.device), editor, x0, config.resolution, config.pgd.eps
-            )
-        else:
-            start = method.initial(editor, x0, config.resolution)
         pgd = PGD(config=config.pgd, seed=seed, progress=progress, desc=desc or method.name, transform=transform)
         result = pgd.run(
             x0,
-            lambda x, step, generator: method.loss(editor, x, size, step, generator),
+            lambda x, step, generators: method.loss(editor, x, size, step, generators),
+            seeds,
             snapshots=snapshots,
-            seeds=seeds,
-            start_pixels=start,
+            start_pixels=method.initial(editor, x0, config),
         )
         after = measured(result.pixels)
     protected = result.pixels.detach().cpu()
+    images = [
+        ImageRecord(*record)
+        for record in zip(before, after, result.image_steps, result.image_reasons, result.image_losses, strict=True)
+    ]
     return ProtectResult(
         protected,
         protected - x0.cpu(),
         size,
-        _mean(before),
-        _mean(after),
+        images,
         result.history,
         time.perf_counter() - began,
         {k: v.cpu() for k, v in result.snapshots.items()},
-        result.steps_run,
-        result.stop_reason,
-        before if seeds is not None else [],
-        after if seeds is not None else [],
-        result.image_steps,
-        result.image_reasons,
     )
 
 
@@ -219,7 +229,7 @@ def protect_files(
     ``batch_size`` > 1: up to that many consecutive images of one size are protected together, each as if
     alone (``protect(seeds=...)``); the same results within float tolerance, more images a second.
     """
-    config = config or ProtectConfig(pgd=PGDConfig.for_method(method))
+    config = (config or ProtectConfig(pgd=PGDConfig.for_method(method))).for_editor(editor)
     method.check_applies(editor)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -301,14 +311,13 @@ def protect_groups(
             method,
             torch.cat([image.pixels for image in images]),
             config,
-            seeds[0],
+            seeds=seeds,
             progress=progress,
             desc=f"{method.name} {stems}",
-            seeds=seeds if len(jobs) > 1 else None,
         )
         records.data["method"] = method.config()  # with what preparing resolved (e.g. the blocks)
         made = []
-        for i, (job, image) in enumerate(zip(jobs, images, strict=False)):
+        for i, (job, image, record) in enumerate(zip(jobs, images, outcome.images, strict=True)):
             pixels = outcome.pixels[i : i + 1]
             if max_level_diff(quantize(pixels, image.rgb8, config.pgd.eps), image.rgb8) == 0:
                 raise ValueError(
@@ -320,23 +329,21 @@ def protect_groups(
                 saved = save_protected(pixels, image, config.pgd.eps, path)
                 return {"max_abs_diff_levels": max_level_diff(saved, image.rgb8)}
 
-            one = len(jobs) == 1
-            losses = [h["loss"] if one else h["losses"][i] for h in outcome.history if one or i in h.get("losses", {})]
             made.append(
                 Made(
                     write,
                     {
                         "size": [image.size[0], image.size[1]],
                         "working_size": [outcome.working_size[1], outcome.working_size[0]],
-                        "before": outcome.before if one else outcome.image_before[i],
-                        "after": outcome.after if one else outcome.image_after[i],
+                        "before": record.before,
+                        "after": record.after,
                         "seconds": round(outcome.seconds / len(jobs), 3),
                         "seed": seeds[i],
-                        "steps_run": outcome.image_steps[i],
-                        "stop_reason": outcome.image_reasons[i],
-                        "loss_first": losses[0] if losses else None,
-                        "loss_last": losses[-1] if losses else None,
-                        **({} if one else {"batch": len(jobs)}),
+                        "steps_run": record.steps_run,
+                        "stop_reason": record.stop_reason,
+                        "loss_first": record.losses[0] if record.losses else None,
+                        "loss_last": record.losses[-1] if record.losses else None,
+                        **({} if len(jobs) == 1 else {"batch": len(jobs)}),
                     },
                 )
             )
@@ -348,7 +355,8 @@ def protect_groups(
             f" {k} {v:.4f} -> {entry['after'][k]:.4f}," for k, v in entry["before"].items() if k in entry["after"]
         )
         log(
-            f"{counter[group.name]}:{measured} max diff {entry['max_abs_diff_levels']} levels, {entry['seconds']:.1f}s -> {shown(batch[0].path)}"
+            f"{counter[group.name]}:{measured} max diff {entry['max_abs_diff_levels']} levels, "
+            f"{entry['seconds']:.1f}s -> {shown(batch[0].path)}"
         )
 
     outputs = {group.name: group.outputs[0].path for group in groups}
@@ -369,3 +377,15 @@ def protect_groups(
         batch_size=batch_size,
         batch_key=lambda group, image: tuple(image.pixels.shape),
     )
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this module sets the package's attribute ``protect`` to the module, which would shadow the
+    function of the same name that ``decontext.protect`` offers (``decontext/__init__.py``): called, the
+    module is that function, so ``decontext.protect(...)`` works whichever of the two the name holds."""
+
+    def __call__(self, *args, **kwargs) -> ProtectResult:
+        return protect(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -20,7 +20,7 @@ Specs: ``name`` or ``name:key=value,key=value``. Noise levels are in 1/255 units
 | noise | sigma 8 | N(0, sigma) per pixel, clipped, rounded | the same without rounding |
 | noise_upscale | sigma 8, factor 0.5 | down by factor, noise, back up (the "noisy upscaling" purification, with bicubic in place of a learned upscaler) | the same in torch |
 | vae | - | a round trip through an editor's own VAE (posterior mode), ``vae_roundtrip(image, editor)`` | the same, differentiable |
-"""
+"""  # noqa: E501 (table of data)
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
+
+from .config import fraction
 
 FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 TORCH_FILTERS = {
@@ -150,7 +152,7 @@ def _blur_t(x: torch.Tensor, generator: torch.Generator, sigma: float = 1.0) -> 
 
 def _noise_t(x: torch.Tensor, generator: torch.Generator, sigma: float = 8.0) -> torch.Tensor:
     draw = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
-    return (x + draw * (sigma / 255.0)).clamp(0, 1)
+    return (x + draw * fraction(sigma)).clamp(0, 1)
 
 
 def _noise_upscale_t(
@@ -239,7 +241,8 @@ class Breaker:
             return lambda x, generator: vae_roundtrip_tensor(x, editor)
         if kind.differentiable is None:
             raise ValueError(
-                f"breaker {self.kind!r} has no differentiable version (use jpeg, resize, blur, noise, noise_upscale or vae for EOT)"
+                f"breaker {self.kind!r} has no differentiable version "
+                "(use jpeg, resize, blur, noise, noise_upscale or vae for EOT)"
             )
         return lambda x, generator: kind.differentiable(x, generator, **self.params)
 

@@ -1,13 +1,15 @@
 """The context-attention probe against brute force, on random tensors and inside the tiny Kontext."""
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import apply_rotary_emb
 
-from decontext.attention import attention_with_share, context_share, context_share_reference
+from decontext.attention import ProbeCall, attention_with_share, context_share, context_share_reference
 from decontext.editors.base import Layout
-from decontext.editors.blocks import swapped_processors
+from decontext.editors.blocks import PROBE_KWARG, DropsProbeCall, swapped_processors
 from decontext.editors.flux_kontext import FluxKontextEditor
 
 
@@ -83,7 +85,7 @@ def _inputs(editor, height=48, width=80, seed=0):
     g = torch.Generator().manual_seed(seed)
     pixels = torch.rand(1, 3, height, width, generator=g)
     condition = editor.condition(pixels, ["make the person smile", "add a hat"], (height, width))
-    noise = editor.noise_like(condition, g)
+    noise = editor.noise_like(condition, [g])
     return pixels, condition, noise
 
 
@@ -96,8 +98,8 @@ def test_probe_matches_brute_force_in_double_and_single_blocks_non_square(editor
         stock = editor.velocity(target, sigma, condition)
         with editor.probe(names) as probe:
             probe.fused = fused
-            probed = editor.velocity(target, sigma, condition)
-            shares = dict(probe.shares)
+            probed = editor.probed_velocity(target, sigma, condition)
+            probed, shares = probed.velocity, probed.shares
         store = {"layout": condition.layout}
         reference = {editor.blocks[n].processor_key: BruteForceProcessor(n, store) for n in names}
         with swapped_processors(editor.transformer, reference):
@@ -118,18 +120,98 @@ def test_forward_stops_after_last_needed_block(editor):
     calls = []
     handle = editor.transformer.single_transformer_blocks[3].register_forward_hook(lambda *a: calls.append(1))
     try:
-        with torch.no_grad(), editor.probe(["double.1", "single.2"]) as probe:
-            out = editor.velocity(target, sigma, condition, stop_after="single.2")
-            early = dict(probe.shares)
-        with torch.no_grad(), editor.probe(["double.1", "single.2"]) as probe:
-            editor.velocity(target, sigma, condition)
-            full = dict(probe.shares)
+        with torch.no_grad(), editor.probe(["double.1", "single.2"]):
+            early = editor.probed_velocity(target, sigma, condition, stop_after="single.2")
+            out, early = early.velocity, early.shares
+        with torch.no_grad(), editor.probe(["double.1", "single.2"]):
+            full = editor.probed_velocity(target, sigma, condition).shares
     finally:
         handle.remove()
     assert out is None
     assert len(calls) == 1  # only the full forward reached single block 3
     for name in full:
         assert torch.allclose(early[name], full[name])
+
+
+def test_each_call_carries_its_own_record_through_the_attention_kwargs(editor):
+    """Two calls of different layouts under ONE probe: each returns the brute-force shares of its own layout.
+    The record went to the model in its joint_attention_kwargs (nothing per call is left on the probe's
+    hook or the editor), and the layers the probe does not hook took it without diffusers' warning."""
+    names = ["double.0", "single.1"]
+    sigma = torch.tensor([0.99, 0.985])
+    seen, warnings = [], []
+    catcher = logging.Handler(logging.WARNING)
+    catcher.emit = warnings.append
+    logging.getLogger("diffusers").addHandler(catcher)
+    handle = editor.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["joint_attention_kwargs"]), with_kwargs=True
+    )
+    calls = []
+    try:
+        with torch.no_grad(), editor.probe(names) as probe:
+            assert isinstance(
+                editor.transformer.attn_processors[editor.blocks["single.0"].processor_key], DropsProbeCall
+            )
+            for height, width in ((48, 80), (32, 32)):
+                _, condition, noise = _inputs(editor, height, width)
+                calls.append((condition, noise, editor.probed_velocity(noise, sigma, condition)))
+                assert vars(probe) == {"fused": True}  # the hook's one setting; nothing of the call
+                assert editor._active_probe is probe and editor._probed_blocks == names
+    finally:
+        handle.remove()
+        logging.getLogger("diffusers").removeHandler(catcher)
+    assert calls[0][0].layout != calls[1][0].layout
+    assert [type(kwargs[PROBE_KWARG]) for kwargs in seen] == [ProbeCall, ProbeCall]
+    assert [kwargs[PROBE_KWARG].layout for kwargs in seen] == [condition.layout for condition, _, _ in calls]
+    assert not [w for w in warnings if "not expected" in w.getMessage()]
+    for condition, noise, probed in calls:
+        store = {"layout": condition.layout}
+        reference = {editor.blocks[n].processor_key: BruteForceProcessor(n, store) for n in editor.block_names}
+        with torch.no_grad(), swapped_processors(editor.transformer, reference):
+            brute = editor.velocity(noise, sigma, condition)
+        assert set(probed.shares) == set(names) and not probed.text_maps
+        for name in names:
+            assert torch.allclose(probed.shares[name], store[name], atol=1e-5), (condition.layout, name)
+        assert torch.allclose(probed.velocity, brute, atol=1e-4)
+
+
+def _share_gradient_and_probe_calls(checkpointing: bool):
+    """The pixel gradient of the shares of a pass that stops in its last probed block, and the (block, record)
+    of every probe call in the forward and in the backward."""
+    editor = FluxKontextEditor.tiny(seed=3)
+    if checkpointing:
+        editor.enable_gradient_checkpointing()
+    pixels = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    condition = editor.condition(pixels, ["add a hat"], (32, 48))
+    noise = editor.noise_like(condition, [torch.Generator().manual_seed(1)])
+    seen = []
+    with editor.probe(["double.1", "single.1"]) as probe:
+        joint = probe.joint
+
+        def spy(name, query, key, value, attend=None, call=None):
+            seen.append((name, call))
+            return joint(name, query, key, value, attend, call=call)
+
+        probe.joint = spy
+        probed = editor.probed_velocity(noise, torch.tensor([0.99]), condition, stop_after="single.1")
+        forward = list(seen)
+        (grad,) = torch.autograd.grad(probed.mean_share().sum(), pixels)
+    assert probed.velocity is None
+    return grad, forward, seen[len(forward) :]
+
+
+def test_checkpointed_backward_reruns_the_stopped_block_on_its_measure_only_path():
+    """With activation checkpointing, backward re-runs the probed blocks with the arguments of their forward,
+    the call's record among them: the block the pass stopped in re-runs its measurement with the same record
+    (its stop point included), and the gradient equals the one without checkpointing."""
+    plain, forward, reruns = _share_gradient_and_probe_calls(checkpointing=False)
+    assert [name for name, _ in forward] == ["double.1", "single.1"] and reruns == []
+    checkpointed, forward, reruns = _share_gradient_and_probe_calls(checkpointing=True)
+    assert [name for name, _ in forward] == ["double.1", "single.1"]
+    assert {name for name, _ in reruns} == {"double.1", "single.1"}
+    record = forward[0][1]
+    assert record.stop_at == "single.1" and all(call is record for _, call in forward + reruns)
+    assert plain.abs().sum() > 0 and torch.allclose(plain, checkpointed, atol=1e-6, rtol=1e-4)
 
 
 def test_probe_context_restores_the_editor_whatever_happens(editor):
@@ -158,11 +240,11 @@ def test_pixel_gradient_matches_float64_finite_differences(fused):
 
     def share(x):
         condition = editor.condition(x, ["add glasses"], (32, 48))
-        noise = editor.noise_like(condition, torch.Generator().manual_seed(9))
+        noise = editor.noise_like(condition, [torch.Generator().manual_seed(9)])
         with editor.probe(blocks) as probe:
             probe.fused = fused
-            editor.velocity(noise, torch.tensor([0.99], dtype=torch.float64), condition, stop_after="single.1")
-            return probe.mean_share(blocks).sum()
+            sigma = torch.tensor([0.99], dtype=torch.float64)
+            return editor.probed_velocity(noise, sigma, condition, stop_after="single.1").mean_share(blocks).sum()
 
     x = pixels.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(share(x), x)

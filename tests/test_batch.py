@@ -45,9 +45,10 @@ def test_a_batch_gives_each_image_its_run_alone(tiny, name):
         assert float(diff.max()) <= 2 * pgd.alpha / 255 + 1e-6
         assert float((together.pixels[i] - x[i]).abs().max()) <= pgd.eps / 255 + 1e-6  # each keeps its budget
         for key, value in alone.after.items():
-            assert together.image_after[i][key] == pytest.approx(value, rel=1e-3, abs=1e-5)
-        assert together.image_before[i] == pytest.approx(alone.before, rel=1e-4)
-        assert together.image_steps[i] == alone.steps_run == 6
+            assert together.images[i].after[key] == pytest.approx(value, rel=1e-3, abs=1e-5)
+        assert together.images[i].before == pytest.approx(alone.before, rel=1e-4)
+        assert together.images[i].steps_run == alone.steps_run == 6
+        assert together.images[i].losses == pytest.approx(alone.images[0].losses, rel=1e-3, abs=1e-5)
 
 
 def test_methods_that_take_one_image_at_a_time_say_so(tiny):
@@ -140,7 +141,7 @@ def test_compiled_blocks_equal_eager():
 
     def step():
         x = x0.clone().requires_grad_(True)
-        loss, _ = method.loss(editor, x, size, 0, torch.Generator().manual_seed(5))
+        loss, _ = method.loss(editor, x, size, 0, [torch.Generator().manual_seed(5)])
         (grad,) = torch.autograd.grad(loss, x)
         return loss.detach(), grad
 

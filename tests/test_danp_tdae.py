@@ -92,11 +92,11 @@ def test_kontext_text_attention_reads_the_prompt_tokens_and_leaves_the_output_al
         if t not in (kontext.pipe.tokenizer_2.eos_token_id, kontext.pipe.tokenizer_2.pad_token_id)
     ]
     assert mask.nonzero().flatten().tolist() == words and len(words) == 3
-    noise = kontext.noise_like(condition, torch.Generator().manual_seed(0))
+    noise = kontext.noise_like(condition, [torch.Generator().manual_seed(0)])
     stock = kontext.velocity(noise, 0.9, condition)
-    with kontext.text_attention(kontext.block_names) as probe:
-        probed = kontext.velocity(noise, 0.9, condition)
-        maps = dict(probe.text_maps)
+    with kontext.text_attention(kontext.block_names):
+        probed = kontext.probed_velocity(noise, 0.9, condition)
+        probed, maps = probed.velocity, probed.text_maps
     torch.testing.assert_close(probed, stock, rtol=1e-4, atol=1e-5)
     assert set(maps) == set(kontext.block_names) and kontext.resolve_blocks("all") == kontext.block_names
     for m in maps.values():
@@ -112,7 +112,7 @@ def test_danp_steps_raise_its_attention_term_on_the_tiny_ip2p():
     method = DANP(prompts=["make it blue", "add a hat"], noise_weight=0.0, release_text_encoders=False)
     x0 = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     method.prepare(editor)
-    fixed = lambda p, s, g: method.loss(editor, p, (64, 64), s, torch.Generator().manual_seed(3))  # noqa: E731
+    fixed = lambda p, s, g: method.loss(editor, p, (64, 64), s, [torch.Generator().manual_seed(3)])  # noqa: E731
     with method.session(editor):
         result = PGD(eps=16, alpha=2, steps=6, seed=0, progress=False).run(x0, fixed)
         before = fixed(x0, 0, None)[1]["attention"]
@@ -214,7 +214,7 @@ def test_ip2p_denoise_is_diffusers_ddim_step():
 
     editor = InstructPix2PixEditor.tiny(seed=2)
     condition = editor.condition(torch.rand(1, 3, 64, 64), ["add a hat"], (64, 64))
-    x = editor.noise_like(condition, torch.Generator().manual_seed(0))
+    x = editor.noise_like(condition, [torch.Generator().manual_seed(0)])
     ddim = DDIMScheduler.from_config(
         editor.pipe.scheduler.config, clip_sample=False, thresholding=False, set_alpha_to_one=True
     )
@@ -249,7 +249,7 @@ def test_diffusion_attack_pulls_the_edit_toward_its_target():
     method = DiffusionAttack(sample_steps=2, prompts=["make it blue"], release_text_encoders=False)
     assert PGDConfig.for_method(method).schedule == "linear"
     x0 = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    fixed = lambda p, s, g: method.loss(editor, p, (64, 64), s, torch.Generator().manual_seed(3))  # noqa: E731
+    fixed = lambda p, s, g: method.loss(editor, p, (64, 64), s, [torch.Generator().manual_seed(3)])  # noqa: E731
     result = PGD(eps=16, alpha=2, steps=5, seed=0, progress=False).run(x0, fixed)
     assert fixed(result.pixels, 0, None)[1]["edit_mse"] < fixed(x0, 0, None)[1]["edit_mse"]
     assert method.edit(editor, x0, (64, 64), torch.Generator().manual_seed(0)).shape == (1, 3, 64, 64)
@@ -273,7 +273,7 @@ def test_danp_balances_its_two_terms_by_gradient_scale():
         method.prepare(editor)
         with method.session(editor):
             p = x.clone().requires_grad_(True)
-            value, _ = method.loss(editor, p, (64, 64), 0, torch.Generator().manual_seed(4))
+            value, _ = method.loss(editor, p, (64, 64), 0, [torch.Generator().manual_seed(4)])
             (got,) = torch.autograd.grad(value, p)
             q = x.clone().requires_grad_(True)
             a, n = method.terms(editor, q, (64, 64), torch.Generator().manual_seed(4), 0)

@@ -84,18 +84,17 @@ def test_reference_encoding_and_ids_match_the_pipeline(editor):
 
 def _captured_shares(editor, condition, blocks):
     """Run a probed forward; return the probe's shares and brute-force shares from the same q and k."""
-    noise = editor.noise_like(condition, torch.Generator().manual_seed(0))
+    noise = editor.noise_like(condition, [torch.Generator().manual_seed(0)])
     reference = {}
     with editor.probe(blocks) as probe:
         joint = probe.joint
 
-        def spy(name, query, key, value, call=None):
-            reference[name] = context_share_reference(query, key, probe.layout).mean(dim=(1, 2))
-            return joint(name, query, key, value, call)
+        def spy(name, query, key, value, attend=None, call=None):
+            reference[name] = context_share_reference(query, key, call.layout).mean(dim=(1, 2))
+            return joint(name, query, key, value, attend, call=call)
 
         probe.joint = spy
-        editor.velocity(noise, torch.tensor([0.95, 0.7]), condition)
-        return dict(probe.shares), reference
+        return editor.probed_velocity(noise, torch.tensor([0.95, 0.7]), condition).shares, reference
 
 
 def test_shares_equal_brute_force_over_several_references(editor):
@@ -130,15 +129,15 @@ def test_probed_processors_subclass_stock_and_keep_outputs(editor):
     condition = editor.condition(
         torch.rand(1, 3, 48, 32, generator=torch.Generator().manual_seed(12)), PROMPTS, (48, 32)
     )
-    noise = editor.noise_like(condition, torch.Generator().manual_seed(1))
+    noise = editor.noise_like(condition, [torch.Generator().manual_seed(1)])
     stock_types = {k: type(v) for k, v in editor.transformer.attn_processors.items()}
     with torch.no_grad():
         stock = editor.velocity(noise, torch.tensor(0.9), condition)
         with editor.probe(editor.block_names):
             probed = editor.velocity(noise, torch.tensor(0.9), condition)
-        with editor.text_attention(editor.block_names[:2]) as probe:
-            editor.velocity(noise, torch.tensor(0.9), condition)
-            assert probe.text_maps["double.0"].shape == (2, condition.layout.target)
+        with editor.text_attention(editor.block_names[:2]):
+            maps = editor.probed_velocity(noise, torch.tensor(0.9), condition).text_maps
+            assert maps["double.0"].shape == (2, condition.layout.target)
     assert torch.allclose(stock, probed, atol=1e-5)
     assert {k: type(v) for k, v in editor.transformer.attn_processors.items()} == stock_types
 
@@ -149,14 +148,17 @@ def test_share_gradient_matches_float64_finite_differences():
     pixels = torch.rand(1, 3, 32, 48, generator=g, dtype=torch.float64) * 0.6 + 0.2
     direction = torch.randn(pixels.shape, generator=g, dtype=torch.float64)
     condition = editor.condition(pixels, ["add a hat"], (32, 48))
-    noise = editor.noise_like(condition, torch.Generator().manual_seed(2))
+    noise = editor.noise_like(condition, [torch.Generator().manual_seed(2)])
 
     def share(x):
-        with editor.probe(["double.0", "single.1"]) as probe:
-            editor.velocity(
-                noise, torch.tensor(0.97), editor.condition(x, ["add a hat"], (32, 48)), stop_after="single.1"
+        with editor.probe(["double.0", "single.1"]):
+            return (
+                editor.probed_velocity(
+                    noise, torch.tensor(0.97), editor.condition(x, ["add a hat"], (32, 48)), stop_after="single.1"
+                )
+                .mean_share()
+                .sum()
             )
-            return probe.mean_share().sum()
 
     x = pixels.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(share(x), x)

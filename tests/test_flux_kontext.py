@@ -57,7 +57,7 @@ def test_working_sizes(editor):
 @pytest.mark.parametrize("height,width", [(32, 32), (48, 96)])
 def test_layout_is_derived_from_shapes(editor, height, width):
     condition = editor.condition(torch.rand(1, 3, height, width), ["add a hat", "add glasses"], (height, width))
-    noise = editor.noise_like(condition, torch.Generator().manual_seed(0))
+    noise = editor.noise_like(condition, [torch.Generator().manual_seed(0)])
     assert noise.shape == condition.latents.shape and condition.batch == 2
     layout = condition.layout
     tokens = (height // 16) * (width // 16)

@@ -89,12 +89,12 @@ def test_cross_attention_text_maps_equal_brute_force_and_leave_the_output_alone(
     special = {editor.pipe.tokenizer.bos_token_id, editor.pipe.tokenizer.eos_token_id}
     words = [i for i, t in enumerate(ids) if t not in special]
     assert mask.nonzero().flatten().tolist() == words and len(words) >= 3
-    noise = editor.noise_like(condition, torch.Generator().manual_seed(0))
+    noise = editor.noise_like(condition, [torch.Generator().manual_seed(0)])
     x_t, _ = editor.flow_pair(condition, noise, 0.7)
     stock = editor.velocity(x_t, 0.7, condition)
-    with editor.text_attention(editor.block_names) as probe:
-        probed = editor.velocity(x_t, 0.7, condition)
-        maps = dict(probe.text_maps)
+    with editor.text_attention(editor.block_names):
+        probed = editor.probed_velocity(x_t, 0.7, condition)
+        probed, maps = probed.velocity, probed.text_maps
     torch.testing.assert_close(probed, stock, rtol=1e-4, atol=1e-5)
     assert set(maps) == set(editor.block_names)
     lat = condition.latents.shape[-2] * condition.latents.shape[-1]
@@ -108,9 +108,8 @@ def test_cross_attention_text_maps_equal_brute_force_and_leave_the_output_alone(
         lambda m, args, kwargs, out: seen.update(h=args[0], ctx=kwargs["encoder_hidden_states"]), with_kwargs=True
     )
     try:
-        with editor.text_attention(["down.0"]) as probe:
-            editor.velocity(x_t, 0.7, condition)
-            got = probe.text_maps["down.0"]
+        with editor.text_attention(["down.0"]):
+            got = editor.probed_velocity(x_t, 0.7, condition).text_maps["down.0"]
     finally:
         hook.remove()
     q = layer.to_q(seen["h"]).unflatten(-1, (layer.heads, -1)).transpose(1, 2)
@@ -123,11 +122,12 @@ def test_cross_attention_text_maps_equal_brute_force_and_leave_the_output_alone(
 def test_stop_after_ends_the_pass_and_probes_restore(editor):
     x = torch.rand(1, 3, 64, 96)
     condition = editor.condition(x, ["add a hat"], (64, 96))
-    noise = editor.noise_like(condition, torch.Generator().manual_seed(0))
+    noise = editor.noise_like(condition, [torch.Generator().manual_seed(0)])
     stock = dict(editor.unet.attn_processors)
-    with editor.text_attention(["down.0", "down.1", "up.3"]) as probe:
-        assert editor.velocity(noise, 1.0, condition, stop_after="down.1") is None
-        assert set(probe.text_maps) == {"down.0", "down.1"}  # up.3 never ran
+    with editor.text_attention(["down.0", "down.1", "up.3"]):
+        probed = editor.probed_velocity(noise, 1.0, condition, stop_after="down.1")
+        assert probed.velocity is None
+        assert set(probed.text_maps) == {"down.0", "down.1"}  # up.3 never ran
     assert dict(editor.unet.attn_processors) == stock
     with pytest.raises(ValueError, match="probed"):
         editor.velocity(noise, 1.0, condition, stop_after="down.0")
@@ -136,7 +136,7 @@ def test_stop_after_ends_the_pass_and_probes_restore(editor):
 def test_training_pair_is_the_ddpm_objective(editor):
     x = torch.rand(1, 3, 64, 96)
     condition = editor.condition(x, ["add a hat"], (64, 96))
-    noise = editor.noise_like(condition, torch.Generator().manual_seed(0))
+    noise = editor.noise_like(condition, [torch.Generator().manual_seed(0)])
     alphas = editor.pipe.scheduler.alphas_cumprod
     for sigma, t in ((0.0, 0), (0.5, 500), (1.0, 999)):  # round(0.5 * 999) = 499.5 -> 500
         x_t, target = editor.flow_pair(condition, noise, sigma)
@@ -163,7 +163,7 @@ def test_applicable_methods_have_pixel_gradients(editor, method):
     m.prepare(editor) if method == "flow_loss" else None
     x = torch.rand(1, 3, 64, 96, requires_grad=True)
     with m.session(editor):
-        loss, logs = m.loss(editor, x, (64, 96), 0, torch.Generator().manual_seed(0))
+        loss, logs = m.loss(editor, x, (64, 96), 0, [torch.Generator().manual_seed(0)])
     loss.backward()
     assert x.grad is not None and x.grad.abs().sum() > 0 and logs
 

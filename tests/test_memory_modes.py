@@ -12,7 +12,7 @@ def _share_gradient(editor):
     method = DeContext(prompts=["add a hat"], release_text_encoders=False)
     x = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
     with method.session(editor):  # the probes stay for the backward, which re-runs checkpointed blocks
-        loss, _ = method.loss(editor, x, (48, 64), 0, torch.Generator().manual_seed(3))
+        loss, _ = method.loss(editor, x, (48, 64), 0, [torch.Generator().manual_seed(3)])
         (grad,) = torch.autograd.grad(loss, x)
     return loss.detach(), grad
 

@@ -21,7 +21,7 @@ def _image(seed=0, h=32, w=48):
 
 def _loss(method, editor, pixels, seed=0):
     with torch.no_grad(), method.session(editor):
-        return float(method.loss(editor, pixels, (32, 48), 0, torch.Generator().manual_seed(seed))[0])
+        return float(method.loss(editor, pixels, (32, 48), 0, [torch.Generator().manual_seed(seed)])[0])
 
 
 def test_noise_control_uses_the_whole_budget_deterministically():
@@ -70,18 +70,16 @@ def test_decontext_pass_ends_inside_the_last_probed_block_with_unchanged_shares(
     handle = editor.blocks[blocks[-1]].module.proj_out.register_forward_hook(lambda *a: calls.append(1))
     pixels = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
     try:
-        with torch.no_grad(), method.session(editor) as probe:
-            early = method.shares(editor, pixels, (32, 48), torch.Generator().manual_seed(1))
+        with torch.no_grad(), method.session(editor):
+            early = method.shares(editor, pixels, (32, 48), [torch.Generator().manual_seed(1)])
             assert calls == []  # the last probed block stopped right after its probe
             # The same draws as shares() makes (prompt index, sigma, noise), then a full pass.
             g = torch.Generator().manual_seed(1)
             torch.randint(1, (1,), generator=g)
             sigma = 0.98 + 0.02 * torch.rand(1, generator=g)
             condition = editor.condition(pixels, ["add a hat"], (32, 48))
-            noise = editor.noise_like(condition, g)
-            probe.clear()
-            editor.velocity(noise, sigma, condition, stop_after=None)
-            full = probe.mean_share(blocks)
+            noise = editor.noise_like(condition, [g])
+            full = editor.probed_velocity(noise, sigma, condition, stop_after=None).mean_share(blocks)
     finally:
         handle.remove()
     assert calls == [1]
@@ -92,24 +90,24 @@ def test_decontext_outside_its_session_says_so():
     editor = FluxKontextEditor.tiny(seed=6)
     method = DeContext(prompts=["add a hat"], release_text_encoders=False)
     with pytest.raises(RuntimeError, match="session"):
-        method.loss(editor, torch.rand(1, 3, 32, 48), (32, 48), 0, torch.Generator())
+        method.loss(editor, torch.rand(1, 3, 32, 48), (32, 48), 0, [torch.Generator()])
 
 
 def test_t_one_every_uses_sigma_one_on_those_steps():
     editor = FluxKontextEditor.tiny(seed=6)
     method = DeContext(prompts=["add a hat"], t_one_every=10, release_text_encoders=False)
     seen = []
-    original = editor.velocity
+    original = editor.probed_velocity
 
     def spy(x_t, sigma, condition, stop_after=None):
         seen.append(float(torch.as_tensor(sigma).reshape(-1)[0]))
         return original(x_t, sigma, condition, stop_after)
 
-    editor.velocity = spy
+    editor.probed_velocity = spy
     pixels = torch.rand(1, 3, 32, 48)
     with torch.no_grad(), method.session(editor):
         for step in (0, 1, 10, 11):
-            method.loss(editor, pixels, (32, 48), step, torch.Generator().manual_seed(step))
+            method.loss(editor, pixels, (32, 48), step, [torch.Generator().manual_seed(step)])
     assert seen[0] == 1.0 and seen[2] == 1.0
     assert 0.98 <= seen[1] < 1.0 and 0.98 <= seen[3] < 1.0
 
@@ -152,7 +150,7 @@ def test_editor_ensemble_is_the_sum_of_its_members_in_value_and_gradient():
         return float(value), pixels.grad
 
     parts = [
-        value_and_grad(lambda p, e=e, m=m: m.loss(e, p, (64, 64), 0, torch.Generator().manual_seed(0))[0])
+        value_and_grad(lambda p, e=e, m=m: m.loss(e, p, (64, 64), 0, [torch.Generator().manual_seed(0)])[0])
         for e, m in members
     ]
     for normalize in ("none", "grad"):
@@ -161,7 +159,7 @@ def test_editor_ensemble_is_the_sum_of_its_members_in_value_and_gradient():
         )
         with ensemble.session():
             total, g_total = value_and_grad(
-                lambda p: ensemble.loss(None, p, (64, 64), 0, torch.Generator().manual_seed(0))[0]
+                lambda p: ensemble.loss(None, p, (64, 64), 0, [torch.Generator().manual_seed(0)])[0]
             )
         assert total == pytest.approx(parts[0][0] + 0.5 * parts[1][0], rel=1e-5)
         scale = [1.0, 1.0] if normalize == "none" else [float(g.abs().mean()) for _, g in parts]

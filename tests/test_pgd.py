@@ -36,7 +36,8 @@ def test_clamps_to_unit_range():
 def test_history_and_reproducibility_with_random_draws():
     x0 = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
-    def noisy_loss(x, step, generator):
+    def noisy_loss(x, step, generators):
+        (generator,) = generators  # a single image: a batch of one, one generator
         w = torch.randn(x.shape, generator=generator)
         return (w * x).sum()
 
@@ -148,7 +149,10 @@ def test_adam_update_steps_are_bounded_and_follow_a_steady_gradient():
     assert torch.allclose((one.pixels - x0) * 255, weights.sign(), atol=1e-4)
     steps = []
     flip = iter([1.0, -1.0] * 10)
-    sign = lambda: next(flip)
+
+    def sign():
+        return next(flip)
+
     result = PGD(config=PGDConfig(eps=16, alpha=1, steps=6, update="adam"), progress=False).run(
         x0, lambda x, s, g: sign() * (weights * x).sum(), callback=lambda step, rec: steps.append(step)
     )
@@ -161,7 +165,10 @@ def test_snapshots_are_the_pixels_after_that_many_steps():
     from decontext.pgd import PGD, PGDConfig
 
     x0 = torch.full((1, 3, 4, 4), 0.5)
-    loss = lambda x, s, g: (x * torch.arange(48.0).reshape(1, 3, 4, 4)).sum()
+
+    def loss(x, s, g):
+        return (x * torch.arange(48.0).reshape(1, 3, 4, 4)).sum()
+
     long = PGD(config=PGDConfig(eps=8, alpha=1, steps=6), progress=False).run(x0, loss, snapshots=[0, 3, 6])
     short = PGD(config=PGDConfig(eps=8, alpha=1, steps=3), progress=False).run(x0, loss)
     assert sorted(long.snapshots) == [0, 3, 6]

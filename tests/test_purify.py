@@ -115,7 +115,10 @@ def test_linear_breakers_gradient_matches_finite_differences(spec):
     transform = purify.parse_breaker(spec).differentiable()
     x = torch.rand(1, 3, 24, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.6 + 0.2
     weights = torch.rand(1, 3, 24, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    loss = lambda v: (transform(v, torch.Generator()) * weights).sum()
+
+    def loss(v):
+        return (transform(v, torch.Generator()) * weights).sum()
+
     xg = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(loss(xg), xg)
     for index in [(0, 0, 5, 7), (0, 2, 23, 0), (0, 1, 12, 12)]:

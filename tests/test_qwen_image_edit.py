@@ -12,6 +12,7 @@ from skimage.data import astronaut
 from decontext import editors as editor_registry
 from decontext.config import ProtectConfig
 from decontext.editors.base import Editor
+from decontext.editors.blocks import PROBE_KWARG
 from decontext.editors.qwen_image_edit import QwenImageEditEditor
 from decontext.images import from_array
 from decontext.methods import build_method
@@ -74,7 +75,8 @@ def _captured_inputs(editor, blocks):
         attn = editor.blocks[name].module.attn
 
         def hook(module, args, kwargs, name=name):
-            captured[name] = kwargs
+            # Without the probed call's record: what the stock layer is handed.
+            captured[name] = {k: v for k, v in kwargs.items() if k != PROBE_KWARG}
 
         handles.append(attn.register_forward_pre_hook(hook, with_kwargs=True))
     return captured, handles
@@ -100,14 +102,15 @@ def _reference_share(attn, inputs, layout):
 def test_shares_equal_the_masked_brute_force_softmax(editor, pixels, fused, stop):
     blocks = editor.resolve_blocks("double")
     condition = editor.condition(pixels, PROMPTS, SIZE)
-    noise = editor.noise_like(condition, torch.Generator().manual_seed(1))
+    noise = editor.noise_like(condition, [torch.Generator().manual_seed(1)])
     captured, handles = _captured_inputs(editor, blocks)
     try:
         with torch.no_grad(), editor.probe(blocks) as probe:
             probe.fused = fused
-            out = editor.velocity(noise, torch.tensor([0.99, 0.7]), condition, stop_after=blocks[-1] if stop else None)
-            assert (out is None) == stop
-            shares = dict(probe.shares)
+            sigma = torch.tensor([0.99, 0.7])
+            probed = editor.probed_velocity(noise, sigma, condition, stop_after=blocks[-1] if stop else None)
+            assert (probed.velocity is None) == stop
+            shares = probed.shares
     finally:
         for handle in handles:
             handle.remove()
@@ -127,12 +130,12 @@ def test_shares_equal_the_masked_brute_force_softmax(editor, pixels, fused, stop
 def test_probed_processor_outputs_equal_the_stock_processor(editor, pixels):
     blocks = editor.resolve_blocks("double")
     condition = editor.condition(pixels, PROMPTS, SIZE)
-    noise = editor.noise_like(condition, torch.Generator().manual_seed(2))
+    noise = editor.noise_like(condition, [torch.Generator().manual_seed(2)])
     captured, handles = _captured_inputs(editor, blocks)
     try:
         with torch.no_grad():
             stock = editor.velocity(noise, torch.tensor(0.9), condition)
-            with editor.probe(blocks) as probe:
+            with editor.probe(blocks):
                 probed = editor.velocity(noise, torch.tensor(0.9), condition)
                 processor = editor.blocks[blocks[0]].module.attn.processor
                 ours = processor(editor.blocks[blocks[0]].module.attn, **captured[blocks[0]])
@@ -152,14 +155,14 @@ def test_share_gradient_matches_float64_finite_differences(pixels):
     blocks = editor.resolve_blocks("double")
     x = pixels.double()
     editor.condition(x, PROMPTS[:1], SIZE, step=0)  # Qwen reads the image once (no gradient through it)
-    noise = editor.noise_like(editor.condition(x, PROMPTS[:1], SIZE, step=1), torch.Generator().manual_seed(3))
+    noise = editor.noise_like(editor.condition(x, PROMPTS[:1], SIZE, step=1), [torch.Generator().manual_seed(3)])
 
     def share(p):
-        with editor.probe(blocks) as probe:
-            editor.velocity(
+        with editor.probe(blocks):
+            probed = editor.probed_velocity(
                 noise, torch.tensor(0.95), editor.condition(p, PROMPTS[:1], SIZE, step=1), stop_after=blocks[-1]
             )
-            return probe.mean_share(blocks).sum()
+            return probed.mean_share(blocks).sum()
 
     x = x.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(share(x), x)
@@ -345,12 +348,11 @@ def test_plus_shares_count_every_reference(plus_editor):
         blocks = plus_editor.resolve_blocks("double")
         condition = plus_editor.condition(pixels, PROMPTS, PLUS_SIZE)
         assert not condition.extra["mask"].all()
-        noise = plus_editor.noise_like(condition, torch.Generator().manual_seed(1))
+        noise = plus_editor.noise_like(condition, [torch.Generator().manual_seed(1)])
         captured, handles = _captured_inputs(plus_editor, blocks)
         try:
-            with torch.no_grad(), plus_editor.probe(blocks) as probe:
-                plus_editor.velocity(noise, torch.tensor([0.99, 0.7]), condition)
-                shares = dict(probe.shares)
+            with torch.no_grad(), plus_editor.probe(blocks):
+                shares = plus_editor.probed_velocity(noise, torch.tensor([0.99, 0.7]), condition).shares
         finally:
             for handle in handles:
                 handle.remove()

@@ -51,14 +51,14 @@ def test_probe_matches_brute_force_non_square_and_keeps_outputs(editor):
     g = torch.Generator().manual_seed(0)
     pixels = torch.rand(1, 3, 48, 80, generator=g)
     condition = editor.condition(pixels, ["add a hat", "make the person smile"], (48, 80))
-    noise = editor.noise_like(condition, g)
+    noise = editor.noise_like(condition, [g])
     sigma = torch.tensor([0.99, 0.97])
     names = editor.block_names
     with torch.no_grad():
         stock = editor.velocity(noise, sigma, condition)
-        with editor.probe(names) as probe:
-            probed = editor.velocity(noise, sigma, condition)
-            shares = dict(probe.shares)
+        with editor.probe(names):
+            probed = editor.probed_velocity(noise, sigma, condition)
+            probed, shares = probed.velocity, probed.shares
         store = {"layout": condition.layout}
         reference = {editor.blocks[n].processor_key: BruteForceProcessor(n, store) for n in names}
         with swapped_processors(editor.transformer, reference):
@@ -98,10 +98,10 @@ def test_pixel_gradient_matches_float64_finite_differences(folder):
 
     def share(x):
         condition = editor.condition(x, ["add glasses"], (32, 48), step=1)
-        noise = editor.noise_like(condition, torch.Generator().manual_seed(9))
-        with editor.probe(blocks) as probe:
-            editor.velocity(noise, torch.tensor([0.99], dtype=torch.float64), condition, stop_after="single.0")
-            return probe.mean_share(blocks).sum()
+        noise = editor.noise_like(condition, [torch.Generator().manual_seed(9)])
+        with editor.probe(blocks):
+            sigma = torch.tensor([0.99], dtype=torch.float64)
+            return editor.probed_velocity(noise, sigma, condition, stop_after="single.0").mean_share(blocks).sum()
 
     x = pixels.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(share(x), x)

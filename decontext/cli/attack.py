@@ -43,13 +43,15 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
     ap.add_argument("--input", required=True, help="an image file or a folder of images")
     ap.add_argument("--output", required=True, help="folder for <stem>.png and manifest.json")
     pgd = ap.add_argument_group(
-        "budget and optimiser (defaults: the family's official attack, then the preset, then the method's own preferences; a flag given overrides them all)"
+        "budget and optimiser (defaults: the family's official attack, then the preset, "
+        "then the method's own preferences; a flag given overrides them all)"
     )
     pgd.add_argument(
         "--preset",
         default=None,
         choices=sorted(PRESETS),
-        help="paper: the official settings, fixed steps, never stopping early (what reproductions use; the same as no preset); "
+        help="paper: the official settings, fixed steps, never stopping early "
+        "(what reproductions use; the same as no preset); "
         f"fast: {describe_preset('fast')} "
         "(docs/EVIDENCE.md, 'Fewer PGD steps'). Default: none, i.e. the official settings",
     )
@@ -74,13 +76,15 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
         "--start",
         default=None,
         choices=STARTS,
-        help="where PGD starts: clean (the image), uniform (a random point of the eps-ball) or sign (a random corner of it) (default: the method's, else clean)",
+        help="where PGD starts: clean (the image), uniform (a random point of the eps-ball) "
+        "or sign (a random corner of it) (default: the method's, else clean)",
     )
     pgd.add_argument(
         "--update",
         default=None,
         choices=UPDATES,
-        help="update rule: sign (every pixel moves by alpha), l2 (a step of rms alpha along the gradient) or adam (Adam-normalised steps of at most ~alpha) (default sign)",
+        help="update rule: sign (every pixel moves by alpha), l2 (a step of rms alpha along the gradient) "
+        "or adam (Adam-normalised steps of at most ~alpha) (default sign)",
     )
     pgd.add_argument(
         "--psnr-floor",
@@ -93,7 +97,8 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="stopping rule: end an image's PGD once the mean loss over --stop-window steps has not risen by more than "
-        "--stop-tol for this many steps (0 = never; default 0, the fast preset's own otherwise); the manifest records steps run and why",
+        "--stop-tol for this many steps (0 = never; default 0, the fast preset's own otherwise); "
+        "the manifest records steps run and why",
     )
     pgd.add_argument(
         "--stop-window", type=int, default=None, help="stopping rule: steps averaged (the loss is noisy; default 25)"
@@ -102,27 +107,30 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
         "--stop-tol",
         type=float,
         default=None,
-        help="stopping rule: the rise of the mean loss that counts as progress, as a fraction of the gain so far (default 0.01)",
+        help="stopping rule: the rise of the mean loss that counts as progress, "
+        "as a fraction of the gain so far (default 0.01)",
     )
     pgd.add_argument(
         "--init",
         default=None,
         metavar="PROTECTOR",
-        help="start PGD from a trained protector's output (shipped name such as toy-decontext, or a folder) instead of the clean "
-        "image; with a few --steps this matches many steps from the clean image at a fraction of the cost (docs/EVIDENCE.md)",
+        help="start PGD from a trained protector's output (shipped name such as toy-decontext, or a folder) "
+        "instead of the clean image; with a few --steps this matches many steps from the clean image "
+        "at a fraction of the cost (docs/EVIDENCE.md)",
     )
     pgd.add_argument(
         "--allow-transfer",
         action="store_true",
-        help="use a protector (--protector, --init) trained for another editor family, another method or a larger eps anyway "
-        "(its output is clamped to this run's budget)",
+        help="use a protector (--protector, --init) trained for another editor family, another method "
+        "or a larger eps anyway (its output is clamped to this run's budget)",
     )
     pgd.add_argument(
         "--eot",
         nargs="+",
         default=None,
         metavar="BREAKER",
-        help="optimise to survive these breakers (expectation over transformation; decontext/purify.py): e.g. jpeg resize blur, or jpeg:quality=50",
+        help="optimise to survive these breakers (expectation over transformation; decontext/purify.py): "
+        "e.g. jpeg resize blur, or jpeg:quality=50",
     )
     pgd.add_argument(
         "--eot-samples",
@@ -134,14 +142,16 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
         "--resolution",
         type=resolution_arg,
         default=None,
-        help=f"working size inside the editor: auto ({spec.auto_resolution_note}), native (the image's own size), or N (an N x N area) "
+        help=f"working size inside the editor: auto ({spec.auto_resolution_note}), "
+        "native (the image's own size), or N (an N x N area) "
         f"(default: the model's own: {spec.tiny_resolution} for tiny, the toys' 64, auto for real checkpoints)",
     )
     ap.add_argument(
         "--seed",
         type=int,
         default=0,
-        help="seed of every random draw (start, prompts, noise levels); each image's own seed comes from it and its file name (default 0)",
+        help="seed of every random draw (start, prompts, noise levels); "
+        "each image's own seed comes from it and its file name (default 0)",
     )
     ap.add_argument(
         "--measure-draws",
@@ -161,7 +171,8 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         help="torch.compile every attention block of the editor (regional compilation; the same result within float "
-        "tolerance; minutes of compiling first, then faster steps on a GPU; slower on the CPU tiny model: docs/PERFORMANCE.md)",
+        "tolerance; minutes of compiling first, then faster steps on a GPU; "
+        "slower on the CPU tiny model: docs/PERFORMANCE.md)",
     )
     ap.add_argument(
         "--checkpointing",
@@ -172,7 +183,8 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="redo outputs made with other settings or from changed inputs "
-        "(a re-run otherwise skips only outputs made with the same settings from the same input bytes, and refuses the rest)",
+        "(a re-run otherwise skips only outputs made with the same settings from the same input bytes, "
+        "and refuses the rest)",
     )
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (the per-image lines stay)")
     add_method_arguments(ap, spec)
@@ -186,7 +198,8 @@ def add_method_arguments(ap: argparse.ArgumentParser, spec: Family) -> None:
         "--method",
         default=spec.method,
         type=method_spec,
-        help=f"protection method (default {spec.method}); a+b composes several on one PGD run (e.g. decontext+encoder, weighted with --weights). {summary}",
+        help=f"protection method (default {spec.method}); a+b composes several on one PGD run "
+        f"(e.g. decontext+encoder, weighted with --weights). {summary}",
     )
     group = ap.add_argument_group(
         "method options (each applies to the methods that take it; unset: each method's own default)"
@@ -198,7 +211,8 @@ def add_method_arguments(ap: argparse.ArgumentParser, spec: Family) -> None:
         "--compose-norm",
         default=None,
         choices=NORMALIZE,
-        help="combining a composed --method: grad (default: each term's gradient scaled to unit mean |g| before weighting) or none (plain weighted sum)",
+        help="combining a composed --method: grad (default: each term's gradient scaled to unit mean |g| "
+        "before weighting) or none (plain weighted sum)",
     )
     for dest, flag in OPTIONS.items():
         defaults = [
@@ -235,16 +249,18 @@ def method_options(args, spec: Family) -> dict:
     return given
 
 
-def check_protector(args, spec: Family) -> None:
+def check_protector(args, spec: Family, eps: float) -> None:
     """A protector (--method amortized --protector P, or --init P) that exists and fits this run: the
-    editor family, the method and the budget it was trained for (refused otherwise, unless --allow-transfer)."""
+    editor family, the method and the budget it was trained for (refused otherwise, unless --allow-transfer);
+    ``eps``: the run's resolved budget (1/255 units)."""
     from ..methods.protector_files import read_config, shipped_protectors, transfer_problems
 
     amortized = args.method == "amortized"
     flag, ref = ("--protector", args.protector) if amortized else ("--init", args.init)
     if ref is None:
         raise ArgumentProblem(
-            f"--method amortized needs --protector NAME or FOLDER (shipped: {', '.join(shipped_protectors()) or 'none'})"
+            "--method amortized needs --protector NAME or FOLDER "
+            f"(shipped: {', '.join(shipped_protectors()) or 'none'})"
         )
     try:
         config = read_config(ref)
@@ -252,14 +268,12 @@ def check_protector(args, spec: Family) -> None:
         raise ArgumentProblem(f"{flag} {ref}: {exc}") from None
     objective = METHODS.get(str(config["method"].get("method")))
     missing = sorted(set(objective.requires) - set(spec.capabilities)) if amortized and objective is not None else []
-    if (
-        missing
-    ):  # no flag can make it run: the objective it measures (and any steps on top) needs what this editor lacks
+    # no flag can make it run: the objective it measures (and any steps on top) needs what this editor lacks
+    if missing:
         raise ArgumentProblem(
             f"{flag} {ref}: its objective {config['method']['method']!r} does not apply to the {spec.name} editor "
             f"(it needs {', '.join(missing)}); --allow-transfer cannot change that"
         )
-    eps = args.eps if args.eps is not None else (float(config["eps"]) if amortized else spec.eps)
     problems = transfer_problems(config, spec.name, None if amortized else args.method, eps)
     if problems and not args.allow_transfer:
         raise ArgumentProblem(f"{flag} {ref}: {'; '.join(problems)}. Refused (--allow-transfer uses it anyway)")
@@ -276,7 +290,8 @@ def check_arguments(args, spec: Family, local_input: bool = True) -> None:
     optimising = any(METHODS[n].optimises for n in method_names(args.method))
     if args.steps == 0 and optimising:
         raise ArgumentProblem(
-            f"--steps 0 runs no optimisation: --method {args.method} would save the image unchanged (use --method noise for an unoptimised control)"
+            f"--steps 0 runs no optimisation: --method {args.method} would save the image unchanged "
+            "(use --method noise for an unoptimised control)"
         )
     if args.batch_size < 1:
         raise ArgumentProblem(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -289,8 +304,6 @@ def check_arguments(args, spec: Family, local_input: bool = True) -> None:
             )
         if args.eot:
             raise ArgumentProblem(f"--batch-size {args.batch_size}: --eot protects one image at a time")
-    if args.method == "amortized" or args.init is not None:
-        check_protector(args, spec)
     if args.measure_draws < 0:
         raise ArgumentProblem(f"--measure-draws must be >= 0, got {args.measure_draws}")
     if args.seed < 0:
@@ -309,18 +322,13 @@ def check_arguments(args, spec: Family, local_input: bool = True) -> None:
         local_input
     ):  # a cluster job's --input may be a URI, a glob, a list or a manifest (decontext.cluster.list_inputs)
         check_paths("--input", args.input, args.output)
-    eps, alpha = args.eps if args.eps is not None else spec.eps, args.alpha if args.alpha is not None else spec.alpha
-    if alpha > eps:
-        print(
-            f"warning: --alpha {alpha:g} is larger than --eps {eps:g}: every step jumps to the edge of the budget "
-            "(a plain sign attack); a step of eps/10 or less is usual",
-            file=sys.stderr,
-        )
 
 
 def resolve_protection(args, spec: Family):
     """(method, PGDConfig) of parsed attack flags: the family's official settings under the preset, the
-    method's preferences and the flags given. ArgumentProblem names what cannot work (before any model loads)."""
+    method's preferences and the flags given, resolved once here; then the resolved values are checked (a
+    protector against the budget, the step against the budget). ArgumentProblem names what cannot work
+    (before any model loads)."""
     from ..config import PGDConfig
     from ..methods import build_from_options
     from ..prompts import PromptFileError
@@ -334,6 +342,7 @@ def resolve_protection(args, spec: Family):
             method,
             defaults=spec.pgd_defaults,
             preset=args.preset,
+            family_presets=spec.presets,
             stop_patience=args.stop_patience,
             stop_window=args.stop_window,
             stop_tol=args.stop_tol,
@@ -357,7 +366,20 @@ def resolve_protection(args, spec: Family):
             raise ValueError("--eot-samples needs --eot")
     except (ValueError, TypeError) as exc:
         raise ArgumentProblem(str(exc)) from None
+    check_resolved(args, spec, pgd)
     return method, pgd
+
+
+def check_resolved(args, spec: Family, pgd) -> None:
+    """The checks that need the resolved budget: a protector fits it; a step larger than it is flagged."""
+    if args.method == "amortized" or args.init is not None:
+        check_protector(args, spec, pgd.eps)
+    if pgd.alpha > pgd.eps:
+        print(
+            f"warning: --alpha {pgd.alpha:g} is larger than --eps {pgd.eps:g}: every step jumps to the edge of the "
+            "budget (a plain sign attack); a step of eps/10 or less is usual",
+            file=sys.stderr,
+        )
 
 
 def main(argv=None, family: str | None = None) -> int:

@@ -75,6 +75,9 @@ class Family:
     pipelines: tuple[str, ...] = ()  # model_index.json _class_name values of its checkpoints
     hub_ids: tuple[str, ...] = ()  # hub id prefixes of its checkpoints
     regulator: bool = False  # editing can run under UVR (--uvr)
+    # The family's own settings of a preset where the shared ones fall short on its models (config.PRESETS),
+    # e.g. {"fast": {"steps": 200}}: the evidence is in docs/EVIDENCE.md ("Fewer PGD steps").
+    presets: dict = field(default_factory=dict)
     tiny_resolution: int = TINY_RESOLUTION
 
     @property

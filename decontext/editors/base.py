@@ -3,7 +3,8 @@
 A method never knows which editor it runs on. It asks the editor for a ``Condition`` of some pixels
 and prompts (differentiable in the pixels where the editor allows), draws noise, asks for the
 velocity at a noise level (optionally stopping after a named block), reads the flow-matching
-training pair, and measures attention inside ``with editor.probe(blocks):``. Everything else (text
+training pair, and measures attention inside ``with editor.probe(blocks):``, where
+``editor.probed_velocity`` returns what each call measured. Everything else (text
 encoders, vision-language models, connectors, token packing, position ids, guidance embeddings) is
 the editor's business.
 
@@ -20,7 +21,7 @@ from typing import Any, ContextManager, Protocol, Sequence, runtime_checkable
 import torch
 from PIL import Image
 
-from ..attention import Layout  # noqa: F401 (re-exported: the seam's token layout)
+from ..attention import Layout, Probed  # noqa: F401 (re-exported: the seam's token layout, a probed call's result)
 from . import CAPABILITIES  # noqa: F401 (re-exported: what an editor can offer methods)
 from .blocks import resolve_blocks  # noqa: F401 (re-exported)
 
@@ -95,15 +96,24 @@ class Editor(Protocol):
     def compile_blocks(self, backend: str = "inductor") -> int:
         """``torch.compile`` every attention block of the denoiser in place (``--compile``); returns how many."""
 
-    def noise_like(self, condition: Condition, generator) -> torch.Tensor:
-        """Pure-noise target tokens shaped like ``condition.latents`` (``draw_noise``: from ``generator``, or
-        row by row from a list of per-image generators)."""
+    def noise_like(self, condition: Condition, generators) -> torch.Tensor:
+        """Pure-noise target tokens shaped like ``condition.latents`` (``draw_noise``: row by row from per-image
+        generators, or whole from a single one)."""
 
     def velocity(
         self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None
     ) -> torch.Tensor | None:
         """The editor's velocity prediction for target tokens ``x_t`` at noise level ``sigma`` ((B,) or
-        scalar). ``stop_after`` names the last block needed; the pass ends there and returns None."""
+        scalar). ``stop_after`` names the last block needed; the pass ends there and returns None.
+        ``probed_velocity(...).velocity``: inside a probe, the same pass (its measurements dropped)."""
+
+    def probed_velocity(
+        self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None
+    ) -> Probed:
+        """The same pass as ``velocity``, returning a ``Probed``: the velocity (None when stopped early) and
+        what the installed probe measured in this call alone: ``shares[block]`` ((B,), ``mean_share``) under
+        ``probe``, ``text_maps[block]`` ((B, target tokens)) under ``text_attention``; empty without a probe.
+        A probed block ``stop_after`` names ends the pass right after its measurement."""
 
     def flow_pair(
         self, condition: Condition, noise: torch.Tensor, sigma: torch.Tensor
@@ -121,8 +131,10 @@ class Editor(Protocol):
         denoiser's space (the end of ``denoise``), differentiable."""
 
     def probe(self, blocks: Sequence[str]) -> ContextManager:
-        """``with editor.probe(blocks) as probe:`` measures target->context attention shares in
-        those blocks (``probe.mean_share(blocks)``); on exit the editor is exactly as before."""
+        """``with editor.probe(blocks):`` hooks those blocks (forward and backward) so that each
+        ``probed_velocity`` call returns their target->context attention shares; on exit the editor is
+        exactly as before. Each call carries its own record (``attention.ProbeCall``) to the hooked layers
+        through the model's attention kwargs; the yielded hook keeps no per-call state."""
 
     def edit(
         self,
@@ -250,12 +262,14 @@ def snap(value: float, multiple: int) -> int:
     return max(multiple, int(math.floor(value / multiple)) * multiple)
 
 
-def draw_noise(shape, generator, device, dtype) -> torch.Tensor:
+def draw_noise(shape, generators, device, dtype) -> torch.Tensor:
     """Standard normal noise of ``shape``, drawn on the CPU in float32 (so runs are reproducible across
-    devices and dtypes) from ``generator``, or row by row from a list of per-image generators (each row as
-    its image's own run alone would draw it), then moved to ``device`` and ``dtype``."""
-    if isinstance(generator, torch.Generator):
-        noise = torch.randn(tuple(shape), generator=generator, dtype=torch.float32)
+    devices and dtypes), row by row from per-image ``generators`` (each row as its image's own run alone
+    would draw it) or whole from a single one, then moved to ``device`` and ``dtype``."""
+    if len(generators) == 1:
+        noise = torch.randn(tuple(shape), generator=generators[0], dtype=torch.float32)
+    elif len(generators) == shape[0]:
+        noise = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generators])
     else:
-        noise = torch.cat([torch.randn((1, *shape[1:]), generator=g, dtype=torch.float32) for g in generator])
+        raise ValueError(f"{len(generators)} generators for noise of {shape[0]} rows")
     return noise.to(device, dtype)

@@ -7,12 +7,19 @@ FLUX.2's Flux2Transformer2DModel, Qwen-Image's one stream of dual-stream blocks)
 reads it: the editors' probes and early stop, UVR, the premise study's cuts.
 
 Each architecture has ONE processor here. It makes q, k and v exactly as diffusers' stock processor
-of that architecture does (the part restated from diffusers is marked with where it comes from:
-diffusers offers no hook between RoPE and the attention call), hands them to an ``AttentionHook``
+of that architecture does (diffusers offers no hook between RoPE and the attention call; each restated
+part carries a ``# Restates: <object> @ diffusers==<version>`` marker, and tests/test_upstream.py fails
+when that upstream source changes), hands them to an ``AttentionHook``
 (``decontext.attention``) together with the layer's own attention call, and finishes the output as
 the stock processor does. The stock computation is what the default hook returns, so a hooked layer
 whose hook does nothing is the stock layer. ``BlockMap.hooked({name: hook})`` installs them for the
 length of a ``with``; the stock processors are back afterwards, whatever happens inside.
+
+A model call can carry per-call instructions to its hooks (the probe's ``ProbeCall``): the editor puts
+the record into the attention kwargs the model hands every attention layer (``probe_kwargs``; diffusers
+calls them ``joint_attention_kwargs`` on FLUX.1 and FLUX.2, ``attention_kwargs`` on Qwen-Image and
+``cross_attention_kwargs`` on the UNet, and passes them on to each block, also through its gradient
+checkpointing). The hooked processors take it as ``PROBE_KWARG`` and hand it to their hook as ``call``.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..attention import AttentionHook, StopForward
+from ..attention import AttentionHook, ProbeCall, StopForward
 
+PROBE_KWARG = "probe_call"  # the attention kwarg a probed call's record travels under (``probe_kwargs``)
 _RANGE_NOTE = "single:0-25/38"
 _RANGE = re.compile(r"^([a-z_]+)(?::(all|\d+(?:-\d+)?)(?:/(\d+))?)?$")
 
@@ -86,7 +94,8 @@ class BlockMap:
                 if not sep or "/" not in rest:
                     raise ValueError(
                         f"{item!r}: this model has only {describe(self.depths)}; give a block range of it, "
-                        f"or a relative one such as '{_RANGE_NOTE}' (read as the same relative depth of its {self.aliases[stream]} stream)"
+                        f"or a relative one such as '{_RANGE_NOTE}' "
+                        f"(read as the same relative depth of its {self.aliases[stream]} stream)"
                     )
                 item = f"{self.aliases[stream]}:{rest}"
             mapped.append(item)
@@ -102,12 +111,19 @@ class BlockMap:
         return f"{stream}.{index if depth == of else min(depth - 1, round(index * depth / of))}"
 
     @contextlib.contextmanager
-    def hooked(self, hooks: dict[str, AttentionHook]):
-        """This architecture's processor with ``hooks[name]`` on the named blocks for the ``with``."""
+    def hooked(self, hooks: dict[str, AttentionHook], probe_calls: bool = False):
+        """This architecture's processor with ``hooks[name]`` on the named blocks for the ``with``.
+
+        ``probe_calls``: the model's calls in the ``with`` may carry a ``ProbeCall`` (``probe_kwargs``), which
+        diffusers hands to every attention layer of the model; the layers not hooked then keep their stock
+        processor behind ``DropsProbeCall``, so the record reaches them without a warning."""
         unknown = [n for n in hooks if n not in self.blocks]
         if unknown:
             raise ValueError(f"cannot hook {unknown}: this model's blocks are {describe(self.depths)}")
         processors = {self.blocks[name].processor_key: self.processor(hook, name) for name, hook in hooks.items()}
+        if probe_calls:
+            carriers = {k: DropsProbeCall(p) for k, p in self.model.attn_processors.items() if k not in processors}
+            processors = {**carriers, **processors}
         with swapped_processors(self.model, processors):
             yield
 
@@ -135,6 +151,26 @@ class BlockMap:
 
 def describe(depths: dict[str, int]) -> str:
     return ", ".join(f"{n} {stream}" for stream, n in depths.items()) + " blocks"
+
+
+def probe_kwargs(call: ProbeCall | None) -> dict | None:
+    """The attention kwargs of a model call carrying ``call`` (None: a call without one, the stock kwargs)."""
+    return None if call is None else {PROBE_KWARG: call}
+
+
+class DropsProbeCall:
+    """A stock processor that also takes a call's probe record, and ignores it.
+
+    diffusers' attention modules compare the kwargs they are handed with their processor's signature, warn
+    about the ones it lacks and drop them; a probed call hands its record to every attention layer, so the
+    layers a probe does not hook keep their stock processor behind this one while the probe is installed.
+    The computation is the stock processor's own call."""
+
+    def __init__(self, stock):
+        self.stock = stock
+
+    def __call__(self, attn, *args, probe_call: ProbeCall | None = None, **kwargs):
+        return self.stock(attn, *args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -236,6 +272,13 @@ def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     return x.unflatten(-1, (-1, head_dim))
 
 
+def _with_call(call: ProbeCall | None) -> dict:
+    # Only a call that carries a record hands it on, so hooks that never meet one need not take ``call``.
+    return {} if call is None else {"call": call}
+
+
+# Restates: diffusers.models.transformers.transformer_flux.FluxAttnProcessor.__call__ @ diffusers==0.42.1
+# Restates: diffusers.models.transformers.transformer_flux2.Flux2AttnProcessor.__call__ @ diffusers==0.42.1
 def _flux_style_qkv(projections, attn, hidden_states, encoder_hidden_states, image_rotary_emb):
     """q, k, v (B, S, H, D) of the joint sequence as ``FluxAttnProcessor.__call__`` and
     ``Flux2AttnProcessor.__call__`` make them (diffusers 0.42.1, transformer_flux.py / transformer_flux2.py):
@@ -272,6 +315,7 @@ def _no_mask(name: str, attention_mask) -> None:
         raise NotImplementedError(f"{name}: hooked attention does not support attention masks")
 
 
+# Restates: diffusers.models.transformers.transformer_flux.FluxAttnProcessor.__call__ @ diffusers==0.42.1
 def _flux_processor():
     from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
@@ -282,12 +326,21 @@ def _flux_processor():
             super().__init__()
             self.hook, self.name = hook, name
 
-        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        def __call__(
+            self,
+            attn,
+            hidden_states,
+            encoder_hidden_states=None,
+            attention_mask=None,
+            image_rotary_emb=None,
+            probe_call: ProbeCall | None = None,
+        ):
             _no_mask(self.name, attention_mask)
             query, key, value = _flux_style_qkv(
                 _get_qkv_projections, attn, hidden_states, encoder_hidden_states, image_rotary_emb
             )
-            out = self.hook.joint(self.name, query, key, value, _attend(self)).flatten(2, 3).to(query.dtype)
+            out = self.hook.joint(self.name, query, key, value, _attend(self), **_with_call(probe_call))
+            out = out.flatten(2, 3).to(query.dtype)
             if encoder_hidden_states is None:
                 return out
             # The stock tail (transformer_flux.py): image through to_out, text through to_add_out.
@@ -300,6 +353,8 @@ def _flux_processor():
     return HookedFluxProcessor
 
 
+# Restates: diffusers.models.transformers.transformer_flux2.Flux2AttnProcessor.__call__ @ diffusers==0.42.1
+# Restates: diffusers.models.transformers.transformer_flux2.Flux2ParallelSelfAttnProcessor.__call__ @ diffusers==0.42.1
 def _flux2_processors():
     from diffusers.models.embeddings import apply_rotary_emb
     from diffusers.models.transformers.transformer_flux2 import (
@@ -315,12 +370,21 @@ def _flux2_processors():
             super().__init__()
             self.hook, self.name = hook, name
 
-        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        def __call__(
+            self,
+            attn,
+            hidden_states,
+            encoder_hidden_states=None,
+            attention_mask=None,
+            image_rotary_emb=None,
+            probe_call: ProbeCall | None = None,
+        ):
             _no_mask(self.name, attention_mask)
             query, key, value = _flux_style_qkv(
                 _get_qkv_projections, attn, hidden_states, encoder_hidden_states, image_rotary_emb
             )
-            out = self.hook.joint(self.name, query, key, value, _attend(self)).flatten(2, 3).to(query.dtype)
+            out = self.hook.joint(self.name, query, key, value, _attend(self), **_with_call(probe_call))
+            out = out.flatten(2, 3).to(query.dtype)
             if encoder_hidden_states is None:
                 return attn.to_out[1](attn.to_out[0](out))
             text_out, image_out = out.split_with_sizes(
@@ -339,7 +403,9 @@ def _flux2_processors():
             super().__init__()
             self.hook, self.name = hook, name
 
-        def __call__(self, attn, hidden_states, attention_mask=None, image_rotary_emb=None):
+        def __call__(
+            self, attn, hidden_states, attention_mask=None, image_rotary_emb=None, probe_call: ProbeCall | None = None
+        ):
             _no_mask(self.name, attention_mask)
             fused = attn.to_qkv_mlp_proj(hidden_states)
             qkv_width, mlp_width = 3 * attn.inner_dim, attn.mlp_hidden_dim * attn.mlp_mult_factor
@@ -350,7 +416,8 @@ def _flux2_processors():
             if image_rotary_emb is not None:
                 query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
                 key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-            out = self.hook.joint(self.name, query, key, value, _attend(self)).flatten(2, 3).to(query.dtype)
+            out = self.hook.joint(self.name, query, key, value, _attend(self), **_with_call(probe_call))
+            out = out.flatten(2, 3).to(query.dtype)
             return attn.to_out(torch.cat([out, attn.mlp_act_fn(mlp)], dim=-1))
 
     return HookedFlux2Processor, HookedFlux2ParallelProcessor
@@ -364,6 +431,7 @@ def joint_key_mask(text_mask: torch.Tensor | None, image_tokens: int) -> torch.T
     return torch.cat([text_mask, text_mask.new_ones(text_mask.shape[0], image_tokens)], dim=1)
 
 
+# Restates: diffusers.models.transformers.transformer_qwenimage.QwenDoubleStreamAttnProcessor2_0 @ diffusers==0.42.1
 def qwen_joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb=None):
     """q, k, v (B, S, H, D) of the joint sequence ``[text | image]`` as ``QwenDoubleStreamAttnProcessor2_0.__call__``
     makes them (diffusers 0.42.1, transformer_qwenimage.py): separate projections per stream, QK RMSNorm
@@ -394,6 +462,7 @@ def qwen_joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb=
     return torch.cat([txt_q, img_q], dim=1), torch.cat([txt_k, img_k], dim=1), torch.cat([txt_v, img_v], dim=1)
 
 
+# Restates: diffusers.models.transformers.transformer_qwenimage.QwenDoubleStreamAttnProcessor2_0 @ diffusers==0.42.1
 def _qwen_processor():
     from diffusers.models.transformers.transformer_qwenimage import QwenDoubleStreamAttnProcessor2_0
 
@@ -413,6 +482,7 @@ def _qwen_processor():
             encoder_hidden_states_mask=None,
             attention_mask=None,
             image_rotary_emb=None,
+            probe_call: ProbeCall | None = None,
         ):
             if encoder_hidden_states is None:
                 raise ValueError(f"{self.name}: the Qwen-Image processor needs the text stream")
@@ -422,9 +492,8 @@ def _qwen_processor():
                 )
             query, key, value = qwen_joint_qkv(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
             mask = joint_key_mask(encoder_hidden_states_mask, hidden_states.shape[1])
-            out = self.hook.joint(
-                self.name, query, key, value, _attend(self, None if mask is None else mask[:, None, None, :])
-            )
+            attend = _attend(self, None if mask is None else mask[:, None, None, :])
+            out = self.hook.joint(self.name, query, key, value, attend, **_with_call(probe_call))
             # The stock tail: text and image split, image through to_out (and its dropout), text through to_add_out.
             out = out.to(query.dtype).flatten(2, 3)
             text_tokens = encoder_hidden_states.shape[1]
@@ -437,6 +506,7 @@ def _qwen_processor():
     return HookedQwenProcessor
 
 
+# Restates: diffusers.models.attention_processor.AttnProcessor.__call__ @ diffusers==0.42.1
 class HookedCrossAttnProcessor:
     """diffusers' classic attention computation (``AttnProcessor``, attention_processor.py) with explicit
     probabilities, shown to the hook (``cross``) before they are used; the output is what the stock
@@ -446,7 +516,15 @@ class HookedCrossAttnProcessor:
         self.hook, self.name = hook, name
 
     def __call__(
-        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs
+        self,
+        attn,
+        hidden_states,
+        encoder_hidden_states=None,
+        attention_mask=None,
+        temb=None,
+        *args,
+        probe_call: ProbeCall | None = None,
+        **kwargs,
     ):
         residual = hidden_states
         if attn.spatial_norm is not None:
@@ -466,7 +544,9 @@ class HookedCrossAttnProcessor:
         key = attn.head_to_batch_dim(attn.to_k(context))
         value = attn.head_to_batch_dim(attn.to_v(context))
         probs = attn.get_attention_scores(query, key, attention_mask)  # (B * heads, queries, keys)
-        self.hook.cross(self.name, probs.view(batch, attn.heads, probs.shape[1], probs.shape[2]))
+        self.hook.cross(
+            self.name, probs.view(batch, attn.heads, probs.shape[1], probs.shape[2]), **_with_call(probe_call)
+        )
         out = attn.batch_to_head_dim(torch.bmm(probs, value))
         out = attn.to_out[1](attn.to_out[0](out))
         if spatial:
@@ -547,12 +627,15 @@ def _denoiser_of(model):
 
 
 __all__ = [
+    "PROBE_KWARG",
     "Block",
     "BlockMap",
+    "DropsProbeCall",
     "HookedCrossAttnProcessor",
     "block_map",
     "flux_qkv",
     "joint_key_mask",
+    "probe_kwargs",
     "qwen_joint_qkv",
     "resolve_blocks",
     "swapped_processors",

@@ -3,10 +3,10 @@ and the FLUX.1 transformer's image-token plumbing that FLUX.1-Kontext and Step1X
 
 ``JointDiTEditor``: the block map of the editor's transformer (``blocks.block_map``), the probe's
 lifetime (probed blocks hooked for the length of a ``with``), early stopping, the velocity prologue
-(batching, sigma, the layout check, arming the probe), the rectified-flow pair and Euler step. A family
-on such a DiT subclasses it and supplies its conditioning (``condition``), its image tokens
-(``image_latents``, ``decode``, ``multiple_of``, ``latent_size``), its ``velocity``, geometry and real
-pipeline (``edit``).
+(batching, sigma, the layout check, the call's probe record), the rectified-flow pair and Euler step. A
+family on such a DiT subclasses it and supplies its conditioning (``condition``), its image tokens
+(``image_latents``, ``decode``, ``multiple_of``, ``latent_size``), its ``probed_velocity``, geometry and
+real pipeline (``edit``).
 
 ``Flux1DiTEditor``: a ``JointDiTEditor`` on diffusers' ``FluxTransformer2DModel`` with a FLUX VAE: VAE
 latents, 2x2 packing, position ids and the joint call on ``[target | context]`` (FLUX.1-Kontext,
@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from ..attention import ContextShareProbe, StopForward
+from ..attention import ContextShareProbe, ProbeCall, Probed, StopForward
 from .base import (
     Condition,
     Layout,
@@ -32,9 +32,10 @@ from .base import (
     to_vae_input,
     vae_pixels,
 )
-from .blocks import BlockMap, block_map, compile_blocks
+from .blocks import BlockMap, block_map, compile_blocks, probe_kwargs
 
 
+# Restates: diffusers.pipelines.flux.pipeline_flux_kontext.FluxKontextPipeline._encode_vae_image @ diffusers==0.42.1
 def vae_latents(vae, x: torch.Tensor) -> torch.Tensor:
     """Posterior MODE, then ``(z - shift) * scale`` (``FluxKontextPipeline._encode_vae_image``). x in [-1, 1]."""
     latents = vae.encode(x).latent_dist.mode()
@@ -63,11 +64,21 @@ def image_ids(
 
 
 def joint_velocity(
-    transformer, target, target_ids, context_tokens, context_ids, embeds, pooled, timestep, guidance=None
+    transformer,
+    target,
+    target_ids,
+    context_tokens,
+    context_ids,
+    embeds,
+    pooled,
+    timestep,
+    guidance=None,
+    attention_kwargs: dict | None = None,
 ):
     """One transformer call on ``[target | context]`` image tokens (text ids all zero, as both Kontext
     and Step1X make them); returns the prediction for the target tokens. Shared by the attack path and
-    the toy editor's training, so both run the same plumbing."""
+    the toy editor's training, so both run the same plumbing. ``attention_kwargs``: the model's
+    ``joint_attention_kwargs`` (a probed call's record, ``blocks.probe_kwargs``)."""
     out = transformer(
         hidden_states=torch.cat([target, context_tokens], dim=1),
         encoder_hidden_states=embeds,
@@ -76,6 +87,7 @@ def joint_velocity(
         img_ids=torch.cat([target_ids, context_ids], dim=0),
         txt_ids=torch.zeros(embeds.shape[1], 3, device=embeds.device, dtype=embeds.dtype),
         guidance=guidance,
+        joint_attention_kwargs=attention_kwargs,
         return_dict=False,
     )[0]
     return out[:, : target.shape[1]]
@@ -94,8 +106,8 @@ class JointDiTEditor:
     one attention sequence).
 
     Subclasses set ``transformer``, ``vae``, ``device``, ``dtype`` and implement ``condition``,
-    ``velocity`` (calling ``_batched`` and ``_arm_probe`` first), ``image_latents``, ``decode``,
-    ``multiple_of`` and ``latent_size``.
+    ``probed_velocity`` (calling ``_batched`` and ``_probe_call`` first; ``velocity`` is its prediction),
+    ``image_latents``, ``decode``, ``multiple_of`` and ``latent_size``.
     """
 
     min_resolution = 16  # the stock checkpoints' pixel multiple (VAE x8, 2x2 packing): checked before loading
@@ -106,6 +118,8 @@ class JointDiTEditor:
     recommended: dict
 
     def _init_probe_state(self) -> None:
+        # The installed probe (the hook on its blocks, which blocks, whether text maps are read); what
+        # one call measures travels in that call's ProbeCall, not here.
         self._active_probe: ContextShareProbe | None = None
         self._probed_blocks: list[str] = []
         self._probe_text = False
@@ -146,8 +160,8 @@ class JointDiTEditor:
         """(B, 3, H, W) in [0, 1] -> the VAE's input range [-1, 1] at ``size`` (bicubic, antialiased)."""
         return to_vae_input(pixels, size, self.multiple_of, self.device, self.vae.dtype)
 
-    def noise_like(self, condition: Condition, generator) -> torch.Tensor:
-        return draw_noise(condition.latents.shape, generator, self.device, self.dtype)
+    def noise_like(self, condition: Condition, generators) -> torch.Tensor:
+        return draw_noise(condition.latents.shape, generators, self.device, self.dtype)
 
     def flow_pair(
         self, condition: Condition, noise: torch.Tensor, sigma: torch.Tensor
@@ -164,8 +178,9 @@ class JointDiTEditor:
     def probe(self, blocks: Sequence[str], text: bool = False):
         """Probed processors on ``blocks`` for the duration of the ``with`` (forward AND backward: activation
         checkpointing re-runs blocks during backward and must see the same processors); the stock
-        processors and an unset stop point afterwards, whatever happens inside. With ``text``, every
-        forward also records ``probe.text_maps`` (see ``text_attention``)."""
+        processors afterwards, whatever happens inside. Inside, ``probed_velocity`` returns each call's
+        shares (with ``text``, also its text maps: see ``text_attention``). Yields the probe's hook, whose
+        one setting is ``fused``."""
         if self._active_probe is not None:
             raise RuntimeError(
                 "a probe is already installed on this editor; probes do not nest "
@@ -176,7 +191,7 @@ class JointDiTEditor:
         if unknown or not blocks:
             raise ValueError(f"cannot probe {unknown or 'no blocks'}: this model's blocks are {self.depths}")
         probe = ContextShareProbe()
-        with self.blocks.hooked({name: probe for name in blocks}):
+        with self.blocks.hooked({name: probe for name in blocks}, probe_calls=True):
             self._active_probe, self._probed_blocks, self._probe_text = probe, blocks, text
             try:
                 yield probe
@@ -184,7 +199,7 @@ class JointDiTEditor:
                 self._active_probe, self._probed_blocks, self._probe_text = None, [], False
 
     def text_attention(self, blocks: Sequence[str]):
-        """``with editor.text_attention(blocks) as probe:`` records, in every forward, ``probe.text_maps[name]``
+        """Inside ``with editor.text_attention(blocks):``, ``probed_velocity`` also returns ``text_maps[name]``
         (B, target tokens): per target-image query, the attention mass the joint attention of that block
         puts on the prompt's own tokens (``_text_mask``), mean over heads; exact, from the same q and k as
         the layer (after RMSNorm and RoPE, softmax over all keys). The layer outputs stay stock."""
@@ -208,21 +223,34 @@ class JointDiTEditor:
         sigma = (sigma.expand(batch) if sigma.numel() == 1 else sigma).to(self.device, self.dtype)
         return batch, to_batch(x_t, batch), sigma
 
-    def _arm_probe(
+    def velocity(
+        self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None
+    ) -> torch.Tensor | None:
+        """``probed_velocity``'s prediction (None when stopped early); what a probe measured is dropped."""
+        return self.probed_velocity(x_t, sigma, condition, stop_after).velocity
+
+    def probed_velocity(
+        self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None
+    ) -> Probed:
+        raise NotImplementedError
+
+    def _probe_call(
         self, condition: Condition, layout: Layout, batch: int, stop_after: str | None, text_mask: bool = True
-    ) -> Layout:
-        """Check the tokens against the condition's layout and tell an installed probe this call's layout,
-        where to stop and (``text_mask``, where the probe reads text attention) which text tokens count."""
+    ) -> ProbeCall | None:
+        """Check the tokens against the condition's layout; under a probe, this call's record: its layout,
+        where to stop and (``text_mask``, where the probe reads text attention) which text tokens count.
+        None without a probe (the model gets its stock attention kwargs)."""
         if layout != condition.layout:
             raise ValueError(f"tokens {layout} do not match the condition's layout {condition.layout}")
-        probe = self._active_probe
-        if probe is not None:
-            probe.layout = layout
-            # stop_at stays set until the probe context exits: activation checkpointing re-runs the
-            # stopped block during backward, and the re-run must take the same (measure-only) path.
-            probe.stop_at = stop_after if stop_after in self._probed_blocks else None
-            probe.text_mask = self._text_mask(condition, batch) if (self._probe_text and text_mask) else None
-        return layout
+        if self._active_probe is None:
+            return None
+        # The record rides in the blocks' arguments, which activation checkpointing keeps for the backward
+        # re-run: a stopped block re-runs on the same measure-only path, as the recomputation must.
+        return ProbeCall(
+            layout,
+            stop_at=stop_after if stop_after in self._probed_blocks else None,
+            text_mask=self._text_mask(condition, batch) if (self._probe_text and text_mask) else None,
+        )
 
 
 class Flux1DiTEditor(JointDiTEditor):
@@ -245,6 +273,7 @@ class Flux1DiTEditor(JointDiTEditor):
         factor = self.multiple_of // 2
         return size[0] // factor, size[1] // factor
 
+    # Restates: diffusers.FluxKontextPipeline.__call__ @ diffusers==0.42.1  (its decoding of the final latents)
     def decode(self, latents: torch.Tensor, condition: Condition) -> torch.Tensor:
         """Packed clean tokens -> pixels in [0, 1]: unpack, undo ``(z - shift) * scale``, VAE decode."""
         lat_h, lat_w = self.latent_size(condition.extra["size"])
@@ -259,10 +288,11 @@ class Flux1DiTEditor(JointDiTEditor):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
-    def velocity(
+    def probed_velocity(
         self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None
-    ) -> torch.Tensor | None:
-        """One transformer pass on ``[x_t | context]`` tokens; the prediction for the target tokens.
+    ) -> Probed:
+        """One transformer pass on ``[x_t | context]`` tokens: the prediction for the target tokens and what
+        an installed probe measured in it.
 
         Args:
             x_t: (B, N, C) noisy target tokens (B = condition.batch, or 1 to share one draw).
@@ -270,17 +300,17 @@ class Flux1DiTEditor(JointDiTEditor):
             stop_after: name of the last block needed; the blocks after it are skipped, and when that
                 block is probed it ends right after its probe (its attention output is not needed).
         Returns:
-            (B, N, C) velocity, or None when stopped early.
+            ``Probed``: the (B, N, C) velocity (None when stopped early), the shares and text maps.
         """
         batch, x_t, sigma = self._batched(x_t, sigma, condition)
         context = to_batch(condition.latents, batch)
         embeds, pooled, guidance = self._text_inputs(condition, sigma, batch)
-        self._arm_probe(
+        call = self._probe_call(
             condition, Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1]), batch, stop_after
         )
         try:
             with self.blocks.stop_after(stop_after):
-                return joint_velocity(
+                out = joint_velocity(
                     self.transformer,
                     x_t.to(self.dtype),
                     condition.extra["target_ids"],
@@ -290,6 +320,8 @@ class Flux1DiTEditor(JointDiTEditor):
                     pooled,
                     sigma,
                     guidance,
+                    probe_kwargs(call),
                 )
         except StopForward:
-            return None
+            out = None
+        return Probed.of(out, call)

@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..attention import StopForward
+from ..attention import Probed, StopForward
 from . import FAMILIES, FLUX2_GUIDANCE
 from .base import Condition, Layout, snap, to_batch, vae_pixels
+from .blocks import probe_kwargs
 from .dit import JointDiTEditor
 from .models import load_pipeline, model_folder
 
@@ -525,20 +526,21 @@ class Flux2Editor(JointDiTEditor):
             guidance = torch.full((batch,), self.guidance, device=self.device, dtype=torch.float32)
         return embeds, None, guidance
 
-    def velocity(
+    def probed_velocity(
         self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None
-    ) -> torch.Tensor | None:
-        """One transformer pass on ``[text | x_t | references]``; the prediction for the target tokens.
+    ) -> Probed:
+        """One transformer pass on ``[text | x_t | references]``: the prediction for the target tokens and
+        what an installed probe measured in it.
 
         Args:
             x_t: (B, N, C) noisy target tokens (B = condition.batch, or 1 to share one draw).
             sigma: (B,) or scalar noise level in [0, 1] (the pipeline's ``timestep / 1000``).
-            stop_after: the last block needed; the pass ends there and returns None.
+            stop_after: the last block needed; the pass ends there and its velocity is None.
         """
         batch, x_t, sigma = self._batched(x_t, sigma, condition)
         context = self._context_tokens(condition, batch)
         embeds, _, guidance = self._text_inputs(condition, sigma, batch)
-        self._arm_probe(
+        call = self._probe_call(
             condition, Layout(text=embeds.shape[1], target=x_t.shape[1], context=context.shape[1]), batch, stop_after
         )
         try:
@@ -550,12 +552,15 @@ class Flux2Editor(JointDiTEditor):
                     img_ids=torch.cat([condition.extra["target_ids"], condition.extra["context_ids"]], dim=0),
                     txt_ids=condition.extra["text_ids"],
                     guidance=guidance,
+                    joint_attention_kwargs=probe_kwargs(call),
                     return_dict=False,
                 )[0]
         except StopForward:
-            return None
-        return out[:, : x_t.shape[1]]
+            return Probed.of(None, call)
+        return Probed.of(out[:, : x_t.shape[1]], call)
 
+    # Restates: diffusers.Flux2Pipeline.__call__ @ diffusers==0.42.1  (its decoding of the final latents)
+    # Restates: diffusers.Flux2KleinPipeline.__call__ @ diffusers==0.42.1  (the same decoding)
     def decode(self, latents: torch.Tensor, condition: Condition) -> torch.Tensor:
         """Clean target tokens -> pixels in [0, 1]: the pipeline's unpacking by ids, BatchNorm undone,
         2x2 unpatchify, VAE decode (differentiable)."""

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..attention import ContextShareProbe, StopForward
+from ..attention import ContextShareProbe, ProbeCall, Probed, StopForward
 from . import FAMILIES, IP2P_IMAGE_GUIDANCE
 from .base import (
     Condition,
@@ -41,7 +41,7 @@ from .base import (
     to_vae_input,
     vae_pixels,
 )
-from .blocks import BlockMap, block_map, compile_blocks
+from .blocks import BlockMap, block_map, compile_blocks, probe_kwargs
 from .models import load_pipeline, model_folder, shipped_settings
 
 SPEC = FAMILIES["instruct_pix2pix"]
@@ -267,6 +267,7 @@ class InstructPix2PixEditor:
             height, width, resolution, self.multiple_of, EDIT_DEFAULTS["resolution"], official_size
         )
 
+    # Restates: diffusers.StableDiffusionInstructPix2PixPipeline.prepare_image_latents @ diffusers==0.42.1
     def image_latents(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, C, h, w) source latents as the pipeline makes them: VAE posterior mode, NOT scaled."""
         return (
@@ -294,8 +295,8 @@ class InstructPix2PixEditor:
             latents, layout, prompts, {"embeds": embeds, "text_mask": self.text_masks(prompts), "size": tuple(size)}
         )
 
-    def noise_like(self, condition: Condition, generator) -> torch.Tensor:
-        return draw_noise(condition.latents.shape, generator, self.device, self.dtype)
+    def noise_like(self, condition: Condition, generators) -> torch.Tensor:
+        return draw_noise(condition.latents.shape, generators, self.device, self.dtype)
 
     def timesteps(self, sigma) -> torch.Tensor:
         """DDPM timestep indices of noise levels in [0, 1]: round(sigma * (T - 1))."""
@@ -319,6 +320,7 @@ class InstructPix2PixEditor:
         )
         return x_t.to(self.dtype), target.to(self.dtype)
 
+    # Restates: diffusers.schedulers.scheduling_ddim.DDIMScheduler.step @ diffusers==0.42.1
     def denoise(self, x_t: torch.Tensor, sigma: float, sigma_next: float, condition: Condition) -> torch.Tensor:
         """Deterministic DDIM step (eta 0) from t(sigma) to t(sigma_next); ``sigma_next = 0`` gives the
         clean-latent estimate x_0 (alpha_cumprod 1, as the schedulers' final step). Restates
@@ -341,32 +343,41 @@ class InstructPix2PixEditor:
     def velocity(
         self, x_t: torch.Tensor, sigma, condition: Condition, stop_after: str | None = None
     ) -> torch.Tensor | None:
+        """``probed_velocity``'s prediction (None when stopped early); what a probe measured is dropped."""
+        return self.probed_velocity(x_t, sigma, condition, stop_after).velocity
+
+    def probed_velocity(self, x_t: torch.Tensor, sigma, condition: Condition, stop_after: str | None = None) -> Probed:
         """The UNet's prediction (its training target: epsilon or v) for ``x_t`` at noise level ``sigma``,
-        text-and-image conditioned (the first of the pipeline's three guidance branches).
+        text-and-image conditioned (the first of the pipeline's three guidance branches), and the text
+        maps an installed ``text_attention`` probe read in that pass.
         ``stop_after``: a layer probed with ``text_attention``; the pass ends right after its maps."""
         batch = max(x_t.shape[0], condition.batch)
         x_t, source = to_batch(x_t, batch), to_batch(condition.latents, batch)
         embeds = to_batch(condition.extra["embeds"], batch)
         t = self.timesteps(sigma)
         t = (t.expand(batch) if t.numel() == 1 else t).to(self.device)
-        probe = self._active_probe
-        if stop_after is not None and (probe is None or stop_after not in self._probed):
+        if stop_after is not None and (self._active_probe is None or stop_after not in self._probed):
             raise ValueError(f"stop_after={stop_after!r} needs that layer probed (with editor.text_attention([...]))")
-        if probe is not None:
-            probe.text_mask = to_batch(condition.extra["text_mask"], batch)
-            # With activation checkpointing, backward re-runs whole UNet blocks: a layer that ended the
-            # forward would end the re-run too, so then the pass runs to the end instead.
-            probe.stop_at = None if self.unet.is_gradient_checkpointing else stop_after
+        call = None
+        if self._active_probe is not None:
+            call = ProbeCall(
+                condition.layout,
+                # With activation checkpointing, backward re-runs whole UNet blocks: a layer that ended the
+                # forward would end the re-run too, so then the pass runs to the end instead.
+                stop_at=None if self.unet.is_gradient_checkpointing else stop_after,
+                text_mask=to_batch(condition.extra["text_mask"], batch),
+            )
         try:
             out = self.unet(
                 torch.cat([x_t.to(self.dtype), source.to(self.dtype)], dim=1),
                 t,
                 encoder_hidden_states=embeds.to(self.device, self.dtype),
+                cross_attention_kwargs=probe_kwargs(call),
                 return_dict=False,
             )[0]
-            return None if stop_after is not None else out
+            return Probed.of(None if stop_after is not None else out, call)
         except StopForward:
-            return None
+            return Probed.of(None, call)
 
     # ------------------------------------------------------------------ probes
     @contextlib.contextmanager
@@ -380,10 +391,9 @@ class InstructPix2PixEditor:
 
     @contextlib.contextmanager
     def text_attention(self, blocks: Sequence[str]):
-        """``with editor.text_attention(blocks) as probe:`` records, in every forward, the cross-attention
-        map of each of those layers (``probe.text_maps[name]``: (B, image queries), the attention mass on
-        the prompt's own tokens, mean over heads); the stock processors are back afterwards, whatever
-        happens inside."""
+        """Inside ``with editor.text_attention(blocks):``, ``probed_velocity`` returns the cross-attention map
+        of each of those layers (``text_maps[name]``: (B, image queries), the attention mass on the prompt's
+        own tokens, mean over heads); the stock processors are back afterwards, whatever happens inside."""
         if self._active_probe is not None:
             raise RuntimeError("a probe is already installed on this editor; probes do not nest")
         blocks = list(blocks)
@@ -393,7 +403,7 @@ class InstructPix2PixEditor:
                 f"cannot probe {unknown or 'no layers'}: this model's cross-attention layers are {self.depths}"
             )
         probe = ContextShareProbe()
-        with self.blocks.hooked({name: probe for name in blocks}):
+        with self.blocks.hooked({name: probe for name in blocks}, probe_calls=True):
             self._active_probe, self._probed = probe, blocks
             try:
                 yield probe

@@ -51,9 +51,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..attention import StopForward
+from ..attention import Probed, StopForward
 from . import FAMILIES, VLM_REFRESH
 from .base import Condition, Layout, snap, to_batch, to_vae_input
+from .blocks import probe_kwargs
 from .dit import JointDiTEditor
 from .models import load_pipeline, model_folder
 
@@ -254,6 +255,7 @@ class QwenImageEditEditor(JointDiTEditor):
         std = torch.tensor(self.vae.config.latents_std, device=like.device, dtype=like.dtype).view(shape)
         return mean, std
 
+    # Restates: diffusers.QwenImageEditPipeline._encode_vae_image @ diffusers==0.42.1
     def image_latents(self, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """(B, N, 4 z) packed tokens: pixels in [-1, 1] as one frame, VAE posterior mode, per-channel
         ``(z - mean) / std``, 2x2 packing (``QwenImageEditPipeline.prepare_latents``), differentiable."""
@@ -264,6 +266,7 @@ class QwenImageEditEditor(JointDiTEditor):
         batch, channels, _, lat_h, lat_w = latents.shape
         return self.pipe._pack_latents(latents, batch, channels, lat_h, lat_w).to(self.dtype)
 
+    # Restates: diffusers.QwenImageEditPipeline.__call__ @ diffusers==0.42.1  (its decoding of the final latents)
     def decode(self, latents: torch.Tensor, condition: Condition) -> torch.Tensor:
         """Packed clean tokens -> pixels in [0, 1]: unpack, undo the normalisation, VAE decode (first frame)."""
         height, width = condition.extra["size"]
@@ -388,18 +391,19 @@ class QwenImageEditEditor(JointDiTEditor):
         extra = {"embeds": embeds, "mask": mask, "size": tuple(size), "img_shapes": shapes, "companions": companions}
         return Condition(latents, layout, prompts, extra)
 
-    def velocity(
+    def probed_velocity(
         self, x_t: torch.Tensor, sigma: torch.Tensor, condition: Condition, stop_after: str | None = None
-    ) -> torch.Tensor | None:
+    ) -> Probed:
         """One transformer pass on ``[x_t | context]`` (the pipeline's ``torch.cat([latents, image_latents])``
-        with ``img_shapes`` [target, reference] and the text mask); the prediction for the target tokens.
+        with ``img_shapes`` [target, reference] and the text mask): the prediction for the target tokens and
+        what an installed probe measured in it.
 
         Args:
             x_t: (B, N, C) noisy target tokens (B = condition.batch, or 1 to share one draw).
             sigma: (B,) or scalar noise level in [0, 1] (the pipeline passes t / 1000 = sigma).
             stop_after: the last block needed; when it is probed the pass ends right after its probe.
         Returns:
-            (B, N, C) velocity, or None when stopped early.
+            ``Probed``: the (B, N, C) velocity (None when stopped early) and the shares.
         """
         batch, x_t, sigma = self._batched(x_t, sigma, condition)
         context = to_batch(condition.latents, batch)
@@ -414,7 +418,7 @@ class QwenImageEditEditor(JointDiTEditor):
         )  # [target, references...]
         if (math.prod(shapes[0]), sum(math.prod(s) for s in shapes[1:])) != (layout.target, layout.context):
             raise ValueError(f"img_shapes {shapes} do not match the tokens {layout}")
-        self._arm_probe(condition, layout, batch, stop_after, text_mask=False)  # no text-attention maps on this editor
+        call = self._probe_call(condition, layout, batch, stop_after, text_mask=False)  # no text maps on this editor
         try:
             with self.blocks.stop_after(stop_after):
                 out = self.transformer(
@@ -425,11 +429,12 @@ class QwenImageEditEditor(JointDiTEditor):
                     if bool(mask.all())
                     else mask,  # the pipeline drops an all-valid mask
                     img_shapes=[shapes] * batch,
+                    attention_kwargs=probe_kwargs(call),
                     return_dict=False,
                 )[0]
         except StopForward:
-            return None
-        return out[:, : layout.target]
+            return Probed.of(None, call)
+        return Probed.of(out[:, : layout.target], call)
 
     # ------------------------------------------------------------------ editing (the real pipeline)
     @torch.no_grad()

@@ -65,6 +65,7 @@ def official_size(height: int, width: int, level: int, multiple: int = 16) -> tu
     return snap(new_h, multiple), snap(new_w, multiple)
 
 
+# Restates: diffusers.FlowMatchEulerDiscreteScheduler._time_shift_exponential @ diffusers==0.42.1
 def shifted_schedule(steps: int, image_tokens: int) -> list[float]:
     """The official (BFL) time schedule: linspace(1, 0, steps + 1) pushed toward 1 by a shift mu that
     grows linearly with the target token count (0.5 at 256 tokens, 1.15 at 4096: diffusers' own

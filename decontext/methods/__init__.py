@@ -32,7 +32,8 @@ OPTIONS = {
     for f in (
         Flag(
             "--blocks",
-            "attention layers to probe, e.g. single:0-25/38 (single blocks 0-25 of FLUX's 38, scaled to the model's depth), double, single.3, all",
+            "attention layers to probe, e.g. single:0-25/38 (single blocks 0-25 of FLUX's 38, "
+            "scaled to the model's depth), double, single.3, all",
             type=str,
         ),
         Flag(
@@ -72,7 +73,8 @@ OPTIONS = {
         Flag("--dpd-lr", "TDAE: Adam learning rate of the embedding steps"),
         Flag(
             "--protector",
-            "amortized: a trained protector, by shipped name (toy-decontext, toy-encoder) or folder (decontext amortize trains one)",
+            "amortized: a trained protector, by shipped name (toy-decontext, toy-encoder) "
+            "or folder (decontext amortize trains one)",
             type=str,
         ),
     )
@@ -177,7 +179,8 @@ def method_names(spec: str) -> list[str]:
     unknown = [n for n in names if n not in METHODS]
     if unknown or not all(names):
         raise ValueError(
-            f"unknown method {unknown[0] if unknown else spec!r} in {spec!r} (choose from {', '.join(METHODS)}, or join them with '+')"
+            f"unknown method {unknown[0] if unknown else spec!r} in {spec!r} "
+            f"(choose from {', '.join(METHODS)}, or join them with '+')"
         )
     if len(set(names)) != len(names):
         raise ValueError(f"{spec!r} names a method twice")

@@ -25,12 +25,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..config import fraction
 from ..editors.base import Editor
 from . import METHODS
-from .base import Method
-from .protector_files import CONFIG_FILE, WEIGHTS_FILE, protector_folder, read_config, weights_digest  # noqa: F401 (re-exported)
+from .base import Method, protector_start
+from .protector_files import (  # noqa: F401 (re-exported)
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    protector_folder,
+    read_config,
+    weights_digest,
+)
 
-DEFAULT_ARCHITECTURE = {  # diffusers UNet2DModel: 3 levels, one ResNet block each, ~1.06 M parameters (4.3 MB in float32)
+# diffusers UNet2DModel: 3 levels, one ResNet block each, ~1.06 M parameters (4.3 MB in float32)
+DEFAULT_ARCHITECTURE = {
     "in_channels": 3,
     "out_channels": 3,
     "layers_per_block": 1,
@@ -68,7 +76,7 @@ class Protector(torch.nn.Module):
                 x, (0, pad_w, 0, pad_h), mode="reflect" if min(height, width) > max(pad_h, pad_w) else "replicate"
             )
         out = self.net(x, timestep=0).sample[..., :height, :width]
-        return (self.eps / 255.0) * torch.tanh(out)
+        return fraction(self.eps) * torch.tanh(out)
 
     def parameters_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -114,7 +122,7 @@ def protected_start(
     """The protector's result for clean ``pixels`` (B, 3, H, W) in [0, 1] at their own size: the network runs
     at the editor's working size for this image, its perturbation is resized back (bicubic) and clamped to
     ``eps`` (default the protector's; 1/255 units)."""
-    limit = (protector.eps if eps is None else min(eps, protector.eps)) / 255.0
+    limit = fraction(protector.eps if eps is None else min(eps, protector.eps))
     height, width = pixels.shape[-2:]
     size = tuple(editor.working_size(height, width, resolution))
     x = pixels.float().to(next(protector.parameters()).device)
@@ -178,11 +186,11 @@ class Amortized(Method, spec="amortized"):
     def start(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int]) -> None:
         self.objective.start(editor, pixels, size)
 
-    def initial(self, editor: Editor, pixels: torch.Tensor, resolution) -> torch.Tensor:
-        return protected_start(load_protector(self.protector, editor.device), editor, pixels, resolution)
+    def initial(self, editor: Editor, pixels: torch.Tensor, config) -> torch.Tensor:
+        return protector_start(self.protector, editor, pixels, config)
 
-    def loss(self, editor, pixels, size, step, generator):
-        return self.objective.loss(editor, pixels, size, step, generator)
+    def loss(self, editor, pixels, size, step, generators):
+        return self.objective.loss(editor, pixels, size, step, generators)
 
     def measure(self, editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
         return self.objective.measure(editor, pixels, size, draws, seed)

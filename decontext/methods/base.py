@@ -29,9 +29,7 @@ class Method:
     ``pgd_defaults`` and whether it ``optimises`` come from there (``decontext.methods.METHODS``)."""
 
     name: ClassVar[str] = ""
-    batched: ClassVar[bool] = (
-        False  # takes a list of per-image generators and returns one loss per image (``per_image``)
-    )
+    batched: ClassVar[bool] = False  # several images per step, one generator each (else a batch of one)
     optimises: ClassVar[bool] = (
         True  # False: no loss to climb (the noise control: its PGD start is the whole perturbation)
     )
@@ -98,15 +96,23 @@ class Method:
         """Called inside ``session`` once per image (or batch), before any ``loss``, with its CLEAN pixels
         (methods that compare against the original keep what they need here)."""
 
-    def initial(self, editor: Editor, pixels: torch.Tensor, resolution) -> torch.Tensor | None:
-        """Where PGD starts for these clean pixels when the method decides it (the amortized protector: its
-        output); None: PGD's own start (the clean image, or a random point of the ball)."""
-        return None
+    def initial(self, editor: Editor, pixels: torch.Tensor, config) -> torch.Tensor | None:
+        """Where PGD starts for these clean pixels under ``config`` (a ``ProtectConfig``): with ``config.init``
+        (``--init``), that protector's output for them; None: PGD's own start (the clean image, or a random
+        point of the ball). The amortized method starts from its own protector's output."""
+        return None if config.init is None else protector_start(config.init, editor, pixels, config)
 
     def loss(
-        self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator
+        self,
+        editor: Editor,
+        pixels: torch.Tensor,
+        size: tuple[int, int],
+        step: int,
+        generators: Sequence[torch.Generator],
     ) -> tuple[torch.Tensor, dict]:
-        """Scalar to maximise for ``pixels`` (B, 3, H, W) in [0, 1] at working size ``size``, and floats to log."""
+        """(B,) losses to maximise for ``pixels`` (B, 3, H, W) in [0, 1] at working size ``size``, and floats
+        to log. ``generators``: one per image, each drawing that image's randomness as its run alone would;
+        a single generator for B > 1 images is one draw shared by the batch (what ``measure`` uses)."""
         raise NotImplementedError
 
     def measure(
@@ -125,7 +131,8 @@ class ProbedMethod(Method):
     """A method that reads attention through one of the editor's probes for the length of a session.
 
     Subclasses set ``blocks_spec``, ``prompts`` and ``release_text_encoders`` and say which probe they
-    open (``open_probe``); ``self._probe`` is the open probe inside ``session``."""
+    open (``open_probe``); ``self._probe`` is the open probe inside ``session`` (it holds no measurements:
+    each ``editor.probed_velocity`` call returns its own)."""
 
     blocks_spec: str | Sequence[str]
     prompts: list[str]
@@ -183,15 +190,37 @@ def check_t_range(t_range) -> tuple[float, float]:
     return lo, hi
 
 
-def per_image(generator) -> bool:
-    """Whether a loss was handed one generator per image (``PGD.run(seeds=...)``: images protected together,
-    each as if alone, one loss per image) rather than one generator for the whole batch."""
-    return isinstance(generator, (list, tuple))
+def image_means(values: torch.Tensor) -> torch.Tensor:
+    """(B,) the mean of each image's row of ``values`` (B, ...), each reduced as that image alone would be
+    (so a batch of one reproduces a lone image's float mean to the last bit)."""
+    return torch.stack([row.mean() for row in values])
 
 
-def draw_per_image(generators, num_prompts: int, t_range: tuple[float, float]) -> tuple[list[int], torch.Tensor]:
-    """One prompt index and noise level per image, each from its own generator, in the order
-    ``draw_prompts_and_sigmas`` draws them for a lone image (so image i's draws equal its run alone)."""
+def only(generators: Sequence[torch.Generator], method: str) -> torch.Generator:
+    """The one generator of a method that protects one image at a time (``batched`` False)."""
+    if len(generators) != 1:
+        raise ValueError(f"method {method!r} protects one image at a time, got {len(generators)} generators")
+    return generators[0]
+
+
+def protector_start(protector: str, editor: Editor, pixels: torch.Tensor, config) -> torch.Tensor:
+    """The output of ``protector`` (a name or folder) for clean ``pixels``, within ``config``'s budget: the
+    one way a run starts from a protector (``--init``, and the amortized method's own)."""
+    from .amortized import load_protector, protected_start
+
+    return protected_start(load_protector(protector, editor.device), editor, pixels, config.resolution, config.pgd.eps)
+
+
+def draw_per_image(
+    generators: Sequence[torch.Generator], num_prompts: int, t_range: tuple[float, float], count: int = 1
+) -> tuple[list[int], torch.Tensor]:
+    """Prompt indices and noise levels: one of each per generator (per image), in the order
+    ``draw_prompts_and_sigmas`` draws them for a lone image, so image i's draws equal its run alone; a
+    single generator draws ``count`` (several prompts for one image, or one draw shared by a batch)."""
+    if len(generators) == 1:
+        return draw_prompts_and_sigmas(generators[0], num_prompts, t_range, count)
+    if count != 1:
+        raise ValueError("several prompts per step work on one image at a time, not with a batch of images")
     drawn = [draw_prompts_and_sigmas(g, num_prompts, t_range) for g in generators]
     return [index[0] for index, _ in drawn], torch.cat([sigma for _, sigma in drawn])
 

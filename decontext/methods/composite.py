@@ -122,23 +122,23 @@ class Composite(Method):
         for term in self.terms:
             term.method.start(self._editor(term, editor), pixels, size)
 
-    def loss(self, editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
+    def loss(self, editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generators):
         logs: dict[str, float] = {}
         total = 0.0
         if self.normalize == "none" or not pixels.requires_grad:  # no gradient wanted: the plain weighted sum
             value = None
             for term in self.terms:
-                term_value, term_log = term.method.loss(self._editor(term, editor), pixels, size, step, generator)
+                term_value, term_log = term.method.loss(self._editor(term, editor), pixels, size, step, generators)
                 value = term.weight * term_value if value is None else value + term.weight * term_value
                 logs.update(self._log(term, term_value, term_log))
             return value, logs
         direction = torch.zeros_like(pixels, dtype=torch.float32)
         for term in self.terms:
-            term_value, term_log = term.method.loss(self._editor(term, editor), pixels, size, step, generator)
+            term_value, term_log = term.method.loss(self._editor(term, editor), pixels, size, step, generators)
             direction += term.weight * unit_gradient(term_value, pixels)
             total += term.weight * float(term_value.detach())
             logs.update(self._log(term, term_value, term_log))
-        return with_gradient(total, pixels, direction), logs
+        return with_gradient(total, pixels, direction).reshape(1), logs
 
     @staticmethod
     def _log(term: Term, value: torch.Tensor, log: dict) -> dict:

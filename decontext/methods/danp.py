@@ -29,7 +29,7 @@ import torch
 
 from ..editors.base import Editor
 from . import METHODS
-from .base import ProbedMethod, check_t_range, draw_prompts_and_sigmas
+from .base import ProbedMethod, check_t_range, draw_prompts_and_sigmas, only
 from .composite import unit_gradient, with_gradient
 
 DEFAULTS = METHODS["danp"].defaults
@@ -115,27 +115,27 @@ class DANP(ProbedMethod, spec="danp"):
             raise RuntimeError("DANP.loss runs inside `with method.session(editor):` (it installs the probes)")
         (index,), sigma = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range)
         condition = editor.condition(pixels, [self.prompts[index]], size, step=step)
-        noise = editor.noise_like(condition, generator)
+        noise = editor.noise_like(condition, [generator])
         x_t, target = editor.flow_pair(condition, noise, sigma)
-        self._probe.clear()
-        prediction = editor.velocity(x_t, sigma, condition)
+        probed = editor.probed_velocity(x_t, sigma, condition)
+        prediction = probed.velocity
         noise_term = (prediction.float() - target.float()).pow(2).mean()
         attention = torch.stack(
-            [region_contrast(self._probe.text_maps[b], self.threshold_std).mean() for b in self._blocks]
+            [region_contrast(probed.text_maps[b], self.threshold_std).mean() for b in self._blocks]
         ).mean()
         return attention, noise_term
 
-    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
-        attention, noise_term = self.terms(editor, pixels, size, generator, step)
+    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generators):
+        attention, noise_term = self.terms(editor, pixels, size, only(generators, self.name), step)
         total = self.attention_weight * attention + self.noise_weight * noise_term
         log = {"attention": float(attention.detach()), "noise_mse": float(noise_term.detach())}
         if self.balance == "none" or not pixels.requires_grad:  # nothing to balance when no gradient is wanted
-            return total, log
+            return total.reshape(1), log
         direction = torch.zeros_like(pixels, dtype=torch.float32)
         for weight, term in ((self.attention_weight, attention), (self.noise_weight, noise_term)):
             if weight:
                 direction += weight * unit_gradient(term, pixels, retain_graph=True)
-        return with_gradient(total, pixels, direction), log
+        return with_gradient(total, pixels, direction).reshape(1), log
 
     @torch.no_grad()
     def measure(self, editor: Editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:

@@ -15,7 +15,7 @@ import torch
 
 from ..editors.base import Editor
 from . import METHODS, PAPER_BLOCKS, PAPER_T_RANGE  # noqa: F401 (PAPER_BLOCKS, PAPER_T_RANGE: re-exported)
-from .base import ProbedMethod, check_t_range, draw_per_image, draw_prompts_and_sigmas, per_image
+from .base import ProbedMethod, check_t_range, draw_per_image
 
 DEFAULTS = METHODS["decontext"].defaults  # the paper's official settings
 
@@ -68,11 +68,12 @@ class DeContext(ProbedMethod, spec="decontext"):
         editor: Editor,
         pixels: torch.Tensor,
         size: tuple[int, int],
-        generator: torch.Generator,
+        generators: Sequence[torch.Generator],
         step: int | None = None,
     ) -> torch.Tensor:
-        """(B,) mean context share over the selected blocks for one random draw of prompt(s), t and noise.
-        Call inside ``session``."""
+        """(B,) mean context share over the selected blocks for one random draw of prompt(s), t and noise per
+        image from its generator (one generator for B > 1 images: one draw shared by them). Call inside
+        ``session``."""
         if self._probe is None:
             raise RuntimeError(
                 "DeContext.shares/loss run inside `with method.session(editor):` (it installs the probes)"
@@ -80,24 +81,17 @@ class DeContext(ProbedMethod, spec="decontext"):
         count = self.prompts_per_step
         if count > 1 and pixels.shape[0] > 1:
             raise ValueError("prompts_per_step > 1 works on one image at a time")
-        if per_image(generator):
-            if count > 1:
-                raise ValueError("prompts_per_step > 1 works on one image at a time, not with a batch of images")
-            index, sigma = draw_per_image(generator, len(self.prompts), self.t_range)
-        else:
-            index, sigma = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range, count)
+        index, sigma = draw_per_image(generators, len(self.prompts), self.t_range, count)
         if self.t_one_every and step is not None and step % self.t_one_every == 0:
             sigma = torch.ones_like(sigma)
         condition = editor.condition(pixels, [self.prompts[i] for i in index], size, step=step)
-        noise = editor.noise_like(condition, generator)  # one noise draw per row
-        self._probe.clear()
-        editor.velocity(noise, sigma, condition, stop_after=self._blocks[-1])
-        return self._probe.mean_share(self._blocks)
+        noise = editor.noise_like(condition, generators)  # one noise draw per row
+        return editor.probed_velocity(noise, sigma, condition, stop_after=self._blocks[-1]).mean_share(self._blocks)
 
-    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
-        shares = self.shares(editor, pixels, size, generator, step)
-        share = shares.mean()
-        return (1.0 - shares if per_image(generator) else 1.0 - share), {"share": float(share.detach())}
+    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generators):
+        shares = self.shares(editor, pixels, size, generators, step)
+        per_image = shares.reshape(len(pixels), -1).mean(1)  # one image's prompts_per_step rows: their mean
+        return 1.0 - per_image, {"share": float(shares.detach().mean())}
 
     @torch.no_grad()
     def measure(
@@ -107,6 +101,6 @@ class DeContext(ProbedMethod, spec="decontext"):
         generator = torch.Generator().manual_seed(seed)
         return {
             "share": float(
-                torch.stack([self.shares(editor, pixels, size, generator).mean() for _ in range(draws)]).mean()
+                torch.stack([self.shares(editor, pixels, size, [generator]).mean() for _ in range(draws)]).mean()
             )
         }

@@ -18,7 +18,7 @@ import torch
 
 from ..editors.base import Editor
 from . import METHODS
-from .base import Method, draw_prompts_and_sigmas, prompt_list
+from .base import Method, draw_prompts_and_sigmas, only, prompt_list
 
 DEFAULTS = METHODS["diffusion"].defaults
 
@@ -64,7 +64,7 @@ class DiffusionAttack(Method, spec="diffusion"):
         """The differentiable edit: (B, 3, H, W) pixels at the working size, for one draw of prompt and noise."""
         (index,), _ = draw_prompts_and_sigmas(generator, len(self.prompts), (0.0, 1.0))
         condition = editor.condition(pixels, [self.prompts[index]], size, step=step)
-        x = editor.noise_like(condition, generator)
+        x = editor.noise_like(condition, [generator])
         levels = torch.linspace(1.0, 0.0, self.sample_steps + 1).tolist()
         for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=False):
             x = editor.denoise(x, sigma, sigma_next, condition)
@@ -73,9 +73,9 @@ class DiffusionAttack(Method, spec="diffusion"):
     def _distance(self, editor, pixels, size, generator, step=None) -> torch.Tensor:
         return (self.edit(editor, pixels, size, generator, step) - self.target_value).pow(2).mean()
 
-    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
-        distance = self._distance(editor, pixels, size, generator, step)
-        return -distance, {"edit_mse": float(distance.detach())}
+    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generators):
+        distance = self._distance(editor, pixels, size, only(generators, self.name), step)
+        return -distance.reshape(1), {"edit_mse": float(distance.detach())}
 
     @torch.no_grad()
     def measure(self, editor: Editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:

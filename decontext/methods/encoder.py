@@ -12,7 +12,7 @@ import torch
 
 from ..editors.base import Editor
 from . import METHODS
-from .base import Method, per_image
+from .base import Method, image_means
 
 DEFAULTS = METHODS["encoder"].defaults
 
@@ -35,15 +35,15 @@ class EncoderAttack(Method, spec="encoder"):
                 self._target[size] = editor.image_latents(grey, size).float()
         return self._target[size]
 
-    def _distance(self, editor: Editor, pixels, size, each: bool = False) -> torch.Tensor:
-        """Mean squared distance of the latents to the grey target's: a scalar, or (B,) per image with ``each``."""
+    def _distance(self, editor: Editor, pixels, size) -> torch.Tensor:
+        """(B,) mean squared distance of each image's latents to the grey target's."""
         squared = (editor.image_latents(pixels, size).float() - self._target_tokens(editor, size)).pow(2)
-        return squared.flatten(1).mean(1) if each else squared.mean()
+        return image_means(squared)
 
-    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
-        distance = self._distance(editor, pixels, size, each=per_image(generator))
+    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generators):
+        distance = self._distance(editor, pixels, size)
         return -distance, {"latent_mse": float(distance.detach().mean())}
 
     @torch.no_grad()
     def measure(self, editor: Editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
-        return {"latent_mse": float(self._distance(editor, pixels, size))}
+        return {"latent_mse": float(self._distance(editor, pixels, size).mean())}

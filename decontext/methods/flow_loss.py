@@ -15,7 +15,7 @@ import torch
 
 from ..editors.base import Editor
 from . import METHODS
-from .base import Method, check_t_range, draw_per_image, draw_prompts_and_sigmas, per_image, prompt_list
+from .base import Method, check_t_range, draw_per_image, image_means, prompt_list
 
 DEFAULTS = METHODS["flow_loss"].defaults
 
@@ -37,28 +37,24 @@ class FlowLoss(Method, spec="flow_loss"):
     def prepare(self, editor: Editor) -> None:
         editor.prepare(self.prompts, release=self.release_text_encoders)
 
-    def _error(self, editor: Editor, pixels, size, generator, step=None) -> torch.Tensor:
-        """The flow-matching error: a scalar, or (B,) per image when each image has its own generator."""
-        if per_image(generator):
-            indices, sigma = draw_per_image(generator, len(self.prompts), self.t_range)
-            prompts = [self.prompts[i] for i in indices]
-        else:
-            (index,), sigma = draw_prompts_and_sigmas(generator, len(self.prompts), self.t_range)
-            prompts = [self.prompts[index]]
-        condition = editor.condition(pixels, prompts, size, step=step)
-        noise = editor.noise_like(condition, generator)
+    def _error(self, editor: Editor, pixels, size, generators, step=None) -> torch.Tensor:
+        """(B,) flow-matching errors, each image's from its generator's draws of prompt, sigma and noise."""
+        indices, sigma = draw_per_image(generators, len(self.prompts), self.t_range)
+        condition = editor.condition(pixels, [self.prompts[i] for i in indices], size, step=step)
+        noise = editor.noise_like(condition, generators)
         x_t, target = editor.flow_pair(condition, noise, sigma)
         velocity = editor.velocity(x_t, sigma, condition)
-        error = (velocity.float() - target.float()).pow(2)
-        return error.flatten(1).mean(1) if per_image(generator) else error.mean()
+        return image_means((velocity.float() - target.float()).pow(2))
 
-    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
-        error = self._error(editor, pixels, size, generator, step)
+    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generators):
+        error = self._error(editor, pixels, size, generators, step)
         return error, {"flow_mse": float(error.detach().mean())}
 
     @torch.no_grad()
     def measure(self, editor: Editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
         generator = torch.Generator().manual_seed(seed)
         return {
-            "flow_mse": float(torch.stack([self._error(editor, pixels, size, generator) for _ in range(draws)]).mean())
+            "flow_mse": float(
+                torch.stack([self._error(editor, pixels, size, [generator]).mean() for _ in range(draws)]).mean()
+            )
         }

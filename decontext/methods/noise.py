@@ -28,5 +28,5 @@ class RandomNoise(Method, spec="noise"):
     def config(self) -> dict:
         return {"method": self.name, "distribution": self.distribution}
 
-    def loss(self, editor, pixels: torch.Tensor, size, step: int, generator: torch.Generator):
-        return (pixels * 0).sum(), {}
+    def loss(self, editor, pixels: torch.Tensor, size, step: int, generators):
+        return (pixels * 0).flatten(1).sum(1), {}

@@ -27,9 +27,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..config import fraction
 from ..editors.base import Editor, text_embeddings, with_text_embeddings
 from . import METHODS
-from .base import Method, check_t_range, draw_prompts_and_sigmas, prompt_list
+from .base import Method, check_t_range, draw_prompts_and_sigmas, only, prompt_list
 from .composite import with_gradient
 
 DEFAULTS = METHODS["tdae"].defaults
@@ -148,7 +149,7 @@ class TDAE(Method, spec="tdae"):
         _, sigma = draw_prompts_and_sigmas(generator, 1, self.t_range)
         clean = with_text_embeddings(editor, self._clean_condition(editor, size), embeddings)
         protected = with_text_embeddings(editor, editor.condition(pixels, [self._prompt], size, step=step), embeddings)
-        noise = editor.noise_like(clean, generator)
+        noise = editor.noise_like(clean, [generator])
         x_t, _ = editor.flow_pair(clean, noise, sigma)
         x_t = x_t.detach()
         reference = editor.velocity(x_t, sigma, clean)
@@ -189,15 +190,16 @@ class TDAE(Method, spec="tdae"):
         return losses
 
     # ------------------------------------------------------------------ the method
-    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generator: torch.Generator):
+    def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generators):
+        generator = only(generators, self.name)
         if self._embeddings is None or self.is_dpd_step(step):
             self.dynamic_prompt(editor, pixels, size, generator, step)
         objective = lambda px, gen: self.discrepancy(editor, px, size, gen, self._embeddings, step)  # noqa: E731
         if self.flat_weight == 0:
             value = objective(pixels, generator)
-            return value, {"discrepancy": float(value.detach())}
-        value, info = flat_gradient(objective, pixels, generator, self.flat_radius / 255.0, self.flat_weight)
-        return value, {"discrepancy": info["objective"], "grad_norm": info["grad_norm"]}
+            return value.reshape(1), {"discrepancy": float(value.detach())}
+        value, info = flat_gradient(objective, pixels, generator, fraction(self.flat_radius), self.flat_weight)
+        return value.reshape(1), {"discrepancy": info["objective"], "grad_norm": info["grad_norm"]}
 
     @torch.no_grad()
     def measure(self, editor: Editor, pixels, size, draws: int = 4, seed: int = 1234) -> dict[str, float]:
