@@ -315,8 +315,10 @@ def make_steps(editor, args):
         began = time.perf_counter()
         eager_loss, compiled_loss = ours(), ours(on=compiled)
         print(
-            f"compile: {sum(compiled.depths.values())} blocks compiled, first compiled step {time.perf_counter() - began:.1f} s "
-            f"(compiling); loss eager {eager_loss:.7f} vs compiled {compiled_loss:.7f} (diff {abs(eager_loss - compiled_loss):.2e})"
+            f"compile: {sum(compiled.depths.values())} blocks compiled, "
+            f"first compiled step {time.perf_counter() - began:.1f} s "
+            f"(compiling); loss eager {eager_loss:.7f} vs compiled {compiled_loss:.7f} "
+            f"(diff {abs(eager_loss - compiled_loss):.2e})"
         )
         extra["ours_compiled"] = lambda: ours(on=compiled)
     if args.family != "flux_kontext":  # no official implementation to compare with
@@ -406,7 +408,8 @@ def snapshot_memory(steps: dict, names: list[str], folder: Path) -> None:
         stats = torch.cuda.memory_stats()
         print(
             f"memory {name}: peak allocated {stats['allocated_bytes.all.peak'] / 2**30:.2f} GiB, peak reserved "
-            f"{stats['reserved_bytes.all.peak'] / 2**30:.2f} GiB, largest live blocks (MiB): {[round(x / 2**20) for x in sizes[:12]]}"
+            f"{stats['reserved_bytes.all.peak'] / 2**30:.2f} GiB, largest live blocks (MiB): "
+            f"{[round(x / 2**20) for x in sizes[:12]]}"
         )
 
 
@@ -425,7 +428,8 @@ def main(argv=None) -> int:
         "--preset",
         choices=["tiny", "flux", "real"],
         default="tiny",
-        help="tiny: sizes below (other families: their tiny test model); flux or real: the family's real architecture, random weights",
+        help="tiny: sizes below (other families: their tiny test model); "
+        "flux or real: the family's real architecture, random weights",
     )
     parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
     parser.add_argument("--text-tokens", type=int, default=128)
@@ -460,7 +464,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--quantize",
         choices=["8bit", "4bit"],
-        help="FLUX.1-Kontext on CUDA: the transformer weight-quantised with bitsandbytes, loaded as --quantize loads it",
+        help="FLUX.1-Kontext on CUDA: the transformer weight-quantised with bitsandbytes, "
+        "loaded as --quantize loads it",
     )
     parser.add_argument(
         "--memory-cap-gb",
@@ -482,8 +487,9 @@ def main(argv=None) -> int:
         "--memory-snapshot",
         type=Path,
         default=None,
-        help="CUDA: record the allocator's history during one step of each variant and save a snapshot per variant here "
-        "(FOLDER/<variant>.pickle, for torch.cuda.memory's viewer), with the 12 largest live blocks at the peak printed",
+        help="CUDA: record the allocator's history during one step of each variant and save a snapshot per variant "
+        "here (FOLDER/<variant>.pickle, for torch.cuda.memory's viewer), "
+        "with the 12 largest live blocks at the peak printed",
     )
     parser.add_argument("--memory-of", choices=VARIANTS, help=argparse.SUPPRESS)
     argv = sys.argv[1:] if argv is None else argv
@@ -508,8 +514,10 @@ def main(argv=None) -> int:
             parser.error(f"variants {unknown} do not apply here (available: {names}; ours_sep needs --with-separate)")
         names = list(args.variants)
     print(
-        f"device={device} dtype={args.dtype} preset={args.preset} size={args.size} text_tokens={args.text_tokens} official_checkpointing={args.official_checkpointing} "
-        f"checkpointing={args.checkpointing} quantize={args.quantize} blocks={editor.depths} probed={len(editor.resolve_blocks('single:0-25/38'))} "
+        f"device={device} dtype={args.dtype} preset={args.preset} size={args.size} text_tokens={args.text_tokens} "
+        f"official_checkpointing={args.official_checkpointing} "
+        f"checkpointing={args.checkpointing} quantize={args.quantize} blocks={editor.depths} "
+        f"probed={len(editor.resolve_blocks('single:0-25/38'))} "
         f"threads={torch.get_num_threads()} cudnn_sdpa={'off' if cudnn_off else 'allowed'}"
     )
     resident = 0.0

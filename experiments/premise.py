@@ -425,7 +425,8 @@ def parse_cuts(tokens: Sequence[str]) -> list[CutSpec]:
                 specs.setdefault(item, CutSpec.parse(item))
             else:
                 raise ValueError(
-                    f"unknown cut {item!r}: sets {sorted(CUT_SETS)}, cuts {sorted(NAMED_CUTS)}, or e.g. 'steps=first:3;factor=0.5'"
+                    f"unknown cut {item!r}: sets {sorted(CUT_SETS)}, cuts {sorted(NAMED_CUTS)}, "
+                    "or e.g. 'steps=first:3;factor=0.5'"
                 )
     return list(specs.values())
 
@@ -558,7 +559,7 @@ def run_premise(
     source_reads = reader.read(sources[owner])
     person_reads = reader.read(sources)  # one per identity, for the chance level
 
-    results, shares = [], {}
+    results = []
     bar = tqdm(total=len(rows) * len(images), desc="premise", unit="edit", disable=not progress, dynamic_ncols=True)
     with cutting(pipe) as state:
         for row in rows:
@@ -697,8 +698,10 @@ def markdown(result: dict) -> str:
     """The table of a ``run_premise`` result (groups of per-step rows summarised as min-max)."""
     n_steps = result["steps"]
     lines = [
-        f"Editor `{result['editor']}`, {result['n_identities']} held-out identities x 6 edits = {result['n_edits']} edits per row, "
-        f"{n_steps} steps, guidance {result['guidance']}, seed {result['seed']}. Means; 95% percentile bootstrap intervals over "
+        f"Editor `{result['editor']}`, {result['n_identities']} held-out identities x 6 edits = "
+        f"{result['n_edits']} edits per row, "
+        f"{n_steps} steps, guidance {result['guidance']}, seed {result['seed']}. "
+        "Means; 95% percentile bootstrap intervals over "
         "identities (paired with the uncut run for the differences).",
         "",
         "| cut | steps | blocks | factor | toy_identity [95% CI] | edit_success [95% CI] | identity vs none [95% CI] |",
@@ -745,7 +748,8 @@ def _goal_lines(goal: dict | None) -> list[str]:
         return []
     lines = [
         "",
-        f"Identity transfer = uncut {goal['clean_identity']:.3f} - chance {goal['chance_identity']:.3f} (the uncut outputs scored against "
+        f"Identity transfer = uncut {goal['clean_identity']:.3f} - chance {goal['chance_identity']:.3f} "
+        "(the uncut outputs scored against "
         f"every other held-out person) = {goal['transfer']:.3f}. Share of it each cut removes: "
         + ", ".join(f"{k} {v:+.0%}" for k, v in goal["removed"].items())
         + ".",
@@ -756,8 +760,10 @@ def _goal_lines(goal: dict | None) -> list[str]:
             "MET" if goal["met"] else "NOT MET (" + ", ".join(k for k, ok in goal["checks"].items() if not ok) + ")"
         )
         lines.append(
-            f"Premise goal (first quarter removes >= {t['first_quarter_removes_at_least']:.0%}, last half < {t['last_half_removes_below']:.0%}, "
-            f"clean identity >= {t['clean_identity_at_least']}, edit success >= {t['edit_success_at_least']}): **{verdict}**."
+            f"Premise goal (first quarter removes >= {t['first_quarter_removes_at_least']:.0%}, "
+            f"last half < {t['last_half_removes_below']:.0%}, "
+            f"clean identity >= {t['clean_identity_at_least']}, "
+            f"edit success >= {t['edit_success_at_least']}): **{verdict}**."
         )
     return lines
 

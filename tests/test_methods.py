@@ -159,7 +159,7 @@ def test_editor_ensemble_is_the_sum_of_its_members_in_value_and_gradient():
         )
         with ensemble.session():
             total, g_total = value_and_grad(
-                lambda p: ensemble.loss(None, p, (64, 64), 0, [torch.Generator().manual_seed(0)])[0]
+                lambda p, ensemble=ensemble: ensemble.loss(None, p, (64, 64), 0, [torch.Generator().manual_seed(0)])[0]
             )
         assert total == pytest.approx(parts[0][0] + 0.5 * parts[1][0], rel=1e-5)
         scale = [1.0, 1.0] if normalize == "none" else [float(g.abs().mean()) for _, g in parts]

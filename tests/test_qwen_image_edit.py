@@ -181,7 +181,7 @@ def test_edit_runs_the_stock_pipeline(editor):
     image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (*SIZE, 3), dtype=np.uint8))
     outputs = editor.edit(image, ["add a hat"], [1], steps=2, guidance=1.0, resolution="native")
     assert len(outputs) == 1 and outputs[0].size == (SIZE[1], SIZE[0])
-    with editor.probe(["double.0"]), pytest.raises(Exception):
+    with editor.probe(["double.0"]), pytest.raises(RuntimeError, match="outside a probe context"):
         editor.edit(image, ["add a hat"], [1], steps=2, guidance=1.0, resolution="native")
 
 

@@ -106,7 +106,8 @@ def test_pixel_gradient_matches_float64_finite_differences(folder):
     x = pixels.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(share(x), x)
     direction = torch.randn(pixels.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    h = 1e-4  # measured: the central difference converges to the analytic value as h shrinks to 1e-4 (RoPE runs in fp32)
+    # measured: the central difference converges to the analytic value as h shrinks to 1e-4 (RoPE runs in fp32)
+    h = 1e-4
     with torch.no_grad():
         numeric = (share(pixels + h * direction) - share(pixels - h * direction)) / (2 * h)
     analytic = (grad * direction).sum()
@@ -271,7 +272,8 @@ def test_attack_script_default_gives_a_protected_image_and_manifest(tmp_path):
 
 
 def test_qwen_processor_gets_the_folder_pixel_bounds(editor):
-    """A local Qwen folder still gets the bounds Step1X uses (the official 256..324 x 28^2 unless the folder says otherwise)."""
+    """A local Qwen folder still gets the bounds Step1X uses (the official 256..324 x 28^2 unless the folder
+    says otherwise)."""
     bounds = json.loads((Path(editor.name) / "step1x.json").read_text()) if Path(editor.name).is_dir() else None
     processor = editor.processor.image_processor
     assert bounds is not None

@@ -111,7 +111,7 @@ def random_connector(v10: bool, seed: int = 0) -> Step1XConnector:
     ).double()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, param in connector.named_parameters():
+        for _name, param in connector.named_parameters():
             # every tensor random (LayerNorm affines and gates included) so nothing is an identity
             param.copy_(
                 torch.randn(param.shape, generator=generator, dtype=torch.float64) * (0.3 if param.ndim > 1 else 0.5)
@@ -360,7 +360,8 @@ def test_chat_template_and_image_tokens(qwen):
     assert text == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         + CONFIG.prefix
-        + "Picture 1: <|vision_start|><|image_pad|><|vision_end|>make the person smile<|im_end|>\n<|im_start|>assistant\n"
+        + "Picture 1: <|vision_start|><|image_pad|><|vision_end|>make the person smile<|im_end|>\n"
+        "<|im_start|>assistant\n"
     )
     for size in ((64, 64), (120, 84), (40, 30)):
         inputs = processor(text=[text], images=[image(*size)], return_tensors="pt")

@@ -150,9 +150,12 @@ def test_restricted_attention_equals_scaled_probabilities(context_grid):
     ring = torch.tensor([[0, 1, 0, 1, 0, 0], [0] * 6], dtype=torch.bool)
     config = uvr.UVRConfig.preset("edit")
     reg = _regulator(layout, grid, context_grid, core, ring, config)
-    attend = lambda q_, k_, v_: torch.nn.functional.scaled_dot_product_attention(
-        q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2)
-    ).transpose(1, 2)
+
+    def attend(q_, k_, v_):
+        return torch.nn.functional.scaled_dot_product_attention(
+            q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2)
+        ).transpose(1, 2)
+
     got = reg.restricted_attention(q, k, v, attend)
     # brute force: softmax, scale entries, no renormalisation
     p = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / 2.0, dim=-1)

@@ -36,7 +36,8 @@ TINY_RESOLUTION = (
 KONTEXT_GUIDANCE = 3.5  # the guidance-embedding value of the official DeContext attack and of the paper's edits
 FLUX2_GUIDANCE = 4.0  # Flux2Pipeline's / Flux2KleinPipeline's own guidance_scale default
 IP2P_IMAGE_GUIDANCE = 1.5  # the InstructPix2Pix pipeline's and official edit CLI's image guidance scale
-VLM_REFRESH = 1  # Step1X-Edit / Qwen-Image-Edit: re-read the perturbed image with Qwen2.5-VL every K PGD steps (the official attack: 1)
+# Step1X-Edit / Qwen-Image-Edit: re-read the perturbed image with Qwen2.5-VL every K PGD steps (the official attack: 1)
+VLM_REFRESH = 1
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,8 @@ class Family:
 
 _VLM_REFRESH = Flag(
     "--vlm-refresh",
-    f"re-read the perturbed image with Qwen2.5-VL every K PGD steps, without gradient (default {VLM_REFRESH} = every step, "
-    "as the official attack; 0 = read the clean image once)",
+    "re-read the perturbed image with Qwen2.5-VL every K PGD steps, without gradient "
+    f"(default {VLM_REFRESH} = every step, as the official attack; 0 = read the clean image once)",
     type=int,
 )
 _OFFLOAD = Flag(
@@ -112,11 +113,13 @@ FAMILIES = {
             eps_note="the paper's 0.1 on [-1, 1]",
             alpha=0.6375,
             steps=800,
-            model_help="'toy' (the trained embedded editor; versions by name, see docs/TOY.md), 'tiny' (random weights, smoke test), "
+            model_help="'toy' (the trained embedded editor; versions by name, see docs/TOY.md), "
+            "'tiny' (random weights, smoke test), "
             "or a FLUX.1-Kontext hub id / local diffusers folder",
             attack_description="Protect images against FLUX.1-Kontext with DeContext (or a baseline, --method).\n\n"
             "    decontext attack --model toy --input face.png --output protected/",
-            edit_description="Edit clean or protected images with FLUX.1-Kontext (the real diffusers FluxKontextPipeline).\n"
+            edit_description="Edit clean or protected images with FLUX.1-Kontext "
+            "(the real diffusers FluxKontextPipeline).\n"
             "Defaults follow the DeContext paper's editing protocol: 20 steps, guidance 3.5, 512x512, seed 42.",
             auto_resolution_note="what FluxKontextPipeline picks; 512 = the paper's",
             options=(
@@ -133,7 +136,8 @@ FAMILIES = {
                 FamilyOption(
                     Flag(
                         "--guidance",
-                        f"guidance-embedding value in the attack's forward passes (default {KONTEXT_GUIDANCE}, the official attack's)",
+                        "guidance-embedding value in the attack's forward passes "
+                        f"(default {KONTEXT_GUIDANCE}, the official attack's)",
                     ),
                     ("attack",),
                     "guidance",
@@ -155,20 +159,24 @@ FAMILIES = {
             eps_note="the official script's 0.10 on [0, 1]",
             alpha=1.275,
             steps=800,
-            model_help="'tiny' (random weights, smoke test: a tiny checkpoint in the official layout, written and read back), "
-            "or an official Step1X-Edit .safetensors file / a folder holding one (e.g. stepfun-ai/Step1X-Edit downloaded)",
+            model_help="'tiny' (random weights, smoke test: a tiny checkpoint in the official layout, "
+            "written and read back), "
+            "or an official Step1X-Edit .safetensors file / a folder holding one "
+            "(e.g. stepfun-ai/Step1X-Edit downloaded)",
             attack_description="Protect images against Step1X-Edit with DeContext (or a baseline, --method).\n\n"
             "    decontext attack --family step1x_edit --model tiny --input photo.jpg --output protected/\n\n"
             "Defaults are the official Step1X attack's: it works on [0, 1] pixels with eps 0.10 and step 0.005,\n"
             "i.e. 25.5/255 and 1.275/255 (twice the Kontext attack's budget, which works on [-1, 1]).",
-            edit_description="Edit clean or protected images with Step1X-Edit (the official sampler: 28 steps, true CFG 6.0, size level 512).",
+            edit_description="Edit clean or protected images with Step1X-Edit "
+            "(the official sampler: 28 steps, true CFG 6.0, size level 512).",
             auto_resolution_note="the official resize to an area of ~512^2, any aspect ratio",
             method_defaults={"t_one_every": 10},
             options=(
                 FamilyOption(
                     Flag(
                         "--vae",
-                        "FLUX VAE: the official vae.safetensors or a diffusers AutoencoderKL folder (default: beside the checkpoint)",
+                        "FLUX VAE: the official vae.safetensors or a diffusers AutoencoderKL folder "
+                        "(default: beside the checkpoint)",
                         type=str,
                     ),
                     ("attack", "edit"),
@@ -177,7 +185,9 @@ FAMILIES = {
                 FamilyOption(
                     Flag(
                         "--vlm",
-                        "Qwen2.5-VL-7B-Instruct folder or hub id (default: Qwen2.5-VL-7B-Instruct/ beside the checkpoint, else Qwen/Qwen2.5-VL-7B-Instruct)",
+                        "Qwen2.5-VL-7B-Instruct folder or hub id "
+                        "(default: Qwen2.5-VL-7B-Instruct/ beside the checkpoint, "
+                        "else Qwen/Qwen2.5-VL-7B-Instruct)",
                         type=str,
                     ),
                     ("attack", "edit"),
@@ -186,7 +196,9 @@ FAMILIES = {
                 FamilyOption(
                     Flag(
                         "--prefix-file",
-                        "text file with the official conditioning prefix (Qwen25VL_7b_PREFIX in the official repo's modules/conditioner.py); required for a real checkpoint",
+                        "text file with the official conditioning prefix "
+                        "(Qwen25VL_7b_PREFIX in the official repo's modules/conditioner.py); "
+                        "required for a real checkpoint",
                         type=str,
                     ),
                     ("attack", "edit"),
@@ -212,19 +224,23 @@ FAMILIES = {
             title="InstructPix2Pix",
             target="decontext.editors.instruct_pix2pix:InstructPix2PixEditor",
             capabilities=frozenset({"text_cross_attention", "diffusion_loss", "vae", "text_embeddings", "sampling"}),
-            # The SD-immunisation literature's usual budget (PhotoGuard, Mist: 16/255); no official DANP/TDAE figures exist.
+            # The SD-immunisation literature's usual budget (PhotoGuard, Mist: 16/255);
+            # no official DANP/TDAE figures exist.
             min_resolution=64,
             eps=16.0,
             eps_note="the usual SD-immunisation budget",
             alpha=1.0,
             steps=200,
             method="encoder",
-            model_help="'toy' or 'toy-ip2p' (the trained toy InstructPix2Pix of the faces world), 'tiny' (random weights, smoke test), "
+            model_help="'toy' or 'toy-ip2p' (the trained toy InstructPix2Pix of the faces world), "
+            "'tiny' (random weights, smoke test), "
             "or an InstructPix2Pix hub id / local diffusers folder (e.g. timbrooks/instruct-pix2pix)",
-            attack_description="Protect images against InstructPix2Pix (--method encoder, flow_loss: the noise-prediction loss, or noise).\n\n"
+            attack_description="Protect images against InstructPix2Pix "
+            "(--method encoder, flow_loss: the noise-prediction loss, or noise).\n\n"
             "    decontext attack --family instruct_pix2pix --model tiny --input photo.jpg --output protected/\n\n"
             "DeContext does not apply: InstructPix2Pix reads the source through its input channels, not attention.",
-            edit_description="Edit clean or protected images with InstructPix2Pix (the real diffusers StableDiffusionInstructPix2PixPipeline).\n"
+            edit_description="Edit clean or protected images with InstructPix2Pix "
+            "(the real diffusers StableDiffusionInstructPix2PixPipeline).\n"
             "Defaults are the official edit CLI's: 100 steps, text guidance 7.5, image guidance 1.5, 512 px, seed 42.",
             auto_resolution_note="the official edit CLI's: longer side 512, sides multiples of the UNet's",
             options=(
@@ -246,23 +262,30 @@ FAMILIES = {
             title="FLUX.2",
             target="decontext.editors.flux2:Flux2Editor",
             capabilities=DIT,
-            min_resolution=64,  # the FLUX.2 pipelines refuse reference images with a side under 64 px (the attack path takes any multiple of 16)
+            # the FLUX.2 pipelines refuse reference images with a side under 64 px
+            # (the attack path takes any multiple of 16)
+            min_resolution=64,
             eps=12.75,
             eps_note="the DeContext paper's 0.1 on [-1, 1]",
             alpha=0.6375,
             steps=800,
-            model_help="'tiny' (random-weight FLUX.2 [klein], smoke test), or a FLUX.2 [dev] / [klein] hub id / local diffusers folder",
-            attack_description="Protect images against FLUX.2 ([dev] or [klein]) with DeContext (or a baseline, --method).\n"
+            model_help="'tiny' (random-weight FLUX.2 [klein], smoke test), "
+            "or a FLUX.2 [dev] / [klein] hub id / local diffusers folder",
+            attack_description="Protect images against FLUX.2 ([dev] or [klein]) "
+            "with DeContext (or a baseline, --method).\n"
             "Default blocks: the paper's single:0-25/38 by relative depth, i.e. the front two thirds of the\n"
             "parallel single blocks (0-32 of the 48 in diffusers' default, [dev], configuration).\n\n"
             "    decontext attack --family flux2 --model tiny --input photo.jpg --output protected/",
-            edit_description="Edit clean or protected images with FLUX.2 (the real diffusers Flux2Pipeline / Flux2KleinPipeline).",
-            auto_resolution_note="what the FLUX.2 pipeline picks: the image's size, shrunk to 1024x1024 px area when larger",
+            edit_description="Edit clean or protected images with FLUX.2 "
+            "(the real diffusers Flux2Pipeline / Flux2KleinPipeline).",
+            auto_resolution_note="what the FLUX.2 pipeline picks: "
+            "the image's size, shrunk to 1024x1024 px area when larger",
             options=(
                 FamilyOption(
                     Flag(
                         "--guidance",
-                        f"guidance-embedding value in the attack's forward passes ([dev] only; default {FLUX2_GUIDANCE})",
+                        "guidance-embedding value in the attack's forward passes "
+                        f"([dev] only; default {FLUX2_GUIDANCE})",
                     ),
                     ("attack",),
                     "guidance",
@@ -283,13 +306,15 @@ FAMILIES = {
             eps_note="the Kontext attack's 0.1 on [-1, 1]",
             alpha=0.6375,
             steps=800,
-            model_help="'tiny' (random weights, smoke test) or a Qwen-Image-Edit hub id / local diffusers folder (e.g. Qwen/Qwen-Image-Edit)",
+            model_help="'tiny' (random weights, smoke test) "
+            "or a Qwen-Image-Edit hub id / local diffusers folder (e.g. Qwen/Qwen-Image-Edit)",
             attack_description="Protect images against Qwen-Image-Edit with DeContext (or a baseline, --method).\n"
             "Blocks: Qwen-Image has ONE stream of 60 dual-stream blocks, named double.0-59. A relative range of\n"
             "another stream is read as the same relative depth of it: the default single:0-25/38 (the paper's)\n"
             "means double.0-40, its front two thirds; double:... ranges name its blocks directly.\n\n"
             "    decontext attack --family qwen_image_edit --model tiny --input photo.jpg --output protected/",
-            edit_description="Edit clean or protected images with Qwen-Image-Edit (the real diffusers QwenImageEditPipeline).\n"
+            edit_description="Edit clean or protected images with Qwen-Image-Edit "
+            "(the real diffusers QwenImageEditPipeline).\n"
             "Defaults follow the model's published usage: 50 steps, true CFG 4.0 (negative prompt ' '), ~1024^2 area.",
             auto_resolution_note="what QwenImageEditPipeline picks: ~1024^2 area at the image's aspect ratio",
             options=(FamilyOption(_VLM_REFRESH, ("attack",), "vlm_refresh"),),
@@ -311,7 +336,8 @@ def family(name: str) -> Family:
         if name in entry.aliases:
             return entry
     raise ValueError(
-        f"unknown editor family {name!r} (choose from {', '.join(FAMILIES)}, or {', '.join(a for f in FAMILIES.values() for a in f.aliases)})"
+        f"unknown editor family {name!r} (choose from {', '.join(FAMILIES)}, "
+        f"or {', '.join(a for f in FAMILIES.values() for a in f.aliases)})"
     )
 
 

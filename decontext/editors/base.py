@@ -34,7 +34,9 @@ class Condition:
     made it (prompt embeddings, position ids, connector inputs, ...).
     """
 
-    latents: torch.Tensor  # (B, ...) the image's own latents as the editor reads them (DiTs: (B, N, C) packed tokens, the context and x_0 of the flow)
+    # (B, ...) the image's own latents as the editor reads them (DiTs: (B, N, C) packed tokens, the context and
+    # x_0 of the flow)
+    latents: torch.Tensor
     layout: Layout  # the joint attention sequence of a velocity call with this condition (context 0: none)
     prompts: list[str]
     extra: dict[str, Any] = field(default_factory=dict)
@@ -63,7 +65,8 @@ class Editor(Protocol):
     device: torch.device
     dtype: torch.dtype
     recommended: dict  # editing defaults shipped with the model (num_inference_steps, guidance_scale, resolution)
-    text_embedding_keys: tuple  # entries of ``Condition.extra`` that are the prompt's embeddings (may be replaced: ``with_text_embeddings``)
+    # entries of ``Condition.extra`` that are the prompt's embeddings (may be replaced: ``with_text_embeddings``)
+    text_embedding_keys: tuple
 
     @property
     def depths(self) -> dict[str, int]:

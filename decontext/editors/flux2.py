@@ -104,7 +104,8 @@ def tiny_flux2_klein_components(config: TinyFlux2Config = TinyFlux2Config(), see
 
     if sum(config.axes_dims_rope) != config.attention_head_dim:
         raise ValueError(
-            f"sum(axes_dims_rope)={sum(config.axes_dims_rope)} must equal attention_head_dim={config.attention_head_dim}"
+            f"sum(axes_dims_rope)={sum(config.axes_dims_rope)} "
+            f"must equal attention_head_dim={config.attention_head_dim}"
         )
     tokenizer = qwen_tokenizer()
     tokenizer.chat_template = QWEN3_CHAT_TEMPLATE
@@ -392,7 +393,8 @@ class Flux2Editor(JointDiTEditor):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """(N, L, D) prompt embeddings (the pipeline's ``encode_prompt``), computed once per distinct text and cached."""
+        """(N, L, D) prompt embeddings (the pipeline's ``encode_prompt``), computed once per distinct text and
+        cached."""
         prompts = list(prompts)
         missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
         if missing:

@@ -40,7 +40,8 @@ def _load_quantized_transformer(
         raise ValueError(f"quantize must be '8bit' or '4bit', got {quantize!r}")
     if device.type != "cuda":
         raise ValueError(
-            f"quantize={quantize!r} uses bitsandbytes kernels, which need a CUDA GPU (device is {device}); run without --quantize on the CPU"
+            f"quantize={quantize!r} uses bitsandbytes kernels, which need a CUDA GPU (device is {device}); "
+            "run without --quantize on the CPU"
         )
     try:
         import bitsandbytes  # noqa: F401
@@ -134,7 +135,8 @@ class FluxKontextEditor(Flux1DiTEditor):
         FLUX.1-Kontext hub id / local diffusers folder."""
         if quantize is not None and model == "tiny":
             raise ValueError(
-                "--quantize loads a saved model (hub id, folder or a toy); the in-memory tiny model has no weights to quantise"
+                "--quantize loads a saved model (hub id, folder or a toy); "
+                "the in-memory tiny model has no weights to quantise"
             )
         if model == "tiny":
             if offload:

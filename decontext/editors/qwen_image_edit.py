@@ -97,7 +97,8 @@ def _pipeline_class(name: str):
 
     if name not in PIPELINES:
         raise ValueError(
-            f"not a Qwen-Image-Edit pipeline: model_index.json names {name!r} (this editor loads {', '.join(PIPELINES)})"
+            f"not a Qwen-Image-Edit pipeline: model_index.json names {name!r} "
+            f"(this editor loads {', '.join(PIPELINES)})"
         )
     return getattr(diffusers, name)
 
@@ -494,7 +495,9 @@ class TinyQwenImageEditConfig:
     vae_base_dim: int = 8  # real 96
     vae_dim_mult: tuple[int, ...] = (1, 2, 2, 2)  # real (1, 2, 4, 4); 4 levels, 3 downsamplings -> 8x
     vae_res_blocks: int = 1  # real 2
-    vlm: object = None  # the Qwen2.5-VL sizes (editors.tiny.TinyStep1XConfig; None = its tiny default); its qwen_hidden is the DiT's text width
+    # the Qwen2.5-VL sizes (editors.tiny.TinyStep1XConfig; None = its tiny default);
+    # its qwen_hidden is the DiT's text width
+    vlm: object = None
 
 
 def tiny_qwen_image_edit_components(config: TinyQwenImageEditConfig = TinyQwenImageEditConfig(), seed: int = 0) -> dict:

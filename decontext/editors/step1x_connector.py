@@ -399,11 +399,13 @@ def _load_strict(module: nn.Module, state_dict: Mapping[str, torch.Tensor], what
     missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
     if missing:
         raise ValueError(
-            f"{path}: {what} tensors missing from the checkpoint: {missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)} in all)"
+            f"{path}: {what} tensors missing from the checkpoint: "
+            f"{missing[:8]}{' ...' if len(missing) > 8 else ''} ({len(missing)} in all)"
         )
     if unexpected:
         raise ValueError(
-            f"{path}: unexpected {what} tensors: {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)} in all)"
+            f"{path}: unexpected {what} tensors: "
+            f"{unexpected[:8]}{' ...' if len(unexpected) > 8 else ''} ({len(unexpected)} in all)"
         )
     try:
         module.load_state_dict(state_dict, strict=True, assign=True)
@@ -441,7 +443,8 @@ def load_step1x_checkpoint(
         state_dict = load_file(str(path))
     except Exception as err:  # safetensors raises its own SafetensorError, or OSError on I/O
         raise ValueError(
-            f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); Step1X-Edit is read from the official .safetensors only"
+            f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); "
+            "Step1X-Edit is read from the official .safetensors only"
         ) from None
     try:
         dit_sd, connector_sd, version = convert_step1x_checkpoint(state_dict)
@@ -532,9 +535,10 @@ def qwen_features(
         length = hidden_states.shape[0]
         if length <= drop_tokens:
             raise ValueError(
-                f"the Qwen prompt has {length} tokens but the first {drop_tokens} are dropped: the prompt prefix given by "
-                f"{prefix_flag} ({len(prefix)} characters) is too short. The real model needs the official Step1X-Edit "
-                f"prompt-enhancer prefix; tiny models need their own config's prefix"
+                f"the Qwen prompt has {length} tokens but the first {drop_tokens} are dropped: "
+                f"the prompt prefix given by {prefix_flag} ({len(prefix)} characters) is too short. "
+                "The real model needs the official Step1X-Edit prompt-enhancer prefix; "
+                "tiny models need their own config's prefix"
             )
         n = min(max_length, length - drop_tokens)
         features[b, :n] = hidden_states[drop_tokens : drop_tokens + n].to(dtype)

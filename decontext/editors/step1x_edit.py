@@ -194,7 +194,8 @@ class Step1XEditor(Flux1DiTEditor):
             candidates = sorted(p for p in path.glob("*.safetensors") if p.name != "vae.safetensors")
             if len(candidates) != 1:
                 raise FileNotFoundError(
-                    f"{path}: expected exactly one Step1X-Edit checkpoint (*.safetensors besides vae.safetensors), found {[p.name for p in candidates]}"
+                    f"{path}: expected exactly one Step1X-Edit checkpoint (*.safetensors besides vae.safetensors), "
+                    f"found {[p.name for p in candidates]}"
                 )
             path = candidates[0]
         sizes = json.loads((folder / "step1x.json").read_text()) if (folder / "step1x.json").is_file() else {}
@@ -211,7 +212,8 @@ class Step1XEditor(Flux1DiTEditor):
             )
             if prefix_path is None:
                 raise ValueError(
-                    f"Step1X-Edit conditions Qwen2.5-VL on a fixed prefix it was trained with; pass it with {PREFIX_FLAG} "
+                    "Step1X-Edit conditions Qwen2.5-VL on a fixed prefix it was trained with; "
+                    f"pass it with {PREFIX_FLAG} "
                     "(the text of Qwen25VL_7b_PREFIX in the official repo's modules/conditioner.py, saved as a file)"
                 )
             if not prefix_path.is_file():

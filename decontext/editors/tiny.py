@@ -161,7 +161,8 @@ def tiny_kontext_components(config: TinyKontextConfig = TinyKontextConfig(), see
 
     if sum(config.axes_dims_rope) != config.attention_head_dim:
         raise ValueError(
-            f"sum(axes_dims_rope)={sum(config.axes_dims_rope)} must equal attention_head_dim={config.attention_head_dim}"
+            f"sum(axes_dims_rope)={sum(config.axes_dims_rope)} "
+            f"must equal attention_head_dim={config.attention_head_dim}"
         )
     tokenizer, tokenizer_2 = clip_tokenizer(words), t5_tokenizer(words)
     with _seeded(seed):

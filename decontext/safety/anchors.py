@@ -103,7 +103,8 @@ class Anchors:
             raise AnchorFileError(f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc})") from None
         if METADATA_KEY not in metadata:
             raise AnchorFileError(
-                f"{path}: not a UVR anchor file (no '{METADATA_KEY}' metadata; make one with python -m decontext.safety.collect)"
+                f"{path}: not a UVR anchor file "
+                f"(no '{METADATA_KEY}' metadata; make one with python -m decontext.safety.collect)"
             )
         try:
             meta = json.loads(metadata[METADATA_KEY])
@@ -117,7 +118,8 @@ class Anchors:
             raise AnchorFileError(f"{path}: broken UVR metadata ({exc})") from None
         if meta.get("format") != FORMAT or int(meta.get("version", -1)) > FORMAT_VERSION:
             raise AnchorFileError(
-                f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; this decontext reads {FORMAT!r} up to version {FORMAT_VERSION}"
+                f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; "
+                f"this decontext reads {FORMAT!r} up to version {FORMAT_VERSION}"
             )
         if not counts:
             raise AnchorFileError(f"{path}: the file names no concept")
@@ -145,12 +147,14 @@ class Anchors:
         blocks = block_map(transformer)
         if self.block not in blocks:
             raise AnchorFileError(
-                f"{self._where()}anchors were taken at block {self.block!r}, which this model lacks ({describe(blocks.depths)})"
+                f"{self._where()}anchors were taken at block {self.block!r}, "
+                f"which this model lacks ({describe(blocks.depths)})"
             )
         attn = blocks[self.block].module.attn
         if (attn.heads, attn.head_dim) != (self.heads, self.head_dim):
             raise AnchorFileError(
-                f"{self._where()}anchors have {self.heads} heads x {self.head_dim}, block {self.block} has {attn.heads} x {attn.head_dim}: "
+                f"{self._where()}anchors have {self.heads} heads x {self.head_dim}, "
+                f"block {self.block} has {attn.heads} x {attn.head_dim}: "
                 "they were collected on another model"
             )
 
@@ -245,7 +249,8 @@ def merge(anchors: Iterable[Anchors]) -> Anchors:
     shapes = {(a.heads, a.head_dim) for a in anchors}
     if len(shapes) != 1:
         raise ValueError(
-            f"anchors of different widths {sorted(shapes)} (heads, head_dim) cannot be merged: they come from different models"
+            f"anchors of different widths {sorted(shapes)} (heads, head_dim) cannot be merged: "
+            "they come from different models"
         )
     concepts: dict[str, torch.Tensor] = {}
     for a in anchors:

@@ -19,7 +19,9 @@ class UVRConfig:
     """Every constant of localisation and restriction. ``UVRConfig.preset("t2i" | "edit")`` gives the
     official values for FLUX.1-dev and FLUX.1-Kontext-dev."""
 
-    restrict: str = "replace"  # "replace": flagged patch outputs become noise (T2I); "attention": scale attention to flagged context keys (editing)
+    # "replace": flagged patch outputs become noise (T2I);
+    # "attention": scale attention to flagged context keys (editing)
+    restrict: str = "replace"
     window_start: float = 850.0  # the start-up window: localise while t > this, restrict while t >= this (t in 0..1000)
     localize_at: str = "window"  # "window": every step in the window (T2I); "first": the first step only (Kontext)
     threshold: float = 0.6  # hard gate on the patch score (0.6 FLUX.1-dev, 0.2 Kontext)
@@ -29,9 +31,9 @@ class UVRConfig:
     mass_ratio: float = 0.3  # "mass_ratio": keep the heaviest components until this share of the mass
     top_k: int = 3  # "topk_*": keep this many components
     min_area: int = 5  # components smaller than this many patches are dropped
-    max_flagged: float = (
-        2000 / 4096
-    )  # at most this share of the patches (official: 2000 of 64x64; we keep the highest-scoring, not the first in raster order)
+    # at most this share of the patches (official: 2000 of 64x64; we keep the highest-scoring, not the first in
+    # raster order)
+    max_flagged: float = 2000 / 4096
     ring_radius: int = 0  # editing: the mask is dilated by an ellipse of this radius ...
     ring_iterations: int = 2  # ... this many times, and the added patches form the ring
     keep_share: float = 0.001  # T2I: flagged outputs become keep_share * out + (1 - keep_share) * N(0, 1)

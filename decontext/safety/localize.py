@@ -123,7 +123,8 @@ def _grid(ids: torch.Tensor, what: str) -> tuple[int, int]:
     cols = torch.unique(ids[:, 2]).numel()
     if rows * cols != ids.shape[0]:
         raise NotImplementedError(
-            f"UVR: the {what} tokens do not form one rectangular grid ({ids.shape[0]} tokens, {rows} rows, {cols} columns)"
+            f"UVR: the {what} tokens do not form one rectangular grid "
+            f"({ids.shape[0]} tokens, {rows} rows, {cols} columns)"
         )
     order = ids[:, 1] * (ids[:, 2].max() + 1) + ids[:, 2]
     if not bool((order[1:] > order[:-1]).all()):
@@ -180,7 +181,8 @@ class _Tracker(AttentionHook):
         text = kwargs.get("encoder_hidden_states")
         if timestep is None or img_ids is None or text is None:
             raise RuntimeError(
-                "UVR needs the transformer called with keyword arguments timestep, img_ids and encoder_hidden_states (as diffusers' FLUX pipelines do)"
+                "UVR needs the transformer called with keyword arguments timestep, img_ids and encoder_hidden_states "
+                "(as diffusers' FLUX pipelines do)"
             )
         t = float(torch.as_tensor(timestep).reshape(-1)[0]) * T_SCALE
         if self.t is None or t > self.t:

@@ -136,7 +136,8 @@ class Regulator(_Tracker):
         layout = self.geometry.layout
         if layout.context == 0:
             raise RuntimeError(
-                "UVR's 'attention' restriction needs context tokens (an editing pipeline); text-to-image uses restrict='replace'"
+                "UVR's 'attention' restriction needs context tokens (an editing pipeline); "
+                "text-to-image uses restrict='replace'"
             )
         batch = query.shape[0]
         context = self.context_factors(batch).to(value.dtype)
