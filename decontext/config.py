@@ -148,15 +148,17 @@ PRESETS = {
 }
 
 
-def describe_preset(name: str) -> str:
-    """What a preset sets, in words, e.g. for a flag's help."""
+def describe_preset(name: str, family_presets: dict | None = None) -> str:
+    """What a preset sets (with a family's own settings of it), in words, e.g. for a flag's help."""
+    values = {**PRESETS[name], **(family_presets or {}).get(name, {})}
+    if not values.get("stop_patience", 1):  # the family turns the stopping rule off
+        values = {k: v for k, v in values.items() if not k.startswith("stop_")} | {"stop_patience": 0}
     words = {
         "alpha_scale": lambda v: f"step x{v:g} the family's",
-        "stop_patience": lambda v: f"stopping rule (patience {v}",
+        "stop_patience": lambda v: f"stopping rule (patience {v}" if v else "no stopping rule",
         "stop_window": lambda v: f"window {v}",
         "stop_tol": lambda v: f"tol {v:g})",
     }
-    values = PRESETS[name]
     return ", ".join(words[k](v) if k in words else f"{k} {v}" for k, v in values.items()) or "nothing changed"
 
 

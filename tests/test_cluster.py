@@ -1,4 +1,4 @@
-"""decontext cluster on a local Ray: 500 toy faces protected by the shipped toy protector with 2 actors,
+"""decontext cluster on a local Ray: 200 toy faces protected by the shipped toy protector with 2 actors,
 one actor killed mid-run, the driver killed mid-run and run again; at the end every output exists once,
 within budget, with a valid record, nothing else in the folder, and the same pixels as the CLI's."""
 
@@ -16,7 +16,7 @@ from PIL import Image
 
 ray = pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[1]
-COUNT = 500
+COUNT = 200  # enough that both kills land mid-run (after 40 and 100 images); the property needs no more
 COMMON = [
     "--model",
     "toy",
@@ -98,12 +98,12 @@ def test_a_ray_job_survives_a_killed_actor_and_a_killed_driver(tmp_path):
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        _wait(lambda: _journaled(output) >= 60, 300, "the first 60 images")
+        _wait(lambda: _journaled(output) >= 40, 300, "the first 40 images")
         actors = _actor_pids()
         assert actors, "no actor process found"
         os.kill(actors[0], signal.SIGKILL)  # Ray restarts it and retries its batch
         _wait(
-            lambda: _journaled(output) >= 250 or first.poll() is not None, 300, "250 images after the actor was killed"
+            lambda: _journaled(output) >= 100 or first.poll() is not None, 300, "100 images after the actor was killed"
         )
         assert first.poll() is None, first.stdout.read().decode()[-3000:]
     finally:
@@ -125,7 +125,7 @@ def test_a_ray_job_survives_a_killed_actor_and_a_killed_driver(tmp_path):
         [f"{p.stem}.png" for p in faces] + ["manifest.json", ".manifest.json.lock"]
     )
     eps = int(manifest["pgd"]["eps"])
-    for face in faces[::25]:
+    for face in faces[::10]:
         source = np.asarray(Image.open(face)).astype(int)
         saved = np.asarray(Image.open(output / face.name)).astype(int)
         record = images[face.name]

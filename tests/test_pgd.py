@@ -219,6 +219,15 @@ def test_paper_preset_is_todays_defaults_for_every_family_and_method():
     )  # explicit flags override the preset
     assert PGDConfig.for_method(None, preset="fast", momentum=0.0).momentum == 0.0
     assert "stop_patience" in fast.to_dict()
+    # a family's own settings of a preset lie over the shared ones, under the method's and the flags
+    own = {"fast": {"steps": 300, "stop_window": 7}}
+    family_fast = PGDConfig.for_method(None, {"eps": 25.5, "alpha": 1.0}, "fast", own)
+    assert (family_fast.steps, family_fast.stop_window, family_fast.alpha) == (300, 7, 4.0)
+    assert PGDConfig.for_method(None, {"alpha": 1.0}, "fast", own, steps=50).steps == 50
+    assert PGDConfig.for_method(None, {"alpha": 1.0}, "paper", own).steps == PGDConfig.steps  # other presets: no change
+    for spec in FAMILIES.values():  # every family's fast run has a budget of its own or the shared one
+        steps = PGDConfig.for_method(None, spec.pgd_defaults, "fast", spec.presets).steps
+        assert steps == spec.presets.get("fast", {}).get("steps", PRESETS["fast"]["steps"]) < spec.steps
     with pytest.raises(ValueError, match="paper preset never stops"):
         PGDConfig.for_method(None, preset="paper", stop_patience=5)
     with pytest.raises(ValueError, match="unknown preset"):

@@ -52,7 +52,7 @@ def parser(spec: Family, fixed: bool = False) -> argparse.ArgumentParser:
         choices=sorted(PRESETS),
         help="paper: the official settings, fixed steps, never stopping early "
         "(what reproductions use; the same as no preset); "
-        f"fast: {describe_preset('fast')} "
+        f"fast: {describe_preset('fast', spec.presets)} "
         "(docs/EVIDENCE.md, 'Fewer PGD steps'). Default: none, i.e. the official settings",
     )
     pgd.add_argument(
