@@ -20,7 +20,9 @@ __version__ = "0.1.0"
 
 # public name -> (module, attribute): resolved lazily by __getattr__ (PEP 562)
 _EXPORTS = {
-    "protect": ("decontext.protect", "protect"),
+    # the module itself, which is callable as its function: the import system sets this name to the submodule
+    # whenever it is imported, so the package offers the one object under it (decontext/protect.py, end)
+    "protect": ("decontext.protect", None),
     "protect_files": ("decontext.protect", "protect_files"),
     "ProtectResult": ("decontext.protect", "ProtectResult"),
     "ImageRecord": ("decontext.protect", "ImageRecord"),
@@ -31,7 +33,7 @@ _EXPORTS = {
     "PGDConfig": ("decontext.config", "PGDConfig"),
     "ProtectConfig": ("decontext.config", "ProtectConfig"),
     "PRESETS": ("decontext.config", "PRESETS"),
-    "load_protector": ("decontext.methods.amortized", "load_protector"),
+    "load_protector": ("decontext.methods.protector", "load_protector"),
     "load_image": ("decontext.images", "load_image"),
     "save_protected": ("decontext.images", "save_protected"),
 }
@@ -43,7 +45,9 @@ def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'decontext' has no attribute {name!r}")
     module, attribute = _EXPORTS[name]
-    value = getattr(importlib.import_module(module), attribute)
+    value = (
+        importlib.import_module(module) if attribute is None else getattr(importlib.import_module(module), attribute)
+    )
     globals()[name] = value  # later look-ups skip this function
     return value
 

@@ -311,6 +311,7 @@ def protect_groups(
             method,
             torch.cat([image.pixels for image in images]),
             config,
+            seeds[0],
             seeds=seeds,
             progress=progress,
             desc=f"{method.name} {stems}",
@@ -380,9 +381,8 @@ def protect_groups(
 
 
 class _CallableModule(types.ModuleType):
-    """Importing this module sets the package's attribute ``protect`` to the module, which would shadow the
-    function of the same name that ``decontext.protect`` offers (``decontext/__init__.py``): called, the
-    module is that function, so ``decontext.protect(...)`` works whichever of the two the name holds."""
+    """``decontext.protect`` names this module (the import system sets the package's attribute to it), and
+    library users call it as the function of the same name: called, the module is that function."""
 
     def __call__(self, *args, **kwargs) -> ProtectResult:
         return protect(*args, **kwargs)

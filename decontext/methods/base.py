@@ -206,7 +206,7 @@ def only(generators: Sequence[torch.Generator], method: str) -> torch.Generator:
 def protector_start(protector: str, editor: Editor, pixels: torch.Tensor, config) -> torch.Tensor:
     """The output of ``protector`` (a name or folder) for clean ``pixels``, within ``config``'s budget: the
     one way a run starts from a protector (``--init``, and the amortized method's own)."""
-    from .amortized import load_protector, protected_start
+    from .protector import load_protector, protected_start
 
     return protected_start(load_protector(protector, editor.device), editor, pixels, config.resolution, config.pgd.eps)
 
