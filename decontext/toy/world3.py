@@ -35,17 +35,21 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 # shared with world v1: the background and edit colours, the six edits and how they apply, the split rule
-from .world import (
+from .world import (  # noqa: F401 (BG_STATES, EDITS, apply_edit, is_held_out: re-exported, world v3's too)
     BACKGROUNDS,
+    BG_STATES,
+    EDITS,
     GLASSES,
     HAT,
     HAT_BAND,
     MOUTH,
     TEETH,
     EditableScene,
-    MixedRadixIdentity,  # noqa: F401
+    MixedRadixIdentity,
+    apply_edit,
     draw_edit_state,
     draw_placement,
+    is_held_out,
 )
 
 NAME = "v3"
