@@ -303,7 +303,8 @@ def build_page(app: ProtectApp):
                 download = gr.File(label="download", file_count="multiple", elem_id="download")
         eps.change(lambda e: f"worst-case PSNR at this strength: {expected_psnr(e):.1f} dB", eps, psnr_note)
 
-        def protect_all(uploads, chosen, strength, text, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 gradio injects progress
+        # gradio injects the progress tracker through this default argument
+        def protect_all(uploads, chosen, strength, text, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
             uploads = [u if isinstance(u, str) else getattr(u, "name", str(u)) for u in (uploads or [])]
             if not uploads:
                 yield "Add one or more photos first.", [], [], [], None

@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 from ..editors import DEFAULT_FAMILY, FAMILIES, Family, family, family_of_model
-from ..runtime import avoid_cudnn_attention, quiet_libraries  # noqa: F401  (the commands and benches take them from here)
+
+# the commands and benches take these from here
+from ..runtime import avoid_cudnn_attention, quiet_libraries  # noqa: F401
 
 
 class ArgumentProblem(ValueError):

@@ -91,9 +91,8 @@ class MethodSpec:
         default_factory=dict
     )  # config.PGDConfig fields its paper prescribes (under explicit choices)
     optimises: bool = True  # False: no loss to climb (the noise control)
-    batched: bool = (
-        False  # several images per PGD step, each with its own draws (``--batch-size``; methods.base.per_image)
-    )
+    # several images per PGD step, one generator each (``--batch-size``); else a batch of one (methods.base.only)
+    batched: bool = False
 
 
 METHODS = {

@@ -23,7 +23,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 from PIL import Image
 
-from decontext.images import IMAGE_SUFFIXES, ImageLoadError, check_declared_size  # noqa: F401 (ImageLoadError: re-exported)
+# ImageLoadError: re-exported
+from decontext.images import IMAGE_SUFFIXES, ImageLoadError, check_declared_size  # noqa: F401
 
 CLEAN = "clean"
 _SEED_FILE = re.compile(r"^seed(-?\d+)$", re.ASCII)
