@@ -31,7 +31,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..attention import AttentionHook, ProbeCall, StopForward
+from ..attention import AttentionHook, ContextShareProbe, ProbeCall, StopForward
 
 PROBE_KWARG = "probe_call"  # the attention kwarg a probed call's record travels under (``probe_kwargs``)
 _RANGE_NOTE = "single:0-25/38"
@@ -126,6 +126,19 @@ class BlockMap:
             processors = {**carriers, **processors}
         with swapped_processors(self.model, processors):
             yield
+
+    @contextlib.contextmanager
+    def probing(self, blocks: Sequence[str], layers: str = "blocks"):
+        """One ``ContextShareProbe`` hooked on the named ``blocks`` for the ``with`` (yielded), the model's calls
+        free to carry a ``ProbeCall``: the probe every editor family installs. ``layers`` names what the
+        blocks are in the error for an unknown or empty list."""
+        blocks = list(blocks)
+        unknown = [b for b in blocks if b not in self.blocks]
+        if unknown or not blocks:
+            raise ValueError(f"cannot probe {unknown or 'no ' + layers}: this model's {layers} are {self.depths}")
+        probe = ContextShareProbe()
+        with self.hooked({name: probe for name in blocks}, probe_calls=True):
+            yield probe
 
     @contextlib.contextmanager
     def stop_after(self, name: str | None):

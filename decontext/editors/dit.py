@@ -187,11 +187,7 @@ class JointDiTEditor:
                 "(DeContext and DANP cannot share one MM-DiT editor in one composition)"
             )
         blocks = list(blocks)
-        unknown = [b for b in blocks if b not in self.blocks]
-        if unknown or not blocks:
-            raise ValueError(f"cannot probe {unknown or 'no blocks'}: this model's blocks are {self.depths}")
-        probe = ContextShareProbe()
-        with self.blocks.hooked({name: probe for name in blocks}, probe_calls=True):
+        with self.blocks.probing(blocks) as probe:
             self._active_probe, self._probed_blocks, self._probe_text = probe, blocks, text
             try:
                 yield probe

@@ -397,13 +397,7 @@ class InstructPix2PixEditor:
         if self._active_probe is not None:
             raise RuntimeError("a probe is already installed on this editor; probes do not nest")
         blocks = list(blocks)
-        unknown = [b for b in blocks if b not in self.blocks]
-        if unknown or not blocks:
-            raise ValueError(
-                f"cannot probe {unknown or 'no layers'}: this model's cross-attention layers are {self.depths}"
-            )
-        probe = ContextShareProbe()
-        with self.blocks.hooked({name: probe for name in blocks}, probe_calls=True):
+        with self.blocks.probing(blocks, "cross-attention layers") as probe:
             self._active_probe, self._probed = probe, blocks
             try:
                 yield probe
