@@ -1,0 +1,422 @@
+"""Attackers: everything an adversary may do to a protected photo before editing it, each a named,
+parameterised object deterministic from its seed, used alike by the benchmark (``decontext.benchmark``),
+the run-folder stage and EOT (through the breakers' differentiable twins).
+
+Why a module beside ``purify.py`` and not a ``purify/`` package: the breakers are plain, stateless
+``PIL -> PIL`` functions with differentiable twins and a stable import path that EOT, the run-folder
+stage and their tests use; the attackers added here are of another kind (they own models: a denoiser
+trained once and shipped, a remover trained per protection under test), so they live in their own module
+that wraps every breaker unchanged instead of moving ``purify.py``'s code and its imports.
+
+    from decontext.attackers import parse_attacker
+    regen = parse_attacker("regen:t=0.3")
+    out = regen.apply(images, seed=0, state=regen.fit(context))     # images: uint8 (N, H, W, 3)
+
+Specs, like the breakers': ``name`` or ``name:key=value,key=value``.
+
+| attacker | parameters (defaults) | what it is |
+|---|---|---|
+| none | - | the photo as posted (no attack) |
+| jpeg, webp, resize, blur, noise, noise_upscale, vae | as ``decontext.purify`` | the breakers |
+| regen | t 0.3, steps 4, denoiser auto | DiffPure-style regeneration: noise to level t (x_t = (1 - t) x + t e) and denoise in ``steps`` steps with a small denoiser the attacker owns, trained on the toy world's TRAINING renders only (``train_denoiser``; auto = the shipped one of the editor's world) |
+| editor_clean | instruction | EditorClean-style: the editor itself asked to return the photo unchanged |
+| remover | pairs 48, steps 200, width 16, lr 0.002 | a small image-to-image network trained on (protected, clean) pairs the attacker makes by running the protection under test on the toy world's TRAINING identities (never the held-out ones), then applied to the photo |
+| worst | - | the worst case over a cell's other attackers (computed from their results, not applied) |
+"""  # noqa: E501 (table of data)
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .purify import KINDS as BREAKERS
+from .purify import Breaker, parse_breaker
+
+DENOISERS = {"v1": "attackers/toy_denoiser_v1", "v3": "attackers/toy_denoiser_v3"}  # shipped, under data/
+EDITOR_CLEAN_INSTRUCTION = "Return the photo exactly as it is, unchanged."
+
+
+@dataclass(frozen=True)
+class _Kind:
+    defaults: dict
+    needs: str | None = None  # "editor": the editor under attack; "protection": the protection under test
+    what: str = ""
+
+
+KINDS: dict[str, _Kind] = {
+    "none": _Kind({}, what="the photo as posted"),
+    **{
+        name: _Kind(dict(kind.defaults), "editor" if kind.needs_editor else None, "breaker")
+        for name, kind in BREAKERS.items()
+    },
+    "regen": _Kind({"t": 0.3, "steps": 4, "denoiser": "auto"}, "world", "noise to t, denoise (attacker's own model)"),
+    "editor_clean": _Kind({"instruction": EDITOR_CLEAN_INSTRUCTION}, "editor", "the editor asked for the photo back"),
+    "remover": _Kind(
+        {"pairs": 48, "steps": 200, "width": 16, "lr": 0.002}, "protection", "a net trained to undo the protection"
+    ),
+    "worst": _Kind({}, what="the worst case over the cell's other attackers"),
+}
+
+
+@dataclass
+class AttackContext:
+    """What an attacker may use: the editor under attack, the toy world (``decontext.toy.worlds``), and
+    ``protect(images uint8 (N, H, W, 3), seed) -> uint8``: the protection under test, which the remover
+    runs on its own photos."""
+
+    editor: object = None
+    world: object = None
+    protect: Callable[[np.ndarray, int], np.ndarray] | None = None
+    edit_settings: dict = field(default_factory=dict)  # steps, guidance, resolution of editor.edit
+
+
+@dataclass(frozen=True)
+class Attacker:
+    """One named attacker with its parameters: ``fit(context)`` once (a model, or None), then
+    ``apply(images, seed, state)`` on uint8 (N, H, W, 3) -> the same shape; image i uses seed + i."""
+
+    kind: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """A folder-safe name: ``regen_t0.3_steps4_denoiserauto``."""
+        extra = "_".join(f"{k}{v}" for k, v in self.params.items() if k != "instruction")
+        return f"{self.kind}_{extra}" if extra else self.kind
+
+    @property
+    def spec(self) -> str:
+        changed = {k: v for k, v in self.params.items() if KINDS[self.kind].defaults.get(k) != v}
+        return self.kind + (":" + ",".join(f"{k}={v}" for k, v in changed.items()) if changed else "")
+
+    @property
+    def needs(self) -> str | None:
+        return KINDS[self.kind].needs
+
+    @property
+    def derived(self) -> bool:
+        return self.kind == "worst"
+
+    def fit(self, context: AttackContext | None = None, seed: int = 0):
+        """The attacker's model for this context (None for those without one)."""
+        context = context or AttackContext()
+        if self.kind == "regen":
+            return load_denoiser(self.params["denoiser"], context.world)
+        if self.kind == "remover":
+            if context.protect is None or context.world is None:
+                raise ValueError("the remover needs the protection under test and the toy world of its photos")
+            return train_remover(context.world, context.protect, seed=seed, **self.params)
+        return None
+
+    def apply(self, images: np.ndarray, seed: int = 0, state=None, context: AttackContext | None = None) -> np.ndarray:
+        images = np.asarray(images, dtype=np.uint8)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"attackers take uint8 images (N, H, W, 3), got shape {images.shape}")
+        if self.kind == "none":
+            return images.copy()
+        if self.kind == "worst":
+            raise ValueError("'worst' is the worst case over the other attackers: it is computed, not applied")
+        context = context or AttackContext()
+        if self.kind in BREAKERS:
+            from PIL import Image
+
+            breaker = Breaker(self.kind, dict(self.params))
+            if breaker.kind == "vae" and context.editor is None:
+                raise ValueError("the 'vae' attacker needs the editor (its own autoencoder)")
+            return np.stack(
+                [
+                    np.asarray(breaker(Image.fromarray(im), seed=seed + i, editor=context.editor))
+                    for i, im in enumerate(images)
+                ]
+            )
+        if self.kind == "regen":
+            return regenerate(images, state, self.params["t"], self.params["steps"], seed)
+        if self.kind == "remover":
+            return run_net(state, images)
+        if self.kind == "editor_clean":
+            return editor_clean(images, context, self.params["instruction"], seed)
+        raise AssertionError(self.kind)  # pragma: no cover - KINDS and this dispatch are one list
+
+
+def _value(kind: str, key: str, text: str):
+    default = KINDS[kind].defaults[key]
+    if isinstance(default, str):
+        return text
+    try:
+        return type(default)(text)
+    except ValueError:
+        raise ValueError(f"attacker {kind}: {key} takes a {type(default).__name__}, got {text!r}") from None
+
+
+def parse_attacker(spec: str) -> Attacker:
+    """``none``, ``jpeg:quality=50``, ``regen:t=0.3,steps=4``, ``remover:pairs=32``, ``worst`` (see the table)."""
+    name, _, rest = str(spec).strip().partition(":")
+    if name not in KINDS:
+        raise ValueError(f"unknown attacker {name!r} (choose from {', '.join(KINDS)})")
+    params = dict(KINDS[name].defaults)
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or key not in params:
+            raise ValueError(
+                f"attacker {name}: {item!r} is not KEY=VALUE with KEY one of {', '.join(params) or '(none)'}"
+            )
+        params[key] = _value(name, key, value)
+    attacker = Attacker(name, params)
+    if name in BREAKERS:
+        parse_breaker(spec)  # the breaker's own checks (filter names ...)
+    if name == "regen" and not 0 < params["t"] < 1:
+        raise ValueError(f"attacker regen: t must be in (0, 1), got {params['t']}")
+    if name == "regen" and params["steps"] < 1:
+        raise ValueError(f"attacker regen: steps must be >= 1, got {params['steps']}")
+    if name == "remover" and (params["pairs"] < 2 or params["steps"] < 1):
+        raise ValueError("attacker remover: pairs must be >= 2 and steps >= 1")
+    return attacker
+
+
+# ---------------------------------------------------------------------------------------------- the small nets
+def small_unet(channels_in: int = 3, width: int = 16):
+    """A two-level U-Net small enough to train in minutes on a laptop CPU: the image is folded 2x2 into
+    channels (pixel unshuffle), processed at 1/2 and 1/4 of its size (widths w and 2w; ~30k parameters
+    at w=16) and unfolded; it predicts a residual added to its first three input channels (the
+    denoiser's fourth is t). Sizes: multiples of 4."""
+    import torch
+    from torch import nn
+
+    def block(a, b):
+        return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.SiLU(), nn.Conv2d(b, b, 3, padding=1), nn.SiLU())
+
+    class SmallUNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc1, self.enc2 = block(4 * channels_in, width), block(width, 2 * width)
+            self.dec1 = block(3 * width, width)
+            self.out = nn.Conv2d(width, 12, 3, padding=1)
+            nn.init.zeros_(self.out.weight)  # starts as the identity: x itself
+            nn.init.zeros_(self.out.bias)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            """x: (B, channels_in, H, W), images in [-1, 1] -> (B, 3, H, W)."""
+            e1 = self.enc1(nn.functional.pixel_unshuffle(x, 2))
+            e2 = self.enc2(nn.functional.avg_pool2d(e1, 2))
+            d1 = self.dec1(torch.cat([nn.functional.interpolate(e2, scale_factor=2.0, mode="nearest"), e1], 1))
+            return x[:, :3] + nn.functional.pixel_shuffle(self.out(d1), 2)
+
+    return SmallUNet()
+
+
+def _to_tensor(images: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _to_uint8(x) -> np.ndarray:
+    return np.round(((x.clamp(-1, 1) + 1.0) * 127.5).permute(0, 2, 3, 1).detach().cpu().numpy()).astype(np.uint8)
+
+
+@dataclass
+class NetState:
+    """A trained small net and where it came from (its ``info`` is recorded beside its weights)."""
+
+    net: object
+    info: dict
+
+
+def run_net(state: NetState, images: np.ndarray, extra=None) -> np.ndarray:
+    import torch
+
+    x = _to_tensor(images)
+    with torch.no_grad():
+        return _to_uint8(state.net(torch.cat([x, extra], 1) if extra is not None else x))
+
+
+def save_net(state: NetState, path: str | Path) -> None:
+    """Weights as safetensors (float16) and the info beside them as ``<path>.json``, both atomically."""
+    from safetensors.torch import save
+
+    from .images import atomic_write, write_json_atomic
+
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").half().contiguous() for k, v in state.net.state_dict().items()}
+    blob = save(tensors)
+    atomic_write(path, lambda handle: handle.write(blob))
+    write_json_atomic(state.info, path.with_suffix(".json"))
+
+
+def load_net(path: str | Path) -> NetState:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info = json.loads(path.with_suffix(".json").read_text())
+    net = small_unet(info["channels_in"], info["width"])
+    net.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
+    net.eval()
+    return NetState(net, info)
+
+
+def _train(net, inputs, targets, steps: int, lr: float, seed: int, batch: int = 16, noise_levels=None) -> list[float]:
+    """Adam on the mean squared error to ``targets`` (the clean photos: never a judge's score), batches
+    drawn with ``seed``, random flips; ``noise_levels`` (the denoiser): each draw is noised to a random t."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same weights on any machine, and faster for a net this small
+    try:
+        return _train_steps(net, inputs, targets, steps, lr, seed, batch, noise_levels)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_steps(net, inputs, targets, steps, lr, seed, batch, noise_levels) -> list[float]:
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        index = torch.randint(len(inputs), (min(batch, len(inputs)),), generator=generator)
+        x, y = inputs[index], targets[index]
+        if bool(torch.rand((), generator=generator) < 0.5):
+            x, y = x.flip(-1), y.flip(-1)
+        if noise_levels is not None:
+            t = torch.rand((len(x), 1, 1, 1), generator=generator) * noise_levels
+            x = (1 - t) * x + t * torch.randn(x.shape, generator=generator)
+            x = torch.cat([x, t.expand(-1, 1, *x.shape[-2:])], 1)
+        loss = torch.nn.functional.mse_loss(net(x), y)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------- regeneration
+def training_scenes(world, count: int, seed: int, extras: float = 0.0) -> list:
+    """``count`` scenes of the world's TRAINING identities (spread over all of them, nuisance from
+    ``seed + i``). Refuses any held-out identity: those are the benchmark's judge set."""
+    identities = list(world.train_identities())
+    if count < 1:
+        raise ValueError("count must be >= 1")
+    chosen = [identities[(i * 7919) % len(identities)] for i in range(count)]  # 7919: prime, spreads the picks
+    leaked = [i for i in chosen if world.is_held_out(i)]
+    if leaked:
+        raise ValueError(f"held-out identities must never train an attacker: {leaked[:3]}")
+    return [world.sample_scene(identity, seed=seed + i, extras=extras) for i, identity in enumerate(chosen)]
+
+
+def train_denoiser(world, images: int = 2000, steps: int = 1500, width: int = 16, lr: float = 0.002, seed: int = 0):
+    """The regeneration attacker's denoiser for one toy world: predicts the clean render from x_t =
+    (1 - t) x + t e, t uniform in [0, 1), trained on renders of TRAINING identities only (with edit
+    states drawn too, so hats and glasses are in its data). Deterministic from ``seed``."""
+    import torch
+
+    torch.manual_seed(seed)
+    renders = np.stack([world.render(s) for s in training_scenes(world, images, seed=seed + 1_000_000, extras=0.5)])
+    clean = _to_tensor(renders)
+    net = small_unet(4, width)
+    losses = _train(net, clean, clean, steps, lr, seed, batch=32, noise_levels=1.0)
+    info = {
+        "kind": "toy denoiser",
+        "world": world.NAME,
+        "channels_in": 4,
+        "width": width,
+        "images": images,
+        "steps": steps,
+        "lr": lr,
+        "seed": seed,
+        "identities": "training (world.train_identities; held-out refused by training_scenes)",
+        "final_loss": float(np.mean(losses[-50:])),
+    }
+    net.eval()
+    return NetState(net, info)
+
+
+def load_denoiser(name: str, world=None) -> NetState:
+    """``auto`` = the shipped denoiser of ``world``; a shipped world name (``v1``); or a .safetensors path."""
+    from .assets import data_path
+
+    if name == "auto":
+        if world is None:
+            raise ValueError("regen:denoiser=auto needs the toy world of the photos (on real editors: editor_clean)")
+        name = world.NAME
+    if name in DENOISERS:
+        return load_net(data_path("data/" + DENOISERS[name] + ".safetensors"))
+    return load_net(name)
+
+
+def regenerate(images: np.ndarray, state: NetState, t: float, steps: int, seed: int) -> np.ndarray:
+    """Noise each image to level ``t`` (its own noise from seed + i) and walk back to 0 in ``steps``
+    deterministic steps, each predicting the clean image and re-noising it to the next level with the
+    noise that prediction implies (DDIM-like, on the straight path x_t = (1 - t) x + t e)."""
+    import torch
+
+    x = _to_tensor(images)
+    noise = torch.stack(
+        [torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(seed + i)) for i in range(len(x))]
+    )
+    levels = np.linspace(t, 0.0, steps + 1)
+    xt = (1 - t) * x + t * noise
+    with torch.no_grad():
+        for now, after in zip(levels[:-1], levels[1:], strict=True):
+            level = torch.full((len(x), 1, *x.shape[-2:]), float(now))
+            clean = state.net(torch.cat([xt, level], 1)).clamp(-1, 1)
+            implied = (xt - (1 - now) * clean) / now
+            xt = (1 - after) * clean + after * implied
+    return _to_uint8(xt)
+
+
+# ---------------------------------------------------------------------------------------------- learned remover
+def train_remover(
+    world, protect, pairs: int = 48, steps: int = 200, width: int = 16, lr: float = 0.002, seed: int = 0
+) -> NetState:
+    """The learned remover: renders ``pairs`` scenes of the world's TRAINING identities (held-out ones
+    refused), protects them with ``protect`` (the protection under test, as the attacker can run it),
+    and trains a small image-to-image net from protected to clean (mean squared error to the clean
+    render; no judge involved). Deterministic from ``seed``."""
+    import torch
+
+    torch.manual_seed(seed)
+    scenes = training_scenes(world, pairs, seed=seed + 2_000_000)
+    clean = np.stack([world.render(s) for s in scenes])
+    protected = np.asarray(protect(clean, seed + 3_000_000), dtype=np.uint8)
+    if protected.shape != clean.shape:
+        raise ValueError(f"the protection returned {protected.shape} for {clean.shape}")
+    net = small_unet(3, width)
+    losses = _train(net, _to_tensor(protected), _to_tensor(clean), steps, lr, seed)
+    net.eval()
+    info = {
+        "kind": "learned remover",
+        "world": world.NAME,
+        "channels_in": 3,
+        "width": width,
+        "pairs": pairs,
+        "steps": steps,
+        "lr": lr,
+        "seed": seed,
+        "identities": sorted({int(s.identity.index) for s in scenes}),
+        "final_loss": float(np.mean(losses[-20:])),
+    }
+    return NetState(net, info)
+
+
+# ---------------------------------------------------------------------------------------------- EditorClean
+def editor_clean(images: np.ndarray, context: AttackContext, instruction: str, seed: int) -> np.ndarray:
+    """The editor under attack asked to return each photo unchanged (EditorClean style), at its own
+    sampling settings (``context.edit_settings``)."""
+    from PIL import Image
+
+    if context.editor is None:
+        raise ValueError("the 'editor_clean' attacker needs the editor")
+    settings = {"steps": 28, "guidance": 2.5, "resolution": "native", **context.edit_settings}
+    out = []
+    for i, im in enumerate(images):
+        (edited,) = context.editor.edit([Image.fromarray(im)], [instruction], [seed + i], **settings)
+        edited = edited.convert("RGB")
+        if edited.size != (im.shape[1], im.shape[0]):
+            edited = edited.resize((im.shape[1], im.shape[0]), Image.BICUBIC)
+        out.append(np.asarray(edited))
+    return np.stack(out)
