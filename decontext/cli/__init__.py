@@ -38,6 +38,10 @@ COMMANDS = {
     ),
     "sweep": ("decontext.cli.sweep:main", "a grid of protection settings, one run folder per point, one table"),
     "purify": ("decontext.cli.purify:main", "purified copies of a run's protected images (JPEG, resize, blur, ...)"),
+    "benchmark": (
+        "decontext.cli.benchmark:main",
+        "every protection against adaptive attackers (regeneration, a learned remover, worst case): one leaderboard",
+    ),
     "runs": ("decontext.cli.runs:main", "start a run folder (sources as PNG, run.json)"),
     "t2i": ("decontext.cli.t2i:main", "text-to-image with FLUX.1-dev, optionally under UVR"),
     "collect-anchors": ("decontext.cli.collect:main", "UVR anchors of an unsafe concept"),

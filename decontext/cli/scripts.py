@@ -47,3 +47,7 @@ def app():
 
 def amortize():
     sys.exit(run("amortize"))
+
+
+def benchmark():
+    sys.exit(run("benchmark"))

@@ -1,0 +1,310 @@
+"""The leaderboard of a benchmark folder, from its records alone: ``leaderboard.md``, a static
+``leaderboard.html`` (sortable columns, plots inline as SVG: matplotlib is not among the locked
+requirements, and ``decontext.plots.Chart`` writes byte-identical SVG from the same numbers) and
+``results.json``. The same records always give the same bytes (no clock, no paths), so a test can
+regenerate a committed leaderboard and compare.
+
+Per cell: the effect = toy identity of the protected photo's edits minus the noise control's, both after
+the same attacker (paired by identity and edit; mean with a 95% bootstrap interval over identities,
+``metrics.bootstrap.cluster_bootstrap_ci``); below 0 = the protection still works. Share of the way =
+-effect / (clean - another person), the denominator measured in the same run (``reference`` of the
+records). Robust effect of a method = its effect under the worst attacker of its cell (the one with the
+highest mean effect), with that attacker's interval.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..images import atomic_write, write_json_atomic
+from ..metrics.bootstrap import cluster_bootstrap_ci
+from ..plots import Chart, color_of
+from .records import read_records
+
+N_BOOT = 2000
+
+
+def _interval(values, n_boot: int = N_BOOT) -> tuple[float, float, float]:
+    """Mean of an (edits, identities) array with its 95% interval over identities."""
+    v = np.asarray(values, dtype=np.float64)
+    clusters = np.broadcast_to(np.arange(v.shape[1]), v.shape).ravel().tolist()
+    ci = cluster_bootstrap_ci(v.ravel(), clusters, n_boot=n_boot, seed=0)
+    return float(ci.mean), float(ci.low), float(ci.high)
+
+
+def cell_row(record: dict) -> dict:
+    """The scores of one record."""
+    values = record["values"]
+    diff = np.subtract(values["method"]["identity"], values["noise"]["identity"])
+    mean, low, high = _interval(diff)
+    reference = record["reference"]
+    way = float(np.mean(reference["clean"]) - np.mean(reference["another_person"]))
+    cell = record["cell"]
+    return {
+        "editor": cell["editor"],
+        "budget": cell["budget"],
+        "method": cell["method"],
+        "attacker": cell["attacker"],
+        "effect": mean,
+        "low": low,
+        "high": high,
+        "share": -mean / way if way else None,
+        "way": way,
+        "identity": float(np.mean(values["method"]["identity"])),
+        "noise_identity": float(np.mean(values["noise"]["identity"])),
+        "clean_identity": float(np.mean(values["clean"]["identity"])),
+        "edit_success": float(np.mean(values["method"]["edit_success"])),
+        "clean_edit_success": float(np.mean(values["clean"]["edit_success"])),
+        "psnr_input": float(np.mean(values["psnr_input"])),
+        "cost_psnr": float(np.mean(values["attack_cost_psnr"])),
+        "cost_ssim": float(np.mean(values["attack_cost_ssim"])),
+        "identities": len(record["identities"]),
+        "edits": len(record["edits"]),
+        "seconds": record["seconds"],
+        "position": cell.get("position", 0),
+    }
+
+
+def results(records: list[dict]) -> dict:
+    """Every cell's row and, per (editor, budget, method), the robust (worst-case) row."""
+    rows = [cell_row(r) for r in records]
+    robust = []
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["editor"], row["budget"], row["method"]), []).append(row)
+    for (editor, budget, method), members in groups.items():
+        worst = max(members, key=lambda r: (r["effect"], r["attacker"]))
+        unattacked = next((r for r in members if r["attacker"] == "none"), None)
+        robust.append(
+            {
+                "editor": editor,
+                "budget": budget,
+                "method": method,
+                "robust_effect": worst["effect"],
+                "low": worst["low"],
+                "high": worst["high"],
+                "share": worst["share"],
+                "worst_attacker": worst["attacker"],
+                "effect_unattacked": unattacked["effect"] if unattacked else None,
+                "psnr_input": worst["psnr_input"],
+                "attackers": len(members),
+            }
+        )
+    robust.sort(key=lambda r: (r["editor"], r["budget"], r["robust_effect"], r["method"]))
+    first = records[0] if records else {}
+    return {
+        "spec": first.get("spec"),
+        "spec_digest": first.get("spec_digest"),
+        "commit": sorted({r.get("commit") or "" for r in records}),
+        "command": sorted({r.get("command") or "" for r in records}),
+        "cells": len(records),
+        "seconds": round(sum(r["seconds"] for r in records), 1),
+        "rows": sorted(rows, key=lambda r: (r["position"], r["attacker"])),
+        "robust": robust,
+    }
+
+
+def _ci(mean, low, high) -> str:
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _share(value) -> str:
+    return "" if value is None else f"{value + 0.0:.0%}".replace("-0%", "0%")
+
+
+def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table, as text cells (markdown and HTML share them)."""
+    out = []
+    keys = sorted({(r["editor"], r["budget"]) for r in res["rows"]})
+    for editor, budget in keys:
+        rows = [r for r in res["rows"] if (r["editor"], r["budget"]) == (editor, budget)]
+        attackers = list(dict.fromkeys(r["attacker"] for r in rows))
+        methods = [r["method"] for r in res["robust"] if (r["editor"], r["budget"]) == (editor, budget)]
+        way = rows[0]["way"]
+        where = f"{editor}, {budget:g}/255"
+        robust = [r for r in res["robust"] if (r["editor"], r["budget"]) == (editor, budget)]
+        out.append(
+            (
+                f"{where}: robust effect (worst case over {len(attackers)} attackers; way = {way:.3f})",
+                ["rank", "method", "robust effect [95% CI]", "share of the way", "worst attacker",
+                 "effect without attack", "PSNR in (dB)"],
+                [
+                    [str(k + 1), r["method"], _ci(r["robust_effect"], r["low"], r["high"]), _share(r["share"]),
+                     r["worst_attacker"], "" if r["effect_unattacked"] is None else f"{r['effect_unattacked']:+.3f}",
+                     f"{r['psnr_input']:.1f}"]
+                    for k, r in enumerate(robust)
+                ],
+            )
+        )  # fmt: skip
+        by = {(r["method"], r["attacker"]): r for r in rows}
+        out.append(
+            (
+                f"{where}: effect after each attacker [95% CI] (share of the way)",
+                ["method"] + attackers + ["worst"],
+                [
+                    [m]
+                    + [
+                        f"{_ci(by[m, a]['effect'], by[m, a]['low'], by[m, a]['high'])} ({_share(by[m, a]['share'])})"
+                        if (m, a) in by
+                        else ""
+                        for a in attackers
+                    ]
+                    + [next(f"{r['robust_effect']:+.3f} ({r['worst_attacker']})" for r in robust if r["method"] == m)]
+                    for m in methods
+                ],
+            )
+        )
+        success = [["clean"] + [f"{by[methods[0], a]['clean_edit_success']:.2f}" for a in attackers]]
+        for m in methods:
+            success.append([m] + [f"{by[m, a]['edit_success']:.2f}" if (m, a) in by else "" for a in attackers])
+        out.append(
+            (f"{where}: edit success after each attacker (the edit still happens)", ["photo"] + attackers, success)
+        )
+        out.append(
+            (
+                f"{where}: what each attacker costs the clean photo",
+                ["attacker", "PSNR (dB)", "SSIM", "clean edits' identity after it", "noise control's identity"],
+                [
+                    [a, f"{by[methods[0], a]['cost_psnr']:.1f}", f"{by[methods[0], a]['cost_ssim']:.3f}",
+                     f"{by[methods[0], a]['clean_identity']:.3f}", f"{by[methods[0], a]['noise_identity']:.3f}"]
+                    for a in attackers
+                ],
+            )
+        )  # fmt: skip
+    return out
+
+
+def markdown(res: dict) -> str:
+    lines = [
+        f"# Leaderboard: {res['spec']} (spec digest {res['spec_digest']})",
+        "",
+        f"{res['cells']} cells; {res['seconds']:.0f} s of cell compute in the records; commit "
+        f"{', '.join(c[:12] for c in res['commit'] if c) or '-'}; command: `{'`, `'.join(res['command'])}`.",
+        "",
+        "Effect: toy identity of the edits of the protected photo minus that of the noise control of the same "
+        "budget, both after the same attacker (paired by identity and edit; 95% bootstrap interval over "
+        "identities); below 0 = the protection still works. Share of the way: -effect / (clean - another "
+        "person), measured in the same run. Robust effect: under the attacker with the highest mean effect.",
+    ]
+    for title, header, rows in tables(res):
+        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plots(res: dict) -> list[str]:
+    """SVG: effect per attacker per method; robust effect against input PSNR."""
+    out = []
+    for editor, budget in sorted({(r["editor"], r["budget"]) for r in res["rows"]}):
+        rows = [r for r in res["rows"] if (r["editor"], r["budget"]) == (editor, budget)]
+        attackers = list(dict.fromkeys(r["attacker"] for r in rows))
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        chart = Chart(
+            f"{editor}, {budget:g}/255: effect vs noise after each attacker",
+            attackers,
+            [v for r in rows for v in (r["low"], r["high"])] + [0.0],
+            x_label="attacker",
+            y_label="identity effect (lower = protects)",
+            width=760,
+            height=360,
+            margins=(62, 200, 30, 60),
+        )
+        chart.reference(0.0, "#999999", "noise control")
+        for k, method in enumerate(methods):
+            color, dx = color_of(method), 6.0 * (k - (len(methods) - 1) / 2)
+            points = [r for r in rows if r["method"] == method]
+            chart.line([(r["attacker"], r["effect"]) for r in points], color, dx=dx, name=method)
+            for r in points:
+                chart.error_bar(r["attacker"], r["low"], r["high"], color, dx=dx)
+                chart.marker(r["attacker"], r["effect"], color, label=f"{method} / {r['attacker']}: "
+                             f"{_ci(r['effect'], r['low'], r['high'])}", dx=dx, radius=3)  # fmt: skip
+        out.append(chart.svg())
+        robust = [r for r in res["robust"] if (r["editor"], r["budget"]) == (editor, budget)]
+        chart = Chart(
+            f"{editor}, {budget:g}/255: robust effect vs input PSNR",
+            [round(r["psnr_input"], 2) for r in robust],
+            [v for r in robust for v in (r["low"], r["high"])] + [0.0],
+            x_label="PSNR of the protected input (dB)",
+            y_label="robust effect (lower = protects)",
+            width=760,
+            height=360,
+            margins=(62, 200, 30, 60),
+        )
+        chart.reference(0.0, "#999999", "noise control")
+        for r in robust:
+            color, x = color_of(r["method"]), round(r["psnr_input"], 2)
+            chart.error_bar(x, r["low"], r["high"], color)
+            label = f"{r['method']}: {_ci(r['robust_effect'], r['low'], r['high'])} ({r['worst_attacker']})"
+            chart.marker(x, r["robust_effect"], color, label=label)
+            chart.line([(x, r["robust_effect"])], color, name=r["method"])
+        out.append(chart.svg())
+    return out
+
+
+SORT_SCRIPT = """
+document.querySelectorAll('table.sortable th').forEach(function (th, column) {
+  th.addEventListener('click', function () {
+    var table = th.closest('table'), body = table.tBodies[0];
+    var up = th.dataset.order !== 'asc'; th.dataset.order = up ? 'asc' : 'desc';
+    var key = function (row) { var t = row.cells[column].textContent.trim();
+      var n = parseFloat(t.replace('%', '')); return isNaN(n) ? t : n; };
+    Array.from(body.rows).sort(function (a, b) {
+      var x = key(a), y = key(b); var c = (typeof x === typeof y) ? (x < y ? -1 : x > y ? 1 : 0)
+        : (typeof x === 'number' ? -1 : 1); return up ? c : -c;
+    }).forEach(function (row) { body.appendChild(row); });
+  });
+});
+"""
+
+
+def html_page(res: dict) -> str:
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>Leaderboard: {html.escape(str(res['spec']))}</title>",
+        "<style>body{font:14px sans-serif;margin:24px}table{border-collapse:collapse;margin:8px 0 24px}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{cursor:pointer;background:#f3f3f3}"
+        "td:first-child,th:first-child{text-align:left}</style></head><body>",
+        f"<h1>Leaderboard: {html.escape(str(res['spec']))}</h1>",
+        f"<p>spec digest {html.escape(str(res['spec_digest']))}; {res['cells']} cells; "
+        f"{res['seconds']:.0f} s of cell compute; command: <code>{html.escape('; '.join(res['command']))}</code></p>",
+        "<p>Effect: toy identity of the protected photo's edits minus the noise control's, both after the same "
+        "attacker (95% bootstrap interval over identities); below 0 = still protecting. Click a column to sort.</p>",
+    ]
+    for title, header, rows in tables(res):
+        parts.append(f"<h2>{html.escape(title)}</h2><table class='sortable'><thead><tr>")
+        parts.extend(f"<th>{html.escape(h)}</th>" for h in header)
+        parts.append("</tr></thead><tbody>")
+        for row in rows:
+            parts.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        parts.append("</tbody></table>")
+    parts.append("<h2>Plots</h2>")
+    parts.extend(f"<div>{svg}</div>" for svg in plots(res))
+    parts.append(f"<script>{SORT_SCRIPT}</script></body></html>\n")
+    return "".join(parts)
+
+
+def write_report(folder: str | Path, records: list[dict] | None = None) -> list[Path]:
+    """leaderboard.md, leaderboard.html and results.json of ``folder`` from its records (atomically)."""
+    folder = Path(folder)
+    res = results(read_records(folder) if records is None else records)
+    written = []
+    for name, text in (
+        ("leaderboard.md", markdown(res)),
+        ("leaderboard.html", html_page(res)),
+    ):
+        atomic_write(folder / name, lambda handle, text=text: handle.write(text.encode("utf-8")))
+        written.append(folder / name)
+    write_json_atomic(json.loads(json.dumps(res)), folder / "results.json")
+    written.append(folder / "results.json")
+    return written
+
+
+def embedded(markdown_text: str, levels: int = 2) -> str:
+    """A leaderboard.md to paste into another document: every heading ``levels`` deeper."""
+    return (
+        "\n".join("#" * levels + line if line.startswith("#") else line for line in markdown_text.splitlines()) + "\n"
+    )

@@ -1,0 +1,80 @@
+"""``decontext benchmark SPEC --out DIR``: every protection of a spec against every attacker, one JSON
+record per cell, then the leaderboard (``decontext.benchmark``; docs/BENCHMARK.md).
+
+The spec is checked completely (names, budgets, folders, keys) before any model loads; a bad one exits 2
+naming the key and what it allows. ``--report DIR`` regenerates the leaderboard from DIR's records alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+EPILOG = """examples:
+  decontext benchmark toy-quick --out runs/bench_quick          # shipped spec (about 10 min on a CPU)
+  decontext benchmark my_spec.toml --out runs/mine --overwrite  # a spec file; replace another spec's records
+  decontext benchmark kontext-paper --model tiny --out runs/kp  # the real-editor spec, smoke test
+  decontext benchmark --report runs/bench_quick                 # leaderboard.md/.html, results.json again
+  decontext benchmark --list                                    # the shipped specs"""
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="decontext benchmark",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("spec", nargs="?", help="a shipped spec name (--list) or a TOML file")
+    ap.add_argument("--out", help="the run folder: records/, cache/, leaderboard.*")
+    ap.add_argument("--overwrite", action="store_true", help="replace the records of another spec in --out")
+    ap.add_argument("--model", default=None, help="weights of a real editor of the spec ('tiny': smoke test)")
+    ap.add_argument(
+        "--report", metavar="DIR", default=None, help="only regenerate DIR's leaderboard from its records (no SPEC)"
+    )
+    ap.add_argument("--list", action="store_true", help="list the shipped specs")
+    ap.add_argument("--quiet", action="store_true", help="no per-cell lines")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
+    from ..benchmark.spec import SpecError, load_spec, shipped_specs
+
+    if args.list:
+        print("\n".join(shipped_specs()))
+        return 0
+    if args.report is not None and args.spec is None:
+        from ..benchmark.report import write_report
+
+        for path in write_report(args.report):
+            print(path)
+        return 0
+    if args.spec is None or args.out is None:
+        ap.print_usage(sys.stderr)
+        print("error: give SPEC and --out DIR (or --report DIR, or --list)", file=sys.stderr)
+        return 2
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from ..benchmark.cells import run_benchmark
+    from ..benchmark.records import FolderError
+    from ..benchmark.report import write_report
+    from .common import quiet_libraries
+
+    quiet_libraries()
+    command = "decontext benchmark " + shlex.join(list(sys.argv[1:] if argv is None else argv))
+    log = (lambda *a, **k: None) if args.quiet else print
+    try:
+        result = run_benchmark(spec, args.out, args.overwrite, args.model, command, log)
+    except FolderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log(f"{len(result['computed'])} cells computed, {result['skipped']} already recorded ({result['seconds']:.0f} s)")
+    for path in write_report(args.out):
+        print(path)
+    return 0
