@@ -32,6 +32,10 @@ COMMANDS = {
         "decontext.cli.cluster:main",
         "protect many photos as a Ray Data job, exactly once (pip install decontext[cluster])",
     ),
+    "serve": (
+        "decontext.cli.serve:main",
+        "an HTTP service that protects photos at upload time, batched, on 127.0.0.1 (pip install decontext[serve])",
+    ),
     "amortize": (
         "decontext.cli.amortize:main",
         "train an amortized protector (one forward pass per photo) with any method's loss",

@@ -51,3 +51,7 @@ def amortize():
 
 def benchmark():
     sys.exit(run("benchmark"))
+
+
+def serve():
+    sys.exit(run("serve"))
