@@ -9,7 +9,7 @@ from PIL import Image
 from skimage.data import astronaut
 
 from decontext.cli.attack import main as attack_main
-from decontext.editors import EDITORS, Editor, editor_class, load_editor
+from decontext.editors import EDITORS, Editor, editor_class
 from decontext.editors.base import CAPABILITIES
 from decontext.methods import METHODS, method_class
 
@@ -42,8 +42,8 @@ def test_every_registered_method_has_a_measure_expectation():
 
 
 @pytest.mark.parametrize("family", list(EDITORS))
-def test_editors_answer_the_protocol(family):
-    editor = load_editor("tiny", family, "cpu", "float32")
+def test_editors_answer_the_protocol(family, tiny_editor):
+    editor = tiny_editor(family)
     assert isinstance(editor, Editor) and editor.family == family
     assert editor.capabilities and set(editor.capabilities) <= set(CAPABILITIES)
     stock = {k: type(v) for k, v in editor.transformer.attn_processors.items()}

@@ -225,12 +225,11 @@ def test_ip2p_denoise_is_diffusers_ddim_step():
 
 
 @pytest.mark.parametrize("family", ["flux_kontext", "instruct_pix2pix"])
-def test_decode_inverts_the_latents_the_editor_reads(family):
+def test_decode_inverts_the_latents_the_editor_reads(family, tiny_editor):
     """decode(x_0) with x_0 the image's own clean latents in the denoiser's space equals the VAE's plain
     encode -> decode round trip: packing, scaling and shifting are undone exactly."""
-    from decontext.editors import load_editor
 
-    editor = load_editor("tiny", family, "cpu", "float32")
+    editor = tiny_editor(family)
     pixels = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
     condition = editor.condition(pixels, ["add a hat"], (32, 48))
     x0, _ = editor.flow_pair(condition, torch.zeros_like(condition.latents), 0.0)

@@ -57,9 +57,9 @@ def test_every_case_has_a_golden_value():
 
 
 @pytest.mark.parametrize("family,name", _cases())
-def test_loss_gradient_and_measure_are_unchanged(family, name):
+def test_loss_gradient_and_measure_are_unchanged(family, name, tiny_editor):
     golden = GOLDEN[f"{family}/{name}"]
-    editor = load_editor("tiny", family, "cpu", "float32")
+    editor = tiny_editor(family)
     method = build_method(name, prompts=PROMPTS) if name != "encoder" else build_method(name)
     pixels = _pixels()
     size = editor.working_size(48, 80, "native")

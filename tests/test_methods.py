@@ -129,17 +129,15 @@ def test_editing_after_protection_uses_the_stock_processors():
     assert editor._active_probe is None
 
 
-def test_editor_ensemble_is_the_sum_of_its_members_in_value_and_gradient():
+def test_editor_ensemble_is_the_sum_of_its_members_in_value_and_gradient(tiny_editor):
     """Protecting against a Kontext and an InstructPix2Pix at once (a composition whose terms carry their
     editors): with normalize="none" the loss and its pixel gradient are the weighted sums of each term's
     on its own editor; with "grad" the value is the same and the gradient is the weighted sum of the
     terms' gradients each scaled to unit mean |g|; a term that does not apply is refused."""
-    from decontext.editors import load_editor
     from decontext.methods import build_method
     from decontext.methods.composite import Composite, Term
 
-    kontext = load_editor("tiny", "flux_kontext", "cpu", "float32")
-    ip2p = load_editor("tiny", "instruct_pix2pix", "cpu", "float32")
+    kontext, ip2p = tiny_editor("flux_kontext"), tiny_editor("instruct_pix2pix")
     x = torch.rand(1, 3, 64, 64)
     members = [(kontext, build_method("encoder")), (ip2p, build_method("encoder"))]
 

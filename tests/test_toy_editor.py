@@ -79,6 +79,7 @@ def test_single_stock_call_and_seam(version):
     assert torch.equal(editor.pipe.transformer.x_embedder.weight, pipe.transformer.x_embedder.weight)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", VERSIONS)
 def test_heldout_edits_keep_identity(version):
     from decontext.toy.evaluate import evaluate
