@@ -8,7 +8,7 @@ Seeded and reproducible; a few minutes on a 2-core CPU. Writes
 ``data/attackers/toy_denoiser_<world>.safetensors`` (float16) and a ``.json`` beside it naming this command.
 
     python -m bench.train_denoiser --world v1
-    python -m bench.train_denoiser --world v3 --steps 1500 --images 2000 --seed 0
+    python -m bench.train_denoiser --world v3 --steps 3000 --images 2000 --seed 0
 """
 
 from __future__ import annotations
@@ -27,18 +27,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world", default="v1", choices=sorted(DENOISERS))
     ap.add_argument("--images", type=int, default=2000, help="training renders")
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--width", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=0.002)
+    ap.add_argument("--lr", type=float, default=0.003)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-t", type=float, default=0.5, help="noise levels drawn in [0, max_t)")
     ap.add_argument("--out", type=Path, default=None, help="default: data/<the shipped path>.safetensors")
     args = ap.parse_args(argv)
     began = time.perf_counter()
-    state = train_denoiser(get_world(args.world), args.images, args.steps, args.width, args.lr, args.seed)
+    state = train_denoiser(get_world(args.world), args.images, args.steps, args.width, args.lr, args.seed, args.max_t)
     state.info["seconds"] = round(time.perf_counter() - began, 1)
     state.info["command"] = "python -m bench.train_denoiser " + shlex.join(
         ["--world", args.world, "--images", str(args.images), "--steps", str(args.steps), "--width", str(args.width)]
-        + ["--lr", str(args.lr), "--seed", str(args.seed)]
+        + ["--lr", str(args.lr), "--seed", str(args.seed), "--max-t", str(args.max_t)]
     )
     out = args.out or Path("data") / (DENOISERS[args.world] + ".safetensors")
     save_net(state, out)

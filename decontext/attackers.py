@@ -141,6 +141,27 @@ class Attacker:
             return editor_clean(images, context, self.params["instruction"], seed)
         raise AssertionError(self.kind)  # pragma: no cover - KINDS and this dispatch are one list
 
+    def differentiable(self, state=None, editor=None):
+        """``t(x, generator) -> x'`` on (B, 3, H, W) in [0, 1], differentiable in x, for EOT: a breaker's
+        twin (``purify``), or the regeneration / remover net itself (``state`` from ``fit``)."""
+        import torch
+
+        if self.kind in BREAKERS:
+            return Breaker(self.kind, dict(self.params)).differentiable(editor)
+        if self.kind == "none":
+            return lambda x, generator: x
+        if self.kind == "remover":
+            return lambda x, generator: ((state.net(x * 2 - 1) + 1) / 2).clamp(0, 1)
+        if self.kind == "regen":
+            t, steps = float(self.params["t"]), int(self.params["steps"])
+
+            def regen(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+                noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+                return (_walk_back(state.net, (1 - t) * (x * 2 - 1) + t * noise, t, steps) + 1) / 2
+
+            return regen
+        raise ValueError(f"attacker {self.kind!r} has no differentiable version")
+
 
 def _value(kind: str, key: str, text: str):
     default = KINDS[kind].defaults[key]
@@ -308,17 +329,20 @@ def training_scenes(world, count: int, seed: int, extras: float = 0.0) -> list:
     return [world.sample_scene(identity, seed=seed + i, extras=extras) for i, identity in enumerate(chosen)]
 
 
-def train_denoiser(world, images: int = 2000, steps: int = 1500, width: int = 16, lr: float = 0.002, seed: int = 0):
+def train_denoiser(
+    world, images: int = 2000, steps: int = 3000, width: int = 16, lr: float = 0.003, seed: int = 0, max_t: float = 0.5
+):
     """The regeneration attacker's denoiser for one toy world: predicts the clean render from x_t =
-    (1 - t) x + t e, t uniform in [0, 1), trained on renders of TRAINING identities only (with edit
-    states drawn too, so hats and glasses are in its data). Deterministic from ``seed``."""
+    (1 - t) x + t e, t uniform in [0, max_t) (regeneration noises to moderate levels only), trained on
+    renders of TRAINING identities only (edit states drawn too, so hats and glasses are in its data).
+    Deterministic from ``seed``."""
     import torch
 
     torch.manual_seed(seed)
     renders = np.stack([world.render(s) for s in training_scenes(world, images, seed=seed + 1_000_000, extras=0.5)])
     clean = _to_tensor(renders)
     net = small_unet(4, width)
-    losses = _train(net, clean, clean, steps, lr, seed, batch=32, noise_levels=1.0)
+    losses = _train(net, clean, clean, steps, lr, seed, batch=32, noise_levels=max_t)
     info = {
         "kind": "toy denoiser",
         "world": world.NAME,
@@ -328,6 +352,7 @@ def train_denoiser(world, images: int = 2000, steps: int = 1500, width: int = 16
         "steps": steps,
         "lr": lr,
         "seed": seed,
+        "max_t": max_t,
         "identities": "training (world.train_identities; held-out refused by training_scenes)",
         "final_loss": float(np.mean(losses[-50:])),
     }
@@ -358,15 +383,21 @@ def regenerate(images: np.ndarray, state: NetState, t: float, steps: int, seed: 
     noise = torch.stack(
         [torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(seed + i)) for i in range(len(x))]
     )
-    levels = np.linspace(t, 0.0, steps + 1)
-    xt = (1 - t) * x + t * noise
     with torch.no_grad():
-        for now, after in zip(levels[:-1], levels[1:], strict=True):
-            level = torch.full((len(x), 1, *x.shape[-2:]), float(now))
-            clean = state.net(torch.cat([xt, level], 1)).clamp(-1, 1)
-            implied = (xt - (1 - now) * clean) / now
-            xt = (1 - after) * clean + after * implied
-    return _to_uint8(xt)
+        return _to_uint8(_walk_back(state.net, (1 - t) * x + t * noise, t, steps))
+
+
+def _walk_back(net, xt, t: float, steps: int):
+    """From x_t (in [-1, 1] units) at level t to level 0 in ``steps`` steps of the denoiser ``net``."""
+    import torch
+
+    levels = np.linspace(t, 0.0, steps + 1)
+    for now, after in zip(levels[:-1], levels[1:], strict=True):
+        level = torch.full((len(xt), 1, *xt.shape[-2:]), float(now), dtype=xt.dtype, device=xt.device)
+        clean = net(torch.cat([xt, level], 1)).clamp(-1, 1)
+        implied = (xt - (1 - now) * clean) / now
+        xt = (1 - after) * clean + after * implied
+    return xt
 
 
 # ---------------------------------------------------------------------------------------------- learned remover

@@ -1,0 +1,165 @@
+"""The attackers (decontext.attackers): every kind parses, keeps the shape, is deterministic from its
+seed on tiny and toy images; the remover and the denoiser never see a held-out identity."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from decontext.attackers import (
+    KINDS,
+    AttackContext,
+    parse_attacker,
+    train_denoiser,
+    train_remover,
+    training_scenes,
+)
+from decontext.toy import world
+
+
+def toy_images(count: int = 3) -> np.ndarray:
+    from decontext.toy.worlds import heldout_scenes
+
+    return np.stack([world.render(s) for s in heldout_scenes(world, count, seed=5)])
+
+
+def tiny_images(count: int = 2, size: int = 16) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    return train_denoiser(world, images=8, steps=2, seed=3)
+
+
+def stamp(images: np.ndarray, seed: int) -> np.ndarray:
+    """A stand-in protection: a fixed +-8 pattern (seeded), as the attacker would run the real one."""
+    pattern = np.random.default_rng(seed % 1000).choice([-8, 8], size=images.shape[1:])
+    return np.clip(images.astype(int) + pattern, 0, 255).astype(np.uint8)
+
+
+def test_every_attacker_parses_with_its_defaults_and_refuses_bad_specs():
+    for name in KINDS:
+        attacker = parse_attacker(name)
+        assert attacker.kind == name and attacker.params == KINDS[name].defaults
+    assert parse_attacker("regen:t=0.5,steps=2").params["t"] == 0.5
+    assert parse_attacker("jpeg:quality=50").spec == "jpeg:quality=50"
+    for bad, words in [
+        ("regenerate", "unknown attacker"),
+        ("regen:t=1.5", "t must be in (0, 1)"),
+        ("regen:temperature=1", "KEY one of t, steps, denoiser"),
+        ("remover:pairs=x", "takes a int"),
+        ("resize:filter=box", "unknown filter"),
+    ]:
+        with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            parse_attacker(bad)
+
+
+@pytest.mark.parametrize(
+    "spec", ["none", "jpeg", "webp", "resize", "blur", "noise", "noise_upscale", "regen:t=0.3,steps=2"]
+)
+@pytest.mark.parametrize("images", ["tiny", "toy"])
+def test_attacker_keeps_the_shape_and_is_deterministic_from_its_seed(spec, images, denoiser):
+    batch = tiny_images() if images == "tiny" else toy_images()
+    attacker = parse_attacker(spec)
+    state = denoiser if attacker.kind == "regen" else attacker.fit(AttackContext(world=world))
+    first = attacker.apply(batch, seed=11, state=state)
+    assert first.shape == batch.shape and first.dtype == np.uint8
+    assert np.array_equal(first, attacker.apply(batch, seed=11, state=state))
+    if attacker.kind in ("noise", "noise_upscale", "regen"):  # the only ones that draw
+        assert not np.array_equal(first, attacker.apply(batch, seed=12, state=state))
+    if attacker.kind == "none":
+        assert np.array_equal(first, batch)
+
+
+def test_regen_uses_the_shipped_denoiser_of_the_world_when_present():
+    from decontext.assets import data_path
+
+    if not data_path("data/attackers/toy_denoiser_v1.safetensors").exists():
+        pytest.skip("the shipped denoiser is not trained yet (python -m bench.train_denoiser)")
+    attacker = parse_attacker("regen:t=0.3")
+    state = attacker.fit(AttackContext(world=world))
+    assert state.info["world"] == "v1" and "train_denoiser" in state.info["command"]
+    batch = toy_images(2)
+    out = attacker.apply(batch, seed=0, state=state)
+    assert out.shape == batch.shape
+    # a trained denoiser brings the noised face back near the photo (t = 0.3 noise alone is ~20 dB off)
+    assert np.abs(out.astype(int) - batch).mean() < 20
+
+
+def test_the_remover_trains_only_on_training_identities_and_is_deterministic():
+    seen = []
+
+    def protect(images, seed):
+        seen.append(images.copy())
+        return stamp(images, seed)
+
+    state = train_remover(world, protect, pairs=6, steps=3, seed=2)
+    assert state.info["identities"] and not any(
+        world.is_held_out(world.Identity.from_index(i)) for i in state.info["identities"]
+    )
+    heldout = {im.tobytes() for im in toy_images(100)}  # every held-out identity's render with seed 5 ...
+    assert all(im.tobytes() not in heldout for im in seen[0])
+    held_out_indices = {i.index for i in world.eval_identities()}
+    assert held_out_indices.isdisjoint(state.info["identities"])
+    again = train_remover(world, protect, pairs=6, steps=3, seed=2)
+    batch = stamp(toy_images(2), 0)
+    attacker = parse_attacker("remover:pairs=6,steps=3")
+    assert np.array_equal(attacker.apply(batch, 0, state), attacker.apply(batch, 0, again))
+    assert attacker.apply(batch, 0, state).shape == batch.shape
+
+
+def test_training_scenes_refuse_a_held_out_identity():
+    leaky = types.SimpleNamespace(**{k: getattr(world, k) for k in ("is_held_out", "sample_scene", "NAME")})
+    leaky.train_identities = lambda: world.train_identities()[:3] + world.eval_identities()[:1]
+    with pytest.raises(ValueError, match="held-out identities must never train an attacker"):
+        training_scenes(leaky, 4, seed=0)
+    with pytest.raises(ValueError, match="held-out"):
+        train_remover(leaky, stamp, pairs=4, steps=1)
+
+
+def test_the_remover_through_fit_needs_the_protection_and_the_world():
+    with pytest.raises(ValueError, match="protection under test"):
+        parse_attacker("remover").fit(AttackContext(world=world))
+    state = parse_attacker("remover:pairs=3,steps=1").fit(AttackContext(world=world, protect=stamp), seed=1)
+    assert state.info["pairs"] == 3
+
+
+def test_editor_clean_asks_the_editor_for_the_photo_back():
+    from PIL import Image
+
+    asked = []
+
+    class Editor:
+        def edit(self, images, prompts, seeds, **settings):
+            asked.append((prompts[0], seeds[0], settings["resolution"]))
+            return [Image.fromarray(np.asarray(images[0])[::-1].copy())]
+
+    batch = toy_images(2)
+    attacker = parse_attacker("editor_clean")
+    out = attacker.apply(batch, seed=4, context=AttackContext(editor=Editor()))
+    assert out.shape == batch.shape and np.array_equal(out[0], batch[0][::-1])
+    assert [a[1] for a in asked] == [4, 5] and "unchanged" in asked[0][0]
+    with pytest.raises(ValueError, match="needs the editor"):
+        attacker.apply(batch)
+
+
+def test_worst_is_computed_not_applied():
+    with pytest.raises(ValueError, match="computed, not applied"):
+        parse_attacker("worst").apply(toy_images(1))
+    assert parse_attacker("worst").derived
+
+
+def test_regeneration_and_the_remover_have_differentiable_twins_for_eot(denoiser):
+    import torch
+
+    x = torch.from_numpy(toy_images(2)).permute(0, 3, 1, 2).float().div(255).requires_grad_(True)
+    remover = train_remover(world, stamp, pairs=3, steps=1, seed=0)
+    for spec, state in (("regen:t=0.3,steps=2", denoiser), ("remover", remover), ("jpeg", None)):
+        twin = parse_attacker(spec).differentiable(state)
+        out = twin(x, torch.Generator().manual_seed(0))
+        assert out.shape == x.shape
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(grad).all() and grad.abs().sum() > 0, spec
