@@ -116,7 +116,7 @@ def shipped_specs() -> list[str]:
 def read_spec_text(name_or_path: str) -> tuple[str, str]:
     """(TOML text, where it came from) of a shipped spec name or a TOML file."""
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
+    if path.suffix == ".toml" or path.is_file():
         if not path.is_file():
             raise SpecError(f"spec: no file {name_or_path!r} (or a shipped name: {', '.join(shipped_specs())})")
         return path.read_text(encoding="utf-8"), str(path)

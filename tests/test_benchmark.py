@@ -1,0 +1,200 @@
+"""The benchmark (decontext.benchmark, decontext benchmark): specs round trip and bad ones are refused
+naming the key; a run killed mid-cell resumes to the records of an uninterrupted run; a re-run computes
+nothing; the leaderboard regenerated from records is byte-identical (also the committed toy-quick one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from decontext.benchmark.spec import SpecError, load_spec, shipped_specs
+
+ROOT = Path(__file__).resolve().parents[1]
+VOLATILE = ("seconds", "command")  # what may differ between two runs of the same spec
+
+
+def bench(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "decontext", "benchmark", *args, "--quiet"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def finished(*args: str) -> subprocess.CompletedProcess:
+    process = bench(*args)
+    out, err = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def records(folder: Path) -> dict[str, dict]:
+    return {
+        p.name: {k: v for k, v in json.loads(p.read_text()).items() if k not in VOLATILE}
+        for p in sorted((folder / "records").glob("*.json"))
+    }
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "whole"
+    result = finished("toy-tiny", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_shipped_specs_load_and_round_trip_through_toml():
+    assert {"toy-quick", "toy-tiny", "toy"} <= set(shipped_specs())
+    for name in ("toy-quick", "toy-tiny", "toy"):
+        spec = load_spec(name)
+        again = load_spec(spec.to_toml())
+        assert again == spec and again.digest == spec.digest
+    quick = load_spec("toy-quick")
+    assert quick.identities["count"] == 20 and quick.editors == ["toy-v1"]
+    assert {"noise", "decontext", "encoder", "danp", "protector:toy-decontext"} == set(quick.methods)
+
+
+def toml_of(data: dict) -> str:
+    from decontext.benchmark.spec import _toml_value
+
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines += [f"[{k}]"] + [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
+    return "\n".join(lines) + "\n"
+
+
+BAD = [
+    ({"editors": ["toy-v9"]}, "editors: unknown editor 'toy-v9' (allowed: toy-v1"),
+    ({"methods": ["noise", "decontxt"]}, "methods: unknown method 'decontxt'"),
+    ({"methods": ["decontext"]}, "methods: 'noise'"),
+    ({"methods": ["noise", "protector:nobody"]}, "methods: unknown protector 'nobody' (allowed: protector:NAME"),
+    ({"attackers": ["none", "regenerate"]}, "attackers: unknown attacker 'regenerate'"),
+    ({"budgets": [300]}, "budgets: 300.0 out of range (allowed: numbers in (0, 64]"),
+    ({"budgetz": [8]}, "budgetz: unknown key (allowed: name, description"),
+    ({"identities": {"source": "folder", "path": "/no/such/folder"}}, "identities.path: no folder"),
+    ({"identities": {"source": "toy", "count": 500}}, "identities.count: 500 out of range (allowed: 2..100"),
+    ({"pgd": {"preset": "slow"}}, "pgd.preset: 'slow' (allowed: fast, paper, none)"),
+    ({"edits": {"prompt_indices": [0], "seeds": [1]}}, "edits.seeds: unknown key (allowed: prompt_indices"),
+]
+
+
+def _with(change: dict) -> str:
+    """toy-tiny's TOML with some keys (or whole tables) replaced."""
+    return toml_of({**load_spec("toy-tiny").to_dict(), **change})
+
+
+@pytest.mark.parametrize("change,message", BAD)
+def test_a_bad_spec_is_refused_naming_the_key(change, message):
+    with pytest.raises(SpecError) as error:
+        load_spec(_with(change))
+    assert message in str(error.value)
+
+
+def test_the_command_refuses_a_bad_spec_with_exit_2_before_loading_a_model(tmp_path, capsys):
+    from decontext.cli import main
+
+    path = tmp_path / "bad.toml"
+    path.write_text(_with({"attackers": ["none", "regenerate"]}))
+    assert main(["benchmark", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "attackers: unknown attacker 'regenerate'" in err and "allowed:" in err
+    assert not (tmp_path / "out").exists()  # nothing made
+    assert main(["benchmark", "no-such-spec", "--out", str(tmp_path / "out")]) == 2
+    assert "shipped:" in capsys.readouterr().err
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from decontext.cli import main\ntry: main(['benchmark', '--help'])\nexcept SystemExit: pass\n"
+    code += "assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+
+
+def test_a_run_killed_mid_cell_resumes_to_the_uninterrupted_records(uninterrupted, tmp_path):
+    out = tmp_path / "killed"
+    process = bench("toy-tiny", "--out", str(out))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list((out / "records").glob("*.json"))) < 2:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = len(list((out / "records").glob("*.json")))
+    assert 2 <= done < len(records(uninterrupted)), "killed too late to test a resume"
+    resumed = finished("toy-tiny", "--out", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert records(out) == records(uninterrupted)
+
+    def board(folder: Path) -> list[str]:  # the same leaderboard but for the command line (its --out)
+        return [line for line in (folder / "leaderboard.md").read_text().splitlines() if "command:" not in line]
+
+    assert board(out) == board(uninterrupted)
+
+
+def test_a_rerun_computes_no_cell_and_another_spec_is_refused(uninterrupted):
+    from decontext.benchmark.cells import run_benchmark
+
+    before = {p.name: p.stat().st_mtime_ns for p in (uninterrupted / "records").glob("*.json")}
+    result = run_benchmark(load_spec("toy-tiny"), uninterrupted, log=lambda *a: None)
+    assert result["computed"] == [] and result["skipped"] == result["cells"] == len(before)
+    assert {p.name: p.stat().st_mtime_ns for p in (uninterrupted / "records").glob("*.json")} == before
+    other = finished("toy-quick", "--out", str(uninterrupted))
+    assert other.returncode == 2 and "--overwrite" in other.stderr
+
+
+def test_records_carry_what_a_reviewer_needs(uninterrupted):
+    spec = load_spec("toy-tiny")
+    for record in records(uninterrupted).values():
+        assert record["schema"] == 1 and record["spec_digest"] == spec.digest
+        assert {"commit", "seeds", "library_versions", "identities", "edits", "values", "reference"} <= set(record)
+        values = record["values"]
+        n, e = len(record["identities"]), len(record["edits"])
+        for condition in ("method", "noise", "clean"):
+            assert len(values[condition]["identity"]) == e and len(values[condition]["identity"][0]) == n
+        assert len(values["psnr_input"]) == len(values["attack_cost_ssim"]) == n
+        if record["cell"]["attacker"].startswith("remover"):
+            from decontext.toy import world
+
+            held_out = {i.index for i in world.eval_identities()}
+            assert record["attacker_info"]["identities"] and held_out.isdisjoint(record["attacker_info"]["identities"])
+            assert held_out.issuperset(record["identities"])
+
+
+def test_the_report_regenerated_from_records_is_byte_identical(uninterrupted, tmp_path):
+    from decontext.cli import main
+
+    before = {n: (uninterrupted / n).read_bytes() for n in ("leaderboard.md", "leaderboard.html", "results.json")}
+    assert main(["benchmark", "--report", str(uninterrupted)]) == 0
+    assert {n: (uninterrupted / n).read_bytes() for n in before} == before
+    html = before["leaderboard.html"].decode()
+    assert "<svg" in html and "sortable" in html and "robust effect" in html
+    results = json.loads(before["results.json"])
+    assert {r["method"] for r in results["robust"]} == {"encoder", "protector:toy-decontext"}
+
+
+COMMITTED = ROOT / "bench" / "results" / "toy-quick"
+
+
+@pytest.mark.skipif(not (COMMITTED / "records").is_dir(), reason="toy-quick's records are not committed yet")
+def test_the_committed_leaderboard_is_what_its_records_give(tmp_path):
+    import shutil
+
+    from decontext.benchmark.report import write_report
+
+    shutil.copytree(COMMITTED / "records", tmp_path / "records")
+    write_report(tmp_path)
+    for name in ("leaderboard.md", "results.json"):
+        assert (tmp_path / name).read_bytes() == (COMMITTED / name).read_bytes(), name
+    from decontext.benchmark.report import embedded
+
+    assert embedded((COMMITTED / "leaderboard.md").read_text()) in (ROOT / "docs" / "BENCHMARK.md").read_text()
