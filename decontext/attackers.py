@@ -38,6 +38,7 @@ from .purify import Breaker, parse_breaker
 
 DENOISERS = {"v1": "attackers/toy_denoiser_v1", "v3": "attackers/toy_denoiser_v3"}  # shipped, under data/
 EDITOR_CLEAN_INSTRUCTION = "Return the photo exactly as it is, unchanged."
+_FITTED: dict = {}  # models of attackers called one image at a time (``Attacker.__call__``), by spec
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,20 @@ class Attacker:
         if self.kind == "editor_clean":
             return editor_clean(images, context, self.params["instruction"], seed)
         raise AssertionError(self.kind)  # pragma: no cover - KINDS and this dispatch are one list
+
+    def __call__(self, image, seed: int = 0, editor=None):
+        """One PIL image -> the attacked PIL image: the breakers' call, so that an attacker without a
+        protection to learn (``regen`` with ``denoiser=v1`` or a file, ``editor_clean``, the breakers) can
+        go wherever a breaker goes (``purify.purify_run``, the run-folder stage)."""
+        from PIL import Image
+
+        if self.needs == "protection":
+            raise ValueError(f"attacker {self.kind!r} needs the protection under test (use fit and apply)")
+        key = (self.kind, tuple(sorted(self.params.items())))
+        if key not in _FITTED:
+            _FITTED[key] = self.fit(AttackContext(editor=editor), seed=seed)
+        array = np.asarray(image.convert("RGB"))[None]
+        return Image.fromarray(self.apply(array, seed, _FITTED[key], AttackContext(editor=editor))[0])
 
     def differentiable(self, state=None, editor=None):
         """``t(x, generator) -> x'`` on (B, 3, H, W) in [0, 1], differentiable in x, for EOT: a breaker's
@@ -369,7 +384,12 @@ def load_denoiser(name: str, world=None) -> NetState:
             raise ValueError("regen:denoiser=auto needs the toy world of the photos (on real editors: editor_clean)")
         name = world.NAME
     if name in DENOISERS:
-        return load_net(data_path("data/" + DENOISERS[name] + ".safetensors"))
+        path = data_path("data/" + DENOISERS[name] + ".safetensors")
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path}: no denoiser of world {name} yet (python -m bench.train_denoiser --world {name})"
+            )
+        return load_net(path)
     return load_net(name)
 
 

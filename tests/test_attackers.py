@@ -163,3 +163,20 @@ def test_regeneration_and_the_remover_have_differentiable_twins_for_eot(denoiser
         assert out.shape == x.shape
         (grad,) = torch.autograd.grad(out.sum(), x)
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0, spec
+
+
+def test_an_attacker_goes_where_a_breaker_goes(tmp_path):
+    from PIL import Image
+
+    from decontext.purify import purify_run
+
+    (tmp_path / "protected").mkdir()
+    for i, image in enumerate(toy_images(2)):
+        Image.fromarray(image).save(tmp_path / "protected" / f"id{i}.png")
+    attackers = [parse_attacker("regen:t=0.2,steps=2,denoiser=v1"), parse_attacker("jpeg")]
+    report = purify_run(tmp_path, attackers, progress=False)
+    assert report["written"] == 2 * len(attackers) and not report["failed"]
+    out = Image.open(tmp_path / "purified" / attackers[0].label / "protected" / "id0.png")
+    assert out.size == (64, 64)
+    with pytest.raises(ValueError, match="protection under test"):
+        parse_attacker("remover")(Image.fromarray(toy_images(1)[0]))
