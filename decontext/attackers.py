@@ -247,7 +247,7 @@ def small_unet(channels_in: int = 3, width: int = 16):
 def _to_tensor(images: np.ndarray):
     import torch
 
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def _to_uint8(x) -> np.ndarray:

@@ -180,3 +180,12 @@ def test_an_attacker_goes_where_a_breaker_goes(tmp_path):
     assert out.size == (64, 64)
     with pytest.raises(ValueError, match="protection under test"):
         parse_attacker("remover")(Image.fromarray(toy_images(1)[0]))
+
+
+def test_the_denoiser_is_reproducible_from_its_seed(denoiser):
+    import torch
+
+    again = train_denoiser(world, images=8, steps=2, seed=3)
+    for (name, a), (_, b) in zip(denoiser.net.state_dict().items(), again.net.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert denoiser.info["max_t"] == 0.5 and "training" in denoiser.info["identities"]
