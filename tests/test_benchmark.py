@@ -198,3 +198,20 @@ def test_the_committed_leaderboard_is_what_its_records_give(tmp_path):
     from decontext.benchmark.report import embedded
 
     assert embedded((COMMITTED / "leaderboard.md").read_text()) in (ROOT / "docs" / "BENCHMARK.md").read_text()
+
+
+def test_overwrite_clears_another_specs_records_and_only_then(tmp_path):
+    from decontext.benchmark.records import FolderError, claim_folder
+
+    tiny, quick = load_spec("toy-tiny"), load_spec("toy-quick")
+    claim_folder(tmp_path, tiny, overwrite=False)
+    (tmp_path / "records").mkdir()
+    (tmp_path / "records" / "cell.json").write_text("{}")
+    claim_folder(tmp_path, tiny, overwrite=False)  # the same spec: kept
+    assert (tmp_path / "records" / "cell.json").exists()
+    with pytest.raises(FolderError, match="pass --overwrite"):
+        claim_folder(tmp_path, quick, overwrite=False)
+    assert (tmp_path / "records" / "cell.json").exists()
+    claim_folder(tmp_path, quick, overwrite=True)
+    assert not (tmp_path / "records").exists()
+    assert json.loads((tmp_path / "spec.json").read_text())["digest"] == quick.digest
