@@ -177,6 +177,26 @@ class Attacker:
             return regen
         raise ValueError(f"attacker {self.kind!r} has no differentiable version")
 
+    def bound(self, state=None) -> "BoundAttacker":
+        """This attacker with its model, shaped like a breaker for ``purify.EOT``:
+        ``EOT([parse_attacker("regen:t=0.2").bound(state)], editor)`` optimises through regeneration."""
+        return BoundAttacker(self, state)
+
+
+@dataclass(frozen=True)
+class BoundAttacker:
+    """An attacker and its fitted model: ``label`` and ``differentiable(editor)`` as a Breaker has them."""
+
+    attacker: Attacker
+    state: object = None
+
+    @property
+    def label(self) -> str:
+        return self.attacker.label
+
+    def differentiable(self, editor=None):
+        return self.attacker.differentiable(self.state, editor)
+
 
 def _value(kind: str, key: str, text: str):
     default = KINDS[kind].defaults[key]

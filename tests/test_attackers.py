@@ -189,3 +189,19 @@ def test_the_denoiser_is_reproducible_from_its_seed(denoiser):
     for (name, a), (_, b) in zip(denoiser.net.state_dict().items(), again.net.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert denoiser.info["max_t"] == 0.5 and "training" in denoiser.info["identities"]
+
+
+def test_eot_optimises_through_a_fitted_attacker(denoiser):
+    import torch
+
+    from decontext.purify import EOT, parse_breaker
+
+    eot = EOT([parse_attacker("regen:t=0.2,steps=1").bound(denoiser), parse_breaker("jpeg")])
+    x = torch.from_numpy(toy_images(1)).permute(0, 3, 1, 2).float().div(255).requires_grad_(True)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        out = eot(x, generator)
+        assert out.shape == x.shape
+        (grad,) = torch.autograd.grad(out.sum(), x)
+        assert torch.isfinite(grad).all()
+    assert set(eot.drawn) <= {"regen_t0.2_steps1_denoiserauto", "jpeg_quality75"}
