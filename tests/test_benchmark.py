@@ -86,6 +86,7 @@ BAD = [
     ({"identities": {"source": "folder", "path": "/no/such/folder"}}, "identities.path: no folder"),
     ({"identities": {"source": "toy", "count": 500}}, "identities.count: 500 out of range (allowed: 2..100"),
     ({"pgd": {"preset": "slow"}}, "pgd.preset: 'slow' (allowed: fast, paper, none)"),
+    ({"edits": {"prompt_indices": [0, 99]}}, "edits.prompt_indices: [99] (allowed: 0.."),
     ({"edits": {"prompt_indices": [0], "seeds": [1]}}, "edits.seeds: unknown key (allowed: prompt_indices"),
 ]
 

@@ -111,15 +111,14 @@ class ToyEnvironment:
     def __init__(self, spec: Spec, editor_name: str, cache: Cache, log=print):
         from ..editors import load_editor
         from ..prompts import load_prompts
-        from ..toy.model import PROMPTS_FILE
-        from ..toy.names import toy_family
+        from ..toy.names import toy_family, toy_prompts
         from ..toy.reader import ToyReader, edit_name
         from ..toy.worlds import heldout_scenes
 
         self.spec, self.cache, self.log = spec, cache, log
         self.name = editor_name
         self.editor = load_editor(editor_name, toy_family(editor_name), "cpu", "float32")
-        pool = load_prompts(PROMPTS_FILE)
+        pool = load_prompts(toy_prompts(editor_name))
         indices = spec.edits["prompt_indices"]
         self.prompts = [pool[i].text for i in indices]
         self.edit_names = [edit_name(pool[i].category) for i in indices]

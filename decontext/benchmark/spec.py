@@ -245,6 +245,15 @@ def validate(data: dict, base: Path | None = None) -> Spec:
             + ", ".join(EDIT_KEYS)
             + ")"
         )
+    if "prompt_indices" in edits and toy:
+        from ..prompts import load_prompts
+        from ..toy.names import toy_prompts
+
+        for editor in editors:
+            size = len(load_prompts(toy_prompts(editor)))
+            bad = [i for i in edits["prompt_indices"] if not isinstance(i, int) or not 0 <= i < size]
+            if bad or not edits["prompt_indices"]:
+                raise SpecError(f"edits.prompt_indices: {bad or '[]'} (allowed: 0..{size - 1}, {editor}'s prompt pool)")
     pgd = dict(data.get("pgd", {}))
     _check_keys(pgd, PGD_KEYS, "pgd.")
     if pgd.get("preset", "fast") not in PRESETS:
