@@ -97,7 +97,7 @@ class Cache:
 
     def net(self, key: str, make):
         path = self.path("nets", key, ".safetensors")
-        if path.exists():
+        if path.exists() and path.with_suffix(".json").exists():  # both written (weights first): a whole net
             return load_net(path)
         state = make()
         save_net(state, path)
