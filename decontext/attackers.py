@@ -86,7 +86,12 @@ class Attacker:
     @property
     def label(self) -> str:
         """A folder-safe name: ``regen_t0.3_steps4_denoiserauto``."""
-        extra = "_".join(f"{k}{v}" for k, v in self.params.items() if k != "instruction")
+        import hashlib
+
+        def short(key, value):  # an instruction is free text: its digest names it
+            return hashlib.sha256(str(value).encode()).hexdigest()[:8] if key == "instruction" else value
+
+        extra = "_".join(f"{k}{short(k, v)}" for k, v in self.params.items())
         return f"{self.kind}_{extra}" if extra else self.kind
 
     @property
