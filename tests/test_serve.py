@@ -359,8 +359,8 @@ def test_a_request_past_its_deadline_gets_504(engine):
         running.stop()
 
 
-def test_the_api_key_is_required_when_set(engine):
-    running = _serve(engine, api_key="k" * 24)
+def test_the_api_key_is_required_when_set_and_keep_writes_only_where_asked(engine, tmp_path):
+    running = _serve(engine, api_key="k" * 24, keep=str(tmp_path / "kept"))
     face = _encode(_face(6))
     try:
         with running.client() as client:
@@ -372,6 +372,10 @@ def test_the_api_key_is_required_when_set(engine):
             for key in ({"Authorization": "Bearer " + "k" * 24}, {"X-API-Key": "k" * 24}):
                 answer = client.post("/v1/protect", content=face, headers={"Content-Type": "image/png", **key})
                 assert answer.status_code == 200, answer.text
+                request_id = answer.headers["x-decontext-request-id"]
+                assert (tmp_path / "kept" / f"{request_id}.upload").read_bytes() == face
+                assert (tmp_path / "kept" / f"{request_id}.png").read_bytes() == answer.content
+        assert len(list((tmp_path / "kept").iterdir())) == 6  # upload, answer and record of the two served
     finally:
         running.stop()
 

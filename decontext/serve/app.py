@@ -234,7 +234,7 @@ def create_app(settings: ServeSettings | None = None, engine=None) -> FastAPI:
             return response
         except UploadProblem as exc:
             status, reason = exc.status, exc.reason
-            return _error(exc.status, str(exc), request_id)
+            return _error(exc.status, str(exc), request_id, {"Retry-After": "5"} if exc.status == 503 else None)
         except QueueFull as exc:
             status, reason = 503, "queue_full"
             return _error(503, str(exc), request_id, {"Retry-After": str(exc.retry_after)})
