@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from decontext.benchmark.spec import SpecError, load_spec, shipped_specs
@@ -216,3 +217,33 @@ def test_overwrite_clears_another_specs_records_and_only_then(tmp_path):
     claim_folder(tmp_path, quick, overwrite=True)
     assert not (tmp_path / "records").exists()
     assert json.loads((tmp_path / "spec.json").read_text())["digest"] == quick.digest
+
+
+def test_kontext_paper_runs_end_to_end_on_the_tiny_editor(tmp_path):
+    """The shipped real-editor spec, smaller (2 photos at 64 px, 1 edit, 2 PGD and edit steps), on
+    random weights: every cell recorded, the report written (ISM is NaN without a face network)."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (80, 72, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    shipped = load_spec("kontext-paper", photos=str(photos), model="tiny")
+    assert shipped.pgd["preset"] == "paper" and shipped.budgets == [12.75] and shipped.model == "tiny"
+    small = shipped.to_dict()
+    small["identities"].update(count=2, size=64)
+    small["edits"].update(prompts=small["edits"]["prompts"][:1], steps=2)
+    small["pgd"]["steps"] = 2
+    (tmp_path / "kp.toml").write_text(toml_of(small))
+    result = finished(str(tmp_path / "kp.toml"), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    made = records(tmp_path / "out")
+    assert {r["cell"]["attacker"] for r in made.values()} == {"none", "jpeg", "resize", "vae", "editor_clean"}
+    assert all(r["identities"] == ["p0", "p1"] for r in made.values())
+    assert "kontext-paper" in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+def test_a_model_needs_a_real_editor():
+    with pytest.raises(SpecError, match="model: 'tiny' replaces a real editor's weights"):
+        load_spec("toy-tiny", model="tiny")

@@ -108,6 +108,8 @@ class Cache:
 class ToyEnvironment:
     """One toy editor with its world, reader, held-out photos and edit prompts, loaded once per run."""
 
+    resolution = "native"  # the toys work at the photo's own 64 px
+
     def __init__(self, spec: Spec, editor_name: str, cache: Cache, log=print):
         from ..editors import load_editor
         from ..prompts import load_prompts
@@ -148,8 +150,10 @@ class ToyEnvironment:
                 parts = []
                 for part in name.split("+"):
                     options = {}
-                    if "prompts" in METHODS[part].defaults:  # the methods that draw edit prompts take the pool
-                        options = {"prompts": self.attack_prompts, "release_text_encoders": False}
+                    if "prompts" in METHODS[part].defaults:  # they draw edit prompts: keep the encoders for ours
+                        options = {"release_text_encoders": False}
+                        if self.attack_prompts:
+                            options["prompts"] = self.attack_prompts
                     parts.append(build_method(part, **options))
                 self.methods[name] = compose(parts)
         return self.methods[name]
@@ -171,7 +175,7 @@ class ToyEnvironment:
             options["steps"] = pgd.get("steps")
         config = ProtectConfig(
             pgd=PGDConfig.for_method(method, preset=None if preset == "none" else preset, **options),
-            resolution="native",
+            resolution=self.resolution,
             measure_draws=0,
         )
         chunk = len(images) if method.batched else 1
@@ -196,7 +200,7 @@ class ToyEnvironment:
         protect = None
         if method is not None:
             protect = lambda images, seed: self.protect(method, budget, images, seed)  # noqa: E731
-        return AttackContext(self.editor, self.world, protect, {"resolution": "native", **self.settings})
+        return AttackContext(self.editor, self.world, protect, {"resolution": self.resolution, **self.settings})
 
     def attacker_state(self, attacker, method: str, budget: float):
         """The attacker's model: the remover is trained on THIS method at THIS budget (cached)."""
@@ -229,7 +233,7 @@ class ToyEnvironment:
         pils = [Image.fromarray(im) for im in images]
         seeds = [self.edit_seed + i for i in range(len(images))]
         for e, (prompt, name) in enumerate(zip(self.prompts, self.edit_names, strict=True)):
-            edits = self.editor.edit(pils, [prompt] * len(pils), seeds, resolution="native", **self.settings)
+            edits = self.editor.edit(pils, [prompt] * len(pils), seeds, resolution=self.resolution, **self.settings)
             reads = self.reader.read([np.asarray(im.convert("RGB")) for im in edits])
             for i in range(len(images)):
                 result = score_reads(
@@ -278,10 +282,12 @@ class ToyEnvironment:
 
 
 def environment(spec: Spec, editor_name: str, cache: Cache, model: str | None, log=print):
-    """The environment of one of the spec's editors (the toys; ``model`` is for real editors, which the
-    spec refuses until their cells exist)."""
-    if editor_name in REAL_EDITORS or model is not None:
-        raise NotImplementedError("real-editor cells (kontext-paper) are not implemented yet")
+    """The environment of one of the spec's editors (a toy, or a real one with ``model`` overriding its
+    weights, e.g. ``tiny``)."""
+    if editor_name in REAL_EDITORS:
+        from .real import RealEnvironment
+
+        return RealEnvironment(spec, editor_name, cache, model, log)
     return ToyEnvironment(spec, editor_name, cache, log)
 
 
@@ -311,7 +317,7 @@ def run_benchmark(
         cache = Cache(out / "cache")
         position = {c.key: k for k, c in enumerate(cells)}
         for editor_name in dict.fromkeys(c.editor for c in todo):
-            env = environment(spec, editor_name, cache, model, log)
+            env = environment(spec, editor_name, cache, model or spec.model or None, log)
             for cell in (c for c in todo if c.editor == editor_name):
                 started = time.perf_counter()
                 computed = env.values(cell)

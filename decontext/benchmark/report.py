@@ -31,9 +31,17 @@ N_BOOT = 2000
 def _interval(values, n_boot: int = N_BOOT) -> tuple[float, float, float]:
     """Mean of an (edits, identities) array with its 95% interval over identities."""
     v = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(v).any():  # e.g. no face found in any edit: no number, not a zero
+        return float("nan"), float("nan"), float("nan")
     clusters = np.broadcast_to(np.arange(v.shape[1]), v.shape).ravel().tolist()
     ci = cluster_bootstrap_ci(v.ravel(), clusters, n_boot=n_boot, seed=0)
     return float(ci.mean), float(ci.low), float(ci.high)
+
+
+def _mean(values) -> float:
+    """Mean of the finite values (NaN when there are none)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v[np.isfinite(v)].mean()) if np.isfinite(v).any() else float("nan")
 
 
 def cell_row(record: dict) -> dict:
@@ -42,7 +50,7 @@ def cell_row(record: dict) -> dict:
     diff = np.subtract(values["method"]["identity"], values["noise"]["identity"])
     mean, low, high = _interval(diff)
     reference = record["reference"]
-    way = float(np.mean(reference["clean"]) - np.mean(reference["another_person"]))
+    way = _mean(reference["clean"]) - _mean(reference["another_person"])
     cell = record["cell"]
     return {
         "editor": cell["editor"],
@@ -52,16 +60,16 @@ def cell_row(record: dict) -> dict:
         "effect": mean,
         "low": low,
         "high": high,
-        "share": -mean / way if way else None,
+        "share": -mean / way if way and np.isfinite(way) and np.isfinite(mean) else None,
         "way": way,
-        "identity": float(np.mean(values["method"]["identity"])),
-        "noise_identity": float(np.mean(values["noise"]["identity"])),
-        "clean_identity": float(np.mean(values["clean"]["identity"])),
-        "edit_success": float(np.mean(values["method"]["edit_success"])),
-        "clean_edit_success": float(np.mean(values["clean"]["edit_success"])),
-        "psnr_input": float(np.mean(values["psnr_input"])),
-        "cost_psnr": float(np.mean(values["attack_cost_psnr"])),
-        "cost_ssim": float(np.mean(values["attack_cost_ssim"])),
+        "identity": _mean(values["method"]["identity"]),
+        "noise_identity": _mean(values["noise"]["identity"]),
+        "clean_identity": _mean(values["clean"]["identity"]),
+        "edit_success": _mean(values["method"]["edit_success"]),
+        "clean_edit_success": _mean(values["clean"]["edit_success"]),
+        "psnr_input": _mean(values["psnr_input"]),
+        "cost_psnr": _mean(values["attack_cost_psnr"]),
+        "cost_ssim": _mean(values["attack_cost_ssim"]),
         "identities": len(record["identities"]),
         "edits": len(record["edits"]),
         "seconds": record["seconds"],
@@ -77,7 +85,8 @@ def results(records: list[dict]) -> dict:
     for row in rows:
         groups.setdefault((row["editor"], row["budget"], row["method"]), []).append(row)
     for (editor, budget, method), members in groups.items():
-        worst = max(members, key=lambda r: (r["effect"], r["attacker"]))
+        # an attacker whose effect could not be measured counts as the worst (unknown is not protected)
+        worst = max(members, key=lambda r: (r["effect"] if np.isfinite(r["effect"]) else np.inf, r["attacker"]))
         unattacked = next((r for r in members if r["attacker"] == "none"), None)
         robust.append(
             {
@@ -185,7 +194,8 @@ def markdown(res: dict) -> str:
         f"{res['cells']} cells; {res['seconds']:.0f} s of cell compute in the records; commit "
         f"{', '.join(c[:12] for c in res['commit'] if c) or '-'}; command: `{'`, `'.join(res['command'])}`.",
         "",
-        "Effect: toy identity of the edits of the protected photo minus that of the noise control of the same "
+        "Effect: identity score (the toy reader's toy identity; ISM on photos) of the edits of the protected "
+        "photo minus that of the noise control of the same "
         "budget, both after the same attacker (paired by identity and edit; 95% bootstrap interval over "
         "identities); below 0 = the protection still works. Share of the way: -effect / (clean - another "
         "person), measured in the same run. Robust effect: under the attacker with the highest mean effect.",

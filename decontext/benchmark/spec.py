@@ -28,9 +28,7 @@ from importlib import resources
 from pathlib import Path
 
 SCHEMA_VERSION = 1
-# Real editors (the kontext-paper spec: FLUX.1-Kontext on a folder of photos, scored by the face metrics)
-# are not wired into the cells yet: a spec naming one is refused here, before anything loads.
-REAL_EDITORS: dict[str, tuple[str, str]] = {}
+REAL_EDITORS = {"flux-kontext": ("flux_kontext", "black-forest-labs/FLUX.1-Kontext-dev")}  # name -> (family, model)
 MAX_BUDGET = 64.0
 TOP_KEYS = {
     "name": str,
@@ -45,8 +43,9 @@ TOP_KEYS = {
     "edits": dict,
     "pgd": dict,
     "paper": dict,
+    "model": str,
 }
-IDENTITY_KEYS = {"source": str, "count": int, "seed": int, "path": str}
+IDENTITY_KEYS = {"source": str, "count": int, "seed": int, "path": str, "size": int}
 EDIT_KEYS = {"prompt_indices": list, "prompts": list, "seed": int, "steps": int, "guidance": float}
 PGD_KEYS = {"preset": str, "steps": int, "alpha": float}
 METRICS = ("identity", "edit_success", "psnr_input", "attack_cost")
@@ -71,9 +70,13 @@ class Spec:
     seed: int = 0
     description: str = ""
     paper: dict = field(default_factory=dict)
+    model: str = ""  # the real editors' weights instead of their default (``--model tiny``: a smoke test)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if not values["model"]:
+            values.pop("model")  # the default weights: the digest of a spec that never names a model
+        return values
 
     @property
     def digest(self) -> str:
@@ -126,9 +129,11 @@ def read_spec_text(name_or_path: str) -> tuple[str, str]:
     return text, f"shipped:{name_or_path}"
 
 
-def load_spec(name_or_path_or_text: str, base: Path | None = None) -> Spec:
+def load_spec(
+    name_or_path_or_text: str, base: Path | None = None, photos: str | None = None, model: str | None = None
+) -> Spec:
     """A checked Spec from a shipped name, a .toml file or TOML text (relative folders from ``base``,
-    else the file's folder, else the working folder)."""
+    else the file's folder, else the working folder); ``photos``: the folder of a folder spec's photos."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
@@ -144,6 +149,10 @@ def load_spec(name_or_path_or_text: str, base: Path | None = None) -> Spec:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"spec ({origin}): not TOML: {exc}") from None
+    if photos is not None:
+        data.setdefault("identities", {})["path"] = str(Path(photos).resolve())
+    if model is not None:
+        data["model"] = model
     return validate(data, base)
 
 
@@ -228,11 +237,11 @@ def validate(data: dict, base: Path | None = None) -> Spec:
         folder = folder if folder.is_absolute() or base is None else base / folder
         if not folder.is_dir():
             raise SpecError(f"identities.path: no folder {str(folder)!r}")
-        raise SpecError(
-            "identities.source: 'folder' needs a real editor, and real-editor cells are not implemented yet "
-            "(allowed: toy)"
-        )
-        if any(a.startswith("remover") or a.startswith("regen") for a in attackers):  # for when they are
+        identities["path"] = str(folder)
+        toys = [e for e in editors if e not in REAL_EDITORS]
+        if toys:
+            raise SpecError(f"identities.source: 'folder' needs real editors, not {toys[0]!r} (allowed: toy)")
+        if any(a.startswith("remover") or a.startswith("regen") for a in attackers):
             raise SpecError(
                 "attackers: remover and regen need a toy world's training identities (allowed on a folder: "
                 "none, the breakers, editor_clean, worst)"
@@ -245,6 +254,10 @@ def validate(data: dict, base: Path | None = None) -> Spec:
             + ", ".join(EDIT_KEYS)
             + ")"
         )
+    if "prompts" in edits and (not edits["prompts"] or not all(isinstance(p, str) and p for p in edits["prompts"])):
+        raise SpecError("edits.prompts: expected a non-empty list of instructions (allowed: strings)")
+    if "prompt_indices" in edits and not toy:
+        raise SpecError("edits.prompt_indices: indexes a toy editor's pool (allowed on a folder: prompts)")
     if "prompt_indices" in edits and toy:
         from ..prompts import load_prompts
         from ..toy.names import toy_prompts
@@ -260,6 +273,10 @@ def validate(data: dict, base: Path | None = None) -> Spec:
         raise SpecError(f"pgd.preset: {pgd['preset']!r} (allowed: {', '.join(PRESETS)})")
     if "steps" in pgd and not 1 <= pgd["steps"] <= 5000:
         raise SpecError(f"pgd.steps: {pgd['steps']} out of range (allowed: 1..5000)")
+    if data.get("model") and not any(e in REAL_EDITORS for e in editors):
+        raise SpecError(
+            f"model: {data['model']!r} replaces a real editor's weights; the spec has none (allowed: omit it)"
+        )
     metrics = list(data.get("metrics", METRICS))
     for m in metrics:
         if m not in METRICS:
@@ -277,6 +294,7 @@ def validate(data: dict, base: Path | None = None) -> Spec:
         seed=int(data.get("seed", 0)),
         description=str(data.get("description", "")),
         paper=dict(data.get("paper", {})),
+        model=str(data.get("model", "")),
     )
 
 

@@ -14,7 +14,7 @@ import sys
 EPILOG = """examples:
   decontext benchmark toy-quick --out runs/bench_quick          # shipped spec (about 10 min on a CPU)
   decontext benchmark my_spec.toml --out runs/mine --overwrite  # a spec file; replace another spec's records
-  decontext benchmark kontext-paper --model tiny --out runs/kp  # the real-editor spec, smoke test
+  decontext benchmark kontext-paper --photos faces/ --model tiny --out runs/kp   # real editor, smoke test
   decontext benchmark --report runs/bench_quick                 # leaderboard.md/.html, results.json again
   decontext benchmark --list                                    # the shipped specs"""
 
@@ -30,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", help="the run folder: records/, cache/, leaderboard.*")
     ap.add_argument("--overwrite", action="store_true", help="replace the records of another spec in --out")
     ap.add_argument("--model", default=None, help="weights of a real editor of the spec ('tiny': smoke test)")
+    ap.add_argument("--photos", default=None, metavar="DIR", help="the folder of photos of a folder spec")
     ap.add_argument(
         "--report", metavar="DIR", default=None, help="only regenerate DIR's leaderboard from its records (no SPEC)"
     )
@@ -49,7 +50,12 @@ def main(argv=None) -> int:
     if args.report is not None and args.spec is None:
         from ..benchmark.report import write_report
 
-        for path in write_report(args.report):
+        try:
+            written = write_report(args.report)
+        except FileNotFoundError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        for path in written:
             print(path)
         return 0
     if args.spec is None or args.out is None:
@@ -57,7 +63,7 @@ def main(argv=None) -> int:
         print("error: give SPEC and --out DIR (or --report DIR, or --list)", file=sys.stderr)
         return 2
     try:
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec, photos=args.photos, model=args.model)
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -70,7 +76,7 @@ def main(argv=None) -> int:
     command = "decontext benchmark " + shlex.join(list(sys.argv[1:] if argv is None else argv))
     log = (lambda *a, **k: None) if args.quiet else print
     try:
-        result = run_benchmark(spec, args.out, args.overwrite, args.model, command, log)
+        result = run_benchmark(spec, args.out, args.overwrite, None, command, log)
     except FolderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
