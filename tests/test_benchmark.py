@@ -82,6 +82,7 @@ BAD = [
     ({"methods": ["decontext"]}, "methods: 'noise'"),
     ({"methods": ["noise", "protector:nobody"]}, "methods: unknown protector 'nobody' (allowed: protector:NAME"),
     ({"attackers": ["none", "regenerate"]}, "attackers: unknown attacker 'regenerate'"),
+    ({"attackers": ["none", "editor_clean"]}, "attackers: editor_clean asks the editor"),
     ({"budgets": [300]}, "budgets: 300.0 out of range (allowed: numbers in (0, 64]"),
     ({"budgetz": [8]}, "budgetz: unknown key (allowed: name, description"),
     ({"identities": {"source": "folder", "path": "/no/such/folder"}}, "identities.path: no folder"),

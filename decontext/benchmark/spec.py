@@ -229,6 +229,11 @@ def validate(data: dict, base: Path | None = None) -> Spec:
         count = identities.get("count", 20)
         if not 2 <= count <= 100:
             raise SpecError(f"identities.count: {count} out of range (allowed: 2..100, a world's held-out set)")
+        if any(a.partition(":")[0] == "editor_clean" for a in attackers):
+            raise SpecError(
+                "attackers: editor_clean asks the editor for the photo back in words a toy editor was never "
+                "taught (allowed on the toys: none, the breakers, regen, remover, worst)"
+            )
         real = [e for e in editors if e in REAL_EDITORS]
         if real:
             raise SpecError(f"identities.source: 'toy' needs toy editors, not {real[0]!r} (allowed: folder)")
