@@ -248,3 +248,17 @@ def test_kontext_paper_runs_end_to_end_on_the_tiny_editor(tmp_path):
 def test_a_model_needs_a_real_editor():
     with pytest.raises(SpecError, match="model: 'tiny' replaces a real editor's weights"):
         load_spec("toy-tiny", model="tiny")
+
+
+@pytest.mark.skipif(not (COMMITTED / "records").is_dir(), reason="toy-quick's records are not committed yet")
+def test_the_evidence_table_states_what_the_committed_records_give():
+    from decontext.benchmark.report import _ci, read_records, results
+
+    res = results(read_records(COMMITTED))
+    evidence = (ROOT / "docs" / "EVIDENCE.md").read_text()
+    section = evidence[evidence.index("## The benchmark against adaptive attackers (issue 40)") :]
+    for row in res["robust"]:
+        worst = row["worst_attacker"].partition(":")[0]
+        assert f"**{_ci(row['robust_effect'], row['low'], row['high'])}** ({worst})" in section, row["method"]
+    for row in res["rows"]:
+        assert _ci(row["effect"], row["low"], row["high"]) in section, (row["method"], row["attacker"])
