@@ -10,6 +10,7 @@ within the budget of its own upload would be one given to the wrong request; a 5
 Retry-After, as a platform's uploader would. Nothing leaves the machine; every loop is bounded.
 
     python -m bench.serve --json bench/results/serve.json
+    python -m bench.serve --pgd-requests 0 --soak 0      # the protector's cells alone (a minute)
 """
 
 from __future__ import annotations
@@ -223,12 +224,13 @@ async def soak(url: str, count: int, concurrency: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| mode | batching | concurrency | requests | images/s | p50 ms | p95 ms | p99 ms | p99/p50 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| mode | batching | concurrency | requests | answered 200 | images/s | p50 ms | p95 ms | p99 ms | p99/p50 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['mode']} | {r['batching']} | {r['concurrency']} | {r['requests']} | {r['images_per_s']:.1f} | "
+            f"| {r['mode']} | {r['batching']} | {r['concurrency']} | {r['requests']} | {r['ok']} | "
+            f"{r['images_per_s']:.1f} | "
             f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['p99_ms'] / r['p50_ms']:.2f} |"
         )
     return "\n".join(lines)
@@ -237,8 +239,8 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32], help="client concurrency levels")
-    ap.add_argument("--requests", type=int, default=192, help="protector requests per cell (default 192)")
-    ap.add_argument("--pgd-requests", type=int, default=32, help="fast-PGD requests per cell (default 32)")
+    ap.add_argument("--requests", type=int, default=192, help="protector requests per cell (0: none; default 192)")
+    ap.add_argument("--pgd-requests", type=int, default=16, help="fast-PGD requests per cell (0: none; default 16)")
     ap.add_argument("--soak", type=int, default=10_000, help="requests of the soak run (0: none; default 10000)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the server (default 2)")
     ap.add_argument("--max-batch", type=int, default=32, help="the batching server's --max-batch (default 32)")
@@ -259,6 +261,8 @@ def main(argv=None) -> int:
                 ("toy protector", "", args.requests),
                 ("fast PGD", "?method=fast", args.pgd_requests),
             ):
+                if count <= 0:
+                    continue
                 asyncio.run(drive(server.url, uploads, min(8, count), 8, query))  # warm-up
                 for concurrency in args.concurrency:
                     result = asyncio.run(drive(server.url, uploads, count, concurrency, query))

@@ -79,6 +79,7 @@ class Service:
         self.load_error: str | None = None
         self.batcher: Batcher | None = None
         self.in_flight = 0
+        self.preparing = 0  # requests past the queue's room check, not yet queued (reading, decoding)
         self.metrics = Metrics(
             queue_depth=lambda: self.batcher.depth if self.batcher else 0, in_flight=lambda: self.in_flight
         )
@@ -126,7 +127,12 @@ def create_app(settings: ServeSettings | None = None, engine=None) -> FastAPI:
     async def lifespan(app):
         s = service.settings
         service.batcher = Batcher(
-            lambda jobs: service.engine.run(jobs), s.max_batch, s.max_wait_ms / 1000, s.max_queue, service.on_batch
+            lambda jobs: service.engine.run(jobs),
+            s.max_batch,
+            s.max_wait_ms / 1000,
+            s.max_queue,
+            service.on_batch,
+            upcoming=lambda: service.preparing,
         )
         service.batcher.start()
         # loaded on the worker thread that will run every batch (torch's thread pool belongs to it), in the
@@ -269,6 +275,41 @@ def create_app(settings: ServeSettings | None = None, engine=None) -> FastAPI:
         if not service.ready:
             raise UploadProblem(503, "loading", "the service is still loading (see /readyz)")
         service.batcher.check_room()
+        service.preparing += 1
+        try:
+            job, fmt, quality, options, body = await _prepare(request, request_id, query)
+        finally:
+            service.preparing -= 1
+        protected = await service.batcher.submit(job, began + s.timeout)
+        kind = "jpeg" if fmt == "jpg" else fmt
+        data = await asyncio.to_thread(encode, protected.rgb8, protected.alpha, kind, quality)
+        service.metrics.images.inc()
+        record = {**protected.record, "request_id": request_id, "format": kind}
+        headers = {"X-Decontext-Request-Id": request_id}
+        if kind != "png":
+            headers["X-Decontext-Warning"] = LOSSY_WARNING.format(fmt=kind)
+            record["warning"] = headers["X-Decontext-Warning"]
+        if s.keep:
+            await asyncio.to_thread(_keep, Path(s.keep), request_id, body, data, kind, record)
+        wants_json = str(options.get("record", "")).lower() == "json" or "application/json" in request.headers.get(
+            "accept", ""
+        )
+        if wants_json:
+            return JSONResponse(
+                {
+                    "request_id": request_id,
+                    "media_type": FORMATS[kind],
+                    "image_base64": base64.b64encode(data).decode("ascii"),
+                    "record": record,
+                },
+                headers=headers,
+            )
+        headers.update(record_headers(record))
+        return Response(data, media_type=FORMATS[kind], headers=headers)
+
+    async def _prepare(request: Request, request_id: str, query: dict):
+        """The upload read, checked and decoded, and its settings: (job, format, quality, options, photo bytes)."""
+        s = service.settings
         check_declared_length(request.headers.get("content-length"), s.max_upload_bytes)
         body = await read_limited(request.stream(), s.max_upload_bytes)
         content_type = request.headers.get("content-type", "")
@@ -302,32 +343,7 @@ def create_app(settings: ServeSettings | None = None, engine=None) -> FastAPI:
         from .engine import Job, content_seed
 
         job = Job(image, plan, content_seed(body, plan, s.seed), request_id)
-        protected = await service.batcher.submit(job, began + s.timeout)
-        kind = "jpeg" if fmt == "jpg" else fmt
-        data = await asyncio.to_thread(encode, protected.rgb8, protected.alpha, kind, quality)
-        service.metrics.images.inc()
-        record = {**protected.record, "request_id": request_id, "format": kind}
-        headers = {"X-Decontext-Request-Id": request_id}
-        if kind != "png":
-            headers["X-Decontext-Warning"] = LOSSY_WARNING.format(fmt=kind)
-            record["warning"] = headers["X-Decontext-Warning"]
-        if s.keep:
-            await asyncio.to_thread(_keep, Path(s.keep), request_id, body, data, kind, record)
-        wants_json = str(options.get("record", "")).lower() == "json" or "application/json" in request.headers.get(
-            "accept", ""
-        )
-        if wants_json:
-            return JSONResponse(
-                {
-                    "request_id": request_id,
-                    "media_type": FORMATS[kind],
-                    "image_base64": base64.b64encode(data).decode("ascii"),
-                    "record": record,
-                },
-                headers=headers,
-            )
-        headers.update(record_headers(record))
-        return Response(data, media_type=FORMATS[kind], headers=headers)
+        return job, fmt, quality, options, body
 
     if service.settings.api_key:
         app.add_middleware(ApiKeyGuard, key=service.settings.api_key)

@@ -46,7 +46,8 @@ class Batcher:
 
     ``run_batch`` runs in the worker thread and returns one result per item, in order; a result that is an
     exception is raised to that item's caller alone. An exception from ``run_batch`` itself fails every item of
-    the batch. ``on_batch(size, seconds)`` is told of each batch (metrics)."""
+    the batch. ``on_batch(size, seconds)`` is told of each batch (metrics); ``upcoming()``, when given, counts
+    the items accepted upstream that will be submitted soon: a batch waits for more only while it is > 0."""
 
     def __init__(
         self,
@@ -55,6 +56,7 @@ class Batcher:
         max_wait: float = 0.01,
         max_queue: int = 64,
         on_batch: Callable[[int, float], None] | None = None,
+        upcoming: Callable[[], int] | None = None,
     ):
         if max_batch < 1 or max_queue < 1 or max_wait < 0:
             raise ValueError(
@@ -63,6 +65,7 @@ class Batcher:
         self.run_batch = run_batch
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
         self.on_batch = on_batch
+        self.upcoming = upcoming  # requests accepted and on their way to the queue (reading, decoding)
         self._queue: deque[_Pending] = deque()
         self._arrived: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -133,8 +136,11 @@ class Batcher:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            # wait for more to join the first one, up to max_wait after it arrived
+            # wait for more to join the first one, up to max_wait after it arrived, while any are on their way
+            # (with none coming, waiting would only add latency: one client alone is served at once)
             while len(self._queue) < self.max_batch and not self._closing:
+                if self.upcoming is not None and self.upcoming() <= 0:
+                    break
                 left = self._queue[0].queued_at + self.max_wait - time.monotonic()
                 if left <= 0:
                     break
