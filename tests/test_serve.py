@@ -102,6 +102,14 @@ class Gate:
         return self.engine.run(jobs)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _pixel_limit_restored():
+    """The servers set Pillow's process-wide pixel limit (--max-megapixels); the other tests get theirs back."""
+    limit = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = limit
+
+
 @pytest.fixture(scope="module")
 def engine():
     from decontext.serve.engine import Engine
