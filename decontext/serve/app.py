@@ -77,6 +77,7 @@ class Service:
         self.settings = settings
         self.engine = engine
         self.load_error: str | None = None
+        self.loaded = False  # load() finished: the limits are set and the engine is loaded
         self.batcher: Batcher | None = None
         self.in_flight = 0
         self.preparing = 0  # requests past the queue's room check, not yet queued (reading, decoding)
@@ -106,6 +107,7 @@ class Service:
             if not engine.ready:
                 engine.load()
             self.engine = engine
+            self.loaded = True
             log.info("ready: editor %s, protectors %s", engine.model, ", ".join(engine.protectors))
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
@@ -113,7 +115,7 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None and self.engine.ready and self.batcher is not None
+        return self.loaded and self.batcher is not None
 
     def on_batch(self, size: int, seconds: float) -> None:
         self.metrics.batches.observe(size)
