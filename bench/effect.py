@@ -244,6 +244,30 @@ def write_plot(results: dict, path: Path, title: str) -> Path:
     return path
 
 
+def table(results: dict, extra: dict, way: float) -> list[str]:
+    """The bench's markdown table, one line each: a row per condition, its identity difference against the noise
+    control of its budget (``paired_bootstrap``) and its share of ``way``. The run prints it, and
+    ``bench.evidence_tables`` renders the committed tables of docs/EVIDENCE.md from a saved ``--json`` with it."""
+    lines = [
+        "| condition | toy_identity | edit_success | identity diff vs noise [95% CI] | share of the way "
+        "| PSNR (dB) | s/image |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key, r in results.items():
+        diff = share = ""
+        if "@" in key and not key.startswith("noise@") and f"noise@{key.split('@')[1]}" in results:
+            mean, lo, hi = paired_bootstrap(r["toy_identity"], results[f"noise@{key.split('@')[1]}"]["toy_identity"])
+            diff, share = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]", f"{-mean / way:.0%}"
+        info = extra.get(key, {})
+        psnr_text = f"{info['psnr']:.1f}" if info else ""
+        seconds_text = f"{info['seconds_per_image']:.1f}" if info else ""
+        lines.append(
+            f"| {key} | {np.mean(r['toy_identity']):.3f} | {np.mean(r['edit_success']):.3f} "
+            f"| {diff} | {share} | {psnr_text} | {seconds_text} |"
+        )
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -397,22 +421,8 @@ def main(argv=None) -> int:
         f"way = -diff / (clean - another person) = {way:.3f}; PSNR of the saved protected input; "
         "protect time per image on this machine",
         "",
-        "| condition | toy_identity | edit_success | identity diff vs noise [95% CI] | share of the way "
-        "| PSNR (dB) | s/image |",
-        "|---|---|---|---|---|---|---|",
+        *table(results, extra, way),
     ]
-    for key, r in results.items():
-        diff = share = ""
-        if "@" in key and not key.startswith("noise@") and f"noise@{key.split('@')[1]}" in results:
-            mean, lo, hi = paired_bootstrap(r["toy_identity"], results[f"noise@{key.split('@')[1]}"]["toy_identity"])
-            diff, share = f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]", f"{-mean / way:.0%}"
-        info = extra.get(key, {})
-        psnr_text = f"{info['psnr']:.1f}" if info else ""
-        seconds_text = f"{info['seconds_per_image']:.1f}" if info else ""
-        lines.append(
-            f"| {key} | {r['toy_identity'].mean():.3f} | {r['edit_success'].mean():.3f} "
-            f"| {diff} | {share} | {psnr_text} | {seconds_text} |"
-        )
     print("\n".join(lines))
     if args.json:
         args.json.write_text(
