@@ -22,6 +22,7 @@ every tenth file, in sorted order, is held out for validation).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -64,9 +65,21 @@ class TrainConfig:
     seed: int = 0
     eot: tuple = ()
     architecture: dict | None = None
+    # attackers in the loop (decontext.attackers specs, e.g. none, regen:t=0.3, jpeg): each step's batch goes
+    # through one, drawn like EOT's breakers; differentiable where the attacker is, straight-through where not
+    attackers: tuple = ()
+    # an ensemble: more editors ("family:model") trained against at once, each term's gradient balanced
+    ensemble: tuple = ()
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        fields = asdict(self)
+        for name in ADDED_FIELDS:  # left out at their defaults: the recipes trained before them keep their digests
+            if not fields[name]:
+                del fields[name]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+ADDED_FIELDS = ("attackers", "ensemble")
 
 
 @dataclass
@@ -183,6 +196,84 @@ def objective(method, editor, x: torch.Tensor, size, step: int, generators: list
     ).mean()
 
 
+def _member_generators(seed: int, step: int, count: int, member: int) -> list[torch.Generator]:
+    """Generators of ensemble member ``member`` (>= 1; member 0, the run's editor, takes ``_generators``)."""
+    return [
+        torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 5, member, i]).generate_state(1)[0]))
+        for i in range(count)
+    ]
+
+
+def ensemble_objective(members, x: torch.Tensor, size, step: int, generators: list) -> torch.Tensor:
+    """The mean of each (method, editor, generators) member's ``objective``; with gradient, each member's gradient
+    through ``x`` scaled to unit mean |g| first (``composite.unit_gradient``), so no editor decides the step alone
+    because its loss has a larger scale. One member: its ``objective`` unchanged."""
+    from .methods.composite import unit_gradient, with_gradient
+
+    if len(members) == 1:
+        method, editor = members[0]
+        return objective(method, editor, x, size, step, generators[0])
+    values = [objective(m, e, x, size, step, g) for (m, e), g in zip(members, generators, strict=True)]
+    if not x.requires_grad:
+        return torch.stack(values).mean()
+    direction = sum(unit_gradient(value, x, retain_graph=False) for value in values) / len(values)
+    return with_gradient(torch.stack([v.detach() for v in values]).mean(), x, direction)
+
+
+def parse_member(spec: str) -> tuple[str, str]:
+    """``family:model`` (``flux_kontext:toy-v2``, ``instruct_pix2pix:toy-ip2p``) of ``--ensemble``."""
+    family, sep, model = str(spec).partition(":")
+    if not sep or not family or not model:
+        raise ValueError(f"--ensemble {spec!r}: write FAMILY:MODEL, e.g. flux_kontext:toy-v2")
+    return family, model
+
+
+class StraightThrough:
+    """An attacker without a differentiable version, shaped like a breaker for ``purify.EOT``: the real attack
+    forward (8-bit, seeded from the step's generator), the identity backward."""
+
+    def __init__(self, attacker, state=None, world=None):
+        self.attacker, self.state, self.world = attacker, state, world
+
+    @property
+    def label(self) -> str:
+        return self.attacker.label + "_st"
+
+    def differentiable(self, editor=None):
+        from .attackers import AttackContext
+
+        def attack(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            seed = int(torch.randint(2**31, (), generator=generator))
+            images = (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            out = self.attacker.apply(images, seed, self.state, AttackContext(editor=editor, world=self.world))
+            real = torch.from_numpy(out).permute(0, 3, 1, 2).to(x.device, x.dtype) / 255
+            return x + (real - x).detach()
+
+        return attack
+
+
+def attackers_in_the_loop(specs, editor, world):
+    """The EOT cases of ``--attackers`` specs: each attacker's differentiable version (with its model: the regen
+    denoiser, trained on the world's training renders only), else straight-through. The remover is refused: it is
+    trained on the protection under test (adversarial training is not in this trainer yet)."""
+    from .attackers import parse_attacker
+
+    cases = []
+    for spec in specs:
+        attacker = parse_attacker(spec)
+        if attacker.needs == "protection" or attacker.derived:
+            raise ValueError(f"--attackers {spec}: not an attacker the trainer can run in the loop")
+        from .attackers import AttackContext
+
+        state = attacker.fit(AttackContext(editor=editor, world=world))
+        try:
+            attacker.differentiable(state, editor)
+            cases.append(attacker.bound(state))
+        except ValueError:
+            cases.append(StraightThrough(attacker, state, world))
+    return cases
+
+
 def _save_checkpoint(folder: Path, protector, optimizer, step: int, config: TrainConfig, log: list) -> None:
     """Atomically: weights, optimizer state and the step, in a new folder renamed over the old one."""
     part = folder.with_name(folder.name + ".part")
@@ -222,14 +313,25 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
     if options.checkpointing:
         editor.enable_gradient_checkpointing()
     method = build_from_options(config.method, dict(config.method_options))
+    members = [(method, editor)]
+    for spec in config.ensemble:
+        member_family, member_model = parse_member(spec)
+        member = load_editor(member_model, member_family, editor.device, options.dtype)
+        if options.checkpointing:
+            member.enable_gradient_checkpointing()
+        members.append((build_from_options(config.method, dict(config.method_options)), member))
+    for member_method, member in members:
+        member_method.check_applies(member)
     source = ImageSource(config.images, config.size, config.seed)
     size = tuple(editor.working_size(config.size, config.size, "native"))
-    if size != (config.size, config.size):
-        raise ValueError(
-            f"--size {config.size} is not a working size of the {config.family} editor {config.model} "
-            f"(nearest {size}); "
-            "use a multiple of its patch size"
-        )
+    for _, member in members:
+        member_size = tuple(member.working_size(config.size, config.size, "native"))
+        if member_size != (config.size, config.size):
+            raise ValueError(
+                f"--size {config.size} is not a working size of the {member.family} editor {member.name} "
+                f"(nearest {member_size}); "
+                "use a multiple of its patch size"
+            )
     torch.manual_seed(config.seed)
     protector = Protector(config.architecture, config.eps)
     optimizer = torch.optim.Adam(protector.parameters(), lr=config.lr)
@@ -248,20 +350,36 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
         log(f"resuming {out} at step {step}")
     protector, optimizer = accelerator.prepare(protector, optimizer)
     transform = eot_transform(config.eot, editor)
+    if config.attackers:
+        from .purify import EOT, parse_breakers
+
+        breakers = parse_breakers(list(config.eot)) if config.eot else []
+        transform = EOT(breakers + attackers_in_the_loop(config.attackers, editor, source.world), editor)
     validation = source.validation(options.val_count).to(editor.device)
     model = accelerator.unwrap_model(protector)
     began = time.perf_counter()
 
     def validate(at: int) -> dict:
         model.eval()
+        scores = []
         with torch.no_grad():
             protected = (validation + model(validation)).clamp(0, 1)
-            clean = method.measure(editor, validation, size, options.val_draws)
-            after = method.measure(editor, protected, size, options.val_draws)
+            for member_method, member in members:
+                member_method.start(member, validation, size)  # methods that compare with the clean photo
+                clean = member_method.measure(member, validation, size, options.val_draws)
+                scores.append((clean, member_method.measure(member, protected, size, options.val_draws)))
         model.train()
-        return {"step": at, "clean": clean, "protected": after}
+        entry = {"step": at, "clean": scores[0][0], "protected": scores[0][1]}
+        if len(members) > 1:
+            entry["ensemble"] = [
+                {"editor": f"{m.family}:{m.name}", "clean": c, "protected": p}
+                for (_, m), (c, p) in zip(members[1:], scores[1:], strict=True)
+            ]
+        return entry
 
-    with method.session(editor):
+    with contextlib.ExitStack() as sessions:
+        for member_method, member in members:
+            sessions.enter_context(member_method.session(member))
         if step == 0:
             history.append(validate(0))  # the untrained protector: the yardstick of the log
         bar = tqdm(total=config.steps, initial=step, desc="protector", disable=not options.progress, dynamic_ncols=True)
@@ -270,8 +388,12 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
             # (the same draws as one process).
             world, rank = accelerator.num_processes, accelerator.process_index
             x0 = source.batch(step, config.batch_size * world)[rank::world].to(editor.device)
-            generators = _generators(config.seed, step, config.batch_size * world)[rank::world]
-            method.start(editor, x0, size)
+            count = config.batch_size * world
+            generators = [_generators(config.seed, step, count)[rank::world]] + [
+                _member_generators(config.seed, step, count, k)[rank::world] for k in range(1, len(members))
+            ]
+            for member_method, member in members:
+                member_method.start(member, x0, size)
             x = (x0 + protector(x0)).clamp(0, 1)
             if transform is not None:
                 x = transform(
@@ -281,7 +403,7 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
                     ),
                 )
             with accelerator.autocast():
-                value = objective(method, editor, x, size, step, generators)
+                value = ensemble_objective(members, x, size, step, generators)
             if not torch.isfinite(value):
                 raise FloatingPointError(f"non-finite loss at training step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -303,6 +425,7 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
         bar.close()
     record = {
         "editor": {"family": config.family, "model": config.model},
+        **({"ensemble": [{"family": m.family, "model": m.name} for _, m in members[1:]]} if config.ensemble else {}),
         "method": {"method": config.method, "options": config.method_options},
         "working_size": list(size),
         "recipe": {**asdict(config), "digest": config.digest()},
@@ -348,6 +471,10 @@ def recipe_flags(config: TrainConfig) -> list[str]:
         ]
     if config.eot:
         flags += ["--eot", *config.eot]
+    if config.attackers:
+        flags += ["--attackers", *config.attackers]
+    if config.ensemble:
+        flags += ["--ensemble", *config.ensemble]
     if config.architecture is not None and config.architecture.get("add_attention") is False:
         flags += ["--architecture", "conv"]
     elif config.architecture is None and config.size > 256:
@@ -361,4 +488,14 @@ def parameters_count(architecture: dict | None = None) -> int:
     return Protector(architecture).parameters_count()
 
 
-__all__ = ["RunOptions", "TOY_TRAIN", "TrainConfig", "ImageSource", "objective", "recipe_flags", "train"]
+__all__ = [
+    "RunOptions",
+    "TOY_TRAIN",
+    "TrainConfig",
+    "ImageSource",
+    "attackers_in_the_loop",
+    "ensemble_objective",
+    "objective",
+    "recipe_flags",
+    "train",
+]

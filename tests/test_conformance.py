@@ -21,6 +21,7 @@ EXPECTED_MEASURES = {
     "danp": {"attention", "noise_mse"},
     "tdae": {"discrepancy"},
     "diffusion": {"edit_mse"},
+    "edit_away": {"edit_distance"},
     "amortized": {"share"},
 }  # the measure of the protector's objective (toy-decontext: DeContext's share)
 PROTECTOR = [

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..editors import Family
+from ..editors import EDITORS, Family
 from .attack import add_method_arguments, method_options
 from .common import ArgumentProblem, add_model_arguments, choose_family, fail
 
@@ -62,6 +62,23 @@ def parser(spec: Family) -> argparse.ArgumentParser:
         metavar="BREAKER",
         help="train to survive these breakers (decontext/purify.py), e.g. jpeg blur",
     )
+    ap.add_argument(
+        "--attackers",
+        nargs="+",
+        default=None,
+        metavar="ATTACKER",
+        help="attackers in the loop (decontext/attackers.py specs, e.g. none regen:t=0.3 jpeg webp): each step's "
+        "batch goes through one, drawn uniformly; differentiable where the attacker is (the breakers' twins, the "
+        "regeneration denoiser), straight-through where not; with --eot, its breakers join the draw",
+    )
+    ap.add_argument(
+        "--ensemble",
+        nargs="+",
+        default=None,
+        metavar="FAMILY:MODEL",
+        help="more editors to train against at once, e.g. flux_kontext:toy-v2 instruct_pix2pix:toy-ip2p; "
+        "each editor's gradient is scaled to unit mean |g| before they are averaged",
+    )
     ap.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200)")
     ap.add_argument(
         "--validate-every",
@@ -93,6 +110,9 @@ def main(argv=None) -> int:
                 raise ArgumentProblem(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         if args.method == "amortized" or args.method == "noise":
             raise ArgumentProblem(f"--method {args.method} has no loss to train a protector with")
+        for spec in args.ensemble or ():
+            if spec.partition(":")[0] not in EDITORS or not spec.partition(":")[2]:
+                raise ArgumentProblem(f"--ensemble {spec}: write FAMILY:MODEL with FAMILY one of {', '.join(EDITORS)}")
         if args.eps is not None and not args.eps > 0:
             raise ArgumentProblem(f"--eps must be > 0, got {args.eps:g}")
         if args.images is None:
@@ -142,6 +162,8 @@ def main(argv=None) -> int:
         lr=args.lr,
         seed=args.seed,
         eot=tuple(args.eot or ()),
+        attackers=tuple(args.attackers or ()),
+        ensemble=tuple(args.ensemble or ()),
     )
     if (args.architecture or ("small" if config.size <= 256 else "conv")) == "conv":
         from ..methods.amortized import CONV_ARCHITECTURE

@@ -57,6 +57,13 @@ OPTIONS = {
         ),
         Flag("--target-value", "grey level in [0, 1] of the encoder / diffusion attack's target image"),
         Flag("--sample-steps", "denoising steps the diffusion attack backpropagates through", type=int),
+        Flag(
+            "--edit-space",
+            "edit_away: where the protected photo's edit is pushed from the clean one's: latent (the sampler's clean "
+            "latents) or pixel (decoded)",
+            type=str,
+            choices=("latent", "pixel"),
+        ),
         Flag("--threshold-std", "DANP: k of the dynamic threshold mean + k*std of each attention map"),
         Flag("--attention-weight", "DANP: weight of the attention term"),
         Flag("--noise-weight", "DANP: weight of the noise term"),
@@ -162,6 +169,14 @@ METHODS = {
         PHOTOGUARD_PGD,
     ),
 }
+METHODS["edit_away"] = MethodSpec(
+    "decontext.methods.edit_away:EditAway",
+    "through the edit: push the editor's own few-step edit of the photo away from its edit of the clean photo",
+    {"sample_steps": 4, "edit_space": "latent", "prompts": None},
+    frozenset({"sampling"}),
+    {"start": "uniform"},  # the squared distance and its gradient vanish at the clean photo
+    batched=True,
+)
 METHODS["amortized"] = MethodSpec(
     "decontext.methods.amortized:Amortized",
     "a trained protector network: one forward pass per photo, no PGD (--protector; `decontext amortize` trains one)",
