@@ -117,6 +117,64 @@ def results(records: list[dict]) -> dict:
     }
 
 
+# What the paper reports, beside a run of its protocol: (quantity, the paper's value, where the reference notes on
+# the paper (shared/reference/decontext.md, arXiv 2512.16625) give it). Those notes record the protocol's numbers
+# but no result: "No numeric tables, runtimes or memory figures could be obtained here", so the scores say so
+# rather than carry a guess.
+NOT_GIVEN = "not given (decontext.md: no numeric tables could be obtained)"
+PAPER_REFERENCE = {
+    "kontext-paper": [
+        ("budget", "12.75/255 (eps 0.1 on [-1, 1])", "Where it is applied (official defaults): PGD"),
+        ("PGD", "800 sign steps of 0.6375/255, no momentum, no random start", "Where it is applied: PGD"),
+        ("edits", "FLUX.1-Kontext, 20 steps, guidance 3.5, 512x512, seed 42", "Evaluation protocol: editors"),
+        ("ISM (lower = better protection)", NOT_GIVEN, "Evaluation protocol: ISM"),
+        ("FDFR (higher = better protection)", NOT_GIVEN, "Evaluation protocol: FDFR"),
+        ("CLIP-I (lower = better protection)", NOT_GIVEN, "Evaluation protocol: CLIP-I"),
+    ]
+}
+
+
+def paper_reference(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The paper's reported values beside this run's where the spec follows a paper's protocol (else none).
+    This run's scores: each method without an attacker, ISM = the identity score, FDFR = 1 - edit success."""
+    reference = PAPER_REFERENCE.get(res["spec"])
+    if reference is None:
+        return []
+    unattacked = [r for r in res["rows"] if r["attacker"] == "none"]
+
+    def scores(clean_key: str, key: str, flip: bool) -> str:
+        def text(value: float) -> str:
+            value = 1 - value if flip else value
+            return f"{value:.3f}" if np.isfinite(value) else "n/a"
+
+        return "; ".join(
+            ([f"clean {text(unattacked[0][clean_key])}"] if unattacked else [])
+            + [f"{r['method']} {text(r[key])}" for r in unattacked]
+        )
+
+    ours = {
+        "budget": ", ".join(sorted({f"{r['budget']:g}/255" for r in res["rows"]})),
+        "ISM (lower = better protection)": scores("clean_identity", "identity", flip=False),
+        "FDFR (higher = better protection)": scores("clean_edit_success", "edit_success", flip=True),
+        "CLIP-I (lower = better protection)": "not measured by this spec",
+    }
+    return [
+        (
+            f"{res['spec']}: the paper's reported values beside this run's (no attacker)",
+            [
+                "quantity",
+                "the paper (DeContext, arXiv 2512.16625)",
+                "where in decontext.md (notes on the paper)",
+                "this run",
+            ],
+            [
+                [quantity, value, where, ours.get(quantity, "the spec's (spec.json)")]
+                for quantity, value, where in reference
+            ],
+        )
+    ]
+
+
 def _ci(mean, low, high) -> str:
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
@@ -184,7 +242,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 ],
             )
         )  # fmt: skip
-    return out
+    return out + paper_reference(res)
 
 
 def markdown(res: dict) -> str:
