@@ -302,3 +302,16 @@ def test_train_with_ensemble_and_attackers_records_its_command_and_resumes_to_th
     whole = load_file(str(tmp_path / "whole" / "protector.safetensors"))
     split = load_file(str(tmp_path / "split" / "protector.safetensors"))
     assert whole.keys() == split.keys() and all(torch.equal(whole[k], split[k]) for k in whole)
+
+
+def test_cli_trains_with_the_new_flags_and_refuses_a_bad_ensemble(tmp_path, capsys):
+    from decontext.cli.amortize import main
+
+    common = ["--model", "tiny", "--family", "flux_kontext", "--method", "edit_away", "--no-progress"]
+    assert main([*common, "--ensemble", "step1x_edit", "--out", str(tmp_path / "bad")]) == 2
+    assert "--ensemble step1x_edit: write FAMILY:MODEL" in capsys.readouterr().err
+    argv = [*common, "--sample-steps", "1", "--prompts", "data/prompts/toy_prompts.txt", "--size", "32"]
+    argv += ["--batch-size", "1", "--steps", "1", "--ensemble", "step1x_edit:tiny", "--attackers", "none", "blur"]
+    assert main([*argv, "--out", str(tmp_path / "ok")]) == 0
+    command = json.loads((tmp_path / "ok" / "protector.json").read_text())["command"]
+    assert command.endswith("--attackers none blur --ensemble step1x_edit:tiny") and "--method edit_away" in command

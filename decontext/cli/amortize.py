@@ -110,9 +110,11 @@ def main(argv=None) -> int:
                 raise ArgumentProblem(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
         if args.method == "amortized" or args.method == "noise":
             raise ArgumentProblem(f"--method {args.method} has no loss to train a protector with")
-        for spec in args.ensemble or ():
-            if spec.partition(":")[0] not in EDITORS or not spec.partition(":")[2]:
-                raise ArgumentProblem(f"--ensemble {spec}: write FAMILY:MODEL with FAMILY one of {', '.join(EDITORS)}")
+        for member in args.ensemble or ():
+            if member.partition(":")[0] not in EDITORS or not member.partition(":")[2]:
+                raise ArgumentProblem(
+                    f"--ensemble {member}: write FAMILY:MODEL with FAMILY one of {', '.join(EDITORS)}"
+                )
         if args.eps is not None and not args.eps > 0:
             raise ArgumentProblem(f"--eps must be > 0, got {args.eps:g}")
         if args.images is None:
