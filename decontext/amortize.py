@@ -256,15 +256,13 @@ def attackers_in_the_loop(specs, editor, world):
     """The EOT cases of ``--attackers`` specs: each attacker's differentiable version (with its model: the regen
     denoiser, trained on the world's training renders only), else straight-through. The remover is refused: it is
     trained on the protection under test (adversarial training is not in this trainer yet)."""
-    from .attackers import parse_attacker
+    from .attackers import AttackContext, parse_attacker
 
     cases = []
     for spec in specs:
         attacker = parse_attacker(spec)
         if attacker.needs == "protection" or attacker.derived:
             raise ValueError(f"--attackers {spec}: not an attacker the trainer can run in the loop")
-        from .attackers import AttackContext
-
         state = attacker.fit(AttackContext(editor=editor, world=world))
         try:
             attacker.differentiable(state, editor)
