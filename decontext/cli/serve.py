@@ -7,6 +7,8 @@
 Served on 127.0.0.1 only unless --host says otherwise, and then only with --api-key-file (every request but
 /healthz and /readyz must carry the key). No telemetry; nothing is written to disk unless --keep DIR. SIGTERM
 stops accepting, answers what is in flight, and exits 0.
+
+    decontext serve --ray --replicas 2 --gpus-per-replica 1     # the same app on Ray Serve (decontext[serve-ray])
 """
 
 from __future__ import annotations
@@ -135,14 +137,14 @@ def main(argv=None) -> int:
             read_config(name)
     except (ValueError, FileNotFoundError) as exc:
         return fail(str(exc))
-    if args.ray:
-        return fail("--ray: the Ray Serve deployment is not built yet (docs/SERVE.md); serve one process per machine")
     try:
         import fastapi  # noqa: F401
         import uvicorn
     except ImportError:
         return fail("decontext serve needs FastAPI and uvicorn: pip install 'decontext[serve]'")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.ray:
+        return serve_on_ray(args, settings)
     from ..serve.app import create_app
     from .common import avoid_cudnn_attention, quiet_libraries
 
@@ -158,6 +160,28 @@ def main(argv=None) -> int:
         app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False, server_header=False
     )
     return 0
+
+
+def serve_on_ray(args, settings) -> int:
+    """``--ray``: the same app as a Ray Serve deployment of ``--replicas`` replicas (decontext/serve/ray_app.py)."""
+    try:
+        from ..serve import ray_app
+    except ImportError as exc:
+        return fail(f"--ray needs Ray Serve ({exc}): pip install 'decontext[serve-ray]'")
+    where = args.address or "a local Ray"
+    return ray_app.run(
+        settings,
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        gpus_per_replica=args.gpus_per_replica,
+        address=args.address,
+        on_ready=lambda: print(
+            f"decontext serve on Ray Serve ({where}, {args.replicas} replicas) at http://{args.host}:{args.port} "
+            "(docs at /docs; Ctrl+C or SIGTERM stops it)",
+            flush=True,
+        ),
+    )
 
 
 if __name__ == "__main__":
