@@ -34,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from .purify import KINDS as BREAKERS
-from .purify import Breaker, parse_breaker
+from .purify import Breaker, parse_breaker, parse_params
 
 DENOISERS = {"v1": "attackers/toy_denoiser_v1", "v3": "attackers/toy_denoiser_v3"}  # shipped, under data/
 EDITOR_CLEAN_INSTRUCTION = "Return the photo exactly as it is, unchanged."
@@ -203,29 +203,9 @@ class BoundAttacker:
         return self.attacker.differentiable(self.state, editor)
 
 
-def _value(kind: str, key: str, text: str):
-    default = KINDS[kind].defaults[key]
-    if isinstance(default, str):
-        return text
-    try:
-        return type(default)(text)
-    except ValueError:
-        raise ValueError(f"attacker {kind}: {key} takes a {type(default).__name__}, got {text!r}") from None
-
-
 def parse_attacker(spec: str) -> Attacker:
     """``none``, ``jpeg:quality=50``, ``regen:t=0.3,steps=4``, ``remover:pairs=32``, ``worst`` (see the table)."""
-    name, _, rest = str(spec).strip().partition(":")
-    if name not in KINDS:
-        raise ValueError(f"unknown attacker {name!r} (choose from {', '.join(KINDS)})")
-    params = dict(KINDS[name].defaults)
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or key not in params:
-            raise ValueError(
-                f"attacker {name}: {item!r} is not KEY=VALUE with KEY one of {', '.join(params) or '(none)'}"
-            )
-        params[key] = _value(name, key, value)
+    name, params = parse_params("attacker", spec, KINDS)
     attacker = Attacker(name, params)
     if name in BREAKERS:
         parse_breaker(spec)  # the breaker's own checks (filter names ...)

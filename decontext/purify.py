@@ -247,27 +247,31 @@ class Breaker:
         return lambda x, generator: kind.differentiable(x, generator, **self.params)
 
 
-def _value(kind: str, key: str, text: str):
-    default = KINDS[kind].defaults[key]
-    try:
-        return type(default)(text) if not isinstance(default, str) else text
-    except ValueError:
-        raise ValueError(f"breaker {kind}: {key} takes a {type(default).__name__}, got {text!r}") from None
+def parse_params(what: str, spec: str, kinds: dict) -> tuple[str, dict]:
+    """``name`` or ``name:key=value,...`` checked against ``kinds[name].defaults``: (name, the parameters with
+    the defaults filled in, each of its default's type). ``what`` names the thing in errors ("breaker",
+    "attacker"); the breakers and the attackers (decontext.attackers) share this one parser."""
+    name, _, rest = str(spec).strip().partition(":")
+    if name not in kinds:
+        raise ValueError(f"unknown {what} {name!r} (choose from {', '.join(kinds)})")
+    params = dict(kinds[name].defaults)
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, text = item.partition("=")
+        if not sep or key not in params:
+            raise ValueError(
+                f"{what} {name}: {item!r} is not KEY=VALUE with KEY one of {', '.join(params) or '(none)'}"
+            )
+        default = kinds[name].defaults[key]
+        try:
+            params[key] = text if isinstance(default, str) else type(default)(text)
+        except ValueError:
+            raise ValueError(f"{what} {name}: {key} takes a {type(default).__name__}, got {text!r}") from None
+    return name, params
 
 
 def parse_breaker(spec: str) -> Breaker:
     """``jpeg``, ``jpeg:quality=50``, ``resize:factor=0.25,filter=bilinear`` ... (see the module table)."""
-    name, _, rest = spec.strip().partition(":")
-    if name not in KINDS:
-        raise ValueError(f"unknown breaker {name!r} (choose from {', '.join(KINDS)})")
-    params = dict(KINDS[name].defaults)
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or key not in params:
-            raise ValueError(
-                f"breaker {name}: {item!r} is not KEY=VALUE with KEY one of {', '.join(params) or '(none)'}"
-            )
-        params[key] = _value(name, key, value)
+    name, params = parse_params("breaker", spec, KINDS)
     breaker = Breaker(name, params)
     if name == "resize":
         _filter(params["filter"])
