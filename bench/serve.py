@@ -249,7 +249,7 @@ def main(argv=None) -> int:
 
     common = ["--device", "cpu", "--threads", str(args.threads), "--measure-draws", "0", "--max-queue", "256"]
     servers = {
-        "on": [*common, "--max-batch", str(args.max_batch), "--max-wait-ms", "5"],
+        "on": [*common, "--max-batch", str(args.max_batch), "--max-wait-ms", "5", "--batch-compute"],
         "off": [*common, "--max-batch", "1", "--max-wait-ms", "0"],
     }
     rows = []

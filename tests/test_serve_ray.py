@@ -85,7 +85,7 @@ def test_two_replicas_survive_a_killed_replica_under_load(tmp_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     command = [sys.executable, "-m", "decontext", "serve", "--ray", "--replicas", "2", "--port", str(port)]
-    command += ["--device", "cpu", "--threads", "1", "--measure-draws", "1", "--max-batch", "1", "--max-wait-ms", "0"]
+    command += ["--device", "cpu", "--threads", "1", "--measure-draws", "1", "--max-batch", "4", "--max-wait-ms", "5"]
     log = open(tmp_path / "server.log", "wb")
     server = subprocess.Popen(
         command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ}

@@ -90,7 +90,16 @@ class Service:
 
         s = self.settings
         return Engine(
-            s.protectors, s.model, s.family, s.device, s.dtype, s.max_eps, s.measure_draws, s.allow_pgd, s.pgd_steps
+            s.protectors,
+            s.model,
+            s.family,
+            s.device,
+            s.dtype,
+            s.max_eps,
+            s.measure_draws,
+            s.allow_pgd,
+            s.pgd_steps,
+            batch_compute=s.batch_compute,
         )
 
     def load(self) -> None:

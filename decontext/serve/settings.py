@@ -30,6 +30,7 @@ class ServeSettings:
     keep: str | None = None  # a folder for each request's upload and answer (default: nothing written)
     api_key: str | None = None
     threads: int | None = None  # torch threads of the protecting worker
+    batch_compute: bool = False  # a batch's photos in one protect() call (faster; equal bytes not guaranteed)
 
     def check(self) -> None:
         """ValueError naming the setting that cannot work."""
