@@ -145,7 +145,7 @@ def test_a_run_killed_mid_cell_resumes_to_the_uninterrupted_records(uninterrupte
 
 
 def test_a_rerun_computes_no_cell_and_another_spec_is_refused(uninterrupted):
-    from decontext.benchmark.cells import run_benchmark
+    from decontext.benchmark.run import run_benchmark
 
     before = {p.name: p.stat().st_mtime_ns for p in (uninterrupted / "records").glob("*.json")}
     result = run_benchmark(load_spec("toy-tiny"), uninterrupted, log=lambda *a: None)

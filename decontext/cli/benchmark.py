@@ -67,9 +67,9 @@ def main(argv=None) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from ..benchmark.cells import run_benchmark
     from ..benchmark.records import FolderError
     from ..benchmark.report import write_report
+    from ..benchmark.run import run_benchmark
     from .common import quiet_libraries
 
     quiet_libraries()
