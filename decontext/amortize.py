@@ -178,10 +178,12 @@ class ImageSource:
 
 
 # ---------------------------------------------------------------------------------------------- the loop
-def _generators(seed: int, step: int, count: int) -> list[torch.Generator]:
+def _generators(seed: int, step: int, count: int, member: int = 0) -> list[torch.Generator]:
+    """The draws of one training step's images: of the run's editor (``member`` 0), or of ensemble member
+    ``member`` >= 1 (its own stream, so no two editors share a draw)."""
+    key = [seed, step, 3] if member == 0 else [seed, step, 5, member]
     return [
-        torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 3, i]).generate_state(1)[0]))
-        for i in range(count)
+        torch.Generator().manual_seed(int(np.random.SeedSequence([*key, i]).generate_state(1)[0])) for i in range(count)
     ]
 
 
@@ -194,14 +196,6 @@ def objective(method, editor, x: torch.Tensor, size, step: int, generators: list
     return torch.stack(
         [method.loss(editor, x[i : i + 1], size, step, [generators[i]])[0].reshape(()) for i in range(len(x))]
     ).mean()
-
-
-def _member_generators(seed: int, step: int, count: int, member: int) -> list[torch.Generator]:
-    """Generators of ensemble member ``member`` (>= 1; member 0, the run's editor, takes ``_generators``)."""
-    return [
-        torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step, 5, member, i]).generate_state(1)[0]))
-        for i in range(count)
-    ]
 
 
 def ensemble_objective(members, x: torch.Tensor, size, step: int, generators: list) -> torch.Tensor:
@@ -347,12 +341,8 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
         step, history = int(state["step"]), list(state["validation"])
         log(f"resuming {out} at step {step}")
     protector, optimizer = accelerator.prepare(protector, optimizer)
-    transform = eot_transform(config.eot, editor)
-    if config.attackers:
-        from .purify import EOT, parse_breakers
-
-        breakers = parse_breakers(list(config.eot)) if config.eot else []
-        transform = EOT(breakers + attackers_in_the_loop(config.attackers, editor, source.world), editor)
+    attackers = attackers_in_the_loop(config.attackers, editor, source.world) if config.attackers else ()
+    transform = eot_transform(config.eot, editor, attackers)
     validation = source.validation(options.val_count).to(editor.device)
     model = accelerator.unwrap_model(protector)
     began = time.perf_counter()
@@ -387,9 +377,7 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
             world, rank = accelerator.num_processes, accelerator.process_index
             x0 = source.batch(step, config.batch_size * world)[rank::world].to(editor.device)
             count = config.batch_size * world
-            generators = [_generators(config.seed, step, count)[rank::world]] + [
-                _member_generators(config.seed, step, count, k)[rank::world] for k in range(1, len(members))
-            ]
+            generators = [_generators(config.seed, step, count, k)[rank::world] for k in range(len(members))]
             for member_method, member in members:
                 member_method.start(member, x0, size)
             x = (x0 + protector(x0)).clamp(0, 1)

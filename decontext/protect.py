@@ -94,13 +94,14 @@ class ProtectResult:
         return reasons.pop() if len(reasons) == 1 else "per image"
 
 
-def eot_transform(specs, editor=None):
-    """The EOT transform of breaker specs (``decontext.purify.EOT``), or None without any."""
-    if not specs:
+def eot_transform(specs, editor=None, extra=()):
+    """The EOT transform of breaker specs and ``extra`` cases shaped like breakers (the trainer's attackers in
+    the loop; ``decontext.purify.EOT``), or None without any."""
+    if not specs and not extra:
         return None
     from .purify import EOT, parse_breakers
 
-    return EOT(parse_breakers(list(specs)), editor)
+    return EOT((parse_breakers(list(specs)) if specs else []) + list(extra), editor)
 
 
 def protect(

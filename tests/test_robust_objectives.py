@@ -42,9 +42,7 @@ def value(members, net, x0, transform=None, step=0, offset=0.0):
     x = (x0 + offset + net(x0)).clamp(0, 1)
     if transform is not None:
         x = transform(x, torch.Generator().manual_seed(step))
-    generators = [amortize._generators(0, step, len(x0))] + [
-        amortize._member_generators(0, step, len(x0), k) for k in range(1, len(members))
-    ]
+    generators = [amortize._generators(0, step, len(x0), k) for k in range(len(members))]
     return ensemble_objective(members, x, SIZE, step, generators)
 
 
@@ -172,11 +170,11 @@ def test_ensemble_gradient_reaches_the_protector_through_both_editors(tiny_edito
     net = protector()
     with session(members, x0):
         x = (x0 + net(x0)).clamp(0, 1)
-        gens = [amortize._generators(0, 0, 1), amortize._member_generators(0, 0, 1, 1)]
+        gens = [amortize._generators(0, 0, 1), amortize._generators(0, 0, 1, 1)]
         total = ensemble_objective(members, x, SIZE, 0, gens)
         # the balanced direction: each editor's gradient at unit mean |g|, averaged
         parts = []
-        fresh = [amortize._generators(0, 0, 1), amortize._member_generators(0, 0, 1, 1)]  # the same draws again
+        fresh = [amortize._generators(0, 0, 1), amortize._generators(0, 0, 1, 1)]  # the same draws again
         for (method, editor), g in zip(members, fresh, strict=True):
             xi = x.detach().requires_grad_()
             amortize.objective(method, editor, xi, SIZE, 0, g).backward()
