@@ -264,6 +264,22 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _effect_chart(title: str, xs: list, rows: list[dict], x_label: str, y_label: str) -> Chart:
+    """A leaderboard plot: its y range spans every row's interval and 0, where the noise control lies."""
+    chart = Chart(
+        title,
+        xs,
+        [v for r in rows for v in (r["low"], r["high"])] + [0.0],
+        x_label=x_label,
+        y_label=y_label,
+        width=760,
+        height=360,
+        margins=(62, 200, 30, 60),
+    )
+    chart.reference(0.0, "#999999", "noise control")
+    return chart
+
+
 def plots(res: dict) -> list[str]:
     """SVG: effect per attacker per method; robust effect against input PSNR."""
     out = []
@@ -271,17 +287,13 @@ def plots(res: dict) -> list[str]:
         rows = [r for r in res["rows"] if (r["editor"], r["budget"]) == (editor, budget)]
         attackers = list(dict.fromkeys(r["attacker"] for r in rows))
         methods = list(dict.fromkeys(r["method"] for r in rows))
-        chart = Chart(
+        chart = _effect_chart(
             f"{editor}, {budget:g}/255: effect vs noise after each attacker",
             attackers,
-            [v for r in rows for v in (r["low"], r["high"])] + [0.0],
-            x_label="attacker",
-            y_label="identity effect (lower = protects)",
-            width=760,
-            height=360,
-            margins=(62, 200, 30, 60),
+            rows,
+            "attacker",
+            "identity effect (lower = protects)",
         )
-        chart.reference(0.0, "#999999", "noise control")
         for k, method in enumerate(methods):
             color, dx = color_of(method), 6.0 * (k - (len(methods) - 1) / 2)
             points = [r for r in rows if r["method"] == method]
@@ -292,17 +304,13 @@ def plots(res: dict) -> list[str]:
                              f"{_ci(r['effect'], r['low'], r['high'])}", dx=dx, radius=3)  # fmt: skip
         out.append(chart.svg())
         robust = [r for r in res["robust"] if (r["editor"], r["budget"]) == (editor, budget)]
-        chart = Chart(
+        chart = _effect_chart(
             f"{editor}, {budget:g}/255: robust effect vs input PSNR",
             [round(r["psnr_input"], 2) for r in robust],
-            [v for r in robust for v in (r["low"], r["high"])] + [0.0],
-            x_label="PSNR of the protected input (dB)",
-            y_label="robust effect (lower = protects)",
-            width=760,
-            height=360,
-            margins=(62, 200, 30, 60),
+            robust,
+            "PSNR of the protected input (dB)",
+            "robust effect (lower = protects)",
         )
-        chart.reference(0.0, "#999999", "noise control")
         for r in robust:
             color, x = color_of(r["method"]), round(r["psnr_input"], 2)
             chart.error_bar(x, r["low"], r["high"], color)
