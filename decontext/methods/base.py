@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import ClassVar, ContextManager, Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint as recompute
 
-from ..editors.base import Editor
+from ..editors.base import Condition, Editor
 from ..options import Flag
 from ..prompts import load_prompts
 from . import METHODS, OPTIONS
@@ -171,6 +172,22 @@ class ProbedMethod(Method):
                 yield probe
             finally:
                 self._probe = None
+
+
+def sample(
+    editor: Editor, condition: Condition, noise: torch.Tensor, steps: int, checkpoint: bool = False
+) -> torch.Tensor:
+    """The editor's deterministic sampler from ``noise`` at sigma 1 to clean latents in ``steps`` evenly spaced
+    ``editor.denoise`` steps: the differentiable edit of PhotoGuard's diffusion attack and of ``edit_away``; with
+    ``checkpoint`` each step is recomputed in backward."""
+    levels = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    x = noise
+    for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=True):
+        if checkpoint and torch.is_grad_enabled():
+            x = recompute(editor.denoise, x, sigma, sigma_next, condition, use_reentrant=False)
+        else:
+            x = editor.denoise(x, sigma, sigma_next, condition)
+    return x
 
 
 def prompt_list(prompts: Sequence[str] | str | Path | None) -> list[str]:

@@ -18,7 +18,7 @@ import torch
 
 from ..editors.base import Editor
 from . import METHODS
-from .base import Method, draw_prompts_and_sigmas, only, prompt_list
+from .base import Method, draw_prompts_and_sigmas, only, prompt_list, sample
 
 DEFAULTS = METHODS["diffusion"].defaults
 
@@ -64,11 +64,9 @@ class DiffusionAttack(Method, spec="diffusion"):
         """The differentiable edit: (B, 3, H, W) pixels at the working size, for one draw of prompt and noise."""
         (index,), _ = draw_prompts_and_sigmas(generator, len(self.prompts), (0.0, 1.0))
         condition = editor.condition(pixels, [self.prompts[index]], size, step=step)
-        x = editor.noise_like(condition, [generator])
-        levels = torch.linspace(1.0, 0.0, self.sample_steps + 1).tolist()
-        for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=False):
-            x = editor.denoise(x, sigma, sigma_next, condition)
-        return editor.decode(x, condition)
+        return editor.decode(
+            sample(editor, condition, editor.noise_like(condition, [generator]), self.sample_steps), condition
+        )
 
     def _distance(self, editor, pixels, size, generator, step=None) -> torch.Tensor:
         return (self.edit(editor, pixels, size, generator, step) - self.target_value).pow(2).mean()

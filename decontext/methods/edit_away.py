@@ -23,30 +23,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint as recompute
 
-from ..editors.base import Condition, Editor
+from ..editors.base import Editor
 from . import METHODS
-from .base import Method, draw_per_image, image_means, prompt_list
+from .base import Method, draw_per_image, image_means, prompt_list, sample
 
 DEFAULTS = METHODS["edit_away"].defaults
 SPACES = ("latent", "pixel")
-
-
-def sample(
-    editor: Editor, condition: Condition, noise: torch.Tensor, steps: int, checkpoint: bool = False
-) -> torch.Tensor:
-    """The editor's deterministic sampler from ``noise`` at sigma 1 to clean latents in ``steps`` evenly spaced
-    ``editor.denoise`` steps (the schedule of ``methods.diffusion``); each step recomputed in backward with
-    ``checkpoint``."""
-    levels = torch.linspace(1.0, 0.0, steps + 1).tolist()
-    x = noise
-    for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=True):
-        if checkpoint and torch.is_grad_enabled():
-            x = recompute(editor.denoise, x, sigma, sigma_next, condition, use_reentrant=False)
-        else:
-            x = editor.denoise(x, sigma, sigma_next, condition)
-    return x
 
 
 class EditAway(Method, spec="edit_away"):
