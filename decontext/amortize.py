@@ -461,7 +461,9 @@ def recipe_flags(config: TrainConfig) -> list[str]:
         flags += ["--attackers", *config.attackers]
     if config.ensemble:
         flags += ["--ensemble", *config.ensemble]
-    if config.architecture is not None and config.architecture.get("add_attention") is False:
+    if config.architecture is not None and config.architecture.get("fold"):
+        flags += ["--architecture", f"fold{config.architecture['fold']}"]
+    elif config.architecture is not None and config.architecture.get("add_attention") is False:
         flags += ["--architecture", "conv"]
     elif config.architecture is None and config.size > 256:
         flags += ["--architecture", "small"]

@@ -46,10 +46,11 @@ def parser(spec: Family) -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
     ap.add_argument(
         "--architecture",
-        choices=["small", "conv"],
+        choices=["small", "conv", "fold4"],
         default=None,
         help="small: UNet2DModel with a self-attention mid block (the shipped toy protectors; fine at 64-256 px); "
-        "conv: the same without it, cost linear in pixels (for 512-1024 px working sizes). "
+        "conv: the same without it, cost linear in pixels (for 512-1024 px working sizes); "
+        "fold4: the photo folded 4 x 4 into channels, no attention, several times faster than conv at 1 MP. "
         "Default: small up to 256 px, conv above",
     )
     ap.add_argument(
@@ -167,10 +168,10 @@ def main(argv=None) -> int:
         attackers=tuple(args.attackers or ()),
         ensemble=tuple(args.ensemble or ()),
     )
-    if (args.architecture or ("small" if config.size <= 256 else "conv")) == "conv":
-        from ..methods.amortized import CONV_ARCHITECTURE
+    if (args.architecture or ("small" if config.size <= 256 else "conv")) != "small":
+        from ..methods.protector import ARCHITECTURES
 
-        config.architecture = dict(CONV_ARCHITECTURE)
+        config.architecture = dict(ARCHITECTURES[args.architecture or "conv"])
     run = RunOptions(
         checkpoint_every=args.checkpoint_every,
         validate_every=args.validate_every,

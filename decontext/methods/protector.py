@@ -1,7 +1,8 @@
-"""The amortized protector's network and its files: ``Protector`` (diffusers' ``UNet2DModel`` mapping an image
-to ``eps * tanh(out)``), loading by name or folder, and its output as the start of a protection
-(``protected_start``). The method that uses it is ``decontext.methods.amortized``; this module knows no method,
-so the base ``Method`` can start any run from a protector (``--init``) without an import cycle."""
+"""The amortized protector's network and its files: ``Protector`` (diffusers' ``UNet2DModel`` mapping an image,
+optionally folded into channels, to ``eps * tanh(out)``), its named architectures (``ARCHITECTURES``), loading
+by name or folder, and its output as the start of a protection (``protected_start``). The method that uses it
+is ``decontext.methods.amortized``; this module knows no method, so the base ``Method`` can start any run from
+a protector (``--init``) without an import cycle."""
 
 from __future__ import annotations
 
@@ -29,22 +30,46 @@ DEFAULT_ARCHITECTURE = {
 # The same without the mid block's self-attention (UNet2DModel's add_attention): at a 1 MP working size that
 # attention would see 256 x 256 = 65,536 positions (quadratic); this one costs linear in pixels.
 CONV_ARCHITECTURE = {**DEFAULT_ARCHITECTURE, "add_attention": False}
+# Folded (``fold``: a key of this class, not of UNet2DModel): each 4 x 4 cell of pixels becomes 48 channels
+# (pixel_unshuffle), a 4-level UNet2DModel of 64 channels and no attention runs on 1/16 of the positions, and
+# pixel_shuffle puts its 48 output channels back as 4 x 4 cells: ~1.99 M parameters (8.0 MB in float32), a 1 MP
+# working size in well under 2 s on a 2-core CPU (docs/AMORTIZED.md has the measured numbers)
+FOLD4_ARCHITECTURE = {
+    "fold": 4,
+    "in_channels": 48,
+    "out_channels": 48,
+    "layers_per_block": 1,
+    "block_out_channels": [64, 64, 64, 64],
+    "down_block_types": ["DownBlock2D"] * 4,
+    "up_block_types": ["UpBlock2D"] * 4,
+    "norm_num_groups": 16,
+    "add_attention": False,
+}
+# the names of ``decontext amortize --architecture`` and ``bench.protector_step --architecture``
+ARCHITECTURES = {"small": DEFAULT_ARCHITECTURE, "conv": CONV_ARCHITECTURE, "fold4": FOLD4_ARCHITECTURE}
 
 
 class Protector(torch.nn.Module):
     """P(x) -> delta: (B, 3, H, W) pixels in [0, 1] at any size -> a perturbation with |delta| <= eps/255.
 
     The input is reflect-padded to the network's multiple and the output cropped back, so any size and
-    aspect ratio works."""
+    aspect ratio works. An architecture with ``fold`` f runs the UNet on the image folded f x f into channels
+    (``in_channels`` = ``out_channels`` = 3 f^2) and unfolds its output; without it (the shipped ones), f = 1."""
 
     def __init__(self, architecture: dict | None = None, eps: float = 16.0):
         super().__init__()
         from diffusers import UNet2DModel
 
         self.architecture = dict(architecture or DEFAULT_ARCHITECTURE)
-        self.net = UNet2DModel(sample_size=None, **self.architecture)
+        unet = {k: v for k, v in self.architecture.items() if k != "fold"}
+        self.fold = int(self.architecture.get("fold", 1))
+        if not unet.get("in_channels", 3) == unet.get("out_channels", 3) == 3 * self.fold**2:
+            raise ValueError(
+                f"a protector folded {self.fold} x {self.fold} needs {3 * self.fold**2} channels in and out"
+            )
+        self.net = UNet2DModel(sample_size=None, **unet)
         self.eps = float(eps)
-        self.multiple = 2 ** (len(self.architecture["block_out_channels"]) - 1)
+        self.multiple = self.fold * 2 ** (len(self.architecture["block_out_channels"]) - 1)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         height, width = pixels.shape[-2:]
@@ -54,7 +79,12 @@ class Protector(torch.nn.Module):
             x = F.pad(
                 x, (0, pad_w, 0, pad_h), mode="reflect" if min(height, width) > max(pad_h, pad_w) else "replicate"
             )
-        out = self.net(x, timestep=0).sample[..., :height, :width]
+        if self.fold > 1:
+            x = F.pixel_unshuffle(x, self.fold)
+        out = self.net(x, timestep=0).sample
+        if self.fold > 1:
+            out = F.pixel_shuffle(out, self.fold)
+        out = out[..., :height, :width]
         return fraction(self.eps) * torch.tanh(out)
 
     def parameters_count(self) -> int:
