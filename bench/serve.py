@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Load on ``decontext serve`` over loopback (docs/SERVE.md): images per second and p50/p95/p99 latency at
-concurrency 1, 8 and 32, with the toy protector and with fast PGD on the toy, batching on and off side by
-side; then a bounded soak (``--soak`` requests, default 10,000) counting lost and mixed-up answers while
-hostile uploads (truncated, not an image, a pixel bomb, a 200 MB body, a wrong type) arrive in between.
+concurrency 1, 8 and 32, with the toy protector and with fast PGD on the toy, three servers side by side
+(batching on: one forward per batch; queue: the default, batches share the queue, each photo computed alone;
+off: one photo at a time); then a bounded soak (``--soak`` requests, default 10,000) counting lost and mixed-up
+answers while hostile uploads (truncated, not an image, a pixel bomb, a 200 MB body, a wrong type) arrive in between.
 
 Each server is the real command in its own process (``python -m decontext serve``), on 127.0.0.1 only. Every
 request is a distinct toy face (one pixel of a held-out face changed per request), so an answer that is not
@@ -248,8 +249,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     common = ["--device", "cpu", "--threads", str(args.threads), "--measure-draws", "0", "--max-queue", "256"]
+    # on: one forward per batch (--batch-compute); queue: the default engine, a batch shares one trip through the
+    # queue but each photo is computed alone (equal bytes whatever the batch); off: one photo per trip.
     servers = {
         "on": [*common, "--max-batch", str(args.max_batch), "--max-wait-ms", "5", "--batch-compute"],
+        "queue": [*common, "--max-batch", str(args.max_batch), "--max-wait-ms", "5"],
         "off": [*common, "--max-batch", "1", "--max-wait-ms", "0"],
     }
     rows = []
@@ -270,7 +274,7 @@ def main(argv=None) -> int:
                     bad = sum(1 for k, (s, b) in answers.items() if s != 200 or not within_budget(uploads[k], b))
                     rows.append({"mode": mode, "batching": batching, **result, "bad": bad})
                     print(
-                        f"{mode:14s} batching {batching:3s} c={concurrency:2d}: "
+                        f"{mode:14s} batching {batching:5s} c={concurrency:2d}: "
                         f"{result['images_per_s']:7.1f} images/s, "
                         f"p50 {result['p50_ms']:.0f} p95 {result['p95_ms']:.0f} p99 {result['p99_ms']:.0f} ms, "
                         f"bad {bad}",
@@ -279,7 +283,8 @@ def main(argv=None) -> int:
         finally:
             code = server.stop()
             print(f"server (batching {batching}) stopped with exit code {code}", flush=True)
-    rows.sort(key=lambda r: (r["mode"] != "toy protector", r["concurrency"], r["batching"] != "on"))
+    order = list(servers)
+    rows.sort(key=lambda r: (r["mode"] != "toy protector", r["concurrency"], order.index(r["batching"])))
     print("\n" + table(rows))
     record: dict = {"rows": rows, "cpu": os.cpu_count(), "flags": servers}
     if args.soak:
