@@ -15,6 +15,10 @@ every ``validate_every`` steps.
     python -m decontext amortize --model toy --method decontext --eps 16 --images toy-train --steps 3000 \\
         --out runs/protectors/toy-decontext
 
+Attackers in the loop (``--attackers``): each step's protected batch goes through one, drawn uniformly; the
+learned remover (``remover``) is trained here, in turn with the protector (``AdaptiveRemover``: adversarial
+training, its weights and Adam state checkpointed with the protector's).
+
 Images: ``toy-train`` (the toy world's training identities, rendered on the fly; never the held-out
 ones, which validation uses) or a folder of photos (random square crops resized to the working size;
 every tenth file, in sorted order, is held out for validation).
@@ -70,16 +74,31 @@ class TrainConfig:
     attackers: tuple = ()
     # an ensemble: more editors ("family:model") trained against at once, each term's gradient balanced
     ensemble: tuple = ()
+    # the learned remover in the loop (``remover`` among the attackers, ``AdaptiveRemover``): every
+    # ``remover_every`` protector steps it takes ``remover_steps`` Adam steps on that step's training batch
+    remover_every: int = 1
+    remover_steps: int = 2
 
     def digest(self) -> str:
         fields = asdict(self)
         for name in ADDED_FIELDS:  # left out at their defaults: the recipes trained before them keep their digests
             if not fields[name]:
                 del fields[name]
+        if not any(is_remover(spec) for spec in self.attackers):  # they change nothing without a remover to train
+            for name in REMOVER_FIELDS:
+                del fields[name]
         return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 ADDED_FIELDS = ("attackers", "ensemble")
+# in the digest only when the recipe trains a remover (then always, defaults included: a recipe that trains one
+# names its schedule); without one they are left out, so every recipe without a remover keeps its digest
+REMOVER_FIELDS = ("remover_every", "remover_steps")
+
+
+def is_remover(spec: str) -> bool:
+    """Whether an ``--attackers`` spec is the learned remover (``remover`` or ``remover:width=...``)."""
+    return str(spec).partition(":")[0] == "remover"
 
 
 @dataclass
@@ -149,18 +168,25 @@ class ImageSource:
         crop = Image.fromarray(rgb[top : top + side, left : left + side]).resize((self.size, self.size), Image.BICUBIC)
         return torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0).permute(2, 0, 1)
 
-    def batch(self, step: int, count: int) -> torch.Tensor:
+    def scenes(self, step: int, count: int) -> list:
+        """The toy scenes of step ``step``'s batch (what ``batch`` renders), each of a training identity."""
         rng = np.random.default_rng([self.seed, step, 1])
+        return [self._scene(rng) for _ in range(count)]
+
+    def _scene(self, rng: np.random.Generator):
+        identity = self.identities[int(rng.integers(len(self.identities)))]
+        if self.world.is_held_out(identity):  # train_identities never holds one: checked on every draw all the same
+            raise AssertionError(f"a held-out identity among the training draws: {identity}")
+        return self.world.sample_scene(identity, seed=int(rng.integers(2**31)))
+
+    def batch(self, step: int, count: int) -> torch.Tensor:
+        """Step ``step``'s training images: the protector's batch, and the only images the learned remover in
+        the loop trains on (never a held-out identity or a validation file)."""
         if self.world is not None:
-            world = self.world
-            images = []
-            for _ in range(count):
-                identity = self.identities[int(rng.integers(len(self.identities)))]
-                scene = world.sample_scene(identity, seed=int(rng.integers(2**31)))
-                images.append(self._sized(world.render(scene)))
-            return torch.stack(images)
+            return torch.stack([self._sized(self.world.render(scene)) for scene in self.scenes(step, count)])
         from .images import load_image
 
+        rng = np.random.default_rng([self.seed, step, 1])
         picks = rng.integers(len(self.files), size=count)
         return torch.stack([self._square(load_image(self.files[int(i)]).rgb8, rng) for i in picks])
 
@@ -246,15 +272,122 @@ class StraightThrough:
         return attack
 
 
-def attackers_in_the_loop(specs, editor, world):
+REMOVER_FILE, REMOVER_OPTIMIZER_FILE = "remover.safetensors", "remover_optimizer.pt"
+
+
+class AdaptiveRemover:
+    """The learned remover in the loop (``--attackers remover``): adversarial training. The trainer keeps its own
+    small image-to-image net R (``attackers.small_unet``, the benchmark remover's width and learning rate, from
+    the spec's parameters) and trains it in turn with the protector: on a step it is due (every ``every`` steps,
+    from step 0) R takes ``steps`` Adam steps on MSE(R(protected), clean), the protector's current output on that
+    step's batch detached; then, when the step's draw picks the remover, the protected batch goes through R (its
+    weights frozen; the gradient flows through R to the protector). Shaped like a breaker for ``purify.EOT``.
+
+    Its only data is what ``update`` is given: in ``train``, the batch of ``ImageSource.batch`` (training
+    identities or training files; never a held-out one). Its initial weights come from the run's seed; its
+    updates draw nothing (full-batch steps), so its weights and Adam state in the checkpoint resume it exactly."""
+
+    label = "remover_adaptive"
+
+    def __init__(self, attacker, seed: int, every: int = 1, steps: int = 2, device="cpu"):
+        from .attackers import NetState, small_unet
+
+        self.attacker, self.every, self.steps = attacker, int(every), int(steps)
+        with torch.random.fork_rng(devices=[]):  # its own stream: the trainer's global RNG is left as it was
+            torch.manual_seed(int(np.random.SeedSequence([seed, 7]).generate_state(1)[0]))
+            self.net = small_unet(3, int(attacker.params["width"])).to(device)
+        self.net.requires_grad_(False)  # frozen except in its own update
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=float(attacker.params["lr"]))
+        self.state = NetState(self.net, {"kind": "learned remover in the loop", "width": attacker.params["width"]})
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
+
+    def update(self, clean: torch.Tensor, protected: torch.Tensor) -> float:
+        """``steps`` Adam steps on MSE(R(protected), clean) (images in [0, 1], scored in [-1, 1] as the benchmark's
+        remover); nothing flows back to the protector. Returns the MSE before the last step."""
+        inputs, target = protected.detach().float() * 2 - 1, clean.detach().float() * 2 - 1
+        self.net.requires_grad_(True)
+        try:
+            for _ in range(self.steps):
+                loss = torch.nn.functional.mse_loss(self.net(inputs), target)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+        finally:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.net.requires_grad_(False)
+        return float(loss.detach())
+
+    def differentiable(self, editor=None):
+        """R as an EOT case: the benchmark remover's differentiable twin (``Attacker.differentiable``) on R."""
+        twin = self.attacker.differentiable(self.state, editor)
+        return lambda x, generator: twin(x.float(), generator).to(x.dtype)
+
+    def save(self, folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}, folder / REMOVER_FILE)
+        torch.save(self.optimizer.state_dict(), folder / REMOVER_OPTIMIZER_FILE)
+
+    def load(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.net.load_state_dict(load_file(str(folder / REMOVER_FILE)))
+        self.optimizer.load_state_dict(torch.load(folder / REMOVER_OPTIMIZER_FILE, weights_only=True))
+
+
+def remover_attacker(config: TrainConfig):
+    """The ``remover`` attacker of a recipe's ``--attackers`` (None without one), its settings checked: one at
+    most, its width and lr as parameters (pairs and steps are the benchmark's fit; in the loop, the schedule is
+    ``--remover-every`` / ``--remover-steps``), a working size it can run at."""
+    from .attackers import KINDS, parse_attacker
+
+    specs = [spec for spec in config.attackers if is_remover(spec)]
+    if not specs:
+        for name in REMOVER_FIELDS:
+            if getattr(config, name) != TrainConfig.__dataclass_fields__[name].default:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} {getattr(config, name)}: no remover to train "
+                    "(add remover to --attackers)"
+                )
+        return None
+    if len(specs) > 1:
+        raise ValueError(f"--attackers {' '.join(specs)}: one remover at most")
+    attacker = parse_attacker(specs[0])
+    defaults = KINDS["remover"].defaults
+    fixed = [key for key in ("pairs", "steps") if attacker.params[key] != defaults[key]]
+    if fixed:
+        raise ValueError(
+            f"--attackers {specs[0]}: {' and '.join(fixed)} set the benchmark's remover; the trainer's remover learns "
+            "from each step's batch (--remover-steps N Adam steps every --remover-every K steps; width and lr apply)"
+        )
+    for name in REMOVER_FIELDS:
+        if int(getattr(config, name)) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(config, name)}")
+    if config.size % 4:
+        raise ValueError(f"--attackers {specs[0]}: the remover net needs --size a multiple of 4, got {config.size}")
+    return attacker
+
+
+def attackers_in_the_loop(specs, editor, world, remover: AdaptiveRemover | None = None):
     """The EOT cases of ``--attackers`` specs: each attacker's differentiable version (with its model: the regen
-    denoiser, trained on the world's training renders only), else straight-through. The remover is refused: it is
-    trained on the protection under test (adversarial training is not in this trainer yet)."""
+    denoiser, trained on the world's training renders only), else straight-through; a ``remover`` spec is
+    ``remover``, the trainer's ``AdaptiveRemover`` (refused without one: it learns from the protection being
+    trained, so only the trainer can keep it)."""
     from .attackers import AttackContext, parse_attacker
 
     cases = []
     for spec in specs:
         attacker = parse_attacker(spec)
+        if attacker.kind == "remover":
+            if remover is None:
+                raise ValueError(
+                    f"--attackers {spec}: the learned remover is trained beside the protector (amortize.train "
+                    "keeps it); not an attacker the trainer can run in the loop without it"
+                )
+            cases.append(remover)
+            continue
         if attacker.needs == "protection" or attacker.derived:
             raise ValueError(f"--attackers {spec}: not an attacker the trainer can run in the loop")
         state = attacker.fit(AttackContext(editor=editor, world=world))
@@ -266,13 +399,20 @@ def attackers_in_the_loop(specs, editor, world):
     return cases
 
 
-def _save_checkpoint(folder: Path, protector, optimizer, step: int, config: TrainConfig, log: list) -> None:
-    """Atomically: weights, optimizer state and the step, in a new folder renamed over the old one."""
+def _save_checkpoint(
+    folder: Path, protector, optimizer, step: int, config: TrainConfig, log: list, remover=None, remover_mse=None
+) -> None:
+    """Atomically: weights, optimizer state and the step (and the remover in the loop's weights, Adam state and
+    last loss), in a new folder renamed over the old one."""
     part = folder.with_name(folder.name + ".part")
     shutil.rmtree(part, ignore_errors=True)
     protector.save(part, {"checkpoint_of": config.digest()})
     torch.save(optimizer.state_dict(), part / OPTIMIZER_FILE)
-    (part / STATE_FILE).write_text(json.dumps({"step": step, "config_digest": config.digest(), "validation": log}))
+    state = {"step": step, "config_digest": config.digest(), "validation": log}
+    if remover is not None:
+        remover.save(part)
+        state["remover_mse"] = remover_mse
+    (part / STATE_FILE).write_text(json.dumps(state))
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         folder.rename(old)
@@ -293,12 +433,18 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
     from .protect import eot_transform
 
     options = options or RunOptions()
+    remover_spec = remover_attacker(config)  # its settings refused before any model loads
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "checkpoint"
     accelerator = Accelerator(
         cpu=options.device == "cpu", mixed_precision="bf16" if options.dtype == "bfloat16" else "no"
     )
+    if remover_spec is not None and accelerator.num_processes > 1:
+        raise ValueError(
+            f"--attackers {remover_spec.spec}: the remover in the loop trains in one process "
+            f"(not under accelerate launch with {accelerator.num_processes} processes)"
+        )
     editor = load_editor(
         config.model, config.family, accelerator.device if options.device == "auto" else options.device, options.dtype
     )
@@ -327,6 +473,12 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
     torch.manual_seed(config.seed)
     protector = Protector(config.architecture, config.eps)
     optimizer = torch.optim.Adam(protector.parameters(), lr=config.lr)
+    remover = (
+        None
+        if remover_spec is None
+        else AdaptiveRemover(remover_spec, config.seed, config.remover_every, config.remover_steps, editor.device)
+    )
+    remover_mse = None  # the remover's loss at its last update (validation entries carry it)
     step, history = 0, []
     if (checkpoint / STATE_FILE).is_file():
         state = json.loads((checkpoint / STATE_FILE).read_text())
@@ -339,9 +491,12 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
         protector.net.load_state_dict(load_file(str(checkpoint / "protector.safetensors")))
         optimizer.load_state_dict(torch.load(checkpoint / OPTIMIZER_FILE, weights_only=True))
         step, history = int(state["step"]), list(state["validation"])
+        if remover is not None:
+            remover.load(checkpoint)
+            remover_mse = state.get("remover_mse")
         log(f"resuming {out} at step {step}")
     protector, optimizer = accelerator.prepare(protector, optimizer)
-    attackers = attackers_in_the_loop(config.attackers, editor, source.world) if config.attackers else ()
+    attackers = attackers_in_the_loop(config.attackers, editor, source.world, remover) if config.attackers else ()
     transform = eot_transform(config.eot, editor, attackers)
     validation = source.validation(options.val_count).to(editor.device)
     model = accelerator.unwrap_model(protector)
@@ -358,6 +513,8 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
                 scores.append((clean, member_method.measure(member, protected, size, options.val_draws)))
         model.train()
         entry = {"step": at, "clean": scores[0][0], "protected": scores[0][1]}
+        if remover_mse is not None:
+            entry["remover_mse"] = remover_mse
         if len(members) > 1:
             entry["ensemble"] = [
                 {"editor": f"{m.family}:{m.name}", "clean": c, "protected": p}
@@ -381,6 +538,8 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
             for member_method, member in members:
                 member_method.start(member, x0, size)
             x = (x0 + protector(x0)).clamp(0, 1)
+            if remover is not None and remover.due(step):  # R first learns to undo this very batch, then faces it
+                remover_mse = remover.update(x0, x)
             if transform is not None:
                 x = transform(
                     x,
@@ -402,10 +561,10 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
                 history.append(validate(step))
                 log(f"step {step}: held-out {history[-1]['clean']} -> {history[-1]['protected']}")
             if accelerator.is_main_process and (step % options.checkpoint_every == 0 or step == config.steps):
-                _save_checkpoint(checkpoint, model, optimizer, step, config, history)
+                _save_checkpoint(checkpoint, model, optimizer, step, config, history, remover, remover_mse)
             if options.stop_after is not None and step >= options.stop_after:
                 if accelerator.is_main_process:
-                    _save_checkpoint(checkpoint, model, optimizer, step, config, history)
+                    _save_checkpoint(checkpoint, model, optimizer, step, config, history, remover, remover_mse)
                 bar.close()
                 return {"stopped_at": step}
         bar.close()
@@ -459,6 +618,8 @@ def recipe_flags(config: TrainConfig) -> list[str]:
         flags += ["--eot", *config.eot]
     if config.attackers:
         flags += ["--attackers", *config.attackers]
+    if any(is_remover(spec) for spec in config.attackers):
+        flags += ["--remover-every", str(config.remover_every), "--remover-steps", str(config.remover_steps)]
     if config.ensemble:
         flags += ["--ensemble", *config.ensemble]
     if config.architecture is not None and config.architecture.get("fold"):
@@ -477,6 +638,7 @@ def parameters_count(architecture: dict | None = None) -> int:
 
 
 __all__ = [
+    "AdaptiveRemover",
     "RunOptions",
     "TOY_TRAIN",
     "TrainConfig",

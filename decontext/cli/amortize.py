@@ -68,9 +68,25 @@ def parser(spec: Family) -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="ATTACKER",
-        help="attackers in the loop (decontext/attackers.py specs, e.g. none regen:t=0.3 jpeg webp): each step's "
-        "batch goes through one, drawn uniformly; differentiable where the attacker is (the breakers' twins, the "
-        "regeneration denoiser), straight-through where not; with --eot, its breakers join the draw",
+        help="attackers in the loop (decontext/attackers.py specs, e.g. none regen:t=0.3 jpeg webp remover): each "
+        "step's batch goes through one, drawn uniformly; differentiable where the attacker is (the breakers' twins, "
+        "the regeneration denoiser), straight-through where not; with --eot, its breakers join the draw. remover: "
+        "a small net the trainer trains in turn with the protector (adversarial training; remover:width=..,lr=..)",
+    )
+    ap.add_argument(
+        "--remover-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="with remover among --attackers: train the remover every K protector steps (default 1)",
+    )
+    ap.add_argument(
+        "--remover-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with remover among --attackers: Adam steps of the remover each time, on that step's training batch "
+        "(default 2)",
     )
     ap.add_argument(
         "--ensemble",
@@ -109,6 +125,12 @@ def main(argv=None) -> int:
         for name in ("batch_size", "steps", "checkpoint_every", "validate_every", "val_count"):
             if getattr(args, name) < 1:
                 raise ArgumentProblem(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+        for name in ("remover_every", "remover_steps"):
+            flag, value = "--" + name.replace("_", "-"), getattr(args, name)
+            if value is not None and value < 1:
+                raise ArgumentProblem(f"{flag} must be >= 1, got {value}")
+            if value is not None and not any(a.partition(":")[0] == "remover" for a in args.attackers or ()):
+                raise ArgumentProblem(f"{flag} {value}: no remover to train (add remover to --attackers)")
         if args.method == "amortized" or args.method == "noise":
             raise ArgumentProblem(f"--method {args.method} has no loss to train a protector with")
         for member in args.ensemble or ():
@@ -167,6 +189,7 @@ def main(argv=None) -> int:
         eot=tuple(args.eot or ()),
         attackers=tuple(args.attackers or ()),
         ensemble=tuple(args.ensemble or ()),
+        **{name: getattr(args, name) for name in ("remover_every", "remover_steps") if getattr(args, name) is not None},
     )
     if (args.architecture or ("small" if config.size <= 256 else "conv")) != "small":
         from ..methods.protector import ARCHITECTURES
