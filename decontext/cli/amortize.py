@@ -46,11 +46,12 @@ def parser(spec: Family) -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, default=3e-4, help="Adam learning rate (default 3e-4)")
     ap.add_argument(
         "--architecture",
-        choices=["small", "conv", "fold4"],
+        choices=["small", "conv", "fold4", "stochastic"],
         default=None,
         help="small: UNet2DModel with a self-attention mid block (the shipped toy protectors; fine at 64-256 px); "
         "conv: the same without it, cost linear in pixels (for 512-1024 px working sizes); "
-        "fold4: the photo folded 4 x 4 into channels, no attention, several times faster than conv at 1 MP. "
+        "fold4: the photo folded 4 x 4 into channels, no attention, several times faster than conv at 1 MP; "
+        "stochastic: small with a noise input seeded from each photo's pixels (against learned removers). "
         "Default: small up to 256 px, conv above",
     )
     ap.add_argument(

@@ -45,8 +45,33 @@ FOLD4_ARCHITECTURE = {
     "norm_num_groups": 16,
     "add_attention": False,
 }
+# Stochastic (``noise``: a key of this class): the small network with one more input channel of Gaussian noise
+# drawn from a seed that is a hash of the photo's 8-bit pixels, so one photo always gets the same perturbation
+# (equal uploads, equal bytes) while someone who only sees protected photos cannot predict the noise behind
+# each: a remover trained on (protected, clean) pairs then faces a perturbation that is not a function of the
+# protected photo alone (issue 41, measured in docs/AMORTIZED.md)
+STOCHASTIC_ARCHITECTURE = {**DEFAULT_ARCHITECTURE, "noise": 1, "in_channels": 4}
 # the names of ``decontext amortize --architecture`` and ``bench.protector_step --architecture``
-ARCHITECTURES = {"small": DEFAULT_ARCHITECTURE, "conv": CONV_ARCHITECTURE, "fold4": FOLD4_ARCHITECTURE}
+ARCHITECTURES = {
+    "small": DEFAULT_ARCHITECTURE,
+    "conv": CONV_ARCHITECTURE,
+    "fold4": FOLD4_ARCHITECTURE,
+    "stochastic": STOCHASTIC_ARCHITECTURE,
+}
+
+
+def content_noise(pixels: torch.Tensor, channels: int) -> torch.Tensor:
+    """(B, channels, H, W) standard normal noise, each image's drawn on the CPU from a seed hashed from its own
+    8-bit pixels (the same photo, the same noise, on any device)."""
+    import hashlib
+
+    out = []
+    for image in pixels.detach():
+        quantised = (image.float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().contiguous().numpy()
+        seed = int.from_bytes(hashlib.sha256(quantised.tobytes()).digest()[:8], "little") & (2**63 - 1)
+        generator = torch.Generator().manual_seed(seed)
+        out.append(torch.randn((channels, *image.shape[-2:]), generator=generator))
+    return torch.stack(out).to(pixels.device, pixels.dtype)
 
 
 class Protector(torch.nn.Module):
@@ -54,18 +79,24 @@ class Protector(torch.nn.Module):
 
     The input is reflect-padded to the network's multiple and the output cropped back, so any size and
     aspect ratio works. An architecture with ``fold`` f runs the UNet on the image folded f x f into channels
-    (``in_channels`` = ``out_channels`` = 3 f^2) and unfolds its output; without it (the shipped ones), f = 1."""
+    (``in_channels`` = ``out_channels`` = 3 f^2) and unfolds its output; without it (the shipped ones), f = 1.
+    With ``noise`` k, k channels of ``content_noise`` join the photo's 3 at the input (``in_channels`` (3 + k) f^2)."""
 
     def __init__(self, architecture: dict | None = None, eps: float = 16.0):
         super().__init__()
         from diffusers import UNet2DModel
 
         self.architecture = dict(architecture or DEFAULT_ARCHITECTURE)
-        unet = {k: v for k, v in self.architecture.items() if k != "fold"}
+        unet = {k: v for k, v in self.architecture.items() if k not in ("fold", "noise")}
         self.fold = int(self.architecture.get("fold", 1))
-        if not unet.get("in_channels", 3) == unet.get("out_channels", 3) == 3 * self.fold**2:
+        self.noise = int(self.architecture.get("noise", 0))
+        if not (
+            unet.get("in_channels", 3) == (3 + self.noise) * self.fold**2
+            and unet.get("out_channels", 3) == 3 * self.fold**2
+        ):
             raise ValueError(
-                f"a protector folded {self.fold} x {self.fold} needs {3 * self.fold**2} channels in and out"
+                f"a protector folded {self.fold} x {self.fold} with {self.noise} noise channels needs "
+                f"{(3 + self.noise) * self.fold**2} channels in and {3 * self.fold**2} out"
             )
         self.net = UNet2DModel(sample_size=None, **unet)
         self.eps = float(eps)
@@ -75,6 +106,8 @@ class Protector(torch.nn.Module):
         height, width = pixels.shape[-2:]
         pad_h, pad_w = -height % self.multiple, -width % self.multiple
         x = pixels * 2 - 1
+        if self.noise:
+            x = torch.cat([x, content_noise(pixels, self.noise)], 1)
         if pad_h or pad_w:
             x = F.pad(
                 x, (0, pad_w, 0, pad_h), mode="reflect" if min(height, width) > max(pad_h, pad_w) else "replicate"
