@@ -57,13 +57,14 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def test_shipped_specs_load_and_round_trip_through_toml():
     assert {"toy-quick", "toy-tiny", "toy"} <= set(shipped_specs())
-    for name in ("toy-quick", "toy-tiny", "toy"):
+    for name in ("toy-quick", "toy-tiny", "toy", "toy-v3-quick", "toy-transfer"):
         spec = load_spec(name)
         again = load_spec(spec.to_toml())
         assert again == spec and again.digest == spec.digest
     quick = load_spec("toy-quick")
     assert quick.identities["count"] == 20 and quick.editors == ["toy-v1"]
-    assert {"noise", "decontext", "encoder", "danp", "protector:toy-decontext"} == set(quick.methods)
+    methods = {"noise", "decontext", "encoder", "danp", "protector:toy-decontext", "protector:toy-robust"}
+    assert methods == set(quick.methods)
 
 
 def toml_of(data: dict) -> str:
