@@ -3,11 +3,14 @@ loop and an ensemble of editors (``amortize.TrainConfig.attackers`` / ``ensemble
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from decontext import amortize
 from decontext.amortize import TrainConfig, ensemble_objective
+from decontext.images import uint8_to_tensor
 from decontext.methods import METHODS, build_method
 from decontext.methods.amortized import Protector
 from decontext.methods.edit_away import EditAway
@@ -313,3 +316,145 @@ def test_cli_trains_with_the_new_flags_and_refuses_a_bad_ensemble(tmp_path, caps
     assert main([*argv, "--out", str(tmp_path / "ok")]) == 0
     command = json.loads((tmp_path / "ok" / "protector.json").read_text())["command"]
     assert command.endswith("--attackers none blur --ensemble step1x_edit:tiny") and "--method edit_away" in command
+
+
+# ---------------------------------------------------------------------------------------------- the CLI's edit
+class Recording:
+    """An editor's pipeline that keeps what each call returned: the edit before ``editor.edit``'s 8-bit rounding."""
+
+    def __init__(self, pipe):
+        self.pipe, self.results = pipe, []
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, **kwargs):
+        self.results.append(self.pipe(**kwargs))
+        return self.results[-1]
+
+
+def rounded(pixels):
+    """(1, 3, H, W) in [0, 1] -> (H, W, 3) 8-bit, as ``editor.edit`` rounds its pipeline's output."""
+    return np.round(np.clip(pixels[0].permute(1, 2, 0).numpy(), 0, 1) * 255).astype(np.uint8)
+
+
+def test_edit_away_with_the_editor_schedule_makes_the_clis_edit_of_the_clean_photo(tiny_editor):
+    """Issue 41: at zero perturbation the objective's clean edit, decoded, is ``editor.edit``'s (the CLI's edit, one
+    (prompt, seed) per call: its default --batch-size 1) at the same steps, guidance, seed and prompt, to the last
+    bit before and after the 8-bit rounding; with the default evenly spaced schedule it is not (other levels, and
+    noise_like orders the same draw otherwise)."""
+    editor = tiny_editor("flux_kontext")
+    size, steps, seed = (32, 48), 3, 42
+    rgb8 = np.random.default_rng(5).integers(0, 256, (*size, 3), dtype=np.uint8)
+    x0 = uint8_to_tensor(rgb8)  # the photo at its working size (the pipeline resizes nothing either), strided as
+    kept = {}  # a decoded photo is: the editor schedule lays it out anew, as the pipeline's image processor does
+    for schedule in ("editor", "even"):
+        for space in ("pixel", "latent"):
+            method = build_method(
+                "edit_away",
+                prompts=PROMPTS,
+                sample_steps=steps,
+                edit_space=space,
+                sample_schedule=schedule,
+                noise_seed=seed,
+            )
+            with method.session(editor):
+                method.start(editor, x0, size)
+                if schedule == "editor":
+                    loss, _ = method.loss(editor, x0, size, 0, [torch.Generator().manual_seed(3)])
+                    assert loss.tolist() == [0.0]
+                    x = (x0 + 8 / 255).clamp(0, 1).requires_grad_()
+                    method.loss(editor, x, size, 1, [torch.Generator().manual_seed(3)])[0].sum().backward()
+                    assert x.grad.abs().sum() > 0 and x.grad.isfinite().all()
+                kept[schedule, space] = [method.clean_edits(editor, size, [0], [k]) for k in range(len(PROMPTS))]
+    pipe = editor.pipe
+    editor.pipe = recording = Recording(pipe)
+    try:
+        made = [editor.edit(Image.fromarray(rgb8), [p], [seed], steps, editor.guidance, "native")[0] for p in PROMPTS]
+    finally:
+        editor.pipe = pipe
+    for k, prompt in enumerate(PROMPTS):
+        condition = editor.condition(x0, [prompt], size)
+        pixels = kept["editor", "pixel"][k]
+        assert torch.equal(editor.decode(kept["editor", "latent"][k], condition), pixels)
+        cli = torch.from_numpy(recording.results[k].images).permute(0, 3, 1, 2)
+        assert torch.equal(pixels, cli)  # float32, bit for bit
+        assert np.array_equal(rounded(pixels), np.asarray(made[k]))
+        assert (kept["even", "pixel"][k] - cli).abs().max() > 1e-3
+    # what the option changes: the levels are the pipeline scheduler's (shifted for 6 target tokens), and the
+    # start noise holds the numbers of noise_like's draw in another order
+    levels = editor.edit_levels(condition, steps)
+    assert levels == pipe.scheduler.sigmas.tolist() and levels != torch.linspace(1, 0, steps + 1).tolist()
+    ours = editor.noise_like(condition, [torch.Generator().manual_seed(seed)])
+    theirs = editor.edit_noise(condition, [torch.Generator().manual_seed(seed)])
+    assert not torch.equal(ours, theirs) and torch.equal(ours.flatten().sort()[0], theirs.flatten().sort()[0])
+
+
+def test_edit_away_editor_schedule_in_bfloat16_is_the_clis_edit_once_rounded_as_the_pipeline_rounds():
+    """In bfloat16 the pipeline's arithmetic matters (``edit_denoise``: its timestep and its float32 Euler step;
+    ``denoise`` would drift), and its postprocess rounds the decoded pixels to bfloat16 before the 8-bit rounding,
+    which the objective's float32 decode does not: rounded the same way, the two are equal to the last bit."""
+    from decontext.editors import load_editor
+    from decontext.methods.base import sample
+
+    editor = load_editor("tiny", "flux_kontext", "cpu", "bfloat16")
+    size, steps, seed, prompt = (32, 32), 3, 42, PROMPTS[0]
+    rgb8 = np.random.default_rng(6).integers(0, 256, (*size, 3), dtype=np.uint8)
+    method = build_method(
+        "edit_away", prompts=[prompt], sample_steps=steps, edit_space="pixel", sample_schedule="editor", noise_seed=seed
+    )
+    with method.session(editor):
+        method.start(editor, uint8_to_tensor(rgb8), size)
+        kept = method.clean_edits(editor, size, [0], [0])
+    pipe = editor.pipe
+    editor.pipe = recording = Recording(pipe)
+    try:
+        (made,) = editor.edit(Image.fromarray(rgb8), [prompt], [seed], steps, editor.guidance, "native")
+    finally:
+        editor.pipe = pipe
+    cli = torch.from_numpy(recording.results[0].images).permute(0, 3, 1, 2)
+    assert kept.dtype == torch.float32 and not torch.equal(kept, cli)
+    assert torch.equal(kept.to(torch.bfloat16).float(), cli)
+    assert np.array_equal(rounded(kept.to(torch.bfloat16).float()), np.asarray(made))
+    condition = editor.condition(uint8_to_tensor(rgb8).clone(memory_format=torch.channels_last), [prompt], size)
+    noise = editor.edit_noise(condition, [torch.Generator().manual_seed(seed)])
+    with torch.no_grad():  # the same levels and noise through the attack's own Euler step: another edit
+        drifted = editor.decode(
+            sample(editor, condition, noise, steps, levels=editor.edit_levels(condition, steps)), condition
+        )
+    assert (drifted.to(torch.bfloat16).float() - cli).abs().max() > 1e-3
+
+
+def test_edit_away_editor_schedule_on_the_toy_is_the_png_the_cli_writes(tmp_path):
+    """The same on the trained toy (``toy-v1``): ``decontext edit`` at its shipped settings but 4 steps (guidance
+    2.5, 64 px, seed 42) writes the PNG the objective's clean edit rounds to, given the attack guidance 2.5."""
+    from decontext.cli.edit import main as edit_main
+    from decontext.editors import load_editor
+
+    rgb8 = np.random.default_rng(7).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(rgb8).save(tmp_path / "photo.png")
+    prompt, steps = "make it red", 4
+    argv = ["--model", "toy-v1", "--images", str(tmp_path / "photo.png"), "--output", str(tmp_path / "edits")]
+    argv += ["--prompt", prompt, "--steps", str(steps), "--device", "cpu", "--dtype", "float32", "--no-progress"]
+    assert edit_main(argv, family="flux_kontext") == 0
+    written = np.asarray(Image.open(tmp_path / "edits" / "photo" / "0" / "seed42.png").convert("RGB"))
+    editor = load_editor("toy-v1", "flux_kontext", "cpu", "float32", guidance=2.5)
+    assert editor.recommended["guidance_scale"] == 2.5 and editor.recommended["resolution"] == 64
+    size = editor.working_size(64, 64, 64)
+    method = build_method(
+        "edit_away", prompts=[prompt], sample_steps=steps, edit_space="pixel", sample_schedule="editor", noise_seed=42
+    )
+    with method.session(editor):
+        method.start(editor, uint8_to_tensor(rgb8), size)
+        kept = method.clean_edits(editor, size, [0], [0])
+    assert np.array_equal(rounded(kept), written)
+
+
+def test_edit_away_editor_schedule_needs_an_editor_that_exposes_it(tiny_editor):
+    with pytest.raises(ValueError, match="sample_schedule must be one of"):
+        edit_away(sample_schedule="shifted")
+    method = edit_away(sample_schedule="editor")
+    assert method.config()["sample_schedule"] == "editor" and "sample_schedule" not in edit_away().config()
+    with pytest.raises(ValueError, match="the step1x_edit editor does not expose"):
+        with method.session(tiny_editor("step1x_edit")):
+            pass

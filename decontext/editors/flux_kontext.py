@@ -369,3 +369,57 @@ class FluxKontextEditor(Flux1DiTEditor):
             output_type="np",
         )
         return [Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8)) for arr in result.images]
+
+    # ------------------------------------------------------------------ the edit's own sampler, for methods
+    def edit_levels(self, condition: Condition, steps: int) -> list[float]:
+        """The ``steps + 1`` noise levels ``edit`` steps through at ``condition``'s working size: the pipeline's
+        ``linspace(1, 1/steps, steps)`` shifted by its scheduler for that many target tokens (FLUX's
+        resolution-dependent shift, ``calculate_shift``), then 0; the float32 values its scheduler holds."""
+        from diffusers.pipelines.flux.pipeline_flux_kontext import calculate_shift
+
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        # a scheduler of its own: the pipeline's keeps the state of the last edit
+        scheduler = type(self.pipe.scheduler).from_config(self.pipe.scheduler.config)
+        config = scheduler.config
+        mu = calculate_shift(
+            condition.layout.target,
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
+        return scheduler.sigmas.tolist()
+
+    def edit_denoise(self, x_t: torch.Tensor, sigma: float, sigma_next: float, condition: Condition) -> torch.Tensor:
+        """One step of ``edit``'s sampler between two of its ``edit_levels``, with its arithmetic: the transformer
+        reads the scheduler's timestep (sigma * 1000 in float32, cast to the editor's dtype, then / 1000) and the
+        Euler step runs as ``FlowMatchEulerDiscreteScheduler.step`` does (float32 latents plus the float32 sigma
+        difference times the velocity, back to the velocity's dtype). The same step as ``denoise`` in exact
+        arithmetic; its roundings differ from ``denoise``'s, in bfloat16 even more than in float32."""
+        levels = torch.tensor([float(sigma), float(sigma_next)], dtype=torch.float32, device=self.device)
+        timestep = (levels[:1] * 1000).to(self.dtype) / 1000
+        velocity = self.velocity(x_t, timestep, condition)
+        return (x_t.float() + (levels[1] - levels[0]) * velocity).to(velocity.dtype)
+
+    def edit_noise(self, condition: Condition, generators) -> torch.Tensor:
+        """The start noise ``edit`` draws from ``generators`` (one per row, seeded as ``edit`` seeds each (prompt,
+        seed) pair; or one for the whole batch): the pipeline's own ``prepare_latents`` draw in its latent layout
+        (B, C, h, w), then packed, in the editor's dtype. ``noise_like`` draws the packed tokens (B, N, 4C)
+        directly in float32, so the same seed gives the same numbers in another order."""
+        generators = list(generators)
+        if len(generators) not in (1, condition.batch):
+            raise ValueError(f"{len(generators)} generators for noise of {condition.batch} rows")
+        height, width = condition.extra["size"]
+        noise, *_ = self.pipe.prepare_latents(
+            None,
+            condition.batch,
+            self.transformer.config.in_channels // 4,
+            height,
+            width,
+            self.dtype,
+            self.device,
+            generators if len(generators) == condition.batch else generators[0],
+        )
+        return noise

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from pathlib import Path
-from typing import ClassVar, ContextManager, Sequence
+from typing import Callable, ClassVar, ContextManager, Sequence
 
 import torch
 from torch.utils.checkpoint import checkpoint as recompute
@@ -175,18 +175,30 @@ class ProbedMethod(Method):
 
 
 def sample(
-    editor: Editor, condition: Condition, noise: torch.Tensor, steps: int, checkpoint: bool = False
+    editor: Editor,
+    condition: Condition,
+    noise: torch.Tensor,
+    steps: int,
+    checkpoint: bool = False,
+    levels: Sequence[float] | None = None,
+    step: Callable | None = None,
 ) -> torch.Tensor:
     """The editor's deterministic sampler from ``noise`` at sigma 1 to clean latents in ``steps`` evenly spaced
     ``editor.denoise`` steps: the differentiable edit of PhotoGuard's diffusion attack and of ``edit_away``; with
-    ``checkpoint`` each step is recomputed in backward."""
-    levels = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    ``checkpoint`` each step is recomputed in backward. ``levels``: the ``steps + 1`` noise levels to step through
+    instead (from 1 down to 0, e.g. an editor's ``edit_levels``, the schedule of its real pipeline); ``step``: the
+    step to take instead of ``editor.denoise``, with its arguments (e.g. ``editor.edit_denoise``)."""
+    step = editor.denoise if step is None else step
+    if levels is None:
+        levels = torch.linspace(1.0, 0.0, steps + 1).tolist()
+    elif len(levels) != steps + 1:
+        raise ValueError(f"{steps} sampler steps need {steps + 1} noise levels, got {len(levels)}")
     x = noise
     for sigma, sigma_next in zip(levels[:-1], levels[1:], strict=True):
         if checkpoint and torch.is_grad_enabled():
-            x = recompute(editor.denoise, x, sigma, sigma_next, condition, use_reentrant=False)
+            x = recompute(step, x, sigma, sigma_next, condition, use_reentrant=False)
         else:
-            x = editor.denoise(x, sigma, sigma_next, condition)
+            x = step(x, sigma, sigma_next, condition)
     return x
 
 

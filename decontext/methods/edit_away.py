@@ -15,6 +15,14 @@ step from the run's generator. With ``checkpoint`` each sampler step is recomput
 of kept (``torch.utils.checkpoint``), so memory does not grow with ``sample_steps``. The gradient vanishes at the
 clean photo (a squared distance), so PGD starts from a random point of the ball (``pgd_defaults``); a protector's
 untrained output is already off the clean photo.
+
+``sample_schedule="editor"`` runs the sampler the editor's real pipeline runs in ``editor.edit`` (the CLI's edit)
+instead: its start noise (``editor.edit_noise``: the pipeline's own draw from ``noise_seed``), its noise levels
+(``editor.edit_levels``: FLUX's resolution-shifted schedule) and its step arithmetic (``editor.edit_denoise``), on
+the photo laid out as the pipeline lays it out; so at zero perturbation the clean edit, decoded, is the CLI's edit
+of the photo (at its working size) with seed ``noise_seed``, ``sample_steps`` steps and the editor's guidance, to
+the last bit before its 8-bit rounding (docs/METHODS.md says when not, and why). The default, ``even``, steps
+through evenly spaced levels from ``editor.noise_like``'s draw with ``editor.denoise``, on every editor.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from .base import Method, draw_per_image, image_means, prompt_list, sample
 
 DEFAULTS = METHODS["edit_away"].defaults
 SPACES = ("latent", "pixel")
+SCHEDULES = ("even", "editor")  # evenly spaced levels from noise_like; the editor's real pipeline's (EDIT_SAMPLER)
+EDIT_SAMPLER = ("edit_noise", "edit_levels", "edit_denoise")  # what an editor exposes of the sampler of its edit
 
 
 class EditAway(Method, spec="edit_away"):
@@ -40,6 +50,8 @@ class EditAway(Method, spec="edit_away"):
     noise_seed: seed of each image's fixed sampler noise.
     checkpoint: recompute each sampler step in the backward pass (less memory, one more forward).
     release_text_encoders: let the editor free its text encoders once the pool is embedded.
+    sample_schedule: ``even`` (evenly spaced noise levels from ``editor.noise_like``) or ``editor`` (the sampler
+        of the editor's real pipeline, ``EDIT_SAMPLER``: the CLI's edit).
     """
 
     def __init__(
@@ -50,31 +62,45 @@ class EditAway(Method, spec="edit_away"):
         noise_seed: int = 0,
         checkpoint: bool = True,
         release_text_encoders: bool = True,
+        sample_schedule: str = "even",
     ):
         if sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
         if edit_space not in SPACES:
             raise ValueError(f"edit_space must be one of {SPACES}, got {edit_space!r}")
+        if sample_schedule not in SCHEDULES:
+            raise ValueError(f"sample_schedule must be one of {SCHEDULES}, got {sample_schedule!r}")
         self.sample_steps = int(sample_steps)
         self.edit_space = edit_space
         self.prompts = prompt_list(prompts)
         self.noise_seed = int(noise_seed)
         self.checkpoint = bool(checkpoint)
         self.release_text_encoders = release_text_encoders
+        self.sample_schedule = sample_schedule
         self._clean: torch.Tensor | None = None
         self._edits: dict[tuple[int, int], torch.Tensor] = {}
         self._fresh = True
 
     def config(self) -> dict:
-        return {
+        config = {
             "method": self.name,
             "sample_steps": self.sample_steps,
             "edit_space": self.edit_space,
             "noise_seed": self.noise_seed,
             "num_prompts": len(self.prompts),
         }
+        if self.sample_schedule != "even":  # left out at the default: earlier manifests keep their fields
+            config["sample_schedule"] = self.sample_schedule
+        return config
 
     def prepare(self, editor: Editor) -> None:
+        missing = [name for name in EDIT_SAMPLER if not hasattr(editor, name)]
+        if self.sample_schedule == "editor" and missing:
+            family = getattr(editor, "family", type(editor).__name__)
+            raise ValueError(
+                f"edit_away: sample_schedule 'editor' needs the sampler of the editor's real pipeline "
+                f"({', '.join(EDIT_SAMPLER)}), which the {family} editor does not expose"
+            )
         editor.prepare(self.prompts, release=self.release_text_encoders)
 
     def start(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int]) -> None:
@@ -86,11 +112,20 @@ class EditAway(Method, spec="edit_away"):
     def edit(self, editor: Editor, pixels: torch.Tensor, size, indices: Sequence[int], step: int | None = None):
         """The edit in the chosen space of ``pixels`` (B, 3, H, W) with prompt ``indices[i]`` for image i, each
         from its own fixed noise (image i's noise is the same whatever the prompt)."""
+        if self.sample_schedule == "editor":
+            # A copy laid out as diffusers' image processor hands a photo to the VAE: channels last (numpy's HWC
+            # transposed), with the strides of a fresh tensor. The same numbers, but the VAE's convolutions pick their
+            # kernel by the layout and sum in another order: the context latents would differ in the last bits.
+            pixels = pixels.clone(memory_format=torch.channels_last)
         condition = editor.condition(pixels, [self.prompts[i] for i in indices], size, step=step)
         generators = [torch.Generator().manual_seed(self.noise_seed) for _ in range(condition.batch)]
-        latents = sample(
-            editor, condition, editor.noise_like(condition, generators), self.sample_steps, self.checkpoint
-        )
+        if self.sample_schedule == "editor":  # the real pipeline's draw, levels and step arithmetic (the CLI's edit)
+            noise, levels = editor.edit_noise(condition, generators), editor.edit_levels(condition, self.sample_steps)
+            latents = sample(editor, condition, noise, self.sample_steps, self.checkpoint, levels, editor.edit_denoise)
+        else:
+            latents = sample(
+                editor, condition, editor.noise_like(condition, generators), self.sample_steps, self.checkpoint
+            )
         return latents if self.edit_space == "latent" else editor.decode(latents, condition)
 
     def rows(self, pixels: torch.Tensor) -> list[int]:
