@@ -392,6 +392,8 @@ class FluxKontextEditor(Flux1DiTEditor):
         scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=mu)
         return scheduler.sigmas.tolist()
 
+    # Restates: diffusers.FlowMatchEulerDiscreteScheduler.step @ diffusers==0.42.1  (its Euler update)
+    # Restates: diffusers.FluxKontextPipeline.__call__ @ diffusers==0.42.1  (the timestep it hands the transformer)
     def edit_denoise(self, x_t: torch.Tensor, sigma: float, sigma_next: float, condition: Condition) -> torch.Tensor:
         """One step of ``edit``'s sampler between two of its ``edit_levels``, with its arithmetic: the transformer
         reads the scheduler's timestep (sigma * 1000 in float32, cast to the editor's dtype, then / 1000) and the
