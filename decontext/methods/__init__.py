@@ -64,6 +64,13 @@ OPTIONS = {
             type=str,
             choices=("latent", "pixel"),
         ),
+        Flag(
+            "--sample-schedule",
+            "edit_away: the sampler it differentiates: even (evenly spaced noise levels, every editor) or editor "
+            "(the sampler of the editor's real pipeline: at zero perturbation, the CLI's edit)",
+            type=str,
+            choices=("even", "editor"),
+        ),
         Flag("--threshold-std", "DANP: k of the dynamic threshold mean + k*std of each attention map"),
         Flag("--attention-weight", "DANP: weight of the attention term"),
         Flag("--noise-weight", "DANP: weight of the noise term"),
@@ -172,7 +179,7 @@ METHODS = {
 METHODS["edit_away"] = MethodSpec(
     "decontext.methods.edit_away:EditAway",
     "through the edit: push the editor's own few-step edit of the photo away from its edit of the clean photo",
-    {"sample_steps": 4, "edit_space": "latent", "prompts": None},
+    {"sample_steps": 4, "edit_space": "latent", "prompts": None, "sample_schedule": "even"},
     frozenset({"sampling"}),
     {"start": "uniform"},  # the squared distance and its gradient vanish at the clean photo
     batched=True,

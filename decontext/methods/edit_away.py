@@ -62,7 +62,7 @@ class EditAway(Method, spec="edit_away"):
         noise_seed: int = 0,
         checkpoint: bool = True,
         release_text_encoders: bool = True,
-        sample_schedule: str = "even",
+        sample_schedule: str = DEFAULTS["sample_schedule"],
     ):
         if sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
