@@ -9,6 +9,8 @@
 #   protector512        an amortized protector (conv) on the real architecture: one training step at 512 px
 #                       (batch 1, checkpointed) with its peak memory, and its inference on a 1024 px photo
 #                       (bench/protector_step.py)
+#   protector512edit    the same step with the through-the-edit objective (edit_away: 4 sampler steps of the
+#                       editor, each checkpointed, backpropagated) and its peak memory (issue 41)
 #   mem1024ckpt         ours vs bare, checkpointed at 1024, with the CUDA allocator's snapshot of one step each:
 #                       what the checkpointed memory excess is made of (bench_step --memory-snapshot)
 #   compile512          ours eager vs ours with every block torch.compiled, side by side
@@ -19,7 +21,7 @@
 # single-file checkpoint to disk; 38 GB of random weights do not fit this budget).
 set -uo pipefail
 LOG_DIR=${1:-runs/gpu_bench}
-ROWS=${2:-"photo1024 photo512 protector512 mem1024ckpt compile512 flux2 1024ckpt 512 512ckpt 1024 24gb 24gb512"}
+ROWS=${2:-"photo1024 photo512 protector512 protector512edit mem1024ckpt compile512 flux2 1024ckpt 512 512ckpt 1024 24gb 24gb512"}
 DEADLINE_S=${DEADLINE_S:-480}
 ROW_TIMEOUT_S=${ROW_TIMEOUT_S:-240}
 PY=${PYTHON:-python}
@@ -40,6 +42,9 @@ for row in $ROWS; do
     photo512)  module=bench.photo; base=(--preset-model flux --device cuda --dtype bfloat16); args=(--size 512 --json "$LOG_DIR/photo512.json") ;;
     protector512) module=bench.protector_step; base=(--preset-model flux --device cuda --dtype bfloat16)
                   args=(--size 512 --checkpointing --infer-size 1024 --json "$LOG_DIR/protector512.json") ;;
+    protector512edit) module=bench.protector_step; base=(--preset-model flux --device cuda --dtype bfloat16)
+                  args=(--size 512 --checkpointing --method edit_away --sample-steps 4 --repeats 2 --infer-size 1024
+                        --json "$LOG_DIR/protector512edit.json") ;;
     mem1024ckpt) args=(--size 1024 --repeats 1 --checkpointing --variants ours bare --skip-memory --memory-snapshot "$LOG_DIR/snapshots") ;;
     compile512) args=(--size 512 --repeats 3 --compile --variants ours ours_compiled --skip-memory) ;;
     flux2)

@@ -9,6 +9,7 @@ CUDA. The last line gives each architecture's times as ratios to the first one's
     python -m bench.protector_step --preset-model flux --device cuda --dtype bfloat16 --size 512 --checkpointing
     python -m bench.protector_step                      # tiny model on the CPU (a check that it runs)
     python -m bench.protector_step --architecture conv fold4 small   # side by side
+    python -m bench.protector_step --method edit_away --sample-steps 4   # the through-the-edit objective
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ def main(argv=None) -> dict:
         help="protector architectures to time side by side (default conv: what `decontext amortize` trains above "
         "256 px); ratios are to the first",
     )
+    ap.add_argument(
+        "--method",
+        default="decontext",
+        choices=["decontext", "edit_away"],
+        help="the objective of the training step: decontext (the attention share) or edit_away (through the "
+        "editor's own few-step sampler, each step checkpointed)",
+    )
+    ap.add_argument("--sample-steps", type=int, default=4, help="edit_away: sampler steps backpropagated through")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--checkpointing", action="store_true")
@@ -75,7 +84,9 @@ def main(argv=None) -> dict:
     device = editor.device
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    method = build_method("decontext", prompts=["make the person smile", "add a hat", "turn the hair blue"])
+    prompts = ["make the person smile", "add a hat", "turn the hair blue"]
+    extra = {"sample_steps": args.sample_steps} if args.method == "edit_away" else {}
+    method = build_method(args.method, prompts=prompts, **extra)
     size = (args.size, args.size)
     x0 = torch.rand(args.batch_size, 3, *size, generator=torch.Generator().manual_seed(0)).to(device)
     photo = torch.rand(1, 3, args.infer_size, args.infer_size, generator=torch.Generator().manual_seed(1)).to(device)
@@ -148,7 +159,7 @@ def main(argv=None) -> dict:
         r["hours_30k_steps"] = r["train_step"]["median_s"] * 30000 / 3600
         print(
             f"{name} ({r['parameters'] / 1e6:.2f} M parameters, {r['mb_float32']:.1f} MB float32) "
-            f"on {args.preset} at {args.size} px, batch {args.batch_size}: "
+            f"{args.method} on {args.preset} at {args.size} px, batch {args.batch_size}: "
             f"a training step {r['train_step']['median_s']:.3f} s (30,000 steps ~{r['hours_30k_steps']:.1f} h); "
             f"one {args.infer_size} px photo {1000 * r['inference']['median_s']:.1f} ms; "
             f"one {args.face_size} px face {1000 * r['face']['median_s']:.1f} ms"
