@@ -204,6 +204,33 @@ def test_the_committed_leaderboard_is_what_its_records_give(tmp_path):
     assert embedded((COMMITTED / "leaderboard.md").read_text()) in (ROOT / "docs" / "BENCHMARK.md").read_text()
 
 
+@pytest.mark.skipif(not (COMMITTED / "records").is_dir(), reason="toy-quick's records are not committed yet")
+def test_a_run_under_way_marks_the_worst_case_of_a_method_not_yet_under_every_attacker(tmp_path):
+    """A resumed run's report in between: a method with cells still to come shows the worst attacker SO FAR
+    (marked, with how many of the spec's attackers), never a worst case it has not earned; the others unchanged."""
+    import shutil
+
+    from decontext.benchmark.report import PARTIAL, write_report
+
+    shutil.copytree(COMMITTED / "records", tmp_path / "records")
+    shutil.copy(COMMITTED / "spec.json", tmp_path / "spec.json")
+    for attacker in ("remover", "jpeg"):
+        (tmp_path / "records" / f"toy-v1__danp@16__{attacker}.json").unlink()
+    write_report(tmp_path)
+    robust = {r["method"]: r for r in json.loads((tmp_path / "results.json").read_text())["robust"]}
+    committed = {r["method"]: r for r in json.loads((COMMITTED / "results.json").read_text())["robust"]}
+    assert robust["danp"]["incomplete"] == "3 of 5" and robust["danp"]["attackers"] == 3
+    left = [r for r in json.loads((tmp_path / "results.json").read_text())["rows"] if r["method"] == "danp"]
+    assert robust["danp"]["robust_effect"] == max(r["effect"] for r in left)
+    assert robust["danp"]["robust_effect"] <= committed["danp"]["robust_effect"]  # more attackers: only worse
+    for method, row in robust.items():
+        if method != "danp":
+            assert row == committed[method], method
+    text = (tmp_path / "leaderboard.md").read_text()
+    assert PARTIAL in text and text.count("(worst of 3 of 5 so far)") == 2  # the robust table and the grid
+    assert PARTIAL not in (COMMITTED / "leaderboard.md").read_text()
+
+
 def test_overwrite_clears_another_specs_records_and_only_then(tmp_path):
     from decontext.benchmark.records import FolderError, claim_folder
 

@@ -77,8 +77,10 @@ def cell_row(record: dict) -> dict:
     }
 
 
-def results(records: list[dict]) -> dict:
-    """Every cell's row and, per (editor, budget, method), the robust (worst-case) row."""
+def results(records: list[dict], attackers: list[str] | None = None) -> dict:
+    """Every cell's row and, per (editor, budget, method), the robust (worst-case) row. ``attackers``: the
+    spec's measured attackers (``spec_attackers``); a method recorded under fewer of them (a run still under
+    way) gets ``incomplete`` ("k of n"): its worst case so far, which more attackers can only make worse."""
     rows = [cell_row(r) for r in records]
     robust = []
     groups: dict[tuple, list[dict]] = {}
@@ -103,6 +105,8 @@ def results(records: list[dict]) -> dict:
                 "attackers": len(members),
             }
         )
+        if attackers and len(members) < len(attackers):
+            robust[-1]["incomplete"] = f"{len(members)} of {len(attackers)}"
     robust.sort(key=lambda r: (r["editor"], r["budget"], r["robust_effect"], r["method"]))
     first = records[0] if records else {}
     return {
@@ -175,6 +179,22 @@ def paper_reference(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     ]
 
 
+def spec_attackers(folder: str | Path) -> list[str] | None:
+    """The measured (not derived) attackers of the spec a run folder was made for (its spec.json), or None."""
+    from ..attackers import parse_attacker
+
+    marker = Path(folder) / "spec.json"
+    if not marker.exists():
+        return None
+    spec = json.loads(marker.read_text(encoding="utf-8")).get("spec", {})
+    return [a for a in spec.get("attackers", []) if not parse_attacker(a).derived]
+
+
+def _worst(r: dict) -> str:
+    """The worst attacker of a robust row, marked while the method's cells are not all recorded."""
+    return r["worst_attacker"] + (f" (worst of {r['incomplete']} so far)" if r.get("incomplete") else "")
+
+
 def _ci(mean, low, high) -> str:
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
@@ -201,7 +221,7 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                  "effect without attack", "PSNR in (dB)"],
                 [
                     [str(k + 1), r["method"], _ci(r["robust_effect"], r["low"], r["high"]), _share(r["share"]),
-                     r["worst_attacker"], "" if r["effect_unattacked"] is None else f"{r['effect_unattacked']:+.3f}",
+                     _worst(r), "" if r["effect_unattacked"] is None else f"{r['effect_unattacked']:+.3f}",
                      f"{r['psnr_input']:.1f}"]
                     for k, r in enumerate(robust)
                 ],
@@ -220,12 +240,14 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                         else ""
                         for a in attackers
                     ]
-                    + [next(f"{r['robust_effect']:+.3f} ({r['worst_attacker']})" for r in robust if r["method"] == m)]
+                    + [next(f"{r['robust_effect']:+.3f} ({_worst(r)})" for r in robust if r["method"] == m)]
                     for m in methods
                 ],
             )
         )
-        success = [["clean"] + [f"{by[methods[0], a]['clean_edit_success']:.2f}" for a in attackers]]
+        # what does not depend on the method (the clean photo, the noise control), from the first row that has it
+        under = {a: next(by[m, a] for m in methods if (m, a) in by) for a in attackers}
+        success = [["clean"] + [f"{under[a]['clean_edit_success']:.2f}" for a in attackers]]
         for m in methods:
             success.append([m] + [f"{by[m, a]['edit_success']:.2f}" if (m, a) in by else "" for a in attackers])
         out.append(
@@ -236,13 +258,19 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 f"{where}: what each attacker costs the clean photo",
                 ["attacker", "PSNR (dB)", "SSIM", "clean edits' identity after it", "noise control's identity"],
                 [
-                    [a, f"{by[methods[0], a]['cost_psnr']:.1f}", f"{by[methods[0], a]['cost_ssim']:.3f}",
-                     f"{by[methods[0], a]['clean_identity']:.3f}", f"{by[methods[0], a]['noise_identity']:.3f}"]
+                    [a, f"{under[a]['cost_psnr']:.1f}", f"{under[a]['cost_ssim']:.3f}",
+                     f"{under[a]['clean_identity']:.3f}", f"{under[a]['noise_identity']:.3f}"]
                     for a in attackers
                 ],
             )
         )  # fmt: skip
     return out + paper_reference(res)
+
+
+PARTIAL = (
+    "**A run under way**: some methods are recorded under fewer attackers than the spec names; their robust "
+    "effect is the worst of those recorded so far (marked), which the attackers still to come can only make worse."
+)
 
 
 def markdown(res: dict) -> str:
@@ -258,6 +286,8 @@ def markdown(res: dict) -> str:
         "identities); below 0 = the protection still works. Share of the way: -effect / (clean - another "
         "person), measured in the same run. Robust effect: under the attacker with the highest mean effect.",
     ]
+    if any(r.get("incomplete") for r in res["robust"]):
+        lines += ["", PARTIAL]
     for title, header, rows in tables(res):
         lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -350,6 +380,8 @@ def html_page(res: dict) -> str:
         "<p>Effect: toy identity of the protected photo's edits minus the noise control's, both after the same "
         "attacker (95% bootstrap interval over identities); below 0 = still protecting. Click a column to sort.</p>",
     ]
+    if any(r.get("incomplete") for r in res["robust"]):
+        parts.append(f"<p>{html.escape(PARTIAL).replace('**', '')}</p>")
     for title, header, rows in tables(res):
         parts.append(f"<h2>{html.escape(title)}</h2><table class='sortable'><thead><tr>")
         parts.extend(f"<th>{html.escape(h)}</th>" for h in header)
@@ -366,7 +398,7 @@ def html_page(res: dict) -> str:
 def write_report(folder: str | Path, records: list[dict] | None = None) -> list[Path]:
     """leaderboard.md, leaderboard.html and results.json of ``folder`` from its records (atomically)."""
     folder = Path(folder)
-    res = results(read_records(folder) if records is None else records)
+    res = results(read_records(folder) if records is None else records, spec_attackers(folder))
     written = []
     for name, text in (
         ("leaderboard.md", markdown(res)),
