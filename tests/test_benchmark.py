@@ -78,7 +78,7 @@ def toml_of(data: dict) -> str:
 
 
 BAD = [
-    ({"editors": ["toy-v9"]}, "editors: unknown editor 'toy-v9' (allowed: toy-v1"),
+    ({"editors": ["toy-v9"]}, "editors: unknown editor 'toy-v9' (allowed: toy-ip2p, toy-v1"),
     ({"methods": ["noise", "decontxt"]}, "methods: unknown method 'decontxt'"),
     ({"methods": ["decontext"]}, "methods: 'noise'"),
     ({"methods": ["noise", "protector:nobody"]}, "methods: unknown protector 'nobody' (allowed: protector:NAME"),
@@ -91,6 +91,10 @@ BAD = [
     ({"pgd": {"preset": "slow"}}, "pgd.preset: 'slow' (allowed: fast, paper, none)"),
     ({"edits": {"prompt_indices": [0, 99]}}, "edits.prompt_indices: [99] (allowed: 0.."),
     ({"edits": {"prompt_indices": [0], "seeds": [1]}}, "edits.seeds: unknown key (allowed: prompt_indices"),
+    (
+        {"editors": ["toy-v1", "toy-ip2p"], "methods": ["noise", "encoder+decontext"]},
+        "methods: 'decontext' does not apply to editor 'toy-ip2p' (the instruct_pix2pix family lacks context_att",
+    ),
 ]
 
 
@@ -229,6 +233,28 @@ def test_a_run_under_way_marks_the_worst_case_of_a_method_not_yet_under_every_at
     text = (tmp_path / "leaderboard.md").read_text()
     assert PARTIAL in text and text.count("(worst of 3 of 5 so far)") == 2  # the robust table and the grid
     assert PARTIAL not in (COMMITTED / "leaderboard.md").read_text()
+
+
+def test_a_protector_is_measured_on_an_editor_its_objective_cannot_serve(tmp_path, monkeypatch):
+    """Transfer to the toy InstructPix2Pix: toy-decontext (trained with DeContext's share, which a UNet has no
+    joint attention for) is applied by its forward pass alone, the very pixels ``protect`` saves where the
+    objective applies, and its cell is recorded like any other."""
+    from decontext.benchmark.cells import Cache, ToyEnvironment
+    from decontext.benchmark.run import run_benchmark
+    from decontext.methods.decontext import DeContext
+
+    spec = load_spec(
+        _with({"editors": ["toy-ip2p"], "attackers": ["none"], "methods": ["noise", "protector:toy-decontext"]})
+    )
+    spec.identities["count"] = 2
+    report = run_benchmark(spec, tmp_path / "ip2p", log=lambda *_: None)
+    assert report["computed"] == ["toy-ip2p__protector_toy-decontext@16__none"]
+    record = json.loads((tmp_path / "ip2p" / "records" / "toy-ip2p__protector_toy-decontext@16__none.json").read_text())
+    assert np.isfinite(record["values"]["method"]["identity"]).all() and len(record["identities"]) == 2
+    v1 = ToyEnvironment(load_spec("toy-tiny"), "toy-v1", Cache(tmp_path / "cache"), log=lambda *_: None)
+    saved = v1.protect("protector:toy-decontext", 16.0, v1.sources, 7)
+    monkeypatch.setattr(DeContext, "applies_to", classmethod(lambda cls, editor: False))
+    assert np.array_equal(v1.protect("protector:toy-decontext", 16.0, v1.sources, 7), saved)
 
 
 def test_overwrite_clears_another_specs_records_and_only_then(tmp_path):

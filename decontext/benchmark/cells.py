@@ -164,6 +164,7 @@ class ToyEnvironment:
 
         from ..config import PGDConfig, ProtectConfig
         from ..images import quantize, uint8_to_tensor
+        from ..methods.base import protector_start
         from ..protect import protect
 
         method = self.method(name)
@@ -178,11 +179,19 @@ class ToyEnvironment:
             measure_draws=0,
         )
         chunk = len(images) if method.batched else 1
+        # a protector on an editor its training objective cannot measure (toy-robust, trained with DeContext's
+        # share, on the toy InstructPix2Pix): its output alone, which is what ``protect`` saves with no steps
+        transfer = name.startswith("protector:") and not method.objective.applies_to(type(self.editor))
         out = []
         for start in range(0, len(images), chunk):
             part = images[start : start + chunk]
             x0 = torch.cat([uint8_to_tensor(im) for im in part])
-            pixels = protect(self.editor, method, x0, config, seeds=[seed + start + i for i in range(len(part))]).pixels
+            if transfer:
+                with torch.no_grad():
+                    pixels = protector_start(method.protector, self.editor, x0, config)
+            else:
+                seeds = [seed + start + i for i in range(len(part))]
+                pixels = protect(self.editor, method, x0, config, seeds=seeds).pixels
             out.extend(quantize(pixels[i : i + 1], part[i], budget) for i in range(len(part)))
         return np.stack(out)
 

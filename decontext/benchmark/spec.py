@@ -177,11 +177,12 @@ def validate(data: dict, base: Path | None = None) -> Spec:
     folders, keys); a SpecError names the first problem's key and its allowed values."""
     from ..attackers import KINDS as ATTACKERS
     from ..attackers import parse_attacker
-    from ..methods import METHODS
+    from ..editors import FAMILIES
+    from ..methods import METHODS, missing_capabilities
     from ..toy.names import TOY_EDITORS, TOY_FAMILIES
 
     _check_keys(data, TOP_KEYS, "")
-    known_editors = sorted(n for n in TOY_EDITORS if n not in TOY_FAMILIES) + sorted(REAL_EDITORS)
+    known_editors = sorted(TOY_EDITORS) + sorted(REAL_EDITORS)
     editors = list(_require(data, "editors", ""))
     if not editors:
         raise SpecError(f"editors: empty (allowed: {', '.join(known_editors)})")
@@ -211,6 +212,19 @@ def validate(data: dict, base: Path | None = None) -> Spec:
                 f"methods: unknown method {bad[0]!r} in {m!r} (allowed: {', '.join(plain)}, a+b compositions, "
                 "protector:NAME)"
             )
+    for editor in editors:  # a method an editor's family cannot serve (DeContext on a UNet) is refused by name
+        family = FAMILIES[
+            REAL_EDITORS[editor][0] if editor in REAL_EDITORS else TOY_FAMILIES.get(editor, "flux_kontext")
+        ]
+        for m in methods:
+            names = [] if m.startswith("protector:") else [n.strip() for n in m.split("+")]
+            lacking = [n for n in names if missing_capabilities(n, family.capabilities)]
+            if lacking:
+                raise SpecError(
+                    f"methods: {lacking[0]!r} does not apply to editor {editor!r} (the {family.name} family lacks "
+                    f"{', '.join(missing_capabilities(lacking[0], family.capabilities))}); give that editor its own "
+                    "spec, or leave the method out"
+                )
     if "noise" not in methods:
         raise SpecError("methods: 'noise' (the control every effect is measured against) is missing")
     attackers = list(_require(data, "attackers", ""))
