@@ -29,7 +29,32 @@ IMAGE_SUFFIXES = (
     ".tif",
     ".tiff",
     ".gif",
+    ".heic",
+    ".heif",
 )  # in the order a stem's file is looked for
+HEIF_SUFFIXES = (".heic", ".heif")  # phones' photos: read when pillow-heif is installed (``heif_reader``)
+HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")  # ISO BMFF "ftyp" brands
+_heif: bool | None = None
+
+
+def heif_reader() -> bool:
+    """Whether HEIC/HEIF photos can be read: pillow-heif (in the ``serve`` extra) registers its Pillow plugin,
+    once per process; without it they are refused by name (``load_image``)."""
+    global _heif
+    if _heif is None:
+        try:
+            import pillow_heif
+        except ImportError:
+            _heif = False
+        else:
+            pillow_heif.register_heif_opener()
+            _heif = True
+    return _heif
+
+
+def looks_like_heif(path: Path, head: bytes) -> bool:
+    """A HEIC/HEIF file by its suffix or by its first bytes (an ISO BMFF ``ftyp`` box with a HEIF brand)."""
+    return path.suffix.lower() in HEIF_SUFFIXES or (head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS)
 
 
 class ImageLoadError(ValueError):
@@ -130,6 +155,7 @@ def load_image(path: str | os.PathLike, data: bytes | None = None) -> LoadedImag
     path = Path(path)
     if data is None and not path.is_file():  # a FIFO or a device named like an image is never opened (it could block)
         raise ImageLoadError(path, "not a regular file" if path.exists() else "no such file")
+    heif_reader()
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as image:
             check_declared_size(path, image.size)  # before any pixel memory is allocated
@@ -142,6 +168,10 @@ def load_image(path: str | os.PathLike, data: bytes | None = None) -> LoadedImag
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
+        if not heif_reader() and looks_like_heif(path, data[:12] if data is not None else _head(path)):
+            raise ImageLoadError(
+                path, "a HEIC/HEIF photo: reading it needs pillow-heif (pip install pillow-heif, or the serve extra)"
+            ) from None
         raise ImageLoadError(path, "not an image file (format not recognised)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own check in Image.open (a warning only when warnings are turned into errors)
@@ -155,6 +185,14 @@ def load_image(path: str | os.PathLike, data: bytes | None = None) -> LoadedImag
     if rgb8.shape[0] < 1 or rgb8.shape[1] < 1:
         raise ImageLoadError(path, "empty image")
     return LoadedImage(path, uint8_to_tensor(rgb8), rgb8, alpha, mode)
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(12)
+    except OSError:
+        return b""
 
 
 def from_array(rgb8: np.ndarray) -> LoadedImage:

@@ -268,3 +268,37 @@ def test_float_image_with_nan_loads_without_garbage(tmp_path):
         warnings.simplefilter("error")  # no "invalid value encountered in cast"
         loaded = load_image(path)
     assert loaded.rgb8[0, :, 0].tolist() == [0, 128, 0, 255]
+
+
+def test_a_heic_photo_is_read_with_pillow_heif_and_refused_by_name_without_it(tmp_path):
+    import subprocess
+
+    pillow_heif = pytest.importorskip("pillow_heif")
+    from decontext.images import IMAGE_SUFFIXES, load_image
+
+    rgb = _rgb(48, 64, seed=3)
+    heif = pillow_heif.from_bytes(mode="RGB", size=(64, 48), data=rgb.tobytes())
+    path = tmp_path / "phone.heic"
+    heif.save(str(path), quality=-1, chroma=444, matrix_coefficients=0)  # lossless x265, RGB kept as is
+    assert path.read_bytes()[4:11] == b"ftyphei" and ".heic" in IMAGE_SUFFIXES  # brand heic or heix
+    expected = np.asarray(pillow_heif.open_heif(str(path)).to_pillow().convert("RGB"))
+    loaded = load_image(path)
+    assert loaded.rgb8.shape == (48, 64, 3) and np.array_equal(loaded.rgb8, expected)
+    assert np.array_equal(loaded.rgb8, rgb)
+    assert np.array_equal(load_image(tmp_path / "upload", data=path.read_bytes()).rgb8, expected)  # by its bytes
+    code = (
+        "import sys; sys.modules['pillow_heif'] = None\n"  # as on a machine without the package
+        "from decontext.images import ImageLoadError, load_image\n"
+        "for target in (sys.argv[1], sys.argv[2]):\n"
+        "    try:\n        load_image(target)\n    except ImageLoadError as exc:\n        print(exc)\n"
+    )
+    renamed = tmp_path / "no_suffix"
+    renamed.write_bytes(path.read_bytes())
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(renamed)], capture_output=True, text=True)
+    lines = out.stdout.splitlines()
+    assert out.returncode == 0 and len(lines) == 2, out.stderr[-2000:]
+    assert (
+        lines[0]
+        == f"{path}: a HEIC/HEIF photo: reading it needs pillow-heif (pip install pillow-heif, or the serve extra)"
+    )
+    assert lines[1].startswith(f"{renamed}: a HEIC/HEIF photo")  # known by its first bytes, whatever its name

@@ -28,6 +28,7 @@ from PIL import Image, ImageOps
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
+pillow_heif = pytest.importorskip("pillow_heif")  # the serve extra reads HEIC uploads with it
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 16  # the toy protector's budget (its protector.json)
@@ -251,10 +252,34 @@ def test_the_formats_people_upload(server):
         grey = _rgb(send(_encode(grey16), "image/png").content)
         assert grey.shape == (64, 64, 3) and np.abs(grey - (grey16 // 257)[..., None]).max() <= EPS
         assert send(cmyk.getvalue(), "image/jpeg").content[:8] == b"\x89PNG\r\n\x1a\n"
+        heic = io.BytesIO()  # a phone's photo (pillow-heif, in the serve extra); lossless so the budget is exact
+        pillow_heif.from_bytes(mode="RGB", size=(64, 64), data=face.tobytes()).save(
+            heic, quality=-1, chroma=444, matrix_coefficients=0
+        )
+        for kind in ("image/heic", "image/heif", "application/octet-stream"):
+            assert np.abs(_rgb(send(heic.getvalue(), kind).content) - face).max() <= EPS, kind
 
         lossy = send(_encode(face), "image/png", "?format=jpeg")
         assert lossy.headers["content-type"] == "image/jpeg" and "weakens" in lossy.headers["x-decontext-warning"]
         assert send(_encode(face), "image/png", "?format=webp").content[8:12] == b"WEBP"
+
+
+def test_a_heic_upload_without_pillow_heif_is_a_415_that_names_the_package(monkeypatch):
+    from decontext import images
+    from decontext.serve.uploads import UploadProblem, check_image_type
+
+    monkeypatch.setattr(images, "_heif", False)  # as on a server installed without the serve extra's reader
+    with pytest.raises(UploadProblem) as refused:
+        check_image_type("image/heic; charset=binary")
+    assert refused.value.status == 415 and "image/heic needs pillow-heif" in str(refused.value)
+    with pytest.raises(UploadProblem) as other:
+        check_image_type("text/plain")
+    assert "image/png" in str(other.value) and "heif" not in str(other.value)  # not offered among what it reads
+    monkeypatch.setattr(images, "_heif", True)
+    check_image_type("image/heif")
+    with pytest.raises(UploadProblem) as listed:
+        check_image_type("text/plain")
+    assert "image/heic" in str(listed.value)
 
 
 # ---------------------------------------------------------------------------------------------- hostile uploads

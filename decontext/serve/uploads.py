@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-# what a raw body may be sent as (multipart parts too); HEIC is left out: no maintained reader is locked here
+# what a raw body may be sent as (multipart parts too); HEIC/HEIF when pillow-heif is installed (``HEIF_TYPES``)
 IMAGE_TYPES = {
     "image/png": "PNG",
     "image/jpeg": "JPEG",
@@ -23,6 +23,7 @@ IMAGE_TYPES = {
     "image/bmp": "BMP",
     "image/gif": "GIF",
 }
+HEIF_TYPES = {"image/heic": "HEIF", "image/heif": "HEIF"}
 FILE_FIELDS = ("image", "file")  # the multipart field that holds the photo
 
 
@@ -115,14 +116,24 @@ def multipart_parts(content_type: str, body: bytes) -> tuple[dict[str, str], tup
     return fields, photo
 
 
+def image_types() -> dict[str, str]:
+    """The image content types this server reads: ``IMAGE_TYPES``, and HEIC/HEIF where pillow-heif is installed."""
+    from ..images import heif_reader
+
+    return {**IMAGE_TYPES, **HEIF_TYPES} if heif_reader() else IMAGE_TYPES
+
+
 def check_image_type(content_type: str) -> None:
     kind = media_type(content_type)
-    if kind not in IMAGE_TYPES and kind != "application/octet-stream":
+    types = image_types()
+    if kind in HEIF_TYPES and kind not in types:
+        raise UploadProblem(415, "wrong_type", f"{kind} needs pillow-heif on this server (the serve extra has it)")
+    if kind not in types and kind != "application/octet-stream":
         raise UploadProblem(
             415,
             "wrong_type",
             f"content type {kind or '(none)'!r} is not an image this server reads "
-            f"({', '.join(sorted(set(IMAGE_TYPES)))}, or multipart/form-data with a field named image)",
+            f"({', '.join(sorted(set(types)))}, or multipart/form-data with a field named image)",
         )
 
 
