@@ -100,8 +100,36 @@ def effect_grid_side() -> str:
     return "\n".join(lines)
 
 
+TOY_RUN = "bench/results/toy"
+
+
+def toy_benchmark() -> str:
+    """The `toy` spec's records as they stand (a run resumed session by session): per editor and budget, the
+    robust effect of every method and its effect after each attacker, by the benchmark report's own tables."""
+    from decontext.benchmark.cells import plan
+    from decontext.benchmark.report import PARTIAL, read_records, results, spec_attackers, tables
+    from decontext.benchmark.spec import validate
+
+    folder = ROOT / TOY_RUN
+    spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
+    res = results(read_records(folder), spec_attackers(folder))
+    total = len(plan(validate(spec["spec"])))
+    lines = [
+        f"{res['cells']} of the spec's {total} cells recorded (spec digest {spec['digest']}); "
+        f"{res['seconds'] / 3600:.1f} h of cell compute in the records."
+    ]
+    if any(r.get("incomplete") for r in res["robust"]):
+        lines += ["", PARTIAL]
+    for title, header, rows in tables(res):
+        if "robust effect" in title or "effect after each attacker" in title:
+            lines += ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 # block name -> (its raw sources, the function that renders it)
 BLOCKS = {
+    "toy-benchmark": ((f"{TOY_RUN}/spec.json", f"{TOY_RUN}/records"), toy_benchmark),
     "effect-grid-v3": ((f"{RAW}/toy_v3/effect_v3.json",), effect_grid_v3),
     "effect-grid-v1-v3": (
         (f"{RAW}/grid_side/effect_v1.json", f"{RAW}/grid_side/effect_v3.json", f"{RAW}/toy_v3/effect_v3.json"),
