@@ -107,23 +107,22 @@ def toy_benchmark() -> str:
     """The `toy` spec's records as they stand (a run resumed session by session): per editor and budget, the
     robust effect of every method and its effect after each attacker, by the benchmark report's own tables."""
     from decontext.benchmark.cells import plan
-    from decontext.benchmark.report import PARTIAL, read_records, results, spec_attackers, tables
+    from decontext.benchmark.report import PARTIAL, folder_results, markdown_table, tables, under_way
     from decontext.benchmark.spec import validate
 
     folder = ROOT / TOY_RUN
     spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
-    res = results(read_records(folder), spec_attackers(folder))
+    res = folder_results(folder)
     total = len(plan(validate(spec["spec"])))
     lines = [
         f"{res['cells']} of the spec's {total} cells recorded (spec digest {spec['digest']}); "
         f"{res['seconds'] / 3600:.1f} h of cell compute in the records."
     ]
-    if any(r.get("incomplete") for r in res["robust"]):
+    if under_way(res):
         lines += ["", PARTIAL]
     for title, header, rows in tables(res):
         if "robust effect" in title or "effect after each attacker" in title:
-            lines += ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(row) + " |" for row in rows]
+            lines += ["", f"**{title}**", "", *markdown_table(header, rows)]
     return "\n".join(lines)
 
 

@@ -286,12 +286,21 @@ def markdown(res: dict) -> str:
         "identities); below 0 = the protection still works. Share of the way: -effect / (clean - another "
         "person), measured in the same run. Robust effect: under the attacker with the highest mean effect.",
     ]
-    if any(r.get("incomplete") for r in res["robust"]):
+    if under_way(res):
         lines += ["", PARTIAL]
     for title, header, rows in tables(res):
-        lines += ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines += ["", f"## {title}", "", *markdown_table(header, rows)]
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of one markdown table."""
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def under_way(res: dict) -> bool:
+    """Whether some method is recorded under fewer of the spec's attackers than it names (``results``)."""
+    return any(r.get("incomplete") for r in res["robust"])
 
 
 def _effect_chart(title: str, xs: list, rows: list[dict], x_label: str, y_label: str) -> Chart:
@@ -380,7 +389,7 @@ def html_page(res: dict) -> str:
         "<p>Effect: toy identity of the protected photo's edits minus the noise control's, both after the same "
         "attacker (95% bootstrap interval over identities); below 0 = still protecting. Click a column to sort.</p>",
     ]
-    if any(r.get("incomplete") for r in res["robust"]):
+    if under_way(res):
         parts.append(f"<p>{html.escape(PARTIAL).replace('**', '')}</p>")
     for title, header, rows in tables(res):
         parts.append(f"<h2>{html.escape(title)}</h2><table class='sortable'><thead><tr>")
@@ -395,10 +404,15 @@ def html_page(res: dict) -> str:
     return "".join(parts)
 
 
+def folder_results(folder: str | Path, records: list[dict] | None = None) -> dict:
+    """``results`` of a run folder: its records (or ``records``) against the attackers of its spec.json."""
+    return results(read_records(Path(folder)) if records is None else records, spec_attackers(folder))
+
+
 def write_report(folder: str | Path, records: list[dict] | None = None) -> list[Path]:
     """leaderboard.md, leaderboard.html and results.json of ``folder`` from its records (atomically)."""
     folder = Path(folder)
-    res = results(read_records(folder) if records is None else records, spec_attackers(folder))
+    res = folder_results(folder, records)
     written = []
     for name, text in (
         ("leaderboard.md", markdown(res)),

@@ -179,7 +179,7 @@ def validate(data: dict, base: Path | None = None) -> Spec:
     from ..attackers import parse_attacker
     from ..editors import FAMILIES
     from ..methods import METHODS, missing_capabilities
-    from ..toy.names import TOY_EDITORS, TOY_FAMILIES
+    from ..toy.names import TOY_EDITORS, toy_family
 
     _check_keys(data, TOP_KEYS, "")
     known_editors = sorted(TOY_EDITORS) + sorted(REAL_EDITORS)
@@ -213,9 +213,7 @@ def validate(data: dict, base: Path | None = None) -> Spec:
                 "protector:NAME)"
             )
     for editor in editors:  # a method an editor's family cannot serve (DeContext on a UNet) is refused by name
-        family = FAMILIES[
-            REAL_EDITORS[editor][0] if editor in REAL_EDITORS else TOY_FAMILIES.get(editor, "flux_kontext")
-        ]
+        family = FAMILIES[REAL_EDITORS[editor][0] if editor in REAL_EDITORS else toy_family(editor)]
         for m in methods:
             names = [] if m.startswith("protector:") else [n.strip() for n in m.split("+")]
             lacking = [n for n in names if missing_capabilities(n, family.capabilities)]
