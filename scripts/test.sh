@@ -8,8 +8,9 @@ bash scripts/setup.sh test
 ruff check --quiet .
 ruff format --check --quiet .
 # Two test processes (-n: pytest-xdist; a file stays in one process, so its module fixtures are built once;
-# tests/conftest.py starts the files with slow tests first). torch keeps its own thread count in each process:
-# the golden values depend on it. Idle OpenMP threads sleep instead of spinning, so the two processes do not
-# steal each other's cores. DECONTEXT_TEST_WORKERS=1 runs the suite in one process, as before.
+# tests/conftest.py hands the files out longest first and --no-loadscope-reorder keeps that order). torch keeps
+# its own thread count in each process: the golden values depend on it. Idle OpenMP threads sleep instead of
+# spinning, so the two processes do not steal each other's cores. DECONTEXT_TEST_WORKERS=1 runs the suite in one
+# process, as before.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-python -m pytest -q -n "${DECONTEXT_TEST_WORKERS:-2}" --dist loadfile "$@"
+python -m pytest -q -n "${DECONTEXT_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"

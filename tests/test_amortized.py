@@ -2,6 +2,7 @@
 exact resume, refusals before any model loads, the attack CLI's two uses, and training on every tiny
 DiT editor."""
 
+import functools
 import json
 import os
 import signal
@@ -282,9 +283,30 @@ def test_attack_with_a_protector_keeps_the_budget_on_saved_files_and_records_it(
     )
 
 
-def test_a_protector_for_another_family_method_or_budget_is_refused_before_loading(trained, tmp_path):
+def _refused_before_loading(monkeypatch, capsys, *args) -> subprocess.CompletedProcess:
+    """``decontext attack *args`` in this process, where loading an editor fails the test: exit code and stderr."""
+    import decontext.cli.attack as attack_cli
+    from decontext.cli import main
+
+    def loaded(*a, **k):
+        raise AssertionError("the editor was loaded before the protector was refused")
+
+    monkeypatch.setattr(attack_cli, "load_editor_for", loaded)
+    capsys.readouterr()
+    try:
+        code = main(["attack", *args])
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def test_a_protector_for_another_family_method_or_budget_is_refused_before_loading(
+    trained, tmp_path, monkeypatch, capsys
+):
     common = ["--input", str(tmp_path), "--output", str(tmp_path / "o"), "--no-progress"]
-    other_family = _attack(
+    _refused = functools.partial(_refused_before_loading, monkeypatch, capsys)
+    other_family = _refused(
         "--family", "step1x_edit", "--model", "tiny", "--method", "amortized", "--protector", str(trained), *common
     )
     assert (
@@ -293,7 +315,7 @@ def test_a_protector_for_another_family_method_or_budget_is_refused_before_loadi
     )
     # an objective the editor cannot compute (DeContext needs context attention; InstructPix2Pix has none) is refused
     # even where a transfer is allowed
-    no_context = _attack(
+    no_context = _refused(
         "--family",
         "instruct_pix2pix",
         "--model",
@@ -306,15 +328,15 @@ def test_a_protector_for_another_family_method_or_budget_is_refused_before_loadi
         *common,
     )
     assert no_context.returncode == 2 and "does not apply to the instruct_pix2pix editor" in no_context.stderr
-    other_method = _attack("--model", "tiny", "--method", "encoder", "--init", str(trained), "--eps", "16", *common)
+    other_method = _refused("--model", "tiny", "--method", "encoder", "--init", str(trained), "--eps", "16", *common)
     assert other_method.returncode == 2 and "trained with the decontext method, not encoder" in other_method.stderr
-    smaller = _attack("--model", "tiny", "--method", "amortized", "--protector", str(trained), "--eps", "8", *common)
+    smaller = _refused("--model", "tiny", "--method", "amortized", "--protector", str(trained), "--eps", "8", *common)
     assert (
         smaller.returncode == 2
         and "larger than this run's 8/255" in smaller.stderr
         and "--allow-transfer" in smaller.stderr
     )
-    missing = _attack("--model", "tiny", "--method", "amortized", *common)
+    missing = _refused("--model", "tiny", "--method", "amortized", *common)
     assert missing.returncode == 2 and "needs --protector" in missing.stderr
     Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8) + 100).save(tmp_path / "grey.png")
     allowed = _attack(
