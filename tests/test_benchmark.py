@@ -160,6 +160,48 @@ def test_a_rerun_computes_no_cell_and_another_spec_is_refused(uninterrupted):
     assert other.returncode == 2 and "--overwrite" in other.stderr
 
 
+def test_chosen_cells_run_in_windows_and_equal_the_whole_runs_records(uninterrupted, tmp_path):
+    """--cells computes only the matching cells, the same records as a run of the whole spec; --stop-after starts
+    no new cell once its time is up (the first always runs) and the next run goes on from there."""
+    from decontext.benchmark.run import run_benchmark
+
+    spec, out = load_spec("toy-tiny"), tmp_path / "windows"
+    chosen = ["toy-v1__encoder@16__jpeg.json", "toy-v1__protector_toy-decontext@16__none.json"]
+    patterns = ["*encoder@16__jpeg", "*protector*__none"]
+    first = run_benchmark(spec, out, log=lambda *a: None, cells=patterns, stop_after=1e-9)
+    assert first["computed"] == ["toy-v1__encoder@16__jpeg"] and first["left"] == 1 and first["cells"] == 2
+    assert sorted(records(out)) == chosen[:1]
+    second = run_benchmark(spec, out, log=lambda *a: None, cells=patterns)
+    assert second["computed"] == ["toy-v1__protector_toy-decontext@16__none"] and second["skipped"] == 1
+    assert second["left"] == 0
+    whole = records(uninterrupted)
+    assert records(out) == {name: whole[name] for name in chosen}
+
+
+def test_cells_that_match_nothing_or_a_stop_at_zero_are_refused_before_anything_is_made(tmp_path, capsys):
+    from decontext.cli import main
+
+    assert main(["benchmark", "toy-tiny", "--out", str(tmp_path / "o"), "--cells", "*encoder*", "*@32__*"]) == 2
+    err = capsys.readouterr().err
+    assert "--cells *@32__*: matches no cell of this spec" in err and "toy-v1__encoder@16__none" in err
+    assert main(["benchmark", "toy-tiny", "--out", str(tmp_path / "o"), "--stop-after", "0"]) == 2
+    assert "--stop-after 0" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_exits_130_saying_the_finished_cells_are_kept(tmp_path, capsys, monkeypatch):
+    import decontext.benchmark.run as run
+    from decontext.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "run_benchmark", interrupted)
+    assert main(["benchmark", "toy-tiny", "--out", str(tmp_path / "o"), "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert "every finished cell is recorded" in err and "Run the same command again" in err and "Traceback" not in err
+
+
 def test_records_carry_what_a_reviewer_needs(uninterrupted):
     spec = load_spec("toy-tiny")
     for record in records(uninterrupted).values():

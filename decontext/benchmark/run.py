@@ -6,10 +6,11 @@ which builds on the toy one): this module is the one that knows both.
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from pathlib import Path
 
-from .cells import Cache, ToyEnvironment, plan
+from .cells import Cache, Cell, ToyEnvironment, plan
 from .spec import REAL_EDITORS, Spec
 
 
@@ -27,40 +28,79 @@ def seconds_since(began: float) -> float:
     return round(time.perf_counter() - began, 2)
 
 
+def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
+    """The cells whose key matches one of the shell-style ``patterns`` (``*@16__*``, ``toy-v3__*``), in the
+    spec's order; all of them when ``patterns`` is None. A pattern that matches no cell of the spec is refused
+    (ValueError naming it and some keys), so a typo cannot pass for "nothing left to do"."""
+    if patterns is None:
+        return list(cells)
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(c.key, p) for c in cells)]
+    if unmatched:
+        examples = ", ".join(c.key for c in cells[:3])
+        raise ValueError(
+            f"--cells {' '.join(unmatched)}: matches no cell of this spec ({len(cells)} cells, e.g. {examples}; "
+            "a key is EDITOR__METHOD@BUDGET__ATTACKER)"
+        )
+    return [c for c in cells if any(fnmatch.fnmatchcase(c.key, p) for p in patterns)]
+
+
 def run_benchmark(
-    spec: Spec, out: str | Path, overwrite: bool = False, model: str | None = None, command: str = "", log=print
+    spec: Spec,
+    out: str | Path,
+    overwrite: bool = False,
+    model: str | None = None,
+    command: str = "",
+    log=print,
+    cells: list[str] | None = None,
+    stop_after: float | None = None,
 ) -> dict:
-    """Compute every cell of ``spec`` without a record in ``out`` (see ``records``); returns
-    ``{"cells": n, "computed": [keys], "skipped": n, "seconds": s}``. Loads nothing when every cell is recorded."""
+    """Compute every cell of ``spec`` without a record in ``out`` (see ``records``), or only those whose key
+    matches one of ``cells`` (``select``); with ``stop_after`` (seconds), start no new cell once that much time
+    has passed (the first cell always starts), so a long spec runs in windows, each going on where the last
+    stopped. Returns
+    ``{"cells": n, "computed": [keys], "skipped": n, "left": n, "seconds": s}``; ``left``: the selected cells
+    still without a record. Loads nothing when every selected cell is recorded."""
     from ..runs import output_lock
     from .records import claim_folder, make_record, record_path, write_record
 
     out = Path(out)
     began = time.perf_counter()
+    every = plan(spec)
+    chosen = select(every, cells)
     claim_folder(out, spec, overwrite)
-    cells = plan(spec)
-    report = {"cells": len(cells), "computed": [], "skipped": 0, "seconds": 0.0}
+    report = {"cells": len(chosen), "computed": [], "skipped": 0, "left": 0, "seconds": 0.0}
     with output_lock(out / ".lock"):
-        todo = [c for c in cells if not record_path(out, c).exists()]
-        report["skipped"] = len(cells) - len(todo)
+        todo = [c for c in chosen if not record_path(out, c).exists()]
+        report["skipped"] = len(chosen) - len(todo)
+        report["left"] = len(todo)
         if not todo:
-            log(f"{out}: all {len(cells)} cells are recorded; nothing to compute")
+            log(f"{out}: all {len(chosen)} {'selected ' if cells else ''}cells are recorded; nothing to compute")
             return report
         cache = Cache(out / "cache")
-        position = {c.key: k for k, c in enumerate(cells)}
+        position = {c.key: k for k, c in enumerate(every)}
         for editor_name in dict.fromkeys(c.editor for c in todo):
+            if stop_after is not None and report["computed"] and time.perf_counter() - began >= stop_after:
+                break
             env = environment(spec, editor_name, cache, model or spec.model or None, log)
             for cell in (c for c in todo if c.editor == editor_name):
+                if stop_after is not None and report["computed"] and time.perf_counter() - began >= stop_after:
+                    break
                 started = time.perf_counter()
                 computed = env.values(cell)
                 record = make_record(spec, cell, computed, env, command, seconds_since(started))
                 record["cell"]["position"] = position[cell.key]  # the spec's order, for the report
                 write_record(out, cell, record)
                 report["computed"].append(cell.key)
+                report["left"] -= 1
                 log(
-                    f"[{len(report['computed']) + report['skipped']}/{len(cells)}] {cell.key}: "
+                    f"[{len(report['computed']) + report['skipped']}/{len(chosen)}] {cell.key}: "
                     f"{record['seconds']:.1f} s"
                 )
+        if report["left"]:
+            log(
+                f"stopped after {seconds_since(began) / 60:.0f} min (--stop-after) with {report['left']} cells left; "
+                "the same command goes on from there"
+            )
         report["cache_made"] = list(cache.made)
     report["seconds"] = seconds_since(began)
     return report

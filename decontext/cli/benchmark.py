@@ -15,6 +15,7 @@ EPILOG = """examples:
   decontext benchmark toy-quick --out runs/bench_quick          # shipped spec (about 10 min on a CPU)
   decontext benchmark my_spec.toml --out runs/mine --overwrite  # a spec file; replace another spec's records
   decontext benchmark kontext-paper --photos faces/ --model tiny --out runs/kp   # real editor, smoke test
+  decontext benchmark toy --out runs/toy --cells '*@16__*' --stop-after 120   # 16/255 first, two hours at a time
   decontext benchmark --report runs/bench_quick                 # leaderboard.md/.html, results.json again
   decontext benchmark --list                                    # the shipped specs"""
 
@@ -33,6 +34,22 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--photos", default=None, metavar="DIR", help="the folder of photos of a folder spec")
     ap.add_argument(
         "--report", metavar="DIR", default=None, help="only regenerate DIR's leaderboard from its records (no SPEC)"
+    )
+    ap.add_argument(
+        "--cells",
+        nargs="+",
+        metavar="GLOB",
+        default=None,
+        help="only the cells whose key (EDITOR__METHOD@BUDGET__ATTACKER) matches one of these shell patterns, "
+        "e.g. '*@16__*' or 'toy-v3__*'",
+    )
+    ap.add_argument(
+        "--stop-after",
+        type=float,
+        metavar="MINUTES",
+        default=None,
+        help="start no new cell after this many minutes (the cell under way finishes, the first always runs); "
+        "run again to go on",
     )
     ap.add_argument("--list", action="store_true", help="list the shipped specs")
     ap.add_argument("--quiet", action="store_true", help="no per-cell lines")
@@ -58,6 +75,9 @@ def main(argv=None) -> int:
         for path in written:
             print(path)
         return 0
+    if args.stop_after is not None and not args.stop_after > 0:
+        print(f"error: --stop-after {args.stop_after:g}: give a number of minutes above 0", file=sys.stderr)
+        return 2
     if args.spec is None or args.out is None:
         ap.print_usage(sys.stderr)
         print("error: give SPEC and --out DIR (or --report DIR, or --list)", file=sys.stderr)
@@ -75,12 +95,31 @@ def main(argv=None) -> int:
     quiet_libraries()
     command = "decontext benchmark " + shlex.join(list(sys.argv[1:] if argv is None else argv))
     log = (lambda *a, **k: None) if args.quiet else print
+    from ..benchmark.cells import plan
+    from ..benchmark.run import select
+
     try:
-        result = run_benchmark(spec, args.out, args.overwrite, None, command, log)
+        select(plan(spec), args.cells)  # a pattern that matches nothing is refused before anything loads
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop_after = args.stop_after * 60 if args.stop_after is not None else None
+    try:
+        result = run_benchmark(spec, args.out, args.overwrite, None, command, log, args.cells, stop_after)
     except FolderError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log(f"{len(result['computed'])} cells computed, {result['skipped']} already recorded ({result['seconds']:.0f} s)")
+    except KeyboardInterrupt:
+        print(
+            f"interrupted; every finished cell is recorded in {args.out}/records (the cell under way is not). "
+            "Run the same command again to go on; --report DIR shows what is there.",
+            file=sys.stderr,
+        )
+        return 130
+    log(
+        f"{len(result['computed'])} cells computed, {result['skipped']} already recorded, {result['left']} left "
+        f"({result['seconds']:.0f} s)"
+    )
     for path in write_report(args.out):
         print(path)
     return 0
