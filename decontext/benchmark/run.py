@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .cells import Cache, Cell, ToyEnvironment, plan
-from .spec import REAL_EDITORS, Spec
+from .spec import REAL_EDITORS, Spec, SpecError
 
 
 def environment(spec: Spec, editor_name: str, cache: Cache, model: str | None, log=print):
@@ -31,13 +31,14 @@ def seconds_since(began: float) -> float:
 def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
     """The cells whose key matches one of the shell-style ``patterns`` (``*@16__*``, ``toy-v3__*``), in the
     spec's order; all of them when ``patterns`` is None. A pattern that matches no cell of the spec is refused
-    (ValueError naming it and some keys), so a typo cannot pass for "nothing left to do"."""
+    (SpecError naming it and some keys) before anything is made or loaded, so a typo cannot pass for "nothing
+    left to do"."""
     if patterns is None:
         return list(cells)
     unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(c.key, p) for c in cells)]
     if unmatched:
         examples = ", ".join(c.key for c in cells[:3])
-        raise ValueError(
+        raise SpecError(
             f"--cells {' '.join(unmatched)}: matches no cell of this spec ({len(cells)} cells, e.g. {examples}; "
             "a key is EDITOR__METHOD@BUDGET__ATTACKER)"
         )
@@ -78,24 +79,21 @@ def run_benchmark(
             return report
         cache = Cache(out / "cache")
         position = {c.key: k for k, c in enumerate(every)}
-        for editor_name in dict.fromkeys(c.editor for c in todo):
+        env, env_name = None, None
+        for cell in todo:  # the spec's order: one editor's cells after another (``plan``)
             if stop_after is not None and report["computed"] and time.perf_counter() - began >= stop_after:
                 break
-            env = environment(spec, editor_name, cache, model or spec.model or None, log)
-            for cell in (c for c in todo if c.editor == editor_name):
-                if stop_after is not None and report["computed"] and time.perf_counter() - began >= stop_after:
-                    break
-                started = time.perf_counter()
-                computed = env.values(cell)
-                record = make_record(spec, cell, computed, env, command, seconds_since(started))
-                record["cell"]["position"] = position[cell.key]  # the spec's order, for the report
-                write_record(out, cell, record)
-                report["computed"].append(cell.key)
-                report["left"] -= 1
-                log(
-                    f"[{len(report['computed']) + report['skipped']}/{len(chosen)}] {cell.key}: "
-                    f"{record['seconds']:.1f} s"
-                )
+            if env_name != cell.editor:  # one editor's models at a time: the last let go first
+                env_name, env = cell.editor, None
+                env = environment(spec, cell.editor, cache, model or spec.model or None, log)
+            started = time.perf_counter()
+            computed = env.values(cell)
+            record = make_record(spec, cell, computed, env, command, seconds_since(started))
+            record["cell"]["position"] = position[cell.key]  # the spec's order, for the report
+            write_record(out, cell, record)
+            report["computed"].append(cell.key)
+            report["left"] -= 1
+            log(f"[{len(report['computed']) + report['skipped']}/{len(chosen)}] {cell.key}: {record['seconds']:.1f} s")
         if report["left"]:
             log(
                 f"stopped after {seconds_since(began) / 60:.0f} min (--stop-after) with {report['left']} cells left; "

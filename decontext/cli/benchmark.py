@@ -95,18 +95,10 @@ def main(argv=None) -> int:
     quiet_libraries()
     command = "decontext benchmark " + shlex.join(list(sys.argv[1:] if argv is None else argv))
     log = (lambda *a, **k: None) if args.quiet else print
-    from ..benchmark.cells import plan
-    from ..benchmark.run import select
-
-    try:
-        select(plan(spec), args.cells)  # a pattern that matches nothing is refused before anything loads
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     stop_after = args.stop_after * 60 if args.stop_after is not None else None
     try:
         result = run_benchmark(spec, args.out, args.overwrite, None, command, log, args.cells, stop_after)
-    except FolderError as exc:
+    except (FolderError, SpecError) as exc:  # SpecError: --cells matching nothing, before anything loads
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
