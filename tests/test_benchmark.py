@@ -189,6 +189,43 @@ def test_cells_that_match_nothing_or_a_stop_at_zero_are_refused_before_anything_
     assert not (tmp_path / "o").exists()
 
 
+def test_a_dry_run_says_what_is_recorded_and_left_and_touches_nothing(tmp_path, capsys):
+    """--dry-run counts the records a run would find (here written as empty files: only their presence
+    counts) and groups what is left by editor, budget and method; it loads no model and writes nothing."""
+    from decontext.benchmark.records import claim_folder, record_path
+    from decontext.benchmark.run import plan
+    from decontext.cli import main
+
+    out = tmp_path / "run"
+    spec = load_spec("toy-tiny")
+    claim_folder(out, spec, overwrite=False)
+    (out / "records").mkdir()
+    every = plan(spec)
+    gone = next(c for c in reversed(every) if c.attacker != "none")
+    for cell in every:
+        if cell != gone:
+            record_path(out, cell).write_text("{}")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+
+    assert main(["benchmark", "toy-tiny", "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"toy-tiny in {out}: {len(every) - 1} of {len(every)} cells recorded, 1 to compute"
+    assert lines[1:] == [f"  {gone.editor}@{gone.budget:g}: 1 left ({gone.method} 1)"]
+    assert main(["benchmark", "toy-tiny", "--out", str(out), "--dry-run", "--cells", "*__none"]) == 0
+    selected = [c for c in every if c.attacker == "none"]
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.endswith(f"{len(selected)} of {len(selected)} cells recorded, 0 to compute")
+    # another spec's folder: everything would be computed, and only with --overwrite
+    assert main(["benchmark", "toy-quick", "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    quick = plan(load_spec("toy-quick"))
+    assert f"0 of {len(quick)} cells recorded, {len(quick)} to compute" in text
+    assert "holds the records of spec 'toy-tiny'" in text and "--overwrite" in text
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert main(["benchmark", "toy-tiny", "--out", str(tmp_path / "new"), "--dry-run"]) == 0
+    assert f"0 of {len(every)} cells recorded" in capsys.readouterr().out and not (tmp_path / "new").exists()
+
+
 def test_ctrl_c_exits_130_saying_the_finished_cells_are_kept(tmp_path, capsys, monkeypatch):
     import decontext.benchmark.run as run
     from decontext.cli import main

@@ -45,6 +45,46 @@ def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
     return [c for c in cells if any(fnmatch.fnmatchcase(c.key, p) for p in patterns)]
 
 
+def pending(spec: Spec, out: str | Path, cells: list[str] | None = None) -> dict:
+    """What a run of ``spec`` into ``out`` would compute, touching nothing and loading no model (``--dry-run``):
+    ``{"cells": n selected, "recorded": n, "left": [Cell], "other_spec": name or None}``. ``other_spec``: ``out``
+    holds another spec's records, which a run refuses without ``--overwrite`` (and with it clears, so then
+    nothing counts as recorded)."""
+    import json
+
+    from .records import record_path
+
+    out = Path(out)
+    chosen = select(plan(spec), cells)
+    marker, other = out / "spec.json", None
+    if marker.exists():
+        recorded = json.loads(marker.read_text())
+        if recorded.get("digest") != spec.digest:
+            other = str(recorded.get("name"))
+    left = chosen if other else [c for c in chosen if not record_path(out, c).exists()]
+    return {"cells": len(chosen), "recorded": len(chosen) - len(left), "left": left, "other_spec": other}
+
+
+def describe_pending(spec: Spec, out: str | Path, state: dict) -> list[str]:
+    """``pending``'s answer in lines: the totals, then what is left per editor and budget, by method, in the
+    spec's order."""
+    recorded, left = state["recorded"], len(state["left"])
+    lines = [f"{spec.name} in {out}: {recorded} of {state['cells']} cells recorded, {left} to compute"]
+    if state["other_spec"]:
+        lines.append(
+            f"  {out} holds the records of spec {state['other_spec']!r}: a run is refused without --overwrite, "
+            "which clears them first"
+        )
+    groups: dict[str, dict[str, int]] = {}
+    for c in state["left"]:
+        by_method = groups.setdefault(f"{c.editor}@{c.budget:g}", {})
+        by_method[c.method] = by_method.get(c.method, 0) + 1
+    for group, by_method in groups.items():
+        counts = ", ".join(f"{m} {n}" for m, n in by_method.items())
+        lines.append(f"  {group}: {sum(by_method.values())} left ({counts})")
+    return lines
+
+
 def run_benchmark(
     spec: Spec,
     out: str | Path,

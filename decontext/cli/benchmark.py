@@ -16,6 +16,7 @@ EPILOG = """examples:
   decontext benchmark my_spec.toml --out runs/mine --overwrite  # a spec file; replace another spec's records
   decontext benchmark kontext-paper --photos faces/ --model tiny --out runs/kp   # real editor, smoke test
   decontext benchmark toy --out runs/toy --cells '*@16__*' --stop-after 120   # 16/255 first, two hours at a time
+  decontext benchmark toy --out runs/toy --dry-run              # what is recorded and what is left; runs nothing
   decontext benchmark --report runs/bench_quick                 # leaderboard.md/.html, results.json again
   decontext benchmark --list                                    # the shipped specs"""
 
@@ -50,6 +51,12 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="start no new cell after this many minutes (the cell under way finishes, the first always runs); "
         "run again to go on",
+    )
+    ap.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only say how many of the (selected) cells are recorded and what is left, per editor, budget and "
+        "method; loads and writes nothing",
     )
     ap.add_argument("--list", action="store_true", help="list the shipped specs")
     ap.add_argument("--quiet", action="store_true", help="no per-cell lines")
@@ -87,6 +94,16 @@ def main(argv=None) -> int:
     except SpecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        from ..benchmark.run import describe_pending, pending
+
+        try:
+            state = pending(spec, args.out, args.cells)
+        except SpecError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print("\n".join(describe_pending(spec, args.out, state)))
+        return 0
     from ..benchmark.records import FolderError
     from ..benchmark.report import write_report
     from ..benchmark.run import run_benchmark
