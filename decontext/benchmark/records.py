@@ -40,23 +40,37 @@ def commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def claim_folder(out: Path, spec: Spec, overwrite: bool) -> None:
-    """Make ``out`` this spec's folder: new, already this spec's, or (``overwrite``) cleared."""
-    out.mkdir(parents=True, exist_ok=True)
+def refusal(out: Path, spec: Spec) -> str | None:
+    """Why a run of ``spec`` may not use ``out`` without ``--overwrite`` (it holds another spec's records, or
+    records without spec.json), as the FolderError says it; None when it may."""
+    out = Path(out)
     marker = out / "spec.json"
     if marker.exists():
         recorded = json.loads(marker.read_text())
         if recorded.get("digest") == spec.digest:
-            return
+            return None
+        return (
+            f"{out} holds the records of spec {recorded.get('name')!r} (digest {recorded.get('digest')}), "
+            f"not of {spec.name!r} ({spec.digest}); pass --overwrite to replace them, or choose another --out"
+        )
+    if (out / "records").exists():
+        return f"{out}/records exists without spec.json; pass --overwrite or choose another --out"
+    return None
+
+
+def claim_folder(out: Path, spec: Spec, overwrite: bool) -> None:
+    """Make ``out`` this spec's folder: new, already this spec's, or (``overwrite``) cleared."""
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / "spec.json"
+    problem = refusal(out, spec)
+    if problem is None and marker.exists():
+        return
+    if problem is not None:
         if not overwrite:
-            raise FolderError(
-                f"{out} holds the records of spec {recorded.get('name')!r} (digest {recorded.get('digest')}), "
-                f"not of {spec.name!r} ({spec.digest}); pass --overwrite to replace them, or choose another --out"
-            )
-        for sub in ("records", "cache"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-    elif (out / "records").exists() and not overwrite:
-        raise FolderError(f"{out}/records exists without spec.json; pass --overwrite or choose another --out")
+            raise FolderError(problem)
+        if marker.exists():  # another spec's: its records and cache go (records without spec.json are kept)
+            for sub in ("records", "cache"):
+                shutil.rmtree(out / sub, ignore_errors=True)
     write_json_atomic(
         {"name": spec.name, "digest": spec.digest, "schema": SCHEMA_VERSION, "spec": spec.to_dict()}, marker
     )
@@ -64,6 +78,11 @@ def claim_folder(out: Path, spec: Spec, overwrite: bool) -> None:
 
 def record_path(out: Path, cell) -> Path:
     return Path(out) / "records" / f"{cell.key}.json"
+
+
+def unrecorded(out: Path, cells: list) -> list:
+    """Those of ``cells`` without a record in ``out``, in their order."""
+    return [c for c in cells if not record_path(out, c).exists()]
 
 
 def make_record(spec: Spec, cell, computed: dict, env, command: str, seconds: float) -> dict:

@@ -47,22 +47,14 @@ def select(cells: list[Cell], patterns: list[str] | None) -> list[Cell]:
 
 def pending(spec: Spec, out: str | Path, cells: list[str] | None = None) -> dict:
     """What a run of ``spec`` into ``out`` would compute, touching nothing and loading no model (``--dry-run``):
-    ``{"cells": n selected, "recorded": n, "left": [Cell], "other_spec": name or None}``. ``other_spec``: ``out``
-    holds another spec's records, which a run refuses without ``--overwrite`` (and with it clears, so then
-    nothing counts as recorded)."""
-    import json
+    ``{"cells": n selected, "recorded": n, "left": [Cell], "refused": why or None}``. ``refused``: the reason a
+    run refuses ``out`` without ``--overwrite`` (``records.refusal``); then nothing in it counts as recorded."""
+    from .records import refusal, unrecorded
 
-    from .records import record_path
-
-    out = Path(out)
     chosen = select(plan(spec), cells)
-    marker, other = out / "spec.json", None
-    if marker.exists():
-        recorded = json.loads(marker.read_text())
-        if recorded.get("digest") != spec.digest:
-            other = str(recorded.get("name"))
-    left = chosen if other else [c for c in chosen if not record_path(out, c).exists()]
-    return {"cells": len(chosen), "recorded": len(chosen) - len(left), "left": left, "other_spec": other}
+    refused = refusal(Path(out), spec)
+    left = chosen if refused else unrecorded(Path(out), chosen)
+    return {"cells": len(chosen), "recorded": len(chosen) - len(left), "left": left, "refused": refused}
 
 
 def describe_pending(spec: Spec, out: str | Path, state: dict) -> list[str]:
@@ -70,11 +62,8 @@ def describe_pending(spec: Spec, out: str | Path, state: dict) -> list[str]:
     spec's order."""
     recorded, left = state["recorded"], len(state["left"])
     lines = [f"{spec.name} in {out}: {recorded} of {state['cells']} cells recorded, {left} to compute"]
-    if state["other_spec"]:
-        lines.append(
-            f"  {out} holds the records of spec {state['other_spec']!r}: a run is refused without --overwrite, "
-            "which clears them first"
-        )
+    if state["refused"]:
+        lines.append(f"  a run is refused: {state['refused']}")
     groups: dict[str, dict[str, int]] = {}
     for c in state["left"]:
         by_method = groups.setdefault(f"{c.editor}@{c.budget:g}", {})
@@ -102,7 +91,7 @@ def run_benchmark(
     ``{"cells": n, "computed": [keys], "skipped": n, "left": n, "seconds": s}``; ``left``: the selected cells
     still without a record. Loads nothing when every selected cell is recorded."""
     from ..runs import output_lock
-    from .records import claim_folder, make_record, record_path, write_record
+    from .records import claim_folder, make_record, unrecorded, write_record
 
     out = Path(out)
     began = time.perf_counter()
@@ -111,7 +100,7 @@ def run_benchmark(
     claim_folder(out, spec, overwrite)
     report = {"cells": len(chosen), "computed": [], "skipped": 0, "left": 0, "seconds": 0.0}
     with output_lock(out / ".lock"):
-        todo = [c for c in chosen if not record_path(out, c).exists()]
+        todo = unrecorded(out, chosen)
         report["skipped"] = len(chosen) - len(todo)
         report["left"] = len(todo)
         if not todo:
