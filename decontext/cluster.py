@@ -37,8 +37,6 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .images import IMAGE_SUFFIXES
-
 WORK_DIR = ".cluster"  # inside the output folder while a job runs (journals, the job file); gone when it ends
 
 
@@ -91,6 +89,8 @@ def list_inputs(spec: str) -> list[str]:
     column of a Parquet or CSV manifest. Relative entries of a list or manifest are relative to its folder."""
     from pyarrow import fs
 
+    from .images import IMAGE_SUFFIXES
+
     filesystem, path = _filesystem(spec)
     suffix = Path(path).suffix.lower()
     if suffix in (".txt", ".parquet", ".csv"):
@@ -138,7 +138,9 @@ def list_inputs(spec: str) -> list[str]:
 
 
 def read_batch(batch: dict) -> dict:
-    """Ray task: each row's bytes (or why they could not be read) and SHA-256."""
+    """Ray task: each row's bytes (or why they could not be read) and SHA-256. Its workers import this module,
+    which therefore imports nothing heavy at the top (no torch): on a small machine a dozen read workers each
+    importing torch cost more than the protection of a few hundred toy photos."""
     data, digests, errors = [], [], []
     for uri in batch["uri"]:
         try:
