@@ -47,6 +47,22 @@ def test_loads_the_official_layout_with_the_tiny_sizes(editor, folder):
     assert (folder / "step1x-edit-tiny.safetensors").is_file()
 
 
+def test_tiny_leaves_no_scratch_folder_and_loads_the_same_weights(editor, tmp_path, monkeypatch):
+    """``Step1XEditor.tiny()`` writes its checkpoint to a scratch folder and removes it once loaded (it left
+    2 MB in the temp folder per call); what it loaded is what a kept folder with the same seed gives."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    built = Step1XEditor.tiny(seed=1)
+    assert list(tmp_path.iterdir()) == []
+    kept = Step1XEditor.tiny(seed=1, folder=tmp_path / "kept")
+    assert (tmp_path / "kept" / "step1x-edit-tiny.safetensors").is_file()  # a folder the caller named stays
+    for a, b in ((built.transformer, editor.transformer), (kept.transformer, editor.transformer)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert built.prefix == editor.prefix
+
+
 def test_probe_matches_brute_force_non_square_and_keeps_outputs(editor):
     g = torch.Generator().manual_seed(0)
     pixels = torch.rand(1, 3, 48, 80, generator=g)

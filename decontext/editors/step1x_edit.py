@@ -23,6 +23,7 @@ of quoted characters in the Qwen prompt is not reproduced (it changes only promp
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -261,9 +262,14 @@ class Step1XEditor(Flux1DiTEditor):
         diffusers VAE folder and a Qwen2.5-VL folder, then loads them through ``from_pretrained``."""
         from .tiny import write_tiny_step1x_folder
 
-        folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="decontext-step1x-tiny-"))
-        write_tiny_step1x_folder(folder, config, version=version, seed=seed)
-        editor = cls.from_pretrained(folder, device=device, dtype=dtype, **kwargs)
+        scratch = folder is None  # a folder of our own: everything is in memory once loaded, so it goes
+        folder = Path(tempfile.mkdtemp(prefix="decontext-step1x-tiny-")) if scratch else Path(folder)
+        try:
+            write_tiny_step1x_folder(folder, config, version=version, seed=seed)
+            editor = cls.from_pretrained(folder, device=device, dtype=dtype, **kwargs)
+        finally:
+            if scratch:
+                shutil.rmtree(folder, ignore_errors=True)
         editor.name = "tiny"
         return editor
 
