@@ -63,14 +63,14 @@ def claim_folder(out: Path, spec: Spec, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     marker = out / "spec.json"
     problem = refusal(out, spec)
-    if problem is None and marker.exists():
-        return
-    if problem is not None:
-        if not overwrite:
-            raise FolderError(problem)
-        if marker.exists():  # another spec's: its records and cache go (records without spec.json are kept)
-            for sub in ("records", "cache"):
-                shutil.rmtree(out / sub, ignore_errors=True)
+    if problem is None:
+        if marker.exists():  # already this spec's
+            return
+    elif not overwrite:
+        raise FolderError(problem)
+    elif marker.exists():  # another spec's: its records and cache go (records without spec.json are kept)
+        for sub in ("records", "cache"):
+            shutil.rmtree(out / sub, ignore_errors=True)
     write_json_atomic(
         {"name": spec.name, "digest": spec.digest, "schema": SCHEMA_VERSION, "spec": spec.to_dict()}, marker
     )
