@@ -14,15 +14,20 @@ that wraps every breaker unchanged instead of moving ``purify.py``'s code and it
 
 Specs, like the breakers': ``name`` or ``name:key=value,key=value``.
 
-| attacker | parameters (defaults) | what it is |
-|---|---|---|
-| none | - | the photo as posted (no attack) |
-| jpeg, webp, resize, blur, noise, noise_upscale, vae | as ``decontext.purify`` | the breakers |
-| regen | t 0.3, steps 4, denoiser auto | DiffPure-style regeneration: noise to level t (x_t = (1 - t) x + t e) and denoise in ``steps`` steps with a small denoiser the attacker owns, trained on the toy world's TRAINING renders only (``train_denoiser``; auto = the shipped one of the editor's world) |
-| editor_clean | instruction | EditorClean-style: the editor itself asked to return the photo unchanged |
-| remover | pairs 48, steps 200, width 16, lr 0.002 | a small image-to-image network trained on (protected, clean) pairs the attacker makes by running the protection under test on the toy world's TRAINING identities (never the held-out ones), then applied to the photo |
-| worst | - | the worst case over a cell's other attackers (computed from their results, not applied) |
-"""  # noqa: E501 (table of data)
+Each attacker, with its parameters and their defaults (docs/BENCHMARK.md has the same list for users):
+
+- ``none``: the photo as posted (no attack).
+- ``jpeg``, ``webp``, ``resize``, ``blur``, ``noise``, ``noise_upscale``, ``vae`` (as ``decontext.purify``): the
+  breakers, unchanged.
+- ``regen`` (t 0.3, steps 4, denoiser auto): DiffPure-style regeneration: noise to level t (x_t = (1 - t) x + t e)
+  and denoise in ``steps`` steps with a small denoiser the attacker owns, trained on the toy world's TRAINING
+  renders only (``train_denoiser``; auto = the shipped one of the editor's world).
+- ``editor_clean`` (instruction): EditorClean-style: the editor itself asked to return the photo unchanged.
+- ``remover`` (pairs 48, steps 200, width 16, lr 0.002): a small image-to-image network trained on (protected,
+  clean) pairs the attacker makes by running the protection under test on the toy world's TRAINING identities
+  (never the held-out ones), then applied to the photo.
+- ``worst``: the worst case over a cell's other attackers (computed from their results, not applied).
+"""
 
 from __future__ import annotations
 

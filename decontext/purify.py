@@ -11,16 +11,22 @@ deterministic given its seed; ``Breaker.differentiable()`` is its differentiable
 
 Specs: ``name`` or ``name:key=value,key=value``. Noise levels are in 1/255 units like every budget.
 
-| breaker | parameters (defaults) | real | differentiable |
-|---|---|---|---|
-| jpeg | quality 75 | Pillow's encoder and decoder | kornia's differentiable JPEG (same quantisation tables and quality scaling) |
-| webp | quality 75 | Pillow's (lossy) | none (EOT refuses it) |
-| resize | factor 0.5, filter bicubic | down to factor x size and back up, Pillow | the same in torch (antialiased downscale) |
-| blur | sigma 1.0 | Pillow's Gaussian blur | torchvision's Gaussian blur (kernel 2 * ceil(3 sigma) + 1) |
-| noise | sigma 8 | N(0, sigma) per pixel, clipped, rounded | the same without rounding |
-| noise_upscale | sigma 8, factor 0.5 | down by factor, noise, back up (the "noisy upscaling" purification, with bicubic in place of a learned upscaler) | the same in torch |
-| vae | - | a round trip through an editor's own VAE (posterior mode), ``vae_roundtrip(image, editor)`` | the same, differentiable |
-"""  # noqa: E501 (table of data)
+Each breaker, with its parameters and their defaults; "real" is what ``parse_breaker`` applies, "twin" what
+``Breaker.differentiable()`` gives:
+
+- ``jpeg`` (quality 75): real, Pillow's encoder and decoder; twin, kornia's differentiable JPEG (same
+  quantisation tables and quality scaling).
+- ``webp`` (quality 75): real, Pillow's (lossy); no twin (EOT refuses it).
+- ``resize`` (factor 0.5, filter bicubic): real, down to factor x size and back up with Pillow; twin, the same in
+  torch (antialiased downscale).
+- ``blur`` (sigma 1.0): real, Pillow's Gaussian blur; twin, torchvision's Gaussian blur (kernel
+  2 * ceil(3 sigma) + 1).
+- ``noise`` (sigma 8): real, N(0, sigma) per pixel, clipped, rounded; twin, the same without rounding.
+- ``noise_upscale`` (sigma 8, factor 0.5): real, down by factor, noise, back up (the "noisy upscaling"
+  purification, with bicubic in place of a learned upscaler); twin, the same in torch.
+- ``vae``: real, a round trip through an editor's own VAE (posterior mode), ``vae_roundtrip(image, editor)``;
+  twin, the same, differentiable.
+"""
 
 from __future__ import annotations
 
