@@ -77,13 +77,6 @@ def _wait(predicate, timeout: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_the_module_ray_read_workers_import_imports_no_torch():
-    """Every Ray Data read worker imports decontext.cluster to run read_batch; torch at its top cost each of
-    them seconds of start-up (the Ray job below took ~2x as long)."""
-    code = "import sys, decontext.cluster\nassert 'torch' not in sys.modules, 'decontext.cluster imported torch'"
-    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
-
-
 @pytest.mark.slow
 def test_a_ray_job_survives_a_killed_actor_and_a_killed_driver(tmp_path):
     faces = _faces(tmp_path / "faces", COUNT)

@@ -141,6 +141,18 @@ def test_help_answers_without_importing_torch(command):
     assert _probe(command, "--help") == {"code": 0, "heavy": []}
 
 
+# modules that many processes import: Ray Data's read workers import decontext.cluster to run read_batch, and
+# torch at its top cost each of them seconds of start-up (the Ray kill test took ~2x as long)
+LIGHT_MODULES = ("decontext.cluster",)
+
+
+@pytest.mark.parametrize("module", LIGHT_MODULES)
+def test_modules_that_workers_import_load_nothing_heavy(module):
+    code = f"import sys, {module}\nprint(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 def test_flag_errors_answer_without_importing_torch(tmp_path):
     assert _probe("attack", "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o")) == {
         "code": 2,
