@@ -12,7 +12,10 @@ The last bits also depend on the CPU's vector unit (torch's reductions are vecto
 capability (``torch.backends.cpu.get_cpu_capability()``). ``golden_tiny.AVX2.json`` was written on an AVX2
 CPU by commit f2cd873, whose values were those of 36d22d7 to the last digit on the earlier CI machine (this
 test passed there), with the old API (one generator per loss call) and this file's inputs; the toy pixels
-needed no override.
+needed no override. On a CPU with no file of its own the floats are compared to ``CROSS_CPU`` relative
+instead: the spread between CPUs measured on the same code is up to 1.4e-3 (one gradient element of the
+encoder attack, AVX2 file against the default one) and 4.5e-4 on an AVX-512 Xeon (2026-12-06), a re-layering
+bug moves far more; the 1e-6 check comes back on any CPU whose file is added.
 """
 
 import hashlib
@@ -34,6 +37,8 @@ GOLDEN = json.loads((Path(__file__).parent / "data" / "golden_tiny.json").read_t
 _THIS_CPU = Path(__file__).parent / "data" / f"golden_tiny.{torch.backends.cpu.get_cpu_capability()}.json"
 if _THIS_CPU.exists():
     GOLDEN.update(json.loads(_THIS_CPU.read_text()))
+CROSS_CPU = 5e-3  # relative, where this CPU has no file (the module's docstring)
+REL = 1e-6 if _THIS_CPU.exists() else CROSS_CPU
 PROMPTS = ["make it red", "add a hat"]
 
 
@@ -69,7 +74,7 @@ def test_loss_gradient_and_measure_are_unchanged(family, name, tiny_editor):
         loss, _ = method.loss(editor, x, size, 0, [torch.Generator().manual_seed(123)])
         (grad,) = torch.autograd.grad(loss, x)
         measure = method.measure(editor, pixels, size, 2)
-    close = lambda a, b: a == pytest.approx(b, rel=1e-6, abs=1e-9)  # noqa: E731
+    close = lambda a, b: a == pytest.approx(b, rel=REL, abs=1e-9)  # noqa: E731
     assert close(float(loss), golden["loss"])
     assert close(float(grad.double().sum()), golden["grad_sum"]) and close(
         float(grad.double().abs().sum()), golden["grad_abs"]

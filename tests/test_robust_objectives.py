@@ -164,7 +164,10 @@ def test_edit_away_measure_finds_each_images_clean_photo_in_a_batch(tiny_editor)
 # ---------------------------------------------------------------------------------------------- gradients
 @pytest.mark.parametrize("family", [*DITS, "instruct_pix2pix"])
 def test_edit_away_gradient_reaches_the_protector_through_the_editor(family, tiny_editor):
-    finite_difference_agrees([(edit_away(), held(tiny_editor(family)))])
+    # The tiny Qwen-Image-Edit barely moves its edit (objective ~2.5e-8, d/dweight ~3e-9), so float32 rounding inside
+    # the editor is a few % of a difference quotient at h=1e-2 (measured on an AVX-512 CPU: 3.40e-9 against autograd's
+    # 3.17e-9, 7%; at h=1e-3 5.7e-9, pure rounding) and ~2% at h=0.1: the wider step there, the same tolerance.
+    finite_difference_agrees([(edit_away(), held(tiny_editor(family)))], h=0.1 if family == "qwen_image_edit" else 1e-2)
 
 
 def test_ensemble_gradient_reaches_the_protector_through_both_editors(tiny_editor):
