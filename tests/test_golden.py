@@ -12,12 +12,12 @@ The last bits also depend on the CPU's vector unit (torch's reductions are vecto
 capability (``torch.backends.cpu.get_cpu_capability()``). ``golden_tiny.AVX2.json`` was written on an AVX2
 CPU by commit f2cd873, whose values were those of 36d22d7 to the last digit on the earlier CI machine (this
 test passed there), with the old API (one generator per loss call) and this file's inputs; the toy pixels
-needed no override. ``golden_tiny.AVX512.json`` was written the same way on an AVX-512 Xeon (2026-12-07): commit
-f2cd873 in a worktree, two torch threads, this file's inputs (its values differ from the default file's by up to
-4.5e-4 relative, step1x_edit/flow_loss; the new code matches them to 1e-6). On a CPU with no file of its own
-the floats are compared to ``CROSS_CPU`` relative instead: the spread between CPUs measured on the same code is
-up to 1.4e-3 (one gradient element of the encoder attack, AVX2 file against the default one), a re-layering
-bug moves far more; the 1e-6 check comes back on any CPU whose file is added.
+needed no override. ``golden_tiny.AVX512.json`` was written by tests/data/write_golden.py on an AVX-512
+Xeon (2026-12-07): commit f2cd873 in a worktree, two torch threads, this file's inputs (its values differ from the
+default file's by up to 4.5e-4 relative, step1x_edit/flow_loss; the new code matches them to 1e-6). On a CPU
+with no file of its own the floats are compared to ``CROSS_CPU`` relative instead: the spread between CPUs
+measured on the same code is up to 1.4e-3 (one gradient element of the encoder attack, AVX2 file against the
+default one), a re-layering bug moves far more; the 1e-6 check comes back on any CPU whose file is added.
 """
 
 import hashlib
