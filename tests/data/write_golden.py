@@ -4,7 +4,7 @@ The values must come from the OLD code, so this runs inside a checkout of commit
 per loss call), with the inputs, seeds and prompts of tests/test_golden.py and the suite's torch thread count::
 
     git worktree add /tmp/old f2cd873
-    cd /tmp/old && OMP_WAIT_POLICY=PASSIVE python /path/to/tests/data/write_golden.py /path/to/tests/data
+    cd /tmp/old && PYTHONPATH=. OMP_WAIT_POLICY=PASSIVE python /path/to/tests/data/write_golden.py /path/to/tests/data
 
 The toy protections' pixels and the edit_away cases (added later, CPU-independent) stay in golden_tiny.json.
 """
@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, ".")  # the old checkout's package, not an installed one
-
-from decontext.editors import EDITORS, editor_class, load_editor  # noqa: E402
-from decontext.methods import METHODS, build_method, method_class  # noqa: E402
+import decontext
+from decontext.editors import EDITORS, editor_class, load_editor
+from decontext.methods import METHODS, build_method, method_class
 
 PROMPTS = ["make it red", "add a hat"]
 
 
 def main(folder: Path) -> None:
-    import decontext
-
+    if Path.cwd().resolve() not in Path(decontext.__file__).resolve().parents:
+        raise SystemExit(f"decontext comes from {decontext.__file__}, not the old checkout here: run with PYTHONPATH=.")
     capability = torch.backends.cpu.get_cpu_capability()
     print(f"decontext from {decontext.__file__}; {capability}; {torch.get_num_threads()} torch threads")
     pixels = torch.from_numpy(np.random.default_rng(0).uniform(0, 1, (1, 3, 48, 80)).astype(np.float32))
