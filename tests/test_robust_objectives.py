@@ -184,8 +184,8 @@ def test_edit_away_measure_finds_each_images_clean_photo_in_a_batch(tiny_editor)
 # ---------------------------------------------------------------------------------------------- gradients
 @pytest.mark.parametrize("family", [*DITS, "instruct_pix2pix"])
 def test_edit_away_gradient_reaches_the_protector_through_the_editor(family, tiny_editor):
-    # the tiny Qwen-Image-Edit barely moves its edit (objective ~2.5e-8): its quotient is stable only at a wider step,
-    # which finite_difference_agrees finds by itself
+    # the tiny Qwen-Image-Edit barely moves its edit (objective ~2.5e-8): its quotient is trustworthy only at a wider
+    # step, which finite_difference_agrees picks by its rule (step1x_edit's too)
     finite_difference_agrees([(edit_away(), held(tiny_editor(family)))])
 
 
