@@ -77,7 +77,7 @@ def finite_difference_agrees(members, transform=None, h=1e-2, rtol=0.05):
         # step 1 after a first call: an editor that reads the photo without gradient (the VLM of Qwen-Image-Edit and
         # Step1X-Edit) keeps that first reading, so the difference quotient moves only what the gradient sees
         with torch.no_grad():
-            value(members, net, x0, transform, step=1, offset=offset)
+            objective = abs(float(value(members, net, x0, transform, step=1, offset=offset)))
         value(members, net, x0, transform, step=1, offset=offset).backward()
         index = int(weight.grad.abs().argmax())
         analytic = float(weight.grad.flatten()[index])
@@ -92,8 +92,6 @@ def finite_difference_agrees(members, transform=None, h=1e-2, rtol=0.05):
                 flat[index] += step
             return (above - below) / (2 * step)
 
-        with torch.no_grad():
-            objective = abs(float(value(members, net, x0, transform, step=1, offset=offset)))
         tried = []
         for step in (h, 10 * h):
             numeric = quotient(step)

@@ -1,7 +1,8 @@
 """Write ``golden_tiny.<capability>.json`` for this CPU with the pre-relayering code (tests/test_golden.py).
 
 The values must come from the OLD code, so this runs inside a checkout of commit f2cd873 (its API: one generator
-per loss call), with the inputs, seeds and prompts of tests/test_golden.py and the suite's torch thread count::
+per loss call), with that checkout's own tests/test_golden.py inputs (cases, pixels, prompts; the seeds below are
+its test's) and the suite's torch thread count::
 
     git worktree add /tmp/old f2cd873
     cd /tmp/old && PYTHONPATH=. OMP_WAIT_POLICY=PASSIVE python /path/to/tests/data/write_golden.py /path/to/tests/data
@@ -13,44 +14,40 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import decontext
-from decontext.editors import EDITORS, editor_class, load_editor
-from decontext.methods import METHODS, build_method, method_class
-
-PROMPTS = ["make it red", "add a hat"]
+from decontext.editors import load_editor
+from decontext.methods import build_method
 
 
 def main(folder: Path) -> None:
     if Path.cwd().resolve() not in Path(decontext.__file__).resolve().parents:
         raise SystemExit(f"decontext comes from {decontext.__file__}, not the old checkout here: run with PYTHONPATH=.")
+    from tests.test_golden import PROMPTS, _cases, _pixels  # the old checkout's test: the inputs it was written with
+
     capability = torch.backends.cpu.get_cpu_capability()
     print(f"decontext from {decontext.__file__}; {capability}; {torch.get_num_threads()} torch threads")
-    pixels = torch.from_numpy(np.random.default_rng(0).uniform(0, 1, (1, 3, 48, 80)).astype(np.float32))
+    pixels = _pixels()
     values = {}
-    for family in EDITORS:
-        for name in METHODS:
-            if name in ("noise", "amortized") or not method_class(name).applies_to(editor_class(family)):
-                continue
-            editor = load_editor("tiny", family, "cpu", "float32")
-            method = build_method(name, prompts=PROMPTS) if name != "encoder" else build_method(name)
-            size = editor.working_size(48, 80, "native")
-            with method.session(editor):
-                method.start(editor, pixels, size)
-                x = pixels.clone().requires_grad_(True)
-                loss, _ = method.loss(editor, x, size, 0, torch.Generator().manual_seed(123))
-                (grad,) = torch.autograd.grad(loss, x)
-                measure = method.measure(editor, pixels, size, 2)
-            values[f"{family}/{name}"] = {
-                "grad_abs": float(grad.double().abs().sum()),
-                "grad_first": [float(a) for a in grad.flatten()[:5]],
-                "grad_sum": float(grad.double().sum()),
-                "loss": float(loss.detach()),
-                "measure": {k: float(v) for k, v in measure.items()},
-            }
-            print(family, name, values[f"{family}/{name}"]["loss"], flush=True)
+    for family, name in _cases():
+        editor = load_editor("tiny", family, "cpu", "float32")
+        method = build_method(name, prompts=PROMPTS) if name != "encoder" else build_method(name)
+        size = editor.working_size(48, 80, "native")
+        with method.session(editor):
+            method.start(editor, pixels, size)
+            x = pixels.clone().requires_grad_(True)
+            loss, _ = method.loss(editor, x, size, 0, torch.Generator().manual_seed(123))
+            (grad,) = torch.autograd.grad(loss, x)
+            measure = method.measure(editor, pixels, size, 2)
+        values[f"{family}/{name}"] = {
+            "grad_abs": float(grad.double().abs().sum()),
+            "grad_first": [float(a) for a in grad.flatten()[:5]],
+            "grad_sum": float(grad.double().sum()),
+            "loss": float(loss.detach()),
+            "measure": {k: float(v) for k, v in measure.items()},
+        }
+        print(family, name, values[f"{family}/{name}"]["loss"], flush=True)
     path = folder / f"golden_tiny.{capability}.json"
     if path.exists():
         raise SystemExit(f"{path} exists: move it away first (this script never overwrites a golden file)")
