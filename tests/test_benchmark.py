@@ -282,6 +282,42 @@ def test_the_committed_leaderboard_is_what_its_records_give(tmp_path):
 
 
 @pytest.mark.skipif(not (COMMITTED / "records").is_dir(), reason="toy-quick's records are not committed yet")
+def test_the_change_under_an_attacker_is_the_paired_difference_of_the_two_cells():
+    """Change = the attacked cell's effect minus the unattacked one's, per edit and identity: by hand from the raw
+    values, its mean is that difference's mean over identities (and so the difference of the two cells' means);
+    a cell paired with itself changes by exactly 0; cells that do not share identities are not paired; the
+    table stars exactly the intervals that exclude 0."""
+    from decontext.benchmark.report import change_against_unattacked, markdown, read_records, results
+
+    records = read_records(COMMITTED)
+    res = results(records)
+    by = {(r["method"], r["attacker"]): r for r in res["rows"]}
+    raw = {(r["cell"]["method"], r["cell"]["attacker"]): r for r in records}
+    starred = 0
+    for (method, attacker), row in by.items():
+        if attacker == "none":
+            assert row["change"] is None
+            continue
+        effects = [
+            np.subtract(raw[method, a]["values"]["method"]["identity"], raw[method, a]["values"]["noise"]["identity"])
+            for a in (attacker, "none")
+        ]
+        by_hand = np.mean(np.mean(effects[0] - effects[1], axis=0))  # over edits, then over identities
+        assert row["change"] == pytest.approx(by_hand, abs=1e-12)
+        assert row["change"] == pytest.approx(row["effect"] - by[method, "none"]["effect"], abs=1e-12)
+        assert row["change_low"] < row["change"] < row["change_high"]
+        starred += row["change_low"] > 0 or row["change_high"] < 0
+    assert sum(a != "none" for _, a in by) == 20 and 0 < starred < 20
+    unattacked = raw["decontext", "none"]
+    assert change_against_unattacked(unattacked, unattacked) == (0.0, 0.0, 0.0)
+    shuffled = dict(unattacked, identities=unattacked["identities"][::-1])
+    assert change_against_unattacked(raw["decontext", "jpeg"], shuffled) is None
+    text = markdown(res)
+    table = text[text.index("paired [95% CI]") :].split("\n\n")[1]
+    assert table.count(" *") == starred
+
+
+@pytest.mark.skipif(not (COMMITTED / "records").is_dir(), reason="toy-quick's records are not committed yet")
 def test_a_run_under_way_marks_the_worst_case_of_a_method_not_yet_under_every_attacker(tmp_path):
     """A resumed run's report in between: a method with cells still to come shows the worst attacker SO FAR
     (marked, with how many of the spec's attackers), never a worst case it has not earned; the others unchanged."""

@@ -9,7 +9,10 @@ the same attacker (paired by identity and edit; mean with a 95% bootstrap interv
 ``metrics.bootstrap.cluster_bootstrap_ci``); below 0 = the protection still works. Share of the way =
 -effect / (clean - another person), the denominator measured in the same run (``reference`` of the
 records). Robust effect of a method = its effect under the worst attacker of its cell (the one with the
-highest mean effect), with that attacker's interval.
+highest mean effect), with that attacker's interval. Change under an attacker = that cell's effect minus the
+same method's effect without an attacker, paired by identity and edit (the two cells share identities, edits and
+seeds), with its own interval: whether an attacker measurably weakened (above 0) or strengthened (below 0) a
+protection, which two unpaired intervals cannot tell.
 """
 
 from __future__ import annotations
@@ -47,8 +50,7 @@ def _mean(values) -> float:
 def cell_row(record: dict) -> dict:
     """The scores of one record."""
     values = record["values"]
-    diff = np.subtract(values["method"]["identity"], values["noise"]["identity"])
-    mean, low, high = _interval(diff)
+    mean, low, high = _interval(_effects(record))
     reference = record["reference"]
     way = _mean(reference["clean"]) - _mean(reference["another_person"])
     cell = record["cell"]
@@ -77,11 +79,32 @@ def cell_row(record: dict) -> dict:
     }
 
 
+def _effects(record: dict) -> np.ndarray:
+    """The (edits, identities) effects of one record: the protected photo's identity minus the noise control's."""
+    values = record["values"]
+    return np.subtract(values["method"]["identity"], values["noise"]["identity"])
+
+
+def change_against_unattacked(record: dict, unattacked: dict) -> tuple[float, float, float] | None:
+    """What an attacker did to a protection's effect: per edit and identity, the effect after the attacker minus
+    the effect of the same photo and edit without one, mean with its 95% interval over identities (above 0: the
+    attacker weakened the protection). None where the two records do not hold the same identities, edits and
+    seeds, so that there is nothing to pair."""
+    if any(record.get(k) != unattacked.get(k) for k in ("identities", "edits", "seeds")):
+        return None
+    return _interval(_effects(record) - _effects(unattacked))
+
+
 def results(records: list[dict], attackers: list[str] | None = None) -> dict:
     """Every cell's row and, per (editor, budget, method), the robust (worst-case) row. ``attackers``: the
     spec's measured attackers (``spec_attackers``); a method recorded under fewer of them (a run still under
     way) gets ``incomplete`` ("k of n"): its worst case so far, which more attackers can only make worse."""
     rows = [cell_row(r) for r in records]
+    cells = {tuple(r["cell"][k] for k in ("editor", "budget", "method", "attacker")): r for r in records}
+    for row, record in zip(rows, records, strict=True):
+        base = cells.get((row["editor"], row["budget"], row["method"], "none"))
+        change = None if base is None or base is record else change_against_unattacked(record, base)
+        row["change"], row["change_low"], row["change_high"] = change or (None, None, None)
     robust = []
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -203,6 +226,14 @@ def _share(value) -> str:
     return "" if value is None else f"{value + 0.0:.0%}".replace("-0%", "0%")
 
 
+def _change(row: dict | None) -> str:
+    """A cell of the change table: the paired change with its interval, starred where the interval excludes 0."""
+    if row is None or row["change"] is None:
+        return ""
+    off = row["change_low"] > 0 or row["change_high"] < 0
+    return _ci(row["change"], row["change_low"], row["change_high"]) + (" *" if off else "")
+
+
 def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table, as text cells (markdown and HTML share them)."""
     out = []
@@ -245,6 +276,16 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 ],
             )
         )
+        attacked = [a for a in attackers if a != "none"]
+        if any(by[m, a]["change"] is not None for m in methods for a in attacked if (m, a) in by):
+            out.append(
+                (
+                    f"{where}: change of the effect under each attacker against no attack, paired [95% CI] "
+                    "(above 0 = the attacker weakened the protection; * = the interval excludes 0)",
+                    ["method"] + attacked,
+                    [[m] + [_change(by.get((m, a))) for a in attacked] for m in methods],
+                )
+            )
         # what does not depend on the method (the clean photo, the noise control), from the first row that has it
         under = {a: next(by[m, a] for m in methods if (m, a) in by) for a in attackers}
         success = [["clean"] + [f"{under[a]['clean_edit_success']:.2f}" for a in attackers]]
@@ -284,7 +325,9 @@ def markdown(res: dict) -> str:
         "photo minus that of the noise control of the same "
         "budget, both after the same attacker (paired by identity and edit; 95% bootstrap interval over "
         "identities); below 0 = the protection still works. Share of the way: -effect / (clean - another "
-        "person), measured in the same run. Robust effect: under the attacker with the highest mean effect.",
+        "person), measured in the same run. Robust effect: under the attacker with the highest mean effect. "
+        "Change under an attacker: that effect minus the same method's unattacked effect, paired by identity and "
+        "edit, with its own interval.",
     ]
     if under_way(res):
         lines += ["", PARTIAL]
