@@ -356,7 +356,7 @@ def remover_attacker(config: TrainConfig):
         raise ValueError(f"--attackers {' '.join(specs)}: one remover at most")
     attacker = parse_attacker(specs[0])
     defaults = KINDS["remover"].defaults
-    fixed = [key for key in ("pairs", "steps") if attacker.params[key] != defaults[key]]
+    fixed = [key for key in ("pairs", "steps", "draw") if attacker.params[key] != defaults[key]]
     if fixed:
         raise ValueError(
             f"--attackers {specs[0]}: {' and '.join(fixed)} set the benchmark's remover; the trainer's remover learns "

@@ -23,9 +23,11 @@ Each attacker, with its parameters and their defaults (docs/BENCHMARK.md has the
   and denoise in ``steps`` steps with a small denoiser the attacker owns, trained on the toy world's TRAINING
   renders only (``train_denoiser``; auto = the shipped one of the editor's world).
 - ``editor_clean`` (instruction): EditorClean-style: the editor itself asked to return the photo unchanged.
-- ``remover`` (pairs 48, steps 200, width 16, lr 0.002): a small image-to-image network trained on (protected,
-  clean) pairs the attacker makes by running the protection under test on the toy world's TRAINING identities
-  (never the held-out ones), then applied to the photo.
+- ``remover`` (pairs 48, steps 200, width 16, lr 0.002, draw 0): a small image-to-image network trained on
+  (protected, clean) pairs the attacker makes by running the protection under test on the toy world's TRAINING
+  identities (never the held-out ones), then applied to the photo. ``draw`` picks another remover of the same
+  recipe (its training seed is the run's seed plus ``draw``: other training scenes, initial weights and
+  batches), so a reader can ask whether a result is the protection's or one remover's luck.
 - ``worst``: the worst case over a cell's other attackers (computed from their results, not applied).
 """
 
@@ -62,7 +64,9 @@ KINDS: dict[str, _Kind] = {
     "regen": _Kind({"t": 0.3, "steps": 4, "denoiser": "auto"}, "world", "noise to t, denoise (attacker's own model)"),
     "editor_clean": _Kind({"instruction": EDITOR_CLEAN_INSTRUCTION}, "editor", "the editor asked for the photo back"),
     "remover": _Kind(
-        {"pairs": 48, "steps": 200, "width": 16, "lr": 0.002}, "protection", "a net trained to undo the protection"
+        {"pairs": 48, "steps": 200, "width": 16, "lr": 0.002, "draw": 0},
+        "protection",
+        "a net trained to undo the protection",
     ),
     "worst": _Kind({}, what="the worst case over the cell's other attackers"),
 }
@@ -96,7 +100,9 @@ class Attacker:
         def short(key, value):  # an instruction is free text: its digest names it
             return hashlib.sha256(str(value).encode()).hexdigest()[:8] if key == "instruction" else value
 
-        extra = "_".join(f"{k}{short(k, v)}" for k, v in self.params.items())
+        # the remover's first draw keeps the name it had before draws existed (caches and folders stay valid)
+        shown = {k: v for k, v in self.params.items() if not (k == "draw" and v == 0)}
+        extra = "_".join(f"{k}{short(k, v)}" for k, v in shown.items())
         return f"{self.kind}_{extra}" if extra else self.kind
 
     @property
@@ -120,7 +126,8 @@ class Attacker:
         if self.kind == "remover":
             if context.protect is None or context.world is None:
                 raise ValueError("the remover needs the protection under test and the toy world of its photos")
-            return train_remover(context.world, context.protect, seed=seed, **self.params)
+            recipe = {k: v for k, v in self.params.items() if k != "draw"}
+            return train_remover(context.world, context.protect, seed=seed + self.params["draw"], **recipe)
         return None
 
     def apply(self, images: np.ndarray, seed: int = 0, state=None, context: AttackContext | None = None) -> np.ndarray:
@@ -218,8 +225,8 @@ def parse_attacker(spec: str) -> Attacker:
         raise ValueError(f"attacker regen: t must be in (0, 1), got {params['t']}")
     if name == "regen" and params["steps"] < 1:
         raise ValueError(f"attacker regen: steps must be >= 1, got {params['steps']}")
-    if name == "remover" and (params["pairs"] < 2 or params["steps"] < 1):
-        raise ValueError("attacker remover: pairs must be >= 2 and steps >= 1")
+    if name == "remover" and (params["pairs"] < 2 or params["steps"] < 1 or params["draw"] < 0):
+        raise ValueError("attacker remover: pairs must be >= 2, steps >= 1 and draw >= 0")
     return attacker
 
 

@@ -51,6 +51,7 @@ def test_every_attacker_parses_with_its_defaults_and_refuses_bad_specs():
         ("regen:t=1.5", "t must be in (0, 1)"),
         ("regen:temperature=1", "KEY one of t, steps, denoiser"),
         ("remover:pairs=x", "takes a int"),
+        ("remover:draw=-1", "draw >= 0"),
         ("resize:filter=box", "unknown filter"),
     ]:
         with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -125,6 +126,26 @@ def test_the_remover_through_fit_needs_the_protection_and_the_world():
         parse_attacker("remover").fit(AttackContext(world=world))
     state = parse_attacker("remover:pairs=3,steps=1").fit(AttackContext(world=world, protect=stamp), seed=1)
     assert state.info["pairs"] == 3
+
+
+def test_another_draw_of_the_remover_is_another_remover_of_the_same_recipe():
+    """draw k trains with the run's seed + k: draw 0 is the remover the benchmark always trained (same name,
+    same weights), draw 1 is the recipe trained from seed + 1 (other scenes and weights), reproducibly."""
+    import torch
+
+    context = AttackContext(world=world, protect=stamp)
+    first, second = parse_attacker("remover:pairs=3,steps=2"), parse_attacker("remover:pairs=3,steps=2,draw=1")
+    assert first.label == "remover_pairs3_steps2_width16_lr0.002" and second.label.endswith("_draw1")
+    assert second.spec == "remover:pairs=3,steps=2,draw=1"
+
+    def weights(state):
+        return torch.cat([p.detach().flatten() for p in state.net.parameters()])
+
+    drawn = [first.fit(context, seed=4), second.fit(context, seed=4)]
+    direct = [train_remover(world, stamp, pairs=3, steps=2, seed=s) for s in (4, 5)]
+    for state, by_hand in zip(drawn, direct, strict=True):
+        assert torch.equal(weights(state), weights(by_hand)) and state.info == by_hand.info
+    assert drawn[1].info["seed"] == 5 and not torch.equal(weights(drawn[0]), weights(drawn[1]))
 
 
 def test_editor_clean_asks_the_editor_for_the_photo_back():

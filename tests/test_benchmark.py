@@ -57,7 +57,7 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 def test_shipped_specs_load_and_round_trip_through_toml():
     assert {"toy-quick", "toy-tiny", "toy"} <= set(shipped_specs())
-    for name in ("toy-quick", "toy-tiny", "toy", "toy-v3-quick", "toy-transfer"):
+    for name in ("toy-quick", "toy-tiny", "toy", "toy-v3-quick", "toy-transfer", "toy-remover-draws"):
         spec = load_spec(name)
         again = load_spec(spec.to_toml())
         assert again == spec and again.digest == spec.digest
