@@ -451,3 +451,23 @@ def test_the_kontext_paper_leaderboard_shows_the_papers_values_beside_the_run():
         assert f"{row['method']} {row['identity']:.3f}" in section
         assert f"{row['method']} {1 - row['edit_success']:.3f}" in section
     assert "the paper&#x27;s reported values beside this run&#x27;s" in html_page(paper)
+
+
+DRAWS = ROOT / "bench" / "results" / "toy-remover-draws"
+
+
+@pytest.mark.skipif(not (DRAWS / "records").is_dir(), reason="toy-remover-draws' records are not committed yet")
+def test_the_committed_remover_draws_repeat_the_toy_spec_at_draw_0_and_differ_after():
+    """Draw 0 is the toy spec's remover: its committed cells (and the unattacked ones) equal the toy spec's value for
+    value; draws 1 and 2 trained other removers (other training identities) and gave other values."""
+    toy = ROOT / "bench" / "results" / "toy" / "records"
+    for method in ("protector_toy-decontext", "protector_toy-robust"):
+        for attacker in ("none", "remover"):
+            name = f"toy-v3__{method}@16__{attacker}.json"
+            ours, theirs = (json.loads((folder / name).read_text()) for folder in (DRAWS / "records", toy))
+            assert ours["values"] == theirs["values"] and ours["attacker_info"] == theirs["attacker_info"], name
+        first = json.loads((DRAWS / "records" / f"toy-v3__{method}@16__remover.json").read_text())
+        for draw in (1, 2):
+            other = json.loads((DRAWS / "records" / f"toy-v3__{method}@16__remover_draw={draw}.json").read_text())
+            assert other["attacker_info"]["seed"] == first["attacker_info"]["seed"] + draw
+            assert other["values"]["method"] != first["values"]["method"]
