@@ -133,6 +133,7 @@ def test_recipes_without_a_remover_keep_their_digests_and_the_cli_rebuilds_the_s
         (["--attackers", "none", "--remover-steps", "3"], "--remover-steps 3: no remover to train"),
         (["--attackers", "remover", "--remover-steps", "0"], "--remover-steps must be >= 1"),
         (["--attackers", "remover:steps=50"], "--attackers remover:steps=50: steps set the benchmark's remover"),
+        (["--attackers", "remover:draw=1"], "--attackers remover:draw=1: draw set the benchmark's remover"),
         (["--attackers", "remover", "remover:width=8"], "--attackers remover remover:width=8: one remover at most"),
         (["--attackers", "remover", "--size", "30"], "the remover net needs --size a multiple of 4, got 30"),
     ],
