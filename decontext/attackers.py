@@ -26,8 +26,9 @@ Each attacker, with its parameters and their defaults (docs/BENCHMARK.md has the
 - ``remover`` (pairs 48, steps 200, width 16, lr 0.002, draw 0): a small image-to-image network trained on
   (protected, clean) pairs the attacker makes by running the protection under test on the toy world's TRAINING
   identities (never the held-out ones), then applied to the photo. ``draw`` picks another remover of the same
-  recipe (its training seed is the run's seed plus ``draw``: other training scenes, initial weights and
-  batches), so a reader can ask whether a result is the protection's or one remover's luck.
+  recipe (its training seed is the run's seed plus ``draw``: the same training identities in other scenes,
+  other initial weights and batches), so a reader can ask whether a result is the protection's or one
+  remover's luck.
 - ``worst``: the worst case over a cell's other attackers (computed from their results, not applied).
 """
 

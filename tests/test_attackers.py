@@ -130,7 +130,8 @@ def test_the_remover_through_fit_needs_the_protection_and_the_world():
 
 def test_another_draw_of_the_remover_is_another_remover_of_the_same_recipe():
     """draw k trains with the run's seed + k: draw 0 is the remover the benchmark always trained (same name,
-    same weights), draw 1 is the recipe trained from seed + 1 (other scenes and weights), reproducibly."""
+    same weights), draw 1 is the recipe trained from seed + 1 (its training identities in other scenes, other
+    weights), reproducibly."""
     import torch
 
     context = AttackContext(world=world, protect=stamp)

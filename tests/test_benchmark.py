@@ -459,7 +459,8 @@ DRAWS = ROOT / "bench" / "results" / "toy-remover-draws"
 @pytest.mark.skipif(not (DRAWS / "records").is_dir(), reason="toy-remover-draws' records are not committed yet")
 def test_the_committed_remover_draws_repeat_the_toy_spec_at_draw_0_and_differ_after():
     """Draw 0 is the toy spec's remover: its committed cells (and the unattacked ones) equal the toy spec's value for
-    value; draws 1 and 2 trained other removers (other training identities) and gave other values."""
+    value; draws 1 and 2 trained other removers (the same training identities in other scenes, other weights) and gave
+    other values."""
     toy = ROOT / "bench" / "results" / "toy" / "records"
     for method in ("protector_toy-decontext", "protector_toy-robust"):
         for attacker in ("none", "remover"):
@@ -470,4 +471,5 @@ def test_the_committed_remover_draws_repeat_the_toy_spec_at_draw_0_and_differ_af
         for draw in (1, 2):
             other = json.loads((DRAWS / "records" / f"toy-v3__{method}@16__remover_draw={draw}.json").read_text())
             assert other["attacker_info"]["seed"] == first["attacker_info"]["seed"] + draw
+            assert other["attacker_info"]["identities"] == first["attacker_info"]["identities"]
             assert other["values"]["method"] != first["values"]["method"]
