@@ -28,7 +28,7 @@ from PIL import Image
 from decontext.cli.common import quiet_libraries
 from decontext.config import PGDConfig, ProtectConfig
 from decontext.images import quantize, uint8_to_tensor
-from decontext.metrics.bootstrap import ClusterInterval, cluster_bootstrap_ci
+from decontext.metrics.bootstrap import ClusterInterval, edits_by_identity_ci
 from decontext.metrics.pixel import psnr
 from decontext.plots import Chart, color_of
 from decontext.protect import protect
@@ -178,17 +178,15 @@ def score(reader, sources: np.ndarray, edits: np.ndarray, edit_names: list[str])
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """Mean of a - b (arrays (edits, identities)) with a 95% percentile interval over identities: the
-    same cluster bootstrap as report.html's paired lines (``decontext.metrics.bootstrap``)."""
+    benchmark leaderboard's interval (``decontext.metrics.bootstrap.edits_by_identity_ci``)."""
     diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    identities = np.broadcast_to(np.arange(diff.shape[1]), diff.shape)
-    ci = cluster_bootstrap_ci(diff.ravel(), identities.ravel().tolist(), n_boot=draws, seed=seed)
+    ci = edits_by_identity_ci(diff, n_boot=draws, seed=seed)
     return ci.mean, ci.low, ci.high
 
 
 def identity_interval(values) -> ClusterInterval:
     """Mean of (edits, identities) scores with its 95% interval over identities (the unit the bench samples)."""
-    v = np.asarray(values, dtype=np.float64)
-    return cluster_bootstrap_ci(v.ravel(), np.broadcast_to(np.arange(v.shape[1]), v.shape).ravel().tolist())
+    return edits_by_identity_ci(values)
 
 
 def budget_series(results: dict, metric: str = "toy_identity") -> dict[str, list[tuple[float, ClusterInterval]]]:

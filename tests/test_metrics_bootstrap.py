@@ -174,3 +174,23 @@ def test_paired_difference_without_pairs_is_empty():
         0,
         0,
     )
+
+
+def test_the_edits_by_identity_interval_resamples_the_columns_of_an_edits_by_identities_array():
+    """The benchmark's and the bench scripts' one interval: column j holds identity j's edits; the mean is the mean
+    of the per-identity means (NaN edits dropped within their identity), the interval the textbook bootstrap of
+    those means drawn with the seed; nothing finite gives no number, a 1-D array an error."""
+    from decontext.metrics.bootstrap import edits_by_identity_ci
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(0.0, 1.0, (6, 11))
+    values[2, 4] = np.nan  # one edit of identity 4 with no score
+    per_identity = np.array([np.nanmean(values[:, j]) for j in range(11)])
+    ci = edits_by_identity_ci(values, n_boot=3000, seed=5)
+    assert (ci.n, ci.items) == (11, 65)
+    assert ci.mean == pytest.approx(per_identity.mean())
+    draws = per_identity[np.random.default_rng(5).integers(0, 11, (3000, 11))].mean(1)
+    assert (ci.low, ci.high) == (pytest.approx(np.quantile(draws, 0.025)), pytest.approx(np.quantile(draws, 0.975)))
+    assert edits_by_identity_ci(np.full((3, 4), np.nan)).mean is None
+    with pytest.raises(ValueError, match="edits, identities"):
+        edits_by_identity_ci(np.zeros(5))

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..images import atomic_write, write_json_atomic
-from ..metrics.bootstrap import cluster_bootstrap_ci
+from ..metrics.bootstrap import edits_by_identity_ci
 from ..plots import Chart, color_of
 from .records import read_records
 
@@ -33,11 +33,9 @@ N_BOOT = 2000
 
 def _interval(values, n_boot: int = N_BOOT) -> tuple[float, float, float]:
     """Mean of an (edits, identities) array with its 95% interval over identities."""
-    v = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(v).any():  # e.g. no face found in any edit: no number, not a zero
+    ci = edits_by_identity_ci(values, n_boot=n_boot, seed=0)
+    if ci.mean is None:  # e.g. no face found in any edit: no number, not a zero
         return float("nan"), float("nan"), float("nan")
-    clusters = np.broadcast_to(np.arange(v.shape[1]), v.shape).ravel().tolist()
-    ci = cluster_bootstrap_ci(v.ravel(), clusters, n_boot=n_boot, seed=0)
     return float(ci.mean), float(ci.low), float(ci.high)
 
 

@@ -108,6 +108,17 @@ def cluster_bootstrap_ci(
     return ClusterInterval(ci.mean, ci.low, ci.high, ci.n, int(np.isfinite(v).sum()))
 
 
+def edits_by_identity_ci(values, n_boot: int = 2000, seed: int = 0) -> ClusterInterval:
+    """Mean of an (edits, identities) array (column j: the edits of identity j) with its 95% interval over
+    identities: ``cluster_bootstrap_ci`` with the column as the cluster. The one interval of the benchmark's
+    leaderboard and of the bench scripts. Non-finite values are dropped; none finite gives all-None."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"expected an (edits, identities) array, got shape {v.shape}")
+    clusters = np.broadcast_to(np.arange(v.shape[1]), v.shape).ravel().tolist()
+    return cluster_bootstrap_ci(v.ravel(), clusters, n_boot=n_boot, seed=seed)
+
+
 def _finite(row: dict, metric: str) -> float | None:
     value = row.get(metric)
     if isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
