@@ -462,29 +462,61 @@ def test_the_kontext_paper_leaderboard_shows_the_papers_values_beside_the_run():
     assert "the paper&#x27;s reported values beside this run&#x27;s" in html_page(paper)
 
 
-DRAWS = ROOT / "bench" / "results" / "toy-remover-draws"
+RESULTS = ROOT / "bench" / "results"
 
 
-@pytest.mark.skipif(not (DRAWS / "records").is_dir(), reason="toy-remover-draws' records are not committed yet")
-def test_the_committed_remover_draws_repeat_the_toy_spec_at_draw_0_and_differ_after():
+def _record(folder: Path, name: str) -> dict:
+    return json.loads((folder / "records" / f"{name}.json").read_text())
+
+
+def assert_repeats_the_toy_spec(folder: Path, methods: tuple[str, ...], exact: bool = True) -> None:
+    """The unattacked and draw-0 remover cells of ``methods`` (toy-v3, 16/255) in ``folder`` equal the `toy` spec's
+    records value for value: the same protection, the same remover, the same edits. ``exact=False`` (TDAE): the
+    PGD protection of the remover's 48 training pairs is not bit-reproducible on two CPU threads, so the remover's
+    final loss may move in the 4th digit and the clean photo's PSNR after it by a tenth of a dB; every identity and
+    edit-success score and the protected inputs' PSNR must still be equal."""
+    for method in methods:
+        for attacker in ("none", "remover"):
+            name = f"toy-v3__{method}@16__{attacker}"
+            ours, theirs = _record(folder, name), _record(RESULTS / "toy", name)
+            if exact or attacker == "none":
+                assert ours["values"] == theirs["values"] and ours["attacker_info"] == theirs["attacker_info"], name
+                continue
+            for key in ("method", "noise", "clean", "psnr_input"):
+                assert ours["values"][key] == theirs["values"][key], (name, key)
+            np.testing.assert_allclose(
+                ours["values"]["attack_cost_psnr"], theirs["values"]["attack_cost_psnr"], atol=0.2
+            )
+            info, their_info = dict(ours["attacker_info"]), dict(theirs["attacker_info"])
+            assert info.pop("final_loss") == pytest.approx(their_info.pop("final_loss"), rel=1e-3), name
+            assert info == their_info, name
+
+
+DRAW_SPECS = {
+    "toy-remover-draws": ("protector_toy-decontext", "protector_toy-robust"),
+    "toy-remover-draws-tdae": ("tdae",),
+}
+
+
+@pytest.mark.parametrize("spec", sorted(DRAW_SPECS))
+def test_the_committed_remover_draws_repeat_the_toy_spec_at_draw_0_and_differ_after(spec):
     """Draw 0 is the toy spec's remover: its committed cells (and the unattacked ones) equal the toy spec's value for
     value; draws 1 and 2 trained other removers (the same training identities in other scenes, other weights) and gave
     other values."""
-    toy = ROOT / "bench" / "results" / "toy" / "records"
-    for method in ("protector_toy-decontext", "protector_toy-robust"):
-        for attacker in ("none", "remover"):
-            name = f"toy-v3__{method}@16__{attacker}.json"
-            ours, theirs = (json.loads((folder / name).read_text()) for folder in (DRAWS / "records", toy))
-            assert ours["values"] == theirs["values"] and ours["attacker_info"] == theirs["attacker_info"], name
-        first = json.loads((DRAWS / "records" / f"toy-v3__{method}@16__remover.json").read_text())
+    folder = RESULTS / spec
+    if not (folder / "records").is_dir():
+        pytest.skip(f"{spec}'s records are not committed yet")
+    assert_repeats_the_toy_spec(folder, DRAW_SPECS[spec], exact=spec != "toy-remover-draws-tdae")
+    for method in DRAW_SPECS[spec]:
+        first = _record(folder, f"toy-v3__{method}@16__remover")
         for draw in (1, 2):
-            other = json.loads((DRAWS / "records" / f"toy-v3__{method}@16__remover_draw={draw}.json").read_text())
+            other = _record(folder, f"toy-v3__{method}@16__remover_draw={draw}")
             assert other["attacker_info"]["seed"] == first["attacker_info"]["seed"] + draw
             assert other["attacker_info"]["identities"] == first["attacker_info"]["identities"]
             assert other["values"]["method"] != first["values"]["method"]
 
 
-STRONG = ROOT / "bench" / "results" / "toy-remover-strong"
+STRONG = RESULTS / "toy-remover-strong"
 
 
 @pytest.mark.skipif(not (STRONG / "records").is_dir(), reason="toy-remover-strong's records are not committed yet")
@@ -495,16 +527,11 @@ def test_the_committed_strong_remover_was_trained_as_named_on_training_identitie
     from decontext.toy import world3
 
     held_out = {i.index for i in world3.eval_identities()}
-    toy = ROOT / "bench" / "results" / "toy" / "records"
-    for method in ("protector_toy-decontext", "protector_toy-robust"):
-        for attacker in ("none", "remover"):
-            name = f"toy-v3__{method}@16__{attacker}.json"
-            ours, theirs = (json.loads((folder / name).read_text()) for folder in (STRONG / "records", toy))
-            assert ours["values"] == theirs["values"] and ours["attacker_info"] == theirs["attacker_info"], name
-        weak = json.loads((STRONG / "records" / f"toy-v3__{method}@16__remover.json").read_text())
-        strong = json.loads(
-            (STRONG / "records" / f"toy-v3__{method}@16__remover_pairs=480_steps=2000_width=32.json").read_text()
-        )
+    methods = ("protector_toy-decontext", "protector_toy-robust")
+    assert_repeats_the_toy_spec(STRONG, methods)
+    for method in methods:
+        weak = _record(STRONG, f"toy-v3__{method}@16__remover")
+        strong = _record(STRONG, f"toy-v3__{method}@16__remover_pairs=480_steps=2000_width=32")
         info = strong["attacker_info"]
         seed = weak["attacker_info"]["seed"]
         assert (info["pairs"], info["steps"], info["width"], info["seed"]) == (480, 2000, 32, seed)
