@@ -184,18 +184,13 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, draws: int = 2000, seed: int 
     return ci.mean, ci.low, ci.high
 
 
-def identity_interval(values) -> ClusterInterval:
-    """Mean of (edits, identities) scores with its 95% interval over identities (the unit the bench samples)."""
-    return edits_by_identity_ci(values)
-
-
 def budget_series(results: dict, metric: str = "toy_identity") -> dict[str, list[tuple[float, ClusterInterval]]]:
     """Per method, its (budget, interval) points in budget order, from result keys ``method@eps``."""
     series: dict[str, list[tuple[float, ClusterInterval]]] = {}
     for key, r in results.items():
         method, at, eps = key.rpartition("@")
         if at and metric in r:
-            series.setdefault(method, []).append((float(eps), identity_interval(r[metric])))
+            series.setdefault(method, []).append((float(eps), edits_by_identity_ci(r[metric])))
     return {m: sorted(points, key=lambda p: p[0]) for m, points in series.items()}
 
 
@@ -204,7 +199,9 @@ def plot_svg(results: dict, title: str, metric: str = "toy_identity") -> str:
     point, methods nudged apart at a shared budget; dashed lines mark clean and another person's photo
     (no protection, and the floor a protection could reach)."""
     series = budget_series(results, metric)
-    refs = {name: identity_interval(results[name][metric]) for name in ("clean", "another person") if name in results}
+    refs = {
+        name: edits_by_identity_ci(results[name][metric]) for name in ("clean", "another person") if name in results
+    }
     ys = [v for points in series.values() for _, ci in points for v in (ci.mean, ci.low, ci.high)] + [
         ci.mean for ci in refs.values()
     ]
