@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..attackers import AttackContext, load_net, parse_attacker, save_net
-from .spec import Spec
+from .spec import CONTROL, Spec
 
 
 @dataclass(frozen=True)
@@ -56,18 +56,30 @@ def protector_budget(method: str) -> float | None:
 
 def plan(spec: Spec) -> list[Cell]:
     """Every cell of a spec, in run order (a protector only at its own budget; ``worst`` is derived from
-    the others by the report, and the noise control is inside every cell)."""
+    the others by the report, and the noise control is inside every cell), then the control cells
+    (``control_cells``)."""
     cells = []
     for editor in spec.editors:
         for budget in spec.budgets:
             for method in spec.methods:
-                if method == "noise":
+                if method == CONTROL:
                     continue
                 own = protector_budget(method)
                 if own is not None and own != budget:
                     continue
                 cells.extend(Cell(editor, method, budget, a) for a in spec.attackers if not parse_attacker(a).derived)
-    return cells
+    return cells + control_cells(spec)
+
+
+def control_cells(spec: Spec) -> list[Cell]:
+    """The noise control as a cell of its own under every attacker that learns from the protection under test
+    (the remover): the attacker trained on the control's own (noise, clean) pairs and applied to its held-out
+    photos, as it is to each method's. Inside a method's cell the control goes through the remover trained on
+    THAT method (the same function for both, as for any other attacker); this cell gives the report the
+    symmetric comparison too, each condition through a remover trained on its own outputs. Planned after every
+    method cell, so that adding them to a spec's plan moves no recorded cell's position."""
+    learned = [a for a in spec.attackers if parse_attacker(a).needs == "protection"]
+    return [Cell(editor, CONTROL, budget, a) for editor in spec.editors for budget in spec.budgets for a in learned]
 
 
 class Cache:
@@ -267,7 +279,7 @@ class ToyEnvironment:
         attacker = parse_attacker(cell.attacker)
         budget = cell.budget
         protected = self.protected(cell.method, budget)
-        noise = self.protected("noise", budget)
+        noise = self.protected(CONTROL, budget)
         state = self.attacker_state(attacker, cell.method, budget)
         # the remover is the method's own; every other attacker is the same for all methods
         scope = attacker.label + (f"~{cell.method}@{budget:g}" if attacker.needs == "protection" else "")

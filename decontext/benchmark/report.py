@@ -27,6 +27,7 @@ from ..images import atomic_write, write_json_atomic
 from ..metrics.bootstrap import edits_by_identity_ci
 from ..plots import Chart, color_of
 from .records import read_records
+from .spec import CONTROL
 
 N_BOOT = 2000
 
@@ -93,16 +94,41 @@ def change_against_unattacked(record: dict, unattacked: dict) -> tuple[float, fl
     return _interval(_effects(record) - _effects(unattacked))
 
 
+def against_own_control(record: dict, control: dict) -> tuple[float, float, float] | None:
+    """The effect of a learned attacker's cell against the control cell of the same attacker (``cells.
+    control_cells``: the noise control through a remover trained on the control's own outputs): per edit and
+    identity, the protected photo's identity after its remover minus the control's after its own, mean with its
+    95% interval over identities. None where the two records do not hold the same identities, edits and seeds."""
+    if any(record.get(k) != control.get(k) for k in ("identities", "edits", "seeds")):
+        return None
+    return _interval(np.subtract(record["values"]["method"]["identity"], control["values"]["method"]["identity"]))
+
+
 def results(records: list[dict], attackers: list[str] | None = None) -> dict:
     """Every cell's row and, per (editor, budget, method), the robust (worst-case) row. ``attackers``: the
     spec's measured attackers (``spec_attackers``); a method recorded under fewer of them (a run still under
-    way) gets ``incomplete`` ("k of n"): its worst case so far, which more attackers can only make worse."""
-    rows = [cell_row(r) for r in records]
-    cells = {tuple(r["cell"][k] for k in ("editor", "budget", "method", "attacker")): r for r in records}
-    for row, record in zip(rows, records, strict=True):
+    way) gets ``incomplete`` ("k of n"): its worst case so far, which more attackers can only make worse.
+    The control cells (the noise control under a learned attacker trained on its own outputs) are no rows of
+    their own: ``controls`` lists them, and each learned attacker's row gets its effect against its control
+    (``own_effect`` with its interval and share; None where the control is not recorded)."""
+    controls = {
+        (r["cell"]["editor"], r["cell"]["budget"], r["cell"]["attacker"]): r
+        for r in records
+        if r["cell"]["method"] == CONTROL
+    }
+    measured = [r for r in records if r["cell"]["method"] != CONTROL]
+    rows = [cell_row(r) for r in measured]
+    cells = {tuple(r["cell"][k] for k in ("editor", "budget", "method", "attacker")): r for r in measured}
+    for row, record in zip(rows, measured, strict=True):
         base = cells.get((row["editor"], row["budget"], row["method"], "none"))
         change = None if base is None or base is record else change_against_unattacked(record, base)
         row["change"], row["change_low"], row["change_high"] = change or (None, None, None)
+        control = controls.get((row["editor"], row["budget"], row["attacker"]))
+        own = None if control is None else against_own_control(record, control)
+        row["own_effect"], row["own_low"], row["own_high"] = own or (None, None, None)
+        finite = own is not None and np.isfinite(own[0]) and row["way"] and np.isfinite(row["way"])
+        row["own_share"] = -own[0] / row["way"] if finite else None
+        row["own_noise_identity"] = None if own is None else _mean(control["values"]["method"]["identity"])
     robust = []
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -139,6 +165,7 @@ def results(records: list[dict], attackers: list[str] | None = None) -> dict:
         "seconds": round(sum(r["seconds"] for r in records), 1),
         "rows": sorted(rows, key=lambda r: (r["position"], r["attacker"])),
         "robust": robust,
+        "controls": [cell_row(r) for r in sorted(controls.values(), key=lambda r: r["cell"].get("position", 0))],
     }
 
 
@@ -284,6 +311,24 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                     [[m] + [_change(by.get((m, a))) for a in attacked] for m in methods],
                 )
             )
+        learned = [(m, a) for m in methods for a in attacked if (m, a) in by and by[m, a]["own_effect"] is not None]
+        if learned:
+            out.append(
+                (
+                    f"{where}: effect after a learned remover against a control attacked the same way (the noise "
+                    "control through a remover trained on its own outputs), paired [95% CI]",
+                    ["method", "attacker", "effect (control through this method's remover)",
+                     "effect (control through its own remover)", "share of the way",
+                     "noise control's identity: through this method's remover / its own"],
+                    [
+                        [m, a, f"{by[m, a]['effect']:+.3f}",
+                         _ci(by[m, a]["own_effect"], by[m, a]["own_low"], by[m, a]["own_high"]),
+                         _share(by[m, a]["own_share"]),
+                         f"{by[m, a]['noise_identity']:.3f} / {by[m, a]['own_noise_identity']:.3f}"]
+                        for m, a in learned
+                    ],
+                )
+            )  # fmt: skip
         # what does not depend on the method (the clean photo, the noise control), from the first row that has it
         under = {a: next(by[m, a] for m in methods if (m, a) in by) for a in attackers}
         success = [["clean"] + [f"{under[a]['clean_edit_success']:.2f}" for a in attackers]]
@@ -327,6 +372,12 @@ def markdown(res: dict) -> str:
         "Change under an attacker: that effect minus the same method's unattacked effect, paired by identity and "
         "edit, with its own interval.",
     ]
+    if res.get("controls"):
+        lines[-1] += (
+            " Against a control attacked the same way: after a learned remover, the protected photo (through the "
+            "remover trained on its method) minus the noise control through a remover trained on the control's own "
+            "outputs, paired: what the protection leaves when the attacker adapts to each photo it gets."
+        )
     if under_way(res):
         lines += ["", PARTIAL]
     for title, header, rows in tables(res):

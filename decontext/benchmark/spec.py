@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
+CONTROL = "noise"  # the method every effect is measured against (required in a spec)
+
 SCHEMA_VERSION = 1
 REAL_EDITORS = {"flux-kontext": ("flux_kontext", "black-forest-labs/FLUX.1-Kontext-dev")}  # name -> (family, model)
 MAX_BUDGET = 64.0
@@ -223,8 +225,8 @@ def validate(data: dict, base: Path | None = None) -> Spec:
                     f"{', '.join(missing_capabilities(lacking[0], family.capabilities))}); give that editor its own "
                     "spec, or leave the method out"
                 )
-    if "noise" not in methods:
-        raise SpecError("methods: 'noise' (the control every effect is measured against) is missing")
+    if CONTROL not in methods:
+        raise SpecError(f"methods: {CONTROL!r} (the control every effect is measured against) is missing")
     attackers = list(_require(data, "attackers", ""))
     for a in attackers:
         try:
