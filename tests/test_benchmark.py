@@ -326,6 +326,54 @@ def test_the_change_under_an_attacker_is_the_paired_difference_of_the_two_cells(
     assert table.count(" *") == starred
 
 
+def test_the_control_gets_a_cell_under_each_learned_remover_planned_after_every_method_cell():
+    """The noise control has a cell of its own under the remover (only: every other attacker treats all photos
+    alike), one per editor, budget and remover, after every method's cell: adding them moved no recorded
+    position."""
+    from decontext.benchmark.cells import control_cells, plan
+
+    for name in sorted(set(shipped_specs()) - {"kontext-paper"}):  # kontext-paper needs a folder of photos
+        spec = load_spec(name)
+        every = plan(spec)
+        controls = [c for c in every if c.method == "noise"]
+        assert controls == control_cells(spec) == every[len(every) - len(controls) :]
+        removers = [a for a in spec.attackers if a.startswith("remover")]
+        assert len(controls) == len(spec.editors) * len(spec.budgets) * len(removers)
+        assert {c.attacker for c in controls} == set(removers)
+
+
+@pytest.mark.skipif(not (COMMITTED / "records").is_dir(), reason="toy-quick's records are not committed yet")
+def test_the_effect_against_a_control_attacked_the_same_way_is_the_paired_difference():
+    """After the remover, the effect against the control's own-remover cell = the protected photo's identity
+    (through its method's remover) minus the control's (through a remover trained on the control), per edit and
+    identity, by hand from the raw values; the control's remover was trained on its own pairs (training
+    identities only); the control is no row of the leaderboard; unpaired records give no number."""
+    from decontext.benchmark.report import against_own_control, read_records, results
+    from decontext.toy import world
+
+    records = read_records(COMMITTED)
+    raw = {(r["cell"]["method"], r["cell"]["attacker"]): r for r in records}
+    control = raw["noise", "remover"]
+    held_out = {i.index for i in world.eval_identities()}
+    assert held_out.isdisjoint(control["attacker_info"]["identities"])
+    assert control["values"]["method"] == control["values"]["noise"]  # one photo set through one remover
+    res = results(records)
+    assert "noise" not in {r["method"] for r in res["rows"] + res["robust"]}
+    assert [c["method"] for c in res["controls"]] == ["noise"]
+    own = [r for r in res["rows"] if r["own_effect"] is not None]
+    assert {r["attacker"] for r in own} == {"remover"} and len(own) == 5
+    for row in own:
+        mine = raw[row["method"], "remover"]["values"]["method"]["identity"]
+        by_hand = np.mean(np.mean(np.subtract(mine, control["values"]["method"]["identity"]), axis=0))
+        assert row["own_effect"] == pytest.approx(by_hand, abs=1e-12)
+        assert row["own_low"] < row["own_effect"] < row["own_high"]
+        assert row["own_share"] == pytest.approx(-row["own_effect"] / row["way"])
+    # the method's remover is not the control's: the control through it scores otherwise
+    assert any(r["own_noise_identity"] != r["noise_identity"] for r in own)
+    shuffled = dict(control, identities=control["identities"][::-1])
+    assert against_own_control(raw["decontext", "remover"], shuffled) is None
+
+
 @pytest.mark.skipif(not (COMMITTED / "records").is_dir(), reason="toy-quick's records are not committed yet")
 def test_a_run_under_way_marks_the_worst_case_of_a_method_not_yet_under_every_attacker(tmp_path):
     """A resumed run's report in between: a method with cells still to come shows the worst attacker SO FAR
@@ -492,6 +540,13 @@ def assert_repeats_the_toy_spec(folder: Path, methods: tuple[str, ...], exact: b
             assert info == their_info, name
 
 
+def assert_same_values(ours: dict, theirs: dict) -> None:
+    """Two records of one cell computed in two folders hold the same values and attacker (the noise control and its
+    remover are deterministic from the seed: no PGD)."""
+    assert ours["cell"] == dict(theirs["cell"], position=ours["cell"]["position"])
+    assert ours["values"] == theirs["values"] and ours["attacker_info"] == theirs["attacker_info"]
+
+
 # spec: (its methods, whether its draw-0 cells repeat the toy spec's bit for bit; TDAE's PGD does not, see above)
 DRAW_SPECS = {
     "toy-remover-draws": (("protector_toy-decontext", "protector_toy-robust"), True),
@@ -509,6 +564,12 @@ def test_the_committed_remover_draws_repeat_the_toy_spec_at_draw_0_and_differ_af
         pytest.skip(f"{spec}'s records are not committed yet")
     methods, exact = DRAW_SPECS[spec]
     assert_repeats_the_toy_spec(folder, methods, exact=exact)
+    control = _record(folder, "toy-v3__noise@16__remover")
+    assert_same_values(control, _record(RESULTS / "toy", "toy-v3__noise@16__remover"))
+    for draw in (1, 2):  # the control's own remover is drawn again too, as an attacker would
+        other = _record(folder, f"toy-v3__noise@16__remover_draw={draw}")
+        assert other["attacker_info"]["seed"] == control["attacker_info"]["seed"] + draw
+        assert other["values"]["method"] != control["values"]["method"]
     for method in methods:
         first = _record(folder, f"toy-v3__{method}@16__remover")
         for draw in (1, 2):
@@ -531,6 +592,12 @@ def test_the_committed_strong_remover_was_trained_as_named_on_training_identitie
     held_out = {i.index for i in world3.eval_identities()}
     methods = ("protector_toy-decontext", "protector_toy-robust")
     assert_repeats_the_toy_spec(STRONG, methods)
+    assert_same_values(
+        _record(STRONG, "toy-v3__noise@16__remover"), _record(RESULTS / "toy", "toy-v3__noise@16__remover")
+    )
+    control = _record(STRONG, "toy-v3__noise@16__remover_pairs=480_steps=2000_width=32")["attacker_info"]
+    assert (control["pairs"], control["steps"], control["width"]) == (480, 2000, 32)
+    assert held_out.isdisjoint(control["identities"])
     for method in methods:
         weak = _record(STRONG, f"toy-v3__{method}@16__remover")
         strong = _record(STRONG, f"toy-v3__{method}@16__remover_pairs=480_steps=2000_width=32")

@@ -12,7 +12,9 @@ records). Robust effect of a method = its effect under the worst attacker of its
 highest mean effect), with that attacker's interval. Change under an attacker = that cell's effect minus the
 same method's effect without an attacker, paired by identity and edit (the two cells share identities, edits and
 seeds), with its own interval: whether an attacker measurably weakened (above 0) or strengthened (below 0) a
-protection, which two unpaired intervals cannot tell.
+protection, which two unpaired intervals cannot tell. After a learned remover, also the effect against the
+control attacked the same way (the noise control's own cell under that remover, ``cells.control_cells``: a
+remover trained on the control's outputs), and a second robust effect with the remover cells read so.
 """
 
 from __future__ import annotations
@@ -137,6 +139,14 @@ def results(records: list[dict], attackers: list[str] | None = None) -> dict:
         # an attacker whose effect could not be measured counts as the worst (unknown is not protected)
         worst = max(members, key=lambda r: (r["effect"] if np.isfinite(r["effect"]) else np.inf, r["attacker"]))
         unattacked = next((r for r in members if r["attacker"] == "none"), None)
+        # the same worst case with each learned remover's cell read against the control attacked the same way
+        symmetric = [
+            (r["own_effect"], r["own_low"], r["own_high"], r["attacker"]) if r["own_effect"] is not None
+            else (r["effect"], r["low"], r["high"], r["attacker"])
+            for r in members
+        ]  # fmt: skip
+        worst_own = max(symmetric, key=lambda v: (v[0] if np.isfinite(v[0]) else np.inf, v[3]))
+        own_known = any(r["own_effect"] is not None for r in members)
         robust.append(
             {
                 "editor": editor,
@@ -150,6 +160,8 @@ def results(records: list[dict], attackers: list[str] | None = None) -> dict:
                 "effect_unattacked": unattacked["effect"] if unattacked else None,
                 "psnr_input": worst["psnr_input"],
                 "attackers": len(members),
+                "robust_own": worst_own[:3] if own_known else None,
+                "worst_attacker_own": worst_own[3] if own_known else None,
             }
         )
         if attackers and len(members) < len(attackers):
@@ -270,15 +282,20 @@ def tables(res: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         way = rows[0]["way"]
         where = f"{editor}, {budget:g}/255"
         robust = [r for r in res["robust"] if (r["editor"], r["budget"]) == (editor, budget)]
+        symmetric = any(r["robust_own"] is not None for r in robust)
         out.append(
             (
                 f"{where}: robust effect (worst case over {len(attackers)} attackers; way = {way:.3f})",
                 ["rank", "method", "robust effect [95% CI]", "share of the way", "worst attacker",
-                 "effect without attack", "PSNR in (dB)"],
+                 "effect without attack", "PSNR in (dB)"]
+                + (["robust effect, learned removers against a control attacked the same way [95% CI]",
+                    "its worst attacker"] if symmetric else []),
                 [
                     [str(k + 1), r["method"], _ci(r["robust_effect"], r["low"], r["high"]), _share(r["share"]),
                      _worst(r), "" if r["effect_unattacked"] is None else f"{r['effect_unattacked']:+.3f}",
                      f"{r['psnr_input']:.1f}"]
+                    + ([_ci(*r["robust_own"]) if r["robust_own"] else "", r["worst_attacker_own"] or ""]
+                       if symmetric else [])
                     for k, r in enumerate(robust)
                 ],
             )
