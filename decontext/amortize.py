@@ -412,12 +412,25 @@ def _save_checkpoint(
     if remover is not None:
         remover.save(part)
         state["remover_mse"] = remover_mse
-    (part / STATE_FILE).write_text(json.dumps(state))
+    (part / (STATE_FILE + ".tmp")).write_text(json.dumps(state))
+    (part / (STATE_FILE + ".tmp")).replace(part / STATE_FILE)  # last, whole: it marks the folder complete
     old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)  # a kill during the last swap's clean-up can leave it behind
     if folder.exists():
         folder.rename(old)
     part.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_checkpoint(folder: Path) -> None:
+    """Finish a checkpoint swap a kill interrupted (``_save_checkpoint``): with ``folder`` gone, ``.part`` is the
+    newer complete checkpoint (it is written in full before any rename), else ``.old`` the previous one."""
+    if folder.exists():
+        return
+    for candidate in (folder.with_name(folder.name + ".part"), folder.with_name(folder.name + ".old")):
+        if (candidate / STATE_FILE).is_file():
+            candidate.rename(folder)
+            return
 
 
 def train(config: TrainConfig, out: str | Path, options: RunOptions | None = None, log=print) -> dict:
@@ -480,6 +493,7 @@ def train(config: TrainConfig, out: str | Path, options: RunOptions | None = Non
     )
     remover_mse = None  # the remover's loss at its last update (validation entries carry it)
     step, history = 0, []
+    _recover_checkpoint(checkpoint)
     if (checkpoint / STATE_FILE).is_file():
         state = json.loads((checkpoint / STATE_FILE).read_text())
         if state["config_digest"] != config.digest():

@@ -150,6 +150,31 @@ def test_a_killed_training_resumes_to_the_same_weights(tmp_path):
     ).read_bytes()
 
 
+@pytest.mark.parametrize("where", ["after_the_swap", "between_the_renames", "after_the_first_rename"])
+def test_a_kill_inside_the_checkpoint_swap_resumes_to_the_same_weights(trained, tmp_path, where):
+    """The checkpoint is swapped in three steps (new folder complete as checkpoint.part; checkpoint -> .old;
+    .part -> checkpoint; .old removed). A kill after any of them resumes at the last complete checkpoint and ends
+    with the uninterrupted run's weights: a leftover .old no longer breaks the next swap (it did: "Directory not
+    empty"), and with checkpoint/ gone the newer .part, else the .old, is taken."""
+    import shutil
+
+    out = tmp_path / "run"
+    train(_tiny_config(), out, RunOptions(**{**QUICK.__dict__, "stop_after": 2}), log=lambda *a: None)
+    checkpoint, part, old = out / "checkpoint", out / "checkpoint.part", out / "checkpoint.old"
+    if where == "after_the_swap":  # killed while removing .old: it stays beside the new checkpoint
+        shutil.copytree(checkpoint, old)
+    elif where == "between_the_renames":  # checkpoint already .old, .part (the newer, complete) not yet renamed
+        shutil.copytree(checkpoint, part)
+        checkpoint.rename(old)
+    else:  # the first checkpoint, or .part already removed by hand: only .old is left
+        checkpoint.rename(old)
+    lines = []
+    train(_tiny_config(), out, QUICK, log=lines.append)
+    assert any("resuming" in str(line) and "step 2" in str(line) for line in lines), lines
+    assert not part.exists() and not old.exists()
+    assert (out / "protector.safetensors").read_bytes() == (trained / "protector.safetensors").read_bytes()
+
+
 def test_a_checkpoint_of_another_recipe_is_refused(trained, tmp_path):
     out = tmp_path / "other"
     train(_tiny_config(steps=4), out, RunOptions(**{**QUICK.__dict__, "stop_after": 2}), log=lambda *a: None)
