@@ -3,9 +3,10 @@
 A cell is (editor, method, budget, attacker). Its values: the toy identity and edit success of the edits
 of the protected photo after the attacker, of the noise control after the SAME attacker, and of the
 clean photo after it (paired by identity and edit), the input PSNR, and what the attacker costs the
-clean photo (PSNR / SSIM of attacked clean against clean). Everything several cells share (the
-protected photos of a method, an attacker's output, a remover trained on a method, the edits and their
-scores) is made once and cached under ``DIR/cache`` (atomic writes: a killed run loses at most the item
+clean photo (PSNR / SSIM of attacked clean against clean). Under a learned remover the noise control also has
+a cell of its own (``control_cells``), its remover trained on the control's outputs. Everything several
+cells share (the protected photos of a method, an attacker's output, a remover trained on a method, the edits
+and their scores) is made once and cached under ``DIR/cache`` (atomic writes: a killed run loses at most the item
 it was making), so a resumed run recomputes only what no file holds.
 
 It calls the library and restates none of it: ``protect()`` (with ``images.quantize`` for the saved
