@@ -174,6 +174,7 @@ class ToyEnvironment:
         """``images`` protected by method ``name`` at ``budget`` (image i with seed + i), as saved files:
         uint8 within floor(budget) levels (``images.quantize``)."""
         import torch
+        from tqdm.auto import tqdm
 
         from ..config import PGDConfig, ProtectConfig
         from ..images import quantize, uint8_to_tensor
@@ -196,6 +197,8 @@ class ToyEnvironment:
         # share, on the toy InstructPix2Pix): its output alone, which is what ``protect`` saves with no steps
         transfer = name.startswith("protector:") and not method.objective.applies_to(type(self.editor))
         out = []
+        # a bar on a terminal only (disable=None): a remover's pairs under per-image PGD can take an hour
+        bar = tqdm(total=len(images), desc=f"{self.name}: {name}@{budget:g}", unit="photo", leave=False, disable=None)
         for start in range(0, len(images), chunk):
             part = images[start : start + chunk]
             x0 = torch.cat([uint8_to_tensor(im) for im in part])
@@ -206,6 +209,8 @@ class ToyEnvironment:
                 seeds = [seed + start + i for i in range(len(part))]
                 pixels = protect(self.editor, method, x0, config, seeds=seeds).pixels
             out.extend(quantize(pixels[i : i + 1], part[i], budget) for i in range(len(part)))
+            bar.update(len(part))
+        bar.close()
         return np.stack(out)
 
     def protected(self, name: str, budget: float) -> np.ndarray:
