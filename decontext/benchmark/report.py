@@ -63,7 +63,7 @@ def cell_row(record: dict) -> dict:
         "effect": mean,
         "low": low,
         "high": high,
-        "share": -mean / way if way and np.isfinite(way) and np.isfinite(mean) else None,
+        "share": _share_of(mean, way),
         "way": way,
         "identity": _mean(values["method"]["identity"]),
         "noise_identity": _mean(values["noise"]["identity"]),
@@ -80,6 +80,22 @@ def cell_row(record: dict) -> dict:
     }
 
 
+def _share_of(effect: float, way: float) -> float | None:
+    """Share of the way: -effect / way (None where either is not a finite number, or the way is 0)."""
+    return -effect / way if way and np.isfinite(way) and np.isfinite(effect) else None
+
+
+def _severity(effect: float, attacker: str) -> tuple[float, str]:
+    """The sort key of the worst case: the highest mean effect; an effect that could not be measured counts as the
+    worst (unknown is not protected); ties go to the attacker's name."""
+    return (effect if np.isfinite(effect) else np.inf, attacker)
+
+
+def _paired(record: dict, other: dict) -> bool:
+    """Whether two records hold the same identities, edits and seeds, so that their values pair cell by cell."""
+    return all(record.get(k) == other.get(k) for k in ("identities", "edits", "seeds"))
+
+
 def _effects(record: dict) -> np.ndarray:
     """The (edits, identities) effects of one record: the protected photo's identity minus the noise control's."""
     values = record["values"]
@@ -91,7 +107,7 @@ def change_against_unattacked(record: dict, unattacked: dict) -> tuple[float, fl
     the effect of the same photo and edit without one, mean with its 95% interval over identities (above 0: the
     attacker weakened the protection). None where the two records do not hold the same identities, edits and
     seeds, so that there is nothing to pair."""
-    if any(record.get(k) != unattacked.get(k) for k in ("identities", "edits", "seeds")):
+    if not _paired(record, unattacked):
         return None
     return _interval(_effects(record) - _effects(unattacked))
 
@@ -101,7 +117,7 @@ def against_own_control(record: dict, control: dict) -> tuple[float, float, floa
     control_cells``: the noise control through a remover trained on the control's own outputs): per edit and
     identity, the protected photo's identity after its remover minus the control's after its own, mean with its
     95% interval over identities. None where the two records do not hold the same identities, edits and seeds."""
-    if any(record.get(k) != control.get(k) for k in ("identities", "edits", "seeds")):
+    if not _paired(record, control):
         return None
     return _interval(np.subtract(record["values"]["method"]["identity"], control["values"]["method"]["identity"]))
 
@@ -128,16 +144,14 @@ def results(records: list[dict], attackers: list[str] | None = None) -> dict:
         control = controls.get((row["editor"], row["budget"], row["attacker"]))
         own = None if control is None else against_own_control(record, control)
         row["own_effect"], row["own_low"], row["own_high"] = own or (None, None, None)
-        finite = own is not None and np.isfinite(own[0]) and row["way"] and np.isfinite(row["way"])
-        row["own_share"] = -own[0] / row["way"] if finite else None
+        row["own_share"] = None if own is None else _share_of(own[0], row["way"])
         row["own_noise_identity"] = None if own is None else _mean(control["values"]["method"]["identity"])
     robust = []
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["editor"], row["budget"], row["method"]), []).append(row)
     for (editor, budget, method), members in groups.items():
-        # an attacker whose effect could not be measured counts as the worst (unknown is not protected)
-        worst = max(members, key=lambda r: (r["effect"] if np.isfinite(r["effect"]) else np.inf, r["attacker"]))
+        worst = max(members, key=lambda r: _severity(r["effect"], r["attacker"]))
         unattacked = next((r for r in members if r["attacker"] == "none"), None)
         # the same worst case with each learned remover's cell read against the control attacked the same way
         symmetric = [
@@ -145,7 +159,7 @@ def results(records: list[dict], attackers: list[str] | None = None) -> dict:
             else (r["effect"], r["low"], r["high"], r["attacker"])
             for r in members
         ]  # fmt: skip
-        worst_own = max(symmetric, key=lambda v: (v[0] if np.isfinite(v[0]) else np.inf, v[3]))
+        worst_own = max(symmetric, key=lambda v: _severity(v[0], v[3]))
         own_known = any(r["own_effect"] is not None for r in members)
         robust.append(
             {
