@@ -327,11 +327,13 @@ def _train(net, inputs, targets, steps: int, lr: float, seed: int, batch: int = 
 
 def _train_steps(net, inputs, targets, steps, lr, seed, batch, noise_levels) -> list[float]:
     import torch
+    from tqdm.auto import trange
 
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(net.parameters(), lr=lr)
     losses = []
-    for _ in range(steps):
+    # a bar on a terminal only (disable=None): the strong remover's 2000 steps take minutes
+    for _ in trange(steps, desc="attacker net", unit="step", leave=False, disable=None):
         index = torch.randint(len(inputs), (min(batch, len(inputs)),), generator=generator)
         x, y = inputs[index], targets[index]
         if bool(torch.rand((), generator=generator) < 0.5):
