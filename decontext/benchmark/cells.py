@@ -154,16 +154,16 @@ class ToyEnvironment:
     # -- protection ------------------------------------------------------------------------------------
     def method(self, name: str):
         if name not in self.methods:
-            from ..methods import METHODS, build_method, compose
+            from ..methods import METHODS, build_method, compose, parse_method
 
             if name.startswith("protector:"):
                 self.methods[name] = build_method("amortized", protector=name.partition(":")[2])
             else:
                 parts = []
                 for part in name.split("+"):
-                    options = {}
+                    part, options = parse_method(part)  # the spec's own options (encoder:decoys=toy-train)
                     if "prompts" in METHODS[part].defaults:  # they draw edit prompts: keep the encoders for ours
-                        options = {"release_text_encoders": False}
+                        options["release_text_encoders"] = False
                         if self.attack_prompts:
                             options["prompts"] = self.attack_prompts
                     parts.append(build_method(part, **options))

@@ -180,7 +180,7 @@ def validate(data: dict, base: Path | None = None) -> Spec:
     from ..attackers import KINDS as ATTACKERS
     from ..attackers import parse_attacker
     from ..editors import FAMILIES
-    from ..methods import METHODS, missing_capabilities
+    from ..methods import METHODS, missing_capabilities, parse_method
     from ..toy.names import TOY_EDITORS, toy_family
 
     _check_keys(data, TOP_KEYS, "")
@@ -208,16 +208,21 @@ def validate(data: dict, base: Path | None = None) -> Spec:
         if m.startswith("protector:"):
             _check_protector(m.partition(":")[2])
             continue
-        bad = [n for n in m.split("+") if n.strip() not in METHODS or n.strip() == "amortized"]
+        bad = [n for n in m.split("+") if n.partition(":")[0].strip() not in METHODS or n.strip() == "amortized"]
         if bad:
             raise SpecError(
                 f"methods: unknown method {bad[0]!r} in {m!r} (allowed: {', '.join(plain)}, a+b compositions, "
-                "protector:NAME)"
+                "protector:NAME, options as encoder:decoys=toy-train)"
             )
+        for part in m.split("+"):
+            try:
+                parse_method(part)
+            except ValueError as exc:
+                raise SpecError(f"methods: {exc}") from None
     for editor in editors:  # a method an editor's family cannot serve (DeContext on a UNet) is refused by name
         family = FAMILIES[REAL_EDITORS[editor][0] if editor in REAL_EDITORS else toy_family(editor)]
         for m in methods:
-            names = [] if m.startswith("protector:") else [n.strip() for n in m.split("+")]
+            names = [] if m.startswith("protector:") else [parse_method(n)[0] for n in m.split("+")]
             lacking = [n for n in names if missing_capabilities(n, family.capabilities)]
             if lacking:
                 raise SpecError(

@@ -56,6 +56,13 @@ OPTIONS = {
             choices=("sign", "uniform"),
         ),
         Flag("--target-value", "grey level in [0, 1] of the encoder / diffusion attack's target image"),
+        Flag(
+            "--decoys",
+            "encoder / diffusion attack: a folder of photos of OTHER people (or toy-train, a toy world's training "
+            "identities); each photo (its latents, or its edit) is pulled toward the one whose latents are farthest "
+            "from its own, instead of grey",
+            type=str,
+        ),
         Flag("--sample-steps", "denoising steps the diffusion attack backpropagates through", type=int),
         Flag(
             "--edit-space",
@@ -127,7 +134,7 @@ METHODS = {
     "encoder": MethodSpec(
         "decontext.methods.encoder:EncoderAttack",
         "PhotoGuard's encoder attack on the editor's VAE",
-        {"target_value": 0.5},
+        {"target_value": 0.5, "decoys": None},
         frozenset({"vae"}),
         PHOTOGUARD_PGD,
         batched=True,
@@ -171,7 +178,7 @@ METHODS = {
     "diffusion": MethodSpec(
         "decontext.methods.diffusion:DiffusionAttack",
         "PhotoGuard's diffusion attack: pull the editor's own few-step edit to grey",
-        {"sample_steps": 4, "target_value": 0.5, "prompts": None},
+        {"sample_steps": 4, "target_value": 0.5, "prompts": None, "decoys": None},
         frozenset({"sampling"}),
         PHOTOGUARD_PGD,
     ),
@@ -206,6 +213,27 @@ def method_names(spec: str) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"{spec!r} names a method twice")
     return names
+
+
+def parse_method(spec: str) -> tuple[str, dict]:
+    """One method of a benchmark spec with its options: ``encoder`` or ``encoder:decoys=toy-train`` -> (name,
+    the options given). Each KEY is one of the method's own options, its VALUE typed as the default is (text
+    where the default is None); options that are lists (``t_range``) are not written this way."""
+    name, _, rest = str(spec).strip().partition(":")
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r} in {spec!r} (choose from {', '.join(METHODS)})")
+    defaults, options = METHODS[name].defaults, {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, sep, text = item.partition("=")
+        default = defaults.get(key, ())
+        if not sep or key not in defaults or isinstance(default, (tuple, list)):
+            keys = [k for k, v in defaults.items() if not isinstance(v, (tuple, list))]
+            raise ValueError(f"method {name}: {item!r} is not KEY=VALUE with KEY one of {', '.join(keys) or '(none)'}")
+        try:
+            options[key] = text if default is None or isinstance(default, str) else type(default)(text)
+        except ValueError:
+            raise ValueError(f"method {name}: {key} takes a {type(default).__name__}, got {text!r}") from None
+    return name, options
 
 
 def method_spec(value: str) -> str:

@@ -225,6 +225,15 @@ def image_means(values: torch.Tensor) -> torch.Tensor:
     return torch.stack([row.mean() for row in values])
 
 
+def clean_rows(pixels: torch.Tensor, clean: torch.Tensor) -> list[int]:
+    """Which clean image each row of ``pixels`` is: row for row when the batch is the clean batch's shape, else
+    the clean image nearest each row (a protected photo is within the budget of its own clean one)."""
+    if pixels.shape == clean.shape:
+        return list(range(len(pixels)))
+    gaps = (pixels.detach()[:, None].float() - clean[None].float()).abs().flatten(2).mean(-1)
+    return gaps.argmin(dim=1).tolist()
+
+
 def only(generators: Sequence[torch.Generator], method: str) -> torch.Generator:
     """The one generator of a method that protects one image at a time (``batched`` False)."""
     if len(generators) != 1:

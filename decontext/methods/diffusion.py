@@ -2,9 +2,10 @@
 
 The encoder attack only moves the image's latents; this attack runs the editor end to end, from pure
 noise through ``sample_steps`` deterministic denoising steps conditioned on the protected image and an
-edit prompt, decodes the result, and pulls that EDIT toward a target image (flat grey by default):
-``L(x) = -mean((decode(sample(x, prompt)) - target)^2)``. Gradients flow back through every sampler
-step (``editor.denoise``) and the decoder (``editor.decode``), so the cost per PGD step is
+edit prompt, decodes the result, and pulls that EDIT toward a target image (flat grey by default; with
+``decoys``, each photo's farthest decoy, ``methods.decoys``): ``L(x) = -mean((decode(sample(x, prompt)) -
+target)^2)``. Gradients flow back through every sampler step (``editor.denoise``) and the decoder
+(``editor.decode``), so the cost per PGD step is
 ``sample_steps`` denoiser forwards and backwards; PhotoGuard shortens the schedule for the same reason.
 PGD as PhotoGuard runs it: a random start and the linear step decay (``pgd_defaults``).
 """
@@ -19,6 +20,7 @@ import torch
 from ..editors.base import Editor
 from . import METHODS
 from .base import Method, draw_prompts_and_sigmas, only, prompt_list, sample
+from .decoys import Decoys
 
 DEFAULTS = METHODS["diffusion"].defaults
 
@@ -29,6 +31,7 @@ class DiffusionAttack(Method, spec="diffusion"):
     target_value: grey level in [0, 1] of the target image.
     prompts: edit prompts (list or pool file); one is drawn per step.
     release_text_encoders: let the editor free its text encoders once the pool is embedded.
+    decoys: a folder of decoy photos or ``toy-train``: each edit is pulled toward the photo's farthest decoy.
     """
 
     def __init__(
@@ -37,6 +40,7 @@ class DiffusionAttack(Method, spec="diffusion"):
         target_value: float = DEFAULTS["target_value"],
         prompts: Sequence[str] | str | Path | None = DEFAULTS["prompts"],
         release_text_encoders: bool = True,
+        decoys: str | None = DEFAULTS["decoys"],
     ):
         if sample_steps < 1:
             raise ValueError(f"sample_steps must be >= 1, got {sample_steps}")
@@ -46,14 +50,22 @@ class DiffusionAttack(Method, spec="diffusion"):
         self.target_value = float(target_value)
         self.prompts = prompt_list(prompts)
         self.release_text_encoders = release_text_encoders
+        self.decoys = None if decoys is None else Decoys(decoys)
 
     def config(self) -> dict:
-        return {
+        config = {
             "method": self.name,
             "sample_steps": self.sample_steps,
             "target_value": self.target_value,
             "num_prompts": len(self.prompts),
         }
+        if self.decoys is not None:  # left out without decoys: earlier manifests keep their fields
+            config["decoys"] = self.decoys.source
+        return config
+
+    def start(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int]) -> None:
+        if self.decoys is not None:
+            self.decoys.start(editor, pixels, size)
 
     def prepare(self, editor: Editor) -> None:
         editor.prepare(self.prompts, release=self.release_text_encoders)
@@ -69,7 +81,9 @@ class DiffusionAttack(Method, spec="diffusion"):
         )
 
     def _distance(self, editor, pixels, size, generator, step=None) -> torch.Tensor:
-        return (self.edit(editor, pixels, size, generator, step) - self.target_value).pow(2).mean()
+        edit = self.edit(editor, pixels, size, generator, step)
+        target = self.target_value if self.decoys is None else self.decoys.target_pixels(editor, pixels, size)
+        return (edit - target).pow(2).mean()
 
     def loss(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int], step: int, generators):
         distance = self._distance(editor, pixels, size, only(generators, self.name), step)

@@ -34,7 +34,7 @@ import torch
 
 from ..editors.base import Editor
 from . import METHODS
-from .base import Method, draw_per_image, image_means, prompt_list, sample
+from .base import Method, clean_rows, draw_per_image, image_means, prompt_list, sample
 
 DEFAULTS = METHODS["edit_away"].defaults
 SPACES = ("latent", "pixel")
@@ -133,10 +133,7 @@ class EditAway(Method, spec="edit_away"):
         clean image nearest each row (a protected photo is within the budget of its own clean one)."""
         if self._clean is None:
             raise RuntimeError("edit_away: start() was not called with this image's clean pixels")
-        if pixels.shape == self._clean.shape:
-            return list(range(len(pixels)))
-        gaps = (pixels.detach()[:, None].float() - self._clean[None].float()).abs().flatten(2).mean(-1)
-        return gaps.argmin(dim=1).tolist()
+        return clean_rows(pixels, self._clean)
 
     def clean_edits(self, editor: Editor, size, rows: Sequence[int], indices: Sequence[int]) -> torch.Tensor:
         """The edits of clean image ``rows[i]`` with prompt ``indices[i]``: each made once per session, no grad."""
