@@ -68,6 +68,7 @@ def test_shipped_specs_load_and_round_trip_through_toml():
         "toy-remover-strong",
         "toy-remover-draws-tdae",
         "toy-remover-strong-pgd",
+        "toy-decoys",
     ):
         spec = load_spec(name)
         again = load_spec(spec.to_toml())
@@ -656,3 +657,38 @@ def test_the_strong_remover_against_per_image_pgd_repeats_the_toy_spec_unattacke
     for method in ("decontext", "flow_loss"):
         weak = _record(RESULTS / "toy", f"toy-v3__{method}@16__remover")
         assert_strong_remover(_record(STRONG_PGD, f"toy-v3__{method}@16__{STRONG_REMOVER}"), held_out, weaker=weak)
+
+
+DECOYS = RESULTS / "toy-decoys"
+
+
+def _unattacked_effect(folder: Path, name: str) -> float:
+    """Mean identity of the protected photos' edits minus the noise control's, paired (the leaderboard's effect)."""
+    values = _record(folder, name)["values"]
+    return float(np.nanmean(np.asarray(values["method"]["identity"]) - np.asarray(values["noise"]["identity"])))
+
+
+@pytest.mark.skipif(not (DECOYS / "records").is_dir(), reason="toy-decoys' records are not committed")
+def test_the_decoy_cells_share_the_toy_specs_photos_and_beat_the_grey_target_on_v1():
+    """toy-decoys scores the same held-out photos, edits and noise control as the toy spec (the control's scores and
+    its remover equal the toy spec's); its removers trained on training identities only; and, as docs/BENCHMARK.md
+    reads, the decoy target moved toy-v1's identity further than the grey one, per image and as a protector."""
+    from decontext.toy import world, world3
+
+    for editor, toy_world in (("toy-v1", world), ("toy-v3", world3)):
+        held_out = {i.index for i in toy_world.eval_identities()}
+        theirs = _record(RESULTS / "toy", f"{editor}__encoder@16__none")
+        for method in ("encoder_decoys=toy-train", "protector_toy-decoy"):
+            ours = _record(DECOYS, f"{editor}__{method}@16__none")
+            assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["identities"] == theirs["identities"]
+            assert ours["values"]["clean"] == theirs["values"]["clean"]
+            info = _record(DECOYS, f"{editor}__{method}@16__remover")["attacker_info"]
+            assert held_out.isdisjoint(info["identities"]) and len(info["identities"]) == info["pairs"] == 48
+        assert_same_values(
+            _record(DECOYS, f"{editor}__noise@16__remover"), _record(RESULTS / "toy", f"{editor}__noise@16__remover")
+        )
+    grey = _unattacked_effect(RESULTS / "toy", "toy-v1__encoder@16__none")
+    grey_protector = _unattacked_effect(RESULTS / "toy", "toy-v1__protector_toy-encoder@16__none")
+    assert _unattacked_effect(DECOYS, "toy-v1__encoder_decoys=toy-train@16__none") < grey - 0.03
+    assert _unattacked_effect(DECOYS, "toy-v1__protector_toy-decoy@16__none") < grey_protector - 0.02
+    assert _record(DECOYS, "toy-v1__encoder_decoys=toy-train@16__none")["cell"]["method"] == "encoder:decoys=toy-train"

@@ -3,6 +3,8 @@ farthest from its own, on the tiny FLUX.1-Kontext and the toy; the benchmark's m
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -214,3 +216,18 @@ def test_the_diffusion_attack_pulls_the_edit_toward_each_photos_decoy(tmp_path, 
         grey = build_method("diffusion", prompts=["make it red", "add a hat"], sample_steps=1)
         assert not torch.allclose(loss, grey.loss(editor, protected, SIZE, 0, [torch.Generator().manual_seed(5)])[0])
     assert method.config()["decoys"] == str(folder) and "decoys" not in grey.config()
+
+
+def test_the_attack_command_takes_decoys_and_records_them(tmp_path):
+    from decontext.cli import main
+
+    photo = tmp_path / "in"
+    photo.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(photo / "a.png")
+    out = tmp_path / "out"
+    args = ["attack", "--model", "tiny", "--method", "encoder", "--decoys", str(decoy_folder(tmp_path))]
+    assert main([*args, "--input", str(photo), "--output", str(out), "--steps", "2", "--no-progress"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"]["decoys"] == str(tmp_path / "decoys")
+    saved = np.asarray(Image.open(out / "a.png")).astype(int)
+    assert np.abs(saved - np.asarray(Image.open(photo / "a.png")).astype(int)).max() <= 12

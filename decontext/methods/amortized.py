@@ -49,7 +49,8 @@ class Amortized(Method, spec="amortized"):
     def __init__(self, protector: str | Path = METHODS["amortized"].defaults["protector"]):
         if protector is None:
             raise ValueError(
-                "--method amortized needs --protector NAME or FOLDER (shipped: toy-decontext, toy-encoder)"
+                "--method amortized needs --protector NAME or FOLDER "
+                "(shipped: toy-decontext, toy-encoder, toy-decoy, toy-robust, toy-v3-robust)"
             )
         from . import build_method
 
