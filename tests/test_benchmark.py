@@ -692,3 +692,8 @@ def test_the_decoy_cells_share_the_toy_specs_photos_and_beat_the_grey_target_on_
     assert _unattacked_effect(DECOYS, "toy-v1__encoder_decoys=toy-train@16__none") < grey - 0.03
     assert _unattacked_effect(DECOYS, "toy-v1__protector_toy-decoy@16__none") < grey_protector - 0.02
     assert _record(DECOYS, "toy-v1__encoder_decoys=toy-train@16__none")["cell"]["method"] == "encoder:decoys=toy-train"
+    # the diffusion attack toward the decoy (bench/pilot/decoy_diffusion.toml): the same photos, edits and control
+    pilot, name = RESULTS / "pilot-decoy-diffusion", "toy-v1__diffusion_decoys=toy-train@16__none"
+    ours, theirs = _record(pilot, name), _record(RESULTS / "toy", "toy-v1__diffusion@16__none")
+    assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["values"]["clean"] == theirs["values"]["clean"]
+    assert _unattacked_effect(pilot, name) < _unattacked_effect(RESULTS / "toy", "toy-v1__diffusion@16__none") - 0.05
