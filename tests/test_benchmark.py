@@ -697,3 +697,8 @@ def test_the_decoy_cells_share_the_toy_specs_photos_and_beat_the_grey_target_on_
     ours, theirs = _record(pilot, name), _record(RESULTS / "toy", "toy-v1__diffusion@16__none")
     assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["values"]["clean"] == theirs["values"]["clean"]
     assert _unattacked_effect(pilot, name) < _unattacked_effect(RESULTS / "toy", "toy-v1__diffusion@16__none") - 0.05
+    # the strong remover on toy-decoy (bench/pilot/decoy_strong.toml): trained as named, erased more than the default
+    strong = RESULTS / "pilot-decoy-strong"
+    held_out = {i.index for i in world.eval_identities()}
+    weak = _record(DECOYS, "toy-v1__protector_toy-decoy@16__remover")
+    assert_strong_remover(_record(strong, f"toy-v1__protector_toy-decoy@16__{STRONG_REMOVER}"), held_out, weaker=weak)
