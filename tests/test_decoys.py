@@ -15,18 +15,9 @@ from decontext.benchmark.spec import SpecError, load_spec
 from decontext.methods import build_method, parse_method
 from decontext.methods.amortized import Protector
 from decontext.methods.base import image_means
+from tests.test_robust_objectives import ARCH
 
 SIZE = (32, 32)
-ARCH = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "layers_per_block": 1,
-    "block_out_channels": [8, 8],
-    "down_block_types": ["DownBlock2D", "DownBlock2D"],
-    "up_block_types": ["UpBlock2D", "UpBlock2D"],
-    "norm_num_groups": 4,
-    "add_attention": False,
-}
 
 
 def decoy_folder(tmp_path, count=4, size=40):

@@ -125,3 +125,18 @@ class Decoys:
     def target_pixels(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The chosen decoys themselves at ``size`` for each row of ``pixels``: the diffusion attack's targets."""
         return self.images(editor, size)[self.chosen(pixels)].to(pixels.device)
+
+
+class DecoyTarget:
+    """What a method with a ``decoys`` option shares (the encoder and diffusion attacks): the pool, started with
+    each photo's clean pixels, and its source in the method's config (left out without decoys, so that earlier
+    manifests keep their fields)."""
+
+    decoys: Decoys | None = None
+
+    def start(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int]) -> None:
+        if self.decoys is not None:
+            self.decoys.start(editor, pixels, size)
+
+    def with_decoys(self, config: dict) -> dict:
+        return config if self.decoys is None else {**config, "decoys": self.decoys.source}

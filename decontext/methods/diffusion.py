@@ -20,12 +20,12 @@ import torch
 from ..editors.base import Editor
 from . import METHODS
 from .base import Method, draw_prompts_and_sigmas, only, prompt_list, sample
-from .decoys import Decoys
+from .decoys import Decoys, DecoyTarget
 
 DEFAULTS = METHODS["diffusion"].defaults
 
 
-class DiffusionAttack(Method, spec="diffusion"):
+class DiffusionAttack(DecoyTarget, Method, spec="diffusion"):
     """Args:
     sample_steps: denoising steps of the differentiable edit (evenly spaced noise levels 1 -> 0).
     target_value: grey level in [0, 1] of the target image.
@@ -53,19 +53,14 @@ class DiffusionAttack(Method, spec="diffusion"):
         self.decoys = None if decoys is None else Decoys(decoys)
 
     def config(self) -> dict:
-        config = {
-            "method": self.name,
-            "sample_steps": self.sample_steps,
-            "target_value": self.target_value,
-            "num_prompts": len(self.prompts),
-        }
-        if self.decoys is not None:  # left out without decoys: earlier manifests keep their fields
-            config["decoys"] = self.decoys.source
-        return config
-
-    def start(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int]) -> None:
-        if self.decoys is not None:
-            self.decoys.start(editor, pixels, size)
+        return self.with_decoys(
+            {
+                "method": self.name,
+                "sample_steps": self.sample_steps,
+                "target_value": self.target_value,
+                "num_prompts": len(self.prompts),
+            }
+        )
 
     def prepare(self, editor: Editor) -> None:
         editor.prepare(self.prompts, release=self.release_text_encoders)

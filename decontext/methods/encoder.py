@@ -15,12 +15,12 @@ import torch
 from ..editors.base import Editor
 from . import METHODS
 from .base import Method, image_means
-from .decoys import Decoys
+from .decoys import Decoys, DecoyTarget
 
 DEFAULTS = METHODS["encoder"].defaults
 
 
-class EncoderAttack(Method, spec="encoder"):
+class EncoderAttack(DecoyTarget, Method, spec="encoder"):
     """Args:
     target_value: grey level in [0, 1] of the target image (without decoys).
     decoys: a folder of decoy photos or ``toy-train``: each photo's target is the farthest of them (None: grey).
@@ -34,14 +34,7 @@ class EncoderAttack(Method, spec="encoder"):
         self._target: dict[tuple[int, int], torch.Tensor] = {}
 
     def config(self) -> dict:
-        config = {"method": self.name, "target_value": self.target_value}
-        if self.decoys is not None:  # left out without decoys: earlier manifests keep their fields
-            config["decoys"] = self.decoys.source
-        return config
-
-    def start(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int]) -> None:
-        if self.decoys is not None:
-            self.decoys.start(editor, pixels, size)
+        return self.with_decoys({"method": self.name, "target_value": self.target_value})
 
     def _target_tokens(self, editor: Editor, size: tuple[int, int]) -> torch.Tensor:
         size = tuple(size)
