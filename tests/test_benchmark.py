@@ -697,6 +697,13 @@ def test_the_decoy_cells_share_the_toy_specs_photos_and_beat_the_grey_target_on_
     ours, theirs = _record(pilot, name), _record(RESULTS / "toy", "toy-v1__diffusion@16__none")
     assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["values"]["clean"] == theirs["values"]["clean"]
     assert _unattacked_effect(pilot, name) < _unattacked_effect(RESULTS / "toy", "toy-v1__diffusion@16__none") - 0.05
+    # the protector trained on it (bench/pilot/decoy_diffusion_protector.toml): the same photos, past toy-decoy
+    pilot, name = RESULTS / "pilot-decoy-diffusion-protector", "toy-v1__protector_runs_protectors_toy-diffusion-decoy"
+    ours = _record(pilot, f"{name}@16__none")
+    assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["values"]["clean"] == theirs["values"]["clean"]
+    assert _unattacked_effect(pilot, f"{name}@16__none") < _unattacked_effect(
+        DECOYS, "toy-v1__protector_toy-decoy@16__none"
+    )
     # the strong remover on toy-decoy (bench/pilot/decoy_strong.toml): trained as named, erased more than the default
     strong = RESULTS / "pilot-decoy-strong"
     held_out = {i.index for i in world.eval_identities()}
