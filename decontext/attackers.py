@@ -41,8 +41,9 @@ from typing import Callable
 
 import numpy as np
 
+from .options import parse_params
 from .purify import KINDS as BREAKERS
-from .purify import Breaker, parse_breaker, parse_params
+from .purify import Breaker, parse_breaker
 
 DENOISERS = {"v1": "attackers/toy_denoiser_v1", "v3": "attackers/toy_denoiser_v3"}  # shipped, under data/
 EDITOR_CLEAN_INSTRUCTION = "Return the photo exactly as it is, unchanged."

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from .config import fraction
+from .options import parse_params
 
 FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
 TORCH_FILTERS = {
@@ -251,28 +252,6 @@ class Breaker:
                 "(use jpeg, resize, blur, noise, noise_upscale or vae for EOT)"
             )
         return lambda x, generator: kind.differentiable(x, generator, **self.params)
-
-
-def parse_params(what: str, spec: str, kinds: dict) -> tuple[str, dict]:
-    """``name`` or ``name:key=value,...`` checked against ``kinds[name].defaults``: (name, the parameters with
-    the defaults filled in, each of its default's type). ``what`` names the thing in errors ("breaker",
-    "attacker"); the breakers and the attackers (decontext.attackers) share this one parser."""
-    name, _, rest = str(spec).strip().partition(":")
-    if name not in kinds:
-        raise ValueError(f"unknown {what} {name!r} (choose from {', '.join(kinds)})")
-    params = dict(kinds[name].defaults)
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, sep, text = item.partition("=")
-        if not sep or key not in params:
-            raise ValueError(
-                f"{what} {name}: {item!r} is not KEY=VALUE with KEY one of {', '.join(params) or '(none)'}"
-            )
-        default = kinds[name].defaults[key]
-        try:
-            params[key] = text if isinstance(default, str) else type(default)(text)
-        except ValueError:
-            raise ValueError(f"{what} {name}: {key} takes a {type(default).__name__}, got {text!r}") from None
-    return name, params
 
 
 def parse_breaker(spec: str) -> Breaker:

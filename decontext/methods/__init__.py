@@ -18,7 +18,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..options import Flag
+from ..options import Flag, parse_given
 
 PAPER_BLOCKS = "single:0-25/38"  # single-stream blocks 0..25 of FLUX's 38, scaled to other depths
 PAPER_T_RANGE = (0.98, 1.0)  # the official t in 980..999 of 1000
@@ -217,23 +217,8 @@ def method_names(spec: str) -> list[str]:
 
 def parse_method(spec: str) -> tuple[str, dict]:
     """One method of a benchmark spec with its options: ``encoder`` or ``encoder:decoys=toy-train`` -> (name,
-    the options given). Each KEY is one of the method's own options, its VALUE typed as the default is (text
-    where the default is None); options that are lists (``t_range``) are not written this way."""
-    name, _, rest = str(spec).strip().partition(":")
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r} in {spec!r} (choose from {', '.join(METHODS)})")
-    defaults, options = METHODS[name].defaults, {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, sep, text = item.partition("=")
-        default = defaults.get(key, ())
-        if not sep or key not in defaults or isinstance(default, (tuple, list)):
-            keys = [k for k, v in defaults.items() if not isinstance(v, (tuple, list))]
-            raise ValueError(f"method {name}: {item!r} is not KEY=VALUE with KEY one of {', '.join(keys) or '(none)'}")
-        try:
-            options[key] = text if default is None or isinstance(default, str) else type(default)(text)
-        except ValueError:
-            raise ValueError(f"method {name}: {key} takes a {type(default).__name__}, got {text!r}") from None
-    return name, options
+    the options given), parsed as an attacker's are (``options.parse_given``)."""
+    return parse_given("method", spec, METHODS)
 
 
 def method_spec(value: str) -> str:
