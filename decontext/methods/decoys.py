@@ -82,7 +82,7 @@ class Decoys:
             [
                 torch.nn.functional.interpolate(
                     image.reshape(-1, 3, *image.shape[-2:]).float(),
-                    size=tuple(size),
+                    size=size,
                     mode="bilinear",
                     antialias=True,
                     align_corners=False,
@@ -103,14 +103,13 @@ class Decoys:
         return self._latents[size]
 
     @torch.no_grad()
-    def start(self, editor: Editor, clean: torch.Tensor, size: tuple[int, int]) -> list[int]:
-        """Choose, for each clean photo, the decoy whose latents are farthest from its own; returns the indices."""
+    def start(self, editor: Editor, clean: torch.Tensor, size: tuple[int, int]) -> None:
+        """Choose, for each clean photo, the decoy whose latents are farthest from its own."""
         pool = self.latents(editor, size)
         own = editor.image_latents(clean, size).float()
         distances = torch.stack([image_means((pool - row[None]).pow(2)) for row in own])  # (B, N)
         self._clean = clean.detach().clone()
         self._choice = distances.argmax(dim=1).tolist()
-        return list(self._choice)
 
     def chosen(self, pixels: torch.Tensor) -> list[int]:
         """The decoy chosen for each row of ``pixels`` (rows matched to the started clean photos)."""
