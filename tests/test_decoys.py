@@ -66,7 +66,7 @@ def test_each_photo_is_pulled_toward_its_farthest_decoy(tmp_path, tiny_editor):
     clean = photos()
     with method.session(editor):
         method.start(editor, clean, SIZE)
-        choice = list(method.decoys._choice)
+        choice = list(method.decoys.choices())
         assert len(method.decoys) == 4  # notes.txt is not a decoy
         assert choice == brute_force_choice(editor, folder, clean)
         pool = method.decoys.latents(editor, SIZE)
@@ -142,7 +142,7 @@ def test_toy_decoys_are_the_worlds_training_identities_only():
     with method.session(editor):
         method.start(editor, clean, (64, 64))
     assert len(method.decoys) == len(v1.train_identities()) == 200
-    assert all(0 <= i < 200 for i in method.decoys._choice)
+    assert all(0 <= i < 200 for i in method.decoys.choices())
     assert not any(v1.is_held_out(identity) for identity in v1.train_identities())
 
 
@@ -196,7 +196,7 @@ def test_the_diffusion_attack_pulls_the_edit_toward_each_photos_decoy(tmp_path, 
     clean = photos(1)
     with method.session(editor):
         method.start(editor, clean, SIZE)
-        (choice,) = method.decoys._choice
+        (choice,) = method.decoys.choices()
         assert [choice] == brute_force_choice(editor, folder, clean)
         protected = (clean - 0.03).clamp(0, 1)
         loss, _ = method.loss(editor, protected, SIZE, 0, [torch.Generator().manual_seed(5)])

@@ -63,7 +63,8 @@ class Decoys:
         self._sized: dict[tuple[int, int], torch.Tensor] = {}
         self._latents: dict[tuple[int, int], torch.Tensor] = {}
         self._clean: torch.Tensor | None = None
-        self._choice: list[int] = []
+        self._started: tuple[Editor, tuple[int, int]] | None = None
+        self._choice: list[int] | None = None
 
     def __len__(self) -> int:
         return 0 if self._images is None else len(self._images)
@@ -102,20 +103,31 @@ class Decoys:
             )
         return self._latents[size]
 
-    @torch.no_grad()
     def start(self, editor: Editor, clean: torch.Tensor, size: tuple[int, int]) -> None:
-        """Choose, for each clean photo, the decoy whose latents are farthest from its own."""
-        pool = self.latents(editor, size)
-        own = editor.image_latents(clean, size).float()
-        distances = torch.stack([image_means((pool - row[None]).pow(2)) for row in own])  # (B, N)
+        """Take each clean photo, whose decoy is chosen on first use (``choices``): a protector's forward pass
+        never asks, so it pays no encoding for it. The pool is loaded here, so a bad ``decoys`` fails at once."""
+        self.images(editor, size)
         self._clean = clean.detach().clone()
-        self._choice = distances.argmax(dim=1).tolist()
+        self._started = (editor, tuple(size))
+        self._choice = None
+
+    @torch.no_grad()
+    def choices(self) -> list[int]:
+        """For each started clean photo, the decoy whose latents are farthest from its own."""
+        if self._clean is None:
+            raise RuntimeError("decoys: start() was not called with this image's clean pixels")
+        if self._choice is None:
+            editor, size = self._started
+            pool = self.latents(editor, size)
+            own = editor.image_latents(self._clean.to(editor.device), size).float()
+            distances = torch.stack([image_means((pool - row[None]).pow(2)) for row in own])  # (B, N)
+            self._choice = distances.argmax(dim=1).tolist()
+        return self._choice
 
     def chosen(self, pixels: torch.Tensor) -> list[int]:
         """The decoy chosen for each row of ``pixels`` (rows matched to the started clean photos)."""
-        if self._clean is None:
-            raise RuntimeError("decoys: start() was not called with this image's clean pixels")
-        return [self._choice[row] for row in clean_rows(pixels, self._clean)]
+        choices = self.choices()
+        return [choices[row] for row in clean_rows(pixels, self._clean)]
 
     def targets(self, editor: Editor, pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The chosen decoys' latents for each row of ``pixels``: the encoder attack's targets."""
