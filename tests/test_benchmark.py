@@ -709,3 +709,41 @@ def test_the_decoy_cells_share_the_toy_specs_photos_and_beat_the_grey_target_on_
     held_out = {i.index for i in world.eval_identities()}
     weak = _record(DECOYS, "toy-v1__protector_toy-decoy@16__remover")
     assert_strong_remover(_record(strong, f"toy-v1__protector_toy-decoy@16__{STRONG_REMOVER}"), held_out, weaker=weak)
+
+
+DECOY_EDIT = RESULTS / "pilot-decoy-edit"
+
+
+def _share(folder: Path, name: str) -> float:
+    """-effect / (clean - another person) of one record: the leaderboard's share of the way."""
+    reference = _record(folder, name)["reference"]
+    way = np.nanmean(reference["clean"]) - np.nanmean(reference["another_person"])
+    return -_unattacked_effect(folder, name) / way
+
+
+@pytest.mark.skipif(not (DECOY_EDIT / "records").is_dir(), reason="pilot-decoy-edit's records are not committed")
+def test_the_decoy_edit_protector_passes_30_percent_on_the_toy_specs_photos_and_its_removers_saw_no_held_out_face():
+    """toy-decoy-edit (bench/pilot/decoy_edit.toml) is scored on the toy spec's held-out photos, edits and noise
+    control; as docs/AMORTIZED.md reads, it moves toy-v1's identity past 30% of the way unattacked, past the per-image
+    diffusion attack toward the decoy and past the same recipe with the small network, and JPEG, resizing and
+    regeneration leave it past 30%; both removers that erase it trained on training identities only, the strong one
+    as named and erasing more than the default one."""
+    from decontext.toy import world
+
+    held_out = {i.index for i in world.eval_identities()}
+    name = "toy-v1__protector_toy-decoy-edit@16"
+    ours, theirs = _record(DECOY_EDIT, f"{name}__none"), _record(RESULTS / "toy", "toy-v1__encoder@16__none")
+    assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["identities"] == theirs["identities"]
+    assert ours["values"]["clean"] == theirs["values"]["clean"]
+    assert _share(DECOY_EDIT, f"{name}__none") > 0.30
+    per_image = _unattacked_effect(RESULTS / "pilot-decoy-diffusion", "toy-v1__diffusion_decoys=toy-train@16__none")
+    small = _unattacked_effect(
+        RESULTS / "pilot-decoy-diffusion-protector", "toy-v1__protector_runs_protectors_toy-diffusion-decoy@16__none"
+    )
+    assert _unattacked_effect(DECOY_EDIT, f"{name}__none") < min(per_image, small)
+    for attacker in ("jpeg", "resize", "regen_t=0.2"):
+        assert _share(DECOY_EDIT, f"{name}__{attacker}") > 0.30, attacker
+    weak = _record(DECOY_EDIT, f"{name}__remover")
+    assert held_out.isdisjoint(weak["attacker_info"]["identities"]) and weak["attacker_info"]["pairs"] == 48
+    assert_strong_remover(_record(DECOY_EDIT, f"{name}__{STRONG_REMOVER}"), held_out, weaker=weak)
+    assert _unattacked_effect(DECOY_EDIT, f"{name}__remover") > 0  # erased: edits back nearer the person than noise's

@@ -94,8 +94,8 @@ OPTIONS = {
         Flag("--dpd-lr", "TDAE: Adam learning rate of the embedding steps"),
         Flag(
             "--protector",
-            "amortized: a trained protector, by shipped name (toy-decontext, toy-encoder, toy-decoy, toy-robust, "
-            "toy-v3-robust) or folder (decontext amortize trains one)",
+            "amortized: a trained protector, by shipped name (toy-decontext, toy-encoder, toy-decoy, toy-decoy-edit, "
+            "toy-robust, toy-v3-robust) or folder (decontext amortize trains one)",
             type=str,
         ),
     )

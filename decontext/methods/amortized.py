@@ -50,7 +50,7 @@ class Amortized(Method, spec="amortized"):
         if protector is None:
             raise ValueError(
                 "--method amortized needs --protector NAME or FOLDER "
-                "(shipped: toy-decontext, toy-encoder, toy-decoy, toy-robust, toy-v3-robust)"
+                "(shipped: toy-decontext, toy-encoder, toy-decoy, toy-decoy-edit, toy-robust, toy-v3-robust)"
             )
         from . import build_method
 
