@@ -747,3 +747,24 @@ def test_the_decoy_edit_protector_passes_30_percent_on_the_toy_specs_photos_and_
     assert held_out.isdisjoint(weak["attacker_info"]["identities"]) and weak["attacker_info"]["pairs"] == 48
     assert_strong_remover(_record(DECOY_EDIT, f"{name}__{STRONG_REMOVER}"), held_out, weaker=weak)
     assert _unattacked_effect(DECOY_EDIT, f"{name}__remover") > 0  # erased: edits back nearer the person than noise's
+
+
+@pytest.mark.skipif(
+    not (RESULTS / "pilot-decoy-edit-transfer" / "records").is_dir(), reason="the transfer pilot is not committed"
+)
+def test_the_decoy_edit_protector_keeps_half_its_effect_on_two_toy_editors_it_never_trained_against():
+    """Leave one out (bench/pilot/decoy_edit_transfer.toml): toy-decoy-edit, trained on toy-v1 alone, scored on
+    held-out identities of toy-v2, toy-v2-fine and the toy InstructPix2Pix keeps >= 50% of its toy-v1 effect on toy-v2
+    and on the UNet, and a smaller effect, below zero, on toy-v2-fine (docs/AMORTIZED.md reads the miss)."""
+    from decontext.toy import world
+
+    held_out = {i.index for i in world.eval_identities()}
+    own = _unattacked_effect(DECOY_EDIT, "toy-v1__protector_toy-decoy-edit@16__none")
+    folder = RESULTS / "pilot-decoy-edit-transfer"
+    kept = {}
+    for editor in ("toy-v2", "toy-v2-fine", "toy-ip2p"):
+        name = f"{editor}__protector_toy-decoy-edit@16__none"
+        assert held_out.issuperset(_record(folder, name)["identities"])
+        kept[editor] = _unattacked_effect(folder, name) / own
+    assert kept["toy-v2"] >= 0.5 and kept["toy-ip2p"] >= 0.5
+    assert 0.2 < kept["toy-v2-fine"] < 0.5
