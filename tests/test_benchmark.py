@@ -768,3 +768,19 @@ def test_the_decoy_edit_protector_keeps_half_its_effect_on_two_toy_editors_it_ne
         kept[editor] = _unattacked_effect(folder, name) / own
     assert kept["toy-v2"] >= 0.5 and kept["toy-ip2p"] >= 0.5
     assert 0.2 < kept["toy-v2-fine"] < 0.5
+
+
+@pytest.mark.skipif(not (RESULTS / "pilot-decoy-edit-v3" / "records").is_dir(), reason="the v3 pilot is not committed")
+def test_the_v3_decoy_edit_protector_is_scored_on_the_toy_specs_v3_photos():
+    """toy-decoy-edit's recipe trained on toy-v3 (bench/pilot/decoy_edit_v3.toml, not shipped) is scored on the toy
+    spec's held-out toy-v3 photos, edits and noise control, score for score, and moves toy-v3's identity against that
+    control as docs/AMORTIZED.md reads it."""
+    from decontext.toy import world3
+
+    folder, name = RESULTS / "pilot-decoy-edit-v3", "toy-v3__protector_runs_protectors_toy-v3-decoy-edit@16"
+    ours, theirs = _record(folder, f"{name}__none"), _record(RESULTS / "toy", "toy-v3__encoder@16__none")
+    assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["identities"] == theirs["identities"]
+    assert ours["values"]["clean"] == theirs["values"]["clean"]
+    assert {i.index for i in world3.eval_identities()}.issuperset(ours["identities"])
+    for attacker in ("none", "jpeg", "resize", "regen_t=0.2"):
+        assert _unattacked_effect(folder, f"{name}__{attacker}") < -0.03, attacker

@@ -95,6 +95,7 @@ def test_the_shipped_protectors_load_as_the_network_they_were_trained_as(name):
         expected = protector.eps / 255 * torch.tanh(out)
         assert torch.equal(protector(x), expected)
 
+
 def test_the_architectures_are_named_in_the_cli_and_the_recipe():
     from decontext.amortize import TrainConfig, recipe_flags
     from decontext.cli.amortize import parser
