@@ -85,14 +85,12 @@ def test_the_shipped_protectors_load_as_the_network_they_were_trained_as(name):
     # the network as it ran before folding existed (toy-decoy-edit: folded 4 x 4, unfolded here by hand)
     bare = UNet2DModel(sample_size=None, **{k: v for k, v in protector.architecture.items() if k != "fold"})
     bare.load_state_dict(protector.net.state_dict())
-    x = torch.rand(1, 3, 36, 52, generator=torch.Generator().manual_seed(5))
-    if fold > 1:  # a size of the folded network's multiple: no padding to restate
-        x = torch.rand(1, 3, 2 * protector.multiple, protector.multiple, generator=torch.Generator().manual_seed(5))
+    # a folded one gets a size of its multiple (no padding to restate); (un)shuffling by 1 leaves a tensor as it is
+    size = (2 * protector.multiple, protector.multiple) if fold > 1 else (36, 52)
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        inner = torch.nn.functional.pixel_unshuffle(x * 2 - 1, fold) if fold > 1 else x * 2 - 1
-        out = bare(inner, timestep=0).sample
-        out = torch.nn.functional.pixel_shuffle(out, fold) if fold > 1 else out
-        expected = protector.eps / 255 * torch.tanh(out)
+        out = bare(torch.nn.functional.pixel_unshuffle(x * 2 - 1, fold), timestep=0).sample
+        expected = protector.eps / 255 * torch.tanh(torch.nn.functional.pixel_shuffle(out, fold))
         assert torch.equal(protector(x), expected)
 
 
