@@ -564,6 +564,13 @@ def assert_same_values(ours: dict, theirs: dict) -> None:
     assert ours["values"] == theirs["values"] and ours["attacker_info"] == theirs["attacker_info"]
 
 
+def assert_same_photos(ours: dict, theirs: dict) -> None:
+    """Two records score the same held-out photos and edits against the same noise control: equal identities, and
+    equal scores of the clean photos' and the control's edits."""
+    assert ours["identities"] == theirs["identities"]
+    assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["values"]["clean"] == theirs["values"]["clean"]
+
+
 # spec: (its methods, the attackers whose cells repeat the toy spec's bit for bit; TDAE's remover does not, see above)
 DRAW_SPECS = {
     "toy-remover-draws": (("protector_toy-decontext", "protector_toy-robust"), ("none", "remover")),
@@ -680,8 +687,7 @@ def test_the_decoy_cells_share_the_toy_specs_photos_and_beat_the_grey_target_on_
         theirs = _record(RESULTS / "toy", f"{editor}__encoder@16__none")
         for method in ("encoder_decoys=toy-train", "protector_toy-decoy"):
             ours = _record(DECOYS, f"{editor}__{method}@16__none")
-            assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["identities"] == theirs["identities"]
-            assert ours["values"]["clean"] == theirs["values"]["clean"]
+            assert_same_photos(ours, theirs)
             info = _record(DECOYS, f"{editor}__{method}@16__remover")["attacker_info"]
             assert held_out.isdisjoint(info["identities"]) and len(info["identities"]) == info["pairs"] == 48
         assert_same_values(
@@ -695,12 +701,12 @@ def test_the_decoy_cells_share_the_toy_specs_photos_and_beat_the_grey_target_on_
     # the diffusion attack toward the decoy (bench/pilot/decoy_diffusion.toml): the same photos, edits and control
     pilot, name = RESULTS / "pilot-decoy-diffusion", "toy-v1__diffusion_decoys=toy-train@16__none"
     ours, theirs = _record(pilot, name), _record(RESULTS / "toy", "toy-v1__diffusion@16__none")
-    assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["values"]["clean"] == theirs["values"]["clean"]
+    assert_same_photos(ours, theirs)
     assert _unattacked_effect(pilot, name) < _unattacked_effect(RESULTS / "toy", "toy-v1__diffusion@16__none") - 0.05
     # the protector trained on it (bench/pilot/decoy_diffusion_protector.toml): the same photos, past toy-decoy
     pilot, name = RESULTS / "pilot-decoy-diffusion-protector", "toy-v1__protector_runs_protectors_toy-diffusion-decoy"
     ours = _record(pilot, f"{name}@16__none")
-    assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["values"]["clean"] == theirs["values"]["clean"]
+    assert_same_photos(ours, theirs)
     assert _unattacked_effect(pilot, f"{name}@16__none") < _unattacked_effect(
         DECOYS, "toy-v1__protector_toy-decoy@16__none"
     )
@@ -733,8 +739,7 @@ def test_the_decoy_edit_protector_passes_30_percent_on_the_toy_specs_photos_and_
     held_out = {i.index for i in world.eval_identities()}
     name = "toy-v1__protector_toy-decoy-edit@16"
     ours, theirs = _record(DECOY_EDIT, f"{name}__none"), _record(RESULTS / "toy", "toy-v1__encoder@16__none")
-    assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["identities"] == theirs["identities"]
-    assert ours["values"]["clean"] == theirs["values"]["clean"]
+    assert_same_photos(ours, theirs)
     assert _share(DECOY_EDIT, f"{name}__none") > 0.30
     per_image = _unattacked_effect(RESULTS / "pilot-decoy-diffusion", "toy-v1__diffusion_decoys=toy-train@16__none")
     small = _unattacked_effect(
@@ -779,8 +784,7 @@ def test_the_v3_decoy_edit_protector_is_scored_on_the_toy_specs_v3_photos():
 
     folder, name = RESULTS / "pilot-decoy-edit-v3", "toy-v3__protector_runs_protectors_toy-v3-decoy-edit@16"
     ours, theirs = _record(folder, f"{name}__none"), _record(RESULTS / "toy", "toy-v3__encoder@16__none")
-    assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["identities"] == theirs["identities"]
-    assert ours["values"]["clean"] == theirs["values"]["clean"]
+    assert_same_photos(ours, theirs)
     assert {i.index for i in world3.eval_identities()}.issuperset(ours["identities"])
     for attacker in ("none", "jpeg", "resize", "regen_t=0.2"):
         assert _unattacked_effect(folder, f"{name}__{attacker}") < -0.03, attacker
@@ -794,8 +798,7 @@ def test_the_decoy_edit_recipe_passes_30_percent_with_a_second_seed_on_the_same_
     photos, edits and noise control, and passes 30% of the way as seed 0 did (docs/AMORTIZED.md: 45% and 46%)."""
     folder, name = RESULTS / "pilot-decoy-edit-seed1", "toy-v1__protector_runs_protectors_toy-decoy-edit-seed1@16__none"
     ours, theirs = _record(folder, name), _record(RESULTS / "toy", "toy-v1__encoder@16__none")
-    assert ours["values"]["noise"] == theirs["values"]["noise"] and ours["identities"] == theirs["identities"]
-    assert ours["values"]["clean"] == theirs["values"]["clean"]
+    assert_same_photos(ours, theirs)
     assert _share(folder, name) > 0.30
     assert (
         abs(
