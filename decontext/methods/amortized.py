@@ -37,6 +37,7 @@ from .protector_files import (  # noqa: F401 (re-exported)
     WEIGHTS_FILE,
     protector_folder,
     read_config,
+    shipped_protectors,
     weights_digest,
 )
 
@@ -49,8 +50,7 @@ class Amortized(Method, spec="amortized"):
     def __init__(self, protector: str | Path = METHODS["amortized"].defaults["protector"]):
         if protector is None:
             raise ValueError(
-                "--method amortized needs --protector NAME or FOLDER "
-                "(shipped: toy-decontext, toy-encoder, toy-decoy, toy-decoy-edit, toy-robust, toy-v3-robust)"
+                f"--method amortized needs --protector NAME or FOLDER (shipped: {', '.join(shipped_protectors())})"
             )
         from . import build_method
 
